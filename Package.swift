@@ -1,0 +1,44 @@
+// swift-tools-version: 6.0
+import PackageDescription
+
+// The compute modules are always built with optimisation: a debug build of the tests would otherwise run the
+// model ~50x slower than release, which makes the real-model tests too slow for CI.
+let optimized: [SwiftSetting] = [.unsafeFlags(["-O"])]
+
+let package = Package(
+    name: "ktransformers-swift",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "ktransformers", targets: ["ktransformers"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-atomics", from: "1.2.0"),
+    ],
+    targets: [
+        // Block formats: layouts, scalar reference kernels, the traits table. Depends on nothing.
+        .target(name: "Quant", swiftSettings: optimized),
+        // GGUF container: mmap reader, writer, metadata.
+        .target(name: "GGUF", dependencies: ["Quant"], swiftSettings: optimized),
+        // SentencePiece and byte-level BPE tokenizers, incremental detokenizer.
+        .target(name: "Tokenizer", dependencies: ["GGUF"], swiftSettings: optimized),
+        // Tensors, thread pool, CPU compute operations.
+        .target(name: "Backend", dependencies: ["Quant", .product(name: "Atomics", package: "swift-atomics")],
+                swiftSettings: optimized),
+        // Layers, architectures, registry keyed by general.architecture.
+        .target(name: "Models", dependencies: ["GGUF", "Quant", "Backend"], swiftSettings: optimized),
+        // Sampling and the generation loop.
+        .target(name: "Engine", dependencies: ["Models", "Backend"], swiftSettings: optimized),
+        .executableTarget(name: "ktransformers", dependencies: [
+            "Engine", "Models", "GGUF", "Tokenizer", "Quant", "Backend",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
+        .testTarget(name: "QuantTests", dependencies: ["Quant"], resources: [.copy("Fixtures")]),
+        .testTarget(name: "GGUFTests", dependencies: ["GGUF", "Quant"]),
+        .testTarget(name: "TokenizerTests", dependencies: ["Tokenizer", "GGUF"], resources: [.copy("Fixtures")]),
+        .testTarget(name: "ModelTests", dependencies: ["Models", "GGUF", "Quant", "Backend", "Engine"]),
+        // Slow checks on the real default model and the CLI binary (see docs/testing.md).
+        .testTarget(name: "EndToEndTests", dependencies: ["Models", "GGUF", "Tokenizer", "Engine"],
+                    resources: [.copy("Fixtures")]),
+    ]
+)

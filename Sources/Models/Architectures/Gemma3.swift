@@ -1,0 +1,67 @@
+import Backend
+import Foundation
+
+/// Gemma 3 (`general.architecture = gemma3`): GeGLU MLP, pre- and post-norms around attention and MLP,
+/// per-head Q/K RMS norm, embeddings scaled by sqrt(dim) and tied to the output, and interleaved attention:
+/// five sliding-window layers (RoPE base 10000) then one global layer (RoPE base `rope.freq_base`).
+/// Norm weights in GGUF already include Gemma's `1 +` offset (llama.cpp's converter adds it).
+enum Gemma3 {
+    static func load(_ l: TensorLoader, pool: ThreadPool) throws -> LanguageModel {
+        let dim = try l.int("embedding_length")
+        let nLayer = try l.int("block_count")
+        let ff = try l.int("feed_forward_length")
+        let nHead = try l.int("attention.head_count")
+        let nKVHead = l.optionalInt("attention.head_count_kv") ?? nHead
+        let headDim = l.optionalInt("attention.key_length") ?? dim / nHead
+        let headDimV = l.optionalInt("attention.value_length") ?? headDim
+        let eps = try l.float("attention.layer_norm_rms_epsilon")
+        let window = try l.int("attention.sliding_window")
+        let pattern = l.optionalInt("attention.sliding_window_pattern") ?? 6
+        let ctx = try l.int("context_length")
+        let globalBase = Double(l.optionalFloat("rope.freq_base") ?? 1_000_000)
+        var globalScale = 1.0
+        if l.file["gemma3.rope.scaling.type"]?.string == "linear", let f = l.optionalFloat("rope.scaling.factor"), f > 0 {
+            globalScale = Double(f)
+        }
+        let ropes = [
+            RoPE(dims: headDim, base: 10_000, neox: true),                              // sliding-window layers
+            RoPE(dims: headDim, base: globalBase, neox: true, linearScale: globalScale), // global layers
+        ]
+        let embedding = try l.matrix("token_embd.weight", rows: l.file.tensor(named: "token_embd.weight")?.shape.last ?? 0, cols: dim)
+        let vocab = embedding.rows
+        let output = try l.optionalMatrix("output.weight", rows: vocab, cols: dim) ?? embedding
+        var blocks: [DecoderBlock] = []
+        for i in 0..<nLayer {
+            let p = "blk.\(i)."
+            let isGlobal = pattern > 0 && (i + 1) % pattern == 0
+            let params = AttentionParams(nHead: nHead, nKVHead: nKVHead, headDim: headDim, headDimV: headDimV,
+                                         scale: 1 / Float(headDim).squareRoot(), window: isGlobal ? 0 : window)
+            let attn = AttentionLayer(
+                wq: try l.matrix(p + "attn_q.weight", rows: nHead * headDim, cols: dim),
+                wk: try l.matrix(p + "attn_k.weight", rows: nKVHead * headDim, cols: dim),
+                wv: try l.matrix(p + "attn_v.weight", rows: nKVHead * headDimV, cols: dim),
+                wo: try l.matrix(p + "attn_output.weight", rows: dim, cols: nHead * headDimV),
+                bq: nil, bk: nil, bv: nil,
+                qNorm: try l.vector(p + "attn_q_norm.weight", count: headDim),
+                kNorm: try l.vector(p + "attn_k_norm.weight", count: headDim),
+                normEps: eps, params: params, ropeIndex: isGlobal ? 1 : 0)
+            let mlp = GatedMLP(gate: try l.matrix(p + "ffn_gate.weight", rows: ff, cols: dim),
+                               up: try l.matrix(p + "ffn_up.weight", rows: ff, cols: dim),
+                               down: try l.matrix(p + "ffn_down.weight", rows: dim, cols: ff),
+                               activation: .gelu)
+            blocks.append(DecoderBlock(attnNorm: try l.vector(p + "attn_norm.weight", count: dim),
+                                       attention: attn,
+                                       postAttnNorm: try l.vector(p + "post_attention_norm.weight", count: dim),
+                                       ffnNorm: try l.vector(p + "ffn_norm.weight", count: dim),
+                                       mlp: mlp,
+                                       postFFNNorm: try l.vector(p + "post_ffw_norm.weight", count: dim)))
+        }
+        let info = ModelInfo(architecture: l.arch, name: l.file["general.name"]?.string ?? "gemma3", vocabSize: vocab,
+                             contextLength: ctx, layerCount: nLayer,
+                             kvKeyDims: Array(repeating: nKVHead * headDim, count: nLayer),
+                             kvValueDims: Array(repeating: nKVHead * headDimV, count: nLayer))
+        return DecoderModel(info: info, embedding: embedding, embedScale: Float(dim).squareRoot(), blocks: blocks,
+                            outputNorm: try l.vector("output_norm.weight", count: dim), output: output, normEps: eps,
+                            finalLogitSoftcap: l.optionalFloat("final_logit_softcapping") ?? 0, ropes: ropes, pool: pool)
+    }
+}

@@ -1,0 +1,37 @@
+import Backend
+
+/// `down(act(gate(x)) * up(x))`: SwiGLU (Llama, Qwen) or GeGLU with tanh-GELU (Gemma).
+struct GatedMLP {
+    enum Activation { case silu, gelu }
+    let gate: WeightMatrix  // [ff, dim]
+    let up: WeightMatrix    // [ff, dim]
+    let down: WeightMatrix  // [dim, ff]
+    let activation: Activation
+
+    var width: Int { gate.rows }
+
+    /// Reads `xn` `// [n, dim]`, writes `out` `// [n, dim]`; `g`, `u` are `// [n, ff]` scratch.
+    func forward(_ xn: UnsafeMutablePointer<Float>, out: UnsafeMutablePointer<Float>, n: Int, ctx: ForwardContext,
+                 g: UnsafeMutablePointer<Float>, u: UnsafeMutablePointer<Float>) {
+        ctx.pool.matmul(gate, xn, g, n: n, scratch: ctx.scratch)
+        ctx.pool.matmul(up, xn, u, n: n, scratch: ctx.scratch)
+        let total = n * width
+        switch activation {
+        case .silu: Ops.gatedSiLU(g, u, total)
+        case .gelu: Ops.gatedGELU(g, u, total)
+        }
+        ctx.pool.matmul(down, g, out, n: n, scratch: ctx.scratch)
+    }
+}
+
+/// What every layer of one forward pass shares.
+struct ForwardContext {
+    let pool: ThreadPool
+    let scratch: ThreadScratch
+    let attentionScratch: ThreadScratch
+    let cache: KVCache
+    let meta: AttentionMetadata
+    let ropes: [RoPE]
+    /// Per RoPE: `// [n, dims]` cos/sin pairs for every token of the batch.
+    let ropeTables: [UnsafeMutablePointer<Float>]
+}
