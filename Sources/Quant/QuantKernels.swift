@@ -1,0 +1,34 @@
+/// The kernels of one element type: what a matmul needs to use weights stored in it.
+///
+/// Rows are whole numbers of blocks; `count` is a number of elements (a multiple of `GGMLType.blockSize`).
+/// Each format lives in its own file as an `enum` with static functions of the same names (`Q4_K.dequantize`,
+/// `Q4_K.dotF32`, ...), and registers itself in `QuantRegistry`.
+public struct QuantKernels: Sendable {
+    public typealias Dequantize = @Sendable (_ src: UnsafeRawPointer, _ dst: UnsafeMutablePointer<Float>, _ count: Int) -> Void
+    public typealias Quantize = @Sendable (_ src: UnsafePointer<Float>, _ dst: UnsafeMutableRawPointer, _ count: Int) -> Void
+    public typealias DotF32 = @Sendable (_ row: UnsafeRawPointer, _ x: UnsafePointer<Float>, _ count: Int) -> Float
+    public typealias VecDot = @Sendable (_ row: UnsafeRawPointer, _ xq: UnsafeRawPointer, _ count: Int) -> Float
+
+    public let type: GGMLType
+    /// Decodes `count` elements to f32.
+    public let dequantize: Dequantize
+    /// Encodes `count` f32 values (nil for formats we only read).
+    public let quantize: Quantize?
+    /// Dot product of one stored row with an f32 vector (dequantizing on the fly): the accurate path.
+    public let dotF32: DotF32
+    /// The activation format `vecDot` takes (`.q8_0` for the 32-blocks, `.q8_K` for the K- and IQ-quants,
+    /// `.f32` for float formats).
+    public let vecDotType: GGMLType
+    /// Dot product of one stored row with an activation row already quantized to `vecDotType`.
+    public let vecDot: VecDot
+
+    public init(type: GGMLType, dequantize: @escaping Dequantize, quantize: Quantize?, dotF32: @escaping DotF32,
+                vecDotType: GGMLType, vecDot: @escaping VecDot) {
+        self.type = type
+        self.dequantize = dequantize
+        self.quantize = quantize
+        self.dotF32 = dotF32
+        self.vecDotType = vecDotType
+        self.vecDot = vecDot
+    }
+}

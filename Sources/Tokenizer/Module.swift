@@ -1,0 +1,1 @@
+// The Tokenizer module: SentencePiece and byte-level BPE from GGUF metadata, incremental detokenizer.
