@@ -36,7 +36,8 @@ let package = Package(
         .testTarget(name: "QuantTests", dependencies: ["Quant"], resources: [.copy("Fixtures")]),
         .testTarget(name: "GGUFTests", dependencies: ["GGUF", "Quant"]),
         .testTarget(name: "TokenizerTests", dependencies: ["Tokenizer", "GGUF"], resources: [.copy("Fixtures")]),
-        .testTarget(name: "ModelTests", dependencies: ["Models", "GGUF", "Quant", "Backend", "Engine"]),
+        .testTarget(name: "ModelTests", dependencies: ["Models", "GGUF", "Quant", "Backend", "Engine"],
+                    resources: [.copy("Fixtures")]),
         // Slow checks on the real default model and the CLI binary (see docs/testing.md).
         .testTarget(name: "EndToEndTests", dependencies: ["Models", "GGUF", "Tokenizer", "Engine"],
                     resources: [.copy("Fixtures")]),

@@ -73,12 +73,15 @@ public struct RoPE: Sendable {
     public let linearScale: Double
     private let invFreq: [Double]
 
-    public init(dims: Int, base: Double, neox: Bool, linearScale: Double = 1) {
+    /// - Parameter freqFactors: per-frequency divisors (`rope_freqs.weight`, Llama 3.1+ long-context scaling).
+    public init(dims: Int, base: Double, neox: Bool, linearScale: Double = 1, freqFactors: [Float]? = nil) {
         self.dims = dims
         self.base = base
         self.neox = neox
         self.linearScale = linearScale
-        invFreq = (0..<dims / 2).map { pow(base, -2.0 * Double($0) / Double(dims)) }
+        invFreq = (0..<dims / 2).map { i in
+            pow(base, -2.0 * Double(i) / Double(dims)) / Double(freqFactors?[i] ?? 1)
+        }
     }
 
     /// Fills `cs` with `[cos, sin]` pairs for position `pos`: `// [dims/2][2]`.

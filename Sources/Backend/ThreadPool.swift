@@ -10,34 +10,23 @@ import Atomics
 /// A decode step runs hundreds of parallel regions, so the cost of one region matters: workers spin on an
 /// atomic generation counter for a short while after each region and only then sleep on a condition variable.
 /// The calling thread takes part as thread 0. Tasks are handed out dynamically from an atomic counter.
+/// Dropping the pool stops and joins its workers.
 public final class ThreadPool: @unchecked Sendable {
     public let threadCount: Int
-
-    // NOTE: `body` and `taskCount` are written by the caller before the generation bump (release) and read by
-    // workers after they observe it (acquire), so plain stored properties are safe here.
-    private var body: ((_ task: Int, _ thread: Int) -> Void)?
-    private var taskCount = 0
-    private let generation = ManagedAtomic<Int>(0)
-    private let nextTask = ManagedAtomic<Int>(0)
-    private let running = ManagedAtomic<Int>(0)
-    private let sleepers = ManagedAtomic<Int>(0)
-    private let stopping = ManagedAtomic<Bool>(false)
-    private var mutex = pthread_mutex_t()
-    private var cond = pthread_cond_t()
+    private let state: PoolState
     private var workers: [pthread_t] = []
-    private let spinLimit = 20_000
 
     /// - Parameter threads: total threads including the caller (at least 1).
     public init(threads: Int) {
         threadCount = max(1, threads)
-        pthread_mutex_init(&mutex, nil)
-        pthread_cond_init(&cond, nil)
+        state = PoolState(workerCount: threadCount - 1)
         for i in 1..<threadCount {
-            let ctx = Unmanaged.passRetained(WorkerContext(pool: self, index: i)).toOpaque()
+            // Each worker owns a strong reference to the shared state, never to the pool itself.
+            let ctx = Unmanaged.passRetained(WorkerContext(state: state, index: i)).toOpaque()
             var t = pthread_t()
             let rc = pthread_create(&t, nil, { raw in
                 let ctx = Unmanaged<WorkerContext>.fromOpaque(raw!).takeRetainedValue()
-                ctx.pool.workerLoop(ctx.index)
+                ctx.state.workerLoop(ctx.index)
                 return nil
             }, ctx)
             precondition(rc == 0, "pthread_create failed: \(rc)")
@@ -45,28 +34,9 @@ public final class ThreadPool: @unchecked Sendable {
         }
     }
 
-    private final class WorkerContext {
-        unowned let pool: ThreadPool
-        let index: Int
-        init(pool: ThreadPool, index: Int) { self.pool = pool; self.index = index }
-    }
-
-    /// Stops the workers. Called automatically on deinit when no longer referenced... but workers hold
-    /// `unowned` references, so call `shutdown()` explicitly when the pool is dropped before process exit.
-    public func shutdown() {
-        guard !stopping.exchange(true, ordering: .sequentiallyConsistent) else { return }
-        pthread_mutex_lock(&mutex)
-        generation.wrappingIncrement(ordering: .releasing)
-        pthread_cond_broadcast(&cond)
-        pthread_mutex_unlock(&mutex)
-        for t in workers { pthread_join(t, nil) }
-        workers.removeAll()
-    }
-
     deinit {
-        shutdown()
-        pthread_cond_destroy(&cond)
-        pthread_mutex_destroy(&mutex)
+        state.stop()
+        for t in workers { pthread_join(t, nil) }
     }
 
     /// Runs `body(task, thread)` for every task in `0..<tasks`, spread over the pool; returns when all are done.
@@ -77,30 +47,74 @@ public final class ThreadPool: @unchecked Sendable {
             for t in 0..<tasks { body(t, 0) }
             return
         }
-        withoutActuallyEscaping(body) { b in
-            self.body = b
-            self.taskCount = tasks
-            nextTask.store(0, ordering: .relaxed)
-            running.store(threadCount - 1, ordering: .relaxed)
-            // NOTE: seq-cst on both sides (here and the worker's sleepers/generation pair) so a worker going to
-            // sleep either sees the new generation or is seen as a sleeper and woken.
-            generation.wrappingIncrement(ordering: .sequentiallyConsistent)
-            if sleepers.load(ordering: .sequentiallyConsistent) > 0 {
-                pthread_mutex_lock(&mutex)
-                pthread_cond_broadcast(&cond)
-                pthread_mutex_unlock(&mutex)
-            }
-            runTasks(thread: 0)
-            var spins = 0
-            while running.load(ordering: .acquiring) > 0 {
-                spins += 1
-                if spins > spinLimit { sched_yield() }
-            }
-            self.body = nil
-        }
+        withoutActuallyEscaping(body) { state.run(tasks: tasks, body: $0) }
+    }
+}
+
+private final class WorkerContext {
+    let state: PoolState
+    let index: Int
+    init(state: PoolState, index: Int) { self.state = state; self.index = index }
+}
+
+/// What the caller and the workers share.
+private final class PoolState: @unchecked Sendable {
+    // NOTE: `body` and `taskCount` are written by the caller before the generation bump and read by workers
+    // after they observe it, so plain stored properties are safe here.
+    var body: ((_ task: Int, _ thread: Int) -> Void)?
+    var taskCount = 0
+    let workerCount: Int
+    let generation = ManagedAtomic<Int>(0)
+    let nextTask = ManagedAtomic<Int>(0)
+    let running = ManagedAtomic<Int>(0)
+    let sleepers = ManagedAtomic<Int>(0)
+    let stopping = ManagedAtomic<Bool>(false)
+    var mutex = pthread_mutex_t()
+    var cond = pthread_cond_t()
+    let spinLimit = 20_000
+
+    init(workerCount: Int) {
+        self.workerCount = workerCount
+        pthread_mutex_init(&mutex, nil)
+        pthread_cond_init(&cond, nil)
     }
 
-    private func runTasks(thread: Int) {
+    deinit {
+        pthread_cond_destroy(&cond)
+        pthread_mutex_destroy(&mutex)
+    }
+
+    func stop() {
+        stopping.store(true, ordering: .sequentiallyConsistent)
+        pthread_mutex_lock(&mutex)
+        generation.wrappingIncrement(ordering: .sequentiallyConsistent)
+        pthread_cond_broadcast(&cond)
+        pthread_mutex_unlock(&mutex)
+    }
+
+    func run(tasks: Int, body: @escaping (_ task: Int, _ thread: Int) -> Void) {
+        self.body = body
+        taskCount = tasks
+        nextTask.store(0, ordering: .relaxed)
+        running.store(workerCount, ordering: .relaxed)
+        // NOTE: seq-cst on both sides (here and the worker's sleepers/generation pair) so a worker going to
+        // sleep either sees the new generation or is seen as a sleeper and woken.
+        generation.wrappingIncrement(ordering: .sequentiallyConsistent)
+        if sleepers.load(ordering: .sequentiallyConsistent) > 0 {
+            pthread_mutex_lock(&mutex)
+            pthread_cond_broadcast(&cond)
+            pthread_mutex_unlock(&mutex)
+        }
+        runTasks(thread: 0)
+        var spins = 0
+        while running.load(ordering: .acquiring) > 0 {
+            spins += 1
+            if spins > spinLimit { sched_yield() }
+        }
+        self.body = nil
+    }
+
+    func runTasks(thread: Int) {
         let n = taskCount
         let b = body!
         while true {
@@ -110,7 +124,7 @@ public final class ThreadPool: @unchecked Sendable {
         }
     }
 
-    private func workerLoop(_ index: Int) {
+    func workerLoop(_ index: Int) {
         var seen = 0
         while true {
             var spins = 0

@@ -128,7 +128,7 @@ public final class GGUFFile: @unchecked Sendable {
                 }
                 let off = try r.read(UInt64.self)
                 guard off < UInt64(size) else {
-                    throw GGUFError(path: path, "tensor '\(name)' data offset \(off) lies beyond the end of the file (\(size) bytes)")
+                    throw GGUFError(path: path, "tensor '\(name)' data offset \(off) lies beyond the end of the file (\(size) bytes): truncated file?")
                 }
                 raw.append(RawInfo(name: name, shape: shape, type: type, offset: Int(off), at: at))
             }

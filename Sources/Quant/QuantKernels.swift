@@ -8,6 +8,9 @@ public struct QuantKernels: Sendable {
     public typealias Quantize = @Sendable (_ src: UnsafePointer<Float>, _ dst: UnsafeMutableRawPointer, _ count: Int) -> Void
     public typealias DotF32 = @Sendable (_ row: UnsafeRawPointer, _ x: UnsafePointer<Float>, _ count: Int) -> Float
     public typealias VecDot = @Sendable (_ row: UnsafeRawPointer, _ xq: UnsafeRawPointer, _ count: Int) -> Float
+    /// `out[j] = row · xq[j]` for `j < nx` (1 ≤ nx ≤ 4), activation row j at `xq + j·xqStride` bytes.
+    public typealias VecDotMulti = @Sendable (_ row: UnsafeRawPointer, _ xq: UnsafeRawPointer, _ xqStride: Int,
+                                              _ nx: Int, _ out: UnsafeMutablePointer<Float>, _ count: Int) -> Void
 
     public let type: GGMLType
     /// Decodes `count` elements to f32.
@@ -21,14 +24,33 @@ public struct QuantKernels: Sendable {
     public let vecDotType: GGMLType
     /// Dot product of one stored row with an activation row already quantized to `vecDotType`.
     public let vecDot: VecDot
+    /// `vecDot` of one stored row with up to 4 activation rows, reading each weight block once (nil when the
+    /// format has none: loop over `vecDot`, or use `referenceVecDotMulti`).
+    public let vecDotMulti: VecDotMulti?
 
     public init(type: GGMLType, dequantize: @escaping Dequantize, quantize: Quantize?, dotF32: @escaping DotF32,
-                vecDotType: GGMLType, vecDot: @escaping VecDot) {
+                vecDotType: GGMLType, vecDot: @escaping VecDot, vecDotMulti: VecDotMulti? = nil) {
         self.type = type
         self.dequantize = dequantize
         self.quantize = quantize
         self.dotF32 = dotF32
         self.vecDotType = vecDotType
         self.vecDot = vecDot
+        self.vecDotMulti = vecDotMulti
+    }
+
+    /// The reference `VecDotMulti` of a `vecDot`: one call per activation row.
+    public static func referenceVecDotMulti(_ vecDot: @escaping VecDot) -> VecDotMulti {
+        { row, xq, xqStride, nx, out, count in
+            for j in 0..<nx { out[j] = vecDot(row, xq + j * xqStride, count) }
+        }
+    }
+
+    /// These kernels with `vecDotMulti` filled in by `referenceVecDotMulti` when it is nil.
+    public func withReferenceVecDotMulti() -> QuantKernels {
+        if vecDotMulti != nil { return self }
+        return QuantKernels(type: type, dequantize: dequantize, quantize: quantize, dotF32: dotF32,
+                            vecDotType: vecDotType, vecDot: vecDot,
+                            vecDotMulti: QuantKernels.referenceVecDotMulti(vecDot))
     }
 }

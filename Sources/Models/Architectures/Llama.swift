@@ -33,7 +33,7 @@ enum LlamaFamily {
             ropeScale = Double(f)
         }
         let rope = RoPE(dims: ropeDims, base: Double(l.optionalFloat("rope.freq_base") ?? 10_000), neox: v.neoxRope,
-                        linearScale: ropeScale)
+                        linearScale: ropeScale, freqFactors: try l.optionalVector("rope_freqs.weight", count: ropeDims / 2))
         guard nKVHead > 0, nHead % nKVHead == 0 else {
             throw ModelError("\(l.file.path): attention.head_count \(nHead) is not a multiple of head_count_kv \(nKVHead)")
         }

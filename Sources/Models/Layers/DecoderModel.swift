@@ -27,7 +27,7 @@ final class DecoderModel: LanguageModel, @unchecked Sendable {
     let finalLogitSoftcap: Float
     let ropes: [RoPE]
     let pool: ThreadPool
-    private let scratch: ThreadScratch
+    private let scratch: MatmulScratch
     private let attentionScratch: ThreadScratch
     private let work: Workspace
     private var ropeTables: [UnsafeMutablePointer<Float>] = []
@@ -51,7 +51,8 @@ final class DecoderModel: LanguageModel, @unchecked Sendable {
         self.pool = pool
         let a = blocks.map(\.attention)
         let maxCols = ([dim] + blocks.map { max($0.attention.oWidth, $0.mlp.width) }).max()!
-        scratch = ThreadScratch(threads: pool.threadCount, floatsPerThread: maxCols)
+        scratch = MatmulScratch(perThread: ThreadScratch(threads: pool.threadCount, floatsPerThread: maxCols),
+                                activations: ActivationBuffer())
         attentionScratch = ThreadScratch(threads: pool.threadCount, floatsPerThread: info.contextLength)
         work = Workspace(widths: [
             dim, dim, dim,
@@ -110,7 +111,7 @@ final class DecoderModel: LanguageModel, @unchecked Sendable {
         for (i, t) in batch.logitsIndices.enumerated() {
             norm(x + Int(t) * dim, outputNorm, xn + i * dim, 1)
         }
-        pool.matmul(output, xn, logits, n: m, scratch: scratch)
+        pool.matmul(output, xn, logits, n: m, scratch: scratch, f32Activations: true)
         if finalLogitSoftcap > 0 {
             let c = finalLogitSoftcap
             for i in 0..<m * info.vocabSize { logits[i] = c * tanhf(logits[i] / c) }

@@ -20,14 +20,16 @@ struct GatedMLP {
         case .silu: Ops.gatedSiLU(g, u, total)
         case .gelu: Ops.gatedGELU(g, u, total)
         }
-        ctx.pool.matmul(down, g, out, n: n, scratch: ctx.scratch)
+        // NOTE: f32 activations here: act(gate)·up is heavy-tailed and 8-bit quantizing it costs the most
+        // accuracy of any matmul (see ThreadPool.matmul).
+        ctx.pool.matmul(down, g, out, n: n, scratch: ctx.scratch, f32Activations: true)
     }
 }
 
 /// What every layer of one forward pass shares.
 struct ForwardContext {
     let pool: ThreadPool
-    let scratch: ThreadScratch
+    let scratch: MatmulScratch
     let attentionScratch: ThreadScratch
     let cache: KVCache
     let meta: AttentionMetadata

@@ -1,0 +1,168 @@
+import Foundation
+import GGUF
+import Quant
+import XCTest
+
+/// The `ktransformers` binary as a user runs it: real model, real files, exit codes and messages.
+final class CLITests: XCTestCase {
+    struct Run {
+        let status: Int32
+        let stdout: String
+        let stderr: String
+    }
+
+    /// The binary `swift build` / `swift test` put beside the test bundle.
+    static var binary: URL {
+        var dir = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+        if dir.pathExtension == "xctest" { dir = dir.deletingLastPathComponent() }  // Darwin bundle layout
+        return dir.appendingPathComponent("ktransformers")
+    }
+
+    func run(_ args: [String]) throws -> Run {
+        let bin = CLITests.binary
+        guard FileManager.default.isExecutableFile(atPath: bin.path) else {
+            XCTFail("ktransformers binary not found at \(bin.path); build the package first")
+            throw CocoaError(.fileNoSuchFile)
+        }
+        let p = Process()
+        p.executableURL = bin
+        p.arguments = args
+        // stderr goes to a file, stdout through a pipe read to the end before waiting, so nothing can block.
+        let errURL = FileManager.default.temporaryDirectory.appendingPathComponent("cli-stderr-\(UUID().uuidString)")
+        FileManager.default.createFile(atPath: errURL.path, contents: nil)
+        defer { try? FileManager.default.removeItem(at: errURL) }
+        let out = Pipe()
+        let errHandle = try FileHandle(forWritingTo: errURL)
+        p.standardOutput = out
+        p.standardError = errHandle
+        try p.run()
+        let outData = out.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        try errHandle.close()
+        let errData = try Data(contentsOf: errURL)
+        return Run(status: p.terminationStatus, stdout: String(decoding: outData, as: UTF8.self),
+                   stderr: String(decoding: errData, as: UTF8.self))
+    }
+
+    private var tmp: URL!
+
+    override func setUpWithError() throws {
+        tmp = FileManager.default.temporaryDirectory.appendingPathComponent("cli-tests-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: tmp, withIntermediateDirectories: true)
+    }
+
+    override func tearDownWithError() throws { try? FileManager.default.removeItem(at: tmp) }
+
+    /// Asserts a clean failure: non-zero exit by status (not a signal), a message containing `text`.
+    func assertCleanFailure(_ r: Run, contains text: String, file: StaticString = #filePath, line: UInt = #line) {
+        XCTAssertNotEqual(r.status, 0, file: file, line: line)
+        XCTAssertLessThan(r.status, 128, "exit status \(r.status) looks like a crash", file: file, line: line)
+        XCTAssertTrue(r.stderr.contains(text), "stderr lacks '\(text)': \(r.stderr)", file: file, line: line)
+    }
+
+    func testTruncatedModelFileIsAClearError() throws {
+        let data = try Data(contentsOf: URL(fileURLWithPath: DefaultModel.path))
+        let cut = tmp.appendingPathComponent("truncated.gguf")
+        try data.prefix(data.count / 2).write(to: cut)
+        let r = try run(["generate", "--model", cut.path, "--prompt", "hi", "-n", "2"])
+        assertCleanFailure(r, contains: "truncated file")
+        XCTAssertTrue(r.stderr.contains(cut.path), r.stderr)
+    }
+
+    func testRandomBytesAreAClearError() throws {
+        let f = tmp.appendingPathComponent("random.gguf")
+        try Data((0..<100_000).map { _ in UInt8.random(in: 0...255) }).write(to: f)
+        assertCleanFailure(try run(["generate", "--model", f.path, "--prompt", "hi"]), contains: "not a GGUF file")
+        assertCleanFailure(try run(["inspect", f.path]), contains: "not a GGUF file")
+    }
+
+    func testUnknownQuantTypeIsAClearError() throws {
+        var w = GGUFWriter()
+        w.set("general.architecture", .string("llama"))
+        w.addTensor(name: "token_embd.weight", shape: [32, 4], type: .f32, data: [UInt8](repeating: 0, count: 512))
+        var bytes = w.encoded()
+        // The tensor's type field: after the header (24), name (8 + 17 bytes), n_dims (4), dims (16),
+        // and the one metadata pair (8 + 20 key, 4 type, 8 + 5 value).
+        let typeOffset = 24 + (8 + 20 + 4 + 8 + 5) + (8 + 17) + 4 + 16
+        XCTAssertEqual(bytes[typeOffset], 0)
+        bytes[typeOffset] = 77
+        let f = tmp.appendingPathComponent("unknown-type.gguf")
+        try Data(bytes).write(to: f)
+        assertCleanFailure(try run(["generate", "--model", f.path, "--prompt", "hi"]),
+                           contains: "tensor 'token_embd.weight' has unknown ggml type 77")
+    }
+
+    func testKnownButUnsupportedQuantTypeAndArchitectureAreNamed() throws {
+        var w = GGUFWriter()
+        w.set("general.architecture", .string("llama"))
+        w.set("llama.embedding_length", .uint32(256))
+        w.set("llama.block_count", .uint32(1))
+        w.set("llama.feed_forward_length", .uint32(256))
+        w.set("llama.attention.head_count", .uint32(2))
+        w.set("llama.attention.layer_norm_rms_epsilon", .float32(1e-5))
+        w.set("llama.context_length", .uint32(64))
+        w.addTensor(name: "token_embd.weight", shape: [256, 4], type: .iq2_xxs,
+                    data: [UInt8](repeating: 0, count: 4 * GGMLType.iq2_xxs.typeSize))
+        let f = tmp.appendingPathComponent("iq2.gguf")
+        try w.write(to: f.path)
+        assertCleanFailure(try run(["logits", "--model", f.path, "--tokens", "1 2"]),
+                           contains: "'token_embd.weight' has type IQ2_XXS, which has no kernels")
+
+        w.set("general.architecture", .string("mamba"))
+        try w.write(to: f.path)
+        let r = try run(["logits", "--model", f.path, "--tokens", "1"])
+        assertCleanFailure(r, contains: "unsupported architecture 'mamba'")
+        XCTAssertTrue(r.stderr.contains("gemma3") && r.stderr.contains("qwen3"), r.stderr)
+    }
+
+    func testMissingModelFileAndBadArguments() throws {
+        assertCleanFailure(try run(["generate", "--model", tmp.appendingPathComponent("nope.gguf").path, "--prompt", "x"]),
+                           contains: "cannot open")
+        assertCleanFailure(try run(["generate", "--prompt", "x", "--temperature", "-1"]), contains: "--temperature")
+        assertCleanFailure(try run(["logits", "--tokens", "1 banana"]), contains: "'banana' is not a token id")
+        assertCleanFailure(try run(["logits", "--tokens", "999999999"]), contains: "outside the vocabulary")
+    }
+
+    func testTokenizeMatchesReference() throws {
+        let r = try run(["tokenize", "--text", "Good evening, Sam.", "--json"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        let obj = try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as! [String: Any]
+        XCTAssertEqual(obj["ids"] as? [Int], [2, 11947, 9137, 236764, 6687, 236761])
+        let noBOS = try run(["tokenize", "--text", "Good evening, Sam.", "--json", "--no-bos"])
+        XCTAssertEqual((try JSONSerialization.jsonObject(with: Data(noBOS.stdout.utf8)) as! [String: Any])["ids"] as? [Int],
+                       [11947, 9137, 236764, 6687, 236761])
+    }
+
+    /// Greedy generation prints the reference continuation's first token and a timing line.
+    func testGenerateGreedyStreamsTextAndTiming() throws {
+        let r = try run(["generate", "--prompt", "My favourite season is autumn because", "-n", "8", "--temperature", "0",
+                         "--threads", "2"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertTrue(r.stdout.hasPrefix(" it"), r.stdout)  // the reference's first token (625, " it"; gap 0.75)
+        XCTAssertTrue(r.stderr.contains("prompt: 7 tokens"), r.stderr)
+        XCTAssertTrue(r.stderr.contains("generation: 8 tokens"), r.stderr)
+    }
+
+    func testLogitsTopKIsValidJSONWithOneRowPerToken() throws {
+        let r = try run(["logits", "--tokens", "2 4754 17797 3409 563 16273 1547", "--top", "5"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        let obj = try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as! [String: Any]
+        let top = obj["top"] as! [[[String: Any]]]
+        XCTAssertEqual(top.count, 7)
+        XCTAssertEqual(top.last?.first?["id"] as? Int, 625)  // " it", as in ref_f64.jsonl
+        let lp = top.last!.map { $0["logprob"] as! Double }
+        XCTAssertEqual(lp, lp.sorted(by: >))
+        XCTAssertEqual(lp[0], -0.8839, accuracy: 0.15)
+    }
+
+    func testInspectSummarisesTheDefaultModel() throws {
+        let r = try run(["inspect"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertTrue(r.stdout.contains("general.architecture = \"gemma3\""), r.stdout)
+        XCTAssertTrue(r.stdout.contains("236 tensors"), r.stdout)
+        for line in ["Q5_0       81 tensors", "Q4_K       27 tensors", "Q6_K        9 tensors", "Q8_0       10 tensors",
+                     "F32       109 tensors"] {
+            XCTAssertTrue(r.stdout.contains(line), "missing '\(line)' in:\n\(r.stdout)")
+        }
+    }
+}
