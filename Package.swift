@@ -5,6 +5,13 @@ import PackageDescription
 // model ~50x slower than release, which makes the real-model tests too slow for CI.
 let optimized: [SwiftSetting] = [.unsafeFlags(["-O"])]
 
+// The AVX2 kernels' module is compiled for AVX2 + FMA + F16C; Backend calls it only after a CPUID check.
+#if arch(x86_64)
+let avx2: [SwiftSetting] = [.unsafeFlags(["-O", "-Xcc", "-mavx2", "-Xcc", "-mfma", "-Xcc", "-mf16c"])]
+#else
+let avx2: [SwiftSetting] = [.unsafeFlags(["-O"])]  // the module compiles to nothing off x86-64
+#endif
+
 let package = Package(
     name: "ktransformers-swift",
     platforms: [.macOS(.v15)],
@@ -23,7 +30,12 @@ let package = Package(
         // SentencePiece and byte-level BPE tokenizers, incremental detokenizer.
         .target(name: "Tokenizer", dependencies: ["GGUF"], swiftSettings: optimized),
         // Tensors, thread pool, CPU compute operations.
-        .target(name: "Backend", dependencies: ["Quant", .product(name: "Atomics", package: "swift-atomics")],
+        // CPU feature detection and the intrinsics wrappers Swift cannot import (immediate operands).
+        .target(name: "CSIMD"),
+        // AVX2 kernels of every format, same semantics as Quant's scalar ones.
+        .target(name: "QuantAVX2", dependencies: ["Quant", "CSIMD"], swiftSettings: avx2),
+        .target(name: "Backend", dependencies: ["Quant", "QuantAVX2", "CSIMD",
+                                                .product(name: "Atomics", package: "swift-atomics")],
                 swiftSettings: optimized),
         // Layers, architectures, registry keyed by general.architecture.
         .target(name: "Models", dependencies: ["GGUF", "Quant", "Backend"], swiftSettings: optimized),
@@ -34,6 +46,7 @@ let package = Package(
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .testTarget(name: "QuantTests", dependencies: ["Quant"], resources: [.copy("Fixtures")]),
+        .testTarget(name: "QuantAVX2Tests", dependencies: ["Quant", "QuantAVX2", "CSIMD", "Backend"]),
         .testTarget(name: "GGUFTests", dependencies: ["GGUF", "Quant"]),
         .testTarget(name: "TokenizerTests", dependencies: ["Tokenizer", "GGUF"], resources: [.copy("Fixtures")]),
         .testTarget(name: "ModelTests", dependencies: ["Models", "GGUF", "Quant", "Backend", "Engine"],

@@ -92,7 +92,7 @@ extension ThreadPool {
             return
         }
         // Quantize the activations once: `// xq: [n, rowBytes(vt)]`.
-        guard let q = KernelTable.kernels(for: vt)?.quantize, let xRowBytes = vt.byteCount(elements: cols) else {
+        guard let q = KernelDispatch.kernels(for: vt)?.quantize, let xRowBytes = vt.byteCount(elements: cols) else {
             preconditionFailure("no quantizer for activation format \(vt) (weights \(w.name))")
         }
         scratch.activations.reserve(n * xRowBytes)

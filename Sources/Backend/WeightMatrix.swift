@@ -15,7 +15,7 @@ public struct WeightMatrix: @unchecked Sendable {
     private let owner: AnyObject?
 
     public init(name: String, type: GGMLType, rows: Int, cols: Int, data: UnsafeRawPointer, owner: AnyObject? = nil) throws {
-        guard let k = QuantRegistry.kernels(for: type) else {
+        guard let k = KernelDispatch.kernels(for: type) else {
             throw BackendError("tensor '\(name)' has type \(type), which has no kernels (supported: \(QuantRegistry.supportedTypes.map(\.description).joined(separator: ", ")))")
         }
         guard cols % type.blockSize == 0, let rb = type.byteCount(elements: cols) else {
