@@ -56,10 +56,10 @@ extension ThreadPool {
     /// and every weight row is dotted with all of them by integer multiply-add, so each weight row is read
     /// once per batch. Float weights (F32/F16/BF16) dot f32 activations directly.
     ///
-    /// `f32Activations` keeps the activations in f32 (weights decoded on the fly): slower in prefill, but
-    /// exact for heavy-tailed inputs such as the MLP's down projection, where 8-bit activations cost the most
-    /// accuracy (measured on Gemma 3 270M against a float64 reference: mean |Δlogprob| 0.113 with 8-bit
-    /// activations everywhere, 0.057 with f32 activations into ffn_down and the output projection).
+    /// `f32Activations` keeps the activations in f32 (each weight row dotted with `dotF32`): slower, but exact
+    /// for heavy-tailed inputs such as the MLP's down projection, where 8-bit activations cost the most accuracy
+    /// (measured on Gemma 3 270M against a float64 reference, mean |Δlogprob|: 0.113 with 8-bit activations
+    /// everywhere, 0.065 with f32 activations into ffn_down; llama.cpp 0.104).
     /// Every token row is computed the same way whatever the batch size, so batching never changes results.
     public func matmul(_ w: WeightMatrix, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, n: Int,
                        yStride: Int? = nil, scratch: MatmulScratch, f32Activations: Bool = false) {
@@ -68,25 +68,11 @@ extension ThreadPool {
         let tasks = (rows + chunk - 1) / chunk
         let vt = w.kernels.vecDotType
         if vt == .f32 || f32Activations {
-            if n == 1 || vt == .f32 {
-                let dot = w.kernels.dotF32
-                parallelFor(tasks) { task, _ in
-                    let r0 = task * chunk, r1 = min(rows, r0 + chunk)
-                    for r in r0..<r1 {
-                        for t in 0..<n { y[t * ys + r] = dot(w.row(r), x + t * cols, cols) }
-                    }
-                }
-            } else {
-                // Decode each weight row once into thread scratch, then dot it with every token row.
-                precondition(scratch.perThread.floatsPerThread >= cols, "matmul scratch too small for \(w.name)")
-                let deq = w.kernels.dequantize
-                parallelFor(tasks) { task, thread in
-                    let buf = scratch.perThread.buffer(thread)
-                    let r0 = task * chunk, r1 = min(rows, r0 + chunk)
-                    for r in r0..<r1 {
-                        deq(w.row(r), buf, cols)
-                        for t in 0..<n { y[t * ys + r] = dotProduct(buf, x + t * cols, cols) }
-                    }
+            let dot = w.kernels.dotF32
+            parallelFor(tasks) { task, _ in
+                let r0 = task * chunk, r1 = min(rows, r0 + chunk)
+                for r in r0..<r1 {
+                    for t in 0..<n { y[t * ys + r] = dot(w.row(r), x + t * cols, cols) }
                 }
             }
             return

@@ -111,7 +111,7 @@ final class DecoderModel: LanguageModel, @unchecked Sendable {
         for (i, t) in batch.logitsIndices.enumerated() {
             norm(x + Int(t) * dim, outputNorm, xn + i * dim, 1)
         }
-        pool.matmul(output, xn, logits, n: m, scratch: scratch, f32Activations: true)
+        pool.matmul(output, xn, logits, n: m, scratch: scratch)
         if finalLogitSoftcap > 0 {
             let c = finalLogitSoftcap
             for i in 0..<m * info.vocabSize { logits[i] = c * tanhf(logits[i] / c) }

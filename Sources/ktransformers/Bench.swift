@@ -1,0 +1,150 @@
+import ArgumentParser
+import Backend
+import Foundation
+import Models
+
+/// Model throughput like llama-bench: prompt processing (pp) and token generation (tg), optionally with B
+/// sequences decoding together in one batch.
+struct Bench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Measure prompt-processing and generation speed (like llama-bench).",
+        discussion: "Tests: ppP reads P prompt tokens in one batch (chunked by --chunk-size); tgN generates N tokens one step at a time from an empty context; with --batch B, tgN runs B sequences decoding together and reports their total tokens/s. Each test runs -r times after one warm-up run.")
+
+    @Option(name: .long, help: "GGUF model file (default: the installed default model).")
+    var model: String?
+
+    @Option(name: [.customShort("p"), .customLong("n-prompt")], help: "Prompt tokens per pp test (0 = skip).")
+    var nPrompt: Int = 512
+
+    @Option(name: [.customShort("n"), .customLong("n-gen")], help: "Tokens per tg test (0 = skip).")
+    var nGen: Int = 128
+
+    @Option(name: [.customShort("t"), .long], help: "Compute threads (default: physical cores).")
+    var threads: Int?
+
+    @Option(name: [.customShort("r"), .long], help: "Repetitions of each test.")
+    var repetitions: Int = 5
+
+    @Option(name: [.customShort("b"), .long], help: "Sequences decoding together in the tg test.")
+    var batch: Int = 1
+
+    @Option(name: .customLong("chunk-size"), help: "Tokens per forward pass in the pp test.")
+    var chunkSize: Int = 512
+
+    @Flag(help: "Print a JSON array with one object per test.")
+    var json = false
+
+    func validate() throws {
+        guard nPrompt >= 0, nGen >= 0, nPrompt + nGen > 0 else { throw ValidationError("-p and -n must be >= 0, not both 0") }
+        guard repetitions >= 1 else { throw ValidationError("--repetitions must be >= 1") }
+        guard batch >= 1, batch <= 256 else { throw ValidationError("--batch must be between 1 and 256") }
+        guard chunkSize >= 1 else { throw ValidationError("--chunk-size must be >= 1") }
+        if let threads, threads < 1 { throw ValidationError("--threads must be >= 1") }
+    }
+
+    struct Result: Codable {
+        var model: String
+        var test: String
+        var n_prompt: Int
+        var n_gen: Int
+        var batch: Int
+        var threads: Int
+        var isa: String
+        var repetitions: Int
+        var tokens_per_second: Double
+        var median_tokens_per_second: Double
+        var stddev_tokens_per_second: Double
+        var samples_tokens_per_second: [Double]
+    }
+
+    func run() throws {
+        var args = ["--threads", String(threads ?? CPUInfo.physicalCores)]
+        if let model { args += ["--model", model] }
+        let file = try ModelOptions.parse(args).openFile()
+        let pool = ThreadPool(threads: threads ?? CPUInfo.physicalCores)
+        let lm = try ModelRegistry.load(file, pool: pool)
+        let name = URL(fileURLWithPath: file.path).lastPathComponent
+        let ctx = max(nPrompt, nGen)
+        guard ctx <= lm.info.contextLength else {
+            throw CLIError("a test needs \(ctx) positions, the model's context is \(lm.info.contextLength)")
+        }
+        let pageSize = 256
+        let pagesPerSeq = (ctx + pageSize - 1) / pageSize
+        let seqs = max(batch, 1)
+        let cache = KVCache(pageSize: pageSize, numPages: pagesPerSeq * seqs, kDims: lm.info.kvKeyDims,
+                            vDims: lm.info.kvValueDims)
+        let tables = (0..<seqs).map { s in (0..<pagesPerSeq).map { Int32(s * pagesPerSeq + $0) } }
+        let vocab = lm.info.vocabSize
+        let logits = UnsafeMutablePointer<Float>.allocate(capacity: vocab * seqs)
+        defer { logits.deallocate() }
+        var rng = SystemRandomNumberGenerator()
+        var results: [Result] = []
+
+        func measure(_ test: String, tokens: Int, _ body: () throws -> Void) throws {
+            try body()  // warm-up
+            var samples: [Double] = []
+            for _ in 0..<repetitions {
+                let t0 = DispatchTime.now().uptimeNanoseconds
+                try body()
+                let s = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
+                samples.append(Double(tokens) / s)
+            }
+            let mean = samples.reduce(0, +) / Double(samples.count)
+            let sd = (samples.map { ($0 - mean) * ($0 - mean) }.reduce(0, +) / Double(max(samples.count - 1, 1))).squareRoot()
+            let median = samples.sorted()[samples.count / 2]
+            results.append(Result(model: name, test: test, n_prompt: test.hasPrefix("pp") ? nPrompt : 0,
+                                  n_gen: test.hasPrefix("tg") ? nGen : 0, batch: test.hasPrefix("tg") ? batch : 1,
+                                  threads: pool.threadCount, isa: KernelDispatch.isa, repetitions: repetitions,
+                                  tokens_per_second: mean, median_tokens_per_second: median,
+                                  stddev_tokens_per_second: sd, samples_tokens_per_second: samples))
+        }
+
+        if nPrompt > 0 {
+            let prompt = (0..<nPrompt).map { _ in Int32.random(in: 0..<Int32(vocab), using: &rng) }
+            try measure("pp\(nPrompt)", tokens: nPrompt) {
+                var done = 0
+                while done < nPrompt {
+                    let n = min(chunkSize, nPrompt - done)
+                    var b = ForwardBatch(pageSize: pageSize)
+                    b.addSequence(tokens: Array(prompt[done..<done + n]), startPosition: done, blockTable: tables[0],
+                                  logits: done + n == nPrompt ? .last : .none)
+                    try lm.forward(b, cache: cache, logits: logits)
+                    done += n
+                }
+            }
+        }
+        if nGen > 0 {
+            let test = batch > 1 ? "tg\(nGen)x\(batch)" : "tg\(nGen)"
+            try measure(test, tokens: nGen * batch) {
+                var next = [Int32](repeating: 2, count: batch)
+                for pos in 0..<nGen {
+                    var b = ForwardBatch(pageSize: pageSize)
+                    for s in 0..<batch {
+                        b.addSequence(tokens: [next[s]], startPosition: pos, blockTable: tables[s], logits: .last)
+                    }
+                    try lm.forward(b, cache: cache, logits: logits)
+                    for s in 0..<batch { next[s] = argmax(logits + s * vocab, vocab) }
+                }
+            }
+        }
+
+        if json {
+            let enc = JSONEncoder()
+            enc.outputFormatting = [.prettyPrinted, .sortedKeys]
+            Output.out(String(decoding: try enc.encode(results), as: UTF8.self) + "\n")
+        } else {
+            var s = "| model | threads | isa | test | t/s (mean ± sd) | median |\n|---|---|---|---|---|---|\n"
+            for r in results {
+                s += String(format: "| %@ | %d | %@ | %@ | %.2f ± %.2f | %.2f |\n", r.model, r.threads, r.isa, r.test,
+                            r.tokens_per_second, r.stddev_tokens_per_second, r.median_tokens_per_second)
+            }
+            Output.out(s)
+        }
+    }
+
+    private func argmax(_ x: UnsafePointer<Float>, _ n: Int) -> Int32 {
+        var best = 0
+        for i in 1..<n where x[i] > x[best] { best = i }
+        return Int32(best)
+    }
+}
