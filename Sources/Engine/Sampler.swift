@@ -7,14 +7,27 @@ public struct SamplingParams: Sendable, Equatable {
     public var topP: Float = 0.95      // 1 = off
     public var minP: Float = 0.05      // 0 = off
     public var seed: UInt64? = nil
+    /// OpenAI penalties, subtracted from the logits of tokens already generated: presence once per token,
+    /// frequency once per occurrence (0 = off).
+    public var presencePenalty: Float = 0
+    public var frequencyPenalty: Float = 0
+    /// llama.cpp / Hugging Face repetition penalty over prompt and generated tokens (1 = off): positive
+    /// logits are divided by it, negative ones multiplied.
+    public var repetitionPenalty: Float = 1
 
-    public init(temperature: Float = 0.8, topK: Int = 40, topP: Float = 0.95, minP: Float = 0.05, seed: UInt64? = nil) {
+    public init(temperature: Float = 0.8, topK: Int = 40, topP: Float = 0.95, minP: Float = 0.05, seed: UInt64? = nil,
+                presencePenalty: Float = 0, frequencyPenalty: Float = 0, repetitionPenalty: Float = 1) {
         self.temperature = temperature
         self.topK = topK
         self.topP = topP
         self.minP = minP
         self.seed = seed
+        self.presencePenalty = presencePenalty
+        self.frequencyPenalty = frequencyPenalty
+        self.repetitionPenalty = repetitionPenalty
     }
+
+    public var hasPenalties: Bool { presencePenalty != 0 || frequencyPenalty != 0 || repetitionPenalty != 1 }
 
     public static let greedy = SamplingParams(temperature: 0, topK: 1, topP: 1, minP: 0)
 
@@ -50,12 +63,13 @@ public struct Xoshiro256: RandomNumberGenerator, Sendable {
     }
 }
 
-/// Picks the next token from a row of logits. Holds its candidate buffer so sampling allocates nothing
-/// after the first call.
+/// Picks the next token from a row of logits. Holds its candidate buffers so sampling allocates nothing in
+/// the steady state.
 public struct Sampler: Sendable {
     public let params: SamplingParams
     private var rng: Xoshiro256
-    private var candidates: [(id: Int32, logit: Float)] = []
+    private var ids: [Int32] = []
+    private var probs: [Float] = []
 
     public init(_ params: SamplingParams) {
         self.params = params
@@ -72,42 +86,56 @@ public struct Sampler: Sendable {
         return Int32(best)
     }
 
-    public mutating func sample(_ logits: UnsafePointer<Float>, count: Int) -> Int32 {
-        if params.isGreedy { return Sampler.argmax(logits, count: count) }
-        // Top-k first (a partial selection), then temperature, min-p, top-p over the survivors.
-        let k = params.topK > 0 ? min(params.topK, count) : count
-        candidates.removeAll(keepingCapacity: true)
-        if k == count {
-            for i in 0..<count { candidates.append((Int32(i), logits[i])) }
-            candidates.sort { $0.logit > $1.logit }
-        } else {
-            // Keep a sorted list of the k best.
-            var threshold = -Float.infinity
-            for i in 0..<count {
-                let v = logits[i]
-                if candidates.count < k || v > threshold {
-                    var j = candidates.count
-                    candidates.append((Int32(i), v))
-                    while j > 0 && candidates[j - 1].logit < v {
-                        candidates[j] = candidates[j - 1]
-                        j -= 1
-                    }
-                    candidates[j] = (Int32(i), v)
-                    if candidates.count > k { candidates.removeLast() }
-                    threshold = candidates.count == k ? candidates[k - 1].logit : -Float.infinity
-                }
+    /// Applies the penalties in place: presence/frequency over `generated` (token → occurrences),
+    /// repetition over `generated` and `prompt`.
+    public func applyPenalties(_ logits: UnsafeMutablePointer<Float>, count: Int, prompt: [Int32], generated: [Int32: Int]) {
+        let p = params
+        guard p.hasPenalties else { return }
+        if p.repetitionPenalty != 1 {
+            var seen = Set<Int32>(generated.keys)
+            for t in prompt where t >= 0 && Int(t) < count { seen.insert(t) }
+            for t in seen where Int(t) < count {
+                let l = logits[Int(t)]
+                logits[Int(t)] = l > 0 ? l / p.repetitionPenalty : l * p.repetitionPenalty
             }
         }
-        let t = params.temperature
-        let maxLogit = candidates[0].logit
-        var probs = [Float](repeating: 0, count: candidates.count)
-        var sum: Float = 0
-        for i in 0..<candidates.count {
-            let p = expf((candidates[i].logit - maxLogit) / t)
-            probs[i] = p
-            sum += p
+        if p.presencePenalty != 0 || p.frequencyPenalty != 0 {
+            for (t, n) in generated where Int(t) < count {
+                logits[Int(t)] -= p.presencePenalty + p.frequencyPenalty * Float(n)
+            }
         }
-        var n = candidates.count
+    }
+
+    /// Samples a token id (penalties must already be applied).
+    public mutating func sample(_ logits: UnsafePointer<Float>, count: Int) -> Int32 {
+        if params.isGreedy { return Sampler.argmax(logits, count: count) }
+        let t = params.temperature
+        var maxLogit = -Float.infinity
+        for i in 0..<count { maxLogit = max(maxLogit, logits[i]) }
+        // The full softmax normalizer, so candidate probabilities are exact fractions of the whole distribution.
+        var z: Double = 0
+        for i in 0..<count { z += Double(expf((logits[i] - maxLogit) / t)) }
+        let uniform = Double(rng.next() >> 11) / Double(1 << 53)
+        if params.topK <= 0 && params.topP >= 1 && params.minP <= 0 {
+            var r = uniform * z
+            for i in 0..<count {
+                r -= Double(expf((logits[i] - maxLogit) / t))
+                if r <= 0 { return Int32(i) }
+            }
+            return Int32(count - 1)
+        }
+        // Take the k best by partial selection; without top-k, grow k until top-p and min-p are decided.
+        var k = params.topK > 0 ? min(params.topK, count) : min(256, count)
+        while true {
+            selectTop(logits, count: count, k: k)
+            for i in 0..<ids.count { probs[i] = Float(Double(expf((logits[Int(ids[i])] - maxLogit) / t)) / z) }
+            if params.topK > 0 || k == count { break }
+            let mass = probs.reduce(0, +)
+            let tailBelowMinP = params.minP > 0 && probs[ids.count - 1] < params.minP * probs[0]
+            if mass >= params.topP || tailBelowMinP { break }
+            k = min(count, k * 16)
+        }
+        var n = ids.count
         if params.minP > 0 {
             let cut = params.minP * probs[0]
             while n > 1 && probs[n - 1] < cut { n -= 1 }
@@ -120,12 +148,60 @@ public struct Sampler: Sendable {
                 if acc >= params.topP * total { n = i + 1; break }
             }
         }
-        sum = probs[0..<n].reduce(0, +)
-        var r = Float(Double(rng.next() >> 11) / Double(1 << 53)) * sum
+        var r = Float(uniform) * probs[0..<n].reduce(0, +)
         for i in 0..<n {
             r -= probs[i]
-            if r <= 0 { return candidates[i].id }
+            if r <= 0 { return ids[i] }
         }
-        return candidates[n - 1].id
+        return ids[n - 1]
+    }
+
+    /// Fills `ids` with the `k` largest logits' ids, best first (and sizes `probs` to match).
+    private mutating func selectTop(_ logits: UnsafePointer<Float>, count: Int, k: Int) {
+        ids.removeAll(keepingCapacity: true)
+        if k >= count {
+            ids.append(contentsOf: (0..<Int32(count)))
+        } else {
+            // A min-heap of the k best would do too; a threshold scan plus a final sort is simpler and as fast
+            // for small k.
+            var threshold = -Float.infinity
+            for i in 0..<count where ids.count < k || logits[i] > threshold {
+                ids.append(Int32(i))
+                if ids.count >= 2 * k {
+                    ids.sort { logits[Int($0)] > logits[Int($1)] }
+                    ids.removeLast(ids.count - k)
+                    threshold = logits[Int(ids[k - 1])]
+                }
+            }
+        }
+        ids.sort { logits[Int($0)] > logits[Int($1)] || (logits[Int($0)] == logits[Int($1)] && $0 < $1) }
+        if ids.count > k { ids.removeLast(ids.count - k) }
+        if probs.count != ids.count { probs = [Float](repeating: 0, count: ids.count) }
+    }
+
+    /// Log-probability of `id` under the raw logits, and the `top` most likely tokens (nil top when 0).
+    public static func logprobs(_ logits: UnsafePointer<Float>, count: Int, chosen id: Int32, top: Int) -> TokenLogprob {
+        var m = -Float.infinity
+        for i in 0..<count { m = max(m, logits[i]) }
+        var s = 0.0
+        for i in 0..<count { s += exp(Double(logits[i] - m)) }
+        let lse = Double(m) + log(s)
+        var best: [Int32] = []
+        if top > 0 {
+            var threshold = -Float.infinity
+            for i in 0..<count where best.count < top || logits[i] > threshold {
+                var j = best.count
+                best.append(Int32(i))
+                while j > 0 && logits[Int(best[j - 1])] < logits[i] {
+                    best[j] = best[j - 1]
+                    j -= 1
+                }
+                best[j] = Int32(i)
+                if best.count > top { best.removeLast() }
+                if best.count == top { threshold = logits[Int(best[top - 1])] }
+            }
+        }
+        return TokenLogprob(id: id, logprob: Float(Double(logits[Int(id)]) - lse),
+                            top: best.map { .init(id: $0, logprob: Float(Double(logits[Int($0)]) - lse)) })
     }
 }

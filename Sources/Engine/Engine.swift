@@ -1,0 +1,243 @@
+import Backend
+import Foundation
+import Models
+
+/// The serving engine: continuous batching over one model on a dedicated thread.
+///
+/// `submit` queues a request and returns the stream its tokens arrive on; `abort` cancels one (also done
+/// automatically when the consumer drops its stream). Each step of the loop is
+/// `schedule()` → `execute(output)` → `update(output, result)`: one `ForwardBatch` mixes prompt chunks and
+/// decode tokens of every running sequence.
+public final class Engine: @unchecked Sendable {
+    // NOTE: @unchecked: `lock` guards `inbox`, `aborts`, `streams`, `snapshot`, `stopping`, `queued`; everything
+    // else is owned by the loop thread.
+    public let info: ModelInfo
+    public let config: EngineConfig
+    private let model: LanguageModel
+    private let cache: KVCache
+    private var scheduler: Scheduler
+    private let lock = NSCondition()
+    private var inbox: [SequenceState] = []
+    private var aborts: [String] = []
+    private var streams: [String: AsyncStream<EngineOutput>.Continuation] = [:]
+    private var snapshot: EngineStats
+    private var stopping = false
+    private var stopped = false
+    private var queued = 0
+    private var arrivals = 0
+    private var thread: Thread?
+    private let logits: UnsafeMutablePointer<Float>      // [maxBatchSize, vocab]
+    private let rawRow: UnsafeMutablePointer<Float>      // [vocab]
+    private var generatedTokens = 0
+    private var promptTokensComputed = 0
+
+    public init(model: LanguageModel, config: EngineConfig) throws {
+        var config = config
+        config.contextLength = min(config.contextLength, model.info.contextLength)
+        try config.validate()
+        self.model = model
+        info = model.info
+        self.config = config
+        let pages = max(1, config.kvCacheTokens / config.pageSize)
+        cache = KVCache(pageSize: config.pageSize, numPages: pages, kDims: model.info.kvKeyDims, vDims: model.info.kvValueDims)
+        scheduler = Scheduler(maxBatchSize: config.maxBatchSize, chunkSize: config.chunkSize,
+                              kv: KVCacheManager(pageSize: config.pageSize, numPages: pages))
+        logits = .allocate(capacity: config.maxBatchSize * model.info.vocabSize)
+        rawRow = .allocate(capacity: model.info.vocabSize)
+        snapshot = EngineStats(running: 0, waiting: 0, kvPagesTotal: pages, kvPagesFree: pages, kvPageSize: config.pageSize,
+                               steps: 0, preemptions: 0, generatedTokens: 0, promptTokens: 0)
+        let t = Thread { [unowned self] in self.loop() }
+        t.name = "ktransformers-engine"
+        t.stackSize = 8 << 20
+        thread = t
+        t.start()
+    }
+
+    deinit {
+        logits.deallocate()
+        rawRow.deallocate()
+    }
+
+    /// Queues a request. Throws `EngineError` when it cannot be served (overloaded, too long, invalid).
+    public func submit(_ request: EngineRequest) throws -> AsyncStream<EngineOutput> {
+        let n = request.promptTokens.count
+        guard n > 0 else { throw EngineError.invalid("the prompt has no tokens") }
+        guard request.maxTokens >= 1 else { throw EngineError.invalid("max_tokens must be at least 1") }
+        if let bad = request.promptTokens.first(where: { $0 < 0 || Int($0) >= info.vocabSize }) {
+            throw EngineError.invalid("token id \(bad) is outside the vocabulary (0..<\(info.vocabSize))")
+        }
+        let limit = min(config.contextLength, scheduler.kv.numPages * config.pageSize)
+        guard n + 1 <= limit else { throw EngineError.promptTooLong(tokens: n, limit: limit) }
+        let (stream, continuation) = AsyncStream<EngineOutput>.makeStream(bufferingPolicy: .unbounded)
+        lock.lock()
+        defer { lock.unlock() }
+        guard !stopping else { throw EngineError.shuttingDown }
+        guard queued < config.maxQueued else { throw EngineError.overloaded(queued: queued) }
+        guard streams[request.id] == nil else { throw EngineError.invalid("duplicate request id \(request.id)") }
+        arrivals += 1
+        inbox.append(SequenceState(request: request, arrival: arrivals))
+        queued += 1
+        streams[request.id] = continuation
+        continuation.onTermination = { [weak self] reason in
+            if case .cancelled = reason { self?.abort(id: request.id) }
+        }
+        lock.signal()
+        return stream
+    }
+
+    /// Cancels a request wherever it is; its pages are free after the current step and its stream ends with
+    /// `.abort`. Unknown or finished ids are ignored.
+    public func abort(id: String) {
+        lock.lock()
+        aborts.append(id)
+        lock.signal()
+        lock.unlock()
+    }
+
+    public func stats() -> EngineStats {
+        lock.lock()
+        defer { lock.unlock() }
+        return snapshot
+    }
+
+    /// Stops accepting requests, aborts everything in flight and stops the loop thread. Idempotent.
+    public func shutdown() {
+        lock.lock()
+        stopping = true
+        lock.signal()
+        while !stopped { lock.wait() }
+        lock.unlock()
+    }
+
+    // MARK: - loop thread
+
+    private func loop() {
+        while true {
+            lock.lock()
+            while inbox.isEmpty && aborts.isEmpty && !stopping && !scheduler.hasWork { lock.wait() }
+            let newOnes = inbox
+            inbox.removeAll()
+            let cancelled = aborts
+            aborts.removeAll()
+            let stop = stopping
+            lock.unlock()
+
+            for s in newOnes { scheduler.add(s) }
+            for id in cancelled {
+                if scheduler.remove(id) != nil || newOnes.contains(where: { $0.id == id }) {
+                    finish(id, token: nil, reason: .abort, promptTokens: 0, completionTokens: 0)
+                }
+            }
+            if stop {
+                for s in scheduler.running + scheduler.waiting {
+                    scheduler.remove(s.id)
+                    finish(s.id, token: nil, reason: .abort, promptTokens: s.request.promptTokens.count,
+                           completionTokens: s.outputTokens.count)
+                }
+                lock.lock()
+                stopped = true
+                lock.broadcast()
+                lock.unlock()
+                return
+            }
+            step()
+        }
+    }
+
+    /// One engine step: schedule, run the batch, sample, hand out tokens.
+    private func step() {
+        let out = scheduler.schedule()
+        for s in out.evicted {
+            finish(s.id, token: nil, reason: .length, promptTokens: s.request.promptTokens.count,
+                   completionTokens: s.outputTokens.count)
+        }
+        guard !out.isEmpty else { publishStats(); return }
+        do {
+            try execute(out)
+        } catch {
+            // A model error fails the sequences of this batch, not the server.
+            for s in out.scheduled {
+                scheduler.remove(s.sequence.id)
+                finish(s.sequence.id, token: nil, reason: .abort, promptTokens: s.sequence.request.promptTokens.count,
+                       completionTokens: s.sequence.outputTokens.count)
+            }
+        }
+        publishStats(stepDone: true)
+    }
+
+    private func execute(_ out: SchedulerOutput) throws {
+        var batch = ForwardBatch(pageSize: config.pageSize)
+        for s in out.scheduled {
+            let seq = s.sequence
+            let tokens = (s.start..<s.start + s.count).map { seq.token(at: $0) }
+            batch.addSequence(tokens: tokens, startPosition: s.start, blockTable: scheduler.kv.blockTable(seq.id),
+                              logits: s.sample ? .last : .none)
+        }
+        try model.forward(batch, cache: cache, logits: logits)
+        scheduler.commit(out)
+        for s in out.scheduled where s.start < s.sequence.request.promptTokens.count {
+            promptTokensComputed += min(s.count, s.sequence.request.promptTokens.count - s.start)
+        }
+        let vocab = info.vocabSize
+        var row = 0
+        for s in out.scheduled where s.sample {
+            let seq = s.sequence
+            let l = logits + row * vocab
+            row += 1
+            var lp: TokenLogprob?
+            let k = seq.request.logprobs
+            if k != nil && seq.sampler.params.hasPenalties {
+                // Log-probabilities describe the model's own distribution, before penalties change the row.
+                rawRow.update(from: l, count: vocab)
+            }
+            seq.sampler.applyPenalties(l, count: vocab, prompt: seq.request.promptTokens, generated: seq.generatedCounts)
+            let token = seq.sampler.sample(l, count: vocab)
+            if let k {
+                lp = Sampler.logprobs(seq.sampler.params.hasPenalties ? UnsafePointer(rawRow) : UnsafePointer(l),
+                                      count: vocab, chosen: token, top: k)
+            }
+            generatedTokens += 1
+            seq.outputTokens.append(token)
+            seq.generatedCounts[token, default: 0] += 1
+            let reason: FinishReason? =
+                seq.request.stopTokenIDs.contains(token) ? .stop
+                : (seq.outputTokens.count >= seq.request.maxTokens || seq.numTokens >= config.contextLength) ? .length
+                : nil
+            if let reason { scheduler.remove(seq.id) }
+            emit(seq, token: token, logprob: lp, reason: reason)
+        }
+    }
+
+    private func emit(_ seq: SequenceState, token: Int32, logprob: TokenLogprob?, reason: FinishReason?) {
+        let o = EngineOutput(token: token, logprob: logprob, finishReason: reason,
+                             promptTokens: seq.request.promptTokens.count, completionTokens: seq.outputTokens.count)
+        lock.lock()
+        let c = streams[seq.id]
+        if reason != nil { streams[seq.id] = nil }
+        lock.unlock()
+        c?.yield(o)
+        if reason != nil { c?.finish() }
+    }
+
+    private func finish(_ id: String, token: Int32?, reason: FinishReason, promptTokens: Int, completionTokens: Int) {
+        lock.lock()
+        let c = streams.removeValue(forKey: id)
+        lock.unlock()
+        c?.yield(EngineOutput(token: token, logprob: nil, finishReason: reason, promptTokens: promptTokens,
+                              completionTokens: completionTokens))
+        c?.finish()
+    }
+
+    private func publishStats(stepDone: Bool = false) {
+        lock.lock()
+        queued = inbox.count + scheduler.waiting.count
+        snapshot.running = scheduler.running.count
+        snapshot.waiting = queued
+        snapshot.kvPagesFree = scheduler.kv.freePages
+        snapshot.preemptions = scheduler.preemptionCount
+        snapshot.generatedTokens = generatedTokens
+        snapshot.promptTokens = promptTokensComputed
+        if stepDone { snapshot.steps += 1 }
+        lock.unlock()
+    }
+}

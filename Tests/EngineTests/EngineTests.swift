@@ -1,0 +1,144 @@
+import Backend
+@testable import Engine
+import Foundation
+import GGUF
+import Models
+import XCTest
+
+/// The engine end to end on a tiny random model (Tests/ModelTests/Fixtures): batching, preemption and
+/// cancellation must not change any sequence's tokens.
+final class EngineTests: XCTestCase {
+    static let modelPath = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+        .appendingPathComponent("../ModelTests/Fixtures/llama.gguf").standardized.path
+
+    func makeEngine(_ configure: (inout EngineConfig) -> Void = { _ in }) throws -> Engine {
+        let file = try GGUFFile(path: EngineTests.modelPath)
+        let model = try ModelRegistry.load(file, pool: ThreadPool(threads: 2))
+        var c = EngineConfig()
+        configure(&c)
+        return try Engine(model: model, config: c)
+    }
+
+    func prompt(_ n: Int, seed: Int) -> [Int32] { (0..<n).map { Int32((seed * 31 + $0 * 7) % 96) } }
+
+    static func collect(_ stream: AsyncStream<EngineOutput>) async -> (tokens: [Int32], finish: FinishReason?, last: EngineOutput?) {
+        var tokens: [Int32] = []
+        var last: EngineOutput?
+        for await o in stream {
+            if let t = o.token { tokens.append(t) }
+            last = o
+        }
+        return (tokens, last?.finishReason, last)
+    }
+
+    func alone(_ p: [Int32], maxTokens: Int) async throws -> [Int32] {
+        let e = try makeEngine { $0.maxBatchSize = 1 }
+        defer { e.shutdown() }
+        return await Self.collect(try e.submit(EngineRequest(id: "x", promptTokens: p, maxTokens: maxTokens))).tokens
+    }
+
+    /// 8 requests with different prompt lengths arriving at different times give, greedily, exactly the tokens
+    /// each gives alone — with chunked prefill (chunk 5) and a pool small enough to force preemption.
+    func testBatchedGreedyEqualsAlone() async throws {
+        let prompts = (0..<8).map { prompt(3 + 5 * $0, seed: $0) }
+        var expected: [[Int32]] = []
+        for p in prompts { expected.append(try await alone(p, maxTokens: 12)) }
+        let e = try makeEngine { c in
+            c.maxBatchSize = 8
+            c.chunkSize = 5
+            c.pageSize = 4
+            c.kvCacheTokens = 4 * 14   // 14 pages: enough for the longest (50 tokens), far too few for all 8
+        }
+        defer { e.shutdown() }
+        let results = try await withThrowingTaskGroup(of: (Int, [Int32]).self) { g in
+            for (i, p) in prompts.enumerated() {
+                g.addTask {
+                    try await Task.sleep(nanoseconds: UInt64(i) * 1_000_000)  // staggered arrivals
+                    let r = await Self.collect(try e.submit(EngineRequest(id: "r\(i)", promptTokens: p, maxTokens: 12)))
+                    XCTAssertEqual(r.finish, .length)
+                    XCTAssertEqual(r.last?.completionTokens, 12)
+                    XCTAssertEqual(r.last?.promptTokens, p.count)
+                    return (i, r.tokens)
+                }
+            }
+            var out = [[Int32]](repeating: [], count: prompts.count)
+            for try await (i, t) in g { out[i] = t }
+            return out
+        }
+        XCTAssertEqual(results, expected)
+        let s = e.stats()
+        XCTAssertEqual(s.kvPagesFree, s.kvPagesTotal)
+        XCTAssertGreaterThan(s.preemptions, 0, "the pool was meant to run dry")
+        XCTAssertEqual(s.running + s.waiting, 0)
+    }
+
+    func testAbortFreesPagesAndEndsTheStream() async throws {
+        let e = try makeEngine { $0.pageSize = 4 }
+        defer { e.shutdown() }
+        // 54 tokens would fill the tiny model's context; the abort lands within a step or two.
+        let stream = try e.submit(EngineRequest(id: "a", promptTokens: prompt(10, seed: 1), maxTokens: 10_000))
+        e.abort(id: "a")
+        var n = 0
+        var finish: FinishReason?
+        for await o in stream {
+            if o.token != nil { n += 1 }
+            finish = o.finishReason ?? finish
+        }
+        XCTAssertEqual(finish, .abort)
+        XCTAssertLessThan(n, 10)
+        for _ in 0..<100 where e.stats().kvPagesFree != e.stats().kvPagesTotal { try await Task.sleep(nanoseconds: 1_000_000) }
+        XCTAssertEqual(e.stats().kvPagesFree, e.stats().kvPagesTotal)
+    }
+
+    /// A consumer that stops listening (a disconnected client) cancels its request.
+    func testDroppingTheStreamAbortsTheRequest() async throws {
+        let e = try makeEngine()
+        defer { e.shutdown() }
+        let p = prompt(5, seed: 2)
+        let task = Task {
+            var n = 0
+            for await o in try e.submit(EngineRequest(id: "d", promptTokens: p, maxTokens: 100_000)) {
+                if o.token != nil { n += 1 }
+            }
+            return n
+        }
+        try await Task.sleep(nanoseconds: 20_000_000)
+        task.cancel()
+        _ = try await task.value
+        for _ in 0..<200 where e.stats().running > 0 { try await Task.sleep(nanoseconds: 1_000_000) }
+        XCTAssertEqual(e.stats().running, 0)
+        XCTAssertEqual(e.stats().kvPagesFree, e.stats().kvPagesTotal)
+    }
+
+    func testStopTokensAndLimits() async throws {
+        let e = try makeEngine { $0.maxQueued = 0 }
+        defer { e.shutdown() }
+        let p = prompt(6, seed: 3)
+        let free = try await alone(p, maxTokens: 6)
+        // Stopping on the third token's id ends there, with that token reported.
+        XCTAssertThrowsError(try e.submit(EngineRequest(id: "q", promptTokens: p, maxTokens: 6))) {
+            XCTAssertEqual($0 as? EngineError, .overloaded(queued: 0))
+        }
+        let e2 = try makeEngine()
+        defer { e2.shutdown() }
+        let r = await Self.collect(try e2.submit(EngineRequest(id: "s", promptTokens: p, maxTokens: 6, stopTokenIDs: [free[2]])))
+        XCTAssertEqual(r.finish, .stop)
+        XCTAssertEqual(r.tokens, Array(free.prefix(through: free.firstIndex(of: free[2])!)))
+        XCTAssertThrowsError(try e2.submit(EngineRequest(id: "long", promptTokens: prompt(64, seed: 1), maxTokens: 1))) {
+            XCTAssertEqual($0 as? EngineError, .promptTooLong(tokens: 64, limit: 64))
+        }
+        XCTAssertThrowsError(try e2.submit(EngineRequest(id: "empty", promptTokens: [], maxTokens: 1)))
+        XCTAssertThrowsError(try e2.submit(EngineRequest(id: "oov", promptTokens: [96], maxTokens: 1)))
+    }
+
+    func testSeededSamplingIsReproducibleAndLogprobsAreConsistent() async throws {
+        let e = try makeEngine()
+        defer { e.shutdown() }
+        let params = SamplingParams(temperature: 1.0, topK: 0, topP: 0.9, minP: 0, seed: 42, presencePenalty: 0.5)
+        let p = prompt(7, seed: 4)
+        let a = await Self.collect(try e.submit(EngineRequest(id: "a", promptTokens: p, sampling: params, maxTokens: 10, logprobs: 3)))
+        let b = await Self.collect(try e.submit(EngineRequest(id: "b", promptTokens: p, sampling: params, maxTokens: 10, logprobs: 3)))
+        XCTAssertEqual(a.tokens, b.tokens)
+        XCTAssertEqual(a.tokens.count, 10)
+    }
+}
