@@ -211,6 +211,8 @@ public final class Engine: @unchecked Sendable {
     private func emit(_ seq: SequenceState, token: Int32, logprob: TokenLogprob?, reason: FinishReason?) {
         let o = EngineOutput(token: token, logprob: logprob, finishReason: reason,
                              promptTokens: seq.request.promptTokens.count, completionTokens: seq.outputTokens.count)
+        // Stats first, so a client that sees its stream end also sees its pages back in /health.
+        if reason != nil { publishStats() }
         lock.lock()
         let c = streams[seq.id]
         if reason != nil { streams[seq.id] = nil }
@@ -220,6 +222,7 @@ public final class Engine: @unchecked Sendable {
     }
 
     private func finish(_ id: String, token: Int32?, reason: FinishReason, promptTokens: Int, completionTokens: Int) {
+        publishStats()
         lock.lock()
         let c = streams.removeValue(forKey: id)
         lock.unlock()
