@@ -29,6 +29,7 @@ public final class Engine: @unchecked Sendable {
     private let logits: UnsafeMutablePointer<Float>      // [maxBatchSize, vocab]
     private let rawRow: UnsafeMutablePointer<Float>      // [vocab]
     private var generatedTokens = 0
+    private var batch: ForwardBatch
     private var promptTokensComputed = 0
 
     public init(model: LanguageModel, config: EngineConfig) throws {
@@ -44,6 +45,7 @@ public final class Engine: @unchecked Sendable {
                               kv: KVCacheManager(pageSize: config.pageSize, numPages: pages))
         logits = .allocate(capacity: config.maxBatchSize * model.info.vocabSize)
         rawRow = .allocate(capacity: model.info.vocabSize)
+        batch = ForwardBatch(pageSize: config.pageSize)
         snapshot = EngineStats(running: 0, waiting: 0, kvPagesTotal: pages, kvPagesFree: pages, kvPageSize: config.pageSize,
                                steps: 0, preemptions: 0, generatedTokens: 0, promptTokens: 0)
         let t = Thread { [unowned self] in self.loop() }
@@ -166,12 +168,11 @@ public final class Engine: @unchecked Sendable {
     }
 
     private func execute(_ out: SchedulerOutput) throws {
-        var batch = ForwardBatch(pageSize: config.pageSize)
+        batch.removeAll()
         for s in out.scheduled {
             let seq = s.sequence
-            let tokens = (s.start..<s.start + s.count).map { seq.token(at: $0) }
-            batch.addSequence(tokens: tokens, startPosition: s.start, blockTable: scheduler.kv.blockTable(seq.id),
-                              logits: s.sample ? .last : .none)
+            batch.addSequence(tokens: (s.start..<s.start + s.count).lazy.map { seq.token(at: $0) }, startPosition: s.start,
+                              blockTable: scheduler.kv.blockTable(seq.id), logits: s.sample ? .last : .none)
         }
         try model.forward(batch, cache: cache, logits: logits)
         scheduler.commit(out)

@@ -23,12 +23,23 @@ public struct ForwardBatch: Sendable {
 
     public var count: Int { tokens.count }
 
+    /// Empties the batch, keeping its storage (the engine reuses one batch every step).
+    public mutating func removeAll() {
+        tokens.removeAll(keepingCapacity: true)
+        positions.removeAll(keepingCapacity: true)
+        sequenceOfToken.removeAll(keepingCapacity: true)
+        slotMapping.removeAll(keepingCapacity: true)
+        blockTables.removeAll(keepingCapacity: true)
+        blockTableStride = 0
+        logitsIndices.removeAll(keepingCapacity: true)
+    }
+
     /// Adds `tokens` of one sequence, at positions `start...`, with the sequence's block table (which must
     /// already cover every position written). `wantLogits` selects which of these tokens' logits to return.
-    public mutating func addSequence(tokens newTokens: [Int32], startPosition start: Int, blockTable: [Int32],
-                                     logits wantLogits: LogitsSelection = .last) {
+    public mutating func addSequence<C: Collection<Int32>>(tokens newTokens: C, startPosition start: Int,
+                                                           blockTable: [Int32], logits wantLogits: LogitsSelection = .last) {
         if blockTableStride < blockTable.count {
-            // Re-stride the existing tables to the new width.
+            // Re-stride the existing tables to the new width (rare: only when a longer table arrives).
             let nSeq = blockTableStride == 0 ? 0 : blockTables.count / blockTableStride
             var wider = [Int32](repeating: -1, count: nSeq * blockTable.count)
             for s in 0..<nSeq {
@@ -38,9 +49,9 @@ public struct ForwardBatch: Sendable {
             blockTableStride = blockTable.count
         }
         let seqIndex = blockTableStride == 0 ? 0 : blockTables.count / blockTableStride
-        var row = blockTable
-        row.append(contentsOf: repeatElement(-1, count: blockTableStride - blockTable.count))
-        blockTables.append(contentsOf: row)
+        blockTables.append(contentsOf: blockTable)
+        for _ in blockTable.count..<blockTableStride { blockTables.append(-1) }
+        let n = newTokens.count
         for (i, t) in newTokens.enumerated() {
             let pos = start + i
             let index = Int32(tokens.count)
@@ -50,7 +61,7 @@ public struct ForwardBatch: Sendable {
             slotMapping.append(blockTable[pos / pageSize] * Int32(pageSize) + Int32(pos % pageSize))
             switch wantLogits {
             case .all: logitsIndices.append(index)
-            case .last: if i == newTokens.count - 1 { logitsIndices.append(index) }
+            case .last: if i == n - 1 { logitsIndices.append(index) }
             case .none: break
             }
         }
