@@ -8,8 +8,11 @@ let optimized: [SwiftSetting] = [.unsafeFlags(["-O"])]
 // The AVX2 kernels' module is compiled for AVX2 + FMA + F16C; Backend calls it only after a CPUID check.
 #if arch(x86_64)
 let avx2: [SwiftSetting] = [.unsafeFlags(["-O", "-Xcc", "-mavx2", "-Xcc", "-mfma", "-Xcc", "-mf16c"])]
+let avx512: [SwiftSetting] = [.unsafeFlags(["-O", "-Xcc", "-mavx512f", "-Xcc", "-mavx512bw", "-Xcc", "-mavx512vl",
+                                            "-Xcc", "-mavx512vnni", "-Xcc", "-mavx2", "-Xcc", "-mfma", "-Xcc", "-mf16c"])]
 #else
-let avx2: [SwiftSetting] = [.unsafeFlags(["-O"])]  // the module compiles to nothing off x86-64
+let avx2: [SwiftSetting] = [.unsafeFlags(["-O"])]  // the modules compile to nothing off x86-64
+let avx512: [SwiftSetting] = [.unsafeFlags(["-O"])]
 #endif
 
 let package = Package(
@@ -34,9 +37,13 @@ let package = Package(
         .target(name: "CSIMD"),
         // AVX2 kernels of every format, same semantics as Quant's scalar ones.
         .target(name: "QuantAVX2", dependencies: ["Quant", "CSIMD"], swiftSettings: avx2),
-        .target(name: "Backend", dependencies: ["Quant", "QuantAVX2", "CSIMD",
+        // AVX-512 + VNNI kernels where they beat the AVX2 ones (measured), same semantics.
+        .target(name: "QuantAVX512", dependencies: ["Quant", "CSIMD"], swiftSettings: avx512),
+        .target(name: "Backend", dependencies: ["Quant", "QuantAVX2", "QuantAVX512", "CSIMD",
                                                 .product(name: "Atomics", package: "swift-atomics")],
                 swiftSettings: optimized),
+        // Jinja-subset renderer for the chat templates GGUF files ship, plus built-in templates.
+        .target(name: "ChatTemplate", swiftSettings: optimized),
         // Layers, architectures, registry keyed by general.architecture.
         .target(name: "Models", dependencies: ["GGUF", "Quant", "Backend"], swiftSettings: optimized),
         // Sampling and the generation loop.
@@ -44,9 +51,11 @@ let package = Package(
         .executableTarget(name: "ktransformers", dependencies: [
             "Engine", "Models", "GGUF", "Tokenizer", "Quant", "Backend",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
-        ]),
+        ], exclude: ["ServeCommand.swift", "BenchServe.swift"]),  // TEMP until the Server target lands
         .testTarget(name: "QuantTests", dependencies: ["Quant"], resources: [.copy("Fixtures")]),
+        .testTarget(name: "QuantAVX512Tests", dependencies: ["Quant", "QuantAVX2", "QuantAVX512", "CSIMD", "Backend"]),
         .testTarget(name: "QuantAVX2Tests", dependencies: ["Quant", "QuantAVX2", "CSIMD", "Backend"]),
+        .testTarget(name: "ChatTemplateTests", dependencies: ["ChatTemplate"], resources: [.copy("Fixtures")]),
         .testTarget(name: "GGUFTests", dependencies: ["GGUF", "Quant"]),
         .testTarget(name: "TokenizerTests", dependencies: ["Tokenizer", "GGUF"], resources: [.copy("Fixtures")]),
         .testTarget(name: "EngineTests", dependencies: ["Engine", "Models", "GGUF", "Backend"]),

@@ -1,18 +1,38 @@
 import Foundation
 import Quant
-// Guarded so Backend still builds (scalar only) in a package that does not declare the CSIMD / QuantAVX2 targets.
+// Guarded so Backend still builds (scalar only) in a package that does not declare the CSIMD / QuantAVX2 /
+// QuantAVX512 targets.
 #if canImport(CSIMD) && canImport(QuantAVX2)
 import CSIMD
 import QuantAVX2
 #endif
+#if canImport(CSIMD) && canImport(QuantAVX512)
+import QuantAVX512
+#endif
 
-/// Picks the kernels of each element type for this CPU: the AVX2 ones (module QuantAVX2) when CPUID reports
-/// AVX2 + FMA + F16C and the environment variable `KTRANSFORMERS_SIMD` is not `scalar`, else the portable
-/// scalar ones (`QuantRegistry`).
+/// Picks the kernels of each element type for this CPU, per format the best of:
+/// - `avx512`: the AVX-512 (F+BW+VL) + VNNI kernels (module QuantAVX512) where that module has some for the format
+///   (it keeps only those measured faster than AVX2), when CPUID reports AVX2+FMA+F16C and AVX512F+BW+VL+VNNI;
+/// - `avx2`: the AVX2 kernels (module QuantAVX2) when CPUID reports AVX2 + FMA + F16C;
+/// - the portable scalar ones (`QuantRegistry`).
+/// The environment variable `KTRANSFORMERS_SIMD` = `scalar` | `avx2` | `avx512` caps the level.
 ///
-/// QuantAVX2 is compiled for AVX2, so none of its code (lazy initializers included) may run on a CPU without
-/// it: everything here checks `useAVX2` before touching that module.
+/// QuantAVX2 / QuantAVX512 are compiled for their instruction sets, so none of their code (lazy initializers
+/// included) may run on a CPU without them: everything here checks `level` before touching those modules.
 public enum KernelDispatch {
+    /// A kernel set, in increasing order of what the CPU must have.
+    public enum Level: Int, Comparable, Sendable, CustomStringConvertible {
+        case scalar = 0, avx2 = 1, avx512 = 2
+        public static func < (a: Level, b: Level) -> Bool { a.rawValue < b.rawValue }
+        public var description: String {
+            switch self {
+            case .scalar: return "scalar"
+            case .avx2: return "avx2"
+            case .avx512: return "avx512"
+            }
+        }
+    }
+
     /// The CSIMD_* feature bits of this CPU (0 off x86-64).
     public static let cpuFeatures: UInt32 = {
         #if canImport(CSIMD) && canImport(QuantAVX2)
@@ -22,21 +42,38 @@ public enum KernelDispatch {
         #endif
     }()
 
-    /// Whether the AVX2 kernels are in use.
-    public static let useAVX2: Bool = {
-        if let v = ProcessInfo.processInfo.environment["KTRANSFORMERS_SIMD"], v.lowercased() == "scalar" {
-            return false
-        }
+    /// The best level this CPU (and this build) supports, ignoring `KTRANSFORMERS_SIMD`.
+    public static let cpuLevel: Level = {
         #if canImport(CSIMD) && canImport(QuantAVX2)
-        let need = UInt32(CSIMD_AVX2 | CSIMD_FMA | CSIMD_F16C)
-        return cpuFeatures & need == need
+        let avx2 = UInt32(CSIMD_AVX2 | CSIMD_FMA | CSIMD_F16C)
+        guard cpuFeatures & avx2 == avx2 else { return .scalar }
+        #if canImport(QuantAVX512)
+        let avx512 = UInt32(CSIMD_AVX512F | CSIMD_AVX512BW | CSIMD_AVX512VL | CSIMD_AVX512VNNI)
+        if cpuFeatures & avx512 == avx512 { return .avx512 }
+        #endif
+        return .avx2
         #else
-        return false
+        return .scalar
         #endif
     }()
 
-    /// "avx2" or "scalar": the kernel set `kernels(for:)` answers from.
-    public static var isa: String { useAVX2 ? "avx2" : "scalar" }
+    /// The level in use: `cpuLevel` capped by `KTRANSFORMERS_SIMD` (unknown values are ignored).
+    public static let level: Level = {
+        var cap = Level.avx512
+        switch ProcessInfo.processInfo.environment["KTRANSFORMERS_SIMD"]?.lowercased() {
+        case "scalar": cap = .scalar
+        case "avx2": cap = .avx2
+        default: break
+        }
+        return min(cap, cpuLevel)
+    }()
+
+    /// Whether the AVX2 kernels (or the AVX-512 ones, which need AVX2 too) are in use.
+    public static var useAVX2: Bool { level >= .avx2 }
+
+    /// "avx512", "avx2" or "scalar": the highest kernel set `kernels(for:)` answers from. At "avx512", formats
+    /// without AVX-512 kernels still use their AVX2 ones.
+    public static var isa: String { level.description }
 
     /// Every supported type's kernels, built once (only after the CPU check).
     private static let table: [GGMLType: QuantKernels] = {
@@ -44,10 +81,13 @@ public enum KernelDispatch {
         for type in QuantRegistry.supportedTypes {
             var k = QuantRegistry.kernels(for: type)
             #if canImport(CSIMD) && canImport(QuantAVX2)
-            if useAVX2, let fast = QuantAVX2.kernels(for: type) { k = fast }
+            if level >= .avx2, let fast = QuantAVX2.kernels(for: type) { k = fast }
             #endif
-            // Every entry has a vecDotMulti (the reference loop over vecDot where the format has no own one).
-            if let k { t[type] = k.withReferenceVecDotMulti() }
+            #if canImport(CSIMD) && canImport(QuantAVX512)
+            if level >= .avx512, let base = k, let fast = QuantAVX512.kernels(for: type, base: base) { k = fast }
+            #endif
+            // Every entry has a vecDotMulti and a dotF32Multi (the reference loops where the format has none).
+            if let k { t[type] = k.withReferenceMulti() }
         }
         return t
     }()

@@ -69,6 +69,24 @@ extension ThreadPool {
         let vt = w.kernels.vecDotType
         if vt == .f32 || f32Activations {
             let dot = w.kernels.dotF32
+            if let multi = w.kernels.dotF32Multi, n > 1 {
+                // Up to 4 token rows per call, each weight block decoded once; every out[j] has the bits
+                // dotF32 would give (the formats' single-row kernel is the one-row case of the same code).
+                parallelFor(tasks) { task, thread in
+                    let r0 = task * chunk, r1 = min(rows, r0 + chunk)
+                    let out = scratch.perThread.buffer(thread)
+                    for r in r0..<r1 {
+                        var t = 0
+                        while t < n {
+                            let m = min(4, n - t)
+                            multi(w.row(r), x + t * cols, cols, m, out, cols)
+                            for j in 0..<m { y[(t + j) * ys + r] = out[j] }
+                            t += m
+                        }
+                    }
+                }
+                return
+            }
             parallelFor(tasks) { task, _ in
                 let r0 = task * chunk, r1 = min(rows, r0 + chunk)
                 for r in r0..<r1 {

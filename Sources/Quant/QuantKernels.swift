@@ -11,6 +11,9 @@ public struct QuantKernels: Sendable {
     /// `out[j] = row · xq[j]` for `j < nx` (1 ≤ nx ≤ 4), activation row j at `xq + j·xqStride` bytes.
     public typealias VecDotMulti = @Sendable (_ row: UnsafeRawPointer, _ xq: UnsafeRawPointer, _ xqStride: Int,
                                               _ nx: Int, _ out: UnsafeMutablePointer<Float>, _ count: Int) -> Void
+    /// `out[j] = row · x[j·xStride ..< j·xStride + count]` for `j < nx` (1 ≤ nx ≤ 4), `xStride` in floats.
+    public typealias DotF32Multi = @Sendable (_ row: UnsafeRawPointer, _ x: UnsafePointer<Float>, _ xStride: Int,
+                                              _ nx: Int, _ out: UnsafeMutablePointer<Float>, _ count: Int) -> Void
 
     public let type: GGMLType
     /// Decodes `count` elements to f32.
@@ -27,9 +30,14 @@ public struct QuantKernels: Sendable {
     /// `vecDot` of one stored row with up to 4 activation rows, reading each weight block once (nil when the
     /// format has none: loop over `vecDot`, or use `referenceVecDotMulti`).
     public let vecDotMulti: VecDotMulti?
+    /// `dotF32` of one stored row with up to 4 f32 rows, decoding each weight block once (nil when the format has
+    /// none: use `referenceDotF32Multi`). Where a format has one, each `out[j]` is bit-identical to `dotF32` of
+    /// that row (the single-row kernel is the nx = 1 case of the same code).
+    public let dotF32Multi: DotF32Multi?
 
     public init(type: GGMLType, dequantize: @escaping Dequantize, quantize: Quantize?, dotF32: @escaping DotF32,
-                vecDotType: GGMLType, vecDot: @escaping VecDot, vecDotMulti: VecDotMulti? = nil) {
+                vecDotType: GGMLType, vecDot: @escaping VecDot, vecDotMulti: VecDotMulti? = nil,
+                dotF32Multi: DotF32Multi? = nil) {
         self.type = type
         self.dequantize = dequantize
         self.quantize = quantize
@@ -37,6 +45,7 @@ public struct QuantKernels: Sendable {
         self.vecDotType = vecDotType
         self.vecDot = vecDot
         self.vecDotMulti = vecDotMulti
+        self.dotF32Multi = dotF32Multi
     }
 
     /// The reference `VecDotMulti` of a `vecDot`: one call per activation row.
@@ -51,6 +60,31 @@ public struct QuantKernels: Sendable {
         if vecDotMulti != nil { return self }
         return QuantKernels(type: type, dequantize: dequantize, quantize: quantize, dotF32: dotF32,
                             vecDotType: vecDotType, vecDot: vecDot,
-                            vecDotMulti: QuantKernels.referenceVecDotMulti(vecDot))
+                            vecDotMulti: QuantKernels.referenceVecDotMulti(vecDot), dotF32Multi: dotF32Multi)
+    }
+
+    /// The reference `DotF32Multi` of a `dotF32`: one call per f32 row (so bit-identical to it).
+    public static func referenceDotF32Multi(_ dotF32: @escaping DotF32) -> DotF32Multi {
+        { row, x, xStride, nx, out, count in
+            for j in 0..<nx { out[j] = dotF32(row, x + j * xStride, count) }
+        }
+    }
+
+    /// These kernels with `vecDotMulti` and `dotF32Multi` filled in by the reference loops where nil.
+    public func withReferenceMulti() -> QuantKernels {
+        if vecDotMulti != nil && dotF32Multi != nil { return self }
+        return QuantKernels(type: type, dequantize: dequantize, quantize: quantize, dotF32: dotF32,
+                            vecDotType: vecDotType, vecDot: vecDot,
+                            vecDotMulti: vecDotMulti ?? QuantKernels.referenceVecDotMulti(vecDot),
+                            dotF32Multi: dotF32Multi ?? QuantKernels.referenceDotF32Multi(dotF32))
+    }
+
+    /// These kernels with `vecDot`, `vecDotMulti` (and optionally `dotF32`, `dotF32Multi`) replaced: how a faster
+    /// kernel set overrides some entries of another.
+    public func replacing(vecDot: VecDot? = nil, vecDotMulti: VecDotMulti? = nil, quantize: Quantize? = nil,
+                          dotF32: DotF32? = nil, dotF32Multi: DotF32Multi? = nil) -> QuantKernels {
+        QuantKernels(type: type, dequantize: dequantize, quantize: quantize ?? self.quantize,
+                     dotF32: dotF32 ?? self.dotF32, vecDotType: vecDotType, vecDot: vecDot ?? self.vecDot,
+                     vecDotMulti: vecDotMulti ?? self.vecDotMulti, dotF32Multi: dotF32Multi ?? self.dotF32Multi)
     }
 }

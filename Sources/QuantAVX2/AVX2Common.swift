@@ -131,4 +131,93 @@ typealias V8f = __m256      // SIMD8<Float>
     return _mm256_set_m128i(t, t)
 }
 
+// MARK: - f32 dots against up to 4 rows (dotF32 is the nx = 1 case, so both give identical bits)
+
+/// Four accumulators (one per f32 row); only the first `nx` are used.
+typealias Acc4 = (V8f, V8f, V8f, V8f)
+
+@inline(__always) func zeroAcc4() -> Acc4 {
+    let z = _mm256_setzero_ps()
+    return (z, z, z, z)
+}
+
+/// 32 decoded weights (8 lanes each), already scaled: the exact dequantized values.
+typealias W32 = (V8f, V8f, V8f, V8f)
+
+/// acc_j += Σ_k w_k · x_j[8k ..< 8k+8] for the `nx` (constant after inlining) rows x_j = x + j·xs. Each row's
+/// operations do not depend on nx, so a row's result is the same whatever the group size.
+@inline(__always)
+func fmaRows(_ w: W32, _ x: UnsafePointer<Float>, _ xs: Int, _ nx: Int, _ acc: inout Acc4) {
+    @inline(__always) func one(_ x: UnsafePointer<Float>) -> V8f {
+        var t = _mm256_mul_ps(w.0, ldF(x, 0))
+        t = _mm256_fmadd_ps(w.1, ldF(x, 8), t)
+        t = _mm256_fmadd_ps(w.2, ldF(x, 16), t)
+        return _mm256_fmadd_ps(w.3, ldF(x, 24), t)
+    }
+    acc.0 = _mm256_add_ps(acc.0, one(x))
+    if nx > 1 { acc.1 = _mm256_add_ps(acc.1, one(x + xs)) }
+    if nx > 2 { acc.2 = _mm256_add_ps(acc.2, one(x + 2 * xs)) }
+    if nx > 3 { acc.3 = _mm256_add_ps(acc.3, one(x + 3 * xs)) }
+}
+
+@inline(__always)
+func storeRows(_ acc: Acc4, _ nx: Int, _ out: UnsafeMutablePointer<Float>) {
+    out[0] = hsum(acc.0)
+    if nx > 1 { out[1] = hsum(acc.1) }
+    if nx > 2 { out[2] = hsum(acc.2) }
+    if nx > 3 { out[3] = hsum(acc.3) }
+}
+
+/// Lane `j` of v in all 8 lanes.
+@inline(__always) func lane(_ v: V8f, _ j: Int) -> V8f {
+    _mm256_permutevar8x32_ps(v, _mm256_set1_epi32(Int32(j)))
+}
+
+/// The 8 bytes of `b` (unsigned) as f32 lanes.
+@inline(__always) func u8x8ToF(_ b: UInt64) -> V8f {
+    _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128(Int64(bitPattern: b))))
+}
+
+/// Σ q·x over 32 int8 lanes already converted to f32 (`dot32`'s tree), for `nx` rows: t_j.
+@inline(__always)
+func dotRows32(_ q: W32, _ x: UnsafePointer<Float>, _ xs: Int, _ nx: Int, _ scale: V8f, _ acc: inout Acc4) {
+    @inline(__always) func one(_ x: UnsafePointer<Float>) -> V8f {
+        let t = _mm256_fmadd_ps(q.1, ldF(x, 8), _mm256_mul_ps(q.0, ldF(x, 0)))
+        let u = _mm256_fmadd_ps(q.3, ldF(x, 24), _mm256_mul_ps(q.2, ldF(x, 16)))
+        return _mm256_add_ps(t, u)
+    }
+    acc.0 = _mm256_fmadd_ps(scale, one(x), acc.0)
+    if nx > 1 { acc.1 = _mm256_fmadd_ps(scale, one(x + xs), acc.1) }
+    if nx > 2 { acc.2 = _mm256_fmadd_ps(scale, one(x + 2 * xs), acc.2) }
+    if nx > 3 { acc.3 = _mm256_fmadd_ps(scale, one(x + 3 * xs), acc.3) }
+}
+
+@inline(__always) func i8x32ToF(_ q: V256i) -> W32 { (i8ToF(q, 0), i8ToF(q, 1), i8ToF(q, 2), i8ToF(q, 3)) }
+
+/// Row · `nx` f32 rows for the 32-element formats without a min: Σ_blocks d·Σ q·x, even and odd blocks in two
+/// accumulators per row (for Q8_0 the exact steps of the former single-row kernel).
+@inline(__always)
+func dotF32Multi32(_ row: UnsafeRawPointer, _ x: UnsafePointer<Float>, _ xs: Int, _ nx: Int,
+                   _ out: UnsafeMutablePointer<Float>, _ count: Int, _ ts: Int,
+                   _ decode: (UnsafeRawPointer) -> V256i) {
+    var a = zeroAcc4(), c = zeroAcc4()
+    let nb = count / 32
+    var b = 0
+    while b + 2 <= nb {
+        let p = row + b * ts
+        dotRows32(i8x32ToF(decode(p)), x + 32 * b, xs, nx, _mm256_set1_ps(h2f(p, 0)), &a)
+        dotRows32(i8x32ToF(decode(p + ts)), x + 32 * b + 32, xs, nx, _mm256_set1_ps(h2f(p, ts)), &c)
+        b += 2
+    }
+    if b < nb {
+        let p = row + b * ts
+        dotRows32(i8x32ToF(decode(p)), x + 32 * b, xs, nx, _mm256_set1_ps(h2f(p, 0)), &a)
+    }
+    a.0 = _mm256_add_ps(a.0, c.0)
+    a.1 = _mm256_add_ps(a.1, c.1)
+    a.2 = _mm256_add_ps(a.2, c.2)
+    a.3 = _mm256_add_ps(a.3, c.3)
+    storeRows(a, nx, out)
+}
+
 #endif

@@ -100,8 +100,15 @@ public enum Q4_0_AVX2 {
             store32(decode(p), h2f(p, 0), dst + b * 32)
         }
     }
+    /// The one-row case of `dotF32Multi` (identical bits).
     public static func dotF32(_ row: UnsafeRawPointer, _ x: UnsafePointer<Float>, _ count: Int) -> Float {
-        dotF32Blocks32(row, x, count, 18, mOff: nil, decode)
+        var r: Float = 0
+        dotF32Multi32(row, x, 0, 1, &r, count, 18, decode)
+        return r
+    }
+    public static func dotF32Multi(_ row: UnsafeRawPointer, _ x: UnsafePointer<Float>, _ xStride: Int, _ nx: Int,
+                                   _ out: UnsafeMutablePointer<Float>, _ count: Int) {
+        forMultiGroups(nx) { j, n in dotF32Multi32(row, x + j * xStride, xStride, n, out + j, count, 18, decode) }
     }
     public static func vecDot(_ row: UnsafeRawPointer, _ xq: UnsafeRawPointer, _ count: Int) -> Float {
         vecDot32Signed(row, xq, count, 18, decode)
@@ -112,7 +119,8 @@ public enum Q4_0_AVX2 {
     }
     public static var kernels: QuantKernels {
         QuantKernels(type: .q4_0, dequantize: dequantize, quantize: Q4_0.quantize, dotF32: dotF32,
-                     vecDotType: .q8_0, vecDot: vecDot, vecDotMulti: vecDotMulti)
+                     vecDotType: .q8_0, vecDot: vecDot, vecDotMulti: vecDotMulti,
+                     dotF32Multi: dotF32Multi)
     }
 }
 
@@ -129,8 +137,15 @@ public enum Q5_0_AVX2 {
             store32(decode(p), h2f(p, 0), dst + b * 32)
         }
     }
+    /// The one-row case of `dotF32Multi` (identical bits).
     public static func dotF32(_ row: UnsafeRawPointer, _ x: UnsafePointer<Float>, _ count: Int) -> Float {
-        dotF32Blocks32(row, x, count, 22, mOff: nil, decode)
+        var r: Float = 0
+        dotF32Multi32(row, x, 0, 1, &r, count, 22, decode)
+        return r
+    }
+    public static func dotF32Multi(_ row: UnsafeRawPointer, _ x: UnsafePointer<Float>, _ xStride: Int, _ nx: Int,
+                                   _ out: UnsafeMutablePointer<Float>, _ count: Int) {
+        forMultiGroups(nx) { j, n in dotF32Multi32(row, x + j * xStride, xStride, n, out + j, count, 22, decode) }
     }
     public static func vecDot(_ row: UnsafeRawPointer, _ xq: UnsafeRawPointer, _ count: Int) -> Float {
         vecDot32Signed(row, xq, count, 22, decode)
@@ -141,7 +156,8 @@ public enum Q5_0_AVX2 {
     }
     public static var kernels: QuantKernels {
         QuantKernels(type: .q5_0, dequantize: dequantize, quantize: Q5_0.quantize, dotF32: dotF32,
-                     vecDotType: .q8_0, vecDot: vecDot, vecDotMulti: vecDotMulti)
+                     vecDotType: .q8_0, vecDot: vecDot, vecDotMulti: vecDotMulti,
+                     dotF32Multi: dotF32Multi)
     }
 }
 

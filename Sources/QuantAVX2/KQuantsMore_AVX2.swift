@@ -137,22 +137,16 @@ public enum Q5_K_AVX2 {
         }
     }
 
+    /// The one-row case of `dotF32Multi` (identical bits).
     public static func dotF32(_ row: UnsafeRawPointer, _ x: UnsafePointer<Float>, _ count: Int) -> Float {
-        var acc = _mm256_setzero_ps(), accm = _mm256_setzero_ps()
-        for b in 0..<(count / 256) {
-            let p = row + b * 176, xb = x + b * 256
-            let d = h2f(p, 0), dmin = h2f(p, 2)
-            let (sc, m) = kScalesMins(p + 4)
-            for c in 0..<4 {
-                let (ql, qh) = chunk(p, c)
-                let j0 = 2 * c, j1 = 2 * c + 1
-                acc = _mm256_fmadd_ps(_mm256_set1_ps(d * Float(byteAt(sc, j0))), dot32(ql, xb + 32 * j0), acc)
-                acc = _mm256_fmadd_ps(_mm256_set1_ps(d * Float(byteAt(sc, j1))), dot32(qh, xb + 32 * j1), acc)
-                accm = _mm256_fmadd_ps(_mm256_set1_ps(dmin * Float(byteAt(m, j0))), sum32F(xb + 32 * j0), accm)
-                accm = _mm256_fmadd_ps(_mm256_set1_ps(dmin * Float(byteAt(m, j1))), sum32F(xb + 32 * j1), accm)
-            }
-        }
-        return hsum(_mm256_sub_ps(acc, accm))
+        var r: Float = 0
+        kDotF32Multi(row, x, 0, 1, &r, count, 176, chunk)
+        return r
+    }
+
+    public static func dotF32Multi(_ row: UnsafeRawPointer, _ x: UnsafePointer<Float>, _ xStride: Int, _ nx: Int,
+                                   _ out: UnsafeMutablePointer<Float>, _ count: Int) {
+        forMultiGroups(nx) { j, n in kDotF32Multi(row, x + j * xStride, xStride, n, out + j, count, 176, chunk) }
     }
 
     @inline(__always)
@@ -174,7 +168,7 @@ public enum Q5_K_AVX2 {
 
     public static var kernels: QuantKernels {
         QuantKernels(type: .q5_K, dequantize: dequantize, quantize: nil, dotF32: dotF32, vecDotType: .q8_K,
-                     vecDot: vecDot, vecDotMulti: vecDotMulti)
+                     vecDot: vecDot, vecDotMulti: vecDotMulti, dotF32Multi: dotF32Multi)
     }
 }
 

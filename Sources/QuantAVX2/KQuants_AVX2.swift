@@ -96,6 +96,32 @@ func kMulti(_ row: UnsafeRawPointer, _ xq: UnsafeRawPointer, _ st: Int, _ nx: In
     if nx > 3 { out[3] = hsum(acc3) }
 }
 
+/// Row · `nx` f32 rows for Q4_K / Q5_K: w = d·sc_j·q − dmin·m_j (q·d·sc is exact, so w is the scalar dequantized
+/// value), `chunk(p, c)` the unsigned quants of sub-blocks 2c and 2c+1.
+@inline(__always)
+func kDotF32Multi(_ row: UnsafeRawPointer, _ x: UnsafePointer<Float>, _ xs: Int, _ nx: Int,
+                  _ out: UnsafeMutablePointer<Float>, _ count: Int, _ ts: Int,
+                  _ chunk: (UnsafeRawPointer, Int) -> (V256i, V256i)) {
+    var acc = zeroAcc4()
+    for b in 0..<(count / 256) {
+        let p = row + b * ts, xb = x + 256 * b
+        let (sc, m) = kScalesMins(p + 4)
+        let dsc = _mm256_mul_ps(u8x8ToF(sc), _mm256_set1_ps(h2f(p, 0)))
+        let dm = _mm256_mul_ps(u8x8ToF(m), _mm256_set1_ps(h2f(p, 2)))
+        for c in 0..<4 {
+            let (ql, qh) = chunk(p, c)
+            @inline(__always) func w(_ q: V256i, _ j: Int) -> W32 {
+                let s = lane(dsc, j), mm = lane(dm, j)
+                return (_mm256_fmsub_ps(i8ToF(q, 0), s, mm), _mm256_fmsub_ps(i8ToF(q, 1), s, mm),
+                        _mm256_fmsub_ps(i8ToF(q, 2), s, mm), _mm256_fmsub_ps(i8ToF(q, 3), s, mm))
+            }
+            fmaRows(w(ql, 2 * c), xb + 64 * c, xs, nx, &acc)
+            fmaRows(w(qh, 2 * c + 1), xb + 64 * c + 32, xs, nx, &acc)
+        }
+    }
+    storeRows(acc, nx, out)
+}
+
 // MARK: - Q4_K
 
 /// Q4_K with AVX2 (144 bytes per 256): `{ half d; half dmin; uint8 scales[12]; uint8 qs[128] }`.
@@ -117,25 +143,16 @@ public enum Q4_K_AVX2 {
         }
     }
 
+    /// The one-row case of `dotF32Multi` (identical bits).
     public static func dotF32(_ row: UnsafeRawPointer, _ x: UnsafePointer<Float>, _ count: Int) -> Float {
-        let mask = splat8(0x0F)
-        var acc = _mm256_setzero_ps(), accm = _mm256_setzero_ps()
-        for b in 0..<(count / 256) {
-            let p = row + b * 144, xb = x + b * 256
-            let d = h2f(p, 0), dmin = h2f(p, 2)
-            let (sc, m) = kScalesMins(p + 4)
-            for c in 0..<4 {
-                let q4 = ld256(p, 16 + 32 * c)
-                let j0 = 2 * c, j1 = 2 * c + 1
-                acc = _mm256_fmadd_ps(_mm256_set1_ps(d * Float(byteAt(sc, j0))),
-                                      dot32(_mm256_and_si256(q4, mask), xb + 32 * j0), acc)
-                acc = _mm256_fmadd_ps(_mm256_set1_ps(d * Float(byteAt(sc, j1))),
-                                      dot32(_mm256_and_si256(_mm256_srli_epi16(q4, 4), mask), xb + 32 * j1), acc)
-                accm = _mm256_fmadd_ps(_mm256_set1_ps(dmin * Float(byteAt(m, j0))), sum32F(xb + 32 * j0), accm)
-                accm = _mm256_fmadd_ps(_mm256_set1_ps(dmin * Float(byteAt(m, j1))), sum32F(xb + 32 * j1), accm)
-            }
-        }
-        return hsum(_mm256_sub_ps(acc, accm))
+        var r: Float = 0
+        kDotF32Multi(row, x, 0, 1, &r, count, 144, chunk)
+        return r
+    }
+
+    public static func dotF32Multi(_ row: UnsafeRawPointer, _ x: UnsafePointer<Float>, _ xStride: Int, _ nx: Int,
+                                   _ out: UnsafeMutablePointer<Float>, _ count: Int) {
+        forMultiGroups(nx) { j, n in kDotF32Multi(row, x + j * xStride, xStride, n, out + j, count, 144, chunk) }
     }
 
     /// Row · Q8_K activation (the one-row case of `vecDotMulti`, so both give identical bits).
@@ -165,7 +182,7 @@ public enum Q4_K_AVX2 {
 
     public static var kernels: QuantKernels {
         QuantKernels(type: .q4_K, dequantize: dequantize, quantize: Q4_K.quantize, dotF32: dotF32,
-                     vecDotType: .q8_K, vecDot: vecDot, vecDotMulti: vecDotMulti)
+                     vecDotType: .q8_K, vecDot: vecDot, vecDotMulti: vecDotMulti, dotF32Multi: dotF32Multi)
     }
 }
 
@@ -206,8 +223,18 @@ public enum Q6_K_AVX2 {
         }
     }
 
+    /// The one-row case of `dotF32Multi` (identical bits).
     public static func dotF32(_ row: UnsafeRawPointer, _ x: UnsafePointer<Float>, _ count: Int) -> Float {
-        var acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps()
+        var r: Float = 0
+        f32Multi(row, x, 0, 1, &r, count)
+        return r
+    }
+
+    /// d·scale_s·Σ q·x per 16 lanes (the steps of the former single-row kernel), against `nx` f32 rows.
+    @inline(__always)
+    static func f32Multi(_ row: UnsafeRawPointer, _ x: UnsafePointer<Float>, _ xs: Int, _ nx: Int,
+                         _ out: UnsafeMutablePointer<Float>, _ count: Int) {
+        var acc = zeroAcc4(), acc2 = zeroAcc4()
         for b in 0..<(count / 256) {
             let p = row + b * 210, xb = x + b * 256
             let d = h2f(p, 208)
@@ -215,15 +242,31 @@ public enum Q6_K_AVX2 {
                 for k in 0..<4 {
                     let q = _mm256_sub_epi8(decode(p, h, k), splat8(32))
                     let s = 8 * h + 2 * k
-                    let (ta, tb) = dot16x2(q, xb + 128 * h + 32 * k)
-                    acc0 = _mm256_fmadd_ps(_mm256_set1_ps(d * Float(p.load(fromByteOffset: 192 + s, as: Int8.self))),
-                                           ta, acc0)
-                    acc1 = _mm256_fmadd_ps(_mm256_set1_ps(d * Float(p.load(fromByteOffset: 193 + s, as: Int8.self))),
-                                           tb, acc1)
+                    let sa = _mm256_set1_ps(d * Float(p.load(fromByteOffset: 192 + s, as: Int8.self)))
+                    let sb = _mm256_set1_ps(d * Float(p.load(fromByteOffset: 193 + s, as: Int8.self)))
+                    let qf = i8x32ToF(q)
+                    let xk = xb + 128 * h + 32 * k
+                    @inline(__always) func one(_ x: UnsafePointer<Float>, _ a: inout V8f, _ c: inout V8f) {
+                        a = _mm256_fmadd_ps(sa, _mm256_fmadd_ps(qf.1, ldF(x, 8), _mm256_mul_ps(qf.0, ldF(x, 0))), a)
+                        c = _mm256_fmadd_ps(sb, _mm256_fmadd_ps(qf.3, ldF(x, 24), _mm256_mul_ps(qf.2, ldF(x, 16))), c)
+                    }
+                    one(xk, &acc.0, &acc2.0)
+                    if nx > 1 { one(xk + xs, &acc.1, &acc2.1) }
+                    if nx > 2 { one(xk + 2 * xs, &acc.2, &acc2.2) }
+                    if nx > 3 { one(xk + 3 * xs, &acc.3, &acc2.3) }
                 }
             }
         }
-        return hsum(_mm256_add_ps(acc0, acc1))
+        acc.0 = _mm256_add_ps(acc.0, acc2.0)
+        acc.1 = _mm256_add_ps(acc.1, acc2.1)
+        acc.2 = _mm256_add_ps(acc.2, acc2.2)
+        acc.3 = _mm256_add_ps(acc.3, acc2.3)
+        storeRows(acc, nx, out)
+    }
+
+    public static func dotF32Multi(_ row: UnsafeRawPointer, _ x: UnsafePointer<Float>, _ xStride: Int, _ nx: Int,
+                                   _ out: UnsafeMutablePointer<Float>, _ count: Int) {
+        forMultiGroups(nx) { j, n in f32Multi(row, x + j * xStride, xStride, n, out + j, count) }
     }
 
     /// 32·Σ_s scale_s·bsum_s as 8 int32 lanes (the −32 offset of the quants, taken out once per block).
@@ -284,7 +327,7 @@ public enum Q6_K_AVX2 {
 
     public static var kernels: QuantKernels {
         QuantKernels(type: .q6_K, dequantize: dequantize, quantize: Q6_K.quantize, dotF32: dotF32,
-                     vecDotType: .q8_K, vecDot: vecDot, vecDotMulti: vecDotMulti)
+                     vecDotType: .q8_K, vecDot: vecDot, vecDotMulti: vecDotMulti, dotF32Multi: dotF32Multi)
     }
 }
 

@@ -50,21 +50,18 @@ public enum Q8_0_AVX2 {
         }
     }
 
+    /// The one-row case of `dotF32Multi` (identical bits).
     public static func dotF32(_ row: UnsafeRawPointer, _ x: UnsafePointer<Float>, _ count: Int) -> Float {
-        var acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps()
-        let nb = count / bs
-        var b = 0
-        while b + 2 <= nb {
-            let p = row + b * ts
-            acc0 = _mm256_fmadd_ps(_mm256_set1_ps(h2f(p, 0)), dot32(ld256(p, 2), x + b * bs), acc0)
-            acc1 = _mm256_fmadd_ps(_mm256_set1_ps(h2f(p, ts)), dot32(ld256(p, ts + 2), x + b * bs + bs), acc1)
-            b += 2
+        var r: Float = 0
+        dotF32Multi32(row, x, 0, 1, &r, count, ts) { ld256($0, 2) }
+        return r
+    }
+
+    public static func dotF32Multi(_ row: UnsafeRawPointer, _ x: UnsafePointer<Float>, _ xStride: Int, _ nx: Int,
+                                   _ out: UnsafeMutablePointer<Float>, _ count: Int) {
+        forMultiGroups(nx) { j, n in
+            dotF32Multi32(row, x + j * xStride, xStride, n, out + j, count, ts) { ld256($0, 2) }
         }
-        if b < nb {
-            let p = row + b * ts
-            acc0 = _mm256_fmadd_ps(_mm256_set1_ps(h2f(p, 0)), dot32(ld256(p, 2), x + b * bs), acc0)
-        }
-        return hsum(_mm256_add_ps(acc0, acc1))
     }
 
     /// Row · Q8_0 activation (the one-row case of `vecDotMulti`, so both give identical bits).
@@ -87,7 +84,7 @@ public enum Q8_0_AVX2 {
 
     public static var kernels: QuantKernels {
         QuantKernels(type: .q8_0, dequantize: dequantize, quantize: quantize, dotF32: dotF32, vecDotType: .q8_0,
-                     vecDot: vecDot, vecDotMulti: vecDotMulti)
+                     vecDot: vecDot, vecDotMulti: vecDotMulti, dotF32Multi: dotF32Multi)
     }
 }
 

@@ -300,11 +300,15 @@ final class QuantAVX2Tests: XCTestCase {
     /// type it answers has a multi-row kernel.
     func testDispatch() {
         let forcedScalar = ProcessInfo.processInfo.environment["KTRANSFORMERS_SIMD"]?.lowercased() == "scalar"
-        XCTAssertEqual(KernelDispatch.isa, hasAVX2 && !forcedScalar ? "avx2" : "scalar")
+        // "avx512" where the CPU (and the build) has the AVX-512 VNNI kernels: see QuantAVX512Tests.
+        let expected = hasAVX2 && !forcedScalar ? (KernelDispatch.cpuLevel == .avx512 && KernelDispatch.isa == "avx512"
+                                                   ? "avx512" : "avx2") : "scalar"
+        XCTAssertEqual(KernelDispatch.isa, expected)
         for t in QuantRegistry.supportedTypes {
             guard let k = KernelDispatch.kernels(for: t) else { XCTFail("no kernels for \(t)"); continue }
             XCTAssertEqual(k.type, t)
             XCTAssertNotNil(k.vecDotMulti, "\(t)")
+            XCTAssertNotNil(k.dotF32Multi, "\(t)")
         }
         XCTAssertNil(KernelDispatch.kernels(for: .iq2_xxs))
         print("KernelDispatch.isa = \(KernelDispatch.isa), features 0x\(String(KernelDispatch.cpuFeatures, radix: 16))")

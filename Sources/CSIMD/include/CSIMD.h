@@ -89,6 +89,25 @@ CSIMD_INLINE void csimd_pause(void) { __builtin_ia32_pause(); }
 
 #endif
 
+// AVX-512 (F+BW+VL) + AVX512-VNNI wrappers, for modules compiled with
+// `-mavx512f -mavx512bw -mavx512vl -mavx512vnni` (QuantAVX512); the 256-bit VNNI forms are macros in clang's headers.
+#if defined(CSIMD_INLINE) && defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512VNNI__)
+/// s + Σ of the 4 adjacent products of unsigned bytes of a and signed bytes of b, per int32 lane (vpdpbusd ymm).
+CSIMD_INLINE __m256i csimd_dpbusd256(__m256i s, __m256i a, __m256i b) { return _mm256_dpbusd_epi32(s, a, b); }
+/// s + Σ of the 2 adjacent products of int16 lanes of a and b, per int32 lane (vpdpwssd ymm).
+CSIMD_INLINE __m256i csimd_dpwssd256(__m256i s, __m256i a, __m256i b) { return _mm256_dpwssd_epi32(s, a, b); }
+/// The 512-bit vector [lo, hi].
+CSIMD_INLINE __m512i csimd_set_m256i(__m256i hi, __m256i lo) {
+    return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+}
+CSIMD_INLINE __m512 csimd_set_m256(__m256 hi, __m256 lo) {
+    return _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castpd256_pd512(_mm256_castps_pd(lo)), _mm256_castps_pd(hi), 1));
+}
+CSIMD_INLINE __m256 csimd_extractf32x8_hi(__m512 a) {
+    return _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a), 1));
+}
+#endif
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,0 +1,208 @@
+#if arch(x86_64)  // the whole module is x86-64 only; QuantAVX512.kernels(for:base:) answers nil elsewhere
+import _Builtin_intrinsics.intel
+import CSIMD
+import Quant
+
+// Q4_K / Q5_K / Q6_K against Q8_K activations (`{ float d; int8 qs[256]; int16 bsums[16] }`, 292 bytes) with
+// VNNI: the scale multiply-add of each 32-lane step is one vpdpwssd (int16 pairs × int16 scales accumulated into
+// int32) instead of madd + add. Same integer sums and float steps as QuantAVX2: bit-identical results.
+
+@inline(__always) func q8kD(_ y: UnsafeRawPointer) -> Float { y.loadUnaligned(as: Float.self) }
+
+/// The eight 6-bit scales (bytes of `.sc`) and mins (bytes of `.m`) of a Q4_K / Q5_K block from its 12 packed
+/// bytes at `p`.
+@inline(__always)
+func kScalesMins(_ p: UnsafeRawPointer) -> (sc: UInt64, m: UInt64) {
+    let u0 = p.loadUnaligned(as: UInt32.self)
+    let u1 = p.loadUnaligned(fromByteOffset: 4, as: UInt32.self)
+    let u2 = p.loadUnaligned(fromByteOffset: 8, as: UInt32.self)
+    let sLo = u0 & 0x3f3f_3f3f
+    let sHi = (u2 & 0x0f0f_0f0f) | (((u0 >> 6) & 0x0303_0303) << 4)
+    let mLo = u1 & 0x3f3f_3f3f
+    let mHi = ((u2 >> 4) & 0x0f0f_0f0f) | (((u1 >> 6) & 0x0303_0303) << 4)
+    return (UInt64(sLo) | (UInt64(sHi) << 32), UInt64(mLo) | (UInt64(mHi) << 32))
+}
+
+/// Shuffle mask broadcasting int16 element k of each 128-bit lane.
+@inline(__always) func bcast16Shuffle(_ k: Int) -> V256i {
+    let v = Int64((2 * k) | ((2 * k + 1) << 8)) * 0x0001_0001_0001_0001
+    return V256i(v, v, v, v)
+}
+
+/// Σ_j mins[j]·(bsum[2j] + bsum[2j+1]) as 4 int32 lanes.
+@inline(__always)
+func minsDotBsums(_ m: UInt64, _ y: UnsafeRawPointer) -> V128i {
+    let mins16 = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(Int64(bitPattern: m)))
+    let pairs = _mm_hadd_epi16(ld128(y, 260), ld128(y, 276))
+    return _mm_madd_epi16(mins16, pairs)
+}
+
+/// Row · Q8_K for Q4_K / Q5_K against `nx` (1...4) activation rows; `chunk(p, c)` the unsigned quants of
+/// sub-blocks 2c and 2c+1.
+@inline(__always)
+func kMultiVNNI(_ row: UnsafeRawPointer, _ xq: UnsafeRawPointer, _ st: Int, _ nx: Int,
+                _ out: UnsafeMutablePointer<Float>, _ count: Int, _ ts: Int,
+                _ chunk: (UnsafeRawPointer, Int) -> (V256i, V256i)) {
+    var acc = zeroAcc4()
+    for b in 0..<(count / 256) {
+        let p = row + b * ts, y = xq + b * 292
+        let (sc, m) = kScalesMins(p + 4)
+        let s8 = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(Int64(bitPattern: sc)))
+        let sc16 = _mm256_set_m128i(s8, s8)
+        // Two int32 accumulators per row (low / high nibble sub-blocks): vpdpwssd's accumulator is an input, so
+        // one chain per row would serialize on its latency.
+        let z = _mm256_setzero_si256()
+        var s0 = (z, z), s1 = s0, s2 = s0, s3 = s0
+        for c in 0..<4 {
+            let (ql, qh) = chunk(p, c)
+            let sl = _mm256_shuffle_epi8(sc16, bcast16Shuffle(2 * c))
+            let sh = _mm256_shuffle_epi8(sc16, bcast16Shuffle(2 * c + 1))
+            @inline(__always) func one(_ y: UnsafeRawPointer, _ s: inout (V256i, V256i)) {
+                s.0 = csimd_dpwssd256(s.0, _mm256_maddubs_epi16(ql, ld256(y, 4 + 64 * c)), sl)
+                s.1 = csimd_dpwssd256(s.1, _mm256_maddubs_epi16(qh, ld256(y, 36 + 64 * c)), sh)
+            }
+            one(y, &s0)
+            if nx > 1 { one(y + st, &s1) }
+            if nx > 2 { one(y + 2 * st, &s2) }
+            if nx > 3 { one(y + 3 * st, &s3) }
+        }
+        let d = h2f(p, 0), dmin = h2f(p, 2)
+        @inline(__always) func fin(_ y: UnsafeRawPointer, _ s2: (V256i, V256i), _ acc: inout V8f) {
+            let s = _mm256_add_epi32(s2.0, s2.1)
+            let dx = q8kD(y)
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(dx * d), _mm256_cvtepi32_ps(s), acc)
+            let mm = _mm256_zextps128_ps256(_mm_cvtepi32_ps(minsDotBsums(m, y)))
+            acc = _mm256_fnmadd_ps(_mm256_set1_ps(dx * dmin), mm, acc)
+        }
+        fin(y, s0, &acc.0)
+        if nx > 1 { fin(y + st, s1, &acc.1) }
+        if nx > 2 { fin(y + 2 * st, s2, &acc.2) }
+        if nx > 3 { fin(y + 3 * st, s3, &acc.3) }
+    }
+    storeRows(acc, nx, out)
+}
+
+/// Q4_K with VNNI (144 bytes per 256): `{ half d; half dmin; uint8 scales[12]; uint8 qs[128] }`.
+public enum Q4_K_VNNI {
+    @inline(__always)
+    static func chunk(_ p: UnsafeRawPointer, _ c: Int) -> (V256i, V256i) {
+        let mask = splat8(0x0F)
+        let q4 = ld256(p, 16 + 32 * c)
+        return (_mm256_and_si256(q4, mask), _mm256_and_si256(_mm256_srli_epi16(q4, 4), mask))
+    }
+    public static func vecDot(_ row: UnsafeRawPointer, _ xq: UnsafeRawPointer, _ count: Int) -> Float {
+        var r: Float = 0
+        kMultiVNNI(row, xq, 0, 1, &r, count, 144, chunk)
+        return r
+    }
+    public static func vecDotMulti(_ row: UnsafeRawPointer, _ xq: UnsafeRawPointer, _ xqStride: Int, _ nx: Int,
+                                   _ out: UnsafeMutablePointer<Float>, _ count: Int) {
+        forMultiGroups(nx) { j, n in kMultiVNNI(row, xq + j * xqStride, xqStride, n, out + j, count, 144, chunk) }
+    }
+}
+
+/// Q5_K with VNNI (176 bytes per 256): `{ half d; half dmin; uint8 scales[12]; uint8 qh[32]; uint8 qs[128] }`.
+public enum Q5_K_VNNI {
+    @inline(__always)
+    static func chunk(_ p: UnsafeRawPointer, _ c: Int) -> (V256i, V256i) {
+        let mask = splat8(0x0F), one = splat8(1)
+        let q4 = ld256(p, 48 + 32 * c), qh = ld256(p, 16)
+        let hl = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, Int32(2 * c)), one), 4)
+        let hh = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, Int32(2 * c + 1)), one), 4)
+        return (_mm256_or_si256(_mm256_and_si256(q4, mask), hl),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q4, 4), mask), hh))
+    }
+    public static func vecDot(_ row: UnsafeRawPointer, _ xq: UnsafeRawPointer, _ count: Int) -> Float {
+        var r: Float = 0
+        kMultiVNNI(row, xq, 0, 1, &r, count, 176, chunk)
+        return r
+    }
+    public static func vecDotMulti(_ row: UnsafeRawPointer, _ xq: UnsafeRawPointer, _ xqStride: Int, _ nx: Int,
+                                   _ out: UnsafeMutablePointer<Float>, _ count: Int) {
+        forMultiGroups(nx) { j, n in kMultiVNNI(row, xq + j * xqStride, xqStride, n, out + j, count, 176, chunk) }
+    }
+}
+
+/// Q6_K with VNNI (210 bytes per 256): `{ uint8 ql[128]; uint8 qh[64]; int8 scales[16]; half d }`.
+public enum Q6_K_VNNI {
+    /// The unsigned 6-bit quants (0..<64) of elements 128h + 32k ..< +32.
+    @inline(__always)
+    static func decode(_ p: UnsafeRawPointer, _ h: Int, _ k: Int) -> V256i {
+        let mask = splat8(0x0F)
+        let qh = ld256(p, 128 + 32 * h)
+        let ql = ld256(p, 64 * h + 32 * (k & 1))
+        let low = k < 2 ? _mm256_and_si256(ql, mask) : _mm256_and_si256(_mm256_srli_epi16(ql, 4), mask)
+        let high: V256i
+        switch k {
+        case 0: high = _mm256_slli_epi16(_mm256_and_si256(qh, splat8(0x03)), 4)
+        case 1: high = _mm256_slli_epi16(_mm256_and_si256(qh, splat8(0x0C)), 2)
+        case 2: high = _mm256_and_si256(qh, splat8(0x30))
+        default: high = _mm256_srli_epi16(_mm256_and_si256(qh, splat8(0xC0)), 2)
+        }
+        return _mm256_or_si256(low, high)
+    }
+
+    /// The int16 scale vector for sub-blocks 2m (low lane) and 2m+1 (high lane) out of 16 int8 scales.
+    @inline(__always)
+    static func scalePair(_ scales: V128i, _ m: Int) -> V256i {
+        let a = Int64(2 * m) * 0x0101_0101_0101_0101, b = Int64(2 * m + 1) * 0x0101_0101_0101_0101
+        return _mm256_cvtepi8_epi16(_mm_shuffle_epi8(scales, V128i(a, b)))
+    }
+
+    public static func vecDot(_ row: UnsafeRawPointer, _ xq: UnsafeRawPointer, _ count: Int) -> Float {
+        var r: Float = 0
+        multi(row, xq, 0, 1, &r, count)
+        return r
+    }
+
+    @inline(__always)
+    static func multi(_ row: UnsafeRawPointer, _ xq: UnsafeRawPointer, _ st: Int, _ nx: Int,
+                      _ out: UnsafeMutablePointer<Float>, _ count: Int) {
+        var acc = zeroAcc4()
+        for b in 0..<(count / 256) {
+            let p = row + b * 210, y = xq + b * 292
+            let sc = ld128(p, 192)
+            // Two int32 accumulators per row (even / odd k), so the vpdpwssd chains overlap.
+            let z = _mm256_setzero_si256()
+            var s0 = (z, z), s1 = s0, s2 = s0, s3 = s0
+            for h in 0..<2 {
+                for k in 0..<4 {
+                    let q = decode(p, h, k)
+                    let spair = scalePair(sc, 4 * h + k)
+                    let off = 4 + 128 * h + 32 * k
+                    @inline(__always) func one(_ y: UnsafeRawPointer, _ s: inout (V256i, V256i)) {
+                        if k & 1 == 0 {
+                            s.0 = csimd_dpwssd256(s.0, _mm256_maddubs_epi16(q, ld256(y, off)), spair)
+                        } else {
+                            s.1 = csimd_dpwssd256(s.1, _mm256_maddubs_epi16(q, ld256(y, off)), spair)
+                        }
+                    }
+                    one(y, &s0)
+                    if nx > 1 { one(y + st, &s1) }
+                    if nx > 2 { one(y + 2 * st, &s2) }
+                    if nx > 3 { one(y + 3 * st, &s3) }
+                }
+            }
+            let d = h2f(p, 208)
+            let sc16 = _mm256_cvtepi8_epi16(sc)
+            @inline(__always) func fin(_ y: UnsafeRawPointer, _ s2: (V256i, V256i), _ acc: inout V8f) {
+                let s = _mm256_add_epi32(s2.0, s2.1)
+                // 32·Σ_s scale_s·bsum_s: the −32 offset of the quants, taken out once per block.
+                let off = _mm256_slli_epi32(_mm256_madd_epi16(sc16, ld256(y, 260)), 5)
+                acc = _mm256_fmadd_ps(_mm256_set1_ps(q8kD(y) * d), _mm256_cvtepi32_ps(_mm256_sub_epi32(s, off)), acc)
+            }
+            fin(y, s0, &acc.0)
+            if nx > 1 { fin(y + st, s1, &acc.1) }
+            if nx > 2 { fin(y + 2 * st, s2, &acc.2) }
+            if nx > 3 { fin(y + 3 * st, s3, &acc.3) }
+        }
+        storeRows(acc, nx, out)
+    }
+
+    public static func vecDotMulti(_ row: UnsafeRawPointer, _ xq: UnsafeRawPointer, _ xqStride: Int, _ nx: Int,
+                                   _ out: UnsafeMutablePointer<Float>, _ count: Int) {
+        forMultiGroups(nx) { j, n in multi(row, xq + j * xqStride, xqStride, n, out + j, count) }
+    }
+}
+
+#endif
