@@ -58,6 +58,7 @@ let package = Package(
         .testTarget(name: "ChatTemplateTests", dependencies: ["ChatTemplate"], resources: [.copy("Fixtures")]),
         .testTarget(name: "GGUFTests", dependencies: ["GGUF", "Quant"]),
         .testTarget(name: "TokenizerTests", dependencies: ["Tokenizer", "GGUF"], resources: [.copy("Fixtures")]),
+        .testTarget(name: "BackendTests", dependencies: ["Backend"]),
         .testTarget(name: "EngineTests", dependencies: ["Engine", "Models", "GGUF", "Backend"]),
         .testTarget(name: "ModelTests", dependencies: ["Models", "GGUF", "Quant", "Backend", "Engine"],
                     resources: [.copy("Fixtures")]),

@@ -1,0 +1,58 @@
+/// Vectorised activation functions. `tanhf`/`expf` from libm cost ~20 ns per element and ran at 8% of a
+/// Gemma prefill; these evaluate 8 lanes at once with a polynomial `exp` accurate to ~2 ulp.
+public enum Activations {
+    /// e^x for 8 lanes, x clamped to [-87.3, 88.7] (Cephes-style: x = n·ln2 + r, e^r by a degree-6 polynomial).
+    @inline(__always)
+    static func exp8(_ x: SIMD8<Float>) -> SIMD8<Float> {
+        let xc = x.clamped(lowerBound: SIMD8(repeating: -87.3), upperBound: SIMD8(repeating: 88.7))
+        let n = (xc * 1.442_695_04).rounded(.toNearestOrEven)
+        // r = x - n·ln2, with ln2 split in two for precision.
+        var r = xc - n * 0.693_359_375
+        r = r + n * 2.121_944_4e-4
+        var p = SIMD8<Float>(repeating: 1.987_569_15e-4)
+        p = p * r + 1.398_199_95e-3
+        p = p * r + 8.333_451_9e-3
+        p = p * r + 4.166_579_6e-2
+        p = p * r + 0.166_666_66
+        p = p * r + 0.5
+        p = p * r * r + r + 1
+        // Scale by 2^n through the exponent bits.
+        let bits = (SIMD8<Int32>(n) &+ 127) &<< 23
+        return p * unsafeBitCast(bits, to: SIMD8<Float>.self)
+    }
+
+    /// `gate[i] = gelu_tanh(gate[i]) * up[i]` over n floats.
+    public static func gatedGELU(_ gate: UnsafeMutablePointer<Float>, _ up: UnsafePointer<Float>, _ n: Int) {
+        var i = 0
+        let g = UnsafeMutableRawPointer(gate), u = UnsafeRawPointer(up)
+        while i + 8 <= n {
+            let x = g.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<Float>.self)
+            let inner = 0.797_884_56 * (x + 0.044_715 * x * x * x)
+            // tanh(v) = 1 - 2 / (1 + e^{2v})
+            let t = 1 - 2 / (1 + exp8(2 * inner))
+            let y = 0.5 * x * (1 + t) * u.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<Float>.self)
+            g.storeBytes(of: y, toByteOffset: i * 4, as: SIMD8<Float>.self)
+            i += 8
+        }
+        while i < n {
+            gate[i] = Ops.gelu(gate[i]) * up[i]
+            i += 1
+        }
+    }
+
+    /// `gate[i] = silu(gate[i]) * up[i]` over n floats.
+    public static func gatedSiLU(_ gate: UnsafeMutablePointer<Float>, _ up: UnsafePointer<Float>, _ n: Int) {
+        var i = 0
+        let g = UnsafeMutableRawPointer(gate), u = UnsafeRawPointer(up)
+        while i + 8 <= n {
+            let x = g.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<Float>.self)
+            let y = x / (1 + exp8(-x)) * u.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<Float>.self)
+            g.storeBytes(of: y, toByteOffset: i * 4, as: SIMD8<Float>.self)
+            i += 8
+        }
+        while i < n {
+            gate[i] = Ops.silu(gate[i]) * up[i]
+            i += 1
+        }
+    }
+}
