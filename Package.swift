@@ -24,12 +24,20 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-atomics", from: "1.2.0"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.0.0"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.65.0"),
+        .package(url: "https://github.com/apple/swift-nio-extras", from: "1.20.0"),
+        .package(url: "https://github.com/apple/swift-http-types", from: "1.0.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.5.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.0.0"),
     ],
     targets: [
         // Block formats: layouts, scalar reference kernels, the traits table. Depends on nothing.
         .target(name: "Quant", swiftSettings: optimized),
         // GGUF container: mmap reader, writer, metadata.
         .target(name: "GGUF", dependencies: ["Quant"], swiftSettings: optimized),
+        // Hugging Face checkpoints: safetensors (sharded), config.json, presented as GGUF-named tensors.
+        .target(name: "SafeTensors", dependencies: ["GGUF", "Quant"], swiftSettings: optimized),
         // SentencePiece and byte-level BPE tokenizers, incremental detokenizer.
         .target(name: "Tokenizer", dependencies: ["GGUF"], swiftSettings: optimized),
         // Tensors, thread pool, CPU compute operations.
@@ -48,10 +56,28 @@ let package = Package(
         .target(name: "Models", dependencies: ["GGUF", "Quant", "Backend"], swiftSettings: optimized),
         // Sampling and the generation loop.
         .target(name: "Engine", dependencies: ["Models", "Backend"], swiftSettings: optimized),
+        // OpenAI-compatible HTTP server (Hummingbird): routes, validation, SSE, stop strings, errors.
+        .target(name: "Server", dependencies: [
+            "Engine", "Models", "GGUF", "Tokenizer", "ChatTemplate",
+            .product(name: "Hummingbird", package: "hummingbird"),
+            .product(name: "HummingbirdCore", package: "hummingbird"),
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+            .product(name: "NIOHTTPTypes", package: "swift-nio-extras"),
+            .product(name: "HTTPTypes", package: "swift-http-types"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
         .executableTarget(name: "ktransformers", dependencies: [
-            "Engine", "Models", "GGUF", "Tokenizer", "Quant", "Backend",
+            "Engine", "Models", "GGUF", "SafeTensors", "Tokenizer", "Quant", "Backend", "Server", "ChatTemplate",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
-        ], exclude: ["ServeCommand.swift", "BenchServe.swift"]),  // TEMP until the Server target lands
+            .product(name: "Hummingbird", package: "hummingbird"),
+            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "NIOHTTP1", package: "swift-nio"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        .testTarget(name: "ServerTests", dependencies: ["Server", "Engine", "Tokenizer", "GGUF", "ChatTemplate"]),
         .testTarget(name: "QuantTests", dependencies: ["Quant"], resources: [.copy("Fixtures")]),
         .testTarget(name: "QuantAVX512Tests", dependencies: ["Quant", "QuantAVX2", "QuantAVX512", "CSIMD", "Backend"]),
         .testTarget(name: "QuantAVX2Tests", dependencies: ["Quant", "QuantAVX2", "CSIMD", "Backend"]),
@@ -60,6 +86,8 @@ let package = Package(
         .testTarget(name: "TokenizerTests", dependencies: ["Tokenizer", "GGUF"], resources: [.copy("Fixtures")]),
         .testTarget(name: "BackendTests", dependencies: ["Backend"]),
         .testTarget(name: "EngineTests", dependencies: ["Engine", "Models", "GGUF", "Backend"]),
+        .testTarget(name: "HFTests", dependencies: ["SafeTensors", "Models", "GGUF", "Quant", "Backend", "Engine", "Tokenizer"],
+                    resources: [.copy("Fixtures")]),
         .testTarget(name: "ModelTests", dependencies: ["Models", "GGUF", "Quant", "Backend", "Engine"],
                     resources: [.copy("Fixtures")]),
         // Slow checks on the real default model and the CLI binary (see docs/testing.md).

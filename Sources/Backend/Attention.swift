@@ -11,6 +11,9 @@ public struct AttentionParams: Sendable {
     public var window: Int
     /// tanh soft-capping of the scores (Gemma 2); 0 means none.
     public var softcap: Float
+    /// V is not cached on its own: each head's value is the first `headDimV` floats of its K row (MLA with
+    /// the up-projections absorbed: K = [latent | rope part], V = latent; the layer's V width may be 0).
+    public var valueInKey: Bool = false
 
     public init(nHead: Int, nKVHead: Int, headDim: Int, headDimV: Int? = nil, scale: Float, window: Int = 0, softcap: Float = 0) {
         self.nHead = nHead
@@ -39,43 +42,34 @@ extension ThreadPool {
 
     /// Causal attention of `n` query tokens over their sequences' cached K/V (which must already hold this
     /// batch's own K/V). `q` is `// [n, nHead * headDim]`, `out` is `// [n, nHead * headDimV]`.
-    /// Each (token, head) pair is one task; scores go to per-thread scratch of at least the context length.
+    /// Each (token, K/V head) pair is one task: the group of query heads sharing that K/V head is scored
+    /// together (`KernelDispatch.attention`), so each key row is read once per group. Per-thread scratch holds
+    /// the scores (`// [group, count]`) and the slots of the visible positions: at least
+    /// `(nHead / nKVHead + 1) * contextLength` floats.
     public func attention(q: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>, n: Int, cache: KVCache, layer: Int,
                           meta: AttentionMetadata, params p: AttentionParams, scratch: ThreadScratch) {
-        let kc = UnsafePointer(cache.k(layer)), vc = UnsafePointer(cache.v(layer))
-        let kd = cache.kDims[layer], vd = cache.vDims[layer]
+        let kc = UnsafePointer(cache.k(layer))
+        let vc = p.valueInKey ? kc : UnsafePointer(cache.v(layer))
+        let kd = cache.kDims[layer], vd = p.valueInKey ? kd : cache.vDims[layer]
+        let vHeadStride = p.valueInKey ? p.headDim : p.headDimV
         let group = p.nHead / p.nKVHead
-        parallelFor(n * p.nHead) { task, thread in
-            let t = task / p.nHead, h = task % p.nHead
-            let kvh = h / group
+        let kernel = KernelDispatch.attention
+        parallelFor(n * p.nKVHead) { task, thread in
+            let t = task / p.nKVHead, kvh = task % p.nKVHead
             let pos = Int(meta.positions[t])
             let seq = Int(meta.sequenceOfToken[t])
             let lo = p.window > 0 ? max(0, pos - p.window + 1) : 0
             let count = pos - lo + 1
-            precondition(count <= scratch.floatsPerThread, "attention scratch too small for position \(pos)")
-            let scores = scratch.buffer(thread)
-            let qh = q + t * p.nHead * p.headDim + h * p.headDim
-            var m = -Float.infinity
-            for j in 0..<count {
-                let slot = meta.slot(sequence: seq, position: lo + j)
-                var s = dotProduct(qh, kc + slot * kd + kvh * p.headDim, p.headDim) * p.scale
-                if p.softcap > 0 { s = p.softcap * tanhf(s / p.softcap) }
-                scores[j] = s
-                m = max(m, s)
-            }
-            var sum: Float = 0
-            for j in 0..<count {
-                let e = expf(scores[j] - m)
-                scores[j] = e
-                sum += e
-            }
-            let o = out + t * p.nHead * p.headDimV + h * p.headDimV
-            o.update(repeating: 0, count: p.headDimV)
-            let inv = 1 / sum
-            for j in 0..<count {
-                let slot = meta.slot(sequence: seq, position: lo + j)
-                axpy(scores[j] * inv, vc + slot * vd + kvh * p.headDimV, o, p.headDimV)
-            }
+            precondition((group + 1) * count <= scratch.floatsPerThread, "attention scratch too small for position \(pos)")
+            let buf = scratch.buffer(thread)
+            let slots = UnsafeMutableRawPointer(buf + group * count).bindMemory(to: Int32.self, capacity: count)
+            for j in 0..<count { slots[j] = Int32(meta.slot(sequence: seq, position: lo + j)) }
+            kernel(AttentionKernelArgs(
+                q: q + t * p.nHead * p.headDim + kvh * group * p.headDim, g: group, headDim: p.headDim,
+                k: kc + kvh * p.headDim, kStride: kd, v: vc + kvh * vHeadStride, vStride: vd, headDimV: p.headDimV,
+                slots: slots, count: count, scale: p.scale, softcap: p.softcap, scores: buf,
+                out: out + t * p.nHead * p.headDimV + kvh * group * p.headDimV))
+            UnsafeMutableRawPointer(slots).bindMemory(to: Float.self, capacity: count)
         }
     }
 }

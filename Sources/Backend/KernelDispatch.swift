@@ -94,4 +94,18 @@ public enum KernelDispatch {
 
     /// The kernels of `type` for this CPU, or nil when no build has kernels for it.
     public static func kernels(for type: GGMLType) -> QuantKernels? { table[type] }
+
+    /// The attention inner loop for this CPU.
+    public static let attention: AttentionKernel = {
+        #if canImport(CSIMD) && canImport(QuantAVX2)
+        if level >= .avx2 {
+            return { a in
+                Attention_AVX2.attend(q: a.q, g: a.g, headDim: a.headDim, k: a.k, kStride: a.kStride, v: a.v,
+                                      vStride: a.vStride, headDimV: a.headDimV, slots: a.slots, count: a.count,
+                                      scale: a.scale, softcap: a.softcap, scores: a.scores, out: a.out)
+            }
+        }
+        #endif
+        return ScalarAttention.attend
+    }()
 }

@@ -1,3 +1,8 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
 import Foundation
 import Quant
 
@@ -43,6 +48,17 @@ public struct GGUFWriter {
     }
 
     public func encoded() -> [UInt8] {
+        var b = header(tensors: tensors.map { ($0.name, $0.shape, $0.type, $0.data.count) })
+        for t in tensors {
+            b.append(contentsOf: t.data)
+            while b.count % alignment != 0 { b.append(0) }
+        }
+        return b
+    }
+
+    /// The header, tensor table and padding up to the data section, for tensors of the given byte counts laid
+    /// out in order, each padded to `alignment`.
+    func header(tensors infos: [(name: String, shape: [Int], type: GGMLType, byteCount: Int)]) -> [UInt8] {
         var b: [UInt8] = []
         func u32(_ v: UInt32) { withUnsafeBytes(of: v.littleEndian) { b.append(contentsOf: $0) } }
         func u64(_ v: UInt64) { withUnsafeBytes(of: v.littleEndian) { b.append(contentsOf: $0) } }
@@ -83,11 +99,10 @@ public struct GGUFWriter {
             case .array(let x): x.forEach(array)
             }
         }
-        func pad() { while b.count % alignment != 0 { b.append(0) } }
 
         u32(0x4655_4747)
         u32(3)
-        u64(UInt64(tensors.count))
+        u64(UInt64(infos.count))
         u64(UInt64(metadata.count))
         for (k, v) in metadata {
             str(k)
@@ -95,20 +110,63 @@ public struct GGUFWriter {
             value(v)
         }
         var offset = 0
-        for t in tensors {
+        for t in infos {
             str(t.name)
             u32(UInt32(t.shape.count))
             t.shape.forEach { u64(UInt64($0)) }
             u32(t.type.rawValue)
             u64(UInt64(offset))
-            offset += (t.data.count + alignment - 1) / alignment * alignment
+            offset += (t.byteCount + alignment - 1) / alignment * alignment
         }
-        pad()
-        for t in tensors {
-            b.append(contentsOf: t.data)
-            pad()
-        }
+        while b.count % alignment != 0 { b.append(0) }
         return b
+    }
+
+    /// Writes a GGUF file whose tensor data is produced one tensor at a time (for conversions larger than memory):
+    /// `tensors` are only described here (this writer's own `tensors` are ignored), and `produce(i, sink)` must
+    /// pass exactly the bytes of tensor `i` to `sink`, in one or more pieces.
+    public func write(to path: String, streaming infos: [(name: String, shape: [Int], type: GGMLType)],
+                      produce: (Int, (UnsafeRawBufferPointer) throws -> Void) throws -> Void) throws {
+        var sized: [(name: String, shape: [Int], type: GGMLType, byteCount: Int)] = []
+        for t in infos {
+            guard t.shape.first.map({ $0 % t.type.blockSize == 0 }) ?? false,
+                  let n = t.type.byteCount(elements: t.shape.reduce(1, *)) else {
+                throw GGUFError(path: path, "tensor '\(t.name)': shape \(t.shape) cannot be stored as \(t.type)")
+            }
+            sized.append((t.name, t.shape, t.type, n))
+        }
+        guard let f = fopen(path, "wb") else {
+            throw GGUFError(path: path, "cannot create: \(String(cString: strerror(errno)))")
+        }
+        var ok = false
+        defer {
+            fclose(f)
+            if !ok { unlink(path) }
+        }
+        func put(_ p: UnsafeRawBufferPointer) throws {
+            guard p.count == 0 || fwrite(p.baseAddress!, 1, p.count, f) == p.count else {
+                throw GGUFError(path: path, "write failed: \(String(cString: strerror(errno)))")
+            }
+        }
+        try header(tensors: sized).withUnsafeBytes { try put($0) }
+        let zeros = [UInt8](repeating: 0, count: alignment)
+        for (i, t) in sized.enumerated() {
+            var written = 0
+            try produce(i) { piece in
+                written += piece.count
+                guard written <= t.byteCount else {
+                    throw GGUFError(path: path, "tensor '\(t.name)': more than its \(t.byteCount) bytes were produced")
+                }
+                try put(piece)
+            }
+            guard written == t.byteCount else {
+                throw GGUFError(path: path, "tensor '\(t.name)': \(written) bytes produced, expected \(t.byteCount)")
+            }
+            let pad = (alignment - t.byteCount % alignment) % alignment
+            try zeros.withUnsafeBytes { try put(UnsafeRawBufferPointer(rebasing: $0[0..<pad])) }
+        }
+        guard fflush(f) == 0 else { throw GGUFError(path: path, "write failed: \(String(cString: strerror(errno)))") }
+        ok = true
     }
 
     public func write(to path: String) throws {

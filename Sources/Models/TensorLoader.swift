@@ -2,13 +2,14 @@ import Backend
 import GGUF
 import Quant
 
-/// Typed access to one architecture's hyper-parameters and tensors in a GGUF file, with errors that name
-/// the file, the key or tensor, and expected vs actual shape.
+/// Typed access to one architecture's hyper-parameters and tensors in a GGUF file (or any `TensorSource`, such
+/// as a Hugging Face directory seen the GGUF way), with errors that name the file, the key or tensor, and
+/// expected vs actual shape.
 public struct TensorLoader {
-    public let file: GGUFFile
+    public let file: any TensorSource
     public let arch: String
 
-    public init(file: GGUFFile, arch: String) {
+    public init(file: any TensorSource, arch: String) {
         self.file = file
         self.arch = arch
     }
@@ -28,6 +29,8 @@ public struct TensorLoader {
     }
 
     public func optionalFloat(_ key: String) -> Float? { file["\(arch).\(key)"]?.double.map(Float.init) }
+
+    public func optionalBool(_ key: String) -> Bool? { file["\(arch).\(key)"]?.bool }
 
     /// A per-layer value that may be stored as one number or an array of `layers` numbers.
     public func perLayerInt(_ key: String, layers: Int) throws -> [Int] {
@@ -54,6 +57,20 @@ public struct TensorLoader {
         }
         do {
             return try WeightMatrix(name: name, type: t.type, rows: rows, cols: cols, data: file.data(of: t), owner: file)
+        } catch let e as BackendError {
+            throw ModelError("\(file.path): \(e.description)")
+        }
+    }
+
+    /// `count` stacked `[rows, cols]` matrices (ggml shape `[cols, rows, count]`): MoE experts, MLA heads.
+    public func stack(_ name: String, count: Int, rows: Int, cols: Int) throws -> WeightStack {
+        let t = try info(name)
+        guard t.shape == [cols, rows, count] else {
+            throw ModelError("\(file.path): tensor '\(name)' has shape \(t.shape), expected [\(cols), \(rows), \(count)]")
+        }
+        do {
+            return try WeightStack(name: name, type: t.type, count: count, rows: rows, cols: cols, data: file.data(of: t),
+                                   owner: file)
         } catch let e as BackendError {
             throw ModelError("\(file.path): \(e.description)")
         }

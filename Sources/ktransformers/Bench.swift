@@ -2,13 +2,15 @@ import ArgumentParser
 import Backend
 import Foundation
 import Models
+import Quant
 
 /// Model throughput like llama-bench: prompt processing (pp) and token generation (tg), optionally with B
 /// sequences decoding together in one batch.
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Measure prompt-processing and generation speed (like llama-bench).",
-        discussion: "Tests: ppP reads P prompt tokens in one batch (chunked by --chunk-size); tgN generates N tokens one step at a time from an empty context; with --batch B, tgN runs B sequences decoding together and reports their total tokens/s. Each test runs -r times after one warm-up run.")
+        discussion: "Tests: ppP reads P prompt tokens in one batch (chunked by --chunk-size); tgN generates N tokens one step at a time from an empty context; with --batch B, tgN runs B sequences decoding together and reports their total tokens/s. Each test runs -r times after one warm-up run. `bench serve` load-tests an OpenAI-compatible server instead.",
+        subcommands: [BenchServe.self])
 
     @Option(name: .long, help: "GGUF model file (default: the installed default model).")
     var model: String?
@@ -34,6 +36,15 @@ struct Bench: ParsableCommand {
     @Flag(help: "Print a JSON array with one object per test.")
     var json = false
 
+    @Flag(name: .long, help: "Instead of a model: the MoE expert kernel on one synthetic layer (random routing) at batch 1 and 8 (and --batch), in GB/s of distinct expert weights read, against the measured memory bandwidth (docs/performance.md).")
+    var moe = false
+
+    @Option(name: .customLong("moe-shape"), help: "experts,top-k,hidden,expert-width of the --moe layer.")
+    var moeShape = "128,8,2048,768"
+
+    @Option(name: .customLong("moe-type"), help: "Weight format of the --moe experts (q4_K, q8_0, ...).")
+    var moeType = "q4_K"
+
     func validate() throws {
         guard nPrompt >= 0, nGen >= 0, nPrompt + nGen > 0 else { throw ValidationError("-p and -n must be >= 0, not both 0") }
         guard repetitions >= 1 else { throw ValidationError("--repetitions must be >= 1") }
@@ -58,6 +69,7 @@ struct Bench: ParsableCommand {
     }
 
     func run() throws {
+        if moe { return try runMoE() }
         var args = ["--threads", String(threads ?? CPUInfo.physicalCores)]
         if let model { args += ["--model", model] }
         let file = try ModelOptions.parse(args).openFile()
@@ -139,6 +151,24 @@ struct Bench: ParsableCommand {
                             r.tokens_per_second, r.stddev_tokens_per_second, r.median_tokens_per_second)
             }
             Output.out(s)
+        }
+    }
+
+    private func runMoE() throws {
+        let shape = moeShape.split(separator: ",").compactMap { Int($0) }
+        guard shape.count == 4, shape.allSatisfy({ $0 > 0 }) else {
+            throw CLIError("--moe-shape wants four positive integers: experts,top-k,hidden,expert-width")
+        }
+        guard let type = GGMLType(name: moeType) else { throw CLIError("--moe-type: unknown format '\(moeType)'") }
+        let bench = MoEBench(experts: shape[0], topK: shape[1], dim: shape[2], ff: shape[3], type: type,
+                             threads: threads ?? CPUInfo.physicalCores, repetitions: repetitions)
+        let results = try bench.run(batches: Array(Set([1, 8, batch])).sorted())
+        if json {
+            let enc = JSONEncoder()
+            enc.outputFormatting = [.prettyPrinted, .sortedKeys]
+            Output.out(String(decoding: try enc.encode(results), as: UTF8.self) + "\n")
+        } else {
+            Output.out(MoEBench.table(results))
         }
     }
 

@@ -25,7 +25,7 @@ struct Logits: ParsableCommand {
         }
         guard !ids.isEmpty else { throw CLIError("--tokens: no token ids given") }
         if let top, top < 1 { throw CLIError("--top must be at least 1") }
-        let m = try options.load()
+        let m = try options.loadModel()  // no tokenizer needed: Hugging Face directories work too
         let vocab = m.model.info.vocabSize
         if let bad = ids.first(where: { $0 < 0 || Int($0) >= vocab }) {
             throw CLIError("--tokens: id \(bad) is outside the vocabulary (0..<\(vocab))")

@@ -3,11 +3,12 @@ import Backend
 import Foundation
 import GGUF
 import Models
+import SafeTensors
 import Tokenizer
 
 /// Options shared by the commands that load a model.
 struct ModelOptions: ParsableArguments {
-    @Option(name: .long, help: "GGUF model file (default: the installed default model, see scripts/default-model.sh).")
+    @Option(name: .long, help: "GGUF model file or Hugging Face checkpoint directory (config.json + *.safetensors) (default: the installed default model, see scripts/default-model.sh).")
     var model: String?
 
     @Option(name: [.customShort("t"), .long], help: "Compute threads (default: physical cores).")
@@ -31,19 +32,38 @@ struct ModelOptions: ParsableArguments {
         return try GGUFFile(path: path, populate: true)
     }
 
-    /// Opens the file, builds the model and its tokenizer.
+    /// The GGUF file, or the Hugging Face checkpoint directory seen as one (`HFCheckpoint`).
+    func openSource() throws -> any TensorSource {
+        if let model, HFCheckpoint.isCheckpointDirectory(model) {
+            return try HFCheckpoint(directory: model)
+        }
+        return try openFile()
+    }
+
+    /// Opens the model, builds it and its tokenizer.
     func load() throws -> LoadedModel {
-        let file = try openFile()
+        let m = try loadModel()
+        guard let tokenizer = m.tokenizer else {
+            let why = (m.file as? HFCheckpoint).map { $0.tokenizerProblem ?? "the directory has no tokenizer.json" }
+                ?? "the file has no tokenizer.ggml.* metadata"
+            throw CLIError("\(m.file.path): no tokenizer (\(why)); only `logits` works without one")
+        }
+        return LoadedModel(file: m.file, pool: m.pool, model: m.model, tokenizer: tokenizer, contextLength: m.contextLength)
+    }
+
+    /// Opens the model and builds it; the tokenizer only where the source has one (`logits` needs none).
+    func loadModel() throws -> (file: any TensorSource, pool: ThreadPool, model: LanguageModel, tokenizer: Tokenizer?,
+                                contextLength: Int) {
+        let file = try openSource()
         let pool = ThreadPool(threads: threads ?? CPUInfo.physicalCores)
         let model = try ModelRegistry.load(file, pool: pool)
-        let tokenizer = try Tokenizer(gguf: file)
-        return LoadedModel(file: file, pool: pool, model: model, tokenizer: tokenizer,
-                           contextLength: min(contextSize ?? 4096, model.info.contextLength))
+        let tokenizer = file.metadata["tokenizer.ggml.model"] == nil ? nil : try Tokenizer(metadata: file.metadata)
+        return (file, pool, model, tokenizer, min(contextSize ?? 4096, model.info.contextLength))
     }
 }
 
 struct LoadedModel {
-    let file: GGUFFile
+    let file: any TensorSource
     let pool: ThreadPool
     let model: LanguageModel
     let tokenizer: Tokenizer

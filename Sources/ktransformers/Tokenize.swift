@@ -5,7 +5,7 @@ import Tokenizer
 struct Tokenize: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Print the token ids (and pieces) of a text.")
 
-    @Option(name: .long, help: "GGUF model file (default: the installed default model).")
+    @Option(name: .long, help: "GGUF model file or Hugging Face checkpoint directory (default: the installed default model).")
     var model: String?
 
     @Option(help: "The text to tokenize.")
@@ -21,8 +21,8 @@ struct Tokenize: ParsableCommand {
     var json = false
 
     func run() throws {
-        let file = try ModelOptions.parse(model.map { ["--model", $0] } ?? []).openFile()
-        let tokenizer = try Tokenizer(gguf: file)
+        let file = try ModelOptions.parse(model.map { ["--model", $0] } ?? []).openSource()
+        let tokenizer = try Tokenizer(metadata: file.metadata)
         let ids = tokenizer.encode(text, addSpecial: !noBOS, parseSpecial: !noParseSpecial)
         if json {
             let obj: [String: Any] = ["ids": ids.map(Int.init), "pieces": ids.map { tokenizer.piece($0) }]

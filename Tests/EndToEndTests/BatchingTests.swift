@@ -45,4 +45,27 @@ final class BatchingTests: XCTestCase {
         XCTAssertEqual(s.kvPagesFree, s.kvPagesTotal)
         XCTAssertGreaterThan(s.steps, maxTokens)
     }
+
+    /// Aborting a running request ends its stream with `.abort` and returns its pages within a step.
+    func testAbortMidGenerationFreesPages() async throws {
+        let m = try DefaultModelFixture.get()
+        var config = EngineConfig()
+        config.contextLength = 512
+        config.kvCacheTokens = 1024
+        let engine = try Engine(model: m.model, config: config)
+        defer { engine.shutdown() }
+        let stream = try engine.submit(EngineRequest(id: "a", promptTokens: [2, 4754, 17797], maxTokens: 400))
+        var n = 0
+        var finish: FinishReason?
+        for await o in stream {
+            if o.token != nil { n += 1 }
+            if n == 3 && finish == nil { engine.abort(id: "a") }
+            finish = o.finishReason ?? finish
+        }
+        XCTAssertEqual(finish, .abort)
+        XCTAssertLessThan(n, 400)
+        let s = engine.stats()
+        XCTAssertEqual(s.kvPagesFree, s.kvPagesTotal)
+        XCTAssertEqual(s.running, 0)
+    }
 }

@@ -11,7 +11,13 @@ import XCTest
 /// Tolerance: max |ours - ref| <= 1e-4 * max |ref| over all positions and the vocabulary (the engine computes
 /// in float32; the reference in float64 on the same, exactly dequantized, weights), and the same argmax at
 /// every position (the script makes sure the reference's top two are at least 1e-3 * max |ref| apart).
-/// Measured (x86-64): about 1e-6 relative for every fixture.
+/// Measured (x86-64): about 1e-6 relative for every fixture (MoE ones included: 0.9e-6 to 2.1e-6).
+///
+/// MoE fixtures (scripts/make_tiny_moe_models.py): `mixtral` (stored as `llama`), `qwen2moe`, `qwen3moe`,
+/// `qwen3moe-q8_0` (Q8_0 experts; the reference rounds the gate/up experts' input to Q8_0 as above),
+/// `deepseek2` (V2 style: no q LoRA, unsplit attn_kv_b, softmax + group-limited greedy) and `deepseek2-v3` (q LoRA,
+/// split attn_k_b/attn_v_b, YaRN, sigmoid + exp_probs_b + noaux_tc groups). The script keeps every routing
+/// decision at least 1e-3 away from a tie, so float32 noise cannot change which experts run.
 ///
 /// Variants: `<arch>` has f32 matrices; `qwen2-f16`, `gemma3-f16` (the latter with linear RoPE scaling 8 on its
 /// global layers) F16 ones; `llama-q8_0`, `qwen3-q8_0` have Q8_0 token embedding, Q, K, V, gate and up, and F16
@@ -31,6 +37,12 @@ final class GoldenLogitsTests: XCTestCase {
     func testQwen3Q8_0() throws { try checkGolden("qwen3-q8_0") }
     func testGemma3F32() throws { try checkGolden("gemma3") }
     func testGemma3F16() throws { try checkGolden("gemma3-f16") }
+    func testMixtral() throws { try checkGolden("mixtral") }
+    func testQwen2MoE() throws { try checkGolden("qwen2moe") }
+    func testQwen3MoE() throws { try checkGolden("qwen3moe") }
+    func testQwen3MoEQ8_0() throws { try checkGolden("qwen3moe-q8_0") }
+    func testDeepSeek2() throws { try checkGolden("deepseek2") }
+    func testDeepSeek2V3() throws { try checkGolden("deepseek2-v3") }
 
     func testFixtureListCoversEveryRegisteredArchitecture() {
         XCTAssertEqual(Set(TinyModels.all.map(TinyModels.architecture)), Set(ModelRegistry.supportedArchitectures))

@@ -7,10 +7,14 @@ import XCTest
 /// The tiny random models of Fixtures/ (made by scripts/make_tiny_models.py) and their float64 NumPy reference
 /// logits. `<name>.gguf` is the model, `<name>.json` is `{"tokens": [...], "logits": [[vocab] per position]}`.
 enum TinyModels {
-    /// Every fixture: f32 matrices, and one quantized variant per architecture.
-    static let all = ["llama", "llama-q8_0", "qwen2", "qwen2-f16", "qwen3", "qwen3-q8_0", "gemma3", "gemma3-f16"]
+    /// Every fixture: f32 matrices, and one quantized variant per dense architecture; the MoE models
+    /// (scripts/make_tiny_moe_models.py) are f32, plus `qwen3moe-q8_0` with Q8_0 experts.
+    static let all = ["llama", "llama-q8_0", "qwen2", "qwen2-f16", "qwen3", "qwen3-q8_0", "gemma3", "gemma3-f16"] + moe
+        + ["qwen3moe-q8_0"]
     /// The f32 variant of each architecture.
-    static let f32 = ["llama", "qwen2", "qwen3", "gemma3"]
+    static let f32 = ["llama", "qwen2", "qwen3", "gemma3"] + moe
+    /// The MoE fixtures: Mixtral (stored as `llama`), Qwen2-MoE, Qwen3-MoE, DeepSeek-V2 and -V3 style.
+    static let moe = ["mixtral", "qwen2moe", "qwen3moe", "deepseek2", "deepseek2-v3"]
 
     /// One pool for every test (workers stay up for the process).
     static let pool = ThreadPool(threads: 2)
@@ -39,9 +43,9 @@ enum TinyModels {
         try ModelRegistry.load(GGUFFile(path: path(name, "gguf")), pool: pool)
     }
 
-    /// The architecture part of a fixture name (`qwen3-q8_0` → `qwen3`).
+    /// The architecture part of a fixture name (`qwen3-q8_0` → `qwen3`; llama.cpp stores Mixtral as `llama`).
     static func architecture(_ name: String) -> String {
-        String(name.split(separator: "-")[0])
+        name == "mixtral" ? "llama" : String(name.split(separator: "-")[0])
     }
 
     /// Copies `source` into a new GGUF file in the temporary directory, with `edit` applied to the writer

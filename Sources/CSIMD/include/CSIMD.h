@@ -61,6 +61,8 @@ CSIMD_INLINE int32_t csimd_hsum_epi32(__m256i v) {
 }
 /// Rounding (the imm8 of _mm256_round_ps): toward zero, no exceptions.
 CSIMD_INLINE __m256 csimd_trunc_ps(__m256 a) { return _mm256_round_ps(a, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC); }
+/// Round to nearest even, no exceptions.
+CSIMD_INLINE __m256 csimd_round_nearest_ps(__m256 a) { return _mm256_round_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
 /// a >= b (ordered, quiet) as an all-ones lane mask.
 CSIMD_INLINE __m256 csimd_cmpge_ps(__m256 a, __m256 b) { return _mm256_cmp_ps(a, b, _CMP_GE_OQ); }
 /// a == b (ordered, quiet) as an all-ones lane mask.

@@ -2,6 +2,8 @@ import Backend
 
 /// Llama (`general.architecture = llama`, also Mistral and other Llama-shaped models): SwiGLU MLP, RMS norm,
 /// RoPE on adjacent pairs (llama.cpp's converter permutes Q/K rows for that layout), optional tied output.
+/// Mixtral is stored as `llama` with experts (`llama.expert_count`, `blk.N.ffn_{gate,up,down}_exps`,
+/// `ffn_gate_inp`): softmax top-k routing with the chosen weights renormalized.
 enum Llama {
     static func load(_ l: TensorLoader, pool: ThreadPool) throws -> LanguageModel {
         try LlamaFamily.load(l, pool: pool, variant: .init(qkvBias: false, qkNorm: false, neoxRope: false))
@@ -15,12 +17,18 @@ enum LlamaFamily {
         var qkvBias: Bool
         var qkNorm: Bool
         var neoxRope: Bool
+        /// MoE layers (when the file has `{arch}.expert_count`): whether the top-k weights are renormalized
+        /// unless `{arch}.expert_weights_norm` says otherwise (HF `norm_topk_prob`).
+        var normalizeTopK = true
+        /// Qwen2-MoE: a shared expert (`ffn_*_shexp`) scaled by `sigmoid(ffn_gate_inp_shexp · x)`.
+        var gatedSharedExpert = false
     }
 
     static func load(_ l: TensorLoader, pool: ThreadPool, variant v: Variant) throws -> LanguageModel {
         let dim = try l.int("embedding_length")
         let nLayer = try l.int("block_count")
-        let ff = try l.int("feed_forward_length")
+        let nExpert = l.optionalInt("expert_count") ?? 0
+        let ff = nExpert > 0 ? (l.optionalInt("feed_forward_length") ?? 0) : try l.int("feed_forward_length")
         let nHead = try l.int("attention.head_count")
         let nKVHead = l.optionalInt("attention.head_count_kv") ?? nHead
         let headDim = l.optionalInt("attention.key_length") ?? dim / nHead
@@ -43,6 +51,7 @@ enum LlamaFamily {
         let embedding = try l.matrix("token_embd.weight", rows: embT.shape[1], cols: dim)
         let vocab = embedding.rows
         let output = try l.optionalMatrix("output.weight", rows: vocab, cols: dim) ?? embedding
+        let moe = nExpert > 0 ? try moeOptions(l, variant: v, nExpert: nExpert, dim: dim, ff: ff, pool: pool) : nil
         var blocks: [DecoderBlock] = []
         for i in 0..<nLayer {
             let p = "blk.\(i)."
@@ -59,10 +68,16 @@ enum LlamaFamily {
                 qNorm: v.qkNorm ? try l.vector(p + "attn_q_norm.weight", count: headDim) : nil,
                 kNorm: v.qkNorm ? try l.vector(p + "attn_k_norm.weight", count: headDim) : nil,
                 normEps: eps, params: params, ropeIndex: 0)
-            let mlp = GatedMLP(gate: try l.matrix(p + "ffn_gate.weight", rows: ff, cols: dim),
+            let mlp: any FeedForwardBlock
+            if let moe {
+                mlp = try MoEFeedForward.load(l, layer: i, dim: dim, nExpert: nExpert, ff: moe.ff, options: moe.options,
+                                              scratch: moe.scratch)
+            } else {
+                mlp = GatedMLP(gate: try l.matrix(p + "ffn_gate.weight", rows: ff, cols: dim),
                                up: try l.matrix(p + "ffn_up.weight", rows: ff, cols: dim),
                                down: try l.matrix(p + "ffn_down.weight", rows: dim, cols: ff),
                                activation: .silu)
+            }
             blocks.append(DecoderBlock(attnNorm: try l.vector(p + "attn_norm.weight", count: dim), attention: attn,
                                        postAttnNorm: nil, ffnNorm: try l.vector(p + "ffn_norm.weight", count: dim),
                                        mlp: mlp, postFFNNorm: nil))
@@ -74,5 +89,29 @@ enum LlamaFamily {
         return DecoderModel(info: info, embedding: embedding, embedScale: 1, blocks: blocks,
                             outputNorm: try l.vector("output_norm.weight", count: dim), output: output, normEps: eps,
                             ropes: [rope], pool: pool)
+    }
+}
+
+extension LlamaFamily {
+    /// The MoE hyper-parameters of Mixtral / Qwen2-MoE / Qwen3-MoE: `expert_count`, `expert_used_count`,
+    /// `expert_feed_forward_length` (else the width of `blk.0.ffn_gate_exps`), `expert_weights_norm`,
+    /// `expert_weights_scale`, and for Qwen2-MoE `expert_shared_feed_forward_length` (else `feed_forward_length`).
+    static func moeOptions(_ l: TensorLoader, variant v: Variant, nExpert: Int, dim: Int, ff: Int, pool: ThreadPool)
+        throws -> (options: MoEFeedForward.Options, ff: Int, scratch: MoEScratch) {
+        let topK = try l.int("expert_used_count")
+        guard let exps = l.file.tensor(named: "blk.0.ffn_gate_exps.weight"), exps.shape.count == 3 else {
+            throw ModelError("\(l.file.path): missing 3-D tensor 'blk.0.ffn_gate_exps.weight'")
+        }
+        let ffExp = l.optionalInt("expert_feed_forward_length") ?? exps.shape[1]
+        var routing = MoERouting(scoring: .softmax, topK: topK,
+                                 normalizeTopK: l.optionalBool("expert_weights_norm") ?? v.normalizeTopK)
+        if let s = l.optionalFloat("expert_weights_scale"), s != 0 { routing.scale = s }
+        var options = MoEFeedForward.Options(routing: routing)
+        if v.gatedSharedExpert {
+            options.sharedWidth = l.optionalInt("expert_shared_feed_forward_length") ?? ff
+            options.sharedGate = true
+        }
+        let scratch = MoEScratch(nExpert: nExpert, topK: topK, ff: ffExp, dim: dim, threads: pool.threadCount, groups: 1)
+        return (options, ffExp, scratch)
     }
 }

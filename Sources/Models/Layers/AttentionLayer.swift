@@ -2,7 +2,7 @@ import Backend
 
 /// Multi-head attention with grouped K/V heads, optional Q/K/V biases (Qwen2), optional per-head Q/K RMS
 /// norm (Qwen3, Gemma 3), rotary embeddings and an optional sliding window.
-struct AttentionLayer {
+struct AttentionLayer: AttentionBlock {
     let wq: WeightMatrix   // [nHead * headDim, dim]
     let wk: WeightMatrix   // [nKVHead * headDim, dim]
     let wv: WeightMatrix   // [nKVHead * headDimV, dim]
@@ -17,10 +17,13 @@ struct AttentionLayer {
     /// Index into the model's RoPE list (tables are computed once per forward for each).
     let ropeIndex: Int
 
+    var queryGroupSize: Int { params.nHead / params.nKVHead }
     var qWidth: Int { params.nHead * params.headDim }
     var kWidth: Int { params.nKVHead * params.headDim }
     var vWidth: Int { params.nKVHead * params.headDimV }
     var oWidth: Int { params.nHead * params.headDimV }
+    var bufferWidths: (q: Int, k: Int, v: Int, o: Int) { (qWidth, kWidth, vWidth, oWidth) }
+    var maxInputWidth: Int { oWidth }
 
     /// Reads `xn` `// [n, dim]`, writes `out` `// [n, dim]`.
     func forward(_ xn: UnsafeMutablePointer<Float>, out: UnsafeMutablePointer<Float>, n: Int, layer: Int,

@@ -1,13 +1,39 @@
 import Backend
 
+/// The attention part of a block: `AttentionLayer` (multi-head / grouped-query) or `MLAAttention` (DeepSeek).
+/// The model hands it four per-token buffers of the widths it asks for.
+protocol AttentionBlock {
+    /// Floats per token of the `q`, `k`, `v`, `o` scratch buffers `forward` is given.
+    var bufferWidths: (q: Int, k: Int, v: Int, o: Int) { get }
+    /// Widest input of its matmuls (sizes the per-thread matmul scratch).
+    var maxInputWidth: Int { get }
+    /// Query heads per cached K/V head (sizes the attention scratch: see `ThreadPool.attention`).
+    var queryGroupSize: Int { get }
+    /// Reads `xn` `// [n, dim]`, writes `out` `// [n, dim]`, and this batch's K/V into layer `layer` of the cache.
+    func forward(_ xn: UnsafeMutablePointer<Float>, out: UnsafeMutablePointer<Float>, n: Int, layer: Int,
+                 ctx: ForwardContext, q: UnsafeMutablePointer<Float>, k: UnsafeMutablePointer<Float>,
+                 v: UnsafeMutablePointer<Float>, o: UnsafeMutablePointer<Float>)
+}
+
+/// The feed-forward part of a block: `GatedMLP` (dense) or `MoEFeedForward` (experts).
+protocol FeedForwardBlock {
+    /// Floats per token of each of the two scratch buffers `g`, `u` that `forward` is given.
+    var scratchWidth: Int { get }
+    /// Widest input of its matmuls (sizes the per-thread matmul scratch).
+    var maxInputWidth: Int { get }
+    /// Reads `xn` `// [n, dim]`, writes `out` `// [n, dim]`.
+    func forward(_ xn: UnsafeMutablePointer<Float>, out: UnsafeMutablePointer<Float>, n: Int, ctx: ForwardContext,
+                 g: UnsafeMutablePointer<Float>, u: UnsafeMutablePointer<Float>)
+}
+
 /// One pre-norm transformer block, with the optional post-norms Gemma adds:
 /// `x += postAttnNorm(attn(attnNorm(x)))`, `x += postFFNNorm(mlp(ffnNorm(x)))`.
 struct DecoderBlock {
     let attnNorm: [Float]
-    let attention: AttentionLayer
+    let attention: any AttentionBlock
     let postAttnNorm: [Float]?
     let ffnNorm: [Float]
-    let mlp: GatedMLP
+    let mlp: any FeedForwardBlock
     let postFFNNorm: [Float]?
 }
 
@@ -49,16 +75,17 @@ final class DecoderModel: LanguageModel, @unchecked Sendable {
         self.finalLogitSoftcap = finalLogitSoftcap
         self.ropes = ropes
         self.pool = pool
-        let a = blocks.map(\.attention)
-        let maxCols = ([dim] + blocks.map { max($0.attention.oWidth, $0.mlp.width) }).max()!
+        let a = blocks.map(\.attention.bufferWidths)
+        let maxCols = ([dim] + blocks.map { max($0.attention.maxInputWidth, $0.mlp.maxInputWidth) }).max()!
         scratch = MatmulScratch(perThread: ThreadScratch(threads: pool.threadCount, floatsPerThread: maxCols),
                                 activations: ActivationBuffer())
-        attentionScratch = ThreadScratch(threads: pool.threadCount, floatsPerThread: info.contextLength)
+        // Scores of a GQA group plus the visible positions' slots (see ThreadPool.attention).
+        let maxGroup = blocks.map(\.attention.queryGroupSize).max() ?? 1
+        attentionScratch = ThreadScratch(threads: pool.threadCount, floatsPerThread: info.contextLength * (maxGroup + 1))
         work = Workspace(widths: [
             dim, dim, dim,
-            a.map(\.qWidth).max() ?? 1, a.map(\.kWidth).max() ?? 1, a.map(\.vWidth).max() ?? 1,
-            a.map(\.oWidth).max() ?? 1,
-            blocks.map(\.mlp.width).max() ?? 1, blocks.map(\.mlp.width).max() ?? 1,
+            a.map(\.q).max() ?? 1, a.map(\.k).max() ?? 1, a.map(\.v).max() ?? 1, a.map(\.o).max() ?? 1,
+            blocks.map(\.mlp.scratchWidth).max() ?? 1, blocks.map(\.mlp.scratchWidth).max() ?? 1,
         ])
     }
 

@@ -1,7 +1,7 @@
 import Backend
 
 /// `down(act(gate(x)) * up(x))`: SwiGLU (Llama, Qwen) or GeGLU with tanh-GELU (Gemma).
-struct GatedMLP {
+struct GatedMLP: FeedForwardBlock {
     enum Activation { case silu, gelu }
     let gate: WeightMatrix  // [ff, dim]
     let up: WeightMatrix    // [ff, dim]
@@ -9,6 +9,8 @@ struct GatedMLP {
     let activation: Activation
 
     var width: Int { gate.rows }
+    var scratchWidth: Int { width }
+    var maxInputWidth: Int { width }
 
     /// Reads `xn` `// [n, dim]`, writes `out` `// [n, dim]`; `g`, `u` are `// [n, ff]` scratch.
     func forward(_ xn: UnsafeMutablePointer<Float>, out: UnsafeMutablePointer<Float>, n: Int, ctx: ForwardContext,

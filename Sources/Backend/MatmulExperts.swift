@@ -1,0 +1,145 @@
+import Quant
+
+extension ThreadPool {
+    /// The expert matmul of an MoE layer: for every expert e that `routing` sends rows to,
+    /// `y[p] = W_e · x[row(p)]` for the sorted rows `p` in `routing.offsets[e] ..< offsets[e + 1]`, where
+    /// `row(p)` is `routing.tokenOf[p]` when `gather` (x holds token rows, `// [nTokens, cols]`) and `p`
+    /// otherwise (x already in sorted order, `// [nAssignments, cols]`). `y` is `// [nAssignments, W.rows]`.
+    /// A second stack `w2` with the same input (the up projection beside the gate) is computed in the same pass
+    /// into `y2`, sharing the quantized activations.
+    ///
+    /// Like `matmul`: activation rows are quantized once per token to the format's `vecDotType` (then the
+    /// quantized rows are gathered into sorted order, so each expert's rows are contiguous), and every weight row
+    /// of an expert is dotted with all of that expert's rows, up to 4 per pass (`vecDotMulti`): each expert's
+    /// weights are read once per call however many tokens chose it, and experts nobody chose are not read.
+    /// Tasks are (expert, matrix, row chunk) triples, expert-major, handed out dynamically over the pool.
+    /// `f32Activations` keeps f32 activations (`dotF32Multi`), as the dense MLP does for its down projection.
+    public func matmulExperts(_ w: WeightStack, _ y: UnsafeMutablePointer<Float>,
+                              also w2: WeightStack? = nil, _ y2: UnsafeMutablePointer<Float>? = nil,
+                              x: UnsafePointer<Float>, gather: Bool, routing: ExpertRouting,
+                              scratch: MatmulScratch, f32Activations: Bool = false) {
+        let a = routing.assignments
+        guard a > 0, routing.activeCount > 0 else { return }
+        let cols = w.cols, rows = w.rows
+        precondition(w.count == routing.expertCount, "\(w.name): \(w.count) experts, routing has \(routing.expertCount)")
+        if let w2 {
+            precondition(w2.cols == cols && w2.rows == rows && w2.type == w.type && w2.count == w.count && y2 != nil,
+                         "\(w2.name) must have the shape and type of \(w.name)")
+        }
+        let nMat = w2 == nil ? 1 : 2
+        let ws = (w, w2 ?? w)
+        let ys = (y, y2 ?? y)
+
+        // Tasks: expert-major, then matrix, then row chunk; at least ~8 per thread.
+        let nActive = routing.activeCount
+        let totalRows = nMat * nActive * rows
+        var chunk = (totalRows + threadCount * 8 - 1) / (threadCount * 8)
+        chunk = min(rows, max(16, (chunk + 3) & ~3))
+        let chunksPerMatrix = (rows + chunk - 1) / chunk
+        let tasks = nActive * nMat * chunksPerMatrix
+        let active = UnsafePointer(routing.active), offsets = UnsafePointer(routing.offsets)
+        let tokenOf = UnsafePointer(routing.tokenOf)
+        let nTokenRows = gather ? routing.tokens : a
+
+        let vt = w.kernels.vecDotType
+        if vt == .f32 || f32Activations {
+            // f32 rows in sorted order: `x` itself, or gathered into the routing's buffer.
+            var xs = x
+            if gather {
+                routing.gathered.reserve(a * cols * 4)
+                let g = routing.gathered.bytes.assumingMemoryBound(to: Float.self)
+                parallelFor(a) { p, _ in (g + p * cols).update(from: x + Int(tokenOf[p]) * cols, count: cols) }
+                xs = UnsafePointer(g)
+            }
+            let multi = w.kernels.dotF32Multi ?? QuantKernels.referenceDotF32Multi(w.kernels.dotF32)
+            parallelFor(tasks) { task, thread in
+                let ai = task / (nMat * chunksPerMatrix), rem = task % (nMat * chunksPerMatrix)
+                let m = rem / chunksPerMatrix, c = rem % chunksPerMatrix
+                let e = Int(active[ai])
+                let p0 = Int(offsets[e]), p1 = Int(offsets[e + 1])
+                let wm = m == 0 ? ws.0 : ws.1, ym = m == 0 ? ys.0 : ys.1
+                let out = scratch.perThread.buffer(thread)
+                for r in c * chunk..<min(rows, (c + 1) * chunk) {
+                    let wr = wm.row(e, r)
+                    var p = p0
+                    while p < p1 {
+                        let nx = min(4, p1 - p)
+                        multi(wr, xs + p * cols, cols, nx, out, cols)
+                        for j in 0..<nx { ym[(p + j) * rows + r] = out[j] }
+                        p += nx
+                    }
+                }
+            }
+            return
+        }
+
+        guard let q = KernelDispatch.kernels(for: vt)?.quantize, let xRowBytes = vt.byteCount(elements: cols) else {
+            preconditionFailure("no quantizer for activation format \(vt) (weights \(w.name))")
+        }
+        // Quantize each token row once, then gather the quantized rows into sorted order.
+        routing.activations.reserve(nTokenRows * xRowBytes)
+        let xqTok = routing.activations.bytes
+        if nTokenRows == 1 {
+            q(x, xqTok, cols)
+        } else {
+            parallelFor(nTokenRows) { t, _ in q(x + t * cols, xqTok + t * xRowBytes, cols) }
+        }
+        var xq = UnsafeRawPointer(xqTok)
+        if gather {
+            routing.gathered.reserve(a * xRowBytes)
+            let g = routing.gathered.bytes
+            for p in 0..<a {
+                (g + p * xRowBytes).copyMemory(from: xqTok + Int(tokenOf[p]) * xRowBytes, byteCount: xRowBytes)
+            }
+            xq = UnsafeRawPointer(g)
+        }
+        let xqc = xq
+        let multi = w.kernels.vecDotMulti ?? QuantKernels.referenceVecDotMulti(w.kernels.vecDot)
+        parallelFor(tasks) { task, thread in
+            let ai = task / (nMat * chunksPerMatrix), rem = task % (nMat * chunksPerMatrix)
+            let m = rem / chunksPerMatrix, c = rem % chunksPerMatrix
+            let e = Int(active[ai])
+            let p0 = Int(offsets[e]), p1 = Int(offsets[e + 1])
+            let wm = m == 0 ? ws.0 : ws.1, ym = m == 0 ? ys.0 : ys.1
+            let out = scratch.perThread.buffer(thread)
+            for r in c * chunk..<min(rows, (c + 1) * chunk) {
+                let wr = wm.row(e, r)
+                var p = p0
+                while p < p1 {
+                    let nx = min(4, p1 - p)
+                    multi(wr, xqc + p * xRowBytes, xRowBytes, nx, out, cols)
+                    for j in 0..<nx { ym[(p + j) * rows + r] = out[j] }
+                    p += nx
+                }
+            }
+        }
+    }
+
+    /// One matrix per head applied to that head's slice of every token row (MLA's absorbed `k_b` / `v_b`):
+    /// `y[t, h * yHeadStride + r] = W_h[r] · x[t, h * xHeadStride ..< + W.cols]` for `n` tokens, with token
+    /// row strides `xStride` / `yStride` (floats). Activations stay f32 (`dotF32Multi`): these inputs are
+    /// per-head slices too short to amortise quantizing them, and f32 keeps the attention path exact.
+    public func matmulHeads(_ w: WeightStack, _ x: UnsafePointer<Float>, xStride: Int, xHeadStride: Int,
+                            _ y: UnsafeMutablePointer<Float>, yStride: Int, yHeadStride: Int, n: Int,
+                            scratch: MatmulScratch) {
+        let rows = w.rows, cols = w.cols, heads = w.count
+        let chunk = max(4, min(rows, (heads * rows + threadCount * 8 - 1) / (threadCount * 8)))
+        let chunksPerHead = (rows + chunk - 1) / chunk
+        let multi = w.kernels.dotF32Multi ?? QuantKernels.referenceDotF32Multi(w.kernels.dotF32)
+        parallelFor(heads * chunksPerHead) { task, thread in
+            let h = task / chunksPerHead, c = task % chunksPerHead
+            let out = scratch.perThread.buffer(thread)
+            let xh = x + h * xHeadStride
+            for r in c * chunk..<min(rows, (c + 1) * chunk) {
+                let wr = w.row(h, r)
+                var t = 0
+                while t < n {
+                    let nx = min(4, n - t)
+                    multi(wr, xh + t * xStride, xStride, nx, out, cols)
+                    for j in 0..<nx { y[(t + j) * yStride + h * yHeadStride + r] = out[j] }
+                    t += nx
+                }
+            }
+        }
+    }
+}

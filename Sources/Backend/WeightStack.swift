@@ -1,0 +1,132 @@
+import Quant
+
+/// `count` weight matrices of one shape stored back to back as one tensor, read in place: the experts of an MoE
+/// layer (`blk.N.ffn_{gate,up,down}_exps`) or MLA's per-head matrices (`attn_k_b`, `attn_v_b`).
+/// `// [count][rows, cols]` — ggml shape `[cols, rows, count]`. Matrix e starts `e * matrixBytes` after `data`.
+public struct WeightStack: @unchecked Sendable {
+    public let name: String
+    public let type: GGMLType
+    public let count: Int
+    public let rows: Int
+    public let cols: Int
+    public let data: UnsafeRawPointer
+    public let rowBytes: Int
+    public let matrixBytes: Int
+    public let kernels: QuantKernels
+    /// Keeps an owned buffer alive when the data is not in a mapping.
+    private let owner: AnyObject?
+
+    public init(name: String, type: GGMLType, count: Int, rows: Int, cols: Int, data: UnsafeRawPointer,
+                owner: AnyObject? = nil) throws {
+        guard let k = KernelDispatch.kernels(for: type) else {
+            throw BackendError("tensor '\(name)' has type \(type), which has no kernels (supported: \(QuantRegistry.supportedTypes.map(\.description).joined(separator: ", ")))")
+        }
+        guard cols % type.blockSize == 0, let rb = type.byteCount(elements: cols) else {
+            throw BackendError("tensor '\(name)': row length \(cols) is not a multiple of the \(type) block size \(type.blockSize)")
+        }
+        self.name = name
+        self.type = type
+        self.count = count
+        self.rows = rows
+        self.cols = cols
+        self.data = data
+        self.rowBytes = rb
+        self.matrixBytes = rb * rows
+        self.kernels = k
+        self.owner = owner
+    }
+
+    /// Row `r` of matrix `e`.
+    @inline(__always)
+    public func row(_ e: Int, _ r: Int) -> UnsafeRawPointer { data + e * matrixBytes + r * rowBytes }
+
+    /// Matrix `e` as a `WeightMatrix` view (same storage).
+    public func matrix(_ e: Int) -> WeightMatrix {
+        // The format and row length were checked by init, so this cannot fail.
+        try! WeightMatrix(name: "\(name)[\(e)]", type: type, rows: rows, cols: cols, data: data + e * matrixBytes,
+                          owner: owner)
+    }
+}
+
+/// Which token rows go to which expert in one MoE step: the `n * k` (token, choice) assignments sorted by expert
+/// (counting sort, tokens ascending within an expert). Position `p` of the sorted order is the row of every
+/// per-assignment buffer (`// [nAssignments, width]`), so each expert's rows are contiguous.
+/// Grows to the largest batch seen; the steady state allocates nothing. One forward at a time.
+public final class ExpertRouting: @unchecked Sendable {
+    public let expertCount: Int
+    /// `n * k` of the last `set`.
+    public private(set) var assignments = 0
+    public private(set) var tokens = 0
+    public private(set) var perToken = 0
+    /// `// [expertCount + 1]` sorted rows of expert e are `offsets[e] ..< offsets[e + 1]`.
+    public let offsets: UnsafeMutablePointer<Int32>
+    /// `// [expertCount]` experts with at least one row, ascending; `activeCount` of them.
+    public let active: UnsafeMutablePointer<Int32>
+    public private(set) var activeCount = 0
+    /// `// [assignments]` token of each sorted row.
+    public private(set) var tokenOf: UnsafeMutablePointer<Int32>
+    /// `// [assignments]` sorted row of assignment `t * k + j`.
+    public private(set) var positionOf: UnsafeMutablePointer<Int32>
+    private var capacity = 0
+    /// Quantized (or f32) activation rows: the token rows, then the same rows gathered into sorted order.
+    let activations = ActivationBuffer()
+    let gathered = ActivationBuffer()
+
+    public init(expertCount: Int) {
+        self.expertCount = expertCount
+        offsets = .allocate(capacity: expertCount + 1)
+        active = .allocate(capacity: max(1, expertCount))
+        tokenOf = .allocate(capacity: 1)
+        positionOf = .allocate(capacity: 1)
+    }
+
+    deinit {
+        offsets.deallocate()
+        active.deallocate()
+        tokenOf.deallocate()
+        positionOf.deallocate()
+    }
+
+    /// Routes `n` tokens, each to the `k` experts `experts[t * k ..< t * k + k]` (distinct per token).
+    public func set(experts: UnsafePointer<Int32>, tokens n: Int, perToken k: Int) {
+        let a = n * k
+        if a > capacity {
+            tokenOf.deallocate()
+            positionOf.deallocate()
+            capacity = max(a, capacity * 2)
+            tokenOf = .allocate(capacity: capacity)
+            positionOf = .allocate(capacity: capacity)
+        }
+        assignments = a
+        tokens = n
+        perToken = k
+        offsets.update(repeating: 0, count: expertCount + 1)
+        for i in 0..<a {
+            let e = Int(experts[i])
+            precondition(e >= 0 && e < expertCount, "expert id \(e) out of range 0..<\(expertCount)")
+            offsets[e + 1] += 1
+        }
+        activeCount = 0
+        for e in 0..<expertCount {
+            if offsets[e + 1] > 0 {
+                active[activeCount] = Int32(e)
+                activeCount += 1
+            }
+            offsets[e + 1] += offsets[e]
+        }
+        // Fill: `offsets[e]` is used as the cursor, then shifted back.
+        for i in 0..<a {
+            let e = Int(experts[i])
+            let p = Int(offsets[e])
+            tokenOf[p] = Int32(i / k)
+            positionOf[i] = Int32(p)
+            offsets[e] += 1
+        }
+        for e in stride(from: expertCount, to: 0, by: -1) { offsets[e] = offsets[e - 1] }
+        offsets[0] = 0
+    }
+
+    /// Number of rows routed to expert `e`.
+    @inline(__always)
+    public func rows(of e: Int) -> Int { Int(offsets[e + 1] - offsets[e]) }
+}

@@ -1,0 +1,150 @@
+import Engine
+import Foundation
+import Hummingbird
+import NIOCore
+
+/// One request in flight: consumes the engine's stream through an `OutputProcessor` and writes the OpenAI
+/// response, whole or as server-sent events.
+///
+/// The engine request is aborted (its KV pages freed within a step) whenever the answer can no longer be
+/// delivered or is complete early: the client disconnects (connection input closed or reset), a write fails,
+/// the handler task is cancelled (server shutdown past its grace period), or a stop string matched.
+final class Generation: Sendable {
+    let server: OpenAIServer
+    let id: String
+    let request: EngineRequest
+    let params: GenerationParameters
+    let stream: AsyncStream<EngineOutput>
+    let connection: ConnectionState?
+    let created = Int(Date().timeIntervalSince1970)
+
+    init(server: OpenAIServer, id: String, request: EngineRequest, params: GenerationParameters,
+         stream: AsyncStream<EngineOutput>, connection: ConnectionState?) {
+        self.server = server
+        self.id = id
+        self.request = request
+        self.params = params
+        self.stream = stream
+        self.connection = connection
+    }
+
+    private func makeProcessor() -> OutputProcessor {
+        OutputProcessor(tokenizer: server.tokenizer, stopTokenIDs: request.stopTokenIDs, stopStrings: params.stop)
+    }
+
+    /// Feeds every delta to `body` until the request finishes. Returns the final usage.
+    private func run(_ body: (OutputProcessor.Delta, OutputProcessor) async throws -> Void) async throws -> Usage {
+        let engine = server.engine
+        let id = id
+        let token = connection?.onClose { engine.abort(id: id) }
+        defer { connection?.cancel(token) }
+        var proc = makeProcessor()
+        var usage = Usage(promptTokens: request.promptTokens.count, completionTokens: 0)
+        var finished = false
+        do {
+            try await withTaskCancellationHandler {
+                for await o in stream {
+                    let d = proc.process(o)
+                    if d.stopStringMatched { engine.abort(id: id) }
+                    usage = Usage(promptTokens: d.promptTokens, completionTokens: d.completionTokens)
+                    try await body(d, proc)
+                    if d.finishReason != nil { finished = true; break }
+                }
+            } onCancel: {
+                engine.abort(id: id)
+            }
+        } catch {
+            engine.abort(id: id)
+            throw error
+        }
+        if !finished {
+            // The stream ended without a last element (cannot happen with a well-behaved engine): report an abort.
+            var d = OutputProcessor.Delta()
+            d.finishReason = FinishReason.abort.rawValue
+            d.promptTokens = usage.promptTokens
+            d.completionTokens = usage.completionTokens
+            try await body(d, proc)
+        }
+        return usage
+    }
+
+    private var wantLogprobs: Bool { params.logprobs != nil }
+
+    // MARK: Chat
+
+    func collectChat(model: String) async throws -> ChatCompletionResponse {
+        var text = ""
+        var entries: [ChatLogprobEntry] = []
+        var finish = "stop"
+        let usage = try await run { d, proc in
+            text += d.text
+            if self.wantLogprobs { entries += proc.chatEntries(d.logprobs) }
+            if let f = d.finishReason { finish = f }
+        }
+        let choice = ChatChoice(index: 0, message: ResponseMessage(role: "assistant", content: text),
+                                logprobs: wantLogprobs ? ChatLogprobs(content: entries) : nil, finishReason: finish)
+        return ChatCompletionResponse(id: id, created: created, model: model, choices: [choice], usage: usage)
+    }
+
+    func streamChat(model: String, writer: inout any ResponseBodyWriter) async throws {
+        let enc = OpenAIServer.encoder()
+        let includeUsage = params.includeUsage
+        func chunk(_ choices: [ChatChunkChoice], usage: Usage? = nil) throws -> ByteBuffer {
+            let c = ChatCompletionChunk(id: id, created: created, model: model, choices: choices, usage: usage,
+                                        includeUsageKey: includeUsage)
+            return ByteBuffer(string: SSE.event(try enc.encode(c)))
+        }
+        try await writer.write(chunk([ChatChunkChoice(index: 0, delta: ChunkDelta(role: "assistant", content: ""),
+                                                      logprobs: nil, finishReason: nil)]))
+        let usage = try await run { d, proc in
+            if !d.text.isEmpty || !d.logprobs.isEmpty {
+                let lp = self.wantLogprobs ? ChatLogprobs(content: proc.chatEntries(d.logprobs)) : nil
+                try await writer.write(chunk([ChatChunkChoice(index: 0, delta: ChunkDelta(content: d.text), logprobs: lp,
+                                                              finishReason: nil)]))
+            }
+            if let f = d.finishReason {
+                try await writer.write(chunk([ChatChunkChoice(index: 0, delta: ChunkDelta(), logprobs: nil, finishReason: f)]))
+            }
+        }
+        if includeUsage { try await writer.write(chunk([], usage: usage)) }
+        try await writer.write(ByteBuffer(string: SSE.done))
+    }
+
+    // MARK: Completions
+
+    func collectCompletion(model: String) async throws -> CompletionResponse {
+        var text = ""
+        var lp = CompletionLogprobs()
+        var finish = "stop"
+        let usage = try await run { d, proc in
+            text += d.text
+            if self.wantLogprobs { proc.appendCompletion(d.logprobs, to: &lp) }
+            if let f = d.finishReason { finish = f }
+        }
+        let choice = CompletionChoice(index: 0, text: text, logprobs: wantLogprobs ? lp : nil, finishReason: finish)
+        return CompletionResponse(id: id, created: created, model: model, choices: [choice], usage: usage)
+    }
+
+    func streamCompletion(model: String, writer: inout any ResponseBodyWriter) async throws {
+        let enc = OpenAIServer.encoder()
+        let includeUsage = params.includeUsage
+        func chunk(_ choices: [CompletionChoice], usage: Usage? = nil) throws -> ByteBuffer {
+            let c = CompletionResponse(id: id, created: created, model: model, choices: choices, usage: usage,
+                                       includeUsageKey: includeUsage)
+            return ByteBuffer(string: SSE.event(try enc.encode(c)))
+        }
+        let usage = try await run { d, proc in
+            if !d.text.isEmpty || !d.logprobs.isEmpty || d.finishReason != nil {
+                var lp: CompletionLogprobs? = nil
+                if self.wantLogprobs {
+                    var l = CompletionLogprobs()
+                    proc.appendCompletion(d.logprobs, to: &l)
+                    lp = l
+                }
+                try await writer.write(chunk([CompletionChoice(index: 0, text: d.text, logprobs: lp, finishReason: d.finishReason)]))
+            }
+        }
+        if includeUsage { try await writer.write(chunk([], usage: usage)) }
+        try await writer.write(ByteBuffer(string: SSE.done))
+    }
+}

@@ -1,0 +1,58 @@
+import Engine
+import Foundation
+
+/// HTTP server settings; every field is a `serve` flag (docs/server.md).
+public struct ServerConfig: Sendable {
+    /// Address to bind (`--host`). Loopback by default: exposing the server is an explicit choice.
+    public var host = "127.0.0.1"
+    /// TCP port (`--port`).
+    public var port = 10002
+    /// When set, every route but `/health` needs `Authorization: Bearer <key>` (`--api-key`).
+    public var apiKey: String?
+    /// The model id `/v1/models` reports and requests must name (`--served-model-name`; default: the file name).
+    public var modelID = "model"
+    /// Other names accepted in a request's `model` (the file name without `.gguf`, by default).
+    public var modelAliases: [String] = []
+    /// Request bodies larger than this are answered 413 (`--max-body-bytes`).
+    public var maxBodyBytes = 4 * 1024 * 1024
+    /// Seconds a connection may take to deliver one complete request (head and body), and may stay idle
+    /// between requests, before it is closed (`--request-timeout`). Protects against slow clients.
+    public var requestTimeout: Double = 30
+    /// Open connections at most; beyond, new connections wait in the backlog (`--max-connections`).
+    public var maxConnections = 256
+    /// Tokens generated when a chat request gives no `max_tokens` (`--max-new-tokens`); completions default
+    /// to 16 as OpenAI's do. Always capped by the context left after the prompt.
+    public var maxNewTokens = 1024
+    /// Seconds in-flight requests get to finish after SIGINT/SIGTERM before they are cancelled
+    /// (`--shutdown-grace`).
+    public var shutdownGrace: Double = 10
+
+    public init() {}
+
+    public func validate() throws {
+        func check(_ ok: Bool, _ m: String) throws { if !ok { throw EngineError.invalid(m) } }
+        try check((1...65535).contains(port) || port == 0, "--port must be between 0 and 65535")
+        try check(maxBodyBytes >= 1024, "--max-body-bytes must be at least 1024")
+        try check(requestTimeout > 0 && requestTimeout <= 86400, "--request-timeout must be between 0 and 86400 seconds")
+        try check(maxConnections >= 1, "--max-connections must be at least 1")
+        try check(maxNewTokens >= 1, "--max-new-tokens must be at least 1")
+        try check(shutdownGrace >= 0, "--shutdown-grace must be >= 0")
+        try check(!modelID.isEmpty, "--served-model-name must not be empty")
+        if let k = apiKey { try check(!k.isEmpty, "--api-key must not be empty") }
+    }
+}
+
+/// What the server needs from an engine; `Engine` conforms, tests use a scripted fake.
+public protocol InferenceEngine: Sendable {
+    /// Tokens per sequence, prompt and generated together.
+    var contextLength: Int { get }
+    var vocabSize: Int { get }
+    func submit(_ request: EngineRequest) throws -> AsyncStream<EngineOutput>
+    func abort(id: String)
+    func stats() -> EngineStats
+}
+
+extension Engine: InferenceEngine {
+    public var contextLength: Int { min(config.contextLength, info.contextLength) }
+    public var vocabSize: Int { info.vocabSize }
+}

@@ -1,0 +1,222 @@
+import ArgumentParser
+import Backend
+import ChatTemplate
+import Dispatch
+import Engine
+import Foundation
+import GGUF
+import Hummingbird
+import Logging
+import Models
+import NIOCore
+import Server
+import ServiceLifecycle
+import Tokenizer
+
+/// `ktransformers serve`: the OpenAI-compatible HTTP server (docs/server.md lists every flag).
+struct Serve: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Serve a GGUF model over an OpenAI-compatible HTTP API.",
+        discussion: """
+        Routes: POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /health. \
+        Binds to 127.0.0.1 unless --host says otherwise. SIGINT/SIGTERM shut down gracefully: no new \
+        connections, in-flight requests get --shutdown-grace seconds to finish, then are cancelled. \
+        The original KTransformers' flag names are accepted too (--model_path, --gguf_path, --cache_lens, \
+        --max_batch_size, --chunk_size, --max_new_tokens).
+        """)
+
+    // Model
+    @Option(name: [.customLong("model"), .customLong("model_path"), .customLong("gguf_path")],
+            help: "GGUF model file, or a folder holding one (default: the installed default model).")
+    var model: String?
+
+    @Option(name: .customLong("served-model-name"), help: "Model id in /v1/models and responses (default: the file name).")
+    var servedModelName: String?
+
+    @Option(name: .customLong("chat-template"), help: "Jinja chat template file overriding the GGUF's tokenizer.chat_template.")
+    var chatTemplateFile: String?
+
+    @Option(name: [.customShort("t"), .long], help: "Compute threads (default: physical cores).")
+    var threads: Int?
+
+    // Engine
+    @Option(name: .customLong("ctx-size"), help: "Context length per sequence, prompt and output (default: the model's, at most 4096).")
+    var contextSize: Int?
+
+    @Option(name: [.customLong("kv-cache-tokens"), .customLong("cache_lens")], help: "KV cache capacity in tokens over all sequences.")
+    var kvCacheTokens: Int = EngineConfig().kvCacheTokens
+
+    @Option(name: .customLong("page-size"), help: "Tokens per KV cache page.")
+    var pageSize: Int = EngineConfig().pageSize
+
+    @Option(name: [.customLong("max-batch-size"), .customLong("max_batch_size")], help: "Sequences running together at most.")
+    var maxBatchSize: Int = EngineConfig().maxBatchSize
+
+    @Option(name: [.customLong("chunk-size"), .customLong("chunk_size")], help: "Tokens per engine step at most (prompt chunks and decode tokens).")
+    var chunkSize: Int = EngineConfig().chunkSize
+
+    @Option(name: .customLong("max-queued"), help: "Requests waiting at most; beyond, 503.")
+    var maxQueued: Int = EngineConfig().maxQueued
+
+    // Server
+    @Option(help: "Address to bind (loopback by default; 0.0.0.0 exposes the server to the network).")
+    var host: String = ServerConfig().host
+
+    @Option(help: "TCP port (0: any free port, printed at start).")
+    var port: Int = ServerConfig().port
+
+    @Option(name: .customLong("api-key"), help: "Require 'Authorization: Bearer KEY' on every route but /health.")
+    var apiKey: String?
+
+    @Option(name: [.customLong("max-new-tokens"), .customLong("max_new_tokens")],
+            help: "Tokens generated when a chat request sets no max_tokens (completions: 16, as OpenAI).")
+    var maxNewTokens: Int = ServerConfig().maxNewTokens
+
+    @Option(name: .customLong("max-body-bytes"), help: "Largest request body; larger ones get 413.")
+    var maxBodyBytes: Int = ServerConfig().maxBodyBytes
+
+    @Option(name: .customLong("request-timeout"), help: "Seconds a client may take to send a whole request (or stay idle between requests).")
+    var requestTimeout: Double = ServerConfig().requestTimeout
+
+    @Option(name: .customLong("max-connections"), help: "Open connections at most.")
+    var maxConnections: Int = ServerConfig().maxConnections
+
+    @Option(name: .customLong("shutdown-grace"), help: "Seconds in-flight requests get to finish on SIGINT/SIGTERM.")
+    var shutdownGrace: Double = ServerConfig().shutdownGrace
+
+    @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.")
+    var logLevel: String = "info"
+
+    func validate() throws {
+        if let threads, threads < 1 || threads > 1024 { throw ValidationError("--threads must be between 1 and 1024") }
+        if let contextSize, contextSize < 2 { throw ValidationError("--ctx-size must be at least 2") }
+        guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("--log-level: unknown level '\(logLevel)'") }
+        do {
+            try engineConfig(modelContext: Int.max).validate()
+            try serverConfig(fileName: "model.gguf").validate()
+        } catch let e as EngineError {
+            throw ValidationError(e.description)
+        }
+    }
+
+    func engineConfig(modelContext: Int) -> EngineConfig {
+        var c = EngineConfig()
+        c.maxBatchSize = maxBatchSize
+        c.chunkSize = chunkSize
+        c.pageSize = pageSize
+        c.kvCacheTokens = kvCacheTokens
+        c.maxQueued = maxQueued
+        c.contextLength = min(contextSize ?? 4096, modelContext)
+        return c
+    }
+
+    func serverConfig(fileName: String) -> ServerConfig {
+        var s = ServerConfig()
+        s.host = host
+        s.port = port
+        s.apiKey = apiKey
+        let stem = fileName.hasSuffix(".gguf") ? String(fileName.dropLast(5)) : fileName
+        s.modelID = servedModelName ?? fileName
+        s.modelAliases = Array(Set([fileName, stem]).subtracting([s.modelID])).sorted()
+        s.maxNewTokens = maxNewTokens
+        s.maxBodyBytes = maxBodyBytes
+        s.requestTimeout = requestTimeout
+        s.maxConnections = maxConnections
+        s.shutdownGrace = shutdownGrace
+        return s
+    }
+
+    /// `--model`: a file, or a folder with exactly one .gguf (the original's --gguf_path names a folder).
+    func resolveModelPath() throws -> String {
+        guard let model else {
+            guard DefaultModel.isInstalled else { throw CLIError(DefaultModel.installHint) }
+            return DefaultModel.path
+        }
+        var isDir: ObjCBool = false
+        if FileManager.default.fileExists(atPath: model, isDirectory: &isDir), isDir.boolValue {
+            let files = ((try? FileManager.default.contentsOfDirectory(atPath: model)) ?? []).filter { $0.hasSuffix(".gguf") }.sorted()
+            guard files.count == 1 else {
+                throw CLIError("\(model): expected one .gguf file in the folder, found \(files.count)")
+            }
+            return (model as NSString).appendingPathComponent(files[0])
+        }
+        return model
+    }
+
+    func run() throws {
+        // The root command is synchronous; the server runs on NIO's event loops and the cooperative pool while
+        // this thread waits.
+        let done = DispatchSemaphore(value: 0)
+        let result = ResultBox()
+        Task {
+            do { try await serve() } catch { result.set(error) }
+            done.signal()
+        }
+        done.wait()
+        if let e = result.get() { throw e }
+    }
+
+    func serve() async throws {
+        var logger = Logger(label: "ktransformers.serve")
+        logger.logLevel = Logger.Level(rawValue: logLevel) ?? .info
+
+        let path = try resolveModelPath()
+        let file = try GGUFFile(path: path, populate: true)
+        let pool = ThreadPool(threads: threads ?? CPUInfo.physicalCores)
+        let model = try ModelRegistry.load(file, pool: pool)
+        let tokenizer = try Tokenizer(gguf: file)
+
+        let templateSource: String?
+        if let chatTemplateFile {
+            templateSource = try String(contentsOfFile: chatTemplateFile, encoding: .utf8)
+        } else {
+            templateSource = file["tokenizer.chat_template"]?.string
+                ?? file.architecture.flatMap { BuiltinTemplates.template(forArchitecture: $0) }
+        }
+        let template: ChatTemplate?
+        do {
+            template = try templateSource.map { try ChatTemplate(source: $0) }
+        } catch {
+            throw CLIError("\(chatTemplateFile ?? path): chat template: \(error)")
+        }
+        if template == nil { logger.warning("the model has no chat template: /v1/chat/completions will answer 400") }
+
+        let engine = try Engine(model: model, config: engineConfig(modelContext: model.info.contextLength))
+        let config = serverConfig(fileName: (path as NSString).lastPathComponent)
+        let server = OpenAIServer(engine: engine, tokenizer: tokenizer, chatTemplate: template, config: config)
+        let host = config.host
+        let app = server.makeApplication(logger: logger) { channel in
+            let port = channel.localAddress?.port ?? config.port
+            Output.err("ktransformers serve: \(config.modelID) on http://\(host):\(port) (threads \(pool.threadCount), context \(engine.contextLength))\n")
+        }
+        // Services stop in reverse order: the HTTP server first (it stops accepting and lets in-flight requests
+        // finish), then the engine.
+        var groupConfig = ServiceGroupConfiguration(
+            services: [.init(service: EngineService(engine: engine)), .init(service: app)],
+            gracefulShutdownSignals: [.sigterm, .sigint],
+            cancellationSignals: [],
+            logger: logger)
+        // Past the grace period the request tasks are cancelled, which aborts their engine requests.
+        groupConfig.maximumGracefulShutdownDuration = .milliseconds(Int64(config.shutdownGrace * 1000))
+        groupConfig.maximumCancellationDuration = .seconds(5)
+        try await ServiceGroup(configuration: groupConfig).run()
+        Output.err("ktransformers serve: stopped\n")
+    }
+}
+
+/// Keeps the engine alive while the server runs and shuts it down (aborting what is left) after the server.
+struct EngineService: Service {
+    let engine: Engine
+
+    func run() async throws {
+        try? await gracefulShutdown()
+        engine.shutdown()
+    }
+}
+
+final class ResultBox: @unchecked Sendable {
+    private let lock = NSLock()
+    private var error: Error?
+    func set(_ e: Error) { lock.lock(); error = e; lock.unlock() }
+    func get() -> Error? { lock.lock(); defer { lock.unlock() }; return error }
+}

@@ -1,0 +1,170 @@
+import Backend
+import Foundation
+@testable import Models
+import Quant
+import XCTest
+
+/// The expert matmul against a naive per-token loop (each token's chosen experts one by one through the dense
+/// `matmul` on that expert's matrix), for quantized and float formats, gathered token rows (gate/up) and sorted
+/// rows with f32 activations (down); and the routing variants on hand-made router logits.
+final class MoEKernelTests: XCTestCase {
+    /// Deterministic generator (SplitMix64), so failures reproduce.
+    struct Rng {
+        var s: UInt64
+        mutating func next() -> UInt64 {
+            s &+= 0x9E37_79B9_7F4A_7C15
+            var z = s
+            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+            return z ^ (z >> 31)
+        }
+        mutating func float() -> Float { Float(next() >> 40) / Float(1 << 24) * 2 - 1 }
+        mutating func int(_ n: Int) -> Int { Int(next() % UInt64(n)) }
+    }
+
+    final class Bytes {
+        let p: UnsafeMutableRawPointer
+        init(_ n: Int) { p = .allocate(byteCount: max(1, n), alignment: 64) }
+        deinit { p.deallocate() }
+    }
+
+    /// A stack of `count` random `[rows, cols]` matrices in `type` (rows of different scales, as real experts).
+    func makeStack(_ type: GGMLType, count: Int, rows: Int, cols: Int, rng: inout Rng) throws -> WeightStack {
+        let q = try XCTUnwrap(QuantRegistry.kernels(for: type)?.quantize, "\(type) has no quantizer")
+        let rowBytes = try XCTUnwrap(type.byteCount(elements: cols))
+        let bytes = Bytes(count * rows * rowBytes)
+        var row = [Float](repeating: 0, count: cols)
+        for r in 0..<count * rows {
+            let s: Float = 0.5 + Float(r % 7) * 0.25
+            for i in 0..<cols { row[i] = rng.float() * s }
+            row.withUnsafeBufferPointer { q($0.baseAddress!, bytes.p + r * rowBytes, cols) }
+        }
+        return try WeightStack(name: "test_exps", type: type, count: count, rows: rows, cols: cols,
+                               data: UnsafeRawPointer(bytes.p), owner: bytes)
+    }
+
+    func testMatmulExpertsMatchesPerTokenLoop() throws {
+        let pool = TinyModels.pool
+        let nExpert = 6, rows = 40, cols = 256
+        let scratch = MatmulScratch(perThread: ThreadScratch(threads: pool.threadCount, floatsPerThread: cols),
+                                    activations: ActivationBuffer())
+        var rng = Rng(s: 42)
+        for type in [GGMLType.q4_K, .q8_0, .q6_K, .f16, .f32] {
+            let gate = try makeStack(type, count: nExpert, rows: rows, cols: cols, rng: &rng)
+            let up = try makeStack(type, count: nExpert, rows: rows, cols: cols, rng: &rng)
+            for (n, k) in [(1, 3), (5, 2), (9, 4)] {
+                let x = (0..<n * cols).map { _ in rng.float() }
+                var experts = [Int32]()
+                for _ in 0..<n {
+                    var chosen = Set<Int>()
+                    while chosen.count < k { chosen.insert(rng.int(nExpert)) }
+                    experts += chosen.sorted { _, _ in rng.int(2) == 0 }.map(Int32.init)
+                }
+                let routing = ExpertRouting(expertCount: nExpert)
+                experts.withUnsafeBufferPointer { routing.set(experts: $0.baseAddress!, tokens: n, perToken: k) }
+                XCTAssertEqual(routing.assignments, n * k)
+                var yg = [Float](repeating: .nan, count: n * k * rows), yu = yg, yd = yg
+                x.withUnsafeBufferPointer { xp in
+                    yg.withUnsafeMutableBufferPointer { g in
+                        yu.withUnsafeMutableBufferPointer { u in
+                            pool.matmulExperts(gate, g.baseAddress!, also: up, u.baseAddress!, x: xp.baseAddress!,
+                                               gather: true, routing: routing, scratch: scratch)
+                        }
+                    }
+                }
+                // Sorted rows in (the gathered x itself), f32 activations: as the down projection runs.
+                var xs = [Float](repeating: 0, count: n * k * cols)
+                for p in 0..<n * k {
+                    let t = Int(routing.tokenOf[p])
+                    for i in 0..<cols { xs[p * cols + i] = x[t * cols + i] }
+                }
+                xs.withUnsafeBufferPointer { xp in
+                    yd.withUnsafeMutableBufferPointer { d in
+                        pool.matmulExperts(gate, d.baseAddress!, x: xp.baseAddress!, gather: false, routing: routing,
+                                           scratch: scratch, f32Activations: true)
+                    }
+                }
+                // Naive: each (token, choice) through the dense matmul of that expert, one token at a time.
+                var errQ: Float = 0, errF: Float = 0, scale: Float = 0
+                var ref = [Float](repeating: 0, count: rows)
+                for t in 0..<n {
+                    for j in 0..<k {
+                        let e = Int(experts[t * k + j]), p = Int(routing.positionOf[t * k + j])
+                        XCTAssertEqual(Int(routing.tokenOf[p]), t)
+                        XCTAssert(p >= Int(routing.offsets[e]) && p < Int(routing.offsets[e + 1]))
+                        for (stack, y) in [(gate, yg), (up, yu)] {
+                            x.withUnsafeBufferPointer { xp in
+                                ref.withUnsafeMutableBufferPointer {
+                                    pool.matmul(stack.matrix(e), xp.baseAddress! + t * cols, $0.baseAddress!, n: 1, scratch: scratch)
+                                }
+                            }
+                            for r in 0..<rows {
+                                errQ = max(errQ, abs(y[p * rows + r] - ref[r]))
+                                scale = max(scale, abs(ref[r]))
+                            }
+                        }
+                        x.withUnsafeBufferPointer { xp in
+                            ref.withUnsafeMutableBufferPointer {
+                                pool.matmul(gate.matrix(e), xp.baseAddress! + t * cols, $0.baseAddress!, n: 1,
+                                            scratch: scratch, f32Activations: true)
+                            }
+                        }
+                        for r in 0..<rows { errF = max(errF, abs(yd[p * rows + r] - ref[r])) }
+                    }
+                }
+                print(String(format: "%@ n=%d k=%d: expert matmul vs per-token loop: %.3g (8-bit activations), %.3g (f32), max |y| %.3g",
+                             type.description, n, k, errQ, errF, scale))
+                XCTAssertLessThanOrEqual(errQ, 1e-5 * scale, "\(type) n=\(n) k=\(k): quantized-activation path")
+                XCTAssertLessThanOrEqual(errF, 1e-5 * scale, "\(type) n=\(n) k=\(k): f32-activation path")
+            }
+        }
+    }
+
+    // MARK: routing variants
+
+    func route(_ r: MoERouting, _ logits: [Float]) -> ([Int32], [Float]) {
+        var e = [Int32](repeating: -1, count: r.topK), w = [Float](repeating: 0, count: r.topK)
+        var work = [Float](repeating: 0, count: 2 * logits.count + r.groups)
+        logits.withUnsafeBufferPointer { l in
+            r.select(logits: l.baseAddress!, nExpert: logits.count, experts: &e, weights: &w, work: &work)
+        }
+        return (e, w)
+    }
+
+    func testSoftmaxTopKWithAndWithoutNormalization() {
+        let logits: [Float] = [0.1, 2.0, -1.0, 1.5, 0.3, 1.9]
+        let z = logits.map { exp(Double($0)) }.reduce(0, +)
+        let p = logits.map { Float(exp(Double($0)) / z) }
+        let (e, w) = route(MoERouting(scoring: .softmax, topK: 2, normalizeTopK: false), logits)
+        XCTAssertEqual(e, [1, 5])
+        XCTAssertEqual(w[0], p[1], accuracy: 1e-6)
+        XCTAssertEqual(w[1], p[5], accuracy: 1e-6)
+        var r = MoERouting(scoring: .softmax, topK: 2, normalizeTopK: true)
+        r.scale = 2
+        let (e2, w2) = route(r, logits)
+        XCTAssertEqual(e2, [1, 5])
+        XCTAssertEqual(w2[0], 2 * p[1] / (p[1] + p[5]), accuracy: 1e-6)
+        XCTAssertEqual(w2[0] + w2[1], 2, accuracy: 1e-6)
+    }
+
+    /// Four groups of two. Group maxima: g0 0.9, g1 0.8, g2 0.7, g3 0.6; top-two sums: g0 0.9, g1 1.5, g2 1.4,
+    /// g3 0.6. Keeping two groups: by max (V2) g0 + g1, by top-two sum (V3) g1 + g2.
+    func testGroupLimitedSelectionByMaxAndByTopTwoSum() {
+        let scores: [Float] = [0.9, 0.0, 0.8, 0.7, 0.7, 0.7, 0.6, 0.0]
+        // Sigmoid scoring: feed logits whose sigmoid is `scores` (clamped away from 0 for the logit).
+        let logits = scores.map { s -> Float in let c = min(max(s, 1e-4), 1 - 1e-4); return log(c / (1 - c)) }
+        var r = MoERouting(scoring: .sigmoid, topK: 2, normalizeTopK: false)
+        r.groups = 4
+        r.groupsUsed = 2
+        r.groupScore = .max
+        XCTAssertEqual(route(r, logits).0, [0, 2])
+        r.groupScore = .topTwoSum
+        XCTAssertEqual(route(r, logits).0, [2, 3])  // g1 (0.8, 0.7) and g2 (0.7, 0.7): ties go to the lower index
+        // The selection bias moves the choice but not the weights (DeepSeek-V3's e_score_correction_bias).
+        r.selectionBias = [0, 0, 0, 0, 0, 0, 0, 1.0]  // g3 top-two sum 1.6 + 0.6: now g3 and g1
+        let (e, w) = route(r, logits)
+        XCTAssertEqual(e, [7, 2])
+        XCTAssertEqual(w[0], 1e-4, accuracy: 1e-6)   // unbiased sigmoid score of expert 7
+        XCTAssertEqual(w[1], 0.8, accuracy: 1e-6)
+    }
+}

@@ -1,0 +1,114 @@
+import Engine
+import XCTest
+@testable import Server
+
+final class RequestValidationTests: XCTestCase {
+    let limits = ValidationLimits(vocabSize: 1000)
+
+    func chatError(_ json: String) -> APIError? {
+        do {
+            let r = try RequestValidation.decode(ChatCompletionRequest.self, from: Data(json.utf8))
+            try RequestValidation.checkMessages(r.messages)
+            let lp = try RequestValidation.chatLogprobs(r, limits: limits)
+            _ = try RequestValidation.parameters(r.common, logprobs: lp, limits: limits)
+            return nil
+        } catch let e as APIError {
+            return e
+        } catch {
+            XCTFail("unexpected \(error)")
+            return nil
+        }
+    }
+
+    let msgs = #""messages": [{"role": "user", "content": "hi"}]"#
+
+    func testValidRequest() throws {
+        let r = try RequestValidation.decode(ChatCompletionRequest.self, from: Data("""
+        {"model": "m", \(msgs), "max_tokens": 5, "stop": ["a", "b"], "temperature": 0.5, "top_p": 0.9, "top_k": 3,
+         "min_p": 0.1, "seed": -1, "presence_penalty": 1, "frequency_penalty": -1, "repetition_penalty": 1.2,
+         "logprobs": true, "top_logprobs": 2, "stream": true, "stream_options": {"include_usage": true},
+         "unknown_field": {"ignored": [1, 2]}}
+        """.utf8))
+        let p = try RequestValidation.parameters(r.common, logprobs: try RequestValidation.chatLogprobs(r, limits: limits), limits: limits)
+        XCTAssertEqual(p.maxTokens, 5)
+        XCTAssertEqual(p.stop, ["a", "b"])
+        XCTAssertEqual(p.sampling.temperature, 0.5)
+        XCTAssertEqual(p.sampling.topK, 3)
+        XCTAssertEqual(p.sampling.seed, UInt64.max)
+        XCTAssertEqual(p.sampling.repetitionPenalty, 1.2, accuracy: 1e-6)
+        XCTAssertEqual(p.logprobs, 2)
+        XCTAssertTrue(p.stream && p.includeUsage)
+    }
+
+    func testDefaultsAreOpenAIs() throws {
+        let r = try RequestValidation.decode(ChatCompletionRequest.self, from: Data("{\(msgs)}".utf8))
+        let p = try RequestValidation.parameters(r.common, logprobs: nil, limits: limits)
+        XCTAssertEqual(p.sampling.temperature, 1)
+        XCTAssertEqual(p.sampling.topP, 1)
+        XCTAssertEqual(p.sampling.topK, 0)
+        XCTAssertEqual(p.sampling.minP, 0)
+        XCTAssertNil(p.maxTokens)
+        XCTAssertFalse(p.stream)
+    }
+
+    func testErrorsNameTheParameter() {
+        let cases: [(String, String?)] = [
+            (#"{"messages": "hi"}"#, "messages"),
+            ("{\(msgs), \"temperature\": \"hot\"}", "temperature"),
+            ("{\(msgs), \"temperature\": 3}", "temperature"),
+            ("{\(msgs), \"max_tokens\": 0}", "max_tokens"),
+            ("{\(msgs), \"max_completion_tokens\": -1}", "max_completion_tokens"),
+            ("{\(msgs), \"max_tokens\": 1e300}", "max_tokens"),
+            ("{\(msgs), \"max_tokens\": 99999999999999999999999}", "max_tokens"),
+            ("{\(msgs), \"temperature\": 1e400}", "temperature"),
+            ("{\(msgs), \"top_p\": 0}", "top_p"),
+            ("{\(msgs), \"top_k\": -2}", "top_k"),
+            ("{\(msgs), \"n\": 3}", "n"),
+            ("{\(msgs), \"stop\": 5}", "stop"),
+            ("{\(msgs), \"stop\": [\"\"]}", "stop"),
+            ("{\(msgs), \"top_logprobs\": 2}", "top_logprobs"),
+            ("{\(msgs), \"logprobs\": true, \"top_logprobs\": 21}", "top_logprobs"),
+            ("{\(msgs), \"logit_bias\": {\"5\": 1}}", "logit_bias"),
+            (#"{"messages": []}"#, "messages"),
+            (#"{}"#, "messages"),
+            (#"{"messages": [{"role": "user"}, {"role": "bot", "content": "x"}]}"#, "messages[1].role"),
+            (#"{"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}"#, "messages[0].content[0]"),
+            (#"{"messages": [{"role": "user", "content": 5}]}"#, "messages[0].content"),
+        ]
+        for (json, param) in cases {
+            let e = chatError(json)
+            XCTAssertEqual(e?.status, .badRequest, json)
+            XCTAssertEqual(e?.param, param, json)
+            XCTAssertFalse(e?.message.isEmpty ?? true)
+        }
+    }
+
+    func testMalformedBodies() {
+        for body in ["", "{", "[1]", "null", "\"x\"", "{\"messages\": [}"] {
+            XCTAssertEqual(chatError(body)?.status, .badRequest, body)
+        }
+        let invalidUTF8 = Data([0x7B, 0x22, 0x6D, 0xFF, 0x22, 0x3A, 0x31, 0x7D])
+        XCTAssertThrowsError(try RequestValidation.decode(ChatCompletionRequest.self, from: invalidUTF8)) {
+            XCTAssertEqual(($0 as? APIError)?.status, .badRequest)
+        }
+    }
+
+    func testPromptForms() throws {
+        func prompt(_ j: String) throws -> PromptField { try RequestValidation.decode(CompletionRequest.self, from: Data(j.utf8)).prompt }
+        XCTAssertEqual(try prompt(#"{"prompt": "a"}"#), .text("a"))
+        XCTAssertEqual(try prompt(#"{"prompt": ["a"]}"#), .texts(["a"]))
+        XCTAssertEqual(try prompt(#"{"prompt": [1, 2]}"#), .tokens([1, 2]))
+        XCTAssertEqual(try prompt(#"{"prompt": [[1, 2]]}"#), .tokenLists([[1, 2]]))
+        XCTAssertThrowsError(try prompt(#"{"prompt": 5}"#)) { XCTAssertEqual(($0 as? APIError)?.param, "prompt") }
+        XCTAssertThrowsError(try prompt(#"{"prompt": {"a": 1}}"#)) { XCTAssertEqual(($0 as? APIError)?.param, "prompt") }
+    }
+
+    func testErrorBodyShape() throws {
+        let e = APIError.invalid("bad", param: "x")
+        let obj = try JSONSerialization.jsonObject(with: e.jsonBody) as? [String: [String: Any]]
+        XCTAssertEqual(obj?["error"]?["message"] as? String, "bad")
+        XCTAssertEqual(obj?["error"]?["type"] as? String, "invalid_request_error")
+        XCTAssertEqual(obj?["error"]?["param"] as? String, "x")
+        XCTAssertTrue(obj?["error"]?["code"] is NSNull)
+    }
+}

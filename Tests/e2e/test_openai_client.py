@@ -1,0 +1,652 @@
+"""End-to-end tests of `ktransformers serve` with the official `openai` Python package.
+
+Starts the server binary (`$KTRANSFORMERS_BIN`, default `.build/debug/ktransformers`) on a free loopback port
+with the default model and checks: chat and completions, streaming and not, stop strings, max_tokens,
+logprobs, exact usage (against `ktransformers tokenize`), API keys, a concurrent soak with clients
+disconnecting mid-stream (every KV page back in the pool afterwards), hostile input, and graceful shutdown.
+All traffic goes to 127.0.0.1 only; every loop is bounded.
+"""
+import concurrent.futures
+import http.client
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import openai
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = os.environ.get("KTRANSFORMERS_BIN", str(ROOT / ".build" / "debug" / "ktransformers"))
+HOST = "127.0.0.1"
+CTX = 512                # --ctx-size: small, so a too-long prompt is cheap to build
+MAX_BODY = 1 << 20       # --max-body-bytes
+REQUEST_TIMEOUT = 4      # --request-timeout (slow-loris)
+GEMMA_USER = "<start_of_turn>user\n{}<end_of_turn>\n<start_of_turn>model\n"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, *extra):
+        self.port = free_port()
+        self.base = f"http://{HOST}:{self.port}"
+        self.log = open(f"/tmp/ktransformers-e2e-{self.port}.log", "w+")
+        self.proc = subprocess.Popen(
+            [BIN, "serve", "--host", HOST, "--port", str(self.port), "--ctx-size", str(CTX),
+             "--max-body-bytes", str(MAX_BODY), "--request-timeout", str(REQUEST_TIMEOUT),
+             "--max-new-tokens", "32", "--shutdown-grace", "20", *extra],
+            stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.time() + 120
+        while True:
+            assert self.proc.poll() is None, "server exited at start:\n" + self.output()
+            try:
+                status, _ = self.get("/health")
+                if status == 200:
+                    break
+            except OSError:
+                pass
+            assert time.time() < deadline, "server did not start:\n" + self.output()
+            time.sleep(0.2)
+        self.model = self.json("/v1/models", headers=self.auth_headers(extra))["data"][0]["id"]
+
+    @staticmethod
+    def auth_headers(extra):
+        extra = list(extra)
+        if "--api-key" in extra:
+            return {"Authorization": "Bearer " + extra[extra.index("--api-key") + 1]}
+        return {}
+
+    def output(self):
+        self.log.flush()
+        self.log.seek(0)
+        return self.log.read()[-4000:]
+
+    def request(self, method, path, body=None, headers=None, timeout=60):
+        c = http.client.HTTPConnection(HOST, self.port, timeout=timeout)
+        try:
+            h = {"Content-Type": "application/json"}
+            h.update(headers or {})
+            if isinstance(body, (dict, list)):
+                body = json.dumps(body)
+            c.request(method, path, body=body, headers=h)
+            r = c.getresponse()
+            return r.status, r.read()
+        finally:
+            c.close()
+
+    def get(self, path, headers=None):
+        return self.request("GET", path, headers=headers)
+
+    def json(self, path, headers=None):
+        status, body = self.get(path, headers)
+        assert status == 200, body
+        return json.loads(body)
+
+    def health(self):
+        return self.json("/health")
+
+    def client(self, key="unused"):
+        return openai.OpenAI(base_url=self.base + "/v1", api_key=key, max_retries=0, timeout=120)
+
+    def stop(self, sig=signal.SIGTERM, timeout=60):
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise AssertionError("server did not stop on signal:\n" + self.output())
+        return self.proc.returncode
+
+
+@pytest.fixture(scope="module")
+def server():
+    s = Server()
+    yield s
+    code = s.stop()
+    assert code == 0, s.output()
+
+
+def tokenize(text, bos=True):
+    args = [BIN, "tokenize", "--text", text, "--json"] + ([] if bos else ["--no-bos"])
+    return json.loads(subprocess.run(args, check=True, capture_output=True, text=True).stdout)["ids"]
+
+
+def chat(client, model, content, **kw):
+    kw.setdefault("temperature", 0)
+    return client.chat.completions.create(model=model, messages=[{"role": "user", "content": content}], **kw)
+
+
+def wait_idle(server, timeout=10):
+    """Waits until no request runs or waits; returns the last /health."""
+    deadline = time.time() + timeout
+    while True:
+        h = server.health()
+        e = h["engine"]
+        if e["running"] == 0 and e["waiting"] == 0 and e["kv_pages_free"] == e["kv_pages_total"]:
+            return h
+        if time.time() > deadline:
+            return h
+        time.sleep(0.1)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Basic API
+
+def test_health_and_models(server):
+    h = server.health()
+    assert h["status"] == "ok"
+    assert h["engine"]["kv_pages_total"] > 0
+    models = server.client().models.list()
+    ids = [m.id for m in models.data]
+    assert ids == [server.model]
+    assert server.model.endswith(".gguf")
+
+
+def test_chat_non_streaming_usage_exact(server):
+    r = chat(server.client(), server.model, "What is the capital of France?", max_tokens=12)
+    c = r.choices[0]
+    assert r.object == "chat.completion"
+    assert c.message.role == "assistant"
+    assert c.finish_reason in ("stop", "length")
+    assert r.usage.prompt_tokens == len(tokenize(GEMMA_USER.format("What is the capital of France?")))
+    assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+    assert 1 <= r.usage.completion_tokens <= 12
+    if c.finish_reason == "length":
+        assert r.usage.completion_tokens == 12
+
+
+def test_chat_streaming_matches_non_streaming(server):
+    client = server.client()
+    full = chat(client, server.model, "Write one sentence about the sea.", max_tokens=16)
+    stream = chat(client, server.model, "Write one sentence about the sea.", max_tokens=16, stream=True,
+                  stream_options={"include_usage": True})
+    chunks = list(stream)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert all(ch.object == "chat.completion.chunk" for ch in chunks)
+    text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+    finishes = [ch.choices[0].finish_reason for ch in chunks if ch.choices and ch.choices[0].finish_reason]
+    assert text == full.choices[0].message.content
+    assert finishes == [full.choices[0].finish_reason]
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None
+    assert chunks[-1].usage.prompt_tokens == full.usage.prompt_tokens
+    assert chunks[-1].usage.completion_tokens == full.usage.completion_tokens
+    assert all(ch.usage is None for ch in chunks[:-1])
+
+
+def test_streaming_without_usage_has_done(server):
+    c = socket.create_connection((HOST, server.port), timeout=30)
+    body = json.dumps({"model": server.model, "prompt": "Hello", "max_tokens": 3, "stream": True}).encode()
+    c.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nConnection: close\r\n"
+              + b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    data = b""
+    while True:
+        b = c.recv(65536)
+        if not b:
+            break
+        data += b
+    c.close()
+    head, _, rest = data.partition(b"\r\n\r\n")
+    assert b"200" in head.split(b"\r\n")[0]
+    assert b"text/event-stream" in head.lower()
+    assert b"data: [DONE]" in rest
+    assert b'"usage"' not in rest
+
+
+def test_completions_usage_and_max_tokens(server):
+    client = server.client()
+    prompt = "The quick brown fox"
+    r = client.completions.create(model=server.model, prompt=prompt, max_tokens=7, temperature=0,
+                                  extra_body={"ignore_eos": True})
+    assert r.object == "text_completion"
+    assert r.choices[0].finish_reason == "length"
+    assert r.usage.prompt_tokens == len(tokenize(prompt))
+    assert r.usage.completion_tokens == 7
+    # max_completion_tokens is accepted as well (chat).
+    r2 = chat(client, server.model, "Tell me a story.", max_completion_tokens=5, extra_body={"ignore_eos": True})
+    assert r2.usage.completion_tokens == 5 and r2.choices[0].finish_reason == "length"
+
+
+def test_completions_streaming(server):
+    client = server.client()
+    full = client.completions.create(model=server.model, prompt="Once upon a time", max_tokens=10, temperature=0)
+    chunks = list(client.completions.create(model=server.model, prompt="Once upon a time", max_tokens=10,
+                                            temperature=0, stream=True, stream_options={"include_usage": True}))
+    text = "".join(ch.choices[0].text for ch in chunks if ch.choices)
+    assert text == full.choices[0].text
+    assert chunks[-1].usage.completion_tokens == full.usage.completion_tokens
+
+
+def test_token_id_prompt(server):
+    ids = tokenize("The quick brown fox")
+    r = server.client().completions.create(model=server.model, prompt=ids, max_tokens=4, temperature=0)
+    r2 = server.client().completions.create(model=server.model, prompt="The quick brown fox", max_tokens=4, temperature=0)
+    assert r.choices[0].text == r2.choices[0].text
+    assert r.usage.prompt_tokens == len(ids)
+
+
+def test_chat_logprobs(server):
+    r = chat(server.client(), server.model, "Name three colors.", max_tokens=10, logprobs=True, top_logprobs=3,
+             extra_body={"ignore_eos": True})
+    c = r.choices[0]
+    content = c.logprobs.content
+    assert len(content) == r.usage.completion_tokens == 10
+    for e in content:
+        assert e.logprob <= 0
+        assert len(e.top_logprobs) == 3
+        assert e.top_logprobs[0].logprob >= e.top_logprobs[1].logprob >= e.top_logprobs[2].logprob
+        # greedy: the sampled token is the most likely one
+        assert abs(e.top_logprobs[0].logprob - e.logprob) < 1e-4
+    joined = b"".join(bytes(e.bytes) for e in content).decode("utf-8", errors="replace")
+    assert joined == c.message.content
+
+
+def test_completion_logprobs(server):
+    r = server.client().completions.create(model=server.model, prompt="One, two, three,", max_tokens=6,
+                                           temperature=0, logprobs=2, extra_body={"ignore_eos": True})
+    lp = r.choices[0].logprobs
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == len(lp.text_offset) == 6
+    assert "".join(lp.tokens) == r.choices[0].text
+    assert lp.text_offset[0] == 0
+    assert all(len(t) <= 2 for t in lp.top_logprobs)
+
+
+def test_seeded_sampling_repeats(server):
+    client = server.client()
+    a = chat(client, server.model, "Say something.", max_tokens=12, temperature=1.0, seed=1234)
+    b = chat(client, server.model, "Say something.", max_tokens=12, temperature=1.0, seed=1234)
+    assert a.choices[0].message.content == b.choices[0].message.content
+    r = chat(client, server.model, "Say something.", max_tokens=8, temperature=0.7, top_p=0.9,
+             presence_penalty=0.5, frequency_penalty=0.5, seed=7,
+             extra_body={"repetition_penalty": 1.1, "top_k": 20, "min_p": 0.05})
+    assert r.usage.completion_tokens >= 1
+
+
+def stop_case(server, stream):
+    """A stop string spanning a token boundary, taken from the greedy continuation itself."""
+    client = server.client()
+    prompt = "List the days of the week, separated by commas:"
+    base = client.completions.create(model=server.model, prompt=prompt, max_tokens=24, temperature=0,
+                                     logprobs=0, extra_body={"ignore_eos": True})
+    toks = base.choices[0].logprobs.tokens
+    text = base.choices[0].text
+    # pick a boundary in the middle with at least 2 characters on each side
+    for k in range(3, len(toks) - 3):
+        left = "".join(toks[:k])
+        a, b = left[-2:], text[len(left):len(left) + 2]
+        if len(a.strip()) == 2 and len(b) == 2:
+            stop = a + b
+            break
+    else:
+        stop = text[len(text) // 2: len(text) // 2 + 3]
+    expected = text[: text.index(stop)]
+    if stream:
+        chunks = list(client.completions.create(model=server.model, prompt=prompt, max_tokens=24, temperature=0,
+                                                stop=[stop, "never-occurs-xyz"], stream=True,
+                                                extra_body={"ignore_eos": True}))
+        got = "".join(ch.choices[0].text for ch in chunks if ch.choices)
+        finish = [ch.choices[0].finish_reason for ch in chunks if ch.choices and ch.choices[0].finish_reason]
+    else:
+        r = client.completions.create(model=server.model, prompt=prompt, max_tokens=24, temperature=0,
+                                      stop=[stop, "never-occurs-xyz"], extra_body={"ignore_eos": True})
+        got, finish = r.choices[0].text, [r.choices[0].finish_reason]
+        assert r.usage.completion_tokens < 24
+    assert got == expected, (stop, text)
+    assert stop not in got
+    assert finish == ["stop"]
+
+
+def test_stop_string_non_streaming(server):
+    stop_case(server, stream=False)
+
+
+def test_stop_string_streaming(server):
+    stop_case(server, stream=True)
+
+
+def test_chat_stop_single_string(server):
+    client = server.client()
+    base = chat(client, server.model, "Count from one to ten in words.", max_tokens=20, extra_body={"ignore_eos": True})
+    text = base.choices[0].message.content
+    word = text.split()[1] if len(text.split()) > 2 else text[:2]
+    r = chat(client, server.model, "Count from one to ten in words.", max_tokens=20, stop=word,
+             extra_body={"ignore_eos": True})
+    assert r.choices[0].message.content == text[: text.index(word)]
+    assert r.choices[0].finish_reason == "stop"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Errors
+
+def error_of(status_body):
+    status, body = status_body
+    obj = json.loads(body)
+    err = obj["error"]
+    assert set(err) >= {"message", "type", "param", "code"}
+    return status, err
+
+
+def test_unknown_model_404(server):
+    with pytest.raises(openai.NotFoundError) as e:
+        chat(server.client(), "no-such-model", "hi", max_tokens=2)
+    assert e.value.body["code"] == "model_not_found"
+    # the file name without .gguf is an accepted alias
+    r = chat(server.client(), server.model[:-5], "hi", max_tokens=2)
+    assert r.choices[0].finish_reason in ("stop", "length")
+
+
+@pytest.mark.parametrize("body,param", [
+    ('{"messages": "hi"}', "messages"),
+    ('{"messages": [{"role": "user", "content": "hi"}], "temperature": "hot"}', "temperature"),
+    ('{"messages": [{"role": "user", "content": "hi"}], "max_tokens": "10"}', "max_tokens"),
+    ('{"messages": [{"role": "user", "content": "hi"}], "stop": 5}', "stop"),
+    ('{"messages": [{"role": "user", "content": "hi"}], "logprobs": "yes"}', "logprobs"),
+    ('{"messages": [{"role": "user", "content": 7}]}', "messages[0].content"),
+    ('{"messages": [{"role": 1, "content": "hi"}]}', "messages[0].role"),
+    ('{"messages": [{"content": "hi"}]}', "messages[0].role"),
+    ('{"messages": [{"role": "wizard", "content": "hi"}]}', "messages[0].role"),
+    ('{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1e300}', "max_tokens"),
+    ('{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 123456789012345678901234567890}', "max_tokens"),
+    ('{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 0}', "max_tokens"),
+    ('{"messages": [{"role": "user", "content": "hi"}], "max_tokens": -5}', "max_tokens"),
+    ('{"messages": [{"role": "user", "content": "hi"}], "temperature": 1e400}', "temperature"),
+    ('{"messages": [{"role": "user", "content": "hi"}], "temperature": -1}', "temperature"),
+    ('{"messages": [{"role": "user", "content": "hi"}], "top_p": 0}', "top_p"),
+    ('{"messages": [{"role": "user", "content": "hi"}], "seed": 1208925819614629174706176}', "seed"),
+    ('{"messages": [{"role": "user", "content": "hi"}], "logprobs": true, "top_logprobs": 1000}', "top_logprobs"),
+    ('{"messages": [{"role": "user", "content": "hi"}], "n": 2}', "n"),
+    ('{"messages": []}', "messages"),
+    ('{}', "messages"),
+    ('{"messages": [{"role": "user", "content": "hi"}], "stop": ["", "x"]}', "stop"),
+])
+def test_invalid_parameters_400(server, body, param):
+    status, err = error_of(server.request("POST", "/v1/chat/completions", body))
+    assert status == 400, err
+    assert err["type"] == "invalid_request_error"
+    assert err["param"] == param, err
+
+
+@pytest.mark.parametrize("body", [
+    b"{not json", b"", b"[1, 2, 3]", b"null", b'"text"', b'{"messages": [{"role": "user", "content": "hi"}]',
+    b'{"messages": [{"role": "user", "content": "\xff\xfe bad utf-8"}]}',
+    b'{"messages": [{"role": "user", "content": "\xc3"}]}',
+])
+def test_malformed_bodies_400(server, body):
+    status, err = error_of(server.request("POST", "/v1/chat/completions", body))
+    assert status == 400, err
+
+
+def test_completions_invalid(server):
+    for body, param in [({"prompt": 5}, "prompt"), ({"prompt": [1, -3]}, "prompt"), ({"prompt": [10 ** 9]}, "prompt"),
+                        ({"prompt": ["a", "b"]}, "prompt"), ({"prompt": "x", "logprobs": 50}, "logprobs"),
+                        ({"prompt": "x", "echo": True}, "echo"), ({}, "prompt")]:
+        status, err = error_of(server.request("POST", "/v1/completions", body))
+        assert status == 400 and err["param"] == param, (body, err)
+
+
+def test_prompt_too_long_400(server):
+    with pytest.raises(openai.BadRequestError) as e:
+        chat(server.client(), server.model, "hello " * (CTX + 10), max_tokens=2)
+    assert e.value.body["code"] == "context_length_exceeded"
+    status, err = error_of(server.request("POST", "/v1/completions", {"prompt": list(range(10, 10 + CTX))}))
+    assert status == 400 and err["code"] == "context_length_exceeded"
+
+
+def test_body_too_large_413(server):
+    big = json.dumps({"model": server.model, "prompt": "x" * (MAX_BODY + 10)})
+    status, err = error_of(server.request("POST", "/v1/completions", big))
+    assert status == 413
+    # chunked upload with no Content-Length: the limit still holds
+    c = http.client.HTTPConnection(HOST, server.port, timeout=30)
+    chunks = (("y" * 65536).encode() for _ in range(MAX_BODY // 65536 + 4))
+    c.request("POST", "/v1/completions", body=chunks, headers={"Content-Type": "application/json"},
+              encode_chunked=True)
+    r = c.getresponse()
+    assert r.status == 413
+    c.close()
+
+
+def test_unknown_route_404(server):
+    status, err = error_of(server.request("GET", "/v1/nothing"))
+    assert status == 404
+
+
+def test_empty_prompt_is_fine(server):
+    r = server.client().completions.create(model=server.model, prompt="", max_tokens=2, temperature=0)
+    assert r.usage.prompt_tokens == 1  # BOS only
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Concurrency, disconnects, hostile clients
+
+SOAK_PROMPTS = ["Hello there", "What is two plus two?", "Name a fruit.", "Describe the moon."]
+SOAK_MAX = 6
+
+
+def stream_then_disconnect(port, model, prompt, after_chunks):
+    s = socket.create_connection((HOST, port), timeout=60)
+    body = json.dumps({"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": 200,
+                       "temperature": 0, "stream": True, "ignore_eos": True}).encode()
+    s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              + b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    seen = b""
+    while seen.count(b"data: ") < after_chunks:
+        b = s.recv(4096)
+        if not b:
+            break
+        seen += b
+    s.close()
+
+
+def post_then_disconnect(port, model, prompt):
+    s = socket.create_connection((HOST, port), timeout=60)
+    body = json.dumps({"model": model, "prompt": prompt, "max_tokens": 200, "temperature": 0,
+                       "ignore_eos": True}).encode()
+    s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              + b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    time.sleep(0.2)
+    s.close()
+
+
+def test_soak_with_disconnects(server):
+    """200 requests from 8 concurrent clients, a third disconnecting mid-request; every completed answer is
+    correct and every KV page returns to the pool."""
+    client = server.client()
+    expected = {p: chat(client, server.model, p, max_tokens=SOAK_MAX).choices[0].message.content for p in SOAK_PROMPTS}
+    rng = random.Random(0)
+    jobs = [(i, rng.choice(SOAK_PROMPTS)) for i in range(200)]
+    failures = []
+    counts = {"ok": 0, "dropped": 0}
+    lock = threading.Lock()
+
+    def work(job):
+        i, prompt = job
+        clients = server.client()
+        try:
+            if i % 3 == 0:
+                if i % 2 == 0:
+                    stream_then_disconnect(server.port, server.model, prompt, after_chunks=2 + i % 4)
+                else:
+                    post_then_disconnect(server.port, server.model, prompt)
+                with lock:
+                    counts["dropped"] += 1
+                return
+            if i % 2 == 0:
+                chunks = list(chat(clients, server.model, prompt, max_tokens=SOAK_MAX, stream=True))
+                text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+            else:
+                text = chat(clients, server.model, prompt, max_tokens=SOAK_MAX).choices[0].message.content
+            with lock:
+                if text != expected[prompt]:
+                    failures.append((i, prompt, text, expected[prompt]))
+                counts["ok"] += 1
+        except Exception as e:  # noqa: BLE001 - collected and reported
+            with lock:
+                failures.append((i, prompt, repr(e)))
+
+    t0 = time.time()
+    with concurrent.futures.ThreadPoolExecutor(8) as ex:
+        list(ex.map(work, jobs))
+    elapsed = time.time() - t0
+    print(f"soak: {counts} in {elapsed:.1f}s")
+    assert not failures, failures[:5]
+    assert counts["ok"] == 200 - counts["dropped"]
+    h = wait_idle(server, timeout=15)
+    e = h["engine"]
+    assert e["kv_pages_free"] == e["kv_pages_total"], h
+    assert e["running"] == 0 and e["waiting"] == 0, h
+    # still serving correctly
+    assert chat(client, server.model, SOAK_PROMPTS[0], max_tokens=SOAK_MAX).choices[0].message.content == expected[SOAK_PROMPTS[0]]
+
+
+def test_disconnect_aborts_quickly(server):
+    """A client that goes away mid-stream frees its pages long before max_tokens would have been reached."""
+    t = threading.Thread(target=stream_then_disconnect, args=(server.port, server.model, "Tell me a long story.", 2))
+    t.start()
+    t.join(60)
+    h = wait_idle(server, timeout=5)
+    assert h["engine"]["kv_pages_free"] == h["engine"]["kv_pages_total"], h
+
+
+def test_slow_loris_is_cut_off_and_server_keeps_serving(server):
+    socks = []
+    for _ in range(16):
+        s = socket.create_connection((HOST, server.port), timeout=30)
+        s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n")
+        socks.append(s)
+    # one that sends its header and then trickles the body a byte at a time
+    body = json.dumps({"prompt": "hi", "max_tokens": 2}).encode()
+    trickle = socket.create_connection((HOST, server.port), timeout=30)
+    trickle.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n")
+    t0 = time.time()
+    closed_at = None
+    # meanwhile a normal client is served
+    assert server.client().completions.create(model=server.model, prompt="Hi", max_tokens=2).usage.completion_tokens >= 1
+    for i in range(len(body)):
+        if time.time() - t0 > REQUEST_TIMEOUT + 10:
+            break
+        try:
+            trickle.sendall(body[i:i + 1])
+            for s in socks:
+                s.sendall(b"X")  # a header line that never ends
+        except OSError:
+            closed_at = time.time()
+            break
+        time.sleep(0.5)
+    if closed_at is None:
+        trickle.settimeout(REQUEST_TIMEOUT + 5)
+        try:
+            data = trickle.recv(1024)
+            if data == b"":
+                closed_at = time.time()
+        except OSError:
+            closed_at = time.time()
+    assert closed_at is not None and closed_at - t0 < REQUEST_TIMEOUT + 6, "slow client was not cut off"
+    for s in socks:
+        s.settimeout(REQUEST_TIMEOUT + 5)
+        try:
+            while s.recv(1024):
+                pass
+        except OSError:
+            pass
+        s.close()
+    trickle.close()
+    assert server.health()["status"] == "ok"
+
+
+def random_json(rng, depth=0):
+    keys = ["model", "messages", "prompt", "max_tokens", "max_completion_tokens", "stop", "temperature", "top_p",
+            "top_k", "min_p", "seed", "presence_penalty", "frequency_penalty", "repetition_penalty", "logprobs",
+            "top_logprobs", "n", "stream", "stream_options", "role", "content", "echo", "x", ""]
+    scalars = [None, True, False, 0, 1, 2, -1, 3, 10 ** 20, -(10 ** 20), 1e300, -1e-300, 0.5, 2.5, "", "user",
+               "hi", "\u0000", "\ud83d\ude00", "a" * 300, [], {}]
+    if depth > 3 or rng.random() < 0.3:
+        return rng.choice(scalars)
+    if rng.random() < 0.5:
+        return [random_json(rng, depth + 1) for _ in range(rng.randint(0, 3))]
+    return {rng.choice(keys): random_json(rng, depth + 1) for _ in range(rng.randint(0, 6))}
+
+
+def test_random_json_fuzz(server):
+    rng = random.Random(42)
+    c = http.client.HTTPConnection(HOST, server.port, timeout=60)
+    statuses = {}
+    for i in range(1000):
+        obj = random_json(rng)
+        if isinstance(obj, dict) and rng.random() < 0.5:
+            obj.setdefault("messages", [{"role": "user", "content": "hi"}])
+            obj["max_tokens"] = rng.choice([1, 2, "x", -1, None, 1e300])
+            obj["stream"] = rng.choice([False, True, "yes"])
+        body = json.dumps(obj, allow_nan=True) if rng.random() < 0.95 else json.dumps(obj)[:-1]
+        path = rng.choice(["/v1/chat/completions", "/v1/completions"])
+        try:
+            c.request("POST", path, body=body, headers={"Content-Type": "application/json"})
+            r = c.getresponse()
+            data = r.read()
+        except (http.client.HTTPException, OSError):
+            c.close()
+            c = http.client.HTTPConnection(HOST, server.port, timeout=60)
+            c.request("POST", path, body=body, headers={"Content-Type": "application/json"})
+            r = c.getresponse()
+            data = r.read()
+        statuses[r.status] = statuses.get(r.status, 0) + 1
+        assert r.status in (200, 400, 404), (r.status, body, data)
+        if r.status != 200:
+            assert "error" in json.loads(data)
+        if r.getheader("connection", "").lower() == "close":
+            c.close()
+            c = http.client.HTTPConnection(HOST, server.port, timeout=60)
+    c.close()
+    print("fuzz statuses:", statuses)
+    assert statuses.get(400, 0) > 100
+    r = chat(server.client(), server.model, "What is two plus two?", max_tokens=4)
+    assert r.choices[0].finish_reason in ("stop", "length")
+    h = wait_idle(server, timeout=10)
+    assert h["engine"]["kv_pages_free"] == h["engine"]["kv_pages_total"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# API key, graceful shutdown (separate servers)
+
+def test_api_key():
+    s = Server("--api-key", "sekret")
+    try:
+        assert s.get("/health")[0] == 200
+        status, err = error_of(s.request("GET", "/v1/models"))
+        assert status == 401 and err["type"] == "authentication_error"
+        with pytest.raises(openai.AuthenticationError):
+            chat(s.client("wrong"), s.model, "hi", max_tokens=2)
+        r = chat(s.client("sekret"), s.model, "hi", max_tokens=2)
+        assert r.usage.completion_tokens >= 1
+    finally:
+        assert s.stop() == 0
+
+
+def test_graceful_shutdown_finishes_in_flight():
+    s = Server()
+    try:
+        client = s.client()
+        stream = chat(client, s.model, "Tell me a story.", max_tokens=24, stream=True, extra_body={"ignore_eos": True})
+        it = iter(stream)
+        first = next(it)
+        assert first.choices[0].delta.role == "assistant"
+        s.proc.send_signal(signal.SIGTERM)
+        rest = list(it)
+        finishes = [ch.choices[0].finish_reason for ch in rest if ch.choices and ch.choices[0].finish_reason]
+        assert finishes == ["length"]
+        assert s.proc.wait(30) == 0
+        with pytest.raises(OSError):
+            socket.create_connection((HOST, s.port), timeout=2).close()
+    finally:
+        s.stop(signal.SIGKILL)
