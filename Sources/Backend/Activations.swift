@@ -5,7 +5,11 @@ public enum Activations {
     @inline(__always)
     static func exp8(_ x: SIMD8<Float>) -> SIMD8<Float> {
         let xc = x.clamped(lowerBound: SIMD8(repeating: -87.3), upperBound: SIMD8(repeating: 88.7))
-        let n = (xc * 1.442_695_04).rounded(.toNearestOrEven)
+        // Round x·log2(e) to the nearest integer with the 1.5·2^23 trick: the sum's low mantissa bits then hold
+        // n as an integer. (`.rounded()` and `SIMD8<Int32>(_:)` compile to scalar loops here.)
+        let magic = SIMD8<Float>(repeating: 12_582_912)
+        let shifted = xc * 1.442_695_04 + magic
+        let n = shifted - magic
         // r = x - n·ln2, with ln2 split in two for precision.
         var r = xc - n * 0.693_359_375
         r = r + n * 2.121_944_4e-4
@@ -17,8 +21,8 @@ public enum Activations {
         p = p * r + 0.5
         p = p * r * r + r + 1
         // Scale by 2^n through the exponent bits.
-        let bits = (SIMD8<Int32>(n) &+ 127) &<< 23
-        return p * unsafeBitCast(bits, to: SIMD8<Float>.self)
+        let ni = unsafeBitCast(shifted, to: SIMD8<Int32>.self) &- 0x4B40_0000
+        return p * unsafeBitCast((ni &+ 127) &<< 23, to: SIMD8<Float>.self)
     }
 
     /// `gate[i] = gelu_tanh(gate[i]) * up[i]` over n floats.
