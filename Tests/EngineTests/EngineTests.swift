@@ -11,8 +11,13 @@ final class EngineTests: XCTestCase {
     static let modelPath = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
         .appendingPathComponent("../ModelTests/Fixtures/llama.gguf").standardized.path
 
-    func makeEngine(_ configure: (inout EngineConfig) -> Void = { _ in }) throws -> Engine {
-        let file = try GGUFFile(path: EngineTests.modelPath)
+    static func fixture(_ name: String) -> String {
+        URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+            .appendingPathComponent("../ModelTests/Fixtures/\(name).gguf").standardized.path
+    }
+
+    func makeEngine(_ path: String = EngineTests.modelPath, _ configure: (inout EngineConfig) -> Void = { _ in }) throws -> Engine {
+        let file = try GGUFFile(path: path)
         let model = try ModelRegistry.load(file, pool: ThreadPool(threads: 2))
         var c = EngineConfig()
         configure(&c)
@@ -31,8 +36,8 @@ final class EngineTests: XCTestCase {
         return (tokens, last?.finishReason, last)
     }
 
-    func alone(_ p: [Int32], maxTokens: Int) async throws -> [Int32] {
-        let e = try makeEngine { $0.maxBatchSize = 1 }
+    func alone(_ p: [Int32], maxTokens: Int, model: String = EngineTests.modelPath) async throws -> [Int32] {
+        let e = try makeEngine(model) { $0.maxBatchSize = 1 }
         defer { e.shutdown() }
         return await Self.collect(try e.submit(EngineRequest(id: "x", promptTokens: p, maxTokens: maxTokens))).tokens
     }
@@ -40,10 +45,21 @@ final class EngineTests: XCTestCase {
     /// 8 requests with different prompt lengths arriving at different times give, greedily, exactly the tokens
     /// each gives alone — with chunked prefill (chunk 5) and a pool small enough to force preemption.
     func testBatchedGreedyEqualsAlone() async throws {
+        try await checkBatchedGreedyEqualsAlone(model: EngineTests.modelPath)
+    }
+
+    /// The same on MoE models: expert routing of a token must not depend on its batch.
+    func testBatchedGreedyEqualsAloneOnMoEModels() async throws {
+        for name in ["qwen3moe", "mixtral", "deepseek2-v3"] {
+            try await checkBatchedGreedyEqualsAlone(model: EngineTests.fixture(name))
+        }
+    }
+
+    func checkBatchedGreedyEqualsAlone(model: String) async throws {
         let prompts = (0..<8).map { prompt(3 + 5 * $0, seed: $0) }
         var expected: [[Int32]] = []
-        for p in prompts { expected.append(try await alone(p, maxTokens: 12)) }
-        let e = try makeEngine { c in
+        for p in prompts { expected.append(try await alone(p, maxTokens: 12, model: model)) }
+        let e = try makeEngine(model) { c in
             c.maxBatchSize = 8
             c.chunkSize = 5
             c.pageSize = 4
@@ -65,7 +81,7 @@ final class EngineTests: XCTestCase {
             for try await (i, t) in g { out[i] = t }
             return out
         }
-        XCTAssertEqual(results, expected)
+        XCTAssertEqual(results, expected, model)
         let s = e.stats()
         XCTAssertEqual(s.kvPagesFree, s.kvPagesTotal)
         XCTAssertGreaterThan(s.preemptions, 0, "the pool was meant to run dry")
