@@ -18,7 +18,10 @@ final class CLITests: XCTestCase {
         return dir.appendingPathComponent("ktransformers")
     }
 
-    func run(_ args: [String]) throws -> Run {
+    func run(_ args: [String]) throws -> Run { try CLITests.execute(args) }
+
+    /// Runs the binary to completion and captures its output.
+    static func execute(_ args: [String]) throws -> Run {
         let bin = CLITests.binary
         guard FileManager.default.isExecutableFile(atPath: bin.path) else {
             XCTFail("ktransformers binary not found at \(bin.path); build the package first")
