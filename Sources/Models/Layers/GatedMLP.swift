@@ -15,8 +15,7 @@ struct GatedMLP: FeedForwardBlock {
     /// Reads `xn` `// [n, dim]`, writes `out` `// [n, dim]`; `g`, `u` are `// [n, ff]` scratch.
     func forward(_ xn: UnsafeMutablePointer<Float>, out: UnsafeMutablePointer<Float>, n: Int, ctx: ForwardContext,
                  g: UnsafeMutablePointer<Float>, u: UnsafeMutablePointer<Float>) {
-        ctx.pool.matmul(gate, xn, g, n: n, scratch: ctx.scratch)
-        ctx.pool.matmul(up, xn, u, n: n, scratch: ctx.scratch)
+        ctx.pool.matmulShared(gate, g, up, u, x: xn, n: n, scratch: ctx.scratch)
         let total = n * width
         switch activation {
         case .silu: Ops.gatedSiLU(g, u, total)
