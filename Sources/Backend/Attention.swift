@@ -54,21 +54,28 @@ extension ThreadPool {
         let vHeadStride = p.valueInKey ? p.headDim : p.headDimV
         let group = p.nHead / p.nKVHead
         let kernel = KernelDispatch.attention
-        parallelFor(n * p.nKVHead) { task, thread in
-            let t = task / p.nKVHead, kvh = task % p.nKVHead
+        // Few (token, K/V head) pairs (decode with one K/V head, as Gemma 3 270M has) would leave threads idle:
+        // then each query head is its own task. Same arithmetic per head either way, so the same bits.
+        let perHead = group > 1 && n * p.nKVHead < 2 * threadCount
+        let g = perHead ? 1 : group
+        let headsPerToken = perHead ? p.nHead : p.nKVHead
+        parallelFor(n * headsPerToken) { task, thread in
+            let t = task / headsPerToken, unit = task % headsPerToken
+            let kvh = perHead ? unit / group : unit
+            let firstHead = perHead ? unit : unit * group
             let pos = Int(meta.positions[t])
             let seq = Int(meta.sequenceOfToken[t])
             let lo = p.window > 0 ? max(0, pos - p.window + 1) : 0
             let count = pos - lo + 1
-            precondition((group + 1) * count <= scratch.floatsPerThread, "attention scratch too small for position \(pos)")
+            precondition((g + 1) * count <= scratch.floatsPerThread, "attention scratch too small for position \(pos)")
             let buf = scratch.buffer(thread)
-            let slots = UnsafeMutableRawPointer(buf + group * count).bindMemory(to: Int32.self, capacity: count)
+            let slots = UnsafeMutableRawPointer(buf + g * count).bindMemory(to: Int32.self, capacity: count)
             for j in 0..<count { slots[j] = Int32(meta.slot(sequence: seq, position: lo + j)) }
             kernel(AttentionKernelArgs(
-                q: q + t * p.nHead * p.headDim + kvh * group * p.headDim, g: group, headDim: p.headDim,
+                q: q + t * p.nHead * p.headDim + firstHead * p.headDim, g: g, headDim: p.headDim,
                 k: kc + kvh * p.headDim, kStride: kd, v: vc + kvh * vHeadStride, vStride: vd, headDimV: p.headDimV,
                 slots: slots, count: count, scale: p.scale, softcap: p.softcap, scores: buf,
-                out: out + t * p.nHead * p.headDimV + kvh * group * p.headDimV))
+                out: out + t * p.nHead * p.headDimV + firstHead * p.headDimV))
             UnsafeMutableRawPointer(slots).bindMemory(to: Float.self, capacity: count)
         }
     }
