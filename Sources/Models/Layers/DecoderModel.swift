@@ -54,7 +54,8 @@ final class DecoderModel: LanguageModel, @unchecked Sendable {
     let ropes: [RoPE]
     let pool: ThreadPool
     private let scratch: MatmulScratch
-    private let attentionScratch: ThreadScratch
+    private var attentionScratch: ThreadScratch
+    private let maxQueryGroup: Int
     private let work: Workspace
     private var ropeTables: [UnsafeMutablePointer<Float>] = []
     private var ropeCapacity = 0
@@ -81,7 +82,11 @@ final class DecoderModel: LanguageModel, @unchecked Sendable {
                                 activations: ActivationBuffer())
         // Scores of a GQA group plus the visible positions' slots (see ThreadPool.attention).
         let maxGroup = blocks.map(\.attention.queryGroupSize).max() ?? 1
-        attentionScratch = ThreadScratch(threads: pool.threadCount, floatsPerThread: info.contextLength * (maxGroup + 1))
+        maxQueryGroup = maxGroup
+        // Sized for 4096 positions and grown when a batch reaches further (DeepSeek-V3 has 128 query heads per
+        // cached latent and a 163840-token context: sizing for that up front would take 84 MB per thread).
+        attentionScratch = ThreadScratch(threads: pool.threadCount,
+                                         floatsPerThread: min(info.contextLength, 4096) * (maxGroup + 1))
         work = Workspace(widths: [
             dim, dim, dim,
             a.map(\.q).max() ?? 1, a.map(\.k).max() ?? 1, a.map(\.v).max() ?? 1, a.map(\.o).max() ?? 1,
@@ -101,6 +106,11 @@ final class DecoderModel: LanguageModel, @unchecked Sendable {
             throw ModelError("position \(p) is beyond the context length \(info.contextLength)")
         }
         work.reserve(tokens: n)
+        let needed = (maxQueryGroup + 1) * (Int(batch.positions.max() ?? 0) + 1)
+        if needed > attentionScratch.floatsPerThread {
+            attentionScratch = ThreadScratch(threads: pool.threadCount,
+                                             floatsPerThread: max(needed, 2 * attentionScratch.floatsPerThread))
+        }
         reserveRopeTables(n)
         let x = work[Buf.x.rawValue], xn = work[Buf.xn.rawValue], proj = work[Buf.proj.rawValue]
 
