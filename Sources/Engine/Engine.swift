@@ -74,7 +74,10 @@ public final class Engine: @unchecked Sendable {
         lock.lock()
         defer { lock.unlock() }
         guard !stopping else { throw EngineError.shuttingDown }
-        guard queued < config.maxQueued else { throw EngineError.overloaded(queued: queued) }
+        // Room to run at once, or room in the waiting queue (`--max-queued` counts requests that must wait).
+        guard snapshot.running + queued < config.maxBatchSize || queued < config.maxQueued else {
+            throw EngineError.overloaded(queued: queued)
+        }
         guard streams[request.id] == nil else { throw EngineError.invalid("duplicate request id \(request.id)") }
         arrivals += 1
         inbox.append(SequenceState(request: request, arrival: arrivals))

@@ -118,7 +118,8 @@ public struct EngineConfig: Sendable {
     public var pageSize = 16
     /// KV cache capacity in tokens, over all sequences (`--kv-cache-tokens`).
     public var kvCacheTokens = 16384
-    /// Waiting requests at most; beyond, `EngineError.overloaded` (`--max-queued`).
+    /// Requests waiting for a batch slot at most (beyond those that can start at once); beyond,
+    /// `EngineError.overloaded` (`--max-queued`).
     public var maxQueued = 64
     /// Context length per sequence (`--ctx-size`); capped by the model's.
     public var contextLength = 4096

@@ -650,3 +650,24 @@ def test_graceful_shutdown_finishes_in_flight():
             socket.create_connection((HOST, s.port), timeout=2).close()
     finally:
         s.stop(signal.SIGKILL)
+
+
+def test_overloaded_503():
+    # One batch slot and no waiting room: while one request runs, another is refused with 503, and the server
+    # serves again once the first is done.
+    s = Server("--max-batch-size", "1", "--max-queued", "0")
+    try:
+        client = s.client()
+        stream = chat(client, s.model, "Tell me a story.", max_tokens=24, stream=True, extra_body={"ignore_eos": True})
+        next(iter(stream))
+        status, err = error_of(s.request("POST", "/v1/chat/completions",
+                                         {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}))
+        assert status == 503, err
+        assert "overloaded" in err["message"]
+        for _ in stream:
+            pass
+        wait_idle(s)
+        r = chat(client, s.model, "hi", max_tokens=2)
+        assert r.usage.completion_tokens >= 1
+    finally:
+        assert s.stop() == 0
