@@ -55,7 +55,7 @@ struct Serve: ParsableCommand {
     @Option(name: [.customLong("chunk-size"), .customLong("chunk_size")], help: "Tokens per engine step at most (prompt chunks and decode tokens).")
     var chunkSize: Int = EngineConfig().chunkSize
 
-    @Option(name: .customLong("max-queued"), help: "Requests waiting at most; beyond, 503.")
+    @Option(name: .customLong("max-queued"), help: "Requests waiting for a batch slot at most (those that can start at once are always taken); beyond, 503.")
     var maxQueued: Int = EngineConfig().maxQueued
 
     // Server
