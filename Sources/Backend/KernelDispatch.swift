@@ -97,6 +97,15 @@ public enum KernelDispatch {
 
     /// The attention inner loop for this CPU.
     public static let attention: AttentionKernel = {
+        #if canImport(CSIMD) && canImport(QuantAVX512) && arch(x86_64)
+        if level >= .avx512 {
+            return { a in
+                Attention_AVX512.attend(q: a.q, g: a.g, headDim: a.headDim, k: a.k, kStride: a.kStride, v: a.v,
+                                        vStride: a.vStride, headDimV: a.headDimV, slots: a.slots, count: a.count,
+                                        scale: a.scale, softcap: a.softcap, scores: a.scores, out: a.out)
+            }
+        }
+        #endif
         #if canImport(CSIMD) && canImport(QuantAVX2)
         if level >= .avx2 {
             return { a in

@@ -34,10 +34,16 @@ public struct QuantKernels: Sendable {
     /// none: use `referenceDotF32Multi`). Where a format has one, each `out[j]` is bit-identical to `dotF32` of
     /// that row (the single-row kernel is the nx = 1 case of the same code).
     public let dotF32Multi: DotF32Multi?
+    /// Tiled matrix product against many activation rows quantized to `vecDotType` (nil when the format has none):
+    /// each output has exactly `vecDot`'s bits.
+    public let vecDotTile: TileKernels?
+    /// Tiled matrix product against many f32 activation rows (nil when the format has none): each output has
+    /// exactly `dotF32`'s bits.
+    public let dotF32Tile: TileKernels?
 
     public init(type: GGMLType, dequantize: @escaping Dequantize, quantize: Quantize?, dotF32: @escaping DotF32,
                 vecDotType: GGMLType, vecDot: @escaping VecDot, vecDotMulti: VecDotMulti? = nil,
-                dotF32Multi: DotF32Multi? = nil) {
+                dotF32Multi: DotF32Multi? = nil, vecDotTile: TileKernels? = nil, dotF32Tile: TileKernels? = nil) {
         self.type = type
         self.dequantize = dequantize
         self.quantize = quantize
@@ -46,6 +52,8 @@ public struct QuantKernels: Sendable {
         self.vecDot = vecDot
         self.vecDotMulti = vecDotMulti
         self.dotF32Multi = dotF32Multi
+        self.vecDotTile = vecDotTile
+        self.dotF32Tile = dotF32Tile
     }
 
     /// The reference `VecDotMulti` of a `vecDot`: one call per activation row.
@@ -60,7 +68,8 @@ public struct QuantKernels: Sendable {
         if vecDotMulti != nil { return self }
         return QuantKernels(type: type, dequantize: dequantize, quantize: quantize, dotF32: dotF32,
                             vecDotType: vecDotType, vecDot: vecDot,
-                            vecDotMulti: QuantKernels.referenceVecDotMulti(vecDot), dotF32Multi: dotF32Multi)
+                            vecDotMulti: QuantKernels.referenceVecDotMulti(vecDot), dotF32Multi: dotF32Multi,
+                            vecDotTile: vecDotTile, dotF32Tile: dotF32Tile)
     }
 
     /// The reference `DotF32Multi` of a `dotF32`: one call per f32 row (so bit-identical to it).
@@ -76,15 +85,49 @@ public struct QuantKernels: Sendable {
         return QuantKernels(type: type, dequantize: dequantize, quantize: quantize, dotF32: dotF32,
                             vecDotType: vecDotType, vecDot: vecDot,
                             vecDotMulti: vecDotMulti ?? QuantKernels.referenceVecDotMulti(vecDot),
-                            dotF32Multi: dotF32Multi ?? QuantKernels.referenceDotF32Multi(dotF32))
+                            dotF32Multi: dotF32Multi ?? QuantKernels.referenceDotF32Multi(dotF32),
+                            vecDotTile: vecDotTile, dotF32Tile: dotF32Tile)
     }
 
-    /// These kernels with `vecDot`, `vecDotMulti` (and optionally `dotF32`, `dotF32Multi`) replaced: how a faster
-    /// kernel set overrides some entries of another.
+    /// These kernels with `vecDot`, `vecDotMulti` (and optionally `dotF32`, `dotF32Multi`, the tile kernels)
+    /// replaced: how a faster kernel set overrides some entries of another. Replacing `vecDot` (`dotF32`) drops the
+    /// old `vecDotTile` (`dotF32Tile`) unless a new one is given: a tile kernel must match its one-row kernel's bits.
     public func replacing(vecDot: VecDot? = nil, vecDotMulti: VecDotMulti? = nil, quantize: Quantize? = nil,
-                          dotF32: DotF32? = nil, dotF32Multi: DotF32Multi? = nil) -> QuantKernels {
+                          dotF32: DotF32? = nil, dotF32Multi: DotF32Multi? = nil, vecDotTile: TileKernels? = nil,
+                          dotF32Tile: TileKernels? = nil) -> QuantKernels {
         QuantKernels(type: type, dequantize: dequantize, quantize: quantize ?? self.quantize,
                      dotF32: dotF32 ?? self.dotF32, vecDotType: vecDotType, vecDot: vecDot ?? self.vecDot,
-                     vecDotMulti: vecDotMulti ?? self.vecDotMulti, dotF32Multi: dotF32Multi ?? self.dotF32Multi)
+                     vecDotMulti: vecDotMulti ?? self.vecDotMulti, dotF32Multi: dotF32Multi ?? self.dotF32Multi,
+                     vecDotTile: vecDotTile ?? (vecDot == nil ? self.vecDotTile : nil),
+                     dotF32Tile: dotF32Tile ?? (dotF32 == nil ? self.dotF32Tile : nil))
+    }
+}
+
+/// A tiled matrix product: `y[j·yStride + i] = row_i · x_j` for `i < nr` weight rows (`rowBytes` apart) and
+/// `j < nx` activation rows (`xStride` bytes apart), each weight row decoded once per call (into `scratch`) and
+/// register-blocked against several activation rows at a time. Every output has exactly the bits of the format's
+/// one-row kernel (`vecDot` for `QuantKernels.vecDotTile`, `dotF32` for `dotF32Tile`), so a token's result never
+/// depends on how many others share the call.
+public struct TileKernels: Sendable {
+    /// Rewrites one activation row (`count` elements, already quantized to `vecDotType`) into the layout `gemm`
+    /// reads, `preparedBytes(count)` bytes at `dst`. Nil: `gemm` reads the activation rows as they are.
+    public typealias Prepare = @Sendable (_ xq: UnsafeRawPointer, _ dst: UnsafeMutableRawPointer, _ count: Int) -> Void
+    public typealias Gemm = @Sendable (_ w: UnsafeRawPointer, _ rowBytes: Int, _ nr: Int, _ x: UnsafeRawPointer,
+                                       _ xStride: Int, _ nx: Int, _ y: UnsafeMutablePointer<Float>, _ yStride: Int,
+                                       _ count: Int, _ scratch: UnsafeMutableRawPointer) -> Void
+
+    public let prepare: Prepare?
+    /// Bytes of one prepared activation row of `count` elements (unused when `prepare` is nil).
+    public let preparedBytes: @Sendable (_ count: Int) -> Int
+    /// Bytes of `scratch` (64-byte aligned) one `gemm` call of `nr` rows of `count` elements needs.
+    public let scratchBytes: @Sendable (_ nr: Int, _ count: Int) -> Int
+    public let gemm: Gemm
+
+    public init(prepare: Prepare?, preparedBytes: @escaping @Sendable (_ count: Int) -> Int,
+                scratchBytes: @escaping @Sendable (_ nr: Int, _ count: Int) -> Int, gemm: @escaping Gemm) {
+        self.prepare = prepare
+        self.preparedBytes = preparedBytes
+        self.scratchBytes = scratchBytes
+        self.gemm = gemm
     }
 }

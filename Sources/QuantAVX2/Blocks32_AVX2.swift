@@ -120,7 +120,7 @@ public enum Q4_0_AVX2 {
     public static var kernels: QuantKernels {
         QuantKernels(type: .q4_0, dequantize: dequantize, quantize: Q4_0.quantize, dotF32: dotF32,
                      vecDotType: .q8_0, vecDot: vecDot, vecDotMulti: vecDotMulti,
-                     dotF32Multi: dotF32Multi)
+                     dotF32Multi: dotF32Multi, vecDotTile: tile)
     }
 }
 
@@ -157,7 +157,7 @@ public enum Q5_0_AVX2 {
     public static var kernels: QuantKernels {
         QuantKernels(type: .q5_0, dequantize: dequantize, quantize: Q5_0.quantize, dotF32: dotF32,
                      vecDotType: .q8_0, vecDot: vecDot, vecDotMulti: vecDotMulti,
-                     dotF32Multi: dotF32Multi)
+                     dotF32Multi: dotF32Multi, vecDotTile: tile)
     }
 }
 

@@ -182,7 +182,8 @@ public enum Q4_K_AVX2 {
 
     public static var kernels: QuantKernels {
         QuantKernels(type: .q4_K, dequantize: dequantize, quantize: Q4_K.quantize, dotF32: dotF32,
-                     vecDotType: .q8_K, vecDot: vecDot, vecDotMulti: vecDotMulti, dotF32Multi: dotF32Multi)
+                     vecDotType: .q8_K, vecDot: vecDot, vecDotMulti: vecDotMulti, dotF32Multi: dotF32Multi,
+                     dotF32Tile: Q4_K_F32Tile_AVX2.tile)
     }
 }
 
@@ -327,7 +328,8 @@ public enum Q6_K_AVX2 {
 
     public static var kernels: QuantKernels {
         QuantKernels(type: .q6_K, dequantize: dequantize, quantize: Q6_K.quantize, dotF32: dotF32,
-                     vecDotType: .q8_K, vecDot: vecDot, vecDotMulti: vecDotMulti, dotF32Multi: dotF32Multi)
+                     vecDotType: .q8_K, vecDot: vecDot, vecDotMulti: vecDotMulti, dotF32Multi: dotF32Multi,
+                     dotF32Tile: Q6_K_F32Tile_AVX2.tile)
     }
 }
 

@@ -108,6 +108,20 @@ CSIMD_INLINE __m512 csimd_set_m256(__m256 hi, __m256 lo) {
 CSIMD_INLINE __m256 csimd_extractf32x8_hi(__m512 a) {
     return _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a), 1));
 }
+CSIMD_INLINE __m256i csimd_extracti64x4_hi(__m512i a) { return _mm512_extracti64x4_epi64(a, 1); }
+/// 128-bit chunks (a0, a2, b0, b2) and (a1, a3, b1, b3) (vshuff32x4): with an add, the pairwise sums of chunks.
+CSIMD_INLINE __m512 csimd_shuffle_f32x4_even(__m512 a, __m512 b) { return _mm512_shuffle_f32x4(a, b, 0x88); }
+CSIMD_INLINE __m512 csimd_shuffle_f32x4_odd(__m512 a, __m512 b) { return _mm512_shuffle_f32x4(a, b, 0xDD); }
+/// Per 128-bit chunk (a0, a2, b0, b2) and (a1, a3, b1, b3) (vshufps).
+CSIMD_INLINE __m512 csimd_shuffle_ps_even(__m512 a, __m512 b) { return _mm512_shuffle_ps(a, b, 0x88); }
+CSIMD_INLINE __m512 csimd_shuffle_ps_odd(__m512 a, __m512 b) { return _mm512_shuffle_ps(a, b, 0xDD); }
+/// 256-bit halves (a.lo, b.lo) and (a.hi, b.hi).
+CSIMD_INLINE __m512 csimd_shuffle_f32x4_lo(__m512 a, __m512 b) { return _mm512_shuffle_f32x4(a, b, 0x44); }
+CSIMD_INLINE __m512 csimd_shuffle_f32x4_hi(__m512 a, __m512 b) { return _mm512_shuffle_f32x4(a, b, 0xEE); }
+/// Round to nearest even, no exceptions (16 lanes).
+CSIMD_INLINE __m512 csimd_round_nearest_ps512(__m512 a) {
+    return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+}
 #endif
 
 #ifdef __cplusplus
