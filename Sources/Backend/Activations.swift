@@ -4,7 +4,9 @@ public enum Activations {
     /// e^x for 8 lanes, x clamped to [-87.3, 88.7] (Cephes-style: x = n·ln2 + r, e^r by a degree-6 polynomial).
     @inline(__always)
     static func exp8(_ x: SIMD8<Float>) -> SIMD8<Float> {
-        let xc = x.clamped(lowerBound: SIMD8(repeating: -87.3), upperBound: SIMD8(repeating: 88.7))
+        // (`clamped` goes through unspecialised generic code here; masks lower to blends.)
+        let lo = SIMD8<Float>(repeating: -87.3), hi = SIMD8<Float>(repeating: 88.7)
+        let xc = x.replacing(with: lo, where: x .< lo).replacing(with: hi, where: x .> hi)
         // Round x·log2(e) to the nearest integer with the 1.5·2^23 trick: the sum's low mantissa bits then hold
         // n as an integer. (`.rounded()` and `SIMD8<Int32>(_:)` compile to scalar loops here.)
         let magic = SIMD8<Float>(repeating: 12_582_912)
@@ -38,9 +40,13 @@ public enum Activations {
             g.storeBytes(of: y, toByteOffset: i * 4, as: SIMD8<Float>.self)
             i += 8
         }
-        while i < n {
-            gate[i] = Ops.gelu(gate[i]) * up[i]
-            i += 1
+        if i < n {
+            // The tail through the same vector code, so every element's value is independent of where it sits.
+            var x = SIMD8<Float>(), uu = SIMD8<Float>()
+            for j in 0..<(n - i) { x[j] = gate[i + j]; uu[j] = up[i + j] }
+            let t = 1 - 2 / (1 + exp8(2 * (0.797_884_56 * (x + 0.044_715 * x * x * x))))
+            let y = 0.5 * x * (1 + t) * uu
+            for j in 0..<(n - i) { gate[i + j] = y[j] }
         }
     }
 
@@ -54,9 +60,11 @@ public enum Activations {
             g.storeBytes(of: y, toByteOffset: i * 4, as: SIMD8<Float>.self)
             i += 8
         }
-        while i < n {
-            gate[i] = Ops.silu(gate[i]) * up[i]
-            i += 1
+        if i < n {
+            var x = SIMD8<Float>(), uu = SIMD8<Float>()
+            for j in 0..<(n - i) { x[j] = gate[i + j]; uu[j] = up[i + j] }
+            let y = x / (1 + exp8(-x)) * uu
+            for j in 0..<(n - i) { gate[i + j] = y[j] }
         }
     }
 }

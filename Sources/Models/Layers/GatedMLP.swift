@@ -16,10 +16,15 @@ struct GatedMLP: FeedForwardBlock {
     func forward(_ xn: UnsafeMutablePointer<Float>, out: UnsafeMutablePointer<Float>, n: Int, ctx: ForwardContext,
                  g: UnsafeMutablePointer<Float>, u: UnsafeMutablePointer<Float>) {
         ctx.pool.matmulShared(gate, g, up, u, x: xn, n: n, scratch: ctx.scratch)
-        let total = n * width
-        switch activation {
-        case .silu: Ops.gatedSiLU(g, u, total)
-        case .gelu: Ops.gatedGELU(g, u, total)
+        // The activation, in chunks over the pool when there is enough of it (prefill).
+        let total = n * width, act = activation
+        let chunk = 8192
+        ctx.pool.parallelFor((total + chunk - 1) / chunk) { c, _ in
+            let start = c * chunk, len = min(chunk, total - start)
+            switch act {
+            case .silu: Ops.gatedSiLU(g + start, u + start, len)
+            case .gelu: Ops.gatedGELU(g + start, u + start, len)
+            }
         }
         // NOTE: f32 activations here: act(gate)·up is heavy-tailed and 8-bit quantizing it costs the most
         // accuracy of any matmul (see ThreadPool.matmul).
