@@ -25,6 +25,7 @@ func multi32Signed(_ row: UnsafeRawPointer, _ xq: UnsafeRawPointer, _ st: Int, _
     var acc0 = _mm256_setzero_ps(), acc1 = acc0, acc2 = acc0, acc3 = acc0
     for b in 0..<(count / 32) {
         let p = row + b * ts, y = xq + b * 34
+        csimd_prefetch(p + 1024)  // weights stream from DRAM in decode
         let q = decode(p)
         let aq = _mm256_sign_epi8(q, q)
         let d = h2f(p, 0)
@@ -64,6 +65,7 @@ func dotF32Blocks32(_ row: UnsafeRawPointer, _ x: UnsafePointer<Float>, _ count:
     var acc = _mm256_setzero_ps(), accm = _mm256_setzero_ps()
     for b in 0..<(count / 32) {
         let p = row + b * ts, xb = x + b * 32
+        csimd_prefetch(p + 1024)  // weights stream from DRAM in decode
         acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(p, 0)), dot32(decode(p), xb), acc)
         if let mo = mOff {
             let sx = _mm256_add_ps(_mm256_add_ps(ldF(xb, 0), ldF(xb, 8)), _mm256_add_ps(ldF(xb, 16), ldF(xb, 24)))
@@ -80,6 +82,7 @@ func vecDot32Unsigned(_ row: UnsafeRawPointer, _ xq: UnsafeRawPointer, _ count: 
     var acc = _mm256_setzero_ps(), accm = _mm256_setzero_ps()
     for b in 0..<(count / 32) {
         let p = row + b * ts, y = xq + b * 34
+        csimd_prefetch(p + 1024)  // weights stream from DRAM in decode
         let yq = ld256(y, 2)
         let s = sumPairs16(_mm256_maddubs_epi16(decode(p), yq))
         let dx = h2f(y, 0)

@@ -60,6 +60,7 @@ func kMulti(_ row: UnsafeRawPointer, _ xq: UnsafeRawPointer, _ st: Int, _ nx: In
     var acc0 = _mm256_setzero_ps(), acc1 = acc0, acc2 = acc0, acc3 = acc0
     for b in 0..<(count / 256) {
         let p = row + b * ts, y = xq + b * 292
+        csimd_prefetch(p + 1024)  // weights stream from DRAM in decode
         let (sc, m) = kScalesMins(p + 4)
         let s8 = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(Int64(bitPattern: sc)))
         let sc16 = _mm256_set_m128i(s8, s8)
@@ -105,6 +106,7 @@ func kDotF32Multi(_ row: UnsafeRawPointer, _ x: UnsafePointer<Float>, _ xs: Int,
     var acc = zeroAcc4()
     for b in 0..<(count / 256) {
         let p = row + b * ts, xb = x + 256 * b
+        csimd_prefetch(p + 1024)  // weights stream from DRAM in decode
         let (sc, m) = kScalesMins(p + 4)
         let dsc = _mm256_mul_ps(u8x8ToF(sc), _mm256_set1_ps(h2f(p, 0)))
         let dm = _mm256_mul_ps(u8x8ToF(m), _mm256_set1_ps(h2f(p, 2)))
@@ -238,6 +240,7 @@ public enum Q6_K_AVX2 {
         var acc = zeroAcc4(), acc2 = zeroAcc4()
         for b in 0..<(count / 256) {
             let p = row + b * 210, xb = x + b * 256
+            csimd_prefetch(p + 1024)  // weights stream from DRAM in decode
             let d = h2f(p, 208)
             for h in 0..<2 {
                 for k in 0..<4 {
@@ -289,6 +292,7 @@ public enum Q6_K_AVX2 {
         var acc0 = _mm256_setzero_ps(), acc1 = acc0, acc2 = acc0, acc3 = acc0
         for b in 0..<(count / 256) {
             let p = row + b * 210, y = xq + b * 292
+            csimd_prefetch(p + 1024)  // weights stream from DRAM in decode
             let sc = ld128(p, 192)
             var s0 = _mm256_setzero_si256(), s1 = s0, s2 = s0, s3 = s0
             for h in 0..<2 {

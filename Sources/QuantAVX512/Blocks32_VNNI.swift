@@ -16,6 +16,7 @@ func multi32VNNI(_ row: UnsafeRawPointer, _ xq: UnsafeRawPointer, _ st: Int, _ n
     let zero = _mm256_setzero_si256()
     for b in 0..<(count / 32) {
         let p = row + b * ts, y = xq + b * 34
+        csimd_prefetch(p + 1024)  // weights stream from DRAM in decode
         let q = decode(p)
         let aq = _mm256_abs_epi8(q)
         let d = h2f(p, 0)
@@ -44,6 +45,7 @@ func multi32VNNI512(_ row: UnsafeRawPointer, _ xq: UnsafeRawPointer, _ st: Int, 
     var b = 0
     while b + 2 <= nb {
         let p = row + b * ts, y = xq + b * 34
+        csimd_prefetch(p + 1024)  // decode streams weights from DRAM: ask for them ahead of the hardware prefetcher
         let q = csimd_set_m256i(decode(p + ts), decode(p))
         let neg = _mm512_movepi8_mask(q)
         let aq = _mm512_abs_epi8(q)
