@@ -67,7 +67,9 @@ extension ThreadPool {
     public func matmul(_ w: WeightMatrix, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, n: Int,
                        yStride: Int? = nil, scratch: MatmulScratch, f32Activations: Bool = false) {
         let rows = w.rows, cols = w.cols, ys = yStride ?? w.rows
-        let chunk = max(1, min(64, rows / (threadCount * 8)))
+        // Up to 256 rows per task: long contiguous runs keep the hardware prefetchers streaming (64 gave
+        // 83 t/s decode on the default model, 256 gave 99: the 178 MB output projection dominates a step).
+        let chunk = max(1, min(256, rows / (threadCount * 8)))
         let tasks = (rows + chunk - 1) / chunk
         let vt = w.kernels.vecDotType
         if vt == .f32 || f32Activations {

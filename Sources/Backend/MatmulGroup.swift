@@ -27,7 +27,7 @@ extension ThreadPool {
         for t in 0..<n { q(x + t * cols, xq + t * xRowBytes, cols) }
         let xqc = UnsafeRawPointer(xq)
         // Tasks: each matrix's rows in chunks, matrices one after another.
-        func chunk(_ w: WeightMatrix) -> Int { max(1, min(64, w.rows / (threadCount * 8))) }
+        func chunk(_ w: WeightMatrix) -> Int { max(1, min(256, w.rows / (threadCount * 8))) }
         let c0 = chunk(w0), c1 = chunk(w1), c2 = w2.map(chunk) ?? 1
         let t0 = (w0.rows + c0 - 1) / c0, t1 = (w1.rows + c1 - 1) / c1, t2 = w2.map { ($0.rows + c2 - 1) / c2 } ?? 0
         // NOTE: no WeightMatrix is copied inside the region (a copy retains its owner and kernel closures,
