@@ -20,57 +20,16 @@ public enum Q5_K {
     }
 
     public static func dequantize(_ src: UnsafeRawPointer, _ dst: UnsafeMutablePointer<Float>, _ count: Int) {
-        withQuantScratch { q in
-            for b in 0..<(count / blockSize) {
-                let p = src + b * typeSize
-                let y = dst + b * blockSize
-                let d = readF16(p, 0), dmin = readF16(p, 2)
-                decode(p, q)
-                for j in 0..<8 {
-                    let (sc, m) = scaleMinK4(j, p + 4)
-                    scaleI8(q + 32 * j, d * Float(sc), minus: dmin * Float(m), y + 32 * j, 32)
-                }
-            }
-        }
+        KScaleMin.dequantize(src, dst, count, typeSize: typeSize, decode: decode)
     }
 
     public static func dotF32(_ row: UnsafeRawPointer, _ x: UnsafePointer<Float>, _ count: Int) -> Float {
-        withQuantScratch { q in
-            var s: Float = 0
-            for b in 0..<(count / blockSize) {
-                let p = row + b * typeSize
-                let xb = x + b * blockSize
-                decode(p, q)
-                var sumQX: Float = 0, sumMX: Float = 0
-                for j in 0..<8 {
-                    let (sc, m) = scaleMinK4(j, p + 4)
-                    sumQX += Float(sc) * dotI8F32(q + 32 * j, xb + 32 * j, 32)
-                    sumMX += Float(m) * sumF32(xb + 32 * j, 32)
-                }
-                s += readF16(p, 0) * sumQX - readF16(p, 2) * sumMX
-            }
-            return s
-        }
+        KScaleMin.dotF32(row, x, count, typeSize: typeSize, decode: decode)
     }
 
-    /// Row · Q8_K activation, as Q4_K.vecDot.
+    /// Row · Q8_K activation (see `KScaleMin.vecDot`).
     public static func vecDot(_ row: UnsafeRawPointer, _ xq: UnsafeRawPointer, _ count: Int) -> Float {
-        withQuantScratch { q in
-            var s: Float = 0
-            for b in 0..<(count / blockSize) {
-                let p = row + b * typeSize
-                let y = xq + b * Q8_K.typeSize
-                decode(p, q)
-                var sumi: Int32 = 0, summ: Int32 = 0
-                for j in 0..<8 {
-                    let (sc, m) = scaleMinK4(j, p + 4)
-                    sumi &+= Int32(sc) &* dotI8I8(q + 32 * j, y + Q8_K.qsOffset + 32 * j, 32)
-                    summ &+= Int32(m) &* (Q8_K.bsum(y, 2 * j) &+ Q8_K.bsum(y, 2 * j + 1))
-                }
-                s += Q8_K.d(y) * (readF16(p, 0) * Float(sumi) - readF16(p, 2) * Float(summ))
-            }
-            return s
-        }
+        KScaleMin.vecDot(row, xq, count, typeSize: typeSize, decode: decode)
     }
 
     public static let kernels = QuantKernels(type: .q5_K, dequantize: dequantize, quantize: nil, dotF32: dotF32,
