@@ -15,38 +15,16 @@ public enum IQ4_NL {
     }
 
     public static func dequantize(_ src: UnsafeRawPointer, _ dst: UnsafeMutablePointer<Float>, _ count: Int) {
-        withQuantScratch { q in
-            for b in 0..<(count / blockSize) {
-                let p = src + b * typeSize
-                decode(p, q)
-                scaleI8(q, readF16(p, 0), dst + b * blockSize, blockSize)
-            }
-        }
+        Blocks32.Scaled.dequantize(src, dst, count, typeSize: typeSize, decode: decode)
     }
 
     public static func dotF32(_ row: UnsafeRawPointer, _ x: UnsafePointer<Float>, _ count: Int) -> Float {
-        withQuantScratch { q in
-            var s: Float = 0
-            for b in 0..<(count / blockSize) {
-                let p = row + b * typeSize
-                decode(p, q)
-                s += readF16(p, 0) * dotI8F32(q, x + b * blockSize, blockSize)
-            }
-            return s
-        }
+        Blocks32.Scaled.dotF32(row, x, count, typeSize: typeSize, decode: decode)
     }
 
-    /// Row · Q8_0 activation.
+    /// Row · Q8_0 activation (see `Blocks32.Scaled.vecDot`).
     public static func vecDot(_ row: UnsafeRawPointer, _ xq: UnsafeRawPointer, _ count: Int) -> Float {
-        withQuantScratch { q in
-            var s: Float = 0
-            for b in 0..<(count / blockSize) {
-                let p = row + b * typeSize, y = xq + b * Q8_0.typeSize
-                decode(p, q)
-                s += Float(dotI8I8(q, y + 2, blockSize)) * (readF16(p, 0) * readF16(y, 0))
-            }
-            return s
-        }
+        Blocks32.Scaled.vecDot(row, xq, count, typeSize: typeSize, decode: decode)
     }
 
     public static let kernels = QuantKernels(type: .iq4_nl, dequantize: dequantize, quantize: nil, dotF32: dotF32,

@@ -11,13 +11,7 @@ public enum Q5_1 {
     }
 
     public static func dequantize(_ src: UnsafeRawPointer, _ dst: UnsafeMutablePointer<Float>, _ count: Int) {
-        withQuantScratch { q in
-            for b in 0..<(count / blockSize) {
-                let p = src + b * typeSize
-                decode(p, q)
-                scaleI8(q, readF16(p, 0), plus: readF16(p, 2), dst + b * blockSize, blockSize)
-            }
-        }
+        Blocks32.ScaledWithMin.dequantize(src, dst, count, typeSize: typeSize, decode: decode)
     }
 
     /// ggml's `quantize_row_q5_1_ref`: d = (max − min)/31, m = min, q = trunc((x − min)/d + 0.5).
@@ -47,31 +41,12 @@ public enum Q5_1 {
     }
 
     public static func dotF32(_ row: UnsafeRawPointer, _ x: UnsafePointer<Float>, _ count: Int) -> Float {
-        withQuantScratch { q in
-            var s: Float = 0
-            for b in 0..<(count / blockSize) {
-                let p = row + b * typeSize
-                decode(p, q)
-                let xb = x + b * blockSize
-                s += readF16(p, 0) * dotI8F32(q, xb, blockSize) + readF16(p, 2) * sumF32(xb, blockSize)
-            }
-            return s
-        }
+        Blocks32.ScaledWithMin.dotF32(row, x, count, typeSize: typeSize, decode: decode)
     }
 
-    /// Row · Q8_0 activation: d·d_x·Σ q·q_x + m·d_x·Σ q_x (ggml uses Q8_1 here; see Q4_1.vecDot).
+    /// Row · Q8_0 activation (see `Blocks32.ScaledWithMin.vecDot`).
     public static func vecDot(_ row: UnsafeRawPointer, _ xq: UnsafeRawPointer, _ count: Int) -> Float {
-        withQuantScratch { q in
-            var s: Float = 0
-            for b in 0..<(count / blockSize) {
-                let p = row + b * typeSize, y = xq + b * Q8_0.typeSize
-                decode(p, q)
-                let dx = readF16(y, 0)
-                    s += Float(dotI8I8(q, y + 2, blockSize)) * (readF16(p, 0) * dx)
-                    + Float(sumI8(y + 2, blockSize)) * (readF16(p, 2) * dx)
-            }
-            return s
-        }
+        Blocks32.ScaledWithMin.vecDot(row, xq, count, typeSize: typeSize, decode: decode)
     }
 
     public static let kernels = QuantKernels(type: .q5_1, dequantize: dequantize, quantize: quantize, dotF32: dotF32,

@@ -81,7 +81,8 @@ func multi32VNNI512(_ row: UnsafeRawPointer, _ xq: UnsafeRawPointer, _ st: Int, 
 /// Q8_0 with VNNI: `{ half d; int8 qs[32] }`.
 public enum Q8_0_VNNI {
     static let ts = 34
-    /// Row · Q8_0 activation (the one-row case of `vecDotMulti`, so both give identical bits).
+    /// Row · Q8_0 activation, 256-bit VNNI (the one-row case of `vecDotMulti`, so both give identical bits).
+    /// Not dispatched (the 512-bit variant measured faster); kept as the measured alternative and tested.
     public static func vecDot(_ row: UnsafeRawPointer, _ xq: UnsafeRawPointer, _ count: Int) -> Float {
         var r: Float = 0
         multi32VNNI(row, xq, 0, 1, &r, count, ts, decode)
@@ -91,7 +92,7 @@ public enum Q8_0_VNNI {
                                    _ out: UnsafeMutablePointer<Float>, _ count: Int) {
         forMultiGroups(nx) { j, n in multi32VNNI(row, xq + j * xqStride, xqStride, n, out + j, count, ts, decode) }
     }
-    /// The 512-bit variants (kept for measurement only).
+    /// The 512-bit variants: the ones `QuantAVX512.kernels(for:base:)` dispatches.
     public static func vecDot512(_ row: UnsafeRawPointer, _ xq: UnsafeRawPointer, _ count: Int) -> Float {
         var r: Float = 0
         multi32VNNI512(row, xq, 0, 1, &r, count, ts, decode)
@@ -107,7 +108,8 @@ public enum Q8_0_VNNI {
 /// Q5_0 with VNNI: `{ half d; uint8 qh[4]; uint8 qs[16] }`, x = d·(q − 16).
 public enum Q5_0_VNNI {
     static let ts = 22
-    /// Row · Q8_0 activation (the one-row case of `vecDotMulti`, so both give identical bits).
+    /// Row · Q8_0 activation, 256-bit VNNI (the one-row case of `vecDotMulti`, so both give identical bits).
+    /// Not dispatched (the 512-bit variant measured faster); kept as the measured alternative and tested.
     public static func vecDot(_ row: UnsafeRawPointer, _ xq: UnsafeRawPointer, _ count: Int) -> Float {
         var r: Float = 0
         multi32VNNI(row, xq, 0, 1, &r, count, ts, decode)
@@ -117,7 +119,7 @@ public enum Q5_0_VNNI {
                                    _ out: UnsafeMutablePointer<Float>, _ count: Int) {
         forMultiGroups(nx) { j, n in multi32VNNI(row, xq + j * xqStride, xqStride, n, out + j, count, ts, decode) }
     }
-    /// The 512-bit variants (kept for measurement only).
+    /// The 512-bit variants: the ones `QuantAVX512.kernels(for:base:)` dispatches.
     public static func vecDot512(_ row: UnsafeRawPointer, _ xq: UnsafeRawPointer, _ count: Int) -> Float {
         var r: Float = 0
         multi32VNNI512(row, xq, 0, 1, &r, count, ts, decode)
@@ -137,7 +139,8 @@ public enum Q5_0_VNNI {
 /// Q4_0 with VNNI: `{ half d; uint8 qs[16] }`, x = d·(q − 8).
 public enum Q4_0_VNNI {
     static let ts = 18
-    /// Row · Q8_0 activation (the one-row case of `vecDotMulti`, so both give identical bits).
+    /// Row · Q8_0 activation, 256-bit VNNI (the one-row case of `vecDotMulti`, so both give identical bits).
+    /// Not dispatched (the 512-bit variant measured faster); kept as the measured alternative and tested.
     public static func vecDot(_ row: UnsafeRawPointer, _ xq: UnsafeRawPointer, _ count: Int) -> Float {
         var r: Float = 0
         multi32VNNI(row, xq, 0, 1, &r, count, ts, decode)
@@ -147,7 +150,7 @@ public enum Q4_0_VNNI {
                                    _ out: UnsafeMutablePointer<Float>, _ count: Int) {
         forMultiGroups(nx) { j, n in multi32VNNI(row, xq + j * xqStride, xqStride, n, out + j, count, ts, decode) }
     }
-    /// The 512-bit variants (kept for measurement only).
+    /// The 512-bit variants: the ones `QuantAVX512.kernels(for:base:)` dispatches.
     public static func vecDot512(_ row: UnsafeRawPointer, _ xq: UnsafeRawPointer, _ count: Int) -> Float {
         var r: Float = 0
         multi32VNNI512(row, xq, 0, 1, &r, count, ts, decode)
