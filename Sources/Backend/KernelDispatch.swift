@@ -95,6 +95,14 @@ public enum KernelDispatch {
     /// The kernels of `type` for this CPU, or nil when no build has kernels for it.
     public static func kernels(for type: GGMLType) -> QuantKernels? { table[type] }
 
+    /// The `Q16_K` activation quantizer for this CPU (every level writes the same bytes).
+    public static let q16Quantize: QuantKernels.Quantize = {
+        #if canImport(CSIMD) && canImport(QuantAVX2) && arch(x86_64)
+        if level >= .avx2 { return Q16_AVX2.quantize }
+        #endif
+        return Q16_K.quantize
+    }()
+
     /// The attention inner loop for this CPU.
     public static let attention: AttentionKernel = {
         #if canImport(CSIMD) && canImport(QuantAVX512) && arch(x86_64)

@@ -13,11 +13,13 @@ extension ThreadPool {
     /// of an expert is dotted with all of that expert's rows, up to 4 per pass (`vecDotMulti`): each expert's
     /// weights are read once per call however many tokens chose it, and experts nobody chose are not read.
     /// Tasks are (expert, matrix, row chunk) triples, expert-major, handed out dynamically over the pool.
-    /// `f32Activations` keeps f32 activations (`dotF32Multi`), as the dense MLP does for its down projection.
+    /// `precise` trades some speed for accuracy, as the dense MLP's f32 down projection does: activations go to the
+    /// kernels as 16-bit `Q16_K` rows where the format has Q16 kernels (`q16DotMulti`: Q4_K, Q5_K, Q6_K; ~250x
+    /// finer than Q8_K at ~1.3x its cost), else as f32 (`dotF32Multi`).
     public func matmulExperts(_ w: WeightStack, _ y: UnsafeMutablePointer<Float>,
                               also w2: WeightStack? = nil, _ y2: UnsafeMutablePointer<Float>? = nil,
                               x: UnsafePointer<Float>, gather: Bool, routing: ExpertRouting,
-                              scratch: MatmulScratch, f32Activations: Bool = false) {
+                              scratch: MatmulScratch, precise: Bool = false) {
         let a = routing.assignments
         guard a > 0, routing.activeCount > 0 else { return }
         let cols = w.cols, rows = w.rows
@@ -41,17 +43,9 @@ extension ThreadPool {
         let tokenOf = UnsafePointer(routing.tokenOf)
         let nTokenRows = gather ? routing.tokens : a
 
-        let vt = w.kernels.vecDotType
-        if vt == .f32 || f32Activations {
-            // f32 rows in sorted order: `x` itself, or gathered into the routing's buffer.
-            var xs = x
-            if gather {
-                routing.gathered.reserve(a * cols * 4)
-                let g = routing.gathered.bytes.assumingMemoryBound(to: Float.self)
-                parallelFor(a) { p, _ in (g + p * cols).update(from: x + Int(tokenOf[p]) * cols, count: cols) }
-                xs = UnsafePointer(g)
-            }
-            let multi = w.kernels.dotF32Multi ?? QuantKernels.referenceDotF32Multi(w.kernels.dotF32)
+        /// Runs the tasks with `multi(row, p, nx, out)`: `out[j] = W_e[row] · x_sorted[p + j]` for j < nx ≤ 4.
+        @inline(__always)
+        func run(_ multi: (UnsafeRawPointer, Int, Int, UnsafeMutablePointer<Float>) -> Void) {
             parallelFor(tasks) { task, thread in
                 let ai = task / (nMat * chunksPerMatrix), rem = task % (nMat * chunksPerMatrix)
                 let m = rem / chunksPerMatrix, c = rem % chunksPerMatrix
@@ -64,12 +58,38 @@ extension ThreadPool {
                     var p = p0
                     while p < p1 {
                         let nx = min(4, p1 - p)
-                        multi(wr, xs + p * cols, cols, nx, out, cols)
+                        multi(wr, p, nx, out)
                         for j in 0..<nx { ym[(p + j) * rows + r] = out[j] }
                         p += nx
                     }
                 }
             }
+        }
+
+        let vt = w.kernels.vecDotType
+        if precise, vt != .f32, let q16 = w.kernels.q16DotMulti {
+            // Q16_K rows in sorted order, quantized straight from the token (or sorted) rows.
+            let rowBytes = Q16_K.byteCount(elements: cols)
+            routing.gathered.reserve(a * rowBytes)
+            let xq = routing.gathered.bytes
+            let quantize = KernelDispatch.q16Quantize
+            parallelFor(a) { p, _ in quantize(x + (gather ? Int(tokenOf[p]) : p) * cols, xq + p * rowBytes, cols) }
+            let xqc = UnsafeRawPointer(xq)
+            run { wr, p, nx, out in q16(wr, xqc + p * rowBytes, rowBytes, nx, out, cols) }
+            return
+        }
+        if vt == .f32 || precise {
+            // f32 rows in sorted order: `x` itself, or gathered into the routing's buffer.
+            var xs = x
+            if gather {
+                routing.gathered.reserve(a * cols * 4)
+                let g = routing.gathered.bytes.assumingMemoryBound(to: Float.self)
+                parallelFor(a) { p, _ in (g + p * cols).update(from: x + Int(tokenOf[p]) * cols, count: cols) }
+                xs = UnsafePointer(g)
+            }
+            let xsc = xs
+            let multi = w.kernels.dotF32Multi ?? QuantKernels.referenceDotF32Multi(w.kernels.dotF32)
+            run { wr, p, nx, out in multi(wr, xsc + p * cols, cols, nx, out, cols) }
             return
         }
 
@@ -95,24 +115,7 @@ extension ThreadPool {
         }
         let xqc = xq
         let multi = w.kernels.vecDotMulti ?? QuantKernels.referenceVecDotMulti(w.kernels.vecDot)
-        parallelFor(tasks) { task, thread in
-            let ai = task / (nMat * chunksPerMatrix), rem = task % (nMat * chunksPerMatrix)
-            let m = rem / chunksPerMatrix, c = rem % chunksPerMatrix
-            let e = Int(active[ai])
-            let p0 = Int(offsets[e]), p1 = Int(offsets[e + 1])
-            let wm = m == 0 ? ws.0 : ws.1, ym = m == 0 ? ys.0 : ys.1
-            let out = scratch.perThread.buffer(thread)
-            for r in c * chunk..<min(rows, (c + 1) * chunk) {
-                let wr = wm.row(e, r)
-                var p = p0
-                while p < p1 {
-                    let nx = min(4, p1 - p)
-                    multi(wr, xqc + p * xRowBytes, xRowBytes, nx, out, cols)
-                    for j in 0..<nx { ym[(p + j) * rows + r] = out[j] }
-                    p += nx
-                }
-            }
-        }
+        run { wr, p, nx, out in multi(wr, xqc + p * xRowBytes, xRowBytes, nx, out, cols) }
     }
 
     /// One matrix per head applied to that head's slice of every token row (MLA's absorbed `k_b` / `v_b`):

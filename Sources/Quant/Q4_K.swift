@@ -97,5 +97,6 @@ public enum Q4_K {
     }
 
     public static let kernels = QuantKernels(type: .q4_K, dequantize: dequantize, quantize: quantize, dotF32: dotF32,
-                                             vecDotType: .q8_K, vecDot: vecDot)
+                                             vecDotType: .q8_K, vecDot: vecDot,
+                                             q16DotMulti: QuantKernels.referenceVecDotMulti(Q16_K.dotQ4_K))
 }

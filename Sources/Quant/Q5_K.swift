@@ -33,5 +33,6 @@ public enum Q5_K {
     }
 
     public static let kernels = QuantKernels(type: .q5_K, dequantize: dequantize, quantize: nil, dotF32: dotF32,
-                                             vecDotType: .q8_K, vecDot: vecDot)
+                                             vecDotType: .q8_K, vecDot: vecDot,
+                                             q16DotMulti: QuantKernels.referenceVecDotMulti(Q16_K.dotQ5_K))
 }

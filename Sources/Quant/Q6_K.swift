@@ -128,5 +128,6 @@ public enum Q6_K {
     }
 
     public static let kernels = QuantKernels(type: .q6_K, dequantize: dequantize, quantize: quantize, dotF32: dotF32,
-                                             vecDotType: .q8_K, vecDot: vecDot)
+                                             vecDotType: .q8_K, vecDot: vecDot,
+                                             q16DotMulti: QuantKernels.referenceVecDotMulti(Q16_K.dotQ6_K))
 }

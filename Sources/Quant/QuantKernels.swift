@@ -40,10 +40,15 @@ public struct QuantKernels: Sendable {
     /// Tiled matrix product against many f32 activation rows (nil when the format has none): each output has
     /// exactly `dotF32`'s bits.
     public let dotF32Tile: TileKernels?
+    /// Dot products of one stored row with up to 4 activation rows in `Q16_K` (16-bit) form, `xqStride` bytes
+    /// apart: nearly `dotF32`'s accuracy at close to `vecDotMulti`'s speed (nil when the format has none; then
+    /// callers use `dotF32Multi`). For any nx, each `out[j]` has the bits of the nx = 1 call.
+    public let q16DotMulti: VecDotMulti?
 
     public init(type: GGMLType, dequantize: @escaping Dequantize, quantize: Quantize?, dotF32: @escaping DotF32,
                 vecDotType: GGMLType, vecDot: @escaping VecDot, vecDotMulti: VecDotMulti? = nil,
-                dotF32Multi: DotF32Multi? = nil, vecDotTile: TileKernels? = nil, dotF32Tile: TileKernels? = nil) {
+                dotF32Multi: DotF32Multi? = nil, vecDotTile: TileKernels? = nil, dotF32Tile: TileKernels? = nil,
+                q16DotMulti: VecDotMulti? = nil) {
         self.type = type
         self.dequantize = dequantize
         self.quantize = quantize
@@ -54,6 +59,7 @@ public struct QuantKernels: Sendable {
         self.dotF32Multi = dotF32Multi
         self.vecDotTile = vecDotTile
         self.dotF32Tile = dotF32Tile
+        self.q16DotMulti = q16DotMulti
     }
 
     /// The reference `VecDotMulti` of a `vecDot`: one call per activation row.
@@ -69,7 +75,7 @@ public struct QuantKernels: Sendable {
         return QuantKernels(type: type, dequantize: dequantize, quantize: quantize, dotF32: dotF32,
                             vecDotType: vecDotType, vecDot: vecDot,
                             vecDotMulti: QuantKernels.referenceVecDotMulti(vecDot), dotF32Multi: dotF32Multi,
-                            vecDotTile: vecDotTile, dotF32Tile: dotF32Tile)
+                            vecDotTile: vecDotTile, dotF32Tile: dotF32Tile, q16DotMulti: q16DotMulti)
     }
 
     /// The reference `DotF32Multi` of a `dotF32`: one call per f32 row (so bit-identical to it).
@@ -86,7 +92,7 @@ public struct QuantKernels: Sendable {
                             vecDotType: vecDotType, vecDot: vecDot,
                             vecDotMulti: vecDotMulti ?? QuantKernels.referenceVecDotMulti(vecDot),
                             dotF32Multi: dotF32Multi ?? QuantKernels.referenceDotF32Multi(dotF32),
-                            vecDotTile: vecDotTile, dotF32Tile: dotF32Tile)
+                            vecDotTile: vecDotTile, dotF32Tile: dotF32Tile, q16DotMulti: q16DotMulti)
     }
 
     /// These kernels with `vecDot`, `vecDotMulti` (and optionally `dotF32`, `dotF32Multi`, the tile kernels)
@@ -94,12 +100,13 @@ public struct QuantKernels: Sendable {
     /// old `vecDotTile` (`dotF32Tile`) unless a new one is given: a tile kernel must match its one-row kernel's bits.
     public func replacing(vecDot: VecDot? = nil, vecDotMulti: VecDotMulti? = nil, quantize: Quantize? = nil,
                           dotF32: DotF32? = nil, dotF32Multi: DotF32Multi? = nil, vecDotTile: TileKernels? = nil,
-                          dotF32Tile: TileKernels? = nil) -> QuantKernels {
+                          dotF32Tile: TileKernels? = nil, q16DotMulti: VecDotMulti? = nil) -> QuantKernels {
         QuantKernels(type: type, dequantize: dequantize, quantize: quantize ?? self.quantize,
                      dotF32: dotF32 ?? self.dotF32, vecDotType: vecDotType, vecDot: vecDot ?? self.vecDot,
                      vecDotMulti: vecDotMulti ?? self.vecDotMulti, dotF32Multi: dotF32Multi ?? self.dotF32Multi,
                      vecDotTile: vecDotTile ?? (vecDot == nil ? self.vecDotTile : nil),
-                     dotF32Tile: dotF32Tile ?? (dotF32 == nil ? self.dotF32Tile : nil))
+                     dotF32Tile: dotF32Tile ?? (dotF32 == nil ? self.dotF32Tile : nil),
+                     q16DotMulti: q16DotMulti ?? self.q16DotMulti)
     }
 }
 

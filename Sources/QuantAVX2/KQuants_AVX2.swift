@@ -185,7 +185,8 @@ public enum Q4_K_AVX2 {
     public static var kernels: QuantKernels {
         QuantKernels(type: .q4_K, dequantize: dequantize, quantize: Q4_K.quantize, dotF32: dotF32,
                      vecDotType: .q8_K, vecDot: vecDot, vecDotMulti: vecDotMulti, dotF32Multi: dotF32Multi,
-                     dotF32Tile: Q4_K_F32Tile_AVX2.tile)
+                     dotF32Tile: Q4_K_F32Tile_AVX2.tile,
+                     q16DotMulti: Q16_AVX2.q4K)
     }
 }
 
@@ -333,7 +334,8 @@ public enum Q6_K_AVX2 {
     public static var kernels: QuantKernels {
         QuantKernels(type: .q6_K, dequantize: dequantize, quantize: Q6_K.quantize, dotF32: dotF32,
                      vecDotType: .q8_K, vecDot: vecDot, vecDotMulti: vecDotMulti, dotF32Multi: dotF32Multi,
-                     dotF32Tile: Q6_K_F32Tile_AVX2.tile)
+                     dotF32Tile: Q6_K_F32Tile_AVX2.tile,
+                     q16DotMulti: Q16_AVX2.q6K)
     }
 }
 

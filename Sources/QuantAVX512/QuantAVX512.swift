@@ -26,9 +26,10 @@ public enum QuantAVX512 {
         case .q4_0: return base.replacing(vecDot: Q4_0_VNNI.vecDot512, vecDotMulti: Q4_0_VNNI.vecDotMulti512,
                                           vecDotTile: Q4_0_VNNI.tile)
         case .q4_K: return base.replacing(vecDotMulti: Q4_K_VNNI.vecDotMulti, vecDotTile: Q4_K_VNNI.tile,
-                                          dotF32Tile: Q4_K_F32Tile.tile)
+                                          dotF32Tile: Q4_K_F32Tile.tile, q16DotMulti: Q16_VNNI.q4K)
+        case .q5_K: return base.replacing(q16DotMulti: Q16_VNNI.q5K)
         case .q6_K: return base.replacing(vecDot: Q6_K_VNNI.vecDot, vecDotMulti: Q6_K_VNNI.vecDotMulti,
-                                          dotF32Tile: Q6_K_F32Tile.tile)
+                                          dotF32Tile: Q6_K_F32Tile.tile, q16DotMulti: Q16_VNNI.q6K)
         default: return nil
         }
         #else

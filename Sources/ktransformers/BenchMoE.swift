@@ -31,6 +31,9 @@ struct MoEBench {
         var distinct_experts_per_step: Double
         var mb_per_step: Double
         var ms_per_step: Double
+        /// The two expert matmuls alone (the rest of ms_per_step: SiLU, combine).
+        var gate_up_ms_per_step: Double
+        var down_ms_per_step: Double
         var gb_per_second: Double
         var best_gb_per_second: Double
         var memory_bandwidth_gb_per_second: Double
@@ -110,12 +113,18 @@ struct MoEBench {
                 distinctCount += Set(r).count
                 routes.append(r)
             }
+            var phase = (gateUp: UInt64(0), down: UInt64(0))  // ns, over the timed steps
             func step(_ r: [Int32]) {
                 r.withUnsafeBufferPointer { routing.set(experts: $0.baseAddress!, tokens: batch, perToken: topK) }
+                let t0 = DispatchTime.now().uptimeNanoseconds
                 pool.matmulExperts(gate, g, also: up, u, x: x, gather: true, routing: routing, scratch: scratch)
+                let t1 = DispatchTime.now().uptimeNanoseconds
                 let a = routing.assignments, f = ff, dm = dim
                 pool.parallelFor(a) { p, _ in Ops.gatedSiLU(g + p * f, u + p * f, f) }
-                pool.matmulExperts(down, d, x: g, gather: false, routing: routing, scratch: scratch, f32Activations: true)
+                let t2 = DispatchTime.now().uptimeNanoseconds
+                pool.matmulExperts(down, d, x: g, gather: false, routing: routing, scratch: scratch, precise: true)
+                phase.gateUp += t1 - t0
+                phase.down += DispatchTime.now().uptimeNanoseconds - t2
                 let pos = routing.positionOf, kk = topK
                 pool.parallelFor(batch) { t, _ in
                     (out + t * dm).update(repeating: 0, count: dm)
@@ -123,6 +132,7 @@ struct MoEBench {
                 }
             }
             for s in 0..<steps { step(routes[s]) }  // warm-up
+            phase = (0, 0)
             var bytesAll = 0.0, secondsAll = 0.0, best = 0.0
             for rep in 0..<repetitions {
                 var bytes = 0.0
@@ -137,13 +147,16 @@ struct MoEBench {
                 secondsAll += sec
                 best = max(best, bytes / sec / 1e9)
             }
+            let timedSteps = Double(repetitions * steps)
             let gbps = bytesAll / secondsAll / 1e9
             let perStep = Double(distinctCount) / Double(total)
             results.append(Result(test: "moe-b\(batch)", type: type.description, experts: experts, top_k: topK, dim: dim,
                                   ff: ff, batch: batch, threads: threads, isa: KernelDispatch.isa,
                                   distinct_experts_per_step: perStep,
                                   mb_per_step: perStep * Double(3 * matrixBytes) / 1e6,
-                                  ms_per_step: secondsAll / Double(repetitions * steps) * 1e3,
+                                  ms_per_step: secondsAll / timedSteps * 1e3,
+                                  gate_up_ms_per_step: Double(phase.gateUp) / 1e6 / timedSteps,
+                                  down_ms_per_step: Double(phase.down) / 1e6 / timedSteps,
                                   gb_per_second: gbps, best_gb_per_second: best,
                                   memory_bandwidth_gb_per_second: 0, fraction_of_bandwidth: 0))
         }
@@ -156,11 +169,12 @@ struct MoEBench {
     }
 
     static func table(_ results: [Result]) -> String {
-        var s = "| test | type | threads | isa | experts read/step | MB/step | ms/step | GB/s (mean) | GB/s (best) | mem GB/s | best / mem |\n"
-        s += "|---|---|---|---|---|---|---|---|---|---|---|\n"
+        var s = "| test | type | threads | isa | experts read/step | MB/step | ms/step | gate+up ms | down ms | GB/s (mean) | GB/s (best) | mem GB/s | best / mem |\n"
+        s += "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
         for r in results {
-            s += String(format: "| %@ | %@ | %d | %@ | %.1f | %.1f | %.3f | %.2f | %.2f | %.2f | %.0f%% |\n", r.test, r.type,
-                        r.threads, r.isa, r.distinct_experts_per_step, r.mb_per_step, r.ms_per_step, r.gb_per_second,
+            s += String(format: "| %@ | %@ | %d | %@ | %.1f | %.1f | %.3f | %.3f | %.3f | %.2f | %.2f | %.2f | %.0f%% |\n", r.test, r.type,
+                        r.threads, r.isa, r.distinct_experts_per_step, r.mb_per_step, r.ms_per_step,
+                        r.gate_up_ms_per_step, r.down_ms_per_step, r.gb_per_second,
                         r.best_gb_per_second, r.memory_bandwidth_gb_per_second, 100 * r.fraction_of_bandwidth)
         }
         return s
@@ -220,3 +234,4 @@ struct SplitMix {
         return s
     }
 }
+

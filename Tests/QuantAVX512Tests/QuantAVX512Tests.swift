@@ -159,4 +159,91 @@ final class QuantAVX512Tests: XCTestCase {
     }
 }
 
+/// The SIMD row · Q16_K kernels (AVX2 and AVX-512) and the AVX2 Q16_K quantizer against the scalar ones.
+final class Q16SIMDTests: XCTestCase {
+    /// The AVX2 quantizer writes exactly the scalar quantizer's bytes (ties, clamping and zero blocks included).
+    func testAVX2QuantizerMatchesScalar() throws {
+        try XCTSkipUnless(features & UInt32(CSIMD_AVX2 | CSIMD_FMA | CSIMD_F16C) == UInt32(CSIMD_AVX2 | CSIMD_FMA | CSIMD_F16C))
+        var rng = RNG(s: 0x16)
+        let n = 2048
+        var x = (0..<n).map { _ in rng.float(-3, 3) }
+        for i in 256..<512 { x[i] = 0 }
+        for i in 512..<768 { x[i] = Float(Int(x[i] * 10)) * 0.5 }  // exact halves: ties in v = x/d
+        x[1000] = 1e6
+        var a = [UInt8](repeating: 0xAA, count: Q16_K.byteCount(elements: n)), b = a
+        Q16_K.quantize(x, &a, n)
+        Q16_AVX2.quantize(x, &b, n)
+        XCTAssertEqual(a, b)
+    }
+
+    /// Every SIMD kernel agrees with the scalar reference within 1e-6 of Σ|w·x| (both compute exact integer sums;
+    /// only float rounding differs), and every nx (1...6, odd strides) gives exactly the bits of nx = 1.
+    func testKernelsAgainstScalar() throws {
+        try XCTSkipUnless(hasAVX512VNNI, "CPU lacks AVX-512 F/BW/VL + VNNI")
+        var rng = RNG(s: 0x1616)
+        let n = 768
+        let simd: [(GGMLType, String, QuantKernels.VecDotMulti)] = [
+            (.q4_K, "avx2", Q16_AVX2.q4K), (.q5_K, "avx2", Q16_AVX2.q5K), (.q6_K, "avx2", Q16_AVX2.q6K),
+            (.q4_K, "vnni", Q16_VNNI.q4K), (.q5_K, "vnni", Q16_VNNI.q5K), (.q6_K, "vnni", Q16_VNNI.q6K),
+        ]
+        for (t, name, kernel) in simd {
+            let ref = try XCTUnwrap(QuantRegistry.kernels(for: t)?.q16DotMulti)
+            for misalign in [0, 3] {
+                let wb = randomWeights(t, n, &rng, misalign: misalign)
+                let w = [Float](unsafeUninitializedCapacity: n) { buf, c in
+                    wb.withUnsafeBytes { QuantRegistry.kernels(for: t)!.dequantize($0.baseAddress! + misalign, buf.baseAddress!, n) }
+                    c = n
+                }
+                let stride = Q16_K.byteCount(elements: n) + 5
+                var xq = [UInt8](repeating: 0, count: 6 * stride)
+                var xs: [[Float]] = []
+                for j in 0..<6 {
+                    let x = (0..<n).map { _ in rng.float(-2, 2) * (j == 3 ? 1e-3 : 1) }
+                    xs.append(x)
+                    xq.withUnsafeMutableBytes { Q16_K.quantize(x, $0.baseAddress! + j * stride, n) }
+                }
+                wb.withUnsafeBytes { wr in
+                    xq.withUnsafeBytes { xr in
+                        let row = wr.baseAddress! + misalign, x0 = xr.baseAddress!
+                        var single = [Float](repeating: 0, count: 6)
+                        for j in 0..<6 {
+                            var r: Float = 0, s: Float = 0
+                            ref(row, x0 + j * stride, stride, 1, &r, n)
+                            kernel(row, x0 + j * stride, stride, 1, &s, n)
+                            var mag = 0.0
+                            for i in 0..<n { mag += abs(Double(w[i]) * Double(xs[j][i])) }
+                            XCTAssertLessThanOrEqual(abs(Double(s) - Double(r)), 1e-6 * mag, "\(t) \(name) row \(j): \(s) vs \(r)")
+                            single[j] = s
+                        }
+                        for nx in 1...6 {
+                            var out = [Float](repeating: .nan, count: nx)
+                            kernel(row, x0, stride, nx, &out, n)
+                            for j in 0..<nx {
+                                XCTAssertEqual(out[j].bitPattern, single[j].bitPattern, "\(t) \(name) nx=\(nx) j=\(j)")
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// At the avx512 level the dispatched Q16 kernels are the VNNI ones; at avx2 the AVX2 ones.
+    func testDispatch() throws {
+        guard KernelDispatch.level >= .avx2 else { return }
+        var rng = RNG(s: 9)
+        for (t, avx2, vnni) in [(GGMLType.q4_K, Q16_AVX2.q4K, Q16_VNNI.q4K), (.q5_K, Q16_AVX2.q5K, Q16_VNNI.q5K),
+                                (.q6_K, Q16_AVX2.q6K, Q16_VNNI.q6K)] {
+            let wb = randomWeights(t, 512, &rng, misalign: 0)
+            var xq = [UInt8](repeating: 0, count: Q16_K.byteCount(elements: 512))
+            Q16_K.quantize((0..<512).map { _ in rng.float(-1, 1) }, &xq, 512)
+            let k = try XCTUnwrap(KernelDispatch.kernels(for: t)?.q16DotMulti)
+            var got: Float = 0, want: Float = 0
+            k(wb, xq, 0, 1, &got, 512)
+            (KernelDispatch.level == .avx512 ? vnni : avx2)(wb, xq, 0, 1, &want, 512)
+            XCTAssertEqual(got.bitPattern, want.bitPattern, "\(t)")
+        }
+    }
+}
+
 #endif

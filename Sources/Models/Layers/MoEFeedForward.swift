@@ -167,9 +167,10 @@ struct MoEFeedForward: FeedForwardBlock {
         let a = s.routing.assignments
         let gb = s.gate, ub = UnsafePointer(s.up)
         pool.parallelFor(a) { p, _ in Ops.gatedSiLU(gb + p * ff, ub + p * ff, ff) }
-        // NOTE: f32 activations into the down projection, as the dense MLP (heavy-tailed input).
+        // NOTE: precise (16-bit or f32) activations into the down projection, as the dense MLP: its input is
+        // heavy-tailed, and 8-bit rounding of it costs accuracy (docs/architecture.md).
         pool.matmulExperts(down, s.down, x: s.gate, gather: false, routing: s.routing, scratch: ctx.scratch,
-                           f32Activations: true)
+                           precise: true)
 
         // Shared experts write `out` first; the routed ones are added in each token's choice order.
         if let shared {
