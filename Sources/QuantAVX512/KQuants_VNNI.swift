@@ -82,6 +82,75 @@ func kMultiVNNI(_ row: UnsafeRawPointer, _ xq: UnsafeRawPointer, _ st: Int, _ nx
     storeRows(acc, nx, out)
 }
 
+/// Decodes a Q4_K / Q5_K block's unsigned quants for 512-bit kernels: sub-blocks 4k, 4k+1 (first register) and
+/// 4k+2, 4k+3 (second), each register 64 elements in order.
+typealias KPairDecode = (_ block: UnsafeRawPointer, _ k: Int) -> (V512i, V512i)
+
+/// `chunk`-based pair decode (any Q4_K / Q5_K `chunk`).
+@inline(__always)
+func pairsFromChunks(_ p: UnsafeRawPointer, _ k: Int, _ chunk: (UnsafeRawPointer, Int) -> (V256i, V256i)) -> (V512i, V512i) {
+    let (a0, a1) = chunk(p, 2 * k), (b0, b1) = chunk(p, 2 * k + 1)
+    return (csimd_set_m256i(a1, a0), csimd_set_m256i(b1, b0))
+}
+
+/// Q4_K's pair decode from one 64-byte load: low nibbles hold sub-blocks 4k, 4k+2, high nibbles 4k+1, 4k+3;
+/// two 128-bit-lane shuffles put them in order.
+@inline(__always)
+func q4KPairs(_ p: UnsafeRawPointer, _ k: Int) -> (V512i, V512i) {
+    let m = _mm512_set1_epi8(0x0F)
+    let z = ld512(p, 16 + 64 * k)
+    let lo = _mm512_castsi512_ps(_mm512_and_si512(z, m))
+    let hi = _mm512_castsi512_ps(_mm512_and_si512(_mm512_srli_epi16(z, 4), m))
+    return (_mm512_castps_si512(csimd_shuffle_f32x4_lo(lo, hi)), _mm512_castps_si512(csimd_shuffle_f32x4_hi(lo, hi)))
+}
+
+/// `kMultiVNNI` with 512-bit registers, bit-identical to it (and so to AVX2's `kMulti`): a register holds
+/// sub-blocks 2c and 2c+1 with their activations in order, int32 lane k + 8 of the 512-bit sum covers the bytes
+/// lane k covers in the 256-bit kernel's other half, and folding the halves (an exact integer add) gives its lanes;
+/// the float steps are then the same. Prefetches every cache line a page ahead (expert matrices stream from DRAM
+/// in ~1 MB regions, where the hardware prefetchers restart at each 4 KB page).
+@inline(__always)
+func kMultiVNNI512(_ row: UnsafeRawPointer, _ xq: UnsafeRawPointer, _ st: Int, _ nx: Int,
+                   _ out: UnsafeMutablePointer<Float>, _ count: Int, _ ts: Int, _ decode: KPairDecode) {
+    var acc = zeroAcc4()
+    for b in 0..<(count / 256) {
+        let p = row + b * ts, y = xq + b * 292
+        prefetchAhead(p, ts)
+        let (sc, m) = kScalesMins(p + 4)
+        let scB = _mm512_broadcast_i32x4(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(Int64(bitPattern: sc))))
+        // Two int32 accumulators per row (one per register of a pair): vpdpwssd's accumulator is an input.
+        let z = _mm512_setzero_si512()
+        var s0 = (z, z), s1 = s0, s2 = s0, s3 = s0
+        for k in 0..<2 {
+            let (qa, qb) = decode(p, k)
+            let sa = _mm512_shuffle_epi8(scB, laneWords(4 * k, 4 * k, 4 * k + 1, 4 * k + 1))
+            let sb = _mm512_shuffle_epi8(scB, laneWords(4 * k + 2, 4 * k + 2, 4 * k + 3, 4 * k + 3))
+            @inline(__always) func one(_ y: UnsafeRawPointer, _ s: inout (V512i, V512i)) {
+                s.0 = _mm512_dpwssd_epi32(s.0, _mm512_maddubs_epi16(qa, ld512(y, 4 + 128 * k)), sa)
+                s.1 = _mm512_dpwssd_epi32(s.1, _mm512_maddubs_epi16(qb, ld512(y, 68 + 128 * k)), sb)
+            }
+            one(y, &s0)
+            if nx > 1 { one(y + st, &s1) }
+            if nx > 2 { one(y + 2 * st, &s2) }
+            if nx > 3 { one(y + 3 * st, &s3) }
+        }
+        let d = h2f(p, 0), dmin = h2f(p, 2)
+        @inline(__always) func fin(_ y: UnsafeRawPointer, _ s2: (V512i, V512i), _ acc: inout V8f) {
+            let s16 = _mm512_add_epi32(s2.0, s2.1)
+            let s = _mm256_add_epi32(_mm512_castsi512_si256(s16), csimd_extracti64x4_hi(s16))
+            let dx = q8kD(y)
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(dx * d), _mm256_cvtepi32_ps(s), acc)
+            let mm = _mm256_zextps128_ps256(_mm_cvtepi32_ps(minsDotBsums(m, y)))
+            acc = _mm256_fnmadd_ps(_mm256_set1_ps(dx * dmin), mm, acc)
+        }
+        fin(y, s0, &acc.0)
+        if nx > 1 { fin(y + st, s1, &acc.1) }
+        if nx > 2 { fin(y + 2 * st, s2, &acc.2) }
+        if nx > 3 { fin(y + 3 * st, s3, &acc.3) }
+    }
+    storeRows(acc, nx, out)
+}
+
 /// Q4_K with VNNI (144 bytes per 256): `{ half d; half dmin; uint8 scales[12]; uint8 qs[128] }`.
 public enum Q4_K_VNNI {
     @inline(__always)
@@ -98,6 +167,16 @@ public enum Q4_K_VNNI {
     public static func vecDotMulti(_ row: UnsafeRawPointer, _ xq: UnsafeRawPointer, _ xqStride: Int, _ nx: Int,
                                    _ out: UnsafeMutablePointer<Float>, _ count: Int) {
         forMultiGroups(nx) { j, n in kMultiVNNI(row, xq + j * xqStride, xqStride, n, out + j, count, 144, chunk) }
+    }
+    /// 512-bit: the same bits as `vecDot` / `vecDotMulti` (and AVX2's).
+    public static func vecDot512(_ row: UnsafeRawPointer, _ xq: UnsafeRawPointer, _ count: Int) -> Float {
+        var r: Float = 0
+        kMultiVNNI512(row, xq, 0, 1, &r, count, 144, q4KPairs)
+        return r
+    }
+    public static func vecDotMulti512(_ row: UnsafeRawPointer, _ xq: UnsafeRawPointer, _ xqStride: Int, _ nx: Int,
+                                      _ out: UnsafeMutablePointer<Float>, _ count: Int) {
+        forMultiGroups(nx) { j, n in kMultiVNNI512(row, xq + j * xqStride, xqStride, n, out + j, count, 144, q4KPairs) }
     }
 }
 
@@ -120,6 +199,16 @@ public enum Q5_K_VNNI {
     public static func vecDotMulti(_ row: UnsafeRawPointer, _ xq: UnsafeRawPointer, _ xqStride: Int, _ nx: Int,
                                    _ out: UnsafeMutablePointer<Float>, _ count: Int) {
         forMultiGroups(nx) { j, n in kMultiVNNI(row, xq + j * xqStride, xqStride, n, out + j, count, 176, chunk) }
+    }
+    /// 512-bit: the same bits as `vecDot` / `vecDotMulti` (and AVX2's).
+    public static func vecDot512(_ row: UnsafeRawPointer, _ xq: UnsafeRawPointer, _ count: Int) -> Float {
+        var r: Float = 0
+        kMultiVNNI512(row, xq, 0, 1, &r, count, 176, { pairsFromChunks($0, $1, chunk) })
+        return r
+    }
+    public static func vecDotMulti512(_ row: UnsafeRawPointer, _ xq: UnsafeRawPointer, _ xqStride: Int, _ nx: Int,
+                                      _ out: UnsafeMutablePointer<Float>, _ count: Int) {
+        forMultiGroups(nx) { j, n in kMultiVNNI512(row, xq + j * xqStride, xqStride, n, out + j, count, 176, { pairsFromChunks($0, $1, chunk) }) }
     }
 }
 

@@ -37,8 +37,7 @@ func q16MinsTerm(_ m: UInt64, _ y: UnsafeRawPointer) -> V256i {
 /// int32 (a lane gathers 16 products |q·plane·sc| ≤ 31·127·63 per plane, so |S| < 2^31).
 @inline(__always)
 func kMultiQ16VNNI(_ row: UnsafeRawPointer, _ xq: UnsafeRawPointer, _ st: Int, _ nx: Int,
-                   _ out: UnsafeMutablePointer<Float>, _ count: Int, _ ts: Int,
-                   _ chunk: (UnsafeRawPointer, Int) -> (V256i, V256i)) {
+                   _ out: UnsafeMutablePointer<Float>, _ count: Int, _ ts: Int, _ decode: KPairDecode) {
     let zf = _mm512_setzero_ps()
     var acc = (zf, zf, zf, zf)
     for b in 0..<(count / 256) {
@@ -46,15 +45,19 @@ func kMultiQ16VNNI(_ row: UnsafeRawPointer, _ xq: UnsafeRawPointer, _ st: Int, _
         prefetchAhead(p, ts)
         let (sc, m) = kScalesMins(p + 4)
         let scB = _mm512_broadcast_i32x4(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(Int64(bitPattern: sc))))
+        // Per row, per plane, one accumulator per register of a pair (vpdpwssd's accumulator is an input).
         let z = _mm512_setzero_si512()
-        var s0 = (z, z), s1 = s0, s2 = s0, s3 = s0
-        for c in 0..<4 {
-            let (ql, qh) = chunk(p, c)
-            let q = csimd_set_m256i(qh, ql)  // sub-blocks 2c and 2c+1: 64 elements in order
-            let sv = _mm512_shuffle_epi8(scB, laneWords(2 * c, 2 * c, 2 * c + 1, 2 * c + 1))
-            @inline(__always) func one(_ y: UnsafeRawPointer, _ s: inout (V512i, V512i)) {
-                s.0 = _mm512_add_epi32(s.0, _mm512_madd_epi16(sv, _mm512_maddubs_epi16(q, ld512(y, Q16_K.hiOffset + 64 * c))))
-                s.1 = _mm512_add_epi32(s.1, _mm512_madd_epi16(sv, _mm512_maddubs_epi16(q, ld512(y, Q16_K.loOffset + 64 * c))))
+        var s0 = (z, z, z, z), s1 = s0, s2 = s0, s3 = s0
+        for k in 0..<2 {
+            let (qa, qb) = decode(p, k)
+            let sa = _mm512_shuffle_epi8(scB, laneWords(4 * k, 4 * k, 4 * k + 1, 4 * k + 1))
+            let sb = _mm512_shuffle_epi8(scB, laneWords(4 * k + 2, 4 * k + 2, 4 * k + 3, 4 * k + 3))
+            @inline(__always) func one(_ y: UnsafeRawPointer, _ s: inout (V512i, V512i, V512i, V512i)) {
+                let h = Q16_K.hiOffset + 128 * k, l = Q16_K.loOffset + 128 * k
+                s.0 = _mm512_dpwssd_epi32(s.0, _mm512_maddubs_epi16(qa, ld512(y, h)), sa)
+                s.1 = _mm512_dpwssd_epi32(s.1, _mm512_maddubs_epi16(qb, ld512(y, h + 64)), sb)
+                s.2 = _mm512_dpwssd_epi32(s.2, _mm512_maddubs_epi16(qa, ld512(y, l)), sa)
+                s.3 = _mm512_dpwssd_epi32(s.3, _mm512_maddubs_epi16(qb, ld512(y, l + 64)), sb)
             }
             one(y, &s0)
             if nx > 1 { one(y + st, &s1) }
@@ -62,9 +65,9 @@ func kMultiQ16VNNI(_ row: UnsafeRawPointer, _ xq: UnsafeRawPointer, _ st: Int, _
             if nx > 3 { one(y + 3 * st, &s3) }
         }
         let d = h2f(p, 0), dmin = h2f(p, 2)
-        @inline(__always) func fin(_ y: UnsafeRawPointer, _ s: (V512i, V512i), _ acc: inout V16f) {
+        @inline(__always) func fin(_ y: UnsafeRawPointer, _ s: (V512i, V512i, V512i, V512i), _ acc: inout V16f) {
             let dx = Q16_K.d(y)
-            let si = _mm512_add_epi32(_mm512_slli_epi32(s.0, 8), s.1)
+            let si = _mm512_add_epi32(_mm512_slli_epi32(_mm512_add_epi32(s.0, s.1), 8), _mm512_add_epi32(s.2, s.3))
             acc = _mm512_fmadd_ps(_mm512_set1_ps(dx * d), _mm512_cvtepi32_ps(si), acc)
             let mm = _mm512_zextps256_ps512(_mm256_cvtepi32_ps(q16MinsTerm(m, y)))
             acc = _mm512_fnmadd_ps(_mm512_set1_ps(dx * dmin), mm, acc)
@@ -140,11 +143,11 @@ func q6KMultiQ16VNNI(_ row: UnsafeRawPointer, _ xq: UnsafeRawPointer, _ st: Int,
 public enum Q16_VNNI {
     public static func q4K(_ row: UnsafeRawPointer, _ xq: UnsafeRawPointer, _ xqStride: Int, _ nx: Int,
                            _ out: UnsafeMutablePointer<Float>, _ count: Int) {
-        forMultiGroups(nx) { j, n in kMultiQ16VNNI(row, xq + j * xqStride, xqStride, n, out + j, count, 144, Q4_K_VNNI.chunk) }
+        forMultiGroups(nx) { j, n in kMultiQ16VNNI(row, xq + j * xqStride, xqStride, n, out + j, count, 144, q4KPairs) }
     }
     public static func q5K(_ row: UnsafeRawPointer, _ xq: UnsafeRawPointer, _ xqStride: Int, _ nx: Int,
                            _ out: UnsafeMutablePointer<Float>, _ count: Int) {
-        forMultiGroups(nx) { j, n in kMultiQ16VNNI(row, xq + j * xqStride, xqStride, n, out + j, count, 176, Q5_K_VNNI.chunk) }
+        forMultiGroups(nx) { j, n in kMultiQ16VNNI(row, xq + j * xqStride, xqStride, n, out + j, count, 176, { pairsFromChunks($0, $1, Q5_K_VNNI.chunk) }) }
     }
     public static func q6K(_ row: UnsafeRawPointer, _ xq: UnsafeRawPointer, _ xqStride: Int, _ nx: Int,
                            _ out: UnsafeMutablePointer<Float>, _ count: Int) {

@@ -74,8 +74,10 @@ final class QuantAVX512Tests: XCTestCase {
                                      ("vnni256", Q5_0_VNNI.vecDot, Q5_0_VNNI.vecDotMulti)]
             case .q4_0: variants += [("vnni512", Q4_0_VNNI.vecDot512, Q4_0_VNNI.vecDotMulti512),
                                      ("vnni256", Q4_0_VNNI.vecDot, Q4_0_VNNI.vecDotMulti)]
-            case .q4_K: variants.append(("vnni256", Q4_K_VNNI.vecDot, Q4_K_VNNI.vecDotMulti))
-            case .q5_K: variants.append(("vnni256", Q5_K_VNNI.vecDot, Q5_K_VNNI.vecDotMulti))
+            case .q4_K: variants += [("vnni512", Q4_K_VNNI.vecDot512, Q4_K_VNNI.vecDotMulti512),
+                                     ("vnni256", Q4_K_VNNI.vecDot, Q4_K_VNNI.vecDotMulti)]
+            case .q5_K: variants += [("vnni512", Q5_K_VNNI.vecDot512, Q5_K_VNNI.vecDotMulti512),
+                                     ("vnni256", Q5_K_VNNI.vecDot, Q5_K_VNNI.vecDotMulti)]
             case .q6_K: variants.append(("vnni256", Q6_K_VNNI.vecDot, Q6_K_VNNI.vecDotMulti))
             default: break
             }
@@ -115,6 +117,11 @@ final class QuantAVX512Tests: XCTestCase {
                                 }
                                 XCTAssertEqual(variants[bitEqualAVX2].1(w, y, n).bitPattern, avx2.vecDot(w, y, n).bitPattern,
                                                "\(t) n=\(n): 256-bit VNNI vecDot differs from AVX2")
+                                // The K-quants' 512-bit kernels fold their lanes back to the 256-bit ones' sums: AVX2's bits too.
+                                for v in variants where v.0 == "vnni512" && (t == .q4_K || t == .q5_K) {
+                                    XCTAssertEqual(v.1(w, y, n).bitPattern, avx2.vecDot(w, y, n).bitPattern,
+                                                   "\(t) n=\(n): 512-bit VNNI vecDot differs from AVX2")
+                                }
                             }
                             for (vi, v) in variants.enumerated() {
                                 for m in 1...nx {
