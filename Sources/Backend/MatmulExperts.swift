@@ -43,9 +43,12 @@ extension ThreadPool {
         let tokenOf = UnsafePointer(routing.tokenOf)
         let nTokenRows = gather ? routing.tokens : a
 
-        /// Runs the tasks with `multi(row, p, nx, out)`: `out[j] = W_e[row] · x_sorted[p + j]` for j < nx ≤ 4.
+        /// Runs the tasks with `multi(row, p, nx, out)`: `out[j] = W_e[row] · x_sorted[p + j]` for j < nx ≤ 4; and
+        /// where an expert has one row `p`, with `oneRow(row, rowStride, nr, p, out)`: `out[i] = W_e[row + i] · x[p]`
+        /// for i < nr ≤ 4 (when given: it must give `multi`'s bits).
         @inline(__always)
-        func run(_ multi: (UnsafeRawPointer, Int, Int, UnsafeMutablePointer<Float>) -> Void) {
+        func run(oneRow: ((UnsafeRawPointer, Int, Int, Int, UnsafeMutablePointer<Float>) -> Void)? = nil,
+                 _ multi: (UnsafeRawPointer, Int, Int, UnsafeMutablePointer<Float>) -> Void) {
             parallelFor(tasks) { task, thread in
                 let ai = task / (nMat * chunksPerMatrix), rem = task % (nMat * chunksPerMatrix)
                 let m = rem / chunksPerMatrix, c = rem % chunksPerMatrix
@@ -53,7 +56,18 @@ extension ThreadPool {
                 let p0 = Int(offsets[e]), p1 = Int(offsets[e + 1])
                 let wm = m == 0 ? ws.0 : ws.1, ym = m == 0 ? ys.0 : ys.1
                 let out = scratch.perThread.buffer(thread)
-                for r in c * chunk..<min(rows, (c + 1) * chunk) {
+                let r1 = min(rows, (c + 1) * chunk)
+                if let oneRow, p1 - p0 == 1 {
+                    var r = c * chunk
+                    while r < r1 {
+                        let nr = min(4, r1 - r)
+                        oneRow(wm.row(e, r), wm.rowBytes, nr, p0, out)
+                        for i in 0..<nr { ym[p0 * rows + r + i] = out[i] }
+                        r += nr
+                    }
+                    return
+                }
+                for r in c * chunk..<r1 {
                     let wr = wm.row(e, r)
                     var p = p0
                     while p < p1 {
@@ -75,7 +89,13 @@ extension ThreadPool {
             let quantize = KernelDispatch.q16Quantize
             parallelFor(a) { p, _ in quantize(x + (gather ? Int(tokenOf[p]) : p) * cols, xq + p * rowBytes, cols) }
             let xqc = UnsafeRawPointer(xq)
-            run { wr, p, nx, out in q16(wr, xqc + p * rowBytes, rowBytes, nx, out, cols) }
+            if let q16Rows = w.kernels.q16DotRows {
+                run(oneRow: { wr, rs, nr, p, out in q16Rows(wr, rs, nr, xqc + p * rowBytes, out, cols) }) { wr, p, nx, out in
+                    q16(wr, xqc + p * rowBytes, rowBytes, nx, out, cols)
+                }
+            } else {
+                run { wr, p, nx, out in q16(wr, xqc + p * rowBytes, rowBytes, nx, out, cols) }
+            }
             return
         }
         if vt == .f32 || precise {

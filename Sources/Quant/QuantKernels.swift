@@ -12,6 +12,10 @@ public struct QuantKernels: Sendable {
     public typealias VecDotMulti = @Sendable (_ row: UnsafeRawPointer, _ xq: UnsafeRawPointer, _ xqStride: Int,
                                               _ nx: Int, _ out: UnsafeMutablePointer<Float>, _ count: Int) -> Void
     /// `out[j] = row · x[j·xStride ..< j·xStride + count]` for `j < nx` (1 ≤ nx ≤ 4), `xStride` in floats.
+    /// `out[i] = row_i · xq` for `i < nr` (1 ≤ nr ≤ 4) rows `rowStride` bytes apart.
+    public typealias VecDotRows = @Sendable (_ rows: UnsafeRawPointer, _ rowStride: Int, _ nr: Int,
+                                             _ xq: UnsafeRawPointer, _ out: UnsafeMutablePointer<Float>,
+                                             _ count: Int) -> Void
     public typealias DotF32Multi = @Sendable (_ row: UnsafeRawPointer, _ x: UnsafePointer<Float>, _ xStride: Int,
                                               _ nx: Int, _ out: UnsafeMutablePointer<Float>, _ count: Int) -> Void
 
@@ -44,11 +48,15 @@ public struct QuantKernels: Sendable {
     /// apart: nearly `dotF32`'s accuracy at close to `vecDotMulti`'s speed (nil when the format has none; then
     /// callers use `dotF32Multi`). For any nx, each `out[j]` has the bits of the nx = 1 call.
     public let q16DotMulti: VecDotMulti?
+    /// `out[i] = row_i · xq` for `i < nr` (1 ≤ nr ≤ 4) stored rows `rowStride` bytes apart and one `Q16_K`
+    /// activation row, with exactly `q16DotMulti`'s bits (nil where the format has none): the MoE kernel's case of
+    /// an expert that one token chose, where per-row costs otherwise dominate short rows.
+    public let q16DotRows: VecDotRows?
 
     public init(type: GGMLType, dequantize: @escaping Dequantize, quantize: Quantize?, dotF32: @escaping DotF32,
                 vecDotType: GGMLType, vecDot: @escaping VecDot, vecDotMulti: VecDotMulti? = nil,
                 dotF32Multi: DotF32Multi? = nil, vecDotTile: TileKernels? = nil, dotF32Tile: TileKernels? = nil,
-                q16DotMulti: VecDotMulti? = nil) {
+                q16DotMulti: VecDotMulti? = nil, q16DotRows: VecDotRows? = nil) {
         self.type = type
         self.dequantize = dequantize
         self.quantize = quantize
@@ -60,6 +68,7 @@ public struct QuantKernels: Sendable {
         self.vecDotTile = vecDotTile
         self.dotF32Tile = dotF32Tile
         self.q16DotMulti = q16DotMulti
+        self.q16DotRows = q16DotRows
     }
 
     /// The reference `VecDotMulti` of a `vecDot`: one call per activation row.
@@ -75,7 +84,8 @@ public struct QuantKernels: Sendable {
         return QuantKernels(type: type, dequantize: dequantize, quantize: quantize, dotF32: dotF32,
                             vecDotType: vecDotType, vecDot: vecDot,
                             vecDotMulti: QuantKernels.referenceVecDotMulti(vecDot), dotF32Multi: dotF32Multi,
-                            vecDotTile: vecDotTile, dotF32Tile: dotF32Tile, q16DotMulti: q16DotMulti)
+                            vecDotTile: vecDotTile, dotF32Tile: dotF32Tile, q16DotMulti: q16DotMulti,
+                            q16DotRows: q16DotRows)
     }
 
     /// The reference `DotF32Multi` of a `dotF32`: one call per f32 row (so bit-identical to it).
@@ -92,7 +102,8 @@ public struct QuantKernels: Sendable {
                             vecDotType: vecDotType, vecDot: vecDot,
                             vecDotMulti: vecDotMulti ?? QuantKernels.referenceVecDotMulti(vecDot),
                             dotF32Multi: dotF32Multi ?? QuantKernels.referenceDotF32Multi(dotF32),
-                            vecDotTile: vecDotTile, dotF32Tile: dotF32Tile, q16DotMulti: q16DotMulti)
+                            vecDotTile: vecDotTile, dotF32Tile: dotF32Tile, q16DotMulti: q16DotMulti,
+                            q16DotRows: q16DotRows)
     }
 
     /// These kernels with `vecDot`, `vecDotMulti` (and optionally `dotF32`, `dotF32Multi`, the tile kernels)
@@ -100,13 +111,15 @@ public struct QuantKernels: Sendable {
     /// old `vecDotTile` (`dotF32Tile`) unless a new one is given: a tile kernel must match its one-row kernel's bits.
     public func replacing(vecDot: VecDot? = nil, vecDotMulti: VecDotMulti? = nil, quantize: Quantize? = nil,
                           dotF32: DotF32? = nil, dotF32Multi: DotF32Multi? = nil, vecDotTile: TileKernels? = nil,
-                          dotF32Tile: TileKernels? = nil, q16DotMulti: VecDotMulti? = nil) -> QuantKernels {
+                          dotF32Tile: TileKernels? = nil, q16DotMulti: VecDotMulti? = nil,
+                          q16DotRows: VecDotRows? = nil) -> QuantKernels {
         QuantKernels(type: type, dequantize: dequantize, quantize: quantize ?? self.quantize,
                      dotF32: dotF32 ?? self.dotF32, vecDotType: vecDotType, vecDot: vecDot ?? self.vecDot,
                      vecDotMulti: vecDotMulti ?? self.vecDotMulti, dotF32Multi: dotF32Multi ?? self.dotF32Multi,
                      vecDotTile: vecDotTile ?? (vecDot == nil ? self.vecDotTile : nil),
                      dotF32Tile: dotF32Tile ?? (dotF32 == nil ? self.dotF32Tile : nil),
-                     q16DotMulti: q16DotMulti ?? self.q16DotMulti)
+                     q16DotMulti: q16DotMulti ?? self.q16DotMulti,
+                     q16DotRows: q16DotRows ?? (q16DotMulti == nil ? self.q16DotRows : nil))
     }
 }
 

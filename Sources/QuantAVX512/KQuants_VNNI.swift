@@ -104,49 +104,58 @@ func q4KPairs(_ p: UnsafeRawPointer, _ k: Int) -> (V512i, V512i) {
     return (_mm512_castps_si512(csimd_shuffle_f32x4_lo(lo, hi)), _mm512_castps_si512(csimd_shuffle_f32x4_hi(lo, hi)))
 }
 
-/// `kMultiVNNI` with 512-bit registers, bit-identical to it (and so to AVX2's `kMulti`): a register holds
-/// sub-blocks 2c and 2c+1 with their activations in order, int32 lane k + 8 of the 512-bit sum covers the bytes
-/// lane k covers in the 256-bit kernel's other half, and folding the halves (an exact integer add) gives its lanes;
-/// the float steps are then the same. Prefetches every cache line a page ahead (expert matrices stream from DRAM
-/// in ~1 MB regions, where the hardware prefetchers restart at each 4 KB page).
+/// A decoded Q4_K / Q5_K block for the 512-bit kernels against Q8_K: its 256 unsigned quants in four registers
+/// (sub-blocks 0-1, 2-3, 4-5, 6-7, each in order) and their int16 scales spread to match.
+struct KBlockQ8 {
+    var q: (V512i, V512i, V512i, V512i)
+    var s: (V512i, V512i, V512i, V512i)
+    var d: Float, dmin: Float, m: UInt64
+
+    @inline(__always)
+    init(_ p: UnsafeRawPointer, _ ts: Int, _ decode: KPairDecode) {
+        prefetchAhead(p, ts)
+        let (sc, m) = kScalesMins(p + 4)
+        let scB = _mm512_broadcast_i32x4(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(Int64(bitPattern: sc))))
+        let (a0, b0) = decode(p, 0), (a1, b1) = decode(p, 1)
+        q = (a0, b0, a1, b1)
+        s = (_mm512_shuffle_epi8(scB, laneWords(0, 0, 1, 1)), _mm512_shuffle_epi8(scB, laneWords(2, 2, 3, 3)),
+             _mm512_shuffle_epi8(scB, laneWords(4, 4, 5, 5)), _mm512_shuffle_epi8(scB, laneWords(6, 6, 7, 7)))
+        d = h2f(p, 0); dmin = h2f(p, 2); self.m = m
+    }
+
+    /// acc += d_x·(d·S − dmin·M) for the Q8_K block at `y`, exactly as the 256-bit kernels: int32 lane k + 8 of the
+    /// 512-bit sums covers the bytes lane k covers in the other 256-bit half, so folding the halves (an exact
+    /// integer add) gives the 256-bit kernels' lanes, and the float steps are theirs.
+    @inline(__always)
+    func accumulate(_ y: UnsafeRawPointer, _ acc: inout V8f) {
+        // Two independent products chains (vpdpwssd's accumulator is an input).
+        let s0 = _mm512_dpwssd_epi32(_mm512_madd_epi16(_mm512_maddubs_epi16(q.0, ld512(y, 4)), s.0),
+                                     _mm512_maddubs_epi16(q.2, ld512(y, 132)), s.2)
+        let s1 = _mm512_dpwssd_epi32(_mm512_madd_epi16(_mm512_maddubs_epi16(q.1, ld512(y, 68)), s.1),
+                                     _mm512_maddubs_epi16(q.3, ld512(y, 196)), s.3)
+        let s16 = _mm512_add_epi32(s0, s1)
+        let si = _mm256_add_epi32(_mm512_castsi512_si256(s16), csimd_extracti64x4_hi(s16))
+        let dx = q8kD(y)
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(dx * d), _mm256_cvtepi32_ps(si), acc)
+        let mm = _mm256_zextps128_ps256(_mm_cvtepi32_ps(minsDotBsums(m, y)))
+        acc = _mm256_fnmadd_ps(_mm256_set1_ps(dx * dmin), mm, acc)
+    }
+}
+
+/// `kMultiVNNI` with 512-bit registers, bit-identical to it (and so to AVX2's `kMulti`; see `KBlockQ8`).
+/// Prefetches every cache line a page ahead (expert matrices stream from DRAM in ~1 MB regions, where the
+/// hardware prefetchers restart at each 4 KB page).
 @inline(__always)
 func kMultiVNNI512(_ row: UnsafeRawPointer, _ xq: UnsafeRawPointer, _ st: Int, _ nx: Int,
                    _ out: UnsafeMutablePointer<Float>, _ count: Int, _ ts: Int, _ decode: KPairDecode) {
     var acc = zeroAcc4()
     for b in 0..<(count / 256) {
-        let p = row + b * ts, y = xq + b * 292
-        prefetchAhead(p, ts)
-        let (sc, m) = kScalesMins(p + 4)
-        let scB = _mm512_broadcast_i32x4(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(Int64(bitPattern: sc))))
-        // Two int32 accumulators per row (one per register of a pair): vpdpwssd's accumulator is an input.
-        let z = _mm512_setzero_si512()
-        var s0 = (z, z), s1 = s0, s2 = s0, s3 = s0
-        for k in 0..<2 {
-            let (qa, qb) = decode(p, k)
-            let sa = _mm512_shuffle_epi8(scB, laneWords(4 * k, 4 * k, 4 * k + 1, 4 * k + 1))
-            let sb = _mm512_shuffle_epi8(scB, laneWords(4 * k + 2, 4 * k + 2, 4 * k + 3, 4 * k + 3))
-            @inline(__always) func one(_ y: UnsafeRawPointer, _ s: inout (V512i, V512i)) {
-                s.0 = _mm512_dpwssd_epi32(s.0, _mm512_maddubs_epi16(qa, ld512(y, 4 + 128 * k)), sa)
-                s.1 = _mm512_dpwssd_epi32(s.1, _mm512_maddubs_epi16(qb, ld512(y, 68 + 128 * k)), sb)
-            }
-            one(y, &s0)
-            if nx > 1 { one(y + st, &s1) }
-            if nx > 2 { one(y + 2 * st, &s2) }
-            if nx > 3 { one(y + 3 * st, &s3) }
-        }
-        let d = h2f(p, 0), dmin = h2f(p, 2)
-        @inline(__always) func fin(_ y: UnsafeRawPointer, _ s2: (V512i, V512i), _ acc: inout V8f) {
-            let s16 = _mm512_add_epi32(s2.0, s2.1)
-            let s = _mm256_add_epi32(_mm512_castsi512_si256(s16), csimd_extracti64x4_hi(s16))
-            let dx = q8kD(y)
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(dx * d), _mm256_cvtepi32_ps(s), acc)
-            let mm = _mm256_zextps128_ps256(_mm_cvtepi32_ps(minsDotBsums(m, y)))
-            acc = _mm256_fnmadd_ps(_mm256_set1_ps(dx * dmin), mm, acc)
-        }
-        fin(y, s0, &acc.0)
-        if nx > 1 { fin(y + st, s1, &acc.1) }
-        if nx > 2 { fin(y + 2 * st, s2, &acc.2) }
-        if nx > 3 { fin(y + 3 * st, s3, &acc.3) }
+        let y = xq + b * 292
+        let k = KBlockQ8(row + b * ts, ts, decode)
+        k.accumulate(y, &acc.0)
+        if nx > 1 { k.accumulate(y + st, &acc.1) }
+        if nx > 2 { k.accumulate(y + 2 * st, &acc.2) }
+        if nx > 3 { k.accumulate(y + 3 * st, &acc.3) }
     }
     storeRows(acc, nx, out)
 }

@@ -33,71 +33,109 @@ func q16MinsTerm(_ m: UInt64, _ y: UnsafeRawPointer) -> V256i {
     return _mm256_mullo_epi32(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128(Int64(bitPattern: mp))), pairs)
 }
 
-/// Row · Q16_K for Q4_K / Q5_K against `nx` (1...4) rows: d_x·(d·S − dmin·M) per block, S = 256·S_hi + S_lo in
-/// int32 (a lane gathers 16 products |q·plane·sc| ≤ 31·127·63 per plane, so |S| < 2^31).
+/// The sums of up to four 16-lane accumulators (zeros for the unused ones), each summed in the same order whatever
+/// its neighbours hold: so a row · activation has the same bits in `kMultiQ16VNNI` (tokens) and `kRowsQ16VNNI`
+/// (rows), alone or not.
+@inline(__always)
+func storeReduced4(_ acc: (V16f, V16f, V16f, V16f), _ n: Int, _ out: UnsafeMutablePointer<Float>) {
+    @inline(__always) func fold(_ v: V16f) -> V8f { _mm256_add_ps(_mm512_castps512_ps256(v), csimd_extractf32x8_hi(v)) }
+    let ab = _mm256_hadd_ps(fold(acc.0), fold(acc.1)), cd = _mm256_hadd_ps(fold(acc.2), fold(acc.3))
+    let abcd = _mm256_hadd_ps(ab, cd)
+    let r = _mm_add_ps(_mm256_castps256_ps128(abcd), csimd_extractf128_hi(abcd))
+    if n == 4 {
+        UnsafeMutableRawPointer(out).storeBytes(of: r, as: __m128.self)
+    } else {
+        withUnsafeBytes(of: r) { for i in 0..<n { out[i] = $0.load(fromByteOffset: 4 * i, as: Float.self) } }
+    }
+}
+
+/// A decoded Q4_K / Q5_K block: its 256 unsigned quants in four registers (sub-blocks 0-1, 2-3, 4-5, 6-7), their
+/// int16 scales spread to match, and what the float steps need.
+struct KBlockQ16 {
+    var q: (V512i, V512i, V512i, V512i)
+    var s: (V512i, V512i, V512i, V512i)
+    var d: Float, dmin: Float, m: UInt64
+
+    @inline(__always)
+    init(_ p: UnsafeRawPointer, _ ts: Int, _ decode: KPairDecode) {
+        prefetchAhead(p, ts)
+        let (sc, m) = kScalesMins(p + 4)
+        let scB = _mm512_broadcast_i32x4(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(Int64(bitPattern: sc))))
+        let (a0, b0) = decode(p, 0), (a1, b1) = decode(p, 1)
+        q = (a0, b0, a1, b1)
+        s = (_mm512_shuffle_epi8(scB, laneWords(0, 0, 1, 1)), _mm512_shuffle_epi8(scB, laneWords(2, 2, 3, 3)),
+             _mm512_shuffle_epi8(scB, laneWords(4, 4, 5, 5)), _mm512_shuffle_epi8(scB, laneWords(6, 6, 7, 7)))
+        d = h2f(p, 0); dmin = h2f(p, 2); self.m = m
+    }
+
+    /// acc += d_x·(d·S − dmin·M) for the Q16_K block at `y`: S = 256·S_hi + S_lo in int32 (a lane gathers 16
+    /// products |q·plane·sc| ≤ 31·127·63 per plane, so |S| < 2^31).
+    @inline(__always)
+    func accumulate(_ y: UnsafeRawPointer, _ acc: inout V16f) {
+        let h = Q16_K.hiOffset, l = Q16_K.loOffset
+        // One accumulator per register pair and plane (vpdpwssd's accumulator is an input).
+        let sh0 = _mm512_dpwssd_epi32(_mm512_madd_epi16(_mm512_maddubs_epi16(q.0, ld512(y, h)), s.0),
+                                      _mm512_maddubs_epi16(q.2, ld512(y, h + 128)), s.2)
+        let sh1 = _mm512_dpwssd_epi32(_mm512_madd_epi16(_mm512_maddubs_epi16(q.1, ld512(y, h + 64)), s.1),
+                                      _mm512_maddubs_epi16(q.3, ld512(y, h + 192)), s.3)
+        let sl0 = _mm512_dpwssd_epi32(_mm512_madd_epi16(_mm512_maddubs_epi16(q.0, ld512(y, l)), s.0),
+                                      _mm512_maddubs_epi16(q.2, ld512(y, l + 128)), s.2)
+        let sl1 = _mm512_dpwssd_epi32(_mm512_madd_epi16(_mm512_maddubs_epi16(q.1, ld512(y, l + 64)), s.1),
+                                      _mm512_maddubs_epi16(q.3, ld512(y, l + 192)), s.3)
+        let si = _mm512_add_epi32(_mm512_slli_epi32(_mm512_add_epi32(sh0, sh1), 8), _mm512_add_epi32(sl0, sl1))
+        let dx = Q16_K.d(y)
+        acc = _mm512_fmadd_ps(_mm512_set1_ps(dx * d), _mm512_cvtepi32_ps(si), acc)
+        let mm = _mm512_zextps256_ps512(_mm256_cvtepi32_ps(q16MinsTerm(m, y)))
+        acc = _mm512_fnmadd_ps(_mm512_set1_ps(dx * dmin), mm, acc)
+    }
+}
+
+/// Row · Q16_K for Q4_K / Q5_K against `nx` (1...4) activation rows `st` bytes apart.
 @inline(__always)
 func kMultiQ16VNNI(_ row: UnsafeRawPointer, _ xq: UnsafeRawPointer, _ st: Int, _ nx: Int,
                    _ out: UnsafeMutablePointer<Float>, _ count: Int, _ ts: Int, _ decode: KPairDecode) {
     let zf = _mm512_setzero_ps()
     var acc = (zf, zf, zf, zf)
     for b in 0..<(count / 256) {
-        let p = row + b * ts, y = xq + b * Q16_K.typeSize
-        prefetchAhead(p, ts)
-        let (sc, m) = kScalesMins(p + 4)
-        let scB = _mm512_broadcast_i32x4(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(Int64(bitPattern: sc))))
-        // Per row, per plane, one accumulator per register of a pair (vpdpwssd's accumulator is an input).
-        let z = _mm512_setzero_si512()
-        var s0 = (z, z, z, z), s1 = s0, s2 = s0, s3 = s0
-        for k in 0..<2 {
-            let (qa, qb) = decode(p, k)
-            let sa = _mm512_shuffle_epi8(scB, laneWords(4 * k, 4 * k, 4 * k + 1, 4 * k + 1))
-            let sb = _mm512_shuffle_epi8(scB, laneWords(4 * k + 2, 4 * k + 2, 4 * k + 3, 4 * k + 3))
-            @inline(__always) func one(_ y: UnsafeRawPointer, _ s: inout (V512i, V512i, V512i, V512i)) {
-                let h = Q16_K.hiOffset + 128 * k, l = Q16_K.loOffset + 128 * k
-                s.0 = _mm512_dpwssd_epi32(s.0, _mm512_maddubs_epi16(qa, ld512(y, h)), sa)
-                s.1 = _mm512_dpwssd_epi32(s.1, _mm512_maddubs_epi16(qb, ld512(y, h + 64)), sb)
-                s.2 = _mm512_dpwssd_epi32(s.2, _mm512_maddubs_epi16(qa, ld512(y, l)), sa)
-                s.3 = _mm512_dpwssd_epi32(s.3, _mm512_maddubs_epi16(qb, ld512(y, l + 64)), sb)
-            }
-            one(y, &s0)
-            if nx > 1 { one(y + st, &s1) }
-            if nx > 2 { one(y + 2 * st, &s2) }
-            if nx > 3 { one(y + 3 * st, &s3) }
-        }
-        let d = h2f(p, 0), dmin = h2f(p, 2)
-        @inline(__always) func fin(_ y: UnsafeRawPointer, _ s: (V512i, V512i, V512i, V512i), _ acc: inout V16f) {
-            let dx = Q16_K.d(y)
-            let si = _mm512_add_epi32(_mm512_slli_epi32(_mm512_add_epi32(s.0, s.1), 8), _mm512_add_epi32(s.2, s.3))
-            acc = _mm512_fmadd_ps(_mm512_set1_ps(dx * d), _mm512_cvtepi32_ps(si), acc)
-            let mm = _mm512_zextps256_ps512(_mm256_cvtepi32_ps(q16MinsTerm(m, y)))
-            acc = _mm512_fnmadd_ps(_mm512_set1_ps(dx * dmin), mm, acc)
-        }
-        fin(y, s0, &acc.0)
-        if nx > 1 { fin(y + st, s1, &acc.1) }
-        if nx > 2 { fin(y + 2 * st, s2, &acc.2) }
-        if nx > 3 { fin(y + 3 * st, s3, &acc.3) }
+        let y = xq + b * Q16_K.typeSize
+        let k = KBlockQ16(row + b * ts, ts, decode)
+        k.accumulate(y, &acc.0)
+        if nx > 1 { k.accumulate(y + st, &acc.1) }
+        if nx > 2 { k.accumulate(y + 2 * st, &acc.2) }
+        if nx > 3 { k.accumulate(y + 3 * st, &acc.3) }
     }
-    out[0] = _mm512_reduce_add_ps(acc.0)
-    if nx > 1 { out[1] = _mm512_reduce_add_ps(acc.1) }
-    if nx > 2 { out[2] = _mm512_reduce_add_ps(acc.2) }
-    if nx > 3 { out[3] = _mm512_reduce_add_ps(acc.3) }
+    storeReduced4(acc, nx, out)
 }
 
-/// Row · Q16_K for Q6_K: d_x·d·(256·S_hi + S_lo − 32·C) per block with the unsigned 6-bit q and
-/// C = Σ_j scales_j·sums_j; the planes are converted separately (256·S_hi can pass 2^31).
+/// `nr` (1...4) Q4_K / Q5_K rows `rs` bytes apart · one Q16_K activation row: the same steps per (row, block) as
+/// `kMultiQ16VNNI`, so the same bits.
 @inline(__always)
-func q6KMultiQ16VNNI(_ row: UnsafeRawPointer, _ xq: UnsafeRawPointer, _ st: Int, _ nx: Int,
-                     _ out: UnsafeMutablePointer<Float>, _ count: Int) {
+func kRowsQ16VNNI(_ row: UnsafeRawPointer, _ rs: Int, _ nr: Int, _ y0: UnsafeRawPointer,
+                  _ out: UnsafeMutablePointer<Float>, _ count: Int, _ ts: Int, _ decode: KPairDecode) {
     let zf = _mm512_setzero_ps()
     var acc = (zf, zf, zf, zf)
-    let m4 = _mm512_set1_epi8(0x0F), m2 = _mm512_set1_epi8(0x03), m30 = _mm512_set1_epi8(0x30)
-    let pick01 = laneWords(0, 1, 2, 3), pick23 = laneWords(4, 5, 6, 7)
     for b in 0..<(count / 256) {
-        let p = row + b * 210, y = xq + b * Q16_K.typeSize
+        let y = y0 + b * Q16_K.typeSize, p = row + b * ts
+        KBlockQ16(p, ts, decode).accumulate(y, &acc.0)
+        if nr > 1 { KBlockQ16(p + rs, ts, decode).accumulate(y, &acc.1) }
+        if nr > 2 { KBlockQ16(p + 2 * rs, ts, decode).accumulate(y, &acc.2) }
+        if nr > 3 { KBlockQ16(p + 3 * rs, ts, decode).accumulate(y, &acc.3) }
+    }
+    storeReduced4(acc, nr, out)
+}
+
+/// A decoded Q6_K block: per half, elements 0-63 and 64-127 as unsigned 6-bit quants with their scales spread.
+struct Q6KBlockQ16 {
+    var e: (V512i, V512i, V512i, V512i)
+    var s: (V512i, V512i, V512i, V512i)
+    var sc32: V512i
+    var d: Float
+
+    @inline(__always)
+    init(_ p: UnsafeRawPointer) {
         prefetchAhead(p, 210)
-        let z = _mm512_setzero_si512()
-        var s0 = (z, z), s1 = s0, s2 = s0, s3 = s0
-        for h in 0..<2 {
+        let m4 = _mm512_set1_epi8(0x0F), m2 = _mm512_set1_epi8(0x03), m30 = _mm512_set1_epi8(0x30)
+        @inline(__always) func half(_ h: Int) -> (V512i, V512i, V512i, V512i) {
             let ql = ld512(p, 64 * h), qh = ld256(p, 128 + 32 * h)
             let qhz = csimd_set_m256i(_mm256_srli_epi16(qh, 2), qh)
             // Elements 128h ..< +64 (low nibbles, qh bits 0-1 / 2-3) and 128h + 64 ..< +64 (high nibbles, bits 4-5 / 6-7).
@@ -105,38 +143,74 @@ func q6KMultiQ16VNNI(_ row: UnsafeRawPointer, _ xq: UnsafeRawPointer, _ st: Int,
             let e23 = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(ql, 4), m4), _mm512_and_si512(qhz, m30))
             let s8 = _mm_cvtepi8_epi16(_mm_loadl_epi64(UnsafeRawPointer(p + 192 + 8 * h).assumingMemoryBound(to: V128i.self)))
             let scH = _mm512_broadcast_i32x4(s8)
-            let sv01 = _mm512_shuffle_epi8(scH, pick01), sv23 = _mm512_shuffle_epi8(scH, pick23)
-            @inline(__always) func plane(_ y: UnsafeRawPointer, _ o: Int) -> V512i {
-                _mm512_add_epi32(_mm512_madd_epi16(sv01, _mm512_maddubs_epi16(e01, ld512(y, o + 128 * h))),
-                                 _mm512_madd_epi16(sv23, _mm512_maddubs_epi16(e23, ld512(y, o + 128 * h + 64))))
-            }
-            @inline(__always) func one(_ y: UnsafeRawPointer, _ s: inout (V512i, V512i)) {
-                s.0 = _mm512_add_epi32(s.0, plane(y, Q16_K.hiOffset))
-                s.1 = _mm512_add_epi32(s.1, plane(y, Q16_K.loOffset))
-            }
-            one(y, &s0)
-            if nx > 1 { one(y + st, &s1) }
-            if nx > 2 { one(y + 2 * st, &s2) }
-            if nx > 3 { one(y + 3 * st, &s3) }
+            return (e01, e23, _mm512_shuffle_epi8(scH, laneWords(0, 1, 2, 3)), _mm512_shuffle_epi8(scH, laneWords(4, 5, 6, 7)))
         }
-        let d = h2f(p, 208)
-        let sc32 = _mm512_cvtepi8_epi32(ld128(p, 192))
-        @inline(__always) func fin(_ y: UnsafeRawPointer, _ s: (V512i, V512i), _ acc: inout V16f) {
-            let dd = Q16_K.d(y) * d
-            let c = _mm512_mullo_epi32(sc32, ld512(y, Q16_K.sumsOffset))
-            acc = _mm512_fmadd_ps(_mm512_set1_ps(256 * dd), _mm512_cvtepi32_ps(s.0), acc)
-            acc = _mm512_fmadd_ps(_mm512_set1_ps(dd), _mm512_cvtepi32_ps(s.1), acc)
-            acc = _mm512_fmadd_ps(_mm512_set1_ps(-32 * dd), _mm512_cvtepi32_ps(c), acc)
-        }
-        fin(y, s0, &acc.0)
-        if nx > 1 { fin(y + st, s1, &acc.1) }
-        if nx > 2 { fin(y + 2 * st, s2, &acc.2) }
-        if nx > 3 { fin(y + 3 * st, s3, &acc.3) }
+        let h0 = half(0), h1 = half(1)
+        e = (h0.0, h0.1, h1.0, h1.1)
+        s = (h0.2, h0.3, h1.2, h1.3)
+        sc32 = _mm512_cvtepi8_epi32(ld128(p, 192))
+        d = h2f(p, 208)
     }
-    out[0] = _mm512_reduce_add_ps(acc.0)
-    if nx > 1 { out[1] = _mm512_reduce_add_ps(acc.1) }
-    if nx > 2 { out[2] = _mm512_reduce_add_ps(acc.2) }
-    if nx > 3 { out[3] = _mm512_reduce_add_ps(acc.3) }
+
+    /// acc += d_x·d·(256·S_hi + S_lo − 32·C), C = Σ_j scales_j·sums_j (the q − 32 offset); the planes are converted
+    /// separately (256·S_hi can pass 2^31).
+    @inline(__always)
+    func accumulate(_ y: UnsafeRawPointer, _ acc: inout V16f) {
+        @inline(__always) func plane(_ o: Int) -> V512i {
+            let a = _mm512_dpwssd_epi32(_mm512_madd_epi16(_mm512_maddubs_epi16(e.0, ld512(y, o)), s.0),
+                                        _mm512_maddubs_epi16(e.2, ld512(y, o + 128)), s.2)
+            let b = _mm512_dpwssd_epi32(_mm512_madd_epi16(_mm512_maddubs_epi16(e.1, ld512(y, o + 64)), s.1),
+                                        _mm512_maddubs_epi16(e.3, ld512(y, o + 192)), s.3)
+            return _mm512_add_epi32(a, b)
+        }
+        let dd = Q16_K.d(y) * d
+        let c = _mm512_mullo_epi32(sc32, ld512(y, Q16_K.sumsOffset))
+        acc = _mm512_fmadd_ps(_mm512_set1_ps(256 * dd), _mm512_cvtepi32_ps(plane(Q16_K.hiOffset)), acc)
+        acc = _mm512_fmadd_ps(_mm512_set1_ps(dd), _mm512_cvtepi32_ps(plane(Q16_K.loOffset)), acc)
+        acc = _mm512_fmadd_ps(_mm512_set1_ps(-32 * dd), _mm512_cvtepi32_ps(c), acc)
+    }
+}
+
+@inline(__always)
+func q6KMultiQ16VNNI(_ row: UnsafeRawPointer, _ xq: UnsafeRawPointer, _ st: Int, _ nx: Int,
+                     _ out: UnsafeMutablePointer<Float>, _ count: Int) {
+    let zf = _mm512_setzero_ps()
+    var acc = (zf, zf, zf, zf)
+    for b in 0..<(count / 256) {
+        let y = xq + b * Q16_K.typeSize
+        let k = Q6KBlockQ16(row + b * 210)
+        k.accumulate(y, &acc.0)
+        if nx > 1 { k.accumulate(y + st, &acc.1) }
+        if nx > 2 { k.accumulate(y + 2 * st, &acc.2) }
+        if nx > 3 { k.accumulate(y + 3 * st, &acc.3) }
+    }
+    storeReduced4(acc, nx, out)
+}
+
+@inline(__always)
+func q6KRowsQ16VNNI(_ row: UnsafeRawPointer, _ rs: Int, _ nr: Int, _ y0: UnsafeRawPointer,
+                    _ out: UnsafeMutablePointer<Float>, _ count: Int) {
+    let zf = _mm512_setzero_ps()
+    var acc = (zf, zf, zf, zf)
+    for b in 0..<(count / 256) {
+        let y = y0 + b * Q16_K.typeSize, p = row + b * 210
+        Q6KBlockQ16(p).accumulate(y, &acc.0)
+        if nr > 1 { Q6KBlockQ16(p + rs).accumulate(y, &acc.1) }
+        if nr > 2 { Q6KBlockQ16(p + 2 * rs).accumulate(y, &acc.2) }
+        if nr > 3 { Q6KBlockQ16(p + 3 * rs).accumulate(y, &acc.3) }
+    }
+    storeReduced4(acc, nr, out)
+}
+
+/// Calls `body(n)` with n a literal 1...4 (so the kernels specialize).
+@inline(__always)
+func withLiteral4(_ n: Int, _ body: (Int) -> Void) {
+    switch n {
+    case 1: body(1)
+    case 2: body(2)
+    case 3: body(3)
+    default: body(4)
+    }
 }
 
 /// The Q16_K entries of the AVX-512 kernel tables.
@@ -152,6 +226,18 @@ public enum Q16_VNNI {
     public static func q6K(_ row: UnsafeRawPointer, _ xq: UnsafeRawPointer, _ xqStride: Int, _ nx: Int,
                            _ out: UnsafeMutablePointer<Float>, _ count: Int) {
         forMultiGroups(nx) { j, n in q6KMultiQ16VNNI(row, xq + j * xqStride, xqStride, n, out + j, count) }
+    }
+    public static func q4KRows(_ rows: UnsafeRawPointer, _ rowStride: Int, _ nr: Int, _ xq: UnsafeRawPointer,
+                               _ out: UnsafeMutablePointer<Float>, _ count: Int) {
+        withLiteral4(nr) { n in kRowsQ16VNNI(rows, rowStride, n, xq, out, count, 144, q4KPairs) }
+    }
+    public static func q5KRows(_ rows: UnsafeRawPointer, _ rowStride: Int, _ nr: Int, _ xq: UnsafeRawPointer,
+                               _ out: UnsafeMutablePointer<Float>, _ count: Int) {
+        withLiteral4(nr) { n in kRowsQ16VNNI(rows, rowStride, n, xq, out, count, 176, { pairsFromChunks($0, $1, Q5_K_VNNI.chunk) }) }
+    }
+    public static func q6KRows(_ rows: UnsafeRawPointer, _ rowStride: Int, _ nr: Int, _ xq: UnsafeRawPointer,
+                               _ out: UnsafeMutablePointer<Float>, _ count: Int) {
+        withLiteral4(nr) { n in q6KRowsQ16VNNI(rows, rowStride, n, xq, out, count) }
     }
 }
 #endif

@@ -30,11 +30,11 @@ public enum QuantAVX512 {
                                           vecDotTile: Q4_0_VNNI.tile)
         case .q4_K: return base.replacing(vecDot: Q4_K_VNNI.vecDot512, vecDotMulti: Q4_K_VNNI.vecDotMulti512,
                                           vecDotTile: Q4_K_VNNI.tile, dotF32Tile: Q4_K_F32Tile.tile,
-                                          q16DotMulti: Q16_VNNI.q4K)
+                                          q16DotMulti: Q16_VNNI.q4K, q16DotRows: Q16_VNNI.q4KRows)
         case .q5_K: return base.replacing(vecDot: Q5_K_VNNI.vecDot512, vecDotMulti: Q5_K_VNNI.vecDotMulti512,
-                                          q16DotMulti: Q16_VNNI.q5K)
+                                          q16DotMulti: Q16_VNNI.q5K, q16DotRows: Q16_VNNI.q5KRows)
         case .q6_K: return base.replacing(vecDot: Q6_K_VNNI.vecDot, vecDotMulti: Q6_K_VNNI.vecDotMulti,
-                                          dotF32Tile: Q6_K_F32Tile.tile, q16DotMulti: Q16_VNNI.q6K)
+                                          dotF32Tile: Q6_K_F32Tile.tile, q16DotMulti: Q16_VNNI.q6K, q16DotRows: Q16_VNNI.q6KRows)
         default: return nil
         }
         #else

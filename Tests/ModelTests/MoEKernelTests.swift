@@ -131,6 +131,49 @@ final class MoEKernelTests: XCTestCase {
         }
     }
 
+    /// The precise (Q16_K) expert path gives each token the bits it gets alone, whether its experts saw one token
+    /// (the rows kernels) or several (the token kernels).
+    func testPreciseExpertPathIsBatchInvariant() throws {
+        let pool = TinyModels.pool
+        let nExpert = 4, rows = 37, cols = 512, n = 7, k = 2
+        let scratch = MatmulScratch(perThread: ThreadScratch(threads: pool.threadCount, floatsPerThread: cols),
+                                    activations: ActivationBuffer())
+        var rng = Rng(s: 7)
+        for type in [GGMLType.q4_K, .q6_K] {
+            let w = try makeStack(type, count: nExpert, rows: rows, cols: cols, rng: &rng)
+            XCTAssertNotNil(w.kernels.q16DotMulti)
+            let x = (0..<n * cols).map { _ in rng.float() * 3 }
+            var experts = [Int32]()
+            for t in 0..<n {  // token 0 alone on expert 3; the others share experts 0-2
+                experts += t == 0 ? [3, 0] : [Int32(t % 3), Int32((t + 1) % 3)]
+            }
+            func run(_ tokens: Range<Int>) -> ([Float], ExpertRouting) {
+                let routing = ExpertRouting(expertCount: nExpert)
+                Array(experts[tokens.lowerBound * k..<tokens.upperBound * k]).withUnsafeBufferPointer {
+                    routing.set(experts: $0.baseAddress!, tokens: tokens.count, perToken: k)
+                }
+                var y = [Float](repeating: .nan, count: tokens.count * k * rows)
+                x.withUnsafeBufferPointer { xp in
+                    y.withUnsafeMutableBufferPointer {
+                        pool.matmulExperts(w, $0.baseAddress!, x: xp.baseAddress! + tokens.lowerBound * cols, gather: true,
+                                           routing: routing, scratch: scratch, precise: true)
+                    }
+                }
+                return (y, routing)
+            }
+            let (all, rAll) = run(0..<n)
+            for t in 0..<n {
+                let (solo, rSolo) = run(t..<t + 1)
+                for j in 0..<k {
+                    let pa = Int(rAll.positionOf[t * k + j]), ps = Int(rSolo.positionOf[j])
+                    for r in 0..<rows {
+                        XCTAssertEqual(all[pa * rows + r].bitPattern, solo[ps * rows + r].bitPattern, "\(type) token \(t) choice \(j) row \(r)")
+                    }
+                }
+            }
+        }
+    }
+
     // MARK: routing variants
 
     func route(_ r: MoERouting, _ logits: [Float]) -> ([Int32], [Float]) {

@@ -235,6 +235,40 @@ final class Q16SIMDTests: XCTestCase {
         }
     }
 
+    /// The rows kernels (several weight rows · one activation) give exactly the bits of the token kernels
+    /// (one row · several activations) for every row count: an expert's result for a token does not depend on
+    /// whether other tokens chose that expert too.
+    func testRowsKernelsMatchMulti() throws {
+        try XCTSkipUnless(hasAVX512VNNI, "CPU lacks AVX-512 F/BW/VL + VNNI")
+        var rng = RNG(s: 0x1617)
+        let n = 768
+        let kernels: [(GGMLType, QuantKernels.VecDotRows, QuantKernels.VecDotMulti)] = [
+            (.q4_K, Q16_VNNI.q4KRows, Q16_VNNI.q4K), (.q5_K, Q16_VNNI.q5KRows, Q16_VNNI.q5K),
+            (.q6_K, Q16_VNNI.q6KRows, Q16_VNNI.q6K),
+        ]
+        for (t, rowsK, multi) in kernels {
+            let rowBytes = t.byteCount(elements: n)! + 7
+            var wb = [UInt8]()
+            for _ in 0..<5 { wb += randomWeights(t, n, &rng, misalign: 7) }
+            var xq = [UInt8](repeating: 0, count: Q16_K.byteCount(elements: n))
+            Q16_K.quantize((0..<n).map { _ in rng.float(-2, 2) }, &xq, n)
+            wb.withUnsafeBytes { wr in
+                let base = wr.baseAddress! + 7
+                var single = [Float](repeating: 0, count: 5)
+                for i in 0..<5 { multi(base + i * rowBytes, xq, 0, 1, &single[i], n) }
+                for nr in 1...4 {
+                    for first in 0...(5 - nr) {
+                        var out = [Float](repeating: .nan, count: nr)
+                        rowsK(base + first * rowBytes, rowBytes, nr, xq, &out, n)
+                        for i in 0..<nr {
+                            XCTAssertEqual(out[i].bitPattern, single[first + i].bitPattern, "\(t) nr=\(nr) row \(first + i)")
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// At the avx512 level the dispatched Q16 kernels are the VNNI ones; at avx2 the AVX2 ones.
     func testDispatch() throws {
         guard KernelDispatch.level >= .avx2 else { return }
