@@ -59,7 +59,7 @@ final class Q16Tests: XCTestCase {
             let q16 = try XCTUnwrap(k.q16DotMulti, "\(c.name) has no Q16 kernel")
             let row = try Fixtures.bytes("\(c.name).blocks.bin")
             let w = try Fixtures.floats("\(c.name).deq.f32")
-            var worst = 0.0
+            var worst = 0.0, worstQ8 = 0.0
             for _ in 0..<4 {
                 let x = rng.gaussians(w.count)
                 let xq = quantize16(x)
@@ -74,7 +74,9 @@ final class Q16Tests: XCTestCase {
                 row.withUnsafeBytes { r in xq.withUnsafeBytes { q16(r.baseAddress!, $0.baseAddress!, 0, 1, &got, x.count) } }
                 XCTAssertLessThanOrEqual(abs(Double(got) - refQ), 1e-6 * mag, "\(c.name): \(got) vs \(refQ)")
                 worst = max(worst, abs(Double(got) - refX) / mag)
+                worstQ8 = max(worstQ8, abs(Double(vecDot(k, row, quantize(.q8_K, x), count: x.count)) - refX) / mag)
             }
+            print(String(format: "%@ vs the f32 activation, worst |Δ| / Σ|w·x|: Q16_K %.2e, Q8_K %.2e", c.name, worst, worstQ8))
             XCTAssertLessThanOrEqual(worst, 2e-5, "\(c.name) row · Q16_K vs the f32 activation")
         }
     }
