@@ -7,19 +7,6 @@ import Quant
 // v = 256·hi + lo): each int8 plane goes through the same maddubs + madd steps as a Q8_K row, so the integer sums
 // are exact; only the last float steps differ from the scalar reference (`Q16_K.dotQ4_K`, ...).
 
-/// Prefetch distance of the Q16 kernels: a page ahead, every cache line (the expert matrices stream from DRAM in
-/// regions of ~1 MB, where the hardware prefetchers restart at each 4 KB page).
-let q16Prefetch = 4096
-
-@inline(__always)
-func prefetchBlock(_ p: UnsafeRawPointer, _ bytes: Int) {
-    var o = 0
-    while o < bytes {
-        csimd_prefetch(p + q16Prefetch + o)
-        o += 64
-    }
-}
-
 /// Σ_j m_j·(sums[2j] + sums[2j+1]) over the 8 mins (bytes of `m`) of a Q4_K / Q5_K block, as 8 int32 lanes.
 @inline(__always)
 func q16MinsTerm(_ m: UInt64, _ y: UnsafeRawPointer) -> V256i {

@@ -259,6 +259,7 @@ public enum Q6_K_VNNI {
         var acc = zeroAcc4()
         for b in 0..<(count / 256) {
             let p = row + b * 210, y = xq + b * 292
+            prefetchAhead(p, 210)
             let sc = ld128(p, 192)
             // Two int32 accumulators per row (even / odd k), so the vpdpwssd chains overlap.
             let z = _mm256_setzero_si256()
