@@ -44,10 +44,10 @@ extension ThreadPool {
         let nTokenRows = gather ? routing.tokens : a
 
         /// Runs the tasks with `multi(row, p, nx, out)`: `out[j] = W_e[row] · x_sorted[p + j]` for j < nx ≤ 4; and
-        /// where an expert has one row `p`, with `oneRow(row, rowStride, nr, p, out)`: `out[i] = W_e[row + i] · x[p]`
-        /// for i < nr ≤ 4 (when given: it must give `multi`'s bits).
+        /// where an expert has one or two rows from `p`, with `fewRows(row, rowStride, nr, p, nx, out)`:
+        /// `out[4j + i] = W_e[row + i] · x[p + j]` for i < nr ≤ 4, j < nx ≤ 2 (when given: it must give `multi`'s bits).
         @inline(__always)
-        func run(oneRow: ((UnsafeRawPointer, Int, Int, Int, UnsafeMutablePointer<Float>) -> Void)? = nil,
+        func run(fewRows: ((UnsafeRawPointer, Int, Int, Int, Int, UnsafeMutablePointer<Float>) -> Void)? = nil,
                  _ multi: (UnsafeRawPointer, Int, Int, UnsafeMutablePointer<Float>) -> Void) {
             parallelFor(tasks) { task, thread in
                 let ai = task / (nMat * chunksPerMatrix), rem = task % (nMat * chunksPerMatrix)
@@ -57,12 +57,13 @@ extension ThreadPool {
                 let wm = m == 0 ? ws.0 : ws.1, ym = m == 0 ? ys.0 : ys.1
                 let out = scratch.perThread.buffer(thread)
                 let r1 = min(rows, (c + 1) * chunk)
-                if let oneRow, p1 - p0 == 1 {
+                if let fewRows, p1 - p0 <= 2 {
+                    let nx = p1 - p0
                     var r = c * chunk
                     while r < r1 {
                         let nr = min(4, r1 - r)
-                        oneRow(wm.row(e, r), wm.rowBytes, nr, p0, out)
-                        for i in 0..<nr { ym[p0 * rows + r + i] = out[i] }
+                        fewRows(wm.row(e, r), wm.rowBytes, nr, p0, nx, out)
+                        for j in 0..<nx { for i in 0..<nr { ym[(p0 + j) * rows + r + i] = out[4 * j + i] } }
                         r += nr
                     }
                     return
@@ -90,7 +91,7 @@ extension ThreadPool {
             parallelFor(a) { p, _ in quantize(x + (gather ? Int(tokenOf[p]) : p) * cols, xq + p * rowBytes, cols) }
             let xqc = UnsafeRawPointer(xq)
             if let q16Rows = w.kernels.q16DotRows {
-                run(oneRow: { wr, rs, nr, p, out in q16Rows(wr, rs, nr, xqc + p * rowBytes, out, cols) }) { wr, p, nx, out in
+                run(fewRows: { wr, rs, nr, p, nx, out in q16Rows(wr, rs, nr, xqc + p * rowBytes, rowBytes, nx, out, cols) }) { wr, p, nx, out in
                     q16(wr, xqc + p * rowBytes, rowBytes, nx, out, cols)
                 }
             } else {

@@ -12,10 +12,11 @@ public struct QuantKernels: Sendable {
     public typealias VecDotMulti = @Sendable (_ row: UnsafeRawPointer, _ xq: UnsafeRawPointer, _ xqStride: Int,
                                               _ nx: Int, _ out: UnsafeMutablePointer<Float>, _ count: Int) -> Void
     /// `out[j] = row · x[j·xStride ..< j·xStride + count]` for `j < nx` (1 ≤ nx ≤ 4), `xStride` in floats.
-    /// `out[i] = row_i · xq` for `i < nr` (1 ≤ nr ≤ 4) rows `rowStride` bytes apart.
+    /// `out[4j + i] = row_i · xq_j` for `i < nr` (1 ≤ nr ≤ 4) rows `rowStride` bytes apart and `j < nx` (1 or 2)
+    /// activation rows `xqStride` bytes apart.
     public typealias VecDotRows = @Sendable (_ rows: UnsafeRawPointer, _ rowStride: Int, _ nr: Int,
-                                             _ xq: UnsafeRawPointer, _ out: UnsafeMutablePointer<Float>,
-                                             _ count: Int) -> Void
+                                             _ xq: UnsafeRawPointer, _ xqStride: Int, _ nx: Int,
+                                             _ out: UnsafeMutablePointer<Float>, _ count: Int) -> Void
     public typealias DotF32Multi = @Sendable (_ row: UnsafeRawPointer, _ x: UnsafePointer<Float>, _ xStride: Int,
                                               _ nx: Int, _ out: UnsafeMutablePointer<Float>, _ count: Int) -> Void
 
@@ -48,9 +49,9 @@ public struct QuantKernels: Sendable {
     /// apart: nearly `dotF32`'s accuracy at close to `vecDotMulti`'s speed (nil when the format has none; then
     /// callers use `dotF32Multi`). For any nx, each `out[j]` has the bits of the nx = 1 call.
     public let q16DotMulti: VecDotMulti?
-    /// `out[i] = row_i · xq` for `i < nr` (1 ≤ nr ≤ 4) stored rows `rowStride` bytes apart and one `Q16_K`
-    /// activation row, with exactly `q16DotMulti`'s bits (nil where the format has none): the MoE kernel's case of
-    /// an expert that one token chose, where per-row costs otherwise dominate short rows.
+    /// `out[4j + i] = row_i · xq_j` for `i < nr` (1 ≤ nr ≤ 4) stored rows `rowStride` bytes apart and `j < nx`
+    /// (1 or 2) `Q16_K` activation rows, with exactly `q16DotMulti`'s bits (nil where the format has none): the MoE
+    /// kernel's case of an expert that one or two tokens chose, where per-row costs otherwise dominate short rows.
     public let q16DotRows: VecDotRows?
 
     public init(type: GGMLType, dequantize: @escaping Dequantize, quantize: Quantize?, dotF32: @escaping DotF32,

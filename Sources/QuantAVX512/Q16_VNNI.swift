@@ -107,21 +107,26 @@ func kMultiQ16VNNI(_ row: UnsafeRawPointer, _ xq: UnsafeRawPointer, _ st: Int, _
     storeReduced4(acc, nx, out)
 }
 
-/// `nr` (1...4) Q4_K / Q5_K rows `rs` bytes apart · one Q16_K activation row: the same steps per (row, block) as
-/// `kMultiQ16VNNI`, so the same bits.
+/// `nr` (1...4) Q4_K / Q5_K rows `rs` bytes apart · `nx` (1 or 2) Q16_K activation rows `st` bytes apart, into
+/// `out[4j + i]`: the same steps per (row, block, activation) as `kMultiQ16VNNI`, so the same bits.
 @inline(__always)
-func kRowsQ16VNNI(_ row: UnsafeRawPointer, _ rs: Int, _ nr: Int, _ y0: UnsafeRawPointer,
+func kRowsQ16VNNI(_ row: UnsafeRawPointer, _ rs: Int, _ nr: Int, _ y0: UnsafeRawPointer, _ st: Int, _ nx: Int,
                   _ out: UnsafeMutablePointer<Float>, _ count: Int, _ ts: Int, _ decode: KPairDecode) {
     let zf = _mm512_setzero_ps()
-    var acc = (zf, zf, zf, zf)
+    var acc = (zf, zf, zf, zf), acc2 = acc
     for b in 0..<(count / 256) {
         let y = y0 + b * Q16_K.typeSize, p = row + b * ts
-        KBlockQ16(p, ts, decode).accumulate(y, &acc.0)
-        if nr > 1 { KBlockQ16(p + rs, ts, decode).accumulate(y, &acc.1) }
-        if nr > 2 { KBlockQ16(p + 2 * rs, ts, decode).accumulate(y, &acc.2) }
-        if nr > 3 { KBlockQ16(p + 3 * rs, ts, decode).accumulate(y, &acc.3) }
+        @inline(__always) func one(_ k: KBlockQ16, _ a: inout V16f, _ a2: inout V16f) {
+            k.accumulate(y, &a)
+            if nx > 1 { k.accumulate(y + st, &a2) }
+        }
+        one(KBlockQ16(p, ts, decode), &acc.0, &acc2.0)
+        if nr > 1 { one(KBlockQ16(p + rs, ts, decode), &acc.1, &acc2.1) }
+        if nr > 2 { one(KBlockQ16(p + 2 * rs, ts, decode), &acc.2, &acc2.2) }
+        if nr > 3 { one(KBlockQ16(p + 3 * rs, ts, decode), &acc.3, &acc2.3) }
     }
     storeReduced4(acc, nr, out)
+    if nx > 1 { storeReduced4(acc2, nr, out + 4) }
 }
 
 /// A decoded Q6_K block: per half, elements 0-63 and 64-127 as unsigned 6-bit quants with their scales spread.
@@ -188,18 +193,23 @@ func q6KMultiQ16VNNI(_ row: UnsafeRawPointer, _ xq: UnsafeRawPointer, _ st: Int,
 }
 
 @inline(__always)
-func q6KRowsQ16VNNI(_ row: UnsafeRawPointer, _ rs: Int, _ nr: Int, _ y0: UnsafeRawPointer,
+func q6KRowsQ16VNNI(_ row: UnsafeRawPointer, _ rs: Int, _ nr: Int, _ y0: UnsafeRawPointer, _ st: Int, _ nx: Int,
                     _ out: UnsafeMutablePointer<Float>, _ count: Int) {
     let zf = _mm512_setzero_ps()
-    var acc = (zf, zf, zf, zf)
+    var acc = (zf, zf, zf, zf), acc2 = acc
     for b in 0..<(count / 256) {
         let y = y0 + b * Q16_K.typeSize, p = row + b * 210
-        Q6KBlockQ16(p).accumulate(y, &acc.0)
-        if nr > 1 { Q6KBlockQ16(p + rs).accumulate(y, &acc.1) }
-        if nr > 2 { Q6KBlockQ16(p + 2 * rs).accumulate(y, &acc.2) }
-        if nr > 3 { Q6KBlockQ16(p + 3 * rs).accumulate(y, &acc.3) }
+        @inline(__always) func one(_ k: Q6KBlockQ16, _ a: inout V16f, _ a2: inout V16f) {
+            k.accumulate(y, &a)
+            if nx > 1 { k.accumulate(y + st, &a2) }
+        }
+        one(Q6KBlockQ16(p), &acc.0, &acc2.0)
+        if nr > 1 { one(Q6KBlockQ16(p + rs), &acc.1, &acc2.1) }
+        if nr > 2 { one(Q6KBlockQ16(p + 2 * rs), &acc.2, &acc2.2) }
+        if nr > 3 { one(Q6KBlockQ16(p + 3 * rs), &acc.3, &acc2.3) }
     }
     storeReduced4(acc, nr, out)
+    if nx > 1 { storeReduced4(acc2, nr, out + 4) }
 }
 
 /// Calls `body(n)` with n a literal 1...4 (so the kernels specialize).
@@ -227,17 +237,44 @@ public enum Q16_VNNI {
                            _ out: UnsafeMutablePointer<Float>, _ count: Int) {
         forMultiGroups(nx) { j, n in q6KMultiQ16VNNI(row, xq + j * xqStride, xqStride, n, out + j, count) }
     }
+    /// `q16DotRows` of Q4_K (one or two activation rows: separately compiled, so each keeps its registers).
     public static func q4KRows(_ rows: UnsafeRawPointer, _ rowStride: Int, _ nr: Int, _ xq: UnsafeRawPointer,
-                               _ out: UnsafeMutablePointer<Float>, _ count: Int) {
-        withLiteral4(nr) { n in kRowsQ16VNNI(rows, rowStride, n, xq, out, count, 144, q4KPairs) }
+                               _ xqStride: Int, _ nx: Int, _ out: UnsafeMutablePointer<Float>, _ count: Int) {
+        if nx == 1 { q4KRows1(rows, rowStride, nr, xq, out, count) } else { q4KRows2(rows, rowStride, nr, xq, xqStride, out, count) }
     }
+    @inline(never) static func q4KRows1(_ rows: UnsafeRawPointer, _ rs: Int, _ nr: Int, _ xq: UnsafeRawPointer,
+                                        _ out: UnsafeMutablePointer<Float>, _ count: Int) {
+        withLiteral4(nr) { n in kRowsQ16VNNI(rows, rs, n, xq, 0, 1, out, count, 144, q4KPairs) }
+    }
+    @inline(never) static func q4KRows2(_ rows: UnsafeRawPointer, _ rs: Int, _ nr: Int, _ xq: UnsafeRawPointer,
+                                        _ st: Int, _ out: UnsafeMutablePointer<Float>, _ count: Int) {
+        withLiteral4(nr) { n in kRowsQ16VNNI(rows, rs, n, xq, st, 2, out, count, 144, q4KPairs) }
+    }
+
     public static func q5KRows(_ rows: UnsafeRawPointer, _ rowStride: Int, _ nr: Int, _ xq: UnsafeRawPointer,
-                               _ out: UnsafeMutablePointer<Float>, _ count: Int) {
-        withLiteral4(nr) { n in kRowsQ16VNNI(rows, rowStride, n, xq, out, count, 176, { pairsFromChunks($0, $1, Q5_K_VNNI.chunk) }) }
+                               _ xqStride: Int, _ nx: Int, _ out: UnsafeMutablePointer<Float>, _ count: Int) {
+        if nx == 1 { q5KRows1(rows, rowStride, nr, xq, out, count) } else { q5KRows2(rows, rowStride, nr, xq, xqStride, out, count) }
     }
+    @inline(never) static func q5KRows1(_ rows: UnsafeRawPointer, _ rs: Int, _ nr: Int, _ xq: UnsafeRawPointer,
+                                        _ out: UnsafeMutablePointer<Float>, _ count: Int) {
+        withLiteral4(nr) { n in kRowsQ16VNNI(rows, rs, n, xq, 0, 1, out, count, 176, { pairsFromChunks($0, $1, Q5_K_VNNI.chunk) }) }
+    }
+    @inline(never) static func q5KRows2(_ rows: UnsafeRawPointer, _ rs: Int, _ nr: Int, _ xq: UnsafeRawPointer,
+                                        _ st: Int, _ out: UnsafeMutablePointer<Float>, _ count: Int) {
+        withLiteral4(nr) { n in kRowsQ16VNNI(rows, rs, n, xq, st, 2, out, count, 176, { pairsFromChunks($0, $1, Q5_K_VNNI.chunk) }) }
+    }
+
     public static func q6KRows(_ rows: UnsafeRawPointer, _ rowStride: Int, _ nr: Int, _ xq: UnsafeRawPointer,
-                               _ out: UnsafeMutablePointer<Float>, _ count: Int) {
-        withLiteral4(nr) { n in q6KRowsQ16VNNI(rows, rowStride, n, xq, out, count) }
+                               _ xqStride: Int, _ nx: Int, _ out: UnsafeMutablePointer<Float>, _ count: Int) {
+        if nx == 1 { q6KRows1(rows, rowStride, nr, xq, out, count) } else { q6KRows2(rows, rowStride, nr, xq, xqStride, out, count) }
+    }
+    @inline(never) static func q6KRows1(_ rows: UnsafeRawPointer, _ rs: Int, _ nr: Int, _ xq: UnsafeRawPointer,
+                                        _ out: UnsafeMutablePointer<Float>, _ count: Int) {
+        withLiteral4(nr) { n in q6KRowsQ16VNNI(rows, rs, n, xq, 0, 1, out, count) }
+    }
+    @inline(never) static func q6KRows2(_ rows: UnsafeRawPointer, _ rs: Int, _ nr: Int, _ xq: UnsafeRawPointer,
+                                        _ st: Int, _ out: UnsafeMutablePointer<Float>, _ count: Int) {
+        withLiteral4(nr) { n in q6KRowsQ16VNNI(rows, rs, n, xq, st, 2, out, count) }
     }
 }
 #endif

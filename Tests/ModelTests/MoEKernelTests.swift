@@ -131,11 +131,11 @@ final class MoEKernelTests: XCTestCase {
         }
     }
 
-    /// The precise (Q16_K) expert path gives each token the bits it gets alone, whether its experts saw one token
-    /// (the rows kernels) or several (the token kernels).
+    /// The precise (Q16_K) expert path gives each token the bits it gets alone, whether its experts saw one or two
+    /// tokens (the rows kernels) or more (the token kernels).
     func testPreciseExpertPathIsBatchInvariant() throws {
         let pool = TinyModels.pool
-        let nExpert = 4, rows = 37, cols = 512, n = 7, k = 2
+        let nExpert = 5, rows = 37, cols = 512, n = 7, k = 2
         let scratch = MatmulScratch(perThread: ThreadScratch(threads: pool.threadCount, floatsPerThread: cols),
                                     activations: ActivationBuffer())
         var rng = Rng(s: 7)
@@ -144,8 +144,8 @@ final class MoEKernelTests: XCTestCase {
             XCTAssertNotNil(w.kernels.q16DotMulti)
             let x = (0..<n * cols).map { _ in rng.float() * 3 }
             var experts = [Int32]()
-            for t in 0..<n {  // token 0 alone on expert 3; the others share experts 0-2
-                experts += t == 0 ? [3, 0] : [Int32(t % 3), Int32((t + 1) % 3)]
+            for t in 0..<n {  // token 0 alone on expert 3, tokens 1 and 2 on expert 4; experts 0-2 shared by more
+                experts += t == 0 ? [3, 0] : t < 3 ? [4, Int32(t)] : [Int32(t % 3), Int32((t + 1) % 3)]
             }
             func run(_ tokens: Range<Int>) -> ([Float], ExpertRouting) {
                 let routing = ExpertRouting(expertCount: nExpert)

@@ -235,7 +235,7 @@ final class Q16SIMDTests: XCTestCase {
         }
     }
 
-    /// The rows kernels (several weight rows · one activation) give exactly the bits of the token kernels
+    /// The rows kernels (several weight rows · one or two activations) give exactly the bits of the token kernels
     /// (one row · several activations) for every row count: an expert's result for a token does not depend on
     /// whether other tokens chose that expert too.
     func testRowsKernelsMatchMulti() throws {
@@ -250,18 +250,26 @@ final class Q16SIMDTests: XCTestCase {
             let rowBytes = t.byteCount(elements: n)! + 7
             var wb = [UInt8]()
             for _ in 0..<5 { wb += randomWeights(t, n, &rng, misalign: 7) }
-            var xq = [UInt8](repeating: 0, count: Q16_K.byteCount(elements: n))
-            Q16_K.quantize((0..<n).map { _ in rng.float(-2, 2) }, &xq, n)
+            let xStride = Q16_K.byteCount(elements: n) + 3
+            var xq = [UInt8](repeating: 0, count: 2 * xStride)
+            for j in 0..<2 { xq.withUnsafeMutableBytes { Q16_K.quantize((0..<n).map { _ in rng.float(-2, 2) }, $0.baseAddress! + j * xStride, n) } }
             wb.withUnsafeBytes { wr in
-                let base = wr.baseAddress! + 7
-                var single = [Float](repeating: 0, count: 5)
-                for i in 0..<5 { multi(base + i * rowBytes, xq, 0, 1, &single[i], n) }
-                for nr in 1...4 {
-                    for first in 0...(5 - nr) {
-                        var out = [Float](repeating: .nan, count: nr)
-                        rowsK(base + first * rowBytes, rowBytes, nr, xq, &out, n)
-                        for i in 0..<nr {
-                            XCTAssertEqual(out[i].bitPattern, single[first + i].bitPattern, "\(t) nr=\(nr) row \(first + i)")
+                xq.withUnsafeBytes { xr in
+                    let base = wr.baseAddress! + 7, x0 = xr.baseAddress!
+                    var single = [[Float]](repeating: [Float](repeating: 0, count: 5), count: 2)
+                    for j in 0..<2 { for i in 0..<5 { multi(base + i * rowBytes, x0 + j * xStride, 0, 1, &single[j][i], n) } }
+                    for nx in 1...2 {
+                        for nr in 1...4 {
+                            for first in 0...(5 - nr) {
+                                var out = [Float](repeating: .nan, count: 8)
+                                rowsK(base + first * rowBytes, rowBytes, nr, x0, xStride, nx, &out, n)
+                                for j in 0..<nx {
+                                    for i in 0..<nr {
+                                        XCTAssertEqual(out[4 * j + i].bitPattern, single[j][first + i].bitPattern,
+                                                       "\(t) nr=\(nr) nx=\(nx) row \(first + i) activation \(j)")
+                                    }
+                                }
+                            }
                         }
                     }
                 }
