@@ -109,7 +109,8 @@ func q4KPairs(_ p: UnsafeRawPointer, _ k: Int) -> (V512i, V512i) {
 struct KBlockQ8 {
     var q: (V512i, V512i, V512i, V512i)
     var s: (V512i, V512i, V512i, V512i)
-    var d: Float, dmin: Float, m: UInt64
+    var d: Float, dmin: Float
+    var mins16: V128i
 
     @inline(__always)
     init(_ p: UnsafeRawPointer, _ ts: Int, _ decode: KPairDecode) {
@@ -120,7 +121,8 @@ struct KBlockQ8 {
         q = (a0, b0, a1, b1)
         s = (_mm512_shuffle_epi8(scB, laneWords(0, 0, 1, 1)), _mm512_shuffle_epi8(scB, laneWords(2, 2, 3, 3)),
              _mm512_shuffle_epi8(scB, laneWords(4, 4, 5, 5)), _mm512_shuffle_epi8(scB, laneWords(6, 6, 7, 7)))
-        d = h2f(p, 0); dmin = h2f(p, 2); self.m = m
+        d = h2f(p, 0); dmin = h2f(p, 2)
+        mins16 = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(Int64(bitPattern: m)))
     }
 
     /// acc += d_x·(d·S − dmin·M) for the Q8_K block at `y`, exactly as the 256-bit kernels: int32 lane k + 8 of the
@@ -137,7 +139,8 @@ struct KBlockQ8 {
         let si = _mm256_add_epi32(_mm512_castsi512_si256(s16), csimd_extracti64x4_hi(s16))
         let dx = q8kD(y)
         acc = _mm256_fmadd_ps(_mm256_set1_ps(dx * d), _mm256_cvtepi32_ps(si), acc)
-        let mm = _mm256_zextps128_ps256(_mm_cvtepi32_ps(minsDotBsums(m, y)))
+        let pairs = _mm_hadd_epi16(ld128(y, 260), ld128(y, 276))
+        let mm = _mm256_zextps128_ps256(_mm_cvtepi32_ps(_mm_madd_epi16(mins16, pairs)))
         acc = _mm256_fnmadd_ps(_mm256_set1_ps(dx * dmin), mm, acc)
     }
 }

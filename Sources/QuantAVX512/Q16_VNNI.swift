@@ -24,13 +24,20 @@ func prefetchAhead(_ p: UnsafeRawPointer, _ bytes: Int) {
     return _mm512_set_epi64(b(w3), b(w3), b(w2), b(w2), b(w1), b(w1), b(w0), b(w0))
 }
 
-/// Σ_j m_j·(sums[2j] + sums[2j+1]) of a Q4_K / Q5_K block (mins the bytes of `m`) as 8 int32 lanes, in the
+/// The 8 mins (bytes of `m`) of a Q4_K / Q5_K block as int32 lanes in the order (0, 1, 4, 5, 2, 3, 6, 7), the
+/// order of `q16MinsTerm`'s pair sums.
+@inline(__always)
+func q16Mins32(_ m: UInt64) -> V256i {
+    let mp = (m & 0xFFFF_0000_0000_FFFF) | ((m & 0x0000_0000_FFFF_0000) << 16) | ((m >> 16) & 0x0000_0000_FFFF_0000)
+    return _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(Int64(bitPattern: mp)))
+}
+
+/// Σ_j m_j·(sums[2j] + sums[2j+1]) of a Q4_K / Q5_K block (`mins32` from `q16Mins32`) as 8 int32 lanes, in the
 /// order (0, 1, 4, 5, 2, 3, 6, 7) of j (hadd works within 128-bit lanes).
 @inline(__always)
-func q16MinsTerm(_ m: UInt64, _ y: UnsafeRawPointer) -> V256i {
+func q16MinsTerm(_ mins32: V256i, _ y: UnsafeRawPointer) -> V256i {
     let pairs = _mm256_hadd_epi32(ld256(y, Q16_K.sumsOffset), ld256(y, Q16_K.sumsOffset + 32))
-    let mp = (m & 0xFFFF_0000_0000_FFFF) | ((m & 0x0000_0000_FFFF_0000) << 16) | ((m >> 16) & 0x0000_0000_FFFF_0000)
-    return _mm256_mullo_epi32(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128(Int64(bitPattern: mp))), pairs)
+    return _mm256_mullo_epi32(mins32, pairs)
 }
 
 /// The sums of up to four 16-lane accumulators (zeros for the unused ones), each summed in the same order whatever
@@ -54,7 +61,8 @@ func storeReduced4(_ acc: (V16f, V16f, V16f, V16f), _ n: Int, _ out: UnsafeMutab
 struct KBlockQ16 {
     var q: (V512i, V512i, V512i, V512i)
     var s: (V512i, V512i, V512i, V512i)
-    var d: Float, dmin: Float, m: UInt64
+    var d: Float, dmin: Float
+    var mins32: V256i
 
     @inline(__always)
     init(_ p: UnsafeRawPointer, _ ts: Int, _ decode: KPairDecode) {
@@ -65,7 +73,7 @@ struct KBlockQ16 {
         q = (a0, b0, a1, b1)
         s = (_mm512_shuffle_epi8(scB, laneWords(0, 0, 1, 1)), _mm512_shuffle_epi8(scB, laneWords(2, 2, 3, 3)),
              _mm512_shuffle_epi8(scB, laneWords(4, 4, 5, 5)), _mm512_shuffle_epi8(scB, laneWords(6, 6, 7, 7)))
-        d = h2f(p, 0); dmin = h2f(p, 2); self.m = m
+        d = h2f(p, 0); dmin = h2f(p, 2); mins32 = q16Mins32(m)
     }
 
     /// acc += d_x·(d·S − dmin·M) for the Q16_K block at `y`: S = 256·S_hi + S_lo in int32 (a lane gathers 16
@@ -85,7 +93,7 @@ struct KBlockQ16 {
         let si = _mm512_add_epi32(_mm512_slli_epi32(_mm512_add_epi32(sh0, sh1), 8), _mm512_add_epi32(sl0, sl1))
         let dx = Q16_K.d(y)
         acc = _mm512_fmadd_ps(_mm512_set1_ps(dx * d), _mm512_cvtepi32_ps(si), acc)
-        let mm = _mm512_zextps256_ps512(_mm256_cvtepi32_ps(q16MinsTerm(m, y)))
+        let mm = _mm512_zextps256_ps512(_mm256_cvtepi32_ps(q16MinsTerm(mins32, y)))
         acc = _mm512_fnmadd_ps(_mm512_set1_ps(dx * dmin), mm, acc)
     }
 }
