@@ -2,11 +2,15 @@ import Foundation
 import GGUF
 
 /// A checkpoint directory's `tokenizer.json` (+ `tokenizer_config.json`) as llama.cpp's `tokenizer.ggml.*`
-/// metadata, for byte-level BPE tokenizers (GPT-2 style: Qwen 2/3, Llama 3, DeepSeek-V3, ...):
-/// `tokenizer.ggml.model = gpt2`, tokens by id (added tokens included, gaps filled with `[PAD{id}]` as the
-/// converter does), token types (special added tokens are control tokens, other added tokens user-defined),
-/// merges, `tokenizer.ggml.pre` recognised from the pre-tokenizer's regexes, BOS/EOS ids, add-BOS, and the chat
-/// template. SentencePiece-style tokenizers (`byte_fallback`, Metaspace) are not converted.
+/// metadata: tokens by id (added tokens included, gaps filled with `[PAD{id}]` as the converter does), token types
+/// (special added tokens are control tokens, other added tokens user-defined), BOS/EOS ids, add-BOS, and the chat
+/// template, for the two kinds of BPE tokenizer checkpoints ship:
+/// - byte-level BPE (GPT-2 style: Qwen 2/3, Llama 3, DeepSeek-V3, ...): `tokenizer.ggml.model = gpt2`, merges,
+///   `tokenizer.ggml.pre` recognised from the pre-tokenizer's regexes;
+/// - SentencePiece BPE with byte fallback, as `transformers` converts SentencePiece models (Llama 2, Mistral,
+///   Mixtral, Gemma, ...): `tokenizer.ggml.model = llama` with scores (the merge ranks: a token made by an earlier
+///   merge scores higher, the order of the SentencePiece scores the merges were generated from), `<0xXX>` byte
+///   tokens, and `add_space_prefix` from the normalizer's Prepend("▁") or the Metaspace pre-tokenizer.
 public enum HFTokenizer {
     /// The metadata, or nil when the directory has no tokenizer.json; throws when it has one that cannot be
     /// converted (the message says why).
@@ -20,12 +24,11 @@ public enum HFTokenizer {
         func fail(_ m: String) -> SafeTensorsError { SafeTensorsError(path: path, m) }
 
         guard let model = tj["model"], model["type"]?.string == "BPE" else {
-            throw fail("tokenizer model '\(tj["model"]?["type"]?.string ?? "?")' is not supported (only byte-level BPE)")
+            throw fail("tokenizer model '\(tj["model"]?["type"]?.string ?? "?")' is not supported (only BPE: byte-level, or SentencePiece-style with byte_fallback)")
         }
-        if model["byte_fallback"]?.bool == true {
-            throw fail("SentencePiece-style BPE (byte_fallback) is not supported, only byte-level BPE")
-        }
-        let pre = try preTokenizerName(tj["pre_tokenizer"], fail: fail)
+        let sentencePiece = model["byte_fallback"]?.bool == true
+        let pre = sentencePiece ? "" : try preTokenizerName(tj["pre_tokenizer"], fail: fail)
+        let addSpacePrefix = sentencePiece ? try spaceHandling(tj, fail: fail) : false
 
         // Tokens by id.
         var byID: [Int: String] = [:]
@@ -34,6 +37,12 @@ public enum HFTokenizer {
             byID[id] = tok
         }
         var types: [Int: Int32] = [:]
+        if sentencePiece {
+            for (id, t) in byID where t.count == 6 && t.hasPrefix("<0x") && t.hasSuffix(">") && UInt8(t.dropFirst(3).prefix(2), radix: 16) != nil {
+                types[id] = 6  // byte
+            }
+            if let unk = model["unk_token"]?.string, let id = byID.first(where: { $0.value == unk })?.key { types[id] = 2 }
+        }
         for a in tj["added_tokens"]?.array ?? [] {
             guard let id = a["id"]?.int, id >= 0, let content = a["content"]?.string else { continue }
             byID[id] = content
@@ -60,13 +69,24 @@ public enum HFTokenizer {
             else { throw fail("merge entry \(m) is neither \"a b\" nor [a, b]") }
         }
 
-        var out: [(String, GGUFValue)] = [
-            ("tokenizer.ggml.model", .string("gpt2")),
-            ("tokenizer.ggml.pre", .string(pre)),
-            ("tokenizer.ggml.tokens", .array(.string(tokens))),
-            ("tokenizer.ggml.token_type", .array(.int32(tokenTypes))),
-            ("tokenizer.ggml.merges", .array(.string(merges))),
-        ]
+        var out: [(String, GGUFValue)]
+        if sentencePiece {
+            out = [
+                ("tokenizer.ggml.model", .string("llama")),
+                ("tokenizer.ggml.tokens", .array(.string(tokens))),
+                ("tokenizer.ggml.scores", .array(.float32(Self.scores(tokens: tokens, types: tokenTypes, ids: ids, merges: merges)))),
+                ("tokenizer.ggml.token_type", .array(.int32(tokenTypes))),
+                ("tokenizer.ggml.add_space_prefix", .bool(addSpacePrefix)),
+            ]
+        } else {
+            out = [
+                ("tokenizer.ggml.model", .string("gpt2")),
+                ("tokenizer.ggml.pre", .string(pre)),
+                ("tokenizer.ggml.tokens", .array(.string(tokens))),
+                ("tokenizer.ggml.token_type", .array(.int32(tokenTypes))),
+                ("tokenizer.ggml.merges", .array(.string(merges))),
+            ]
+        }
         // Special tokens: tokenizer_config.json's strings first, then config.json's ids (gguf-py's SpecialVocab).
         func special(_ name: String) -> Int? {
             let v = tc["\(name)_token"]
@@ -90,6 +110,61 @@ public enum HFTokenizer {
             out.append(("tokenizer.chat_template", .string(t)))
         }
         return out
+    }
+
+    /// SentencePiece-style scores from BPE merges: the token a merge of rank k makes scores −k (its first merge
+    /// counts), so the encoder's "merge the pair whose token scores highest" applies the merges in rank order.
+    /// Normal tokens no merge makes score below all of those; control, byte and unknown tokens 0 (never a merge
+    /// result).
+    static func scores(tokens: [String], types: [Int32], ids: [String: Int], merges: [String]) -> [Float] {
+        var scores = [Float](repeating: 0, count: tokens.count)
+        var made = [Bool](repeating: false, count: tokens.count)
+        for (rank, m) in merges.enumerated() {
+            guard let space = m.firstIndex(of: " ") else { continue }
+            let joined = String(m[..<space]) + String(m[m.index(after: space)...])
+            if let id = ids[joined], !made[id] {
+                made[id] = true
+                scores[id] = -Float(rank)
+            }
+        }
+        for id in tokens.indices where !made[id] && types[id] == 1 {
+            scores[id] = -Float(merges.count + id)
+        }
+        return scores
+    }
+
+    /// Whether a SentencePiece-style tokenizer.json puts "▁" before the text (llama.cpp's `add_space_prefix`):
+    /// a Prepend("▁") normalizer (the legacy spelling: Prepend + Replace(" ", "▁")) or a Metaspace pre-tokenizer
+    /// with prepend_scheme "first" / "always" (or the older add_prefix_space). Spaces must become "▁" one way or
+    /// the other; any other normalizer (NFKC, lowercasing, ...) is refused rather than silently ignored.
+    static func spaceHandling(_ tj: JSONValue, fail: (String) -> SafeTensorsError) throws -> Bool {
+        var prepend = false, replacesSpaces = false
+        func normalizer(_ v: JSONValue?) throws {
+            guard let v, v != .null else { return }
+            switch v["type"]?.string {
+            case "Sequence": for n in v["normalizers"]?.array ?? [] { try normalizer(n) }
+            case "Prepend" where v["prepend"]?.string == "▁": prepend = true
+            case "Replace" where v["pattern"]?["String"]?.string == " " && v["content"]?.string == "▁": replacesSpaces = true
+            default: throw fail("SentencePiece-style tokenizer: normalizer \(v["type"]?.string ?? "?") is not supported (only Prepend(\"▁\") and Replace(\" \", \"▁\"))")
+            }
+        }
+        try normalizer(tj["normalizer"])
+        func preTokenizer(_ v: JSONValue?) throws {
+            guard let v, v != .null else { return }
+            switch v["type"]?.string {
+            case "Sequence": for p in v["pretokenizers"]?.array ?? [] { try preTokenizer(p) }
+            case "Metaspace" where (v["replacement"]?.string ?? "▁") == "▁":
+                replacesSpaces = true
+                let scheme = v["prepend_scheme"]?.string ?? ((v["add_prefix_space"]?.bool ?? true) ? "always" : "never")
+                prepend = prepend || scheme == "always" || scheme == "first"
+            default: throw fail("SentencePiece-style tokenizer: pre-tokenizer \(v["type"]?.string ?? "?") is not supported (only Metaspace)")
+            }
+        }
+        try preTokenizer(tj["pre_tokenizer"])
+        guard replacesSpaces else {
+            throw fail("SentencePiece-style tokenizer without Replace(\" \", \"▁\") or Metaspace: spaces would not become ▁")
+        }
+        return prepend
     }
 
     /// llama.cpp's `tokenizer.ggml.pre` for the regexes of a byte-level pre-tokenizer.

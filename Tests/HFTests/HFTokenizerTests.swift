@@ -74,15 +74,57 @@ final class HFTokenizerTests: XCTestCase {
         }
     }
 
+    /// A SentencePiece BPE model (byte fallback, Llama settings) as `transformers` writes it to tokenizer.json
+    /// (Fixtures/spm.json from scripts/make_spm_fixture.py), in the legacy spelling (Llama 2, Mixtral: Prepend +
+    /// Replace normalizer) and the Metaspace one (Mistral v3 and later), must give SentencePiece's own ids.
+    func testSentencePieceTokenizerJSON() throws {
+        let data = try Data(contentsOf: HFFixtureTests.directory.appendingPathComponent("spm.json"))
+        let f = try XCTUnwrap(try JSONSerialization.jsonObject(with: data) as? [String: Any])
+        let strings = try XCTUnwrap(f["strings"] as? [String])
+        let want = try XCTUnwrap(f["ids"] as? [[Int]]).map { $0.map(Int32.init) }
+        for variant in ["legacy", "metaspace"] {
+            let dir = FileManager.default.temporaryDirectory.appendingPathComponent("hftok-\(UUID().uuidString)").path
+            try FileManager.default.copyItem(atPath: HFFixtureTests.path("llama"), toPath: dir)
+            defer { try? FileManager.default.removeItem(atPath: dir) }
+            try JSONSerialization.data(withJSONObject: try XCTUnwrap(f[variant]))
+                .write(to: URL(fileURLWithPath: dir + "/tokenizer.json"))
+            try #"{"add_bos_token": true, "add_eos_token": false, "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}"#
+                .write(toFile: dir + "/tokenizer_config.json", atomically: true, encoding: .utf8)
+            let hf = try HFCheckpoint(directory: dir)
+            XCTAssertNil(hf.tokenizerProblem, variant)
+            XCTAssertEqual(hf.metadata["tokenizer.ggml.model"]?.string, "llama")
+            XCTAssertEqual(hf.metadata["tokenizer.ggml.add_space_prefix"], .bool(true), variant)
+            XCTAssertEqual(hf.metadata["tokenizer.ggml.bos_token_id"]?.int, 1)
+            XCTAssertEqual(hf.metadata["tokenizer.ggml.eos_token_id"]?.int, 2)
+            let tok = try Tokenizer(metadata: hf.metadata)
+            for (i, text) in strings.enumerated() {
+                let ids = tok.encode(text, addSpecial: false)
+                XCTAssertEqual(ids, want[i], "\(variant): \(text.debugDescription)")
+                XCTAssertEqual(tok.decode(ids), text, "\(variant): decode")
+            }
+            XCTAssertEqual(tok.encode(strings[0]).first, 1, "\(variant): BOS added")
+            XCTAssertTrue(tok.isControl(2))
+            // convert carries it into the GGUF file.
+            let out = dir + "/model.gguf"
+            try hf.writeGGUF(to: out, type: .f32)
+            let fromFile = try Tokenizer(gguf: try GGUFFile(path: out))
+            XCTAssertEqual(fromFile.encode(strings[1], addSpecial: false), want[1], variant)
+        }
+    }
+
     func testUnsupportedTokenizerIsReportedNotFatal() throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("hftok-\(UUID().uuidString)").path
         try FileManager.default.copyItem(atPath: HFFixtureTests.path("llama"), toPath: dir)
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        try #"{"model": {"type": "BPE", "byte_fallback": true, "vocab": {"a": 0}, "merges": []}}"#
-            .write(toFile: dir + "/tokenizer.json", atomically: true, encoding: .utf8)
-        let hf = try HFCheckpoint(directory: dir)
-        XCTAssertTrue(hf.tokenizerProblem?.contains("byte_fallback") ?? false, hf.tokenizerProblem ?? "nil")
-        XCTAssertNil(hf.metadata["tokenizer.ggml.model"])
+        for (json, says) in [
+            (#"{"model": {"type": "Unigram", "vocab": [["a", 0.0]]}}"#, "Unigram"),
+            (#"{"normalizer": {"type": "NFKC"}, "model": {"type": "BPE", "byte_fallback": true, "vocab": {"a": 0}, "merges": []}}"#, "NFKC"),
+        ] {
+            try json.write(toFile: dir + "/tokenizer.json", atomically: true, encoding: .utf8)
+            let hf = try HFCheckpoint(directory: dir)
+            XCTAssertTrue(hf.tokenizerProblem?.contains(says) ?? false, hf.tokenizerProblem ?? "nil")
+            XCTAssertNil(hf.metadata["tokenizer.ggml.model"])
+        }
         XCTAssertNil(try HFCheckpoint(directory: HFFixtureTests.path("llama")).tokenizerProblem, "no tokenizer.json: no problem")
     }
 }
