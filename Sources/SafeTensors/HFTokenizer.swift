@@ -153,6 +153,8 @@ public enum HFTokenizer {
             guard let v, v != .null else { return }
             switch v["type"]?.string {
             case "Sequence": for p in v["pretokenizers"]?.array ?? [] { try preTokenizer(p) }
+            case "Split" where v["pattern"]?["String"]?.string == " " && replacesSpaces:
+                break  // Gemma's: splits at spaces the normalizer has already turned into ▁ (a no-op)
             case "Metaspace" where (v["replacement"]?.string ?? "▁") == "▁":
                 replacesSpaces = true
                 let scheme = v["prepend_scheme"]?.string ?? ((v["add_prefix_space"]?.bool ?? true) ? "always" : "never")
