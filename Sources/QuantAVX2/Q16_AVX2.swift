@@ -24,10 +24,10 @@ func q16MinsTerm(_ m: UInt64, _ y: UnsafeRawPointer) -> V256i {
 func kMultiQ16(_ row: UnsafeRawPointer, _ xq: UnsafeRawPointer, _ st: Int, _ nx: Int,
                _ out: UnsafeMutablePointer<Float>, _ count: Int, _ ts: Int,
                _ chunk: (UnsafeRawPointer, Int) -> (V256i, V256i)) {
-    var acc0 = _mm256_setzero_ps(), acc1 = acc0, acc2 = acc0, acc3 = acc0
+    var acc = zeroAcc4()
     for b in 0..<(count / 256) {
         let p = row + b * ts, y = xq + b * Q16_K.typeSize
-        prefetchBlock(p, ts)
+        csimd_prefetch_page_ahead(p, ts)
         let (sc, m) = kScalesMins(p + 4)
         let s8 = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(Int64(bitPattern: sc)))
         let sc16 = _mm256_set_m128i(s8, s8)
@@ -57,15 +57,12 @@ func kMultiQ16(_ row: UnsafeRawPointer, _ xq: UnsafeRawPointer, _ st: Int, _ nx:
             acc = _mm256_fmadd_ps(_mm256_set1_ps(dx * d), _mm256_cvtepi32_ps(si), acc)
             acc = _mm256_fnmadd_ps(_mm256_set1_ps(dx * dmin), _mm256_cvtepi32_ps(q16MinsTerm(m, y)), acc)
         }
-        fin(y, s0, &acc0)
-        if nx > 1 { fin(y + st, s1, &acc1) }
-        if nx > 2 { fin(y + 2 * st, s2, &acc2) }
-        if nx > 3 { fin(y + 3 * st, s3, &acc3) }
+        fin(y, s0, &acc.0)
+        if nx > 1 { fin(y + st, s1, &acc.1) }
+        if nx > 2 { fin(y + 2 * st, s2, &acc.2) }
+        if nx > 3 { fin(y + 3 * st, s3, &acc.3) }
     }
-    out[0] = hsum(acc0)
-    if nx > 1 { out[1] = hsum(acc1) }
-    if nx > 2 { out[2] = hsum(acc2) }
-    if nx > 3 { out[3] = hsum(acc3) }
+    storeRows(acc, nx, out)
 }
 
 /// Row · Q16_K for Q6_K: d_x·d·(256·S_hi + S_lo − 32·C) per block, S_* = Σ_j scales_j·Σ q·plane with the unsigned
@@ -74,10 +71,10 @@ func kMultiQ16(_ row: UnsafeRawPointer, _ xq: UnsafeRawPointer, _ st: Int, _ nx:
 @inline(__always)
 func q6KMultiQ16(_ row: UnsafeRawPointer, _ xq: UnsafeRawPointer, _ st: Int, _ nx: Int,
                  _ out: UnsafeMutablePointer<Float>, _ count: Int) {
-    var acc0 = _mm256_setzero_ps(), acc1 = acc0, acc2 = acc0, acc3 = acc0
+    var acc = zeroAcc4()
     for b in 0..<(count / 256) {
         let p = row + b * 210, y = xq + b * Q16_K.typeSize
-        prefetchBlock(p, 210)
+        csimd_prefetch_page_ahead(p, 210)
         let z = _mm256_setzero_si256()
         var s0 = (z, z), s1 = s0, s2 = s0, s3 = s0
         for h in 0..<2 {
@@ -109,15 +106,12 @@ func q6KMultiQ16(_ row: UnsafeRawPointer, _ xq: UnsafeRawPointer, _ st: Int, _ n
             acc = _mm256_fmadd_ps(_mm256_set1_ps(dd), _mm256_cvtepi32_ps(s.1), acc)
             acc = _mm256_fmadd_ps(_mm256_set1_ps(-32 * dd), _mm256_cvtepi32_ps(c), acc)
         }
-        fin(y, s0, &acc0)
-        if nx > 1 { fin(y + st, s1, &acc1) }
-        if nx > 2 { fin(y + 2 * st, s2, &acc2) }
-        if nx > 3 { fin(y + 3 * st, s3, &acc3) }
+        fin(y, s0, &acc.0)
+        if nx > 1 { fin(y + st, s1, &acc.1) }
+        if nx > 2 { fin(y + 2 * st, s2, &acc.2) }
+        if nx > 3 { fin(y + 3 * st, s3, &acc.3) }
     }
-    out[0] = hsum(acc0)
-    if nx > 1 { out[1] = hsum(acc1) }
-    if nx > 2 { out[2] = hsum(acc2) }
-    if nx > 3 { out[3] = hsum(acc3) }
+    storeRows(acc, nx, out)
 }
 
 /// Shuffle mask (one 128-bit lane) broadcasting int16 element k.

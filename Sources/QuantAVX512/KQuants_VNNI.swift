@@ -104,25 +104,61 @@ func q4KPairs(_ p: UnsafeRawPointer, _ k: Int) -> (V512i, V512i) {
     return (_mm512_castps_si512(csimd_shuffle_f32x4_lo(lo, hi)), _mm512_castps_si512(csimd_shuffle_f32x4_hi(lo, hi)))
 }
 
-/// A decoded Q4_K / Q5_K block for the 512-bit kernels against Q8_K: its 256 unsigned quants in four registers
-/// (sub-blocks 0-1, 2-3, 4-5, 6-7, each in order) and their int16 scales spread to match.
-struct KBlockQ8 {
+/// A decoded Q4_K / Q5_K block for the 512-bit kernels: its 256 unsigned quants in four registers (sub-blocks
+/// 0-1, 2-3, 4-5, 6-7, each in order), their int16 scales spread to match, d, dmin and the packed mins.
+struct KDecoded {
     var q: (V512i, V512i, V512i, V512i)
     var s: (V512i, V512i, V512i, V512i)
-    var d: Float, dmin: Float
-    var mins16: V128i
+    var d: Float, dmin: Float, m: UInt64
 
     @inline(__always)
     init(_ p: UnsafeRawPointer, _ ts: Int, _ decode: KPairDecode) {
-        prefetchAhead(p, ts)
+        csimd_prefetch_page_ahead(p, ts)
         let (sc, m) = kScalesMins(p + 4)
         let scB = _mm512_broadcast_i32x4(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(Int64(bitPattern: sc))))
         let (a0, b0) = decode(p, 0), (a1, b1) = decode(p, 1)
         q = (a0, b0, a1, b1)
         s = (_mm512_shuffle_epi8(scB, laneWords(0, 0, 1, 1)), _mm512_shuffle_epi8(scB, laneWords(2, 2, 3, 3)),
              _mm512_shuffle_epi8(scB, laneWords(4, 4, 5, 5)), _mm512_shuffle_epi8(scB, laneWords(6, 6, 7, 7)))
-        d = h2f(p, 0); dmin = h2f(p, 2)
-        mins16 = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(Int64(bitPattern: m)))
+        d = h2f(p, 0); dmin = h2f(p, 2); self.m = m
+    }
+
+    /// Σ_j sc_j·Σ q·x of the 64-byte int8 vectors at `y + o`, `+ 64`, `+ 128`, `+ 192` (the block's 256 activations
+    /// in order) as 16 int32 lanes: lane k + 8 covers the bytes lane k covers in the other 256-bit half.
+    @inline(__always)
+    func dot(_ y: UnsafeRawPointer, _ o: Int) -> V512i {
+        // Two independent product chains (vpdpwssd's accumulator is an input).
+        let a = _mm512_dpwssd_epi32(_mm512_madd_epi16(_mm512_maddubs_epi16(q.0, ld512(y, o)), s.0),
+                                    _mm512_maddubs_epi16(q.2, ld512(y, o + 128)), s.2)
+        let b = _mm512_dpwssd_epi32(_mm512_madd_epi16(_mm512_maddubs_epi16(q.1, ld512(y, o + 64)), s.1),
+                                    _mm512_maddubs_epi16(q.3, ld512(y, o + 192)), s.3)
+        return _mm512_add_epi32(a, b)
+    }
+
+    /// `dot` of two activation planes at once (their four product chains interleaved).
+    @inline(__always)
+    func dot2(_ y: UnsafeRawPointer, _ o1: Int, _ o2: Int) -> (V512i, V512i) {
+        let a1 = _mm512_dpwssd_epi32(_mm512_madd_epi16(_mm512_maddubs_epi16(q.0, ld512(y, o1)), s.0),
+                                     _mm512_maddubs_epi16(q.2, ld512(y, o1 + 128)), s.2)
+        let b1 = _mm512_dpwssd_epi32(_mm512_madd_epi16(_mm512_maddubs_epi16(q.1, ld512(y, o1 + 64)), s.1),
+                                     _mm512_maddubs_epi16(q.3, ld512(y, o1 + 192)), s.3)
+        let a2 = _mm512_dpwssd_epi32(_mm512_madd_epi16(_mm512_maddubs_epi16(q.0, ld512(y, o2)), s.0),
+                                     _mm512_maddubs_epi16(q.2, ld512(y, o2 + 128)), s.2)
+        let b2 = _mm512_dpwssd_epi32(_mm512_madd_epi16(_mm512_maddubs_epi16(q.1, ld512(y, o2 + 64)), s.1),
+                                     _mm512_maddubs_epi16(q.3, ld512(y, o2 + 192)), s.3)
+        return (_mm512_add_epi32(a1, b1), _mm512_add_epi32(a2, b2))
+    }
+}
+
+/// A decoded Q4_K / Q5_K block against Q8_K activations.
+struct KBlockQ8 {
+    let k: KDecoded
+    let mins16: V128i
+
+    @inline(__always)
+    init(_ p: UnsafeRawPointer, _ ts: Int, _ decode: KPairDecode) {
+        k = KDecoded(p, ts, decode)
+        mins16 = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(Int64(bitPattern: k.m)))
     }
 
     /// acc += d_x·(d·S − dmin·M) for the Q8_K block at `y`, exactly as the 256-bit kernels: int32 lane k + 8 of the
@@ -130,18 +166,13 @@ struct KBlockQ8 {
     /// integer add) gives the 256-bit kernels' lanes, and the float steps are theirs.
     @inline(__always)
     func accumulate(_ y: UnsafeRawPointer, _ acc: inout V8f) {
-        // Two independent products chains (vpdpwssd's accumulator is an input).
-        let s0 = _mm512_dpwssd_epi32(_mm512_madd_epi16(_mm512_maddubs_epi16(q.0, ld512(y, 4)), s.0),
-                                     _mm512_maddubs_epi16(q.2, ld512(y, 132)), s.2)
-        let s1 = _mm512_dpwssd_epi32(_mm512_madd_epi16(_mm512_maddubs_epi16(q.1, ld512(y, 68)), s.1),
-                                     _mm512_maddubs_epi16(q.3, ld512(y, 196)), s.3)
-        let s16 = _mm512_add_epi32(s0, s1)
+        let s16 = k.dot(y, 4)
         let si = _mm256_add_epi32(_mm512_castsi512_si256(s16), csimd_extracti64x4_hi(s16))
         let dx = q8kD(y)
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(dx * d), _mm256_cvtepi32_ps(si), acc)
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(dx * k.d), _mm256_cvtepi32_ps(si), acc)
         let pairs = _mm_hadd_epi16(ld128(y, 260), ld128(y, 276))
         let mm = _mm256_zextps128_ps256(_mm_cvtepi32_ps(_mm_madd_epi16(mins16, pairs)))
-        acc = _mm256_fnmadd_ps(_mm256_set1_ps(dx * dmin), mm, acc)
+        acc = _mm256_fnmadd_ps(_mm256_set1_ps(dx * k.dmin), mm, acc)
     }
 }
 
@@ -262,7 +293,7 @@ public enum Q6_K_VNNI {
         var acc = zeroAcc4()
         for b in 0..<(count / 256) {
             let p = row + b * 210, y = xq + b * 292
-            prefetchAhead(p, 210)
+            csimd_prefetch_page_ahead(p, 210)
             let sc = ld128(p, 192)
             // Two int32 accumulators per row (even / odd k), so the vpdpwssd chains overlap.
             let z = _mm256_setzero_si256()
