@@ -31,6 +31,18 @@ typealias V8f = __m256      // SIMD8<Float>
 
 @inline(__always) func hsum(_ v: V8f) -> Float { csimd_hsum_ps(v) }
 
+/// Prefetches every cache line of the `bytes` at `p` a page ahead: for the K-quant kernels, whose weights stream
+/// from DRAM in regions of ~1 MB at random places (MoE experts), where the hardware prefetchers restart at each
+/// 4 KB page.
+@inline(__always)
+func prefetchBlock(_ p: UnsafeRawPointer, _ bytes: Int) {
+    var o = 0
+    while o < bytes {
+        csimd_prefetch(p + 4096 + o)
+        o += 64
+    }
+}
+
 
 @inline(__always) func splat8(_ b: UInt8) -> V256i { _mm256_set1_epi8(CChar(bitPattern: b)) }
 @inline(__always) func splat16(_ v: Int16) -> V256i { _mm256_set1_epi16(v) }

@@ -60,7 +60,7 @@ func kMulti(_ row: UnsafeRawPointer, _ xq: UnsafeRawPointer, _ st: Int, _ nx: In
     var acc0 = _mm256_setzero_ps(), acc1 = acc0, acc2 = acc0, acc3 = acc0
     for b in 0..<(count / 256) {
         let p = row + b * ts, y = xq + b * 292
-        csimd_prefetch_page_ahead(p, ts)
+        prefetchBlock(p, ts)
         let (sc, m) = kScalesMins(p + 4)
         let s8 = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(Int64(bitPattern: sc)))
         let sc16 = _mm256_set_m128i(s8, s8)

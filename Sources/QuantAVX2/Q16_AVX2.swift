@@ -27,7 +27,7 @@ func kMultiQ16(_ row: UnsafeRawPointer, _ xq: UnsafeRawPointer, _ st: Int, _ nx:
     var acc = zeroAcc4()
     for b in 0..<(count / 256) {
         let p = row + b * ts, y = xq + b * Q16_K.typeSize
-        csimd_prefetch_page_ahead(p, ts)
+        prefetchBlock(p, ts)
         let (sc, m) = kScalesMins(p + 4)
         let s8 = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(Int64(bitPattern: sc)))
         let sc16 = _mm256_set_m128i(s8, s8)
@@ -74,7 +74,7 @@ func q6KMultiQ16(_ row: UnsafeRawPointer, _ xq: UnsafeRawPointer, _ st: Int, _ n
     var acc = zeroAcc4()
     for b in 0..<(count / 256) {
         let p = row + b * 210, y = xq + b * Q16_K.typeSize
-        csimd_prefetch_page_ahead(p, 210)
+        prefetchBlock(p, 210)
         let z = _mm256_setzero_si256()
         var s0 = (z, z), s1 = s0, s2 = s0, s3 = s0
         for h in 0..<2 {

@@ -82,6 +82,18 @@ func kMultiVNNI(_ row: UnsafeRawPointer, _ xq: UnsafeRawPointer, _ st: Int, _ nx
     storeRows(acc, nx, out)
 }
 
+/// Prefetches every cache line of the `bytes` at `p` a page ahead: the expert matrices stream from DRAM in ~1 MB
+/// regions at random places, where the hardware prefetchers restart at every 4 KB page. (A Swift loop: the same
+/// loop as a C inline function measured ~8% slower in the Q16 kernels.)
+@inline(__always)
+func prefetchAhead(_ p: UnsafeRawPointer, _ bytes: Int) {
+    var o = 0
+    while o < bytes {
+        csimd_prefetch(p + 4096 + o)
+        o += 64
+    }
+}
+
 /// Decodes a Q4_K / Q5_K block's unsigned quants for 512-bit kernels: sub-blocks 4k, 4k+1 (first register) and
 /// 4k+2, 4k+3 (second), each register 64 elements in order.
 typealias KPairDecode = (_ block: UnsafeRawPointer, _ k: Int) -> (V512i, V512i)
@@ -113,7 +125,7 @@ struct KDecoded {
 
     @inline(__always)
     init(_ p: UnsafeRawPointer, _ ts: Int, _ decode: KPairDecode) {
-        csimd_prefetch_page_ahead(p, ts)
+        prefetchAhead(p, ts)
         let (sc, m) = kScalesMins(p + 4)
         let scB = _mm512_broadcast_i32x4(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(Int64(bitPattern: sc))))
         let (a0, b0) = decode(p, 0), (a1, b1) = decode(p, 1)
@@ -293,7 +305,7 @@ public enum Q6_K_VNNI {
         var acc = zeroAcc4()
         for b in 0..<(count / 256) {
             let p = row + b * 210, y = xq + b * 292
-            csimd_prefetch_page_ahead(p, 210)
+            prefetchAhead(p, 210)
             let sc = ld128(p, 192)
             // Two int32 accumulators per row (even / odd k), so the vpdpwssd chains overlap.
             let z = _mm256_setzero_si256()

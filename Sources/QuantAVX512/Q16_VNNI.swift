@@ -46,17 +46,7 @@ func storeReduced4(_ acc: (V16f, V16f, V16f, V16f), _ n: Int, _ out: UnsafeMutab
     }
 }
 
-/// A weight block decoded for the Q16_K kernels: `init` reads and decodes the block at `p`, `accumulate` adds its
-/// dot with one Q16_K block into a 16-lane accumulator. The loops below are shared; each format's arithmetic is
-/// its block type's.
-protocol Q16Block {
-    static var typeSize: Int { get }
-    init(_ p: UnsafeRawPointer)
-    func accumulate(_ y: UnsafeRawPointer, _ acc: inout V16f)
-}
-
-/// Q4_K / Q5_K: acc += d_x·(d·S − dmin·M), S = 256·S_hi + S_lo in int32 (a lane gathers 16 products
-/// |q·plane·sc| ≤ 31·127·63 per plane, so |S| < 2^31).
+/// A decoded Q4_K / Q5_K block (`KDecoded`) against Q16_K activations.
 struct KBlockQ16 {
     let k: KDecoded
     let mins32: V256i
@@ -67,10 +57,21 @@ struct KBlockQ16 {
         mins32 = q16Mins32(k.m)
     }
 
+    /// acc += d_x·(d·S − dmin·M) for the Q16_K block at `y`: S = 256·S_hi + S_lo in int32 (a lane gathers 16
+    /// products |q·plane·sc| ≤ 31·127·63 per plane, so |S| < 2^31).
     @inline(__always)
     func accumulate(_ y: UnsafeRawPointer, _ acc: inout V16f) {
-        let (hi, lo) = k.dot2(y, Q16_K.hiOffset, Q16_K.loOffset)
-        let si = _mm512_add_epi32(_mm512_slli_epi32(hi, 8), lo)
+        let h = Q16_K.hiOffset, l = Q16_K.loOffset
+        // One accumulator per register pair and plane (vpdpwssd's accumulator is an input).
+        let sh0 = _mm512_dpwssd_epi32(_mm512_madd_epi16(_mm512_maddubs_epi16(k.q.0, ld512(y, h)), k.s.0),
+                                      _mm512_maddubs_epi16(k.q.2, ld512(y, h + 128)), k.s.2)
+        let sh1 = _mm512_dpwssd_epi32(_mm512_madd_epi16(_mm512_maddubs_epi16(k.q.1, ld512(y, h + 64)), k.s.1),
+                                      _mm512_maddubs_epi16(k.q.3, ld512(y, h + 192)), k.s.3)
+        let sl0 = _mm512_dpwssd_epi32(_mm512_madd_epi16(_mm512_maddubs_epi16(k.q.0, ld512(y, l)), k.s.0),
+                                      _mm512_maddubs_epi16(k.q.2, ld512(y, l + 128)), k.s.2)
+        let sl1 = _mm512_dpwssd_epi32(_mm512_madd_epi16(_mm512_maddubs_epi16(k.q.1, ld512(y, l + 64)), k.s.1),
+                                      _mm512_maddubs_epi16(k.q.3, ld512(y, l + 192)), k.s.3)
+        let si = _mm512_add_epi32(_mm512_slli_epi32(_mm512_add_epi32(sh0, sh1), 8), _mm512_add_epi32(sl0, sl1))
         let dx = Q16_K.d(y)
         acc = _mm512_fmadd_ps(_mm512_set1_ps(dx * k.d), _mm512_cvtepi32_ps(si), acc)
         let mm = _mm512_zextps256_ps512(_mm256_cvtepi32_ps(q16MinsTerm(mins32, y)))
@@ -78,25 +79,47 @@ struct KBlockQ16 {
     }
 }
 
-struct Q4KBlockQ16: Q16Block {
-    static var typeSize: Int { 144 }
-    let b: KBlockQ16
-    @inline(__always) init(_ p: UnsafeRawPointer) { b = KBlockQ16(p, 144, q4KPairs) }
-    @inline(__always) func accumulate(_ y: UnsafeRawPointer, _ acc: inout V16f) { b.accumulate(y, &acc) }
+/// Row · Q16_K for Q4_K / Q5_K against `nx` (1...4) activation rows `st` bytes apart.
+@inline(__always)
+func kMultiQ16VNNI(_ row: UnsafeRawPointer, _ xq: UnsafeRawPointer, _ st: Int, _ nx: Int,
+                   _ out: UnsafeMutablePointer<Float>, _ count: Int, _ ts: Int, _ decode: KPairDecode) {
+    let zf = _mm512_setzero_ps()
+    var acc = (zf, zf, zf, zf)
+    for b in 0..<(count / 256) {
+        let y = xq + b * Q16_K.typeSize
+        let k = KBlockQ16(row + b * ts, ts, decode)
+        k.accumulate(y, &acc.0)
+        if nx > 1 { k.accumulate(y + st, &acc.1) }
+        if nx > 2 { k.accumulate(y + 2 * st, &acc.2) }
+        if nx > 3 { k.accumulate(y + 3 * st, &acc.3) }
+    }
+    storeReduced4(acc, nx, out)
 }
 
-struct Q5KBlockQ16: Q16Block {
-    static var typeSize: Int { 176 }
-    let b: KBlockQ16
-    @inline(__always) init(_ p: UnsafeRawPointer) { b = KBlockQ16(p, 176, { pairsFromChunks($0, $1, Q5_K_VNNI.chunk) }) }
-    @inline(__always) func accumulate(_ y: UnsafeRawPointer, _ acc: inout V16f) { b.accumulate(y, &acc) }
+/// `nr` (1...4) Q4_K / Q5_K rows `rs` bytes apart · `nx` (1 or 2) Q16_K activation rows `st` bytes apart, into
+/// `out[4j + i]`: the same steps per (row, block, activation) as `kMultiQ16VNNI`, so the same bits.
+@inline(__always)
+func kRowsQ16VNNI(_ row: UnsafeRawPointer, _ rs: Int, _ nr: Int, _ y0: UnsafeRawPointer, _ st: Int, _ nx: Int,
+                  _ out: UnsafeMutablePointer<Float>, _ count: Int, _ ts: Int, _ decode: KPairDecode) {
+    let zf = _mm512_setzero_ps()
+    var acc = (zf, zf, zf, zf), acc2 = acc
+    for b in 0..<(count / 256) {
+        let y = y0 + b * Q16_K.typeSize, p = row + b * ts
+        @inline(__always) func one(_ k: KBlockQ16, _ a: inout V16f, _ a2: inout V16f) {
+            k.accumulate(y, &a)
+            if nx > 1 { k.accumulate(y + st, &a2) }
+        }
+        one(KBlockQ16(p, ts, decode), &acc.0, &acc2.0)
+        if nr > 1 { one(KBlockQ16(p + rs, ts, decode), &acc.1, &acc2.1) }
+        if nr > 2 { one(KBlockQ16(p + 2 * rs, ts, decode), &acc.2, &acc2.2) }
+        if nr > 3 { one(KBlockQ16(p + 3 * rs, ts, decode), &acc.3, &acc2.3) }
+    }
+    storeReduced4(acc, nr, out)
+    if nx > 1 { storeReduced4(acc2, nr, out + 4) }
 }
 
-/// Q6_K: per half, elements 0-63 and 64-127 as unsigned 6-bit quants with their scales spread;
-/// acc += d_x·d·(256·S_hi + S_lo − 32·C), C = Σ_j scales_j·sums_j (the q − 32 offset), the planes converted
-/// separately (256·S_hi can pass 2^31).
-struct Q6KBlockQ16: Q16Block {
-    static var typeSize: Int { 210 }
+/// A decoded Q6_K block: per half, elements 0-63 and 64-127 as unsigned 6-bit quants with their scales spread.
+struct Q6KBlockQ16 {
     var e: (V512i, V512i, V512i, V512i)
     var s: (V512i, V512i, V512i, V512i)
     var sc32: V512i
@@ -104,7 +127,7 @@ struct Q6KBlockQ16: Q16Block {
 
     @inline(__always)
     init(_ p: UnsafeRawPointer) {
-        csimd_prefetch_page_ahead(p, 210)
+        prefetchAhead(p, 210)
         let m4 = _mm512_set1_epi8(0x0F), m2 = _mm512_set1_epi8(0x03), m30 = _mm512_set1_epi8(0x30)
         @inline(__always) func half(_ h: Int) -> (V512i, V512i, V512i, V512i) {
             let ql = ld512(p, 64 * h), qh = ld256(p, 128 + 32 * h)
@@ -123,6 +146,8 @@ struct Q6KBlockQ16: Q16Block {
         d = h2f(p, 208)
     }
 
+    /// acc += d_x·d·(256·S_hi + S_lo − 32·C), C = Σ_j scales_j·sums_j (the q − 32 offset); the planes are converted
+    /// separately (256·S_hi can pass 2^31).
     @inline(__always)
     func accumulate(_ y: UnsafeRawPointer, _ acc: inout V16f) {
         @inline(__always) func plane(_ o: Int) -> V512i {
@@ -140,15 +165,14 @@ struct Q6KBlockQ16: Q16Block {
     }
 }
 
-/// Row · `nx` (1...4) Q16_K activation rows `st` bytes apart.
 @inline(__always)
-func multiQ16<B: Q16Block>(_: B.Type, _ row: UnsafeRawPointer, _ xq: UnsafeRawPointer, _ st: Int, _ nx: Int,
-                           _ out: UnsafeMutablePointer<Float>, _ count: Int) {
+func q6KMultiQ16VNNI(_ row: UnsafeRawPointer, _ xq: UnsafeRawPointer, _ st: Int, _ nx: Int,
+                     _ out: UnsafeMutablePointer<Float>, _ count: Int) {
     let zf = _mm512_setzero_ps()
     var acc = (zf, zf, zf, zf)
     for b in 0..<(count / 256) {
         let y = xq + b * Q16_K.typeSize
-        let k = B(row + b * B.typeSize)
+        let k = Q6KBlockQ16(row + b * 210)
         k.accumulate(y, &acc.0)
         if nx > 1 { k.accumulate(y + st, &acc.1) }
         if nx > 2 { k.accumulate(y + 2 * st, &acc.2) }
@@ -157,23 +181,21 @@ func multiQ16<B: Q16Block>(_: B.Type, _ row: UnsafeRawPointer, _ xq: UnsafeRawPo
     storeReduced4(acc, nx, out)
 }
 
-/// `nr` (1...4) rows `rs` bytes apart · `nx` (1 or 2) Q16_K activation rows `st` bytes apart, into `out[4j + i]`:
-/// the same steps per (row, block, activation) as `multiQ16`, so the same bits.
 @inline(__always)
-func rowsQ16<B: Q16Block>(_: B.Type, _ row: UnsafeRawPointer, _ rs: Int, _ nr: Int, _ y0: UnsafeRawPointer,
-                          _ st: Int, _ nx: Int, _ out: UnsafeMutablePointer<Float>, _ count: Int) {
+func q6KRowsQ16VNNI(_ row: UnsafeRawPointer, _ rs: Int, _ nr: Int, _ y0: UnsafeRawPointer, _ st: Int, _ nx: Int,
+                    _ out: UnsafeMutablePointer<Float>, _ count: Int) {
     let zf = _mm512_setzero_ps()
     var acc = (zf, zf, zf, zf), acc2 = acc
     for b in 0..<(count / 256) {
-        let y = y0 + b * Q16_K.typeSize, p = row + b * B.typeSize
-        @inline(__always) func one(_ k: B, _ a: inout V16f, _ a2: inout V16f) {
+        let y = y0 + b * Q16_K.typeSize, p = row + b * 210
+        @inline(__always) func one(_ k: Q6KBlockQ16, _ a: inout V16f, _ a2: inout V16f) {
             k.accumulate(y, &a)
             if nx > 1 { k.accumulate(y + st, &a2) }
         }
-        one(B(p), &acc.0, &acc2.0)
-        if nr > 1 { one(B(p + rs), &acc.1, &acc2.1) }
-        if nr > 2 { one(B(p + 2 * rs), &acc.2, &acc2.2) }
-        if nr > 3 { one(B(p + 3 * rs), &acc.3, &acc2.3) }
+        one(Q6KBlockQ16(p), &acc.0, &acc2.0)
+        if nr > 1 { one(Q6KBlockQ16(p + rs), &acc.1, &acc2.1) }
+        if nr > 2 { one(Q6KBlockQ16(p + 2 * rs), &acc.2, &acc2.2) }
+        if nr > 3 { one(Q6KBlockQ16(p + 3 * rs), &acc.3, &acc2.3) }
     }
     storeReduced4(acc, nr, out)
     if nx > 1 { storeReduced4(acc2, nr, out + 4) }
@@ -190,34 +212,58 @@ func withLiteral4(_ n: Int, _ body: (Int) -> Void) {
     }
 }
 
-/// The Q16 entry points of one format: the token kernel and the rows kernel for one or two activation rows
-/// (separately compiled, so each keeps its registers).
-enum Q16Entry<B: Q16Block> {
-    static func multi(_ row: UnsafeRawPointer, _ xq: UnsafeRawPointer, _ xqStride: Int, _ nx: Int,
-                      _ out: UnsafeMutablePointer<Float>, _ count: Int) {
-        forMultiGroups(nx) { j, n in multiQ16(B.self, row, xq + j * xqStride, xqStride, n, out + j, count) }
-    }
-    static func rows(_ rows: UnsafeRawPointer, _ rowStride: Int, _ nr: Int, _ xq: UnsafeRawPointer,
-                     _ xqStride: Int, _ nx: Int, _ out: UnsafeMutablePointer<Float>, _ count: Int) {
-        if nx == 1 { rows1(rows, rowStride, nr, xq, out, count) } else { rows2(rows, rowStride, nr, xq, xqStride, out, count) }
-    }
-    @inline(never) static func rows1(_ rows: UnsafeRawPointer, _ rs: Int, _ nr: Int, _ xq: UnsafeRawPointer,
-                                     _ out: UnsafeMutablePointer<Float>, _ count: Int) {
-        withLiteral4(nr) { n in rowsQ16(B.self, rows, rs, n, xq, 0, 1, out, count) }
-    }
-    @inline(never) static func rows2(_ rows: UnsafeRawPointer, _ rs: Int, _ nr: Int, _ xq: UnsafeRawPointer,
-                                     _ st: Int, _ out: UnsafeMutablePointer<Float>, _ count: Int) {
-        withLiteral4(nr) { n in rowsQ16(B.self, rows, rs, n, xq, st, 2, out, count) }
-    }
-}
-
 /// The Q16_K entries of the AVX-512 kernel tables.
 public enum Q16_VNNI {
-    public static let q4K: QuantKernels.VecDotMulti = Q16Entry<Q4KBlockQ16>.multi
-    public static let q5K: QuantKernels.VecDotMulti = Q16Entry<Q5KBlockQ16>.multi
-    public static let q6K: QuantKernels.VecDotMulti = Q16Entry<Q6KBlockQ16>.multi
-    public static let q4KRows: QuantKernels.VecDotRows = Q16Entry<Q4KBlockQ16>.rows
-    public static let q5KRows: QuantKernels.VecDotRows = Q16Entry<Q5KBlockQ16>.rows
-    public static let q6KRows: QuantKernels.VecDotRows = Q16Entry<Q6KBlockQ16>.rows
+    public static func q4K(_ row: UnsafeRawPointer, _ xq: UnsafeRawPointer, _ xqStride: Int, _ nx: Int,
+                           _ out: UnsafeMutablePointer<Float>, _ count: Int) {
+        forMultiGroups(nx) { j, n in kMultiQ16VNNI(row, xq + j * xqStride, xqStride, n, out + j, count, 144, q4KPairs) }
+    }
+    public static func q5K(_ row: UnsafeRawPointer, _ xq: UnsafeRawPointer, _ xqStride: Int, _ nx: Int,
+                           _ out: UnsafeMutablePointer<Float>, _ count: Int) {
+        forMultiGroups(nx) { j, n in kMultiQ16VNNI(row, xq + j * xqStride, xqStride, n, out + j, count, 176, { pairsFromChunks($0, $1, Q5_K_VNNI.chunk) }) }
+    }
+    public static func q6K(_ row: UnsafeRawPointer, _ xq: UnsafeRawPointer, _ xqStride: Int, _ nx: Int,
+                           _ out: UnsafeMutablePointer<Float>, _ count: Int) {
+        forMultiGroups(nx) { j, n in q6KMultiQ16VNNI(row, xq + j * xqStride, xqStride, n, out + j, count) }
+    }
+    /// `q16DotRows` of Q4_K (one or two activation rows: separately compiled, so each keeps its registers).
+    public static func q4KRows(_ rows: UnsafeRawPointer, _ rowStride: Int, _ nr: Int, _ xq: UnsafeRawPointer,
+                               _ xqStride: Int, _ nx: Int, _ out: UnsafeMutablePointer<Float>, _ count: Int) {
+        if nx == 1 { q4KRows1(rows, rowStride, nr, xq, out, count) } else { q4KRows2(rows, rowStride, nr, xq, xqStride, out, count) }
+    }
+    @inline(never) static func q4KRows1(_ rows: UnsafeRawPointer, _ rs: Int, _ nr: Int, _ xq: UnsafeRawPointer,
+                                        _ out: UnsafeMutablePointer<Float>, _ count: Int) {
+        withLiteral4(nr) { n in kRowsQ16VNNI(rows, rs, n, xq, 0, 1, out, count, 144, q4KPairs) }
+    }
+    @inline(never) static func q4KRows2(_ rows: UnsafeRawPointer, _ rs: Int, _ nr: Int, _ xq: UnsafeRawPointer,
+                                        _ st: Int, _ out: UnsafeMutablePointer<Float>, _ count: Int) {
+        withLiteral4(nr) { n in kRowsQ16VNNI(rows, rs, n, xq, st, 2, out, count, 144, q4KPairs) }
+    }
+
+    public static func q5KRows(_ rows: UnsafeRawPointer, _ rowStride: Int, _ nr: Int, _ xq: UnsafeRawPointer,
+                               _ xqStride: Int, _ nx: Int, _ out: UnsafeMutablePointer<Float>, _ count: Int) {
+        if nx == 1 { q5KRows1(rows, rowStride, nr, xq, out, count) } else { q5KRows2(rows, rowStride, nr, xq, xqStride, out, count) }
+    }
+    @inline(never) static func q5KRows1(_ rows: UnsafeRawPointer, _ rs: Int, _ nr: Int, _ xq: UnsafeRawPointer,
+                                        _ out: UnsafeMutablePointer<Float>, _ count: Int) {
+        withLiteral4(nr) { n in kRowsQ16VNNI(rows, rs, n, xq, 0, 1, out, count, 176, { pairsFromChunks($0, $1, Q5_K_VNNI.chunk) }) }
+    }
+    @inline(never) static func q5KRows2(_ rows: UnsafeRawPointer, _ rs: Int, _ nr: Int, _ xq: UnsafeRawPointer,
+                                        _ st: Int, _ out: UnsafeMutablePointer<Float>, _ count: Int) {
+        withLiteral4(nr) { n in kRowsQ16VNNI(rows, rs, n, xq, st, 2, out, count, 176, { pairsFromChunks($0, $1, Q5_K_VNNI.chunk) }) }
+    }
+
+    public static func q6KRows(_ rows: UnsafeRawPointer, _ rowStride: Int, _ nr: Int, _ xq: UnsafeRawPointer,
+                               _ xqStride: Int, _ nx: Int, _ out: UnsafeMutablePointer<Float>, _ count: Int) {
+        if nx == 1 { q6KRows1(rows, rowStride, nr, xq, out, count) } else { q6KRows2(rows, rowStride, nr, xq, xqStride, out, count) }
+    }
+    @inline(never) static func q6KRows1(_ rows: UnsafeRawPointer, _ rs: Int, _ nr: Int, _ xq: UnsafeRawPointer,
+                                        _ out: UnsafeMutablePointer<Float>, _ count: Int) {
+        withLiteral4(nr) { n in q6KRowsQ16VNNI(rows, rs, n, xq, 0, 1, out, count) }
+    }
+    @inline(never) static func q6KRows2(_ rows: UnsafeRawPointer, _ rs: Int, _ nr: Int, _ xq: UnsafeRawPointer,
+                                        _ st: Int, _ out: UnsafeMutablePointer<Float>, _ count: Int) {
+        withLiteral4(nr) { n in q6KRowsQ16VNNI(rows, rs, n, xq, st, 2, out, count) }
+    }
 }
 #endif

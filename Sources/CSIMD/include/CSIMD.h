@@ -87,11 +87,6 @@ CSIMD_INLINE __m256i csimd_shuffle_epi32_2301(__m256i a) { return _mm256_shuffle
 CSIMD_INLINE __m256i csimd_bsrli_8(__m256i a) { return _mm256_bsrli_epi128(a, 8); }
 /// Prefetch into all cache levels.
 CSIMD_INLINE void csimd_prefetch(const void *p) { _mm_prefetch((const char *)p, _MM_HINT_T0); }
-/// Prefetches every cache line of the `bytes` at `p` a page (4 KB) ahead: for kernels whose weights stream from
-/// DRAM in regions of ~1 MB at random places (MoE experts), where the hardware prefetchers restart at every page.
-CSIMD_INLINE void csimd_prefetch_page_ahead(const void *p, long bytes) {
-    for (long o = 0; o < bytes; o += 64) _mm_prefetch((const char *)p + 4096 + o, _MM_HINT_T0);
-}
 CSIMD_INLINE void csimd_pause(void) { __builtin_ia32_pause(); }
 
 #endif
