@@ -60,7 +60,8 @@ extension ThreadPool {
     /// for heavy-tailed inputs such as the MLP's down projection, where 8-bit activations cost the most accuracy
     /// (measured on Gemma 3 270M against a float64 reference, mean |Δlogprob|: 0.113 with 8-bit activations
     /// everywhere, 0.065 with f32 activations into ffn_down; llama.cpp 0.104).
-    /// From `tileMinRows` token rows on, formats with tile kernels (`vecDotTile` / `dotF32Tile`) decode each weight row
+    /// From the tile kernels' `minRows` token rows on (5 unless a format measured otherwise: on Zen 5, 2 threads,
+    /// batched decode of Gemma 3 270M, 4 rows were 5% slower tiled, 6 rows 16% faster), formats with tile kernels (`vecDotTile` / `dotF32Tile`) decode each weight row
     /// once per matmul and run register-blocked tiles of several weight rows × several token rows; they give every
     /// output the bits of the one-row kernel (`vecDot` / `dotF32`).
     /// Every token row is computed the same way whatever the batch size, so batching never changes results.
@@ -73,7 +74,7 @@ extension ThreadPool {
         let tasks = (rows + chunk - 1) / chunk
         let vt = w.kernels.vecDotType
         if vt == .f32 || f32Activations {
-            if n >= Self.tileMinRows, let tile = w.kernels.dotF32Tile {
+            if let tile = w.kernels.dotF32Tile, n >= tile.minRows {
                 tiledMatmul(w, tile, n: n, ys: ys, scratch: scratch, xRowBytes: 0, y: y, x: UnsafeRawPointer(x),
                             prepareRow: nil)
                 return
@@ -109,7 +110,7 @@ extension ThreadPool {
         guard let q = KernelDispatch.kernels(for: vt)?.quantize, let xRowBytes = vt.byteCount(elements: cols) else {
             preconditionFailure("no quantizer for activation format \(vt) (weights \(w.name))")
         }
-        if n >= Self.tileMinRows, let tile = w.kernels.vecDotTile, let prepare = tile.prepare {
+        if let tile = w.kernels.vecDotTile, n >= tile.minRows, let prepare = tile.prepare {
             tiledMatmul(w, tile, n: n, ys: ys, scratch: scratch, xRowBytes: xRowBytes, y: y, x: nil) { t, xp, tmp in
                 q(x + t * cols, tmp, cols)
                 prepare(tmp, xp, cols)
@@ -151,10 +152,6 @@ extension ThreadPool {
 }
 
 extension ThreadPool {
-    /// Below this many token rows a matmul uses `vecDotMulti` / `dotF32Multi` (the tile kernels give the same bits).
-    /// Measured on Zen 5 (AVX-512), 2 threads, batched decode of Gemma 3 270M: 4 rows 5% slower tiled, 6 rows 16%
-    /// faster, 8 rows 18% faster.
-    static let tileMinRows = 5
 
     /// The tile path: every activation row prepared once (`prepareRow(t, dst, tmp)`, `tmp` a per-thread buffer of
     /// `xRowBytes`; or the f32 rows `x` read in place when `prepareRow` is nil), then tasks of up to 32 weight rows,

@@ -143,12 +143,17 @@ public struct TileKernels: Sendable {
     /// Bytes of `scratch` (64-byte aligned) one `gemm` call of `nr` rows of `count` elements needs.
     public let scratchBytes: @Sendable (_ nr: Int, _ count: Int) -> Int
     public let gemm: Gemm
+    /// The fewest token rows from which a matmul takes this tile path instead of the multi-row kernels (which
+    /// decode each weight block once per 4 token rows): where decoding into the tile layout has paid for itself.
+    public let minRows: Int
 
     public init(prepare: Prepare?, preparedBytes: @escaping @Sendable (_ count: Int) -> Int,
-                scratchBytes: @escaping @Sendable (_ nr: Int, _ count: Int) -> Int, gemm: @escaping Gemm) {
+                scratchBytes: @escaping @Sendable (_ nr: Int, _ count: Int) -> Int, minRows: Int = 5,
+                gemm: @escaping Gemm) {
         self.prepare = prepare
         self.preparedBytes = preparedBytes
         self.scratchBytes = scratchBytes
+        self.minRows = minRows
         self.gemm = gemm
     }
 }
