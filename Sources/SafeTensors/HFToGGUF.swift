@@ -1,9 +1,12 @@
+import Dispatch
+import Foundation
 import GGUF
 import Quant
 
 /// `ktransformers convert`: the GGUF file llama.cpp's converter would write for this checkpoint (the same names,
 /// metadata and transforms the model reads through `TensorSource`), written one tensor at a time so memory stays
-/// near the size of the largest tensor. Tokenizer metadata is written where `HFTokenizer` converted tokenizer.json.
+/// near the size of the largest tensor; each chunk of rows is converted on all cores. Tokenizer metadata is written
+/// where `HFTokenizer` converted tokenizer.json.
 extension HFCheckpoint {
     /// The `--type` names and their ggml types.
     public static let conversionTypes: [String: GGMLType] = ["f32": .f32, "f16": .f16, "bf16": .bf16, "q8_0": .q8_0,
@@ -26,6 +29,7 @@ extension HFCheckpoint {
         let infos = hf.tensors.map { (name: $0.name, shape: $0.shape, type: Self.outputType($0, target: target)) }
         var counts: [GGMLType: Int] = [:]
         for t in infos { counts[t.type, default: 0] += 1 }
+        let workers = max(1, ProcessInfo.processInfo.activeProcessorCount)
         try w.write(to: path, streaming: infos) { i, sink in
             let t = hf.tensors[i], to = infos[i].type
             try hf.withData(of: t) { src in
@@ -45,9 +49,17 @@ extension HFCheckpoint {
                 defer { f.deallocate(); out.deallocate() }
                 var r = 0
                 while r < rows {
-                    let n = min(chunkRows, rows - r)
-                    from.dequantize(src + r * inRowBytes, f, n * cols)
-                    q(f, out, n * cols)
+                    let n = min(chunkRows, rows - r), r0 = r
+                    // Rows convert independently: split the chunk over the cores (the same bytes as in one go).
+                    let parts = min(n, workers), per = (n + parts - 1) / parts
+                    // The parts write disjoint rows of `f` and `out`.
+                    nonisolated(unsafe) let (s, fs, o) = (src, f, out)
+                    DispatchQueue.concurrentPerform(iterations: parts) { i in
+                        let a = i * per, b = min(n, a + per)
+                        guard a < b else { return }
+                        from.dequantize(s + (r0 + a) * inRowBytes, fs + a * cols, (b - a) * cols)
+                        q(fs + a * cols, o + a * outRowBytes, (b - a) * cols)
+                    }
                     try sink(UnsafeRawBufferPointer(start: out, count: n * outRowBytes))
                     r += n
                 }
