@@ -8,8 +8,8 @@ measuring MoE decoding at real shapes (docs/performance.md). Nothing is download
     python3 scripts/make_moe_bench_model.py OUT_DIR [LAYERS=4]
     ktransformers convert --input OUT_DIR --output model.gguf --type q4_k
 
-The tokenizer is the small SentencePiece vocabulary of Tests/HFTests/Fixtures/spm.json (padded to the model's
-vocabulary by the converter), so that programs which insist on one (llama.cpp) load the file.
+The tokenizer is the small SentencePiece vocabulary of Tests/HFTests/Fixtures/spm.json filled up to the model's
+vocabulary with words "▁w<id>" (so every generated id decodes to text, and servers stream something).
 """
 import json
 import os
@@ -71,8 +71,12 @@ def main():
         json.dump({"metadata": {}, "weight_map": weight_map}, f)
 
     spm = json.load(open(os.path.join(os.path.dirname(__file__), "..", "Tests", "HFTests", "Fixtures", "spm.json")))
+    tok = spm["legacy"]
+    vocab = tok["model"]["vocab"]
+    for i in range(len(vocab), VOCAB):  # fill the vocabulary with words, so that every id decodes to text
+        vocab[f"\u2581w{i}"] = i
     with open(os.path.join(out, "tokenizer.json"), "w") as f:
-        json.dump(spm["legacy"], f, ensure_ascii=False)
+        json.dump(tok, f, ensure_ascii=False)
     with open(os.path.join(out, "tokenizer_config.json"), "w") as f:
         json.dump({"add_bos_token": True, "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}, f)
 
