@@ -135,11 +135,15 @@ final class EngineTests: XCTestCase {
         defer { e.shutdown() }
         let p = prompt(6, seed: 3)
         let free = try await alone(p, maxTokens: 6)
-        let first = try e.submit(EngineRequest(id: "first", promptTokens: p, maxTokens: 40))
+        // "first" runs until the context is full (thousands of steps), so it still holds the slot when "q" comes
+        // however the threads are scheduled; it is then cancelled.
+        let first = try e.submit(EngineRequest(id: "first", promptTokens: p, maxTokens: 1_000_000))
         XCTAssertThrowsError(try e.submit(EngineRequest(id: "q", promptTokens: p, maxTokens: 6))) {
             guard case .overloaded = $0 as? EngineError else { return XCTFail("\($0)") }
         }
-        _ = await Self.collect(first)
+        e.abort(id: "first")
+        let firstEnd = await Self.collect(first).finish
+        XCTAssertEqual(firstEnd, .abort)
         // Stopping on the third token's id ends there, with that token reported.
         let e2 = try makeEngine()
         defer { e2.shutdown() }
