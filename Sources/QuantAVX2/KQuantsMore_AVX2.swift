@@ -169,7 +169,7 @@ public enum Q5_K_AVX2 {
     public static var kernels: QuantKernels {
         QuantKernels(type: .q5_K, dequantize: dequantize, quantize: nil, dotF32: dotF32, vecDotType: .q8_K,
                      vecDot: vecDot, vecDotMulti: vecDotMulti, dotF32Multi: dotF32Multi,
-                     q16DotMulti: Q16_AVX2.q5K)
+                     q16DotMulti: Q16_AVX2.q5K, q16DotRows: Q16_AVX2.q5KRows)
     }
 }
 

@@ -186,7 +186,7 @@ public enum Q4_K_AVX2 {
         QuantKernels(type: .q4_K, dequantize: dequantize, quantize: Q4_K.quantize, dotF32: dotF32,
                      vecDotType: .q8_K, vecDot: vecDot, vecDotMulti: vecDotMulti, dotF32Multi: dotF32Multi,
                      dotF32Tile: Q4_K_F32Tile_AVX2.tile,
-                     q16DotMulti: Q16_AVX2.q4K)
+                     q16DotMulti: Q16_AVX2.q4K, q16DotRows: Q16_AVX2.q4KRows)
     }
 }
 

@@ -17,52 +17,76 @@ func q16MinsTerm(_ m: UInt64, _ y: UnsafeRawPointer) -> V256i {
     return _mm256_mullo_epi32(m32, pairs)
 }
 
-/// Row · Q16_K for Q4_K / Q5_K against `nx` (1...4) activation rows: d_x·(d·S − dmin·M) per block with
-/// S = 256·S_hi + S_lo, each plane's Σ_j sc_j·Σ q·plane in int32. S fits in int32: a lane gathers 32 products
-/// |q·plane·sc| ≤ 31·127·63, so |S| ≤ 257·32·31·127·63 < 2^31.
+/// One Q4_K / Q5_K block (at `p`, `ts` bytes) · `nx` (1...4) Q16_K blocks `st` bytes apart from `y`, added to
+/// `acc.j`: d_x·(d·S − dmin·M), S = 256·S_hi + S_lo with each plane's Σ_j sc_j·Σ q·plane in int32. S fits in int32:
+/// a lane gathers 32 products |q·plane·sc| ≤ 31·127·63, so |S| ≤ 257·32·31·127·63 < 2^31. Each activation's sums
+/// and float steps are its own, so its result does not depend on nx.
+@inline(__always)
+func kBlockQ16(_ p: UnsafeRawPointer, _ ts: Int, _ y: UnsafeRawPointer, _ st: Int, _ nx: Int, _ acc: inout Acc4,
+               _ chunk: (UnsafeRawPointer, Int) -> (V256i, V256i)) {
+    prefetchBlock(p, ts)
+    let (sc, m) = kScalesMins(p + 4)
+    let s8 = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(Int64(bitPattern: sc)))
+    let sc16 = _mm256_set_m128i(s8, s8)
+    let z = _mm256_setzero_si256()
+    var s0 = (z, z), s1 = s0, s2 = s0, s3 = s0
+    for c in 0..<4 {
+        let (ql, qh) = chunk(p, c)
+        let sl = _mm256_shuffle_epi8(sc16, bcast16Shuffle(2 * c))
+        let sh = _mm256_shuffle_epi8(sc16, bcast16Shuffle(2 * c + 1))
+        @inline(__always) func plane(_ y: UnsafeRawPointer, _ o: Int) -> V256i {
+            _mm256_add_epi32(_mm256_madd_epi16(sl, _mm256_maddubs_epi16(ql, ld256(y, o + 64 * c))),
+                             _mm256_madd_epi16(sh, _mm256_maddubs_epi16(qh, ld256(y, o + 64 * c + 32))))
+        }
+        @inline(__always) func one(_ y: UnsafeRawPointer, _ s: inout (V256i, V256i)) {
+            s.0 = _mm256_add_epi32(s.0, plane(y, Q16_K.hiOffset))
+            s.1 = _mm256_add_epi32(s.1, plane(y, Q16_K.loOffset))
+        }
+        one(y, &s0)
+        if nx > 1 { one(y + st, &s1) }
+        if nx > 2 { one(y + 2 * st, &s2) }
+        if nx > 3 { one(y + 3 * st, &s3) }
+    }
+    let d = h2f(p, 0), dmin = h2f(p, 2)
+    @inline(__always) func fin(_ y: UnsafeRawPointer, _ s: (V256i, V256i), _ acc: inout V8f) {
+        let dx = Q16_K.d(y)
+        let si = _mm256_add_epi32(_mm256_slli_epi32(s.0, 8), s.1)
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(dx * d), _mm256_cvtepi32_ps(si), acc)
+        acc = _mm256_fnmadd_ps(_mm256_set1_ps(dx * dmin), _mm256_cvtepi32_ps(q16MinsTerm(m, y)), acc)
+    }
+    fin(y, s0, &acc.0)
+    if nx > 1 { fin(y + st, s1, &acc.1) }
+    if nx > 2 { fin(y + 2 * st, s2, &acc.2) }
+    if nx > 3 { fin(y + 3 * st, s3, &acc.3) }
+}
+
+/// Row · Q16_K for Q4_K / Q5_K against `nx` (1...4) activation rows.
 @inline(__always)
 func kMultiQ16(_ row: UnsafeRawPointer, _ xq: UnsafeRawPointer, _ st: Int, _ nx: Int,
                _ out: UnsafeMutablePointer<Float>, _ count: Int, _ ts: Int,
                _ chunk: (UnsafeRawPointer, Int) -> (V256i, V256i)) {
     var acc = zeroAcc4()
-    for b in 0..<(count / 256) {
-        let p = row + b * ts, y = xq + b * Q16_K.typeSize
-        prefetchBlock(p, ts)
-        let (sc, m) = kScalesMins(p + 4)
-        let s8 = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(Int64(bitPattern: sc)))
-        let sc16 = _mm256_set_m128i(s8, s8)
-        let z = _mm256_setzero_si256()
-        var s0 = (z, z), s1 = s0, s2 = s0, s3 = s0
-        for c in 0..<4 {
-            let (ql, qh) = chunk(p, c)
-            let sl = _mm256_shuffle_epi8(sc16, bcast16Shuffle(2 * c))
-            let sh = _mm256_shuffle_epi8(sc16, bcast16Shuffle(2 * c + 1))
-            @inline(__always) func plane(_ y: UnsafeRawPointer, _ o: Int) -> V256i {
-                _mm256_add_epi32(_mm256_madd_epi16(sl, _mm256_maddubs_epi16(ql, ld256(y, o + 64 * c))),
-                                 _mm256_madd_epi16(sh, _mm256_maddubs_epi16(qh, ld256(y, o + 64 * c + 32))))
-            }
-            @inline(__always) func one(_ y: UnsafeRawPointer, _ s: inout (V256i, V256i)) {
-                s.0 = _mm256_add_epi32(s.0, plane(y, Q16_K.hiOffset))
-                s.1 = _mm256_add_epi32(s.1, plane(y, Q16_K.loOffset))
-            }
-            one(y, &s0)
-            if nx > 1 { one(y + st, &s1) }
-            if nx > 2 { one(y + 2 * st, &s2) }
-            if nx > 3 { one(y + 3 * st, &s3) }
-        }
-        let d = h2f(p, 0), dmin = h2f(p, 2)
-        @inline(__always) func fin(_ y: UnsafeRawPointer, _ s: (V256i, V256i), _ acc: inout V8f) {
-            let dx = Q16_K.d(y)
-            let si = _mm256_add_epi32(_mm256_slli_epi32(s.0, 8), s.1)
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(dx * d), _mm256_cvtepi32_ps(si), acc)
-            acc = _mm256_fnmadd_ps(_mm256_set1_ps(dx * dmin), _mm256_cvtepi32_ps(q16MinsTerm(m, y)), acc)
-        }
-        fin(y, s0, &acc.0)
-        if nx > 1 { fin(y + st, s1, &acc.1) }
-        if nx > 2 { fin(y + 2 * st, s2, &acc.2) }
-        if nx > 3 { fin(y + 3 * st, s3, &acc.3) }
-    }
+    for b in 0..<(count / 256) { kBlockQ16(row + b * ts, ts, xq + b * Q16_K.typeSize, st, nx, &acc, chunk) }
     storeRows(acc, nx, out)
+}
+
+/// `nr` (1...4) Q4_K / Q5_K rows `rs` bytes apart · one Q16_K row: each row with `kMultiQ16`'s steps (its bits).
+@inline(__always)
+func kRowsQ16(_ row: UnsafeRawPointer, _ rs: Int, _ nr: Int, _ y0: UnsafeRawPointer,
+              _ out: UnsafeMutablePointer<Float>, _ count: Int, _ ts: Int,
+              _ chunk: (UnsafeRawPointer, Int) -> (V256i, V256i)) {
+    var a0 = zeroAcc4(), a1 = a0, a2 = a0, a3 = a0
+    for b in 0..<(count / 256) {
+        let p = row + b * ts, y = y0 + b * Q16_K.typeSize
+        kBlockQ16(p, ts, y, 0, 1, &a0, chunk)
+        if nr > 1 { kBlockQ16(p + rs, ts, y, 0, 1, &a1, chunk) }
+        if nr > 2 { kBlockQ16(p + 2 * rs, ts, y, 0, 1, &a2, chunk) }
+        if nr > 3 { kBlockQ16(p + 3 * rs, ts, y, 0, 1, &a3, chunk) }
+    }
+    out[0] = hsum(a0.0)
+    if nr > 1 { out[1] = hsum(a1.0) }
+    if nr > 2 { out[2] = hsum(a2.0) }
+    if nr > 3 { out[3] = hsum(a3.0) }
 }
 
 /// Row · Q16_K for Q6_K: d_x·d·(256·S_hi + S_lo − 32·C) per block, S_* = Σ_j scales_j·Σ q·plane with the unsigned
@@ -133,6 +157,43 @@ public enum Q16_AVX2 {
     public static func q6K(_ row: UnsafeRawPointer, _ xq: UnsafeRawPointer, _ xqStride: Int, _ nx: Int,
                            _ out: UnsafeMutablePointer<Float>, _ count: Int) {
         forMultiGroups(nx) { j, n in q6KMultiQ16(row, xq + j * xqStride, xqStride, n, out + j, count) }
+    }
+    /// `q16DotRows` of Q4_K for one activation row (two go through `q4K`: the rows kernel's registers do not
+    /// stretch to two here).
+    public static func q4KRows(_ rows: UnsafeRawPointer, _ rowStride: Int, _ nr: Int, _ xq: UnsafeRawPointer,
+                               _ xqStride: Int, _ nx: Int, _ out: UnsafeMutablePointer<Float>, _ count: Int) {
+        rowsOrTokens(rows, rowStride, nr, xq, xqStride, nx, out, count, q4K) { r, n, y, o in
+            kRowsQ16(r, rowStride, n, y, o, count, 144, Q4_K_AVX2.chunk)
+        }
+    }
+    public static func q5KRows(_ rows: UnsafeRawPointer, _ rowStride: Int, _ nr: Int, _ xq: UnsafeRawPointer,
+                               _ xqStride: Int, _ nx: Int, _ out: UnsafeMutablePointer<Float>, _ count: Int) {
+        rowsOrTokens(rows, rowStride, nr, xq, xqStride, nx, out, count, q5K) { r, n, y, o in
+            kRowsQ16(r, rowStride, n, y, o, count, 176, Q5_K_AVX2.chunk)
+        }
+    }
+
+    /// One activation row: `rowsKernel(rows, nr, xq, out)` with nr a literal; two: `multi` per row (same bits).
+    @inline(__always)
+    static func rowsOrTokens(_ rows: UnsafeRawPointer, _ rs: Int, _ nr: Int, _ xq: UnsafeRawPointer, _ st: Int,
+                             _ nx: Int, _ out: UnsafeMutablePointer<Float>, _ count: Int,
+                             _ multi: QuantKernels.VecDotMulti,
+                             _ rowsKernel: (UnsafeRawPointer, Int, UnsafeRawPointer, UnsafeMutablePointer<Float>) -> Void) {
+        if nx == 1 {
+            switch nr {
+            case 1: rowsKernel(rows, 1, xq, out)
+            case 2: rowsKernel(rows, 2, xq, out)
+            case 3: rowsKernel(rows, 3, xq, out)
+            default: rowsKernel(rows, 4, xq, out)
+            }
+            return
+        }
+        var two: (Float, Float) = (0, 0)
+        for i in 0..<nr {
+            withUnsafeMutableBytes(of: &two) { multi(rows + i * rs, xq, st, 2, $0.baseAddress!.assumingMemoryBound(to: Float.self), count) }
+            out[i] = two.0
+            out[4 + i] = two.1
+        }
     }
 
     /// `Q16_K.quantize` with AVX2: the same d, v and sums (rounding to nearest even, as the scalar code).

@@ -245,6 +245,7 @@ final class Q16SIMDTests: XCTestCase {
         let kernels: [(GGMLType, QuantKernels.VecDotRows, QuantKernels.VecDotMulti)] = [
             (.q4_K, Q16_VNNI.q4KRows, Q16_VNNI.q4K), (.q5_K, Q16_VNNI.q5KRows, Q16_VNNI.q5K),
             (.q6_K, Q16_VNNI.q6KRows, Q16_VNNI.q6K),
+            (.q4_K, Q16_AVX2.q4KRows, Q16_AVX2.q4K), (.q5_K, Q16_AVX2.q5KRows, Q16_AVX2.q5K),
         ]
         for (t, rowsK, multi) in kernels {
             let rowBytes = t.byteCount(elements: n)! + 7
