@@ -141,9 +141,9 @@ enum Q4_K_Tile {
 }
 
 extension Q4_K_VNNI {
-    /// Tiled `vecDot` (bit-identical). From 9 token rows: against the 512-bit multi-row kernel, 8 rows were 27%
-    /// faster untiled (a Qwen3-MoE-shaped model, 2048 columns, 8 sequences decoding: 461 → 587 t/s) and Gemma 3
-    /// 270M's 8-sequence decode no slower (317 → 324 t/s); prefill (64 rows) is unchanged.
+    /// Tiled `vecDot` (bit-identical). From 9 token rows: against the 512-bit multi-row kernel, 8 rows were faster
+    /// untiled (a Qwen3-MoE-shaped model, 2048 columns, 8 different sequences decoding: 348 → 400 t/s) and Gemma 3
+    /// 270M's 8-sequence decode no slower (326 → 330 t/s); prefill (64 rows) is unchanged.
     public static let tile = TileKernels(
         prepare: { Q4_K_Tile.prepare($0, $1, $2) },
         preparedBytes: { count in count / 256 * Q4_K_Tile.xb },

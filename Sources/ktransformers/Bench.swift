@@ -9,7 +9,7 @@ import Quant
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Measure prompt-processing and generation speed (like llama-bench).",
-        discussion: "Tests: ppP reads P prompt tokens in one batch (chunked by --chunk-size); tgN generates N tokens one step at a time from an empty context; with --batch B, tgN runs B sequences decoding together and reports their total tokens/s. Each test runs -r times after one warm-up run. `bench serve` load-tests an OpenAI-compatible server instead.",
+        discussion: "Tests: ppP reads P prompt tokens in one batch (chunked by --chunk-size); tgN generates N tokens one step at a time from an empty context, starting from a random token; with --batch B, tgN runs B sequences decoding together (each from its own random token) and reports their total tokens/s. Each test runs -r times after one warm-up run. `bench serve` load-tests an OpenAI-compatible server instead.",
         subcommands: [BenchServe.self])
 
     @Option(name: .long, help: "GGUF model file (default: the installed default model).")
@@ -127,8 +127,12 @@ struct Bench: ParsableCommand {
         }
         if nGen > 0 {
             let test = batch > 1 ? "tg\(nGen)x\(batch)" : "tg\(nGen)"
+            // Each sequence starts from its own random token, so the sequences differ as real requests do (with
+            // one start token they would decode identically, and an MoE model would route every sequence to the
+            // same experts).
+            let starts = (0..<batch).map { _ in Int32.random(in: 0..<Int32(vocab), using: &rng) }
             try measure(test, tokens: nGen * batch) {
-                var next = [Int32](repeating: 2, count: batch)
+                var next = starts
                 for pos in 0..<nGen {
                     var b = ForwardBatch(pageSize: pageSize)
                     for s in 0..<batch {
