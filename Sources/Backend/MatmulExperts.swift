@@ -46,8 +46,11 @@ extension ThreadPool {
         /// Runs the tasks with `multi(row, p, nx, out)`: `out[j] = W_e[row] · x_sorted[p + j]` for j < nx ≤ 4; and
         /// where an expert has one or two rows from `p`, with `fewRows(row, rowStride, nr, p, nx, out)`:
         /// `out[4j + i] = W_e[row + i] · x[p + j]` for i < nr ≤ 4, j < nx ≤ 2 (when given: it must give `multi`'s bits).
+        /// And where an expert has at least `manyRows.min` rows, with `manyRows.run(row, rowStride, nr, p0, nx, y,
+        /// thread)`: `y[j·rows + i] = W_e[row + i] · x[p0 + j]` for i < nr, j < nx (it must give `multi`'s bits).
         @inline(__always)
         func run(fewRows: ((UnsafeRawPointer, Int, Int, Int, Int, UnsafeMutablePointer<Float>) -> Void)? = nil,
+                 manyRows: (min: Int, run: (UnsafeRawPointer, Int, Int, Int, Int, UnsafeMutablePointer<Float>, Int) -> Void)? = nil,
                  _ multi: (UnsafeRawPointer, Int, Int, UnsafeMutablePointer<Float>) -> Void) {
             parallelFor(tasks) { task, thread in
                 let ai = task / (nMat * chunksPerMatrix), rem = task % (nMat * chunksPerMatrix)
@@ -57,6 +60,11 @@ extension ThreadPool {
                 let wm = m == 0 ? ws.0 : ws.1, ym = m == 0 ? ys.0 : ys.1
                 let out = scratch.perThread.buffer(thread)
                 let r1 = min(rows, (c + 1) * chunk)
+                if let manyRows, p1 - p0 >= manyRows.min {
+                    let r0 = c * chunk
+                    manyRows.run(wm.row(e, r0), wm.rowBytes, r1 - r0, p0, p1 - p0, ym + p0 * rows + r0, thread)
+                    return
+                }
                 if let fewRows, p1 - p0 <= 2 {
                     let nx = p1 - p0
                     var r = c * chunk
@@ -136,6 +144,27 @@ extension ThreadPool {
         }
         let xqc = xq
         let multi = w.kernels.vecDotMulti ?? QuantKernels.referenceVecDotMulti(w.kernels.vecDot)
+        // Experts with at least the tile kernel's `minRows` rows (prefill) run as register-blocked tiles over those
+        // rows: the same bits as `vecDotMulti` (the tile kernels give `vecDot`'s), each weight block decoded once.
+        if let tile = w.kernels.vecDotTile, let prepare = tile.prepare,
+           (0..<nActive).contains(where: { let e = Int(active[$0]); return Int(offsets[e + 1] - offsets[e]) >= tile.minRows }) {
+            @inline(__always) func up64(_ v: Int) -> Int { (v + 63) & ~63 }
+            let pb = up64(tile.preparedBytes(cols)), maxTileRows = 32
+            let perThread = up64(tile.scratchBytes(maxTileRows, cols))
+            routing.tiles.reserve(a * pb + threadCount * perThread)
+            let prepared = routing.tiles.bytes, threadBase = prepared + a * pb
+            parallelFor(a) { p, _ in prepare(xqc + p * xRowBytes, prepared + p * pb, cols) }
+            let xp = UnsafeRawPointer(prepared)
+            run(manyRows: (tile.minRows, { wr, rs, nr, p0, nx, y, thread in
+                var r = 0
+                while r < nr {
+                    let n = min(maxTileRows, nr - r)
+                    tile.gemm(wr + r * rs, rs, n, xp + p0 * pb, pb, nx, y + r, rows, cols, threadBase + thread * perThread)
+                    r += n
+                }
+            })) { wr, p, nx, out in multi(wr, xqc + p * xRowBytes, xRowBytes, nx, out, cols) }
+            return
+        }
         run { wr, p, nx, out in multi(wr, xqc + p * xRowBytes, xRowBytes, nx, out, cols) }
     }
 

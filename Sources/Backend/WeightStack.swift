@@ -71,6 +71,8 @@ public final class ExpertRouting: @unchecked Sendable {
     /// Quantized (or f32) activation rows: the token rows, then the same rows gathered into sorted order.
     let activations = ActivationBuffer()
     let gathered = ActivationBuffer()
+    /// The sorted rows in a tile kernel's layout, then per-thread tile scratch.
+    let tiles = ActivationBuffer()
 
     public init(expertCount: Int) {
         self.expertCount = expertCount

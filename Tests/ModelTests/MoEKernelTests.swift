@@ -52,7 +52,7 @@ final class MoEKernelTests: XCTestCase {
         for type in [GGMLType.q4_K, .q8_0, .q6_K, .f16, .f32] {
             let gate = try makeStack(type, count: nExpert, rows: rows, cols: cols, rng: &rng)
             let up = try makeStack(type, count: nExpert, rows: rows, cols: cols, rng: &rng)
-            for (n, k) in [(1, 3), (5, 2), (9, 4)] {
+            for (n, k) in [(1, 3), (5, 2), (9, 4), (40, 2)] {  // (40, 2): ~13 rows per expert, the tile path
                 let x = (0..<n * cols).map { _ in rng.float() }
                 var experts = [Int32]()
                 for _ in 0..<n {
