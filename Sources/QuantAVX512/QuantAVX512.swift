@@ -13,10 +13,9 @@ public enum QuantAVX512 {
         // (vecDot / vecDotMulti of 4 rows), AVX2 → kept kernel:
         //   Q8_0 36 → 44 / 14.4 → 15.9 (512-bit)    Q5_0 16.5 → 18.7 / 6.9 → 8.6 (512-bit)
         //   Q4_0 17.1 → 18.9 / 6.4 → 7.8 (512-bit)  Q6_K 35.5 → 38 / 13.9 → 17.4 (256-bit VNNI)
-        //   Q4_K multi 11.2 → 12.0 (256-bit VNNI; its vecDot was ~5% slower than AVX2's, so AVX2's is kept: both
-        //   give the same bits). Q5_K's VNNI multi was slower (11.0 → 8.1): not used.
-        // Q4_K / Q5_K against Q8_K, 512-bit (bit-identical to AVX2, page-ahead prefetch), 2 threads over 884 KB
-        // expert matrices at random places (the MoE pattern), GB/s: Q4_K 47.2 → 52.4 (256-bit VNNI → 512-bit).
+        //   Q4_K multi 11.2 → 12.0 (256-bit VNNI). Q5_K's 256-bit VNNI multi was slower (11.0 → 8.1).
+        // Both are now replaced by 512-bit kernels (bit-identical to AVX2, page-ahead prefetch): 2 threads over
+        // 884 KB expert matrices at random places (the MoE pattern), GB/s: Q4_K 47.2 → 52.4 (256-bit VNNI → 512).
         // Against Q16_K (the expert down projection, 768 columns): AVX2 36.9, 512-bit 41.9.
         // Tile kernels (prefill; same bits as the one-row kernels): Q8_0 / Q5_0 / Q4_0 and Q4_K against quantized
         // activations, Q4_K / Q6_K against f32 ones. Gemma 3 270M Q4_K_M pp512 on a 2-core Zen 5: ~550 → ~1450 t/s
