@@ -237,30 +237,6 @@ public struct ChatChoice: Encodable, Sendable {
     }
 }
 
-public struct ChatCompletionResponse: Encodable, Sendable {
-    public var id: String
-    public var object = "chat.completion"
-    public var created: Int
-    public var model: String
-    public var choices: [ChatChoice]
-    public var usage: Usage
-    public var systemFingerprint: String? = nil
-
-    enum CodingKeys: String, CodingKey {
-        case id, object, created, model, choices, usage, systemFingerprint = "system_fingerprint"
-    }
-
-    public func encode(to encoder: Encoder) throws {
-        var c = encoder.container(keyedBy: CodingKeys.self)
-        try c.encode(id, forKey: .id)
-        try c.encode(object, forKey: .object)
-        try c.encode(created, forKey: .created)
-        try c.encode(model, forKey: .model)
-        try c.encode(choices, forKey: .choices)
-        try c.encode(usage, forKey: .usage)
-        try c.encode(systemFingerprint, forKey: .systemFingerprint)
-    }
-}
 
 public struct ChunkDelta: Encodable, Sendable, Equatable {
     public var role: String?
@@ -284,29 +260,6 @@ public struct ChatChunkChoice: Encodable, Sendable {
     }
 }
 
-public struct ChatCompletionChunk: Encodable, Sendable {
-    public var id: String
-    public var object = "chat.completion.chunk"
-    public var created: Int
-    public var model: String
-    public var choices: [ChatChunkChoice]
-    /// Only with `stream_options.include_usage`: null on every chunk but the last, which has no choices.
-    public var usage: Usage?
-    public var includeUsageKey = false
-
-    enum CodingKeys: String, CodingKey { case id, object, created, model, choices, usage, systemFingerprint = "system_fingerprint" }
-
-    public func encode(to encoder: Encoder) throws {
-        var c = encoder.container(keyedBy: CodingKeys.self)
-        try c.encode(id, forKey: .id)
-        try c.encode(object, forKey: .object)
-        try c.encode(created, forKey: .created)
-        try c.encode(model, forKey: .model)
-        try c.encode(String?.none, forKey: .systemFingerprint)
-        try c.encode(choices, forKey: .choices)
-        if includeUsageKey { try c.encode(usage, forKey: .usage) }
-    }
-}
 
 public struct CompletionChoice: Encodable, Sendable {
     public var index: Int
@@ -325,15 +278,42 @@ public struct CompletionChoice: Encodable, Sendable {
     }
 }
 
-/// Both the non-streaming response and each streamed chunk (OpenAI uses `text_completion` for both).
-public struct CompletionResponse: Encodable, Sendable {
+/// A choice of a completion response or chunk, and the `object` name of the responses that carry it.
+public protocol ResponseChoice: Encodable, Sendable {
+    static var object: String { get }
+    /// Whether responses write `usage` unless told otherwise (streamed chat chunks only with `include_usage`).
+    static var usageByDefault: Bool { get }
+}
+
+extension ChatChoice: ResponseChoice {
+    public static var object: String { "chat.completion" }
+    public static var usageByDefault: Bool { true }
+}
+
+extension ChatChunkChoice: ResponseChoice {
+    public static var object: String { "chat.completion.chunk" }
+    public static var usageByDefault: Bool { false }
+}
+
+extension CompletionChoice: ResponseChoice {
+    /// OpenAI uses `text_completion` for the non-streaming response and for each streamed chunk.
+    public static var object: String { "text_completion" }
+    public static var usageByDefault: Bool { true }
+}
+
+/// Every completion response and streamed chunk: id, object, created, model, choices, usage. Written by hand
+/// because OpenAI writes `system_fingerprint` (and `usage`, where a response has the key) as explicit nulls,
+/// which synthesized Codable would leave out.
+public struct CompletionEnvelope<Choice: ResponseChoice>: Encodable, Sendable {
     public var id: String
-    public var object = "text_completion"
+    public var object = Choice.object
     public var created: Int
     public var model: String
-    public var choices: [CompletionChoice]
+    public var choices: [Choice]
+    /// On a streamed chat chunk, only with `stream_options.include_usage`: null on every chunk but the last,
+    /// which has no choices.
     public var usage: Usage?
-    public var includeUsageKey = true
+    public var includeUsageKey = Choice.usageByDefault
 
     enum CodingKeys: String, CodingKey { case id, object, created, model, choices, usage, systemFingerprint = "system_fingerprint" }
 
@@ -348,6 +328,10 @@ public struct CompletionResponse: Encodable, Sendable {
         if includeUsageKey { try c.encode(usage, forKey: .usage) }
     }
 }
+
+public typealias ChatCompletionResponse = CompletionEnvelope<ChatChoice>
+public typealias ChatCompletionChunk = CompletionEnvelope<ChatChunkChoice>
+public typealias CompletionResponse = CompletionEnvelope<CompletionChoice>
 
 public struct ModelCard: Encodable, Sendable {
     public var id: String
