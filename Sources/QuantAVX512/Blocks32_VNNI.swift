@@ -78,9 +78,13 @@ func multi32VNNI512(_ row: UnsafeRawPointer, _ xq: UnsafeRawPointer, _ st: Int, 
     if nx > 3 { out[3] = hsum(fold(acc.3)) + tail.3 }
 }
 
-/// Q8_0 with VNNI: `{ half d; int8 qs[32] }`.
-public enum Q8_0_VNNI {
-    static let ts = 34
+/// A signed 32-element block format for the VNNI kernels: its block size in bytes and its quants as int8.
+public protocol Block32VNNI {
+    static var ts: Int { get }
+    static func decode(_ p: UnsafeRawPointer) -> __m256i
+}
+
+extension Block32VNNI {
     /// Row · Q8_0 activation, 256-bit VNNI (the one-row case of `vecDotMulti`, so both give identical bits).
     /// Not dispatched (the 512-bit variant measured faster); kept as the measured alternative and tested.
     public static func vecDot(_ row: UnsafeRawPointer, _ xq: UnsafeRawPointer, _ count: Int) -> Float {
@@ -102,34 +106,18 @@ public enum Q8_0_VNNI {
                                       _ out: UnsafeMutablePointer<Float>, _ count: Int) {
         forMultiGroups(nx) { j, n in multi32VNNI512(row, xq + j * xqStride, xqStride, n, out + j, count, ts, decode) }
     }
-    @inline(__always) static func decode(_ p: UnsafeRawPointer) -> V256i { ld256(p, 2) }
+}
+
+/// Q8_0 with VNNI: `{ half d; int8 qs[32] }`.
+public enum Q8_0_VNNI: Block32VNNI {
+    public static var ts: Int { 34 }
+    @inline(__always) public static func decode(_ p: UnsafeRawPointer) -> __m256i { ld256(p, 2) }
 }
 
 /// Q5_0 with VNNI: `{ half d; uint8 qh[4]; uint8 qs[16] }`, x = d·(q − 16).
-public enum Q5_0_VNNI {
-    static let ts = 22
-    /// Row · Q8_0 activation, 256-bit VNNI (the one-row case of `vecDotMulti`, so both give identical bits).
-    /// Not dispatched (the 512-bit variant measured faster); kept as the measured alternative and tested.
-    public static func vecDot(_ row: UnsafeRawPointer, _ xq: UnsafeRawPointer, _ count: Int) -> Float {
-        var r: Float = 0
-        multi32VNNI(row, xq, 0, 1, &r, count, ts, decode)
-        return r
-    }
-    public static func vecDotMulti(_ row: UnsafeRawPointer, _ xq: UnsafeRawPointer, _ xqStride: Int, _ nx: Int,
-                                   _ out: UnsafeMutablePointer<Float>, _ count: Int) {
-        forMultiGroups(nx) { j, n in multi32VNNI(row, xq + j * xqStride, xqStride, n, out + j, count, ts, decode) }
-    }
-    /// The 512-bit variants: the ones `QuantAVX512.kernels(for:base:)` dispatches.
-    public static func vecDot512(_ row: UnsafeRawPointer, _ xq: UnsafeRawPointer, _ count: Int) -> Float {
-        var r: Float = 0
-        multi32VNNI512(row, xq, 0, 1, &r, count, ts, decode)
-        return r
-    }
-    public static func vecDotMulti512(_ row: UnsafeRawPointer, _ xq: UnsafeRawPointer, _ xqStride: Int, _ nx: Int,
-                                      _ out: UnsafeMutablePointer<Float>, _ count: Int) {
-        forMultiGroups(nx) { j, n in multi32VNNI512(row, xq + j * xqStride, xqStride, n, out + j, count, ts, decode) }
-    }
-    @inline(__always) static func decode(_ p: UnsafeRawPointer) -> V256i {
+public enum Q5_0_VNNI: Block32VNNI {
+    public static var ts: Int { 22 }
+    @inline(__always) public static func decode(_ p: UnsafeRawPointer) -> __m256i {
         let hb = bytesFromBits(p.loadUnaligned(fromByteOffset: 2, as: UInt32.self))
         // bit 4 clear → q − 16 is the nibble with 0xF0 set (negative); set → the nibble itself.
         return _mm256_or_si256(nibbles32(p, 6), _mm256_andnot_si256(hb, splat8(0xF0)))
@@ -137,30 +125,9 @@ public enum Q5_0_VNNI {
 }
 
 /// Q4_0 with VNNI: `{ half d; uint8 qs[16] }`, x = d·(q − 8).
-public enum Q4_0_VNNI {
-    static let ts = 18
-    /// Row · Q8_0 activation, 256-bit VNNI (the one-row case of `vecDotMulti`, so both give identical bits).
-    /// Not dispatched (the 512-bit variant measured faster); kept as the measured alternative and tested.
-    public static func vecDot(_ row: UnsafeRawPointer, _ xq: UnsafeRawPointer, _ count: Int) -> Float {
-        var r: Float = 0
-        multi32VNNI(row, xq, 0, 1, &r, count, ts, decode)
-        return r
-    }
-    public static func vecDotMulti(_ row: UnsafeRawPointer, _ xq: UnsafeRawPointer, _ xqStride: Int, _ nx: Int,
-                                   _ out: UnsafeMutablePointer<Float>, _ count: Int) {
-        forMultiGroups(nx) { j, n in multi32VNNI(row, xq + j * xqStride, xqStride, n, out + j, count, ts, decode) }
-    }
-    /// The 512-bit variants: the ones `QuantAVX512.kernels(for:base:)` dispatches.
-    public static func vecDot512(_ row: UnsafeRawPointer, _ xq: UnsafeRawPointer, _ count: Int) -> Float {
-        var r: Float = 0
-        multi32VNNI512(row, xq, 0, 1, &r, count, ts, decode)
-        return r
-    }
-    public static func vecDotMulti512(_ row: UnsafeRawPointer, _ xq: UnsafeRawPointer, _ xqStride: Int, _ nx: Int,
-                                      _ out: UnsafeMutablePointer<Float>, _ count: Int) {
-        forMultiGroups(nx) { j, n in multi32VNNI512(row, xq + j * xqStride, xqStride, n, out + j, count, ts, decode) }
-    }
-    @inline(__always) static func decode(_ p: UnsafeRawPointer) -> V256i {
+public enum Q4_0_VNNI: Block32VNNI {
+    public static var ts: Int { 18 }
+    @inline(__always) public static func decode(_ p: UnsafeRawPointer) -> __m256i {
         _mm256_sub_epi8(nibbles32(p, 2), splat8(8))
     }
 }
