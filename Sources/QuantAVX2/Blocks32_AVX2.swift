@@ -92,33 +92,44 @@ func vecDot32Unsigned(_ row: UnsafeRawPointer, _ xq: UnsafeRawPointer, _ count: 
     return hsum(_mm256_add_ps(acc, accm))
 }
 
-/// Q4_0 with AVX2: `{ half d; uint8 qs[16] }`, x = d·(q − 8).
-public enum Q4_0_AVX2 {
-    @inline(__always) static func decode(_ p: UnsafeRawPointer) -> V256i {
-        _mm256_sub_epi8(nibbles32(p, 2), splat8(8))
-    }
+/// A 32-element block format whose decoded quants are signed int8 (Q4_0, Q5_0): its block size in bytes and its
+/// quants of one block; the kernels below are shared.
+public protocol SignedBlock32AVX2 {
+    static var ts: Int { get }
+    static func decode(_ p: UnsafeRawPointer) -> __m256i
+}
+
+extension SignedBlock32AVX2 {
     public static func dequantize(_ src: UnsafeRawPointer, _ dst: UnsafeMutablePointer<Float>, _ count: Int) {
         for b in 0..<(count / 32) {
-            let p = src + b * 18
+            let p = src + b * ts
             store32(decode(p), h2f(p, 0), dst + b * 32)
         }
     }
     /// The one-row case of `dotF32Multi` (identical bits).
     public static func dotF32(_ row: UnsafeRawPointer, _ x: UnsafePointer<Float>, _ count: Int) -> Float {
         var r: Float = 0
-        dotF32Multi32(row, x, 0, 1, &r, count, 18, decode)
+        dotF32Multi32(row, x, 0, 1, &r, count, ts, decode)
         return r
     }
     public static func dotF32Multi(_ row: UnsafeRawPointer, _ x: UnsafePointer<Float>, _ xStride: Int, _ nx: Int,
                                    _ out: UnsafeMutablePointer<Float>, _ count: Int) {
-        forMultiGroups(nx) { j, n in dotF32Multi32(row, x + j * xStride, xStride, n, out + j, count, 18, decode) }
+        forMultiGroups(nx) { j, n in dotF32Multi32(row, x + j * xStride, xStride, n, out + j, count, ts, decode) }
     }
     public static func vecDot(_ row: UnsafeRawPointer, _ xq: UnsafeRawPointer, _ count: Int) -> Float {
-        vecDot32Signed(row, xq, count, 18, decode)
+        vecDot32Signed(row, xq, count, ts, decode)
     }
     public static func vecDotMulti(_ row: UnsafeRawPointer, _ xq: UnsafeRawPointer, _ xqStride: Int, _ nx: Int,
                                    _ out: UnsafeMutablePointer<Float>, _ count: Int) {
-        forMultiGroups(nx) { j, n in multi32Signed(row, xq + j * xqStride, xqStride, n, out + j, count, 18, decode) }
+        forMultiGroups(nx) { j, n in multi32Signed(row, xq + j * xqStride, xqStride, n, out + j, count, ts, decode) }
+    }
+}
+
+/// Q4_0 with AVX2: `{ half d; uint8 qs[16] }`, x = d·(q − 8).
+public enum Q4_0_AVX2: SignedBlock32AVX2 {
+    public static var ts: Int { 18 }
+    @inline(__always) public static func decode(_ p: UnsafeRawPointer) -> __m256i {
+        _mm256_sub_epi8(nibbles32(p, 2), splat8(8))
     }
     public static var kernels: QuantKernels {
         QuantKernels(type: .q4_0, dequantize: dequantize, quantize: Q4_0.quantize, dotF32: dotF32,
@@ -128,34 +139,12 @@ public enum Q4_0_AVX2 {
 }
 
 /// Q5_0 with AVX2: `{ half d; uint8 qh[4]; uint8 qs[16] }`, x = d·(q − 16).
-public enum Q5_0_AVX2 {
-    @inline(__always) static func decode(_ p: UnsafeRawPointer) -> V256i {
+public enum Q5_0_AVX2: SignedBlock32AVX2 {
+    public static var ts: Int { 22 }
+    @inline(__always) public static func decode(_ p: UnsafeRawPointer) -> __m256i {
         let hb = bytesFromBits(p.loadUnaligned(fromByteOffset: 2, as: UInt32.self))
         // bit 4 clear → q − 16 is the nibble with 0xF0 set (negative); set → the nibble itself.
         return _mm256_or_si256(nibbles32(p, 6), _mm256_andnot_si256(hb, splat8(0xF0)))
-    }
-    public static func dequantize(_ src: UnsafeRawPointer, _ dst: UnsafeMutablePointer<Float>, _ count: Int) {
-        for b in 0..<(count / 32) {
-            let p = src + b * 22
-            store32(decode(p), h2f(p, 0), dst + b * 32)
-        }
-    }
-    /// The one-row case of `dotF32Multi` (identical bits).
-    public static func dotF32(_ row: UnsafeRawPointer, _ x: UnsafePointer<Float>, _ count: Int) -> Float {
-        var r: Float = 0
-        dotF32Multi32(row, x, 0, 1, &r, count, 22, decode)
-        return r
-    }
-    public static func dotF32Multi(_ row: UnsafeRawPointer, _ x: UnsafePointer<Float>, _ xStride: Int, _ nx: Int,
-                                   _ out: UnsafeMutablePointer<Float>, _ count: Int) {
-        forMultiGroups(nx) { j, n in dotF32Multi32(row, x + j * xStride, xStride, n, out + j, count, 22, decode) }
-    }
-    public static func vecDot(_ row: UnsafeRawPointer, _ xq: UnsafeRawPointer, _ count: Int) -> Float {
-        vecDot32Signed(row, xq, count, 22, decode)
-    }
-    public static func vecDotMulti(_ row: UnsafeRawPointer, _ xq: UnsafeRawPointer, _ xqStride: Int, _ nx: Int,
-                                   _ out: UnsafeMutablePointer<Float>, _ count: Int) {
-        forMultiGroups(nx) { j, n in multi32Signed(row, xq + j * xqStride, xqStride, n, out + j, count, 22, decode) }
     }
     public static var kernels: QuantKernels {
         QuantKernels(type: .q5_0, dequantize: dequantize, quantize: Q5_0.quantize, dotF32: dotF32,
