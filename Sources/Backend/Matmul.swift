@@ -73,16 +73,13 @@ extension ThreadPool {
         let chunk = max(1, min(256, rows / (threadCount * 8)))
         let tasks = (rows + chunk - 1) / chunk
         let vt = w.kernels.vecDotType
-        if vt == .f32 || f32Activations {
-            if let tile = w.kernels.dotF32Tile, n >= tile.minRows {
-                tiledMatmul(w, tile, n: n, ys: ys, scratch: scratch, xRowBytes: 0, y: y, x: UnsafeRawPointer(x),
-                            prepareRow: nil)
-                return
-            }
-            let dot = w.kernels.dotF32
-            if let multi = w.kernels.dotF32Multi, n > 1 {
-                // Up to 4 token rows per call, each weight block decoded once; every out[j] has the bits
-                // dotF32 would give (the formats' single-row kernel is the one-row case of the same code).
+
+        /// The untiled loop over tasks of weight rows: `multi(r, t, m, out)` fills out[0..<m] with weight row r
+        /// against token rows t..<t+m (m ≤ 4, each weight block decoded once), used for several token rows when
+        /// the format has it; else `one(r, t)` per token row.
+        @inline(__always)
+        func rowLoop(multi: ((Int, Int, Int, UnsafeMutablePointer<Float>) -> Void)?, one: (Int, Int) -> Float) {
+            if let multi, n > 1 {
                 parallelFor(tasks) { task, thread in
                     let r0 = task * chunk, r1 = min(rows, r0 + chunk)
                     let out = scratch.perThread.buffer(thread)
@@ -90,20 +87,32 @@ extension ThreadPool {
                         var t = 0
                         while t < n {
                             let m = min(4, n - t)
-                            multi(w.row(r), x + t * cols, cols, m, out, cols)
+                            multi(r, t, m, out)
                             for j in 0..<m { y[(t + j) * ys + r] = out[j] }
                             t += m
                         }
                     }
                 }
-                return
-            }
-            parallelFor(tasks) { task, _ in
-                let r0 = task * chunk, r1 = min(rows, r0 + chunk)
-                for r in r0..<r1 {
-                    for t in 0..<n { y[t * ys + r] = dot(w.row(r), x + t * cols, cols) }
+            } else {
+                parallelFor(tasks) { task, _ in
+                    let r0 = task * chunk, r1 = min(rows, r0 + chunk)
+                    for r in r0..<r1 {
+                        for t in 0..<n { y[t * ys + r] = one(r, t) }
+                    }
                 }
             }
+        }
+        if vt == .f32 || f32Activations {
+            if let tile = w.kernels.dotF32Tile, n >= tile.minRows {
+                tiledMatmul(w, tile, n: n, ys: ys, scratch: scratch, xRowBytes: 0, y: y, x: UnsafeRawPointer(x),
+                            prepareRow: nil)
+                return
+            }
+            let dot = w.kernels.dotF32
+            // Every out[j] of dotF32Multi has the bits dotF32 would give (the formats' single-row kernel is the
+            // one-row case of the same code).
+            rowLoop(multi: w.kernels.dotF32Multi.map { multi in { r, t, m, out in multi(w.row(r), x + t * cols, cols, m, out, cols) } },
+                    one: { r, t in dot(w.row(r), x + t * cols, cols) })
             return
         }
         // Quantize the activations once: `// xq: [n, rowBytes(vt)]`.
@@ -126,28 +135,8 @@ extension ThreadPool {
         }
         let xqc = UnsafeRawPointer(xq)
         let dot = w.kernels.vecDot
-        if let multi = w.kernels.vecDotMulti, n > 1 {
-            parallelFor(tasks) { task, thread in
-                let r0 = task * chunk, r1 = min(rows, r0 + chunk)
-                let out = scratch.perThread.buffer(thread)
-                for r in r0..<r1 {
-                    var t = 0
-                    while t < n {
-                        let m = min(4, n - t)
-                        multi(w.row(r), xqc + t * xRowBytes, xRowBytes, m, out, cols)
-                        for j in 0..<m { y[(t + j) * ys + r] = out[j] }
-                        t += m
-                    }
-                }
-            }
-        } else {
-            parallelFor(tasks) { task, _ in
-                let r0 = task * chunk, r1 = min(rows, r0 + chunk)
-                for r in r0..<r1 {
-                    for t in 0..<n { y[t * ys + r] = dot(w.row(r), xqc + t * xRowBytes, cols) }
-                }
-            }
-        }
+        rowLoop(multi: w.kernels.vecDotMulti.map { multi in { r, t, m, out in multi(w.row(r), xqc + t * xRowBytes, xRowBytes, m, out, cols) } },
+                one: { r, t in dot(w.row(r), xqc + t * xRowBytes, cols) })
     }
 }
 
