@@ -86,13 +86,19 @@ final class Generation: Sendable {
         return ChatCompletionResponse(id: id, created: created, model: model, choices: [choice], usage: usage)
     }
 
+    /// One streamed event: a chunk with `choices` (and `usage` when the client asked for it).
+    private func event<C: ResponseChoice>(_ choices: [C], model: String, usage: Usage? = nil,
+                                          encoder: JSONEncoder) throws -> ByteBuffer {
+        let c = CompletionEnvelope(id: id, created: created, model: model, choices: choices, usage: usage,
+                                   includeUsageKey: params.includeUsage)
+        return ByteBuffer(string: SSE.event(try encoder.encode(c)))
+    }
+
     func streamChat(model: String, writer: inout any ResponseBodyWriter) async throws {
         let enc = OpenAIServer.encoder()
         let includeUsage = params.includeUsage
         func chunk(_ choices: [ChatChunkChoice], usage: Usage? = nil) throws -> ByteBuffer {
-            let c = ChatCompletionChunk(id: id, created: created, model: model, choices: choices, usage: usage,
-                                        includeUsageKey: includeUsage)
-            return ByteBuffer(string: SSE.event(try enc.encode(c)))
+            try event(choices, model: model, usage: usage, encoder: enc)
         }
         try await writer.write(chunk([ChatChunkChoice(index: 0, delta: ChunkDelta(role: "assistant", content: ""),
                                                       logprobs: nil, finishReason: nil)]))
@@ -129,9 +135,7 @@ final class Generation: Sendable {
         let enc = OpenAIServer.encoder()
         let includeUsage = params.includeUsage
         func chunk(_ choices: [CompletionChoice], usage: Usage? = nil) throws -> ByteBuffer {
-            let c = CompletionResponse(id: id, created: created, model: model, choices: choices, usage: usage,
-                                       includeUsageKey: includeUsage)
-            return ByteBuffer(string: SSE.event(try enc.encode(c)))
+            try event(choices, model: model, usage: usage, encoder: enc)
         }
         let usage = try await run { d, proc in
             if !d.text.isEmpty || !d.logprobs.isEmpty || d.finishReason != nil {
