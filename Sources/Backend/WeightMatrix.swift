@@ -15,12 +15,7 @@ public struct WeightMatrix: @unchecked Sendable {
     private let owner: AnyObject?
 
     public init(name: String, type: GGMLType, rows: Int, cols: Int, data: UnsafeRawPointer, owner: AnyObject? = nil) throws {
-        guard let k = KernelDispatch.kernels(for: type) else {
-            throw BackendError("tensor '\(name)' has type \(type), which has no kernels (supported: \(QuantRegistry.supportedTypes.map(\.description).joined(separator: ", ")))")
-        }
-        guard cols % type.blockSize == 0, let rb = type.byteCount(elements: cols) else {
-            throw BackendError("tensor '\(name)': row length \(cols) is not a multiple of the \(type) block size \(type.blockSize)")
-        }
+        let (k, rb) = try weightRowLayout(name: name, type: type, cols: cols)
         self.name = name
         self.type = type
         self.rows = rows
@@ -44,4 +39,16 @@ public struct WeightMatrix: @unchecked Sendable {
 public struct BackendError: Error, CustomStringConvertible, Sendable {
     public let description: String
     public init(_ d: String) { description = d }
+}
+
+/// The kernels of `type` and the bytes of one row of `cols` elements, or an error naming the tensor when the
+/// type has no kernels or the row is not a whole number of blocks.
+func weightRowLayout(name: String, type: GGMLType, cols: Int) throws -> (QuantKernels, rowBytes: Int) {
+    guard let k = KernelDispatch.kernels(for: type) else {
+        throw BackendError("tensor '\(name)' has type \(type), which has no kernels (supported: \(QuantRegistry.supportedTypes.map(\.description).joined(separator: ", ")))")
+    }
+    guard cols % type.blockSize == 0, let rb = type.byteCount(elements: cols) else {
+        throw BackendError("tensor '\(name)': row length \(cols) is not a multiple of the \(type) block size \(type.blockSize)")
+    }
+    return (k, rb)
 }

@@ -18,12 +18,7 @@ public struct WeightStack: @unchecked Sendable {
 
     public init(name: String, type: GGMLType, count: Int, rows: Int, cols: Int, data: UnsafeRawPointer,
                 owner: AnyObject? = nil) throws {
-        guard let k = KernelDispatch.kernels(for: type) else {
-            throw BackendError("tensor '\(name)' has type \(type), which has no kernels (supported: \(QuantRegistry.supportedTypes.map(\.description).joined(separator: ", ")))")
-        }
-        guard cols % type.blockSize == 0, let rb = type.byteCount(elements: cols) else {
-            throw BackendError("tensor '\(name)': row length \(cols) is not a multiple of the \(type) block size \(type.blockSize)")
-        }
+        let (k, rb) = try weightRowLayout(name: name, type: type, cols: cols)
         self.name = name
         self.type = type
         self.count = count
