@@ -1,76 +1,67 @@
 /// The paged key/value pool: for every layer, `numPages * pageSize` slots of K (`kDim` floats) and V
-/// (`vDim` floats). Which slots belong to which sequence is decided elsewhere (the engine's page allocator,
-/// integers only); the model writes K/V at `slotMapping` and reads them through block tables.
-/// `// k[layer]: [numPages * pageSize, kDim]`, `// v[layer]: [numPages * pageSize, vDim]`
+/// (`vDim` floats), in one backend's memory. Which slots belong to which sequence is decided elsewhere (the
+/// engine's page allocator, integers only); the model writes K/V at `slotMapping` and reads them through block
+/// tables. `// k[layer]: [numPages * pageSize, kDim]`, `// v[layer]: [numPages * pageSize, vDim]`
 public final class KVCache: @unchecked Sendable {
     public let pageSize: Int
     public let numPages: Int
     public let kDims: [Int]
     public let vDims: [Int]
-    private let kBufs: [UnsafeMutablePointer<Float>]
-    private let vBufs: [UnsafeMutablePointer<Float>]
+    public let device: Device
+    private let kBufs: [Tensor]
+    private let vBufs: [Tensor]
+    /// Keeps host storage alive (the CPU pool) or a device backend's allocation.
+    private let storage: AnyObject?
 
-    public var numSlots: Int { numPages * pageSize }
-
-    /// Bytes one token takes over all layers.
-    public static func bytesPerToken(kDims: [Int], vDims: [Int]) -> Int {
-        (kDims.reduce(0, +) + vDims.reduce(0, +)) * MemoryLayout<Float>.size
-    }
-
-    public init(pageSize: Int, numPages: Int, kDims: [Int], vDims: [Int]) {
-        precondition(pageSize > 0 && numPages > 0 && kDims.count == vDims.count)
+    /// A pool over tensors a backend allocated (`ComputeBackend.makeKVCache`).
+    public init(pageSize: Int, numPages: Int, kDims: [Int], vDims: [Int], k: [Tensor], v: [Tensor], device: Device,
+                storage: AnyObject?) {
+        precondition(pageSize > 0 && numPages > 0 && kDims.count == vDims.count && k.count == kDims.count && v.count == vDims.count)
         self.pageSize = pageSize
         self.numPages = numPages
         self.kDims = kDims
         self.vDims = vDims
+        self.device = device
+        self.storage = storage
+        kBufs = k
+        vBufs = v
+    }
+
+    /// A pool in host memory (the CPU backend's).
+    public convenience init(pageSize: Int, numPages: Int, kDims: [Int], vDims: [Int]) {
         let slots = pageSize * numPages
-        kBufs = kDims.map { d in
-            let p = UnsafeMutablePointer<Float>.allocate(capacity: max(1, slots * d))
-            p.initialize(repeating: 0, count: max(1, slots * d))
-            return p
-        }
-        vBufs = vDims.map { d in
-            let p = UnsafeMutablePointer<Float>.allocate(capacity: max(1, slots * d))
-            p.initialize(repeating: 0, count: max(1, slots * d))
-            return p
-        }
+        let host = HostBuffers()
+        let k = kDims.map { host.tensor(max(1, slots * $0)) }
+        let v = vDims.map { host.tensor(max(1, slots * $0)) }
+        self.init(pageSize: pageSize, numPages: numPages, kDims: kDims, vDims: vDims, k: k, v: v, device: .cpu,
+                  storage: host)
     }
 
-    deinit {
-        kBufs.forEach { $0.deallocate() }
-        vBufs.forEach { $0.deallocate() }
-    }
-
-    @inline(__always) public func k(_ layer: Int) -> UnsafeMutablePointer<Float> { kBufs[layer] }
-    @inline(__always) public func v(_ layer: Int) -> UnsafeMutablePointer<Float> { vBufs[layer] }
+    @inline(__always) public func k(_ layer: Int) -> Tensor { kBufs[layer] }
+    @inline(__always) public func v(_ layer: Int) -> Tensor { vBufs[layer] }
 }
 
-/// Where each token of a batch lives in the KV pool. Built once per step by the caller and shared by all layers.
-public struct AttentionMetadata {
-    /// `// [nTokens]` absolute position of each token in its sequence.
-    public var positions: UnsafePointer<Int32>
-    /// `// [nTokens]` KV slot each token's K/V is written to.
-    public var slotMapping: UnsafePointer<Int32>
-    /// `// [nTokens]` index of each token's sequence in `blockTables`.
-    public var sequenceOfToken: UnsafePointer<Int32>
-    /// `// [nSequences, blockTableStride]` physical page of each logical page.
-    public var blockTables: UnsafePointer<Int32>
-    public var blockTableStride: Int
-    public var pageSize: Int
+/// Zeroed, 64-byte aligned host allocations freed together (the CPU backend's memory).
+public final class HostBuffers: @unchecked Sendable {
+    private var blocks: [UnsafeMutableRawPointer] = []
 
-    public init(positions: UnsafePointer<Int32>, slotMapping: UnsafePointer<Int32>, sequenceOfToken: UnsafePointer<Int32>,
-                blockTables: UnsafePointer<Int32>, blockTableStride: Int, pageSize: Int) {
-        self.positions = positions
-        self.slotMapping = slotMapping
-        self.sequenceOfToken = sequenceOfToken
-        self.blockTables = blockTables
-        self.blockTableStride = blockTableStride
-        self.pageSize = pageSize
+    public init() {}
+
+    deinit { blocks.forEach { $0.deallocate() } }
+
+    /// `count` zeroed 4-byte elements.
+    public func tensor(_ count: Int) -> Tensor {
+        let bytes = max(1, count) * 4
+        let p = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 64)
+        p.initializeMemory(as: UInt8.self, repeating: 0, count: bytes)
+        blocks.append(p)
+        RunMemory.noteAllocation()
+        return Tensor(address: UInt(bitPattern: p), count: count, device: .cpu)
     }
 
-    /// Slot of position `pos` in sequence `seq`.
-    @inline(__always)
-    public func slot(sequence seq: Int, position pos: Int) -> Int {
-        Int(blockTables[seq * blockTableStride + pos / pageSize]) * pageSize + pos % pageSize
+    /// Frees the allocation `t` starts (no-op for a tensor this object did not allocate).
+    public func free(_ t: Tensor) {
+        guard let i = blocks.firstIndex(where: { UInt(bitPattern: $0) == t.address }) else { return }
+        blocks.remove(at: i).deallocate()
     }
 }

@@ -13,8 +13,13 @@ public struct WeightMatrix: @unchecked Sendable {
     public let kernels: QuantKernels
     /// Keeps an owned buffer alive when the data is not in a mapping.
     private let owner: AnyObject?
+    /// The device whose backend prepared it. `data` (host bytes) and `kernels` (the CPU kernels of its type)
+    /// are always there; a device backend keeps its own copy in `storage`.
+    public let device: Device
+    /// A device backend's copy of the weight (nil on the CPU).
+    public let storage: AnyObject?
 
-    public init(name: String, type: GGMLType, rows: Int, cols: Int, data: UnsafeRawPointer, owner: AnyObject? = nil) throws {
+    public init(name: String, type: GGMLType, rows: Int, cols: Int, data: UnsafeRawPointer, owner: AnyObject? = nil, device: Device = .cpu, storage: AnyObject? = nil) throws {
         let (k, rb) = try weightRowLayout(name: name, type: type, cols: cols)
         self.name = name
         self.type = type
@@ -24,6 +29,8 @@ public struct WeightMatrix: @unchecked Sendable {
         self.rowBytes = rb
         self.kernels = k
         self.owner = owner
+        self.device = device
+        self.storage = storage
     }
 
     @inline(__always)
@@ -34,11 +41,6 @@ public struct WeightMatrix: @unchecked Sendable {
     public func dequantizeRow(_ r: Int, into dst: UnsafeMutablePointer<Float>) {
         kernels.dequantize(row(r), dst, cols)
     }
-}
-
-public struct BackendError: Error, CustomStringConvertible, Sendable {
-    public let description: String
-    public init(_ d: String) { description = d }
 }
 
 /// The kernels of `type` and the bytes of one row of `cols` elements, or an error naming the tensor when the

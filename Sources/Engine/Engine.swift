@@ -6,16 +6,18 @@ import Models
 ///
 /// `submit` queues a request and returns the stream its tokens arrive on; `abort` cancels one (also done
 /// automatically when the consumer drops its stream). Each step of the loop is
-/// `schedule()` → `execute(output)` → `update(output, result)`: one `ForwardBatch` mixes prompt chunks and
-/// decode tokens of every running sequence.
+/// `schedule()` → `runner.execute(output)` → `update(output, result)`: one `ForwardBatch` mixes prompt chunks
+/// and decode tokens of every running sequence; the `ModelRunner` owns the KV cache and samples; `update`
+/// applies the stop rules and hands tokens out.
 public final class Engine: @unchecked Sendable {
     // NOTE: @unchecked: `lock` guards `inbox`, `aborts`, `streams`, `snapshot`, `stopping`, `queued`; everything
     // else is owned by the loop thread.
     public let info: ModelInfo
     public let config: EngineConfig
-    private let model: LanguageModel
-    private let cache: KVCache
+    private let runner: ModelRunner
     private var scheduler: Scheduler
+    /// KV pages in the pool (fixed; read by `submit` without the lock).
+    private let numPages: Int
     private let lock = NSCondition()
     private var inbox: [SequenceState] = []
     private var aborts: [String] = []
@@ -26,26 +28,20 @@ public final class Engine: @unchecked Sendable {
     private var queued = 0
     private var arrivals = 0
     private var thread: Thread?
-    private let logits: UnsafeMutablePointer<Float>      // [maxBatchSize, vocab]
-    private let rawRow: UnsafeMutablePointer<Float>      // [vocab]
     private var generatedTokens = 0
-    private var batch: ForwardBatch
     private var promptTokensComputed = 0
 
     public init(model: LanguageModel, config: EngineConfig) throws {
         var config = config
         config.contextLength = min(config.contextLength, model.info.contextLength)
         try config.validate()
-        self.model = model
         info = model.info
         self.config = config
         let pages = max(1, config.kvCacheTokens / config.pageSize)
-        cache = KVCache(pageSize: config.pageSize, numPages: pages, kDims: model.info.kvKeyDims, vDims: model.info.kvValueDims)
+        numPages = pages
+        runner = ModelRunner(model: model, config: config, numPages: pages)
         scheduler = Scheduler(maxBatchSize: config.maxBatchSize, chunkSize: config.chunkSize,
                               kv: KVCacheManager(pageSize: config.pageSize, numPages: pages))
-        logits = .allocate(capacity: config.maxBatchSize * model.info.vocabSize)
-        rawRow = .allocate(capacity: model.info.vocabSize)
-        batch = ForwardBatch(pageSize: config.pageSize)
         snapshot = EngineStats(running: 0, waiting: 0, kvPagesTotal: pages, kvPagesFree: pages, kvPageSize: config.pageSize,
                                steps: 0, preemptions: 0, generatedTokens: 0, promptTokens: 0)
         let t = Thread { [unowned self] in self.loop() }
@@ -53,11 +49,6 @@ public final class Engine: @unchecked Sendable {
         t.stackSize = 8 << 20
         thread = t
         t.start()
-    }
-
-    deinit {
-        logits.deallocate()
-        rawRow.deallocate()
     }
 
     /// Queues a request. Throws `EngineError` when it cannot be served (overloaded, too long, invalid).
@@ -68,7 +59,7 @@ public final class Engine: @unchecked Sendable {
         if let bad = request.promptTokens.first(where: { $0 < 0 || Int($0) >= info.vocabSize }) {
             throw EngineError.invalid("token id \(bad) is outside the vocabulary (0..<\(info.vocabSize))")
         }
-        let limit = min(config.contextLength, scheduler.kv.numPages * config.pageSize)
+        let limit = min(config.contextLength, numPages * config.pageSize)
         guard n + 1 <= limit else { throw EngineError.promptTooLong(tokens: n, limit: limit) }
         let (stream, continuation) = AsyncStream<EngineOutput>.makeStream(bufferingPolicy: .unbounded)
         lock.lock()
@@ -149,7 +140,7 @@ public final class Engine: @unchecked Sendable {
         }
     }
 
-    /// One engine step: schedule, run the batch, sample, hand out tokens.
+    /// One engine step: schedule, run the batch and sample, then apply the results.
     private func step() {
         let out = scheduler.schedule()
         for s in out.evicted {
@@ -158,7 +149,9 @@ public final class Engine: @unchecked Sendable {
         }
         guard !out.isEmpty else { publishStats(); return }
         do {
-            try execute(out)
+            let kv = scheduler.kv
+            let result = try runner.execute(out) { kv.blockTable($0) }
+            update(out, result)
         } catch {
             // A model error fails the sequences of this batch, not the server.
             for s in out.scheduled {
@@ -170,36 +163,17 @@ public final class Engine: @unchecked Sendable {
         publishStats(stepDone: true)
     }
 
-    private func execute(_ out: SchedulerOutput) throws {
-        batch.removeAll()
-        for s in out.scheduled {
-            let seq = s.sequence
-            batch.addSequence(tokens: (s.start..<s.start + s.count).lazy.map { seq.token(at: $0) }, startPosition: s.start,
-                              blockTable: scheduler.kv.blockTable(seq.id), logits: s.sample ? .last : .none)
-        }
-        try model.forward(batch, cache: cache, logits: logits)
+    /// Commits the step's tokens to the scheduler, appends each sampled token, applies the stop rules (stop
+    /// token, `maxTokens`, context length) and hands the tokens out.
+    private func update(_ out: SchedulerOutput, _ result: ModelRunnerOutput) {
         scheduler.commit(out)
         for s in out.scheduled where s.start < s.sequence.request.promptTokens.count {
             promptTokensComputed += min(s.count, s.sequence.request.promptTokens.count - s.start)
         }
-        let vocab = info.vocabSize
-        var row = 0
+        var i = 0
         for s in out.scheduled where s.sample {
-            let seq = s.sequence
-            let l = logits + row * vocab
-            row += 1
-            var lp: TokenLogprob?
-            let k = seq.request.logprobs
-            if k != nil && seq.sampler.params.hasPenalties {
-                // Log-probabilities describe the model's own distribution, before penalties change the row.
-                rawRow.update(from: l, count: vocab)
-            }
-            seq.sampler.applyPenalties(l, count: vocab, prompt: seq.request.promptTokens, generated: seq.generatedCounts)
-            let token = seq.sampler.sample(l, count: vocab)
-            if let k {
-                lp = Sampler.logprobs(seq.sampler.params.hasPenalties ? UnsafePointer(rawRow) : UnsafePointer(l),
-                                      count: vocab, chosen: token, top: k)
-            }
+            let seq = s.sequence, token = result.tokens[i], lp = result.logprobs[i]
+            i += 1
             generatedTokens += 1
             seq.outputTokens.append(token)
             seq.generatedCounts[token, default: 0] += 1

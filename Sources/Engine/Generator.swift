@@ -21,7 +21,8 @@ public final class Generator {
         self.contextLength = ctx
         self.chunkSize = max(1, chunkSize)
         let pages = (ctx + pageSize - 1) / pageSize
-        cache = KVCache(pageSize: pageSize, numPages: pages, kDims: model.info.kvKeyDims, vDims: model.info.kvValueDims)
+        model.reserve(RunLimits(maxTokens: self.chunkSize, maxSequences: 1, maxLogitsRows: 1, contextLength: ctx))
+        cache = model.makeKVCache(pageSize: pageSize, numPages: pages)
         blockTable = (0..<pages).map(Int32.init)
         logitsCapacity = model.info.vocabSize
         logitsBuffer = .allocate(capacity: logitsCapacity)
@@ -51,6 +52,11 @@ public final class Generator {
         let vocab = model.info.vocabSize
         let rowsWanted = logits == .all ? tokens.count : (logits == .last ? 1 : 0)
         reserveLogits(rows: max(rowsWanted, 1))
+        if logits == .all {
+            // Every row of a chunk comes back: size the model's logits for a whole chunk (once, before the pass).
+            model.reserve(RunLimits(maxTokens: chunkSize, maxSequences: 1, maxLogitsRows: min(chunkSize, tokens.count),
+                                    contextLength: contextLength))
+        }
         var done = 0
         var rows = 0
         while done < tokens.count {
@@ -60,8 +66,12 @@ public final class Generator {
             let sel: ForwardBatch.LogitsSelection = logits == .all ? .all : (logits == .last && isLastChunk ? .last : .none)
             batch.addSequence(tokens: Array(tokens[done..<done + n]), startPosition: start + done, blockTable: blockTable,
                               logits: sel)
-            try model.forward(batch, cache: cache, logits: logitsBuffer + rows * vocab)
-            rows += batch.logitsIndices.count
+            let result = try model.forward(batch, cache: cache)
+            let m = batch.logitsIndices.count
+            // NOTE: copied out, not handed out in place: the model's logits are overwritten by the next forward pass
+            // of any user of the model (another Generator, an Engine), and moved by a `reserve`.
+            if m > 0 { (logitsBuffer + rows * vocab).update(from: model.backend.read(result, count: m * vocab), count: m * vocab) }
+            rows += m
             done += n
         }
         return (logitsBuffer, rows)

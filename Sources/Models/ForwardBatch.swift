@@ -68,19 +68,4 @@ public struct ForwardBatch: Sendable {
     }
 
     public enum LogitsSelection: Sendable { case all, last, none }
-
-    /// Runs `body` with the batch's index arrays as the backend's attention metadata.
-    public func withAttentionMetadata<R>(_ body: (AttentionMetadata) throws -> R) rethrows -> R {
-        try positions.withUnsafeBufferPointer { p in
-            try slotMapping.withUnsafeBufferPointer { s in
-                try sequenceOfToken.withUnsafeBufferPointer { q in
-                    try blockTables.withUnsafeBufferPointer { b in
-                        try body(AttentionMetadata(positions: p.baseAddress!, slotMapping: s.baseAddress!,
-                                                   sequenceOfToken: q.baseAddress!, blockTables: b.baseAddress!,
-                                                   blockTableStride: blockTableStride, pageSize: pageSize))
-                    }
-                }
-            }
-        }
-    }
 }

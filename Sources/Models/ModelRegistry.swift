@@ -3,7 +3,7 @@ import GGUF
 
 /// Architectures by `general.architecture`. Adding one is a file in `Architectures/` and a line here.
 public enum ModelRegistry {
-    typealias Loader = @Sendable (TensorLoader, ThreadPool) throws -> LanguageModel
+    typealias Loader = @Sendable (TensorLoader) throws -> LanguageModel
 
     static let loaders: [String: Loader] = [
         "deepseek2": DeepSeek2.load,
@@ -17,15 +17,26 @@ public enum ModelRegistry {
 
     public static var supportedArchitectures: [String] { loaders.keys.sorted() }
 
-    /// Builds the model a GGUF file (or another `TensorSource`, such as a Hugging Face directory) describes; its
-    /// weights stay in the file's mapping.
-    public static func load(_ file: any TensorSource, pool: ThreadPool) throws -> LanguageModel {
+    /// Builds the model a GGUF file (or another `TensorSource`, such as a Hugging Face directory) describes, on
+    /// `backend`, with each weight prepared by the backend of the device `placement` gives it (`backends`: the
+    /// other devices' backends). The model is sized for `limits` (default: `RunLimits.defaults`).
+    public static func load(_ file: any TensorSource, backend: any ComputeBackend,
+                            backends: [Device: any ComputeBackend] = [:], placement: Placement = .cpu,
+                            limits: RunLimits? = nil) throws -> LanguageModel {
         guard let arch = file.architecture else {
             throw ModelError("\(file.path): missing metadata 'general.architecture'")
         }
         guard let loader = loaders[arch] else {
             throw ModelError("\(file.path): unsupported architecture '\(arch)' (supported: \(supportedArchitectures.joined(separator: ", ")))")
         }
-        return try loader(TensorLoader(file: file, arch: arch), pool)
+        var available = backends
+        available[backend.device] = backend
+        for r in placement.rules where available[r.device] == nil {
+            throw ModelError("placement rule '\(r.pattern)=\(r.device)': no backend for \(r.device) here (available: \(available.keys.map(\.description).sorted().joined(separator: ", ")))")
+        }
+        let model = try loader(TensorLoader(file: file, arch: arch, backend: backend, backends: available,
+                                            placement: placement))
+        if let limits { model.reserve(limits) }
+        return model
     }
 }

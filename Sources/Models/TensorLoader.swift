@@ -4,14 +4,29 @@ import Quant
 
 /// Typed access to one architecture's hyper-parameters and tensors in a GGUF file (or any `TensorSource`, such
 /// as a Hugging Face directory seen the GGUF way), with errors that name the file, the key or tensor, and
-/// expected vs actual shape.
+/// expected vs actual shape. Each weight is described (`WeightRef`) and handed to the backend of the device the
+/// placement gives its name, which prepares it in its own form.
 public struct TensorLoader {
     public let file: any TensorSource
     public let arch: String
+    /// The backend that runs the model; norm weights, biases and every weight but routed experts live there.
+    public let backend: any ComputeBackend
+    /// A backend for each device the placement may name (the main one included).
+    public let backends: [Device: any ComputeBackend]
+    public let placement: Placement
+    private let executors = ExecutorCache()
 
-    public init(file: any TensorSource, arch: String) {
+    public init(file: any TensorSource, arch: String, backend: any ComputeBackend,
+                backends: [Device: any ComputeBackend] = [:], placement: Placement = .cpu) {
         self.file = file
         self.arch = arch
+        self.backend = backend
+        var all = backends
+        all[backend.device] = backend
+        self.backends = all
+        var p = placement
+        p.main = backend.device
+        self.placement = p
     }
 
     // MARK: hyper-parameters (`{arch}.{key}`)
@@ -49,17 +64,26 @@ public struct TensorLoader {
         return t
     }
 
+    /// The backend that prepares tensor `name`: its placement's device, which must be the main one except for
+    /// routed experts.
+    func backend(for name: String) throws -> any ComputeBackend {
+        let d = placement.device(for: name)
+        if d != placement.main && !Placement.isRoutedExpert(name) {
+            throw ModelError("\(file.path): placement puts tensor '\(name)' on \(d), but only routed experts (blk.N.ffn_*_exps) may live off the main device \(placement.main)")
+        }
+        guard let b = backends[d] else {
+            throw ModelError("\(file.path): placement puts tensor '\(name)' on \(d), which has no backend here")
+        }
+        return b
+    }
+
     /// A `[rows, cols]` matrix (ggml shape `[cols, rows]`).
     public func matrix(_ name: String, rows: Int, cols: Int) throws -> WeightMatrix {
         let t = try info(name)
         guard t.shape == [cols, rows] else {
             throw ModelError("\(file.path): tensor '\(name)' has shape \(t.shape), expected [\(cols), \(rows)]")
         }
-        do {
-            return try WeightMatrix(name: name, type: t.type, rows: rows, cols: cols, data: file.data(of: t), owner: file)
-        } catch let e as BackendError {
-            throw ModelError("\(file.path): \(e.description)")
-        }
+        return try prepare(WeightRef(name: name, type: t.type, shape: t.shape, data: file.data(of: t), owner: file))
     }
 
     /// `count` stacked `[rows, cols]` matrices (ggml shape `[cols, rows, count]`): MoE experts, MLA heads.
@@ -68,12 +92,29 @@ public struct TensorLoader {
         guard t.shape == [cols, rows, count] else {
             throw ModelError("\(file.path): tensor '\(name)' has shape \(t.shape), expected [\(cols), \(rows), \(count)]")
         }
-        do {
-            return try WeightStack(name: name, type: t.type, count: count, rows: rows, cols: cols, data: file.data(of: t),
-                                   owner: file)
-        } catch let e as BackendError {
+        return try prepareStack(WeightRef(name: name, type: t.type, shape: t.shape, data: file.data(of: t), owner: file))
+    }
+
+    /// A weight made at load (not a tensor of the file as it is), prepared by the backend of its name's device.
+    func prepare(_ ref: WeightRef) throws -> WeightMatrix {
+        do { return try backend(for: ref.name).prepare(ref) } catch let e as BackendError {
             throw ModelError("\(file.path): \(e.description)")
         }
+    }
+
+    func prepareStack(_ ref: WeightRef) throws -> WeightStack {
+        do { return try backend(for: ref.name).prepareStack(ref) } catch let e as BackendError {
+            throw ModelError("\(file.path): \(e.description)")
+        }
+    }
+
+    /// The executor of the routed experts of layer `layer` (one per device, shared by the layers placed there).
+    func expertExecutor(layer: Int, nExpert: Int, dim: Int, ff: Int) throws -> any ExpertExecutor {
+        let b = try backend(for: "blk.\(layer).ffn_gate_exps.weight")
+        if let e = executors.byDevice[b.device] { return e }
+        let e = b.makeExpertExecutor(nExpert: nExpert, dim: dim, ff: ff)
+        executors.byDevice[b.device] = e
+        return e
     }
 
     public func optionalMatrix(_ name: String, rows: Int, cols: Int) throws -> WeightMatrix? {
@@ -97,4 +138,18 @@ public struct TensorLoader {
     public func optionalVector(_ name: String, count: Int) throws -> [Float]? {
         has(name) ? try vector(name, count: count) : nil
     }
+
+    /// A vector (norm weight, bias) decoded to f32 and put in the main backend's memory.
+    public func constant(_ name: String, count: Int) throws -> Tensor {
+        backend.upload(try vector(name, count: count))
+    }
+
+    public func optionalConstant(_ name: String, count: Int) throws -> Tensor? {
+        has(name) ? try constant(name, count: count) : nil
+    }
+}
+
+/// The expert executors one load made, by device.
+private final class ExecutorCache {
+    var byDevice: [Device: any ExpertExecutor] = [:]
 }

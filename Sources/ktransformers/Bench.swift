@@ -70,25 +70,21 @@ struct Bench: ParsableCommand {
 
     func run() throws {
         if moe { return try runMoE() }
-        var args = ["--threads", String(threads ?? CPUInfo.physicalCores)]
-        if let model { args += ["--model", model] }
-        let file = try ModelOptions.parse(args).openFile()
-        let pool = ThreadPool(threads: threads ?? CPUInfo.physicalCores)
-        let lm = try ModelRegistry.load(file, pool: pool)
-        let name = URL(fileURLWithPath: file.path).lastPathComponent
         let ctx = max(nPrompt, nGen)
+        let seqs = max(batch, 1)
+        let loaded = try LoadOptions(model: model, threads: threads,
+                                     limits: RunLimits(maxTokens: max(chunkSize, seqs), maxSequences: seqs, maxLogitsRows: seqs,
+                                                       contextLength: ctx)).load()
+        let lm = loaded.model, pool = loaded.backend.pool
+        let name = URL(fileURLWithPath: loaded.file.path).lastPathComponent
         guard ctx <= lm.info.contextLength else {
             throw CLIError("a test needs \(ctx) positions, the model's context is \(lm.info.contextLength)")
         }
         let pageSize = 256
         let pagesPerSeq = (ctx + pageSize - 1) / pageSize
-        let seqs = max(batch, 1)
-        let cache = KVCache(pageSize: pageSize, numPages: pagesPerSeq * seqs, kDims: lm.info.kvKeyDims,
-                            vDims: lm.info.kvValueDims)
+        let cache = lm.makeKVCache(pageSize: pageSize, numPages: pagesPerSeq * seqs)
         let tables = (0..<seqs).map { s in (0..<pagesPerSeq).map { Int32(s * pagesPerSeq + $0) } }
         let vocab = lm.info.vocabSize
-        let logits = UnsafeMutablePointer<Float>.allocate(capacity: vocab * seqs)
-        defer { logits.deallocate() }
         var rng = SystemRandomNumberGenerator()
         var results: [Result] = []
 
@@ -120,7 +116,7 @@ struct Bench: ParsableCommand {
                     var b = ForwardBatch(pageSize: pageSize)
                     b.addSequence(tokens: Array(prompt[done..<done + n]), startPosition: done, blockTable: tables[0],
                                   logits: done + n == nPrompt ? .last : .none)
-                    try lm.forward(b, cache: cache, logits: logits)
+                    _ = try lm.forward(b, cache: cache)
                     done += n
                 }
             }
@@ -138,7 +134,7 @@ struct Bench: ParsableCommand {
                     for s in 0..<batch {
                         b.addSequence(tokens: [next[s]], startPosition: pos, blockTable: tables[s], logits: .last)
                     }
-                    try lm.forward(b, cache: cache, logits: logits)
+                    let logits = lm.backend.read(try lm.forward(b, cache: cache), count: batch * vocab)
                     for s in 0..<batch { next[s] = argmax(logits + s * vocab, vocab) }
                 }
             }

@@ -1,13 +1,16 @@
 import Backend
 import Foundation
+import Models
 import Quant
 
-/// `ktransformers bench --moe`: the expert kernel on one synthetic MoE layer, against this machine's measured
-/// memory bandwidth. Default shape: Qwen3-30B-A3B (128 experts, top-8, hidden 2048, expert width 768, Q4_K).
-/// Each step routes `batch` tokens to random distinct experts and runs gate+up (one `matmulExperts` pass,
-/// 8-bit activations), SiLU, down (f32 activations, as the models run it) and the weighted combine. Throughput is
-/// bytes of *distinct* expert weights the step had to read (each chosen expert's three matrices, once, however
-/// many tokens chose it) per second of step time.
+/// `ktransformers bench --moe`: one synthetic MoE layer, run by the models' own `MoEFeedForward` code path
+/// (`StandaloneMoELayer`: router, the CPU expert executor, combine), against this machine's measured memory
+/// bandwidth. Default shape: Qwen3-30B-A3B (128 experts, top-8, hidden 2048, expert width 768, Q4_K).
+/// Each step feeds `batch` random token rows (a different set each step, so a random f32 router spreads them over
+/// the experts as real routing does); the experts run gate+up in one pass (8-bit activations), SiLU, down (Q16_K
+/// activations, as the models run it) and the weighted combine. Throughput is bytes of *distinct* expert weights
+/// the step had to read (each chosen expert's three matrices, once, however many tokens chose it) per second of
+/// step time; the router's f32 matmul is part of the step time, not of the bytes.
 struct MoEBench {
     var experts = 128
     var topK = 8
@@ -75,78 +78,58 @@ struct MoEBench {
                 }
             }
         }
-        let gate = try WeightStack(name: "bench.ffn_gate_exps", type: type, count: experts, rows: ff, cols: dim, data: storage[0])
-        let up = try WeightStack(name: "bench.ffn_up_exps", type: type, count: experts, rows: ff, cols: dim, data: storage[1])
-        let down = try WeightStack(name: "bench.ffn_down_exps", type: type, count: experts, rows: dim, cols: ff, data: storage[2])
+        let backend = CPUBackend(pool: pool)
+        func stack(_ m: Int, rows: Int, cols: Int, _ name: String) throws -> WeightStack {
+            try backend.prepareStack(WeightRef(name: name, type: type, shape: [cols, rows, experts], data: storage[m]))
+        }
+        let weights = ExpertWeights(gate: try stack(0, rows: ff, cols: dim, "bench.ffn_gate_exps.weight"),
+                                    up: try stack(1, rows: ff, cols: dim, "bench.ffn_up_exps.weight"),
+                                    down: try stack(2, rows: dim, cols: ff, "bench.ffn_down_exps.weight"))
+        var rng = SplitMix(seed: 7)
+        // Router: f32 [experts, dim], as the models keep it; N(0, 1/dim) so that the logits have unit scale.
+        let routerValues = (0..<experts * dim).map { _ in rng.normalish() * (0.75 / Float(dim)).squareRoot() }
+        let routerTensor = backend.upload(routerValues)
+        let router = try backend.prepare(WeightRef(name: "bench.ffn_gate_inp.weight", type: .f32, shape: [dim, experts],
+                                                   data: UnsafeRawPointer(routerTensor.hostFloats)))
 
         // Bandwidth is measured before and after the kernel runs (best of both), so a busy spell during one of
         // them does not decide the ratio.
         let bandwidthBefore = MemoryBandwidth.measure(pool: pool)
         let maxBatch = batches.max() ?? 1
-        let scratch = MatmulScratch(perThread: ThreadScratch(threads: threads, floatsPerThread: max(dim, ff)),
-                                    activations: ActivationBuffer())
-        let routing = ExpertRouting(expertCount: experts)
-        let x = UnsafeMutablePointer<Float>.allocate(capacity: maxBatch * dim)
-        let g = UnsafeMutablePointer<Float>.allocate(capacity: maxBatch * topK * ff)
-        let u = UnsafeMutablePointer<Float>.allocate(capacity: maxBatch * topK * ff)
-        let d = UnsafeMutablePointer<Float>.allocate(capacity: maxBatch * topK * dim)
-        let out = UnsafeMutablePointer<Float>.allocate(capacity: maxBatch * dim)
-        defer { [x, g, u, d, out].forEach { $0.deallocate() } }
-        var rng = SplitMix(seed: 7)
-        for i in 0..<maxBatch * dim { x[i] = rng.normalish() }
-        var ids = [Int32](repeating: 0, count: maxBatch * topK)
-        let weight = 1 / Float(topK)
+        let layer = StandaloneMoELayer(backend: backend, router: router, experts: weights,
+                                       routing: MoERouting(scoring: .softmax, topK: topK, normalizeTopK: true),
+                                       maxTokens: maxBatch)
+        let executor = layer.executor as? CPUExpertExecutor
+        executor?.timing = true
+        // Token rows of every step: `steps` different sets, so that the routes differ from step to step.
+        let xs = backend.allocate(steps * maxBatch * dim)
+        for i in 0..<steps * maxBatch * dim { xs.hostFloats[i] = rng.normalish() }
+        let out = backend.allocate(maxBatch * dim)
 
         var results: [Result] = []
         for batch in batches {
-            // Pre-drawn routes for every step, so drawing them is not timed.
-            let total = (repetitions + 1) * steps
-            var routes: [[Int32]] = []
-            var distinctCount = 0
-            for _ in 0..<total {
-                for t in 0..<batch {
-                    var chosen = Set<Int32>()
-                    while chosen.count < topK { chosen.insert(Int32(rng.next() % UInt64(experts))) }
-                    for (j, e) in chosen.enumerated() { ids[t * topK + j] = e }
-                }
-                let r = Array(ids[0..<batch * topK])
-                distinctCount += Set(r).count
-                routes.append(r)
+            func step(_ s: Int) { layer.forward(xs.offset(s * maxBatch * dim), out: out, n: batch) }
+            // Warm-up, and the distinct experts each step reads (the same every repetition: the rows are fixed).
+            var distinctPerStep: [Int] = []
+            for s in 0..<steps {
+                step(s)
+                let ids = layer.chosenExperts.hostInt32
+                distinctPerStep.append(Set((0..<batch * topK).map { ids[$0] }).count)
             }
-            var phase = (gateUp: UInt64(0), down: UInt64(0))  // ns, over the timed steps
-            func step(_ r: [Int32]) {
-                r.withUnsafeBufferPointer { routing.set(experts: $0.baseAddress!, tokens: batch, perToken: topK) }
-                let t0 = DispatchTime.now().uptimeNanoseconds
-                pool.matmulExperts(gate, g, also: up, u, x: x, gather: true, routing: routing, scratch: scratch)
-                let t1 = DispatchTime.now().uptimeNanoseconds
-                let a = routing.assignments, f = ff, dm = dim
-                pool.parallelFor(a) { p, _ in Ops.gatedSiLU(g + p * f, u + p * f, f) }
-                let t2 = DispatchTime.now().uptimeNanoseconds
-                pool.matmulExperts(down, d, x: g, gather: false, routing: routing, scratch: scratch, precise: true)
-                phase.gateUp += t1 - t0
-                phase.down += DispatchTime.now().uptimeNanoseconds - t2
-                let pos = routing.positionOf, kk = topK
-                pool.parallelFor(batch) { t, _ in
-                    (out + t * dm).update(repeating: 0, count: dm)
-                    for j in 0..<kk { axpy(weight, d + Int(pos[t * kk + j]) * dm, out + t * dm, dm) }
-                }
-            }
-            for s in 0..<steps { step(routes[s]) }  // warm-up
-            phase = (0, 0)
+            executor?.resetTiming()
             var bytesAll = 0.0, secondsAll = 0.0, best = 0.0
-            for rep in 0..<repetitions {
-                var bytes = 0.0
+            for _ in 0..<repetitions {
+                let bytes = Double(distinctPerStep.reduce(0, +) * 3 * matrixBytes)
                 let t0 = DispatchTime.now().uptimeNanoseconds
-                for s in 0..<steps {
-                    let r = routes[(rep + 1) * steps + s]
-                    bytes += Double(Set(r).count * 3 * matrixBytes)
-                    step(r)
-                }
+                for s in 0..<steps { step(s) }
                 let sec = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
                 bytesAll += bytes
                 secondsAll += sec
                 best = max(best, bytes / sec / 1e9)
             }
+            let phase = (gateUp: executor?.gateUpNanoseconds ?? 0, down: executor?.downNanoseconds ?? 0)
+            let total = steps
+            let distinctCount = distinctPerStep.reduce(0, +)
             let timedSteps = Double(repetitions * steps)
             let gbps = bytesAll / secondsAll / 1e9
             let perStep = Double(distinctCount) / Double(total)

@@ -43,22 +43,23 @@ struct Generate: ParsableCommand {
 
     func run() throws {
         let m = try options.load()
-        let ids = m.tokenizer.encode(prompt)
+        guard let tokenizer = m.tokenizer else { throw CLIError("\(m.file.path): no tokenizer") }
+        let ids = tokenizer.encode(prompt)
         guard !ids.isEmpty else { throw CLIError("the prompt encodes to no tokens") }
         guard ids.count < m.contextLength else {
             throw CLIError("the prompt has \(ids.count) tokens, the context is \(m.contextLength) (--ctx-size)")
         }
         let generator = try Generator(model: m.model, contextLength: m.contextLength)
         var sampler = Sampler(SamplingParams(temperature: temperature, topK: topK, topP: topP, minP: minP, seed: seed))
-        var detok = IncrementalDetokenizer(tokenizer: m.tokenizer)
+        var detok = IncrementalDetokenizer(tokenizer: tokenizer)
         let stats = try generator.generate(prompt: ids, maxTokens: maxTokens, sampler: &sampler) { id in
-            if !ignoreEOS && m.tokenizer.isEndOfGeneration(id) { return false }
+            if !ignoreEOS && tokenizer.isEndOfGeneration(id) { return false }
             Output.out(detok.append(id))
             return true
         }
         Output.out(detok.flush() + "\n")
         Output.err(String(format: "prompt: %d tokens, %.1f tok/s | generation: %d tokens, %.1f tok/s | threads: %d\n",
                           stats.promptTokens, stats.promptTokensPerSecond, stats.generatedTokens,
-                          stats.generateTokensPerSecond, m.pool.threadCount))
+                          stats.generateTokensPerSecond, m.backend.pool.threadCount))
     }
 }

@@ -13,7 +13,7 @@ struct Inspect: ParsableCommand {
     var tensors = false
 
     func run() throws {
-        let f = try ModelOptions.parse(file.map { ["--model", $0] } ?? []).openFile()
+        let f = try LoadOptions(model: file).openGGUF()
         var s = "file: \(f.path)\nGGUF version: \(f.version), \(f.metadata.count) metadata keys, \(f.tensors.count) tensors, alignment \(f.alignment)\n\nmetadata:\n"
         for k in f.metadataKeys {
             s += "  \(k) = \(Inspect.describe(f.metadata[k]!))\n"

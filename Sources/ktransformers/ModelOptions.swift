@@ -6,9 +6,67 @@ import Models
 import SafeTensors
 import Tokenizer
 
-/// Options shared by the commands that load a model.
+/// Everything that decides how a model is loaded, shared by every command that loads one (`serve`, `generate`,
+/// `logits`, `bench`, `tokenize`, `inspect`): the one load path.
+struct LoadOptions {
+    /// A GGUF file, a folder holding exactly one, or a Hugging Face checkpoint folder (config.json +
+    /// *.safetensors); nil: the installed default model.
+    var model: String?
+    /// Compute threads (nil: physical cores).
+    var threads: Int?
+    /// Context length of this run (nil: the model's, at most 4096).
+    var contextLength: Int?
+    /// `PATTERN=DEVICE` rules deciding which device's backend prepares each weight (nil: all on the CPU).
+    var placement: String?
+    /// The largest forward pass to size the model for (nil: `RunLimits.defaults`; the engine and the
+    /// generator reserve what they need on top).
+    var limits: RunLimits?
+
+    /// The GGUF file (or the one in the folder), or the Hugging Face checkpoint folder seen as one.
+    func openSource() throws -> any TensorSource {
+        if let model, HFCheckpoint.isCheckpointDirectory(model) { return try HFCheckpoint(directory: model) }
+        return try openGGUF()
+    }
+
+    /// The GGUF file, or the one in the folder.
+    func openGGUF() throws -> GGUFFile {
+        guard let model else {
+            guard DefaultModel.isInstalled else { throw CLIError(DefaultModel.installHint) }
+            return try GGUFFile(path: DefaultModel.path, populate: true)
+        }
+        var isDir: ObjCBool = false
+        if FileManager.default.fileExists(atPath: model, isDirectory: &isDir), isDir.boolValue {
+            // The original's --gguf_path names a folder.
+            let files = ((try? FileManager.default.contentsOfDirectory(atPath: model)) ?? []).filter { $0.hasSuffix(".gguf") }.sorted()
+            guard files.count == 1 else {
+                throw CLIError("\(model): expected one .gguf file in the folder (or a Hugging Face checkpoint: config.json + *.safetensors), found \(files.count) .gguf files")
+            }
+            return try GGUFFile(path: (model as NSString).appendingPathComponent(files[0]), populate: true)
+        }
+        return try GGUFFile(path: model, populate: true)
+    }
+
+    /// Opens the model and builds it on its backend; the tokenizer only where the source has one (`logits`
+    /// needs none).
+    func load() throws -> LoadedModel {
+        let file = try openSource()
+        let backend = CPUBackend(threads: threads ?? CPUInfo.physicalCores)
+        let rules: Placement
+        do {
+            rules = try placement.map { try Placement(main: backend.device, parsing: $0) } ?? Placement(main: backend.device)
+        } catch let e as BackendError {
+            throw CLIError("--placement: \(e.description)")
+        }
+        let model = try ModelRegistry.load(file, backend: backend, placement: rules, limits: limits)
+        let tokenizer = file.metadata["tokenizer.ggml.model"] == nil ? nil : try Tokenizer(metadata: file.metadata)
+        return LoadedModel(file: file, backend: backend, model: model, tokenizer: tokenizer,
+                           contextLength: min(contextLength ?? 4096, model.info.contextLength))
+    }
+}
+
+/// The command-line form of `LoadOptions` for the commands that only need a model.
 struct ModelOptions: ParsableArguments {
-    @Option(name: .long, help: "GGUF model file or Hugging Face checkpoint directory (config.json + *.safetensors) (default: the installed default model, see scripts/default-model.sh).")
+    @Option(name: .long, help: "GGUF model file, a folder holding one, or a Hugging Face checkpoint directory (config.json + *.safetensors) (default: the installed default model, see scripts/default-model.sh).")
     var model: String?
 
     @Option(name: [.customShort("t"), .long], help: "Compute threads (default: physical cores).")
@@ -17,56 +75,40 @@ struct ModelOptions: ParsableArguments {
     @Option(name: .customLong("ctx-size"), help: "Context length for this run (default: the model's, at most 4096).")
     var contextSize: Int?
 
+    @Option(name: .long, help: "Which device holds which weights: comma-separated PATTERN=DEVICE rules over GGUF tensor names, first match wins, the rest on the main device (default: all on the CPU; this build has only the cpu device).")
+    var placement: String?
+
     func validate() throws {
         if let threads, threads < 1 || threads > 1024 { throw ValidationError("--threads must be between 1 and 1024") }
         if let contextSize, contextSize < 1 { throw ValidationError("--ctx-size must be positive") }
     }
 
-    var modelPath: String { model ?? DefaultModel.path }
-
-    func openFile() throws -> GGUFFile {
-        let path = modelPath
-        if model == nil && !FileManager.default.fileExists(atPath: path) {
-            throw CLIError(DefaultModel.installHint)
-        }
-        return try GGUFFile(path: path, populate: true)
+    var loadOptions: LoadOptions {
+        LoadOptions(model: model, threads: threads, contextLength: contextSize, placement: placement)
     }
 
-    /// The GGUF file, or the Hugging Face checkpoint directory seen as one (`HFCheckpoint`).
-    func openSource() throws -> any TensorSource {
-        if let model, HFCheckpoint.isCheckpointDirectory(model) {
-            return try HFCheckpoint(directory: model)
-        }
-        return try openFile()
-    }
+    func openSource() throws -> any TensorSource { try loadOptions.openSource() }
 
     /// Opens the model, builds it and its tokenizer.
     func load() throws -> LoadedModel {
-        let m = try loadModel()
-        guard let tokenizer = m.tokenizer else {
+        let m = try loadOptions.load()
+        guard m.tokenizer != nil else {
             let why = (m.file as? HFCheckpoint).map { $0.tokenizerProblem ?? "the directory has no tokenizer.json" }
                 ?? "the file has no tokenizer.ggml.* metadata"
             throw CLIError("\(m.file.path): no tokenizer (\(why)); only `logits` works without one")
         }
-        return LoadedModel(file: m.file, pool: m.pool, model: m.model, tokenizer: tokenizer, contextLength: m.contextLength)
+        return m
     }
 
     /// Opens the model and builds it; the tokenizer only where the source has one (`logits` needs none).
-    func loadModel() throws -> (file: any TensorSource, pool: ThreadPool, model: LanguageModel, tokenizer: Tokenizer?,
-                                contextLength: Int) {
-        let file = try openSource()
-        let pool = ThreadPool(threads: threads ?? CPUInfo.physicalCores)
-        let model = try ModelRegistry.load(file, pool: pool)
-        let tokenizer = file.metadata["tokenizer.ggml.model"] == nil ? nil : try Tokenizer(metadata: file.metadata)
-        return (file, pool, model, tokenizer, min(contextSize ?? 4096, model.info.contextLength))
-    }
+    func loadModel() throws -> LoadedModel { try loadOptions.load() }
 }
 
 struct LoadedModel {
     let file: any TensorSource
-    let pool: ThreadPool
+    let backend: CPUBackend
     let model: LanguageModel
-    let tokenizer: Tokenizer
+    let tokenizer: Tokenizer?
     let contextLength: Int
 }
 

@@ -9,6 +9,7 @@ import Hummingbird
 import Logging
 import Models
 import NIOCore
+import SafeTensors
 import Server
 import ServiceLifecycle
 import Tokenizer
@@ -27,7 +28,7 @@ struct Serve: ParsableCommand {
 
     // Model
     @Option(name: [.customLong("model"), .customLong("model_path"), .customLong("gguf_path")],
-            help: "GGUF model file, or a folder holding one (default: the installed default model).")
+            help: "GGUF model file, a folder holding one, or a Hugging Face checkpoint directory (config.json + *.safetensors) (default: the installed default model).")
     var model: String?
 
     @Option(name: .customLong("served-model-name"), help: "Model id in /v1/models and responses (default: the file name).")
@@ -38,6 +39,9 @@ struct Serve: ParsableCommand {
 
     @Option(name: [.customShort("t"), .long], help: "Compute threads (default: physical cores).")
     var threads: Int?
+
+    @Option(name: .long, help: "Which device holds which weights: comma-separated PATTERN=DEVICE rules over GGUF tensor names, first match wins, the rest on the main device (default: all on the CPU; this build has only the cpu device).")
+    var placement: String?
 
     // Engine
     @Option(name: .customLong("ctx-size"), help: "Context length per sequence, prompt and output (default: the model's, at most 4096).")
@@ -126,23 +130,6 @@ struct Serve: ParsableCommand {
         return s
     }
 
-    /// `--model`: a file, or a folder with exactly one .gguf (the original's --gguf_path names a folder).
-    func resolveModelPath() throws -> String {
-        guard let model else {
-            guard DefaultModel.isInstalled else { throw CLIError(DefaultModel.installHint) }
-            return DefaultModel.path
-        }
-        var isDir: ObjCBool = false
-        if FileManager.default.fileExists(atPath: model, isDirectory: &isDir), isDir.boolValue {
-            let files = ((try? FileManager.default.contentsOfDirectory(atPath: model)) ?? []).filter { $0.hasSuffix(".gguf") }.sorted()
-            guard files.count == 1 else {
-                throw CLIError("\(model): expected one .gguf file in the folder, found \(files.count)")
-            }
-            return (model as NSString).appendingPathComponent(files[0])
-        }
-        return model
-    }
-
     func run() throws {
         // The root command is synchronous; the server runs on NIO's event loops and the cooperative pool while
         // this thread waits.
@@ -160,11 +147,13 @@ struct Serve: ParsableCommand {
         var logger = Logger(label: "ktransformers.serve")
         logger.logLevel = Logger.Level(rawValue: logLevel) ?? .info
 
-        let path = try resolveModelPath()
-        let file = try GGUFFile(path: path, populate: true)
-        let pool = ThreadPool(threads: threads ?? CPUInfo.physicalCores)
-        let model = try ModelRegistry.load(file, pool: pool)
-        let tokenizer = try Tokenizer(gguf: file)
+        let loaded = try LoadOptions(model: model, threads: threads, contextLength: contextSize, placement: placement).load()
+        let file = loaded.file, path = file.path
+        guard let tokenizer = loaded.tokenizer else {
+            let why = (file as? HFCheckpoint).map { $0.tokenizerProblem ?? "the directory has no tokenizer.json" }
+                ?? "the file has no tokenizer.ggml.* metadata"
+            throw CLIError("\(path): no tokenizer (\(why)); serve needs one")
+        }
 
         let templateSource: String?
         if let chatTemplateFile {
@@ -181,13 +170,13 @@ struct Serve: ParsableCommand {
         }
         if template == nil { logger.warning("the model has no chat template: /v1/chat/completions will answer 400") }
 
-        let engine = try Engine(model: model, config: engineConfig(modelContext: model.info.contextLength))
+        let engine = try Engine(model: loaded.model, config: engineConfig(modelContext: loaded.model.info.contextLength))
         let config = serverConfig(fileName: (path as NSString).lastPathComponent)
         let server = OpenAIServer(engine: engine, tokenizer: tokenizer, chatTemplate: template, config: config)
         let host = config.host
         let app = server.makeApplication(logger: logger) { channel in
             let port = channel.localAddress?.port ?? config.port
-            Output.err("ktransformers serve: \(config.modelID) on http://\(host):\(port) (threads \(pool.threadCount), context \(engine.contextLength))\n")
+            Output.err("ktransformers serve: \(config.modelID) on http://\(host):\(port) (\(loaded.backend.summary), context \(engine.contextLength))\n")
         }
         // Services stop in reverse order: the HTTP server first (it stops accepting and lets in-flight requests
         // finish), then the engine.

@@ -21,7 +21,7 @@ struct Tokenize: ParsableCommand {
     var json = false
 
     func run() throws {
-        let file = try ModelOptions.parse(model.map { ["--model", $0] } ?? []).openSource()
+        let file = try LoadOptions(model: model).openSource()
         let tokenizer = try Tokenizer(metadata: file.metadata)
         let ids = tokenizer.encode(text, addSpecial: !noBOS, parseSpecial: !noParseSpecial)
         if json {

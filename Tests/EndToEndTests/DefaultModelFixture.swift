@@ -17,7 +17,7 @@ enum DefaultModelFixture {
         guard DefaultModel.isInstalled else { throw ModelError(DefaultModel.installHint) }
         let file = try GGUFFile(path: DefaultModel.path, populate: true)
         let pool = ThreadPool(threads: CPUInfo.physicalCores)
-        return Loaded(file: file, pool: pool, model: try ModelRegistry.load(file, pool: pool))
+        return Loaded(file: file, pool: pool, model: try ModelRegistry.load(file, backend: CPUBackend(pool: pool)))
     }
 
     static func get() throws -> Loaded { try loaded.get() }

@@ -18,7 +18,7 @@ final class EngineTests: XCTestCase {
 
     func makeEngine(_ path: String = EngineTests.modelPath, _ configure: (inout EngineConfig) -> Void = { _ in }) throws -> Engine {
         let file = try GGUFFile(path: path)
-        let model = try ModelRegistry.load(file, pool: ThreadPool(threads: 2))
+        let model = try ModelRegistry.load(file, backend: CPUBackend(pool: ThreadPool(threads: 2)))
         var c = EngineConfig()
         configure(&c)
         return try Engine(model: model, config: c)
@@ -166,5 +166,42 @@ final class EngineTests: XCTestCase {
         let b = await Self.collect(try e.submit(EngineRequest(id: "b", promptTokens: p, sampling: params, maxTokens: 10, logprobs: 3)))
         XCTAssertEqual(a.tokens, b.tokens)
         XCTAssertEqual(a.tokens.count, 10)
+    }
+}
+
+/// The steady state allocates nothing: after an engine is built (model, KV cache, runner sized at load), a long
+/// run of steps of every mix (prompt chunks with decode tokens, 1 to 4 sequences, preemption) never allocates run
+/// memory (`RunMemory` counts every arena, KV cache, RoPE table and kernel-scratch allocation or growth).
+final class SteadyStateMemoryTests: XCTestCase {
+    func testThousandsOfMixedStepsAllocateNoRunMemory() async throws {
+        for name in ["llama-q8_0", "qwen3moe-q8_0", "deepseek2-v3", "gemma3"] {
+            let file = try GGUFFile(path: EngineTests.fixture(name))
+            let model = try ModelRegistry.load(file, backend: CPUBackend(pool: ThreadPool(threads: 2)))
+            var c = EngineConfig()
+            c.maxBatchSize = 4
+            c.chunkSize = 9          // prompt chunks of up to 9 tokens beside decode tokens
+            c.pageSize = 4
+            c.kvCacheTokens = 96     // small enough that four long sequences preempt each other
+            let engine = try Engine(model: model, config: c)
+            defer { engine.shutdown() }
+            let before = RunMemory.allocations
+            let ctx = min(model.info.contextLength, c.contextLength)
+            var step = 0
+            for round in 0..<40 {
+                try await withThrowingTaskGroup(of: Void.self) { group in
+                    for r in 0..<4 {
+                        let len = 1 + (round * 7 + r * 5) % 20
+                        let p = (0..<len).map { Int32((round * 31 + r * 17 + $0 * 7) % 90) }
+                        let stream = try engine.submit(EngineRequest(id: "\(round)-\(r)", promptTokens: p,
+                                                                     maxTokens: min(ctx - len - 1, 8 + (round + r) % 25)))
+                        group.addTask { _ = await EngineTests.collect(stream) }
+                    }
+                    try await group.waitForAll()
+                }
+                step = engine.stats().steps
+            }
+            XCTAssertGreaterThanOrEqual(step, 1000, "\(name): \(step) steps")
+            XCTAssertEqual(RunMemory.allocations, before, "\(name): run memory allocated during \(step) steps")
+        }
     }
 }

@@ -27,7 +27,7 @@ final class CheckpointLayoutTests: XCTestCase {
     }
 
     private func logits(_ source: any TensorSource, _ tokens: [Int32]) throws -> (UnsafeMutablePointer<Float>, Int, Generator) {
-        let model = try ModelRegistry.load(source, pool: HFFixtureTests.pool)
+        let model = try ModelRegistry.load(source, backend: CPUBackend(pool: HFFixtureTests.pool))
         let gen = try Generator(model: model)
         let (l, _) = try gen.forward(tokens, start: 0, logits: .all)
         return (l, model.info.vocabSize, gen)

@@ -199,7 +199,7 @@ final class HFFixtureTests: XCTestCase {
     private func check(_ name: String, _ source: any TensorSource, what: String, maxRelativeError: Float?,
                        minArgmaxAgreement: Double, file: StaticString = #filePath, line: UInt = #line) throws {
         let ref = try Self.reference(name)
-        let model = try ModelRegistry.load(source, pool: Self.pool)
+        let model = try ModelRegistry.load(source, backend: CPUBackend(pool: Self.pool))
         let vocab = model.info.vocabSize
         XCTAssertEqual(ref.logits.first?.count, vocab, file: file, line: line)
         let gen = try Generator(model: model)

@@ -125,8 +125,9 @@ final class GoldenLogitsTests: XCTestCase {
             // adding A's re-strides it.
             let tableA: [Int32] = [5, 0, 7, 10]
             let tableB: [Int32] = [2, 9]
-            let cache = KVCache(pageSize: pageSize, numPages: 12, kDims: model.info.kvKeyDims,
-                                vDims: model.info.kvValueDims)
+            let cache = model.makeKVCache(pageSize: pageSize, numPages: 12)
+            // Every row's logits come back from one pass: size the model for them.
+            model.reserve(RunLimits(maxTokens: 64, maxSequences: 2, maxLogitsRows: 64, contextLength: 64))
 
             var batch = ForwardBatch(pageSize: pageSize)
             batch.addSequence(tokens: b, startPosition: 0, blockTable: tableB, logits: .all)

@@ -1,4 +1,5 @@
 import Foundation
+import Backend
 import GGUF
 import Models
 import XCTest
@@ -8,7 +9,7 @@ final class ModelErrorTests: XCTestCase {
     func testUnsupportedArchitectureNamesIt() throws {
         let path = try TinyModels.rewrite("llama") { $0.set("general.architecture", .string("tinyfakearch")) }
         defer { try? FileManager.default.removeItem(atPath: path) }
-        XCTAssertThrowsError(try ModelRegistry.load(GGUFFile(path: path), pool: TinyModels.pool)) { error in
+        XCTAssertThrowsError(try ModelRegistry.load(GGUFFile(path: path), backend: CPUBackend(pool: TinyModels.pool))) { error in
             guard let e = error as? ModelError else { return XCTFail("expected ModelError, got \(error)") }
             XCTAssertTrue(e.description.contains("'tinyfakearch'"), e.description)
             XCTAssertTrue(e.description.contains("unsupported architecture"), e.description)
@@ -37,7 +38,7 @@ final class ModelErrorTests: XCTestCase {
             defer { try? FileManager.default.removeItem(atPath: path) }
             let file = try GGUFFile(path: path)
             XCTAssertNil(file.tensor(named: tensor))
-            XCTAssertThrowsError(try ModelRegistry.load(file, pool: TinyModels.pool)) { error in
+            XCTAssertThrowsError(try ModelRegistry.load(file, backend: CPUBackend(pool: TinyModels.pool))) { error in
                 guard let e = error as? ModelError else { return XCTFail("expected ModelError, got \(error)") }
                 XCTAssertTrue(e.description.contains("'\(tensor)'"), "\(fixture): \(e.description)")
                 XCTAssertTrue(e.description.contains("missing tensor"), "\(fixture): \(e.description)")
@@ -58,7 +59,7 @@ final class ModelErrorTests: XCTestCase {
             w = edited
         }
         defer { try? FileManager.default.removeItem(atPath: path) }
-        XCTAssertThrowsError(try ModelRegistry.load(GGUFFile(path: path), pool: TinyModels.pool)) { error in
+        XCTAssertThrowsError(try ModelRegistry.load(GGUFFile(path: path), backend: CPUBackend(pool: TinyModels.pool))) { error in
             guard let e = error as? ModelError else { return XCTFail("expected ModelError, got \(error)") }
             XCTAssertTrue(e.description.contains("'\(name)'") && e.description.contains("expected [32, 16, 8]"),
                           e.description)
@@ -69,7 +70,7 @@ final class ModelErrorTests: XCTestCase {
     func testUneditedCopyLoads() throws {
         let path = try TinyModels.rewrite("qwen3-q8_0") { _ in }
         defer { try? FileManager.default.removeItem(atPath: path) }
-        let model = try ModelRegistry.load(GGUFFile(path: path), pool: TinyModels.pool)
+        let model = try ModelRegistry.load(GGUFFile(path: path), backend: CPUBackend(pool: TinyModels.pool))
         XCTAssertEqual(model.info.architecture, "qwen3")
         XCTAssertEqual(model.info.layerCount, 2)
     }

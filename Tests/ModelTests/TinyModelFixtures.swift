@@ -40,7 +40,7 @@ enum TinyModels {
     }
 
     static func load(_ name: String) throws -> LanguageModel {
-        try ModelRegistry.load(GGUFFile(path: path(name, "gguf")), pool: pool)
+        try ModelRegistry.load(GGUFFile(path: path(name, "gguf")), backend: CPUBackend(pool: pool))
     }
 
     /// The architecture part of a fixture name (`qwen3-q8_0` → `qwen3`; llama.cpp stores Mixtral as `llama`).

@@ -17,7 +17,7 @@ import Quant
 /// which for DeepSeek leave cos/sin unscaled and multiply the softmax scale by
 /// `(1 + 0.1 · mscale_all_dim · ln factor)²` (GGUF `rope.scaling.yarn_log_multiplier` = 0.1 · mscale_all_dim).
 enum DeepSeek2 {
-    static func load(_ l: TensorLoader, pool: ThreadPool) throws -> LanguageModel {
+    static func load(_ l: TensorLoader) throws -> LanguageModel {
         let dim = try l.int("embedding_length")
         // block_count may include multi-token-prediction layers after the trunk (nextn_predict_layers, as
         // llama.cpp's n_layer_all - n_layer_nextn); they are not run here.
@@ -63,7 +63,7 @@ enum DeepSeek2 {
         // MoE hyper-parameters.
         let nExpert = l.optionalInt("expert_count") ?? 0
         let denseLead = nExpert > 0 ? (l.optionalInt("leading_dense_block_count") ?? 0) : nLayer
-        var moe: (MoEFeedForward.Options, Int, MoEScratch)?
+        var moe: (MoEFeedForward.Options, Int)?
         if denseLead < nLayer {
             let topK = try l.int("expert_used_count")
             let ffExp = try l.int("expert_feed_forward_length")
@@ -80,9 +80,7 @@ enum DeepSeek2 {
             routing.groupsUsed = l.optionalInt("expert_group_used_count") ?? routing.groups
             var options = MoEFeedForward.Options(routing: routing)
             options.sharedWidth = ffExp * (l.optionalInt("expert_shared_count") ?? 0)
-            let scratch = MoEScratch(nExpert: nExpert, topK: topK, ff: ffExp, dim: dim, threads: pool.threadCount,
-                                     groups: routing.groups)
-            moe = (options, ffExp, scratch)
+            moe = (options, ffExp)
         }
 
         guard let embT = l.file.tensor(named: "token_embd.weight"), embT.shape.count == 2 else {
@@ -98,10 +96,10 @@ enum DeepSeek2 {
             let attn = MLAAttention(
                 wq: qLora > 0 ? nil : try l.matrix(p + "attn_q.weight", rows: nHead * kHead, cols: dim),
                 wqA: qLora > 0 ? try l.matrix(p + "attn_q_a.weight", rows: qLora, cols: dim) : nil,
-                qANorm: qLora > 0 ? try l.vector(p + "attn_q_a_norm.weight", count: qLora) : nil,
+                qANorm: qLora > 0 ? try l.constant(p + "attn_q_a_norm.weight", count: qLora) : nil,
                 wqB: qLora > 0 ? try l.matrix(p + "attn_q_b.weight", rows: nHead * kHead, cols: qLora) : nil,
                 wkvA: try l.matrix(p + "attn_kv_a_mqa.weight", rows: kvLora + ropeDims, cols: dim),
-                kvANorm: try l.vector(p + "attn_kv_a_norm.weight", count: kvLora),
+                kvANorm: try l.constant(p + "attn_kv_a_norm.weight", count: kvLora),
                 kB: kB, vB: vB,
                 wo: try l.matrix(p + "attn_output.weight", rows: dim, cols: nHead * vHead),
                 nHead: nHead, nope: nope, ropeDims: ropeDims, kvLora: kvLora, vHead: vHead, normEps: eps,
@@ -113,16 +111,15 @@ enum DeepSeek2 {
                                up: try l.matrix(p + "ffn_up.weight", rows: ff, cols: dim),
                                down: try l.matrix(p + "ffn_down.weight", rows: dim, cols: ff),
                                activation: .silu)
-            } else if let (options, ffExp, scratch) = moe {
+            } else if let (options, ffExp) = moe {
                 var o = options
                 o.routing.groupScore = l.has(p + "exp_probs_b.bias") ? .topTwoSum : .max
-                mlp = try MoEFeedForward.load(l, layer: i, dim: dim, nExpert: nExpert, ff: ffExp, options: o,
-                                              scratch: scratch)
+                mlp = try MoEFeedForward.load(l, layer: i, dim: dim, nExpert: nExpert, ff: ffExp, options: o)
             } else {
                 preconditionFailure("unreachable: MoE layer without MoE options")
             }
-            blocks.append(DecoderBlock(attnNorm: try l.vector(p + "attn_norm.weight", count: dim), attention: attn,
-                                       postAttnNorm: nil, ffnNorm: try l.vector(p + "ffn_norm.weight", count: dim),
+            blocks.append(DecoderBlock(attnNorm: try l.constant(p + "attn_norm.weight", count: dim), attention: attn,
+                                       postAttnNorm: nil, ffnNorm: try l.constant(p + "ffn_norm.weight", count: dim),
                                        mlp: mlp, postFFNNorm: nil))
         }
         let info = ModelInfo(architecture: l.arch, name: l.file["general.name"]?.string ?? l.arch, vocabSize: vocab,
@@ -130,8 +127,8 @@ enum DeepSeek2 {
                              kvKeyDims: Array(repeating: kvLora + ropeDims, count: nLayer),
                              kvValueDims: Array(repeating: 0, count: nLayer))
         return DecoderModel(info: info, embedding: embedding, embedScale: 1, blocks: blocks,
-                            outputNorm: try l.vector("output_norm.weight", count: dim), output: output, normEps: eps,
-                            ropes: [rope], pool: pool)
+                            outputNorm: try l.constant("output_norm.weight", count: dim), output: output, normEps: eps,
+                            ropes: [rope], backend: l.backend)
     }
 
     /// The per-head K and V up-projections: `attn_k_b` `// [nHead][kvLora, nope]` and `attn_v_b`
@@ -162,14 +159,10 @@ enum DeepSeek2 {
                 }
             }
         }
-        do {
-            return (try WeightStack(name: p + "attn_k_b (from attn_kv_b)", type: .f32, count: nHead, rows: kvLora,
-                                    cols: nope, data: UnsafeRawPointer(kStore.p), owner: kStore),
-                    try WeightStack(name: p + "attn_v_b (from attn_kv_b)", type: .f32, count: nHead, rows: vHead,
-                                    cols: kvLora, data: UnsafeRawPointer(vStore.p), owner: vStore))
-        } catch let e as BackendError {
-            throw ModelError("\(l.file.path): \(e.description)")
-        }
+        return (try l.prepareStack(WeightRef(name: p + "attn_k_b.weight", type: .f32, shape: [nope, kvLora, nHead],
+                                             data: UnsafeRawPointer(kStore.p), owner: kStore)),
+                try l.prepareStack(WeightRef(name: p + "attn_v_b.weight", type: .f32, shape: [kvLora, vHead, nHead],
+                                             data: UnsafeRawPointer(vStore.p), owner: vStore)))
     }
 }
 

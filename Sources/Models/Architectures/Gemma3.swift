@@ -6,7 +6,7 @@ import Foundation
 /// five sliding-window layers (RoPE base 10000) then one global layer (RoPE base `rope.freq_base`).
 /// Norm weights in GGUF already include Gemma's `1 +` offset (llama.cpp's converter adds it).
 enum Gemma3 {
-    static func load(_ l: TensorLoader, pool: ThreadPool) throws -> LanguageModel {
+    static func load(_ l: TensorLoader) throws -> LanguageModel {
         let dim = try l.int("embedding_length")
         let nLayer = try l.int("block_count")
         let ff = try l.int("feed_forward_length")
@@ -42,26 +42,26 @@ enum Gemma3 {
                 wv: try l.matrix(p + "attn_v.weight", rows: nKVHead * headDimV, cols: dim),
                 wo: try l.matrix(p + "attn_output.weight", rows: dim, cols: nHead * headDimV),
                 bq: nil, bk: nil, bv: nil,
-                qNorm: try l.vector(p + "attn_q_norm.weight", count: headDim),
-                kNorm: try l.vector(p + "attn_k_norm.weight", count: headDim),
+                qNorm: try l.constant(p + "attn_q_norm.weight", count: headDim),
+                kNorm: try l.constant(p + "attn_k_norm.weight", count: headDim),
                 normEps: eps, params: params, ropeIndex: isGlobal ? 1 : 0)
             let mlp = GatedMLP(gate: try l.matrix(p + "ffn_gate.weight", rows: ff, cols: dim),
                                up: try l.matrix(p + "ffn_up.weight", rows: ff, cols: dim),
                                down: try l.matrix(p + "ffn_down.weight", rows: dim, cols: ff),
                                activation: .gelu)
-            blocks.append(DecoderBlock(attnNorm: try l.vector(p + "attn_norm.weight", count: dim),
+            blocks.append(DecoderBlock(attnNorm: try l.constant(p + "attn_norm.weight", count: dim),
                                        attention: attn,
-                                       postAttnNorm: try l.vector(p + "post_attention_norm.weight", count: dim),
-                                       ffnNorm: try l.vector(p + "ffn_norm.weight", count: dim),
+                                       postAttnNorm: try l.constant(p + "post_attention_norm.weight", count: dim),
+                                       ffnNorm: try l.constant(p + "ffn_norm.weight", count: dim),
                                        mlp: mlp,
-                                       postFFNNorm: try l.vector(p + "post_ffw_norm.weight", count: dim)))
+                                       postFFNNorm: try l.constant(p + "post_ffw_norm.weight", count: dim)))
         }
         let info = ModelInfo(architecture: l.arch, name: l.file["general.name"]?.string ?? "gemma3", vocabSize: vocab,
                              contextLength: ctx, layerCount: nLayer,
                              kvKeyDims: Array(repeating: nKVHead * headDim, count: nLayer),
                              kvValueDims: Array(repeating: nKVHead * headDimV, count: nLayer))
         return DecoderModel(info: info, embedding: embedding, embedScale: Float(dim).squareRoot(), blocks: blocks,
-                            outputNorm: try l.vector("output_norm.weight", count: dim), output: output, normEps: eps,
-                            finalLogitSoftcap: l.optionalFloat("final_logit_softcapping") ?? 0, ropes: ropes, pool: pool)
+                            outputNorm: try l.constant("output_norm.weight", count: dim), output: output, normEps: eps,
+                            finalLogitSoftcap: l.optionalFloat("final_logit_softcapping") ?? 0, ropes: ropes, backend: l.backend)
     }
 }

@@ -5,8 +5,8 @@ import Backend
 /// Mixtral is stored as `llama` with experts (`llama.expert_count`, `blk.N.ffn_{gate,up,down}_exps`,
 /// `ffn_gate_inp`): softmax top-k routing with the chosen weights renormalized.
 enum Llama {
-    static func load(_ l: TensorLoader, pool: ThreadPool) throws -> LanguageModel {
-        try LlamaFamily.load(l, pool: pool, variant: .init(qkvBias: false, qkNorm: false, neoxRope: false))
+    static func load(_ l: TensorLoader) throws -> LanguageModel {
+        try LlamaFamily.load(l, variant: .init(qkvBias: false, qkNorm: false, neoxRope: false))
     }
 }
 
@@ -24,7 +24,7 @@ enum LlamaFamily {
         var gatedSharedExpert = false
     }
 
-    static func load(_ l: TensorLoader, pool: ThreadPool, variant v: Variant) throws -> LanguageModel {
+    static func load(_ l: TensorLoader, variant v: Variant) throws -> LanguageModel {
         let dim = try l.int("embedding_length")
         let nLayer = try l.int("block_count")
         let nExpert = l.optionalInt("expert_count") ?? 0
@@ -51,7 +51,7 @@ enum LlamaFamily {
         let embedding = try l.matrix("token_embd.weight", rows: embT.shape[1], cols: dim)
         let vocab = embedding.rows
         let output = try l.optionalMatrix("output.weight", rows: vocab, cols: dim) ?? embedding
-        let moe = nExpert > 0 ? try moeOptions(l, variant: v, nExpert: nExpert, dim: dim, ff: ff, pool: pool) : nil
+        let moe = nExpert > 0 ? try moeOptions(l, variant: v, nExpert: nExpert, dim: dim, ff: ff) : nil
         var blocks: [DecoderBlock] = []
         for i in 0..<nLayer {
             let p = "blk.\(i)."
@@ -62,24 +62,23 @@ enum LlamaFamily {
                 wk: try l.matrix(p + "attn_k.weight", rows: nKVHead * headDim, cols: dim),
                 wv: try l.matrix(p + "attn_v.weight", rows: nKVHead * headDimV, cols: dim),
                 wo: try l.matrix(p + "attn_output.weight", rows: dim, cols: nHead * headDimV),
-                bq: v.qkvBias ? try l.vector(p + "attn_q.bias", count: nHead * headDim) : nil,
-                bk: v.qkvBias ? try l.vector(p + "attn_k.bias", count: nKVHead * headDim) : nil,
-                bv: v.qkvBias ? try l.vector(p + "attn_v.bias", count: nKVHead * headDimV) : nil,
-                qNorm: v.qkNorm ? try l.vector(p + "attn_q_norm.weight", count: headDim) : nil,
-                kNorm: v.qkNorm ? try l.vector(p + "attn_k_norm.weight", count: headDim) : nil,
+                bq: v.qkvBias ? try l.constant(p + "attn_q.bias", count: nHead * headDim) : nil,
+                bk: v.qkvBias ? try l.constant(p + "attn_k.bias", count: nKVHead * headDim) : nil,
+                bv: v.qkvBias ? try l.constant(p + "attn_v.bias", count: nKVHead * headDimV) : nil,
+                qNorm: v.qkNorm ? try l.constant(p + "attn_q_norm.weight", count: headDim) : nil,
+                kNorm: v.qkNorm ? try l.constant(p + "attn_k_norm.weight", count: headDim) : nil,
                 normEps: eps, params: params, ropeIndex: 0)
             let mlp: any FeedForwardBlock
             if let moe {
-                mlp = try MoEFeedForward.load(l, layer: i, dim: dim, nExpert: nExpert, ff: moe.ff, options: moe.options,
-                                              scratch: moe.scratch)
+                mlp = try MoEFeedForward.load(l, layer: i, dim: dim, nExpert: nExpert, ff: moe.ff, options: moe.options)
             } else {
                 mlp = GatedMLP(gate: try l.matrix(p + "ffn_gate.weight", rows: ff, cols: dim),
                                up: try l.matrix(p + "ffn_up.weight", rows: ff, cols: dim),
                                down: try l.matrix(p + "ffn_down.weight", rows: dim, cols: ff),
                                activation: .silu)
             }
-            blocks.append(DecoderBlock(attnNorm: try l.vector(p + "attn_norm.weight", count: dim), attention: attn,
-                                       postAttnNorm: nil, ffnNorm: try l.vector(p + "ffn_norm.weight", count: dim),
+            blocks.append(DecoderBlock(attnNorm: try l.constant(p + "attn_norm.weight", count: dim), attention: attn,
+                                       postAttnNorm: nil, ffnNorm: try l.constant(p + "ffn_norm.weight", count: dim),
                                        mlp: mlp, postFFNNorm: nil))
         }
         let info = ModelInfo(architecture: l.arch, name: l.file["general.name"]?.string ?? l.arch, vocabSize: vocab,
@@ -87,8 +86,8 @@ enum LlamaFamily {
                              kvKeyDims: Array(repeating: nKVHead * headDim, count: nLayer),
                              kvValueDims: Array(repeating: nKVHead * headDimV, count: nLayer))
         return DecoderModel(info: info, embedding: embedding, embedScale: 1, blocks: blocks,
-                            outputNorm: try l.vector("output_norm.weight", count: dim), output: output, normEps: eps,
-                            ropes: [rope], pool: pool)
+                            outputNorm: try l.constant("output_norm.weight", count: dim), output: output, normEps: eps,
+                            ropes: [rope], backend: l.backend)
     }
 }
 
@@ -96,8 +95,8 @@ extension LlamaFamily {
     /// The MoE hyper-parameters of Mixtral / Qwen2-MoE / Qwen3-MoE: `expert_count`, `expert_used_count`,
     /// `expert_feed_forward_length` (else the width of `blk.0.ffn_gate_exps`), `expert_weights_norm`,
     /// `expert_weights_scale`, and for Qwen2-MoE `expert_shared_feed_forward_length` (else `feed_forward_length`).
-    static func moeOptions(_ l: TensorLoader, variant v: Variant, nExpert: Int, dim: Int, ff: Int, pool: ThreadPool)
-        throws -> (options: MoEFeedForward.Options, ff: Int, scratch: MoEScratch) {
+    static func moeOptions(_ l: TensorLoader, variant v: Variant, nExpert: Int, dim: Int, ff: Int)
+        throws -> (options: MoEFeedForward.Options, ff: Int) {
         let topK = try l.int("expert_used_count")
         guard let exps = l.file.tensor(named: "blk.0.ffn_gate_exps.weight"), exps.shape.count == 3 else {
             throw ModelError("\(l.file.path): missing 3-D tensor 'blk.0.ffn_gate_exps.weight'")
@@ -111,7 +110,6 @@ extension LlamaFamily {
             options.sharedWidth = l.optionalInt("expert_shared_feed_forward_length") ?? ff
             options.sharedGate = true
         }
-        let scratch = MoEScratch(nExpert: nExpert, topK: topK, ff: ffExp, dim: dim, threads: pool.threadCount, groups: 1)
-        return (options, ffExp, scratch)
+        return (options, ffExp)
     }
 }

@@ -4,8 +4,8 @@ import Backend
 /// blocks: softmax top-k routing without renormalization (HF `norm_topk_prob = false`, as llama.cpp) and one
 /// shared expert whose output is scaled by `sigmoid(ffn_gate_inp_shexp · x)`.
 enum Qwen2MoE {
-    static func load(_ l: TensorLoader, pool: ThreadPool) throws -> LanguageModel {
-        try LlamaFamily.load(l, pool: pool, variant: .init(qkvBias: true, qkNorm: false, neoxRope: true,
+    static func load(_ l: TensorLoader) throws -> LanguageModel {
+        try LlamaFamily.load(l, variant: .init(qkvBias: true, qkNorm: false, neoxRope: true,
                                                            normalizeTopK: false, gatedSharedExpert: true))
     }
 }

@@ -4,8 +4,8 @@ import Backend
 /// with MoE feed-forward blocks: softmax top-k routing, chosen weights renormalized (`norm_topk_prob`), no
 /// shared expert.
 enum Qwen3MoE {
-    static func load(_ l: TensorLoader, pool: ThreadPool) throws -> LanguageModel {
-        try LlamaFamily.load(l, pool: pool, variant: .init(qkvBias: false, qkNorm: true, neoxRope: true,
+    static func load(_ l: TensorLoader) throws -> LanguageModel {
+        try LlamaFamily.load(l, variant: .init(qkvBias: false, qkNorm: true, neoxRope: true,
                                                            normalizeTopK: true))
     }
 }

@@ -7,14 +7,14 @@ struct AttentionLayer: AttentionBlock {
     let wk: WeightMatrix   // [nKVHead * headDim, dim]
     let wv: WeightMatrix   // [nKVHead * headDimV, dim]
     let wo: WeightMatrix   // [dim, nHead * headDimV]
-    let bq: [Float]?
-    let bk: [Float]?
-    let bv: [Float]?
-    let qNorm: [Float]?    // [headDim]
-    let kNorm: [Float]?    // [headDim]
+    let bq: Tensor?        // [nHead * headDim]
+    let bk: Tensor?        // [nKVHead * headDim]
+    let bv: Tensor?        // [nKVHead * headDimV]
+    let qNorm: Tensor?     // [headDim]
+    let kNorm: Tensor?     // [headDim]
     let normEps: Float
     let params: AttentionParams
-    /// Index into the model's RoPE list (tables are computed once per forward for each).
+    /// Index into the model's RoPE tables (computed at load for the run's context length).
     let ropeIndex: Int
 
     var queryGroupSize: Int { params.nHead / params.nKVHead }
@@ -23,42 +23,22 @@ struct AttentionLayer: AttentionBlock {
     var vWidth: Int { params.nKVHead * params.headDimV }
     var oWidth: Int { params.nHead * params.headDimV }
     var bufferWidths: (q: Int, k: Int, v: Int, o: Int) { (qWidth, kWidth, vWidth, oWidth) }
-    var maxInputWidth: Int { oWidth }
 
     /// Reads `xn` `// [n, dim]`, writes `out` `// [n, dim]`.
-    func forward(_ xn: UnsafeMutablePointer<Float>, out: UnsafeMutablePointer<Float>, n: Int, layer: Int,
-                 ctx: ForwardContext, q: UnsafeMutablePointer<Float>, k: UnsafeMutablePointer<Float>,
-                 v: UnsafeMutablePointer<Float>, o: UnsafeMutablePointer<Float>) {
-        let pool = ctx.pool
-        pool.matmulShared(wq, q, wk, k, wv, v, x: xn, n: n, scratch: ctx.scratch)
-        if let bq { addBias(bq, q, n) }
-        if let bk { addBias(bk, k, n) }
-        if let bv { addBias(bv, v, n) }
-        let hd = params.headDim
-        let rope = ctx.ropes[ropeIndex]
-        let tables = ctx.ropeTables[ropeIndex]
-        let tableWidth = rope.dims
-        let (nHead, nKVHead) = (params.nHead, params.nKVHead)
-        let (qw, kw) = (qWidth, kWidth)
-        let eps = normEps
-        let qn = qNorm, kn = kNorm
-        pool.parallelFor(n) { t, _ in
-            let qt = q + t * qw, kt = k + t * kw
-            if let qn { qn.withUnsafeBufferPointer { Ops.rmsNormHeads(qt, $0.baseAddress!, count: nHead, dim: hd, eps: eps) } }
-            if let kn { kn.withUnsafeBufferPointer { Ops.rmsNormHeads(kt, $0.baseAddress!, count: nKVHead, dim: hd, eps: eps) } }
-            let table = UnsafePointer(tables + t * tableWidth)
-            rope.apply(qt, heads: nHead, headDim: hd, table: table)
-            rope.apply(kt, heads: nKVHead, headDim: hd, table: table)
-        }
-        pool.storeKV(k, v, n: n, cache: ctx.cache, layer: layer, meta: ctx.meta)
-        pool.attention(q: q, out: o, n: n, cache: ctx.cache, layer: layer, meta: ctx.meta, params: params,
-                       scratch: ctx.attentionScratch)
-        pool.matmul(wo, o, out, n: n, scratch: ctx.scratch)
-    }
-
-    private func addBias(_ b: [Float], _ x: UnsafeMutablePointer<Float>, _ n: Int) {
-        b.withUnsafeBufferPointer { bp in
-            for t in 0..<n { Ops.add(bp.baseAddress!, into: x + t * b.count, b.count) }
-        }
+    func forward(_ xn: Tensor, out: Tensor, layer: Int, ctx: ForwardContext, q: Tensor, k: Tensor, v: Tensor,
+                 o: Tensor) {
+        let b = ctx.backend, n = ctx.n
+        b.matmulGroup(wq, q, wk, k, wv, v, x: xn, n: n)
+        if let bq { b.addBias(bq, to: q, rows: n) }
+        if let bk { b.addBias(bk, to: k, rows: n) }
+        if let bv { b.addBias(bv, to: v, rows: n) }
+        let hd = params.headDim, rope = ctx.ropes[ropeIndex]
+        b.rope(q, rows: n, rowStride: qWidth, heads: params.nHead, headStride: hd, table: rope,
+               positions: ctx.meta.positions, norm: qNorm, eps: normEps)
+        b.rope(k, rows: n, rowStride: kWidth, heads: params.nKVHead, headStride: hd, table: rope,
+               positions: ctx.meta.positions, norm: kNorm, eps: normEps)
+        b.storeKV(k: k, v: v, n: n, cache: ctx.cache, layer: layer, meta: ctx.meta)
+        b.attention(q: q, out: o, n: n, cache: ctx.cache, layer: layer, meta: ctx.meta, params: params)
+        b.matmul(wo, o, out, n: n, precision: .standard)
     }
 }

@@ -5,67 +5,87 @@ import Backend
 protocol AttentionBlock {
     /// Floats per token of the `q`, `k`, `v`, `o` scratch buffers `forward` is given.
     var bufferWidths: (q: Int, k: Int, v: Int, o: Int) { get }
-    /// Widest input of its matmuls (sizes the per-thread matmul scratch).
-    var maxInputWidth: Int { get }
-    /// Query heads per cached K/V head (sizes the attention scratch: see `ThreadPool.attention`).
+    /// Query heads per cached K/V head (sizes the backend's attention scratch).
     var queryGroupSize: Int { get }
     /// Reads `xn` `// [n, dim]`, writes `out` `// [n, dim]`, and this batch's K/V into layer `layer` of the cache.
-    func forward(_ xn: UnsafeMutablePointer<Float>, out: UnsafeMutablePointer<Float>, n: Int, layer: Int,
-                 ctx: ForwardContext, q: UnsafeMutablePointer<Float>, k: UnsafeMutablePointer<Float>,
-                 v: UnsafeMutablePointer<Float>, o: UnsafeMutablePointer<Float>)
+    func forward(_ xn: Tensor, out: Tensor, layer: Int, ctx: ForwardContext, q: Tensor, k: Tensor, v: Tensor,
+                 o: Tensor)
+}
+
+/// The shape of an MoE block's router and choices (sizes the model's MoE buffers).
+struct MoEShape {
+    var nExpert: Int
+    var topK: Int
+    var routerWork: Int
 }
 
 /// The feed-forward part of a block: `GatedMLP` (dense) or `MoEFeedForward` (experts).
 protocol FeedForwardBlock {
     /// Floats per token of each of the two scratch buffers `g`, `u` that `forward` is given.
     var scratchWidth: Int { get }
-    /// Widest input of its matmuls (sizes the per-thread matmul scratch).
-    var maxInputWidth: Int { get }
+    /// MoE blocks: their router's shape (nil for dense blocks).
+    var moe: MoEShape? { get }
+    /// Sizes buffers of the block's own for steps of `maxTokens` tokens (load time).
+    func reserve(maxTokens: Int)
     /// Reads `xn` `// [n, dim]`, writes `out` `// [n, dim]`.
-    func forward(_ xn: UnsafeMutablePointer<Float>, out: UnsafeMutablePointer<Float>, n: Int, ctx: ForwardContext,
-                 g: UnsafeMutablePointer<Float>, u: UnsafeMutablePointer<Float>)
+    func forward(_ xn: Tensor, out: Tensor, ctx: ForwardContext, g: Tensor, u: Tensor)
+}
+
+extension FeedForwardBlock {
+    var moe: MoEShape? { nil }
+    func reserve(maxTokens: Int) {}
+}
+
+/// What every layer of one forward pass shares: the backend, the KV cache, this step's metadata, the RoPE
+/// tables and the MoE layers' buffers.
+struct ForwardContext {
+    let backend: any ComputeBackend
+    let cache: KVCache
+    let meta: BatchMetadata
+    let ropes: [RopeTable]
+    /// Tokens in the step.
+    var n: Int { meta.tokens }
+    /// `// [n, nExpert]` router logits, `// [n, topK]` chosen experts (i32) and their weights.
+    let moeLogits: Tensor
+    let moeExperts: Tensor
+    let moeWeights: Tensor
 }
 
 /// One pre-norm transformer block, with the optional post-norms Gemma adds:
 /// `x += postAttnNorm(attn(attnNorm(x)))`, `x += postFFNNorm(mlp(ffnNorm(x)))`.
 struct DecoderBlock {
-    let attnNorm: [Float]
+    let attnNorm: Tensor        // [dim]
     let attention: any AttentionBlock
-    let postAttnNorm: [Float]?
-    let ffnNorm: [Float]
+    let postAttnNorm: Tensor?   // [dim]
+    let ffnNorm: Tensor         // [dim]
     let mlp: any FeedForwardBlock
-    let postFFNNorm: [Float]?
+    let postFFNNorm: Tensor?    // [dim]
 }
 
 /// A decoder-only transformer assembled by an architecture file: token embedding (optionally scaled),
 /// blocks, final norm, output projection (optionally tied to the embedding), optional logit soft-capping.
+/// It holds the architecture's weights and order of operations; every computation is an op of its backend.
 final class DecoderModel: LanguageModel, @unchecked Sendable {
-    // NOTE: @unchecked because the workspace is mutated by `forward`; the LanguageModel contract is that
-    // forward runs on one thread at a time.
+    // NOTE: @unchecked because `reserve` replaces the run state; the LanguageModel contract is that reserve and
+    // forward run on one thread at a time.
     let info: ModelInfo
+    let backend: any ComputeBackend
     let dim: Int
     let embedding: WeightMatrix      // [vocab, dim]
     let embedScale: Float
     let blocks: [DecoderBlock]
-    let outputNorm: [Float]
+    let outputNorm: Tensor           // [dim]
     let output: WeightMatrix         // [vocab, dim]
     let normEps: Float
     let finalLogitSoftcap: Float
     let ropes: [RoPE]
-    let pool: ThreadPool
-    private let scratch: MatmulScratch
-    private var attentionScratch: ThreadScratch
-    private let maxQueryGroup: Int
-    private let work: Workspace
-    private var ropeTables: [UnsafeMutablePointer<Float>] = []
-    private var ropeCapacity = 0
+    private(set) var limits: RunLimits
+    private var state: RunState
 
-    // Workspace buffer indices.
-    private enum Buf: Int { case x, xn, proj, q, k, v, o, gate, up }
-
-    init(info: ModelInfo, embedding: WeightMatrix, embedScale: Float, blocks: [DecoderBlock], outputNorm: [Float],
-         output: WeightMatrix, normEps: Float, finalLogitSoftcap: Float = 0, ropes: [RoPE], pool: ThreadPool) {
+    init(info: ModelInfo, embedding: WeightMatrix, embedScale: Float, blocks: [DecoderBlock], outputNorm: Tensor,
+         output: WeightMatrix, normEps: Float, finalLogitSoftcap: Float = 0, ropes: [RoPE], backend: any ComputeBackend) {
         self.info = info
+        self.backend = backend
         dim = embedding.cols
         self.embedding = embedding
         self.embedScale = embedScale
@@ -75,108 +95,127 @@ final class DecoderModel: LanguageModel, @unchecked Sendable {
         self.normEps = normEps
         self.finalLogitSoftcap = finalLogitSoftcap
         self.ropes = ropes
-        self.pool = pool
-        let a = blocks.map(\.attention.bufferWidths)
-        let maxCols = ([dim] + blocks.map { max($0.attention.maxInputWidth, $0.mlp.maxInputWidth) }).max()!
-        scratch = MatmulScratch(perThread: ThreadScratch(threads: pool.threadCount, floatsPerThread: maxCols),
-                                activations: ActivationBuffer())
-        // Scores of a GQA group plus the visible positions' slots (see ThreadPool.attention).
-        let maxGroup = blocks.map(\.attention.queryGroupSize).max() ?? 1
-        maxQueryGroup = maxGroup
-        // Sized for 4096 positions and grown when a batch reaches further (DeepSeek-V3 has 128 query heads per
-        // cached latent and a 163840-token context: sizing for that up front would take 84 MB per thread).
-        attentionScratch = ThreadScratch(threads: pool.threadCount,
-                                         floatsPerThread: min(info.contextLength, 4096) * (maxGroup + 1))
-        work = Workspace(widths: [
-            dim, dim, dim,
-            a.map(\.q).max() ?? 1, a.map(\.k).max() ?? 1, a.map(\.v).max() ?? 1, a.map(\.o).max() ?? 1,
-            blocks.map(\.mlp.scratchWidth).max() ?? 1, blocks.map(\.mlp.scratchWidth).max() ?? 1,
-        ])
+        limits = RunLimits.defaults(contextLength: info.contextLength)
+        state = RunState(limits: limits, info: info, dim: dim, blocks: blocks, ropes: ropes, backend: backend)
     }
 
-    deinit { ropeTables.forEach { $0.deallocate() } }
+    deinit { state.release(backend) }
 
-    func forward(_ batch: ForwardBatch, cache: KVCache, logits: UnsafeMutablePointer<Float>) throws {
-        let n = batch.count
-        guard n > 0 else { return }
+    func reserve(_ l: RunLimits) {
+        var wanted = limits.union(l)
+        wanted.contextLength = min(wanted.contextLength, info.contextLength)
+        guard wanted != limits else { return }
+        state.release(backend)
+        limits = wanted
+        state = RunState(limits: limits, info: info, dim: dim, blocks: blocks, ropes: ropes, backend: backend)
+    }
+
+    func forward(_ batch: ForwardBatch, cache: KVCache) throws -> Tensor {
+        let n = batch.count, m = batch.logitsIndices.count
+        let s = state
+        guard n > 0 else { return s.logits.prefix(0) }
         for (i, t) in batch.tokens.enumerated() where t < 0 || Int(t) >= info.vocabSize {
             throw ModelError("token \(t) at batch index \(i) is outside the vocabulary (0..<\(info.vocabSize))")
         }
-        for p in batch.positions where Int(p) >= info.contextLength {
-            throw ModelError("position \(p) is beyond the context length \(info.contextLength)")
+        for p in batch.positions where Int(p) >= limits.contextLength {
+            throw ModelError(Int(p) >= info.contextLength
+                ? "position \(p) is beyond the context length \(info.contextLength)"
+                : "position \(p) is beyond the run's context length \(limits.contextLength) (the model was loaded for it)")
         }
-        work.reserve(tokens: n)
-        let needed = (maxQueryGroup + 1) * (Int(batch.positions.max() ?? 0) + 1)
-        if needed > attentionScratch.floatsPerThread {
-            attentionScratch = ThreadScratch(threads: pool.threadCount,
-                                             floatsPerThread: max(needed, 2 * attentionScratch.floatsPerThread))
+        guard n <= limits.maxTokens, m <= limits.maxLogitsRows, batch.blockTables.count <= s.blockTables.count else {
+            throw ModelError("a forward pass of \(n) tokens, \(m) logits rows and \(batch.blockTables.count) block-table entries exceeds what the model was loaded for (\(limits.maxTokens) tokens, \(limits.maxLogitsRows) rows, \(s.blockTables.count) entries)")
         }
-        reserveRopeTables(n)
-        let x = work[Buf.x.rawValue], xn = work[Buf.xn.rawValue], proj = work[Buf.proj.rawValue]
+        // This step's metadata into its fixed tensors.
+        let b = backend
+        batch.tokens.withUnsafeBufferPointer { b.write($0, to: s.tokens) }
+        batch.positions.withUnsafeBufferPointer { b.write($0, to: s.positions) }
+        batch.slotMapping.withUnsafeBufferPointer { b.write($0, to: s.slotMapping) }
+        batch.sequenceOfToken.withUnsafeBufferPointer { b.write($0, to: s.sequenceOfToken) }
+        batch.blockTables.withUnsafeBufferPointer { b.write($0, to: s.blockTables) }
+        batch.logitsIndices.withUnsafeBufferPointer { b.write($0, to: s.logitsIndices) }
+        let meta = BatchMetadata(tokens: n, positions: s.positions, slotMapping: s.slotMapping,
+                                 sequenceOfToken: s.sequenceOfToken, blockTables: s.blockTables,
+                                 blockTableStride: batch.blockTableStride, pageSize: batch.pageSize)
+        let ctx = ForwardContext(backend: b, cache: cache, meta: meta, ropes: s.ropeTables, moeLogits: s.moeLogits,
+                                 moeExperts: s.moeExperts, moeWeights: s.moeWeights)
+        let x = s.x, xn = s.xn, proj = s.proj
 
-        // Embedding lookup: `// x: [n, dim]`.
-        let emb = embedding, scale = embedScale, d = dim
-        batch.tokens.withUnsafeBufferPointer { toks in
-            pool.parallelFor(n) { t, _ in
-                emb.dequantizeRow(Int(toks[t]), into: x + t * d)
-                if scale != 1 { Ops.scale(x + t * d, scale, d) }
-            }
-        }
-        for (r, rope) in ropes.enumerated() {
-            let table = ropeTables[r]
-            for t in 0..<n { rope.table(position: Int(batch.positions[t]), into: table + t * rope.dims) }
-        }
-
-        batch.withAttentionMetadata { meta in
-            let ctx = ForwardContext(pool: pool, scratch: scratch, attentionScratch: attentionScratch, cache: cache,
-                                     meta: meta, ropes: ropes, ropeTables: ropeTables)
-            for (l, b) in blocks.enumerated() {
-                norm(x, b.attnNorm, xn, n)
-                b.attention.forward(xn, out: proj, n: n, layer: l, ctx: ctx, q: work[Buf.q.rawValue],
-                                    k: work[Buf.k.rawValue], v: work[Buf.v.rawValue], o: work[Buf.o.rawValue])
-                if let pn = b.postAttnNorm { norm(proj, pn, proj, n) }
-                Ops.add(proj, into: x, n * dim)
-                norm(x, b.ffnNorm, xn, n)
-                b.mlp.forward(xn, out: proj, n: n, ctx: ctx, g: work[Buf.gate.rawValue], u: work[Buf.up.rawValue])
-                if let pn = b.postFFNNorm { norm(proj, pn, proj, n) }
-                Ops.add(proj, into: x, n * dim)
-            }
+        b.embed(embedding, tokens: s.tokens, n: n, out: x, scale: embedScale)     // x: [n, dim]
+        for (l, blk) in blocks.enumerated() {
+            b.rmsNorm(x, weight: blk.attnNorm, out: xn, rows: n, dim: dim, stride: dim, eps: normEps)
+            blk.attention.forward(xn, out: proj, layer: l, ctx: ctx, q: s.q, k: s.k, v: s.v, o: s.o)
+            if let pn = blk.postAttnNorm { b.rmsNorm(proj, weight: pn, out: proj, rows: n, dim: dim, stride: dim, eps: normEps) }
+            b.add(proj, into: x, count: n * dim)
+            b.rmsNorm(x, weight: blk.ffnNorm, out: xn, rows: n, dim: dim, stride: dim, eps: normEps)
+            blk.mlp.forward(xn, out: proj, ctx: ctx, g: s.gate, u: s.up)
+            if let pn = blk.postFFNNorm { b.rmsNorm(proj, weight: pn, out: proj, rows: n, dim: dim, stride: dim, eps: normEps) }
+            b.add(proj, into: x, count: n * dim)
         }
 
         // Final norm of the selected rows, gathered into xn, then the output projection.
-        let m = batch.logitsIndices.count
-        for (i, t) in batch.logitsIndices.enumerated() {
-            norm(x + Int(t) * dim, outputNorm, xn + i * dim, 1)
-        }
-        pool.matmul(output, xn, logits, n: m, scratch: scratch)
-        if finalLogitSoftcap > 0 {
-            let c = finalLogitSoftcap
-            for i in 0..<m * info.vocabSize { logits[i] = c * tanhf(logits[i] / c) }
-        }
-    }
-
-    private func norm(_ x: UnsafeMutablePointer<Float>, _ w: [Float], _ out: UnsafeMutablePointer<Float>, _ n: Int) {
-        let d = dim, eps = normEps
-        w.withUnsafeBufferPointer { wp in
-            let wb = wp.baseAddress!
-            if n == 1 {
-                Ops.rmsNorm(x, wb, out, rows: 1, dim: d, eps: eps)
-            } else {
-                pool.parallelFor(n) { t, _ in Ops.rmsNorm(x + t * d, wb, out + t * d, rows: 1, dim: d, eps: eps) }
-            }
-        }
-    }
-
-    private func reserveRopeTables(_ n: Int) {
-        guard n > ropeCapacity else { return }
-        ropeTables.forEach { $0.deallocate() }
-        ropeCapacity = max(n, ropeCapacity * 2)
-        ropeTables = ropes.map { .allocate(capacity: max(1, ropeCapacity * $0.dims)) }
+        b.rmsNormRows(x, indices: s.logitsIndices, count: m, weight: outputNorm, out: xn, dim: dim, eps: normEps)
+        b.matmul(output, xn, s.logits, n: m, precision: .standard)
+        if finalLogitSoftcap > 0 { b.softcap(s.logits, count: m * info.vocabSize, cap: finalLogitSoftcap) }
+        return s.logits.prefix(m * info.vocabSize)
     }
 }
 
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
+/// Everything a forward pass writes besides the KV cache, allocated once for `RunLimits` in the backend's memory:
+/// one arena of activation and metadata tensors at fixed addresses, and the RoPE tables.
+private struct RunState {
+    let arena: Tensor
+    let x, xn, proj: Tensor                          // [maxTokens, dim]
+    let q, k, v, o: Tensor                           // [maxTokens, widest layer's width]
+    let gate, up: Tensor                             // [maxTokens, widest feed-forward scratch]
+    let moeLogits, moeExperts, moeWeights: Tensor    // [maxTokens, nExpert], [maxTokens, topK] ×2
+    let tokens, positions, slotMapping, sequenceOfToken: Tensor   // [maxTokens] i32
+    let logitsIndices: Tensor                        // [maxLogitsRows] i32
+    let blockTables: Tensor                          // [maxSequences * contextLength] i32
+    let logits: Tensor                               // [maxLogitsRows, vocab]
+    let ropeTables: [RopeTable]
+
+    init(limits: RunLimits, info: ModelInfo, dim: Int, blocks: [DecoderBlock], ropes: [RoPE], backend: any ComputeBackend) {
+        let t = limits.maxTokens
+        let a = blocks.map(\.attention.bufferWidths)
+        let moe = blocks.compactMap(\.mlp.moe)
+        let ff = blocks.map(\.mlp.scratchWidth).max() ?? 1
+        let nExpert = moe.map(\.nExpert).max() ?? 1, topK = moe.map(\.topK).max() ?? 1
+        // NOTE: a page holds at least one position, so a sequence's block table has at most contextLength entries.
+        let sizes = [
+            t * dim, t * dim, t * dim,
+            t * (a.map(\.q).max() ?? 1), t * (a.map(\.k).max() ?? 1), t * (a.map(\.v).max() ?? 1), t * (a.map(\.o).max() ?? 1),
+            t * ff, t * ff,
+            t * nExpert, t * topK, t * topK,
+            t, t, t, t,
+            limits.maxLogitsRows,
+            limits.maxSequences * max(limits.contextLength, 1),
+            limits.maxLogitsRows * info.vocabSize,
+        ]
+        // Each tensor starts on a 64-byte boundary.
+        let padded = sizes.map { ($0 + 15) & ~15 }
+        arena = backend.allocate(padded.reduce(0, +))
+        var views: [Tensor] = []
+        var offset = 0
+        for (size, p) in zip(sizes, padded) {
+            views.append(arena.offset(offset).prefix(size))
+            offset += p
+        }
+        (x, xn, proj) = (views[0], views[1], views[2])
+        (q, k, v, o) = (views[3], views[4], views[5], views[6])
+        (gate, up) = (views[7], views[8])
+        (moeLogits, moeExperts, moeWeights) = (views[9], views[10], views[11])
+        (tokens, positions, slotMapping, sequenceOfToken) = (views[12], views[13], views[14], views[15])
+        (logitsIndices, blockTables, logits) = (views[16], views[17], views[18])
+        ropeTables = ropes.map { backend.makeRopeTable($0, positions: limits.contextLength) }
+        backend.reserve(ForwardPlan(maxTokens: t, contextLength: limits.contextLength,
+                                    maxQueryGroup: blocks.map(\.attention.queryGroupSize).max() ?? 1,
+                                    routerWork: moe.map(\.routerWork).max() ?? 0))
+        for b in blocks { b.mlp.reserve(maxTokens: t) }
+    }
+
+    /// Gives the arena and tables back to the backend (before a larger state replaces this one).
+    func release(_ backend: any ComputeBackend) {
+        backend.release(arena)
+        ropeTables.forEach { backend.release($0.table) }
+    }
+}

@@ -13,10 +13,10 @@ import Backend
 struct MLAAttention: AttentionBlock {
     let wq: WeightMatrix?      // [nHead * kHead, dim]      attn_q (no q LoRA: V2-Lite)
     let wqA: WeightMatrix?     // [qLora, dim]              attn_q_a
-    let qANorm: [Float]?       // [qLora]                   attn_q_a_norm
+    let qANorm: Tensor?        // [qLora]                   attn_q_a_norm
     let wqB: WeightMatrix?     // [nHead * kHead, qLora]    attn_q_b
     let wkvA: WeightMatrix     // [kvLora + ropeDims, dim]  attn_kv_a_mqa
-    let kvANorm: [Float]       // [kvLora]                  attn_kv_a_norm
+    let kvANorm: Tensor        // [kvLora]                  attn_kv_a_norm
     let kB: WeightStack        // [nHead][kvLora, nope]     attn_k_b (HF k part of kv_b_proj, transposed)
     let vB: WeightStack        // [nHead][vHead, kvLora]    attn_v_b
     let wo: WeightMatrix       // [dim, nHead * vHead]      attn_output
@@ -40,55 +40,41 @@ struct MLAAttention: AttentionBlock {
     var bufferWidths: (q: Int, k: Int, v: Int, o: Int) {
         (max(nHead * kHead, nHead * vHead), latentWidth, nHead * latentWidth, max(nHead * kvLora, qLora))
     }
-    var maxInputWidth: Int { max(nHead * vHead, qLora, kvLora, nope) }
     /// All heads share the one cached latent.
     var queryGroupSize: Int { nHead }
 
-    func forward(_ xn: UnsafeMutablePointer<Float>, out: UnsafeMutablePointer<Float>, n: Int, layer: Int,
-                 ctx: ForwardContext, q: UnsafeMutablePointer<Float>, k: UnsafeMutablePointer<Float>,
-                 v: UnsafeMutablePointer<Float>, o: UnsafeMutablePointer<Float>) {
-        let pool = ctx.pool
+    func forward(_ xn: Tensor, out: Tensor, layer: Int, ctx: ForwardContext, q: Tensor, k: Tensor, v: Tensor,
+                 o: Tensor) {
+        let b = ctx.backend, n = ctx.n
         if let wq {
-            pool.matmul(wq, xn, q, n: n, scratch: ctx.scratch)
+            b.matmul(wq, xn, q, n: n, precision: .standard)
         } else if let wqA, let wqB, let qANorm {
-            pool.matmul(wqA, xn, o, n: n, scratch: ctx.scratch)   // [n, qLora]
-            let ql = wqA.rows, eps = normEps
-            qANorm.withUnsafeBufferPointer { w in
-                let wp = w.baseAddress!
-                pool.parallelFor(n) { t, _ in Ops.rmsNorm(o + t * ql, wp, o + t * ql, rows: 1, dim: ql, eps: eps) }
-            }
-            pool.matmul(wqB, o, q, n: n, scratch: ctx.scratch)
+            b.matmul(wqA, xn, o, n: n, precision: .standard)   // [n, qLora]
+            let ql = wqA.rows
+            b.rmsNorm(o, weight: qANorm, out: o, rows: n, dim: ql, stride: ql, eps: normEps)
+            b.matmul(wqB, o, q, n: n, precision: .standard)
         }
-        pool.matmul(wkvA, xn, k, n: n, scratch: ctx.scratch)      // [n, kvLora + ropeDims]
+        b.matmul(wkvA, xn, k, n: n, precision: .standard)      // [n, kvLora + ropeDims]
 
         // Latent norm, RoPE on k_pe and q_pe (q_pe goes straight to its place in the absorbed query).
-        let rope = ctx.ropes[ropeIndex], tables = ctx.ropeTables[ropeIndex]
+        let rope = ctx.ropes[ropeIndex]
         let (lw, kl, nh, kh, np, rd) = (latentWidth, kvLora, nHead, kHead, nope, ropeDims)
-        let eps = normEps
-        kvANorm.withUnsafeBufferPointer { w in
-            let wp = w.baseAddress!
-            pool.parallelFor(n) { t, _ in
-                let table = UnsafePointer(tables + t * rope.dims)
-                let kt = k + t * lw
-                Ops.rmsNorm(kt, wp, kt, rows: 1, dim: kl, eps: eps)
-                rope.apply(kt + kl, heads: 1, headDim: rd, table: table)
-                let qt = q + t * nh * kh, vt = v + t * nh * lw
-                for h in 0..<nh { (vt + h * lw + kl).update(from: qt + h * kh + np, count: rd) }
-                rope.apply(vt + kl, heads: nh, headDim: lw, table: table)
-            }
-        }
+        b.rmsNorm(k, weight: kvANorm, out: k, rows: n, dim: kl, stride: lw, eps: normEps)
+        b.rope(k.offset(kl), rows: n, rowStride: lw, heads: 1, headStride: rd, table: rope,
+               positions: ctx.meta.positions, norm: nil, eps: 0)
+        // Row (t, h) of q_pe is at (t·nh + h)·kHead + nope, its place in v at (t·nh + h)·latentWidth + kvLora.
+        b.copyRows(q.offset(np), srcStride: kh, v.offset(kl), dstStride: lw, rows: n * nh, width: rd)
+        b.rope(v.offset(kl), rows: n, rowStride: nh * lw, heads: nh, headStride: lw, table: rope,
+               positions: ctx.meta.positions, norm: nil, eps: 0)
         // Absorbed queries: v[t, h, ..<kvLora] = W_kb,h · q_nope[t, h].
-        pool.matmulHeads(kB, q, xStride: nh * kh, xHeadStride: kh, v, yStride: nh * lw, yHeadStride: lw, n: n,
-                         scratch: ctx.scratch)
+        b.matmulHeads(kB, q, xStride: nh * kh, xHeadStride: kh, v, yStride: nh * lw, yHeadStride: lw, n: n)
 
-        pool.storeKV(k, k, n: n, cache: ctx.cache, layer: layer, meta: ctx.meta)
+        b.storeKV(k: k, v: k, n: n, cache: ctx.cache, layer: layer, meta: ctx.meta)
         var params = AttentionParams(nHead: nh, nKVHead: 1, headDim: lw, headDimV: kl, scale: scale)
         params.valueInKey = true
-        pool.attention(q: v, out: o, n: n, cache: ctx.cache, layer: layer, meta: ctx.meta, params: params,
-                       scratch: ctx.attentionScratch)
+        b.attention(q: v, out: o, n: n, cache: ctx.cache, layer: layer, meta: ctx.meta, params: params)
         // Heads' values from their latents: q[t, h, ..<vHead] = W_vb,h · o[t, h].
-        pool.matmulHeads(vB, o, xStride: nh * kl, xHeadStride: kl, q, yStride: nh * vHead, yHeadStride: vHead, n: n,
-                         scratch: ctx.scratch)
-        pool.matmul(wo, q, out, n: n, scratch: ctx.scratch)
+        b.matmulHeads(vB, o, xStride: nh * kl, xHeadStride: kl, q, yStride: nh * vHead, yHeadStride: vHead, n: n)
+        b.matmul(wo, q, out, n: n, precision: .standard)
     }
 }

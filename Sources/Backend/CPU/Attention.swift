@@ -32,7 +32,7 @@ extension ThreadPool {
     public func storeKV(_ k: UnsafePointer<Float>, _ v: UnsafePointer<Float>, n: Int, cache: KVCache, layer: Int,
                         meta: AttentionMetadata) {
         let kd = cache.kDims[layer], vd = cache.vDims[layer]
-        let kc = cache.k(layer), vc = cache.v(layer)
+        let kc = cache.k(layer).hostFloats, vc = cache.v(layer).hostFloats
         for t in 0..<n {
             let s = Int(meta.slotMapping[t])
             (kc + s * kd).update(from: k + t * kd, count: kd)
@@ -48,8 +48,8 @@ extension ThreadPool {
     /// `(nHead / nKVHead + 1) * contextLength` floats.
     public func attention(q: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>, n: Int, cache: KVCache, layer: Int,
                           meta: AttentionMetadata, params p: AttentionParams, scratch: ThreadScratch) {
-        let kc = UnsafePointer(cache.k(layer))
-        let vc = p.valueInKey ? kc : UnsafePointer(cache.v(layer))
+        let kc = UnsafePointer(cache.k(layer).hostFloats)
+        let vc = p.valueInKey ? kc : UnsafePointer(cache.v(layer).hostFloats)
         let kd = cache.kDims[layer], vd = p.valueInKey ? kd : cache.vDims[layer]
         let vHeadStride = p.valueInKey ? p.headDim : p.headDimV
         let group = p.nHead / p.nKVHead
@@ -78,5 +78,42 @@ extension ThreadPool {
                 out: out + t * p.nHead * p.headDimV + firstHead * p.headDimV))
             UnsafeMutableRawPointer(slots).bindMemory(to: Float.self, capacity: count)
         }
+    }
+}
+
+/// `BatchMetadata` as host pointers, for the CPU kernels.
+public struct AttentionMetadata {
+    /// `// [nTokens]` absolute position of each token in its sequence.
+    public var positions: UnsafePointer<Int32>
+    /// `// [nTokens]` KV slot each token's K/V is written to.
+    public var slotMapping: UnsafePointer<Int32>
+    /// `// [nTokens]` index of each token's sequence in `blockTables`.
+    public var sequenceOfToken: UnsafePointer<Int32>
+    /// `// [nSequences, blockTableStride]` physical page of each logical page.
+    public var blockTables: UnsafePointer<Int32>
+    public var blockTableStride: Int
+    public var pageSize: Int
+
+    public init(positions: UnsafePointer<Int32>, slotMapping: UnsafePointer<Int32>, sequenceOfToken: UnsafePointer<Int32>,
+                blockTables: UnsafePointer<Int32>, blockTableStride: Int, pageSize: Int) {
+        self.positions = positions
+        self.slotMapping = slotMapping
+        self.sequenceOfToken = sequenceOfToken
+        self.blockTables = blockTables
+        self.blockTableStride = blockTableStride
+        self.pageSize = pageSize
+    }
+
+    /// The host view of `meta` (its tensors must be in host memory).
+    public init(_ meta: BatchMetadata) {
+        self.init(positions: meta.positions.hostInt32, slotMapping: meta.slotMapping.hostInt32,
+                  sequenceOfToken: meta.sequenceOfToken.hostInt32, blockTables: meta.blockTables.hostInt32,
+                  blockTableStride: meta.blockTableStride, pageSize: meta.pageSize)
+    }
+
+    /// Slot of position `pos` in sequence `seq`.
+    @inline(__always)
+    public func slot(sequence seq: Int, position pos: Int) -> Int {
+        Int(blockTables[seq * blockTableStride + pos / pageSize]) * pageSize + pos % pageSize
     }
 }

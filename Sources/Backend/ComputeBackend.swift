@@ -1,0 +1,205 @@
+import Quant
+
+/// The compute seam: model code says *what* to compute (which weights, in which order, with which
+/// hyper-parameters); a backend says *how and where*. Every op works on `Tensor` handles in the backend's own
+/// memory and on weights the backend prepared (`prepare`), so a model written against this protocol runs
+/// unchanged on any backend. Ops are coarse (a few hundred per step), so dispatching through the protocol costs
+/// nothing measurable.
+///
+/// Memory rules: everything a forward pass touches is allocated before it (`allocate`, `makeKVCache`,
+/// `reserve`); the ops themselves allocate nothing, and buffer addresses stay fixed from one step to the next
+/// (which CUDA graph capture needs). A backend runs one forward pass at a time.
+///
+/// Shapes: `// [n, width]` means `n` rows of `width` elements, row-major. Ops that work on part of a row take a
+/// row stride; all others take packed rows.
+public protocol ComputeBackend: AnyObject, Sendable {
+    /// Where this backend's tensors live.
+    var device: Device { get }
+    /// A short description for logs (`cpu (16 threads, avx512)`).
+    var summary: String { get }
+
+    // MARK: memory
+
+    /// `count` zeroed 4-byte elements that live as long as the backend.
+    func allocate(_ count: Int) -> Tensor
+    /// Frees a tensor `allocate` or `upload` returned (load time: a run state replaced by a larger one).
+    func release(_ t: Tensor)
+    /// A constant (norm weight, bias) copied into the backend's memory.
+    func upload(_ values: [Float]) -> Tensor
+    /// Copies host values into the front of `t` (per-step metadata into its fixed tensors).
+    func write(_ values: UnsafeBufferPointer<Int32>, to t: Tensor)
+    func write(_ values: UnsafeBufferPointer<Float>, to t: Tensor)
+    /// The first `count` floats of `t` as host memory: in place on the CPU, a staging copy (valid until the next
+    /// `read`) on a device. The caller may modify them (the sampler applies penalties in place).
+    func read(_ t: Tensor, count: Int) -> UnsafeMutablePointer<Float>
+    /// A paged K/V pool in this backend's memory.
+    func makeKVCache(pageSize: Int, numPages: Int, kDims: [Int], vDims: [Int]) -> KVCache
+    /// `rope`'s cos/sin for positions `0..<positions`, computed once.
+    func makeRopeTable(_ rope: RoPE, positions: Int) -> RopeTable
+
+    // MARK: weights
+
+    /// Turns a weight described by the loader (`[rows, cols]`, ggml shape `[cols, rows]`) into this backend's
+    /// form. Throws `BackendError` naming the tensor when the backend cannot run its type or layout.
+    func prepare(_ w: WeightRef) throws -> WeightMatrix
+    /// The same for `count` stacked matrices (ggml shape `[cols, rows, count]`): MoE experts, MLA heads.
+    func prepareStack(_ w: WeightRef) throws -> WeightStack
+    /// Runs the routed experts of the MoE layers whose expert weights this backend prepared.
+    func makeExpertExecutor(nExpert: Int, dim: Int, ff: Int) -> any ExpertExecutor
+    /// Sizes every internal scratch buffer for the largest step in `plan` (load time; grows only).
+    func reserve(_ plan: ForwardPlan)
+
+    // MARK: ops
+
+    /// `out[t] = scale · table[tokens[t]]` for `n` tokens: `out` `// [n, table.cols]`.
+    func embed(_ table: WeightMatrix, tokens: Tensor, n: Int, out: Tensor, scale: Float)
+    /// RMS norm of `rows` rows of `dim` elements at row stride `stride` (in place when out == x):
+    /// `out = x / rms(x) · weight`.
+    func rmsNorm(_ x: Tensor, weight: Tensor, out: Tensor, rows: Int, dim: Int, stride: Int, eps: Float)
+    /// Norm of the rows `x[indices[i]]` for i < count, gathered into `out` `// [count, dim]` (the final norm of
+    /// the rows whose logits are wanted).
+    func rmsNormRows(_ x: Tensor, indices: Tensor, count: Int, weight: Tensor, out: Tensor, dim: Int, eps: Float)
+    /// `y[t] = W · x[t]` for `n` rows: `x` `// [n, W.cols]`, `y` `// [n, W.rows]`.
+    func matmul(_ w: WeightMatrix, _ x: Tensor, _ y: Tensor, n: Int, precision: MatmulPrecision)
+    /// Two or three matmuls of the same input (Q/K/V, gate/up), each output as `matmul` gives it.
+    func matmulGroup(_ w0: WeightMatrix, _ y0: Tensor, _ w1: WeightMatrix, _ y1: Tensor, _ w2: WeightMatrix?,
+                     _ y2: Tensor?, x: Tensor, n: Int)
+    /// One matrix per head on that head's slice of each row (MLA's absorbed `k_b` / `v_b`):
+    /// `y[t, h·yHeadStride + r] = W_h[r] · x[t, h·xHeadStride ..< + W.cols]`, f32 activations.
+    func matmulHeads(_ w: WeightStack, _ x: Tensor, xStride: Int, xHeadStride: Int, _ y: Tensor, yStride: Int,
+                     yHeadStride: Int, n: Int)
+    /// `x[t] += bias` for `rows` rows of `bias.count`.
+    func addBias(_ bias: Tensor, to x: Tensor, rows: Int)
+    /// Rotates `heads` vectors of each of `rows` rows in place (`x[t] + h·headStride`, the first `table.dims`
+    /// elements of each) by the position `positions[t]`, after an RMS norm of each head vector (`headStride`
+    /// elements) by `norm` when given (per-head Q/K norm).
+    func rope(_ x: Tensor, rows: Int, rowStride: Int, heads: Int, headStride: Int, table: RopeTable,
+              positions: Tensor, norm: Tensor?, eps: Float)
+    /// Writes the `n` rows of `k` `// [n, kDim]` and `v` `// [n, vDim]` into layer `layer` at `meta.slotMapping`.
+    func storeKV(k: Tensor, v: Tensor, n: Int, cache: KVCache, layer: Int, meta: BatchMetadata)
+    /// Causal paged attention of `n` query rows `q` `// [n, nHead·headDim]` over their sequences' cached K/V
+    /// (which already hold this batch's own), into `out` `// [n, nHead·headDimV]`.
+    func attention(q: Tensor, out: Tensor, n: Int, cache: KVCache, layer: Int, meta: BatchMetadata,
+                   params: AttentionParams)
+    /// `g[i] = act(g[i]) · u[i]` over `count` elements.
+    func gatedActivation(_ g: Tensor, _ u: Tensor, count: Int, _ kind: GatedActivation)
+    /// `y += x` over `count` elements.
+    func add(_ x: Tensor, into y: Tensor, count: Int)
+    /// Copies `rows` rows of `width` elements between strided views.
+    func copyRows(_ src: Tensor, srcStride: Int, _ dst: Tensor, dstStride: Int, rows: Int, width: Int)
+    /// Sets `count` elements to `value`.
+    func fill(_ x: Tensor, count: Int, value: Float)
+    /// Router: chooses `routing.topK` experts per row of `logits` `// [n, nExpert]` into `experts` (i32) and
+    /// `weights` (`// [n, topK]` each, best first).
+    func moeSelect(logits: Tensor, nExpert: Int, routing: MoERouting, experts: Tensor, weights: Tensor, n: Int)
+    /// `out[t] *= sigmoid(gate · x[t])` for `n` rows of `width` (Qwen2-MoE's shared-expert gate).
+    func sigmoidGate(_ out: Tensor, gate: Tensor, x: Tensor, width: Int, n: Int)
+    /// `x = cap · tanh(x / cap)` over `count` elements (final logit soft-capping).
+    func softcap(_ x: Tensor, count: Int, cap: Float)
+}
+
+/// How a matmul treats its activations.
+public enum MatmulPrecision: Sendable {
+    /// Quantized to the weight format's `vecDotType` (8-bit) where the weights are quantized.
+    case standard
+    /// Kept in f32 (heavy-tailed inputs: the MLP's down projection, the MoE router).
+    case f32Activations
+}
+
+public enum GatedActivation: Sendable {
+    /// SwiGLU (Llama, Qwen, DeepSeek).
+    case silu
+    /// GeGLU with tanh-GELU (Gemma).
+    case gelu
+}
+
+/// One RoPE's cos/sin pairs for every position up to the run's context length, in a backend's memory:
+/// `// [positions, dims]` (`dims / 2` pairs per position).
+public struct RopeTable: Sendable {
+    public let rope: RoPE
+    public let table: Tensor
+    public let positions: Int
+    public var dims: Int { rope.dims }
+
+    public init(rope: RoPE, table: Tensor, positions: Int) {
+        self.rope = rope
+        self.table = table
+        self.positions = positions
+    }
+}
+
+/// Where each token of one step lives in the paged KV pool, as i32 tensors in the backend's memory. The tensors
+/// have fixed addresses (sized at load); the counts are this step's.
+public struct BatchMetadata: Sendable {
+    /// Tokens in the step.
+    public var tokens: Int
+    /// `// [tokens]` absolute position of each token in its sequence.
+    public var positions: Tensor
+    /// `// [tokens]` KV slot each token's K/V is written to.
+    public var slotMapping: Tensor
+    /// `// [tokens]` index of each token's sequence in `blockTables`.
+    public var sequenceOfToken: Tensor
+    /// `// [nSequences, blockTableStride]` physical page of each logical page.
+    public var blockTables: Tensor
+    public var blockTableStride: Int
+    public var pageSize: Int
+
+    public init(tokens: Int, positions: Tensor, slotMapping: Tensor, sequenceOfToken: Tensor, blockTables: Tensor,
+                blockTableStride: Int, pageSize: Int) {
+        self.tokens = tokens
+        self.positions = positions
+        self.slotMapping = slotMapping
+        self.sequenceOfToken = sequenceOfToken
+        self.blockTables = blockTables
+        self.blockTableStride = blockTableStride
+        self.pageSize = pageSize
+    }
+}
+
+/// The largest step a backend must be ready for: sizes its scratch once, at load.
+public struct ForwardPlan: Sendable, Equatable {
+    /// Tokens in one step (the engine's chunk size).
+    public var maxTokens: Int
+    /// Positions a token can attend over.
+    public var contextLength: Int
+    /// Query heads per cached K/V head, the most of any layer (MLA: all heads share one latent).
+    public var maxQueryGroup: Int
+    /// Work floats of the widest MoE router (`MoERouting.workFloats`); 0 without MoE layers.
+    public var routerWork: Int
+
+    public init(maxTokens: Int, contextLength: Int, maxQueryGroup: Int, routerWork: Int = 0) {
+        self.maxTokens = maxTokens
+        self.contextLength = contextLength
+        self.maxQueryGroup = maxQueryGroup
+        self.routerWork = routerWork
+    }
+}
+
+/// The three expert stacks of one MoE layer.
+public struct ExpertWeights: Sendable {
+    public let gate: WeightStack   // [nExpert][ff, dim]  ffn_gate_exps
+    public let up: WeightStack     // [nExpert][ff, dim]  ffn_up_exps
+    public let down: WeightStack   // [nExpert][dim, ff]  ffn_down_exps
+
+    public init(gate: WeightStack, up: WeightStack, down: WeightStack) {
+        self.gate = gate
+        self.up = up
+        self.down = down
+    }
+}
+
+/// Runs the routed experts of MoE layers: `submit` starts them, `wait` finishes them and adds each token's
+/// weighted expert outputs to `out`. Between the two the caller may run other work (the shared experts), which
+/// is where a hybrid backend overlaps GPU work with the CPU threads that run the experts.
+///
+/// The tensors are in the memory of the backend that runs the rest of the model; an executor on another device
+/// stages them itself. One layer at a time: every `submit` is followed by its `wait`.
+public protocol ExpertExecutor: AnyObject {
+    /// Sizes the executor's buffers for steps of up to `maxTokens` tokens with `topK` experts each (load time).
+    func reserve(maxTokens: Int, topK: Int)
+    /// Starts `down_e(silu(gate_e(x[t])) · up_e(x[t]))` for every token t < n and each of its experts
+    /// `e = ids[t, j]`, j < topK: `x` `// [n, dim]`, `ids` i32 `// [n, topK]`.
+    func submit(_ experts: ExpertWeights, x: Tensor, ids: Tensor, n: Int, topK: Int)
+    /// Waits for the last `submit`, then `out[t] += Σ_j weights[t, j] · expert_j(x[t])`, in choice order.
+    func wait(weights: Tensor, accumulateInto out: Tensor, n: Int)
+}

@@ -1,0 +1,66 @@
+import Backend
+import Models
+
+/// What one step produced: for each scheduled sequence that sampled (in `SchedulerOutput.scheduled` order), its
+/// token and, when asked, its log-probabilities.
+struct ModelRunnerOutput {
+    var tokens: [Int32] = []
+    var logprobs: [TokenLogprob?] = []
+}
+
+/// Runs the model for the engine: owns the KV cache (in the model's backend memory), turns a `SchedulerOutput`
+/// into a `ForwardBatch`, runs the forward pass, and samples one token for every sequence that caught up.
+/// Stop rules and output live in the engine's `update`; the scheduler's bookkeeping stays integers only.
+final class ModelRunner {
+    let model: LanguageModel
+    let cache: KVCache
+    private var batch: ForwardBatch
+    private let rawRow: UnsafeMutablePointer<Float>      // [vocab]
+
+    /// Sizes the model for the engine's largest step (`chunkSize` tokens, `maxBatchSize` sequences) and
+    /// allocates `numPages` pages of KV cache.
+    init(model: LanguageModel, config: EngineConfig, numPages: Int) {
+        self.model = model
+        model.reserve(RunLimits(maxTokens: config.chunkSize, maxSequences: config.maxBatchSize,
+                                maxLogitsRows: config.maxBatchSize, contextLength: config.contextLength))
+        cache = model.makeKVCache(pageSize: config.pageSize, numPages: numPages)
+        batch = ForwardBatch(pageSize: config.pageSize)
+        rawRow = .allocate(capacity: model.info.vocabSize)
+    }
+
+    deinit { rawRow.deallocate() }
+
+    /// One forward pass over the scheduled tokens, then sampling. `blockTable(id)` is each sequence's page list.
+    func execute(_ out: SchedulerOutput, blockTable: (String) -> [Int32]) throws -> ModelRunnerOutput {
+        batch.removeAll()
+        for s in out.scheduled {
+            let seq = s.sequence
+            batch.addSequence(tokens: (s.start..<s.start + s.count).lazy.map { seq.token(at: $0) }, startPosition: s.start,
+                              blockTable: blockTable(seq.id), logits: s.sample ? .last : .none)
+        }
+        let result = try model.forward(batch, cache: cache)
+        let vocab = model.info.vocabSize
+        let logits = model.backend.read(result, count: batch.logitsIndices.count * vocab)
+        var o = ModelRunnerOutput()
+        o.tokens.reserveCapacity(batch.logitsIndices.count)
+        o.logprobs.reserveCapacity(batch.logitsIndices.count)
+        var row = 0
+        for s in out.scheduled where s.sample {
+            let seq = s.sequence
+            let l = logits + row * vocab
+            row += 1
+            let k = seq.request.logprobs
+            let penalized = seq.sampler.params.hasPenalties
+            if k != nil && penalized {
+                // Log-probabilities describe the model's own distribution, before penalties change the row.
+                rawRow.update(from: l, count: vocab)
+            }
+            seq.sampler.applyPenalties(l, count: vocab, prompt: seq.request.promptTokens, generated: seq.generatedCounts)
+            let token = seq.sampler.sample(l, count: vocab)
+            o.tokens.append(token)
+            o.logprobs.append(k.map { Sampler.logprobs(penalized ? UnsafePointer(rawRow) : UnsafePointer(l), count: vocab,
+                                                       chosen: token, top: $0) })
+        }
+        return o
+    }
+}
