@@ -40,13 +40,14 @@ let package = Package(
         .target(name: "SafeTensors", dependencies: ["GGUF", "Quant"], swiftSettings: optimized),
         // SentencePiece and byte-level BPE tokenizers, incremental detokenizer.
         .target(name: "Tokenizer", dependencies: ["GGUF"], swiftSettings: optimized),
-        // Tensors, thread pool, CPU compute operations.
         // CPU feature detection and the intrinsics wrappers Swift cannot import (immediate operands).
         .target(name: "CSIMD"),
         // AVX2 kernels of every format, same semantics as Quant's scalar ones.
         .target(name: "QuantAVX2", dependencies: ["Quant", "CSIMD"], swiftSettings: avx2),
         // AVX-512 + VNNI kernels where they beat the AVX2 ones (measured), same semantics.
         .target(name: "QuantAVX512", dependencies: ["Quant", "CSIMD"], swiftSettings: avx512),
+        // The compute seam (ComputeBackend, Tensor, Placement, weights, KV cache) and the CPU backend (Backend/CPU:
+        // thread pool, kernel drivers, expert executor).
         .target(name: "Backend", dependencies: ["Quant", "QuantAVX2", "QuantAVX512", "CSIMD",
                                                 .product(name: "Atomics", package: "swift-atomics")],
                 swiftSettings: optimized),
@@ -54,11 +55,11 @@ let package = Package(
         .target(name: "ChatTemplate", swiftSettings: optimized),
         // Layers, architectures, registry keyed by general.architecture.
         .target(name: "Models", dependencies: ["GGUF", "Quant", "Backend"], swiftSettings: optimized),
-        // Sampling and the generation loop.
+        // The serving engine: scheduler and KV page allocator, model runner, sampling, the single-stream generator.
         .target(name: "Engine", dependencies: ["Models", "Backend"], swiftSettings: optimized),
         // OpenAI-compatible HTTP server (Hummingbird): routes, validation, SSE, stop strings, errors.
         .target(name: "Server", dependencies: [
-            "Engine", "Models", "GGUF", "Tokenizer", "ChatTemplate",
+            "Engine", "Tokenizer", "ChatTemplate",
             .product(name: "Hummingbird", package: "hummingbird"),
             .product(name: "HummingbirdCore", package: "hummingbird"),
             .product(name: "NIOCore", package: "swift-nio"),
@@ -84,7 +85,7 @@ let package = Package(
         .testTarget(name: "ChatTemplateTests", dependencies: ["ChatTemplate"], resources: [.copy("Fixtures")]),
         .testTarget(name: "GGUFTests", dependencies: ["GGUF", "Quant"]),
         .testTarget(name: "TokenizerTests", dependencies: ["Tokenizer", "GGUF"], resources: [.copy("Fixtures")]),
-        .testTarget(name: "BackendTests", dependencies: ["Backend"]),
+        .testTarget(name: "BackendTests", dependencies: ["Backend", "Quant"]),
         .testTarget(name: "EngineTests", dependencies: ["Engine", "Models", "GGUF", "Backend"]),
         .testTarget(name: "HFTests", dependencies: ["SafeTensors", "Models", "GGUF", "Quant", "Backend", "Engine", "Tokenizer"],
                     resources: [.copy("Fixtures")]),

@@ -3,7 +3,7 @@
 # into a cache folder when missing, and prints the path of the reassembled .gguf file.
 #
 # Cache folder: $KTRANSFORMERS_CACHE, else $XDG_CACHE_HOME/ktransformers, else ~/.cache/ktransformers.
-# The Swift CLI looks for the file at the same place (see Sources/ktransformers/DefaultModel.swift).
+# The Swift CLI looks for the file at the same place (see Sources/GGUF/DefaultModel.swift).
 set -euo pipefail
 cache="${KTRANSFORMERS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/ktransformers}"
 model="$cache/gemma-3-270m-q4_k_m.gguf"

@@ -181,7 +181,7 @@ public final class Engine: @unchecked Sendable {
                 seq.request.stopTokenIDs.contains(token) ? .stop
                 : (seq.outputTokens.count >= seq.request.maxTokens || seq.numTokens >= config.contextLength) ? .length
                 : nil
-            if let reason { scheduler.remove(seq.id) }
+            if reason != nil { scheduler.remove(seq.id) }
             emit(seq, token: token, logprob: lp, reason: reason)
         }
     }

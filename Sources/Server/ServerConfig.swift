@@ -41,18 +41,3 @@ public struct ServerConfig: Sendable {
         if let k = apiKey { try check(!k.isEmpty, "--api-key must not be empty") }
     }
 }
-
-/// What the server needs from an engine; `Engine` conforms, tests use a scripted fake.
-public protocol InferenceEngine: Sendable {
-    /// Tokens per sequence, prompt and generated together.
-    var contextLength: Int { get }
-    var vocabSize: Int { get }
-    func submit(_ request: EngineRequest) throws -> AsyncStream<EngineOutput>
-    func abort(id: String)
-    func stats() -> EngineStats
-}
-
-extension Engine: InferenceEngine {
-    public var contextLength: Int { min(config.contextLength, info.contextLength) }
-    public var vocabSize: Int { info.vocabSize }
-}

@@ -126,6 +126,32 @@ final class CLITests: XCTestCase {
         assertCleanFailure(try run(["logits", "--tokens", "999999999"]), contains: "outside the vocabulary")
     }
 
+    /// Every command loads through one path: a folder holding one .gguf works for bench as for generate, `serve`
+    /// opens a Hugging Face checkpoint (this tiny one has no tokenizer, which serve names), and placement rules
+    /// are validated with the rule named.
+    func testOneLoadPathFoldersCheckpointsAndPlacement() throws {
+        let folder = tmp.appendingPathComponent("one-model")
+        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        try FileManager.default.createSymbolicLink(at: folder.appendingPathComponent("gemma.gguf"),
+                                                   withDestinationURL: URL(fileURLWithPath: DefaultModel.path))
+        let b = try run(["bench", "--model", folder.path, "-p", "8", "-n", "4", "-r", "1", "--json"])
+        XCTAssertEqual(b.status, 0, b.stderr)
+        XCTAssertTrue(b.stdout.contains("\"pp8\"") && b.stdout.contains("\"tg4\""), b.stdout)
+
+        let hf = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+            .appendingPathComponent("../HFTests/Fixtures/qwen3").standardized.path
+        assertCleanFailure(try run(["serve", "--model", hf, "--port", "0"]), contains: "no tokenizer")
+        let l = try run(["logits", "--model", hf, "--tokens", "1 2 3", "--top", "1"])
+        XCTAssertEqual(l.status, 0, l.stderr)
+
+        assertCleanFailure(try run(["generate", "--prompt", "hi", "--placement", "output.weight=cuda"]),
+                           contains: "placement rule 'output.weight=cuda'")
+        assertCleanFailure(try run(["generate", "--prompt", "hi", "--placement", "blk.*=tpu"]),
+                           contains: "unknown device 'tpu'")
+        assertCleanFailure(try run(["logits", "--tokens", "1", "--placement", "nonsense"]),
+                           contains: "expected PATTERN=DEVICE")
+    }
+
     func testTokenizeMatchesReference() throws {
         let r = try run(["tokenize", "--text", "Good evening, Sam.", "--json"])
         XCTAssertEqual(r.status, 0, r.stderr)

@@ -154,10 +154,22 @@ public final class CPUBackend: ComputeBackend, @unchecked Sendable {
 
     // MARK: ops
 
+    /// `body(row)` for every row, over the pool when the rows hold enough work to pay for waking it
+    /// (`elementsPerRow` floats each), else on the calling thread: a decode step of a few tokens has hundreds of
+    /// such small ops. Each row is computed the same way either way, so the bits do not depend on it.
+    @inline(__always)
+    private func forEachRow(_ n: Int, elementsPerRow: Int, _ body: (Int) -> Void) {
+        if n * elementsPerRow < 16384 {
+            for t in 0..<n { body(t) }
+        } else {
+            pool.parallelFor(n) { t, _ in body(t) }
+        }
+    }
+
     public func embed(_ table: WeightMatrix, tokens: Tensor, n: Int, out: Tensor, scale: Float) {
         let toks = tokens.hostInt32, x = out.hostFloats, d = table.cols
         let dequantize = table.kernels.dequantize, data = table.data, rowBytes = table.rowBytes
-        pool.parallelFor(n) { t, _ in
+        forEachRow(n, elementsPerRow: d) { t in
             dequantize(data + Int(toks[t]) * rowBytes, x + t * d, d)
             if scale != 1 { Ops.scale(x + t * d, scale, d) }
         }
@@ -165,10 +177,8 @@ public final class CPUBackend: ComputeBackend, @unchecked Sendable {
 
     public func rmsNorm(_ x: Tensor, weight: Tensor, out: Tensor, rows: Int, dim: Int, stride: Int, eps: Float) {
         let xp = x.hostFloats, wp = UnsafePointer(weight.hostFloats), op = out.hostFloats
-        if rows == 1 {
-            Ops.rmsNorm(xp, wp, op, rows: 1, dim: dim, eps: eps)
-        } else {
-            pool.parallelFor(rows) { t, _ in Ops.rmsNorm(xp + t * stride, wp, op + t * stride, rows: 1, dim: dim, eps: eps) }
+        forEachRow(rows, elementsPerRow: dim) { t in
+            Ops.rmsNorm(xp + t * stride, wp, op + t * stride, rows: 1, dim: dim, eps: eps)
         }
     }
 
@@ -204,7 +214,7 @@ public final class CPUBackend: ComputeBackend, @unchecked Sendable {
         let xp = x.hostFloats, pos = positions.hostInt32, tp = UnsafePointer(table.table.hostFloats)
         let rope = table.rope, dims = rope.dims
         let np = norm.map { UnsafePointer($0.hostFloats) }
-        pool.parallelFor(rows) { t, _ in
+        forEachRow(rows, elementsPerRow: heads * headStride) { t in
             let xt = xp + t * rowStride
             if let np { Ops.rmsNormHeads(xt, np, count: heads, dim: headStride, eps: eps) }
             rope.apply(xt, heads: heads, headDim: headStride, table: tp + Int(pos[t]) * dims)
@@ -251,15 +261,22 @@ public final class CPUBackend: ComputeBackend, @unchecked Sendable {
         let lp = UnsafePointer(logits.hostFloats), ep = experts.hostInt32, wp = weights.hostFloats
         let k = routing.topK, work = routerScratch
         precondition(work.floatsPerThread >= routing.workFloats(nExpert: nExpert), "router scratch not reserved")
-        pool.parallelFor(n) { t, thread in
-            routing.select(logits: lp + t * nExpert, nExpert: nExpert, experts: ep + t * k, weights: wp + t * k,
-                           work: work.buffer(thread))
+        if n * nExpert * k < 16384 {
+            for t in 0..<n {
+                routing.select(logits: lp + t * nExpert, nExpert: nExpert, experts: ep + t * k, weights: wp + t * k,
+                               work: work.buffer(0))
+            }
+        } else {
+            pool.parallelFor(n) { t, thread in
+                routing.select(logits: lp + t * nExpert, nExpert: nExpert, experts: ep + t * k, weights: wp + t * k,
+                               work: work.buffer(thread))
+            }
         }
     }
 
     public func sigmoidGate(_ out: Tensor, gate: Tensor, x: Tensor, width: Int, n: Int) {
         let op = out.hostFloats, w = UnsafePointer(gate.hostFloats), xp = UnsafePointer(x.hostFloats)
-        pool.parallelFor(n) { t, _ in
+        forEachRow(n, elementsPerRow: width) { t in
             let z = dotProduct(w, xp + t * width, width)
             Ops.scale(op + t * width, 1 / (1 + expf(-z)), width)
         }
