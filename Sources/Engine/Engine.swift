@@ -41,7 +41,8 @@ public final class Engine: @unchecked Sendable {
         numPages = pages
         runner = ModelRunner(model: model, config: config, numPages: pages)
         scheduler = Scheduler(maxBatchSize: config.maxBatchSize, chunkSize: config.chunkSize,
-                              kv: KVCacheManager(pageSize: config.pageSize, numPages: pages))
+                              kv: KVCacheManager(pageSize: config.pageSize, numPages: pages,
+                                                 prefixCaching: config.prefixCaching))
         snapshot = EngineStats(running: 0, waiting: 0, kvPagesTotal: pages, kvPagesFree: pages, kvPageSize: config.pageSize,
                                steps: 0, preemptions: 0, generatedTokens: 0, promptTokens: 0)
         let t = Thread { [unowned self] in self.loop() }
@@ -188,7 +189,8 @@ public final class Engine: @unchecked Sendable {
 
     private func emit(_ seq: SequenceState, token: Int32, logprob: TokenLogprob?, reason: FinishReason?) {
         let o = EngineOutput(token: token, logprob: logprob, finishReason: reason,
-                             promptTokens: seq.request.promptTokens.count, completionTokens: seq.outputTokens.count)
+                             promptTokens: seq.request.promptTokens.count, completionTokens: seq.outputTokens.count,
+                             cachedTokens: seq.cachedPromptTokens ?? 0)
         // Stats first, so a client that sees its stream end also sees its pages back in /health.
         if reason != nil { publishStats() }
         lock.lock()
@@ -215,6 +217,9 @@ public final class Engine: @unchecked Sendable {
         snapshot.running = scheduler.running.count
         snapshot.waiting = queued
         snapshot.kvPagesFree = scheduler.kv.freePages
+        snapshot.kvPagesCached = scheduler.kv.cachedPages
+        snapshot.prefixCacheQueryTokens = scheduler.prefixQueryTokens
+        snapshot.prefixCacheHitTokens = scheduler.prefixHitTokens
         snapshot.preemptions = scheduler.preemptionCount
         snapshot.generatedTokens = generatedTokens
         snapshot.promptTokens = promptTokensComputed

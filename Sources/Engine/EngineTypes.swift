@@ -64,13 +64,17 @@ public struct EngineOutput: Sendable {
     public var promptTokens: Int
     /// Tokens generated so far, this one included.
     public var completionTokens: Int
+    /// Prompt tokens whose K/V came from the prefix cache instead of being computed.
+    public var cachedTokens: Int
 
-    public init(token: Int32?, logprob: TokenLogprob?, finishReason: FinishReason?, promptTokens: Int, completionTokens: Int) {
+    public init(token: Int32?, logprob: TokenLogprob?, finishReason: FinishReason?, promptTokens: Int, completionTokens: Int,
+                cachedTokens: Int = 0) {
         self.token = token
         self.logprob = logprob
         self.finishReason = finishReason
         self.promptTokens = promptTokens
         self.completionTokens = completionTokens
+        self.cachedTokens = cachedTokens
     }
 }
 
@@ -106,6 +110,11 @@ public struct EngineStats: Sendable, Codable, Equatable {
     public var preemptions: Int
     public var generatedTokens: Int
     public var promptTokens: Int
+    /// Unreferenced pages holding cached prefixes (counted in `kvPagesFree` too: they are reclaimed on demand).
+    public var kvPagesCached: Int = 0
+    /// Prefix cache: tokens looked up when sequences were admitted, and of those, tokens found in the cache.
+    public var prefixCacheQueryTokens: Int = 0
+    public var prefixCacheHitTokens: Int = 0
 }
 
 /// Engine settings; every field is a `serve` flag (docs/server.md).
@@ -123,6 +132,8 @@ public struct EngineConfig: Sendable {
     public var maxQueued = 64
     /// Context length per sequence (`--ctx-size`); capped by the model's.
     public var contextLength = 4096
+    /// Reuse the K/V of full pages whose token prefix an earlier request computed (`--no-prefix-cache` turns it off).
+    public var prefixCaching = true
 
     public init() {}
 

@@ -12,6 +12,8 @@ final class SequenceState {
     var sampler: Sampler
     /// Occurrences of each generated token (presence/frequency penalties).
     var generatedCounts: [Int32: Int] = [:]
+    /// Prompt tokens whose K/V came from the prefix cache when the sequence was first admitted (nil before).
+    var cachedPromptTokens: Int?
 
     init(request: EngineRequest, arrival: Int) {
         self.request = request
@@ -59,6 +61,9 @@ struct Scheduler {
     private(set) var waiting: [SequenceState] = []
     private(set) var running: [SequenceState] = []
     private(set) var preemptionCount = 0
+    /// Prefix cache: tokens looked up at admission, and of those, tokens adopted from the cache.
+    private(set) var prefixQueryTokens = 0
+    private(set) var prefixHitTokens = 0
 
     init(maxBatchSize: Int, chunkSize: Int, kv: KVCacheManager) {
         self.maxBatchSize = maxBatchSize
@@ -109,9 +114,23 @@ struct Scheduler {
         // NOTE: no admissions in a step that had to preempt: the pool is full, and re-admitting the victim
         // at once would only thrash.
         while out.preempted.isEmpty, let s = waiting.first, running.count < maxBatchSize, budget > 0 {
+            // Start from the longest cached prefix of its tokens (prompt, and after a preemption its output too).
+            let adopted = s.numComputedTokens == 0 ? kv.adoptPrefix(s.id, count: s.numTokens, token: s.token(at:)) : 0
+            s.numComputedTokens += adopted
             let n = min(s.numTokens - s.numComputedTokens, budget)
             // Admit only with room for this chunk plus the pages already promised to running sequences.
-            guard kv.allocate(s.id, tokens: s.numComputedTokens + n) else { break }
+            guard kv.allocate(s.id, tokens: s.numComputedTokens + n) else {
+                if adopted > 0 {
+                    kv.free(s.id)
+                    s.numComputedTokens = 0
+                }
+                break
+            }
+            if kv.prefixCaching {
+                prefixQueryTokens += s.numTokens
+                prefixHitTokens += adopted
+            }
+            if s.cachedPromptTokens == nil { s.cachedPromptTokens = min(adopted, s.request.promptTokens.count) }
             waiting.removeFirst()
             running.append(s)
             out.scheduled.append(ScheduledSequence(sequence: s, start: s.numComputedTokens, count: n))
@@ -120,9 +139,14 @@ struct Scheduler {
         return out
     }
 
-    /// Marks the scheduled tokens computed (call after the forward pass).
-    func commit(_ out: SchedulerOutput) {
-        for s in out.scheduled { s.sequence.numComputedTokens = s.start + s.count }
+    /// Marks the scheduled tokens computed (call after the forward pass), and offers the pages they filled to the
+    /// prefix cache.
+    mutating func commit(_ out: SchedulerOutput) {
+        for s in out.scheduled {
+            let seq = s.sequence
+            seq.numComputedTokens = s.start + s.count
+            kv.cacheFullPages(seq.id, computed: seq.numComputedTokens, token: seq.token(at:))
+        }
     }
 
     /// Removes a sequence wherever it is and frees its pages. Returns it if it was known.

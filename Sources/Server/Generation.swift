@@ -46,7 +46,9 @@ final class Generation: Sendable {
                 for await o in stream {
                     let d = proc.process(o)
                     if d.stopStringMatched { engine.abort(id: id) }
-                    usage = Usage(promptTokens: d.promptTokens, completionTokens: d.completionTokens)
+                    // An abort's last element carries no cache figure: keep the one reported before it.
+                    usage = Usage(promptTokens: d.promptTokens, completionTokens: d.completionTokens,
+                                  cachedTokens: max(usage.cachedTokens, d.cachedTokens))
                     try await body(d, proc)
                     if d.finishReason != nil { finished = true; break }
                 }

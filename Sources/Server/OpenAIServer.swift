@@ -86,6 +86,9 @@ public final class OpenAIServer: Sendable {
                 "kv_pages_total": s.kvPagesTotal, "kv_pages_free": s.kvPagesFree, "kv_page_size": s.kvPageSize,
                 "steps": s.steps, "preemptions": s.preemptions,
                 "generated_tokens": s.generatedTokens, "prompt_tokens": s.promptTokens,
+                "kv_pages_cached": s.kvPagesCached,
+                "prefix_cache_query_tokens": s.prefixCacheQueryTokens,
+                "prefix_cache_hit_tokens": s.prefixCacheHitTokens,
             ],
             "connections": ConnectionRegistry.shared.count,
         ]

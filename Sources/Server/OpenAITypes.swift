@@ -164,15 +164,24 @@ public struct CompletionRequest: Decodable, Sendable {
 public struct Usage: Encodable, Sendable, Equatable {
     public var promptTokens: Int
     public var completionTokens: Int
+    /// Prompt tokens served from the prefix cache (`prompt_tokens_details.cached_tokens`, as OpenAI reports it).
+    public var cachedTokens: Int
     public var totalTokens: Int { promptTokens + completionTokens }
 
-    public init(promptTokens: Int, completionTokens: Int) {
+    public init(promptTokens: Int, completionTokens: Int, cachedTokens: Int = 0) {
         self.promptTokens = promptTokens
         self.completionTokens = completionTokens
+        self.cachedTokens = cachedTokens
     }
 
     enum CodingKeys: String, CodingKey {
         case promptTokens = "prompt_tokens", completionTokens = "completion_tokens", totalTokens = "total_tokens"
+        case promptTokensDetails = "prompt_tokens_details"
+    }
+
+    struct PromptTokensDetails: Encodable {
+        var cachedTokens: Int
+        enum CodingKeys: String, CodingKey { case cachedTokens = "cached_tokens" }
     }
 
     public func encode(to encoder: Encoder) throws {
@@ -180,6 +189,7 @@ public struct Usage: Encodable, Sendable, Equatable {
         try c.encode(promptTokens, forKey: .promptTokens)
         try c.encode(completionTokens, forKey: .completionTokens)
         try c.encode(totalTokens, forKey: .totalTokens)
+        try c.encode(PromptTokensDetails(cachedTokens: cachedTokens), forKey: .promptTokensDetails)
     }
 }
 

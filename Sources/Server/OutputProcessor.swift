@@ -22,6 +22,7 @@ public struct OutputProcessor: Sendable {
         public var stopStringMatched = false
         public var promptTokens = 0
         public var completionTokens = 0
+        public var cachedTokens = 0
     }
 
     private let tokenizer: Tokenizer
@@ -45,6 +46,7 @@ public struct OutputProcessor: Sendable {
         var d = Delta()
         d.promptTokens = o.promptTokens
         d.completionTokens = o.completionTokens
+        d.cachedTokens = o.cachedTokens
         guard !finished else { return d }
         var text = ""
         if let t = o.token, !(o.finishReason == .stop && stopTokenIDs.contains(t)) {

@@ -59,6 +59,9 @@ struct Serve: ParsableCommand {
     @Option(name: [.customLong("chunk-size"), .customLong("chunk_size")], help: "Tokens per engine step at most (prompt chunks and decode tokens).")
     var chunkSize: Int = EngineConfig().chunkSize
 
+    @Flag(name: .customLong("no-prefix-cache"), help: "Do not reuse the KV cache pages of prompt prefixes that earlier requests computed.")
+    var noPrefixCache = false
+
     @Option(name: .customLong("max-queued"), help: "Requests waiting for a batch slot at most (those that can start at once are always taken); beyond, 503.")
     var maxQueued: Int = EngineConfig().maxQueued
 
@@ -110,6 +113,7 @@ struct Serve: ParsableCommand {
         c.pageSize = pageSize
         c.kvCacheTokens = kvCacheTokens
         c.maxQueued = maxQueued
+        c.prefixCaching = !noPrefixCache
         c.contextLength = min(contextSize ?? 4096, modelContext)
         return c
     }

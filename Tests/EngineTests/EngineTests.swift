@@ -205,3 +205,79 @@ final class SteadyStateMemoryTests: XCTestCase {
         }
     }
 }
+
+/// The prefix cache changes no result: random multi-turn greedy conversations (each turn resends the whole
+/// history, all conversations share a system prompt) give the same tokens with the cache on and off.
+final class PrefixCacheEngineTests: XCTestCase {
+    /// Runs `count` conversations of `turns` turns at once; returns each conversation's outputs, turn by turn.
+    static func converse(_ engine: Engine, count: Int, turns: Int, vocab: Int32, system: Int, user: ClosedRange<Int>,
+                         output: ClosedRange<Int>, seed: UInt64) async throws -> [[[Int32]]] {
+        var rng = SplitMix64(seed)
+        let shared = (0..<system).map { _ in Int32(rng.next() % UInt64(vocab)) }
+        let plans: [[(user: [Int32], maxTokens: Int)]] = (0..<count).map { _ in
+            (0..<turns).map { _ in
+                let n = user.lowerBound + Int(rng.next() % UInt64(user.count))
+                return ((0..<n).map { _ in Int32(rng.next() % UInt64(vocab)) },
+                        output.lowerBound + Int(rng.next() % UInt64(output.count)))
+            }
+        }
+        return try await withThrowingTaskGroup(of: (Int, [[Int32]]).self) { group in
+            for (c, plan) in plans.enumerated() {
+                group.addTask {
+                    var history = shared, outs: [[Int32]] = []
+                    for (t, turn) in plan.enumerated() {
+                        history += turn.user
+                        let stream = try engine.submit(EngineRequest(id: "c\(c)-t\(t)", promptTokens: history,
+                                                                     maxTokens: turn.maxTokens))
+                        let out = await EngineTests.collect(stream).tokens
+                        outs.append(out)
+                        history += out
+                    }
+                    return (c, outs)
+                }
+            }
+            var r = [[[Int32]]](repeating: [], count: count)
+            for try await (c, o) in group { r[c] = o }
+            return r
+        }
+    }
+
+    struct SplitMix64 {
+        var s: UInt64
+        init(_ seed: UInt64) { s = seed }
+        mutating func next() -> UInt64 {
+            s &+= 0x9E37_79B9_7F4A_7C15
+            var z = s
+            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+            return z ^ (z >> 31)
+        }
+    }
+
+    func testFiftyConversationsGiveTheSameTokensWithAndWithoutTheCache() async throws {
+        for name in ["llama", "qwen3moe", "deepseek2-v3", "gemma3"] {
+            var results: [[[[Int32]]]] = []
+            var stats: [EngineStats] = []
+            for caching in [true, false] {
+                let model = try ModelRegistry.load(try GGUFFile(path: EngineTests.fixture(name)),
+                                                   backend: CPUBackend(pool: ThreadPool(threads: 2)))
+                var c = EngineConfig()
+                c.prefixCaching = caching
+                c.pageSize = 4
+                c.chunkSize = 16
+                c.maxBatchSize = 6
+                c.kvCacheTokens = 160     // small: cached pages are reclaimed and sequences preempted
+                let engine = try Engine(model: model, config: c)
+                results.append(try await Self.converse(engine, count: 50, turns: 3, vocab: 90, system: 13, user: 2...6,
+                                                       output: 3...8, seed: 42))
+                stats.append(engine.stats())
+                engine.shutdown()
+            }
+            XCTAssertEqual(results[0], results[1], "\(name): outputs differ with the prefix cache")
+            XCTAssertGreaterThan(stats[0].prefixCacheHitTokens, stats[0].prefixCacheQueryTokens / 4, "\(name): \(stats[0])")
+            XCTAssertEqual(stats[1].prefixCacheHitTokens, 0)
+            for s in stats { XCTAssertEqual(s.kvPagesFree, s.kvPagesTotal, "\(name): pages still held: \(s)") }
+            print("\(name): prefix cache hit \(stats[0].prefixCacheHitTokens) of \(stats[0].prefixCacheQueryTokens) tokens, \(stats[0].kvPagesCached) pages cached, steps \(stats[0].steps) vs \(stats[1].steps), preemptions \(stats[0].preemptions)/\(stats[1].preemptions)")
+        }
+    }
+}

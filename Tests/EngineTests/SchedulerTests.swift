@@ -92,3 +92,61 @@ final class SchedulerTests: XCTestCase {
         XCTAssertFalse(s.hasWork)
     }
 }
+
+/// The scheduler with the prefix cache: a new request starts after its cached prefix, and a preempted one
+/// re-adopts its own pages.
+final class PrefixCacheSchedulerTests: XCTestCase {
+    private func seq(_ id: String, _ prompt: [Int32], arrival: Int) -> SequenceState {
+        SequenceState(request: EngineRequest(id: id, promptTokens: prompt, maxTokens: 100), arrival: arrival)
+    }
+
+    private func plan(_ out: SchedulerOutput) -> [String] {
+        out.scheduled.map { "\($0.sequence.id):\($0.start)+\($0.count)" }
+    }
+
+    private func advance(_ s: inout Scheduler, _ out: SchedulerOutput) {
+        s.commit(out)
+        for x in out.scheduled where x.sample { x.sequence.outputTokens.append(7) }
+    }
+
+    func testANewRequestStartsAfterItsCachedPrefix() {
+        var s = Scheduler(maxBatchSize: 4, chunkSize: 64, kv: KVCacheManager(pageSize: 4, numPages: 16, prefixCaching: true))
+        let system: [Int32] = [10, 11, 12, 13, 14, 15, 16, 17]
+        s.add(seq("x", system + [1, 2], arrival: 1))
+        var out = s.schedule()
+        XCTAssertEqual(plan(out), ["x:0+10"])
+        advance(&s, out)
+        s.remove("x")
+        let y = seq("y", system + [3, 4, 5], arrival: 2)
+        s.add(y)
+        out = s.schedule()
+        XCTAssertEqual(plan(out), ["y:8+3"])
+        XCTAssertEqual(s.kv.blockTable("y"), [0, 1, 2])
+        XCTAssertEqual(y.cachedPromptTokens, 8)
+        XCTAssertEqual(s.prefixHitTokens, 8)
+        XCTAssertEqual(s.prefixQueryTokens, 10 + 11)
+    }
+
+    func testAPreemptedSequenceReadoptsItsOwnPages() {
+        var s = Scheduler(maxBatchSize: 4, chunkSize: 64, kv: KVCacheManager(pageSize: 4, numPages: 4, prefixCaching: true))
+        let a = seq("a", [1, 2, 3, 4, 5, 6, 7, 8], arrival: 1)
+        let b = seq("b", [9, 10, 11, 12, 13, 14, 15], arrival: 2)
+        s.add(a)
+        s.add(b)
+        var out = s.schedule()
+        XCTAssertEqual(plan(out), ["a:0+8", "b:0+7"])
+        advance(&s, out)                                        // a: pages 0, 1 full; b: page 2 full, 3 partial
+        XCTAssertEqual(s.kv.blockTable("b"), [2, 3])
+        out = s.schedule()                                      // a's 9th token needs a page: b is preempted
+        XCTAssertEqual(out.preempted, ["b"])
+        XCTAssertEqual(plan(out), ["a:8+1"])
+        XCTAssertEqual(s.kv.blockTable("a"), [0, 1, 3])          // b's partial page, not its cached one
+        advance(&s, out)
+        s.remove("a")
+        out = s.schedule()
+        // b's first page was still cached: it starts at token 4 (its output token, 7, came after its prompt).
+        XCTAssertEqual(plan(out), ["b:4+4"])
+        XCTAssertEqual(s.kv.blockTable("b").first, 2)
+        XCTAssertEqual(b.cachedPromptTokens, 0)                 // reported for its first admission
+    }
+}
