@@ -41,6 +41,12 @@ struct BenchServe: ParsableCommand {
     @Option(name: .customLong("api-key"), help: "Sent as 'Authorization: Bearer KEY'.")
     var apiKey: String?
 
+    @Option(help: "Turns per conversation: with T > 1 each of --requests is a conversation of T requests, each resending the whole history (earlier user messages and the answers) plus a new user message of --input-len tokens; the report adds TTFT per turn and the prefix-cache hit rate.")
+    var turns: Int = 1
+
+    @Option(name: .customLong("first-input-len"), help: "Tokens of a conversation's first user message (default: --input-len), e.g. a long system prompt or document.")
+    var firstInputLen: Int?
+
     @Option(help: "Seed of the synthetic prompts.")
     var seed: UInt64 = 0
 
@@ -52,6 +58,8 @@ struct BenchServe: ParsableCommand {
         guard requests >= 1 else { throw ValidationError("--requests must be at least 1") }
         guard inputLen >= 1, outputLen >= 1 else { throw ValidationError("--input-len and --output-len must be at least 1") }
         guard ["completions", "chat"].contains(endpoint) else { throw ValidationError("--endpoint must be completions or chat") }
+        guard turns >= 1, turns <= 1000 else { throw ValidationError("--turns must be between 1 and 1000") }
+        if let firstInputLen, firstInputLen < 1 { throw ValidationError("--first-input-len must be at least 1") }
         _ = try BenchTarget(url)
     }
 
@@ -83,6 +91,7 @@ struct BenchServe: ParsableCommand {
             modelID = id
         }
         var rng = SeededRNG(seed: seed)
+        if turns > 1 { return try await conversations(target, headers: headers, modelID: modelID, rng: &rng) }
         let bodies: [[UInt8]] = (0..<requests).map { _ in
             let prompt = BenchServe.syntheticPrompt(tokens: inputLen, rng: &rng)
             var obj: [String: Any] = ["model": modelID, "max_tokens": outputLen, "stream": true, "temperature": 0,
@@ -116,9 +125,58 @@ struct BenchServe: ParsableCommand {
         report(results, seconds: seconds, model: modelID)
     }
 
+    /// `--turns T`: `requests` conversations from `concurrency` clients, each T requests in a row resending the
+    /// whole history.
+    func conversations(_ target: BenchTarget, headers: [(String, String)], modelID: String, rng: inout SeededRNG) async throws {
+        let chat = endpoint == "chat"
+        let path = target.basePath + (chat ? "/v1/chat/completions" : "/v1/completions")
+        let users: [[String]] = (0..<requests).map { _ in
+            (0..<turns).map { t in BenchServe.syntheticPrompt(tokens: t == 0 ? (firstInputLen ?? inputLen) : inputLen, rng: &rng) }
+        }
+        let (model, maxTokens) = (modelID, outputLen)
+        let start = DispatchTime.now().uptimeNanoseconds
+        let results: [RequestResult] = try await withThrowingTaskGroup(of: [RequestResult].self) { group in
+            let next = Counter()
+            for _ in 0..<concurrency {
+                group.addTask {
+                    var mine: [RequestResult] = []
+                    while let c = next.take(below: users.count) {
+                        var messages: [[String: String]] = [], text = ""
+                        for (t, user) in users[c].enumerated() {
+                            var obj: [String: Any] = ["model": model, "max_tokens": maxTokens, "stream": true, "temperature": 0,
+                                                      "ignore_eos": true, "stream_options": ["include_usage": true]]
+                            if chat {
+                                messages.append(["role": "user", "content": user])
+                                obj["messages"] = messages
+                            } else {
+                                text += (text.isEmpty ? "" : "\n") + user
+                                obj["prompt"] = text
+                            }
+                            let body = Array((try? JSONSerialization.data(withJSONObject: obj)) ?? Data())
+                            var r = await BenchServe.one(target, path: path, headers: headers, body: body, chat: chat)
+                            r.turn = t
+                            mine.append(r)
+                            guard r.ok else { break }
+                            if chat { messages.append(["role": "assistant", "content": r.text]) } else { text += r.text }
+                        }
+                    }
+                    return mine
+                }
+            }
+            var all: [RequestResult] = []
+            for try await r in group { all += r }
+            return all
+        }
+        let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+        report(results, seconds: seconds, model: modelID)
+    }
+
     struct RequestResult: Sendable {
         var ok = false
         var error: String?
+        var turn = 0
+        var text = ""
+        var cachedTokens = 0
         var promptTokens = 0
         var outputTokens = 0
         var ttft = 0.0
@@ -141,10 +199,12 @@ struct BenchServe: ParsableCommand {
                     if let u = obj["usage"] as? [String: Any] {
                         usageTokens = u["completion_tokens"] as? Int
                         r.promptTokens = u["prompt_tokens"] as? Int ?? 0
+                        r.cachedTokens = (u["prompt_tokens_details"] as? [String: Any])?["cached_tokens"] as? Int ?? 0
                     }
                     guard let c = (obj["choices"] as? [[String: Any]])?.first else { continue }
                     let text = chat ? ((c["delta"] as? [String: Any])?["content"] as? String) : (c["text"] as? String)
                     guard let text, !text.isEmpty else { continue }
+                    r.text += text
                     let now = DispatchTime.now().uptimeNanoseconds
                     if chunks == 0 { r.ttft = Double(now - t0) / 1e9 } else { r.itls.append(Double(now - last) / 1e9) }
                     last = now
@@ -200,6 +260,15 @@ struct BenchServe: ParsableCommand {
         let itl = ok.flatMap(\.itls).sorted()
         let tpot = ok.filter { $0.outputTokens > 1 }.map { ($0.e2e - $0.ttft) / Double($0.outputTokens - 1) }.sorted()
         let e2e = ok.map(\.e2e).sorted()
+        let cached = ok.reduce(0) { $0 + $1.cachedTokens }
+        // Per turn (conversations): TTFT and how much of the prompt came from the prefix cache.
+        let perTurn: [[String: Any]] = turns <= 1 ? [] : (0..<turns).map { t in
+            let r = ok.filter { $0.turn == t }
+            let n = Double(max(r.count, 1))
+            return ["turn": t + 1, "requests": r.count, "ttft_p50_ms": Self.percentile(r.map(\.ttft).sorted(), 50) * 1000,
+                    "prompt_tokens_mean": Double(r.reduce(0) { $0 + $1.promptTokens }) / n,
+                    "cached_tokens_mean": Double(r.reduce(0) { $0 + $1.cachedTokens }) / n]
+        }
         func stats(_ v: [Double]) -> [String: Double] {
             ["mean_ms": v.isEmpty ? 0 : v.reduce(0, +) / Double(v.count) * 1000,
              "p50_ms": Self.percentile(v, 50) * 1000, "p90_ms": Self.percentile(v, 90) * 1000,
@@ -213,6 +282,8 @@ struct BenchServe: ParsableCommand {
             "output_throughput": Double(outTokens) / seconds,
             "total_token_throughput": Double(inTokens + outTokens) / seconds,
             "ttft": stats(ttft), "tpot": stats(tpot), "itl": stats(itl), "e2e": stats(e2e),
+            "cached_tokens": cached, "prefix_cache_hit_rate": inTokens > 0 ? Double(cached) / Double(inTokens) : 0,
+            "turns": perTurn,
             "errors": Array(Set(results.compactMap(\.error))).sorted().prefix(5).map { $0 },
         ]
         // NOTE: the parent `bench` command has a `--json` flag too, and ArgumentParser hands the flag to it even
@@ -233,6 +304,12 @@ struct BenchServe: ParsableCommand {
         line("Request throughput (req/s):", String(format: "%.2f", Double(ok.count) / seconds))
         line("Output token throughput (tok/s):", String(format: "%.2f", Double(outTokens) / seconds))
         line("Total token throughput (tok/s):", String(format: "%.2f", Double(inTokens + outTokens) / seconds))
+        line("Prompt tokens from the prefix cache:", String(format: "%d (%.1f%%)", cached, inTokens > 0 ? 100 * Double(cached) / Double(inTokens) : 0))
+        for t in perTurn {
+            line("  turn \(t["turn"]!): TTFT p50 (ms):", String(format: "%.2f  (prompt %.0f tokens, %.0f cached)",
+                                                              t["ttft_p50_ms"] as! Double, t["prompt_tokens_mean"] as! Double,
+                                                              t["cached_tokens_mean"] as! Double))
+        }
         for (name, v) in [("Time to First Token", ttft), ("Time per Output Token (excl. 1st token)", tpot),
                           ("Inter-token Latency", itl), ("End-to-end Latency", e2e)] {
             s += "---" + name.padding(toLength: 47, withPad: "-", startingAt: 0) + "\n"

@@ -281,3 +281,49 @@ final class PrefixCacheEngineTests: XCTestCase {
         }
     }
 }
+
+extension PrefixCacheEngineTests {
+    /// No leak: 1,000 requests sharing prefixes, a third of them cancelled mid-stream (the consumer drops its stream
+    /// after the first token); afterwards every page is free or cached-and-unreferenced.
+    func testThousandRequestsWithCancellationsLeaveEveryPageFreeOrCached() async throws {
+        let model = try ModelRegistry.load(try GGUFFile(path: EngineTests.fixture("qwen3moe")),
+                                           backend: CPUBackend(pool: ThreadPool(threads: 2)))
+        var c = EngineConfig()
+        c.pageSize = 4
+        c.chunkSize = 32
+        c.maxBatchSize = 8
+        c.kvCacheTokens = 256
+        c.maxQueued = 1000
+        let engine = try Engine(model: model, config: c)
+        defer { engine.shutdown() }
+        var prefixes: [[Int32]] = []
+        for p in 0..<5 {
+            let n = 9 + 4 * p
+            prefixes.append((0..<n).map { (j: Int) -> Int32 in Int32((p * 37 + j * 11) % 90) })
+        }
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for i in 0..<1000 {
+                let tail: [Int32] = (0..<(1 + i % 7)).map { (j: Int) -> Int32 in Int32((i + j * 13) % 90) }
+                let prompt = prefixes[i % 5] + tail
+                let stream = try engine.submit(EngineRequest(id: "r\(i)", promptTokens: prompt, maxTokens: 4 + i % 9))
+                group.addTask {
+                    if i % 3 == 0 {
+                        for await o in stream where o.token != nil { break }   // cancelled mid-stream
+                    } else {
+                        _ = await EngineTests.collect(stream)
+                    }
+                }
+                if i % 50 == 49 { try await group.waitForAll() }
+            }
+            try await group.waitForAll()
+        }
+        // Cancellation takes effect within a step.
+        for _ in 0..<200 where engine.stats().running + engine.stats().waiting > 0 { try await Task.sleep(nanoseconds: 5_000_000) }
+        let s = engine.stats()
+        XCTAssertEqual(s.running + s.waiting, 0)
+        XCTAssertEqual(s.kvPagesFree, s.kvPagesTotal, "\(s)")
+        XCTAssertGreaterThan(s.kvPagesCached, 0)
+        XCTAssertGreaterThan(s.prefixCacheHitTokens, 0)
+        print("1000 requests: \(s.prefixCacheHitTokens) of \(s.prefixCacheQueryTokens) prompt tokens from the cache, \(s.kvPagesCached) pages cached, \(s.kvPagesFree) free of \(s.kvPagesTotal)")
+    }
+}

@@ -167,6 +167,33 @@ def test_chat_non_streaming_usage_exact(server):
         assert r.usage.completion_tokens == 12
 
 
+def test_prefix_cache_second_turn_reuses_the_first(server):
+    """A second turn that resends the first turn's messages gets their full KV pages from the prefix cache: the
+    official client reads usage.prompt_tokens_details.cached_tokens, /health counts the hit and shows every page
+    free or cached afterwards, and a streamed repeat reports the figure too and gives the same answer."""
+    client = server.client()
+    first = "Tell me about the history of the city of Paris, in France, in a few words please. " * 3
+    r1 = chat(client, server.model, first, max_tokens=8)
+    assert r1.usage.prompt_tokens_details.cached_tokens == 0
+    before = wait_idle(server)["engine"]
+    messages = [{"role": "user", "content": first}, {"role": "assistant", "content": r1.choices[0].message.content},
+                {"role": "user", "content": "And of Lyon?"}]
+    r2 = client.chat.completions.create(model=server.model, messages=messages, max_tokens=8, temperature=0)
+    cached = r2.usage.prompt_tokens_details.cached_tokens
+    page = before["kv_page_size"]
+    assert cached > 0 and cached % page == 0 and cached < r2.usage.prompt_tokens
+    assert cached >= (r1.usage.prompt_tokens // page) * page - page
+    after = wait_idle(server)["engine"]
+    assert after["prefix_cache_hit_tokens"] - before["prefix_cache_hit_tokens"] == cached
+    assert after["kv_pages_cached"] > 0 and after["kv_pages_free"] == after["kv_pages_total"]
+    # Streaming reports the same figure in its usage chunk.
+    stream = client.chat.completions.create(model=server.model, messages=messages, max_tokens=8, temperature=0,
+                                            stream=True, stream_options={"include_usage": True})
+    chunks = list(stream)
+    assert chunks[-1].usage.prompt_tokens_details.cached_tokens >= cached
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == r2.choices[0].message.content
+
+
 def test_chat_streaming_matches_non_streaming(server):
     client = server.client()
     full = chat(client, server.model, "Write one sentence about the sea.", max_tokens=16)
