@@ -106,20 +106,8 @@ struct BenchServe: ParsableCommand {
         let path = target.basePath + (endpoint == "chat" ? "/v1/chat/completions" : "/v1/completions")
         let chat = endpoint == "chat"
         let start = DispatchTime.now().uptimeNanoseconds
-        let results: [RequestResult] = try await withThrowingTaskGroup(of: [RequestResult].self) { group in
-            let next = Counter()
-            for _ in 0..<concurrency {
-                group.addTask {
-                    var mine: [RequestResult] = []
-                    while let i = next.take(below: bodies.count) {
-                        mine.append(await BenchServe.one(target, path: path, headers: headers, body: bodies[i], chat: chat))
-                    }
-                    return mine
-                }
-            }
-            var all: [RequestResult] = []
-            for try await r in group { all += r }
-            return all
+        let results = try await fanOut(bodies.count) { i in
+            [await BenchServe.one(target, path: path, headers: headers, body: bodies[i], chat: chat)]
         }
         let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
         report(results, seconds: seconds, model: modelID)
@@ -135,31 +123,41 @@ struct BenchServe: ParsableCommand {
         }
         let (model, maxTokens) = (modelID, outputLen)
         let start = DispatchTime.now().uptimeNanoseconds
-        let results: [RequestResult] = try await withThrowingTaskGroup(of: [RequestResult].self) { group in
+        let results = try await fanOut(users.count) { c in
+            var mine: [RequestResult] = []
+            var messages: [[String: String]] = [], text = ""
+            for (t, user) in users[c].enumerated() {
+                var obj: [String: Any] = ["model": model, "max_tokens": maxTokens, "stream": true, "temperature": 0,
+                                          "ignore_eos": true, "stream_options": ["include_usage": true]]
+                if chat {
+                    messages.append(["role": "user", "content": user])
+                    obj["messages"] = messages
+                } else {
+                    text += (text.isEmpty ? "" : "\n") + user
+                    obj["prompt"] = text
+                }
+                let body = Array((try? JSONSerialization.data(withJSONObject: obj)) ?? Data())
+                var r = await BenchServe.one(target, path: path, headers: headers, body: body, chat: chat)
+                r.turn = t
+                mine.append(r)
+                guard r.ok else { break }
+                if chat { messages.append(["role": "assistant", "content": r.text]) } else { text += r.text }
+            }
+            return mine
+        }
+        let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+        report(results, seconds: seconds, model: modelID)
+    }
+
+    /// Runs `work(i)` for every `i < count` from `--concurrency` clients at once (each client takes the next
+    /// unclaimed `i`); returns every result.
+    func fanOut(_ count: Int, _ work: @escaping @Sendable (Int) async -> [RequestResult]) async throws -> [RequestResult] {
+        try await withThrowingTaskGroup(of: [RequestResult].self) { group in
             let next = Counter()
             for _ in 0..<concurrency {
                 group.addTask {
                     var mine: [RequestResult] = []
-                    while let c = next.take(below: users.count) {
-                        var messages: [[String: String]] = [], text = ""
-                        for (t, user) in users[c].enumerated() {
-                            var obj: [String: Any] = ["model": model, "max_tokens": maxTokens, "stream": true, "temperature": 0,
-                                                      "ignore_eos": true, "stream_options": ["include_usage": true]]
-                            if chat {
-                                messages.append(["role": "user", "content": user])
-                                obj["messages"] = messages
-                            } else {
-                                text += (text.isEmpty ? "" : "\n") + user
-                                obj["prompt"] = text
-                            }
-                            let body = Array((try? JSONSerialization.data(withJSONObject: obj)) ?? Data())
-                            var r = await BenchServe.one(target, path: path, headers: headers, body: body, chat: chat)
-                            r.turn = t
-                            mine.append(r)
-                            guard r.ok else { break }
-                            if chat { messages.append(["role": "assistant", "content": r.text]) } else { text += r.text }
-                        }
-                    }
+                    while let i = next.take(below: count) { mine += await work(i) }
                     return mine
                 }
             }
@@ -167,8 +165,6 @@ struct BenchServe: ParsableCommand {
             for try await r in group { all += r }
             return all
         }
-        let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
-        report(results, seconds: seconds, model: modelID)
     }
 
     struct RequestResult: Sendable {
