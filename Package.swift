@@ -51,6 +51,9 @@ let package = Package(
         .target(name: "Backend", dependencies: ["Quant", "QuantAVX2", "QuantAVX512", "CSIMD",
                                                 .product(name: "Atomics", package: "swift-atomics")],
                 swiftSettings: optimized),
+        // The CUDA backend: the driver API and NVRTC loaded at run time (dlopen), so building needs no CUDA SDK and
+        // the binary runs on machines without a GPU.
+        .target(name: "BackendCUDA", dependencies: ["Backend"], swiftSettings: optimized),
         // Jinja-subset renderer for the chat templates GGUF files ship, plus built-in templates.
         .target(name: "ChatTemplate", swiftSettings: optimized),
         // Layers, architectures, registry keyed by general.architecture.
@@ -69,7 +72,7 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ]),
         .executableTarget(name: "ktransformers", dependencies: [
-            "Engine", "Models", "GGUF", "SafeTensors", "Tokenizer", "Quant", "Backend", "Server", "ChatTemplate",
+            "Engine", "Models", "GGUF", "SafeTensors", "Tokenizer", "Quant", "Backend", "BackendCUDA", "Server", "ChatTemplate",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Hummingbird", package: "hummingbird"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

@@ -37,7 +37,14 @@ final class SSETests: XCTestCase {
 
     func testUsageTotals() throws {
         let u = Usage(promptTokens: 3, completionTokens: 4)
-        let obj = try JSONSerialization.jsonObject(with: JSONEncoder().encode(u)) as! [String: Int]
-        XCTAssertEqual(obj, ["prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7])
+        let obj = try XCTUnwrap(JSONSerialization.jsonObject(with: JSONEncoder().encode(u)) as? [String: Any])
+        XCTAssertEqual(obj.filter { $0.key != "prompt_tokens_details" } as? [String: Int],
+                       ["prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7])
+        XCTAssertEqual(obj["prompt_tokens_details"] as? [String: Int], ["cached_tokens": 0])
+        // Prompt tokens served from the prefix cache, as OpenAI reports them.
+        let cached = try XCTUnwrap(JSONSerialization.jsonObject(
+            with: JSONEncoder().encode(Usage(promptTokens: 40, completionTokens: 2, cachedTokens: 32))) as? [String: Any])
+        XCTAssertEqual(cached["prompt_tokens_details"] as? [String: Int], ["cached_tokens": 32])
+        XCTAssertEqual(cached["total_tokens"] as? Int, 42)
     }
 }

@@ -1,0 +1,49 @@
+import ArgumentParser
+import BackendCUDA
+import Foundation
+
+/// `ktransformers devices`: what the machine offers the compute backends, checked end to end.
+struct Devices: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "List the CPU and CUDA devices and check that CUDA works here (driver, NVRTC, a test kernel).",
+        discussion: "CUDA is loaded at run time (libcuda.so.1, libnvrtc.so.*, searched in $CUDA_HOME, $CUDA_PATH and the usual places); without it everything runs on the CPU. Exits 0 either way; --require-cuda makes a missing or broken CUDA an error.")
+
+    @Flag(name: .customLong("require-cuda"), help: "Exit with an error when CUDA is missing or its test kernel fails.")
+    var requireCUDA = false
+
+    @Flag(help: "Print the report as JSON.")
+    var json = false
+
+    func run() throws {
+        let r = CUDAProbe.run()
+        if json {
+            var obj: [String: Any] = ["cpu_threads": ProcessInfo.processInfo.activeProcessorCount]
+            obj["cuda_driver"] = r.driver ?? NSNull()
+            obj["cuda_driver_version"] = r.driverVersion ?? NSNull()
+            obj["nvrtc"] = r.nvrtc ?? NSNull()
+            obj["nvrtc_version"] = r.nvrtcVersion ?? NSNull()
+            obj["nvrtc_compile_seconds"] = r.compileSeconds ?? NSNull()
+            obj["kernel_check"] = r.kernelCheck ?? NSNull()
+            obj["problem"] = r.problem ?? NSNull()
+            obj["gpus"] = r.devices.map { ["index": $0.index, "name": $0.name, "memory_bytes": $0.memoryBytes,
+                                           "compute_capability": $0.computeCapability, "multiprocessors": $0.multiprocessors] as [String: Any] }
+            let data = try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys, .prettyPrinted])
+            Output.out(String(decoding: data, as: UTF8.self) + "\n")
+        } else {
+            var s = "cpu: \(ProcessInfo.processInfo.activeProcessorCount) threads\n"
+            if let d = r.driver {
+                s += "cuda driver: \(d) (CUDA \(r.driverVersion.map { "\($0 / 1000).\($0 % 1000 / 10)" } ?? "?"))\n"
+            }
+            for g in r.devices {
+                s += String(format: "gpu %d: %@, %.1f GiB, compute capability %@, %d SMs\n", g.index, g.name,
+                            Double(g.memoryBytes) / Double(1 << 30), g.computeCapability, g.multiprocessors)
+            }
+            if let n = r.nvrtc { s += "nvrtc: \(n) (\(r.nvrtcVersion ?? "?"))\n" }
+            if let c = r.compileSeconds { s += String(format: "test kernel compiled in %.2f s\n", c) }
+            if let k = r.kernelCheck { s += "test kernel: \(k)\n" }
+            if let p = r.problem { s += "cuda: not usable: \(p)\n" }
+            Output.out(s)
+        }
+        if requireCUDA, let p = r.problem { throw CLIError("CUDA is not usable here: \(p)") }
+    }
+}
