@@ -54,6 +54,9 @@ let package = Package(
         // The CUDA backend: the driver API and NVRTC loaded at run time (dlopen), so building needs no CUDA SDK and
         // the binary runs on machines without a GPU.
         .target(name: "BackendCUDA", dependencies: ["Backend"], swiftSettings: optimized),
+        // The backend conformance checks (every ComputeBackend op against plain references), runnable from XCTest
+        // and from `ktransformers devices --conformance` (the GPU machine has no Swift toolchain).
+        .target(name: "BackendConformance", dependencies: ["Backend", "Quant"], swiftSettings: optimized),
         // Jinja-subset renderer for the chat templates GGUF files ship, plus built-in templates.
         .target(name: "ChatTemplate", swiftSettings: optimized),
         // Layers, architectures, registry keyed by general.architecture.
@@ -72,7 +75,7 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ]),
         .executableTarget(name: "ktransformers", dependencies: [
-            "Engine", "Models", "GGUF", "SafeTensors", "Tokenizer", "Quant", "Backend", "BackendCUDA", "Server", "ChatTemplate",
+            "Engine", "Models", "GGUF", "SafeTensors", "Tokenizer", "Quant", "Backend", "BackendCUDA", "BackendConformance", "Server", "ChatTemplate",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Hummingbird", package: "hummingbird"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -88,7 +91,7 @@ let package = Package(
         .testTarget(name: "ChatTemplateTests", dependencies: ["ChatTemplate"], resources: [.copy("Fixtures")]),
         .testTarget(name: "GGUFTests", dependencies: ["GGUF", "Quant"]),
         .testTarget(name: "TokenizerTests", dependencies: ["Tokenizer", "GGUF"], resources: [.copy("Fixtures")]),
-        .testTarget(name: "BackendTests", dependencies: ["Backend", "Quant"]),
+        .testTarget(name: "BackendTests", dependencies: ["Backend", "BackendConformance", "Quant"]),
         .testTarget(name: "EngineTests", dependencies: ["Engine", "Models", "GGUF", "Backend"]),
         .testTarget(name: "HFTests", dependencies: ["SafeTensors", "Models", "GGUF", "Quant", "Backend", "Engine", "Tokenizer"],
                     resources: [.copy("Fixtures")]),

@@ -1,5 +1,7 @@
 import ArgumentParser
+import BackendConformance
 import BackendCUDA
+import Dispatch
 import Foundation
 
 /// `ktransformers devices`: what the machine offers the compute backends, checked end to end.
@@ -14,7 +16,41 @@ struct Devices: ParsableCommand {
     @Flag(help: "Print the report as JSON.")
     var json = false
 
+    @Flag(help: "Also run the backend conformance checks (every op of every available backend against plain references, as Tests/BackendTests does) and fail if any fails.")
+    var conformance = false
+
     func run() throws {
+        try probe()
+        if conformance { try runConformance() }
+    }
+
+    func runConformance() throws {
+        // The checks print their measurements with `print`: write through the same buffer so lines do not interleave.
+        func say(_ s: String) { print(s, terminator: "") }
+        var failed = 0
+        for (name, make) in BackendConformance.backends {
+            guard let backend = make() else {
+                say("conformance [\(name)]: not available here, skipped\n")
+                continue
+            }
+            let c = BackendConformance(name: name, backend: backend)
+            for check in BackendConformance.checks {
+                let t0 = DispatchTime.now().uptimeNanoseconds
+                let failures = Expect.collect { try check.run(c) }
+                let ms = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e6
+                if failures.isEmpty {
+                    say(String(format: "conformance [%@] %@: pass (%.0f ms)\n", name, check.name, ms))
+                } else {
+                    failed += 1
+                    say("conformance [\(name)] \(check.name): \(failures.count) failures\n")
+                    for f in failures.prefix(10) { say("  \(f)\n") }
+                }
+            }
+        }
+        if failed > 0 { throw CLIError("\(failed) conformance checks failed") }
+    }
+
+    func probe() throws {
         let r = CUDAProbe.run()
         if json {
             var obj: [String: Any] = ["cpu_threads": ProcessInfo.processInfo.activeProcessorCount]

@@ -1,42 +1,44 @@
-// The backend conformance suite: every backend in `backends` runs every check of `BackendConformance`.
-//
-// A new backend plugs in with ONE line in `backends` below, e.g. for CUDA:
-//
-//     ("cuda", { CUDABackend.makeIfAvailable() }),   // nil where this machine has no GPU: its checks are skipped
-//
+// The backend conformance suite under XCTest: every backend in `BackendConformance.backends`
+// (Sources/BackendConformance/Expect.swift, where a new backend is one line) runs every check. The same checks run
+// from the command line, where no Swift toolchain is (the GPU machine): `ktransformers devices --conformance`.
 import Backend
+import BackendConformance
 import XCTest
 
 final class BackendConformanceTests: XCTestCase {
-    /// The backends under test: a name for the messages and a factory that makes a fresh instance, or nil when
-    /// the backend is not available on this machine (then its checks are skipped with a note).
-    static let backends: [(name: String, make: @Sendable () -> (any ComputeBackend)?)] = [
-        ("cpu", { CPUBackend(threads: 2) }),
-    ]
-
-    /// Runs `check` on a fresh instance of every available backend; skips the test when none is available.
-    private func forEachBackend(_ check: (BackendConformance) throws -> Void) throws {
+    /// Runs the check `name` on a fresh instance of every available backend; skips when none is available.
+    private func run(_ name: String) throws {
+        guard let check = BackendConformance.checks.first(where: { $0.name == name }) else {
+            return XCTFail("no conformance check '\(name)'")
+        }
         var ran = 0
-        for (name, make) in Self.backends {
+        for (backendName, make) in BackendConformance.backends {
             guard let backend = make() else {
-                print("[\(name)] not available on this machine: conformance checks skipped")
+                print("[\(backendName)] not available on this machine: conformance checks skipped")
                 continue
             }
-            try check(BackendConformance(name: name, backend: backend))
+            let c = BackendConformance(name: backendName, backend: backend)
+            for f in Expect.collect({ try check.run(c) }) {
+                XCTFail("[\(backendName)] \(name): \(f)")
+            }
             ran += 1
         }
         if ran == 0 { throw XCTSkip("no backend available") }
     }
 
-    func testMemory() throws { try forEachBackend { $0.checkMemory() } }
-    func testEmbed() throws { try forEachBackend { try $0.checkEmbed() } }
-    func testRMSNorm() throws { try forEachBackend { $0.checkRMSNorm() } }
-    func testMatmul() throws { try forEachBackend { try $0.checkMatmul() } }
-    func testMatmulGroup() throws { try forEachBackend { try $0.checkMatmulGroup() } }
-    func testMatmulHeads() throws { try forEachBackend { try $0.checkMatmulHeads() } }
-    func testElementwise() throws { try forEachBackend { $0.checkElementwise() } }
-    func testRoPE() throws { try forEachBackend { $0.checkRoPE() } }
-    func testPagedAttention() throws { try forEachBackend { $0.checkAttention() } }
-    func testMoESelect() throws { try forEachBackend { $0.checkMoESelect() } }
-    func testExpertExecutor() throws { try forEachBackend { try $0.checkExpertExecutor() } }
+    func testEveryCheckIsListed() {
+        XCTAssertEqual(BackendConformance.checks.count, 11)
+    }
+
+    func testMemory() throws { try run("memory") }
+    func testEmbed() throws { try run("embed") }
+    func testRMSNorm() throws { try run("rmsNorm") }
+    func testMatmul() throws { try run("matmul") }
+    func testMatmulGroup() throws { try run("matmulGroup") }
+    func testMatmulHeads() throws { try run("matmulHeads") }
+    func testElementwise() throws { try run("elementwise") }
+    func testRoPE() throws { try run("rope") }
+    func testPagedAttention() throws { try run("attention") }
+    func testMoESelect() throws { try run("moeSelect") }
+    func testExpertExecutor() throws { try run("expertExecutor") }
 }

@@ -1,7 +1,7 @@
 import Backend
 import Foundation
 import Quant
-import XCTest
+
 
 // Shared pieces of the backend conformance suite (BackendConformance.swift): seeded random data, the error
 // measure, host-built weights, and tensor transfer through the `ComputeBackend` API only (never `hostFloats` /
@@ -140,8 +140,8 @@ enum Host {
     /// with f16 scales in a sane range.
     static func weight(_ type: GGMLType, name: String, rows: Int, cols: Int, count: Int = 1,
                        rng: inout SplitMix64) throws -> HostWeight {
-        let kernels = try XCTUnwrap(QuantRegistry.kernels(for: type), "\(type) has no kernels")
-        let rowBytes = try XCTUnwrap(type.byteCount(elements: cols), "\(cols) is not a whole number of \(type) blocks")
+        let kernels = try Expect.unwrap(QuantRegistry.kernels(for: type), "\(type) has no kernels")
+        let rowBytes = try Expect.unwrap(type.byteCount(elements: cols), "\(cols) is not a whole number of \(type) blocks")
         let nRows = rows * count
         let bytes = HostBytes(nRows * rowBytes)
         if let quantize = kernels.quantize {
@@ -152,7 +152,7 @@ enum Host {
                 row.withUnsafeBufferPointer { quantize($0.baseAddress!, bytes.pointer + r * rowBytes, cols) }
             }
         } else {
-            let fields = try XCTUnwrap(scaleFields[type], "\(type): no quantizer and no known block layout")
+            let fields = try Expect.unwrap(scaleFields[type], "\(type): no quantizer and no known block layout")
             let p = bytes.pointer.assumingMemoryBound(to: UInt8.self)
             for i in 0..<bytes.count { p[i] = UInt8(truncatingIfNeeded: rng.next()) }
             for b in 0..<(bytes.count / type.typeSize) {
@@ -166,7 +166,7 @@ enum Host {
         values.withUnsafeMutableBufferPointer { v in
             for r in 0..<nRows { kernels.dequantize(bytes.pointer + r * rowBytes, v.baseAddress! + r * cols, cols) }
         }
-        XCTAssert(values.allSatisfy(\.isFinite), "\(type): test weight decodes to non-finite values")
+        Expect.that(values.allSatisfy(\.isFinite), "\(type): test weight decodes to non-finite values")
         let shape = count == 1 ? [cols, rows] : [cols, rows, count]
         let ref = WeightRef(name: name, type: type, shape: shape, data: UnsafeRawPointer(bytes.pointer), owner: bytes)
         return HostWeight(ref: ref, rows: rows, cols: cols, count: count, values: values)

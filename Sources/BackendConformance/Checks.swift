@@ -1,7 +1,7 @@
 import Backend
 import Foundation
 import Quant
-import XCTest
+
 
 /// The checks every `ComputeBackend` must pass: each op on random data (seeded) against a plain reference written
 /// here in Double loops, with weights decoded by Quant's scalar reference kernels, so a backend differs from the
@@ -21,9 +21,9 @@ import XCTest
 /// The smallest bug these checks are meant to catch (one wrong row of 70, a sign, a missing scale, a position off
 /// by one, a visible key too many or too few of ~10, a sub-block of 16 of 512 decoded wrong) moves the NMSE by
 /// more than 1e-2, far above even the 8-bit bound; batch invariance and the grouped matmul are compared bit for bit.
-struct BackendConformance {
-    let name: String
-    let backend: any ComputeBackend
+public struct BackendConformance {
+    public let name: String
+    public let backend: any ComputeBackend
 
     enum Bound {
         static let exact = 1e-12
@@ -38,7 +38,7 @@ struct BackendConformance {
     /// What tensors hold where an op must not write (after the last row, in the gaps of strided rows).
     static let sentinel: Float = 1234.5
 
-    init(name: String, backend: any ComputeBackend) {
+    public init(name: String, backend: any ComputeBackend) {
         self.name = name
         self.backend = backend
         backend.reserve(Self.plan)
@@ -47,7 +47,7 @@ struct BackendConformance {
     /// Prints the worst error of one check and fails it beyond its bound.
     func expect(_ what: String, worst: Double, bound: Double, file: StaticString = #filePath, line: UInt = #line) {
         print("[\(name)] \(what): worst NMSE \(sci(worst)) (bound \(sci(bound)))")
-        XCTAssertLessThanOrEqual(worst, bound, "[\(name)] \(what): NMSE \(sci(worst)) above \(sci(bound))",
+        Expect.lessOrEqual(worst, bound, "[\(name)] \(what): NMSE \(sci(worst)) above \(sci(bound))",
                                  file: file, line: line)
     }
 
@@ -55,13 +55,13 @@ struct BackendConformance {
     func expectUntouched(_ values: [Float], _ range: Range<Int>, _ what: String, file: StaticString = #filePath,
                          line: UInt = #line) {
         if let i = range.first(where: { values[$0] != Self.sentinel }) {
-            XCTFail("[\(name)] \(what): wrote element \(i) (\(values[i])), outside its output", file: file, line: line)
+            Expect.fail("[\(name)] \(what): wrote element \(i) (\(values[i])), outside its output", file: file, line: line)
         }
     }
 
     // MARK: 1. memory
 
-    func checkMemory() {
+    public func checkMemory() {
         let b = backend
         var rng = SplitMix64(seed: 1)
         // `allocate` is zeroed, also where a released tensor was.
@@ -69,42 +69,42 @@ struct BackendConformance {
         b.set(old, rng.normals(777))
         b.release(old)
         let zeros = b.allocate(1000)
-        XCTAssertEqual(zeros.count, 1000)
-        XCTAssert(b.floats(zeros, 1000).allSatisfy { $0.bitPattern == 0 }, "[\(name)] allocate is not zeroed")
+        Expect.equal(zeros.count, 1000)
+        Expect.that(b.floats(zeros, 1000).allSatisfy { $0.bitPattern == 0 }, "[\(name)] allocate is not zeroed")
 
         // `upload` then `read` round-trips bit for bit.
         let values = rng.normals(300) + [0, -0.0, .leastNonzeroMagnitude, .greatestFiniteMagnitude, -1e-30]
         let t = b.upload(values)
-        XCTAssertEqual(t.count, values.count)
-        XCTAssertNil(firstBitDifference(b.floats(t, values.count), values), "[\(name)] upload/read round trip")
+        Expect.equal(t.count, values.count)
+        Expect.isNil(firstBitDifference(b.floats(t, values.count), values), "[\(name)] upload/read round trip")
 
         // `offset` / `prefix` views.
-        XCTAssertEqual(t.offset(100).count, values.count - 100)
-        XCTAssertEqual(t.prefix(10).count, 10)
-        XCTAssertEqual(t.offset(100).prefix(7).count, 7)
-        XCTAssertEqual(b.floats(t.offset(100), 50), Array(values[100..<150]), "[\(name)] read of an offset view")
-        XCTAssertEqual(b.floats(t.offset(100).offset(50), 5), Array(values[150..<155]), "[\(name)] offset of an offset")
-        XCTAssertEqual(b.floats(t.prefix(10), 10), Array(values[0..<10]), "[\(name)] read of a prefix view")
+        Expect.equal(t.offset(100).count, values.count - 100)
+        Expect.equal(t.prefix(10).count, 10)
+        Expect.equal(t.offset(100).prefix(7).count, 7)
+        Expect.equal(b.floats(t.offset(100), 50), Array(values[100..<150]), "[\(name)] read of an offset view")
+        Expect.equal(b.floats(t.offset(100).offset(50), 5), Array(values[150..<155]), "[\(name)] offset of an offset")
+        Expect.equal(b.floats(t.prefix(10), 10), Array(values[0..<10]), "[\(name)] read of a prefix view")
 
         // `write` of floats into a view changes exactly those elements.
         let patch: [Float] = [1.5, -2.25, 3e-7]
         b.set(t.offset(7), patch)
         var expected = values
         expected.replaceSubrange(7..<10, with: patch)
-        XCTAssertNil(firstBitDifference(b.floats(t, values.count), expected), "[\(name)] write into an offset view")
+        Expect.isNil(firstBitDifference(b.floats(t, values.count), expected), "[\(name)] write into an offset view")
 
         // `write` of i32, read back as bits.
         let ints: [Int32] = [0, 1, -1, .max, .min, 123_456_789, -42, 0x7F80_0001]  // the last is a NaN's bits
         let it = b.int32Tensor(ints, capacity: 32)
-        XCTAssertEqual(b.int32s(it, ints.count), ints, "[\(name)] i32 write/read")
-        XCTAssert(b.int32s(it, 32)[ints.count...].allSatisfy { $0 == 0 }, "[\(name)] i32 write past its values")
+        Expect.equal(b.int32s(it, ints.count), ints, "[\(name)] i32 write/read")
+        Expect.that(b.int32s(it, 32)[ints.count...].allSatisfy { $0 == 0 }, "[\(name)] i32 write past its values")
         b.set(it.offset(20), [Int32(5), 6])
-        XCTAssertEqual(b.int32s(it.offset(19), 4), [0, 5, 6, 0], "[\(name)] i32 write into an offset view")
+        Expect.equal(b.int32s(it.offset(19), 4), [0, 5, 6, 0], "[\(name)] i32 write into an offset view")
     }
 
     // MARK: 2. embed
 
-    func checkEmbed() throws {
+    public func checkEmbed() throws {
         let b = backend
         var rng = SplitMix64(seed: 2)
         let vocab = 40, dim = 256
@@ -132,7 +132,7 @@ struct BackendConformance {
 
     // MARK: 3. rmsNorm, rmsNormRows
 
-    func checkRMSNorm() {
+    public func checkRMSNorm() {
         let b = backend
         var rng = SplitMix64(seed: 3)
         let dim = 48, eps: Float = 1e-5
@@ -158,11 +158,11 @@ struct BackendConformance {
                     want += Reference.rmsNorm(x[r * stride..<r * stride + dim], weight: weight, eps: eps)
                     // The gap after each row's `dim` elements is not written.
                     for i in r * stride + dim..<(r + 1) * stride where got[i] != (inPlace ? x[i] : Self.sentinel) {
-                        XCTFail("[\(name)] \(what): wrote element \(i), in the gap between rows")
+                        Expect.fail("[\(name)] \(what): wrote element \(i), in the gap between rows")
                         break
                     }
                 }
-                if !inPlace { XCTAssertEqual(b.floats(xt, rows * stride), x, "[\(name)] \(what) changed its input") }
+                if !inPlace { Expect.equal(b.floats(xt, rows * stride), x, "[\(name)] \(what) changed its input") }
                 worst = max(worst, nmse(g, want))
             }
         }
@@ -183,7 +183,7 @@ struct BackendConformance {
         expect("rmsNormRows (rows [6, 0, 3, 6, 7] of 8)", worst: nmse(Array(got[0..<count * dim]), want),
                bound: Bound.f32)
         expectUntouched(got, count * dim..<(count + 1) * dim, "rmsNormRows")
-        XCTAssertEqual(b.floats(xt, rows * dim), x, "[\(name)] rmsNormRows changed its input")
+        Expect.equal(b.floats(xt, rows * dim), x, "[\(name)] rmsNormRows changed its input")
     }
 
     // MARK: 4. matmul
@@ -192,7 +192,7 @@ struct BackendConformance {
     /// the one-row kernel, 2 and 4 the multi-row kernels (up to 4 token rows a call), 5 and 9 the tile kernels'
     /// `minRows` (5, or 9 for the VNNI K-quant tiles; below it 4 + 1 and 4 + 4 + 1 rows), 33 a long batch with a
     /// remainder. Each row of a batch must have the bits of the same row computed alone (batch invariance).
-    func checkMatmul() throws {
+    public func checkMatmul() throws {
         let b = backend
         var rng = SplitMix64(seed: 4)
         let rows = 70, cols = 512, ns = [1, 2, 4, 5, 9, 33], maxN = 33
@@ -223,7 +223,7 @@ struct BackendConformance {
                     worst = max(worst, nmse(got, Array(want[0..<n * rows])))
                     expectUntouched(all, n * rows..<(maxN + 1) * rows, "\(what) n=\(n)")
                     if let i = firstBitDifference(got, Array(alone[0..<n * rows])) {
-                        XCTFail("[\(name)] \(what) n=\(n): element \(i % rows) of row \(i / rows) is \(got[i]), "
+                        Expect.fail("[\(name)] \(what) n=\(n): element \(i % rows) of row \(i / rows) is \(got[i]), "
                                 + "but \(alone[i]) when that row is computed alone (batch invariance)")
                     }
                 }
@@ -236,7 +236,7 @@ struct BackendConformance {
 
     /// Each output of `matmulGroup` has the bits `matmul` (`.standard`) gives it, for matrices of one format and of
     /// mixed formats (mixed activation formats), decode (n = 1, 3) and prefill (n = 6).
-    func checkMatmulGroup() throws {
+    public func checkMatmulGroup() throws {
         let b = backend
         var rng = SplitMix64(seed: 5)
         let cols = 256, maxN = 6
@@ -265,7 +265,7 @@ struct BackendConformance {
                     let rows = host[i].rows
                     let all = b.floats(ys[i], (maxN + 1) * rows)
                     if let j = firstBitDifference(Array(all[0..<n * rows]), individual[i]) {
-                        XCTFail("[\(name)] \(what) n=\(n): output \(i) element \(j % rows) of row \(j / rows) is "
+                        Expect.fail("[\(name)] \(what) n=\(n): output \(i) element \(j % rows) of row \(j / rows) is "
                                 + "\(all[j]), matmul gives \(individual[i][j])")
                     }
                     expectUntouched(all, n * rows..<(maxN + 1) * rows, "\(what) n=\(n) output \(i)")
@@ -279,7 +279,7 @@ struct BackendConformance {
 
     /// One matrix per head on strided per-head slices (MLA's absorbed k_b / v_b): `cols` < the head stride of x,
     /// `rows` < the head stride of y, and row strides equal to or larger than heads × head stride.
-    func checkMatmulHeads() throws {
+    public func checkMatmulHeads() throws {
         let b = backend
         var rng = SplitMix64(seed: 6)
         let heads = 4, rows = 24, cols = 32, xHeadStride = 40, yHeadStride = 28, maxN = 6
@@ -312,7 +312,7 @@ struct BackendConformance {
                     }
                     worst = max(worst, nmse(got, want))
                     if let i = all.indices.first(where: { !written.contains($0) && all[$0] != Self.sentinel }) {
-                        XCTFail("[\(name)] matmulHeads \(type) n=\(n): wrote y[\(i)], outside every head's rows")
+                        Expect.fail("[\(name)] matmulHeads \(type) n=\(n): wrote y[\(i)], outside every head's rows")
                     }
                 }
                 expect("matmulHeads \(type) xStride \(xStride) yStride \(yStride)", worst: worst, bound: Bound.f32)
@@ -322,7 +322,7 @@ struct BackendConformance {
 
     // MARK: 7. element-wise
 
-    func checkElementwise() {
+    public func checkElementwise() {
         let b = backend
         var rng = SplitMix64(seed: 7)
 
@@ -353,7 +353,7 @@ struct BackendConformance {
             let t = b.filled(100, Self.sentinel)
             b.fill(t.offset(10), count: 77, value: -3.5)
             let got = b.floats(t, 100)
-            XCTAssert(got[10..<87].allSatisfy { $0 == -3.5 }, "[\(name)] fill")
+            Expect.that(got[10..<87].allSatisfy { $0 == -3.5 }, "[\(name)] fill")
             expectUntouched(got, 0..<10, "fill")
             expectUntouched(got, 87..<100, "fill")
         }
@@ -371,7 +371,7 @@ struct BackendConformance {
                 let inside = i >= 2 && r < rows - 1 && c < width
                 if got[i] != (inside ? src[3 + r * srcStride + c] : Self.sentinel) { ok = false }
             }
-            XCTAssert(ok, "[\(name)] copyRows (rows 5, width 30, strides 50 → 40, offset views)")
+            Expect.that(ok, "[\(name)] copyRows (rows 5, width 30, strides 50 → 40, offset views)")
         }
         // softcap: cap · tanh(x / cap).
         do {
@@ -423,7 +423,7 @@ struct BackendConformance {
     /// non-contiguous positions, with and without a per-head norm. The table itself: against angles computed here
     /// in Double (YaRN: against `RoPE.table(position:into:)`, where its frequency blend is defined); the rotation:
     /// against the reference rotation with those cos/sin.
-    func checkRoPE() {
+    public func checkRoPE() {
         let b = backend
         var rng = SplitMix64(seed: 8)
         let yarn = YaRN(factor: 40, originalContext: 4096, mscale: 1.2)  // pairs 0-5 kept, 5-12 blended, rest / 40
@@ -443,8 +443,8 @@ struct BackendConformance {
             let isYaRN = label.hasPrefix("yarn")
             let dims = rope.dims, half = dims / 2
             let table = b.makeRopeTable(rope, positions: tablePositions)
-            XCTAssertEqual(table.positions, tablePositions)
-            XCTAssertEqual(table.dims, dims)
+            Expect.equal(table.positions, tablePositions)
+            Expect.equal(table.dims, dims)
             // The reference cos/sin `// [positions][dims/2][2]`.
             var cs = [Double](repeating: 0, count: tablePositions * dims)
             if isYaRN {
@@ -465,7 +465,7 @@ struct BackendConformance {
             let got = b.floats(table.table, tablePositions * dims)
             let tableError = zip(got, cs).map { abs(Double($0) - $1) }.max()!
             print("[\(name)] rope table \(label): max |error| of cos/sin \(sci(tableError)) (bound 1e-5)")
-            XCTAssertLessThanOrEqual(tableError, 1e-5, "[\(name)] rope table \(label): max |error| \(tableError)")
+            Expect.lessOrEqual(tableError, 1e-5, "[\(name)] rope table \(label): max |error| \(tableError)")
 
             for withNorm in [false, true] {
                 let rowStride = heads * hs + 8   // 8 floats after the heads that rope must not touch
@@ -493,7 +493,7 @@ struct BackendConformance {
                         g += all[start..<start + hs]
                     }
                     let pad = t * rowStride + heads * hs..<(t + 1) * rowStride
-                    XCTAssertEqual(Array(all[pad]), Array(x[pad]), "[\(name)] rope \(label): wrote the row's padding")
+                    Expect.equal(Array(all[pad]), Array(x[pad]), "[\(name)] rope \(label): wrote the row's padding")
                 }
                 expect("rope \(label)\(withNorm ? " + head norm" : "")", worst: nmse(g, want), bound: Bound.f32)
             }
@@ -506,7 +506,7 @@ struct BackendConformance {
     /// tokens stored in one step, then a step that mixes a 5-token prompt chunk, decode tokens and a new
     /// sequence's first chunk, then a single decode token (one query row: the CPU backend's per-head path).
     /// Layer 1 is attended; layer 0 holds other values at the same slots and unused pages hold junk.
-    func checkAttention() {
+    public func checkAttention() {
         let headDim = 32
         let gqa = AttentionParams(nHead: 4, nKVHead: 2, headDim: headDim, scale: 1 / Float(headDim).squareRoot())
         let narrowV = AttentionParams(nHead: 4, nKVHead: 2, headDim: headDim, headDimV: 16, scale: 0.2)
@@ -646,7 +646,7 @@ struct BackendConformance {
 
     /// The router variants real checkpoints use (MoERouting's documentation), against a straightforward
     /// implementation of those semantics here: ids exactly, weights within 1e-6.
-    func checkMoESelect() {
+    public func checkMoESelect() {
         let b = backend
         var rng = SplitMix64(seed: 10)
         func routing(_ scoring: MoERouting.Scoring, topK: Int, normalize: Bool, scale: Float = 1, bias: [Float]? = nil,
@@ -692,11 +692,11 @@ struct BackendConformance {
                 }
             }
             if !wrongIds.isEmpty {
-                XCTFail("[\(name)] moeSelect \(label): wrong experts for \(wrongIds.count) of \(n) tokens, e.g. \(wrongIds[0])")
+                Expect.fail("[\(name)] moeSelect \(label): wrong experts for \(wrongIds.count) of \(n) tokens, e.g. \(wrongIds[0])")
             }
             expectUntouched(ws, n * r.topK..<n * r.topK + 1, "moeSelect \(label) weights")
             print("[\(name)] moeSelect \(label): \(n - wrongIds.count) of \(n) tokens' ids exact, worst |Δweight| \(sci(worst)) (bound 1e-6)")
-            XCTAssertLessThanOrEqual(worst, 1e-6, "[\(name)] moeSelect \(label): weights")
+            Expect.lessOrEqual(worst, 1e-6, "[\(name)] moeSelect \(label): weights")
             // The data must exercise what the case is about: with groups, the restriction changes some choice.
             if r.groups > 1 && r.groupsUsed < r.groups {
                 var free = r
@@ -704,9 +704,9 @@ struct BackendConformance {
                 var other = r
                 other.groupScore = r.groupScore == .max ? .topTwoSum : .max
                 let chunks = (0..<n).map { logits[$0 * nExpert..<($0 + 1) * nExpert] }
-                XCTAssert(chunks.contains { Self.route($0, r).ids != Self.route($0, free).ids },
+                Expect.that(chunks.contains { Self.route($0, r).ids != Self.route($0, free).ids },
                           "moeSelect \(label): test data never hits the group restriction")
-                XCTAssert(chunks.contains { Self.route($0, r).ids != Self.route($0, other).ids },
+                Expect.that(chunks.contains { Self.route($0, r).ids != Self.route($0, other).ids },
                           "moeSelect \(label): test data does not tell the group scores apart")
             }
         }
@@ -755,7 +755,7 @@ struct BackendConformance {
     /// for n ∈ {1, 3, 16}, against the reference in Double with the decoded weights; and each token's result in a
     /// batch of 16 has the bits of that token alone. Expert 3 is chosen by 12 of the 16 tokens (the CPU backend's
     /// tiled path for an expert with many rows).
-    func checkExpertExecutor() throws {
+    public func checkExpertExecutor() throws {
         let b = backend
         var rng = SplitMix64(seed: 11)
         let nExpert = 8, maxN = 16
@@ -827,7 +827,7 @@ struct BackendConformance {
                 // The error of what was added (the values already there would hide the error of the experts).
                 let got = (0..<n * dim).map { all[$0] - out0[$0] }
                 worst = max(worst, nmse(got, Array(added[0..<n * dim])))
-                XCTAssertEqual(Array(all[n * dim..<maxN * dim]), Array(out0[n * dim..<maxN * dim]),
+                Expect.equal(Array(all[n * dim..<maxN * dim]), Array(out0[n * dim..<maxN * dim]),
                                "[\(name)] expert executor \(type) n=\(n): changed rows after n")
                 expectUntouched(all, maxN * dim..<(maxN + 1) * dim, "expert executor \(type)")
                 if n == maxN { batched = Array(all[0..<maxN * dim]) }
@@ -842,7 +842,7 @@ struct BackendConformance {
                 executor.wait(weights: wt.offset(t * topK), accumulateInto: single, n: 1)
                 let alone = b.floats(single, dim)
                 if let i = firstBitDifference(alone, Array(batched[t * dim..<(t + 1) * dim])) {
-                    XCTFail("[\(name)] expert executor \(type): token \(t) alone gives \(alone[i]) at \(i), "
+                    Expect.fail("[\(name)] expert executor \(type): token \(t) alone gives \(alone[i]) at \(i), "
                             + "\(batched[t * dim + i]) in a batch of 16 (batch invariance)")
                     break
                 }
