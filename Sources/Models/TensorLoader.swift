@@ -32,11 +32,27 @@ public struct TensorLoader {
     // MARK: hyper-parameters (`{arch}.{key}`)
 
     public func int(_ key: String) throws -> Int {
-        guard let v = optionalInt(key) else { throw ModelError("\(file.path): missing or non-integer metadata '\(arch).\(key)'") }
+        guard let v = try optionalInt(key) else { throw ModelError("\(file.path): missing or non-integer metadata '\(arch).\(key)'") }
         return v
     }
 
-    public func optionalInt(_ key: String) -> Int? { file["\(arch).\(key)"]?.int }
+    /// The integer `{arch}.{key}`, nil when absent. Every integer hyper-parameter is a size or a count, so a value
+    /// below 0 or above 2^24 (a damaged or hostile file) is refused here, naming the key, before anything is sized
+    /// by it.
+    public func optionalInt(_ key: String) throws -> Int? {
+        guard let v = file["\(arch).\(key)"]?.int else { return nil }
+        guard v >= 0, v <= 1 << 24 else {
+            throw ModelError("\(file.path): metadata '\(arch).\(key)' is \(v), outside 0...\(1 << 24)")
+        }
+        return v
+    }
+
+    /// A size or count that must be at least 1 (layers, widths, heads, context length).
+    public func count(_ key: String) throws -> Int {
+        let v = try int(key)
+        guard v >= 1 else { throw ModelError("\(file.path): metadata '\(arch).\(key)' is \(v); it must be at least 1") }
+        return v
+    }
 
     public func float(_ key: String) throws -> Float {
         guard let v = optionalFloat(key) else { throw ModelError("\(file.path): missing or non-numeric metadata '\(arch).\(key)'") }

@@ -6,9 +6,12 @@ import XCTest
 /// The `ktransformers` binary as a user runs it: real model, real files, exit codes and messages.
 final class CLITests: XCTestCase {
     struct Run {
+        /// The exit status, or 128 + the signal number when a signal ended the process.
         let status: Int32
         let stdout: String
         let stderr: String
+        /// Killed after the time limit `execute` was given.
+        var timedOut = false
     }
 
     /// The binary `swift build` / `swift test` put beside the test bundle.
@@ -21,7 +24,7 @@ final class CLITests: XCTestCase {
     func run(_ args: [String]) throws -> Run { try CLITests.execute(args) }
 
     /// Runs the binary to completion and captures its output.
-    static func execute(_ args: [String]) throws -> Run {
+    static func execute(_ args: [String], timeout: Double? = nil) throws -> Run {
         let bin = CLITests.binary
         guard FileManager.default.isExecutableFile(atPath: bin.path) else {
             XCTFail("ktransformers binary not found at \(bin.path); build the package first")
@@ -39,12 +42,17 @@ final class CLITests: XCTestCase {
         p.standardOutput = out
         p.standardError = errHandle
         try p.run()
+        let killed = TimeoutFlag()
+        let timer = DispatchWorkItem { if p.isRunning { killed.set(); p.terminate() } }
+        if let timeout { DispatchQueue.global().asyncAfter(deadline: .now() + timeout, execute: timer) }
         let outData = out.fileHandleForReading.readDataToEndOfFile()
         p.waitUntilExit()
+        timer.cancel()
         try errHandle.close()
         let errData = try Data(contentsOf: errURL)
-        return Run(status: p.terminationStatus, stdout: String(decoding: outData, as: UTF8.self),
-                   stderr: String(decoding: errData, as: UTF8.self))
+        let status = p.terminationReason == .uncaughtSignal ? 128 + p.terminationStatus : p.terminationStatus
+        return Run(status: status, stdout: String(decoding: outData, as: UTF8.self),
+                   stderr: String(decoding: errData, as: UTF8.self), timedOut: killed.isSet)
     }
 
     private var tmp: URL!
@@ -194,4 +202,11 @@ final class CLITests: XCTestCase {
             XCTAssertTrue(r.stdout.contains(line), "missing '\(line)' in:\n\(r.stdout)")
         }
     }
+}
+
+final class TimeoutFlag: @unchecked Sendable {
+    private let lock = NSLock()
+    private var value = false
+    func set() { lock.lock(); value = true; lock.unlock() }
+    var isSet: Bool { lock.lock(); defer { lock.unlock() }; return value }
 }

@@ -18,22 +18,25 @@ import Quant
 /// `(1 + 0.1 · mscale_all_dim · ln factor)²` (GGUF `rope.scaling.yarn_log_multiplier` = 0.1 · mscale_all_dim).
 enum DeepSeek2 {
     static func load(_ l: TensorLoader) throws -> LanguageModel {
-        let dim = try l.int("embedding_length")
+        let dim = try l.count("embedding_length")
         // block_count may include multi-token-prediction layers after the trunk (nextn_predict_layers, as
         // llama.cpp's n_layer_all - n_layer_nextn); they are not run here.
-        let nLayer = try l.int("block_count") - (l.optionalInt("nextn_predict_layers") ?? 0)
-        let nHead = try l.int("attention.head_count")
+        let nLayer = try l.count("block_count") - (try l.optionalInt("nextn_predict_layers") ?? 0)
+        guard nLayer >= 1 else {
+            throw ModelError("\(l.file.path): metadata '\(l.arch).nextn_predict_layers' leaves no trunk layers of '\(l.arch).block_count'")
+        }
+        let nHead = try l.count("attention.head_count")
         let eps = try l.float("attention.layer_norm_rms_epsilon")
-        let ctx = try l.int("context_length")
+        let ctx = try l.count("context_length")
         // V2-Lite has no q LoRA (plain attn_q); decide by the tensors, as llama.cpp does by the layer count.
         let qLora = l.has("blk.0.attn_q.weight") ? 0 : try l.int("attention.q_lora_rank")
-        let kvLora = try l.int("attention.kv_lora_rank")
+        let kvLora = try l.count("attention.kv_lora_rank")
         let ropeDims = try l.int("rope.dimension_count")
         // Files from before the MLA split store the per-head sizes in key_length / value_length.
         let kHead = try l.optionalInt("attention.key_length_mla") ?? l.int("attention.key_length")
         let vHead = try l.optionalInt("attention.value_length_mla") ?? l.int("attention.value_length")
         let nope = kHead - ropeDims
-        guard nope >= 1, ropeDims % 2 == 0 else {
+        guard nope >= 1, ropeDims >= 0, ropeDims % 2 == 0 else {
             throw ModelError("\(l.file.path): key head size \(kHead) must exceed the even RoPE dims \(ropeDims)")
         }
 
@@ -51,7 +54,7 @@ enum DeepSeek2 {
             attnFactor *= Double(l.optionalFloat("rope.scaling.attn_factor") ?? 1)
             let ropeMscale = attnFactor * (1 + 0.1 * lnF)
             yarn = YaRN(factor: factor,
-                        originalContext: l.optionalInt("rope.scaling.original_context_length") ?? ctx,
+                        originalContext: try l.optionalInt("rope.scaling.original_context_length") ?? ctx,
                         betaFast: Double(l.optionalFloat("rope.scaling.yarn_beta_fast") ?? 32),
                         betaSlow: Double(l.optionalFloat("rope.scaling.yarn_beta_slow") ?? 1),
                         mscale: ropeMscale)
@@ -61,14 +64,14 @@ enum DeepSeek2 {
         let rope = RoPE(dims: ropeDims, base: base, neox: false, yarn: yarn)
 
         // MoE hyper-parameters.
-        let nExpert = l.optionalInt("expert_count") ?? 0
-        let denseLead = nExpert > 0 ? (l.optionalInt("leading_dense_block_count") ?? 0) : nLayer
+        let nExpert = try l.optionalInt("expert_count") ?? 0
+        let denseLead = nExpert > 0 ? (try l.optionalInt("leading_dense_block_count") ?? 0) : nLayer
         var moe: (MoEFeedForward.Options, Int)?
         if denseLead < nLayer {
-            let topK = try l.int("expert_used_count")
+            let topK = try l.count("expert_used_count")
             let ffExp = try l.int("expert_feed_forward_length")
             let scoring: MoERouting.Scoring
-            switch l.optionalInt("expert_gating_func") ?? 1 {
+            switch try l.optionalInt("expert_gating_func") ?? 1 {
             case 0, 1: scoring = .softmax
             case 2: scoring = .sigmoid
             case let g: throw ModelError("\(l.file.path): unsupported expert_gating_func \(g) (1 = softmax, 2 = sigmoid)")
@@ -76,10 +79,10 @@ enum DeepSeek2 {
             var routing = MoERouting(scoring: scoring, topK: topK,
                                      normalizeTopK: l.optionalBool("expert_weights_norm") ?? false)
             if let s = l.optionalFloat("expert_weights_scale"), s != 0 { routing.scale = s }
-            routing.groups = max(1, l.optionalInt("expert_group_count") ?? 1)
-            routing.groupsUsed = l.optionalInt("expert_group_used_count") ?? routing.groups
+            routing.groups = max(1, try l.optionalInt("expert_group_count") ?? 1)
+            routing.groupsUsed = try l.optionalInt("expert_group_used_count") ?? routing.groups
             var options = MoEFeedForward.Options(routing: routing)
-            options.sharedWidth = ffExp * (l.optionalInt("expert_shared_count") ?? 0)
+            options.sharedWidth = ffExp * (try l.optionalInt("expert_shared_count") ?? 0)
             moe = (options, ffExp)
         }
 

@@ -7,17 +7,17 @@ import Foundation
 /// Norm weights in GGUF already include Gemma's `1 +` offset (llama.cpp's converter adds it).
 enum Gemma3 {
     static func load(_ l: TensorLoader) throws -> LanguageModel {
-        let dim = try l.int("embedding_length")
-        let nLayer = try l.int("block_count")
+        let dim = try l.count("embedding_length")
+        let nLayer = try l.count("block_count")
         let ff = try l.int("feed_forward_length")
-        let nHead = try l.int("attention.head_count")
-        let nKVHead = l.optionalInt("attention.head_count_kv") ?? nHead
-        let headDim = l.optionalInt("attention.key_length") ?? dim / nHead
-        let headDimV = l.optionalInt("attention.value_length") ?? headDim
+        let nHead = try l.count("attention.head_count")
+        let nKVHead = try l.optionalInt("attention.head_count_kv") ?? nHead
+        let headDim = try l.optionalInt("attention.key_length") ?? dim / nHead
+        let headDimV = try l.optionalInt("attention.value_length") ?? headDim
         let eps = try l.float("attention.layer_norm_rms_epsilon")
         let window = try l.int("attention.sliding_window")
-        let pattern = l.optionalInt("attention.sliding_window_pattern") ?? 6
-        let ctx = try l.int("context_length")
+        let pattern = try l.optionalInt("attention.sliding_window_pattern") ?? 6
+        let ctx = try l.count("context_length")
         let globalBase = Double(l.optionalFloat("rope.freq_base") ?? 1_000_000)
         var globalScale = 1.0
         if l.file["gemma3.rope.scaling.type"]?.string == "linear", let f = l.optionalFloat("rope.scaling.factor"), f > 0 {

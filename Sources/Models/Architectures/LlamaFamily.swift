@@ -15,17 +15,20 @@ enum LlamaFamily {
     }
 
     static func load(_ l: TensorLoader, variant v: Variant) throws -> LanguageModel {
-        let dim = try l.int("embedding_length")
-        let nLayer = try l.int("block_count")
-        let nExpert = l.optionalInt("expert_count") ?? 0
-        let ff = nExpert > 0 ? (l.optionalInt("feed_forward_length") ?? 0) : try l.int("feed_forward_length")
-        let nHead = try l.int("attention.head_count")
-        let nKVHead = l.optionalInt("attention.head_count_kv") ?? nHead
-        let headDim = l.optionalInt("attention.key_length") ?? dim / nHead
-        let headDimV = l.optionalInt("attention.value_length") ?? headDim
+        let dim = try l.count("embedding_length")
+        let nLayer = try l.count("block_count")
+        let nExpert = try l.optionalInt("expert_count") ?? 0
+        let ff = nExpert > 0 ? (try l.optionalInt("feed_forward_length") ?? 0) : try l.int("feed_forward_length")
+        let nHead = try l.count("attention.head_count")
+        let nKVHead = try l.optionalInt("attention.head_count_kv") ?? nHead
+        let headDim = try l.optionalInt("attention.key_length") ?? dim / nHead
+        let headDimV = try l.optionalInt("attention.value_length") ?? headDim
         let eps = try l.float("attention.layer_norm_rms_epsilon")
-        let ctx = try l.int("context_length")
-        let ropeDims = l.optionalInt("rope.dimension_count") ?? headDim
+        let ctx = try l.count("context_length")
+        let ropeDims = try l.optionalInt("rope.dimension_count") ?? headDim
+        guard ropeDims >= 0, ropeDims <= headDim, ropeDims % 2 == 0 else {
+            throw ModelError("\(l.file.path): metadata '\(l.arch).rope.dimension_count' is \(ropeDims); it must be even and at most the head size \(headDim)")
+        }
         var ropeScale = 1.0
         if l.file["\(l.arch).rope.scaling.type"]?.string == "linear", let f = l.optionalFloat("rope.scaling.factor"), f > 0 {
             ropeScale = Double(f)
@@ -87,17 +90,17 @@ extension LlamaFamily {
     /// `expert_weights_scale`, and for Qwen2-MoE `expert_shared_feed_forward_length` (else `feed_forward_length`).
     static func moeOptions(_ l: TensorLoader, variant v: Variant, nExpert: Int, dim: Int, ff: Int)
         throws -> (options: MoEFeedForward.Options, ff: Int) {
-        let topK = try l.int("expert_used_count")
+        let topK = try l.count("expert_used_count")
         guard let exps = l.file.tensor(named: "blk.0.ffn_gate_exps.weight"), exps.shape.count == 3 else {
             throw ModelError("\(l.file.path): missing 3-D tensor 'blk.0.ffn_gate_exps.weight'")
         }
-        let ffExp = l.optionalInt("expert_feed_forward_length") ?? exps.shape[1]
+        let ffExp = try l.optionalInt("expert_feed_forward_length") ?? exps.shape[1]
         var routing = MoERouting(scoring: .softmax, topK: topK,
                                  normalizeTopK: l.optionalBool("expert_weights_norm") ?? v.normalizeTopK)
         if let s = l.optionalFloat("expert_weights_scale"), s != 0 { routing.scale = s }
         var options = MoEFeedForward.Options(routing: routing)
         if v.gatedSharedExpert {
-            options.sharedWidth = l.optionalInt("expert_shared_feed_forward_length") ?? ff
+            options.sharedWidth = try l.optionalInt("expert_shared_feed_forward_length") ?? ff
             options.sharedGate = true
         }
         return (options, ffExp)

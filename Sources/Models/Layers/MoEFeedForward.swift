@@ -72,11 +72,16 @@ extension MoEFeedForward {
                               down: try l.matrix(p + "ffn_down_shexp.weight", rows: dim, cols: o.sharedWidth),
                               activation: .silu)
         }
+        let experts = ExpertWeights(gate: try l.stack(p + "ffn_gate_exps.weight", count: nExpert, rows: ff, cols: dim),
+                                    up: try l.stack(p + "ffn_up_exps.weight", count: nExpert, rows: ff, cols: dim),
+                                    down: try l.stack(p + "ffn_down_exps.weight", count: nExpert, rows: dim, cols: ff))
+        // NOTE: gate and up run in one pass over the same quantized activations, which needs one format.
+        guard experts.gate.type == experts.up.type else {
+            throw ModelError("\(l.file.path): tensors '\(p)ffn_gate_exps.weight' (\(experts.gate.type)) and '\(p)ffn_up_exps.weight' (\(experts.up.type)) must have the same type")
+        }
         return MoEFeedForward(
             router: try l.matrix(p + "ffn_gate_inp.weight", rows: nExpert, cols: dim),
-            experts: ExpertWeights(gate: try l.stack(p + "ffn_gate_exps.weight", count: nExpert, rows: ff, cols: dim),
-                                   up: try l.stack(p + "ffn_up_exps.weight", count: nExpert, rows: ff, cols: dim),
-                                   down: try l.stack(p + "ffn_down_exps.weight", count: nExpert, rows: dim, cols: ff)),
+            experts: experts,
             routing: routing, shared: shared,
             sharedGate: o.sharedGate ? try l.constant(p + "ffn_gate_inp_shexp.weight", count: dim) : nil,
             executor: try l.expertExecutor(layer: i, nExpert: nExpert, dim: dim, ff: ff))
