@@ -1,6 +1,7 @@
 import Foundation
 import GGUF
 import Quant
+import Engine
 import XCTest
 
 /// Damaged model files must never crash or hang the process: every tiny fixture model of every architecture,
@@ -10,20 +11,10 @@ final class ModelFuzzTests: XCTestCase {
     static let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
         .appendingPathComponent("../ModelTests/Fixtures").standardized
 
-    struct RNG {
-        var s: UInt64
-        mutating func next() -> UInt64 {
-            s &+= 0x9E37_79B9_7F4A_7C15
-            var z = s
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            return z ^ (z >> 31)
-        }
-        mutating func pick<T>(_ a: [T]) -> T { a[Int(next() % UInt64(a.count))] }
-    }
+    static func pick<T>(_ rng: inout Xoshiro256, _ a: [T]) -> T { a[Int(rng.next() % UInt64(a.count))] }
 
     /// One mutation of `file`'s metadata or tensor table, and what it did.
-    static func mutate(_ file: GGUFFile, _ rng: inout RNG) -> (GGUFWriter, String) {
+    static func mutate(_ file: GGUFFile, _ rng: inout Xoshiro256) -> (GGUFWriter, String) {
         var meta: [(String, GGUFValue)] = file.metadataKeys.compactMap { k in file[k].map { (k, $0) } }
         var tensors = file.tensors.map { t in
             (name: t.name, shape: t.shape, type: t.type,
@@ -42,32 +33,32 @@ final class ModelFuzzTests: XCTestCase {
                 }
             }
             guard !keys.isEmpty else { break }
-            let i = rng.pick(keys)
+            let i = pick(&rng, keys)
             let old = meta[i].1.int ?? 0
             let values: [GGUFValue] = [.uint32(0), .uint32(1), .uint32(UInt32.max), .int32(-1), .int32(Int32.max),
                                        .uint64(1 << 40), .uint32(UInt32(truncatingIfNeeded: old * 2)),
                                        .uint32(UInt32(truncatingIfNeeded: old + 1)),
                                        .uint32(UInt32(truncatingIfNeeded: max(0, old - 1))),
                                        .float32(.nan), .float32(.infinity), .float32(-1), .float32(1e30), .float32(0)]
-            let v = rng.pick(values)
+            let v = pick(&rng, values)
             meta[i].1 = v
             what = "metadata \(meta[i].0) = \(v)"
         case 6, 7:
             let i = Int(rng.next() % UInt64(tensors.count))
             var shape = tensors[i].shape
             let d = Int(rng.next() % UInt64(shape.count))
-            shape[d] = rng.pick([0, 1, shape[d] + 1, max(1, shape[d] - 1), shape[d] * 2, 1 << 20])
+            shape[d] = pick(&rng, [0, 1, shape[d] + 1, max(1, shape[d] - 1), shape[d] * 2, 1 << 20])
             what = "tensor \(tensors[i].name) shape \(tensors[i].shape) -> \(shape)"
             tensors[i].shape = shape
         case 8:
             let i = Int(rng.next() % UInt64(tensors.count))
-            let t: GGMLType = rng.pick([.f32, .f16, .q8_0, .q4_K, .q6_K, .bf16])
+            let t: GGMLType = pick(&rng, [.f32, .f16, .q8_0, .q4_K, .q6_K, .bf16])
             what = "tensor \(tensors[i].name) type \(tensors[i].type) -> \(t)"
             tensors[i].type = t
         default:
             // An array hyper-parameter cut short, or a string one changed.
             let keys = meta.indices.filter { !meta[$0].0.hasPrefix("tokenizer.ggml.") || meta[$0].0.hasSuffix("model") }
-            let i = rng.pick(keys)
+            let i = pick(&rng, keys)
             switch meta[i].1 {
             case .array(let a):
                 func half<T>(_ v: [T]) -> [T] { Array(v.prefix(v.count / 2)) }
@@ -82,7 +73,7 @@ final class ModelFuzzTests: XCTestCase {
                 meta[i].1 = .array(cut)
                 what = "metadata \(meta[i].0) cut to half"
             default:
-                meta[i].1 = .string(rng.pick(["", "yarn", "linear", "llama", "gpt2", "x"]))
+                meta[i].1 = .string(pick(&rng, ["", "yarn", "linear", "llama", "gpt2", "x"]))
                 what = "metadata \(meta[i].0) = \(meta[i].1)"
             }
         }
@@ -123,7 +114,7 @@ final class ModelFuzzTests: XCTestCase {
         // Cases run two at a time (one process each); case i's mutation depends on i alone.
         DispatchQueue.concurrentPerform(iterations: total) { i in
             let name = names[i % names.count]
-            var rng = RNG(s: 2026 &+ UInt64(i))
+            var rng = Xoshiro256(seed: 2026 &+ UInt64(i))
             let (w, what) = Self.mutate(files[i % names.count], &rng)
             let path = dir.appendingPathComponent("\(name)-\(i).gguf").path
             defer { try? FileManager.default.removeItem(atPath: path) }

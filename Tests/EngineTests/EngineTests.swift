@@ -212,7 +212,7 @@ final class PrefixCacheEngineTests: XCTestCase {
     /// Runs `count` conversations of `turns` turns at once; returns each conversation's outputs, turn by turn.
     static func converse(_ engine: Engine, count: Int, turns: Int, vocab: Int32, system: Int, user: ClosedRange<Int>,
                          output: ClosedRange<Int>, seed: UInt64) async throws -> [[[Int32]]] {
-        var rng = SplitMix64(seed)
+        var rng = Xoshiro256(seed: seed)
         let shared = (0..<system).map { _ in Int32(rng.next() % UInt64(vocab)) }
         let plans: [[(user: [Int32], maxTokens: Int)]] = (0..<count).map { _ in
             (0..<turns).map { _ in
@@ -239,18 +239,6 @@ final class PrefixCacheEngineTests: XCTestCase {
             var r = [[[Int32]]](repeating: [], count: count)
             for try await (c, o) in group { r[c] = o }
             return r
-        }
-    }
-
-    struct SplitMix64 {
-        var s: UInt64
-        init(_ seed: UInt64) { s = seed }
-        mutating func next() -> UInt64 {
-            s &+= 0x9E37_79B9_7F4A_7C15
-            var z = s
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            return z ^ (z >> 31)
         }
     }
 
