@@ -29,6 +29,11 @@ public enum RequestValidation {
     /// Decodes a JSON body into `T`, turning every decoding failure into a 400 that names the parameter.
     public static func decode<T: Decodable>(_ type: T.Type, from data: Data) throws -> T {
         guard !data.isEmpty else { throw APIError.invalid("The request body is empty; expected a JSON object.") }
+        // NOTE: before any parser sees it: Foundation's decoder (and every other recursive walk of the value)
+        // recurses once per nesting level, so a body nested 100,000 deep would exhaust the stack.
+        guard nestingDepth(data, limit: maxNestingDepth) <= maxNestingDepth else {
+            throw APIError.invalid("The request body nests JSON arrays or objects more than \(maxNestingDepth) levels deep.")
+        }
         do {
             return try JSONDecoder().decode(T.self, from: data)
         } catch let e as DecodingError {
@@ -37,6 +42,32 @@ public enum RequestValidation {
         } catch {
             throw APIError.invalid("The request body is not valid JSON.")
         }
+    }
+
+    /// Deepest nesting of arrays and objects a request body may have (real requests need fewer than 10).
+    public static let maxNestingDepth = 128
+
+    /// The deepest nesting of `[` / `{` in `data` outside strings, counting stops once past `limit`.
+    static func nestingDepth(_ data: Data, limit: Int) -> Int {
+        var depth = 0, deepest = 0, inString = false, escaped = false
+        for b in data {
+            if inString {
+                if escaped { escaped = false } else if b == UInt8(ascii: "\\") { escaped = true } else if b == UInt8(ascii: "\"") { inString = false }
+                continue
+            }
+            switch b {
+            case UInt8(ascii: "\""): inString = true
+            case UInt8(ascii: "["), UInt8(ascii: "{"):
+                depth += 1
+                if depth > deepest {
+                    deepest = depth
+                    if deepest > limit { return deepest }
+                }
+            case UInt8(ascii: "]"), UInt8(ascii: "}"): depth -= 1
+            default: break
+            }
+        }
+        return deepest
     }
 
     static let integerKeys: Set<String> = ["max_tokens", "max_completion_tokens", "top_k", "n", "seed", "top_logprobs",

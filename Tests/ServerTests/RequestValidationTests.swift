@@ -83,6 +83,26 @@ final class RequestValidationTests: XCTestCase {
         }
     }
 
+    /// Bodies nested far deeper than any request (they would exhaust the stack of a recursive parser) get a 400,
+    /// wherever the nesting is; a body at the limit still parses.
+    func testDeeplyNestedBodiesAreRefusedBeforeParsing() throws {
+        let n = 100_000
+        let cases = [
+            "{\(msgs), \"stop\": " + String(repeating: "[", count: n) + String(repeating: "]", count: n) + "}",
+            "{\(msgs), \"extra\": " + String(repeating: "{\"a\":", count: n) + "1" + String(repeating: "}", count: n) + "}",
+            String(repeating: "[", count: n) + String(repeating: "]", count: n),
+            "{\"messages\": [{\"role\": \"user\", \"content\": " + String(repeating: "[", count: 20_000) + String(repeating: "]", count: 20_000) + "}]}",
+        ]
+        for body in cases {
+            let e = try XCTUnwrap(chatError(body))
+            XCTAssertTrue(e.message.contains("more than 128 levels deep"), e.message)
+        }
+        // Brackets inside strings do not count; 128 levels of real nesting still reach the decoder.
+        XCTAssertNil(chatError("{\(msgs), \"stop\": \"" + String(repeating: "[{", count: 100) + "\"}"))
+        let atLimit = "{\(msgs), \"extra\": " + String(repeating: "[", count: 126) + String(repeating: "]", count: 126) + "}"
+        XCTAssertNil(chatError(atLimit))
+    }
+
     func testMalformedBodies() {
         for body in ["", "{", "[1]", "null", "\"x\"", "{\"messages\": [}"] {
             XCTAssertEqual(chatError(body)?.status, .badRequest, body)

@@ -444,6 +444,22 @@ def test_body_too_large_413(server):
     c.close()
 
 
+def test_deeply_nested_bodies_get_400_and_the_server_lives(server):
+    """Bodies nested 100,000 deep (they used to crash the process through the recursive JSON decoder) get an
+    OpenAI-style 400 on every JSON route, and the server answers normally afterwards."""
+    n = 100_000
+    bodies = ['{"messages": [{"role": "user", "content": "hi"}], "stop": ' + "[" * n + "]" * n + "}",
+              '{"prompt": "hi", "x": ' + '{"a":' * n + "1" + "}" * n + "}",
+              "[" * n + "]" * n]
+    for path in ("/v1/chat/completions", "/v1/completions"):
+        for body in bodies:
+            status, raw = server.request("POST", path, body=body.encode())
+            assert status == 400, (path, status, raw[:200])
+            assert "more than 128 levels deep" in json.loads(raw)["error"]["message"]
+    r = chat(server.client(), server.model, "Hello", max_tokens=2)
+    assert r.usage.completion_tokens >= 1
+
+
 def test_unknown_route_404(server):
     status, err = error_of(server.request("GET", "/v1/nothing"))
     assert status == 404
