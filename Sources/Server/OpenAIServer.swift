@@ -328,14 +328,17 @@ struct OpenAIErrorMiddleware<Context: RequestContext>: RouterMiddleware {
     }
 }
 
-/// `--api-key`: every route but /health needs `Authorization: Bearer <key>`.
+/// `--api-key`: every route but /health (and CORS preflights, which browsers send without credentials) needs
+/// `Authorization: Bearer <key>`; the scheme name is case-insensitive (RFC 7235), the key is not.
 struct APIKeyMiddleware<Context: RequestContext>: RouterMiddleware {
     let key: [UInt8]
-    init(key: String) { self.key = Array("Bearer \(key)".utf8) }
+    init(key: String) { self.key = Array(key.utf8) }
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
-        if request.uri.path == "/health" { return try await next(request, context) }
-        let given = Array((request.headers[.authorization] ?? "").utf8)
+        if request.uri.path == "/health" || request.method == .options { return try await next(request, context) }
+        let header = request.headers[.authorization] ?? ""
+        let scheme = "bearer "
+        let given = header.lowercased().hasPrefix(scheme) ? Array(header.utf8.dropFirst(scheme.utf8.count)) : []
         // Constant-time comparison: the time taken does not reveal how much of the key matched.
         var diff = UInt8(given.count == key.count ? 0 : 1)
         for i in 0..<key.count { diff |= key[i] ^ (i < given.count ? given[i] : 0) }

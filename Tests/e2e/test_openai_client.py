@@ -672,6 +672,14 @@ def test_api_key():
             chat(s.client("wrong"), s.model, "hi", max_tokens=2)
         r = chat(s.client("sekret"), s.model, "hi", max_tokens=2)
         assert r.usage.completion_tokens >= 1
+        # The scheme name is case-insensitive (RFC 7235); the key is not; another scheme is refused.
+        assert s.request("GET", "/v1/models", headers={"Authorization": "bearer sekret"})[0] == 200
+        assert s.request("GET", "/v1/models", headers={"Authorization": "BEARER sekret"})[0] == 200
+        for bad in ("Bearer SEKRET", "Basic sekret", "Bearer", "sekret", "Bearer sekret2"):
+            status, err = error_of(s.request("GET", "/v1/models", headers={"Authorization": bad}))
+            assert status == 401 and err["type"] == "authentication_error", bad
+        # A CORS preflight carries no credentials: it must not be refused for lack of them.
+        assert s.request("OPTIONS", "/v1/chat/completions")[0] != 401
     finally:
         assert s.stop() == 0
 
