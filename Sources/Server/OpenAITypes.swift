@@ -105,7 +105,12 @@ public struct ChatCompletionRequest: Decodable, Sendable {
     enum CodingKeys: String, CodingKey {
         case messages, logprobs
         case topLogprobs = "top_logprobs"
+        case tools, functions
+        case toolChoice = "tool_choice", functionCall = "function_call", responseFormat = "response_format"
     }
+
+    /// `response_format` as far as it is read: only its type.
+    struct ResponseFormat: Decodable { var type: String? }
 
     public init(from decoder: Decoder) throws {
         common = try CommonFields(from: decoder)
@@ -113,6 +118,21 @@ public struct ChatCompletionRequest: Decodable, Sendable {
         messages = try c.decode([ChatMessage].self, forKey: .messages)
         logprobs = try c.decodeIfPresent(Bool.self, forKey: .logprobs)
         topLogprobs = try c.decodeIfPresent(Int.self, forKey: .topLogprobs)
+        // NOTE: fields that change what the answer must be are refused until they are supported, not ignored:
+        // a client asking for tool calls or JSON output must not silently get free text.
+        func present(_ k: CodingKeys) throws -> Bool { c.contains(k) ? !(try c.decodeNil(forKey: k)) : false }
+        for k in [CodingKeys.tools, .functions] where try present(k) {
+            if let list = try? c.decode([JSONAny].self, forKey: k), list.isEmpty { continue }
+            throw UnsupportedField(name: k.stringValue)
+        }
+        for k in [CodingKeys.toolChoice, .functionCall] where try present(k) {
+            if let s = try? c.decode(String.self, forKey: k), s == "none" || s == "auto" { continue }
+            throw UnsupportedField(name: k.stringValue)
+        }
+        if try present(.responseFormat) {
+            let f = try? c.decode(ResponseFormat.self, forKey: .responseFormat)
+            if f?.type != "text" { throw UnsupportedField(name: "response_format") }
+        }
     }
 }
 
@@ -357,4 +377,14 @@ public struct ModelCard: Encodable, Sendable {
 public struct ModelList: Encodable, Sendable {
     public var object = "list"
     public var data: [ModelCard]
+}
+
+/// A request field this server does not support yet, where ignoring it would change the meaning of the answer.
+struct UnsupportedField: Error {
+    let name: String
+}
+
+/// Any JSON value, skipped (only its presence matters).
+struct JSONAny: Decodable {
+    init(from decoder: Decoder) throws {}
 }

@@ -36,6 +36,9 @@ public enum RequestValidation {
         }
         do {
             return try JSONDecoder().decode(T.self, from: data)
+        } catch let e as UnsupportedField {
+            throw APIError.invalid("'\(e.name)' is not supported by this server yet; remove it (tool calls and structured output are not available).",
+                                   param: e.name, code: "unsupported_parameter")
         } catch let e as DecodingError {
             if case .dataCorrupted(let ctx) = e, ctx.codingPath.isEmpty, let precise = diagnoseNumbers(data) { throw precise }
             throw apiError(e)

@@ -103,6 +103,30 @@ final class RequestValidationTests: XCTestCase {
         XCTAssertNil(chatError(atLimit))
     }
 
+    /// Fields that would change what the answer must be (tool calls, structured output) are refused by name
+    /// until they are supported; their neutral values still pass.
+    func testUnsupportedFieldsAreRefusedByName() throws {
+        let refused = [
+            ("tools", #""tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]"#),
+            ("tool_choice", #""tool_choice": "required""#),
+            ("tool_choice", #""tool_choice": {"type": "function", "function": {"name": "f"}}"#),
+            ("functions", #""functions": [{"name": "f"}]"#),
+            ("function_call", #""function_call": {"name": "f"}"#),
+            ("response_format", #""response_format": {"type": "json_object"}"#),
+            ("response_format", #""response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}"#),
+        ]
+        for (name, field) in refused {
+            let e = try XCTUnwrap(chatError("{\(msgs), \(field)}"), field)
+            XCTAssertEqual(e.param, name, field)
+            XCTAssertEqual(e.status, .badRequest)
+            XCTAssertTrue(e.message.contains("'\(name)' is not supported"), e.message)
+        }
+        for neutral in [#""tools": []"#, #""tools": null"#, #""tool_choice": "none""#, #""tool_choice": "auto""#,
+                        #""response_format": {"type": "text"}"#, #""response_format": null"#] {
+            XCTAssertNil(chatError("{\(msgs), \(neutral)}"), neutral)
+        }
+    }
+
     func testMalformedBodies() {
         for body in ["", "{", "[1]", "null", "\"x\"", "{\"messages\": [}"] {
             XCTAssertEqual(chatError(body)?.status, .badRequest, body)
