@@ -30,16 +30,10 @@ public final class CUDADriver: @unchecked Sendable {
 
     /// Opens the driver and initialises it; nil with the reason when this machine has none.
     public static func load() -> Result<CUDADriver, CUDAError> {
-        let (lib, why) = DynamicLibrary.open(["libcuda.so.1", "libcuda.so"], dirs: cudaLibraryDirs())
-        guard let lib else { return .failure(CUDAError("no CUDA driver (libcuda.so.1: \(why))")) }
-        do {
+        DynamicLibrary.load(["libcuda.so.1", "libcuda.so"], what: "CUDA driver") { lib in
             let d = try CUDADriver(lib)
             try d.check(d.cuInit(0), "cuInit")
-            return .success(d)
-        } catch let e as CUDAError {
-            return .failure(e)
-        } catch {
-            return .failure(CUDAError("\(error)"))
+            return d
         }
     }
 

@@ -31,6 +31,15 @@ final class DynamicLibrary: @unchecked Sendable {
         return (nil, lastError)
     }
 
+    /// Opens the first of `names` that loads and binds it with `make`; the failure names `what` was looked for.
+    static func load<T>(_ names: [String], what: String, _ make: (DynamicLibrary) throws -> T) -> Result<T, CUDAError> {
+        let (lib, why) = open(names, dirs: cudaLibraryDirs())
+        guard let lib else { return .failure(CUDAError("no \(what) (\(names[0]): \(why))")) }
+        do { return .success(try make(lib)) } catch let e as CUDAError { return .failure(e) } catch {
+            return .failure(CUDAError("\(error)"))
+        }
+    }
+
     /// The function `name`, as the C function type `T`.
     func symbol<T>(_ name: String, as type: T.Type) throws -> T {
         guard let p = dlsym(handle, name) else {

@@ -20,11 +20,8 @@ public final class NVRTC: @unchecked Sendable {
 
     /// Opens the newest NVRTC found; nil with the reason when none is.
     public static func load() -> Result<NVRTC, CUDAError> {
-        let names = (11...14).reversed().map { "libnvrtc.so.\($0)" } + ["libnvrtc.so"]
-        let (lib, why) = DynamicLibrary.open(names, dirs: cudaLibraryDirs())
-        guard let lib else { return .failure(CUDAError("no NVRTC (libnvrtc.so.*: \(why))")) }
-        do { return .success(try NVRTC(lib)) } catch let e as CUDAError { return .failure(e) } catch {
-            return .failure(CUDAError("\(error)"))
+        DynamicLibrary.load((11...14).reversed().map { "libnvrtc.so.\($0)" } + ["libnvrtc.so"], what: "NVRTC") {
+            try NVRTC($0)
         }
     }
 

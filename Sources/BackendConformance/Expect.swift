@@ -72,27 +72,3 @@ public enum Expect {
         return a
     }
 }
-
-extension BackendConformance {
-    /// The backends under test: a name and a factory that makes a fresh instance, or nil when the backend is not
-    /// available on this machine (its checks are then skipped with a note). A new backend plugs in with ONE line
-    /// here, e.g. `("cuda", { CUDABackend.makeIfAvailable() }),`.
-    public static let backends: [(name: String, make: @Sendable () -> (any ComputeBackend)?)] = [
-        ("cpu", { CPUBackend(threads: 2) }),
-    ]
-
-    /// Every check, by name, in the order they run.
-    public static let checks: [(name: String, run: @Sendable (BackendConformance) throws -> Void)] = [
-        ("memory", { $0.checkMemory() }),
-        ("embed", { try $0.checkEmbed() }),
-        ("rmsNorm", { $0.checkRMSNorm() }),
-        ("matmul", { try $0.checkMatmul() }),
-        ("matmulGroup", { try $0.checkMatmulGroup() }),
-        ("matmulHeads", { try $0.checkMatmulHeads() }),
-        ("elementwise", { $0.checkElementwise() }),
-        ("rope", { $0.checkRoPE() }),
-        ("attention", { $0.checkAttention() }),
-        ("moeSelect", { $0.checkMoESelect() }),
-        ("expertExecutor", { try $0.checkExpertExecutor() }),
-    ]
-}

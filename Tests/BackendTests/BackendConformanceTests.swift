@@ -1,5 +1,5 @@
 // The backend conformance suite under XCTest: every backend in `BackendConformance.backends`
-// (Sources/BackendConformance/Expect.swift, where a new backend is one line) runs every check. The same checks run
+// (Sources/BackendConformance/Backends.swift, where a new backend is one line) runs every check. The same checks run
 // from the command line, where no Swift toolchain is (the GPU machine): `ktransformers devices --conformance`.
 import Backend
 import BackendConformance
