@@ -53,10 +53,13 @@ let package = Package(
                 swiftSettings: optimized),
         // The CUDA backend: the driver API and NVRTC loaded at run time (dlopen), so building needs no CUDA SDK and
         // the binary runs on machines without a GPU.
-        .target(name: "BackendCUDA", dependencies: ["Backend"], swiftSettings: optimized),
+        .target(name: "BackendCUDA", dependencies: ["Backend", "Quant"],
+                resources: ["common.cuh", "quant.cuh", "matvec.cu", "ops.cu", "attention.cu", "moe.cu"]
+                    .map { .embedInCode("Kernels/\($0)") },
+                swiftSettings: optimized),
         // The backend conformance checks (every ComputeBackend op against plain references), runnable from XCTest
         // and from `ktransformers devices --conformance` (the GPU machine has no Swift toolchain).
-        .target(name: "BackendConformance", dependencies: ["Backend", "Quant"], swiftSettings: optimized),
+        .target(name: "BackendConformance", dependencies: ["Backend", "BackendCUDA", "Quant"], swiftSettings: optimized),
         // Jinja-subset renderer for the chat templates GGUF files ship, plus built-in templates.
         .target(name: "ChatTemplate", swiftSettings: optimized),
         // Layers, architectures, registry keyed by general.architecture.

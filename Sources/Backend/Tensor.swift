@@ -83,5 +83,5 @@ public struct Tensor: @unchecked Sendable, Equatable {
 public enum RunMemory {
     private static let counter = ManagedAtomic<Int>(0)
     public static var allocations: Int { counter.load(ordering: .relaxed) }
-    static func noteAllocation() { counter.wrappingIncrement(ordering: .relaxed) }
+    public static func noteAllocation() { counter.wrappingIncrement(ordering: .relaxed) }
 }

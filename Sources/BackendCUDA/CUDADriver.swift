@@ -26,11 +26,21 @@ public final class CUDADriver: @unchecked Sendable {
     private let cuLaunchKernel: @convention(c) (Handle, UInt32, UInt32, UInt32, UInt32, UInt32, UInt32, UInt32, Handle?,
                                                 UnsafeMutablePointer<UnsafeMutableRawPointer?>?,
                                                 UnsafeMutablePointer<UnsafeMutableRawPointer?>?) -> Int32
+    private let cuMemcpyHtoDAsync: @convention(c) (CUdeviceptr, UnsafeRawPointer, Int, Handle?) -> Int32
+    private let cuMemcpyDtoHAsync: @convention(c) (UnsafeMutableRawPointer, CUdeviceptr, Int, Handle?) -> Int32
+    private let cuMemcpyDtoDAsync: @convention(c) (CUdeviceptr, CUdeviceptr, Int, Handle?) -> Int32
+    private let cuMemsetD32Async: @convention(c) (CUdeviceptr, UInt32, Int, Handle?) -> Int32
+    private let cuMemAllocHost: @convention(c) (UnsafeMutablePointer<UnsafeMutableRawPointer?>, Int) -> Int32
+    private let cuMemFreeHost: @convention(c) (UnsafeMutableRawPointer) -> Int32
+    private let cuMemGetInfo: @convention(c) (UnsafeMutablePointer<Int>, UnsafeMutablePointer<Int>) -> Int32
+    private let cuStreamCreate: @convention(c) (UnsafeMutablePointer<Handle?>, UInt32) -> Int32
+    private let cuStreamSynchronize: @convention(c) (Handle?) -> Int32
+    private let cuCtxGetCurrent: @convention(c) (UnsafeMutablePointer<Handle?>) -> Int32
     private let cuGetErrorString: @convention(c) (Int32, UnsafeMutablePointer<UnsafePointer<CChar>?>) -> Int32
 
     /// Opens the driver and initialises it; nil with the reason when this machine has none.
     public static func load() -> Result<CUDADriver, CUDAError> {
-        DynamicLibrary.load(["libcuda.so.1", "libcuda.so"], what: "CUDA driver") { lib in
+        DynamicLibrary.load(["libcuda.so.1", "libcuda.so"], what: "CUDA driver", override: "KTRANSFORMERS_CUDA_DRIVER") { lib in
             let d = try CUDADriver(lib)
             try d.check(d.cuInit(0), "cuInit")
             return d
@@ -57,6 +67,16 @@ public final class CUDADriver: @unchecked Sendable {
         cuModuleGetFunction = try l.symbol("cuModuleGetFunction", as: type(of: cuModuleGetFunction))
         cuLaunchKernel = try l.symbol("cuLaunchKernel", as: type(of: cuLaunchKernel))
         cuGetErrorString = try l.symbol("cuGetErrorString", as: type(of: cuGetErrorString))
+        cuMemcpyHtoDAsync = try l.symbol("cuMemcpyHtoDAsync_v2", as: type(of: cuMemcpyHtoDAsync))
+        cuMemcpyDtoHAsync = try l.symbol("cuMemcpyDtoHAsync_v2", as: type(of: cuMemcpyDtoHAsync))
+        cuMemcpyDtoDAsync = try l.symbol("cuMemcpyDtoDAsync_v2", as: type(of: cuMemcpyDtoDAsync))
+        cuMemsetD32Async = try l.symbol("cuMemsetD32Async", as: type(of: cuMemsetD32Async))
+        cuMemAllocHost = try l.symbol("cuMemAllocHost_v2", as: type(of: cuMemAllocHost))
+        cuMemFreeHost = try l.symbol("cuMemFreeHost", as: type(of: cuMemFreeHost))
+        cuMemGetInfo = try l.symbol("cuMemGetInfo_v2", as: type(of: cuMemGetInfo))
+        cuStreamCreate = try l.symbol("cuStreamCreate", as: type(of: cuStreamCreate))
+        cuStreamSynchronize = try l.symbol("cuStreamSynchronize", as: type(of: cuStreamSynchronize))
+        cuCtxGetCurrent = try l.symbol("cuCtxGetCurrent", as: type(of: cuCtxGetCurrent))
     }
 
     func check(_ r: Int32, _ call: String) throws {
@@ -97,14 +117,63 @@ public final class CUDADriver: @unchecked Sendable {
                 try attribute(75), try attribute(76), try attribute(16))
     }
 
-    /// Makes device `i`'s primary context current on this thread.
-    public func useDevice(_ i: Int) throws {
+    /// Makes device `i`'s primary context current on this thread and returns it.
+    @discardableResult
+    public func useDevice(_ i: Int) throws -> Handle {
         var d: CUdevice = 0
         try check(cuDeviceGet(&d, Int32(i)), "cuDeviceGet(\(i))")
         var ctx: Handle?
         try check(cuDevicePrimaryCtxRetain(&ctx, d), "cuDevicePrimaryCtxRetain")
         try check(cuCtxSetCurrent(ctx), "cuCtxSetCurrent")
+        return ctx!
     }
+
+    /// Makes `ctx` current on the calling thread unless it already is (the backend's ops can come from any thread).
+    public func makeCurrent(_ ctx: Handle) throws {
+        var cur: Handle?
+        _ = cuCtxGetCurrent(&cur)
+        if cur != ctx { try check(cuCtxSetCurrent(ctx), "cuCtxSetCurrent") }
+    }
+
+    /// Free and total bytes of the current device.
+    public func memoryInfo() throws -> (free: Int, total: Int) {
+        var f = 0, t = 0
+        try check(cuMemGetInfo(&f, &t), "cuMemGetInfo")
+        return (f, t)
+    }
+
+    public func makeStream() throws -> Handle {
+        var s: Handle?
+        try check(cuStreamCreate(&s, 1), "cuStreamCreate")  // CU_STREAM_NON_BLOCKING
+        return s!
+    }
+
+    public func synchronize(_ stream: Handle?) throws { try check(cuStreamSynchronize(stream), "cuStreamSynchronize") }
+
+    public func copyAsync(toDevice dst: CUdeviceptr, from src: UnsafeRawPointer, bytes: Int, stream: Handle?) throws {
+        try check(cuMemcpyHtoDAsync(dst, src, bytes, stream), "cuMemcpyHtoDAsync(\(bytes) bytes)")
+    }
+
+    public func copyAsync(toHost dst: UnsafeMutableRawPointer, from src: CUdeviceptr, bytes: Int, stream: Handle?) throws {
+        try check(cuMemcpyDtoHAsync(dst, src, bytes, stream), "cuMemcpyDtoHAsync(\(bytes) bytes)")
+    }
+
+    public func copyAsync(device dst: CUdeviceptr, from src: CUdeviceptr, bytes: Int, stream: Handle?) throws {
+        try check(cuMemcpyDtoDAsync(dst, src, bytes, stream), "cuMemcpyDtoDAsync(\(bytes) bytes)")
+    }
+
+    public func fill32(_ dst: CUdeviceptr, value: UInt32, count: Int, stream: Handle?) throws {
+        try check(cuMemsetD32Async(dst, value, count, stream), "cuMemsetD32Async")
+    }
+
+    /// Page-locked host memory (fast, asynchronous copies).
+    public func allocateHost(_ bytes: Int) throws -> UnsafeMutableRawPointer {
+        var p: UnsafeMutableRawPointer?
+        try check(cuMemAllocHost(&p, max(1, bytes)), "cuMemAllocHost(\(bytes) bytes)")
+        return p!
+    }
+
+    public func freeHost(_ p: UnsafeMutableRawPointer) { _ = cuMemFreeHost(p) }
 
     public func allocate(_ bytes: Int) throws -> CUdeviceptr {
         var p: CUdeviceptr = 0
@@ -133,12 +202,32 @@ public final class CUDADriver: @unchecked Sendable {
         return f!
     }
 
-    /// Launches `f` on the default stream with the kernel arguments `args` (each a pointer to its value).
+    /// Launches `f` on `stream` (nil: the default stream) with the kernel arguments `args` (each a pointer to its
+    /// value).
     public func launch(_ f: Handle, grid: (UInt32, UInt32, UInt32), block: (UInt32, UInt32, UInt32), sharedBytes: UInt32 = 0,
-                       args: inout [UnsafeMutableRawPointer?]) throws {
+                       stream: Handle? = nil, args: inout [UnsafeMutableRawPointer?]) throws {
         try args.withUnsafeMutableBufferPointer { a in
-            try check(cuLaunchKernel(f, grid.0, grid.1, grid.2, block.0, block.1, block.2, sharedBytes, nil, a.baseAddress, nil),
-                      "cuLaunchKernel")
+            try launch(f, grid: grid, block: block, sharedBytes: sharedBytes, stream: stream, args: a.baseAddress!)
         }
+    }
+
+    public func launch(_ f: Handle, grid: (UInt32, UInt32, UInt32), block: (UInt32, UInt32, UInt32), sharedBytes: UInt32,
+                       stream: Handle?, args: UnsafeMutablePointer<UnsafeMutableRawPointer?>) throws {
+        try check(cuLaunchKernel(f, grid.0, grid.1, grid.2, block.0, block.1, block.2, sharedBytes, stream, args, nil),
+                  "cuLaunchKernel")
+    }
+
+    /// Loads a compiled module (CUBIN or PTX).
+    public func loadModule(_ image: [UInt8]) throws -> Handle {
+        var module: Handle?
+        try image.withUnsafeBytes { try check(cuModuleLoadData(&module, $0.baseAddress!), "cuModuleLoadData") }
+        return module!
+    }
+
+    /// Kernel `name` of a loaded module.
+    public func function(_ module: Handle, named name: String) throws -> Handle {
+        var f: Handle?
+        try check(cuModuleGetFunction(&f, module, name), "cuModuleGetFunction(\(name))")
+        return f!
     }
 }

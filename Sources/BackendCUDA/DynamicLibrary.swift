@@ -32,8 +32,16 @@ final class DynamicLibrary: @unchecked Sendable {
     }
 
     /// Opens the first of `names` that loads and binds it with `make`; the failure names `what` was looked for.
-    static func load<T>(_ names: [String], what: String, _ make: (DynamicLibrary) throws -> T) -> Result<T, CUDAError> {
-        let (lib, why) = open(names, dirs: cudaLibraryDirs())
+    /// `override` names an environment variable that, when set, is the only path tried (the CUDA emulator of the
+    /// tests, or a library in an unusual place).
+    static func load<T>(_ names: [String], what: String, override: String? = nil,
+                        _ make: (DynamicLibrary) throws -> T) -> Result<T, CUDAError> {
+        var names = names, dirs = cudaLibraryDirs()
+        if let key = override, let path = ProcessInfo.processInfo.environment[key], !path.isEmpty {
+            names = [path]
+            dirs = []
+        }
+        let (lib, why) = open(names, dirs: dirs)
         guard let lib else { return .failure(CUDAError("no \(what) (\(names[0]): \(why))")) }
         do { return .success(try make(lib)) } catch let e as CUDAError { return .failure(e) } catch {
             return .failure(CUDAError("\(error)"))

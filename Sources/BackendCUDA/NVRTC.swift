@@ -20,7 +20,8 @@ public final class NVRTC: @unchecked Sendable {
 
     /// Opens the newest NVRTC found; nil with the reason when none is.
     public static func load() -> Result<NVRTC, CUDAError> {
-        DynamicLibrary.load((11...14).reversed().map { "libnvrtc.so.\($0)" } + ["libnvrtc.so"], what: "NVRTC") {
+        DynamicLibrary.load((11...14).reversed().map { "libnvrtc.so.\($0)" } + ["libnvrtc.so"], what: "NVRTC",
+                            override: "KTRANSFORMERS_NVRTC") {
             try NVRTC($0)
         }
     }

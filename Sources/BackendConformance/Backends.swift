@@ -1,11 +1,13 @@
 import Backend
+import BackendCUDA
 
 extension BackendConformance {
     /// The backends under test: a name and a factory that makes a fresh instance, or nil when the backend is not
-    /// available on this machine (its checks are then skipped with a note). A new backend plugs in with ONE line
-    /// here, e.g. `("cuda", { CUDABackend.makeIfAvailable() }),`.
-    public static let backends: [(name: String, make: @Sendable () -> (any ComputeBackend)?)] = [
+    /// available on this machine (its checks are then skipped with a note); it throws when the backend should
+    /// work here but does not (a GPU whose kernels fail to compile). A new backend plugs in with ONE line here.
+    public static let backends: [(name: String, make: @Sendable () throws -> (any ComputeBackend)?)] = [
         ("cpu", { CPUBackend(threads: 2) }),
+        ("cuda", { try CUDABackend.makeIfPresent() }),
     ]
 
     /// Every check, by name, in the order they run.

@@ -29,7 +29,7 @@ struct Devices: ParsableCommand {
         func say(_ s: String) { print(s, terminator: "") }
         var failed = 0
         for (name, make) in BackendConformance.backends {
-            guard let backend = make() else {
+            guard let backend = try make() else {
                 say("conformance [\(name)]: not available here, skipped\n")
                 continue
             }

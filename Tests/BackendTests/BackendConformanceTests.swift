@@ -13,7 +13,7 @@ final class BackendConformanceTests: XCTestCase {
         }
         var ran = 0
         for (backendName, make) in BackendConformance.backends {
-            guard let backend = make() else {
+            guard let backend = try make() else {
                 print("[\(backendName)] not available on this machine: conformance checks skipped")
                 continue
             }

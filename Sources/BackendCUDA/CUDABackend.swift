@@ -1,0 +1,521 @@
+import Backend
+import Foundation
+import Quant
+
+/// The CUDA backend: tensors, weights and the paged KV cache in one GPU's memory, every op a kernel of
+/// `Kernels/` on one stream. Weights are GGUF blocks uploaded as they are and decoded by the kernels (formats
+/// without a decoder there are converted to f32 at load, said once in the log). Activations stay f32 throughout
+/// (the CPU backend rounds some matmul inputs to 8 bits; here both precisions are f32).
+///
+/// The driver and NVRTC are loaded at run time; `make` fails with a message naming what is missing.
+public final class CUDABackend: ComputeBackend, @unchecked Sendable {
+    // NOTE: @unchecked: the ComputeBackend contract (one forward pass at a time; prepare/reserve at load) is what
+    // makes the mutable state here safe; `makeCurrent` binds the context on whatever thread calls.
+    public let ordinal: Int
+    public var device: Device { .gpu(ordinal) }
+    public let summary: String
+    public let gpuName: String
+    public let memoryBytes: Int
+    /// Where the kernels came from (compiled now, or the disk cache).
+    public let kernelOrigin: String
+    let driver: CUDADriver
+    let context: CUDADriver.Handle
+    let stream: CUDADriver.Handle
+    let kernels: CUDAKernels
+    private let args = ArgumentPack()
+    private var allocations: [UInt: Int] = [:]
+    private var staging: UnsafeMutableRawPointer?
+    private var stagingBytes = 0
+    private var routerWork: Tensor?
+    private var routerBias: [UnsafeRawPointer: Tensor] = [:]
+    /// Bytes of weights this backend holds, and the formats it converted at load.
+    public private(set) var weightBytes = 0
+    public private(set) var convertedFormats: [GGMLType: Int] = [:]
+    /// Called once per format converted at load (the CLI logs it).
+    public var onConversion: (@Sendable (String) -> Void)?
+
+    /// Formats the kernels decode in place.
+    static let formats: [GGMLType: String] = [
+        .f32: "f32", .f16: "f16", .bf16: "bf16", .q4_0: "q4_0", .q4_1: "q4_1", .q5_0: "q5_0", .q5_1: "q5_1",
+        .q8_0: "q8_0", .iq4_nl: "iq4_nl", .iq4_xs: "iq4_xs", .q2_K: "q2_K", .q4_K: "q4_K", .q5_K: "q5_K",
+        .q6_K: "q6_K",
+    ]
+
+    private init(ordinal: Int, driver: CUDADriver, nvrtc: NVRTC) throws {
+        self.ordinal = ordinal
+        self.driver = driver
+        guard ordinal < (try driver.deviceCount()) else {
+            throw CUDAError("cuda:\(ordinal): the driver sees \(try driver.deviceCount()) GPU(s)")
+        }
+        let p = try driver.properties(ordinal)
+        context = try driver.useDevice(ordinal)
+        stream = try driver.makeStream()
+        kernels = try CUDAKernels(driver: driver, nvrtc: nvrtc, major: p.major, minor: p.minor)
+        gpuName = p.name
+        memoryBytes = p.bytes
+        kernelOrigin = kernels.origin
+        summary = String(format: "cuda:%d (%@, %.1f GiB, sm_%d%d, %d SMs)", ordinal, p.name, Double(p.bytes) / 1_073_741_824,
+                         p.major, p.minor, p.multiprocessors)
+    }
+
+    /// The backend on GPU `ordinal`, or an error saying what is missing (driver, GPU, NVRTC) or what failed.
+    public static func make(ordinal: Int = 0) throws -> CUDABackend {
+        let driver: CUDADriver
+        switch CUDADriver.load() {
+        case .failure(let e): throw CUDAError("CUDA is not usable on this machine: \(e.description)")
+        case .success(let d): driver = d
+        }
+        let nvrtc: NVRTC
+        switch NVRTC.load() {
+        case .failure(let e): throw CUDAError("CUDA is not usable on this machine: \(e.description) (NVRTC compiles the kernels; install the CUDA toolkit's libnvrtc or set CUDA_HOME)")
+        case .success(let n): nvrtc = n
+        }
+        return try CUDABackend(ordinal: ordinal, driver: driver, nvrtc: nvrtc)
+    }
+
+    /// The backend on GPU 0; nil when this machine has no CUDA driver, no GPU or no NVRTC (the conformance suite
+    /// then skips it); an error when it has them and the backend still fails (kernels that do not compile).
+    public static func makeIfPresent() throws -> CUDABackend? {
+        guard case .success(let driver) = CUDADriver.load(), (try? driver.deviceCount()) ?? 0 > 0,
+              case .success(let nvrtc) = NVRTC.load() else { return nil }
+        return try CUDABackend(ordinal: 0, driver: driver, nvrtc: nvrtc)
+    }
+
+    deinit {
+        try? driver.makeCurrent(context)
+        try? driver.synchronize(stream)
+        for (p, _) in allocations { driver.free(CUDADriver.CUdeviceptr(p)) }
+        if let staging { driver.freeHost(staging) }
+    }
+
+    // MARK: plumbing
+
+    @inline(__always)
+    func must(_ what: @autoclosure () -> String, _ body: () throws -> Void) {
+        do { try body() } catch { fatalError("CUDA backend (\(gpuName)): \(what()): \(error)") }
+    }
+
+    func current() { must("cuCtxSetCurrent") { try driver.makeCurrent(context) } }
+
+    /// Launches kernel `f` on the backend's stream.
+    func launch(_ f: CUDADriver.Handle, _ name: @autoclosure () -> String, grid: (Int, Int, Int), block: Int,
+                shared: Int = 0, _ a: [KernelArg]) {
+        if grid.0 == 0 || grid.1 == 0 || grid.2 == 0 { return }
+        must("launch of \(name())") {
+            try driver.launch(f, grid: (UInt32(grid.0), UInt32(grid.1), UInt32(grid.2)), block: (UInt32(block), 1, 1),
+                              sharedBytes: UInt32(shared), stream: stream, args: args.pack(a))
+        }
+    }
+
+    func launch(_ name: String, grid: (Int, Int, Int), block: Int, _ a: [KernelArg]) {
+        launch(kernels.function(name), name, grid: grid, block: block, a)
+    }
+
+    /// Blocks for a grid-stride loop over `count` elements.
+    @inline(__always)
+    static func blocks(_ count: Int, _ threads: Int = 256) -> Int { max(1, min((count + threads - 1) / threads, 4096)) }
+
+    func deviceAllocate(bytes: Int) -> UInt {
+        current()
+        var p: CUDADriver.CUdeviceptr = 0
+        must("allocation of \(bytes) bytes") { p = try driver.allocate(bytes) }
+        allocations[UInt(p)] = bytes
+        RunMemory.noteAllocation()
+        return UInt(p)
+    }
+
+    /// Synchronises the stream (tests and timing).
+    public func synchronize() {
+        current()
+        must("cuStreamSynchronize") { try driver.synchronize(stream) }
+    }
+
+    /// Free and total device memory.
+    public func memoryInfo() -> (free: Int, total: Int) {
+        current()
+        var r = (free: 0, total: 0)
+        must("cuMemGetInfo") { r = try driver.memoryInfo() }
+        return r
+    }
+
+    // MARK: memory
+
+    public func allocate(_ count: Int) -> Tensor {
+        let p = deviceAllocate(bytes: max(1, count) * 4)
+        must("clearing an allocation") { try driver.fill32(CUDADriver.CUdeviceptr(p), value: 0, count: max(1, count), stream: stream) }
+        return Tensor(address: p, count: count, device: device)
+    }
+
+    public func release(_ t: Tensor) {
+        guard allocations.removeValue(forKey: t.address) != nil else { return }
+        current()
+        must("cuStreamSynchronize") { try driver.synchronize(stream) }
+        driver.free(CUDADriver.CUdeviceptr(t.address))
+    }
+
+    public func upload(_ values: [Float]) -> Tensor {
+        let t = allocate(values.count)
+        values.withUnsafeBufferPointer { write($0, to: t) }
+        return t
+    }
+
+    private func copyIn(_ p: UnsafeRawPointer, bytes: Int, to address: UInt) {
+        guard bytes > 0 else { return }
+        current()
+        must("host-to-device copy") {
+            try driver.copyAsync(toDevice: CUDADriver.CUdeviceptr(address), from: p, bytes: bytes, stream: stream)
+        }
+    }
+
+    public func write(_ values: UnsafeBufferPointer<Int32>, to t: Tensor) {
+        precondition(values.count <= t.count, "write of \(values.count) elements into a tensor of \(t.count)")
+        if let b = values.baseAddress { copyIn(b, bytes: values.count * 4, to: t.address) }
+    }
+
+    public func write(_ values: UnsafeBufferPointer<Float>, to t: Tensor) {
+        precondition(values.count <= t.count, "write of \(values.count) elements into a tensor of \(t.count)")
+        if let b = values.baseAddress { copyIn(b, bytes: values.count * 4, to: t.address) }
+    }
+
+    public func read(_ t: Tensor, count: Int) -> UnsafeMutablePointer<Float> {
+        current()
+        let bytes = max(1, count) * 4
+        if stagingBytes < bytes {
+            if let staging { driver.freeHost(staging) }
+            must("pinned staging of \(bytes) bytes") { staging = try driver.allocateHost(bytes) }
+            stagingBytes = bytes
+            RunMemory.noteAllocation()
+        }
+        must("device-to-host copy") {
+            if count > 0 {
+                try driver.copyAsync(toHost: staging!, from: CUDADriver.CUdeviceptr(t.address), bytes: count * 4, stream: stream)
+            }
+            try driver.synchronize(stream)
+        }
+        return staging!.bindMemory(to: Float.self, capacity: max(1, count))
+    }
+
+    public func makeKVCache(pageSize: Int, numPages: Int, kDims: [Int], vDims: [Int]) -> KVCache {
+        let slots = pageSize * numPages
+        let k = kDims.map { allocate(max(1, slots * $0)) }
+        let v = vDims.map { allocate(max(1, slots * $0)) }
+        return KVCache(pageSize: pageSize, numPages: numPages, kDims: kDims, vDims: vDims, k: k, v: v, device: device,
+                       storage: DeviceTensors(backend: self, tensors: k + v))
+    }
+
+    public func makeRopeTable(_ rope: RoPE, positions: Int) -> RopeTable {
+        var host = [Float](repeating: 0, count: max(1, positions * rope.dims))
+        host.withUnsafeMutableBufferPointer { b in
+            for pos in 0..<positions { rope.table(position: pos, into: b.baseAddress! + pos * rope.dims) }
+        }
+        return RopeTable(rope: rope, table: upload(host), positions: positions)
+    }
+
+    // MARK: weights
+
+    /// Uploads `rows` rows of a weight: as they are when the kernels decode the format, else decoded to f32.
+    private func uploadWeight(name: String, type: GGMLType, rows: Int, cols: Int, data: UnsafeRawPointer,
+                              host: QuantKernels, hostRowBytes: Int) throws -> CUDAWeight {
+        if let tag = Self.formats[type] {
+            let bytes = rows * hostRowBytes
+            let p = deviceAllocate(bytes: max(1, bytes))
+            copyIn(data, bytes: bytes, to: p)
+            weightBytes += bytes
+            return CUDAWeight(address: p, tag: tag, rowBytes: hostRowBytes, kernels: kernels)
+        }
+        if convertedFormats[type] == nil {
+            onConversion?("cuda: no kernel reads \(type) blocks; \(type) weights are converted to f32 at load (\(name) first)")
+        }
+        convertedFormats[type, default: 0] += 1
+        let rowBytes = cols * 4
+        let p = deviceAllocate(bytes: max(1, rows * rowBytes))
+        let chunkRows = max(1, (1 << 22) / max(1, cols))
+        var chunk = [Float](repeating: 0, count: chunkRows * cols)
+        var r = 0
+        while r < rows {
+            let n = min(chunkRows, rows - r)
+            chunk.withUnsafeMutableBufferPointer { c in
+                for i in 0..<n { host.dequantize(data + (r + i) * hostRowBytes, c.baseAddress! + i * cols, cols) }
+            }
+            chunk.withUnsafeBytes { copyIn($0.baseAddress!, bytes: n * rowBytes, to: p + UInt(r * rowBytes)) }
+            // The copy from pageable memory is staged before it returns, so the buffer can be reused.
+            r += n
+        }
+        weightBytes += rows * rowBytes
+        return CUDAWeight(address: p, tag: "f32", rowBytes: rowBytes, kernels: kernels)
+    }
+
+    public func prepare(_ w: WeightRef) throws -> WeightMatrix {
+        guard w.shape.count == 2 else { throw BackendError("tensor '\(w.name)': shape \(w.shape) is not a matrix") }
+        let host = try WeightMatrix(name: w.name, type: w.type, rows: w.shape[1], cols: w.shape[0], data: w.data, owner: w.owner)
+        let g = try uploadWeight(name: w.name, type: w.type, rows: host.rows, cols: host.cols, data: w.data,
+                                 host: host.kernels, hostRowBytes: host.rowBytes)
+        return try WeightMatrix(name: w.name, type: w.type, rows: host.rows, cols: host.cols, data: w.data, owner: w.owner,
+                                device: device, storage: g)
+    }
+
+    public func prepareStack(_ w: WeightRef) throws -> WeightStack {
+        guard w.shape.count == 3 else { throw BackendError("tensor '\(w.name)': shape \(w.shape) is not a stack of matrices") }
+        let host = try WeightStack(name: w.name, type: w.type, count: w.shape[2], rows: w.shape[1], cols: w.shape[0],
+                                   data: w.data, owner: w.owner)
+        let g = try uploadWeight(name: w.name, type: w.type, rows: host.rows * host.count, cols: host.cols, data: w.data,
+                                 host: host.kernels, hostRowBytes: host.rowBytes)
+        return try WeightStack(name: w.name, type: w.type, count: host.count, rows: host.rows, cols: host.cols, data: w.data,
+                               owner: w.owner, device: device, storage: g)
+    }
+
+    public func makeExpertExecutor(nExpert: Int, dim: Int, ff: Int) -> any ExpertExecutor {
+        CUDAExpertExecutor(backend: self, dim: dim, ff: ff)
+    }
+
+    private var plan = ForwardPlan(maxTokens: 0, contextLength: 0, maxQueryGroup: 1)
+
+    public func reserve(_ p: ForwardPlan) {
+        let grown = ForwardPlan(maxTokens: max(plan.maxTokens, p.maxTokens), contextLength: max(plan.contextLength, p.contextLength),
+                                maxQueryGroup: max(plan.maxQueryGroup, p.maxQueryGroup), routerWork: max(plan.routerWork, p.routerWork))
+        let need = grown.maxTokens * grown.routerWork
+        if need > (routerWork?.count ?? 0) {
+            if let old = routerWork { release(old) }
+            routerWork = allocate(need)
+        }
+        plan = grown
+    }
+
+    static func weight(_ m: WeightMatrix) -> CUDAWeight {
+        guard let w = m.storage as? CUDAWeight else {
+            preconditionFailure("weight '\(m.name)' is on \(m.device), not prepared by the CUDA backend")
+        }
+        return w
+    }
+
+    static func weight(_ s: WeightStack) -> CUDAWeight {
+        guard let w = s.storage as? CUDAWeight else {
+            preconditionFailure("weight '\(s.name)' is on \(s.device), not prepared by the CUDA backend")
+        }
+        return w
+    }
+
+    // MARK: ops
+
+    public func embed(_ table: WeightMatrix, tokens: Tensor, n: Int, out: Tensor, scale: Float) {
+        let w = Self.weight(table)
+        current()
+        launch(w.embed, "embed_\(w.tag)", grid: (n, 1, 1), block: 128,
+               [.ptr(w.address), .i64(w.rowBytes), .i32(table.cols), .ptr(tokens.address), .ptr(out.address), .f32(scale)])
+    }
+
+    public func rmsNorm(_ x: Tensor, weight: Tensor, out: Tensor, rows: Int, dim: Int, stride: Int, eps: Float) {
+        current()
+        launch("rms_norm", grid: (rows, 1, 1), block: 256,
+               [.ptr(x.address), .ptr(weight.address), .ptr(out.address), .i32(dim), .i64(stride), .f32(eps)])
+    }
+
+    public func rmsNormRows(_ x: Tensor, indices: Tensor, count: Int, weight: Tensor, out: Tensor, dim: Int, eps: Float) {
+        current()
+        launch("rms_norm_rows", grid: (count, 1, 1), block: 256,
+               [.ptr(x.address), .ptr(indices.address), .ptr(weight.address), .ptr(out.address), .i32(dim), .f32(eps)])
+    }
+
+    private func matvec(_ w: CUDAWeight, rows: Int, cols: Int, matrixBytes: Int, heads: Int, x: Tensor, xStride: Int,
+                        xHeadStride: Int, y: Tensor, yStride: Int, yHeadStride: Int, n: Int) {
+        launch(w.matvec, "matvec_\(w.tag)", grid: ((rows + 3) / 4, (n + 7) / 8, heads), block: 128,
+               [.ptr(w.address), .i64(w.rowBytes), .i64(matrixBytes), .i32(rows), .i32(cols), .ptr(x.address), .i64(xStride),
+                .i64(xHeadStride), .ptr(y.address), .i64(yStride), .i64(yHeadStride), .i32(n)])
+    }
+
+    public func matmul(_ w: WeightMatrix, _ x: Tensor, _ y: Tensor, n: Int, precision: MatmulPrecision) {
+        current()
+        matvec(Self.weight(w), rows: w.rows, cols: w.cols, matrixBytes: 0, heads: 1, x: x, xStride: w.cols, xHeadStride: 0,
+               y: y, yStride: w.rows, yHeadStride: 0, n: n)
+    }
+
+    public func matmulGroup(_ w0: WeightMatrix, _ y0: Tensor, _ w1: WeightMatrix, _ y1: Tensor, _ w2: WeightMatrix?,
+                            _ y2: Tensor?, x: Tensor, n: Int) {
+        matmul(w0, x, y0, n: n, precision: .standard)
+        matmul(w1, x, y1, n: n, precision: .standard)
+        if let w2, let y2 { matmul(w2, x, y2, n: n, precision: .standard) }
+    }
+
+    public func matmulHeads(_ w: WeightStack, _ x: Tensor, xStride: Int, xHeadStride: Int, _ y: Tensor, yStride: Int,
+                            yHeadStride: Int, n: Int) {
+        current()
+        let g = Self.weight(w)
+        matvec(g, rows: w.rows, cols: w.cols, matrixBytes: g.rowBytes * w.rows, heads: w.count, x: x, xStride: xStride,
+               xHeadStride: xHeadStride, y: y, yStride: yStride, yHeadStride: yHeadStride, n: n)
+    }
+
+    public func addBias(_ bias: Tensor, to x: Tensor, rows: Int) {
+        current()
+        let count = rows * bias.count
+        launch("add_bias", grid: (Self.blocks(count), 1, 1), block: 256,
+               [.ptr(bias.address), .ptr(x.address), .i32(bias.count), .i64(count)])
+    }
+
+    public func rope(_ x: Tensor, rows: Int, rowStride: Int, heads: Int, headStride: Int, table: RopeTable,
+                     positions: Tensor, norm: Tensor?, eps: Float) {
+        current()
+        launch("rope", grid: (rows, heads, 1), block: 128,
+               [.ptr(x.address), .i64(rowStride), .i32(headStride), .ptr(table.table.address), .i32(table.dims),
+                .i32(table.rope.neox ? 1 : 0), .ptr(positions.address), .ptr(norm?.address ?? 0), .f32(eps)])
+    }
+
+    public func storeKV(k: Tensor, v: Tensor, n: Int, cache: KVCache, layer: Int, meta: BatchMetadata) {
+        current()
+        launch("store_kv", grid: (n, 1, 1), block: 128,
+               [.ptr(k.address), .ptr(v.address), .i32(cache.kDims[layer]), .i32(cache.vDims[layer]),
+                .ptr(meta.slotMapping.address), .ptr(cache.k(layer).address), .ptr(cache.v(layer).address)])
+    }
+
+    public func attention(q: Tensor, out: Tensor, n: Int, cache: KVCache, layer: Int, meta: BatchMetadata,
+                          params p: AttentionParams) {
+        precondition(p.headDim <= 1024 && p.headDimV <= 512, "CUDA attention: head dims \(p.headDim)/\(p.headDimV) above 1024/512")
+        current()
+        let kd = cache.kDims[layer]
+        let vc = p.valueInKey ? cache.k(layer) : cache.v(layer)
+        let vStride = p.valueInKey ? kd : cache.vDims[layer]
+        let vHeadStride = p.valueInKey ? p.headDim : p.headDimV
+        launch("attention", grid: (n, p.nHead, 1), block: 128,
+               [.ptr(q.address), .ptr(out.address), .ptr(cache.k(layer).address), .ptr(vc.address), .i32(kd), .i32(vStride),
+                .i32(vHeadStride), .i32(p.nHead), .i32(p.nKVHead), .i32(p.headDim), .i32(p.headDimV), .f32(p.scale),
+                .i32(p.window), .f32(p.softcap), .ptr(meta.positions.address), .ptr(meta.sequenceOfToken.address),
+                .ptr(meta.blockTables.address), .i32(meta.blockTableStride), .i32(meta.pageSize)])
+    }
+
+    public func gatedActivation(_ g: Tensor, _ u: Tensor, count: Int, _ kind: GatedActivation) {
+        current()
+        launch(kind == .silu ? "gated_silu" : "gated_gelu", grid: (Self.blocks(count), 1, 1), block: 256,
+               [.ptr(g.address), .ptr(u.address), .i64(count)])
+    }
+
+    public func add(_ x: Tensor, into y: Tensor, count: Int) {
+        current()
+        launch("add_into", grid: (Self.blocks(count), 1, 1), block: 256, [.ptr(x.address), .ptr(y.address), .i64(count)])
+    }
+
+    public func copyRows(_ src: Tensor, srcStride: Int, _ dst: Tensor, dstStride: Int, rows: Int, width: Int) {
+        current()
+        launch("copy_rows", grid: (Self.blocks(rows * width), 1, 1), block: 256,
+               [.ptr(src.address), .i64(srcStride), .ptr(dst.address), .i64(dstStride), .i32(rows), .i32(width)])
+    }
+
+    public func fill(_ x: Tensor, count: Int, value: Float) {
+        current()
+        launch("fill", grid: (Self.blocks(count), 1, 1), block: 256, [.ptr(x.address), .i64(count), .f32(value)])
+    }
+
+    public func moeSelect(logits: Tensor, nExpert: Int, routing: MoERouting, experts: Tensor, weights: Tensor, n: Int) {
+        current()
+        let stride = routing.workFloats(nExpert: nExpert)
+        guard let work = routerWork, work.count >= n * stride else {
+            preconditionFailure("CUDA router work not reserved for \(n) tokens of \(stride) floats")
+        }
+        var bias: UInt = 0
+        if let b = routing.selectionBias {
+            let key = b.withUnsafeBufferPointer { UnsafeRawPointer($0.baseAddress!) }
+            if let t = routerBias[key] { bias = t.address } else {
+                let t = upload(b)
+                routerBias[key] = t
+                bias = t.address
+            }
+        }
+        launch("moe_select", grid: ((n + 63) / 64, 1, 1), block: 64,
+               [.ptr(logits.address), .i32(n), .i32(nExpert), .i32(routing.topK), .i32(routing.scoring == .softmax ? 0 : 1),
+                .i32(routing.normalizeTopK ? 1 : 0), .f32(routing.scale), .ptr(bias), .i32(routing.groups),
+                .i32(routing.groupsUsed), .i32(routing.groupScore == .max ? 0 : 1), .ptr(work.address), .i32(stride),
+                .ptr(experts.address), .ptr(weights.address)])
+    }
+
+    public func sigmoidGate(_ out: Tensor, gate: Tensor, x: Tensor, width: Int, n: Int) {
+        current()
+        launch("sigmoid_gate", grid: (n, 1, 1), block: 256, [.ptr(out.address), .ptr(gate.address), .ptr(x.address), .i32(width)])
+    }
+
+    public func softcap(_ x: Tensor, count: Int, cap: Float) {
+        current()
+        launch("softcap", grid: (Self.blocks(count), 1, 1), block: 256, [.ptr(x.address), .i64(count), .f32(cap)])
+    }
+}
+
+/// A weight in device memory: its blocks (or their f32 conversion) and the kernels that read its format.
+final class CUDAWeight: @unchecked Sendable {
+    let address: UInt
+    /// The kernels' name for the device format ("q4_K", ..., "f32").
+    let tag: String
+    let rowBytes: Int
+    let matvec: CUDADriver.Handle
+    let matvecExperts: CUDADriver.Handle
+    let embed: CUDADriver.Handle
+
+    init(address: UInt, tag: String, rowBytes: Int, kernels: CUDAKernels) {
+        self.address = address
+        self.tag = tag
+        self.rowBytes = rowBytes
+        matvec = kernels.function("matvec_\(tag)")
+        matvecExperts = kernels.function("matvec_experts_\(tag)")
+        embed = kernels.function("embed_\(tag)")
+    }
+}
+
+/// Device tensors freed when the object that holds them (a KV cache) goes away.
+final class DeviceTensors: @unchecked Sendable {
+    let backend: CUDABackend
+    let tensors: [Tensor]
+    init(backend: CUDABackend, tensors: [Tensor]) {
+        self.backend = backend
+        self.tensors = tensors
+    }
+    deinit { tensors.forEach { backend.release($0) } }
+}
+
+/// The routed experts of MoE layers whose expert weights are on the GPU: for every (token, chosen expert) pair,
+/// gate and up rows, SwiGLU, down rows, each pair's expert found through the ids in device memory (no host
+/// round trip); `wait` adds the weighted outputs to the residual in choice order.
+final class CUDAExpertExecutor: ExpertExecutor {
+    let backend: CUDABackend
+    let dim: Int
+    let ff: Int
+    private var gate: Tensor?
+    private var up: Tensor?
+    private var down: Tensor?
+    private var capacity = 0
+    private var topK = 0
+
+    init(backend: CUDABackend, dim: Int, ff: Int) {
+        self.backend = backend
+        self.dim = dim
+        self.ff = ff
+    }
+
+    func reserve(maxTokens: Int, topK: Int) {
+        let pairs = maxTokens * topK
+        guard pairs > capacity else { return }
+        [gate, up, down].compactMap { $0 }.forEach { backend.release($0) }
+        gate = backend.allocate(pairs * ff)
+        up = backend.allocate(pairs * ff)
+        down = backend.allocate(pairs * dim)
+        capacity = pairs
+    }
+
+    func submit(_ experts: ExpertWeights, x: Tensor, ids: Tensor, n: Int, topK k: Int) {
+        let pairs = n * k
+        precondition(pairs <= capacity, "CUDA expert executor reserved for \(capacity) pairs, asked for \(pairs)")
+        topK = k
+        let g = CUDABackend.weight(experts.gate), u = CUDABackend.weight(experts.up), d = CUDABackend.weight(experts.down)
+        backend.current()
+        func run(_ w: CUDAWeight, _ stack: WeightStack, x: Tensor, xDiv: Int, y: Tensor) {
+            backend.launch(w.matvecExperts, "matvec_experts_\(w.tag)", grid: ((stack.rows + 3) / 4, pairs, 1), block: 128,
+                           [.ptr(w.address), .i64(w.rowBytes), .i64(w.rowBytes * stack.rows), .i32(stack.rows), .i32(stack.cols),
+                            .ptr(x.address), .i32(xDiv), .ptr(ids.address), .ptr(y.address)])
+        }
+        run(g, experts.gate, x: x, xDiv: k, y: gate!)
+        run(u, experts.up, x: x, xDiv: k, y: up!)
+        backend.gatedActivation(gate!, up!, count: pairs * ff, .silu)
+        run(d, experts.down, x: gate!, xDiv: 1, y: down!)
+    }
+
+    func wait(weights: Tensor, accumulateInto out: Tensor, n: Int) {
+        backend.current()
+        backend.launch("moe_combine", grid: (CUDABackend.blocks(n * dim), 1, 1), block: 256,
+                       [.ptr(down!.address), .ptr(weights.address), .ptr(out.address), .i32(n), .i32(topK), .i32(dim)])
+    }
+}

@@ -1,0 +1,69 @@
+// Causal paged attention of a step's query rows (a mix of prefill chunks and decode tokens) over the paged K/V
+// pool, through the scheduler's block tables. One block of 128 threads per (query token, head): the visible
+// positions go in tiles of 128 (a key per thread), with a running max and sum (online softmax), and each thread
+// owns up to 4 of the head's value dimensions. GQA (query heads share a K/V head), sliding windows, tanh
+// soft-capping, and MLA's value-in-key layout (V = the first headDimV floats of each K row).
+
+#define KT_ATT_THREADS 128
+#define KT_ATT_MAX_HEAD 1024
+#define KT_ATT_MAX_VDIMS 4
+
+extern "C" __global__ void __launch_bounds__(KT_ATT_THREADS) attention(
+        const float* q, float* out, const float* kc, const float* vc, int kStride, int vStride, int vHeadStride,
+        int nHead, int nKVHead, int headDim, int headDimV, float scale, int window, float softcap,
+        const int* positions, const int* seqOfToken, const int* blockTables, int blockTableStride, int pageSize) {
+    __shared__ float qs[KT_ATT_MAX_HEAD];
+    __shared__ float p[KT_ATT_THREADS];
+    __shared__ int slots[KT_ATT_THREADS];
+    __shared__ float scratch[32];
+    int t = blockIdx.x, h = blockIdx.y, tid = threadIdx.x;
+    int kvh = h / (nHead / nKVHead);
+    const float* qh = q + ((i64)t * nHead + h) * headDim;
+    for (int i = tid; i < headDim; i += KT_ATT_THREADS) qs[i] = qh[i];
+    int pos = positions[t], seq = seqOfToken[t];
+    int lo = window > 0 ? max(0, pos - window + 1) : 0;
+    const int* table = blockTables + (i64)seq * blockTableStride;
+    const float* kh = kc + (i64)kvh * headDim;
+    const float* vh = vc + (i64)kvh * vHeadStride;
+    float acc[KT_ATT_MAX_VDIMS];
+    for (int i = 0; i < KT_ATT_MAX_VDIMS; i++) acc[i] = 0.0f;
+    float m = -INFINITY, l = 0.0f;
+    __syncthreads();
+    for (int start = lo; start <= pos; start += KT_ATT_THREADS) {
+        int j = start + tid;
+        float s = -INFINITY;
+        int slot = 0;
+        if (j <= pos) {
+            slot = table[j / pageSize] * pageSize + j % pageSize;
+            const float* kr = kh + (i64)slot * kStride;
+            float d = 0.0f;
+            for (int i = 0; i < headDim; i++) d += qs[i] * kr[i];
+            s = d * scale;
+            if (softcap > 0.0f) s = softcap * tanhf(s / softcap);
+        }
+        float tileMax = kt_block_max(s, scratch);
+        float mNew = fmaxf(m, tileMax);
+        float e = j <= pos ? expf(s - mNew) : 0.0f;
+        p[tid] = e;
+        slots[tid] = slot;
+        float tileSum = kt_block_sum(e, scratch);  // (its barriers also publish p and slots)
+        float corr = expf(m - mNew);
+        l = l * corr + tileSum;
+        int count = min(KT_ATT_THREADS, pos - start + 1);
+        for (int k = 0; k < KT_ATT_MAX_VDIMS; k++) {
+            int dIdx = tid + k * KT_ATT_THREADS;
+            if (dIdx >= headDimV) break;
+            float a = acc[k] * corr;
+            for (int jj = 0; jj < count; jj++) a += p[jj] * vh[(i64)slots[jj] * vStride + dIdx];
+            acc[k] = a;
+        }
+        m = mNew;
+        __syncthreads();
+    }
+    float inv = 1.0f / l;
+    float* o = out + ((i64)t * nHead + h) * headDimV;
+    for (int k = 0; k < KT_ATT_MAX_VDIMS; k++) {
+        int dIdx = tid + k * KT_ATT_THREADS;
+        if (dIdx < headDimV) o[dIdx] = acc[k] * inv;
+    }
+}

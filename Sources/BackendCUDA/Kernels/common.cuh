@@ -1,0 +1,50 @@
+// Shared definitions of the CUDA backend's kernels (compiled at run time by NVRTC, with the other files of this
+// folder after it; see CUDAKernels.swift). Tensors are f32 activations and i32 metadata; weights are GGUF blocks,
+// read in place. Every kernel is `extern "C"` so the backend finds it by name.
+typedef unsigned char u8;
+typedef signed char i8;
+typedef unsigned short u16;
+typedef unsigned int u32;
+typedef long long i64;
+
+#ifndef KT_EMULATOR
+__device__ __forceinline__ float kt_half_to_float(u16 h) {
+    float f;
+    asm("{ cvt.f32.f16 %0, %1; }" : "=f"(f) : "h"(h));
+    return f;
+}
+__device__ __forceinline__ float kt_bf16_to_float(u16 h) { return __uint_as_float(((u32)h) << 16); }
+#define KT_DYNAMIC_SHARED(type, name) extern __shared__ __align__(16) unsigned char kt_smem_raw[]; type* name = (type*)kt_smem_raw
+#endif
+
+__device__ __forceinline__ u16 kt_load16(const u8* p) { return (u16)(p[0] | (p[1] << 8)); }
+__device__ __forceinline__ float kt_f16(const u8* p) { return kt_half_to_float(kt_load16(p)); }
+
+__device__ __forceinline__ float kt_warp_sum(float v) {
+    for (int m = 16; m > 0; m >>= 1) v += __shfl_xor_sync(0xffffffffu, v, m);
+    return v;
+}
+__device__ __forceinline__ float kt_warp_max(float v) {
+    for (int m = 16; m > 0; m >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, m));
+    return v;
+}
+// Sum over the block (blockDim.x a multiple of 32, at most 1024); every thread gets the result. `scratch` holds 32
+// floats; the block must call it uniformly.
+__device__ __forceinline__ float kt_block_sum(float v, float* scratch) {
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    v = kt_warp_sum(v);
+    __syncthreads();
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    float s = lane < warps ? scratch[lane] : 0.0f;
+    return kt_warp_sum(s);
+}
+__device__ __forceinline__ float kt_block_max(float v, float* scratch) {
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    v = kt_warp_max(v);
+    __syncthreads();
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    float s = lane < warps ? scratch[lane] : -INFINITY;
+    return kt_warp_max(s);
+}

@@ -1,0 +1,118 @@
+// Element-wise and row ops. Row kernels: one block per row; element kernels: a grid-stride loop.
+
+// out[r] = x[r] / rms(x[r]) · w for rows at stride `stride`; grid rows, 256 threads. In place when out == x.
+extern "C" __global__ void __launch_bounds__(256) rms_norm(const float* x, const float* w, float* out, int dim,
+                                                           i64 stride, float eps) {
+    __shared__ float scratch[32];
+    const float* xr = x + (i64)blockIdx.x * stride;
+    float* o = out + (i64)blockIdx.x * stride;
+    float ss = 0.0f;
+    for (int i = threadIdx.x; i < dim; i += blockDim.x) ss += xr[i] * xr[i];
+    ss = kt_block_sum(ss, scratch);
+    float scale = 1.0f / sqrtf(ss / (float)dim + eps);
+    for (int i = threadIdx.x; i < dim; i += blockDim.x) o[i] = xr[i] * scale * w[i];
+}
+
+// out[i] = norm(x[indices[i]]); grid count, 256 threads.
+extern "C" __global__ void __launch_bounds__(256) rms_norm_rows(const float* x, const int* indices, const float* w,
+                                                                float* out, int dim, float eps) {
+    __shared__ float scratch[32];
+    const float* xr = x + (i64)indices[blockIdx.x] * dim;
+    float* o = out + (i64)blockIdx.x * dim;
+    float ss = 0.0f;
+    for (int i = threadIdx.x; i < dim; i += blockDim.x) ss += xr[i] * xr[i];
+    ss = kt_block_sum(ss, scratch);
+    float scale = 1.0f / sqrtf(ss / (float)dim + eps);
+    for (int i = threadIdx.x; i < dim; i += blockDim.x) o[i] = xr[i] * scale * w[i];
+}
+
+extern "C" __global__ void add_bias(const float* b, float* x, int width, i64 count) {
+    for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < count; i += (i64)gridDim.x * blockDim.x)
+        x[i] += b[i % width];
+}
+
+extern "C" __global__ void add_into(const float* x, float* y, i64 count) {
+    for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < count; i += (i64)gridDim.x * blockDim.x) y[i] += x[i];
+}
+
+extern "C" __global__ void fill(float* x, i64 count, float value) {
+    for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < count; i += (i64)gridDim.x * blockDim.x) x[i] = value;
+}
+
+extern "C" __global__ void softcap(float* x, i64 count, float cap) {
+    for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < count; i += (i64)gridDim.x * blockDim.x)
+        x[i] = cap * tanhf(x[i] / cap);
+}
+
+// dst[r, 0..<width] = src[r, 0..<width] at their strides; grid-stride over rows · width.
+extern "C" __global__ void copy_rows(const float* src, i64 srcStride, float* dst, i64 dstStride, int rows, int width) {
+    i64 total = (i64)rows * width;
+    for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < total; i += (i64)gridDim.x * blockDim.x) {
+        i64 r = i / width, c = i % width;
+        dst[r * dstStride + c] = src[r * srcStride + c];
+    }
+}
+
+// g = silu(g) · u
+extern "C" __global__ void gated_silu(float* g, const float* u, i64 count) {
+    for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < count; i += (i64)gridDim.x * blockDim.x) {
+        float x = g[i];
+        g[i] = x / (1.0f + expf(-x)) * u[i];
+    }
+}
+
+// g = gelu_tanh(g) · u
+extern "C" __global__ void gated_gelu(float* g, const float* u, i64 count) {
+    for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < count; i += (i64)gridDim.x * blockDim.x) {
+        float x = g[i];
+        float t = tanhf(0.7978845608f * (x + 0.044715f * x * x * x));
+        g[i] = 0.5f * x * (1.0f + t) * u[i];
+    }
+}
+
+// out[t] *= sigmoid(gate · x[t]); grid n, 256 threads.
+extern "C" __global__ void __launch_bounds__(256) sigmoid_gate(float* out, const float* gate, const float* x, int width) {
+    __shared__ float scratch[32];
+    const float* xr = x + (i64)blockIdx.x * width;
+    float s = 0.0f;
+    for (int i = threadIdx.x; i < width; i += blockDim.x) s += gate[i] * xr[i];
+    s = kt_block_sum(s, scratch);
+    float g = 1.0f / (1.0f + expf(-s));
+    float* o = out + (i64)blockIdx.x * width;
+    for (int i = threadIdx.x; i < width; i += blockDim.x) o[i] *= g;
+}
+
+// Rotates head h of row t in place by the position positions[t] (table: [positions, dims] cos/sin pairs), after
+// an RMS norm of the head's `headStride` elements by `norm` when given; grid (rows, heads), 128 threads.
+extern "C" __global__ void __launch_bounds__(128) rope(float* x, i64 rowStride, int headStride, const float* table,
+                                                       int dims, int neox, const int* positions, const float* norm,
+                                                       float eps) {
+    __shared__ float scratch[32];
+    float* v = x + (i64)blockIdx.x * rowStride + (i64)blockIdx.y * headStride;
+    if (norm) {
+        float ss = 0.0f;
+        for (int i = threadIdx.x; i < headStride; i += blockDim.x) ss += v[i] * v[i];
+        ss = kt_block_sum(ss, scratch);
+        float scale = 1.0f / sqrtf(ss / (float)headStride + eps);
+        for (int i = threadIdx.x; i < headStride; i += blockDim.x) v[i] = v[i] * scale * norm[i];
+        __syncthreads();
+    }
+    const float* cs = table + (i64)positions[blockIdx.x] * dims;
+    int half = dims / 2;
+    for (int i = threadIdx.x; i < half; i += blockDim.x) {
+        float c = cs[2 * i], s = cs[2 * i + 1];
+        int ia = neox ? i : 2 * i, ib = neox ? i + half : 2 * i + 1;
+        float a = v[ia], b = v[ib];
+        v[ia] = a * c - b * s;
+        v[ib] = a * s + b * c;
+    }
+}
+
+// Writes row t of k ([n, kDim]) and v ([n, vDim]) to slot slots[t] of the layer's pools; grid n, 128 threads.
+extern "C" __global__ void __launch_bounds__(128) store_kv(const float* k, const float* v, int kDim, int vDim,
+                                                           const int* slots, float* kc, float* vc) {
+    int t = blockIdx.x;
+    i64 s = slots[t];
+    for (int i = threadIdx.x; i < kDim; i += blockDim.x) kc[s * kDim + i] = k[(i64)t * kDim + i];
+    for (int i = threadIdx.x; i < vDim; i += blockDim.x) vc[s * vDim + i] = v[(i64)t * vDim + i];
+}

@@ -1,0 +1,340 @@
+// A CPU stand-in for the CUDA driver API and NVRTC, for testing the CUDA backend on machines without a GPU
+// (CI, the developer machine). Built as one shared library (scripts/build-cuda-emulator.sh) and loaded by the
+// backend in place of libcuda.so.1 and libnvrtc.so through KTRANSFORMERS_CUDA_DRIVER / KTRANSFORMERS_NVRTC.
+//
+// "Device" memory is host memory. NVRTC's compile runs g++ on the kernel source with emu_prelude.h in front;
+// the "CUBIN" is the path of the resulting shared object. A launch runs the grid's blocks one after another on
+// the calling thread, each block's threads as fibers (ucontext) that switch at __syncthreads() and at the warp
+// shuffles, so the kernels' synchronisation is exercised as written. Streams are synchronous; graph capture
+// records launches (with copies of their arguments) and replays them. Only correctness is emulated, not speed.
+#include <ucontext.h>
+#include <dlfcn.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <functional>
+#include <mutex>
+#include <regex>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#ifndef EMU_PRELUDE
+#error "build with -DEMU_PRELUDE=\"/path/emu_prelude.h\""
+#endif
+
+struct emu_dim3 { unsigned x, y, z; };
+struct emu_fiber_info { emu_dim3 tid; int linear; };
+
+extern "C" {
+emu_fiber_info* emu_current = nullptr;
+emu_dim3 emu_block_idx, emu_block_dim, emu_grid_dim;
+void* emu_dynamic_shared = nullptr;
+}
+
+namespace {
+enum State { READY, AT_BLOCK, AT_WARP, DONE };
+struct Fiber {
+    ucontext_t ctx;
+    emu_fiber_info info;
+    State state;
+    char* stack = nullptr;
+};
+constexpr size_t kStack = 256 * 1024;
+ucontext_t schedulerContext;
+std::vector<Fiber> fibers;
+int currentFiber = -1;
+void (*currentKernel)(void**) = nullptr;
+void** currentArgs = nullptr;
+uint64_t exchange[1024];
+std::vector<char> sharedBuffer;
+std::recursive_mutex launchLock;
+
+void fiberEntry() {
+    currentKernel(currentArgs);
+    fibers[currentFiber].state = DONE;
+}
+
+void runBlock(unsigned threads) {
+    if (fibers.size() < threads) fibers.resize(threads);
+    for (unsigned i = 0; i < threads; i++) {
+        Fiber& f = fibers[i];
+        if (!f.stack) f.stack = (char*)malloc(kStack);
+        getcontext(&f.ctx);
+        f.ctx.uc_stack.ss_sp = f.stack;
+        f.ctx.uc_stack.ss_size = kStack;
+        f.ctx.uc_link = &schedulerContext;
+        makecontext(&f.ctx, fiberEntry, 0);
+        unsigned bx = emu_block_dim.x, by = emu_block_dim.y;
+        f.info.tid = {i % bx, (i / bx) % by, i / (bx * by)};
+        f.info.linear = (int)i;
+        f.state = READY;
+    }
+    for (;;) {
+        bool any = false;
+        for (unsigned i = 0; i < threads; i++) {
+            if (fibers[i].state != READY) continue;
+            any = true;
+            currentFiber = (int)i;
+            emu_current = &fibers[i].info;
+            swapcontext(&schedulerContext, &fibers[i].ctx);
+        }
+        (void)any;
+        bool allDone = true, released = false;
+        for (unsigned w = 0; w < threads; w += 32) {
+            unsigned end = std::min(threads, w + 32);
+            bool live = false, all = true;
+            for (unsigned i = w; i < end; i++) {
+                if (fibers[i].state == DONE) continue;
+                live = true;
+                if (fibers[i].state != AT_WARP) all = false;
+            }
+            if (live && all) {
+                for (unsigned i = w; i < end; i++) if (fibers[i].state == AT_WARP) fibers[i].state = READY;
+                released = true;
+            }
+        }
+        bool liveAny = false, allBlock = true;
+        for (unsigned i = 0; i < threads; i++) {
+            if (fibers[i].state == DONE) continue;
+            allDone = false;
+            liveAny = true;
+            if (fibers[i].state != AT_BLOCK) allBlock = false;
+        }
+        if (allDone) break;
+        if (liveAny && allBlock) {
+            for (unsigned i = 0; i < threads; i++) if (fibers[i].state == AT_BLOCK) fibers[i].state = READY;
+            released = true;
+        }
+        if (!released) {
+            bool ready = false;
+            for (unsigned i = 0; i < threads; i++) if (fibers[i].state == READY) ready = true;
+            if (!ready) {
+                fprintf(stderr, "cuda-emu: deadlock: threads wait at different barriers\n");
+                abort();
+            }
+        }
+    }
+    emu_current = nullptr;
+}
+
+struct Function {
+    void (*kernel)(void**);
+    int (*argSizes)(size_t*);
+    std::string name;
+};
+
+void launch(Function* f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,
+            unsigned shared, void** args) {
+    std::lock_guard<std::recursive_mutex> guard(launchLock);
+    unsigned threads = bx * by * bz;
+    if (threads == 0 || threads > 1024) { fprintf(stderr, "cuda-emu: %s: bad block size %u\n", f->name.c_str(), threads); abort(); }
+    if (sharedBuffer.size() < shared + 16) sharedBuffer.resize(shared + 16);
+    emu_dynamic_shared = sharedBuffer.data();
+    emu_grid_dim = {gx, gy, gz};
+    emu_block_dim = {bx, by, bz};
+    currentKernel = f->kernel;
+    currentArgs = args;
+    for (unsigned z = 0; z < gz; z++)
+        for (unsigned y = 0; y < gy; y++)
+            for (unsigned x = 0; x < gx; x++) {
+                emu_block_idx = {x, y, z};
+                runBlock(threads);
+            }
+}
+
+struct Launch {
+    Function* f;
+    unsigned g[3], b[3], shared;
+    std::vector<std::vector<char>> args;
+};
+struct Graph { std::vector<Launch> launches; };
+bool capturing = false;
+Graph* captureGraph = nullptr;
+
+double now() {
+    using namespace std::chrono;
+    return duration<double, std::milli>(steady_clock::now().time_since_epoch()).count();
+}
+}  // namespace
+
+extern "C" {
+void emu_barrier(int warpOnly) {
+    Fiber& f = fibers[currentFiber];
+    f.state = warpOnly ? AT_WARP : AT_BLOCK;
+    swapcontext(&f.ctx, &schedulerContext);
+}
+uint64_t* emu_exchange_slots() { return exchange; }
+
+// MARK: driver API
+typedef int CUresult;
+int cuInit(unsigned) { return 0; }
+int cuDriverGetVersion(int* v) { *v = 13000; return 0; }
+int cuDeviceGetCount(int* n) { *n = 1; return 0; }
+int cuDeviceGet(int* d, int i) { if (i != 0) return 101; *d = 0; return 0; }
+int cuDeviceGetName(char* name, int len, int) { snprintf(name, len, "CUDA emulator (CPU)"); return 0; }
+int cuDeviceTotalMem_v2(size_t* b, int) { *b = (size_t)16 << 30; return 0; }
+int cuDeviceGetAttribute(int* v, int attr, int) {
+    switch (attr) {
+    case 75: *v = 9; break;          // compute capability major
+    case 76: *v = 0; break;          // minor
+    case 16: *v = 4; break;          // multiprocessors
+    case 10: *v = 32; break;         // warp size
+    case 1: *v = 1024; break;        // max threads per block
+    case 8: *v = 48 * 1024; break;   // shared memory per block
+    case 97: *v = 227 * 1024; break; // opt-in shared memory per block
+    default: *v = 0;
+    }
+    return 0;
+}
+int cuDevicePrimaryCtxRetain(void** ctx, int) { static int c; *ctx = &c; return 0; }
+static thread_local void* emuCurrentCtx = nullptr;
+int cuCtxSetCurrent(void* c) { emuCurrentCtx = c; return 0; }
+int cuCtxGetCurrent(void** c) { *c = emuCurrentCtx; return 0; }
+int cuCtxSynchronize() { return 0; }
+int cuMemGetInfo_v2(size_t* freeBytes, size_t* total) { *freeBytes = (size_t)15 << 30; *total = (size_t)16 << 30; return 0; }
+int cuMemAlloc_v2(uint64_t* p, size_t bytes) {
+    void* m = aligned_alloc(256, (bytes + 255) / 256 * 256);
+    if (!m) return 2;
+    memset(m, 0xA5, bytes);  // device memory is not zeroed: make a missing clear visible
+    *p = (uint64_t)(uintptr_t)m;
+    return 0;
+}
+int cuMemFree_v2(uint64_t p) { free((void*)(uintptr_t)p); return 0; }
+int cuMemAllocHost_v2(void** p, size_t bytes) { *p = aligned_alloc(256, (bytes + 255) / 256 * 256); return *p ? 0 : 2; }
+int cuMemFreeHost(void* p) { free(p); return 0; }
+int cuMemcpyHtoD_v2(uint64_t d, const void* s, size_t n) { memcpy((void*)(uintptr_t)d, s, n); return 0; }
+int cuMemcpyDtoH_v2(void* d, uint64_t s, size_t n) { memcpy(d, (void*)(uintptr_t)s, n); return 0; }
+int cuMemcpyHtoDAsync_v2(uint64_t d, const void* s, size_t n, void*) { return cuMemcpyHtoD_v2(d, s, n); }
+int cuMemcpyDtoHAsync_v2(void* d, uint64_t s, size_t n, void*) { return cuMemcpyDtoH_v2(d, s, n); }
+int cuMemcpyDtoDAsync_v2(uint64_t d, uint64_t s, size_t n, void*) { memmove((void*)(uintptr_t)d, (void*)(uintptr_t)s, n); return 0; }
+int cuMemsetD32Async(uint64_t d, unsigned v, size_t n, void*) {
+    unsigned* p = (unsigned*)(uintptr_t)d;
+    for (size_t i = 0; i < n; i++) p[i] = v;
+    return 0;
+}
+int cuMemsetD32_v2(uint64_t d, unsigned v, size_t n) { return cuMemsetD32Async(d, v, n, nullptr); }
+int cuStreamCreate(void** s, unsigned) { static int st; *s = &st; return 0; }
+int cuStreamDestroy_v2(void*) { return 0; }
+int cuStreamSynchronize(void*) { return 0; }
+int cuEventCreate(void** e, unsigned) { *e = new double(0); return 0; }
+int cuEventDestroy_v2(void* e) { delete (double*)e; return 0; }
+int cuEventRecord(void* e, void*) { *(double*)e = now(); return 0; }
+int cuEventSynchronize(void*) { return 0; }
+int cuEventElapsedTime(float* ms, void* a, void* b) { *ms = (float)(*(double*)b - *(double*)a); return 0; }
+int cuFuncSetAttribute(void*, int, int) { return 0; }
+int cuGetErrorString(int r, const char** s) {
+    static char buf[64];
+    snprintf(buf, sizeof buf, "emulated error %d", r);
+    *s = buf;
+    return 0;
+}
+int cuModuleLoadData(void** module, const void* image) {
+    // The kernels refer to this library's globals (emu_current, ...): make its symbols global, as the backend
+    // opened it RTLD_LOCAL.
+    Dl_info self;
+    if (dladdr((void*)&cuInit, &self) && self.dli_fname) dlopen(self.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_GLOBAL);
+    void* h = dlopen((const char*)image, RTLD_NOW | RTLD_LOCAL);
+    if (!h) { fprintf(stderr, "cuda-emu: %s\n", dlerror()); return 200; }
+    *module = h;
+    return 0;
+}
+int cuModuleGetFunction(void** fn, void* module, const char* name) {
+    std::string k = std::string("emu_kernel_") + name, a = std::string("emu_argsizes_") + name;
+    void* kp = dlsym(module, k.c_str());
+    void* ap = dlsym(module, a.c_str());
+    if (!kp || !ap) return 500;  // CUDA_ERROR_NOT_FOUND
+    *fn = new Function{(void (*)(void**))kp, (int (*)(size_t*))ap, name};
+    return 0;
+}
+int cuLaunchKernel(void* fn, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,
+                   unsigned shared, void*, void** args, void**) {
+    Function* f = (Function*)fn;
+    if (capturing) {
+        Launch l{f, {gx, gy, gz}, {bx, by, bz}, shared, {}};
+        size_t sizes[64];
+        int n = f->argSizes(sizes);
+        for (int i = 0; i < n; i++) l.args.emplace_back((char*)args[i], (char*)args[i] + sizes[i]);
+        captureGraph->launches.push_back(std::move(l));
+        return 0;
+    }
+    launch(f, gx, gy, gz, bx, by, bz, shared, args);
+    return 0;
+}
+int cuStreamBeginCapture_v2(void*, int) { capturing = true; captureGraph = new Graph(); return 0; }
+int cuStreamEndCapture(void*, void** graph) { capturing = false; *graph = captureGraph; captureGraph = nullptr; return 0; }
+int cuGraphInstantiateWithFlags(void** exec, void* graph, unsigned long long) { *exec = new Graph(*(Graph*)graph); return 0; }
+int cuGraphDestroy(void* g) { delete (Graph*)g; return 0; }
+int cuGraphExecDestroy(void* g) { delete (Graph*)g; return 0; }
+int cuGraphLaunch(void* exec, void*) {
+    for (auto& l : ((Graph*)exec)->launches) {
+        std::vector<void*> ptrs;
+        for (auto& a : l.args) ptrs.push_back(a.data());
+        launch(l.f, l.g[0], l.g[1], l.g[2], l.b[0], l.b[1], l.b[2], l.shared, ptrs.data());
+    }
+    return 0;
+}
+typedef void (*HostFn)(void*);
+int cuLaunchHostFunc(void*, HostFn fn, void* data) { fn(data); return 0; }
+
+// MARK: NVRTC
+struct Program { std::string source, name, log, image; };
+int nvrtcVersion(int* major, int* minor) { *major = 13; *minor = 0; return 0; }
+int nvrtcCreateProgram(Program** p, const char* src, const char* name, int, const char* const*, const char* const*) {
+    *p = new Program{src, name ? name : "kernel.cu", "", ""};
+    return 0;
+}
+int nvrtcDestroyProgram(Program** p) { delete *p; *p = nullptr; return 0; }
+
+static std::string readFile(const std::string& path) {
+    std::ifstream f(path);
+    std::stringstream s;
+    s << f.rdbuf();
+    return s.str();
+}
+
+int nvrtcCompileProgram(Program* p, int nOptions, const char* const* options) {
+    // Options that change the source's meaning (-D...) are passed on; architecture flags are not.
+    std::string defines;
+    for (int i = 0; i < nOptions; i++) {
+        std::string o = options[i];
+        if (o.rfind("-D", 0) == 0) defines += " '" + o + "'";
+    }
+    std::string full = std::string("#include \"") + EMU_PRELUDE + "\"\n" + p->source + "\n";
+    size_t hash = std::hash<std::string>()(readFile(EMU_PRELUDE) + full + defines);
+    const char* tmp = getenv("TMPDIR");
+    std::string dir = std::string(tmp && *tmp ? tmp : "/tmp") + "/kt-cuda-emu";
+    mkdir(dir.c_str(), 0700);
+    char stem[64];
+    snprintf(stem, sizeof stem, "/k%016zx", hash);
+    std::string base = dir + stem, so = base + ".so";
+    struct stat st;
+    if (stat(so.c_str(), &st) == 0) { p->image = so; return 0; }
+    std::string src = base + ".cpp", pre = base + ".i", log = base + ".log";
+    { std::ofstream(src) << full; }
+    std::string cmd = "g++ -std=c++17 -E -P" + defines + " '" + src + "' -o '" + pre + "' > '" + log + "' 2>&1";
+    if (system(cmd.c_str()) != 0) { p->log = readFile(log); return 6; }
+    // Every kernel: `__attribute__((used)) void NAME(` after preprocessing (__global__ expands to it).
+    std::string text = readFile(pre);
+    std::regex kernel(R"(__attribute__\(\(used\)\)\s+void\s+(\w+)\s*\()");
+    std::string reg;
+    for (auto it = std::sregex_iterator(text.begin(), text.end(), kernel); it != std::sregex_iterator(); ++it)
+        reg += "EMU_REGISTER(" + (*it)[1].str() + ")\n";
+    { std::ofstream(src) << full << reg; }
+    std::string tmpSo = base + ".tmp.so";
+    cmd = "g++ -std=c++17 -O1 -g0 -shared -fPIC -w" + defines + " '" + src + "' -o '" + tmpSo + "' > '" + log + "' 2>&1";
+    if (system(cmd.c_str()) != 0) { p->log = readFile(log); return 6; }
+    rename(tmpSo.c_str(), so.c_str());
+    p->image = so;
+    return 0;
+}
+int nvrtcGetProgramLogSize(Program* p, size_t* n) { *n = p->log.size() + 1; return 0; }
+int nvrtcGetProgramLog(Program* p, char* out) { memcpy(out, p->log.c_str(), p->log.size() + 1); return 0; }
+int nvrtcGetCUBINSize(Program* p, size_t* n) { *n = p->image.size() + 1; return 0; }
+int nvrtcGetCUBIN(Program* p, char* out) { memcpy(out, p->image.c_str(), p->image.size() + 1); return 0; }
+}

@@ -1,0 +1,100 @@
+// The CUDA C dialect our kernels use, for the host: prepended by the CUDA emulator (cuda_emu.cpp) to a kernel
+// source before g++ compiles it. Each block's threads run as fibers on one OS thread; __syncthreads() and the warp
+// shuffles switch fibers. Only what Sources/BackendCUDA/Kernels uses is here.
+#pragma once
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <algorithm>
+#define KT_EMULATOR 1
+
+struct emu_dim3 { unsigned x, y, z; };
+struct emu_fiber_info { emu_dim3 tid; int linear; };
+extern "C" {
+extern emu_fiber_info* emu_current;
+extern emu_dim3 emu_block_idx, emu_block_dim, emu_grid_dim;
+extern void* emu_dynamic_shared;
+void emu_barrier(int warpOnly);
+uint64_t* emu_exchange_slots();
+}
+#define threadIdx (emu_current->tid)
+#define blockIdx emu_block_idx
+#define blockDim emu_block_dim
+#define gridDim emu_grid_dim
+#define __global__ __attribute__((used))
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+#define __shared__ static
+#define __constant__ static const
+#define __restrict__ __restrict
+#define KT_DYNAMIC_SHARED(type, name) type* name = (type*)emu_dynamic_shared
+
+static inline void __syncthreads() { emu_barrier(0); }
+static inline void __syncwarp(unsigned = 0xffffffffu) { emu_barrier(1); }
+
+template <typename T> static inline T emu_shuffle(T v, int srcLane) {
+    uint64_t* slots = emu_exchange_slots();
+    int me = emu_current->linear;
+    uint64_t bits = 0;
+    std::memcpy(&bits, &v, sizeof(T));
+    slots[me] = bits;
+    emu_barrier(1);
+    int src = (me & ~31) | (srcLane & 31);
+    uint64_t got = slots[src];
+    emu_barrier(1);
+    T r;
+    std::memcpy(&r, &got, sizeof(T));
+    return r;
+}
+template <typename T> static inline T __shfl_xor_sync(unsigned, T v, int mask, int = 32) {
+    return emu_shuffle(v, (emu_current->linear & 31) ^ mask);
+}
+template <typename T> static inline T __shfl_sync(unsigned, T v, int lane, int = 32) { return emu_shuffle(v, lane); }
+template <typename T> static inline T __shfl_down_sync(unsigned, T v, unsigned d, int = 32) {
+    int lane = emu_current->linear & 31;
+    int src = lane + (int)d;
+    T r = emu_shuffle(v, src < 32 ? src : lane);
+    return r;
+}
+static inline float atomicAdd(float* p, float v) { float o = *p; *p = o + v; return o; }
+static inline int atomicAdd(int* p, int v) { int o = *p; *p = o + v; return o; }
+#define __expf(x) expf(x)
+static inline float __fdividef(float a, float b) { return a / b; }
+static inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
+template <typename T> static inline T __ldg(const T* p) { return *p; }
+static inline float kt_half_to_float(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff, bits;
+    if (exp == 0) {
+        if (man == 0) bits = sign;
+        else { float f = std::ldexp((float)man, -24); std::memcpy(&bits, &f, 4); bits |= sign; }
+    } else if (exp == 31) bits = sign | 0x7f800000u | (man << 13);
+    else bits = sign | ((exp + 112) << 23) | (man << 13);
+    float f; std::memcpy(&f, &bits, 4); return f;
+}
+static inline float kt_bf16_to_float(uint16_t h) { uint32_t b = (uint32_t)h << 16; float f; std::memcpy(&f, &b, 4); return f; }
+
+// Registration of each kernel (appended by the emulator after the source): a C entry that unpacks the driver's
+// argument array into the kernel's parameters, and one that reports their sizes (for graph capture).
+#include <utility>
+#include <type_traits>
+template <typename... A, std::size_t... I>
+static inline void emu_invoke_impl(void (*f)(A...), void** args, std::index_sequence<I...>) {
+    f(*(std::remove_cv_t<std::remove_reference_t<A>>*)args[I]...);
+}
+template <typename... A> static inline void emu_invoke(void (*f)(A...), void** args) {
+    emu_invoke_impl(f, args, std::index_sequence_for<A...>{});
+}
+template <typename... A> static inline int emu_arg_sizes(void (*)(A...), std::size_t* sizes) {
+    std::size_t s[] = {sizeof(A)..., 0};
+    for (std::size_t i = 0; i < sizeof...(A); i++) sizes[i] = s[i];
+    return (int)sizeof...(A);
+}
+#define EMU_REGISTER(name) \
+    extern "C" void emu_kernel_##name(void** args) { emu_invoke(&name, args); } \
+    extern "C" int emu_argsizes_##name(std::size_t* sizes) { return emu_arg_sizes(&name, sizes); }
+static inline int min(int a, int b) { return a < b ? a : b; }
+static inline int max(int a, int b) { return a > b ? a : b; }
+static inline long long min(long long a, long long b) { return a < b ? a : b; }
+static inline long long max(long long a, long long b) { return a > b ? a : b; }
