@@ -1,28 +1,110 @@
 #!/usr/bin/env bash
-# The whole check on the GPU machine, in one command (it has no Swift toolchain: build here first).
+# The whole GPU check on the GPU machine, in one command (it has no Swift toolchain: build here first).
 #
 # Here:   swift build -c release --static-swift-stdlib && mkdir -p .device-carry \
 #           && strip -o .device-carry/ktransformers .build/release/ktransformers && xz -f -6 .device-carry/ktransformers
-#         (.device-carry is ignored through .git/info/exclude; carry it with the device tool)
-# There:  bash scripts/device-check.sh          # results under $OUT (or ./device-out)
+#         (.device-carry and .baseline are ignored through .git/info/exclude; carry them with the device tool)
+#         Optional, in .baseline/: llama.cpp (../shared/tools/llamacpp-baseline.sh prepare .baseline/llama.cpp) for
+#         the side-by-side figures and for gguf-py; make_random_gguf.py (../shared/tools) for the speed models;
+#         gemma-3-270m-q4_k_m.gguf (the default model, for the reference comparison).
+# There:  bash scripts/device-check.sh [stage ...]    # results under $OUT (or ./device-out)
 #
-# Runs: the CUDA probe (driver, NVRTC, a test kernel; fails if CUDA is not usable), then the backend conformance
-# checks of every available backend at each CPU kernel level. Exits non-zero if anything fails.
-set -euo pipefail
+# Stages (all by default): probe, conformance, tiny, gemma, bench, baseline. Each writes its lines to
+# $OUT/summary.md and its details to $OUT/log.txt; exits non-zero if a correctness stage fails.
+set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-device-out}
 mkdir -p "$out"
+summary=$out/summary.md
+log=$out/log.txt
 bin=.device-carry/ktransformers
 if [ ! -x "$bin" ]; then xz -dkf "$bin.xz"; chmod +x "$bin"; fi
+stages=${*:-probe conformance tiny gemma bench baseline}
+threads=$(nproc)
 status=0
-"$bin" devices --require-cuda 2>&1 | tee "$out/devices.txt" || status=1
-"$bin" devices --json > "$out/devices.json" 2>&1 || true
-for level in avx512 avx2 scalar; do
-  if KTRANSFORMERS_SIMD=$level "$bin" devices --conformance > "$out/conformance-$level.txt" 2>&1; then
-    echo "conformance at $level: all checks pass"
+say() { echo "$*" | tee -a "$summary"; }
+has() { [[ " $stages " == *" $1 "* ]]; }
+export KTRANSFORMERS_CACHE_DIR=${KTRANSFORMERS_CACHE_DIR:-/tmp/kt-cache}
+
+if has probe; then
+  say "## probe"
+  "$bin" devices --require-cuda >>"$log" 2>&1 && say "cuda: usable ($(grep -m1 '^gpu 0' "$log"))" || { say "cuda: NOT usable"; status=1; }
+  nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,clocks.max.mem --format=csv,noheader >>"$summary" 2>/dev/null || true
+fi
+
+if has conformance; then
+  say "## conformance"
+  for level in avx512 avx2 scalar; do
+    if KTRANSFORMERS_SIMD=$level "$bin" devices --conformance > "$out/conformance-$level.txt" 2>&1; then
+      say "conformance at cpu level $level (cpu and cuda backends): all checks pass"
+    else
+      say "conformance at $level: FAILED"; grep -E "failures|FAIL|error" "$out/conformance-$level.txt" | head -20 | tee -a "$summary"
+      status=1
+    fi
+    [ "$level" = avx512 ] && grep "conformance \[cuda\]" "$out/conformance-$level.txt" | tee -a "$summary"
+    [ "$level" = avx512 ] || rm -f "$out/conformance-$level.txt"
+  done
+fi
+
+if has tiny; then
+  say "## tiny models vs PyTorch references"
+  python3 scripts/check-tiny-models.py "$bin" --device cuda >>"$summary" 2>&1 || status=1
+  # Batched greedy decoding equals solo decoding on the GPU.
+  python3 scripts/check-batched.py "$bin" --device cuda >>"$summary" 2>&1 || status=1
+fi
+
+if has gemma; then
+  model=.baseline/gemma-3-270m-q4_k_m.gguf
+  if [ -f "$model" ]; then
+    say "## default model, teacher-forced vs float64 (mean |Δlogprob| bound 0.12; CPU 0.065, llama.cpp 0.104)"
+    for dev in cuda cpu; do
+      r=$("$bin" logits --model "$model" --device $dev --reference Tests/EndToEndTests/Fixtures/ref_f64.jsonl 2>>"$log")
+      say "$dev: $r"
+    done
+    python3 - "$summary" <<'PY' || status=1
+import json, sys
+lines = [l for l in open(sys.argv[1]) if l.startswith("cuda: {")]
+r = json.loads(lines[-1][6:])
+ok = r["mean_abs_logprob_diff"] <= 0.12 and r["decisive_argmax_agree"] == r["decisive_steps"]
+print("gemma on cuda:", "ok" if ok else "FAIL")
+sys.exit(0 if ok else 1)
+PY
   else
-    echo "conformance at $level: FAILED"; grep -A10 -E "^conformance .*failures" "$out/conformance-$level.txt" || true
-    status=1
+    say "## default model: $model not carried, skipped"
   fi
-done
+fi
+
+gguf_py=.baseline/gguf-py; [ -d "$gguf_py/gguf" ] || gguf_py=.baseline/llama.cpp/gguf-py
+make_model() {  # preset out
+  [ -f "$2" ] || python3 .baseline/make_random_gguf.py --preset "$1" --out "$2" --gguf-py "$gguf_py" >>"$log" 2>&1
+}
+
+if has bench; then
+  say "## speed (ours), $(date -u +%FT%TZ)"
+  make_model llama3-8b /tmp/llama3-8b.gguf
+  "$bin" bench --model /tmp/llama3-8b.gguf --device cuda -p 512 -n 128 -r 3 2>>"$log" | tee -a "$summary"
+  for b in 8 32; do
+    "$bin" bench --model /tmp/llama3-8b.gguf --device cuda -p 0 -n 64 -b $b -r 2 2>>"$log" | tail -1 | tee -a "$summary"
+  done
+  if [ -n "${MOE:-}" ]; then
+    make_model qwen3-30b-a3b /tmp/qwen3-30b-a3b.gguf
+    "$bin" bench --model /tmp/qwen3-30b-a3b.gguf --device cuda -p 512 -n 128 -r 3 2>>"$log" | tail -2 | tee -a "$summary"
+  fi
+fi
+
+if has baseline && [ -d .baseline/llama.cpp ]; then
+  say "## llama.cpp (same files, same sitting)"
+  if [ ! -x .baseline/llama.cpp/build-cuda/bin/llama-bench ]; then
+    bash .baseline/llamacpp-baseline.sh cuda .baseline/llama.cpp >>"$log" 2>&1 || say "llama.cpp build FAILED"
+  fi
+  lb=.baseline/llama.cpp/build-cuda/bin
+  make_model llama3-8b /tmp/llama3-8b.gguf
+  "$lb/llama-bench" -m /tmp/llama3-8b.gguf -ngl 99 -fa 1 -p 512 -n 128 -r 3 2>>"$log" | tee -a "$summary"
+  "$lb/llama-batched-bench" -m /tmp/llama3-8b.gguf -ngl 99 -fa 1 -c 8192 -npp 0 -ntg 64 -npl 1,8,32 2>>"$log" | grep -E "^\|" | tee -a "$summary"
+  if [ -n "${MOE:-}" ]; then
+    make_model qwen3-30b-a3b /tmp/qwen3-30b-a3b.gguf
+    "$lb/llama-bench" -m /tmp/qwen3-30b-a3b.gguf -ngl 99 -fa 1 -p 512 -n 128 -r 3 2>>"$log" | tee -a "$summary"
+  fi
+fi
+say "exit status $status"
 exit $status

@@ -24,6 +24,9 @@ struct Bench: ParsableCommand {
     @Option(name: [.customShort("t"), .long], help: "Compute threads (default: physical cores).")
     var threads: Int?
 
+    @Option(name: .long, help: "The device that runs the model: cpu, cuda or cuda:N (default: cpu).")
+    var device: String?
+
     @Option(name: [.customShort("r"), .long], help: "Repetitions of each test.")
     var repetitions: Int = 5
 
@@ -61,6 +64,7 @@ struct Bench: ParsableCommand {
         var batch: Int
         var threads: Int
         var isa: String
+        var device: String
         var repetitions: Int
         var tokens_per_second: Double
         var median_tokens_per_second: Double
@@ -72,10 +76,11 @@ struct Bench: ParsableCommand {
         if moe { return try runMoE() }
         let ctx = max(nPrompt, nGen)
         let seqs = max(batch, 1)
-        let loaded = try LoadOptions(model: model, threads: threads,
+        let loaded = try LoadOptions(model: model, threads: threads, device: device,
                                      limits: RunLimits(maxTokens: max(chunkSize, seqs), maxSequences: seqs, maxLogitsRows: seqs,
                                                        contextLength: ctx)).load()
-        let lm = loaded.model, pool = loaded.backend.pool
+        let lm = loaded.model, pool = loaded.cpu.pool
+        let deviceName = loaded.gpu.map { "\($0.device) \($0.gpuName)" } ?? "cpu"
         let name = URL(fileURLWithPath: loaded.file.path).lastPathComponent
         guard ctx <= lm.info.contextLength else {
             throw CLIError("a test needs \(ctx) positions, the model's context is \(lm.info.contextLength)")
@@ -102,7 +107,7 @@ struct Bench: ParsableCommand {
             let median = samples.sorted()[samples.count / 2]
             results.append(Result(model: name, test: test, n_prompt: test.hasPrefix("pp") ? nPrompt : 0,
                                   n_gen: test.hasPrefix("tg") ? nGen : 0, batch: test.hasPrefix("tg") ? batch : 1,
-                                  threads: pool.threadCount, isa: KernelDispatch.isa, repetitions: repetitions,
+                                  threads: pool.threadCount, isa: KernelDispatch.isa, device: deviceName, repetitions: repetitions,
                                   tokens_per_second: mean, median_tokens_per_second: median,
                                   stddev_tokens_per_second: sd, samples_tokens_per_second: samples))
         }
@@ -116,8 +121,10 @@ struct Bench: ParsableCommand {
                     var b = ForwardBatch(pageSize: pageSize)
                     b.addSequence(tokens: Array(prompt[done..<done + n]), startPosition: done, blockTable: tables[0],
                                   logits: done + n == nPrompt ? .last : .none)
-                    _ = try lm.forward(b, cache: cache)
+                    let out = try lm.forward(b, cache: cache)
                     done += n
+                    // Reading the last logits waits for a device backend's queued work.
+                    if done == nPrompt { _ = lm.backend.read(out, count: 1) }
                 }
             }
         }
@@ -145,9 +152,9 @@ struct Bench: ParsableCommand {
             enc.outputFormatting = [.prettyPrinted, .sortedKeys]
             Output.out(String(decoding: try enc.encode(results), as: UTF8.self) + "\n")
         } else {
-            var s = "| model | threads | isa | test | t/s (mean ± sd) | median |\n|---|---|---|---|---|---|\n"
+            var s = "| model | device | threads | isa | test | t/s (mean ± sd) | median |\n|---|---|---|---|---|---|---|\n"
             for r in results {
-                s += String(format: "| %@ | %d | %@ | %@ | %.2f ± %.2f | %.2f |\n", r.model, r.threads, r.isa, r.test,
+                s += String(format: "| %@ | %@ | %d | %@ | %@ | %.2f ± %.2f | %.2f |\n", r.model, r.device, r.threads, r.isa, r.test,
                             r.tokens_per_second, r.stddev_tokens_per_second, r.median_tokens_per_second)
             }
             Output.out(s)

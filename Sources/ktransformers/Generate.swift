@@ -60,6 +60,6 @@ struct Generate: ParsableCommand {
         Output.out(detok.flush() + "\n")
         Output.err(String(format: "prompt: %d tokens, %.1f tok/s | generation: %d tokens, %.1f tok/s | threads: %d\n",
                           stats.promptTokens, stats.promptTokensPerSecond, stats.generatedTokens,
-                          stats.generateTokensPerSecond, m.backend.pool.threadCount))
+                          stats.generateTokensPerSecond, m.cpu.pool.threadCount))
     }
 }

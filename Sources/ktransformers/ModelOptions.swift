@@ -1,5 +1,6 @@
 import ArgumentParser
 import Backend
+import BackendCUDA
 import Foundation
 import GGUF
 import Models
@@ -16,8 +17,10 @@ struct LoadOptions {
     var threads: Int?
     /// Context length of this run (nil: the model's, at most 4096).
     var contextLength: Int?
-    /// `PATTERN=DEVICE` rules deciding which device's backend prepares each weight (nil: all on the CPU).
+    /// `PATTERN=DEVICE` rules deciding which device's backend prepares each weight (nil: all on the main device).
     var placement: String?
+    /// The main device, which runs the model: `cpu`, `cuda`, `cuda:N` (nil: cpu).
+    var device: String?
     /// The largest forward pass to size the model for (nil: `RunLimits.defaults`; the engine and the
     /// generator reserve what they need on top).
     var limits: RunLimits?
@@ -49,18 +52,49 @@ struct LoadOptions {
     /// Opens the model and builds it on its backend; the tokenizer only where the source has one (`logits`
     /// needs none).
     func load() throws -> LoadedModel {
+        let main = try mainDevice()
         let file = try openSource()
-        let backend = CPUBackend(threads: threads ?? CPUInfo.physicalCores)
+        let cpu = CPUBackend(threads: threads ?? CPUInfo.physicalCores)
+        var backends: [Device: any ComputeBackend] = [.cpu: cpu]
+        var gpu: CUDABackend?
+        if case .gpu(let i) = main {
+            do {
+                let g = try CUDABackend.make(ordinal: i)
+                g.onConversion = { Output.err("\($0)\n") }
+                let mem = g.memoryInfo()
+                Output.err(String(format: "%@: %.1f GiB free; kernels %@\n", g.summary, Double(mem.free) / 1_073_741_824,
+                                  g.kernelOrigin))
+                backends[main] = g
+                gpu = g
+            } catch {
+                throw CLIError("--device \(main): \(error)")
+            }
+        }
+        let backend = backends[main]!
         let rules: Placement
         do {
-            rules = try placement.map { try Placement(main: backend.device, parsing: $0) } ?? Placement(main: backend.device)
+            rules = try placement.map { try Placement(main: main, parsing: $0) } ?? Placement(main: main)
         } catch let e as BackendError {
             throw CLIError("--placement: \(e.description)")
         }
-        let model = try ModelRegistry.load(file, backend: backend, placement: rules, limits: limits)
+        let model = try ModelRegistry.load(file, backend: backend, backends: backends, placement: rules, limits: limits)
+        if let gpu {
+            let mem = gpu.memoryInfo()
+            Output.err(String(format: "placed on %@: %.2f GiB of weights (%.1f GiB free after load)\n", gpu.device.description,
+                              Double(gpu.weightBytes) / 1_073_741_824, Double(mem.free) / 1_073_741_824))
+        }
         let tokenizer = file.metadata["tokenizer.ggml.model"] == nil ? nil : try Tokenizer(metadata: file.metadata)
-        return LoadedModel(file: file, backend: backend, model: model, tokenizer: tokenizer,
+        return LoadedModel(file: file, backend: backend, cpu: cpu, gpu: gpu, model: model, tokenizer: tokenizer,
                            contextLength: min(contextLength ?? 4096, model.info.contextLength))
+    }
+
+    /// The parsed `--device` (cpu by default).
+    func mainDevice() throws -> Device {
+        guard let device else { return .cpu }
+        guard let d = Device(name: device) else {
+            throw CLIError("--device \(device): expected cpu, cuda or cuda:N")
+        }
+        return d
     }
 }
 
@@ -75,8 +109,11 @@ struct ModelOptions: ParsableArguments {
     @Option(name: .customLong("ctx-size"), help: "Context length for this run (default: the model's, at most 4096).")
     var contextSize: Int?
 
-    @Option(name: .long, help: "Which device holds which weights: comma-separated PATTERN=DEVICE rules over GGUF tensor names, first match wins, the rest on the main device (default: all on the CPU; this build has only the cpu device).")
+    @Option(name: .long, help: "Which device holds which weights: comma-separated PATTERN=DEVICE rules over GGUF tensor names, first match wins, the rest on the main device (default: all on the main device).")
     var placement: String?
+
+    @Option(name: .long, help: "The device that runs the model: cpu, cuda or cuda:N (default: cpu).")
+    var device: String?
 
     func validate() throws {
         if let threads, threads < 1 || threads > 1024 { throw ValidationError("--threads must be between 1 and 1024") }
@@ -84,7 +121,7 @@ struct ModelOptions: ParsableArguments {
     }
 
     var loadOptions: LoadOptions {
-        LoadOptions(model: model, threads: threads, contextLength: contextSize, placement: placement)
+        LoadOptions(model: model, threads: threads, contextLength: contextSize, placement: placement, device: device)
     }
 
     func openSource() throws -> any TensorSource { try loadOptions.openSource() }
@@ -106,7 +143,12 @@ struct ModelOptions: ParsableArguments {
 
 struct LoadedModel {
     let file: any TensorSource
-    let backend: CPUBackend
+    /// The main device's backend (runs the model).
+    let backend: any ComputeBackend
+    /// The CPU backend (its thread pool), always there.
+    let cpu: CPUBackend
+    /// The GPU backend when the main device is a GPU.
+    let gpu: CUDABackend?
     let model: LanguageModel
     let tokenizer: Tokenizer?
     let contextLength: Int

@@ -40,8 +40,11 @@ struct Serve: ParsableCommand {
     @Option(name: [.customShort("t"), .long], help: "Compute threads (default: physical cores).")
     var threads: Int?
 
-    @Option(name: .long, help: "Which device holds which weights: comma-separated PATTERN=DEVICE rules over GGUF tensor names, first match wins, the rest on the main device (default: all on the CPU; this build has only the cpu device).")
+    @Option(name: .long, help: "Which device holds which weights: comma-separated PATTERN=DEVICE rules over GGUF tensor names, first match wins, the rest on the main device (default: all on the main device).")
     var placement: String?
+
+    @Option(name: .long, help: "The device that runs the model: cpu, cuda or cuda:N (default: cpu). On a GPU the KV cache (--kv-cache-tokens) is in GPU memory.")
+    var device: String?
 
     // Engine
     @Option(name: .customLong("ctx-size"), help: "Context length per sequence, prompt and output (default: the model's, at most 4096).")
@@ -151,7 +154,8 @@ struct Serve: ParsableCommand {
         var logger = Logger(label: "ktransformers.serve")
         logger.logLevel = Logger.Level(rawValue: logLevel) ?? .info
 
-        let loaded = try LoadOptions(model: model, threads: threads, contextLength: contextSize, placement: placement).load()
+        let loaded = try LoadOptions(model: model, threads: threads, contextLength: contextSize, placement: placement,
+                                 device: device).load()
         let file = loaded.file, path = file.path
         guard let tokenizer = loaded.tokenizer else {
             let why = (file as? HFCheckpoint).map { $0.tokenizerProblem ?? "the directory has no tokenizer.json" }

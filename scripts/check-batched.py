@@ -1,0 +1,67 @@
+#!/usr/bin/env python3
+"""Batched greedy decoding must equal solo decoding: serves a model on a device, asks N prompts one at a time, then
+all at once (continuous batching puts them in the same steps), and compares the texts.
+
+    scripts/check-batched.py BIN [--device cuda] [--model FILE] [--clients 8] [--tokens 32]
+
+Without --model it writes a small random model with .baseline/make_random_gguf.py (2 layers of the Llama-3-8B shape,
+4096-token vocabulary). Exits non-zero on any difference.
+"""
+import argparse, json, os, subprocess, sys, threading, time, urllib.request
+
+ap = argparse.ArgumentParser()
+ap.add_argument("bin")
+ap.add_argument("--device", default="cpu")
+ap.add_argument("--model")
+ap.add_argument("--clients", type=int, default=8)
+ap.add_argument("--tokens", type=int, default=32)
+ap.add_argument("--port", type=int, default=18123)
+args = ap.parse_args()
+
+model = args.model
+if not model:
+    model = "/tmp/check-batched.gguf"
+    if not os.path.exists(model):
+        here = os.path.dirname(os.path.abspath(__file__))
+        root = os.path.dirname(here)
+        subprocess.run([sys.executable, os.path.join(root, ".baseline", "make_random_gguf.py"), "--preset", "llama3-8b",
+                        "--layers", "2", "--vocab", "4096", "--out", model,
+                        "--gguf-py", os.path.join(root, ".baseline", "gguf-py")], check=True,
+                       stdout=subprocess.DEVNULL)
+
+server = subprocess.Popen([args.bin, "serve", "--model", model, "--device", args.device, "--port", str(args.port),
+                           "--max-batch-size", str(args.clients)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+base = f"http://127.0.0.1:{args.port}"
+try:
+    for _ in range(600):
+        try:
+            urllib.request.urlopen(base + "/health", timeout=1)
+            break
+        except Exception:
+            if server.poll() is not None:
+                sys.exit("server exited: " + server.stderr.read().decode()[-2000:])
+            time.sleep(0.2)
+
+    def complete(prompt):
+        body = json.dumps({"prompt": prompt, "max_tokens": args.tokens, "temperature": 0}).encode()
+        req = urllib.request.Request(base + "/v1/completions", body, {"Content-Type": "application/json"})
+        return json.loads(urllib.request.urlopen(req, timeout=600).read())["choices"][0]["text"]
+
+    prompts = [f"prompt number {i} " + "abc " * (3 * i + 1) for i in range(args.clients)]
+    solo = [complete(p) for p in prompts]
+    together = [None] * len(prompts)
+
+    def run(i):
+        together[i] = complete(prompts[i])
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(prompts))]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    same = sum(1 for a, b in zip(solo, together) if a == b)
+    ok = same == len(prompts)
+    print(f"batched = solo on {args.device}: {same}/{len(prompts)} greedy answers of {args.tokens} tokens equal: "
+          f"{'ok' if ok else 'FAIL'}")
+    sys.exit(0 if ok else 1)
+finally:
+    server.terminate()
+    server.wait()
