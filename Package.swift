@@ -54,7 +54,7 @@ let package = Package(
         // The CUDA backend: the driver API and NVRTC loaded at run time (dlopen), so building needs no CUDA SDK and
         // the binary runs on machines without a GPU.
         .target(name: "BackendCUDA", dependencies: ["Backend", "Quant"],
-                resources: ["common.cuh", "quant.cuh", "matvec.cu", "ops.cu", "attention.cu", "moe.cu"]
+                resources: ["common.cuh", "quant.cuh", "matvec.cu", "activations.cu", "ops.cu", "attention.cu", "moe.cu"]
                     .map { .embedInCode("Kernels/\($0)") },
                 swiftSettings: optimized),
         // The backend conformance checks (every ComputeBackend op against plain references), runnable from XCTest
@@ -98,7 +98,7 @@ let package = Package(
         .testTarget(name: "EngineTests", dependencies: ["Engine", "Models", "GGUF", "Backend"]),
         .testTarget(name: "HFTests", dependencies: ["SafeTensors", "Models", "GGUF", "Quant", "Backend", "Engine", "Tokenizer"],
                     resources: [.copy("Fixtures")]),
-        .testTarget(name: "ModelTests", dependencies: ["Models", "GGUF", "Quant", "Backend", "Engine"],
+        .testTarget(name: "ModelTests", dependencies: ["Models", "GGUF", "Quant", "Backend", "BackendCUDA", "Engine"],
                     resources: [.copy("Fixtures")]),
         // Slow checks on the real default model and the CLI binary (see docs/testing.md).
         .testTarget(name: "EndToEndTests", dependencies: ["Models", "GGUF", "Tokenizer", "Engine"],

@@ -10,7 +10,7 @@ mkdir -p "$out"
 lib=$out/libcuda-emu.so
 src=Tests/CUDAEmulator/cuda_emu.cpp
 if [ ! -f "$lib" ] || [ "$src" -nt "$lib" ] || [ Tests/CUDAEmulator/emu_prelude.h -nt "$lib" ]; then
-  g++ -std=c++17 -O2 -shared -fPIC -DEMU_PRELUDE="\"$root/Tests/CUDAEmulator/emu_prelude.h\"" "$src" -o "$lib.tmp" -ldl
+  ${CXX:-g++} -std=c++17 -O2 -shared -fPIC -DEMU_PRELUDE="\"$root/Tests/CUDAEmulator/emu_prelude.h\"" "$src" -o "$lib.tmp" -ldl
   mv "$lib.tmp" "$lib"
 fi
 echo "$lib"

@@ -6,6 +6,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/default-model.sh >/dev/null
+# The CUDA backend's tests (conformance, every tiny architecture, batching) run on the real driver where there is a
+# GPU, else on the CUDA emulator (Tests/CUDAEmulator, needs a C++ compiler); without either they are skipped.
+if [ -z "${KTRANSFORMERS_CUDA_DRIVER:-}" ] && ! ldconfig -p 2>/dev/null | grep -q 'libcuda.so.1'; then
+  if emu=$(scripts/build-cuda-emulator.sh); then
+    export KTRANSFORMERS_CUDA_DRIVER=$emu KTRANSFORMERS_NVRTC=$emu
+    echo "CUDA backend tests: on the CUDA emulator ($emu)"
+  else
+    echo "CUDA backend tests: no GPU and no C++ compiler for the emulator: skipped"
+  fi
+fi
 swift test "$@"
 if [ $# -eq 0 ]; then
   scripts/e2e.sh

@@ -4,8 +4,9 @@ import Quant
 
 /// The CUDA backend: tensors, weights and the paged KV cache in one GPU's memory, every op a kernel of
 /// `Kernels/` on one stream. Weights are GGUF blocks uploaded as they are and decoded by the kernels (formats
-/// without a decoder there are converted to f32 at load, said once in the log). Activations stay f32 throughout
-/// (the CPU backend rounds some matmul inputs to 8 bits; here both precisions are f32).
+/// without a decoder there are converted to f32 at load, said once in the log). Activations are f32; a `.standard`
+/// matmul first rounds its input to the 8-bit blocks of the weight format's vec-dot type (Q8_0 or Q8_K), as the
+/// CPU backend and ggml do, so both backends carry the same activation rounding.
 ///
 /// The driver and NVRTC are loaded at run time; `make` fails with a message naming what is missing.
 public final class CUDABackend: ComputeBackend, @unchecked Sendable {
@@ -27,6 +28,9 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     private var staging: UnsafeMutableRawPointer?
     private var stagingBytes = 0
     private var routerWork: Tensor?
+    /// The rounded copy of a `.standard` matmul's input: `// [maxTokens, widest weight's cols]`.
+    private var rounded: Tensor?
+    private var widestInput = 0
     private var routerBias: [UnsafeRawPointer: Tensor] = [:]
     /// Bytes of weights this backend holds, and the formats it converted at load.
     public private(set) var weightBytes = 0
@@ -221,7 +225,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
             let p = deviceAllocate(bytes: max(1, bytes))
             copyIn(data, bytes: bytes, to: p)
             weightBytes += bytes
-            return CUDAWeight(address: p, tag: tag, rowBytes: hostRowBytes, kernels: kernels)
+            return CUDAWeight(address: p, tag: tag, rowBytes: hostRowBytes, rounding: Self.rounding(host), kernels: kernels)
         }
         if convertedFormats[type] == nil {
             onConversion?("cuda: no kernel reads \(type) blocks; \(type) weights are converted to f32 at load (\(name) first)")
@@ -242,7 +246,30 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
             r += n
         }
         weightBytes += rows * rowBytes
-        return CUDAWeight(address: p, tag: "f32", rowBytes: rowBytes, kernels: kernels)
+        return CUDAWeight(address: p, tag: "f32", rowBytes: rowBytes, rounding: Self.rounding(host), kernels: kernels)
+    }
+
+    /// The activation rounding of a `.standard` matmul with weights of these CPU kernels (their vec-dot type).
+    static func rounding(_ k: QuantKernels) -> ActivationRounding {
+        switch k.vecDotType {
+        case .q8_0, .q8_1: return .q8_0
+        case .q8_K: return .q8_K
+        default: return .none
+        }
+    }
+
+    /// Notes a weight's input width: the rounding scratch must hold `maxTokens` rows of the widest.
+    private func noteInput(cols: Int) {
+        widestInput = max(widestInput, cols)
+        growRounded()
+    }
+
+    private func growRounded() {
+        let need = plan.maxTokens * widestInput
+        if need > (rounded?.count ?? 0) {
+            if let old = rounded { release(old) }
+            rounded = allocate(need)
+        }
     }
 
     public func prepare(_ w: WeightRef) throws -> WeightMatrix {
@@ -250,6 +277,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         let host = try WeightMatrix(name: w.name, type: w.type, rows: w.shape[1], cols: w.shape[0], data: w.data, owner: w.owner)
         let g = try uploadWeight(name: w.name, type: w.type, rows: host.rows, cols: host.cols, data: w.data,
                                  host: host.kernels, hostRowBytes: host.rowBytes)
+        if g.rounding != .none { noteInput(cols: host.cols) }
         return try WeightMatrix(name: w.name, type: w.type, rows: host.rows, cols: host.cols, data: w.data, owner: w.owner,
                                 device: device, storage: g)
     }
@@ -260,6 +288,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
                                    data: w.data, owner: w.owner)
         let g = try uploadWeight(name: w.name, type: w.type, rows: host.rows * host.count, cols: host.cols, data: w.data,
                                  host: host.kernels, hostRowBytes: host.rowBytes)
+        if g.rounding != .none { noteInput(cols: host.cols) }
         return try WeightStack(name: w.name, type: w.type, count: host.count, rows: host.rows, cols: host.cols, data: w.data,
                                owner: w.owner, device: device, storage: g)
     }
@@ -279,6 +308,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
             routerWork = allocate(need)
         }
         plan = grown
+        growRounded()
     }
 
     static func weight(_ m: WeightMatrix) -> CUDAWeight {
@@ -323,17 +353,42 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
                 .i64(xHeadStride), .ptr(y.address), .i64(yStride), .i64(yHeadStride), .i32(n)])
     }
 
+    /// `x` rounded as a `.standard` matmul with `w` takes it: the rounding scratch, or `x` itself.
+    func roundedInput(_ x: Tensor, _ rounding: ActivationRounding, cols: Int, n: Int) -> Tensor {
+        guard rounding != .none else { return x }
+        guard let r = rounded, r.count >= n * cols else {
+            preconditionFailure("CUDA matmul: rounding scratch not reserved for \(n) rows of \(cols)")
+        }
+        let block = rounding == .q8_0 ? 32 : 256
+        precondition(cols % block == 0, "CUDA matmul: \(cols) columns are not whole \(rounding) blocks")
+        launch(rounding == .q8_0 ? "round_q8_0" : "round_q8_K", grid: (n, (cols / block + 3) / 4, 1), block: 128,
+               [.ptr(x.address), .ptr(r.address), .i32(cols)])
+        return r
+    }
+
     public func matmul(_ w: WeightMatrix, _ x: Tensor, _ y: Tensor, n: Int, precision: MatmulPrecision) {
         current()
-        matvec(Self.weight(w), rows: w.rows, cols: w.cols, matrixBytes: 0, heads: 1, x: x, xStride: w.cols, xHeadStride: 0,
+        let g = Self.weight(w)
+        let input = precision == .standard ? roundedInput(x, g.rounding, cols: w.cols, n: n) : x
+        matvec(g, rows: w.rows, cols: w.cols, matrixBytes: 0, heads: 1, x: input, xStride: w.cols, xHeadStride: 0,
                y: y, yStride: w.rows, yHeadStride: 0, n: n)
     }
 
     public func matmulGroup(_ w0: WeightMatrix, _ y0: Tensor, _ w1: WeightMatrix, _ y1: Tensor, _ w2: WeightMatrix?,
                             _ y2: Tensor?, x: Tensor, n: Int) {
-        matmul(w0, x, y0, n: n, precision: .standard)
-        matmul(w1, x, y1, n: n, precision: .standard)
-        if let w2, let y2 { matmul(w2, x, y2, n: n, precision: .standard) }
+        current()
+        // The input is rounded once per rounding the group's formats need, in the order they come.
+        var last: (ActivationRounding, Tensor)?
+        for (w, y) in [(w0, y0), (w1, y1)] + (w2.flatMap { w in y2.map { [(w, $0)] } } ?? []) {
+            let g = Self.weight(w)
+            let input: Tensor
+            if let l = last, l.0 == g.rounding { input = l.1 } else {
+                input = roundedInput(x, g.rounding, cols: w.cols, n: n)
+                last = (g.rounding, input)
+            }
+            matvec(g, rows: w.rows, cols: w.cols, matrixBytes: 0, heads: 1, x: input, xStride: w.cols, xHeadStride: 0,
+                   y: y, yStride: w.rows, yHeadStride: 0, n: n)
+        }
     }
 
     public func matmulHeads(_ w: WeightStack, _ x: Tensor, xStride: Int, xHeadStride: Int, _ y: Tensor, yStride: Int,
@@ -436,20 +491,25 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     }
 }
 
+/// How a `.standard` matmul rounds its input (the weight format's vec-dot type).
+enum ActivationRounding { case none, q8_0, q8_K }
+
 /// A weight in device memory: its blocks (or their f32 conversion) and the kernels that read its format.
 final class CUDAWeight: @unchecked Sendable {
     let address: UInt
     /// The kernels' name for the device format ("q4_K", ..., "f32").
     let tag: String
     let rowBytes: Int
+    let rounding: ActivationRounding
     let matvec: CUDADriver.Handle
     let matvecExperts: CUDADriver.Handle
     let embed: CUDADriver.Handle
 
-    init(address: UInt, tag: String, rowBytes: Int, kernels: CUDAKernels) {
+    init(address: UInt, tag: String, rowBytes: Int, rounding: ActivationRounding, kernels: CUDAKernels) {
         self.address = address
         self.tag = tag
         self.rowBytes = rowBytes
+        self.rounding = rounding
         matvec = kernels.function("matvec_\(tag)")
         matvecExperts = kernels.function("matvec_experts_\(tag)")
         embed = kernels.function("embed_\(tag)")
@@ -468,7 +528,7 @@ final class DeviceTensors: @unchecked Sendable {
 }
 
 /// The routed experts of MoE layers whose expert weights are on the GPU: for every (token, chosen expert) pair,
-/// gate and up rows, SwiGLU, down rows, each pair's expert found through the ids in device memory (no host
+/// gate and up rows (their input rounded to 8 bits as the CPU executor rounds it), SwiGLU, down rows (f32 input), each pair's expert found through the ids in device memory (no host
 /// round trip); `wait` adds the weighted outputs to the residual in choice order.
 final class CUDAExpertExecutor: ExpertExecutor {
     let backend: CUDABackend
@@ -507,8 +567,10 @@ final class CUDAExpertExecutor: ExpertExecutor {
                            [.ptr(w.address), .i64(w.rowBytes), .i64(w.rowBytes * stack.rows), .i32(stack.rows), .i32(stack.cols),
                             .ptr(x.address), .i32(xDiv), .ptr(ids.address), .ptr(y.address)])
         }
-        run(g, experts.gate, x: x, xDiv: k, y: gate!)
-        run(u, experts.up, x: x, xDiv: k, y: up!)
+        let xg = backend.roundedInput(x, g.rounding, cols: experts.gate.cols, n: n)
+        run(g, experts.gate, x: xg, xDiv: k, y: gate!)
+        let xu = u.rounding == g.rounding ? xg : backend.roundedInput(x, u.rounding, cols: experts.up.cols, n: n)
+        run(u, experts.up, x: xu, xDiv: k, y: up!)
         backend.gatedActivation(gate!, up!, count: pairs * ff, .silu)
         run(d, experts.down, x: gate!, xDiv: 1, y: down!)
     }

@@ -14,7 +14,8 @@ final class CUDAKernels: @unchecked Sendable {
 
     /// The kernel sources in compile order (common definitions first).
     static var source: String {
-        [PackageResources.common_cuh, PackageResources.quant_cuh, PackageResources.matvec_cu, PackageResources.ops_cu,
+        [PackageResources.common_cuh, PackageResources.quant_cuh, PackageResources.matvec_cu,
+         PackageResources.activations_cu, PackageResources.ops_cu,
          PackageResources.attention_cu, PackageResources.moe_cu]
             .map { String(decoding: $0, as: UTF8.self) }.joined(separator: "\n")
     }

@@ -37,16 +37,47 @@ emu_dim3 emu_block_idx, emu_block_dim, emu_grid_dim;
 void* emu_dynamic_shared = nullptr;
 }
 
+// Fiber switches: a minimal x86-64 context switch (callee-saved registers and the stack pointer; no signal-mask
+// system call, unlike swapcontext), ucontext elsewhere.
+#if defined(__x86_64__)
+extern "C" void emu_switch(void** save, void* load);
+asm(R"(
+.text
+.globl emu_switch
+.type emu_switch, @function
+emu_switch:
+    pushq %rbp
+    pushq %rbx
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    movq %rsp, (%rdi)
+    movq %rsi, %rsp
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbx
+    popq %rbp
+    ret
+.size emu_switch, .-emu_switch
+)");
+#define EMU_FAST_SWITCH 1
+#endif
+
 namespace {
 enum State { READY, AT_BLOCK, AT_WARP, DONE };
 struct Fiber {
     ucontext_t ctx;
+    void* sp = nullptr;
     emu_fiber_info info;
     State state;
     char* stack = nullptr;
 };
 constexpr size_t kStack = 256 * 1024;
 ucontext_t schedulerContext;
+void* schedulerSp = nullptr;
 std::vector<Fiber> fibers;
 int currentFiber = -1;
 void (*currentKernel)(void**) = nullptr;
@@ -58,6 +89,44 @@ std::recursive_mutex launchLock;
 void fiberEntry() {
     currentKernel(currentArgs);
     fibers[currentFiber].state = DONE;
+#ifdef EMU_FAST_SWITCH
+    emu_switch(&fibers[currentFiber].sp, schedulerSp);  // never comes back
+    abort();
+#endif
+}
+
+void startFiber(Fiber& f) {
+#ifdef EMU_FAST_SWITCH
+    // The initial stack: six zero registers for emu_switch to pop, then fiberEntry as its return address, at a
+    // 16-byte aligned slot (so fiberEntry starts as if called).
+    uintptr_t top = ((uintptr_t)(f.stack + kStack) & ~(uintptr_t)15) - 64;
+    void** sp = (void**)top;
+    sp[6] = (void*)&fiberEntry;
+    for (int i = 0; i < 6; i++) sp[i] = nullptr;
+    f.sp = sp;
+#else
+    getcontext(&f.ctx);
+    f.ctx.uc_stack.ss_sp = f.stack;
+    f.ctx.uc_stack.ss_size = kStack;
+    f.ctx.uc_link = &schedulerContext;
+    makecontext(&f.ctx, fiberEntry, 0);
+#endif
+}
+
+void resume(Fiber& f) {
+#ifdef EMU_FAST_SWITCH
+    emu_switch(&schedulerSp, f.sp);
+#else
+    swapcontext(&schedulerContext, &f.ctx);
+#endif
+}
+
+void yieldToScheduler(Fiber& f) {
+#ifdef EMU_FAST_SWITCH
+    emu_switch(&f.sp, schedulerSp);
+#else
+    swapcontext(&f.ctx, &schedulerContext);
+#endif
 }
 
 void runBlock(unsigned threads) {
@@ -65,11 +134,7 @@ void runBlock(unsigned threads) {
     for (unsigned i = 0; i < threads; i++) {
         Fiber& f = fibers[i];
         if (!f.stack) f.stack = (char*)malloc(kStack);
-        getcontext(&f.ctx);
-        f.ctx.uc_stack.ss_sp = f.stack;
-        f.ctx.uc_stack.ss_size = kStack;
-        f.ctx.uc_link = &schedulerContext;
-        makecontext(&f.ctx, fiberEntry, 0);
+        startFiber(f);
         unsigned bx = emu_block_dim.x, by = emu_block_dim.y;
         f.info.tid = {i % bx, (i / bx) % by, i / (bx * by)};
         f.info.linear = (int)i;
@@ -82,7 +147,7 @@ void runBlock(unsigned threads) {
             any = true;
             currentFiber = (int)i;
             emu_current = &fibers[i].info;
-            swapcontext(&schedulerContext, &fibers[i].ctx);
+            resume(fibers[i]);
         }
         (void)any;
         bool allDone = true, released = false;
@@ -167,7 +232,7 @@ extern "C" {
 void emu_barrier(int warpOnly) {
     Fiber& f = fibers[currentFiber];
     f.state = warpOnly ? AT_WARP : AT_BLOCK;
-    swapcontext(&f.ctx, &schedulerContext);
+    yieldToScheduler(f);
 }
 uint64_t* emu_exchange_slots() { return exchange; }
 
@@ -317,7 +382,9 @@ int nvrtcCompileProgram(Program* p, int nOptions, const char* const* options) {
     if (stat(so.c_str(), &st) == 0) { p->image = so; return 0; }
     std::string src = base + ".cpp", pre = base + ".i", log = base + ".log";
     { std::ofstream(src) << full; }
-    std::string cmd = "g++ -std=c++17 -E -P" + defines + " '" + src + "' -o '" + pre + "' > '" + log + "' 2>&1";
+    const char* cxxEnv = getenv("CXX");
+    std::string cxx = cxxEnv && *cxxEnv ? cxxEnv : "g++";
+    std::string cmd = cxx + " -std=c++17 -E -P" + defines + " '" + src + "' -o '" + pre + "' > '" + log + "' 2>&1";
     if (system(cmd.c_str()) != 0) { p->log = readFile(log); return 6; }
     // Every kernel: `__attribute__((used)) void NAME(` after preprocessing (__global__ expands to it).
     std::string text = readFile(pre);
@@ -327,7 +394,7 @@ int nvrtcCompileProgram(Program* p, int nOptions, const char* const* options) {
         reg += "EMU_REGISTER(" + (*it)[1].str() + ")\n";
     { std::ofstream(src) << full << reg; }
     std::string tmpSo = base + ".tmp.so";
-    cmd = "g++ -std=c++17 -O1 -g0 -shared -fPIC -w" + defines + " '" + src + "' -o '" + tmpSo + "' > '" + log + "' 2>&1";
+    cmd = cxx + " -std=c++17 -O1 -g0 -shared -fPIC -w" + defines + " '" + src + "' -o '" + tmpSo + "' > '" + log + "' 2>&1";
     if (system(cmd.c_str()) != 0) { p->log = readFile(log); return 6; }
     rename(tmpSo.c_str(), so.c_str());
     p->image = so;

@@ -98,3 +98,21 @@ static inline int min(int a, int b) { return a < b ? a : b; }
 static inline int max(int a, int b) { return a > b ? a : b; }
 static inline long long min(long long a, long long b) { return a < b ? a : b; }
 static inline long long max(long long a, long long b) { return a > b ? a : b; }
+static inline int __float2int_rn(float x) { return (int)std::nearbyint(x); }
+static inline float kt_round_to_half(float f) {
+    // float -> f16 (round to nearest even) -> float
+    uint32_t b; std::memcpy(&b, &f, 4);
+    uint32_t sign = b & 0x80000000u; b ^= sign;
+    uint16_t h;
+    if (b >= 0x47800000u) h = (b > 0x7f800000u) ? 0x7e00 : 0x7c00;   // overflow to inf (NaN kept NaN)
+    else if (b < 0x38800000u) {                                       // subnormal or zero
+        float a; std::memcpy(&a, &b, 4);
+        h = (uint16_t)std::nearbyint(a * 16777216.0f);               // units of 2^-24
+    } else {
+        uint32_t mant = b & 0x7fffffu, exp = (b >> 23) - 112;
+        uint32_t r = (exp << 10) | (mant >> 13), rem = mant & 0x1fff;
+        if (rem > 0x1000 || (rem == 0x1000 && (r & 1))) r++;
+        h = (uint16_t)r;
+    }
+    return kt_half_to_float((uint16_t)(h | (sign >> 16)));
+}

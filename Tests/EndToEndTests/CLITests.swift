@@ -24,7 +24,7 @@ final class CLITests: XCTestCase {
     func run(_ args: [String]) throws -> Run { try CLITests.execute(args) }
 
     /// Runs the binary to completion and captures its output.
-    static func execute(_ args: [String], timeout: Double? = nil) throws -> Run {
+    static func execute(_ args: [String], timeout: Double? = nil, environment: [String: String] = [:]) throws -> Run {
         let bin = CLITests.binary
         guard FileManager.default.isExecutableFile(atPath: bin.path) else {
             XCTFail("ktransformers binary not found at \(bin.path); build the package first")
@@ -33,6 +33,9 @@ final class CLITests: XCTestCase {
         let p = Process()
         p.executableURL = bin
         p.arguments = args
+        if !environment.isEmpty {
+            p.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        }
         // stderr goes to a file, stdout through a pipe read to the end before waiting, so nothing can block.
         let errURL = FileManager.default.temporaryDirectory.appendingPathComponent("cli-stderr-\(UUID().uuidString)")
         FileManager.default.createFile(atPath: errURL.path, contents: nil)
@@ -69,6 +72,23 @@ final class CLITests: XCTestCase {
         XCTAssertNotEqual(r.status, 0, file: file, line: line)
         XCTAssertLessThan(r.status, 128, "exit status \(r.status) looks like a crash", file: file, line: line)
         XCTAssertTrue(r.stderr.contains(text), "stderr lacks '\(text)': \(r.stderr)", file: file, line: line)
+    }
+
+    /// `--device cuda` where there is no CUDA driver (CI), an unknown device, and a GPU number the driver does not
+    /// have: a message naming the problem and exit status 1, never a crash or a hang.
+    func testDeviceWithoutCUDAIsAClearError() throws {
+        let noDriver = try Self.execute(["logits", "--device", "cuda", "--tokens", "1"], timeout: 60,
+                                        environment: ["KTRANSFORMERS_CUDA_DRIVER": "/nonexistent/libcuda.so.1"])
+        XCTAssertEqual(noDriver.status, 1, noDriver.stderr)
+        XCTAssertTrue(noDriver.stderr.contains("--device cuda: CUDA is not usable on this machine"), noDriver.stderr)
+        let bogus = try Self.execute(["logits", "--device", "tpu", "--tokens", "1"], timeout: 60)
+        XCTAssertEqual(bogus.status, 1, bogus.stderr)
+        XCTAssertTrue(bogus.stderr.contains("--device tpu: expected cpu, cuda or cuda:N"), bogus.stderr)
+        if ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_DRIVER"] != nil {
+            let missing = try Self.execute(["logits", "--device", "cuda:7", "--tokens", "1"], timeout: 60)
+            XCTAssertEqual(missing.status, 1, missing.stderr)
+            XCTAssertTrue(missing.stderr.contains("cuda:7"), missing.stderr)
+        }
     }
 
     func testTruncatedModelFileIsAClearError() throws {

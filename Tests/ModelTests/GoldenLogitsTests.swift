@@ -26,8 +26,15 @@ import XCTest
 /// is within float32 noise of a tie, so the tight tolerance holds there too. If the engine stops rounding
 /// those activations (or starts rounding attn_output/ffn_down/output inputs of Q8_0 weights, which these
 /// files do not have), the Q8_0 variants move by ~1% and fail.
-final class GoldenLogitsTests: XCTestCase {
+class GoldenLogitsTests: XCTestCase {
     static let relativeTolerance: Float = 1e-4
+
+    /// The backend every test here runs the models on (CUDAGoldenLogitsTests runs them all again on the GPU).
+    class func makeBackend() throws -> any ComputeBackend { CPUBackend(pool: TinyModels.pool) }
+
+    func load(_ name: String) throws -> LanguageModel {
+        try TinyModels.load(name, backend: try Self.makeBackend())
+    }
 
     func testLlamaF32() throws { try checkGolden("llama") }
     func testLlamaQ8_0() throws { try checkGolden("llama-q8_0") }
@@ -48,8 +55,8 @@ final class GoldenLogitsTests: XCTestCase {
         XCTAssertEqual(Set(TinyModels.all.map(TinyModels.architecture)), Set(ModelRegistry.supportedArchitectures))
     }
 
-    private func checkGolden(_ name: String, file: StaticString = #filePath, line: UInt = #line) throws {
-        let model = try TinyModels.load(name)
+    func checkGolden(_ name: String, file: StaticString = #filePath, line: UInt = #line) throws {
+        let model = try load(name)
         let ref = try TinyModels.reference(name)
         let vocab = model.info.vocabSize
         XCTAssertEqual(model.info.architecture, TinyModels.architecture(name), file: file, line: line)
@@ -78,7 +85,7 @@ final class GoldenLogitsTests: XCTestCase {
     /// and one token per forward give the same logits at every position.
     func testPrefillEqualsChunkedAndTokenByToken() throws {
         for name in TinyModels.all {
-            let model = try TinyModels.load(name)
+            let model = try load(name)
             let tokens = try TinyModels.reference(name).tokens
             let vocab = model.info.vocabSize
             let n = tokens.count
@@ -115,7 +122,7 @@ final class GoldenLogitsTests: XCTestCase {
     /// one batch (different positions) matches each sequence's own next step.
     func testBatchOfTwoSequencesEqualsEachAlone() throws {
         for name in TinyModels.f32 {
-            let model = try TinyModels.load(name)
+            let model = try load(name)
             let vocab = model.info.vocabSize
             let a = try TinyModels.reference(name).tokens               // 12 tokens
             let b: [Int32] = [7, 3, 60, 11, 94, 0, 25]                 // 7 tokens

@@ -40,7 +40,11 @@ enum TinyModels {
     }
 
     static func load(_ name: String) throws -> LanguageModel {
-        try ModelRegistry.load(GGUFFile(path: path(name, "gguf")), backend: CPUBackend(pool: pool))
+        try load(name, backend: CPUBackend(pool: pool))
+    }
+
+    static func load(_ name: String, backend: any ComputeBackend) throws -> LanguageModel {
+        try ModelRegistry.load(GGUFFile(path: path(name, "gguf")), backend: backend)
     }
 
     /// The architecture part of a fixture name (`qwen3-q8_0` → `qwen3`; llama.cpp stores Mixtral as `llama`).

@@ -48,3 +48,12 @@ __device__ __forceinline__ float kt_block_max(float v, float* scratch) {
     float s = lane < warps ? scratch[lane] : -INFINITY;
     return kt_warp_max(s);
 }
+
+#ifndef KT_EMULATOR
+// float -> f16 -> float, rounding to nearest even (the f16 scale of a Q8_0 block).
+__device__ __forceinline__ float kt_round_to_half(float f) {
+    u16 h;
+    asm("{ cvt.rn.f16.f32 %0, %1; }" : "=h"(h) : "f"(f));
+    return kt_half_to_float(h);
+}
+#endif
