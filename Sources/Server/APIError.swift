@@ -43,6 +43,11 @@ public struct APIError: Error, Sendable, Equatable, CustomStringConvertible {
         APIError(status: .serviceUnavailable, message: message, type: "server_error", code: "overloaded")
     }
 
+    /// 503 while the server drains for a shutdown (and for what is still running when the drain ends).
+    public static let shuttingDown = APIError(
+        status: .serviceUnavailable, message: "The server is shutting down; retry on another replica or later.",
+        type: "server_error", code: "shutting_down")
+
     public static func notFound(path: String) -> APIError {
         APIError(status: .notFound, message: "No route for \(path).", code: "not_found")
     }

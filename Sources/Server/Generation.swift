@@ -1,6 +1,7 @@
 import Engine
 import Foundation
 import Hummingbird
+import NIOConcurrencyHelpers
 import NIOCore
 
 /// One request in flight: consumes the engine's stream through an `OutputProcessor` and writes the OpenAI
@@ -32,12 +33,19 @@ final class Generation: Sendable {
         OutputProcessor(tokenizer: server.tokenizer, stopTokenIDs: request.stopTokenIDs, stopStrings: params.stop)
     }
 
+    /// Whether the request ended because the shutdown drain expired (set by `run`).
+    private let endedByShutdown = NIOLockedValueBox(false)
+
     /// Feeds every delta to `body` until the request finishes. Returns the final usage.
     private func run(_ body: (OutputProcessor.Delta, OutputProcessor) async throws -> Void) async throws -> Usage {
         let engine = server.engine
         let id = id
         let token = connection?.onClose { engine.abort(id: id) }
-        defer { connection?.cancel(token) }
+        server.track(id)
+        defer {
+            connection?.cancel(token)
+            server.untrack(id)
+        }
         var proc = makeProcessor()
         var usage = Usage(promptTokens: request.promptTokens.count, completionTokens: 0)
         var finished = false
@@ -49,6 +57,9 @@ final class Generation: Sendable {
                     // An abort's last element carries no cache figure: keep the one reported before it.
                     usage = Usage(promptTokens: d.promptTokens, completionTokens: d.completionTokens,
                                   cachedTokens: max(usage.cachedTokens, d.cachedTokens))
+                    if d.finishReason == FinishReason.abort.rawValue && server.drainExpired {
+                        endedByShutdown.withLockedValue { $0 = true }
+                    }
                     try await body(d, proc)
                     if d.finishReason != nil { finished = true; break }
                 }
@@ -83,6 +94,7 @@ final class Generation: Sendable {
             if self.wantLogprobs { entries += proc.chatEntries(d.logprobs) }
             if let f = d.finishReason { finish = f }
         }
+        if endedByShutdown.withLockedValue({ $0 }) { throw APIError.shuttingDown }
         let choice = ChatChoice(index: 0, message: ResponseMessage(role: "assistant", content: text),
                                 logprobs: wantLogprobs ? ChatLogprobs(content: entries) : nil, finishReason: finish)
         return ChatCompletionResponse(id: id, created: created, model: model, choices: [choice], usage: usage)
@@ -115,7 +127,14 @@ final class Generation: Sendable {
             }
         }
         if includeUsage { try await writer.write(chunk([], usage: usage)) }
+        try await writeShutdownError(&writer)
         try await writer.write(ByteBuffer(string: SSE.done))
+    }
+
+    /// After the final chunk of a stream the shutdown cut short: an error event (OpenAI's clients raise it).
+    private func writeShutdownError(_ writer: inout any ResponseBodyWriter) async throws {
+        guard endedByShutdown.withLockedValue({ $0 }) else { return }
+        try await writer.write(ByteBuffer(string: SSE.event(APIError.shuttingDown.jsonBody)))
     }
 
     // MARK: Completions
@@ -129,6 +148,7 @@ final class Generation: Sendable {
             if self.wantLogprobs { proc.appendCompletion(d.logprobs, to: &lp) }
             if let f = d.finishReason { finish = f }
         }
+        if endedByShutdown.withLockedValue({ $0 }) { throw APIError.shuttingDown }
         let choice = CompletionChoice(index: 0, text: text, logprobs: wantLogprobs ? lp : nil, finishReason: finish)
         return CompletionResponse(id: id, created: created, model: model, choices: [choice], usage: usage)
     }
@@ -151,6 +171,7 @@ final class Generation: Sendable {
             }
         }
         if includeUsage { try await writer.write(chunk([], usage: usage)) }
+        try await writeShutdownError(&writer)
         try await writer.write(ByteBuffer(string: SSE.done))
     }
 }

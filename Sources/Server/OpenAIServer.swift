@@ -5,6 +5,7 @@ import Hummingbird
 import HummingbirdCore
 import HTTPTypes
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import Tokenizer
 
@@ -30,6 +31,15 @@ public final class OpenAIServer: Sendable {
     let created = Int(Date().timeIntervalSince1970)
     let eogIDs: Set<Int32>
 
+    /// The shutdown drain: once `draining`, new requests get 503; once `expired`, what still runs is aborted and
+    /// ended properly (see `Generation`). `active` holds the ids of the requests being generated.
+    struct DrainState {
+        var draining = false
+        var expired = false
+        var active: Set<String> = []
+    }
+    let drain = NIOLockedValueBox(DrainState())
+
     public init(engine: any InferenceEngine, tokenizer: Tokenizer, chatTemplate: ChatTemplate?, config: ServerConfig) {
         self.engine = engine
         self.tokenizer = tokenizer
@@ -45,6 +55,7 @@ public final class OpenAIServer: Sendable {
     public func makeRouter() -> Router<ServerContext> {
         let router = Router(context: ServerContext.self)
         router.middlewares.add(OpenAIErrorMiddleware())
+        router.middlewares.add(DrainMiddleware(server: self))
         if let key = config.apiKey { router.middlewares.add(APIKeyMiddleware(key: key)) }
         router.get("/health") { _, _ in try self.health() }
         router.get("/v1/models") { _, _ in try self.models() }
@@ -61,25 +72,61 @@ public final class OpenAIServer: Sendable {
     /// The Hummingbird application bound to `config.host:config.port`.
     public func makeApplication(logger: Logger, onServerRunning: @escaping @Sendable (any Channel) async -> Void = { _ in })
         -> some ApplicationProtocol {
-        let timeout = TimeAmount.nanoseconds(Int64(config.requestTimeout * 1e9))
-        let http1 = HTTP1Channel.Configuration(
-            additionalChannelHandlers: [ConnectionGuardHandler(requestTimeout: timeout)],
-            idleTimeout: timeout)
+        let limits = ConnectionLimits(requestTimeout: .nanoseconds(Int64(config.requestTimeout * 1e9)),
+                                      idleTimeout: .nanoseconds(Int64(config.idleTimeout * 1e9)),
+                                      maxConnections: config.maxConnections)
         return Application(
             router: makeRouter(),
-            server: .http1(configuration: http1),
-            configuration: .init(address: .hostname(config.host, port: config.port), serverName: nil,
-                                 availableConnectionsDelegate: MaximumAvailableConnections(config.maxConnections)),
+            server: HTTPServerBuilder { responder in ServerHTTP1Channel(responder: responder, limits: limits) },
+            configuration: .init(address: .hostname(config.host, port: config.port), serverName: nil),
             onServerRunning: onServerRunning,
             logger: logger)
+    }
+
+    // MARK: - Shutdown drain
+
+    /// SIGTERM/SIGINT: from now on new requests are answered 503 (`shutting_down`, with `Connection: close`) and
+    /// /health says "draining"; running requests go on.
+    public func beginDrain() {
+        drain.withLockedValue { $0.draining = true }
+    }
+
+    /// The drain timeout has passed: every request still generating is aborted; streams end with a final chunk
+    /// (`finish_reason: "abort"`), an error event and `[DONE]`, other requests get a 503 JSON error.
+    public func expireDrain() {
+        let ids = drain.withLockedValue { s -> Set<String> in
+            s.draining = true
+            s.expired = true
+            return s.active
+        }
+        for id in ids { engine.abort(id: id) }
+    }
+
+    public var isDraining: Bool { drain.withLockedValue { $0.draining } }
+    var drainExpired: Bool { drain.withLockedValue { $0.expired } }
+    /// Requests being generated now.
+    public var activeRequests: Int { drain.withLockedValue { $0.active.count } }
+
+    /// Notes a request as generating; if the drain has already expired it is aborted at once.
+    func track(_ id: String) {
+        let expired = drain.withLockedValue { s -> Bool in
+            s.active.insert(id)
+            return s.expired
+        }
+        if expired { engine.abort(id: id) }
+    }
+
+    func untrack(_ id: String) {
+        _ = drain.withLockedValue { $0.active.remove(id) }
     }
 
     // MARK: - Simple routes
 
     func health() throws -> Response {
         let s = engine.stats()
+        let draining = isDraining
         let obj: [String: Any] = [
-            "status": "ok",
+            "status": draining ? "draining" : "ok",
             "model": config.modelID,
             "engine": [
                 "running": s.running, "waiting": s.waiting,
@@ -91,9 +138,10 @@ public final class OpenAIServer: Sendable {
                 "prefix_cache_hit_tokens": s.prefixCacheHitTokens,
             ],
             "connections": ConnectionRegistry.shared.count,
+            "connections_evicted": ConnectionRegistry.shared.evictionCount,
         ]
         let data = try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys])
-        return Self.jsonResponse(data)
+        return Self.jsonResponse(data, status: draining ? .serviceUnavailable : .ok)
     }
 
     func modelCard() -> ModelCard {
@@ -325,6 +373,19 @@ struct OpenAIErrorMiddleware<Context: RequestContext>: RouterMiddleware {
             context.logger.error("internal error: \(error)")
             return APIError.internalError("Internal server error: \(error)").response
         }
+    }
+}
+
+/// While the server drains for a shutdown: every new request but /health is answered 503 (`shutting_down`), and
+/// every response asks the client to close the connection (so keep-alive clients reconnect to another replica).
+struct DrainMiddleware<Context: RequestContext>: RouterMiddleware {
+    let server: OpenAIServer
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        guard server.isDraining else { return try await next(request, context) }
+        var response = request.uri.path == "/health" ? try await next(request, context) : APIError.shuttingDown.response
+        response.headers[.connection] = "close"
+        return response
     }
 }
 

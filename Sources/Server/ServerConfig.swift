@@ -15,17 +15,22 @@ public struct ServerConfig: Sendable {
     public var modelAliases: [String] = []
     /// Request bodies larger than this are answered 413 (`--max-body-bytes`).
     public var maxBodyBytes = 4 * 1024 * 1024
-    /// Seconds a connection may take to deliver one complete request (head and body), and may stay idle
-    /// between requests, before it is closed (`--request-timeout`). Protects against slow clients.
+    /// Seconds a connection may take to deliver one complete request (head and body) before it is closed
+    /// (`--request-timeout`). Protects against slow clients.
     public var requestTimeout: Double = 30
-    /// Open connections at most; beyond, new connections wait in the backlog (`--max-connections`).
+    /// Seconds a connection may stay open without a request (fresh, or between requests) before it is closed
+    /// (`--idle-timeout`).
+    public var idleTimeout: Double = 15
+    /// Open connections at most (`--max-connections`); a new one beyond closes the longest idle connection, or is
+    /// answered 503 when all are busy.
     public var maxConnections = 256
     /// Tokens generated when a chat request gives no `max_tokens` (`--max-new-tokens`); completions default
     /// to 16 as OpenAI's do. Always capped by the context left after the prompt.
     public var maxNewTokens = 1024
-    /// Seconds in-flight requests get to finish after SIGINT/SIGTERM before they are cancelled
-    /// (`--shutdown-grace`).
-    public var shutdownGrace: Double = 10
+    /// Seconds in-flight requests get to finish after SIGINT/SIGTERM (`--drain-timeout`); then every stream still
+    /// running ends with a final chunk (`finish_reason: "abort"`), an error event and `[DONE]`, and every other
+    /// request is answered 503.
+    public var drainTimeout: Double = 30
 
     public init() {}
 
@@ -36,7 +41,8 @@ public struct ServerConfig: Sendable {
         try check(requestTimeout > 0 && requestTimeout <= 86400, "--request-timeout must be between 0 and 86400 seconds")
         try check(maxConnections >= 1, "--max-connections must be at least 1")
         try check(maxNewTokens >= 1, "--max-new-tokens must be at least 1")
-        try check(shutdownGrace >= 0, "--shutdown-grace must be >= 0")
+        try check(idleTimeout > 0 && idleTimeout <= 86400, "--idle-timeout must be between 0 and 86400 seconds")
+        try check(drainTimeout >= 0 && drainTimeout <= 86400, "--drain-timeout must be between 0 and 86400 seconds")
         try check(!modelID.isEmpty, "--served-model-name must not be empty")
         if let k = apiKey { try check(!k.isEmpty, "--api-key must not be empty") }
     }

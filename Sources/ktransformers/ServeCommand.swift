@@ -20,8 +20,10 @@ struct Serve: ParsableCommand {
         abstract: "Serve a GGUF model over an OpenAI-compatible HTTP API.",
         discussion: """
         Routes: POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /health. \
-        Binds to 127.0.0.1 unless --host says otherwise. SIGINT/SIGTERM shut down gracefully: no new \
-        connections, in-flight requests get --shutdown-grace seconds to finish, then are cancelled. \
+        Binds to 127.0.0.1 unless --host says otherwise. SIGINT/SIGTERM drain: no new connections, new requests \
+        get 503, in-flight requests get --drain-timeout seconds to finish, then every stream still running ends \
+        with a final chunk (finish_reason "abort"), an error event and [DONE], other requests get a 503 JSON error; \
+        the exit status is 0. \
         The original KTransformers' flag names are accepted too (--model_path, --gguf_path, --cache_lens, \
         --max_batch_size, --chunk_size, --max_new_tokens).
         """)
@@ -85,14 +87,17 @@ struct Serve: ParsableCommand {
     @Option(name: .customLong("max-body-bytes"), help: "Largest request body; larger ones get 413.")
     var maxBodyBytes: Int = ServerConfig().maxBodyBytes
 
-    @Option(name: .customLong("request-timeout"), help: "Seconds a client may take to send a whole request (or stay idle between requests).")
+    @Option(name: .customLong("request-timeout"), help: "Seconds a client may take to send a whole request.")
     var requestTimeout: Double = ServerConfig().requestTimeout
 
-    @Option(name: .customLong("max-connections"), help: "Open connections at most.")
+    @Option(name: .customLong("idle-timeout"), help: "Seconds a connection may stay open without a request (fresh, or between requests).")
+    var idleTimeout: Double = ServerConfig().idleTimeout
+
+    @Option(name: .customLong("max-connections"), help: "Open connections at most: a new one beyond closes the longest idle connection, or gets 503 when all are busy.")
     var maxConnections: Int = ServerConfig().maxConnections
 
-    @Option(name: .customLong("shutdown-grace"), help: "Seconds in-flight requests get to finish on SIGINT/SIGTERM.")
-    var shutdownGrace: Double = ServerConfig().shutdownGrace
+    @Option(name: [.customLong("drain-timeout"), .customLong("shutdown-grace")], help: "Seconds in-flight requests get to finish on SIGINT/SIGTERM before they are ended (streams with a final chunk and [DONE], others with a 503 JSON error).")
+    var drainTimeout: Double = ServerConfig().drainTimeout
 
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.")
     var logLevel: String = "info"
@@ -133,7 +138,8 @@ struct Serve: ParsableCommand {
         s.maxBodyBytes = maxBodyBytes
         s.requestTimeout = requestTimeout
         s.maxConnections = maxConnections
-        s.shutdownGrace = shutdownGrace
+        s.idleTimeout = idleTimeout
+        s.drainTimeout = drainTimeout
         return s
     }
 
@@ -186,18 +192,41 @@ struct Serve: ParsableCommand {
             let port = channel.localAddress?.port ?? config.port
             Output.err("ktransformers serve: \(config.modelID) on http://\(host):\(port) (\(loaded.backend.summary), context \(engine.contextLength))\n")
         }
-        // Services stop in reverse order: the HTTP server first (it stops accepting and lets in-flight requests
-        // finish), then the engine.
+        // Services stop in reverse order: the drain first (new requests get 503; after --drain-timeout what still
+        // runs is ended properly), then the HTTP server (it stops accepting and waits for in-flight requests), then
+        // the engine.
         var groupConfig = ServiceGroupConfiguration(
-            services: [.init(service: EngineService(engine: engine)), .init(service: app)],
+            services: [.init(service: EngineService(engine: engine)), .init(service: app),
+                       .init(service: DrainService(server: server, timeout: config.drainTimeout))],
             gracefulShutdownSignals: [.sigterm, .sigint],
             cancellationSignals: [],
             logger: logger)
-        // Past the grace period the request tasks are cancelled, which aborts their engine requests.
-        groupConfig.maximumGracefulShutdownDuration = .milliseconds(Int64(config.shutdownGrace * 1000))
+        // A backstop only: the drain ends every request itself after --drain-timeout.
+        groupConfig.maximumGracefulShutdownDuration = .milliseconds(Int64((config.drainTimeout + 10) * 1000))
         groupConfig.maximumCancellationDuration = .seconds(5)
         try await ServiceGroup(configuration: groupConfig).run()
         Output.err("ktransformers serve: stopped\n")
+    }
+}
+
+/// The shutdown drain: on SIGTERM/SIGINT the server refuses new requests at once; `timeout` seconds later it ends
+/// whatever still runs (streams with a final chunk and [DONE], others with a 503 JSON error).
+struct DrainService: Service {
+    let server: OpenAIServer
+    let timeout: Double
+
+    func run() async throws {
+        try? await gracefulShutdown()
+        server.beginDrain()
+        let server = server, timeout = timeout
+        Output.err("ktransformers serve: draining \(server.activeRequests) requests for up to \(timeout) s\n")
+        Task.detached {
+            try? await Task.sleep(nanoseconds: UInt64(timeout * 1e9))
+            if server.activeRequests > 0 {
+                Output.err("ktransformers serve: drain timeout: ending \(server.activeRequests) requests\n")
+            }
+            server.expireDrain()
+        }
     }
 }
 

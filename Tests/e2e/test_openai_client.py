@@ -722,3 +722,190 @@ def test_overloaded_503():
         assert r.usage.completion_tokens >= 1
     finally:
         assert s.stop() == 0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# HTTP-level behaviour: HTTP/1.0, parse errors, idle sockets, the connection cap, the shutdown drain
+
+def raw_exchange(port, data, wait=10.0):
+    """Sends raw bytes; returns (everything the server sent until it closed or `wait` passed, whether it closed)."""
+    s = socket.create_connection((HOST, port), timeout=wait)
+    s.sendall(data)
+    out, closed, deadline = b"", False, time.time() + wait
+    try:
+        while time.time() < deadline:
+            b = s.recv(65536)
+            if not b:
+                closed = True
+                break
+            out += b
+    except socket.timeout:
+        pass
+    finally:
+        s.close()
+    return out, closed
+
+
+def split_response(raw):
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, v in (l.split(":", 1) for l in lines[1:])}
+    return lines[0], headers, body
+
+
+def test_http10_clients_get_http10_responses_and_a_close(server):
+    # Non-streaming, no keep-alive: HTTP/1.0 response with a length, then the server closes.
+    raw, closed = raw_exchange(server.port, b"GET /v1/models HTTP/1.0\r\n\r\n")
+    status, headers, body = split_response(raw)
+    assert status.startswith("HTTP/1.0 200") and closed, raw
+    assert int(headers["content-length"]) == len(body) and json.loads(body)["data"]
+    # Streaming: no chunked encoding (HTTP/1.0 has none); the body ends with the connection.
+    req = json.dumps({"model": server.model, "prompt": "Hi", "max_tokens": 3, "stream": True}).encode()
+    raw, closed = raw_exchange(server.port, b"POST /v1/completions HTTP/1.0\r\nContent-Type: application/json\r\n"
+                               b"Content-Length: " + str(len(req)).encode() + b"\r\n\r\n" + req)
+    status, headers, body = split_response(raw)
+    assert status.startswith("HTTP/1.0 200") and closed, raw
+    assert "transfer-encoding" not in headers and headers.get("connection") == "close", headers
+    events = [l[6:] for l in body.decode().split("\n") if l.startswith("data: ")]
+    assert events[-1] == "[DONE]" and json.loads(events[-2])["choices"][0]["finish_reason"] == "length", body
+    # HTTP/1.0 with keep-alive: a length-delimited answer keeps the connection for a second request.
+    s = socket.create_connection((HOST, server.port), timeout=10)
+    try:
+        f = s.makefile("rb")
+        for _ in range(2):
+            s.sendall(b"GET /health HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+            status = f.readline().decode()
+            headers = {}
+            while (line := f.readline().decode().strip()):
+                k, v = line.split(":", 1)
+                headers[k.strip().lower()] = v.strip()
+            assert status.startswith("HTTP/1.0 200") and headers.get("connection") == "keep-alive", (status, headers)
+            assert json.loads(f.read(int(headers["content-length"])))["status"] == "ok"
+    finally:
+        s.close()
+
+
+@pytest.mark.parametrize("raw", [b"GARBAGE\r\n\r\n", b"GET /health HTTP/1.1\r\nBad Header\r\n\r\n",
+                                 b"GET /health HTTP/9.9\r\n\r\n", b"POST /v1/completions HTTP/1.1\r\nContent-Length: x\r\n\r\n"])
+def test_http_level_rejects_are_openai_json_errors(server, raw):
+    out, closed = raw_exchange(server.port, raw)
+    status, headers, body = split_response(out)
+    assert status.startswith("HTTP/1.1 400") and closed, out
+    err = json.loads(body)["error"]
+    assert err["type"] == "invalid_request_error" and err["message"], body
+    assert server.health()["status"] == "ok"
+
+
+def timed_completion(server, i):
+    t0 = time.time()
+    r = server.client().completions.create(model=server.model, prompt=f"Count to {i}:", max_tokens=8, temperature=0)
+    assert r.usage.completion_tokens >= 1
+    return time.time() - t0
+
+
+def test_idle_sockets_do_not_starve_real_clients():
+    # 256 sockets opened and left idle fill --max-connections (256); real clients must still be answered in their
+    # normal time: each new connection closes the longest idle one.
+    s = Server("--idle-timeout", "60", "--request-timeout", "60")
+    idle = []
+    try:
+        solo = timed_completion(s, 0)
+        for _ in range(256):
+            idle.append(socket.create_connection((HOST, s.port), timeout=30))
+        time.sleep(0.5)
+        with concurrent.futures.ThreadPoolExecutor(4) as ex:
+            times = list(ex.map(lambda i: timed_completion(s, i), range(1, 5)))
+        print(f"solo {solo:.2f} s; beside 256 idle sockets: {[round(t, 2) for t in times]}")
+        assert max(times) < 5 * solo + 2, (solo, times)
+        h = s.health()
+        assert h["connections_evicted"] >= 4 and h["connections"] <= 256, h
+    finally:
+        for sock in idle:
+            sock.close()
+        assert s.stop() == 0, s.output()
+
+
+def test_connection_cap_refuses_with_json_503_when_all_are_busy():
+    s = Server("--max-connections", "2")
+    try:
+        client = s.client()
+        streams = [chat(client, s.model, f"Tell me story {i}.", max_tokens=32, stream=True, extra_body={"ignore_eos": True})
+                   for i in range(2)]
+        its = [iter(x) for x in streams]
+        for it in its:
+            next(it)  # both connections are busy answering
+        status, err = error_of(s.request("GET", "/v1/models"))
+        assert status == 503 and err["type"] == "server_error" and "max-connections" in err["message"], err
+        for it in its:
+            for _ in it:
+                pass
+        wait_idle(s)
+        assert s.request("GET", "/v1/models")[0] == 200
+    finally:
+        assert s.stop() == 0, s.output()
+
+
+def test_sigterm_drain_ends_every_request_properly():
+    # 4 streams and 2 non-streaming requests that would run far longer than --drain-timeout: on SIGTERM new
+    # requests get 503; after the timeout every stream ends with a final chunk (finish_reason "abort"), an error
+    # event and [DONE], the others get a 503 JSON error, and the process exits 0 within the timeout + 1 s.
+    drain = 3
+    s = Server("--drain-timeout", str(drain), "--max-new-tokens", "400")
+    results = {}
+
+    def stream(i):
+        c = http.client.HTTPConnection(HOST, s.port, timeout=60)
+        c.request("POST", "/v1/chat/completions",
+                  json.dumps({"model": s.model, "messages": [{"role": "user", "content": f"Story {i}"}],
+                              "max_tokens": 400, "stream": True, "ignore_eos": True}),
+                  {"Content-Type": "application/json"})
+        r = c.getresponse()
+        results[f"stream{i}"] = (r.status, r.read().decode())
+
+    def plain(i):
+        c = http.client.HTTPConnection(HOST, s.port, timeout=60)
+        c.request("POST", "/v1/completions",
+                  json.dumps({"model": s.model, "prompt": f"Story {i}", "max_tokens": 400, "ignore_eos": True}),
+                  {"Content-Type": "application/json"})
+        r = c.getresponse()
+        results[f"plain{i}"] = (r.status, r.read().decode())
+
+    threads = [threading.Thread(target=stream, args=(i,)) for i in range(4)] + \
+              [threading.Thread(target=plain, args=(i,)) for i in range(2)]
+    try:
+        for t in threads:
+            t.start()
+        # A keep-alive connection opened before the signal (new connections are refused once it came).
+        late = http.client.HTTPConnection(HOST, s.port, timeout=30)
+        late.request("GET", "/v1/models")
+        assert late.getresponse().read()
+        deadline = time.time() + 30
+        while s.health()["engine"]["running"] < 6 and time.time() < deadline:
+            time.sleep(0.1)
+        t0 = time.time()
+        s.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        late.request("POST", "/v1/completions", json.dumps({"prompt": "late", "max_tokens": 2}),
+                     {"Content-Type": "application/json"})
+        r = late.getresponse()
+        status, err = error_of((r.status, r.read()))
+        assert status == 503 and err["code"] == "shutting_down", err
+        assert r.getheader("connection") == "close"
+        late.close()
+        for t in threads:
+            t.join(30)
+        code = s.proc.wait(30)
+        elapsed = time.time() - t0
+        assert code == 0, s.output()
+        assert elapsed < drain + 1.5, elapsed
+        for i in range(4):
+            status, body = results[f"stream{i}"]
+            events = [l[6:] for l in body.split("\n") if l.startswith("data: ")]
+            assert status == 200 and events[-1] == "[DONE]", body[-500:]
+            assert json.loads(events[-3])["choices"][0]["finish_reason"] == "abort", events[-3:]
+            assert json.loads(events[-2])["error"]["code"] == "shutting_down", events[-3:]
+        for i in range(2):
+            status, body = results[f"plain{i}"]
+            assert status == 503 and json.loads(body)["error"]["code"] == "shutting_down", body
+    finally:
+        s.stop(signal.SIGKILL)
