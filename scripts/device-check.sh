@@ -83,6 +83,7 @@ if has bench; then
   say "## speed (ours), $(date -u +%FT%TZ)"
   make_model llama3-8b /tmp/llama3-8b.gguf
   "$bin" bench --model /tmp/llama3-8b.gguf --device cuda -p 512 -n 128 -r 3 2>>"$log" | tee -a "$summary"
+  "$bin" bench --model /tmp/llama3-8b.gguf --device cuda -p 0 -n 128 -r 3 --no-cuda-graphs 2>>"$log" | tail -1 | sed 's/$/ (CUDA graphs off)/' | tee -a "$summary"
   for b in 8 32; do
     "$bin" bench --model /tmp/llama3-8b.gguf --device cuda -p 0 -n 64 -b $b -r 2 2>>"$log" | tail -1 | tee -a "$summary"
   done

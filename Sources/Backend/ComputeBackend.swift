@@ -96,6 +96,31 @@ public protocol ComputeBackend: AnyObject, Sendable {
     func sigmoidGate(_ out: Tensor, gate: Tensor, x: Tensor, width: Int, n: Int)
     /// `x = cap · tanh(x / cap)` over `count` elements (final logit soft-capping).
     func softcap(_ x: Tensor, count: Int, cap: Float)
+
+    // MARK: graphs (default: none)
+
+    /// Whether `captureGraph` records graphs (false: the CPU, or graphs turned off).
+    var capturesGraphs: Bool { get }
+    /// Records the ops `body` issues as a graph to replay with `launch`, without running them; nil when this
+    /// backend has no graphs (the CPU) or they are turned off, and then `body` has not run. Everything `body`
+    /// touches (tensors, metadata, the op parameters) must stay as it is for every replay: only the contents of
+    /// tensors may change between replays.
+    func captureGraph(_ body: () throws -> Void) throws -> (any ComputeGraph)?
+    /// Replays a graph `captureGraph` returned.
+    func launch(_ graph: any ComputeGraph)
+}
+
+/// A recorded sequence of ops a backend can replay as one unit (a CUDA graph).
+public protocol ComputeGraph: AnyObject, Sendable {}
+
+extension ComputeBackend {
+    public var capturesGraphs: Bool { false }
+
+    public func captureGraph(_ body: () throws -> Void) throws -> (any ComputeGraph)? { nil }
+
+    public func launch(_ graph: any ComputeGraph) {
+        preconditionFailure("\(summary) has no graphs")
+    }
 }
 
 /// How a matmul treats its activations.

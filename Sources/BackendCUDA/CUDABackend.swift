@@ -35,6 +35,10 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     /// Bytes of weights this backend holds, and the formats it converted at load.
     public private(set) var weightBytes = 0
     public private(set) var convertedFormats: [GGMLType: Int] = [:]
+    /// Decode steps replayed as CUDA graphs (`--no-cuda-graphs` turns them off).
+    public var graphsEnabled = true
+    /// Graphs captured so far (the start-up log and the tests).
+    public private(set) var graphsCaptured = 0
     /// Called once per format converted at load (the CLI logs it).
     public var onConversion: (@Sendable (String) -> Void)?
 
@@ -325,6 +329,34 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         return w
     }
 
+    // MARK: graphs
+
+    public var capturesGraphs: Bool { graphsEnabled }
+
+    public func captureGraph(_ body: () throws -> Void) throws -> (any ComputeGraph)? {
+        guard graphsEnabled else { return nil }
+        current()
+        must("cuStreamBeginCapture") { try driver.beginCapture(stream) }
+        do {
+            try body()
+        } catch {
+            _ = try? driver.endCapture(stream)
+            throw error
+        }
+        var exec: CUDADriver.Handle?
+        must("graph capture") { exec = try driver.endCapture(stream) }
+        graphsCaptured += 1
+        return CUDAGraph(backend: self, exec: exec!)
+    }
+
+    public func launch(_ graph: any ComputeGraph) {
+        guard let g = graph as? CUDAGraph, g.backend === self else {
+            preconditionFailure("a graph of another backend")
+        }
+        current()
+        must("cuGraphLaunch") { try driver.launchGraph(g.exec, stream: stream) }
+    }
+
     // MARK: ops
 
     public func embed(_ table: WeightMatrix, tokens: Tensor, n: Int, out: Tensor, scale: Float) {
@@ -513,6 +545,20 @@ final class CUDAWeight: @unchecked Sendable {
         matvec = kernels.function("matvec_\(tag)")
         matvecExperts = kernels.function("matvec_experts_\(tag)")
         embed = kernels.function("embed_\(tag)")
+    }
+}
+
+/// An instantiated CUDA graph of this backend's stream.
+final class CUDAGraph: ComputeGraph, @unchecked Sendable {
+    let backend: CUDABackend
+    let exec: CUDADriver.Handle
+    init(backend: CUDABackend, exec: CUDADriver.Handle) {
+        self.backend = backend
+        self.exec = exec
+    }
+    deinit {
+        backend.current()
+        backend.driver.destroyGraph(exec)
     }
 }
 

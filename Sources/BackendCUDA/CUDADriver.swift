@@ -35,6 +35,12 @@ public final class CUDADriver: @unchecked Sendable {
     private let cuMemGetInfo: @convention(c) (UnsafeMutablePointer<Int>, UnsafeMutablePointer<Int>) -> Int32
     private let cuStreamCreate: @convention(c) (UnsafeMutablePointer<Handle?>, UInt32) -> Int32
     private let cuStreamSynchronize: @convention(c) (Handle?) -> Int32
+    private let cuStreamBeginCapture: @convention(c) (Handle?, Int32) -> Int32
+    private let cuStreamEndCapture: @convention(c) (Handle?, UnsafeMutablePointer<Handle?>) -> Int32
+    private let cuGraphInstantiateWithFlags: @convention(c) (UnsafeMutablePointer<Handle?>, Handle, UInt64) -> Int32
+    private let cuGraphLaunch: @convention(c) (Handle, Handle?) -> Int32
+    private let cuGraphDestroy: @convention(c) (Handle) -> Int32
+    private let cuGraphExecDestroy: @convention(c) (Handle) -> Int32
     private let cuCtxGetCurrent: @convention(c) (UnsafeMutablePointer<Handle?>) -> Int32
     private let cuGetErrorString: @convention(c) (Int32, UnsafeMutablePointer<UnsafePointer<CChar>?>) -> Int32
 
@@ -77,6 +83,12 @@ public final class CUDADriver: @unchecked Sendable {
         cuStreamCreate = try l.symbol("cuStreamCreate", as: type(of: cuStreamCreate))
         cuStreamSynchronize = try l.symbol("cuStreamSynchronize", as: type(of: cuStreamSynchronize))
         cuCtxGetCurrent = try l.symbol("cuCtxGetCurrent", as: type(of: cuCtxGetCurrent))
+        cuStreamBeginCapture = try l.symbol("cuStreamBeginCapture_v2", as: type(of: cuStreamBeginCapture))
+        cuStreamEndCapture = try l.symbol("cuStreamEndCapture", as: type(of: cuStreamEndCapture))
+        cuGraphInstantiateWithFlags = try l.symbol("cuGraphInstantiateWithFlags", as: type(of: cuGraphInstantiateWithFlags))
+        cuGraphLaunch = try l.symbol("cuGraphLaunch", as: type(of: cuGraphLaunch))
+        cuGraphDestroy = try l.symbol("cuGraphDestroy", as: type(of: cuGraphDestroy))
+        cuGraphExecDestroy = try l.symbol("cuGraphExecDestroy", as: type(of: cuGraphExecDestroy))
     }
 
     func check(_ r: Int32, _ call: String) throws {
@@ -216,6 +228,27 @@ public final class CUDADriver: @unchecked Sendable {
         try check(cuLaunchKernel(f, grid.0, grid.1, grid.2, block.0, block.1, block.2, sharedBytes, stream, args, nil),
                   "cuLaunchKernel")
     }
+
+    /// Starts recording the work queued on `stream` (relaxed mode: other threads may still call the driver).
+    public func beginCapture(_ stream: Handle) throws {
+        try check(cuStreamBeginCapture(stream, 2), "cuStreamBeginCapture")  // CU_STREAM_CAPTURE_MODE_RELAXED
+    }
+
+    /// Ends the recording and returns the instantiated graph.
+    public func endCapture(_ stream: Handle) throws -> Handle {
+        var graph: Handle?
+        try check(cuStreamEndCapture(stream, &graph), "cuStreamEndCapture")
+        defer { _ = cuGraphDestroy(graph!) }
+        var exec: Handle?
+        try check(cuGraphInstantiateWithFlags(&exec, graph!, 0), "cuGraphInstantiate")
+        return exec!
+    }
+
+    public func launchGraph(_ exec: Handle, stream: Handle) throws {
+        try check(cuGraphLaunch(exec, stream), "cuGraphLaunch")
+    }
+
+    public func destroyGraph(_ exec: Handle) { _ = cuGraphExecDestroy(exec) }
 
     /// Loads a compiled module (CUBIN or PTX).
     public func loadModule(_ image: [UInt8]) throws -> Handle {

@@ -63,9 +63,11 @@ public protocol LanguageModel: AnyObject, Sendable {
 }
 
 extension LanguageModel {
-    /// A paged KV pool for this model in its backend's memory.
+    /// A paged KV pool for this model in its backend's memory: pages `0..<numPages` for the caller's sequences,
+    /// plus one more, the last, that the model keeps for itself (the padding rows of a step replayed as a graph
+    /// write their K/V there).
     public func makeKVCache(pageSize: Int, numPages: Int) -> KVCache {
-        backend.makeKVCache(pageSize: pageSize, numPages: numPages, kDims: info.kvKeyDims, vDims: info.kvValueDims)
+        backend.makeKVCache(pageSize: pageSize, numPages: numPages + 1, kDims: info.kvKeyDims, vDims: info.kvValueDims)
     }
 
     /// `forward`, with the logits copied to `logits` (`// [logitsIndices.count, vocabSize]` host floats).

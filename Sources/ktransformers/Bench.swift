@@ -27,6 +27,9 @@ struct Bench: ParsableCommand {
     @Option(name: .long, help: "The device that runs the model: cpu, cuda or cuda:N (default: cpu).")
     var device: String?
 
+    @Flag(name: .customLong("no-cuda-graphs"), help: "Run every step op by op instead of replaying decode steps as CUDA graphs.")
+    var noCudaGraphs = false
+
     @Option(name: [.customShort("r"), .long], help: "Repetitions of each test.")
     var repetitions: Int = 5
 
@@ -76,7 +79,7 @@ struct Bench: ParsableCommand {
         if moe { return try runMoE() }
         let ctx = max(nPrompt, nGen)
         let seqs = max(batch, 1)
-        let loaded = try LoadOptions(model: model, threads: threads, device: device,
+        let loaded = try LoadOptions(model: model, threads: threads, device: device, cudaGraphs: !noCudaGraphs,
                                      limits: RunLimits(maxTokens: max(chunkSize, seqs), maxSequences: seqs, maxLogitsRows: seqs,
                                                        contextLength: ctx)).load()
         let lm = loaded.model, pool = loaded.cpu.pool

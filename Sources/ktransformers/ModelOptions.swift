@@ -21,6 +21,8 @@ struct LoadOptions {
     var placement: String?
     /// The main device, which runs the model: `cpu`, `cuda`, `cuda:N` (nil: cpu).
     var device: String?
+    /// Replay decode steps as CUDA graphs (`--no-cuda-graphs` turns it off).
+    var cudaGraphs = true
     /// The largest forward pass to size the model for (nil: `RunLimits.defaults`; the engine and the
     /// generator reserve what they need on top).
     var limits: RunLimits?
@@ -61,9 +63,11 @@ struct LoadOptions {
             do {
                 let g = try CUDABackend.make(ordinal: i)
                 g.onConversion = { Output.err("\($0)\n") }
+                g.graphsEnabled = cudaGraphs
                 let mem = g.memoryInfo()
-                Output.err(String(format: "%@: %.1f GiB free; kernels %@\n", g.summary, Double(mem.free) / 1_073_741_824,
-                                  g.kernelOrigin))
+                Output.err(String(format: "%@: %.1f GiB free; kernels %@; CUDA graphs %@\n", g.summary,
+                                  Double(mem.free) / 1_073_741_824, g.kernelOrigin,
+                                  cudaGraphs ? "on (decode steps, one graph per batch-size bucket 1, 2, 4, ... up to the batch size)" : "off"))
                 backends[main] = g
                 gpu = g
             } catch {
@@ -115,13 +119,17 @@ struct ModelOptions: ParsableArguments {
     @Option(name: .long, help: "The device that runs the model: cpu, cuda or cuda:N (default: cpu).")
     var device: String?
 
+    @Flag(name: .customLong("no-cuda-graphs"), help: "Run every step op by op instead of replaying decode steps as CUDA graphs (debugging).")
+    var noCudaGraphs = false
+
     func validate() throws {
         if let threads, threads < 1 || threads > 1024 { throw ValidationError("--threads must be between 1 and 1024") }
         if let contextSize, contextSize < 1 { throw ValidationError("--ctx-size must be positive") }
     }
 
     var loadOptions: LoadOptions {
-        LoadOptions(model: model, threads: threads, contextLength: contextSize, placement: placement, device: device)
+        LoadOptions(model: model, threads: threads, contextLength: contextSize, placement: placement, device: device,
+                    cudaGraphs: !noCudaGraphs)
     }
 
     func openSource() throws -> any TensorSource { try loadOptions.openSource() }

@@ -48,6 +48,9 @@ struct Serve: ParsableCommand {
     @Option(name: .long, help: "The device that runs the model: cpu, cuda or cuda:N (default: cpu). On a GPU the KV cache (--kv-cache-tokens) is in GPU memory.")
     var device: String?
 
+    @Flag(name: .customLong("no-cuda-graphs"), help: "Run every step op by op instead of replaying decode steps as CUDA graphs (debugging).")
+    var noCudaGraphs = false
+
     // Engine
     @Option(name: .customLong("ctx-size"), help: "Context length per sequence, prompt and output (default: the model's, at most 4096).")
     var contextSize: Int?
@@ -161,7 +164,7 @@ struct Serve: ParsableCommand {
         logger.logLevel = Logger.Level(rawValue: logLevel) ?? .info
 
         let loaded = try LoadOptions(model: model, threads: threads, contextLength: contextSize, placement: placement,
-                                 device: device).load()
+                                 device: device, cudaGraphs: !noCudaGraphs).load()
         let file = loaded.file, path = file.path
         guard let tokenizer = loaded.tokenizer else {
             let why = (file as? HFCheckpoint).map { $0.tokenizerProblem ?? "the directory has no tokenizer.json" }

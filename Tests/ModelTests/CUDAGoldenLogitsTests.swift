@@ -1,5 +1,6 @@
 import Backend
 import BackendCUDA
+import Models
 import XCTest
 
 /// Every golden-logits test (GoldenLogitsTests) again with the models on the CUDA backend: each architecture's
@@ -25,5 +26,55 @@ final class CUDAGoldenLogitsTests: GoldenLogitsTests {
         _ = try Self.makeBackend()
         let second = try XCTUnwrap(try CUDABackend.makeIfPresent())
         XCTAssertTrue(second.kernelOrigin.hasPrefix("cache "), "kernels of a second start: \(second.kernelOrigin)")
+    }
+
+    /// Decode steps replayed as CUDA graphs (padded to their bucket, block tables at a fixed stride) give the bits
+    /// of the same steps run op by op, for 1, 2 and 3 sequences (buckets 1, 2, 4) and an MoE model.
+    func testDecodeStepsReplayedAsGraphsEqualEagerSteps() throws {
+        let backend = try XCTUnwrap(try Self.makeBackend() as? CUDABackend)
+        defer { backend.graphsEnabled = true }
+        for name in ["llama", "qwen3moe", "gemma3"] {
+            let model = try load(name)
+            let vocab = model.info.vocabSize
+            model.reserve(RunLimits(maxTokens: 64, maxSequences: 4, maxLogitsRows: 64, contextLength: 64))
+            let prompts: [[Int32]] = [[1, 17, 42, 5, 88], [3, 9], [7, 7, 60, 11, 94, 0, 25, 31]]
+            func run(graphs: Bool) throws -> [[Float]] {
+                backend.graphsEnabled = graphs
+                let pageSize = 4
+                let cache = model.makeKVCache(pageSize: pageSize, numPages: 16)
+                let tables: [[Int32]] = [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]]
+                var outputs: [[Float]] = []
+                var next: [Int32] = []
+                for (i, p) in prompts.enumerated() {
+                    var b = ForwardBatch(pageSize: pageSize)
+                    b.addSequence(tokens: p, startPosition: 0, blockTable: tables[i], logits: .last)
+                    var l = [Float](repeating: 0, count: vocab)
+                    try l.withUnsafeMutableBufferPointer { try model.forward(b, cache: cache, logits: $0.baseAddress!) }
+                    next.append(Int32(l.indices.max { l[$0] < l[$1] }!))
+                }
+                var pos = prompts.map(\.count)
+                // Steps of 3, then 2, then 1 sequences, each size three times (eager, capture, replay).
+                for live in [3, 3, 3, 2, 2, 2, 1, 1, 1] {
+                    var b = ForwardBatch(pageSize: pageSize)
+                    for s in 0..<live { b.addSequence(tokens: [next[s]], startPosition: pos[s], blockTable: tables[s], logits: .last) }
+                    var l = [Float](repeating: 0, count: live * vocab)
+                    try l.withUnsafeMutableBufferPointer { try model.forward(b, cache: cache, logits: $0.baseAddress!) }
+                    outputs.append(l)
+                    for s in 0..<live {
+                        let row = l[s * vocab..<(s + 1) * vocab]
+                        next[s] = Int32(row.indices.max { row[$0] < row[$1] }! - s * vocab)
+                        pos[s] += 1
+                    }
+                }
+                return outputs
+            }
+            let before = backend.graphsCaptured
+            let graphed = try run(graphs: true)
+            XCTAssertEqual(backend.graphsCaptured - before, 3, "\(name): one graph per bucket (4, 2, 1)")
+            let eager = try run(graphs: false)
+            for (i, (g, e)) in zip(graphed, eager).enumerated() {
+                XCTAssertEqual(g, e, "\(name): decode step \(i) replayed as a graph differs from the same step op by op")
+            }
+        }
     }
 }

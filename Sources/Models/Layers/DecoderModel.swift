@@ -81,6 +81,29 @@ final class DecoderModel: LanguageModel, @unchecked Sendable {
     let ropes: [RoPE]
     private(set) var limits: RunLimits
     private var state: RunState
+    /// Decode steps captured as graphs (backends that have them), by token-count bucket and KV pool.
+    private var graphs: [GraphKey: any ComputeGraph] = [:]
+    /// Buckets run once eagerly already: a bucket is captured the second time it comes, after one eager run has
+    /// set up anything lazy.
+    private var warmed: Set<GraphKey> = []
+    /// The padded metadata of a graphed step (host side, reused).
+    private var padded = PaddedStep()
+
+    private struct GraphKey: Hashable {
+        let bucket: Int
+        let pool: UInt
+        let pageSize: Int
+        let numPages: Int
+    }
+
+    private struct PaddedStep {
+        var tokens: [Int32] = []
+        var positions: [Int32] = []
+        var slots: [Int32] = []
+        var sequences: [Int32] = []
+        var tables: [Int32] = []
+        var logits: [Int32] = []
+    }
 
     init(info: ModelInfo, embedding: WeightMatrix, embedScale: Float, blocks: [DecoderBlock], outputNorm: Tensor,
          output: WeightMatrix, normEps: Float, finalLogitSoftcap: Float = 0, ropes: [RoPE], backend: any ComputeBackend) {
@@ -106,6 +129,8 @@ final class DecoderModel: LanguageModel, @unchecked Sendable {
         wanted.contextLength = min(wanted.contextLength, info.contextLength)
         guard wanted != limits else { return }
         state.release(backend)
+        graphs.removeAll()
+        warmed.removeAll()
         limits = wanted
         state = RunState(limits: limits, info: info, dim: dim, blocks: blocks, ropes: ropes, backend: backend)
     }
@@ -125,6 +150,9 @@ final class DecoderModel: LanguageModel, @unchecked Sendable {
         guard n <= limits.maxTokens, m <= limits.maxLogitsRows, batch.blockTables.count <= s.blockTables.count else {
             throw ModelError("a forward pass of \(n) tokens, \(m) logits rows and \(batch.blockTables.count) block-table entries exceeds what the model was loaded for (\(limits.maxTokens) tokens, \(limits.maxLogitsRows) rows, \(s.blockTables.count) entries)")
         }
+        if let bucket = graphBucket(batch, cache: cache) {
+            return try forwardGraphed(batch, cache: cache, bucket: bucket)
+        }
         // This step's metadata into its fixed tensors.
         let b = backend
         batch.tokens.withUnsafeBufferPointer { b.write($0, to: s.tokens) }
@@ -133,9 +161,16 @@ final class DecoderModel: LanguageModel, @unchecked Sendable {
         batch.sequenceOfToken.withUnsafeBufferPointer { b.write($0, to: s.sequenceOfToken) }
         batch.blockTables.withUnsafeBufferPointer { b.write($0, to: s.blockTables) }
         batch.logitsIndices.withUnsafeBufferPointer { b.write($0, to: s.logitsIndices) }
+        compute(n: n, m: m, blockTableStride: batch.blockTableStride, pageSize: batch.pageSize, cache: cache)
+        return s.logits.prefix(m * info.vocabSize)
+    }
+
+    /// The ops of one step over the metadata already in the run state: `n` tokens, `m` logits rows.
+    private func compute(n: Int, m: Int, blockTableStride: Int, pageSize: Int, cache: KVCache) {
+        let s = state, b = backend
         let meta = BatchMetadata(tokens: n, positions: s.positions, slotMapping: s.slotMapping,
                                  sequenceOfToken: s.sequenceOfToken, blockTables: s.blockTables,
-                                 blockTableStride: batch.blockTableStride, pageSize: batch.pageSize)
+                                 blockTableStride: blockTableStride, pageSize: pageSize)
         let ctx = ForwardContext(backend: b, cache: cache, meta: meta, ropes: s.ropeTables, moeLogits: s.moeLogits,
                                  moeExperts: s.moeExperts, moeWeights: s.moeWeights)
         let x = s.x, xn = s.xn, proj = s.proj
@@ -156,7 +191,69 @@ final class DecoderModel: LanguageModel, @unchecked Sendable {
         b.rmsNormRows(x, indices: s.logitsIndices, count: m, weight: outputNorm, out: xn, dim: dim, eps: normEps)
         b.matmul(output, xn, s.logits, n: m, precision: .standard)
         if finalLogitSoftcap > 0 { b.softcap(s.logits, count: m * info.vocabSize, cap: finalLogitSoftcap) }
-        return s.logits.prefix(m * info.vocabSize)
+    }
+
+    // MARK: graphs
+
+    /// Buckets of decode steps: 1, 2, 4, 8, 16, 32, 64, ... up to the model's sequences per step.
+    private func bucket(for n: Int) -> Int? {
+        var b = 1
+        while b < n { b *= 2 }
+        return min(b, limits.maxSequences) >= n ? min(b, limits.maxSequences) : nil
+    }
+
+    /// The bucket a step is replayed in, or nil when it runs eagerly: only decode steps (one token per sequence,
+    /// every token's logits) whose block tables fit the fixed stride, on a pool with the model's scratch page.
+    private func graphBucket(_ batch: ForwardBatch, cache: KVCache) -> Int? {
+        let n = batch.count
+        guard backend.capturesGraphs, n > 0, batch.logitsIndices.count == n, cache.pageSize == batch.pageSize,
+              let bucket = bucket(for: n), bucket <= limits.maxTokens, bucket <= limits.maxLogitsRows else { return nil }
+        for i in 0..<n where batch.sequenceOfToken[i] != Int32(i) || batch.logitsIndices[i] != Int32(i) { return nil }
+        let stride = maxPagesPerSequence(pageSize: batch.pageSize)
+        guard batch.blockTableStride <= stride, bucket * stride <= state.blockTables.count else { return nil }
+        return bucket
+    }
+
+    private func maxPagesPerSequence(pageSize: Int) -> Int { (limits.contextLength + pageSize - 1) / pageSize }
+
+    /// A decode step padded to `bucket` rows (the padding tokens write their K/V in the pool's last page, which
+    /// no sequence uses) with block tables at a fixed stride, so one graph per bucket replays every such step;
+    /// the real rows come first and their logits are the first `n` rows.
+    private func forwardGraphed(_ batch: ForwardBatch, cache: KVCache, bucket: Int) throws -> Tensor {
+        let n = batch.count, s = state, b = backend
+        let stride = maxPagesPerSequence(pageSize: batch.pageSize)
+        let scratchPage = Int32(cache.numPages - 1)
+        var p = padded
+        p.tokens = batch.tokens + [Int32](repeating: 0, count: bucket - n)
+        p.positions = batch.positions + [Int32](repeating: 0, count: bucket - n)
+        p.slots = batch.slotMapping + [Int32](repeating: scratchPage * Int32(batch.pageSize), count: bucket - n)
+        p.sequences = (0..<Int32(bucket)).map { $0 }
+        p.logits = p.sequences
+        p.tables = [Int32](repeating: -1, count: bucket * stride)
+        for i in 0..<n {
+            for j in 0..<batch.blockTableStride { p.tables[i * stride + j] = batch.blockTables[i * batch.blockTableStride + j] }
+        }
+        for i in n..<bucket { p.tables[i * stride] = scratchPage }
+        padded = p
+        p.tokens.withUnsafeBufferPointer { b.write($0, to: s.tokens) }
+        p.positions.withUnsafeBufferPointer { b.write($0, to: s.positions) }
+        p.slots.withUnsafeBufferPointer { b.write($0, to: s.slotMapping) }
+        p.sequences.withUnsafeBufferPointer { b.write($0, to: s.sequenceOfToken) }
+        p.tables.withUnsafeBufferPointer { b.write($0, to: s.blockTables) }
+        p.logits.withUnsafeBufferPointer { b.write($0, to: s.logitsIndices) }
+
+        let key = GraphKey(bucket: bucket, pool: cache.k(0).address, pageSize: batch.pageSize, numPages: cache.numPages)
+        let run = { self.compute(n: bucket, m: bucket, blockTableStride: stride, pageSize: batch.pageSize, cache: cache) }
+        if let g = graphs[key] {
+            b.launch(g)
+        } else if warmed.contains(key), let g = try b.captureGraph(run) {
+            graphs[key] = g
+            b.launch(g)
+        } else {
+            warmed.insert(key)
+            run()
+        }
+        return s.logits.prefix(n * info.vocabSize)
     }
 }
 
