@@ -123,6 +123,23 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     @inline(__always)
     static func blocks(_ count: Int, _ threads: Int = 256) -> Int { max(1, min((count + threads - 1) / threads, 4096)) }
 
+    /// An allocation for a weight: failure is an error naming the tensor and the memory left (a model that does not
+    /// fit), not a crash.
+    private func weightAllocate(bytes: Int, name: String) throws -> UInt {
+        current()
+        do {
+            let p = try driver.allocate(bytes)
+            allocations[UInt(p)] = bytes
+            RunMemory.noteAllocation()
+            return UInt(p)
+        } catch {
+            let mem = (try? driver.memoryInfo()) ?? (free: 0, total: memoryBytes)
+            throw BackendError(String(format: "tensor '%@' (%.1f MiB) does not fit in %@'s memory: %.1f MiB free of %.1f GiB after %.2f GiB of weights; the model needs a GPU with more memory, or a smaller quantization (%@)",
+                                      name, Double(bytes) / 1_048_576, device.description, Double(mem.free) / 1_048_576,
+                                      Double(mem.total) / 1_073_741_824, Double(weightBytes) / 1_073_741_824, "\(error)"))
+        }
+    }
+
     func deviceAllocate(bytes: Int) -> UInt {
         current()
         var p: CUDADriver.CUdeviceptr = 0
@@ -226,7 +243,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
                               host: QuantKernels, hostRowBytes: Int) throws -> CUDAWeight {
         if let tag = Self.formats[type] {
             let bytes = rows * hostRowBytes
-            let p = deviceAllocate(bytes: max(1, bytes))
+            let p = try weightAllocate(bytes: max(1, bytes), name: name)
             copyIn(data, bytes: bytes, to: p)
             weightBytes += bytes
             return CUDAWeight(address: p, tag: tag, rowBytes: hostRowBytes, rounding: Self.rounding(host), kernels: kernels)
@@ -236,7 +253,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         }
         convertedFormats[type, default: 0] += 1
         let rowBytes = cols * 4
-        let p = deviceAllocate(bytes: max(1, rows * rowBytes))
+        let p = try weightAllocate(bytes: max(1, rows * rowBytes), name: name)
         let chunkRows = max(1, (1 << 22) / max(1, cols))
         var chunk = [Float](repeating: 0, count: chunkRows * cols)
         var r = 0

@@ -58,6 +58,9 @@ struct Serve: ParsableCommand {
     @Option(name: [.customLong("kv-cache-tokens"), .customLong("cache_lens")], help: "KV cache capacity in tokens over all sequences.")
     var kvCacheTokens: Int = EngineConfig().kvCacheTokens
 
+    @Option(name: .customLong("gpu-memory-fraction"), help: "On a GPU: size the KV cache to this fraction of the GPU memory left free after the weights (overrides --kv-cache-tokens).")
+    var gpuMemoryFraction: Double?
+
     @Option(name: .customLong("page-size"), help: "Tokens per KV cache page.")
     var pageSize: Int = EngineConfig().pageSize
 
@@ -108,6 +111,9 @@ struct Serve: ParsableCommand {
     func validate() throws {
         if let threads, threads < 1 || threads > 1024 { throw ValidationError("--threads must be between 1 and 1024") }
         if let contextSize, contextSize < 2 { throw ValidationError("--ctx-size must be at least 2") }
+        if let f = gpuMemoryFraction, !(f > 0 && f <= 0.98) {
+            throw ValidationError("--gpu-memory-fraction must be in (0, 0.98]")
+        }
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("--log-level: unknown level '\(logLevel)'") }
         do {
             try engineConfig(modelContext: Int.max).validate()
@@ -187,7 +193,25 @@ struct Serve: ParsableCommand {
         }
         if template == nil { logger.warning("the model has no chat template: /v1/chat/completions will answer 400") }
 
-        let engine = try Engine(model: loaded.model, config: engineConfig(modelContext: loaded.model.info.contextLength))
+        var engineSettings = engineConfig(modelContext: loaded.model.info.contextLength)
+        if let gpu = loaded.gpu {
+            // The KV cache lives in GPU memory: size it by --gpu-memory-fraction, or check that --kv-cache-tokens fits.
+            let info = loaded.model.info
+            let bytesPerToken = max(1, zip(info.kvKeyDims, info.kvValueDims).reduce(0) { $0 + ($1.0 + $1.1) * 4 })
+            let free = gpu.memoryInfo().free
+            let gib = { (b: Int) in String(format: "%.2f GiB", Double(b) / 1_073_741_824) }
+            if let f = gpuMemoryFraction {
+                let tokens = Int(Double(free) * f) / bytesPerToken / engineSettings.pageSize * engineSettings.pageSize
+                guard tokens >= engineSettings.pageSize else {
+                    throw CLIError("--gpu-memory-fraction \(f): \(gib(free)) free on \(gpu.device) after the weights hold no KV page (\(bytesPerToken) bytes per token)")
+                }
+                engineSettings.kvCacheTokens = tokens
+            } else if engineSettings.kvCacheTokens * bytesPerToken > Int(Double(free) * 0.95) {
+                throw CLIError("--kv-cache-tokens \(engineSettings.kvCacheTokens) needs \(gib(engineSettings.kvCacheTokens * bytesPerToken)) of KV cache on \(gpu.device), but \(gib(free)) are free after the weights: lower --kv-cache-tokens, or use --gpu-memory-fraction")
+            }
+            Output.err("KV cache on \(gpu.device): \(engineSettings.kvCacheTokens) tokens, \(gib(engineSettings.kvCacheTokens * bytesPerToken))\n")
+        }
+        let engine = try Engine(model: loaded.model, config: engineSettings)
         let config = serverConfig(fileName: (path as NSString).lastPathComponent)
         let server = OpenAIServer(engine: engine, tokenizer: tokenizer, chatTemplate: template, config: config)
         let host = config.host

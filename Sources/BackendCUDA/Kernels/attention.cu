@@ -27,11 +27,11 @@ extern "C" __global__ void __launch_bounds__(KT_ATT_THREADS) attention(
     const float* vh = vc + (i64)kvh * vHeadStride;
     float acc[KT_ATT_MAX_VDIMS];
     for (int i = 0; i < KT_ATT_MAX_VDIMS; i++) acc[i] = 0.0f;
-    float m = -INFINITY, l = 0.0f;
+    float m = -KT_INF, l = 0.0f;
     __syncthreads();
     for (int start = lo; start <= pos; start += KT_ATT_THREADS) {
         int j = start + tid;
-        float s = -INFINITY;
+        float s = -KT_INF;
         int slot = 0;
         if (j <= pos) {
             slot = table[j / pageSize] * pageSize + j % pageSize;

@@ -15,6 +15,10 @@ __device__ __forceinline__ float kt_half_to_float(u16 h) {
 }
 __device__ __forceinline__ float kt_bf16_to_float(u16 h) { return __uint_as_float(((u32)h) << 16); }
 #define KT_DYNAMIC_SHARED(type, name) extern __shared__ __align__(16) unsigned char kt_smem_raw[]; type* name = (type*)kt_smem_raw
+// NVRTC includes no math.h: no INFINITY macro.
+#define KT_INF __int_as_float(0x7f800000)
+#else
+#define KT_INF INFINITY
 #endif
 
 __device__ __forceinline__ u16 kt_load16(const u8* p) { return (u16)(p[0] | (p[1] << 8)); }
@@ -45,7 +49,7 @@ __device__ __forceinline__ float kt_block_max(float v, float* scratch) {
     __syncthreads();
     if (lane == 0) scratch[warp] = v;
     __syncthreads();
-    float s = lane < warps ? scratch[lane] : -INFINITY;
+    float s = lane < warps ? scratch[lane] : -KT_INF;
     return kt_warp_max(s);
 }
 

@@ -13,7 +13,7 @@ extern "C" __global__ void moe_select(const float* logits, int n, int nExpert, i
     float* choice = scores + nExpert;
     float* groupBest = choice + nExpert;
     if (scoring == 0) {
-        float mx = -INFINITY;
+        float mx = -KT_INF;
         for (int e = 0; e < nExpert; e++) mx = fmaxf(mx, lg[e]);
         double sum = 0.0;
         for (int e = 0; e < nExpert; e++) {
@@ -30,7 +30,7 @@ extern "C" __global__ void moe_select(const float* logits, int n, int nExpert, i
     if (groups > 1 && groupsUsed < groups) {
         int per = nExpert / groups;
         for (int g = 0; g < groups; g++) {
-            float best = -INFINITY, second = -INFINITY;
+            float best = -KT_INF, second = -KT_INF;
             for (int i = 0; i < per; i++) {
                 float s = choice[g * per + i];
                 if (s > best) { second = best; best = s; } else if (s > second) second = s;
@@ -40,12 +40,12 @@ extern "C" __global__ void moe_select(const float* logits, int n, int nExpert, i
         for (int k = 0; k < groupsUsed; k++) {
             int bg = -1;
             for (int g = 0; g < groups; g++)
-                if (groupBest[g] != -INFINITY && (bg < 0 || groupBest[g] > groupBest[bg])) bg = g;
-            if (bg >= 0) groupBest[bg] = -INFINITY;
+                if (groupBest[g] != -KT_INF && (bg < 0 || groupBest[g] > groupBest[bg])) bg = g;
+            if (bg >= 0) groupBest[bg] = -KT_INF;
         }
         for (int g = 0; g < groups; g++)
-            if (groupBest[g] != -INFINITY)
-                for (int i = 0; i < per; i++) choice[g * per + i] = -INFINITY;
+            if (groupBest[g] != -KT_INF)
+                for (int i = 0; i < per; i++) choice[g * per + i] = -KT_INF;
     }
     int* ex = experts + (i64)t * topK;
     float* wt = weights + (i64)t * topK;
@@ -53,12 +53,12 @@ extern "C" __global__ void moe_select(const float* logits, int n, int nExpert, i
     for (int j = 0; j < topK; j++) {
         int best = -1;
         for (int e = 0; e < nExpert; e++)
-            if (choice[e] != -INFINITY && (best < 0 || choice[e] > choice[best])) best = e;
+            if (choice[e] != -KT_INF && (best < 0 || choice[e] > choice[best])) best = e;
         if (best < 0) best = 0;  // fewer selectable experts than topK: cannot happen for valid routers
         ex[j] = best;
         wt[j] = scores[best];
         sum += scores[best];
-        choice[best] = -INFINITY;
+        choice[best] = -KT_INF;
     }
     if (normalize) {
         float inv = 1.0f / fmaxf(sum, 6.103515625e-5f);
