@@ -30,6 +30,9 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     private var routerWork: Tensor?
     /// The rounded copy of a `.standard` matmul's input: `// [maxTokens, widest weight's cols]`.
     private var rounded: Tensor?
+    /// The same input as Q8_K integers for the integer-dot kernels: int8 values, then per-256 scales, then
+    /// per-16 sums, `// [maxTokens, widest]` each part.
+    private var quantized: Tensor?
     private var widestInput = 0
     private var routerBias: [UnsafeRawPointer: Tensor] = [:]
     /// Bytes of weights this backend holds, and the formats it converted at load.
@@ -291,6 +294,41 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
             if let old = rounded { release(old) }
             rounded = allocate(need)
         }
+        let q = Self.quantizedLayout(elements: need).total
+        if q > (quantized?.count ?? 0) {
+            if let old = quantized { release(old) }
+            quantized = allocate(q)
+        }
+    }
+
+    /// Offsets (in 4-byte elements) of the parts of `quantized` for `elements` inputs: int8 values, per-256 scales,
+    /// per-16 sums.
+    static func quantizedLayout(elements: Int) -> (scales: Int, sums: Int, total: Int) {
+        let values = (elements + 3) / 4 + 16
+        let scales = (elements + 255) / 256 + 16
+        return (values, values + scales, values + scales + (elements + 15) / 16)
+    }
+
+    /// Whether a `.standard` matmul with `w` runs the integer-dot kernel (Q4_K rows, whole Q8_K blocks).
+    private static func integerDot(_ w: CUDAWeight, cols: Int) -> Bool { w.tag == "q4_K" && cols % 256 == 0 }
+
+    /// `x` as Q8_K integers in `quantized` (values, scales, sums addresses), for `n` rows of `cols`.
+    private func quantizeInput(_ x: Tensor, cols: Int, n: Int) -> (UInt, UInt, UInt) {
+        guard let qt = quantized else { preconditionFailure("CUDA matmul: quantized input scratch not reserved") }
+        let layout = Self.quantizedLayout(elements: n * cols)
+        precondition(layout.total <= qt.count, "CUDA matmul: quantized input scratch not reserved for \(n) rows of \(cols)")
+        // Sized for n rows; the parts start at offsets of the reserved maximum so that one layout serves every n.
+        let full = Self.quantizedLayout(elements: plan.maxTokens * widestInput)
+        let q = qt.address, d = qt.offset(full.scales).address, s = qt.offset(full.sums).address
+        launch("quantize_q8_K", grid: (n, (cols / 256 + 3) / 4, 1), block: 128,
+               [.ptr(x.address), .ptr(q), .ptr(d), .ptr(s), .i32(cols)])
+        return (q, d, s)
+    }
+
+    private func integerMatvec(_ g: CUDAWeight, rows: Int, cols: Int, input: (UInt, UInt, UInt), y: Tensor, n: Int) {
+        launch(g.integerDot!, "matvec_q4_K_q8", grid: ((rows + 3) / 4, (n + 7) / 8, 1), block: 128,
+               [.ptr(g.address), .i64(g.rowBytes), .i32(rows), .i32(cols), .ptr(input.0), .ptr(input.1), .ptr(input.2),
+                .ptr(y.address), .i32(n)])
     }
 
     public func prepare(_ w: WeightRef) throws -> WeightMatrix {
@@ -418,6 +456,9 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     public func matmul(_ w: WeightMatrix, _ x: Tensor, _ y: Tensor, n: Int, precision: MatmulPrecision) {
         current()
         let g = Self.weight(w)
+        if precision == .standard && Self.integerDot(g, cols: w.cols) {
+            return integerMatvec(g, rows: w.rows, cols: w.cols, input: quantizeInput(x, cols: w.cols, n: n), y: y, n: n)
+        }
         let input = precision == .standard ? roundedInput(x, g.rounding, cols: w.cols, n: n) : x
         matvec(g, rows: w.rows, cols: w.cols, matrixBytes: 0, heads: 1, x: input, xStride: w.cols, xHeadStride: 0,
                y: y, yStride: w.rows, yHeadStride: 0, n: n)
@@ -426,10 +467,17 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     public func matmulGroup(_ w0: WeightMatrix, _ y0: Tensor, _ w1: WeightMatrix, _ y1: Tensor, _ w2: WeightMatrix?,
                             _ y2: Tensor?, x: Tensor, n: Int) {
         current()
-        // The input is rounded once per rounding the group's formats need, in the order they come.
+        // The input is rounded (or quantized) once per form the group's formats need, in the order they come.
         var last: (ActivationRounding, Tensor)?
+        var lastQuantized: (UInt, UInt, UInt)?
         for (w, y) in [(w0, y0), (w1, y1)] + (w2.flatMap { w in y2.map { [(w, $0)] } } ?? []) {
             let g = Self.weight(w)
+            if Self.integerDot(g, cols: w.cols) {
+                let q = lastQuantized ?? quantizeInput(x, cols: w.cols, n: n)
+                lastQuantized = q
+                integerMatvec(g, rows: w.rows, cols: w.cols, input: q, y: y, n: n)
+                continue
+            }
             let input: Tensor
             if let l = last, l.0 == g.rounding { input = l.1 } else {
                 input = roundedInput(x, g.rounding, cols: w.cols, n: n)
@@ -553,6 +601,8 @@ final class CUDAWeight: @unchecked Sendable {
     let matvec: CUDADriver.Handle
     let matvecExperts: CUDADriver.Handle
     let embed: CUDADriver.Handle
+    /// The integer-dot kernel of the format, where there is one.
+    let integerDot: CUDADriver.Handle?
 
     init(address: UInt, tag: String, rowBytes: Int, rounding: ActivationRounding, kernels: CUDAKernels) {
         self.address = address
@@ -562,6 +612,7 @@ final class CUDAWeight: @unchecked Sendable {
         matvec = kernels.function("matvec_\(tag)")
         matvecExperts = kernels.function("matvec_experts_\(tag)")
         embed = kernels.function("embed_\(tag)")
+        integerDot = tag == "q4_K" ? kernels.function("matvec_q4_K_q8") : nil
     }
 }
 

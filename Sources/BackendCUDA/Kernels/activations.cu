@@ -51,3 +51,40 @@ extern "C" __global__ void __launch_bounds__(128) round_q8_K(const float* x, flo
         yb[lane + 32 * k] = (float)q * d;
     }
 }
+
+// The same Q8_K rounding as round_q8_K, kept as integers for the integer-dot matrix kernels: q (int8 [n, cols]),
+// d (float [n, cols / 256]) and the sum of each 16 q's (int [n, cols / 16]). Grid (n, cols / 256 / 4), 128 threads.
+extern "C" __global__ void __launch_bounds__(128) quantize_q8_K(const float* x, i8* q, float* d, int* sums, int cols) {
+    int lane = threadIdx.x & 31;
+    int block = blockIdx.y * 4 + (threadIdx.x >> 5);
+    if (block * 256 >= cols) return;
+    const float* xb = x + (i64)blockIdx.x * cols + block * 256;
+    i8* qb = q + (i64)blockIdx.x * cols + block * 256;
+    float v[8];
+    float amax = 0.0f;
+    int at = 1 << 30;
+    for (int k = 0; k < 8; k++) {
+        v[k] = xb[lane + 32 * k];
+        float a = fabsf(v[k]);
+        int idx = lane + 32 * k;
+        if (a > amax || (a == amax && a > 0.0f && idx < at)) { amax = a; at = idx; }
+    }
+    for (int m = 16; m > 0; m >>= 1) {
+        float oa = __shfl_xor_sync(0xffffffffu, amax, m);
+        int oi = __shfl_xor_sync(0xffffffffu, at, m);
+        if (oa > amax || (oa == amax && oi < at)) { amax = oa; at = oi; }
+    }
+    float iscale = amax == 0.0f ? 0.0f : -127.0f / xb[at];
+    int qv[8];
+    for (int k = 0; k < 8; k++) {
+        qv[k] = amax == 0.0f ? 0 : min(127, __float2int_rn(iscale * v[k]));
+        qb[lane + 32 * k] = (i8)qv[k];
+    }
+    if (lane == 0) d[(i64)blockIdx.x * (cols / 256) + block] = amax == 0.0f ? 0.0f : 1.0f / iscale;
+    // Sums of 16: element lane + 32k belongs to sum (32k + lane) / 16 = 2k + lane / 16; reduce over the 16 lanes.
+    for (int k = 0; k < 8; k++) {
+        int s = qv[k];
+        for (int m = 8; m > 0; m >>= 1) s += __shfl_xor_sync(0xffffffffu, s, m);
+        if ((lane & 15) == 0) sums[(i64)blockIdx.x * (cols / 16) + block * 16 + 2 * k + lane / 16] = s;
+    }
+}
