@@ -54,6 +54,8 @@ public final class OpenAIServer: Sendable {
     /// The router with every route and middleware (also what the unit tests drive).
     public func makeRouter() -> Router<ServerContext> {
         let router = Router(context: ServerContext.self)
+        router.middlewares.add(RequestIDMiddleware())
+        if !config.corsOrigins.isEmpty { router.middlewares.add(CORSPolicyMiddleware(origins: config.corsOrigins)) }
         router.middlewares.add(OpenAIErrorMiddleware())
         router.middlewares.add(DrainMiddleware(server: self))
         if let key = config.apiKey { router.middlewares.add(APIKeyMiddleware(key: key)) }

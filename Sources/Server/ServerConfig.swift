@@ -9,6 +9,9 @@ public struct ServerConfig: Sendable {
     public var port = 10002
     /// When set, every route but `/health` needs `Authorization: Bearer <key>` (`--api-key`).
     public var apiKey: String?
+    /// Origins whose browser requests are allowed (`--cors-origins`, comma-separated; `*` for any; empty: no CORS
+    /// headers, browsers then refuse cross-origin calls).
+    public var corsOrigins: [String] = []
     /// The model id `/v1/models` reports and requests must name (`--served-model-name`; default: the file name).
     public var modelID = "model"
     /// Other names accepted in a request's `model` (the file name without `.gguf`, by default).

@@ -86,6 +86,9 @@ struct Serve: ParsableCommand {
     @Option(name: .customLong("api-key"), help: "Require 'Authorization: Bearer KEY' on every route but /health.")
     var apiKey: String?
 
+    @Option(name: .customLong("cors-origins"), help: "Browser origins allowed to call the API (CORS), comma-separated, or '*' for any (default: none).")
+    var corsOrigins: String?
+
     @Option(name: [.customLong("max-new-tokens"), .customLong("max_new_tokens")],
             help: "Tokens generated when a chat request sets no max_tokens (completions: 16, as OpenAI).")
     var maxNewTokens: Int = ServerConfig().maxNewTokens
@@ -140,6 +143,7 @@ struct Serve: ParsableCommand {
         s.host = host
         s.port = port
         s.apiKey = apiKey
+        s.corsOrigins = (corsOrigins ?? "").split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
         let stem = fileName.hasSuffix(".gguf") ? String(fileName.dropLast(5)) : fileName
         s.modelID = servedModelName ?? fileName
         s.modelAliases = Array(Set([fileName, stem]).subtracting([s.modelID])).sorted()

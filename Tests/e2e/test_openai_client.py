@@ -909,3 +909,81 @@ def test_sigterm_drain_ends_every_request_properly():
             assert status == 503 and json.loads(body)["error"]["code"] == "shutting_down", body
     finally:
         s.stop(signal.SIGKILL)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Request ids and the access log, CORS
+
+def test_request_id_is_echoed_and_logged(server):
+    c = http.client.HTTPConnection(HOST, server.port, timeout=30)
+    try:
+        c.request("GET", "/v1/models", headers={"X-Request-Id": "client-id-42"})
+        r = c.getresponse()
+        r.read()
+        assert r.getheader("X-Request-Id") == "client-id-42"
+        c.request("POST", "/v1/completions", body=json.dumps({"prompt": "Hi", "max_tokens": 1}),
+                  headers={"Content-Type": "application/json"})
+        r = c.getresponse()
+        r.read()
+        generated = r.getheader("X-Request-Id")
+        assert generated and generated.startswith("req-"), generated
+        c.request("GET", "/nowhere", headers={"X-Request-Id": "bad id with spaces"})
+        r = c.getresponse()
+        r.read()
+        assert r.status == 404 and r.getheader("X-Request-Id").startswith("req-")
+    finally:
+        c.close()
+    deadline = time.time() + 5
+    while time.time() < deadline:
+        log = server.output()
+        if "client-id-42" in log and generated in log:
+            break
+        time.sleep(0.1)
+    lines = [l for l in server.output().splitlines() if "request_id=client-id-42" in l]
+    assert lines and "status=200" in lines[0] and "path=/v1/models" in lines[0] and "method=GET" in lines[0], lines
+    assert any(f"request_id={generated}" in l and "status=200" in l for l in server.output().splitlines())
+
+
+def test_cors_origins_and_preflight():
+    s = Server("--cors-origins", "http://app.example, http://other.example", "--api-key", "sekret")
+    try:
+        auth = {"Authorization": "Bearer sekret"}
+        c = http.client.HTTPConnection(HOST, s.port, timeout=30)
+        c.request("GET", "/v1/models", headers={"Origin": "http://app.example", **auth})
+        r = c.getresponse()
+        r.read()
+        assert r.status == 200 and r.getheader("Access-Control-Allow-Origin") == "http://app.example"
+        assert r.getheader("Vary") == "Origin" and "X-Request-Id" in r.getheader("Access-Control-Expose-Headers")
+        c.request("GET", "/v1/models", headers={"Origin": "http://evil.example", **auth})
+        r = c.getresponse()
+        r.read()
+        assert r.status == 200 and r.getheader("Access-Control-Allow-Origin") is None
+        # A preflight needs no key and is answered with what the browser asked for.
+        c.request("OPTIONS", "/v1/chat/completions", headers={
+            "Origin": "http://other.example", "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type"})
+        r = c.getresponse()
+        r.read()
+        assert r.status == 204, r.status
+        assert r.getheader("Access-Control-Allow-Origin") == "http://other.example"
+        assert "POST" in r.getheader("Access-Control-Allow-Methods")
+        assert r.getheader("Access-Control-Allow-Headers") == "authorization, content-type"
+        # Errors carry the CORS headers too (a browser app can read the JSON error).
+        c.request("GET", "/v1/models", headers={"Origin": "http://app.example"})
+        r = c.getresponse()
+        body = r.read()
+        assert r.status == 401 and r.getheader("Access-Control-Allow-Origin") == "http://app.example", body
+        c.close()
+    finally:
+        assert s.stop() == 0, s.output()
+    t = Server("--cors-origins", "*")
+    try:
+        status, _ = t.request("GET", "/v1/models", headers={"Origin": "http://anything.example"})
+        c = http.client.HTTPConnection(HOST, t.port, timeout=30)
+        c.request("GET", "/health", headers={"Origin": "http://anything.example"})
+        r = c.getresponse()
+        r.read()
+        assert r.getheader("Access-Control-Allow-Origin") == "*"
+        c.close()
+    finally:
+        assert t.stop() == 0, t.output()
