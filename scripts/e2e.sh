@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# End-to-end tests of `ktransformers serve` with the official `openai` Python package (Tests/e2e).
+# End-to-end tests of `ktransformers serve` with the official `openai` Python package (Tests/e2e); /metrics is
+# parsed with the official Prometheus client's parser.
 # Installs the Python dependencies and the default model when missing, builds the debug binary, runs pytest.
 # Extra arguments go to pytest (e.g. `scripts/e2e.sh -k soak`). Set KTRANSFORMERS_BIN to test another binary.
 # All traffic goes to 127.0.0.1; takes about 2-4 minutes on 2 cores after the build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3=${PYTHON:-python3}
-if ! "$python3" -c 'import openai, pytest' 2>/dev/null; then
-  "$python3" -m pip install --quiet --disable-pip-version-check openai pytest >&2
+if ! "$python3" -c 'import openai, pytest, prometheus_client' 2>/dev/null; then
+  "$python3" -m pip install --quiet --disable-pip-version-check openai pytest prometheus-client >&2
 fi
 scripts/default-model.sh >/dev/null
 if [ -z "${KTRANSFORMERS_BIN:-}" ]; then

@@ -141,8 +141,13 @@ public final class Engine: @unchecked Sendable {
         }
     }
 
+    /// Called on the engine thread after every step that ran a batch, with its duration in seconds, the sequences
+    /// and the tokens in it (the server's step-time and batch-size metrics). Set it before requests arrive.
+    public nonisolated(unsafe) var stepObserver: (@Sendable (_ seconds: Double, _ sequences: Int, _ tokens: Int) -> Void)?
+
     /// One engine step: schedule, run the batch and sample, then apply the results.
     private func step() {
+        let t0 = DispatchTime.now().uptimeNanoseconds
         let out = scheduler.schedule()
         for s in out.evicted {
             finish(s.id, token: nil, reason: .length, promptTokens: s.request.promptTokens.count,
@@ -162,6 +167,10 @@ public final class Engine: @unchecked Sendable {
             }
         }
         publishStats(stepDone: true)
+        if let observe = stepObserver {
+            let tokens = out.scheduled.reduce(0) { $0 + $1.count }
+            observe(Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9, out.scheduled.count, tokens)
+        }
     }
 
     /// Commits the step's tokens to the scheduler, appends each sampled token, applies the stop rules (stop

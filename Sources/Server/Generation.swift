@@ -18,6 +18,8 @@ final class Generation: Sendable {
     let stream: AsyncStream<EngineOutput>
     let connection: ConnectionState?
     let created = Int(Date().timeIntervalSince1970)
+    /// When the request arrived (its latency metrics count from here).
+    let arrival = DispatchTime.now().uptimeNanoseconds
 
     init(server: OpenAIServer, id: String, request: EngineRequest, params: GenerationParameters,
          stream: AsyncStream<EngineOutput>, connection: ConnectionState?) {
@@ -49,9 +51,25 @@ final class Generation: Sendable {
         var proc = makeProcessor()
         var usage = Usage(promptTokens: request.promptTokens.count, completionTokens: 0)
         var finished = false
+        var lastToken: UInt64? = nil
+        var finishReason = FinishReason.abort.rawValue
+        let metrics = server.metrics
+        defer {
+            let now = DispatchTime.now().uptimeNanoseconds
+            metrics.observeFinished(after: Double(now - arrival) / 1e9, promptTokens: usage.promptTokens,
+                                    generatedTokens: usage.completionTokens, reason: finishReason)
+        }
         do {
             try await withTaskCancellationHandler {
                 for await o in stream {
+                    if o.token != nil {
+                        let now = DispatchTime.now().uptimeNanoseconds
+                        if let last = lastToken { metrics.observeInterToken(Double(now - last) / 1e9) } else {
+                            metrics.observeFirstToken(after: Double(now - arrival) / 1e9)
+                        }
+                        lastToken = now
+                    }
+                    if let f = o.finishReason { finishReason = f.rawValue }
                     let d = proc.process(o)
                     if d.stopStringMatched { engine.abort(id: id) }
                     // An abort's last element carries no cache figure: keep the one reported before it.

@@ -39,6 +39,8 @@ public final class OpenAIServer: Sendable {
         var active: Set<String> = []
     }
     let drain = NIOLockedValueBox(DrainState())
+    /// `/metrics` (Prometheus).
+    public let metrics: ServerMetrics
 
     public init(engine: any InferenceEngine, tokenizer: Tokenizer, chatTemplate: ChatTemplate?, config: ServerConfig) {
         self.engine = engine
@@ -47,6 +49,7 @@ public final class OpenAIServer: Sendable {
         self.config = config
         limits = ValidationLimits(vocabSize: engine.vocabSize)
         eogIDs = Set(tokenizer.endOfGenerationIDs)
+        metrics = ServerMetrics(model: config.modelID)
     }
 
     // MARK: - Application
@@ -60,6 +63,12 @@ public final class OpenAIServer: Sendable {
         router.middlewares.add(DrainMiddleware(server: self))
         if let key = config.apiKey { router.middlewares.add(APIKeyMiddleware(key: key)) }
         router.get("/health") { _, _ in try self.health() }
+        router.get("/metrics") { _, _ in
+            var h = HTTPFields()
+            h[.contentType] = "text/plain; version=0.0.4; charset=utf-8"
+            return Response(status: .ok, headers: h,
+                             body: .init(byteBuffer: ByteBuffer(string: self.metrics.render(self.engine.stats()))))
+        }
         router.get("/v1/models") { _, _ in try self.models() }
         router.get("/v1/models/{id}") { _, ctx in
             let id = ctx.parameters.get("id") ?? ""
@@ -391,14 +400,16 @@ struct DrainMiddleware<Context: RequestContext>: RouterMiddleware {
     }
 }
 
-/// `--api-key`: every route but /health (and CORS preflights, which browsers send without credentials) needs
+/// `--api-key`: every route but /health and /metrics (and CORS preflights, which browsers send without credentials) needs
 /// `Authorization: Bearer <key>`; the scheme name is case-insensitive (RFC 7235), the key is not.
 struct APIKeyMiddleware<Context: RequestContext>: RouterMiddleware {
     let key: [UInt8]
     init(key: String) { self.key = Array(key.utf8) }
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
-        if request.uri.path == "/health" || request.method == .options { return try await next(request, context) }
+        if request.uri.path == "/health" || request.uri.path == "/metrics" || request.method == .options {
+            return try await next(request, context)
+        }
         let header = request.headers[.authorization] ?? ""
         let scheme = "bearer "
         let given = header.lowercased().hasPrefix(scheme) ? Array(header.utf8.dropFirst(scheme.utf8.count)) : []

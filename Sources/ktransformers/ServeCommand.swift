@@ -218,6 +218,8 @@ struct Serve: ParsableCommand {
         let engine = try Engine(model: loaded.model, config: engineSettings)
         let config = serverConfig(fileName: (path as NSString).lastPathComponent)
         let server = OpenAIServer(engine: engine, tokenizer: tokenizer, chatTemplate: template, config: config)
+        let metrics = server.metrics
+        engine.stepObserver = { metrics.observeStep(seconds: $0, sequences: $1, tokens: $2) }
         let host = config.host
         let app = server.makeApplication(logger: logger) { channel in
             let port = channel.localAddress?.port ?? config.port

@@ -666,6 +666,7 @@ def test_api_key():
     s = Server("--api-key", "sekret")
     try:
         assert s.get("/health")[0] == 200
+        assert s.get("/metrics")[0] == 200  # scrapers and routers read it without the key
         status, err = error_of(s.request("GET", "/v1/models"))
         assert status == 401 and err["type"] == "authentication_error"
         with pytest.raises(openai.AuthenticationError):
@@ -987,3 +988,58 @@ def test_cors_origins_and_preflight():
         c.close()
     finally:
         assert t.stop() == 0, t.output()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# /metrics
+
+def scrape(server):
+    from prometheus_client.parser import text_string_to_metric_families
+    status, body = server.get("/metrics")
+    assert status == 200
+    samples = {}
+    for family in text_string_to_metric_families(body.decode()):
+        for s in family.samples:
+            samples.setdefault(s.name, []).append((s.labels, s.value))
+    return samples
+
+
+def value(samples, name, **labels):
+    return sum(v for l, v in samples.get(name, []) if all(l.get(k) == x for k, x in labels.items()))
+
+
+def test_metrics_prometheus_text_with_vllm_names(server):
+    wait_idle(server)
+    before = scrape(server)
+    client = server.client()
+    prompt = "The metrics test prompt, long enough to fill a KV page or two of the prefix cache: " + "word " * 40
+    for _ in range(2):  # the second one hits the prefix cache
+        r = client.completions.create(model=server.model, prompt=prompt, max_tokens=5, temperature=0)
+        assert r.usage.completion_tokens == 5
+    stream = chat(client, server.model, "Count to three.", max_tokens=4, stream=True)
+    for _ in stream:
+        pass
+    wait_idle(server)
+    after = scrape(server)
+    m = server.model
+    for name in ["vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc",
+                 "vllm:prompt_tokens_total", "vllm:generation_tokens_total", "vllm:time_to_first_token_seconds_count",
+                 "vllm:inter_token_latency_seconds_count", "vllm:e2e_request_latency_seconds_count",
+                 "vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total", "vllm:num_preemptions_total",
+                 "ktransformers_requests_running", "ktransformers_time_to_first_token_seconds_count",
+                 "ktransformers_step_seconds_count", "ktransformers_batch_sequences_count"]:
+        assert name in after, name
+        assert all(l.get("model_name") == m for l, _ in after[name]), (name, after[name])
+    d = lambda name, **l: value(after, name, **l) - value(before, name, **l)
+    assert d("vllm:generation_tokens_total") >= 14
+    assert d("vllm:time_to_first_token_seconds_count") == 3
+    assert d("vllm:e2e_request_latency_seconds_count") == 3
+    assert d("vllm:inter_token_latency_seconds_count") >= 11
+    assert d("vllm:request_success_total", finished_reason="length") >= 2
+    assert d("vllm:prefix_cache_hits_total") >= 16, "the repeated prompt should hit the prefix cache"
+    assert d("ktransformers_step_seconds_count") >= 10
+    assert value(after, "vllm:num_requests_running") == 0
+    assert 0 <= value(after, "vllm:kv_cache_usage_perc") <= 1
+    # The histograms are cumulative and end at +Inf = count.
+    inf = [v for l, v in after["vllm:time_to_first_token_seconds_bucket"] if l.get("le") == "+Inf"][0]
+    assert inf == value(after, "vllm:time_to_first_token_seconds_count")
