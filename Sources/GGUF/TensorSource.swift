@@ -13,6 +13,8 @@ public protocol TensorSource: AnyObject, Sendable {
     var path: String { get }
     /// Every metadata key and its value.
     var metadata: [String: GGUFValue] { get }
+    /// Every tensor (GGUF naming).
+    var tensors: [GGUFTensorInfo] { get }
     /// The tensor named `name` (GGUF naming), if any.
     func tensor(named name: String) -> GGUFTensorInfo?
     /// The tensor's data, `info.byteCount` bytes encoded in `info.type`.

@@ -22,7 +22,8 @@ public enum ModelRegistry {
     /// other devices' backends). The model is sized for `limits` (default: `RunLimits.defaults`).
     public static func load(_ file: any TensorSource, backend: any ComputeBackend,
                             backends: [Device: any ComputeBackend] = [:], placement: Placement = .cpu,
-                            limits: RunLimits? = nil) throws -> LanguageModel {
+                            limits: RunLimits? = nil,
+                            progress: (@Sendable (_ done: Int, _ total: Int) -> Void)? = nil) throws -> LanguageModel {
         guard let arch = file.architecture else {
             throw ModelError("\(file.path): missing metadata 'general.architecture'")
         }
@@ -35,7 +36,8 @@ public enum ModelRegistry {
             throw ModelError("placement rule '\(r.pattern)=\(r.device)': no backend for \(r.device) here (available: \(available.keys.map(\.description).sorted().joined(separator: ", ")))")
         }
         let model = try loader(TensorLoader(file: file, arch: arch, backend: backend, backends: available,
-                                            placement: placement))
+                                            placement: placement, progress: progress))
+        progress?(1, 1)
         if let limits { model.reserve(limits) }
         return model
     }

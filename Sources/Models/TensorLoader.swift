@@ -15,9 +15,13 @@ public struct TensorLoader {
     public let backends: [Device: any ComputeBackend]
     public let placement: Placement
     private let executors = ExecutorCache()
+    /// Reports the share of the file's tensor bytes prepared so far (load progress).
+    let progress: LoadProgress?
 
     public init(file: any TensorSource, arch: String, backend: any ComputeBackend,
-                backends: [Device: any ComputeBackend] = [:], placement: Placement = .cpu) {
+                backends: [Device: any ComputeBackend] = [:], placement: Placement = .cpu,
+                progress: (@Sendable (_ done: Int, _ total: Int) -> Void)? = nil) {
+        self.progress = progress.map { LoadProgress(total: file.tensors.reduce(0) { $0 + $1.byteCount }, report: $0) }
         self.file = file
         self.arch = arch
         self.backend = backend
@@ -113,12 +117,14 @@ public struct TensorLoader {
 
     /// A weight made at load (not a tensor of the file as it is), prepared by the backend of its name's device.
     func prepare(_ ref: WeightRef) throws -> WeightMatrix {
+        defer { progress?.add(ref.byteCount ?? 0) }
         do { return try backend(for: ref.name).prepare(ref) } catch let e as BackendError {
             throw ModelError("\(file.path): \(e.description)")
         }
     }
 
     func prepareStack(_ ref: WeightRef) throws -> WeightStack {
+        defer { progress?.add(ref.byteCount ?? 0) }
         do { return try backend(for: ref.name).prepareStack(ref) } catch let e as BackendError {
             throw ModelError("\(file.path): \(e.description)")
         }
@@ -168,4 +174,22 @@ public struct TensorLoader {
 /// The expert executors one load made, by device.
 private final class ExecutorCache {
     var byDevice: [Device: any ExpertExecutor] = [:]
+}
+
+/// Bytes of weights prepared so far out of the file's total, reported as they grow.
+final class LoadProgress: @unchecked Sendable {
+    // NOTE: @unchecked: a model is loaded on one thread.
+    let total: Int
+    private var done = 0
+    private let report: @Sendable (Int, Int) -> Void
+
+    init(total: Int, report: @escaping @Sendable (Int, Int) -> Void) {
+        self.total = max(1, total)
+        self.report = report
+    }
+
+    func add(_ bytes: Int) {
+        done += bytes
+        report(min(done, total), total)
+    }
 }

@@ -81,7 +81,11 @@ struct LoadOptions {
         } catch let e as BackendError {
             throw CLIError("--placement: \(e.description)")
         }
-        let model = try ModelRegistry.load(file, backend: backend, backends: backends, placement: rules, limits: limits)
+        let started = Date()
+        let bar = ProgressPrinter(what: "loading \((file.path as NSString).lastPathComponent) on \(main)")
+        let model = try ModelRegistry.load(file, backend: backend, backends: backends, placement: rules, limits: limits,
+                                           progress: { bar.update(done: $0, total: $1) })
+        bar.finish(String(format: "loaded in %.1f s", Date().timeIntervalSince(started)))
         if let gpu {
             let mem = gpu.memoryInfo()
             Output.err(String(format: "placed on %@: %.2f GiB of weights (%.1f GiB free after load)\n", gpu.device.description,
@@ -175,5 +179,39 @@ enum Output {
 
     static func err(_ s: String) {
         FileHandle.standardError.write(Data(s.utf8))
+    }
+}
+
+/// Load progress on stderr: a bar redrawn in place on a terminal, else one line per 10% once the load has taken
+/// more than 2 s (a quick load prints only its last line).
+final class ProgressPrinter: @unchecked Sendable {
+    // NOTE: @unchecked: updated from the loading thread only.
+    private let what: String
+    private let started = Date()
+    private let terminal = isatty(2) != 0
+    private var lastShown = -1
+    private var lastTotal = 0
+
+    init(what: String) { self.what = what }
+
+    func update(done: Int, total: Int) {
+        lastTotal = total
+        let percent = Int(Double(done) / Double(max(1, total)) * 100)
+        if terminal {
+            guard percent != lastShown else { return }
+            lastShown = percent
+            let filled = percent * 30 / 100
+            let bar = String(repeating: "#", count: filled) + String(repeating: ".", count: 30 - filled)
+            Output.err(String(format: "\r%@ [%@] %3d%% (%.2f of %.2f GB)", what, bar, percent, Double(done) / 1e9, Double(total) / 1e9))
+        } else {
+            let step = percent / 10 * 10
+            guard step > lastShown, Date().timeIntervalSince(started) > 2 else { return }
+            lastShown = step
+            Output.err(String(format: "%@: %d%% (%.2f of %.2f GB)\n", what, step, Double(done) / 1e9, Double(total) / 1e9))
+        }
+    }
+
+    func finish(_ message: String) {
+        Output.err(terminal ? "\r\(what): \(message)\u{1B}[K\n" : "\(what): \(message)\n")
     }
 }
