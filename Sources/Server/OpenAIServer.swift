@@ -41,6 +41,8 @@ public final class OpenAIServer: Sendable {
     let drain = NIOLockedValueBox(DrainState())
     /// `/metrics` (Prometheus).
     public let metrics: ServerMetrics
+    /// What the server runs on, for the start-up line (`cpu (16 threads, avx512), context 4096`).
+    public nonisolated(unsafe) var summary = ""
 
     public init(engine: any InferenceEngine, tokenizer: Tokenizer, chatTemplate: ChatTemplate?, config: ServerConfig) {
         self.engine = engine
@@ -80,14 +82,22 @@ public final class OpenAIServer: Sendable {
         return router
     }
 
-    /// The Hummingbird application bound to `config.host:config.port`.
+    /// The Hummingbird application bound to `config.host:config.port`, answering with this server's router.
     public func makeApplication(logger: Logger, onServerRunning: @escaping @Sendable (any Channel) async -> Void = { _ in })
         -> some ApplicationProtocol {
+        Self.makeApplication(responder: makeRouter().buildResponder(), config: config, logger: logger,
+                             onServerRunning: onServerRunning)
+    }
+
+    /// The Hummingbird application for `responder` (a `LoadingResponder` binds before the model is loaded).
+    public static func makeApplication<R: HTTPResponder>(responder: R, config: ServerConfig, logger: Logger,
+                                                         onServerRunning: @escaping @Sendable (any Channel) async -> Void = { _ in })
+        -> some ApplicationProtocol where R.Context == ServerContext {
         let limits = ConnectionLimits(requestTimeout: .nanoseconds(Int64(config.requestTimeout * 1e9)),
                                       idleTimeout: .nanoseconds(Int64(config.idleTimeout * 1e9)),
                                       maxConnections: config.maxConnections)
         return Application(
-            router: makeRouter(),
+            responder: responder,
             server: HTTPServerBuilder { responder in ServerHTTP1Channel(responder: responder, limits: limits) },
             configuration: .init(address: .hostname(config.host, port: config.port), serverName: nil),
             onServerRunning: onServerRunning,

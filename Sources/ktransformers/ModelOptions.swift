@@ -53,9 +53,11 @@ struct LoadOptions {
 
     /// Opens the model and builds it on its backend; the tokenizer only where the source has one (`logits`
     /// needs none).
-    func load() throws -> LoadedModel {
+    func load() throws -> LoadedModel { try load(source: try openSource()) }
+
+    /// Builds the model of an opened source; `onProgress` hears the share of weights prepared (0...1).
+    func load(source file: any TensorSource, onProgress: (@Sendable (Double) -> Void)? = nil) throws -> LoadedModel {
         let main = try mainDevice()
-        let file = try openSource()
         let cpu = CPUBackend(threads: threads ?? CPUInfo.physicalCores)
         var backends: [Device: any ComputeBackend] = [.cpu: cpu]
         var gpu: CUDABackend?
@@ -84,7 +86,7 @@ struct LoadOptions {
         let started = Date()
         let bar = ProgressPrinter(what: "loading \((file.path as NSString).lastPathComponent) on \(main)")
         let model = try ModelRegistry.load(file, backend: backend, backends: backends, placement: rules, limits: limits,
-                                           progress: { bar.update(done: $0, total: $1) })
+                                           progress: { bar.update(done: $0, total: $1); onProgress?(Double($0) / Double(max(1, $1))) })
         bar.finish(String(format: "loaded in %.1f s", Date().timeIntervalSince(started)))
         if let gpu {
             let mem = gpu.memoryInfo()

@@ -170,11 +170,61 @@ struct Serve: ParsableCommand {
     }
 
     func serve() async throws {
-        var logger = Logger(label: "ktransformers.serve")
-        logger.logLevel = Logger.Level(rawValue: logLevel) ?? .info
+        var log = Logger(label: "ktransformers.serve")
+        log.logLevel = Logger.Level(rawValue: logLevel) ?? .info
+        let logger = log
 
-        let loaded = try LoadOptions(model: model, threads: threads, contextLength: contextSize, placement: placement,
-                                 device: device, cudaGraphs: !noCudaGraphs).load()
+        // The port is bound before the weights are loaded: /health says "loading" (503) until the server is ready.
+        let options = LoadOptions(model: model, threads: threads, contextLength: contextSize, placement: placement,
+                                  device: device, cudaGraphs: !noCudaGraphs)
+        let source = try options.openSource()
+        let config = serverConfig(fileName: (source.path as NSString).lastPathComponent)
+        let responder = LoadingResponder()
+        let slot = ServerSlot()
+        let host = config.host
+        let app = OpenAIServer.makeApplication(responder: responder, config: config, logger: logger) { channel in
+            let port = channel.localAddress?.port ?? config.port
+            slot.setAddress("http://\(host):\(port)")
+            Output.err("ktransformers serve: listening on http://\(host):\(port); /health answers 503 until the model is loaded\n")
+        }
+        // Services stop in reverse order: the drain first (new requests get 503; after --drain-timeout what still
+        // runs is ended properly), then the HTTP server (it stops accepting and waits for in-flight requests), then
+        // the engine.
+        var groupConfig = ServiceGroupConfiguration(
+            services: [.init(service: EngineService(slot: slot)), .init(service: app),
+                       .init(service: DrainService(slot: slot, timeout: config.drainTimeout))],
+            gracefulShutdownSignals: [.sigterm, .sigint],
+            cancellationSignals: [],
+            logger: logger)
+        // A backstop only: the drain ends every request itself after --drain-timeout.
+        groupConfig.maximumGracefulShutdownDuration = .milliseconds(Int64((config.drainTimeout + 10) * 1000))
+        groupConfig.maximumCancellationDuration = .seconds(5)
+        let group = ServiceGroup(configuration: groupConfig)
+        let failure = ResultBox()
+        // The load blocks for seconds: on its own thread, not the cooperative pool's.
+        let loader = Thread {
+            do {
+                let server = try self.build(source: source, options: options, config: config, responder: responder,
+                                            logger: logger)
+                slot.set(server)
+                responder.ready(server)
+                Output.err("ktransformers serve: \(config.modelID) ready on \(slot.address ?? "http://\(host):\(config.port)") (\(server.summary))\n")
+            } catch {
+                failure.set(error)
+                Task { await group.triggerGracefulShutdown() }
+            }
+        }
+        loader.stackSize = 8 << 20
+        loader.start()
+        try await group.run()
+        if let e = failure.get() { throw e }
+        Output.err("ktransformers serve: stopped\n")
+    }
+
+    /// Loads the model and builds the engine and the server (on the loading thread).
+    private func build(source: any TensorSource, options: LoadOptions, config: ServerConfig, responder: LoadingResponder,
+                       logger: Logger) throws -> OpenAIServer {
+        let loaded = try options.load(source: source, onProgress: { responder.setProgress($0) })
         let file = loaded.file, path = file.path
         guard let tokenizer = loaded.tokenizer else {
             let why = (file as? HFCheckpoint).map { $0.tokenizerProblem ?? "the directory has no tokenizer.json" }
@@ -216,42 +266,35 @@ struct Serve: ParsableCommand {
             Output.err("KV cache on \(gpu.device): \(engineSettings.kvCacheTokens) tokens, \(gib(engineSettings.kvCacheTokens * bytesPerToken))\n")
         }
         let engine = try Engine(model: loaded.model, config: engineSettings)
-        let config = serverConfig(fileName: (path as NSString).lastPathComponent)
         let server = OpenAIServer(engine: engine, tokenizer: tokenizer, chatTemplate: template, config: config)
+        server.summary = "\(loaded.backend.summary), context \(engine.contextLength)"
         let metrics = server.metrics
         engine.stepObserver = { metrics.observeStep(seconds: $0, sequences: $1, tokens: $2) }
-        let host = config.host
-        let app = server.makeApplication(logger: logger) { channel in
-            let port = channel.localAddress?.port ?? config.port
-            Output.err("ktransformers serve: \(config.modelID) on http://\(host):\(port) (\(loaded.backend.summary), context \(engine.contextLength))\n")
-        }
-        // Services stop in reverse order: the drain first (new requests get 503; after --drain-timeout what still
-        // runs is ended properly), then the HTTP server (it stops accepting and waits for in-flight requests), then
-        // the engine.
-        var groupConfig = ServiceGroupConfiguration(
-            services: [.init(service: EngineService(engine: engine)), .init(service: app),
-                       .init(service: DrainService(server: server, timeout: config.drainTimeout))],
-            gracefulShutdownSignals: [.sigterm, .sigint],
-            cancellationSignals: [],
-            logger: logger)
-        // A backstop only: the drain ends every request itself after --drain-timeout.
-        groupConfig.maximumGracefulShutdownDuration = .milliseconds(Int64((config.drainTimeout + 10) * 1000))
-        groupConfig.maximumCancellationDuration = .seconds(5)
-        try await ServiceGroup(configuration: groupConfig).run()
-        Output.err("ktransformers serve: stopped\n")
+        return server
     }
+}
+
+/// The server once the model is loaded (nil before), for the services that outlive the load.
+final class ServerSlot: @unchecked Sendable {
+    private let lock = NSLock()
+    private var server: OpenAIServer?
+    private(set) var address: String?
+    func set(_ s: OpenAIServer) { lock.lock(); server = s; lock.unlock() }
+    func get() -> OpenAIServer? { lock.lock(); defer { lock.unlock() }; return server }
+    func setAddress(_ a: String) { lock.lock(); address = a; lock.unlock() }
 }
 
 /// The shutdown drain: on SIGTERM/SIGINT the server refuses new requests at once; `timeout` seconds later it ends
 /// whatever still runs (streams with a final chunk and [DONE], others with a 503 JSON error).
 struct DrainService: Service {
-    let server: OpenAIServer
+    let slot: ServerSlot
     let timeout: Double
 
     func run() async throws {
         try? await gracefulShutdown()
+        guard let server = slot.get() else { return }  // stopped while loading: nothing to drain
         server.beginDrain()
-        let server = server, timeout = timeout
+        let timeout = timeout
         Output.err("ktransformers serve: draining \(server.activeRequests) requests for up to \(timeout) s\n")
         Task.detached {
             try? await Task.sleep(nanoseconds: UInt64(timeout * 1e9))
@@ -265,11 +308,11 @@ struct DrainService: Service {
 
 /// Keeps the engine alive while the server runs and shuts it down (aborting what is left) after the server.
 struct EngineService: Service {
-    let engine: Engine
+    let slot: ServerSlot
 
     func run() async throws {
         try? await gracefulShutdown()
-        engine.shutdown()
+        (slot.get()?.engine as? Engine)?.shutdown()
     }
 }
 

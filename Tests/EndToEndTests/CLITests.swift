@@ -144,6 +144,13 @@ final class CLITests: XCTestCase {
         let r = try run(["logits", "--model", f.path, "--tokens", "1"])
         assertCleanFailure(r, contains: "unsupported architecture 'mamba'")
         XCTAssertTrue(r.stderr.contains("gemma3") && r.stderr.contains("qwen3"), r.stderr)
+
+        // `serve` binds its port before loading the weights: a model that fails to load still ends the process with
+        // the message and status 1, not a server that stays up answering "loading".
+        let s = try Self.execute(["serve", "--model", f.path, "--port", "0"], timeout: 60)
+        XCTAssertFalse(s.timedOut, s.stderr)
+        XCTAssertEqual(s.status, 1, s.stderr)
+        XCTAssertTrue(s.stderr.contains("unsupported architecture 'mamba'"), s.stderr)
     }
 
     func testMissingModelFileAndBadArguments() throws {
