@@ -101,6 +101,9 @@ public protocol ComputeBackend: AnyObject, Sendable {
 
     /// Whether `captureGraph` records graphs (false: the CPU, or graphs turned off).
     var capturesGraphs: Bool { get }
+    /// Changes whenever the backend moves internal memory that captured graphs refer to (its scratch): graphs
+    /// captured under another epoch must be captured again.
+    var graphEpoch: Int { get }
     /// Records the ops `body` issues as a graph to replay with `launch`, without running them; nil when this
     /// backend has no graphs (the CPU) or they are turned off, and then `body` has not run. Everything `body`
     /// touches (tensors, metadata, the op parameters) must stay as it is for every replay: only the contents of
@@ -115,6 +118,7 @@ public protocol ComputeGraph: AnyObject, Sendable {}
 
 extension ComputeBackend {
     public var capturesGraphs: Bool { false }
+    public var graphEpoch: Int { 0 }
 
     public func captureGraph(_ body: () throws -> Void) throws -> (any ComputeGraph)? { nil }
 

@@ -33,6 +33,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     /// The same input as Q8_K integers for the integer-dot kernels: int8 values, then per-256 scales, then
     /// per-16 sums, `// [maxTokens, widest]` each part.
     private var quantized: Tensor?
+    private var quantizedFor = 0
     private var widestInput = 0
     private var routerBias: [UnsafeRawPointer: Tensor] = [:]
     /// Bytes of weights this backend holds, and the formats it converted at load.
@@ -42,6 +43,8 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     public var graphsEnabled = true
     /// Graphs captured so far (the start-up log and the tests).
     public private(set) var graphsCaptured = 0
+    /// Goes up whenever internal scratch moves (a graph captured before holds stale addresses).
+    public private(set) var graphEpoch = 0
     /// Called once per format converted at load (the CLI logs it).
     public var onConversion: (@Sendable (String) -> Void)?
 
@@ -293,11 +296,17 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         if need > (rounded?.count ?? 0) {
             if let old = rounded { release(old) }
             rounded = allocate(need)
+            graphEpoch += 1
         }
         let q = Self.quantizedLayout(elements: need).total
         if q > (quantized?.count ?? 0) {
             if let old = quantized { release(old) }
             quantized = allocate(q)
+        }
+        // The quantized parts sit at offsets of the reserved maximum: a new maximum moves them.
+        if need != quantizedFor {
+            quantizedFor = need
+            graphEpoch += 1
         }
     }
 
@@ -365,6 +374,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         if need > (routerWork?.count ?? 0) {
             if let old = routerWork { release(old) }
             routerWork = allocate(need)
+            graphEpoch += 1
         }
         plan = grown
         growRounded()
@@ -395,7 +405,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         do {
             try body()
         } catch {
-            _ = try? driver.endCapture(stream)
+            if let e = try? driver.endCapture(stream) { driver.destroyGraph(e) }
             throw error
         }
         var exec: CUDADriver.Handle?
@@ -677,9 +687,17 @@ final class CUDAExpertExecutor: ExpertExecutor {
         let g = CUDABackend.weight(experts.gate), u = CUDABackend.weight(experts.up), d = CUDABackend.weight(experts.down)
         backend.current()
         func run(_ w: CUDAWeight, _ stack: WeightStack, x: Tensor, xDiv: Int, y: Tensor) {
-            backend.launch(w.matvecExperts, "matvec_experts_\(w.tag)", grid: ((stack.rows + 3) / 4, pairs, 1), block: 128,
-                           [.ptr(w.address), .i64(w.rowBytes), .i64(w.rowBytes * stack.rows), .i32(stack.rows), .i32(stack.cols),
-                            .ptr(x.address), .i32(xDiv), .ptr(ids.address), .ptr(y.address)])
+            // Grid y is at most 65535: pairs in chunks of whole tokens.
+            let step = 65535 / xDiv * xDiv
+            var p0 = 0
+            while p0 < pairs {
+                let c = min(step, pairs - p0)
+                backend.launch(w.matvecExperts, "matvec_experts_\(w.tag)", grid: ((stack.rows + 3) / 4, c, 1), block: 128,
+                               [.ptr(w.address), .i64(w.rowBytes), .i64(w.rowBytes * stack.rows), .i32(stack.rows),
+                                .i32(stack.cols), .ptr(x.offset(p0 / xDiv * stack.cols).address), .i32(xDiv),
+                                .ptr(ids.offset(p0).address), .ptr(y.offset(p0 * stack.rows).address)])
+                p0 += c
+            }
         }
         let xg = backend.roundedInput(x, g.rounding, cols: experts.gate.cols, n: n)
         run(g, experts.gate, x: xg, xDiv: k, y: gate!)

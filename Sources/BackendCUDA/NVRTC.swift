@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import Foundation
 
 /// NVRTC (`libnvrtc.so.*`), loaded at run time: compiles CUDA C sources to a CUBIN for the GPU in use, so the
 /// binary carries kernel sources, not compiled code for a fixed set of architectures.
@@ -36,6 +37,17 @@ public final class NVRTC: @unchecked Sendable {
         nvrtcGetCUBINSize = try l.symbol("nvrtcGetCUBINSize", as: type(of: nvrtcGetCUBINSize))
         nvrtcGetCUBIN = try l.symbol("nvrtcGetCUBIN", as: type(of: nvrtcGetCUBIN))
         nvrtcDestroyProgram = try l.symbol("nvrtcDestroyProgram", as: type(of: nvrtcDestroyProgram))
+        // NVRTC opens its builtins library through the loader's search path, not from its own directory: load it
+        // from there first, so an NVRTC found by absolute path (CUDA_HOME, /usr/local/cuda) works without
+        // LD_LIBRARY_PATH.
+        if l.path.hasPrefix("/") {
+            var a: Int32 = 0, b: Int32 = 0
+            _ = nvrtcVersion(&a, &b)
+            let dir = (l.path as NSString).deletingLastPathComponent
+            for name in ["libnvrtc-builtins.so.\(a).\(b)", "libnvrtc-builtins.so.\(a)", "libnvrtc-builtins.so"] {
+                if dlopen("\(dir)/\(name)", RTLD_NOW | RTLD_GLOBAL) != nil { break }
+            }
+        }
     }
 
     public func version() -> (major: Int, minor: Int) {

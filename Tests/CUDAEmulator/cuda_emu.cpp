@@ -197,6 +197,7 @@ struct Function {
 void launch(Function* f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,
             unsigned shared, void** args) {
     std::lock_guard<std::recursive_mutex> guard(launchLock);
+    if (gy > 65535 || gz > 65535) { fprintf(stderr, "cuda-emu: %s: grid y/z %u/%u above 65535\n", f->name.c_str(), gy, gz); abort(); }
     unsigned threads = bx * by * bz;
     if (threads == 0 || threads > 1024) { fprintf(stderr, "cuda-emu: %s: bad block size %u\n", f->name.c_str(), threads); abort(); }
     if (sharedBuffer.size() < shared + 16) sharedBuffer.resize(shared + 16);
@@ -275,8 +276,8 @@ int cuMemAllocHost_v2(void** p, size_t bytes) { *p = aligned_alloc(256, (bytes +
 int cuMemFreeHost(void* p) { free(p); return 0; }
 int cuMemcpyHtoD_v2(uint64_t d, const void* s, size_t n) { memcpy((void*)(uintptr_t)d, s, n); return 0; }
 int cuMemcpyDtoH_v2(void* d, uint64_t s, size_t n) { memcpy(d, (void*)(uintptr_t)s, n); return 0; }
-int cuMemcpyHtoDAsync_v2(uint64_t d, const void* s, size_t n, void*) { return cuMemcpyHtoD_v2(d, s, n); }
-int cuMemcpyDtoHAsync_v2(void* d, uint64_t s, size_t n, void*) { return cuMemcpyDtoH_v2(d, s, n); }
+int cuMemcpyHtoDAsync_v2(uint64_t d, const void* s, size_t n, void*) { return capturing ? 900 : cuMemcpyHtoD_v2(d, s, n); }
+int cuMemcpyDtoHAsync_v2(void* d, uint64_t s, size_t n, void*) { return capturing ? 900 : cuMemcpyDtoH_v2(d, s, n); }
 int cuMemcpyDtoDAsync_v2(uint64_t d, uint64_t s, size_t n, void*) { memmove((void*)(uintptr_t)d, (void*)(uintptr_t)s, n); return 0; }
 int cuMemsetD32Async(uint64_t d, unsigned v, size_t n, void*) {
     unsigned* p = (unsigned*)(uintptr_t)d;
@@ -286,7 +287,7 @@ int cuMemsetD32Async(uint64_t d, unsigned v, size_t n, void*) {
 int cuMemsetD32_v2(uint64_t d, unsigned v, size_t n) { return cuMemsetD32Async(d, v, n, nullptr); }
 int cuStreamCreate(void** s, unsigned) { static int st; *s = &st; return 0; }
 int cuStreamDestroy_v2(void*) { return 0; }
-int cuStreamSynchronize(void*) { return 0; }
+int cuStreamSynchronize(void*) { return capturing ? 900 : 0; }  // CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED
 int cuEventCreate(void** e, unsigned) { *e = new double(0); return 0; }
 int cuEventDestroy_v2(void* e) { delete (double*)e; return 0; }
 int cuEventRecord(void* e, void*) { *(double*)e = now(); return 0; }

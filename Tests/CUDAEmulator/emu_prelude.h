@@ -116,7 +116,7 @@ static inline float kt_round_to_half(float f) {
     }
     return kt_half_to_float((uint16_t)(h | (sign >> 16)));
 }
-struct uint4 { unsigned x, y, z, w; };
+struct alignas(16) uint4 { unsigned x, y, z, w; };
 static inline int __dp4a(int a, int b, int c) {
     for (int i = 0; i < 4; i++) c += (int)(int8_t)(a >> (8 * i)) * (int)(int8_t)(b >> (8 * i));
     return c;

@@ -91,9 +91,13 @@ final class DecoderModel: LanguageModel, @unchecked Sendable {
 
     private struct GraphKey: Hashable {
         let bucket: Int
-        let pool: UInt
+        /// The KV pool: its object and every layer's K/V addresses.
+        let cache: ObjectIdentifier
+        let pool: [UInt]
         let pageSize: Int
         let numPages: Int
+        /// The backend's scratch epoch (`ComputeBackend.graphEpoch`).
+        let epoch: Int
     }
 
     private struct PaddedStep {
@@ -242,7 +246,10 @@ final class DecoderModel: LanguageModel, @unchecked Sendable {
         p.tables.withUnsafeBufferPointer { b.write($0, to: s.blockTables) }
         p.logits.withUnsafeBufferPointer { b.write($0, to: s.logitsIndices) }
 
-        let key = GraphKey(bucket: bucket, pool: cache.k(0).address, pageSize: batch.pageSize, numPages: cache.numPages)
+        let key = GraphKey(bucket: bucket, cache: ObjectIdentifier(cache),
+                           pool: (0..<cache.kDims.count).flatMap { [cache.k($0).address, cache.v($0).address] },
+                           pageSize: batch.pageSize, numPages: cache.numPages, epoch: b.graphEpoch)
+        if graphs.count > 64 { graphs.removeAll() }  // keys of pools or epochs gone: drop, recapture what is used
         let run = { self.compute(n: bucket, m: bucket, blockTableStride: stride, pageSize: batch.pageSize, cache: cache) }
         if let g = graphs[key] {
             b.launch(g)
