@@ -80,7 +80,7 @@ let package = Package(
             .product(name: "HTTPTypes", package: "swift-http-types"),
             .product(name: "Logging", package: "swift-log"),
             .product(name: "Prometheus", package: "swift-prometheus"),
-        ]),
+        ], resources: [.embedInCode("Web/index.html")]),
         .executableTarget(name: "ktransformers", dependencies: [
             "Engine", "Models", "GGUF", "SafeTensors", "Tokenizer", "Quant", "Backend", "BackendCUDA", "BackendConformance", "Server", "ChatTemplate",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),

@@ -7,8 +7,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3=${PYTHON:-python3}
-if ! "$python3" -c 'import openai, pytest, prometheus_client' 2>/dev/null; then
-  "$python3" -m pip install --quiet --disable-pip-version-check openai pytest prometheus-client >&2
+if ! "$python3" -c 'import openai, pytest, prometheus_client, websocket' 2>/dev/null; then
+  "$python3" -m pip install --quiet --disable-pip-version-check openai pytest prometheus-client websocket-client >&2
+fi
+# The web page test drives a real browser: Debian's chromium, installed where we may (root with apt); without it
+# that test is skipped with a message.
+if ! command -v chromium >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  (apt-get update -q && apt-get install -y -q chromium) >/dev/null 2>&1 || echo "could not install chromium: the web page test will be skipped" >&2
 fi
 scripts/default-model.sh >/dev/null
 if [ -z "${KTRANSFORMERS_BIN:-}" ]; then

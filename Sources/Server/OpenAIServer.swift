@@ -65,6 +65,12 @@ public final class OpenAIServer: Sendable {
         router.middlewares.add(DrainMiddleware(server: self))
         if let key = config.apiKey { router.middlewares.add(APIKeyMiddleware(key: key)) }
         router.get("/health") { _, _ in try self.health() }
+        router.get("/") { _, _ in
+            var h = HTTPFields()
+            h[.contentType] = "text/html; charset=utf-8"
+            h[.cacheControl] = "no-cache"
+            return Response(status: .ok, headers: h, body: .init(byteBuffer: ByteBuffer(bytes: PackageResources.index_html)))
+        }
         router.get("/metrics") { _, _ in
             var h = HTTPFields()
             h[.contentType] = "text/plain; version=0.0.4; charset=utf-8"
@@ -410,14 +416,14 @@ struct DrainMiddleware<Context: RequestContext>: RouterMiddleware {
     }
 }
 
-/// `--api-key`: every route but /health and /metrics (and CORS preflights, which browsers send without credentials) needs
+/// `--api-key`: every route but the chat page (`/`, which sends the key the user types), /health and /metrics (and CORS preflights, which browsers send without credentials) needs
 /// `Authorization: Bearer <key>`; the scheme name is case-insensitive (RFC 7235), the key is not.
 struct APIKeyMiddleware<Context: RequestContext>: RouterMiddleware {
     let key: [UInt8]
     init(key: String) { self.key = Array(key.utf8) }
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
-        if request.uri.path == "/health" || request.uri.path == "/metrics" || request.method == .options {
+        if ["/", "/health", "/metrics"].contains(request.uri.path) || request.method == .options {
             return try await next(request, context)
         }
         let header = request.headers[.authorization] ?? ""

@@ -1043,3 +1043,101 @@ def test_metrics_prometheus_text_with_vllm_names(server):
     # The histograms are cumulative and end at +Inf = count.
     inf = [v for l, v in after["vllm:time_to_first_token_seconds_bucket"] if l.get("le") == "+Inf"][0]
     assert inf == value(after, "vllm:time_to_first_token_seconds_count")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The web chat page in a real browser (headless Chromium from Debian, driven over the DevTools protocol)
+
+class Browser:
+    def __init__(self):
+        import shutil
+        import tempfile
+        import urllib.request
+        import websocket  # websocket-client
+        exe = next((p for p in (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")) if p), None)
+        if exe is None:
+            pytest.skip("no Chromium here (scripts/e2e.sh installs Debian's chromium where it can)")
+        self.port = free_port()
+        self.profile = tempfile.mkdtemp(prefix="kt-chromium-")
+        self.proc = subprocess.Popen([exe, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                                      f"--remote-debugging-port={self.port}", f"--user-data-dir={self.profile}",
+                                      "about:blank"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 60
+        while True:
+            try:
+                pages = json.loads(urllib.request.urlopen(f"http://{HOST}:{self.port}/json", timeout=2).read())
+                page = next(p for p in pages if p["type"] == "page")
+                break
+            except Exception:
+                assert time.time() < deadline, "Chromium did not start"
+                time.sleep(0.2)
+        self.ws = websocket.create_connection(page["webSocketDebuggerUrl"], timeout=60)
+        self.next_id = 0
+
+    def call(self, method, **params):
+        self.next_id += 1
+        self.ws.send(json.dumps({"id": self.next_id, "method": method, "params": params}))
+        while True:
+            msg = json.loads(self.ws.recv())
+            if msg.get("id") == self.next_id:
+                assert "error" not in msg, msg
+                return msg.get("result", {})
+
+    def eval(self, expr):
+        r = self.call("Runtime.evaluate", expression=expr, returnByValue=True, awaitPromise=True)
+        assert "exceptionDetails" not in r, r
+        return r["result"].get("value")
+
+    def wait(self, expr, timeout=60):
+        deadline = time.time() + timeout
+        while not self.eval(expr):
+            assert time.time() < deadline, f"timed out waiting for {expr}"
+            time.sleep(0.1)
+
+    def close(self):
+        import shutil
+        try:
+            self.ws.close()
+        finally:
+            self.proc.kill()
+            self.proc.wait()
+            shutil.rmtree(self.profile, ignore_errors=True)
+
+
+def test_web_chat_page_streams_an_answer_in_a_real_browser(server):
+    question = "What is the capital of France?"
+    want = chat(server.client(), server.model, question, max_tokens=12).choices[0].message.content
+    b = Browser()
+    try:
+        b.call("Page.enable")
+        b.call("Page.navigate", url=server.base + "/")
+        b.wait("document.body && document.body.dataset.ready === 'true'")
+        assert b.eval("document.getElementById('model').value") == server.model
+        b.eval("document.getElementById('temperature').value = '0'; document.getElementById('max_tokens').value = '12'")
+        # Type the question and press Enter, as a user does.
+        b.eval("document.getElementById('prompt').focus()")
+        b.call("Input.insertText", text=question)
+        b.call("Input.dispatchKeyEvent", type="keyDown", key="Enter", code="Enter", windowsVirtualKeyCode=13,
+               nativeVirtualKeyCode=13)
+        b.call("Input.dispatchKeyEvent", type="keyUp", key="Enter", code="Enter", windowsVirtualKeyCode=13,
+               nativeVirtualKeyCode=13)
+        b.wait("(document.querySelector('.msg.assistant') || {dataset: {}}).dataset.state === 'done'")
+        shown = b.eval("document.querySelector('.msg.assistant .content').innerText")
+        assert b.eval("document.querySelector('.msg.user .content').textContent") == question
+        norm = lambda s: " ".join(s.replace("*", "").replace("`", "").replace("#", "").split())
+        print(f"browser shows: {shown!r}; the API answers: {want!r}")
+        assert norm(shown) == norm(want), (shown, want)
+
+        # A long answer, stopped with the Stop button: the page says so and the server frees the request.
+        b.eval("document.getElementById('max_tokens').value = '400'")
+        b.eval("document.getElementById('prompt').value = 'Write a very long story about a lighthouse.';"
+               "document.getElementById('send').click()")
+        b.wait("document.querySelectorAll('.msg.assistant').length === 2 && "
+               "document.querySelectorAll('.msg.assistant')[1].querySelector('.content').innerText.length > 0")
+        b.eval("document.getElementById('stop').click()")
+        b.wait("document.querySelectorAll('.msg.assistant')[1].dataset.state === 'stopped'")
+        assert b.eval("document.getElementById('send').disabled") is False
+        h = wait_idle(server, timeout=10)
+        assert h["engine"]["running"] == 0, h
+    finally:
+        b.close()
