@@ -7,8 +7,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3=${PYTHON:-python3}
-if ! "$python3" -c 'import openai, pytest, prometheus_client, websocket' 2>/dev/null; then
-  "$python3" -m pip install --quiet --disable-pip-version-check openai pytest prometheus-client websocket-client >&2
+if ! "$python3" -c 'import openai, pytest, prometheus_client, websocket, sglang_router' 2>/dev/null; then
+  "$python3" -m pip install --quiet --disable-pip-version-check openai pytest prometheus-client websocket-client \
+    sglang-router >&2
 fi
 # The web page test drives a real browser: Debian's chromium, installed where we may (root with apt); without it
 # that test is skipped with a message.

@@ -78,6 +78,9 @@ public final class OpenAIServer: Sendable {
                              body: .init(byteBuffer: ByteBuffer(string: self.metrics.render(self.engine.stats()))))
         }
         router.get("/v1/models") { _, _ in try self.models() }
+        // What SGLang's router (sglang-router / the SGLang model gateway) reads from a worker when it registers it.
+        for path in ["/model_info", "/get_model_info"] { router.get(RouterPath(path)) { _, _ in try self.modelInfo() } }
+        for path in ["/server_info", "/get_server_info"] { router.get(RouterPath(path)) { _, _ in try self.serverInfo() } }
         router.get("/v1/models/{id}") { _, ctx in
             let id = ctx.parameters.get("id") ?? ""
             guard self.accepts(model: id) else { throw APIError.modelNotFound(id, served: self.config.modelID) }
@@ -169,6 +172,23 @@ public final class OpenAIServer: Sendable {
         ]
         let data = try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys])
         return Self.jsonResponse(data, status: draining ? .serviceUnavailable : .ok)
+    }
+
+    /// SGLang's `/model_info`: the model a router registers this worker under.
+    func modelInfo() throws -> Response {
+        let obj: [String: Any] = ["model_path": config.modelID, "served_model_name": config.modelID,
+                                  "tokenizer_path": NSNull(), "is_generation": true, "max_model_len": engine.contextLength]
+        return Self.jsonResponse(try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys]))
+    }
+
+    /// SGLang's `/server_info`: the serving limits a router may read.
+    func serverInfo() throws -> Response {
+        let s = engine.stats()
+        let obj: [String: Any] = ["model_path": config.modelID, "served_model_name": config.modelID,
+                                  "context_length": engine.contextLength, "page_size": s.kvPageSize,
+                                  "max_total_num_tokens": s.kvPagesTotal * s.kvPageSize, "dp_size": 1, "tp_size": 1,
+                                  "version": "ktransformers-swift"]
+        return Self.jsonResponse(try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys]))
     }
 
     func modelCard() -> ModelCard {

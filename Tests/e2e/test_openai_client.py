@@ -1141,3 +1141,76 @@ def test_web_chat_page_streams_an_answer_in_a_real_browser(server):
         assert h["engine"]["running"] == 0, h
     finally:
         b.close()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Scale-out: two replicas behind the real SGLang router (cache-aware policy)
+
+def test_router_info_endpoints(server):
+    for path in ("/model_info", "/get_model_info", "/server_info", "/get_server_info"):
+        info = server.json(path)
+        assert info["model_path"] == server.model and info["served_model_name"] == server.model, (path, info)
+    assert server.json("/server_info")["context_length"] == CTX
+
+
+def test_two_replicas_behind_sglang_router_keep_conversations_on_their_replica():
+    try:
+        import sglang_router  # noqa: F401
+    except ImportError:
+        pytest.skip("no sglang-router here (scripts/e2e.sh installs it from PyPI)")
+    import sys
+    replicas = [Server(), Server()]
+    port = free_port()
+    log = open(f"/tmp/ktransformers-e2e-router-{port}.log", "w+")
+    router = subprocess.Popen([sys.executable, "-m", "sglang_router.launch_router", "--host", HOST, "--port", str(port),
+                               "--worker-urls", *[r.base for r in replicas], "--policy", "cache_aware",
+                               "--prometheus-port", str(free_port()), "--log-level", "warn"], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        client = openai.OpenAI(base_url=f"http://{HOST}:{port}/v1", api_key="unused", max_retries=0, timeout=120)
+        deadline = time.time() + 120
+        while True:
+            try:
+                if http.client.HTTPConnection(HOST, port, timeout=5).request("GET", "/health") is None:
+                    break
+            except OSError:
+                assert router.poll() is None and time.time() < deadline, "router did not start"
+                time.sleep(0.3)
+        model = replicas[0].model
+        direct = replicas[0].client()
+        before = [scrape(r) for r in replicas]
+        cached = 0
+        for conv in range(6):
+            # A long, distinct first message (several KV pages), then two more turns on top of the history.
+            messages = [{"role": "user", "content": f"Conversation {conv}. " + " ".join(
+                f"fact {conv}-{k} is about topic {k * 7 + conv}." for k in range(20))}]
+            for turn in range(3):
+                r = client.chat.completions.create(model=model, messages=messages, max_tokens=8, temperature=0,
+                                                   extra_headers={"X-Request-Id": f"conv{conv}-turn{turn}"})
+                solo = direct.chat.completions.create(model=model, messages=messages, max_tokens=8, temperature=0)
+                assert r.choices[0].message.content == solo.choices[0].message.content, (conv, turn)
+                if turn > 0:
+                    cached += r.usage.prompt_tokens_details.cached_tokens
+                messages += [{"role": "assistant", "content": r.choices[0].message.content},
+                             {"role": "user", "content": f"Tell me more about point {turn}."}]
+        after = [scrape(r) for r in replicas]
+        hits = [value(a, "vllm:prefix_cache_hits_total") - value(b, "vllm:prefix_cache_hits_total")
+                for a, b in zip(after, before)]
+        served = [value(a, "vllm:e2e_request_latency_seconds_count") - value(b, "vllm:e2e_request_latency_seconds_count")
+                  for a, b in zip(after, before)]
+        print(f"router: requests per replica (incl. the direct solo ones on replica 0) {served}, "
+              f"prefix-cache hit tokens {hits}, cached tokens reported on routed later turns {cached}")
+        # Each conversation's later turns found its history in the cache of the replica that served them: the
+        # router kept them where their prefix lives (the router forwards X-Request-Id; each replica logs it).
+        logs = [r.output() for r in replicas]
+        routed = [sum(f"request_id=conv{c}-turn{t} " in text for c in range(6) for t in range(3)) for text in logs]
+        print(f"router: routed requests per replica {routed}")
+        assert sum(routed) == 18
+        for conv in range(6):
+            homes = {i for i, text in enumerate(logs) for turn in range(3) if f"request_id=conv{conv}-turn{turn} " in text}
+            assert len(homes) == 1, f"conversation {conv} was served by replicas {homes}"
+        assert cached > 0
+    finally:
+        router.terminate()
+        router.wait(30)
+        for r in replicas:
+            assert r.stop() == 0, r.output()
