@@ -67,9 +67,12 @@ class Server:
         return {}
 
     def output(self):
+        return self.full_output()[-4000:]
+
+    def full_output(self):
         self.log.flush()
         self.log.seek(0)
-        return self.log.read()[-4000:]
+        return self.log.read()
 
     def request(self, method, path, body=None, headers=None, timeout=60):
         c = http.client.HTTPConnection(HOST, self.port, timeout=timeout)
@@ -1176,39 +1179,48 @@ def test_two_replicas_behind_sglang_router_keep_conversations_on_their_replica()
                 assert router.poll() is None and time.time() < deadline, "router did not start"
                 time.sleep(0.3)
         model = replicas[0].model
-        direct = replicas[0].client()
-        before = [scrape(r) for r in replicas]
-        cached = 0
-        for conv in range(6):
-            # A long, distinct first message (several KV pages), then two more turns on top of the history.
+        # 40 conversations of 3 turns through the router, each turn resending the history (a long, distinct first
+        # message of several KV pages, the answers, a new question).
+        conversations = []
+        routed = {"prompt": 0, "cached": 0}
+        for conv in range(40):
             messages = [{"role": "user", "content": f"Conversation {conv}. " + " ".join(
                 f"fact {conv}-{k} is about topic {k * 7 + conv}." for k in range(20))}]
+            turns = []
             for turn in range(3):
                 r = client.chat.completions.create(model=model, messages=messages, max_tokens=8, temperature=0,
                                                    extra_headers={"X-Request-Id": f"conv{conv}-turn{turn}"})
-                solo = direct.chat.completions.create(model=model, messages=messages, max_tokens=8, temperature=0)
-                assert r.choices[0].message.content == solo.choices[0].message.content, (conv, turn)
-                if turn > 0:
-                    cached += r.usage.prompt_tokens_details.cached_tokens
+                turns.append((list(messages), r.choices[0].message.content))
+                routed["prompt"] += r.usage.prompt_tokens
+                routed["cached"] += r.usage.prompt_tokens_details.cached_tokens
                 messages += [{"role": "assistant", "content": r.choices[0].message.content},
                              {"role": "user", "content": f"Tell me more about point {turn}."}]
-        after = [scrape(r) for r in replicas]
-        hits = [value(a, "vllm:prefix_cache_hits_total") - value(b, "vllm:prefix_cache_hits_total")
-                for a, b in zip(after, before)]
-        served = [value(a, "vllm:e2e_request_latency_seconds_count") - value(b, "vllm:e2e_request_latency_seconds_count")
-                  for a, b in zip(after, before)]
-        print(f"router: requests per replica (incl. the direct solo ones on replica 0) {served}, "
-              f"prefix-cache hit tokens {hits}, cached tokens reported on routed later turns {cached}")
-        # Each conversation's later turns found its history in the cache of the replica that served them: the
-        # router kept them where their prefix lives (the router forwards X-Request-Id; each replica logs it).
-        logs = [r.output() for r in replicas]
-        routed = [sum(f"request_id=conv{c}-turn{t} " in text for c in range(6) for t in range(3)) for text in logs]
-        print(f"router: routed requests per replica {routed}")
-        assert sum(routed) == 18
-        for conv in range(6):
+            conversations.append(turns)
+        # Every conversation's turns landed on one replica (the router forwards X-Request-Id; replicas log it).
+        logs = [r.full_output() for r in replicas]
+        for conv in range(40):
             homes = {i for i, text in enumerate(logs) for turn in range(3) if f"request_id=conv{conv}-turn{turn} " in text}
             assert len(homes) == 1, f"conversation {conv} was served by replicas {homes}"
-        assert cached > 0
+        per_replica = [sum(f"request_id=conv{c}-turn{t} " in text for c in range(40) for t in range(3)) for text in logs]
+        # The same workload on one replica alone (a fresh one): every routed answer must be its answer, and the
+        # router's prefix-cache hit rate must be at least 80% of the lone replica's.
+        alone_server = Server()
+        try:
+            alone = alone_server.client()
+            solo = {"prompt": 0, "cached": 0}
+            for conv, turns in enumerate(conversations):
+                for turn, (messages, answer) in enumerate(turns):
+                    r = alone.chat.completions.create(model=model, messages=messages, max_tokens=8, temperature=0)
+                    assert r.choices[0].message.content == answer, (conv, turn)
+                    solo["prompt"] += r.usage.prompt_tokens
+                    solo["cached"] += r.usage.prompt_tokens_details.cached_tokens
+        finally:
+            assert alone_server.stop() == 0, alone_server.output()
+        rate, base = routed["cached"] / routed["prompt"], solo["cached"] / solo["prompt"]
+        print(f"router: 120 requests, per replica {per_replica}; prefix-cache hit rate through the router "
+              f"{rate:.3f} vs one replica alone {base:.3f} ({rate / base:.2f}x)")
+        assert routed["prompt"] == solo["prompt"]
+        assert rate >= 0.8 * base, (rate, base)
     finally:
         router.terminate()
         router.wait(30)
