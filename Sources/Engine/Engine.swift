@@ -154,6 +154,8 @@ public final class Engine: @unchecked Sendable {
                    completionTokens: s.outputTokens.count)
         }
         guard !out.isEmpty else { publishStats(); return }
+        let now = DispatchTime.now().uptimeNanoseconds
+        for s in out.scheduled where s.sequence.firstScheduled == nil { s.sequence.firstScheduled = now }
         do {
             let kv = scheduler.kv
             let result = try runner.execute(out) { kv.blockTable($0) }
@@ -197,9 +199,12 @@ public final class Engine: @unchecked Sendable {
     }
 
     private func emit(_ seq: SequenceState, token: Int32, logprob: TokenLogprob?, reason: FinishReason?) {
-        let o = EngineOutput(token: token, logprob: logprob, finishReason: reason,
+        var o = EngineOutput(token: token, logprob: logprob, finishReason: reason,
                              promptTokens: seq.request.promptTokens.count, completionTokens: seq.outputTokens.count,
                              cachedTokens: seq.cachedPromptTokens ?? 0)
+        if seq.outputTokens.count == 1, let first = seq.firstScheduled {
+            o.queueSeconds = Double(first &- seq.submitted) / 1e9
+        }
         // Stats first, so a client that sees its stream end also sees its pages back in /health.
         if reason != nil { publishStats() }
         lock.lock()

@@ -66,6 +66,8 @@ public struct EngineOutput: Sendable {
     public var completionTokens: Int
     /// Prompt tokens whose K/V came from the prefix cache instead of being computed.
     public var cachedTokens: Int
+    /// On a request's first token: seconds from its arrival in the engine to its first step (queue time).
+    public var queueSeconds: Double? = nil
 
     public init(token: Int32?, logprob: TokenLogprob?, finishReason: FinishReason?, promptTokens: Int, completionTokens: Int,
                 cachedTokens: Int = 0) {

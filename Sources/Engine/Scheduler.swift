@@ -1,3 +1,4 @@
+import Foundation
 /// A request as the scheduler sees it: tokens so far and how many of them have their K/V in the cache.
 /// There is no prefill or decode phase: `numComputedTokens` catches up to `numTokens`, by a chunk of the
 /// prompt or by the one token sampled last step.
@@ -14,6 +15,9 @@ final class SequenceState {
     var generatedCounts: [Int32: Int] = [:]
     /// Prompt tokens whose K/V came from the prefix cache when the sequence was first admitted (nil before).
     var cachedPromptTokens: Int?
+    /// When the engine received the request, and when its first step ran (nil before): the queue time.
+    let submitted = DispatchTime.now().uptimeNanoseconds
+    var firstScheduled: UInt64?
 
     init(request: EngineRequest, arrival: Int) {
         self.request = request

@@ -69,6 +69,7 @@ final class Generation: Sendable {
                         }
                         lastToken = now
                     }
+                    if let q = o.queueSeconds { metrics.observeQueue(q) }
                     if let f = o.finishReason { finishReason = f.rawValue }
                     let d = proc.process(o)
                     if d.stopStringMatched { engine.abort(id: id) }

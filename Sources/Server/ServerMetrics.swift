@@ -22,6 +22,7 @@ public final class ServerMetrics: Sendable {
     private let ttft: [ValueHistogram]
     private let itl: [ValueHistogram]
     private let e2e: [ValueHistogram]
+    private let queue: [ValueHistogram]
     private let promptLength: [ValueHistogram]
     private let generationLength: [ValueHistogram]
     private let stepTime: ValueHistogram
@@ -71,6 +72,8 @@ public final class ServerMetrics: Sendable {
                          "Seconds between consecutive tokens of a request.", Self.latencyBuckets)
         e2e = histograms("vllm:e2e_request_latency_seconds", "ktransformers_e2e_request_latency_seconds",
                          "Seconds from a request's arrival to its last token.", Self.latencyBuckets)
+        queue = histograms("vllm:request_queue_time_seconds", "ktransformers_request_queue_time_seconds",
+                           "Seconds a request waited in the engine before its first step.", Self.latencyBuckets)
         promptLength = histograms("vllm:request_prompt_tokens", "ktransformers_request_prompt_tokens",
                                   "Prompt tokens per finished request.", Self.tokenBuckets)
         generationLength = histograms("vllm:request_generation_tokens", "ktransformers_request_generation_tokens",
@@ -93,6 +96,9 @@ public final class ServerMetrics: Sendable {
 
     /// A request's first token.
     func observeFirstToken(after seconds: Double) { ttft.forEach { $0.record(seconds) } }
+
+    /// The time a request waited before the engine first scheduled it.
+    func observeQueue(_ seconds: Double) { queue.forEach { $0.record(seconds) } }
 
     /// The gap before a later token.
     func observeInterToken(_ seconds: Double) { itl.forEach { $0.record(seconds) } }

@@ -1028,6 +1028,7 @@ def test_metrics_prometheus_text_with_vllm_names(server):
     for name in ["vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc",
                  "vllm:prompt_tokens_total", "vllm:generation_tokens_total", "vllm:time_to_first_token_seconds_count",
                  "vllm:inter_token_latency_seconds_count", "vllm:e2e_request_latency_seconds_count",
+                 "vllm:request_queue_time_seconds_count",
                  "vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total", "vllm:num_preemptions_total",
                  "ktransformers_requests_running", "ktransformers_time_to_first_token_seconds_count",
                  "ktransformers_step_seconds_count", "ktransformers_batch_sequences_count"]:
@@ -1037,6 +1038,7 @@ def test_metrics_prometheus_text_with_vllm_names(server):
     assert d("vllm:generation_tokens_total") >= 14
     assert d("vllm:time_to_first_token_seconds_count") == 3
     assert d("vllm:e2e_request_latency_seconds_count") == 3
+    assert d("vllm:request_queue_time_seconds_count") == 3
     assert d("vllm:inter_token_latency_seconds_count") >= 11
     assert d("vllm:request_success_total", finished_reason="length") >= 2
     assert d("vllm:prefix_cache_hits_total") >= 16, "the repeated prompt should hit the prefix cache"
