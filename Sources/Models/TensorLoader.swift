@@ -133,6 +133,11 @@ public struct TensorLoader {
     /// The executor of the routed experts of layer `layer` (one per device, shared by the layers placed there).
     func expertExecutor(layer: Int, nExpert: Int, dim: Int, ff: Int) throws -> any ExpertExecutor {
         let b = try backend(for: "blk.\(layer).ffn_gate_exps.weight")
+        // An executor reads the model backend's tensors: experts on another device (the hybrid CPU-experts path)
+        // need one that stages them across, which does not exist yet.
+        guard b.device == backend.device else {
+            throw ModelError("\(file.path): placement puts the routed experts of layer \(layer) on \(b.device) while the model runs on \(backend.device); experts on another device than the model (the hybrid path) are not supported yet")
+        }
         if let e = executors.byDevice[b.device] { return e }
         let e = b.makeExpertExecutor(nExpert: nExpert, dim: dim, ff: ff)
         executors.byDevice[b.device] = e

@@ -1,5 +1,6 @@
 import Backend
 import BackendCUDA
+import GGUF
 import Models
 import XCTest
 
@@ -75,6 +76,18 @@ final class CUDAGoldenLogitsTests: GoldenLogitsTests {
             for (i, (g, e)) in zip(graphed, eager).enumerated() {
                 XCTAssertEqual(g, e, "\(name): decode step \(i) replayed as a graph differs from the same step op by op")
             }
+        }
+    }
+
+    /// Routed experts on the CPU while the model runs on the GPU (the hybrid path) is refused at load with the
+    /// reason, not run with device pointers handed to CPU kernels.
+    func testExpertsOnAnotherDeviceAreRefusedAtLoad() throws {
+        let gpu = try Self.makeBackend()
+        let placement = try Placement(main: gpu.device, parsing: "blk.*.ffn_*_exps.weight=cpu")
+        XCTAssertThrowsError(try ModelRegistry.load(GGUFFile(path: TinyModels.path("qwen3moe", "gguf")), backend: gpu,
+                                                    backends: [.cpu: CPUBackend(pool: TinyModels.pool)],
+                                                    placement: placement)) { error in
+            XCTAssertTrue("\(error)".contains("the hybrid path) are not supported yet"), "\(error)")
         }
     }
 }

@@ -16,6 +16,25 @@ extern "C" __global__ void __launch_bounds__(128) round_q8_0(const float* x, flo
     y[i] = roundf(v * id) * kt_round_to_half(d);
 }
 
+// The Q8_K scale search of one 256-block held by a warp (8 values per lane, element lane + 32k in v[k]): the largest
+// magnitude and the index of its first occurrence, the same on every lane.
+__device__ __forceinline__ void kt_q8K_max(const float* v, int lane, float* amaxOut, int* atOut) {
+    float amax = 0.0f;
+    int at = 1 << 30;
+    for (int k = 0; k < 8; k++) {
+        float a = fabsf(v[k]);
+        int idx = lane + 32 * k;
+        if (a > amax || (a == amax && a > 0.0f && idx < at)) { amax = a; at = idx; }
+    }
+    for (int m = 16; m > 0; m >>= 1) {
+        float oa = __shfl_xor_sync(0xffffffffu, amax, m);
+        int oi = __shfl_xor_sync(0xffffffffu, at, m);
+        if (oa > amax || (oa == amax && oi < at)) { amax = oa; at = oi; }
+    }
+    *amaxOut = amax;
+    *atOut = at;
+}
+
 // Q8_K (the vec-dot format of the K-quants and IQ4_XS): blocks of 256, the element of largest magnitude (the first
 // one on ties) sets iscale = −127 / it, q = min(127, nearest-even(iscale · x)), d = 1 / iscale. Grid (n, cols / 256 / 4),
 // 128 threads: a warp per block, 8 elements per lane.
@@ -26,19 +45,10 @@ extern "C" __global__ void __launch_bounds__(128) round_q8_K(const float* x, flo
     const float* xb = x + (i64)blockIdx.x * cols + block * 256;
     float* yb = y + (i64)blockIdx.x * cols + block * 256;
     float v[8];
-    float amax = 0.0f;
-    int at = 1 << 30;
-    for (int k = 0; k < 8; k++) {
-        v[k] = xb[lane + 32 * k];
-        float a = fabsf(v[k]);
-        int idx = lane + 32 * k;
-        if (a > amax || (a == amax && a > 0.0f && idx < at)) { amax = a; at = idx; }
-    }
-    for (int m = 16; m > 0; m >>= 1) {
-        float oa = __shfl_xor_sync(0xffffffffu, amax, m);
-        int oi = __shfl_xor_sync(0xffffffffu, at, m);
-        if (oa > amax || (oa == amax && oi < at)) { amax = oa; at = oi; }
-    }
+    for (int k = 0; k < 8; k++) v[k] = xb[lane + 32 * k];
+    float amax;
+    int at;
+    kt_q8K_max(v, lane, &amax, &at);
     if (amax == 0.0f) {
         for (int k = 0; k < 8; k++) yb[lane + 32 * k] = 0.0f;
         return;
@@ -61,19 +71,10 @@ extern "C" __global__ void __launch_bounds__(128) quantize_q8_K(const float* x, 
     const float* xb = x + (i64)blockIdx.x * cols + block * 256;
     i8* qb = q + (i64)blockIdx.x * cols + block * 256;
     float v[8];
-    float amax = 0.0f;
-    int at = 1 << 30;
-    for (int k = 0; k < 8; k++) {
-        v[k] = xb[lane + 32 * k];
-        float a = fabsf(v[k]);
-        int idx = lane + 32 * k;
-        if (a > amax || (a == amax && a > 0.0f && idx < at)) { amax = a; at = idx; }
-    }
-    for (int m = 16; m > 0; m >>= 1) {
-        float oa = __shfl_xor_sync(0xffffffffu, amax, m);
-        int oi = __shfl_xor_sync(0xffffffffu, at, m);
-        if (oa > amax || (oa == amax && oi < at)) { amax = oa; at = oi; }
-    }
+    for (int k = 0; k < 8; k++) v[k] = xb[lane + 32 * k];
+    float amax;
+    int at;
+    kt_q8K_max(v, lane, &amax, &at);
     float iscale = amax == 0.0f ? 0.0f : -127.0f / xb[at];
     int qv[8];
     for (int k = 0; k < 8; k++) {

@@ -1,16 +1,22 @@
 // Element-wise and row ops. Row kernels: one block per row; element kernels: a grid-stride loop.
 
+// One row's RMS norm by the whole block: o = x / rms(x) · w (o may be x).
+__device__ __forceinline__ void kt_rms_norm_row(const float* xr, const float* w, float* o, int dim, float eps,
+                                                float* scratch) {
+    float ss = 0.0f;
+    for (int i = threadIdx.x; i < dim; i += blockDim.x) ss += xr[i] * xr[i];
+    ss = kt_block_sum(ss, scratch);
+    float scale = 1.0f / sqrtf(ss / (float)dim + eps);
+    for (int i = threadIdx.x; i < dim; i += blockDim.x) o[i] = xr[i] * scale * w[i];
+}
+
 // out[r] = x[r] / rms(x[r]) · w for rows at stride `stride`; grid rows, 256 threads. In place when out == x.
 extern "C" __global__ void __launch_bounds__(256) rms_norm(const float* x, const float* w, float* out, int dim,
                                                            i64 stride, float eps) {
     __shared__ float scratch[32];
     const float* xr = x + (i64)blockIdx.x * stride;
     float* o = out + (i64)blockIdx.x * stride;
-    float ss = 0.0f;
-    for (int i = threadIdx.x; i < dim; i += blockDim.x) ss += xr[i] * xr[i];
-    ss = kt_block_sum(ss, scratch);
-    float scale = 1.0f / sqrtf(ss / (float)dim + eps);
-    for (int i = threadIdx.x; i < dim; i += blockDim.x) o[i] = xr[i] * scale * w[i];
+    kt_rms_norm_row(xr, w, o, dim, eps, scratch);
 }
 
 // out[i] = norm(x[indices[i]]); grid count, 256 threads.
@@ -19,11 +25,7 @@ extern "C" __global__ void __launch_bounds__(256) rms_norm_rows(const float* x, 
     __shared__ float scratch[32];
     const float* xr = x + (i64)indices[blockIdx.x] * dim;
     float* o = out + (i64)blockIdx.x * dim;
-    float ss = 0.0f;
-    for (int i = threadIdx.x; i < dim; i += blockDim.x) ss += xr[i] * xr[i];
-    ss = kt_block_sum(ss, scratch);
-    float scale = 1.0f / sqrtf(ss / (float)dim + eps);
-    for (int i = threadIdx.x; i < dim; i += blockDim.x) o[i] = xr[i] * scale * w[i];
+    kt_rms_norm_row(xr, w, o, dim, eps, scratch);
 }
 
 extern "C" __global__ void add_bias(const float* b, float* x, int width, i64 count) {
