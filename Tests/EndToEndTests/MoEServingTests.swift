@@ -68,6 +68,23 @@ final class MoEServingTests: XCTestCase {
             }
         }
         let serverPort = try XCTUnwrap(port, "server did not report its port: \(seen)")
+        // The server binds before it loads the model (`/health` answers 503 "loading" meanwhile): wait for 200.
+        var ready = false
+        let readyBy = Date().addingTimeInterval(60)
+        while !ready && Date() < readyBy {
+            var probe = URLRequest(url: URL(string: "http://127.0.0.1:\(serverPort)/health")!)
+            probe.timeoutInterval = 5
+            let answered = expectation(description: "health")
+            nonisolated(unsafe) var status = 0
+            URLSession.shared.dataTask(with: probe) { _, response, _ in
+                status = (response as? HTTPURLResponse)?.statusCode ?? 0
+                answered.fulfill()
+            }.resume()
+            wait(for: [answered], timeout: 10)
+            ready = status == 200
+            if !ready { Thread.sleep(forTimeInterval: 0.05) }
+        }
+        XCTAssertTrue(ready, "server never became ready")
         var req = URLRequest(url: URL(string: "http://127.0.0.1:\(serverPort)/v1/completions")!)
         req.httpMethod = "POST"
         req.setValue("application/json", forHTTPHeaderField: "Content-Type")
