@@ -61,6 +61,8 @@ let package = Package(
         // The backend conformance checks (every ComputeBackend op against plain references), runnable from XCTest
         // and from `ktransformers devices --conformance` (the GPU machine has no Swift toolchain).
         .target(name: "BackendConformance", dependencies: ["Backend", "BackendCUDA", "Quant"], swiftSettings: optimized),
+        // Output constraints: byte-level grammars, their matcher, the vocabulary trie, JSON schema → grammar.
+        .target(name: "Grammar", swiftSettings: optimized),
         // Jinja-subset renderer for the chat templates GGUF files ship, plus built-in templates.
         .target(name: "ChatTemplate", swiftSettings: optimized),
         // Layers, architectures, registry keyed by general.architecture.
@@ -69,7 +71,7 @@ let package = Package(
         .target(name: "Engine", dependencies: ["Models", "Backend"], swiftSettings: optimized),
         // OpenAI-compatible HTTP server (Hummingbird): routes, validation, SSE, stop strings, errors.
         .target(name: "Server", dependencies: [
-            "Engine", "Tokenizer", "ChatTemplate",
+            "Engine", "Tokenizer", "ChatTemplate", "Grammar",
             .product(name: "Hummingbird", package: "hummingbird"),
             .product(name: "HummingbirdCore", package: "hummingbird"),
             .product(name: "NIOCore", package: "swift-nio"),
@@ -91,7 +93,8 @@ let package = Package(
             .product(name: "NIOHTTP1", package: "swift-nio"),
             .product(name: "Logging", package: "swift-log"),
         ]),
-        .testTarget(name: "ServerTests", dependencies: ["Server", "Engine", "Tokenizer", "GGUF", "ChatTemplate"]),
+        .testTarget(name: "ServerTests", dependencies: ["Server", "Engine", "Tokenizer", "GGUF", "ChatTemplate", "Grammar"]),
+        .testTarget(name: "GrammarTests", dependencies: ["Grammar"]),
         .testTarget(name: "QuantTests", dependencies: ["Quant"], resources: [.copy("Fixtures")]),
         .testTarget(name: "QuantAVX512Tests", dependencies: ["Quant", "QuantAVX2", "QuantAVX512", "CSIMD", "Backend"]),
         .testTarget(name: "QuantAVX2Tests", dependencies: ["Quant", "QuantAVX2", "CSIMD", "Backend"]),
