@@ -30,6 +30,8 @@ public final class Engine: @unchecked Sendable {
     private var thread: Thread?
     private var generatedTokens = 0
     private var promptTokensComputed = 0
+    /// Requests waiting for another one's prompt to be computed (`EngineRequest.prefillAfter`); loop thread only.
+    private var held: [SequenceState] = []
 
     public init(model: LanguageModel, config: EngineConfig) throws {
         var config = config
@@ -110,8 +112,9 @@ public final class Engine: @unchecked Sendable {
 
     private func loop() {
         while true {
+            releaseHeld()
             lock.lock()
-            while inbox.isEmpty && aborts.isEmpty && !stopping && !scheduler.hasWork { lock.wait() }
+            while inbox.isEmpty && aborts.isEmpty && !stopping && !scheduler.hasWork && held.isEmpty { lock.wait() }
             let newOnes = inbox
             inbox.removeAll()
             let cancelled = aborts
@@ -119,13 +122,20 @@ public final class Engine: @unchecked Sendable {
             let stop = stopping
             lock.unlock()
 
-            for s in newOnes { scheduler.add(s) }
+            for s in newOnes {
+                if s.request.prefillAfter != nil { held.append(s) } else { scheduler.add(s) }
+            }
             for id in cancelled {
-                if scheduler.remove(id) != nil || newOnes.contains(where: { $0.id == id }) {
+                let wasHeld = held.contains { $0.id == id }
+                held.removeAll { $0.id == id }
+                if scheduler.remove(id) != nil || wasHeld || newOnes.contains(where: { $0.id == id }) {
                     finish(id, token: nil, reason: .abort, promptTokens: 0, completionTokens: 0)
                 }
             }
+            releaseHeld()
             if stop {
+                for s in held { scheduler.add(s) }
+                held.removeAll()
                 for s in scheduler.running + scheduler.waiting {
                     scheduler.remove(s.id)
                     finish(s.id, token: nil, reason: .abort, promptTokens: s.request.promptTokens.count,
@@ -138,6 +148,18 @@ public final class Engine: @unchecked Sendable {
                 return
             }
             step()
+        }
+    }
+
+    /// Admits the held requests whose leader has computed its prompt (it has output) or is gone.
+    private func releaseHeld() {
+        guard !held.isEmpty else { return }
+        held.removeAll { s in
+            let leaderID = s.request.prefillAfter!
+            let leader = scheduler.running.first { $0.id == leaderID } ?? scheduler.waiting.first { $0.id == leaderID }
+            guard leader == nil || !leader!.outputTokens.isEmpty else { return false }
+            scheduler.add(s)
+            return true
         }
     }
 
@@ -190,7 +212,7 @@ public final class Engine: @unchecked Sendable {
             seq.outputTokens.append(token)
             seq.generatedCounts[token, default: 0] += 1
             let reason: FinishReason? =
-                seq.request.stopTokenIDs.contains(token) ? .stop
+                seq.request.stopTokenIDs.contains(token) || seq.request.constraint?.isComplete == true ? .stop
                 : (seq.outputTokens.count >= seq.request.maxTokens || seq.numTokens >= config.contextLength) ? .length
                 : nil
             if reason != nil { scheduler.remove(seq.id) }
@@ -227,7 +249,7 @@ public final class Engine: @unchecked Sendable {
 
     private func publishStats(stepDone: Bool = false) {
         lock.lock()
-        queued = inbox.count + scheduler.waiting.count
+        queued = inbox.count + scheduler.waiting.count + held.count
         snapshot.running = scheduler.running.count
         snapshot.waiting = queued
         snapshot.kvPagesFree = scheduler.kv.freePages

@@ -15,16 +15,38 @@ public struct EngineRequest: Sendable {
     public var stopTokenIDs: Set<Int32>
     /// nil: no log-probabilities. 0: the sampled token's. K > 0: also the K most likely alternatives.
     public var logprobs: Int?
+    /// Restricts which tokens may be sampled (structured output, forced tool calls); nil: any.
+    public var constraint: (any SamplingConstraint)?
+    /// Another request with the same prompt (`n` > 1): this one waits until that one's prompt is computed, then
+    /// starts from its K/V through the prefix cache, so the prompt is computed once.
+    public var prefillAfter: String?
 
     public init(id: String, promptTokens: [Int32], sampling: SamplingParams = .greedy, maxTokens: Int,
-                stopTokenIDs: Set<Int32> = [], logprobs: Int? = nil) {
+                stopTokenIDs: Set<Int32> = [], logprobs: Int? = nil, constraint: (any SamplingConstraint)? = nil) {
         self.id = id
         self.promptTokens = promptTokens
         self.sampling = sampling
         self.maxTokens = maxTokens
         self.stopTokenIDs = stopTokenIDs
         self.logprobs = logprobs
+        self.constraint = constraint
     }
+}
+
+/// Which tokens may come next, for one sequence (a grammar over the output, say). The engine samples from the
+/// model's distribution restricted to the allowed tokens: exactly, as if every other logit were -inf.
+///
+/// Used only on the engine thread, one instance per request (hence a class; `Sendable` because the request
+/// crosses into the engine once, before its first use).
+public protocol SamplingConstraint: AnyObject, Sendable {
+    /// Whether `token` may come next.
+    func allows(_ token: Int32) -> Bool
+    /// Sets the logit of every token that may not come next to -inf.
+    func mask(_ logits: UnsafeMutablePointer<Float>, count: Int)
+    /// Advances past the sampled token.
+    func accept(_ token: Int32)
+    /// Nothing more may follow: the engine ends the request (finish reason `stop`).
+    var isComplete: Bool { get }
 }
 
 public enum FinishReason: String, Sendable, Codable {

@@ -56,9 +56,19 @@ final class ModelRunner {
                 rawRow.update(from: l, count: vocab)
             }
             seq.sampler.applyPenalties(l, count: vocab, prompt: seq.request.promptTokens, generated: seq.generatedCounts)
-            let token = seq.sampler.sample(l, count: vocab)
+            var token: Int32
+            if let c = seq.request.constraint {
+                if k != nil && !penalized { rawRow.update(from: l, count: vocab) }
+                // A constraint with no allowed token left (cannot happen with a grammar that always ends in an
+                // end-of-generation token) ends the sequence with its first stop token.
+                token = seq.sampler.sample(l, count: vocab, constraint: c) ?? seq.request.stopTokenIDs.min() ?? 0
+                c.accept(token)
+            } else {
+                token = seq.sampler.sample(l, count: vocab)
+            }
             o.tokens.append(token)
-            o.logprobs.append(k.map { Sampler.logprobs(penalized ? UnsafePointer(rawRow) : UnsafePointer(l), count: vocab,
+            let raw = penalized || seq.request.constraint != nil
+            o.logprobs.append(k.map { Sampler.logprobs(raw ? UnsafePointer(rawRow) : UnsafePointer(l), count: vocab,
                                                        chosen: token, top: $0) })
         }
         return o

@@ -14,9 +14,13 @@ public struct SamplingParams: Sendable, Equatable {
     /// llama.cpp / Hugging Face repetition penalty over prompt and generated tokens (1 = off): positive
     /// logits are divided by it, negative ones multiplied.
     public var repetitionPenalty: Float = 1
+    /// Added to the logits of these tokens before sampling (OpenAI `logit_bias`; -100 bans a token in practice).
+    public var logitBias: [Int32: Float] = [:]
 
     public init(temperature: Float = 0.8, topK: Int = 40, topP: Float = 0.95, minP: Float = 0.05, seed: UInt64? = nil,
-                presencePenalty: Float = 0, frequencyPenalty: Float = 0, repetitionPenalty: Float = 1) {
+                presencePenalty: Float = 0, frequencyPenalty: Float = 0, repetitionPenalty: Float = 1,
+                logitBias: [Int32: Float] = [:]) {
+        self.logitBias = logitBias
         self.temperature = temperature
         self.topK = topK
         self.topP = topP
@@ -27,7 +31,13 @@ public struct SamplingParams: Sendable, Equatable {
         self.repetitionPenalty = repetitionPenalty
     }
 
-    public var hasPenalties: Bool { presencePenalty != 0 || frequencyPenalty != 0 || repetitionPenalty != 1 }
+    /// Whether the row is changed before sampling (penalties or biases).
+    public var hasPenalties: Bool {
+        presencePenalty != 0 || frequencyPenalty != 0 || repetitionPenalty != 1 || !logitBias.isEmpty
+    }
+
+    /// Whether sampling truncates the distribution (top-k, top-p, min-p); without, it samples the whole row.
+    public var truncates: Bool { topK > 0 || topP < 1 || minP > 0 }
 
     public static let greedy = SamplingParams(temperature: 0, topK: 1, topP: 1, minP: 0)
 
@@ -104,6 +114,29 @@ public struct Sampler: Sendable {
                 logits[Int(t)] -= p.presencePenalty + p.frequencyPenalty * Float(n)
             }
         }
+        for (t, b) in p.logitBias where t >= 0 && Int(t) < count { logits[Int(t)] += b }
+    }
+
+    /// Samples a token that `constraint` allows, exactly as if every other logit were -inf. Greedy and untruncated
+    /// sampling first try the unmasked choice and remove refused tokens one by one (a refused draw followed by a
+    /// fresh draw from the rest is exact rejection sampling); after `tries` refusals, or when top-k/top-p/min-p
+    /// truncate the distribution (whose cut-off depends on the mask), the full mask is computed. Returns nil when
+    /// the constraint allows no token at all. The row is modified.
+    public mutating func sample(_ logits: UnsafeMutablePointer<Float>, count: Int, constraint: any SamplingConstraint,
+                                tries: Int = 16) -> Int32? {
+        if params.isGreedy || !params.truncates {
+            for _ in 0..<tries {
+                let t = params.isGreedy ? Sampler.argmax(logits, count: count) : sample(logits, count: count)
+                guard logits[Int(t)] > -Float.infinity else { return nil }
+                if constraint.allows(t) { return t }
+                logits[Int(t)] = -Float.infinity
+            }
+        }
+        constraint.mask(logits, count: count)
+        var any = false
+        for i in 0..<count where logits[i] > -Float.infinity { any = true; break }
+        guard any else { return nil }
+        return sample(logits, count: count)
     }
 
     /// Samples a token id (penalties must already be applied).

@@ -16,15 +16,14 @@ public struct SchemaError: Error, CustomStringConvertible, Sendable, Equatable {
 /// `anyOf`/`oneOf` (as alternatives), a one-element `allOf`, `$ref` to `#`, `#/$defs/…` and `#/definitions/…`,
 /// `nullable`, integer `minimum` 0 or 1, and annotations (title, description, default, examples, ...).
 /// Properties are written in the schema's order; optional ones may be left out; with `properties`, no other
-/// property is generated. Whitespace between tokens is limited (20 characters), numbers to 16 digits and 2-digit exponents (always a finite double).
+/// property is generated. Whitespace between tokens is limited (one space, or a line break and up to 20 spaces), numbers to 16 digits and 2-digit exponents (always a finite double).
 public enum JSONSchemaGrammar {
-    /// A grammar for the values of `schema`, optionally surrounded by whitespace.
+    /// A grammar for the values of `schema`: the JSON text alone, so the output ends where the value does.
     public static func grammar(schema: JSONValue) throws -> Grammar {
         let b = GrammarBuilder()
         let c = SchemaCompiler(builder: b, root: schema)
         let v = try c.rule(schema, path: "#")
-        let ws = c.ws
-        let root = b.add("root", [[.rule(ws), .rule(v), .rule(ws)]])
+        let root = b.add("root", [[.rule(v)]])
         do { return try b.build(root: root) } catch { throw SchemaError(message: "\(error)", keyword: nil, path: "#") }
     }
 
@@ -32,7 +31,7 @@ public enum JSONSchemaGrammar {
     public static func anyObjectGrammar() -> Grammar {
         let b = GrammarBuilder()
         let c = SchemaCompiler(builder: b, root: .object([]))
-        let root = b.add("root", [[.rule(c.ws), .rule(c.anyObject), .rule(c.ws)]])
+        let root = b.add("root", [[.rule(c.anyObject)]])
         return try! b.build(root: root)
     }
 
@@ -73,8 +72,10 @@ final class SchemaCompiler {
 
     // MARK: Shared pieces
 
+    /// Whitespace between tokens: nothing, one space, or one line break and an indent of up to 20 spaces or tabs
+    /// (as llama.cpp's JSON grammars; unbounded whitespace lets a model pad forever).
     lazy var ws: Int32 = b.shared("ws") { b in
-        b.add("ws", [b.repeated([.bytes(ByteSet(" \t\n".utf8))], min: 0, max: 20)])
+        b.add("ws", [[], [.text(" ")], [.text("\n")] + b.repeated([.bytes(ByteSet(" \t".utf8))], min: 0, max: 20)])
     }
 
     lazy var stringChar: Int32 = b.shared("char") { b in

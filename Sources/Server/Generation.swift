@@ -10,7 +10,8 @@ import NIOCore
 /// The engine request is aborted (its KV pages freed within a step) whenever the answer can no longer be
 /// delivered or is complete early: the client disconnects (connection input closed or reset), a write fails,
 /// the handler task is cancelled (server shutdown past its grace period), or a stop string matched.
-final class Generation: Sendable {
+final class Generation: @unchecked Sendable {
+    // NOTE: @unchecked: `keepSpecial` is set once, before the generation runs.
     let server: OpenAIServer
     let id: String
     let request: EngineRequest
@@ -32,8 +33,12 @@ final class Generation: Sendable {
     }
 
     private func makeProcessor() -> OutputProcessor {
-        OutputProcessor(tokenizer: server.tokenizer, stopTokenIDs: request.stopTokenIDs, stopStrings: params.stop)
+        OutputProcessor(tokenizer: server.tokenizer, stopTokenIDs: request.stopTokenIDs, stopStrings: params.stop,
+                        keepSpecial: keepSpecial)
     }
+
+    /// Control tokens rendered as text (the tool-call format's markers, when tool calls are parsed).
+    var keepSpecial: Set<Int32> = []
 
     /// Whether the request ended because the shutdown drain expired (set by `run`).
     private let endedByShutdown = NIOLockedValueBox(false)
@@ -104,61 +109,92 @@ final class Generation: Sendable {
 
     // MARK: Chat
 
-    func collectChat(model: String) async throws -> ChatCompletionResponse {
-        var text = ""
+    /// Whether the shutdown drain ended this request.
+    var wasEndedByShutdown: Bool { endedByShutdown.withLockedValue { $0 } }
+
+    /// One choice of a chat answer, whole.
+    func collectChatChoice(index: Int, parser: ChatOutputParser) async throws -> (ChatChoice, Usage) {
+        var parser = parser
+        var content = "", reasoning = "", calls: [ToolCallOut] = []
         var entries: [ChatLogprobEntry] = []
         var finish = "stop"
+        func take(_ events: [ChatEvent]) {
+            for e in events {
+                switch e {
+                case .content(let s): content += s
+                case .reasoning(let s): reasoning += s
+                case .toolCall(_, let c): calls.append(ToolCallOut(id: c.id ?? Self.toolCallID(), name: c.name, arguments: c.arguments))
+                }
+            }
+        }
         let usage = try await run { d, proc in
-            text += d.text
+            take(parser.push(d.text))
             if self.wantLogprobs { entries += proc.chatEntries(d.logprobs) }
-            if let f = d.finishReason { finish = f }
-        }
-        if endedByShutdown.withLockedValue({ $0 }) { throw APIError.shuttingDown }
-        let choice = ChatChoice(index: 0, message: ResponseMessage(role: "assistant", content: text),
-                                logprobs: wantLogprobs ? ChatLogprobs(content: entries) : nil, finishReason: finish)
-        return ChatCompletionResponse(id: id, created: created, model: model, choices: [choice], usage: usage)
-    }
-
-    /// One streamed event: a chunk with `choices` (and `usage` when the client asked for it).
-    private func event<C: ResponseChoice>(_ choices: [C], model: String, usage: Usage? = nil,
-                                          encoder: JSONEncoder) throws -> ByteBuffer {
-        let c = CompletionEnvelope(id: id, created: created, model: model, choices: choices, usage: usage,
-                                   includeUsageKey: params.includeUsage)
-        return ByteBuffer(string: SSE.event(try encoder.encode(c)))
-    }
-
-    func streamChat(model: String, writer: inout any ResponseBodyWriter) async throws {
-        let enc = OpenAIServer.encoder()
-        let includeUsage = params.includeUsage
-        func chunk(_ choices: [ChatChunkChoice], usage: Usage? = nil) throws -> ByteBuffer {
-            try event(choices, model: model, usage: usage, encoder: enc)
-        }
-        try await writer.write(chunk([ChatChunkChoice(index: 0, delta: ChunkDelta(role: "assistant", content: ""),
-                                                      logprobs: nil, finishReason: nil)]))
-        let usage = try await run { d, proc in
-            if !d.text.isEmpty || !d.logprobs.isEmpty {
-                let lp = self.wantLogprobs ? ChatLogprobs(content: proc.chatEntries(d.logprobs)) : nil
-                try await writer.write(chunk([ChatChunkChoice(index: 0, delta: ChunkDelta(content: d.text), logprobs: lp,
-                                                              finishReason: nil)]))
-            }
             if let f = d.finishReason {
-                try await writer.write(chunk([ChatChunkChoice(index: 0, delta: ChunkDelta(), logprobs: nil, finishReason: f)]))
+                take(parser.finish())
+                finish = f
             }
         }
-        if includeUsage { try await writer.write(chunk([], usage: usage)) }
-        try await writeShutdownError(&writer)
-        try await writer.write(ByteBuffer(string: SSE.done))
+        if wasEndedByShutdown { throw APIError.shuttingDown }
+        if finish == "stop" && !calls.isEmpty { finish = "tool_calls" }
+        let message = ResponseMessage(role: "assistant", content: calls.isEmpty || !content.isEmpty ? content : nil,
+                                      reasoningContent: parser.reasoning != nil ? reasoning : nil, toolCalls: calls)
+        let choice = ChatChoice(index: index, message: message,
+                                logprobs: wantLogprobs ? ChatLogprobs(content: entries) : nil, finishReason: finish)
+        return (choice, usage)
+    }
+
+    /// One choice of a streamed chat answer: each chunk's choice goes to `emit`.
+    func streamChatChoice(index: Int, parser: ChatOutputParser,
+                          emit: @escaping @Sendable (ChatChunkChoice) -> Void) async throws -> Usage {
+        var parser = parser
+        var calls = 0
+        func send(_ events: [ChatEvent], logprobs: ChatLogprobs?) {
+            var lp = logprobs
+            for e in events {
+                var delta = ChunkDelta()
+                switch e {
+                case .content(let s): delta.content = s
+                case .reasoning(let s): delta.reasoningContent = s
+                case .toolCall(let i, let c):
+                    calls += 1
+                    delta.toolCalls = [ToolCallDelta(index: i, id: c.id ?? Self.toolCallID(), type: "function",
+                                                     function: .init(name: c.name, arguments: c.arguments))]
+                }
+                emit(ChatChunkChoice(index: index, delta: delta, logprobs: lp, finishReason: nil))
+                lp = nil
+            }
+            // Logprobs of tokens whose text is still held by a parser go out with an empty delta.
+            if let lp, !lp.content.isEmpty {
+                emit(ChatChunkChoice(index: index, delta: ChunkDelta(content: ""), logprobs: lp, finishReason: nil))
+            }
+        }
+        return try await run { d, proc in
+            let lp = self.wantLogprobs && !d.logprobs.isEmpty ? ChatLogprobs(content: proc.chatEntries(d.logprobs)) : nil
+            send(parser.push(d.text), logprobs: lp)
+            if var f = d.finishReason {
+                send(parser.finish(), logprobs: nil)
+                if f == "stop" && calls > 0 { f = "tool_calls" }
+                emit(ChatChunkChoice(index: index, delta: ChunkDelta(), logprobs: nil, finishReason: f))
+            }
+        }
+    }
+
+    static func toolCallID() -> String {
+        let chars = Array("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
+        var g = SystemRandomNumberGenerator()
+        return "call_" + String((0..<24).map { _ in chars[Int(g.next() % UInt64(chars.count))] })
     }
 
     /// After the final chunk of a stream the shutdown cut short: an error event (OpenAI's clients raise it).
-    private func writeShutdownError(_ writer: inout any ResponseBodyWriter) async throws {
+    func writeShutdownError(_ writer: inout any ResponseBodyWriter) async throws {
         guard endedByShutdown.withLockedValue({ $0 }) else { return }
         try await writer.write(ByteBuffer(string: SSE.event(APIError.shuttingDown.jsonBody)))
     }
 
     // MARK: Completions
 
-    func collectCompletion(model: String) async throws -> CompletionResponse {
+    func collectCompletionChoice(index: Int) async throws -> (CompletionChoice, Usage) {
         var text = ""
         var lp = CompletionLogprobs()
         var finish = "stop"
@@ -167,18 +203,12 @@ final class Generation: Sendable {
             if self.wantLogprobs { proc.appendCompletion(d.logprobs, to: &lp) }
             if let f = d.finishReason { finish = f }
         }
-        if endedByShutdown.withLockedValue({ $0 }) { throw APIError.shuttingDown }
-        let choice = CompletionChoice(index: 0, text: text, logprobs: wantLogprobs ? lp : nil, finishReason: finish)
-        return CompletionResponse(id: id, created: created, model: model, choices: [choice], usage: usage)
+        if wasEndedByShutdown { throw APIError.shuttingDown }
+        return (CompletionChoice(index: index, text: text, logprobs: wantLogprobs ? lp : nil, finishReason: finish), usage)
     }
 
-    func streamCompletion(model: String, writer: inout any ResponseBodyWriter) async throws {
-        let enc = OpenAIServer.encoder()
-        let includeUsage = params.includeUsage
-        func chunk(_ choices: [CompletionChoice], usage: Usage? = nil) throws -> ByteBuffer {
-            try event(choices, model: model, usage: usage, encoder: enc)
-        }
-        let usage = try await run { d, proc in
+    func streamCompletionChoice(index: Int, emit: @escaping @Sendable (CompletionChoice) -> Void) async throws -> Usage {
+        try await run { d, proc in
             if !d.text.isEmpty || !d.logprobs.isEmpty || d.finishReason != nil {
                 var lp: CompletionLogprobs? = nil
                 if self.wantLogprobs {
@@ -186,11 +216,8 @@ final class Generation: Sendable {
                     proc.appendCompletion(d.logprobs, to: &l)
                     lp = l
                 }
-                try await writer.write(chunk([CompletionChoice(index: 0, text: d.text, logprobs: lp, finishReason: d.finishReason)]))
+                emit(CompletionChoice(index: index, text: d.text, logprobs: lp, finishReason: d.finishReason))
             }
         }
-        if includeUsage { try await writer.write(chunk([], usage: usage)) }
-        try await writeShutdownError(&writer)
-        try await writer.write(ByteBuffer(string: SSE.done))
     }
 }

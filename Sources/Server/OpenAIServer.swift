@@ -1,6 +1,7 @@
 import ChatTemplate
 import Engine
 import Foundation
+import Grammar
 import Hummingbird
 import HummingbirdCore
 import HTTPTypes
@@ -43,6 +44,26 @@ public final class OpenAIServer: Sendable {
     public let metrics: ServerMetrics
     /// What the server runs on, for the start-up line (`cpu (16 threads, avx512), context 4096`).
     public nonisolated(unsafe) var summary = ""
+    /// How this model writes tool calls (`--tool-parser`, else from the template; Hermes for templates without
+    /// tools, which get the generic tool prompt).
+    public let toolFormat: ToolCallFormat
+    /// Whether the chat template renders `tools` itself.
+    public let templateHasTools: Bool
+    /// How this model marks its reasoning (`--reasoning-parser`, else from the template); nil: no reasoning split.
+    public let reasoningFormat: ReasoningFormat?
+    /// The control tokens of the tool-call markers, rendered as text when tool calls are parsed.
+    let markerTokens: Set<Int32>
+    private let vocabulary = NIOLockedValueBox<ConstraintVocabulary?>(nil)
+
+    /// The grammar engine's view of the vocabulary, built by the first request that needs it.
+    func constraintVocabulary() -> ConstraintVocabulary {
+        vocabulary.withLockedValue { v in
+            if let v { return v }
+            let built = ConstraintVocabulary(tokenizer: tokenizer, markers: toolFormat.markers)
+            v = built
+            return built
+        }
+    }
 
     public init(engine: any InferenceEngine, tokenizer: Tokenizer, chatTemplate: ChatTemplate?, config: ServerConfig) {
         self.engine = engine
@@ -52,6 +73,16 @@ public final class OpenAIServer: Sendable {
         limits = ValidationLimits(vocabSize: engine.vocabSize)
         eogIDs = Set(tokenizer.endOfGenerationIDs)
         metrics = ServerMetrics(model: config.modelID)
+        let source = chatTemplate?.source ?? ""
+        templateHasTools = source.contains("tools")
+        let detected = templateHasTools ? ToolCallFormat.detect(template: source) : nil
+        toolFormat = config.toolParser.flatMap(ToolCallFormat.init(rawValue:)) ?? detected ?? .hermes
+        switch config.reasoningParser {
+        case "auto": reasoningFormat = ReasoningFormat.detect(template: source)
+        case "none": reasoningFormat = nil
+        default: reasoningFormat = ReasoningFormat(rawValue: config.reasoningParser)
+        }
+        markerTokens = Set(toolFormat.markers.compactMap { tokenizer.tokenID(for: $0) })
     }
 
     // MARK: - Application
@@ -226,29 +257,6 @@ public final class OpenAIServer: Sendable {
         if !accepts(model: model) { throw APIError.modelNotFound(model ?? "", served: config.modelID) }
     }
 
-    /// Renders the conversation with the chat template and tokenizes it.
-    public func chatPrompt(_ messages: [ChatMessage]) throws -> [Int32] {
-        guard let chatTemplate else {
-            throw APIError.invalid("This model has no chat template; use /v1/completions.", param: "messages")
-        }
-        let values: [JinjaValue] = messages.map { m in
-            var o = JinjaObject()
-            o["role"] = .string(m.role)
-            o["content"] = .string(m.content?.text ?? "")
-            if let n = m.name { o["name"] = .string(n) }
-            return .object(o)
-        }
-        let bos = tokenizer.bosID.map { tokenizer.piece($0) } ?? ""
-        let eos = tokenizer.eosID.map { tokenizer.piece($0) } ?? ""
-        let text: String
-        do {
-            text = try chatTemplate.render(messages: values, addGenerationPrompt: true, bosToken: bos, eosToken: eos, extra: [:])
-        } catch let e as ChatTemplateError {
-            throw APIError.invalid("The chat template rejected the conversation: \(e.message)", param: "messages")
-        }
-        return encodePrompt(text)
-    }
-
     /// Tokenizes prompt text: special-token text is parsed (templates write `<start_of_turn>` etc.); BOS is
     /// added when the model asks for it and the text does not already start with it.
     public func encodePrompt(_ text: String) -> [Int32] {
@@ -328,17 +336,109 @@ public final class OpenAIServer: Sendable {
         try RequestValidation.checkMessages(r.messages)
         let lp = try RequestValidation.chatLogprobs(r, limits: limits)
         let params = try RequestValidation.parameters(r.common, logprobs: lp, limits: limits)
-        let prompt = try chatPrompt(r.messages)
+        // The decoder above has checked the body; this parse keeps key order (schemas, tool definitions).
+        let ordered = try JSONValue(parsing: String(decoding: body, as: UTF8.self))
+        let extras = try ChatExtras.parse(ordered)
+        let plan = try planChat(extras)
         let id = Self.newID("chatcmpl-")
-        let er = try engineRequest(id: id, prompt: prompt, params: params, defaultMaxTokens: config.maxNewTokens, param: "messages")
-        let stream = try submit(er)
-        let run = Generation(server: self, id: id, request: er, params: params, stream: stream,
-                             connection: ConnectionRegistry.shared.state(for: ctx.channel))
+        let gens = try startChoices(id: id, prompt: plan.prompt, params: params, grammar: plan.grammar,
+                                    keepSpecial: plan.toolFormat != nil ? markerTokens : [],
+                                    defaultMaxTokens: config.maxNewTokens, param: "messages", ctx: ctx)
         let model = r.common.model ?? config.modelID
         if params.stream {
-            return Self.sse { writer in try await run.streamChat(model: model, writer: &writer) }
+            return Self.sse { writer in try await self.streamChat(gens, plan: plan, params: params, model: model, writer: &writer) }
         }
-        return try Self.json(try await run.collectChat(model: model))
+        return try Self.json(try await collectChat(gens, plan: plan, model: model))
+    }
+
+    /// Submits the `n` choices of a request: the first at once, the others after its prompt is computed (they
+    /// start from its K/V through the prefix cache). Each has its own sampler seed (`seed + i`) and constraint.
+    func startChoices(id: String, prompt: [Int32], params: GenerationParameters, grammar: Grammar?, keepSpecial: Set<Int32>,
+                      defaultMaxTokens: Int, param: String, ctx: ServerContext) throws -> [Generation] {
+        var gens: [Generation] = []
+        let vocabulary = grammar != nil ? constraintVocabulary() : nil
+        for i in 0..<params.n {
+            var p = params
+            if i > 0, let seed = p.sampling.seed { p.sampling.seed = seed &+ UInt64(i) }
+            let rid = i == 0 ? id : "\(id)-\(i)"
+            var er = try engineRequest(id: rid, prompt: prompt, params: p, defaultMaxTokens: defaultMaxTokens, param: param)
+            if let grammar, let vocabulary { er.constraint = GrammarConstraint(grammar: grammar, vocabulary: vocabulary) }
+            if i > 0 { er.prefillAfter = id }
+            let stream: AsyncStream<EngineOutput>
+            do {
+                stream = try submit(er)
+            } catch {
+                for g in gens { engine.abort(id: g.request.id) }
+                throw error
+            }
+            let g = Generation(server: self, id: rid, request: er, params: p, stream: stream,
+                               connection: ConnectionRegistry.shared.state(for: ctx.channel))
+            g.keepSpecial = keepSpecial
+            gens.append(g)
+        }
+        return gens
+    }
+
+    static func totalUsage(_ usages: [Usage]) -> Usage {
+        Usage(promptTokens: usages.first?.promptTokens ?? 0, completionTokens: usages.reduce(0) { $0 + $1.completionTokens },
+              cachedTokens: usages.first?.cachedTokens ?? 0)
+    }
+
+    func collectChat(_ gens: [Generation], plan: ChatPlan, model: String) async throws -> ChatCompletionResponse {
+        let results = try await withThrowingTaskGroup(of: (Int, ChatChoice, Usage).self) { group in
+            for (i, g) in gens.enumerated() {
+                group.addTask {
+                    let (c, u) = try await g.collectChatChoice(index: i, parser: plan.parser())
+                    return (i, c, u)
+                }
+            }
+            var out: [(Int, ChatChoice, Usage)] = []
+            for try await r in group { out.append(r) }
+            return out.sorted { $0.0 < $1.0 }
+        }
+        return ChatCompletionResponse(id: gens[0].id, created: gens[0].created, model: model, choices: results.map(\.1),
+                                      usage: Self.totalUsage(results.map(\.2)))
+    }
+
+    func streamChat(_ gens: [Generation], plan: ChatPlan, params: GenerationParameters, model: String,
+                    writer: inout any ResponseBodyWriter) async throws {
+        let enc = Self.encoder()
+        let lead = gens[0]
+        func chunk(_ choices: [ChatChunkChoice], usage: Usage? = nil) throws -> ByteBuffer {
+            let c = ChatCompletionChunk(id: lead.id, created: lead.created, model: model, choices: choices, usage: usage,
+                                        includeUsageKey: params.includeUsage)
+            return ByteBuffer(string: SSE.event(try enc.encode(c)))
+        }
+        for i in gens.indices {
+            try await writer.write(chunk([ChatChunkChoice(index: i, delta: ChunkDelta(role: "assistant", content: ""),
+                                                          logprobs: nil, finishReason: nil)]))
+        }
+        // The choices run concurrently; their chunks meet in one stream that this task writes out.
+        let (events, sink) = AsyncStream<ChatChunkChoice>.makeStream()
+        let producer = Task { () throws -> [Usage] in
+            defer { sink.finish() }
+            return try await withThrowingTaskGroup(of: Usage.self) { group in
+                for (i, g) in gens.enumerated() {
+                    group.addTask { try await g.streamChatChoice(index: i, parser: plan.parser()) { sink.yield($0) } }
+                }
+                var usages: [Usage] = []
+                for try await u in group { usages.append(u) }
+                return usages
+            }
+        }
+        do {
+            for await c in events { try await writer.write(chunk([c])) }
+        } catch {
+            producer.cancel()
+            throw error
+        }
+        let usages = try await producer.value
+        if params.includeUsage { try await writer.write(chunk([], usage: Self.totalUsage(usages))) }
+        for g in gens where g.wasEndedByShutdown {
+            try await g.writeShutdownError(&writer)
+            break
+        }
+        try await writer.write(ByteBuffer(string: SSE.done))
     }
 
     // MARK: - Completions
@@ -351,19 +451,64 @@ public final class OpenAIServer: Sendable {
         if let s = r.suffix, !s.isEmpty {
             throw APIError.invalid("'suffix' is not supported.", param: "suffix", code: "unsupported_parameter")
         }
-        if let b = r.bestOf, b != 1 { throw APIError.invalid("Only best_of = 1 is supported; got \(b).", param: "best_of") }
+        if let b = r.bestOf, b != (r.common.n ?? 1) {
+            throw APIError.invalid("Only best_of = n is supported (every sample is returned); got best_of \(b).", param: "best_of")
+        }
         let params = try RequestValidation.parameters(r.common, logprobs: r.logprobs, limits: limits)
         let prompt = try completionPrompt(r.prompt)
         let id = Self.newID("cmpl-")
-        let er = try engineRequest(id: id, prompt: prompt, params: params, defaultMaxTokens: 16, param: "prompt")
-        let stream = try submit(er)
-        let run = Generation(server: self, id: id, request: er, params: params, stream: stream,
-                             connection: ConnectionRegistry.shared.state(for: ctx.channel))
+        let gens = try startChoices(id: id, prompt: prompt, params: params, grammar: nil, keepSpecial: [],
+                                    defaultMaxTokens: 16, param: "prompt", ctx: ctx)
         let model = r.common.model ?? config.modelID
+        let lead = gens[0]
         if params.stream {
-            return Self.sse { writer in try await run.streamCompletion(model: model, writer: &writer) }
+            return Self.sse { writer in
+                let enc = Self.encoder()
+                func chunk(_ choices: [CompletionChoice], usage: Usage? = nil) throws -> ByteBuffer {
+                    let c = CompletionResponse(id: lead.id, created: lead.created, model: model, choices: choices, usage: usage,
+                                               includeUsageKey: params.includeUsage)
+                    return ByteBuffer(string: SSE.event(try enc.encode(c)))
+                }
+                let (events, sink) = AsyncStream<CompletionChoice>.makeStream()
+                let producer = Task { () throws -> [Usage] in
+                    defer { sink.finish() }
+                    return try await withThrowingTaskGroup(of: Usage.self) { group in
+                        for (i, g) in gens.enumerated() {
+                            group.addTask { try await g.streamCompletionChoice(index: i) { sink.yield($0) } }
+                        }
+                        var usages: [Usage] = []
+                        for try await u in group { usages.append(u) }
+                        return usages
+                    }
+                }
+                do {
+                    for await c in events { try await writer.write(chunk([c])) }
+                } catch {
+                    producer.cancel()
+                    throw error
+                }
+                let usages = try await producer.value
+                if params.includeUsage { try await writer.write(chunk([], usage: Self.totalUsage(usages))) }
+                for g in gens where g.wasEndedByShutdown {
+                    try await g.writeShutdownError(&writer)
+                    break
+                }
+                try await writer.write(ByteBuffer(string: SSE.done))
+            }
         }
-        return try Self.json(try await run.collectCompletion(model: model))
+        let results = try await withThrowingTaskGroup(of: (Int, CompletionChoice, Usage).self) { group in
+            for (i, g) in gens.enumerated() {
+                group.addTask {
+                    let (c, u) = try await g.collectCompletionChoice(index: i)
+                    return (i, c, u)
+                }
+            }
+            var out: [(Int, CompletionChoice, Usage)] = []
+            for try await r in group { out.append(r) }
+            return out.sorted { $0.0 < $1.0 }
+        }
+        return try Self.json(CompletionResponse(id: lead.id, created: lead.created, model: model, choices: results.map(\.1),
+                                                usage: Self.totalUsage(results.map(\.2))))
     }
 
     // MARK: - Responses

@@ -57,6 +57,25 @@ public struct ChatMessage: Decodable, Sendable, Equatable {
     public var role: String
     public var content: MessageContent?
     public var name: String?
+    /// An assistant message's tool calls (checked here; the template gets them from `ChatExtras.messages`).
+    public var toolCalls: [ToolCallIn]?
+    /// A tool message's answer to this call id.
+    public var toolCallID: String?
+
+    public struct ToolCallIn: Decodable, Sendable, Equatable {
+        public var id: String?
+        public var type: String?
+        public var function: Function
+        public struct Function: Decodable, Sendable, Equatable {
+            public var name: String
+            public var arguments: String?
+        }
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case role, content, name
+        case toolCalls = "tool_calls", toolCallID = "tool_call_id"
+    }
 
     public init(role: String, content: String) {
         self.role = role
@@ -83,6 +102,8 @@ public struct CommonFields: Decodable, Sendable, Equatable {
     public var streamOptions: StreamOptions?
     public var ignoreEOS: Bool?
     public var logitBias: [String: Double]?
+    /// Accepted and ignored (an end-user id for abuse monitoring at OpenAI).
+    public var user: String?
 
     enum CodingKeys: String, CodingKey {
         case model, stop, temperature, seed, n, stream
@@ -90,7 +111,7 @@ public struct CommonFields: Decodable, Sendable, Equatable {
         case topP = "top_p", topK = "top_k", minP = "min_p"
         case presencePenalty = "presence_penalty", frequencyPenalty = "frequency_penalty"
         case repetitionPenalty = "repetition_penalty"
-        case streamOptions = "stream_options", ignoreEOS = "ignore_eos", logitBias = "logit_bias"
+        case streamOptions = "stream_options", ignoreEOS = "ignore_eos", logitBias = "logit_bias", user
     }
 
     public init() {}
@@ -105,12 +126,9 @@ public struct ChatCompletionRequest: Decodable, Sendable {
     enum CodingKeys: String, CodingKey {
         case messages, logprobs
         case topLogprobs = "top_logprobs"
-        case tools, functions
-        case toolChoice = "tool_choice", functionCall = "function_call", responseFormat = "response_format"
+        case functions
+        case functionCall = "function_call"
     }
-
-    /// `response_format` as far as it is read: only its type.
-    struct ResponseFormat: Decodable { var type: String? }
 
     public init(from decoder: Decoder) throws {
         common = try CommonFields(from: decoder)
@@ -118,20 +136,14 @@ public struct ChatCompletionRequest: Decodable, Sendable {
         messages = try c.decode([ChatMessage].self, forKey: .messages)
         logprobs = try c.decodeIfPresent(Bool.self, forKey: .logprobs)
         topLogprobs = try c.decodeIfPresent(Int.self, forKey: .topLogprobs)
-        // NOTE: fields that change what the answer must be are refused until they are supported, not ignored:
-        // a client asking for tool calls or JSON output must not silently get free text.
+        // NOTE: the deprecated function-calling fields are refused rather than ignored (a client asking for a
+        // function call must not silently get free text); `tools` and `tool_choice` replace them. Tools, tool
+        // choice and response format are read from the order-preserving parse of the body (`ChatExtras`).
         func present(_ k: CodingKeys) throws -> Bool { c.contains(k) ? !(try c.decodeNil(forKey: k)) : false }
-        for k in [CodingKeys.tools, .functions] where try present(k) {
-            if let list = try? c.decode([JSONAny].self, forKey: k), list.isEmpty { continue }
+        for k in [CodingKeys.functions, .functionCall] where try present(k) {
+            if k == .functions, let list = try? c.decode([JSONAny].self, forKey: k), list.isEmpty { continue }
+            if k == .functionCall, let s = try? c.decode(String.self, forKey: k), s == "none" || s == "auto" { continue }
             throw UnsupportedField(name: k.stringValue)
-        }
-        for k in [CodingKeys.toolChoice, .functionCall] where try present(k) {
-            if let s = try? c.decode(String.self, forKey: k), s == "none" || s == "auto" { continue }
-            throw UnsupportedField(name: k.stringValue)
-        }
-        if try present(.responseFormat) {
-            let f = try? c.decode(ResponseFormat.self, forKey: .responseFormat)
-            if f?.type != "text" { throw UnsupportedField(name: "response_format") }
         }
     }
 }
@@ -247,7 +259,59 @@ public struct CompletionLogprobs: Encodable, Sendable, Equatable {
 
 public struct ResponseMessage: Encodable, Sendable, Equatable {
     public var role: String
-    public var content: String
+    /// null when the answer is only tool calls.
+    public var content: String?
+    /// The reasoning (thinking) of a reasoning model, apart from the answer; absent for other models.
+    public var reasoningContent: String?
+    public var toolCalls: [ToolCallOut] = []
+
+    public init(role: String, content: String?, reasoningContent: String? = nil, toolCalls: [ToolCallOut] = []) {
+        self.role = role
+        self.content = content
+        self.reasoningContent = reasoningContent
+        self.toolCalls = toolCalls
+    }
+
+    enum CodingKeys: String, CodingKey { case role, content, reasoningContent = "reasoning_content", toolCalls = "tool_calls" }
+
+    public func encode(to encoder: Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(role, forKey: .role)
+        try c.encode(content, forKey: .content)
+        try c.encodeIfPresent(reasoningContent, forKey: .reasoningContent)
+        if !toolCalls.isEmpty { try c.encode(toolCalls, forKey: .toolCalls) }
+    }
+}
+
+/// A tool call of a response (`message.tool_calls[i]`).
+public struct ToolCallOut: Encodable, Sendable, Equatable {
+    public var id: String
+    public var type = "function"
+    public var function: Function
+
+    public struct Function: Encodable, Sendable, Equatable {
+        public var name: String
+        /// JSON text.
+        public var arguments: String
+    }
+
+    public init(id: String, name: String, arguments: String) {
+        self.id = id
+        function = Function(name: name, arguments: arguments)
+    }
+}
+
+/// A streamed tool call (`delta.tool_calls[i]`): the first delta of a call has its id, type and name.
+public struct ToolCallDelta: Encodable, Sendable, Equatable {
+    public var index: Int
+    public var id: String?
+    public var type: String?
+    public var function: Function
+
+    public struct Function: Encodable, Sendable, Equatable {
+        public var name: String?
+        public var arguments: String?
+    }
 }
 
 public struct ChatChoice: Encodable, Sendable {
@@ -271,6 +335,17 @@ public struct ChatChoice: Encodable, Sendable {
 public struct ChunkDelta: Encodable, Sendable, Equatable {
     public var role: String?
     public var content: String?
+    public var reasoningContent: String?
+    public var toolCalls: [ToolCallDelta]?
+
+    public init(role: String? = nil, content: String? = nil, reasoningContent: String? = nil, toolCalls: [ToolCallDelta]? = nil) {
+        self.role = role
+        self.content = content
+        self.reasoningContent = reasoningContent
+        self.toolCalls = toolCalls
+    }
+
+    enum CodingKeys: String, CodingKey { case role, content, reasoningContent = "reasoning_content", toolCalls = "tool_calls" }
 }
 
 public struct ChatChunkChoice: Encodable, Sendable {

@@ -35,10 +35,11 @@ public struct OutputProcessor: Sendable {
     private var pending: [(item: LogprobItem, start: Int, end: Int)] = []
     public private(set) var finished = false
 
-    public init(tokenizer: Tokenizer, stopTokenIDs: Set<Int32>, stopStrings: [String]) {
+    /// `keepSpecial`: control tokens whose text is output all the same (tool-call markers the parser reads).
+    public init(tokenizer: Tokenizer, stopTokenIDs: Set<Int32>, stopStrings: [String], keepSpecial: Set<Int32> = []) {
         self.tokenizer = tokenizer
         self.stopTokenIDs = stopTokenIDs
-        detok = IncrementalDetokenizer(tokenizer: tokenizer, skipSpecial: true)
+        detok = IncrementalDetokenizer(tokenizer: tokenizer, skipSpecial: true, keepSpecial: keepSpecial)
         matcher = StopStringMatcher(stopStrings)
     }
 

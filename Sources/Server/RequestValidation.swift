@@ -13,6 +13,8 @@ public struct GenerationParameters: Sendable, Equatable {
     public var stream: Bool
     public var includeUsage: Bool
     public var ignoreEOS: Bool
+    /// Choices to generate (`n`), each sampled independently from one shared prompt prefill.
+    public var n = 1
 }
 
 /// Limits the checks use (from `ServerConfig` and the model).
@@ -20,6 +22,8 @@ public struct ValidationLimits: Sendable {
     public var maxStopStrings = 16
     public var maxStopLength = 256
     public var maxTopLogprobs = 20
+    /// Choices per request at most (`n`).
+    public var maxN = 16
     public var vocabSize: Int
 
     public init(vocabSize: Int) { self.vocabSize = vocabSize }
@@ -37,7 +41,7 @@ public enum RequestValidation {
         do {
             return try JSONDecoder().decode(T.self, from: data)
         } catch let e as UnsupportedField {
-            throw APIError.invalid("'\(e.name)' is not supported by this server yet; remove it (tool calls and structured output are not available).",
+            throw APIError.invalid("'\(e.name)' (deprecated function calling) is not supported; use 'tools' and 'tool_choice'.",
                                    param: e.name, code: "unsupported_parameter")
         } catch let e as DecodingError {
             if case .dataCorrupted(let ctx) = e, ctx.codingPath.isEmpty, let precise = diagnoseNumbers(data) { throw precise }
@@ -149,8 +153,8 @@ public enum RequestValidation {
                                        param: name, code: "invalid_value")
             }
         }
-        if let n = f.n, n != 1 {
-            throw APIError.invalid("Only n = 1 is supported; got \(n).", param: "n", code: "invalid_value")
+        if let n = f.n, n < 1 || n > limits.maxN {
+            throw APIError.invalid("'n' must be between 1 and \(limits.maxN); got \(n).", param: "n", code: "invalid_value")
         }
         try range(f.temperature, "temperature", 0, 2)
         try range(f.topP, "top_p", 0, 1, loOpen: true)
@@ -161,8 +165,17 @@ public enum RequestValidation {
         if let k = f.topK, k < -1 {
             throw APIError.invalid("'top_k' must be -1 or 0 (off) or a positive integer; got \(k).", param: "top_k", code: "invalid_value")
         }
-        if let bias = f.logitBias, !bias.isEmpty {
-            throw APIError.invalid("'logit_bias' is not supported.", param: "logit_bias", code: "unsupported_parameter")
+        var bias: [Int32: Float] = [:]
+        for (k, v) in f.logitBias ?? [:] {
+            guard let id = Int(k), id >= 0, id < limits.vocabSize else {
+                throw APIError.invalid("'logit_bias' key '\(k)' is not a token id of this model (0..<\(limits.vocabSize)).",
+                                       param: "logit_bias", code: "invalid_value")
+            }
+            guard v.isFinite && v >= -100 && v <= 100 else {
+                throw APIError.invalid("'logit_bias' values must be between -100 and 100; got \(fmt(v)) for token \(k).",
+                                       param: "logit_bias", code: "invalid_value")
+            }
+            bias[Int32(id)] = Float(v)
         }
         var maxTokens: Int? = nil
         for (name, v) in [("max_completion_tokens", f.maxCompletionTokens), ("max_tokens", f.maxTokens)] {
@@ -194,9 +207,10 @@ public enum RequestValidation {
         s.presencePenalty = Float(f.presencePenalty ?? 0)
         s.frequencyPenalty = Float(f.frequencyPenalty ?? 0)
         s.repetitionPenalty = Float(f.repetitionPenalty ?? 1)
+        s.logitBias = bias
         return GenerationParameters(
             sampling: s, maxTokens: maxTokens, stop: stop, logprobs: logprobs, stream: f.stream ?? false,
-            includeUsage: f.streamOptions?.includeUsage ?? false, ignoreEOS: f.ignoreEOS ?? false)
+            includeUsage: f.streamOptions?.includeUsage ?? false, ignoreEOS: f.ignoreEOS ?? false, n: f.n ?? 1)
     }
 
     /// Chat: `logprobs` (bool) + `top_logprobs` (0...20, needs `logprobs: true`).

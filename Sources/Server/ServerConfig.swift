@@ -34,6 +34,14 @@ public struct ServerConfig: Sendable {
     /// running ends with a final chunk (`finish_reason: "abort"`), an error event and `[DONE]`, and every other
     /// request is answered 503.
     public var drainTimeout: Double = 30
+    /// How tool calls are read from the output (`--tool-parser`: hermes, llama3_json, mistral, deepseek_v3,
+    /// deepseek_v31); nil (`auto`): from the chat template, Hermes when the template has no tool support.
+    public var toolParser: String?
+    /// How reasoning is split from the answer (`--reasoning-parser`: auto, deepseek_r1, qwen3, none).
+    public var reasoningParser = "auto"
+    /// Start every chat answer inside the reasoning (`--force-think`; KTransformers' `--force_think`): the
+    /// prompt gets `<think>\n` when the template did not already end with it.
+    public var forceThink = false
 
     public init() {}
 
@@ -48,5 +56,11 @@ public struct ServerConfig: Sendable {
         try check(drainTimeout >= 0 && drainTimeout <= 86400, "--drain-timeout must be between 0 and 86400 seconds")
         try check(!modelID.isEmpty, "--served-model-name must not be empty")
         if let k = apiKey { try check(!k.isEmpty, "--api-key must not be empty") }
+        if let t = toolParser {
+            try check(ToolCallFormat(rawValue: t) != nil,
+                      "--tool-parser must be auto, " + ToolCallFormat.allCases.map(\.rawValue).joined(separator: ", "))
+        }
+        try check(reasoningParser == "auto" || reasoningParser == "none" || ReasoningFormat(rawValue: reasoningParser) != nil,
+                  "--reasoning-parser must be auto, none, " + ReasoningFormat.allCases.map(\.rawValue).joined(separator: ", "))
     }
 }

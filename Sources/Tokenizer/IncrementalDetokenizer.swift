@@ -5,17 +5,20 @@
 public struct IncrementalDetokenizer: Sendable {
     public let tokenizer: Tokenizer
     public let skipSpecial: Bool
+    /// Special tokens rendered even with `skipSpecial` (the markers of a tool-call format).
+    public let keepSpecial: Set<Int32>
     private var pending: [UInt8] = []
     private var first = true
 
-    public init(tokenizer: Tokenizer, skipSpecial: Bool = false) {
+    public init(tokenizer: Tokenizer, skipSpecial: Bool = false, keepSpecial: Set<Int32> = []) {
         self.tokenizer = tokenizer
         self.skipSpecial = skipSpecial
+        self.keepSpecial = keepSpecial
     }
 
     /// The text newly completed by token `id`.
     public mutating func append(_ id: Int32) -> String {
-        pending.append(contentsOf: tokenizer.decodedBytes(id, skipSpecial: skipSpecial, first: first))
+        pending.append(contentsOf: tokenizer.decodedBytes(id, skipSpecial: skipSpecial, first: first, keep: keepSpecial))
         first = false
         let keep = incompleteSuffixLength(pending)
         guard pending.count > keep else { return "" }

@@ -217,8 +217,8 @@ public final class Tokenizer: Sendable {
 
     /// The bytes token `id` contributes to `decode`: `tokenBytes`, empty for skipped special tokens, and for the
     /// first token, less the space SentencePiece's add_space_prefix put there.
-    func decodedBytes(_ id: Int32, skipSpecial: Bool, first: Bool) -> [UInt8] {
-        if skipSpecial, let t = type(id), t == .control || t == .unknown { return [] }
+    func decodedBytes(_ id: Int32, skipSpecial: Bool, first: Bool, keep: Set<Int32> = []) -> [UInt8] {
+        if skipSpecial, let t = type(id), t == .control || t == .unknown, !keep.contains(id) { return [] }
         var b = tokenBytes(id)
         if first && addSpacePrefix && b.first == 0x20 { b.removeFirst() }
         return b

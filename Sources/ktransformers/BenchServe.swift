@@ -12,7 +12,7 @@ struct BenchServe: ParsableCommand {
         abstract: "Load-test an OpenAI-compatible server: throughput, TTFT and inter-token latency.",
         discussion: """
         Sends --requests streaming requests from --concurrency clients, each with a synthetic prompt of about \
-        --input-len tokens asking for exactly --output-len tokens (ignore_eos, temperature 0). Reports output \
+        --input-len tokens asking for exactly --output-len tokens (ignore_eos, --temperature 0). Reports output \
         tokens/s, requests/s, and p50/p90/p99 of time to first token (TTFT), time per output token after the \
         first (TPOT), inter-token latency (ITL, between streamed chunks) and end-to-end latency. Plain HTTP only.
         """)
@@ -49,6 +49,12 @@ struct BenchServe: ParsableCommand {
 
     @Option(help: "Seed of the synthetic prompts.")
     var seed: UInt64 = 0
+
+    @Option(help: "Sampling temperature of every request (0: greedy).")
+    var temperature: Double = 0
+
+    @Option(name: .customLong("response-format"), help: "A JSON file whose object is sent as every chat request's response_format (structured output, e.g. {\"type\": \"json_schema\", \"json_schema\": {...}}); the requests then end where the JSON does.")
+    var responseFormat: String?
 
     @Flag(help: "Print the results as one JSON object.")
     var json = false
@@ -92,10 +98,20 @@ struct BenchServe: ParsableCommand {
         }
         var rng = SeededRNG(seed: seed)
         if turns > 1 { return try await conversations(target, headers: headers, modelID: modelID, rng: &rng) }
+        var format: Any? = nil
+        if let responseFormat {
+            guard endpoint == "chat" else { throw CLIError("--response-format needs --endpoint chat") }
+            guard let d = FileManager.default.contents(atPath: responseFormat),
+                  let o = try? JSONSerialization.jsonObject(with: d), o is [String: Any] else {
+                throw CLIError("--response-format \(responseFormat): not a readable JSON object")
+            }
+            format = o
+        }
         let bodies: [[UInt8]] = (0..<requests).map { _ in
             let prompt = BenchServe.syntheticPrompt(tokens: inputLen, rng: &rng)
-            var obj: [String: Any] = ["model": modelID, "max_tokens": outputLen, "stream": true, "temperature": 0,
+            var obj: [String: Any] = ["model": modelID, "max_tokens": outputLen, "stream": true, "temperature": temperature,
                                       "ignore_eos": true, "stream_options": ["include_usage": true]]
+            if let format { obj["response_format"] = format }
             if endpoint == "chat" {
                 obj["messages"] = [["role": "user", "content": prompt]]
             } else {
@@ -121,13 +137,13 @@ struct BenchServe: ParsableCommand {
         let users: [[String]] = (0..<requests).map { _ in
             (0..<turns).map { t in BenchServe.syntheticPrompt(tokens: t == 0 ? (firstInputLen ?? inputLen) : inputLen, rng: &rng) }
         }
-        let (model, maxTokens) = (modelID, outputLen)
+        let (model, maxTokens, temperature) = (modelID, outputLen, temperature)
         let start = DispatchTime.now().uptimeNanoseconds
         let results = try await fanOut(users.count) { c in
             var mine: [RequestResult] = []
             var messages: [[String: String]] = [], text = ""
             for (t, user) in users[c].enumerated() {
-                var obj: [String: Any] = ["model": model, "max_tokens": maxTokens, "stream": true, "temperature": 0,
+                var obj: [String: Any] = ["model": model, "max_tokens": maxTokens, "stream": true, "temperature": temperature,
                                           "ignore_eos": true, "stream_options": ["include_usage": true]]
                 if chat {
                     messages.append(["role": "user", "content": user])

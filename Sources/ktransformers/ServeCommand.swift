@@ -108,6 +108,15 @@ struct Serve: ParsableCommand {
     @Option(name: [.customLong("drain-timeout"), .customLong("shutdown-grace")], help: "Seconds in-flight requests get to finish on SIGINT/SIGTERM before they are ended (streams with a final chunk and [DONE], others with a 503 JSON error).")
     var drainTimeout: Double = ServerConfig().drainTimeout
 
+    @Option(help: "How tool calls are read from chat answers: auto (from the chat template; Hermes <tool_call> blocks with a generic tool prompt when the template has no tool support), hermes, llama3_json, mistral, deepseek_v3, deepseek_v31.")
+    var toolParser = "auto"
+
+    @Option(help: "How reasoning is split from chat answers into reasoning_content: auto (from the chat template), deepseek_r1, qwen3, none.")
+    var reasoningParser = ServerConfig().reasoningParser
+
+    @Flag(help: "Start every chat answer inside the model's reasoning (<think>), as KTransformers' --force_think.")
+    var forceThink = false
+
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.")
     var logLevel: String = "info"
 
@@ -153,6 +162,9 @@ struct Serve: ParsableCommand {
         s.maxConnections = maxConnections
         s.idleTimeout = idleTimeout
         s.drainTimeout = drainTimeout
+        s.toolParser = toolParser == "auto" ? nil : toolParser
+        s.reasoningParser = reasoningParser
+        s.forceThink = forceThink
         return s
     }
 

@@ -1,4 +1,5 @@
 import Engine
+import Grammar
 import XCTest
 @testable import Server
 
@@ -11,6 +12,11 @@ final class RequestValidationTests: XCTestCase {
             try RequestValidation.checkMessages(r.messages)
             let lp = try RequestValidation.chatLogprobs(r, limits: limits)
             _ = try RequestValidation.parameters(r.common, logprobs: lp, limits: limits)
+            let x = try ChatExtras.parse(try JSONValue(parsing: json))
+            _ = try OutputGrammars.responseFormat(x.responseFormat)
+            if x.toolChoice != .auto && x.toolChoice != .none {
+                _ = try OutputGrammars.toolCalls(.hermes, tools: x.tools, parallel: true)
+            }
             return nil
         } catch let e as APIError {
             return e
@@ -63,12 +69,15 @@ final class RequestValidationTests: XCTestCase {
             ("{\(msgs), \"temperature\": 1e400}", "temperature"),
             ("{\(msgs), \"top_p\": 0}", "top_p"),
             ("{\(msgs), \"top_k\": -2}", "top_k"),
-            ("{\(msgs), \"n\": 3}", "n"),
+            ("{\(msgs), \"n\": 17}", "n"),
+            ("{\(msgs), \"n\": 0}", "n"),
             ("{\(msgs), \"stop\": 5}", "stop"),
             ("{\(msgs), \"stop\": [\"\"]}", "stop"),
             ("{\(msgs), \"top_logprobs\": 2}", "top_logprobs"),
             ("{\(msgs), \"logprobs\": true, \"top_logprobs\": 21}", "top_logprobs"),
-            ("{\(msgs), \"logit_bias\": {\"5\": 1}}", "logit_bias"),
+            ("{\(msgs), \"logit_bias\": {\"5000\": 1}}", "logit_bias"),
+            ("{\(msgs), \"logit_bias\": {\"x\": 1}}", "logit_bias"),
+            ("{\(msgs), \"logit_bias\": {\"5\": 101}}", "logit_bias"),
             (#"{"messages": []}"#, "messages"),
             (#"{}"#, "messages"),
             (#"{"messages": [{"role": "user"}, {"role": "bot", "content": "x"}]}"#, "messages[1].role"),
@@ -103,27 +112,40 @@ final class RequestValidationTests: XCTestCase {
         XCTAssertNil(chatError(atLimit))
     }
 
-    /// Fields that would change what the answer must be (tool calls, structured output) are refused by name
-    /// until they are supported; their neutral values still pass.
-    func testUnsupportedFieldsAreRefusedByName() throws {
-        let refused = [
-            ("tools", #""tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]"#),
-            ("tool_choice", #""tool_choice": "required""#),
-            ("tool_choice", #""tool_choice": {"type": "function", "function": {"name": "f"}}"#),
-            ("functions", #""functions": [{"name": "f"}]"#),
-            ("function_call", #""function_call": {"name": "f"}"#),
-            ("response_format", #""response_format": {"type": "json_object"}"#),
-            ("response_format", #""response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}"#),
+    /// The deprecated function-calling fields are refused by name (their neutral values pass); tools, tool
+    /// choice and response formats are checked, and a schema the grammar compiler cannot enforce is a 400 naming
+    /// the keyword.
+    func testToolsAndFormatsAreCheckedByName() throws {
+        let tool = #"{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {"x": {"type": "integer"}}}}}"#
+        let refused: [(String, String, String)] = [
+            ("functions", #""functions": [{"name": "f"}]"#, "is not supported"),
+            ("function_call", #""function_call": {"name": "f"}"#, "is not supported"),
+            ("tool_choice", #""tool_choice": "required""#, "'tools' is empty"),
+            ("tool_choice", "\"tools\": [\(tool)], \"tool_choice\": {\"type\": \"function\", \"function\": {\"name\": \"g\"}}", "not in 'tools'"),
+            ("tool_choice", "\"tools\": [\(tool)], \"tool_choice\": \"sometimes\"", "must be"),
+            ("tools[0].type", #""tools": [{"type": "retrieval"}]"#, "function"),
+            ("tools[0].function.name", #""tools": [{"type": "function", "function": {"name": "a b"}}]"#, "characters"),
+            ("tools[1].function.name", "\"tools\": [\(tool), \(tool)]", "Two tools"),
+            ("tools[0].function.parameters", #""tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "string", "pattern": "a+"}}}], "tool_choice": "required""#, "pattern"),
+            ("response_format.type", #""response_format": {"type": "xml"}"#, "must be"),
+            ("response_format.json_schema.schema", #""response_format": {"type": "json_schema", "json_schema": {"name": "x"}}"#, "JSON schema"),
+            ("response_format.json_schema.schema", #""response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "string", "pattern": "^a"}}}"#, "'pattern' is not supported"),
+            ("response_format.json_schema.schema", #""response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object", "properties": {"n": {"type": "number", "multipleOf": 3}}}}}"#, "multipleOf"),
         ]
-        for (name, field) in refused {
+        for (param, field, text) in refused {
             let e = try XCTUnwrap(chatError("{\(msgs), \(field)}"), field)
-            XCTAssertEqual(e.param, name, field)
+            XCTAssertEqual(e.param, param, field)
             XCTAssertEqual(e.status, .badRequest)
-            XCTAssertTrue(e.message.contains("'\(name)' is not supported"), e.message)
+            XCTAssertTrue(e.message.contains(text), e.message)
         }
-        for neutral in [#""tools": []"#, #""tools": null"#, #""tool_choice": "none""#, #""tool_choice": "auto""#,
-                        #""response_format": {"type": "text"}"#, #""response_format": null"#] {
-            XCTAssertNil(chatError("{\(msgs), \(neutral)}"), neutral)
+        for accepted in [#""tools": []"#, #""tools": null"#, #""tool_choice": "none""#, #""tool_choice": "auto""#,
+                         #""response_format": {"type": "text"}"#, #""response_format": null"#,
+                         #""response_format": {"type": "json_object"}"#,
+                         #""response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object", "properties": {"a": {"type": "string"}}}, "strict": true}}"#,
+                         "\"tools\": [\(tool)], \"tool_choice\": \"required\"",
+                         "\"tools\": [\(tool)], \"tool_choice\": {\"type\": \"function\", \"function\": {\"name\": \"f\"}}",
+                         #""n": 4, "logit_bias": {"5": -100, "7": 2.5}, "user": "u1", "seed": 3"#] {
+            XCTAssertNil(chatError("{\(msgs), \(accepted)}"), accepted)
         }
     }
 
