@@ -84,7 +84,7 @@ let package = Package(
             .product(name: "Prometheus", package: "swift-prometheus"),
         ], resources: [.embedInCode("Web/index.html")]),
         .executableTarget(name: "ktransformers", dependencies: [
-            "Engine", "Models", "GGUF", "SafeTensors", "Tokenizer", "Quant", "Backend", "BackendCUDA", "BackendConformance", "Server", "ChatTemplate",
+            "Engine", "Models", "GGUF", "SafeTensors", "Tokenizer", "Quant", "Backend", "BackendCUDA", "BackendConformance", "Server", "ChatTemplate", "Grammar",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Hummingbird", package: "hummingbird"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# End-to-end tests of `ktransformers serve` with the official `openai` Python package (Tests/e2e); /metrics is
+# End-to-end tests of `ktransformers serve` with the official `openai` and `ollama` Python packages (Tests/e2e); /metrics is
 # parsed with the official Prometheus client's parser.
 # Installs the Python dependencies and the default model when missing, builds the debug binary, runs pytest.
 # Extra arguments go to pytest (e.g. `scripts/e2e.sh -k soak`). Set KTRANSFORMERS_BIN to test another binary.
@@ -7,9 +7,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3=${PYTHON:-python3}
-if ! "$python3" -c 'import openai, pytest, prometheus_client, websocket, sglang_router' 2>/dev/null; then
+if ! "$python3" -c 'import openai, pytest, prometheus_client, websocket, sglang_router, ollama, jsonschema' 2>/dev/null; then
   "$python3" -m pip install --quiet --disable-pip-version-check openai pytest prometheus-client websocket-client \
-    sglang-router >&2
+    sglang-router ollama jsonschema >&2
 fi
 # The web page test drives a real browser: Debian's chromium, installed where we may (root with apt); without it
 # that test is skipped with a message.

@@ -42,6 +42,9 @@ final class Generation: @unchecked Sendable {
 
     /// Whether the request ended because the shutdown drain expired (set by `run`).
     private let endedByShutdown = NIOLockedValueBox(false)
+    /// When the first token arrived (uptime ns), and the tokens generated: Ollama's timings and `context`.
+    let firstTokenAt = NIOLockedValueBox<UInt64?>(nil)
+    let generatedTokens = NIOLockedValueBox<[Int32]>([])
 
     /// Feeds every delta to `body` until the request finishes. Returns the final usage.
     private func run(_ body: (OutputProcessor.Delta, OutputProcessor) async throws -> Void) async throws -> Usage {
@@ -71,8 +74,10 @@ final class Generation: @unchecked Sendable {
                         let now = DispatchTime.now().uptimeNanoseconds
                         if let last = lastToken { metrics.observeInterToken(Double(now - last) / 1e9) } else {
                             metrics.observeFirstToken(after: Double(now - arrival) / 1e9)
+                            firstTokenAt.withLockedValue { $0 = now }
                         }
                         lastToken = now
+                        generatedTokens.withLockedValue { $0.append(o.token!) }
                     }
                     if let q = o.queueSeconds { metrics.observeQueue(q) }
                     if let f = o.finishReason { finishReason = f.rawValue }

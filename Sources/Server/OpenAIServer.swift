@@ -44,6 +44,8 @@ public final class OpenAIServer: Sendable {
     public let metrics: ServerMetrics
     /// What the server runs on, for the start-up line (`cpu (16 threads, avx512), context 4096`).
     public nonisolated(unsafe) var summary = ""
+    /// The served model as Ollama's routes describe it (set by `serve` before requests arrive).
+    public nonisolated(unsafe) var modelDescription = ModelDescription()
     /// How this model writes tool calls (`--tool-parser`, else from the template; Hermes for templates without
     /// tools, which get the generic tool prompt).
     public let toolFormat: ToolCallFormat
@@ -119,6 +121,7 @@ public final class OpenAIServer: Sendable {
         }
         router.post("/v1/chat/completions") { req, ctx in try await self.chat(req, ctx) }
         router.post("/v1/completions") { req, ctx in try await self.completions(req, ctx) }
+        addOllamaRoutes(router)
         return router
     }
 

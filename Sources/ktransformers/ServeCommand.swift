@@ -4,6 +4,7 @@ import ChatTemplate
 import Dispatch
 import Engine
 import Foundation
+import Grammar
 import GGUF
 import Hummingbird
 import Logging
@@ -236,6 +237,7 @@ struct Serve: ParsableCommand {
     /// Loads the model and builds the engine and the server (on the loading thread).
     private func build(source: any TensorSource, options: LoadOptions, config: ServerConfig, responder: LoadingResponder,
                        logger: Logger) throws -> OpenAIServer {
+        let loadStarted = Date()
         let loaded = try options.load(source: source, onProgress: { responder.setProgress($0) })
         let file = loaded.file, path = file.path
         guard let tokenizer = loaded.tokenizer else {
@@ -280,9 +282,45 @@ struct Serve: ParsableCommand {
         let engine = try Engine(model: loaded.model, config: engineSettings)
         let server = OpenAIServer(engine: engine, tokenizer: tokenizer, chatTemplate: template, config: config)
         server.summary = "\(loaded.backend.summary), context \(engine.contextLength)"
+        server.modelDescription = Self.describe(file, loadSeconds: Date().timeIntervalSince(loadStarted))
         let metrics = server.metrics
         engine.stepObserver = { metrics.observeStep(seconds: $0, sequences: $1, tokens: $2) }
         return server
+    }
+}
+
+extension Serve {
+    /// What Ollama's `/api/tags`, `/api/show` and `/api/ps` report: family, parameters, quantization, size, the
+    /// scalar metadata.
+    static func describe(_ file: any TensorSource, loadSeconds: Double) -> ModelDescription {
+        var d = ModelDescription()
+        d.family = file.architecture ?? "unknown"
+        d.parameterCount = file.tensors.reduce(0) { $0 + $1.elementCount }
+        d.quantization = file["general.file_type"]?.int.flatMap(ModelDescription.fileTypeName)
+            ?? file.tensors.max { $0.byteCount < $1.byteCount }.map { "\($0.type)".uppercased() } ?? "unknown"
+        let attrs = try? FileManager.default.attributesOfItem(atPath: file.path)
+        d.sizeBytes = (attrs?[.size] as? Int) ?? file.tensors.reduce(0) { $0 + $1.byteCount }
+        d.modifiedAt = (attrs?[.modificationDate] as? Date) ?? Date()
+        // Not a content hash (that would read the whole file): a stable id of path, size and time.
+        let key = "\(file.path)|\(d.sizeBytes)|\(d.modifiedAt.timeIntervalSince1970)"
+        d.digest = (0..<4).map { seed -> String in
+            var h: UInt64 = 0xcbf2_9ce4_8422_2325 ^ UInt64(seed)
+            for b in key.utf8 { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
+            let hex = String(h, radix: 16)
+            return String(repeating: "0", count: 16 - hex.count) + hex
+        }.joined()
+        d.loadSeconds = loadSeconds
+        for k in file.metadata.keys.sorted() where !k.hasPrefix("tokenizer.") {
+            switch file.metadata[k]! {
+            case .string(let v): d.info.append((k, .string(v)))
+            case .bool(let v): d.info.append((k, .bool(v)))
+            case .float32(let v): d.info.append((k, .number(Double(v), "\(Double(v))")))
+            case .float64(let v): d.info.append((k, .number(v, "\(v)")))
+            case let v:
+                if let i = v.int { d.info.append((k, .number(Double(i), String(i)))) }
+            }
+        }
+        return d
     }
 }
 
