@@ -95,7 +95,13 @@ final class SchemaCompiler {
             [.bytes(ByteSet(range: 0xF1...0xF3)), .bytes(cont), .bytes(cont), .bytes(cont)],
             [.literal([0xF4]), .bytes(ByteSet(range: 0x80...0x8F)), .bytes(cont), .bytes(cont)],
             [.text("\\"), .bytes(ByteSet("\"\\/bfnrt".utf8))],
-            [.text("\\u"), .bytes(hex), .bytes(hex), .bytes(hex), .bytes(hex)],
+            // \uXXXX outside the surrogates, or a high surrogate followed by a low one (JSON parsers such as
+            // Foundation's refuse a lone surrogate).
+            [.text("\\u"), .bytes(ByteSet("0123456789abcABC".utf8)), .bytes(hex), .bytes(hex), .bytes(hex)],
+            [.text("\\u"), .bytes(ByteSet("dD".utf8)), .bytes(ByteSet("01234567".utf8)), .bytes(hex), .bytes(hex)],
+            [.text("\\u"), .bytes(ByteSet("eEfF".utf8)), .bytes(hex), .bytes(hex), .bytes(hex)],
+            [.text("\\u"), .bytes(ByteSet("dD".utf8)), .bytes(ByteSet("89abAB".utf8)), .bytes(hex), .bytes(hex),
+             .text("\\u"), .bytes(ByteSet("dD".utf8)), .bytes(ByteSet("cdefCDEF".utf8)), .bytes(hex), .bytes(hex)],
         ])
     }
 

@@ -52,7 +52,8 @@ final class GrammarTests: XCTestCase {
     func testStrings() throws {
         try check(#"{"type": "string"}"#,
                   valid: [#""""#, #""héllo wörld ✓ 🎉""#, #""a\"b\\c\n\u00e9""#],
-                  invalid: ["\"a\nb\"", #""\x""#, #""abc"#, "\"\u{7F}\"", "\"\\u12\""])
+                  invalid: ["\"a\nb\"", #""\x""#, #""abc"#, "\"\u{7F}\"", "\"\\u12\"", #""\ud800""#, #""\udc00x""#])
+        try check(#"{"type": "string"}"#, valid: [#""\ud83d\ude00""#, #""\uE000\u00FF""#], invalid: [#""\ud83d\u0041""#])
         try check(#"{"type": "string", "minLength": 2, "maxLength": 3}"#, valid: [#""ab""#, #""abc""#, #""é✓""#],
                   invalid: [#""a""#, #""abcd""#])
         try check(#"{"type": "string", "format": "date"}"#, valid: [#""2026-12-05""#], invalid: [#""2026-13-05""#, #""26-12-05""#])
