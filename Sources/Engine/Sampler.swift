@@ -80,6 +80,8 @@ public struct Sampler: Sendable {
     private var rng: Xoshiro256
     private var ids: [Int32] = []
     private var probs: [Float] = []
+    /// Softmax weights of the row (constrained sampling).
+    private var weights: [Float] = []
 
     public init(_ params: SamplingParams) {
         self.params = params
@@ -124,12 +126,44 @@ public struct Sampler: Sendable {
     /// the constraint allows no token at all. The row is modified.
     public mutating func sample(_ logits: UnsafeMutablePointer<Float>, count: Int, constraint: any SamplingConstraint,
                                 tries: Int = 16) -> Int32? {
-        if params.isGreedy || !params.truncates {
+        if params.isGreedy {
             for _ in 0..<tries {
-                let t = params.isGreedy ? Sampler.argmax(logits, count: count) : sample(logits, count: count)
+                let t = Sampler.argmax(logits, count: count)
                 guard logits[Int(t)] > -Float.infinity else { return nil }
                 if constraint.allows(t) { return t }
                 logits[Int(t)] = -Float.infinity
+            }
+        } else if !params.truncates {
+            // The softmax weights once; a refused token's weight leaves the total and the next draw rescans.
+            var m = -Float.infinity
+            for i in 0..<count { m = max(m, logits[i]) }
+            guard m > -Float.infinity else { return nil }
+            if weights.count < count { weights = [Float](repeating: 0, count: count) }
+            let t = params.temperature
+            var z: Double = 0
+            weights.withUnsafeMutableBufferPointer { w in
+                for i in 0..<count {
+                    let e = expf((logits[i] - m) / t)
+                    w[i] = e
+                    z += Double(e)
+                }
+            }
+            for _ in 0..<tries {
+                guard z > 0 else { return nil }
+                var r = Double(rng.next() >> 11) / Double(1 << 53) * z
+                var t = -1
+                weights.withUnsafeBufferPointer { w in
+                    for i in 0..<count where w[i] > 0 {
+                        t = i
+                        r -= Double(w[i])
+                        if r <= 0 { break }
+                    }
+                }
+                guard t >= 0 else { return nil }
+                if constraint.allows(Int32(t)) { return Int32(t) }
+                z -= Double(weights[t])
+                weights[t] = 0
+                logits[t] = -Float.infinity
             }
         }
         constraint.mask(logits, count: count)
@@ -146,16 +180,26 @@ public struct Sampler: Sendable {
         var maxLogit = -Float.infinity
         for i in 0..<count { maxLogit = max(maxLogit, logits[i]) }
         // The full softmax normalizer, so candidate probabilities are exact fractions of the whole distribution.
+        // The weights are kept, so the draw below is one pass of additions (no second exp per token).
+        if weights.count < count { weights = [Float](repeating: 0, count: count) }
         var z: Double = 0
-        for i in 0..<count { z += Double(expf((logits[i] - maxLogit) / t)) }
+        weights.withUnsafeMutableBufferPointer { w in
+            for i in 0..<count {
+                let e = expf((logits[i] - maxLogit) / t)
+                w[i] = e
+                z += Double(e)
+            }
+        }
         let uniform = Double(rng.next() >> 11) / Double(1 << 53)
         if params.topK <= 0 && params.topP >= 1 && params.minP <= 0 {
             var r = uniform * z
-            for i in 0..<count {
-                r -= Double(expf((logits[i] - maxLogit) / t))
-                if r <= 0 { return Int32(i) }
+            return weights.withUnsafeBufferPointer { w in
+                for i in 0..<count {
+                    r -= Double(w[i])
+                    if r <= 0 { return Int32(i) }
+                }
+                return Int32(count - 1)
             }
-            return Int32(count - 1)
         }
         // Take the k best by partial selection; without top-k, grow k until top-p and min-p are decided.
         var k = params.topK > 0 ? min(params.topK, count) : min(256, count)

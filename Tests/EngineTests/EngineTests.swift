@@ -135,13 +135,18 @@ final class EngineTests: XCTestCase {
         defer { e.shutdown() }
         let p = prompt(6, seed: 3)
         let free = try await alone(p, maxTokens: 6)
-        // "first" runs until the context is full (thousands of steps), so it still holds the slot when "q" comes
-        // however the threads are scheduled; it is then cancelled.
-        let first = try e.submit(EngineRequest(id: "first", promptTokens: p, maxTokens: 1_000_000))
+        // "first" holds the engine thread in its first sampling step (its constraint waits) until "q" has been
+        // refused, however the threads are scheduled; it is then cancelled.
+        var r0 = EngineRequest(id: "first", promptTokens: p, maxTokens: 1_000_000)
+        let gate = GateConstraint()
+        r0.constraint = gate
+        let first = try e.submit(r0)
+        gate.entered.wait()
         XCTAssertThrowsError(try e.submit(EngineRequest(id: "q", promptTokens: p, maxTokens: 6))) {
             guard case .overloaded = $0 as? EngineError else { return XCTFail("\($0)") }
         }
         e.abort(id: "first")
+        gate.open.signal()
         let firstEnd = await Self.collect(first).finish
         XCTAssertEqual(firstEnd, .abort)
         // Stopping on the third token's id ends there, with that token reported.
@@ -314,4 +319,23 @@ extension PrefixCacheEngineTests {
         XCTAssertGreaterThan(s.prefixCacheHitTokens, 0)
         print("1000 requests: \(s.prefixCacheHitTokens) of \(s.prefixCacheQueryTokens) prompt tokens from the cache, \(s.kvPagesCached) pages cached, \(s.kvPagesFree) free of \(s.kvPagesTotal)")
     }
+}
+
+/// A constraint that allows everything but holds the engine thread at its first check until `open` is signalled.
+final class GateConstraint: SamplingConstraint, @unchecked Sendable {
+    let entered = DispatchSemaphore(value: 0)
+    let open = DispatchSemaphore(value: 0)
+    private var first = true
+
+    func allows(_ token: Int32) -> Bool {
+        if first {
+            first = false
+            entered.signal()
+            open.wait()
+        }
+        return true
+    }
+    func mask(_ logits: UnsafeMutablePointer<Float>, count: Int) {}
+    func accept(_ token: Int32) {}
+    var isComplete: Bool { false }
 }
