@@ -47,24 +47,28 @@ final class MoEServingTests: XCTestCase {
         XCTAssertTrue(gen.stderr.contains("generation: 12 tokens"), gen.stderr)
         let generated = String(gen.stdout.dropLast())  // generate ends with a newline
 
-        // The server on a free port; stderr names the port.
+        // The server on a free port; stderr names the port. It goes to a file: a pipe nobody reads would fill up
+        // with the load progress and access log lines and block the server.
+        let logURL = dir.appendingPathComponent("serve.log")
+        FileManager.default.createFile(atPath: logURL.path, contents: nil)
+        let log = try FileHandle(forWritingTo: logURL)
+        defer { try? log.close() }
         let p = Process()
         p.executableURL = CLITests.binary
         p.arguments = ["serve", "--model", model, "--port", "0", "--threads", "2"]
-        let err = Pipe()
-        p.standardError = err
+        p.standardError = log
         p.standardOutput = FileHandle.nullDevice
         try p.run()
         defer { p.terminate(); p.waitUntilExit() }
         var port: Int?
         var seen = ""
         let deadline = Date().addingTimeInterval(60)
-        while port == nil && Date() < deadline {
-            let d = err.fileHandleForReading.availableData
-            if d.isEmpty { break }
-            seen += String(decoding: d, as: UTF8.self)
+        while port == nil && Date() < deadline && p.isRunning {
+            seen = (try? String(contentsOf: logURL, encoding: .utf8)) ?? ""
             if let r = seen.range(of: #"http://127\.0\.0\.1:(\d+)"#, options: .regularExpression) {
                 port = Int(seen[r].split(separator: ":").last!)
+            } else {
+                Thread.sleep(forTimeInterval: 0.05)
             }
         }
         let serverPort = try XCTUnwrap(port, "server did not report its port: \(seen)")
@@ -84,7 +88,7 @@ final class MoEServingTests: XCTestCase {
             ready = status == 200
             if !ready { Thread.sleep(forTimeInterval: 0.05) }
         }
-        XCTAssertTrue(ready, "server never became ready")
+        XCTAssertTrue(ready, "server never became ready: \((try? String(contentsOf: logURL, encoding: .utf8)) ?? "")")
         var req = URLRequest(url: URL(string: "http://127.0.0.1:\(serverPort)/v1/completions")!)
         req.httpMethod = "POST"
         req.setValue("application/json", forHTTPHeaderField: "Content-Type")
