@@ -46,6 +46,10 @@ public protocol ComputeBackend: AnyObject, Sendable {
     func prepareStack(_ w: WeightRef) throws -> WeightStack
     /// Runs the routed experts of the MoE layers whose expert weights this backend prepared.
     func makeExpertExecutor(nExpert: Int, dim: Int, ff: Int) -> any ExpertExecutor
+    /// An executor for routed experts that another device holds (`inner` is that device's executor): it moves the
+    /// activations, choices and weights from this backend's memory to `innerDevice`'s and the result back, in this
+    /// backend's order (and inside its captured graphs). nil: this backend cannot stage to that device.
+    func makeStagedExpertExecutor(_ inner: any ExpertExecutor, innerDevice: Device, dim: Int) -> (any ExpertExecutor)?
     /// Sizes every internal scratch buffer for the largest step in `plan` (load time; grows only).
     func reserve(_ plan: ForwardPlan)
 
@@ -124,6 +128,10 @@ extension ComputeBackend {
 
     public func launch(_ graph: any ComputeGraph) {
         preconditionFailure("\(summary) has no graphs")
+    }
+
+    public func makeStagedExpertExecutor(_ inner: any ExpertExecutor, innerDevice: Device, dim: Int) -> (any ExpertExecutor)? {
+        nil
     }
 }
 

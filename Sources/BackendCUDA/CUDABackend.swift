@@ -361,6 +361,15 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
                                owner: w.owner, device: device, storage: g)
     }
 
+    /// Routed experts held by another device (the CPU) for a model on this GPU: staged through pinned memory in
+    /// stream order (`CUDAHybridExpertExecutor`).
+    public func makeStagedExpertExecutor(_ inner: any ExpertExecutor, innerDevice: Device, dim: Int) -> (any ExpertExecutor)? {
+        innerDevice == .cpu ? CUDAHybridExpertExecutor(gpu: self, inner: inner, dim: dim) : nil
+    }
+
+    /// Scratch that captured graphs may point at has moved.
+    func noteScratchMoved() { graphEpoch += 1 }
+
     public func makeExpertExecutor(nExpert: Int, dim: Int, ff: Int) -> any ExpertExecutor {
         CUDAExpertExecutor(backend: self, dim: dim, ff: ff)
     }

@@ -43,6 +43,9 @@ public final class CUDADriver: @unchecked Sendable {
     private let cuGraphExecDestroy: @convention(c) (Handle) -> Int32
     private let cuCtxGetCurrent: @convention(c) (UnsafeMutablePointer<Handle?>) -> Int32
     private let cuGetErrorString: @convention(c) (Int32, UnsafeMutablePointer<UnsafePointer<CChar>?>) -> Int32
+    /// A host function run in stream order (and inside captured graphs, as a host node).
+    public typealias HostFunction = @convention(c) (UnsafeMutableRawPointer?) -> Void
+    private let cuLaunchHostFunc: @convention(c) (Handle?, HostFunction, UnsafeMutableRawPointer?) -> Int32
 
     /// Opens the driver and initialises it; nil with the reason when this machine has none.
     public static func load() -> Result<CUDADriver, CUDAError> {
@@ -89,6 +92,13 @@ public final class CUDADriver: @unchecked Sendable {
         cuGraphLaunch = try l.symbol("cuGraphLaunch", as: type(of: cuGraphLaunch))
         cuGraphDestroy = try l.symbol("cuGraphDestroy", as: type(of: cuGraphDestroy))
         cuGraphExecDestroy = try l.symbol("cuGraphExecDestroy", as: type(of: cuGraphExecDestroy))
+        cuLaunchHostFunc = try l.symbol("cuLaunchHostFunc", as: type(of: cuLaunchHostFunc))
+    }
+
+    /// Runs `function(data)` on a driver thread once the stream's earlier work is done; later work waits for it.
+    /// The function must not call CUDA.
+    public func launchHostFunction(_ function: HostFunction, data: UnsafeMutableRawPointer?, stream: Handle?) throws {
+        try check(cuLaunchHostFunc(stream, function, data), "cuLaunchHostFunc")
     }
 
     func check(_ r: Int32, _ call: String) throws {

@@ -133,13 +133,16 @@ public struct TensorLoader {
     /// The executor of the routed experts of layer `layer` (one per device, shared by the layers placed there).
     func expertExecutor(layer: Int, nExpert: Int, dim: Int, ff: Int) throws -> any ExpertExecutor {
         let b = try backend(for: "blk.\(layer).ffn_gate_exps.weight")
-        // An executor reads the model backend's tensors: experts on another device (the hybrid CPU-experts path)
-        // need one that stages them across, which does not exist yet.
-        guard b.device == backend.device else {
-            throw ModelError("\(file.path): placement puts the routed experts of layer \(layer) on \(b.device) while the model runs on \(backend.device); experts on another device than the model (the hybrid path) are not supported yet")
-        }
         if let e = executors.byDevice[b.device] { return e }
-        let e = b.makeExpertExecutor(nExpert: nExpert, dim: dim, ff: ff)
+        var e = b.makeExpertExecutor(nExpert: nExpert, dim: dim, ff: ff)
+        if b.device != backend.device {
+            // Experts on another device than the model (the hybrid path: routed experts on the CPU, the rest on
+            // the GPU): the model's backend stages the activations across and the result back.
+            guard let staged = backend.makeStagedExpertExecutor(e, innerDevice: b.device, dim: dim) else {
+                throw ModelError("\(file.path): placement puts the routed experts of layer \(layer) on \(b.device) while the model runs on \(backend.device), and \(backend.device) cannot stage experts to \(b.device)")
+            }
+            e = staged
+        }
         executors.byDevice[b.device] = e
         return e
     }

@@ -6,7 +6,9 @@
 // the "CUBIN" is the path of the resulting shared object. A launch runs the grid's blocks one after another on
 // the calling thread, each block's threads as fibers (ucontext) that switch at __syncthreads() and at the warp
 // shuffles, so the kernels' synchronisation is exercised as written. Streams are synchronous; graph capture
-// records launches (with copies of their arguments) and replays them. Only correctness is emulated, not speed.
+// records launches (with copies of their arguments), copies to and from pinned host memory (copies with pageable
+// memory are refused, as CUDA refuses them) and host functions, and replays them in order. Only correctness is
+// emulated, not speed.
 #include <ucontext.h>
 #include <dlfcn.h>
 #include <sys/stat.h>
@@ -23,6 +25,7 @@
 #include <sstream>
 #include <string>
 #include <vector>
+#include <map>
 
 #ifndef EMU_PRELUDE
 #error "build with -DEMU_PRELUDE=\"/path/emu_prelude.h\""
@@ -214,12 +217,30 @@ void launch(Function* f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, uns
             }
 }
 
+typedef void (*HostFn)(void*);
+// A node of a captured graph: a kernel launch, an asynchronous copy (between device memory and pinned host
+// memory, as CUDA allows in a capture) or a host function.
 struct Launch {
-    Function* f;
-    unsigned g[3], b[3], shared;
+    enum Kind { KERNEL, COPY, HOST } kind = KERNEL;
+    Function* f = nullptr;
+    unsigned g[3] = {}, b[3] = {}, shared = 0;
     std::vector<std::vector<char>> args;
+    void* dst = nullptr;
+    const void* src = nullptr;
+    size_t bytes = 0;
+    HostFn fn = nullptr;
+    void* data = nullptr;
 };
 struct Graph { std::vector<Launch> launches; };
+// Pinned host allocations (cuMemAllocHost): only these may be copied to or from inside a capture.
+std::map<uintptr_t, size_t> pinned;
+bool isPinned(const void* p, size_t n) {
+    uintptr_t a = (uintptr_t)p;
+    auto it = pinned.upper_bound(a);
+    if (it == pinned.begin()) return false;
+    --it;
+    return a >= it->first && a + n <= it->first + it->second;
+}
 bool capturing = false;
 Graph* captureGraph = nullptr;
 
@@ -272,12 +293,33 @@ int cuMemAlloc_v2(uint64_t* p, size_t bytes) {
     return 0;
 }
 int cuMemFree_v2(uint64_t p) { free((void*)(uintptr_t)p); return 0; }
-int cuMemAllocHost_v2(void** p, size_t bytes) { *p = aligned_alloc(256, (bytes + 255) / 256 * 256); return *p ? 0 : 2; }
-int cuMemFreeHost(void* p) { free(p); return 0; }
+int cuMemAllocHost_v2(void** p, size_t bytes) {
+    *p = aligned_alloc(256, (bytes + 255) / 256 * 256);
+    if (!*p) return 2;
+    pinned[(uintptr_t)*p] = bytes;
+    return 0;
+}
+int cuMemFreeHost(void* p) { pinned.erase((uintptr_t)p); free(p); return 0; }
 int cuMemcpyHtoD_v2(uint64_t d, const void* s, size_t n) { memcpy((void*)(uintptr_t)d, s, n); return 0; }
 int cuMemcpyDtoH_v2(void* d, uint64_t s, size_t n) { memcpy(d, (void*)(uintptr_t)s, n); return 0; }
-int cuMemcpyHtoDAsync_v2(uint64_t d, const void* s, size_t n, void*) { return capturing ? 900 : cuMemcpyHtoD_v2(d, s, n); }
-int cuMemcpyDtoHAsync_v2(void* d, uint64_t s, size_t n, void*) { return capturing ? 900 : cuMemcpyDtoH_v2(d, s, n); }
+// Inside a capture, a copy from or to pageable host memory is refused (CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED);
+// one with pinned memory becomes a copy node.
+static int captureCopy(void* d, const void* s, size_t n, const void* host) {
+    if (!isPinned(host, n)) return 900;
+    Launch l;
+    l.kind = Launch::COPY;
+    l.dst = d;
+    l.src = s;
+    l.bytes = n;
+    captureGraph->launches.push_back(std::move(l));
+    return 0;
+}
+int cuMemcpyHtoDAsync_v2(uint64_t d, const void* s, size_t n, void*) {
+    return capturing ? captureCopy((void*)(uintptr_t)d, s, n, s) : cuMemcpyHtoD_v2(d, s, n);
+}
+int cuMemcpyDtoHAsync_v2(void* d, uint64_t s, size_t n, void*) {
+    return capturing ? captureCopy(d, (const void*)(uintptr_t)s, n, d) : cuMemcpyDtoH_v2(d, s, n);
+}
 int cuMemcpyDtoDAsync_v2(uint64_t d, uint64_t s, size_t n, void*) { memmove((void*)(uintptr_t)d, (void*)(uintptr_t)s, n); return 0; }
 int cuMemsetD32Async(uint64_t d, unsigned v, size_t n, void*) {
     unsigned* p = (unsigned*)(uintptr_t)d;
@@ -322,7 +364,11 @@ int cuLaunchKernel(void* fn, unsigned gx, unsigned gy, unsigned gz, unsigned bx,
                    unsigned shared, void*, void** args, void**) {
     Function* f = (Function*)fn;
     if (capturing) {
-        Launch l{f, {gx, gy, gz}, {bx, by, bz}, shared, {}};
+        Launch l;
+        l.f = f;
+        l.g[0] = gx; l.g[1] = gy; l.g[2] = gz;
+        l.b[0] = bx; l.b[1] = by; l.b[2] = bz;
+        l.shared = shared;
         size_t sizes[64];
         int n = f->argSizes(sizes);
         for (int i = 0; i < n; i++) l.args.emplace_back((char*)args[i], (char*)args[i] + sizes[i]);
@@ -339,14 +385,26 @@ int cuGraphDestroy(void* g) { delete (Graph*)g; return 0; }
 int cuGraphExecDestroy(void* g) { delete (Graph*)g; return 0; }
 int cuGraphLaunch(void* exec, void*) {
     for (auto& l : ((Graph*)exec)->launches) {
+        if (l.kind == Launch::COPY) { memcpy(l.dst, l.src, l.bytes); continue; }
+        if (l.kind == Launch::HOST) { l.fn(l.data); continue; }
         std::vector<void*> ptrs;
         for (auto& a : l.args) ptrs.push_back(a.data());
         launch(l.f, l.g[0], l.g[1], l.g[2], l.b[0], l.b[1], l.b[2], l.shared, ptrs.data());
     }
     return 0;
 }
-typedef void (*HostFn)(void*);
-int cuLaunchHostFunc(void*, HostFn fn, void* data) { fn(data); return 0; }
+int cuLaunchHostFunc(void*, HostFn fn, void* data) {
+    if (capturing) {
+        Launch l;
+        l.kind = Launch::HOST;
+        l.fn = fn;
+        l.data = data;
+        captureGraph->launches.push_back(std::move(l));
+        return 0;
+    }
+    fn(data);
+    return 0;
+}
 
 // MARK: NVRTC
 struct Program { std::string source, name, log, image; };

@@ -1,4 +1,5 @@
 import Backend
+import Engine
 import BackendCUDA
 import GGUF
 import Models
@@ -8,7 +9,7 @@ import XCTest
 /// logits against its float64 reference at the same tolerance, one pass = chunked = token by token, and a batch of
 /// two sequences = each alone. Runs on a GPU, or on the CUDA emulator (scripts/test.sh sets it up:
 /// KTRANSFORMERS_CUDA_DRIVER / KTRANSFORMERS_NVRTC, see docs/testing.md); skipped, visibly, where neither is.
-final class CUDAGoldenLogitsTests: GoldenLogitsTests {
+class CUDAGoldenLogitsTests: GoldenLogitsTests {
     /// One backend for every test (its stream and compiled kernels); nil when there is no CUDA here.
     nonisolated(unsafe) static var shared: Result<CUDABackend?, Error>?
 
@@ -79,15 +80,44 @@ final class CUDAGoldenLogitsTests: GoldenLogitsTests {
         }
     }
 
-    /// Routed experts on the CPU while the model runs on the GPU (the hybrid path) is refused at load with the
-    /// reason, not run with device pointers handed to CPU kernels.
-    func testExpertsOnAnotherDeviceAreRefusedAtLoad() throws {
+}
+
+/// Every golden-logits test once more with KTransformers' hybrid placement: routed experts on CPU threads (straight
+/// from the GGUF weights), everything else on the GPU, the two joined through pinned staging and host functions in
+/// stream order (`CUDAHybridExpertExecutor`). Dense fixtures have no experts and run all on the GPU. The inherited
+/// tests check each architecture against its float64 reference, chunked = one pass = token by token, batched =
+/// alone, and decode steps replayed as CUDA graphs (host nodes included) = the same steps op by op.
+final class CUDAHybridGoldenLogitsTests: CUDAGoldenLogitsTests {
+    static let hybrid = "blk.*.ffn_*_exps.weight=cpu"
+
+    override func load(_ name: String) throws -> LanguageModel {
         let gpu = try Self.makeBackend()
-        let placement = try Placement(main: gpu.device, parsing: "blk.*.ffn_*_exps.weight=cpu")
-        XCTAssertThrowsError(try ModelRegistry.load(GGUFFile(path: TinyModels.path("qwen3moe", "gguf")), backend: gpu,
-                                                    backends: [.cpu: CPUBackend(pool: TinyModels.pool)],
-                                                    placement: placement)) { error in
-            XCTAssertTrue("\(error)".contains("the hybrid path) are not supported yet"), "\(error)")
+        return try ModelRegistry.load(GGUFFile(path: TinyModels.path(name, "gguf")), backend: gpu,
+                                      backends: [.cpu: CPUBackend(pool: TinyModels.pool)],
+                                      placement: try Placement(main: gpu.device, parsing: Self.hybrid))
+    }
+
+    /// The hybrid path's logits equal the all-CPU path's within float tolerance, with the same argmax everywhere.
+    func testHybridLogitsEqualTheAllCPUPath() throws {
+        for name in ["qwen3moe", "qwen3moe-q8_0", "mixtral", "qwen2moe", "deepseek2", "deepseek2-v3"] {
+            let cpu = try TinyModels.load(name)
+            let tokens = try TinyModels.reference(name).tokens
+            let vocab = cpu.info.vocabSize, n = tokens.count
+            let cpuRun = try Generator(model: cpu)   // the logits live in the generator's buffer
+            let (lc, rc) = try cpuRun.forward(tokens, start: 0, logits: .all)
+            let all = Array(UnsafeBufferPointer(start: lc, count: rc * vocab))
+            let hybrid = try load(name)
+            let hybridRun = try Generator(model: hybrid)
+            let (lh, rh) = try hybridRun.forward(tokens, start: 0, logits: .all)
+            XCTAssertEqual(rh, n)
+            let scale = all.reduce(0) { max($0, abs($1)) }
+            let err = all.withUnsafeBufferPointer { maxAbsDiff(lh, $0.baseAddress!, n * vocab) }
+            print(String(format: "%@: hybrid vs all-CPU max |diff| %.3g (max |logit| %.3g)", name, err, scale))
+            XCTAssertLessThanOrEqual(err, 1e-5 * scale, "\(name): hybrid logits differ from the all-CPU path")
+            for p in 0..<n {
+                XCTAssertEqual(Sampler.argmax(lh + p * vocab, count: vocab), Sampler.argmax(lc + p * vocab, count: vocab),
+                               "\(name): argmax differs at position \(p)")
+            }
         }
     }
 }
