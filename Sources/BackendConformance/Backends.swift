@@ -23,5 +23,6 @@ extension BackendConformance {
         ("attention", { $0.checkAttention() }),
         ("moeSelect", { $0.checkMoESelect() }),
         ("expertExecutor", { try $0.checkExpertExecutor() }),
+        ("stagedExpertExecutor", { try $0.checkStagedExpertExecutor() }),
     ]
 }

@@ -756,6 +756,28 @@ public struct BackendConformance {
     /// batch of 16 has the bits of that token alone. Expert 3 is chosen by 12 of the 16 tokens (the CPU backend's
     /// tiled path for an expert with many rows).
     public func checkExpertExecutor() throws {
+        try expertExecutorCases(label: "expert executor", prepare: { try backend.prepareStack($0) }) { n, d, f in
+            backend.makeExpertExecutor(nExpert: n, dim: d, ff: f)
+        }
+    }
+
+    /// The same with the expert weights on the CPU and the rest in this backend's memory (the hybrid path: the
+    /// backend stages activations to the CPU executor and the result back, `makeStagedExpertExecutor`). Backends
+    /// that need no staging (the CPU) skip it with a note.
+    public func checkStagedExpertExecutor() throws {
+        let cpu = CPUBackend(threads: 2)
+        guard backend.device != .cpu,
+              backend.makeStagedExpertExecutor(cpu.makeExpertExecutor(nExpert: 1, dim: 32, ff: 32), innerDevice: .cpu, dim: 32) != nil else {
+            print("[\(name)] staged expert executor: not applicable (the experts are already in this backend's memory)")
+            return
+        }
+        try expertExecutorCases(label: "staged expert executor (experts on cpu)", prepare: { try cpu.prepareStack($0) }) { n, d, f in
+            backend.makeStagedExpertExecutor(cpu.makeExpertExecutor(nExpert: n, dim: d, ff: f), innerDevice: .cpu, dim: d)!
+        }
+    }
+
+    func expertExecutorCases(label: String, prepare: (WeightRef) throws -> WeightStack,
+                             make: (_ nExpert: Int, _ dim: Int, _ ff: Int) -> any ExpertExecutor) throws {
         let b = backend
         var rng = SplitMix64(seed: 11)
         let nExpert = 8, maxN = 16
@@ -769,9 +791,8 @@ public struct BackendConformance {
             let gateH = try Host.weight(type, name: "blk.1.ffn_gate_exps.weight", rows: ff, cols: dim, count: nExpert, rng: &rng)
             let upH = try Host.weight(type, name: "blk.1.ffn_up_exps.weight", rows: ff, cols: dim, count: nExpert, rng: &rng)
             let downH = try Host.weight(type, name: "blk.1.ffn_down_exps.weight", rows: dim, cols: ff, count: nExpert, rng: &rng)
-            let experts = ExpertWeights(gate: try b.prepareStack(gateH.ref), up: try b.prepareStack(upH.ref),
-                                        down: try b.prepareStack(downH.ref))
-            let executor = b.makeExpertExecutor(nExpert: nExpert, dim: dim, ff: ff)
+            let experts = ExpertWeights(gate: try prepare(gateH.ref), up: try prepare(upH.ref), down: try prepare(downH.ref))
+            let executor = make(nExpert, dim, ff)
             executor.reserve(maxTokens: maxN, topK: topK)
 
             let x = rng.normals(maxN * dim, scale: 0.1)
@@ -828,11 +849,11 @@ public struct BackendConformance {
                 let got = (0..<n * dim).map { all[$0] - out0[$0] }
                 worst = max(worst, nmse(got, Array(added[0..<n * dim])))
                 Expect.equal(Array(all[n * dim..<maxN * dim]), Array(out0[n * dim..<maxN * dim]),
-                               "[\(name)] expert executor \(type) n=\(n): changed rows after n")
-                expectUntouched(all, maxN * dim..<(maxN + 1) * dim, "expert executor \(type)")
+                               "[\(name)] \(label) \(type) n=\(n): changed rows after n")
+                expectUntouched(all, maxN * dim..<(maxN + 1) * dim, "\(label) \(type)")
                 if n == maxN { batched = Array(all[0..<maxN * dim]) }
             }
-            expect("expert executor \(type) dim \(dim) ff \(ff) top-\(topK) (added part)", worst: worst, bound: bound)
+            expect("\(label) \(type) dim \(dim) ff \(ff) top-\(topK) (added part)", worst: worst, bound: bound)
 
             // Batch invariance: each token alone has the bits it has in the batch of 16.
             let single = b.allocate(dim)
@@ -842,7 +863,7 @@ public struct BackendConformance {
                 executor.wait(weights: wt.offset(t * topK), accumulateInto: single, n: 1)
                 let alone = b.floats(single, dim)
                 if let i = firstBitDifference(alone, Array(batched[t * dim..<(t + 1) * dim])) {
-                    Expect.fail("[\(name)] expert executor \(type): token \(t) alone gives \(alone[i]) at \(i), "
+                    Expect.fail("[\(name)] \(label) \(type): token \(t) alone gives \(alone[i]) at \(i), "
                             + "\(batched[t * dim + i]) in a batch of 16 (batch invariance)")
                     break
                 }

@@ -27,7 +27,7 @@ final class BackendConformanceTests: XCTestCase {
     }
 
     func testEveryCheckIsListed() {
-        XCTAssertEqual(BackendConformance.checks.count, 11)
+        XCTAssertEqual(BackendConformance.checks.count, 12)
     }
 
     func testMemory() throws { try run("memory") }
@@ -41,4 +41,5 @@ final class BackendConformanceTests: XCTestCase {
     func testPagedAttention() throws { try run("attention") }
     func testMoESelect() throws { try run("moeSelect") }
     func testExpertExecutor() throws { try run("expertExecutor") }
+    func testStagedExpertExecutor() throws { try run("stagedExpertExecutor") }
 }
