@@ -30,6 +30,8 @@ struct Bench: ParsableCommand {
     @Flag(name: .customLong("no-cuda-graphs"), help: "Run every step op by op instead of replaying decode steps as CUDA graphs.")
     var noCudaGraphs = false
 
+    @OptionGroup var placementOptions: PlacementOptions
+
     @Option(name: [.customShort("r"), .long], help: "Repetitions of each test.")
     var repetitions: Int = 5
 
@@ -79,7 +81,8 @@ struct Bench: ParsableCommand {
         if moe { return try runMoE() }
         let ctx = max(nPrompt, nGen)
         let seqs = max(batch, 1)
-        let loaded = try LoadOptions(model: model, threads: threads, device: device, cudaGraphs: !noCudaGraphs,
+        let loaded = try LoadOptions(model: model, threads: threads, placement: placementOptions.spec, device: device,
+                                     cudaGraphs: !noCudaGraphs,
                                      limits: RunLimits(maxTokens: max(chunkSize, seqs), maxSequences: seqs, maxLogitsRows: seqs,
                                                        contextLength: ctx)).load()
         let lm = loaded.model, pool = loaded.cpu.pool

@@ -17,8 +17,8 @@ struct LoadOptions {
     var threads: Int?
     /// Context length of this run (nil: the model's, at most 4096).
     var contextLength: Int?
-    /// `PATTERN=DEVICE` rules deciding which device's backend prepares each weight (nil: all on the main device).
-    var placement: String?
+    /// Which device's backend prepares each weight (`--placement`, `--cpu-moe`, `--n-cpu-moe`).
+    var placement = PlacementSpec()
     /// The main device, which runs the model: `cpu`, `cuda`, `cuda:N` (nil: cpu).
     var device: String?
     /// Replay decode steps as CUDA graphs (`--no-cuda-graphs` turns it off).
@@ -77,11 +77,16 @@ struct LoadOptions {
             }
         }
         let backend = backends[main]!
-        let rules: Placement
-        do {
-            rules = try placement.map { try Placement(main: main, parsing: $0) } ?? Placement(main: main)
-        } catch let e as BackendError {
-            throw CLIError("--placement: \(e.description)")
+        let rules = try placement.placement(main: main, file: file)
+        if main != .cpu {
+            // Bytes of weights per device, as the rules put them.
+            var bytes: [Device: Int] = [:]
+            for t in file.tensors { bytes[rules.device(for: t.name), default: 0] += t.byteCount }
+            let list = bytes.sorted { $0.key.description < $1.key.description }.map { d, b in
+                b >= 1 << 30 ? String(format: "%@ %.2f GiB", d.description, Double(b) / 1_073_741_824)
+                    : String(format: "%@ %.1f MiB", d.description, Double(b) / 1_048_576)
+            }
+            Output.err("placement (\(rules)): \(list.joined(separator: ", "))\n")
         }
         let started = Date()
         let bar = ProgressPrinter(what: "loading \((file.path as NSString).lastPathComponent) on \(main)")
@@ -119,8 +124,7 @@ struct ModelOptions: ParsableArguments {
     @Option(name: .customLong("ctx-size"), help: "Context length for this run (default: the model's, at most 4096).")
     var contextSize: Int?
 
-    @Option(name: .long, help: "Which device holds which weights: comma-separated PATTERN=DEVICE rules over GGUF tensor names, first match wins, the rest on the main device (default: all on the main device).")
-    var placement: String?
+    @OptionGroup var placementOptions: PlacementOptions
 
     @Option(name: .long, help: "The device that runs the model: cpu, cuda or cuda:N (default: cpu).")
     var device: String?
@@ -134,7 +138,7 @@ struct ModelOptions: ParsableArguments {
     }
 
     var loadOptions: LoadOptions {
-        LoadOptions(model: model, threads: threads, contextLength: contextSize, placement: placement, device: device,
+        LoadOptions(model: model, threads: threads, contextLength: contextSize, placement: placementOptions.spec, device: device,
                     cudaGraphs: !noCudaGraphs)
     }
 

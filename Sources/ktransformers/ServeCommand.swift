@@ -43,8 +43,7 @@ struct Serve: ParsableCommand {
     @Option(name: [.customShort("t"), .long], help: "Compute threads (default: physical cores).")
     var threads: Int?
 
-    @Option(name: .long, help: "Which device holds which weights: comma-separated PATTERN=DEVICE rules over GGUF tensor names, first match wins, the rest on the main device (default: all on the main device).")
-    var placement: String?
+    @OptionGroup var placementOptions: PlacementOptions
 
     @Option(name: .long, help: "The device that runs the model: cpu, cuda or cuda:N (default: cpu). On a GPU the KV cache (--kv-cache-tokens) is in GPU memory.")
     var device: String?
@@ -188,7 +187,7 @@ struct Serve: ParsableCommand {
         let logger = log
 
         // The port is bound before the weights are loaded: /health says "loading" (503) until the server is ready.
-        let options = LoadOptions(model: model, threads: threads, contextLength: contextSize, placement: placement,
+        let options = LoadOptions(model: model, threads: threads, contextLength: contextSize, placement: placementOptions.spec,
                                   device: device, cudaGraphs: !noCudaGraphs)
         let source = try options.openSource()
         let config = serverConfig(fileName: (source.path as NSString).lastPathComponent)
