@@ -123,6 +123,32 @@ final class CLITests: XCTestCase {
                            contains: "tensor 'token_embd.weight' has unknown ggml type 77")
     }
 
+    /// A YAML placement rules file: bad rules are errors naming the file and line; a valid one loads (on the CPU
+    /// every tensor is on the CPU anyway, so the rules change nothing there).
+    func testPlacementRulesFileErrorsNameTheLine() throws {
+        let model = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+            .appendingPathComponent("../ModelTests/Fixtures/qwen3moe.gguf").standardized.path
+        let cases: [(String, String)] = [
+            ("- match: \"blk.*.ffn_*_exps.*\"\n  devise: cpu\n", "rules.yaml:2: unknown key 'devise'"),
+            ("- match: \"blk.*\"\n  device: tpu\n", "rules.yaml:2: unknown device 'tpu'"),
+            ("- device: cpu\n", "rules.yaml:1: the rule has no 'match' glob"),
+            ("rules: 5\n", "rules.yaml:1: expected a list of rules"),
+            ("- [unclosed\n", "rules.yaml: not valid YAML"),
+        ]
+        for (text, message) in cases {
+            let f = tmp.appendingPathComponent("rules.yaml")
+            try Data(text.utf8).write(to: f)
+            assertCleanFailure(try run(["logits", "--model", model, "--tokens", "1 2", "--placement", f.path]), contains: message)
+        }
+        let good = tmp.appendingPathComponent("good.yaml")
+        try Data("rules:\n  - match: \"blk.*.ffn_*_exps.*\"\n    device: cpu\n    name: experts\n".utf8).write(to: good)
+        let r = try run(["logits", "--model", model, "--tokens", "1 2", "--placement", good.path])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        let flags = try run(["logits", "--model", model, "--tokens", "1 2", "--cpu-moe", "--n-cpu-moe", "1"])
+        XCTAssertNotEqual(flags.status, 0)
+        XCTAssertTrue(flags.stderr.contains("cannot be combined"), flags.stderr)
+    }
+
     func testKnownButUnsupportedQuantTypeAndArchitectureAreNamed() throws {
         var w = GGUFWriter()
         w.set("general.architecture", .string("llama"))
