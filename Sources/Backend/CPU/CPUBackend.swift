@@ -13,7 +13,7 @@ public final class CPUBackend: ComputeBackend, @unchecked Sendable {
     // `prepare` / `reserve` run at load, before any forward pass.
     public let pool: ThreadPool
     public var device: Device { .cpu }
-    public var summary: String { "cpu (\(pool.threadCount) threads, \(KernelDispatch.isa))" }
+    public var summary: String { "cpu (\(pool.threadCount) threads\(pool.pinned ? " pinned to cores" : ""), \(KernelDispatch.isa))" }
     private let memory = HostBuffers()
     private var scratch: MatmulScratch
     private var attentionScratch: ThreadScratch

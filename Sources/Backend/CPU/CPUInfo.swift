@@ -1,3 +1,4 @@
+import CSIMD
 import Foundation
 
 /// Facts about the host CPU that pick defaults (thread count) and, later, kernels.
@@ -18,6 +19,31 @@ public enum CPUInfo {
         return cores.isEmpty ? logical : min(cores.count, logical)
         #else
         return logical
+        #endif
+    }()
+
+    /// One logical CPU per physical core, among the CPUs this process may run on (its affinity mask: a container
+    /// may allow fewer than the machine has), cores of socket 0 first: where the thread pool pins its workers.
+    /// Empty where the topology cannot be read (the pool then does not pin).
+    public static let coreCPUs: [Int] = {
+        #if os(Linux)
+        var allowed = [Int32](repeating: 0, count: 4096)
+        let n = Int(csimd_allowed_cpus(&allowed, Int32(allowed.count)))
+        guard n > 0 else { return [] }
+        var seen = Set<String>()
+        var out: [(socket: Int, cpu: Int)] = []
+        for cpu in allowed.prefix(n).map(Int.init) {
+            let base = "/sys/devices/system/cpu/cpu\(cpu)/topology/"
+            guard let core = try? String(contentsOfFile: base + "core_id", encoding: .utf8),
+                  let socket = try? String(contentsOfFile: base + "physical_package_id", encoding: .utf8) else { continue }
+            let s = socket.trimmingCharacters(in: .whitespacesAndNewlines)
+            if seen.insert(s + "/" + core.trimmingCharacters(in: .whitespacesAndNewlines)).inserted {
+                out.append((Int(s) ?? 0, cpu))
+            }
+        }
+        return out.sorted { ($0.socket, $0.cpu) < ($1.socket, $1.cpu) }.map(\.cpu)
+        #else
+        return []
         #endif
     }()
 }

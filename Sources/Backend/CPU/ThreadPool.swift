@@ -4,6 +4,8 @@ import Glibc
 import Darwin
 #endif
 import Atomics
+import CSIMD
+import Foundation
 
 /// A persistent pool of worker threads for data-parallel loops.
 ///
@@ -16,10 +18,20 @@ public final class ThreadPool: @unchecked Sendable {
     private let state: PoolState
     private var workers: [pthread_t] = []
 
+    /// Whether the workers are pinned to cores (`ThreadPool.pinning`).
+    public private(set) var pinned = false
+
+    /// Pin worker i to the i-th physical core (`CPUInfo.coreCPUs`) when the pool has no more threads than there
+    /// are cores: spinning workers then stay on their core and its caches. `KTRANSFORMERS_PIN_THREADS=0` turns it
+    /// off. The calling thread (thread 0) is not pinned: it belongs to the caller.
+    public static let pinning: Bool = ProcessInfo.processInfo.environment["KTRANSFORMERS_PIN_THREADS"] != "0"
+
     /// - Parameter threads: total threads including the caller (at least 1).
     public init(threads: Int) {
         threadCount = max(1, threads)
         state = PoolState(workerCount: threadCount - 1)
+        let cores = CPUInfo.coreCPUs
+        let pin = ThreadPool.pinning && threadCount > 1 && threadCount <= cores.count
         for i in 1..<threadCount {
             // Each worker owns a strong reference to the shared state, never to the pool itself.
             let ctx = Unmanaged.passRetained(WorkerContext(state: state, index: i)).toOpaque()
@@ -31,6 +43,7 @@ public final class ThreadPool: @unchecked Sendable {
             }, ctx)
             precondition(rc == 0, "pthread_create failed: \(rc)")
             workers.append(t)
+            if pin && csimd_pin_thread(UInt(t), Int32(cores[i])) == 0 { pinned = true }
         }
     }
 

@@ -31,6 +31,11 @@ enum {
 /// Always 0 on non-x86 targets.
 uint32_t csimd_cpu_features(void);
 
+/// The CPUs this process may run on (its affinity mask), ascending, at most `max`; -1 where unknown.
+int csimd_allowed_cpus(int *out, int max);
+/// Pins a thread (a pthread_t) to one CPU; 0 on success.
+int csimd_pin_thread(unsigned long thread, int cpu);
+
 #if (defined(__x86_64__) || defined(__i386__)) && defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #include <immintrin.h>
 
