@@ -5,7 +5,10 @@ device and compares the logits with the fixture's reference (PyTorch / NumPy flo
 Bounds (issue 12): float models max |error| <= 1e-2 of the logits' max |value| and the argmax at every position;
 q8_0 models argmax agreement >= 95%. Prints one line per model and exits non-zero if any fails.
 
-    scripts/check-tiny-models.py BIN [--device cuda] [--fixtures DIR]
+    scripts/check-tiny-models.py BIN [--device cuda] [--fixtures DIR] [-- EXTRA FLAGS]
+
+Flags after `--` go to every `logits` run (e.g. `--n-cpu-moe 0` for all experts on the GPU; the default with
+`--device cuda` is the hybrid placement, routed experts on the CPU).
 """
 import argparse, glob, json, os, subprocess, sys
 
@@ -13,7 +16,9 @@ ap = argparse.ArgumentParser()
 ap.add_argument("bin")
 ap.add_argument("--device", default="cpu")
 ap.add_argument("--fixtures", default=os.path.join(os.path.dirname(__file__), "..", "Tests", "ModelTests", "Fixtures"))
-args = ap.parse_args()
+argv = sys.argv[1:]
+extra = argv[argv.index("--") + 1:] if "--" in argv else []
+args = ap.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
 
 failed = 0
 for gguf in sorted(glob.glob(os.path.join(args.fixtures, "*.gguf"))):
@@ -24,7 +29,7 @@ for gguf in sorted(glob.glob(os.path.join(args.fixtures, "*.gguf"))):
     tokens = ref["tokens"]
     name = os.path.basename(gguf)
     p = subprocess.run([args.bin, "logits", "--model", gguf, "--device", args.device, "--tokens",
-                        ",".join(map(str, tokens))], capture_output=True, text=True)
+                        ",".join(map(str, tokens))] + extra, capture_output=True, text=True)
     if p.returncode != 0:
         print(f"{name}: FAILED to run: {p.stderr.strip()[-400:]}")
         failed += 1

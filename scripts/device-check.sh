@@ -9,7 +9,7 @@
 #         gemma-3-270m-q4_k_m.gguf (the default model, for the reference comparison).
 # There:  bash scripts/device-check.sh [stage ...]    # results under $OUT (or ./device-out)
 #
-# Stages (all by default): probe, conformance, tiny, gemma, bench, baseline. Each writes its lines to
+# Stages (all by default): probe, conformance, tiny, gemma, bench, baseline, hybrid. Each writes its lines to
 # $OUT/summary.md and its details to $OUT/log.txt; exits non-zero if a correctness stage fails.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -19,7 +19,7 @@ summary=$out/summary.md
 log=$out/log.txt
 bin=.device-carry/ktransformers
 if [ ! -x "$bin" ]; then xz -dkf "$bin.xz"; chmod +x "$bin"; fi
-stages=${*:-probe conformance tiny gemma bench baseline}
+stages=${*:-probe conformance tiny gemma bench baseline hybrid}
 threads=$(nproc)
 status=0
 say() { echo "$*" | tee -a "$summary"; }
@@ -48,7 +48,10 @@ fi
 
 if has tiny; then
   say "## tiny models vs PyTorch references"
+  say "(hybrid placement: MoE models' routed experts on the CPU, the default on cuda)"
   python3 scripts/check-tiny-models.py "$bin" --device cuda >>"$summary" 2>&1 || status=1
+  say "(all on the GPU: --n-cpu-moe 0)"
+  python3 scripts/check-tiny-models.py "$bin" --device cuda -- --n-cpu-moe 0 >>"$summary" 2>&1 || status=1
   # Batched greedy decoding equals solo decoding on the GPU.
   python3 scripts/check-batched.py "$bin" --device cuda >>"$summary" 2>&1 || status=1
 fi
@@ -105,6 +108,31 @@ if has baseline && [ -d .baseline/llama.cpp ]; then
   if [ -n "${MOE:-}" ]; then
     make_model qwen3-30b-a3b /tmp/qwen3-30b-a3b.gguf
     "$lb/llama-bench" -m /tmp/qwen3-30b-a3b.gguf -ngl 99 -fa 1 -p 512 -n 128 -r 3 2>>"$log" | tee -a "$summary"
+  fi
+fi
+if has hybrid; then
+  # Issue 13: Qwen3-30B-A3B-shaped, Q4_K, 16 threads: hybrid (experts on the CPU) against llama.cpp's
+  # -ngl 99 -ot exps=CPU, same file, same sitting; plus our CPU-only and all-on-GPU rows.
+  say "## hybrid MoE (Qwen3-30B-A3B shape), $(date -u +%FT%TZ), $threads threads"
+  make_model qwen3-30b-a3b /tmp/qwen3-30b-a3b.gguf
+  m=/tmp/qwen3-30b-a3b.gguf
+  "$bin" bench --model $m --device cuda -t $threads -p 512 -n 128 -r 3 2>>"$log" | tail -2 | sed 's/$/ (hybrid)/' | tee -a "$summary"
+  "$bin" bench --model $m --device cuda -t $threads -p 4096 -n 0 -r 1 --chunk-size 4096 2>>"$log" | tail -1 | sed 's/$/ (hybrid)/' | tee -a "$summary"
+  for b in 4 8; do
+    "$bin" bench --model $m --device cuda -t $threads -p 0 -n 64 -b $b -r 2 2>>"$log" | tail -1 | sed 's/$/ (hybrid)/' | tee -a "$summary"
+  done
+  "$bin" bench --model $m --device cuda -t $threads -p 0 -n 128 -r 2 --no-cuda-graphs 2>>"$log" | tail -1 | sed 's/$/ (hybrid, graphs off)/' | tee -a "$summary"
+  "$bin" bench --model $m --device cpu -t $threads -p 512 -n 128 -r 3 2>>"$log" | tail -2 | sed 's/$/ (cpu only)/' | tee -a "$summary"
+  for t in 1 8 16; do
+    "$bin" bench --moe --moe-shape 128,8,2048,768 -t $t 2>>"$log" | tail -3 | sed "s/\$/ (bench --moe, $t threads)/" | tee -a "$summary"
+  done
+  if [ -x .baseline/llama.cpp/build-cuda/bin/llama-bench ]; then
+    lb=.baseline/llama.cpp/build-cuda/bin
+    "$lb/llama-bench" -m $m -ngl 99 -ot exps=CPU -t $threads -fa 1 -p 512 -n 128 -r 3 2>>"$log" | tee -a "$summary"
+    "$lb/llama-bench" -m $m -ngl 99 -ot exps=CPU -t $threads -fa 1 -p 4096 -n 0 -ub 4096 -b 4096 -r 1 2>>"$log" | tail -2 | tee -a "$summary"
+  fi
+  if [ -x .baseline/llama.cpp/build-cpu/bin/llama-bench ]; then
+    .baseline/llama.cpp/build-cpu/bin/llama-bench -m $m -t $threads -p 512 -n 128 -r 3 2>>"$log" | tee -a "$summary"
   fi
 fi
 say "exit status $status"
