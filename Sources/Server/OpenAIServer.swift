@@ -57,6 +57,10 @@ public final class OpenAIServer: Sendable {
     let markerTokens: Set<Int32>
     private let vocabulary = NIOLockedValueBox<ConstraintVocabulary?>(nil)
 
+    /// Builds the grammar engine's view of the vocabulary now (on the calling thread), so that the first
+    /// structured-output request does not wait for it (`serve` calls it on a thread of its own after the load).
+    public func prepareConstraintVocabulary() { _ = constraintVocabulary() }
+
     /// The grammar engine's view of the vocabulary, built by the first request that needs it.
     func constraintVocabulary() -> ConstraintVocabulary {
         vocabulary.withLockedValue { v in
