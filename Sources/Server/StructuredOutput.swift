@@ -5,10 +5,10 @@ import Grammar
 import NIOConcurrencyHelpers
 import Tokenizer
 
-/// The vocabulary as the grammar engine sees it: each token's bytes in a trie, built once per server (the first
-/// constrained request pays for it: about a second for a 262k vocabulary). Control tokens are left out (their
-/// text is never output) except the markers of the tool-call format, which constrained tool calls write; the
-/// end-of-generation tokens are allowed exactly when the grammar's sentence is complete.
+/// The vocabulary as the grammar engine sees it: each token's bytes in a trie, built once per server (`serve`
+/// builds it on its own thread after the load). Control tokens are left out (their text is never output) except
+/// the markers of the tool-call format, which constrained tool calls write; the end-of-generation tokens are
+/// allowed exactly when the grammar's sentence is complete.
 public final class ConstraintVocabulary: Sendable {
     public let trie: TokenTrie
     public let endOfGeneration: Set<Int32>

@@ -220,8 +220,7 @@ struct Serve: ParsableCommand {
                                             logger: logger)
                 slot.set(server)
                 responder.ready(server)
-                // The vocabulary trie of structured output (about a second for a 262k vocabulary), off the
-                // request path.
+                // The vocabulary trie of structured output, off the request path.
                 Thread.detachNewThread { server.prepareConstraintVocabulary() }
                 Output.err("ktransformers serve: \(config.modelID) ready on \(slot.address ?? "http://\(host):\(config.port)") (\(server.summary))\n")
             } catch {
