@@ -7,17 +7,20 @@
 #         Optional, in .baseline/: llama.cpp (../shared/tools/llamacpp-baseline.sh prepare .baseline/llama.cpp) for
 #         the side-by-side figures and for gguf-py; make_random_gguf.py (../shared/tools) for the speed models;
 #         gemma-3-270m-q4_k_m.gguf (the default model, for the reference comparison).
-# There:  bash scripts/device-check.sh [stage ...]    # results under $OUT (or ./device-out)
+# There:  bash scripts/device-check.sh [stage ...]    # results under $OUT (or ./device-out); BIN=path overrides the binary
 #
 # Stages (all by default): probe, conformance, tiny, gemma, bench, baseline, hybrid. Each writes its lines to
 # $OUT/summary.md and its details to $OUT/log.txt; exits non-zero if a correctness stage fails.
+# SMOKE=1: a dry run of the whole flow on one-layer models with tiny sizes (e.g. here, on the CUDA emulator:
+#   KTRANSFORMERS_CUDA_DRIVER=$(scripts/build-cuda-emulator.sh) KTRANSFORMERS_NVRTC=<same> SMOKE=1 \
+#     bash scripts/device-check.sh probe tiny bench hybrid), so that a mistake in this script does not cost GPU time.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-device-out}
 mkdir -p "$out"
 summary=$out/summary.md
 log=$out/log.txt
-bin=.device-carry/ktransformers
+bin=${BIN:-.device-carry/ktransformers}
 if [ ! -x "$bin" ]; then xz -dkf "$bin.xz"; chmod +x "$bin"; fi
 stages=${*:-probe conformance tiny gemma bench baseline hybrid}
 threads=$(nproc)
@@ -25,6 +28,11 @@ status=0
 say() { echo "$*" | tee -a "$summary"; }
 has() { [[ " $stages " == *" $1 "* ]]; }
 export KTRANSFORMERS_CACHE_DIR=${KTRANSFORMERS_CACHE_DIR:-/tmp/kt-cache}
+if [ -n "${SMOKE:-}" ]; then
+  pp=16; tg=4; reps=1; long=32; tgb=2; smoke=(--layers 1 --vocab 4096); sfx=-smoke
+else
+  pp=512; tg=128; reps=3; long=4096; tgb=64; smoke=(); sfx=
+fi
 
 if has probe; then
   say "## probe"
@@ -79,27 +87,32 @@ fi
 
 gguf_py=.baseline/gguf-py; [ -d "$gguf_py/gguf" ] || gguf_py=.baseline/llama.cpp/gguf-py
 make_model() {  # preset out
-  [ -f "$2" ] || python3 .baseline/make_random_gguf.py --preset "$1" --out "$2" --gguf-py "$gguf_py" >>"$log" 2>&1
+  [ -f "$2" ] || python3 .baseline/make_random_gguf.py --preset "$1" --out "$2" --gguf-py "$gguf_py" "${smoke[@]}" >>"$log" 2>&1
 }
 
 if has bench; then
   say "## speed (ours), $(date -u +%FT%TZ)"
-  make_model llama3-8b /tmp/llama3-8b.gguf
-  "$bin" bench --model /tmp/llama3-8b.gguf --device cuda -p 512 -n 128 -r 3 2>>"$log" | tee -a "$summary"
-  "$bin" bench --model /tmp/llama3-8b.gguf --device cuda -p 0 -n 128 -r 3 --no-cuda-graphs 2>>"$log" | tail -1 | sed 's/$/ (CUDA graphs off)/' | tee -a "$summary"
+  m=/tmp/llama3-8b$sfx.gguf
+  make_model llama3-8b $m
+  "$bin" bench --model $m --device cuda -p $pp -n $tg -r $reps 2>>"$log" | tee -a "$summary"
+  "$bin" bench --model $m --device cuda -p 0 -n $tg -r $reps --no-cuda-graphs 2>>"$log" | tail -1 | sed 's/$/ (CUDA graphs off)/' | tee -a "$summary"
   for b in 8 32; do
-    "$bin" bench --model /tmp/llama3-8b.gguf --device cuda -p 0 -n 64 -b $b -r 2 2>>"$log" | tail -1 | tee -a "$summary"
+    "$bin" bench --model $m --device cuda -p 0 -n $tgb -b $b -r $reps 2>>"$log" | tail -1 | tee -a "$summary"
   done
   if [ -n "${MOE:-}" ]; then
-    make_model qwen3-30b-a3b /tmp/qwen3-30b-a3b.gguf
-    "$bin" bench --model /tmp/qwen3-30b-a3b.gguf --device cuda -p 512 -n 128 -r 3 2>>"$log" | tail -2 | tee -a "$summary"
+    make_model qwen3-30b-a3b /tmp/qwen3-30b-a3b$sfx.gguf
+    "$bin" bench --model /tmp/qwen3-30b-a3b$sfx.gguf --device cuda --n-cpu-moe 0 -p $pp -n $tg -r $reps 2>>"$log" | tail -2 | sed 's/$/ (all on the GPU)/' | tee -a "$summary"
   fi
 fi
 
-if has baseline && [ -d .baseline/llama.cpp ]; then
+if has baseline && [ -d .baseline/llama.cpp ] && [ -z "${SMOKE:-}" ]; then
   say "## llama.cpp (same files, same sitting)"
+  command -v cmake >/dev/null || say "no cmake here: llama.cpp cannot be built"
   if [ ! -x .baseline/llama.cpp/build-cuda/bin/llama-bench ]; then
-    bash .baseline/llamacpp-baseline.sh cuda .baseline/llama.cpp >>"$log" 2>&1 || say "llama.cpp build FAILED"
+    bash .baseline/llamacpp-baseline.sh cuda .baseline/llama.cpp >>"$log" 2>&1 || say "llama.cpp CUDA build FAILED"
+  fi
+  if [ ! -x .baseline/llama.cpp/build/bin/llama-bench ]; then
+    bash .baseline/llamacpp-baseline.sh cpu .baseline/llama.cpp >>"$log" 2>&1 || say "llama.cpp CPU build FAILED"
   fi
   lb=.baseline/llama.cpp/build-cuda/bin
   make_model llama3-8b /tmp/llama3-8b.gguf
@@ -111,28 +124,28 @@ if has baseline && [ -d .baseline/llama.cpp ]; then
   fi
 fi
 if has hybrid; then
-  # Issue 13: Qwen3-30B-A3B-shaped, Q4_K, 16 threads: hybrid (experts on the CPU) against llama.cpp's
+  # Issue 13: Qwen3-30B-A3B-shaped, Q4_K, all threads: hybrid (experts on the CPU) against llama.cpp's
   # -ngl 99 -ot exps=CPU, same file, same sitting; plus our CPU-only and all-on-GPU rows.
   say "## hybrid MoE (Qwen3-30B-A3B shape), $(date -u +%FT%TZ), $threads threads"
-  make_model qwen3-30b-a3b /tmp/qwen3-30b-a3b.gguf
-  m=/tmp/qwen3-30b-a3b.gguf
-  "$bin" bench --model $m --device cuda -t $threads -p 512 -n 128 -r 3 2>>"$log" | tail -2 | sed 's/$/ (hybrid)/' | tee -a "$summary"
-  "$bin" bench --model $m --device cuda -t $threads -p 4096 -n 0 -r 1 --chunk-size 4096 2>>"$log" | tail -1 | sed 's/$/ (hybrid)/' | tee -a "$summary"
+  m=/tmp/qwen3-30b-a3b$sfx.gguf
+  make_model qwen3-30b-a3b $m
+  "$bin" bench --model $m --device cuda -t $threads -p $pp -n $tg -r $reps 2>>"$log" | tail -2 | sed 's/$/ (hybrid)/' | tee -a "$summary"
+  "$bin" bench --model $m --device cuda -t $threads -p $long -n 0 -r 1 --chunk-size $long 2>>"$log" | tail -1 | sed 's/$/ (hybrid)/' | tee -a "$summary"
   for b in 4 8; do
-    "$bin" bench --model $m --device cuda -t $threads -p 0 -n 64 -b $b -r 2 2>>"$log" | tail -1 | sed 's/$/ (hybrid)/' | tee -a "$summary"
+    "$bin" bench --model $m --device cuda -t $threads -p 0 -n $tgb -b $b -r $reps 2>>"$log" | tail -1 | sed 's/$/ (hybrid)/' | tee -a "$summary"
   done
-  "$bin" bench --model $m --device cuda -t $threads -p 0 -n 128 -r 2 --no-cuda-graphs 2>>"$log" | tail -1 | sed 's/$/ (hybrid, graphs off)/' | tee -a "$summary"
-  "$bin" bench --model $m --device cpu -t $threads -p 512 -n 128 -r 3 2>>"$log" | tail -2 | sed 's/$/ (cpu only)/' | tee -a "$summary"
+  "$bin" bench --model $m --device cuda -t $threads -p 0 -n $tg -r $reps --no-cuda-graphs 2>>"$log" | tail -1 | sed 's/$/ (hybrid, graphs off)/' | tee -a "$summary"
+  "$bin" bench --model $m --device cpu -t $threads -p $pp -n $tg -r $reps 2>>"$log" | tail -2 | sed 's/$/ (cpu only)/' | tee -a "$summary"
   for t in 1 8 16; do
     "$bin" bench --moe --moe-shape 128,8,2048,768 -t $t 2>>"$log" | tail -3 | sed "s/\$/ (bench --moe, $t threads)/" | tee -a "$summary"
   done
-  if [ -x .baseline/llama.cpp/build-cuda/bin/llama-bench ]; then
+  if [ -x .baseline/llama.cpp/build-cuda/bin/llama-bench ] && [ -z "${SMOKE:-}" ]; then
     lb=.baseline/llama.cpp/build-cuda/bin
     "$lb/llama-bench" -m $m -ngl 99 -ot exps=CPU -t $threads -fa 1 -p 512 -n 128 -r 3 2>>"$log" | tee -a "$summary"
     "$lb/llama-bench" -m $m -ngl 99 -ot exps=CPU -t $threads -fa 1 -p 4096 -n 0 -ub 4096 -b 4096 -r 1 2>>"$log" | tail -2 | tee -a "$summary"
   fi
-  if [ -x .baseline/llama.cpp/build-cpu/bin/llama-bench ]; then
-    .baseline/llama.cpp/build-cpu/bin/llama-bench -m $m -t $threads -p 512 -n 128 -r 3 2>>"$log" | tee -a "$summary"
+  if [ -x .baseline/llama.cpp/build/bin/llama-bench ] && [ -z "${SMOKE:-}" ]; then
+    .baseline/llama.cpp/build/bin/llama-bench -m $m -t $threads -p 512 -n 128 -r 3 2>>"$log" | tee -a "$summary"
   fi
 fi
 say "exit status $status"
