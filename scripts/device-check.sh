@@ -29,7 +29,7 @@ say() { echo "$*" | tee -a "$summary"; }
 has() { [[ " $stages " == *" $1 "* ]]; }
 export KTRANSFORMERS_CACHE_DIR=${KTRANSFORMERS_CACHE_DIR:-/tmp/kt-cache}
 if [ -n "${SMOKE:-}" ]; then
-  pp=16; tg=4; reps=1; long=32; tgb=2; smoke=(--layers 1 --vocab 4096); sfx=-smoke
+  pp=8; tg=2; reps=1; long=16; tgb=2; smoke=(--layers 1 --vocab 4096); sfx=-smoke
 else
   pp=512; tg=128; reps=3; long=4096; tgb=64; smoke=(); sfx=
 fi
@@ -61,7 +61,7 @@ if has tiny; then
   say "(all on the GPU: --n-cpu-moe 0)"
   python3 scripts/check-tiny-models.py "$bin" --device cuda -- --n-cpu-moe 0 >>"$summary" 2>&1 || status=1
   # Batched greedy decoding equals solo decoding on the GPU.
-  python3 scripts/check-batched.py "$bin" --device cuda >>"$summary" 2>&1 || status=1
+  python3 scripts/check-batched.py "$bin" --device cuda ${SMOKE:+--clients 2 --tokens 3} >>"$summary" 2>&1 || status=1
 fi
 
 if has gemma; then
