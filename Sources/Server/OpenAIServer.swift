@@ -409,24 +409,40 @@ public final class OpenAIServer: Sendable {
 
     func streamChat(_ gens: [Generation], plan: ChatPlan, params: GenerationParameters, model: String,
                     writer: inout any ResponseBodyWriter) async throws {
+        let lead = gens[0]
+        let enc = Self.encoder()
+        for i in gens.indices {
+            let c = ChatCompletionChunk(id: lead.id, created: lead.created, model: model,
+                                        choices: [ChatChunkChoice(index: i, delta: ChunkDelta(role: "assistant", content: ""),
+                                                                  logprobs: nil, finishReason: nil)],
+                                        usage: nil, includeUsageKey: params.includeUsage)
+            try await writer.write(ByteBuffer(string: SSE.event(try enc.encode(c))))
+        }
+        try await streamChoices(gens, params: params, model: model, writer: &writer) { g, i, emit in
+            try await g.streamChatChoice(index: i, parser: plan.parser(), emit: emit)
+        }
+    }
+
+    /// Writes the streamed choices of `gens` as server-sent events: the choices run concurrently and their chunks
+    /// meet in one stream that this task writes out; then the usage chunk (when asked), a shutdown error event
+    /// (when the drain cut the answer short) and `[DONE]`.
+    func streamChoices<C: ResponseChoice>(
+        _ gens: [Generation], params: GenerationParameters, model: String, writer: inout any ResponseBodyWriter,
+        run: @escaping @Sendable (Generation, Int, @escaping @Sendable (C) -> Void) async throws -> Usage
+    ) async throws {
         let enc = Self.encoder()
         let lead = gens[0]
-        func chunk(_ choices: [ChatChunkChoice], usage: Usage? = nil) throws -> ByteBuffer {
-            let c = ChatCompletionChunk(id: lead.id, created: lead.created, model: model, choices: choices, usage: usage,
-                                        includeUsageKey: params.includeUsage)
+        func chunk(_ choices: [C], usage: Usage? = nil) throws -> ByteBuffer {
+            let c = CompletionEnvelope(id: lead.id, created: lead.created, model: model, choices: choices, usage: usage,
+                                       includeUsageKey: params.includeUsage)
             return ByteBuffer(string: SSE.event(try enc.encode(c)))
         }
-        for i in gens.indices {
-            try await writer.write(chunk([ChatChunkChoice(index: i, delta: ChunkDelta(role: "assistant", content: ""),
-                                                          logprobs: nil, finishReason: nil)]))
-        }
-        // The choices run concurrently; their chunks meet in one stream that this task writes out.
-        let (events, sink) = AsyncStream<ChatChunkChoice>.makeStream()
+        let (events, sink) = AsyncStream<C>.makeStream()
         let producer = Task { () throws -> [Usage] in
             defer { sink.finish() }
             return try await withThrowingTaskGroup(of: Usage.self) { group in
                 for (i, g) in gens.enumerated() {
-                    group.addTask { try await g.streamChatChoice(index: i, parser: plan.parser()) { sink.yield($0) } }
+                    group.addTask { try await run(g, i) { sink.yield($0) } }
                 }
                 var usages: [Usage] = []
                 for try await u in group { usages.append(u) }
@@ -470,37 +486,9 @@ public final class OpenAIServer: Sendable {
         let lead = gens[0]
         if params.stream {
             return Self.sse { writer in
-                let enc = Self.encoder()
-                func chunk(_ choices: [CompletionChoice], usage: Usage? = nil) throws -> ByteBuffer {
-                    let c = CompletionResponse(id: lead.id, created: lead.created, model: model, choices: choices, usage: usage,
-                                               includeUsageKey: params.includeUsage)
-                    return ByteBuffer(string: SSE.event(try enc.encode(c)))
+                try await self.streamChoices(gens, params: params, model: model, writer: &writer) { g, i, emit in
+                    try await g.streamCompletionChoice(index: i, emit: emit)
                 }
-                let (events, sink) = AsyncStream<CompletionChoice>.makeStream()
-                let producer = Task { () throws -> [Usage] in
-                    defer { sink.finish() }
-                    return try await withThrowingTaskGroup(of: Usage.self) { group in
-                        for (i, g) in gens.enumerated() {
-                            group.addTask { try await g.streamCompletionChoice(index: i) { sink.yield($0) } }
-                        }
-                        var usages: [Usage] = []
-                        for try await u in group { usages.append(u) }
-                        return usages
-                    }
-                }
-                do {
-                    for await c in events { try await writer.write(chunk([c])) }
-                } catch {
-                    producer.cancel()
-                    throw error
-                }
-                let usages = try await producer.value
-                if params.includeUsage { try await writer.write(chunk([], usage: Self.totalUsage(usages))) }
-                for g in gens where g.wasEndedByShutdown {
-                    try await g.writeShutdownError(&writer)
-                    break
-                }
-                try await writer.write(ByteBuffer(string: SSE.done))
             }
         }
         let results = try await withThrowingTaskGroup(of: (Int, CompletionChoice, Usage).self) { group in
