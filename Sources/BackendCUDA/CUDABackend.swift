@@ -45,6 +45,14 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     public private(set) var graphsCaptured = 0
     /// Goes up whenever internal scratch moves (a graph captured before holds stale addresses).
     public private(set) var graphEpoch = 0
+    /// Per-kernel GPU time (`bench --profile-kernels`): each launch is bracketed by two events and the times are
+    /// summed by kernel name. Turns CUDA graphs off (a replayed graph has no per-kernel events).
+    public var profiling = false {
+        didSet { if profiling { graphsEnabled = false } }
+    }
+    private var profilePending: [(name: String, start: CUDADriver.Handle, end: CUDADriver.Handle)] = []
+    private var profileEvents: [CUDADriver.Handle] = []
+    private var profileTotals: [String: (calls: Int, ms: Double)] = [:]
     /// Called once per format converted at load (the CLI logs it).
     public var onConversion: (@Sendable (String) -> Void)?
 
@@ -100,6 +108,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         try? driver.synchronize(stream)
         for (p, _) in allocations { driver.free(CUDADriver.CUdeviceptr(p)) }
         if let staging { driver.freeHost(staging) }
+        for e in profileEvents + profilePending.flatMap({ [$0.start, $0.end] }) { driver.destroyEvent(e) }
     }
 
     // MARK: plumbing
@@ -115,10 +124,53 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     func launch(_ f: CUDADriver.Handle, _ name: @autoclosure () -> String, grid: (Int, Int, Int), block: Int,
                 shared: Int = 0, _ a: [KernelArg]) {
         if grid.0 == 0 || grid.1 == 0 || grid.2 == 0 { return }
+        if profiling {
+            let e0 = profileEvent(), e1 = profileEvent()
+            must("cuEventRecord") { try driver.record(e0, stream: stream) }
+            must("launch of \(name())") {
+                try driver.launch(f, grid: (UInt32(grid.0), UInt32(grid.1), UInt32(grid.2)), block: (UInt32(block), 1, 1),
+                                  sharedBytes: UInt32(shared), stream: stream, args: args.pack(a))
+            }
+            must("cuEventRecord") { try driver.record(e1, stream: stream) }
+            profilePending.append((name(), e0, e1))
+            if profilePending.count >= 4096 { harvestProfile() }
+            return
+        }
         must("launch of \(name())") {
             try driver.launch(f, grid: (UInt32(grid.0), UInt32(grid.1), UInt32(grid.2)), block: (UInt32(block), 1, 1),
                               sharedBytes: UInt32(shared), stream: stream, args: args.pack(a))
         }
+    }
+
+    private func profileEvent() -> CUDADriver.Handle {
+        if let e = profileEvents.popLast() { return e }
+        var e: CUDADriver.Handle?
+        must("cuEventCreate") { e = try driver.makeEvent() }
+        return e!
+    }
+
+    private func harvestProfile() {
+        for p in profilePending {
+            var ms: Float = 0
+            must("cuEventElapsedTime") { ms = try driver.elapsed(from: p.start, to: p.end) }
+            let t = profileTotals[p.name] ?? (0, 0)
+            profileTotals[p.name] = (t.calls + 1, t.ms + Double(ms))
+            profileEvents += [p.start, p.end]
+        }
+        profilePending.removeAll(keepingCapacity: true)
+    }
+
+    /// The kernels' GPU time since the last reset, by kernel (name and shape), largest first.
+    public func kernelProfile() -> [(name: String, calls: Int, ms: Double)] {
+        current()
+        harvestProfile()
+        return profileTotals.map { ($0.key, $0.value.calls, $0.value.ms) }.sorted { $0.ms > $1.ms }
+    }
+
+    public func resetKernelProfile() {
+        current()
+        harvestProfile()
+        profileTotals = [:]
     }
 
     func launch(_ name: String, grid: (Int, Int, Int), block: Int, _ a: [KernelArg]) {
@@ -335,7 +387,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     }
 
     private func integerMatvec(_ g: CUDAWeight, rows: Int, cols: Int, input: (UInt, UInt, UInt), y: Tensor, n: Int) {
-        launch(g.integerDot!, "matvec_q4_K_q8", grid: ((rows + 3) / 4, (n + 7) / 8, 1), block: 128,
+        launch(g.integerDot!, "matvec_\(g.tag)_q8 \(rows)x\(cols)", grid: ((rows + 3) / 4, (n + 7) / 8, 1), block: 128,
                [.ptr(g.address), .i64(g.rowBytes), .i32(rows), .i32(cols), .ptr(input.0), .ptr(input.1), .ptr(input.2),
                 .ptr(y.address), .i32(n)])
     }
@@ -454,7 +506,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
 
     private func matvec(_ w: CUDAWeight, rows: Int, cols: Int, matrixBytes: Int, heads: Int, x: Tensor, xStride: Int,
                         xHeadStride: Int, y: Tensor, yStride: Int, yHeadStride: Int, n: Int) {
-        launch(w.matvec, "matvec_\(w.tag)", grid: ((rows + 3) / 4, (n + 7) / 8, heads), block: 128,
+        launch(w.matvec, "matvec_\(w.tag) \(rows)x\(cols)\(heads > 1 ? "x\(heads)" : "")", grid: ((rows + 3) / 4, (n + 7) / 8, heads), block: 128,
                [.ptr(w.address), .i64(w.rowBytes), .i64(matrixBytes), .i32(rows), .i32(cols), .ptr(x.address), .i64(xStride),
                 .i64(xHeadStride), .ptr(y.address), .i64(yStride), .i64(yHeadStride), .i32(n)])
     }

@@ -46,6 +46,12 @@ public final class CUDADriver: @unchecked Sendable {
     /// A host function run in stream order (and inside captured graphs, as a host node).
     public typealias HostFunction = @convention(c) (UnsafeMutableRawPointer?) -> Void
     private let cuLaunchHostFunc: @convention(c) (Handle?, HostFunction, UnsafeMutableRawPointer?) -> Int32
+    private let cuEventCreate: @convention(c) (UnsafeMutablePointer<Handle?>, UInt32) -> Int32
+    private let cuEventRecord: @convention(c) (Handle, Handle?) -> Int32
+    private let cuEventSynchronize: @convention(c) (Handle) -> Int32
+    private let cuEventElapsedTime: @convention(c) (UnsafeMutablePointer<Float>, Handle, Handle) -> Int32
+    private let cuEventDestroy: @convention(c) (Handle) -> Int32
+    private let cuFuncSetAttribute: @convention(c) (Handle, Int32, Int32) -> Int32
 
     /// Opens the driver and initialises it; nil with the reason when this machine has none.
     public static func load() -> Result<CUDADriver, CUDAError> {
@@ -93,6 +99,12 @@ public final class CUDADriver: @unchecked Sendable {
         cuGraphDestroy = try l.symbol("cuGraphDestroy", as: type(of: cuGraphDestroy))
         cuGraphExecDestroy = try l.symbol("cuGraphExecDestroy", as: type(of: cuGraphExecDestroy))
         cuLaunchHostFunc = try l.symbol("cuLaunchHostFunc", as: type(of: cuLaunchHostFunc))
+        cuEventCreate = try l.symbol("cuEventCreate", as: type(of: cuEventCreate))
+        cuEventRecord = try l.symbol("cuEventRecord", as: type(of: cuEventRecord))
+        cuEventSynchronize = try l.symbol("cuEventSynchronize", as: type(of: cuEventSynchronize))
+        cuEventElapsedTime = try l.symbol("cuEventElapsedTime", as: type(of: cuEventElapsedTime))
+        cuEventDestroy = try l.symbol("cuEventDestroy_v2", as: type(of: cuEventDestroy))
+        cuFuncSetAttribute = try l.symbol("cuFuncSetAttribute", as: type(of: cuFuncSetAttribute))
     }
 
     /// Runs `function(data)` on a driver thread once the stream's earlier work is done; later work waits for it.
@@ -259,6 +271,30 @@ public final class CUDADriver: @unchecked Sendable {
     }
 
     public func destroyGraph(_ exec: Handle) { _ = cuGraphExecDestroy(exec) }
+
+    /// A timing event (`cuEventCreate`, default flags).
+    public func makeEvent() throws -> Handle {
+        var e: Handle?
+        try check(cuEventCreate(&e, 0), "cuEventCreate")
+        return e!
+    }
+
+    public func record(_ event: Handle, stream: Handle?) throws { try check(cuEventRecord(event, stream), "cuEventRecord") }
+
+    /// Milliseconds between two recorded events (waits for the later one).
+    public func elapsed(from a: Handle, to b: Handle) throws -> Float {
+        try check(cuEventSynchronize(b), "cuEventSynchronize")
+        var ms: Float = 0
+        try check(cuEventElapsedTime(&ms, a, b), "cuEventElapsedTime")
+        return ms
+    }
+
+    public func destroyEvent(_ e: Handle) { _ = cuEventDestroy(e) }
+
+    /// Lets kernel `f` use `bytes` of dynamic shared memory (above the default 48 KiB).
+    public func setMaxDynamicShared(_ f: Handle, bytes: Int) throws {
+        try check(cuFuncSetAttribute(f, 8, Int32(bytes)), "cuFuncSetAttribute(MAX_DYNAMIC_SHARED_SIZE_BYTES)")
+    }
 
     /// Loads a compiled module (CUBIN or PTX).
     public func loadModule(_ image: [UInt8]) throws -> Handle {

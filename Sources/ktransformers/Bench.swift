@@ -32,6 +32,9 @@ struct Bench: ParsableCommand {
 
     @OptionGroup var placementOptions: PlacementOptions
 
+    @Flag(name: .customLong("profile-kernels"), help: "With --device cuda: time every kernel (CUDA events; graphs off) and print, per test, where the GPU time goes and the kernels' share of the wall time.")
+    var profileKernels = false
+
     @Option(name: [.customShort("r"), .long], help: "Repetitions of each test.")
     var repetitions: Int = 5
 
@@ -59,6 +62,7 @@ struct Bench: ParsableCommand {
         guard batch >= 1, batch <= 256 else { throw ValidationError("--batch must be between 1 and 256") }
         guard chunkSize >= 1 else { throw ValidationError("--chunk-size must be >= 1") }
         if let threads, threads < 1 { throw ValidationError("--threads must be >= 1") }
+        if profileKernels, !(device ?? "cpu").hasPrefix("cuda") { throw ValidationError("--profile-kernels needs --device cuda") }
     }
 
     struct Result: Codable {
@@ -86,6 +90,8 @@ struct Bench: ParsableCommand {
                                      limits: RunLimits(maxTokens: max(chunkSize, seqs), maxSequences: seqs, maxLogitsRows: seqs,
                                                        contextLength: ctx)).load()
         let lm = loaded.model, pool = loaded.cpu.pool
+        if profileKernels { loaded.gpu?.profiling = true }
+        var profiles = ""
         let deviceName = loaded.gpu.map { "\($0.device) \($0.gpuName)" } ?? "cpu"
         let name = URL(fileURLWithPath: loaded.file.path).lastPathComponent
         guard ctx <= lm.info.contextLength else {
@@ -101,12 +107,17 @@ struct Bench: ParsableCommand {
 
         func measure(_ test: String, tokens: Int, _ body: () throws -> Void) throws {
             try body()  // warm-up
+            loaded.gpu?.resetKernelProfile()
             var samples: [Double] = []
             for _ in 0..<repetitions {
                 let t0 = DispatchTime.now().uptimeNanoseconds
                 try body()
                 let s = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
                 samples.append(Double(tokens) / s)
+            }
+            if profileKernels, let gpu = loaded.gpu {
+                let wall = samples.map { Double(tokens) / $0 * 1000 }.reduce(0, +)
+                profiles += Self.profileTable(test: test, gpu.kernelProfile(), wallMs: wall, tokens: tokens * repetitions)
             }
             let mean = samples.reduce(0, +) / Double(samples.count)
             let sd = (samples.map { ($0 - mean) * ($0 - mean) }.reduce(0, +) / Double(max(samples.count - 1, 1))).squareRoot()
@@ -163,8 +174,21 @@ struct Bench: ParsableCommand {
                 s += String(format: "| %@ | %@ | %d | %@ | %@ | %.2f ± %.2f | %.2f |\n", r.model, r.device, r.threads, r.isa, r.test,
                             r.tokens_per_second, r.stddev_tokens_per_second, r.median_tokens_per_second)
             }
-            Output.out(s)
+            Output.out(s + profiles)
         }
+    }
+
+    /// Where a test's GPU time went: kernels by total time, their share, and the kernels' sum against the wall time.
+    static func profileTable(test: String, _ rows: [(name: String, calls: Int, ms: Double)], wallMs: Double, tokens: Int) -> String {
+        let total = rows.reduce(0) { $0 + $1.ms }
+        var s = String(format: "\n%@: kernels %.2f ms of %.2f ms wall (%.0f%%), %.3f ms GPU per token\n\n", test, total, wallMs,
+                       100 * total / max(wallMs, 1e-9), total / Double(max(tokens, 1)))
+        s += "| kernel | calls | total ms | µs per call | share |\n|---|---|---|---|---|\n"
+        for r in rows.prefix(25) {
+            s += String(format: "| %@ | %d | %.2f | %.1f | %.1f%% |\n", r.name, r.calls, r.ms, 1000 * r.ms / Double(max(r.calls, 1)),
+                        100 * r.ms / max(total, 1e-9))
+        }
+        return s
     }
 
     private func runMoE() throws {
