@@ -56,7 +56,7 @@ let package = Package(
         // The CUDA backend: the driver API and NVRTC loaded at run time (dlopen), so building needs no CUDA SDK and
         // the binary runs on machines without a GPU.
         .target(name: "BackendCUDA", dependencies: ["Backend", "Quant"],
-                resources: ["common.cuh", "quant.cuh", "matvec.cu", "activations.cu", "ops.cu", "attention.cu", "moe.cu"]
+                resources: ["common.cuh", "quant.cuh", "matvec.cu", "activations.cu", "ops.cu", "attention.cu", "moe.cu", "mmq.cu"]
                     .map { .embedInCode("Kernels/\($0)") },
                 swiftSettings: optimized),
         // The backend conformance checks (every ComputeBackend op against plain references), runnable from XCTest

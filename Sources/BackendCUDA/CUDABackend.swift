@@ -370,8 +370,15 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         return (values, values + scales, values + scales + (elements + 15) / 16)
     }
 
-    /// Whether a `.standard` matmul with `w` runs the integer-dot kernel (Q4_K rows, whole Q8_K blocks).
-    private static func integerDot(_ w: CUDAWeight, cols: Int) -> Bool { w.tag == "q4_K" && cols % 256 == 0 }
+    /// Whether a `.standard` matmul with `w` runs the integer-dot kernels (Q4_K or Q6_K rows, whole Q8_K blocks).
+    private static func integerDot(_ w: CUDAWeight, cols: Int) -> Bool { w.integerDot != nil && cols % 256 == 0 }
+
+    /// Token rows from which an integer-dot matmul runs the tensor-core tiles (mmq.cu) instead of the matrix-vector
+    /// kernel; both give the same bits. `KTRANSFORMERS_CUDA_MMQ_MIN` overrides it (measurements, tests).
+    static let mmqMinTokens: Int = {
+        if let v = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_MMQ_MIN"], let n = Int(v), n >= 1 { return n }
+        return 16
+    }()
 
     /// `x` as Q8_K integers in `quantized` (values, scales, sums addresses), for `n` rows of `cols`.
     private func quantizeInput(_ x: Tensor, cols: Int, n: Int) -> (UInt, UInt, UInt) {
@@ -387,9 +394,13 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     }
 
     private func integerMatvec(_ g: CUDAWeight, rows: Int, cols: Int, input: (UInt, UInt, UInt), y: Tensor, n: Int) {
-        launch(g.integerDot!, "matvec_\(g.tag)_q8 \(rows)x\(cols)", grid: ((rows + 3) / 4, (n + 7) / 8, 1), block: 128,
-               [.ptr(g.address), .i64(g.rowBytes), .i32(rows), .i32(cols), .ptr(input.0), .ptr(input.1), .ptr(input.2),
-                .ptr(y.address), .i32(n)])
+        let args: [KernelArg] = [.ptr(g.address), .i64(g.rowBytes), .i32(rows), .i32(cols), .ptr(input.0), .ptr(input.1),
+                                 .ptr(input.2), .ptr(y.address), .i32(n)]
+        if n >= Self.mmqMinTokens, let tiles = g.tensorCoreTiles {
+            launch(tiles, "mmq_\(g.tag) \(rows)x\(cols)", grid: ((rows + 63) / 64, (n + 63) / 64, 1), block: 128, args)
+        } else {
+            launch(g.integerDot!, "matvec_\(g.tag)_q8 \(rows)x\(cols)", grid: ((rows + 3) / 4, (n + 7) / 8, 1), block: 128, args)
+        }
     }
 
     public func prepare(_ w: WeightRef) throws -> WeightMatrix {
@@ -672,8 +683,10 @@ final class CUDAWeight: @unchecked Sendable {
     let matvec: CUDADriver.Handle
     let matvecExperts: CUDADriver.Handle
     let embed: CUDADriver.Handle
-    /// The integer-dot kernel of the format, where there is one.
+    /// The integer-dot matrix-vector kernel of the format, where there is one.
     let integerDot: CUDADriver.Handle?
+    /// Its tensor-core tile kernel (prefill), where there is one.
+    let tensorCoreTiles: CUDADriver.Handle?
 
     init(address: UInt, tag: String, rowBytes: Int, rounding: ActivationRounding, kernels: CUDAKernels) {
         self.address = address
@@ -683,7 +696,8 @@ final class CUDAWeight: @unchecked Sendable {
         matvec = kernels.function("matvec_\(tag)")
         matvecExperts = kernels.function("matvec_experts_\(tag)")
         embed = kernels.function("embed_\(tag)")
-        integerDot = tag == "q4_K" ? kernels.function("matvec_q4_K_q8") : nil
+        integerDot = tag == "q4_K" || tag == "q6_K" ? kernels.function("matvec_\(tag)_q8") : nil
+        tensorCoreTiles = tag == "q4_K" ? kernels.function("mmq_q4_K") : nil
     }
 }
 

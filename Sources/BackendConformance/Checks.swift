@@ -195,19 +195,23 @@ public struct BackendConformance {
     public func checkMatmul() throws {
         let b = backend
         var rng = SplitMix64(seed: 4)
-        let rows = 70, cols = 512, ns = [1, 2, 4, 5, 9, 33], maxN = 33
+        let ns = [1, 2, 4, 5, 9, 33], maxN = 33
+        let skipped = QuantRegistry.supportedTypes.filter { !Host.canMake($0) }
+        if !skipped.isEmpty { print("[\(name)] matmul: no test weights for \(skipped) (activation-only or no layout)") }
+        // 512 columns: two 256-blocks; 1280: five (a device kernel that takes super-blocks four at a time has a
+        // remainder), with 37 rows.
+        for (rows, cols) in [(70, 512), (37, 1280)] {
         let x = rng.normals(maxN * cols)
         let xt = b.upload(x)
         let y = b.allocate((maxN + 1) * rows)
-        let skipped = QuantRegistry.supportedTypes.filter { !Host.canMake($0) }
-        if !skipped.isEmpty { print("[\(name)] matmul: no test weights for \(skipped) (activation-only or no layout)") }
+        defer { b.release(xt); b.release(y) }
         for type in Host.weightTypes {
             let hw = try Host.weight(type, name: "blk.0.ffn_up.weight", rows: rows, cols: cols, rng: &rng)
             let w = try b.prepare(hw.ref)
             let want = Reference.matmul(hw.matrix(0), rows: rows, cols: cols, x, n: maxN)
             let floatActivations = QuantRegistry.kernels(for: type)!.vecDotType == .f32
             for precision in [MatmulPrecision.standard, .f32Activations] {
-                let what = "matmul \(type) \(precision)"
+                let what = "matmul \(type) \(precision) \(rows)x\(cols)"
                 // Each row alone: the values batches must reproduce.
                 var alone: [Float] = []
                 for t in 0..<maxN {
@@ -229,6 +233,7 @@ public struct BackendConformance {
                 }
                 expect(what, worst: worst, bound: floatActivations || precision == .f32Activations ? Bound.f32 : Bound.q8)
             }
+        }
         }
     }
 

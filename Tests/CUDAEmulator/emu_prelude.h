@@ -29,6 +29,7 @@ uint64_t* emu_exchange_slots();
 #define __shared__ static
 #define __constant__ static const
 #define __restrict__ __restrict
+#define __align__(n) __attribute__((aligned(n)))
 #define KT_DYNAMIC_SHARED(type, name) type* name = (type*)emu_dynamic_shared
 
 static inline void __syncthreads() { emu_barrier(0); }
@@ -117,7 +118,41 @@ static inline float kt_round_to_half(float f) {
     return kt_half_to_float((uint16_t)(h | (sign >> 16)));
 }
 struct alignas(16) uint4 { unsigned x, y, z, w; };
+struct alignas(16) int4 { int x, y, z, w; };
 static inline int __dp4a(int a, int b, int c) {
     for (int i = 0; i < 4; i++) c += (int)(int8_t)(a >> (8 * i)) * (int)(int8_t)(b >> (8 * i));
     return c;
 }
+struct alignas(8) uint2 { unsigned x, y; };
+static inline uint2 make_uint2(unsigned x, unsigned y) { return uint2{x, y}; }
+static inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return uint4{x, y, z, w}; }
+// Rounding intrinsics: g++ -O1 for x86-64 has no FMA to contract into, so plain operations round the same way.
+static inline float __fmul_rn(float a, float b) { return a * b; }
+static inline float __fadd_rn(float a, float b) { return a + b; }
+static inline float __fsub_rn(float a, float b) { return a - b; }
+// mma.sync m16n8k32 / m16n8k16 (s8 · s8 → s32) for one warp: every lane publishes its fragments, each lane computes
+// its four C elements from the PTX fragment layouts (A row-major 16×K: a[0] row g, k 4t..4t+3; a[1] row g + 8;
+// for K = 32 a[2], a[3] the same at k + 16. B K×8: b[0] k 4t..4t+3 (b[1] k + 16), column g. C: c[0], c[1] row g,
+// columns 2t, 2t + 1; c[2], c[3] row g + 8), with g = lane / 4, t = lane % 4.
+static inline void emu_mma_s8(int* c, const unsigned* a, const unsigned* b, int K) {
+    static unsigned buf[1024][6];
+    int me = emu_current->linear, base = me & ~31, lane = me & 31;
+    for (int i = 0; i < 4; i++) buf[me][i] = i < (K == 32 ? 4 : 2) ? a[i] : 0;
+    buf[me][4] = b[0];
+    buf[me][5] = K == 32 ? b[1] : 0;
+    emu_barrier(1);
+    int g = lane >> 2, t = lane & 3;
+    for (int e = 0; e < 4; e++) {
+        int R = g + (e >= 2 ? 8 : 0), N = 2 * t + (e & 1), s = 0;
+        for (int k = 0; k < K; k++) {
+            int la = base + (R % 8) * 4 + (k % 16) / 4, ra = (R >= 8 ? 1 : 0) + (k >= 16 ? 2 : 0);
+            int lb = base + N * 4 + (k % 16) / 4, rb = 4 + (k >= 16 ? 1 : 0);
+            int av = (int8_t)(buf[la][ra] >> (8 * (k % 4))), bv = (int8_t)(buf[lb][rb] >> (8 * (k % 4)));
+            s += av * bv;
+        }
+        c[e] += s;
+    }
+    emu_barrier(1);
+}
+#define KT_MMA_K32(c, a, b) emu_mma_s8(c, a, b, 32)
+#define KT_MMA_K16(c, a, b) emu_mma_s8(c, a, b, 16)

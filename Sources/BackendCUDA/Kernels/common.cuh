@@ -54,6 +54,16 @@ __device__ __forceinline__ float kt_block_max(float v, float* scratch) {
 }
 
 #ifndef KT_EMULATOR
+// Warp-wide int8 tensor-core products, C += A·B (s32 accumulate): m16n8k32 with a[4], b[2]; m16n8k16 with a[2],
+// b[1]. Fragment layouts as in the PTX ISA (see the emulator's emu_mma_s8 for them spelled out).
+#define KT_MMA_K32(c, a, b) \
+    asm volatile("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};" \
+                 : "+r"((c)[0]), "+r"((c)[1]), "+r"((c)[2]), "+r"((c)[3]) \
+                 : "r"((a)[0]), "r"((a)[1]), "r"((a)[2]), "r"((a)[3]), "r"((b)[0]), "r"((b)[1]))
+#define KT_MMA_K16(c, a, b) \
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5}, {%6}, {%0,%1,%2,%3};" \
+                 : "+r"((c)[0]), "+r"((c)[1]), "+r"((c)[2]), "+r"((c)[3]) \
+                 : "r"((a)[0]), "r"((a)[1]), "r"((b)[0]))
 // float -> f16 -> float, rounding to nearest even (the f16 scale of a Q8_0 block).
 __device__ __forceinline__ float kt_round_to_half(float f) {
     u16 h;

@@ -91,11 +91,43 @@ extern "C" __global__ void __launch_bounds__(128) dequantize_##name(const u8* W,
 }
 KT_FORMATS(KT_DEQUANT)
 
-// Q4_K rows · Q8_K-quantized inputs (quantize_q8_K) with integer dot products, for `.standard` matmuls. A warp per
-// row; per step the warp covers 4 super-blocks, 8 lanes each, every lane one 16-byte load of quants (the low
-// and high nibbles of 16 elements of two groups), the block's 16-byte header shared by its 8 lanes: the row is
-// read in whole coalesced segments. Up to 8 tokens per warp, each with its own fixed reduction (batch
-// invariance).
+// ---- Integer-dot kernels: K-quant rows · Q8_K-quantized inputs (quantize_q8_K) ----
+//
+// One canonical arithmetic per output, whatever kernel computes it, so that a row of a batch has the bits it has
+// alone (batch invariance) while decode runs the matrix-vector kernels below and prefill the tensor-core tiles of
+// mmq.cu: within a 256-element super-block everything is integer (exact in any order): I1 = Σ scale·(q·x) over its
+// groups, I2 = Σ min·Σx (Q4_K); the super-block's part is one float expression of them (kt_part_*), with explicit
+// rounding intrinsics so that no kernel contracts it differently; the output is the sum of the parts in super-block
+// order, one at a time, from 0.
+
+__device__ __forceinline__ float kt_part_q4_K(float xd, float d, float dmin, int i1, int i2) {
+    return __fmul_rn(xd, __fsub_rn(__fmul_rn(d, (float)i1), __fmul_rn(dmin, (float)i2)));
+}
+__device__ __forceinline__ float kt_part_q6_K(float xd, float d, int i1) {
+    return __fmul_rn(xd, __fmul_rn(d, (float)i1));
+}
+// Four packed 6-bit values (0..63) minus 32, as four int8.
+__device__ __forceinline__ int kt_minus32(u32 v) { return (int)(((v | 0x80808080u) - 0x20202020u) ^ 0x80808080u); }
+// Sum of an int over the 8 lanes of an aligned group.
+__device__ __forceinline__ int kt_sum8(int v) {
+    v += __shfl_xor_sync(0xffffffffu, v, 1);
+    v += __shfl_xor_sync(0xffffffffu, v, 2);
+    v += __shfl_xor_sync(0xffffffffu, v, 4);
+    return v;
+}
+// Adds the parts of super-blocks base + 0..3 (held by lanes 0, 8, 16, 24; `count` of them exist) to acc in order.
+__device__ __forceinline__ float kt_add_parts(float acc, float part, int count) {
+    float p1 = __shfl_sync(0xffffffffu, part, 8), p2 = __shfl_sync(0xffffffffu, part, 16), p3 = __shfl_sync(0xffffffffu, part, 24);
+    acc = __fadd_rn(acc, part);
+    if (count > 1) acc = __fadd_rn(acc, p1);
+    if (count > 2) acc = __fadd_rn(acc, p2);
+    if (count > 3) acc = __fadd_rn(acc, p3);
+    return acc;
+}
+
+// Q4_K: a warp per row; per step the warp covers 4 super-blocks, 8 lanes each, every lane one 16-byte load of quants
+// (the low and high nibbles of 16 elements of two groups), the block's 16-byte header shared by its 8 lanes: the row
+// is read in whole coalesced segments. Up to 8 tokens per warp. Grid (ceil(rows / 4), ceil(n / 8)).
 extern "C" __global__ void __launch_bounds__(128) matvec_q4_K_q8(const u8* W, i64 rowBytes, int rows, int cols,
         const i8* xq, const float* xd, const int* xs, float* y, int n) {
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -107,45 +139,95 @@ extern "C" __global__ void __launch_bounds__(128) matvec_q4_K_q8(const u8* W, i6
     float acc[KT_MV_TOKENS];
     for (int t = 0; t < KT_MV_TOKENS; t++) acc[t] = 0.0f;
     for (int base = 0; base < nsb; base += 4) {
-        int sb = base + (lane >> 3);
-        if (sb < nsb) {
-            const u8* blk = row + (i64)sb * 144;
-            uint4 head = *(const uint4*)blk;
-            uint4 qs = *(const uint4*)(blk + 16 + 16 * part);
-            const u8* hb = (const u8*)&head;
-            float d = kt_f16(hb), dmin = kt_f16(hb + 2);
-            int scLo, mLo, scHi, mHi;
-            kt_scale_min_k4(2 * p, hb + 4, &scLo, &mLo);
-            kt_scale_min_k4(2 * p + 1, hb + 4, &scHi, &mHi);
-            int lo[4] = {(int)(qs.x & 0x0F0F0F0Fu), (int)(qs.y & 0x0F0F0F0Fu), (int)(qs.z & 0x0F0F0F0Fu), (int)(qs.w & 0x0F0F0F0Fu)};
-            int hi[4] = {(int)((qs.x >> 4) & 0x0F0F0F0Fu), (int)((qs.y >> 4) & 0x0F0F0F0Fu),
-                         (int)((qs.z >> 4) & 0x0F0F0F0Fu), (int)((qs.w >> 4) & 0x0F0F0F0Fu)};
-            int eLo = sb * 256 + 64 * p + l0, eHi = eLo + 32;
-            for (int t = 0; t < KT_MV_TOKENS; t++) {
-                if (t < nt) {
-                    i64 tok = t0 + t;
-                    uint4 a = *(const uint4*)(xq + tok * cols + eLo);
-                    uint4 b = *(const uint4*)(xq + tok * cols + eHi);
-                    int sLo = __dp4a(lo[0], (int)a.x, 0);
-                    sLo = __dp4a(lo[1], (int)a.y, sLo);
-                    sLo = __dp4a(lo[2], (int)a.z, sLo);
-                    sLo = __dp4a(lo[3], (int)a.w, sLo);
-                    int sHi = __dp4a(hi[0], (int)b.x, 0);
-                    sHi = __dp4a(hi[1], (int)b.y, sHi);
-                    sHi = __dp4a(hi[2], (int)b.z, sHi);
-                    sHi = __dp4a(hi[3], (int)b.w, sHi);
-                    int bLo = xs[tok * (cols / 16) + eLo / 16], bHi = xs[tok * (cols / 16) + eHi / 16];
-                    float part_ = d * ((float)scLo * (float)sLo + (float)scHi * (float)sHi)
-                                - dmin * ((float)mLo * (float)bLo + (float)mHi * (float)bHi);
-                    acc[t] += xd[tok * nsb + sb] * part_;
-                }
+        int sb = min(base + (lane >> 3), nsb - 1);  // lanes past the end redo the last block; their part is not added
+        const u8* blk = row + (i64)sb * 144;
+        uint4 head = *(const uint4*)blk;
+        uint4 qs = *(const uint4*)(blk + 16 + 16 * part);
+        const u8* hb = (const u8*)&head;
+        float d = kt_f16(hb), dmin = kt_f16(hb + 2);
+        int scLo, mLo, scHi, mHi;
+        kt_scale_min_k4(2 * p, hb + 4, &scLo, &mLo);
+        kt_scale_min_k4(2 * p + 1, hb + 4, &scHi, &mHi);
+        int lo[4] = {(int)(qs.x & 0x0F0F0F0Fu), (int)(qs.y & 0x0F0F0F0Fu), (int)(qs.z & 0x0F0F0F0Fu), (int)(qs.w & 0x0F0F0F0Fu)};
+        int hi[4] = {(int)((qs.x >> 4) & 0x0F0F0F0Fu), (int)((qs.y >> 4) & 0x0F0F0F0Fu),
+                     (int)((qs.z >> 4) & 0x0F0F0F0Fu), (int)((qs.w >> 4) & 0x0F0F0F0Fu)};
+        int eLo = sb * 256 + 64 * p + l0, eHi = eLo + 32;
+        int count = min(4, nsb - base);
+        for (int t = 0; t < KT_MV_TOKENS; t++) {
+            if (t < nt) {
+                i64 tok = t0 + t;
+                uint4 a = *(const uint4*)(xq + tok * cols + eLo);
+                uint4 b = *(const uint4*)(xq + tok * cols + eHi);
+                int sLo = __dp4a(lo[0], (int)a.x, 0);
+                sLo = __dp4a(lo[1], (int)a.y, sLo);
+                sLo = __dp4a(lo[2], (int)a.z, sLo);
+                sLo = __dp4a(lo[3], (int)a.w, sLo);
+                int sHi = __dp4a(hi[0], (int)b.x, 0);
+                sHi = __dp4a(hi[1], (int)b.y, sHi);
+                sHi = __dp4a(hi[2], (int)b.z, sHi);
+                sHi = __dp4a(hi[3], (int)b.w, sHi);
+                int bLo = xs[tok * (cols / 16) + eLo / 16], bHi = xs[tok * (cols / 16) + eHi / 16];
+                int i1 = kt_sum8(scLo * sLo + scHi * sHi), i2 = kt_sum8(mLo * bLo + mHi * bHi);
+                float pt = kt_part_q4_K(xd[tok * nsb + sb], d, dmin, i1, i2);
+                acc[t] = kt_add_parts(acc[t], pt, count);
             }
         }
     }
-    for (int t = 0; t < KT_MV_TOKENS; t++) {
-        if (t < nt) {
-            float s = kt_warp_sum(acc[t]);
-            if (lane == 0) y[(i64)(t0 + t) * rows + r] = s;
+    if (lane == 0)
+        for (int t = 0; t < nt; t++) y[(i64)(t0 + t) * rows + r] = acc[t];
+}
+
+// 8 bytes at a 2-byte aligned address (Q6_K blocks are 210 bytes).
+__device__ __forceinline__ uint2 kt_load8_a2(const u8* p) {
+    const u16* q = (const u16*)p;
+    return make_uint2((u32)q[0] | ((u32)q[1] << 16), (u32)q[2] | ((u32)q[3] << 16));
+}
+
+// Q6_K: { u8 ql[128]; u8 qh[64]; i8 scales[16]; f16 d }. A warp per row, 4 super-blocks per step, 8 lanes each: lane
+// part p takes half h = p / 4 and the 8 positions i0 = 8·(p % 4) .. +8 of each of the half's four 32-element rows r
+// (elements 128h + 32r + i), i.e. 8 bytes of ql[64h + i0], of ql[64h + 32 + i0] and of qh[32h + i0]; the scale of
+// those 8 elements is scales[8h + 2r + i0 / 16].
+extern "C" __global__ void __launch_bounds__(128) matvec_q6_K_q8(const u8* W, i64 rowBytes, int rows, int cols,
+        const i8* xq, const float* xd, const int* xs, float* y, int n) {
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int r = blockIdx.x * KT_MV_WARPS + warp;
+    if (r >= rows) return;
+    int t0 = blockIdx.y * KT_MV_TOKENS, nt = min(KT_MV_TOKENS, n - t0);
+    const u8* row = W + (i64)r * rowBytes;
+    int nsb = cols / 256, part = lane & 7, h = part >> 2, i0 = 8 * (part & 3);
+    float acc[KT_MV_TOKENS];
+    for (int t = 0; t < KT_MV_TOKENS; t++) acc[t] = 0.0f;
+    for (int base = 0; base < nsb; base += 4) {
+        int sb = min(base + (lane >> 3), nsb - 1);
+        const u8* blk = row + (i64)sb * 210;
+        uint2 ql0 = kt_load8_a2(blk + 64 * h + i0), ql1 = kt_load8_a2(blk + 64 * h + 32 + i0);
+        uint2 qh = kt_load8_a2(blk + 128 + 32 * h + i0);
+        const i8* sc = (const i8*)(blk + 192 + 8 * h + i0 / 16);
+        float d = kt_f16(blk + 208);
+        int v[8];  // rows r = 0..3, two words each
+        for (int rr = 0; rr < 4; rr++) {
+            uint2 l = (rr & 1) ? ql1 : ql0;
+            int shift = 4 * (rr >> 1);
+            v[2 * rr] = kt_minus32(((l.x >> shift) & 0x0F0F0F0Fu) | (((qh.x >> (2 * rr)) & 0x03030303u) << 4));
+            v[2 * rr + 1] = kt_minus32(((l.y >> shift) & 0x0F0F0F0Fu) | (((qh.y >> (2 * rr)) & 0x03030303u) << 4));
+        }
+        int scale[4] = {sc[0], sc[2], sc[4], sc[6]};
+        int count = min(4, nsb - base);
+        for (int t = 0; t < KT_MV_TOKENS; t++) {
+            if (t < nt) {
+                i64 tok = t0 + t;
+                const i8* xb = xq + tok * cols + sb * 256 + 128 * h + i0;
+                int i1 = 0;
+                for (int rr = 0; rr < 4; rr++) {
+                    uint2 a = *(const uint2*)(xb + 32 * rr);
+                    i1 += scale[rr] * __dp4a(v[2 * rr + 1], (int)a.y, __dp4a(v[2 * rr], (int)a.x, 0));
+                }
+                i1 = kt_sum8(i1);
+                float pt = kt_part_q6_K(xd[tok * nsb + sb], d, i1);
+                acc[t] = kt_add_parts(acc[t], pt, count);
+            }
         }
     }
+    if (lane == 0)
+        for (int t = 0; t < nt; t++) y[(i64)(t0 + t) * rows + r] = acc[t];
 }

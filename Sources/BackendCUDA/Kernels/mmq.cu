@@ -1,0 +1,125 @@
+// Prefill matmuls on the int8 tensor cores: K-quant rows · Q8_K-quantized inputs, tiles of 64 rows × 64 tokens, with
+// the canonical arithmetic of the integer-dot matrix-vector kernels (matvec.cu): the group dot products come from
+// mma.sync (exact integers), are scaled and summed per super-block as integers, and each super-block's part is added
+// in order, so every output has the bits the matrix-vector kernel gives it (batch invariance across kernels).
+//
+// Block: 4 warps, warp (wm, wn) = (w % 2, w / 2) owns rows 32·wm .. +32 and tokens 32·wn .. +32 of the tile: 2 m16 ×
+// 4 n8 mma tiles, 32 outputs a thread. Per super-block the block stages the 64 tokens' 256 int8 values (rows of 272
+// bytes: the fragment loads hit distinct banks), their scales and per-group sums in shared memory; each warp reads
+// its weight rows straight from global memory (each weight byte is read by one warp of a block per token tile).
+// The k order inside a 32-group is permuted (lane t's "k = 4t..4t+3" are elements 8t..8t+3, its "k = 16 + 4t.." are
+// 8t+4..8t+7), identically for weights and inputs, so both come in 8-byte loads; a dot product does not depend on it.
+
+#define KT_MMQ_XSTRIDE 272
+
+// Stages super-block sb of tokens t0 .. t0 + 63 (zeros past n): values, scale, sums of each 32-group.
+__device__ __forceinline__ void kt_mmq_stage_q8K(const i8* xq, const float* xd, const int* xs, int cols, int n, int t0,
+                                                 int sb, i8* sx, float* sd, int* ssum) {
+    int tid = threadIdx.x, nsb = cols / 256;
+    for (int c = tid; c < 64 * 16; c += 128) {
+        int tok = c >> 4, part = c & 15;
+        uint4 v = make_uint4(0, 0, 0, 0);
+        if (t0 + tok < n) v = *(const uint4*)(xq + (i64)(t0 + tok) * cols + sb * 256 + part * 16);
+        *(uint4*)(sx + tok * KT_MMQ_XSTRIDE + part * 16) = v;
+    }
+    for (int c = tid; c < 64 * 8; c += 128) {
+        int tok = c >> 3, g = c & 7, s = 0;
+        if (t0 + tok < n) {
+            const int* p = xs + (i64)(t0 + tok) * (cols / 16) + sb * 16 + 2 * g;
+            s = p[0] + p[1];
+        }
+        ssum[tok * 8 + g] = s;
+    }
+    if (tid < 64) sd[tid] = t0 + tid < n ? xd[(i64)(t0 + tid) * nsb + sb] : 0.0f;
+}
+
+// y[t, r] for Q4_K rows; grid (ceil(rows / 64), ceil(n / 64)), 128 threads.
+extern "C" __global__ void __launch_bounds__(128) mmq_q4_K(const u8* W, i64 rowBytes, int rows, int cols, const i8* xq,
+        const float* xd, const int* xs, float* y, int n) {
+    __shared__ __align__(16) i8 sx[64 * KT_MMQ_XSTRIDE];
+    __shared__ float sd[64];
+    __shared__ __align__(16) int ssum[64 * 8];
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    int wm = warp & 1, wn = warp >> 1;
+    int r0 = blockIdx.x * 64 + wm * 32, t0 = blockIdx.y * 64;
+    int nsb = cols / 256;
+    // This thread's rows: i = 2·mi + h is row r0 + 16·mi + g + 8·h (rows past the end read the last row, unwritten).
+    const u8* rowp[4];
+    for (int i = 0; i < 4; i++) rowp[i] = W + (i64)min(r0 + 16 * (i >> 1) + g + 8 * (i & 1), rows - 1) * rowBytes;
+    float acc[2][4][4];
+    for (int mi = 0; mi < 2; mi++)
+        for (int ni = 0; ni < 4; ni++)
+            for (int e = 0; e < 4; e++) acc[mi][ni][e] = 0.0f;
+    for (int sb = 0; sb < nsb; sb++) {
+        __syncthreads();
+        kt_mmq_stage_q8K(xq, xd, xs, cols, n, t0, sb, sx, sd, ssum);
+        __syncthreads();
+        float d[4], dmin[4];
+        u32 scw[4][2], mw[4][2];
+        for (int i = 0; i < 4; i++) {
+            uint4 head = *(const uint4*)(rowp[i] + (i64)sb * 144);
+            const u8* hb = (const u8*)&head;
+            d[i] = kt_f16(hb);
+            dmin[i] = kt_f16(hb + 2);
+            scw[i][0] = scw[i][1] = mw[i][0] = mw[i][1] = 0;
+            for (int G = 0; G < 8; G++) {
+                int sc, m;
+                kt_scale_min_k4(G, hb + 4, &sc, &m);
+                scw[i][G >> 2] |= (u32)sc << (8 * (G & 3));
+                mw[i][G >> 2] |= (u32)m << (8 * (G & 3));
+            }
+        }
+        int i1[2][4][4];
+        for (int mi = 0; mi < 2; mi++)
+            for (int ni = 0; ni < 4; ni++)
+                for (int e = 0; e < 4; e++) i1[mi][ni][e] = 0;
+        for (int p = 0; p < 4; p++) {
+            uint2 q[4];
+            for (int i = 0; i < 4; i++) q[i] = *(const uint2*)(rowp[i] + (i64)sb * 144 + 16 + 32 * p + 8 * t);
+            for (int hi = 0; hi < 2; hi++) {
+                int G = 2 * p + hi, sh = 4 * hi;
+                u32 a[2][4];
+                for (int mi = 0; mi < 2; mi++) {
+                    a[mi][0] = (q[2 * mi].x >> sh) & 0x0F0F0F0Fu;
+                    a[mi][1] = (q[2 * mi + 1].x >> sh) & 0x0F0F0F0Fu;
+                    a[mi][2] = (q[2 * mi].y >> sh) & 0x0F0F0F0Fu;
+                    a[mi][3] = (q[2 * mi + 1].y >> sh) & 0x0F0F0F0Fu;
+                }
+                for (int ni = 0; ni < 4; ni++) {
+                    uint2 bb = *(const uint2*)(sx + (wn * 32 + ni * 8 + g) * KT_MMQ_XSTRIDE + G * 32 + 8 * t);
+                    u32 b[2] = {bb.x, bb.y};
+                    for (int mi = 0; mi < 2; mi++) {
+                        int c[4] = {0, 0, 0, 0};
+                        KT_MMA_K32(c, a[mi], b);
+                        for (int e = 0; e < 4; e++) {
+                            int sc = (int)((scw[2 * mi + (e >> 1)][G >> 2] >> (8 * (G & 3))) & 0xFF);
+                            i1[mi][ni][e] += sc * c[e];
+                        }
+                    }
+                }
+            }
+        }
+        for (int ni = 0; ni < 4; ni++) {
+            for (int j = 0; j < 2; j++) {
+                int tl = wn * 32 + ni * 8 + 2 * t + j;
+                int4 s0 = *(const int4*)(ssum + tl * 8), s1 = *(const int4*)(ssum + tl * 8 + 4);
+                int s[8] = {s0.x, s0.y, s0.z, s0.w, s1.x, s1.y, s1.z, s1.w};
+                float xdt = sd[tl];
+                for (int mi = 0; mi < 2; mi++) {
+                    for (int h = 0; h < 2; h++) {
+                        int i = 2 * mi + h, i2 = 0;
+                        for (int G = 0; G < 8; G++) i2 += (int)((mw[i][G >> 2] >> (8 * (G & 3))) & 0xFF) * s[G];
+                        int e = 2 * h + j;
+                        acc[mi][ni][e] = __fadd_rn(acc[mi][ni][e], kt_part_q4_K(xdt, d[i], dmin[i], i1[mi][ni][e], i2));
+                    }
+                }
+            }
+        }
+    }
+    for (int mi = 0; mi < 2; mi++)
+        for (int ni = 0; ni < 4; ni++)
+            for (int e = 0; e < 4; e++) {
+                int r = r0 + 16 * mi + g + 8 * (e >> 1), tok = t0 + wn * 32 + ni * 8 + 2 * t + (e & 1);
+                if (r < rows && tok < n) y[(i64)tok * rows + r] = acc[mi][ni][e];
+            }
+}
