@@ -9,7 +9,8 @@
 #         gemma-3-270m-q4_k_m.gguf (the default model, for the reference comparison).
 # There:  bash scripts/device-check.sh [stage ...]    # results under $OUT (or ./device-out); BIN=path overrides the binary
 #
-# Stages (all by default): probe, conformance, tiny, gemma, bench, baseline, hybrid. Each writes its lines to
+# Stages (all by default): probe, conformance, tiny, gemma, bench, baseline, hybrid; and `profile` (not in the default
+# set): where the GPU time goes (bench --profile-kernels) on the Llama-3-8B shape, pp and tg, into $OUT/profile.md. Each writes its lines to
 # $OUT/summary.md and its details to $OUT/log.txt; exits non-zero if a correctness stage fails.
 # SMOKE=1: a dry run of the whole flow on one-layer models with tiny sizes (e.g. here, on the CUDA emulator:
 #   KTRANSFORMERS_CUDA_DRIVER=$(scripts/build-cuda-emulator.sh) KTRANSFORMERS_NVRTC=<same> SMOKE=1 \
@@ -103,6 +104,15 @@ if has bench; then
     make_model qwen3-30b-a3b /tmp/qwen3-30b-a3b$sfx.gguf
     "$bin" bench --model /tmp/qwen3-30b-a3b$sfx.gguf --device cuda --n-cpu-moe 0 -p $pp -n $tg -r $reps 2>>"$log" | tail -2 | sed 's/$/ (all on the GPU)/' | tee -a "$summary"
   fi
+fi
+
+if has profile; then
+  say "## kernel profile (Llama-3-8B shape), $(date -u +%FT%TZ)"
+  m=/tmp/llama3-8b$sfx.gguf
+  make_model llama3-8b $m
+  "$bin" bench --model $m --device cuda -p $pp -n $tgb -r 1 --profile-kernels 2>>"$log" > "$out/profile.md"
+  "$bin" bench --model $m --device cuda -p 0 -n $tgb -b 32 -r 1 --profile-kernels 2>>"$log" >> "$out/profile.md"
+  grep -E "^(pp|tg).*kernels" "$out/profile.md" | tee -a "$summary"
 fi
 
 if has baseline && [ -d .baseline/llama.cpp ] && [ -z "${SMOKE:-}" ]; then

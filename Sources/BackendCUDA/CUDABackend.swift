@@ -35,6 +35,11 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     private var quantized: Tensor?
     private var quantizedFor = 0
     private var widestInput = 0
+    /// The low tf32 halves of a 3×TF32 matmul's input (`rounded` holds the high ones) `// [maxTokens, widest]`, and
+    /// the per-split partial sums `// [maxTokens, largest rows · splits]`.
+    private var splitLow: Tensor?
+    private var splitParts: Tensor?
+    private var widestSplitOutput = 0
     private var routerBias: [UnsafeRawPointer: Tensor] = [:]
     /// Bytes of weights this backend holds, and the formats it converted at load.
     public private(set) var weightBytes = 0
@@ -350,6 +355,19 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
             rounded = allocate(need)
             graphEpoch += 1
         }
+        if widestSplitOutput > 0 {
+            if need > (splitLow?.count ?? 0) {
+                if let old = splitLow { release(old) }
+                splitLow = allocate(need)
+                graphEpoch += 1
+            }
+            let parts = plan.maxTokens * widestSplitOutput
+            if parts > (splitParts?.count ?? 0) {
+                if let old = splitParts { release(old) }
+                splitParts = allocate(parts)
+                graphEpoch += 1
+            }
+        }
         let q = Self.quantizedLayout(elements: need).total
         if q > (quantized?.count ?? 0) {
             if let old = quantized { release(old) }
@@ -409,6 +427,10 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         let g = try uploadWeight(name: w.name, type: w.type, rows: host.rows, cols: host.cols, data: w.data,
                                  host: host.kernels, hostRowBytes: host.rowBytes)
         if g.rounding != .none { noteInput(cols: host.cols) }
+        if g.tensorCoreF32 != nil && host.cols % 256 == 0 {
+            widestSplitOutput = max(widestSplitOutput, host.rows * Self.mmfSplits(cols: host.cols))
+            growRounded()
+        }
         return try WeightMatrix(name: w.name, type: w.type, rows: host.rows, cols: host.cols, data: w.data, owner: w.owner,
                                 device: device, storage: g)
     }
@@ -535,9 +557,39 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         return r
     }
 
+    /// Super-blocks per K split of a 3×TF32 matmul, and the splits of a row of `cols` (fixed by the shape alone,
+    /// so that every token count adds the same partial sums).
+    static let mmfSplitSuperBlocks = 8
+    static func mmfSplits(cols: Int) -> Int { (cols / 256 + mmfSplitSuperBlocks - 1) / mmfSplitSuperBlocks }
+
+    /// `.f32Activations` with Q4_K rows on the tf32 tensor cores (3×TF32, kernels in mmq.cu): the input split into
+    /// high and low tf32 halves, one kernel for every token count, the K splits added in order.
+    private func tensorCoreF32Matmul(_ g: CUDAWeight, _ f: CUDADriver.Handle, rows: Int, cols: Int, x: Tensor, y: Tensor, n: Int) {
+        guard let hi = rounded, let lo = splitLow, let parts = splitParts, hi.count >= n * cols,
+              parts.count >= n * rows * Self.mmfSplits(cols: cols) else {
+            preconditionFailure("CUDA matmul: 3xTF32 scratch not reserved for \(n) rows of \(cols)")
+        }
+        launch("split_tf32", grid: (Self.blocks(n * cols), 1, 1), block: 256,
+               [.ptr(x.address), .ptr(hi.address), .ptr(lo.address), .i64(n * cols)])
+        let splits = Self.mmfSplits(cols: cols), tiles = (rows + 15) / 16
+        let nt = n <= 8 ? 1 : 4
+        let out = splits == 1 ? y : parts
+        launch(nt == 1 ? f : kernels.function("mmf_q4_K_4"), "mmf_\(g.tag)_\(nt) \(rows)x\(cols)",
+               grid: ((tiles * splits + 3) / 4, (n + 8 * nt - 1) / (8 * nt), 1), block: 128,
+               [.ptr(g.address), .i64(g.rowBytes), .i32(rows), .i32(cols), .ptr(hi.address), .ptr(lo.address),
+                .ptr(out.address), .i32(n), .i32(Self.mmfSplitSuperBlocks)])
+        if splits > 1 {
+            launch("mmf_reduce", grid: (Self.blocks(n * rows), 1, 1), block: 256,
+                   [.ptr(parts.address), .ptr(y.address), .i32(splits), .i32(n), .i32(rows)])
+        }
+    }
+
     public func matmul(_ w: WeightMatrix, _ x: Tensor, _ y: Tensor, n: Int, precision: MatmulPrecision) {
         current()
         let g = Self.weight(w)
+        if precision == .f32Activations, let f = g.tensorCoreF32, w.cols % 256 == 0 {
+            return tensorCoreF32Matmul(g, f, rows: w.rows, cols: w.cols, x: x, y: y, n: n)
+        }
         if precision == .standard && Self.integerDot(g, cols: w.cols) {
             return integerMatvec(g, rows: w.rows, cols: w.cols, input: quantizeInput(x, cols: w.cols, n: n), y: y, n: n)
         }
@@ -687,6 +739,8 @@ final class CUDAWeight: @unchecked Sendable {
     let integerDot: CUDADriver.Handle?
     /// Its tensor-core tile kernel (prefill), where there is one.
     let tensorCoreTiles: CUDADriver.Handle?
+    /// The 3×TF32 kernel for f32 activations (one token tile per warp), where there is one.
+    let tensorCoreF32: CUDADriver.Handle?
 
     init(address: UInt, tag: String, rowBytes: Int, rounding: ActivationRounding, kernels: CUDAKernels) {
         self.address = address
@@ -698,6 +752,7 @@ final class CUDAWeight: @unchecked Sendable {
         embed = kernels.function("embed_\(tag)")
         integerDot = tag == "q4_K" || tag == "q6_K" ? kernels.function("matvec_\(tag)_q8") : nil
         tensorCoreTiles = tag == "q4_K" ? kernels.function("mmq_q4_K") : nil
+        tensorCoreF32 = tag == "q4_K" ? kernels.function("mmf_q4_K_1") : nil
     }
 }
 

@@ -198,9 +198,9 @@ public struct BackendConformance {
         let ns = [1, 2, 4, 5, 9, 33], maxN = 33
         let skipped = QuantRegistry.supportedTypes.filter { !Host.canMake($0) }
         if !skipped.isEmpty { print("[\(name)] matmul: no test weights for \(skipped) (activation-only or no layout)") }
-        // 512 columns: two 256-blocks; 1280: five (a device kernel that takes super-blocks four at a time has a
-        // remainder), with 37 rows.
-        for (rows, cols) in [(70, 512), (37, 1280)] {
+        // 512 columns: two 256-blocks; 2560: ten (a device kernel that takes super-blocks four at a time has a
+        // remainder; one that splits K every 8 has two splits), with 37 rows.
+        for (rows, cols) in [(70, 512), (37, 2560)] {
         let x = rng.normals(maxN * cols)
         let xt = b.upload(x)
         let y = b.allocate((maxN + 1) * rows)

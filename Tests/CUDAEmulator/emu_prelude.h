@@ -156,3 +156,34 @@ static inline void emu_mma_s8(int* c, const unsigned* a, const unsigned* b, int 
 }
 #define KT_MMA_K32(c, a, b) emu_mma_s8(c, a, b, 32)
 #define KT_MMA_K16(c, a, b) emu_mma_s8(c, a, b, 16)
+static inline unsigned __float_as_uint(float f) { unsigned u; std::memcpy(&u, &f, 4); return u; }
+static inline float __uint_as_float(unsigned u) { float f; std::memcpy(&f, &u, 4); return f; }
+struct alignas(8) float2 { float x, y; };
+// f32 -> tf32 (cvt.rna: round to nearest, ties away from zero), as a bit pattern.
+static inline unsigned kt_tf32(float f) {
+    unsigned u = __float_as_uint(f);
+    if ((u & 0x7f800000u) == 0x7f800000u) return u;
+    return (u + 0x1000u) & 0xffffe000u;
+}
+// mma.sync m16n8k8 tf32 → f32 for one warp (layouts in the comment of emu_mma_s8, with k < 8: a[2], a[3] are k + 4).
+static inline void emu_mma_tf32(float* c, const unsigned* a, const unsigned* b) {
+    static unsigned buf[1024][6];
+    int me = emu_current->linear, base = me & ~31, lane = me & 31;
+    for (int i = 0; i < 4; i++) buf[me][i] = a[i];
+    buf[me][4] = b[0];
+    buf[me][5] = b[1];
+    emu_barrier(1);
+    int g = lane >> 2, t = lane & 3;
+    for (int e = 0; e < 4; e++) {
+        int R = g + (e >= 2 ? 8 : 0), N = 2 * t + (e & 1);
+        float s = c[e];
+        for (int k = 0; k < 8; k++) {
+            int la = base + (R % 8) * 4 + (k % 4), ra = (R >= 8 ? 1 : 0) + (k >= 4 ? 2 : 0);
+            int lb = base + N * 4 + (k % 4), rb = 4 + (k >= 4 ? 1 : 0);
+            s += __uint_as_float(buf[la][ra]) * __uint_as_float(buf[lb][rb]);
+        }
+        c[e] = s;
+    }
+    emu_barrier(1);
+}
+#define KT_MMA_TF32(c, a, b) emu_mma_tf32(c, a, b)
