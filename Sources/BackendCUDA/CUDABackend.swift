@@ -395,7 +395,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     /// kernel; both give the same bits. `KTRANSFORMERS_CUDA_MMQ_MIN` overrides it (measurements, tests).
     static let mmqMinTokens: Int = {
         if let v = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_MMQ_MIN"], let n = Int(v), n >= 1 { return n }
-        return 16
+        return 64
     }()
 
     /// `x` as Q8_K integers in `quantized` (values, scales, sums addresses), for `n` rows of `cols`.

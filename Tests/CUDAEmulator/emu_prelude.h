@@ -187,3 +187,5 @@ static inline void emu_mma_tf32(float* c, const unsigned* a, const unsigned* b) 
     emu_barrier(1);
 }
 #define KT_MMA_TF32(c, a, b) emu_mma_tf32(c, a, b)
+struct alignas(16) float4 { float x, y, z, w; };
+static inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }

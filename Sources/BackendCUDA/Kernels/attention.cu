@@ -12,7 +12,7 @@ extern "C" __global__ void __launch_bounds__(KT_ATT_THREADS) attention(
         const float* q, float* out, const float* kc, const float* vc, int kStride, int vStride, int vHeadStride,
         int nHead, int nKVHead, int headDim, int headDimV, float scale, int window, float softcap,
         const int* positions, const int* seqOfToken, const int* blockTables, int blockTableStride, int pageSize) {
-    __shared__ float qs[KT_ATT_MAX_HEAD];
+    __shared__ __align__(16) float qs[KT_ATT_MAX_HEAD];
     __shared__ float p[KT_ATT_THREADS];
     __shared__ int slots[KT_ATT_THREADS];
     __shared__ float scratch[32];
@@ -28,6 +28,8 @@ extern "C" __global__ void __launch_bounds__(KT_ATT_THREADS) attention(
     float acc[KT_ATT_MAX_VDIMS];
     for (int i = 0; i < KT_ATT_MAX_VDIMS; i++) acc[i] = 0.0f;
     float m = -KT_INF, l = 0.0f;
+    // K rows as float4s when every row and head starts 16-byte aligned.
+    bool vec4 = (headDim & 3) == 0 && (kStride & 3) == 0 && ((size_t)kc & 15) == 0;
     __syncthreads();
     for (int start = lo; start <= pos; start += KT_ATT_THREADS) {
         int j = start + tid;
@@ -37,7 +39,16 @@ extern "C" __global__ void __launch_bounds__(KT_ATT_THREADS) attention(
             slot = table[j / pageSize] * pageSize + j % pageSize;
             const float* kr = kh + (i64)slot * kStride;
             float d = 0.0f;
-            for (int i = 0; i < headDim; i++) d += qs[i] * kr[i];
+            if (vec4) {
+                const float4* k4 = (const float4*)kr;
+                const float4* q4 = (const float4*)qs;
+                for (int i = 0; i < headDim / 4; i++) {
+                    float4 a = q4[i], b = k4[i];
+                    d += a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w;
+                }
+            } else {
+                for (int i = 0; i < headDim; i++) d += qs[i] * kr[i];
+            }
             s = d * scale;
             if (softcap > 0.0f) s = softcap * tanhf(s / softcap);
         }

@@ -138,11 +138,18 @@ extern "C" __global__ void __launch_bounds__(128) matvec_q4_K_q8(const u8* W, i6
     int nsb = cols / 256, part = lane & 7, p = part >> 1, l0 = 16 * (part & 1);
     float acc[KT_MV_TOKENS];
     for (int t = 0; t < KT_MV_TOKENS; t++) acc[t] = 0.0f;
+    // The next step's loads are issued before this step's arithmetic (two steps of the row in flight).
+    int sbNext = min(lane >> 3, nsb - 1);
+    uint4 headNext = *(const uint4*)(row + (i64)sbNext * 144);
+    uint4 qsNext = *(const uint4*)(row + (i64)sbNext * 144 + 16 + 16 * part);
     for (int base = 0; base < nsb; base += 4) {
-        int sb = min(base + (lane >> 3), nsb - 1);  // lanes past the end redo the last block; their part is not added
-        const u8* blk = row + (i64)sb * 144;
-        uint4 head = *(const uint4*)blk;
-        uint4 qs = *(const uint4*)(blk + 16 + 16 * part);
+        int sb = sbNext;  // lanes past the end redo the last block; their part is not added
+        uint4 head = headNext, qs = qsNext;
+        if (base + 4 < nsb) {
+            sbNext = min(base + 4 + (lane >> 3), nsb - 1);
+            headNext = *(const uint4*)(row + (i64)sbNext * 144);
+            qsNext = *(const uint4*)(row + (i64)sbNext * 144 + 16 + 16 * part);
+        }
         const u8* hb = (const u8*)&head;
         float d = kt_f16(hb), dmin = kt_f16(hb + 2);
         int scLo, mLo, scHi, mHi;
@@ -197,11 +204,20 @@ extern "C" __global__ void __launch_bounds__(128) matvec_q6_K_q8(const u8* W, i6
     int nsb = cols / 256, part = lane & 7, h = part >> 2, i0 = 8 * (part & 3);
     float acc[KT_MV_TOKENS];
     for (int t = 0; t < KT_MV_TOKENS; t++) acc[t] = 0.0f;
+    int sbNext = min(lane >> 3, nsb - 1);
+    const u8* b0 = row + (i64)sbNext * 210;
+    uint2 ql0n = kt_load8_a2(b0 + 64 * h + i0), ql1n = kt_load8_a2(b0 + 64 * h + 32 + i0), qhn = kt_load8_a2(b0 + 128 + 32 * h + i0);
     for (int base = 0; base < nsb; base += 4) {
-        int sb = min(base + (lane >> 3), nsb - 1);
+        int sb = sbNext;
         const u8* blk = row + (i64)sb * 210;
-        uint2 ql0 = kt_load8_a2(blk + 64 * h + i0), ql1 = kt_load8_a2(blk + 64 * h + 32 + i0);
-        uint2 qh = kt_load8_a2(blk + 128 + 32 * h + i0);
+        uint2 ql0 = ql0n, ql1 = ql1n, qh = qhn;
+        if (base + 4 < nsb) {
+            sbNext = min(base + 4 + (lane >> 3), nsb - 1);
+            const u8* bn = row + (i64)sbNext * 210;
+            ql0n = kt_load8_a2(bn + 64 * h + i0);
+            ql1n = kt_load8_a2(bn + 64 * h + 32 + i0);
+            qhn = kt_load8_a2(bn + 128 + 32 * h + i0);
+        }
         const i8* sc = (const i8*)(blk + 192 + 8 * h + i0 / 16);
         float d = kt_f16(blk + 208);
         int v[8];  // rows r = 0..3, two words each
