@@ -559,7 +559,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
 
     /// Super-blocks per K split of a 3×TF32 matmul, and the splits of a row of `cols` (fixed by the shape alone,
     /// so that every token count adds the same partial sums).
-    static let mmfSplitSuperBlocks = 8
+    static let mmfSplitSuperBlocks = 4
     static func mmfSplits(cols: Int) -> Int { (cols / 256 + mmfSplitSuperBlocks - 1) / mmfSplitSuperBlocks }
 
     /// `.f32Activations` with Q4_K rows on the tf32 tensor cores (3×TF32, kernels in mmq.cu): the input split into
@@ -601,6 +601,20 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     public func matmulGroup(_ w0: WeightMatrix, _ y0: Tensor, _ w1: WeightMatrix, _ y1: Tensor, _ w2: WeightMatrix?,
                             _ y2: Tensor?, x: Tensor, n: Int) {
         current()
+        // One launch for the whole group when its matrices share an integer-dot format and width (decode).
+        let ws = [w0, w1] + (w2.map { [$0] } ?? [])
+        let gs = ws.map { Self.weight($0) }
+        if gs.allSatisfy({ $0.tag == gs[0].tag && $0.rowBytes == gs[0].rowBytes }), ws.allSatisfy({ $0.cols == w0.cols }),
+           let grouped = gs[0].integerDotGroup, Self.integerDot(gs[0], cols: w0.cols),
+           n < Self.mmqMinTokens || gs[0].tensorCoreTiles == nil {
+            let q = quantizeInput(x, cols: w0.cols, n: n)
+            let r2 = w2?.rows ?? 0, rows = w0.rows + w1.rows + r2
+            launch(grouped, "matvec_\(gs[0].tag)_q8_3 \(rows)x\(w0.cols)", grid: ((rows + 3) / 4, (n + 7) / 8, 1), block: 128,
+                   [.ptr(gs[0].address), .ptr(gs[1].address), .ptr(gs.count > 2 ? gs[2].address : 0), .i64(gs[0].rowBytes),
+                    .i32(w0.rows), .i32(w1.rows), .i32(r2), .i32(w0.cols), .ptr(q.0), .ptr(q.1), .ptr(q.2), .ptr(y0.address),
+                    .ptr(y1.address), .ptr(y2?.address ?? 0), .i32(n)])
+            return
+        }
         // The input is rounded (or quantized) once per form the group's formats need, in the order they come.
         var last: (ActivationRounding, Tensor)?
         var lastQuantized: (UInt, UInt, UInt)?
@@ -737,6 +751,8 @@ final class CUDAWeight: @unchecked Sendable {
     let embed: CUDADriver.Handle
     /// The integer-dot matrix-vector kernel of the format, where there is one.
     let integerDot: CUDADriver.Handle?
+    /// Its form for up to three matrices in one launch (`matmulGroup`).
+    let integerDotGroup: CUDADriver.Handle?
     /// Its tensor-core tile kernel (prefill), where there is one.
     let tensorCoreTiles: CUDADriver.Handle?
     /// The 3×TF32 kernel for f32 activations (one token tile per warp), where there is one.
@@ -751,6 +767,7 @@ final class CUDAWeight: @unchecked Sendable {
         matvecExperts = kernels.function("matvec_experts_\(tag)")
         embed = kernels.function("embed_\(tag)")
         integerDot = tag == "q4_K" || tag == "q6_K" ? kernels.function("matvec_\(tag)_q8") : nil
+        integerDotGroup = tag == "q4_K" || tag == "q6_K" ? kernels.function("matvec_\(tag)_q8_3") : nil
         tensorCoreTiles = tag == "q4_K" ? kernels.function("mmq_q4_K") : nil
         tensorCoreF32 = tag == "q4_K" ? kernels.function("mmf_q4_K_1") : nil
     }

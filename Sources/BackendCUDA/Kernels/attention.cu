@@ -65,6 +65,7 @@ extern "C" __global__ void __launch_bounds__(KT_ATT_THREADS) attention(
             int dIdx = tid + k * KT_ATT_THREADS;
             if (dIdx >= headDimV) break;
             float a = acc[k] * corr;
+#pragma unroll 8
             for (int jj = 0; jj < count; jj++) a += p[jj] * vh[(i64)slots[jj] * vStride + dIdx];
             acc[k] = a;
         }

@@ -57,17 +57,17 @@ __device__ __forceinline__ float kt_block_max(float v, float* scratch) {
 // Warp-wide int8 tensor-core products, C += A·B (s32 accumulate): m16n8k32 with a[4], b[2]; m16n8k16 with a[2],
 // b[1]. Fragment layouts as in the PTX ISA (see the emulator's emu_mma_s8 for them spelled out).
 #define KT_MMA_K32(c, a, b) \
-    asm volatile("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};" \
+    asm("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};" \
                  : "+r"((c)[0]), "+r"((c)[1]), "+r"((c)[2]), "+r"((c)[3]) \
                  : "r"((a)[0]), "r"((a)[1]), "r"((a)[2]), "r"((a)[3]), "r"((b)[0]), "r"((b)[1]))
 #define KT_MMA_K16(c, a, b) \
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5}, {%6}, {%0,%1,%2,%3};" \
+    asm("mma.sync.aligned.m16n8k16.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5}, {%6}, {%0,%1,%2,%3};" \
                  : "+r"((c)[0]), "+r"((c)[1]), "+r"((c)[2]), "+r"((c)[3]) \
                  : "r"((a)[0]), "r"((a)[1]), "r"((b)[0]))
 // m16n8k8 tf32 (f32 accumulate): a[4], b[2] tf32 bit patterns, c[4] floats; layouts as for the int8 forms with
 // k 0..7 (a[0] row g, k t; a[1] row g + 8; a[2] row g, k t + 4; a[3] row g + 8, k t + 4; b[0] k t, b[1] k t + 4).
 #define KT_MMA_TF32(c, a, b) \
-    asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};" \
+    asm("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};" \
                  : "+f"((c)[0]), "+f"((c)[1]), "+f"((c)[2]), "+f"((c)[3]) \
                  : "r"((a)[0]), "r"((a)[1]), "r"((a)[2]), "r"((a)[3]), "r"((b)[0]), "r"((b)[1]))
 // f32 -> tf32 (round to nearest, ties away), as a bit pattern.

@@ -128,13 +128,10 @@ __device__ __forceinline__ float kt_add_parts(float acc, float part, int count) 
 // Q4_K: a warp per row; per step the warp covers 4 super-blocks, 8 lanes each, every lane one 16-byte load of quants
 // (the low and high nibbles of 16 elements of two groups), the block's 16-byte header shared by its 8 lanes: the row
 // is read in whole coalesced segments. Up to 8 tokens per warp. Grid (ceil(rows / 4), ceil(n / 8)).
-extern "C" __global__ void __launch_bounds__(128) matvec_q4_K_q8(const u8* W, i64 rowBytes, int rows, int cols,
-        const i8* xq, const float* xd, const int* xs, float* y, int n) {
-    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    int r = blockIdx.x * KT_MV_WARPS + warp;
-    if (r >= rows) return;
+__device__ __forceinline__ void kt_mv_q4_K(const u8* row, int cols, const i8* xq, const float* xd, const int* xs,
+                                           float* y, int rows, int n) {
+    int lane = threadIdx.x & 31;
     int t0 = blockIdx.y * KT_MV_TOKENS, nt = min(KT_MV_TOKENS, n - t0);
-    const u8* row = W + (i64)r * rowBytes;
     int nsb = cols / 256, part = lane & 7, p = part >> 1, l0 = 16 * (part & 1);
     float acc[KT_MV_TOKENS];
     for (int t = 0; t < KT_MV_TOKENS; t++) acc[t] = 0.0f;
@@ -181,7 +178,7 @@ extern "C" __global__ void __launch_bounds__(128) matvec_q4_K_q8(const u8* W, i6
         }
     }
     if (lane == 0)
-        for (int t = 0; t < nt; t++) y[(i64)(t0 + t) * rows + r] = acc[t];
+        for (int t = 0; t < nt; t++) y[(i64)(t0 + t) * rows] = acc[t];
 }
 
 // 8 bytes at a 2-byte aligned address (Q6_K blocks are 210 bytes).
@@ -194,13 +191,10 @@ __device__ __forceinline__ uint2 kt_load8_a2(const u8* p) {
 // part p takes half h = p / 4 and the 8 positions i0 = 8·(p % 4) .. +8 of each of the half's four 32-element rows r
 // (elements 128h + 32r + i), i.e. 8 bytes of ql[64h + i0], of ql[64h + 32 + i0] and of qh[32h + i0]; the scale of
 // those 8 elements is scales[8h + 2r + i0 / 16].
-extern "C" __global__ void __launch_bounds__(128) matvec_q6_K_q8(const u8* W, i64 rowBytes, int rows, int cols,
-        const i8* xq, const float* xd, const int* xs, float* y, int n) {
-    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    int r = blockIdx.x * KT_MV_WARPS + warp;
-    if (r >= rows) return;
+__device__ __forceinline__ void kt_mv_q6_K(const u8* row, int cols, const i8* xq, const float* xd, const int* xs,
+                                           float* y, int rows, int n) {
+    int lane = threadIdx.x & 31;
     int t0 = blockIdx.y * KT_MV_TOKENS, nt = min(KT_MV_TOKENS, n - t0);
-    const u8* row = W + (i64)r * rowBytes;
     int nsb = cols / 256, part = lane & 7, h = part >> 2, i0 = 8 * (part & 3);
     float acc[KT_MV_TOKENS];
     for (int t = 0; t < KT_MV_TOKENS; t++) acc[t] = 0.0f;
@@ -245,5 +239,28 @@ extern "C" __global__ void __launch_bounds__(128) matvec_q6_K_q8(const u8* W, i6
         }
     }
     if (lane == 0)
-        for (int t = 0; t < nt; t++) y[(i64)(t0 + t) * rows + r] = acc[t];
+        for (int t = 0; t < nt; t++) y[(i64)(t0 + t) * rows] = acc[t];
 }
+
+// The integer-dot matrix-vector kernels: row r of W (a warp each), y[t, r] for t < n; grid (ceil(rows / 4),
+// ceil(n / 8)). The _3 forms run up to three matrices of one format and width on the same input in one launch
+// (q/k/v, gate/up): rows of matrix 0, then 1, then 2, each output row computed as by the single form.
+#define KT_MV_INT(name, body) \
+extern "C" __global__ void __launch_bounds__(128) matvec_##name##_q8(const u8* W, i64 rowBytes, int rows, int cols, \
+        const i8* xq, const float* xd, const int* xs, float* y, int n) { \
+    int r = blockIdx.x * KT_MV_WARPS + (threadIdx.x >> 5); \
+    if (r >= rows) return; \
+    body(W + (i64)r * rowBytes, cols, xq, xd, xs, y + r, rows, n); \
+} \
+extern "C" __global__ void __launch_bounds__(128) matvec_##name##_q8_3(const u8* W0, const u8* W1, const u8* W2, \
+        i64 rowBytes, int rows0, int rows1, int rows2, int cols, const i8* xq, const float* xd, const int* xs, \
+        float* y0, float* y1, float* y2, int n) { \
+    int r = blockIdx.x * KT_MV_WARPS + (threadIdx.x >> 5); \
+    if (r < rows0) { body(W0 + (i64)r * rowBytes, cols, xq, xd, xs, y0 + r, rows0, n); return; } \
+    r -= rows0; \
+    if (r < rows1) { body(W1 + (i64)r * rowBytes, cols, xq, xd, xs, y1 + r, rows1, n); return; } \
+    r -= rows1; \
+    if (r < rows2) body(W2 + (i64)r * rowBytes, cols, xq, xd, xs, y2 + r, rows2, n); \
+}
+KT_MV_INT(q4_K, kt_mv_q4_K)
+KT_MV_INT(q6_K, kt_mv_q6_K)

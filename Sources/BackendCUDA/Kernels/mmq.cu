@@ -127,11 +127,13 @@ extern "C" __global__ void __launch_bounds__(128) mmq_q4_K(const u8* W, i64 rowB
 // ---- f32-activation matmuls (`.f32Activations`: the MLP's down projection) on the tf32 tensor cores ----
 //
 // Exact enough for f32 semantics through 3×TF32: each value splits into hi = tf32(v) and lo = tf32(v − hi), and
-// a·b ≈ hi·hi + hi·lo + lo·hi (relative error ~2^-22). One kernel serves every token count with the same bits per
-// output (batch invariance): a warp owns 16 rows × 8·NT tokens of one K split; the split's mma chain runs in a fixed
-// order, and splits (`splitSB` super-blocks each, fixed by the shape alone) are added in order by mmf_reduce. The
-// k order inside a 32-group is permuted as in mmq_q4_K: in k8-chunk c lane t's slots t and t + 4 are elements
-// 8t + 2c and 8t + 2c + 1, so a lane's 8 elements of a group come from one 8-byte load.
+// a·b ≈ lo·hi + hi·lo + hi·hi (relative error ~2^-22). One arithmetic for every token count, so each output has the
+// same bits in any batch: a warp owns 16 rows × 8·NT tokens of one K split; each 32-group's products run as one mma
+// chain from zero (lo·hi, hi·lo, hi·hi for k8-chunks 0..3: short chains keep the tensor cores' truncating
+// accumulation small) and the groups are added to the output in order with rounding adds; splits (`splitSB`
+// super-blocks each, fixed by the shape alone) are added in order by mmf_reduce. The k order inside a 32-group is
+// permuted as in mmq_q4_K: in k8-chunk c lane t's slots t and t + 4 are elements 8t + 2c and 8t + 2c + 1, so a
+// lane's 8 elements of a group come from one 8-byte load.
 
 // The inputs split for 3×TF32: hi and lo arrays of tf32 bit patterns (as floats); grid-stride.
 extern "C" __global__ void split_tf32(const float* x, float* hi, float* lo, i64 count) {
@@ -143,9 +145,19 @@ extern "C" __global__ void split_tf32(const float* x, float* hi, float* lo, i64 
     }
 }
 
+// The A fragments (hi and lo) of k8-chunk ch of a group for rows g (w*a) and g + 8 (w*b).
+__device__ __forceinline__ void kt_mmf_frag(const float* wa, const float* wb, int ch, u32* aHi, u32* aLo) {
+    float av[4] = {wa[2 * ch], wb[2 * ch], wa[2 * ch + 1], wb[2 * ch + 1]};
+    for (int i = 0; i < 4; i++) {
+        aHi[i] = kt_tf32(av[i]);
+        aLo[i] = kt_tf32(av[i] - __uint_as_float(aHi[i]));
+    }
+}
+
 // Rows 16·tile .. +16 (per warp), tokens 8·NT·blockIdx.y .. , super-blocks split·splitSB .. +splitSB. Warps of a
 // block take consecutive (tile, split) pairs: w = blockIdx.x·4 + warp, tile = w % tiles, split = w / tiles. Writes
-// y directly when there is one split, else part[split][token][row].
+// y directly when there is one split, else part[split][token][row]. The group loop is unrolled so that the groups'
+// independent mma chains overlap.
 template <int NT>
 __device__ __forceinline__ void kt_mmf_q4_K(const u8* W, i64 rowBytes, int rows, int cols, const float* xhi,
                                             const float* xlo, float* out, int n, int splitSB) {
@@ -158,49 +170,67 @@ __device__ __forceinline__ void kt_mmf_q4_K(const u8* W, i64 rowBytes, int rows,
     int t0 = blockIdx.y * 8 * NT;
     const u8* rowA = W + (i64)min(tile * 16 + g, rows - 1) * rowBytes;
     const u8* rowB = W + (i64)min(tile * 16 + g + 8, rows - 1) * rowBytes;
-    float c[NT][4];
+    float acc[NT][4];
     for (int j = 0; j < NT; j++)
-        for (int e = 0; e < 4; e++) c[j][e] = 0.0f;
+        for (int e = 0; e < 4; e++) acc[j][e] = 0.0f;
+    // Super-block loads one ahead: headers and the lane's 8 bytes of each of the 4 quant rows, both weight rows.
+    uint4 hAn = *(const uint4*)(rowA + (i64)sb0 * 144), hBn = *(const uint4*)(rowB + (i64)sb0 * 144);
+    uint2 qan[4], qbn[4];
+    for (int p = 0; p < 4; p++) {
+        qan[p] = *(const uint2*)(rowA + (i64)sb0 * 144 + 16 + 32 * p + 8 * t);
+        qbn[p] = *(const uint2*)(rowB + (i64)sb0 * 144 + 16 + 32 * p + 8 * t);
+    }
     for (int sb = sb0; sb < sb1; sb++) {
-        uint4 hA = *(const uint4*)(rowA + (i64)sb * 144), hB = *(const uint4*)(rowB + (i64)sb * 144);
+        uint4 hA = hAn, hB = hBn;
+        uint2 qa[4], qb[4];
+        for (int p = 0; p < 4; p++) { qa[p] = qan[p]; qb[p] = qbn[p]; }
+        if (sb + 1 < sb1) {
+            hAn = *(const uint4*)(rowA + (i64)(sb + 1) * 144);
+            hBn = *(const uint4*)(rowB + (i64)(sb + 1) * 144);
+            for (int p = 0; p < 4; p++) {
+                qan[p] = *(const uint2*)(rowA + (i64)(sb + 1) * 144 + 16 + 32 * p + 8 * t);
+                qbn[p] = *(const uint2*)(rowB + (i64)(sb + 1) * 144 + 16 + 32 * p + 8 * t);
+            }
+        }
         const u8* ha = (const u8*)&hA;
         const u8* hb = (const u8*)&hB;
         float dA = kt_f16(ha), mA = kt_f16(ha + 2), dB = kt_f16(hb), mB = kt_f16(hb + 2);
-        for (int p = 0; p < 4; p++) {
-            uint2 qa = *(const uint2*)(rowA + (i64)sb * 144 + 16 + 32 * p + 8 * t);
-            uint2 qb = *(const uint2*)(rowB + (i64)sb * 144 + 16 + 32 * p + 8 * t);
-            for (int hi = 0; hi < 2; hi++) {
-                int G = 2 * p + hi, sh = 4 * hi;
-                int scA, mnA, scB, mnB;
-                kt_scale_min_k4(G, ha + 4, &scA, &mnA);
-                kt_scale_min_k4(G, hb + 4, &scB, &mnB);
-                float da = dA * (float)scA, ma = mA * (float)mnA, db = dB * (float)scB, mb = mB * (float)mnB;
-                // This lane's 8 elements 8t..8t+7 of group G, rows g and g + 8.
+        // This lane's 8 weights of group G (elements 8t..8t+7), rows g and g + 8.
+        auto weights = [&](int G, float* wa, float* wb) {
+            int p = G >> 1, sh = 4 * (G & 1), scA, mnA, scB, mnB;
+            kt_scale_min_k4(G, ha + 4, &scA, &mnA);
+            kt_scale_min_k4(G, hb + 4, &scB, &mnB);
+            float da = dA * (float)scA, ma = mA * (float)mnA, db = dB * (float)scB, mb = mB * (float)mnB;
+            for (int j = 0; j < 8; j++) {
+                u32 wordA = j < 4 ? qa[p].x : qa[p].y, wordB = j < 4 ? qb[p].x : qb[p].y;
+                wa[j] = da * (float)((wordA >> (8 * (j & 3) + sh)) & 15) - ma;
+                wb[j] = db * (float)((wordB >> (8 * (j & 3) + sh)) & 15) - mb;
+            }
+        };
+        {
+#pragma unroll
+            for (int G = 0; G < 8; G++) {
                 float wa[8], wb[8];
-                for (int j = 0; j < 8; j++) {
-                    u32 wordA = j < 4 ? qa.x : qa.y, wordB = j < 4 ? qb.x : qb.y;
-                    wa[j] = da * (float)((wordA >> (8 * (j & 3) + sh)) & 15) - ma;
-                    wb[j] = db * (float)((wordB >> (8 * (j & 3) + sh)) & 15) - mb;
-                }
-                i64 e0 = (i64)sb * 256 + G * 32 + 8 * t;
+                weights(G, wa, wb);
+                float c[NT][4];
+                for (int j = 0; j < NT; j++)
+                    for (int e = 0; e < 4; e++) c[j][e] = 0.0f;
                 for (int ch = 0; ch < 4; ch++) {
                     u32 aHi[4], aLo[4];
-                    float av[4] = {wa[2 * ch], wb[2 * ch], wa[2 * ch + 1], wb[2 * ch + 1]};
-                    for (int i = 0; i < 4; i++) {
-                        aHi[i] = kt_tf32(av[i]);
-                        aLo[i] = kt_tf32(av[i] - __uint_as_float(aHi[i]));
-                    }
+                    kt_mmf_frag(wa, wb, ch, aHi, aLo);
                     for (int j = 0; j < NT; j++) {
                         int tok = min(t0 + 8 * j + g, n - 1);
-                        float2 bh = *(const float2*)(xhi + (i64)tok * cols + e0 + 2 * ch);
-                        float2 bl = *(const float2*)(xlo + (i64)tok * cols + e0 + 2 * ch);
-                        u32 bHi[2] = {__float_as_uint(bh.x), __float_as_uint(bh.y)};
-                        u32 bLo[2] = {__float_as_uint(bl.x), __float_as_uint(bl.y)};
+                        i64 at = (i64)tok * cols + (i64)sb * 256 + G * 32 + 8 * t + 2 * ch;
+                        float2 h2 = *(const float2*)(xhi + at), l2 = *(const float2*)(xlo + at);
+                        u32 bHi[2] = {__float_as_uint(h2.x), __float_as_uint(h2.y)};
+                        u32 bLo[2] = {__float_as_uint(l2.x), __float_as_uint(l2.y)};
                         KT_MMA_TF32(c[j], aLo, bHi);
                         KT_MMA_TF32(c[j], aHi, bLo);
                         KT_MMA_TF32(c[j], aHi, bHi);
                     }
                 }
+                for (int j = 0; j < NT; j++)
+                    for (int e = 0; e < 4; e++) acc[j][e] = __fadd_rn(acc[j][e], c[j][e]);
             }
         }
     }
@@ -208,8 +238,8 @@ __device__ __forceinline__ void kt_mmf_q4_K(const u8* W, i64 rowBytes, int rows,
         for (int e = 0; e < 4; e++) {
             int r = tile * 16 + g + 8 * (e >> 1), tok = t0 + 8 * j + 2 * t + (e & 1);
             if (r < rows && tok < n) {
-                if (splits == 1) out[(i64)tok * rows + r] = c[j][e];
-                else out[((i64)split * n + tok) * rows + r] = c[j][e];
+                if (splits == 1) out[(i64)tok * rows + r] = acc[j][e];
+                else out[((i64)split * n + tok) * rows + r] = acc[j][e];
             }
         }
 }
