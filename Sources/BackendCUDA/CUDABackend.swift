@@ -35,9 +35,10 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     private var quantized: Tensor?
     private var quantizedFor = 0
     private var widestInput = 0
-    /// The low tf32 halves of a 3×TF32 matmul's input (`rounded` holds the high ones) `// [maxTokens, widest]`, and
-    /// the per-split partial sums `// [maxTokens, largest rows · splits]`.
+    /// A split-tf32 matmul's input: its low tf32 halves (`rounded` holds the high ones) `// [maxTokens, widest]`,
+    /// its per-32 sums `// [maxTokens, widest / 32]`; and the per-split partial sums `// [maxTokens, largest rows · splits]`.
     private var splitLow: Tensor?
+    private var splitSums: Tensor?
     private var splitParts: Tensor?
     private var widestSplitOutput = 0
     private var routerBias: [UnsafeRawPointer: Tensor] = [:]
@@ -361,6 +362,11 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
                 splitLow = allocate(need)
                 graphEpoch += 1
             }
+            if need / 32 + 1 > (splitSums?.count ?? 0) {
+                if let old = splitSums { release(old) }
+                splitSums = allocate(need / 32 + 1)
+                graphEpoch += 1
+            }
             let parts = plan.maxTokens * widestSplitOutput
             if parts > (splitParts?.count ?? 0) {
                 if let old = splitParts { release(old) }
@@ -557,27 +563,27 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         return r
     }
 
-    /// Super-blocks per K split of a 3×TF32 matmul, and the splits of a row of `cols` (fixed by the shape alone,
+    /// Super-blocks per K split of a split-tf32 matmul, and the splits of a row of `cols` (fixed by the shape alone,
     /// so that every token count adds the same partial sums).
     static let mmfSplitSuperBlocks = 4
     static func mmfSplits(cols: Int) -> Int { (cols / 256 + mmfSplitSuperBlocks - 1) / mmfSplitSuperBlocks }
 
-    /// `.f32Activations` with Q4_K rows on the tf32 tensor cores (3×TF32, kernels in mmq.cu): the input split into
-    /// high and low tf32 halves, one kernel for every token count, the K splits added in order.
+    /// `.f32Activations` with Q4_K rows on the tf32 tensor cores (kernels in mmq.cu): the input split into high and
+    /// low tf32 halves and per-32 sums, one kernel for every token count, the K splits added in order.
     private func tensorCoreF32Matmul(_ g: CUDAWeight, _ f: CUDADriver.Handle, rows: Int, cols: Int, x: Tensor, y: Tensor, n: Int) {
-        guard let hi = rounded, let lo = splitLow, let parts = splitParts, hi.count >= n * cols,
+        guard let hi = rounded, let lo = splitLow, let sums = splitSums, let parts = splitParts, hi.count >= n * cols,
               parts.count >= n * rows * Self.mmfSplits(cols: cols) else {
-            preconditionFailure("CUDA matmul: 3xTF32 scratch not reserved for \(n) rows of \(cols)")
+            preconditionFailure("CUDA matmul: split-tf32 scratch not reserved for \(n) rows of \(cols)")
         }
-        launch("split_tf32", grid: (Self.blocks(n * cols), 1, 1), block: 256,
-               [.ptr(x.address), .ptr(hi.address), .ptr(lo.address), .i64(n * cols)])
+        launch("split_tf32", grid: (Self.blocks(n * cols / 32, 128), 1, 1), block: 128,
+               [.ptr(x.address), .ptr(hi.address), .ptr(lo.address), .ptr(sums.address), .i64(n * cols / 32)])
         let splits = Self.mmfSplits(cols: cols), tiles = (rows + 15) / 16
         let nt = n <= 8 ? 1 : 4
         let out = splits == 1 ? y : parts
         launch(nt == 1 ? f : kernels.function("mmf_q4_K_4"), "mmf_\(g.tag)_\(nt) \(rows)x\(cols)",
                grid: ((tiles * splits + 3) / 4, (n + 8 * nt - 1) / (8 * nt), 1), block: 128,
                [.ptr(g.address), .i64(g.rowBytes), .i32(rows), .i32(cols), .ptr(hi.address), .ptr(lo.address),
-                .ptr(out.address), .i32(n), .i32(Self.mmfSplitSuperBlocks)])
+                .ptr(sums.address), .ptr(out.address), .i32(n), .i32(Self.mmfSplitSuperBlocks)])
         if splits > 1 {
             launch("mmf_reduce", grid: (Self.blocks(n * rows), 1, 1), block: 256,
                    [.ptr(parts.address), .ptr(y.address), .i32(splits), .i32(n), .i32(rows)])
@@ -755,7 +761,7 @@ final class CUDAWeight: @unchecked Sendable {
     let integerDotGroup: CUDADriver.Handle?
     /// Its tensor-core tile kernel (prefill), where there is one.
     let tensorCoreTiles: CUDADriver.Handle?
-    /// The 3×TF32 kernel for f32 activations (one token tile per warp), where there is one.
+    /// The split-tf32 kernel for f32 activations (one token tile per warp), where there is one.
     let tensorCoreF32: CUDADriver.Handle?
 
     init(address: UInt, tag: String, rowBytes: Int, rounding: ActivationRounding, kernels: CUDAKernels) {

@@ -189,3 +189,10 @@ static inline void emu_mma_tf32(float* c, const unsigned* a, const unsigned* b) 
 #define KT_MMA_TF32(c, a, b) emu_mma_tf32(c, a, b)
 struct alignas(16) float4 { float x, y, z, w; };
 static inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
+// PRMT: byte i of the result is byte (selector nibble i) of the 8 bytes {x, y} (x bytes 0..3, y bytes 4..7).
+static inline unsigned __byte_perm(unsigned x, unsigned y, unsigned s) {
+    unsigned long long v = ((unsigned long long)y << 32) | x;
+    unsigned r = 0;
+    for (int i = 0; i < 4; i++) r |= (unsigned)((v >> (8 * ((s >> (4 * i)) & 7))) & 0xff) << (8 * i);
+    return r;
+}

@@ -128,13 +128,14 @@ __device__ __forceinline__ float kt_add_parts(float acc, float part, int count) 
 // Q4_K: a warp per row; per step the warp covers 4 super-blocks, 8 lanes each, every lane one 16-byte load of quants
 // (the low and high nibbles of 16 elements of two groups), the block's 16-byte header shared by its 8 lanes: the row
 // is read in whole coalesced segments. Up to 8 tokens per warp. Grid (ceil(rows / 4), ceil(n / 8)).
+template <int NTOK>
 __device__ __forceinline__ void kt_mv_q4_K(const u8* row, int cols, const i8* xq, const float* xd, const int* xs,
                                            float* y, int rows, int n) {
     int lane = threadIdx.x & 31;
-    int t0 = blockIdx.y * KT_MV_TOKENS, nt = min(KT_MV_TOKENS, n - t0);
+    int t0 = blockIdx.y * KT_MV_TOKENS, nt = min(NTOK, n - t0);
     int nsb = cols / 256, part = lane & 7, p = part >> 1, l0 = 16 * (part & 1);
-    float acc[KT_MV_TOKENS];
-    for (int t = 0; t < KT_MV_TOKENS; t++) acc[t] = 0.0f;
+    float acc[NTOK];
+    for (int t = 0; t < NTOK; t++) acc[t] = 0.0f;
     // The next step's loads are issued before this step's arithmetic (two steps of the row in flight).
     int sbNext = min(lane >> 3, nsb - 1);
     uint4 headNext = *(const uint4*)(row + (i64)sbNext * 144);
@@ -157,7 +158,7 @@ __device__ __forceinline__ void kt_mv_q4_K(const u8* row, int cols, const i8* xq
                      (int)((qs.z >> 4) & 0x0F0F0F0Fu), (int)((qs.w >> 4) & 0x0F0F0F0Fu)};
         int eLo = sb * 256 + 64 * p + l0, eHi = eLo + 32;
         int count = min(4, nsb - base);
-        for (int t = 0; t < KT_MV_TOKENS; t++) {
+        for (int t = 0; t < NTOK; t++) {
             if (t < nt) {
                 i64 tok = t0 + t;
                 uint4 a = *(const uint4*)(xq + tok * cols + eLo);
@@ -191,13 +192,14 @@ __device__ __forceinline__ uint2 kt_load8_a2(const u8* p) {
 // part p takes half h = p / 4 and the 8 positions i0 = 8·(p % 4) .. +8 of each of the half's four 32-element rows r
 // (elements 128h + 32r + i), i.e. 8 bytes of ql[64h + i0], of ql[64h + 32 + i0] and of qh[32h + i0]; the scale of
 // those 8 elements is scales[8h + 2r + i0 / 16].
+template <int NTOK>
 __device__ __forceinline__ void kt_mv_q6_K(const u8* row, int cols, const i8* xq, const float* xd, const int* xs,
                                            float* y, int rows, int n) {
     int lane = threadIdx.x & 31;
-    int t0 = blockIdx.y * KT_MV_TOKENS, nt = min(KT_MV_TOKENS, n - t0);
+    int t0 = blockIdx.y * KT_MV_TOKENS, nt = min(NTOK, n - t0);
     int nsb = cols / 256, part = lane & 7, h = part >> 2, i0 = 8 * (part & 3);
-    float acc[KT_MV_TOKENS];
-    for (int t = 0; t < KT_MV_TOKENS; t++) acc[t] = 0.0f;
+    float acc[NTOK];
+    for (int t = 0; t < NTOK; t++) acc[t] = 0.0f;
     int sbNext = min(lane >> 3, nsb - 1);
     const u8* b0 = row + (i64)sbNext * 210;
     uint2 ql0n = kt_load8_a2(b0 + 64 * h + i0), ql1n = kt_load8_a2(b0 + 64 * h + 32 + i0), qhn = kt_load8_a2(b0 + 128 + 32 * h + i0);
@@ -223,7 +225,7 @@ __device__ __forceinline__ void kt_mv_q6_K(const u8* row, int cols, const i8* xq
         }
         int scale[4] = {sc[0], sc[2], sc[4], sc[6]};
         int count = min(4, nsb - base);
-        for (int t = 0; t < KT_MV_TOKENS; t++) {
+        for (int t = 0; t < NTOK; t++) {
             if (t < nt) {
                 i64 tok = t0 + t;
                 const i8* xb = xq + tok * cols + sb * 256 + 128 * h + i0;
@@ -250,17 +252,20 @@ extern "C" __global__ void __launch_bounds__(128) matvec_##name##_q8(const u8* W
         const i8* xq, const float* xd, const int* xs, float* y, int n) { \
     int r = blockIdx.x * KT_MV_WARPS + (threadIdx.x >> 5); \
     if (r >= rows) return; \
-    body(W + (i64)r * rowBytes, cols, xq, xd, xs, y + r, rows, n); \
+    if (n == 1) body<1>(W + (i64)r * rowBytes, cols, xq, xd, xs, y + r, rows, n); \
+    else body<KT_MV_TOKENS>(W + (i64)r * rowBytes, cols, xq, xd, xs, y + r, rows, n); \
 } \
 extern "C" __global__ void __launch_bounds__(128) matvec_##name##_q8_3(const u8* W0, const u8* W1, const u8* W2, \
         i64 rowBytes, int rows0, int rows1, int rows2, int cols, const i8* xq, const float* xd, const int* xs, \
         float* y0, float* y1, float* y2, int n) { \
     int r = blockIdx.x * KT_MV_WARPS + (threadIdx.x >> 5); \
-    if (r < rows0) { body(W0 + (i64)r * rowBytes, cols, xq, xd, xs, y0 + r, rows0, n); return; } \
-    r -= rows0; \
-    if (r < rows1) { body(W1 + (i64)r * rowBytes, cols, xq, xd, xs, y1 + r, rows1, n); return; } \
-    r -= rows1; \
-    if (r < rows2) body(W2 + (i64)r * rowBytes, cols, xq, xd, xs, y2 + r, rows2, n); \
+    const u8* W = W0; \
+    float* y = y0; \
+    int rows = rows0; \
+    if (r >= rows0) { r -= rows0; W = W1; y = y1; rows = rows1; \
+        if (r >= rows1) { r -= rows1; W = W2; y = y2; rows = rows2; if (r >= rows2) return; } } \
+    if (n == 1) body<1>(W + (i64)r * rowBytes, cols, xq, xd, xs, y + r, rows, n); \
+    else body<KT_MV_TOKENS>(W + (i64)r * rowBytes, cols, xq, xd, xs, y + r, rows, n); \
 }
 KT_MV_INT(q4_K, kt_mv_q4_K)
 KT_MV_INT(q6_K, kt_mv_q6_K)

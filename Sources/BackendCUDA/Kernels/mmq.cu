@@ -126,41 +126,43 @@ extern "C" __global__ void __launch_bounds__(128) mmq_q4_K(const u8* W, i64 rowB
 
 // ---- f32-activation matmuls (`.f32Activations`: the MLP's down projection) on the tf32 tensor cores ----
 //
-// Exact enough for f32 semantics through 3×TF32: each value splits into hi = tf32(v) and lo = tf32(v − hi), and
-// a·b ≈ lo·hi + hi·lo + hi·hi (relative error ~2^-22). One arithmetic for every token count, so each output has the
-// same bits in any batch: a warp owns 16 rows × 8·NT tokens of one K split; each 32-group's products run as one mma
-// chain from zero (lo·hi, hi·lo, hi·hi for k8-chunks 0..3: short chains keep the tensor cores' truncating
-// accumulation small) and the groups are added to the output in order with rounding adds; splits (`splitSB`
-// super-blocks each, fixed by the shape alone) are added in order by mmf_reduce. The k order inside a 32-group is
-// permuted as in mmq_q4_K: in k8-chunk c lane t's slots t and t + 4 are elements 8t + 2c and 8t + 2c + 1, so a
-// lane's 8 elements of a group come from one 8-byte load.
+// f32 semantics on the tf32 tensor cores: within a 32-group a Q4_K weight is d1·q − m1 (q 0..15, d1 = d·scale,
+// m1 = dmin·min), so the group's dot product is d1·Σq·x − m1·Σx. The 4-bit q are exact tf32 values; each input
+// splits into hi = tf32(x) and lo = tf32(x − hi), so Σq·x = Σq·lo + Σq·hi comes from one mma chain from zero per
+// group (relative error ~2^-22; short chains keep the tensor cores' truncating accumulation small); Σx of each group
+// is summed once by split_tf32. The group results are added to the output in order with rounding adds, and the K
+// splits (`splitSB` super-blocks each, fixed by the shape alone) in order by mmf_reduce: every token count gives
+// each output the same bits (batch invariance). The k order inside a group is permuted as in mmq_q4_K: in
+// k8-chunk c lane t's slots t and t + 4 are elements 8t + 2c and 8t + 2c + 1 (one 8-byte load of quants a lane).
 
-// The inputs split for 3×TF32: hi and lo arrays of tf32 bit patterns (as floats); grid-stride.
-extern "C" __global__ void split_tf32(const float* x, float* hi, float* lo, i64 count) {
-    for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < count; i += (i64)gridDim.x * blockDim.x) {
-        float v = x[i];
-        u32 h = kt_tf32(v);
-        hi[i] = __uint_as_float(h);
-        lo[i] = __uint_as_float(kt_tf32(v - __uint_as_float(h)));
+// The inputs split for it: hi and lo tf32 bit patterns (as floats) and each 32-group's sum (in element order).
+// Grid-stride over the n · cols / 32 groups.
+extern "C" __global__ void split_tf32(const float* x, float* hi, float* lo, float* sums, i64 groups) {
+    for (i64 gi = blockIdx.x * (i64)blockDim.x + threadIdx.x; gi < groups; gi += (i64)gridDim.x * blockDim.x) {
+        const float* xg = x + gi * 32;
+        float s = 0.0f;
+        for (int k = 0; k < 32; k++) {
+            float v = xg[k];
+            s = __fadd_rn(s, v);
+            u32 h = kt_tf32(v);
+            hi[gi * 32 + k] = __uint_as_float(h);
+            lo[gi * 32 + k] = __uint_as_float(kt_tf32(v - __uint_as_float(h)));
+        }
+        sums[gi] = s;
     }
 }
 
-// The A fragments (hi and lo) of k8-chunk ch of a group for rows g (w*a) and g + 8 (w*b).
-__device__ __forceinline__ void kt_mmf_frag(const float* wa, const float* wb, int ch, u32* aHi, u32* aLo) {
-    float av[4] = {wa[2 * ch], wb[2 * ch], wa[2 * ch + 1], wb[2 * ch + 1]};
-    for (int i = 0; i < 4; i++) {
-        aHi[i] = kt_tf32(av[i]);
-        aLo[i] = kt_tf32(av[i] - __uint_as_float(aHi[i]));
-    }
+// q (byte j of w, 0..255) as an exact float: the byte under the exponent of 2^23, minus 2^23.
+__device__ __forceinline__ u32 kt_byte_float(u32 w, int j) {
+    return __float_as_uint(__uint_as_float(__byte_perm(w, 0x4B000000u, 0x7650u + j)) - 8388608.0f);
 }
 
 // Rows 16·tile .. +16 (per warp), tokens 8·NT·blockIdx.y .. , super-blocks split·splitSB .. +splitSB. Warps of a
 // block take consecutive (tile, split) pairs: w = blockIdx.x·4 + warp, tile = w % tiles, split = w / tiles. Writes
-// y directly when there is one split, else part[split][token][row]. The group loop is unrolled so that the groups'
-// independent mma chains overlap.
+// y directly when there is one split, else part[split][token][row].
 template <int NT>
 __device__ __forceinline__ void kt_mmf_q4_K(const u8* W, i64 rowBytes, int rows, int cols, const float* xhi,
-                                            const float* xlo, float* out, int n, int splitSB) {
+                                            const float* xlo, const float* xsum, float* out, int n, int splitSB) {
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     int tiles = (rows + 15) / 16, nsb = cols / 256, splits = (nsb + splitSB - 1) / splitSB;
     int w = blockIdx.x * 4 + warp;
@@ -173,64 +175,50 @@ __device__ __forceinline__ void kt_mmf_q4_K(const u8* W, i64 rowBytes, int rows,
     float acc[NT][4];
     for (int j = 0; j < NT; j++)
         for (int e = 0; e < 4; e++) acc[j][e] = 0.0f;
-    // Super-block loads one ahead: headers and the lane's 8 bytes of each of the 4 quant rows, both weight rows.
-    uint4 hAn = *(const uint4*)(rowA + (i64)sb0 * 144), hBn = *(const uint4*)(rowB + (i64)sb0 * 144);
-    uint2 qan[4], qbn[4];
-    for (int p = 0; p < 4; p++) {
-        qan[p] = *(const uint2*)(rowA + (i64)sb0 * 144 + 16 + 32 * p + 8 * t);
-        qbn[p] = *(const uint2*)(rowB + (i64)sb0 * 144 + 16 + 32 * p + 8 * t);
-    }
     for (int sb = sb0; sb < sb1; sb++) {
-        uint4 hA = hAn, hB = hBn;
+        uint4 hA = *(const uint4*)(rowA + (i64)sb * 144), hB = *(const uint4*)(rowB + (i64)sb * 144);
         uint2 qa[4], qb[4];
-        for (int p = 0; p < 4; p++) { qa[p] = qan[p]; qb[p] = qbn[p]; }
-        if (sb + 1 < sb1) {
-            hAn = *(const uint4*)(rowA + (i64)(sb + 1) * 144);
-            hBn = *(const uint4*)(rowB + (i64)(sb + 1) * 144);
-            for (int p = 0; p < 4; p++) {
-                qan[p] = *(const uint2*)(rowA + (i64)(sb + 1) * 144 + 16 + 32 * p + 8 * t);
-                qbn[p] = *(const uint2*)(rowB + (i64)(sb + 1) * 144 + 16 + 32 * p + 8 * t);
-            }
+        for (int p = 0; p < 4; p++) {
+            qa[p] = *(const uint2*)(rowA + (i64)sb * 144 + 16 + 32 * p + 8 * t);
+            qb[p] = *(const uint2*)(rowB + (i64)sb * 144 + 16 + 32 * p + 8 * t);
         }
         const u8* ha = (const u8*)&hA;
         const u8* hb = (const u8*)&hB;
         float dA = kt_f16(ha), mA = kt_f16(ha + 2), dB = kt_f16(hb), mB = kt_f16(hb + 2);
-        // This lane's 8 weights of group G (elements 8t..8t+7), rows g and g + 8.
-        auto weights = [&](int G, float* wa, float* wb) {
+#pragma unroll
+        for (int G = 0; G < 8; G++) {
             int p = G >> 1, sh = 4 * (G & 1), scA, mnA, scB, mnB;
             kt_scale_min_k4(G, ha + 4, &scA, &mnA);
             kt_scale_min_k4(G, hb + 4, &scB, &mnB);
-            float da = dA * (float)scA, ma = mA * (float)mnA, db = dB * (float)scB, mb = mB * (float)mnB;
-            for (int j = 0; j < 8; j++) {
-                u32 wordA = j < 4 ? qa[p].x : qa[p].y, wordB = j < 4 ? qb[p].x : qb[p].y;
-                wa[j] = da * (float)((wordA >> (8 * (j & 3) + sh)) & 15) - ma;
-                wb[j] = db * (float)((wordB >> (8 * (j & 3) + sh)) & 15) - mb;
-            }
-        };
-        {
-#pragma unroll
-            for (int G = 0; G < 8; G++) {
-                float wa[8], wb[8];
-                weights(G, wa, wb);
-                float c[NT][4];
-                for (int j = 0; j < NT; j++)
-                    for (int e = 0; e < 4; e++) c[j][e] = 0.0f;
-                for (int ch = 0; ch < 4; ch++) {
-                    u32 aHi[4], aLo[4];
-                    kt_mmf_frag(wa, wb, ch, aHi, aLo);
-                    for (int j = 0; j < NT; j++) {
-                        int tok = min(t0 + 8 * j + g, n - 1);
-                        i64 at = (i64)tok * cols + (i64)sb * 256 + G * 32 + 8 * t + 2 * ch;
-                        float2 h2 = *(const float2*)(xhi + at), l2 = *(const float2*)(xlo + at);
-                        u32 bHi[2] = {__float_as_uint(h2.x), __float_as_uint(h2.y)};
-                        u32 bLo[2] = {__float_as_uint(l2.x), __float_as_uint(l2.y)};
-                        KT_MMA_TF32(c[j], aLo, bHi);
-                        KT_MMA_TF32(c[j], aHi, bLo);
-                        KT_MMA_TF32(c[j], aHi, bHi);
-                    }
+            // Rows g (a) and g + 8 (b): the lane's 8 nibbles of the group, bytes 0..3 in x and 4..7 in y.
+            u32 ax = (qa[p].x >> sh) & 0x0F0F0F0Fu, ay = (qa[p].y >> sh) & 0x0F0F0F0Fu;
+            u32 bx = (qb[p].x >> sh) & 0x0F0F0F0Fu, by = (qb[p].y >> sh) & 0x0F0F0F0Fu;
+            float c[NT][4];
+            for (int j = 0; j < NT; j++)
+                for (int e = 0; e < 4; e++) c[j][e] = 0.0f;
+            for (int ch = 0; ch < 4; ch++) {
+                u32 wA = ch < 2 ? ax : ay, wB = ch < 2 ? bx : by;
+                int j0 = (2 * ch) & 3;
+                u32 a[4] = {kt_byte_float(wA, j0), kt_byte_float(wB, j0), kt_byte_float(wA, j0 + 1), kt_byte_float(wB, j0 + 1)};
+                for (int j = 0; j < NT; j++) {
+                    int tok = min(t0 + 8 * j + g, n - 1);
+                    i64 at = (i64)tok * cols + (i64)sb * 256 + G * 32 + 8 * t + 2 * ch;
+                    float2 h2 = *(const float2*)(xhi + at), l2 = *(const float2*)(xlo + at);
+                    u32 bHi[2] = {__float_as_uint(h2.x), __float_as_uint(h2.y)};
+                    u32 bLo[2] = {__float_as_uint(l2.x), __float_as_uint(l2.y)};
+                    KT_MMA_TF32(c[j], a, bLo);
+                    KT_MMA_TF32(c[j], a, bHi);
                 }
-                for (int j = 0; j < NT; j++)
-                    for (int e = 0; e < 4; e++) acc[j][e] = __fadd_rn(acc[j][e], c[j][e]);
+            }
+            float d1a = dA * (float)scA, m1a = mA * (float)mnA, d1b = dB * (float)scB, m1b = mB * (float)mnB;
+            for (int j = 0; j < NT; j++) {
+                for (int e = 0; e < 4; e++) {
+                    int tok = min(t0 + 8 * j + 2 * t + (e & 1), n - 1);
+                    float sx = xsum[(i64)tok * (cols / 32) + sb * 8 + G];
+                    float d1 = e < 2 ? d1a : d1b, m1 = e < 2 ? m1a : m1b;
+                    float part = __fsub_rn(__fmul_rn(d1, c[j][e]), __fmul_rn(m1, sx));
+                    acc[j][e] = __fadd_rn(acc[j][e], part);
+                }
             }
         }
     }
@@ -246,12 +234,12 @@ __device__ __forceinline__ void kt_mmf_q4_K(const u8* W, i64 rowBytes, int rows,
 
 // Grid (ceil(tiles · splits / 4), ceil(n / (8·NT))), 128 threads.
 extern "C" __global__ void __launch_bounds__(128) mmf_q4_K_1(const u8* W, i64 rowBytes, int rows, int cols,
-        const float* xhi, const float* xlo, float* out, int n, int splitSB) {
-    kt_mmf_q4_K<1>(W, rowBytes, rows, cols, xhi, xlo, out, n, splitSB);
+        const float* xhi, const float* xlo, const float* xsum, float* out, int n, int splitSB) {
+    kt_mmf_q4_K<1>(W, rowBytes, rows, cols, xhi, xlo, xsum, out, n, splitSB);
 }
 extern "C" __global__ void __launch_bounds__(128) mmf_q4_K_4(const u8* W, i64 rowBytes, int rows, int cols,
-        const float* xhi, const float* xlo, float* out, int n, int splitSB) {
-    kt_mmf_q4_K<4>(W, rowBytes, rows, cols, xhi, xlo, out, n, splitSB);
+        const float* xhi, const float* xlo, const float* xsum, float* out, int n, int splitSB) {
+    kt_mmf_q4_K<4>(W, rowBytes, rows, cols, xhi, xlo, xsum, out, n, splitSB);
 }
 
 // y[t, r] = Σ_s part[s][t][r] in split order; grid-stride over n · rows.
