@@ -57,6 +57,17 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         didSet { if profiling { graphsEnabled = false } }
     }
     private var profilePending: [(name: String, start: CUDADriver.Handle, end: CUDADriver.Handle)] = []
+    /// Kernels launched so far: a fused kernel's extra output (`Prepared`) is used only by the very next launch.
+    private var launches = 0
+    /// A matmul input already prepared by the kernel that wrote it (rms_norm_q8K, gated_silu_split): its address and
+    /// element count, and `launches` just after that kernel.
+    private struct Prepared: Equatable {
+        let address: UInt
+        let count: Int
+        let launch: Int
+    }
+    private var preparedQuantized: Prepared?
+    private var preparedSplit: Prepared?
     private var profileEvents: [CUDADriver.Handle] = []
     private var profileTotals: [String: (calls: Int, ms: Double)] = [:]
     /// Called once per format converted at load (the CLI logs it).
@@ -130,6 +141,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     func launch(_ f: CUDADriver.Handle, _ name: @autoclosure () -> String, grid: (Int, Int, Int), block: Int,
                 shared: Int = 0, _ a: [KernelArg]) {
         if grid.0 == 0 || grid.1 == 0 || grid.2 == 0 { return }
+        launches &+= 1
         if profiling {
             let e0 = profileEvent(), e1 = profileEvent()
             must("cuEventRecord") { try driver.record(e0, stream: stream) }
@@ -412,6 +424,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         // Sized for n rows; the parts start at offsets of the reserved maximum so that one layout serves every n.
         let full = Self.quantizedLayout(elements: plan.maxTokens * widestInput)
         let q = qt.address, d = qt.offset(full.scales).address, s = qt.offset(full.sums).address
+        if preparedQuantized == Prepared(address: x.address, count: n * cols, launch: launches) { return (q, d, s) }
         launch("quantize_q8_K", grid: (n, (cols / 256 + 3) / 4, 1), block: 128,
                [.ptr(x.address), .ptr(q), .ptr(d), .ptr(s), .i32(cols)])
         return (q, d, s)
@@ -533,6 +546,16 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
 
     public func rmsNorm(_ x: Tensor, weight: Tensor, out: Tensor, rows: Int, dim: Int, stride: Int, eps: Float) {
         current()
+        // Packed rows as wide as an integer-dot matmul's input: also write their Q8_K form, which the matmul that
+        // reads `out` next takes instead of quantizing it again.
+        if stride == dim, dim % 256 == 0, dim <= widestInput, rows <= plan.maxTokens, let qt = quantized {
+            let full = Self.quantizedLayout(elements: plan.maxTokens * widestInput)
+            launch("rms_norm_q8K", grid: (rows, 1, 1), block: 256,
+                   [.ptr(x.address), .ptr(weight.address), .ptr(out.address), .i32(dim), .f32(eps), .ptr(qt.address),
+                    .ptr(qt.offset(full.scales).address), .ptr(qt.offset(full.sums).address)])
+            preparedQuantized = Prepared(address: out.address, count: rows * dim, launch: launches)
+            return
+        }
         launch("rms_norm", grid: (rows, 1, 1), block: 256,
                [.ptr(x.address), .ptr(weight.address), .ptr(out.address), .i32(dim), .i64(stride), .f32(eps)])
     }
@@ -575,8 +598,10 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
               parts.count >= n * rows * Self.mmfSplits(cols: cols) else {
             preconditionFailure("CUDA matmul: split-tf32 scratch not reserved for \(n) rows of \(cols)")
         }
-        launch("split_tf32", grid: (Self.blocks(n * cols / 32, 128), 1, 1), block: 128,
-               [.ptr(x.address), .ptr(hi.address), .ptr(lo.address), .ptr(sums.address), .i64(n * cols / 32)])
+        if preparedSplit != Prepared(address: x.address, count: n * cols, launch: launches) {
+            launch("split_tf32", grid: (Self.blocks(n * cols / 32, 128), 1, 1), block: 128,
+                   [.ptr(x.address), .ptr(hi.address), .ptr(lo.address), .ptr(sums.address), .i64(n * cols / 32)])
+        }
         let splits = Self.mmfSplits(cols: cols), tiles = (rows + 15) / 16
         let nt = n <= 8 ? 1 : 4
         let out = splits == 1 ? y : parts
@@ -689,6 +714,15 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
 
     public func gatedActivation(_ g: Tensor, _ u: Tensor, count: Int, _ kind: GatedActivation) {
         current()
+        // SwiGLU output as wide as a split-tf32 matmul's input (the down projection reads it next): also write its
+        // split, which that matmul then takes.
+        if kind == .silu, count % 32 == 0, let hi = rounded, let lo = splitLow, let sums = splitSums, count <= hi.count,
+           count <= lo.count, count / 32 <= sums.count {
+            launch("gated_silu_split", grid: (Self.blocks(count / 32, 128), 1, 1), block: 128,
+                   [.ptr(g.address), .ptr(u.address), .ptr(hi.address), .ptr(lo.address), .ptr(sums.address), .i64(count / 32)])
+            preparedSplit = Prepared(address: g.address, count: count, launch: launches)
+            return
+        }
         launch(kind == .silu ? "gated_silu" : "gated_gelu", grid: (Self.blocks(count), 1, 1), block: 256,
                [.ptr(g.address), .ptr(u.address), .i64(count)])
     }

@@ -239,6 +239,42 @@ public struct BackendConformance {
 
     // MARK: 5. matmulGroup
 
+    /// The MLP's op chain (rmsNorm → matmulGroup → gatedActivation → f32-activation matmul) with Q4_K weights 256
+    /// wide: a backend may hand an op's output to the next op in a prepared form (the quantized or split input the
+    /// consumer needs); the results must have the bits of the same ops run apart (another op between each pair),
+    /// decode (n = 1, 5) and prefill (n = 64).
+    public func checkChainedOps() throws {
+        let b = backend
+        var rng = SplitMix64(seed: 12)
+        let dim = 512, ff = 768, maxN = 64
+        let gate = try b.prepare(Host.weight(.q4_K, name: "blk.0.ffn_gate.weight", rows: ff, cols: dim, rng: &rng).ref)
+        let up = try b.prepare(Host.weight(.q4_K, name: "blk.0.ffn_up.weight", rows: ff, cols: dim, rng: &rng).ref)
+        let down = try b.prepare(Host.weight(.q4_K, name: "blk.0.ffn_down.weight", rows: dim, cols: ff, rng: &rng).ref)
+        let x = b.upload(rng.normals(maxN * dim))
+        let norm = b.upload((0..<dim).map { _ in rng.uniform(0.5, 1.5) })
+        let xn = b.allocate(maxN * dim), g = b.allocate(maxN * ff), u = b.allocate(maxN * ff), y = b.allocate(maxN * dim)
+        let other = b.allocate(16)
+        defer { [x, norm, xn, g, u, y, other].forEach { b.release($0) } }
+        for n in [1, 5, 64] {
+            var results: [[Float]] = []
+            for apart in [false, true] {
+                func gap() { if apart { b.fill(other, count: 16, value: 0) } }
+                b.rmsNorm(x, weight: norm, out: xn, rows: n, dim: dim, stride: dim, eps: 1e-5)
+                gap()
+                b.matmulGroup(gate, g, up, u, nil, nil, x: xn, n: n)
+                gap()
+                b.gatedActivation(g, u, count: n * ff, .silu)
+                gap()
+                b.matmul(down, g, y, n: n, precision: .f32Activations)
+                results.append(b.floats(g, n * ff) + b.floats(y, n * dim))
+            }
+            if let i = firstBitDifference(results[0], results[1]) {
+                Expect.fail("[\(name)] chained MLP ops n=\(n): value \(i) is \(results[0][i]) chained, \(results[1][i]) apart")
+            }
+        }
+        print("[\(name)] chained MLP ops (norm, gate/up, SwiGLU, f32 down; Q4_K): bit-identical to the ops run apart for n = 1, 5, 64")
+    }
+
     /// Each output of `matmulGroup` has the bits `matmul` (`.standard`) gives it, for matrices of one format and of
     /// mixed formats (mixed activation formats), decode (n = 1, 3) and prefill (n = 6).
     public func checkMatmulGroup() throws {

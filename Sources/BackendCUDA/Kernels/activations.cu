@@ -62,14 +62,10 @@ extern "C" __global__ void __launch_bounds__(128) round_q8_K(const float* x, flo
     }
 }
 
-// The same Q8_K rounding as round_q8_K, kept as integers for the integer-dot matrix kernels: q (int8 [n, cols]),
-// d (float [n, cols / 256]) and the sum of each 16 q's (int [n, cols / 16]). Grid (n, cols / 256 / 4), 128 threads.
-extern "C" __global__ void __launch_bounds__(128) quantize_q8_K(const float* x, i8* q, float* d, int* sums, int cols) {
+// The same Q8_K rounding as round_q8_K, kept as integers for the integer-dot matrix kernels: q (int8), the block's
+// d, and the sum of each 16 q's, for the 256-block at xb by one warp.
+__device__ __forceinline__ void kt_quantize_q8K_block(const float* xb, i8* qb, float* dOut, int* sumsOut) {
     int lane = threadIdx.x & 31;
-    int block = blockIdx.y * 4 + (threadIdx.x >> 5);
-    if (block * 256 >= cols) return;
-    const float* xb = x + (i64)blockIdx.x * cols + block * 256;
-    i8* qb = q + (i64)blockIdx.x * cols + block * 256;
     float v[8];
     for (int k = 0; k < 8; k++) v[k] = xb[lane + 32 * k];
     float amax;
@@ -81,11 +77,20 @@ extern "C" __global__ void __launch_bounds__(128) quantize_q8_K(const float* x, 
         qv[k] = amax == 0.0f ? 0 : min(127, __float2int_rn(iscale * v[k]));
         qb[lane + 32 * k] = (i8)qv[k];
     }
-    if (lane == 0) d[(i64)blockIdx.x * (cols / 256) + block] = amax == 0.0f ? 0.0f : 1.0f / iscale;
+    if (lane == 0) *dOut = amax == 0.0f ? 0.0f : 1.0f / iscale;
     // Sums of 16: element lane + 32k belongs to sum (32k + lane) / 16 = 2k + lane / 16; reduce over the 16 lanes.
     for (int k = 0; k < 8; k++) {
         int s = qv[k];
         for (int m = 8; m > 0; m >>= 1) s += __shfl_xor_sync(0xffffffffu, s, m);
-        if ((lane & 15) == 0) sums[(i64)blockIdx.x * (cols / 16) + block * 16 + 2 * k + lane / 16] = s;
+        if ((lane & 15) == 0) sumsOut[2 * k + lane / 16] = s;
     }
+}
+
+// q (int8 [n, cols]), d (float [n, cols / 256]), sums (int [n, cols / 16]). Grid (n, cols / 256 / 4), 128 threads.
+extern "C" __global__ void __launch_bounds__(128) quantize_q8_K(const float* x, i8* q, float* d, int* sums, int cols) {
+    int block = blockIdx.y * 4 + (threadIdx.x >> 5);
+    if (block * 256 >= cols) return;
+    i64 row = blockIdx.x;
+    kt_quantize_q8K_block(x + row * cols + block * 256, q + row * cols + block * 256, d + row * (cols / 256) + block,
+                          sums + row * (cols / 16) + block * 16);
 }

@@ -152,6 +152,24 @@ extern "C" __global__ void split_tf32(const float* x, float* hi, float* lo, floa
     }
 }
 
+// g = silu(g)·u (gated_silu's arithmetic) and g split as split_tf32 splits it, in one pass: a thread per 32-group.
+extern "C" __global__ void gated_silu_split(float* g, const float* u, float* hi, float* lo, float* sums, i64 groups) {
+    for (i64 gi = blockIdx.x * (i64)blockDim.x + threadIdx.x; gi < groups; gi += (i64)gridDim.x * blockDim.x) {
+        float s = 0.0f;
+        for (int k = 0; k < 32; k++) {
+            i64 i = gi * 32 + k;
+            float x = g[i];
+            float v = x / (1.0f + expf(-x)) * u[i];
+            g[i] = v;
+            s = __fadd_rn(s, v);
+            u32 h = kt_tf32(v);
+            hi[i] = __uint_as_float(h);
+            lo[i] = __uint_as_float(kt_tf32(v - __uint_as_float(h)));
+        }
+        sums[gi] = s;
+    }
+}
+
 // q (byte j of w, 0..255) as an exact float: the byte under the exponent of 2^23, minus 2^23.
 __device__ __forceinline__ u32 kt_byte_float(u32 w, int j) {
     return __float_as_uint(__uint_as_float(__byte_perm(w, 0x4B000000u, 0x7650u + j)) - 8388608.0f);

@@ -42,6 +42,20 @@ extern "C" __global__ void __launch_bounds__(256) rms_norm(const float* x, const
     kt_rms_norm_row(xr, w, o, dim, eps, scratch);
 }
 
+// rms_norm of packed rows (stride = dim, dim a multiple of 256) that also writes the output's Q8_K quantization as
+// quantize_q8_K would from it (the integer-dot matmul that reads the output next skips its own); grid rows, 256 threads.
+extern "C" __global__ void __launch_bounds__(256) rms_norm_q8K(const float* x, const float* w, float* out, int dim,
+                                                               float eps, i8* q, float* d, int* sums) {
+    __shared__ float scratch[32];
+    i64 row = blockIdx.x;
+    const float* xr = x + row * dim;
+    float* o = out + row * dim;
+    kt_rms_norm_row(xr, w, o, dim, eps, scratch);
+    __syncthreads();
+    for (int b = threadIdx.x >> 5; b * 256 < dim; b += blockDim.x >> 5)
+        kt_quantize_q8K_block(o + b * 256, q + row * dim + b * 256, d + row * (dim / 256) + b, sums + row * (dim / 16) + b * 16);
+}
+
 // out[i] = norm(x[indices[i]]); grid count, 256 threads.
 extern "C" __global__ void __launch_bounds__(256) rms_norm_rows(const float* x, const int* indices, const float* w,
                                                                 float* out, int dim, float eps) {
