@@ -407,7 +407,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     }
 
     /// Whether a `.standard` matmul with `w` runs the integer-dot kernels (Q4_K or Q6_K rows, whole Q8_K blocks).
-    private static func integerDot(_ w: CUDAWeight, cols: Int) -> Bool { w.integerDot != nil && cols % 256 == 0 }
+    static func integerDot(_ w: CUDAWeight, cols: Int) -> Bool { w.integerDot != nil && cols % 256 == 0 }
 
     /// Token rows from which an integer-dot matmul runs the tensor-core tiles (mmq.cu) instead of the matrix-vector
     /// kernel; both give the same bits. `KTRANSFORMERS_CUDA_MMQ_MIN` overrides it (measurements, tests).
@@ -417,7 +417,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     }()
 
     /// `x` as Q8_K integers in `quantized` (values, scales, sums addresses), for `n` rows of `cols`.
-    private func quantizeInput(_ x: Tensor, cols: Int, n: Int) -> (UInt, UInt, UInt) {
+    func quantizeInput(_ x: Tensor, cols: Int, n: Int) -> (UInt, UInt, UInt) {
         guard let qt = quantized else { preconditionFailure("CUDA matmul: quantized input scratch not reserved") }
         let layout = Self.quantizedLayout(elements: n * cols)
         precondition(layout.total <= qt.count, "CUDA matmul: quantized input scratch not reserved for \(n) rows of \(cols)")
@@ -793,6 +793,8 @@ final class CUDAWeight: @unchecked Sendable {
     let integerDot: CUDADriver.Handle?
     /// Its form for up to three matrices in one launch (`matmulGroup`).
     let integerDotGroup: CUDADriver.Handle?
+    /// Its form for routed experts (each pair's expert through the ids in device memory).
+    let integerExperts: CUDADriver.Handle?
     /// Its tensor-core tile kernel (prefill), where there is one.
     let tensorCoreTiles: CUDADriver.Handle?
     /// The split-tf32 kernel for f32 activations (one token tile per warp), where there is one.
@@ -808,6 +810,7 @@ final class CUDAWeight: @unchecked Sendable {
         embed = kernels.function("embed_\(tag)")
         integerDot = tag == "q4_K" || tag == "q6_K" ? kernels.function("matvec_\(tag)_q8") : nil
         integerDotGroup = tag == "q4_K" || tag == "q6_K" ? kernels.function("matvec_\(tag)_q8_3") : nil
+        integerExperts = tag == "q4_K" || tag == "q6_K" ? kernels.function("matvec_experts_\(tag)_q8") : nil
         tensorCoreTiles = tag == "q4_K" ? kernels.function("mmq_q4_K") : nil
         tensorCoreF32 = tag == "q4_K" ? kernels.function("mmf_q4_K_1") : nil
     }
@@ -848,6 +851,11 @@ final class CUDAExpertExecutor: ExpertExecutor {
     private var gate: Tensor?
     private var up: Tensor?
     private var down: Tensor?
+    /// The down projection's input split for the tf32 tensor cores (hi, lo, per-32 sums) and its K-split partials.
+    private var splitHi: Tensor?
+    private var splitLo: Tensor?
+    private var splitSums: Tensor?
+    private var parts: Tensor?
     private var capacity = 0
     private var topK = 0
 
@@ -860,11 +868,19 @@ final class CUDAExpertExecutor: ExpertExecutor {
     func reserve(maxTokens: Int, topK: Int) {
         let pairs = maxTokens * topK
         guard pairs > capacity else { return }
-        [gate, up, down].compactMap { $0 }.forEach { backend.release($0) }
+        [gate, up, down, splitHi, splitLo, splitSums, parts].compactMap { $0 }.forEach { backend.release($0) }
         gate = backend.allocate(pairs * ff)
         up = backend.allocate(pairs * ff)
         down = backend.allocate(pairs * dim)
+        if ff % 256 == 0 {
+            splitHi = backend.allocate(pairs * ff)
+            splitLo = backend.allocate(pairs * ff)
+            splitSums = backend.allocate(pairs * ff / 32)
+            let splits = CUDABackend.mmfSplits(cols: ff)
+            parts = splits > 1 ? backend.allocate(pairs * dim * splits) : nil
+        }
         capacity = pairs
+        backend.noteScratchMoved()
     }
 
     func submit(_ experts: ExpertWeights, x: Tensor, ids: Tensor, n: Int, topK k: Int) {
@@ -873,23 +889,69 @@ final class CUDAExpertExecutor: ExpertExecutor {
         topK = k
         let g = CUDABackend.weight(experts.gate), u = CUDABackend.weight(experts.up), d = CUDABackend.weight(experts.down)
         backend.current()
-        func run(_ w: CUDAWeight, _ stack: WeightStack, x: Tensor, xDiv: Int, y: Tensor) {
-            // Grid y is at most 65535: pairs in chunks of whole tokens.
+        // Grid y is at most 65535: pairs in chunks of whole tokens.
+        func chunks(_ xDiv: Int, _ body: (Int, Int) -> Void) {
             let step = 65535 / xDiv * xDiv
             var p0 = 0
             while p0 < pairs {
                 let c = min(step, pairs - p0)
+                body(p0, c)
+                p0 += c
+            }
+        }
+        func run(_ w: CUDAWeight, _ stack: WeightStack, x: Tensor, xDiv: Int, y: Tensor) {
+            chunks(xDiv) { p0, c in
                 backend.launch(w.matvecExperts, "matvec_experts_\(w.tag)", grid: ((stack.rows + 3) / 4, c, 1), block: 128,
                                [.ptr(w.address), .i64(w.rowBytes), .i64(w.rowBytes * stack.rows), .i32(stack.rows),
                                 .i32(stack.cols), .ptr(x.offset(p0 / xDiv * stack.cols).address), .i32(xDiv),
                                 .ptr(ids.offset(p0).address), .ptr(y.offset(p0 * stack.rows).address)])
-                p0 += c
             }
         }
-        let xg = backend.roundedInput(x, g.rounding, cols: experts.gate.cols, n: n)
-        run(g, experts.gate, x: xg, xDiv: k, y: gate!)
-        let xu = u.rounding == g.rounding ? xg : backend.roundedInput(x, u.rounding, cols: experts.up.cols, n: n)
-        run(u, experts.up, x: xu, xDiv: k, y: up!)
+        // Gate and up: integer dot products with the token's Q8_K input where the format has them (the same rounding
+        // as the CPU executor), else the input rounded to the vec-dot format and the float kernels.
+        func runInteger(_ w: CUDAWeight, _ stack: WeightStack, q: (UInt, UInt, UInt), y: Tensor) {
+            let cols = stack.cols
+            chunks(k) { p0, c in
+                let t = p0 / k
+                backend.launch(w.integerExperts!, "matvec_experts_\(w.tag)_q8 \(stack.rows)x\(cols)",
+                               grid: ((stack.rows + 3) / 4, c, 1), block: 128,
+                               [.ptr(w.address), .i64(w.rowBytes), .i64(w.rowBytes * stack.rows), .i32(stack.rows), .i32(cols),
+                                .ptr(q.0 + UInt(t * cols)), .ptr(q.1 + UInt(4 * t * (cols / 256))), .ptr(q.2 + UInt(4 * t * (cols / 16))),
+                                .i32(k), .ptr(ids.offset(p0).address), .ptr(y.offset(p0 * stack.rows).address)])
+            }
+        }
+        let gateCols = experts.gate.cols
+        if g.integerExperts != nil, u.integerExperts != nil, CUDABackend.integerDot(g, cols: gateCols), experts.up.cols == gateCols {
+            let q = backend.quantizeInput(x, cols: gateCols, n: n)
+            runInteger(g, experts.gate, q: q, y: gate!)
+            runInteger(u, experts.up, q: q, y: up!)
+        } else {
+            let xg = backend.roundedInput(x, g.rounding, cols: experts.gate.cols, n: n)
+            run(g, experts.gate, x: xg, xDiv: k, y: gate!)
+            let xu = u.rounding == g.rounding ? xg : backend.roundedInput(x, u.rounding, cols: experts.up.cols, n: n)
+            run(u, experts.up, x: xu, xDiv: k, y: up!)
+        }
+        // Down (f32 input): SwiGLU and the split in one pass, then the tf32 tensor cores, where the format has them.
+        if d.tensorCoreF32 != nil, experts.down.cols == ff, let hi = splitHi, let lo = splitLo, let sums = splitSums {
+            backend.launch("gated_silu_split", grid: (CUDABackend.blocks(pairs * ff / 32, 128), 1, 1), block: 128,
+                           [.ptr(gate!.address), .ptr(up!.address), .ptr(hi.address), .ptr(lo.address), .ptr(sums.address),
+                            .i64(pairs * ff / 32)])
+            let rows = experts.down.rows, splits = CUDABackend.mmfSplits(cols: ff), tiles = (rows + 15) / 16
+            precondition(splits == 1 || pairs <= 65535, "CUDA expert executor: split-K experts past 65535 pairs")
+            let out = splits > 1 ? parts! : down!
+            chunks(1) { p0, c in
+                backend.launch("mmf_experts_q4_K", grid: ((tiles * splits + 3) / 4, c, 1), block: 128,
+                               [.ptr(d.address), .i64(d.rowBytes), .i64(d.rowBytes * rows), .i32(rows), .i32(ff),
+                                .ptr(hi.offset(p0 * ff).address), .ptr(lo.offset(p0 * ff).address),
+                                .ptr(sums.offset(p0 * ff / 32).address), .ptr(ids.offset(p0).address),
+                                .ptr(out.offset(p0 * rows).address), .i32(c), .i32(CUDABackend.mmfSplitSuperBlocks)])
+            }
+            if splits > 1 {
+                backend.launch("mmf_reduce", grid: (CUDABackend.blocks(pairs * rows), 1, 1), block: 256,
+                               [.ptr(out.address), .ptr(down!.address), .i32(splits), .i32(pairs), .i32(rows)])
+            }
+            return
+        }
         backend.gatedActivation(gate!, up!, count: pairs * ff, .silu)
         run(d, experts.down, x: gate!, xDiv: 1, y: down!)
     }

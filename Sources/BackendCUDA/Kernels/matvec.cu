@@ -130,9 +130,9 @@ __device__ __forceinline__ float kt_add_parts(float acc, float part, int count) 
 // is read in whole coalesced segments. Up to 8 tokens per warp. Grid (ceil(rows / 4), ceil(n / 8)).
 template <int NTOK>
 __device__ __forceinline__ void kt_mv_q4_K(const u8* row, int cols, const i8* xq, const float* xd, const int* xs,
-                                           float* y, int rows, int n) {
+                                           float* y, int rows, int n, int t0) {
     int lane = threadIdx.x & 31;
-    int t0 = blockIdx.y * KT_MV_TOKENS, nt = min(NTOK, n - t0);
+    int nt = min(NTOK, n - t0);
     int nsb = cols / 256, part = lane & 7, p = part >> 1, l0 = 16 * (part & 1);
     float acc[NTOK];
     for (int t = 0; t < NTOK; t++) acc[t] = 0.0f;
@@ -179,7 +179,7 @@ __device__ __forceinline__ void kt_mv_q4_K(const u8* row, int cols, const i8* xq
         }
     }
     if (lane == 0)
-        for (int t = 0; t < nt; t++) y[(i64)(t0 + t) * rows] = acc[t];
+        for (int t = 0; t < nt; t++) y[(i64)t * rows] = acc[t];
 }
 
 // 8 bytes at a 2-byte aligned address (Q6_K blocks are 210 bytes).
@@ -194,9 +194,9 @@ __device__ __forceinline__ uint2 kt_load8_a2(const u8* p) {
 // those 8 elements is scales[8h + 2r + i0 / 16].
 template <int NTOK>
 __device__ __forceinline__ void kt_mv_q6_K(const u8* row, int cols, const i8* xq, const float* xd, const int* xs,
-                                           float* y, int rows, int n) {
+                                           float* y, int rows, int n, int t0) {
     int lane = threadIdx.x & 31;
-    int t0 = blockIdx.y * KT_MV_TOKENS, nt = min(NTOK, n - t0);
+    int nt = min(NTOK, n - t0);
     int nsb = cols / 256, part = lane & 7, h = part >> 2, i0 = 8 * (part & 3);
     float acc[NTOK];
     for (int t = 0; t < NTOK; t++) acc[t] = 0.0f;
@@ -241,31 +241,41 @@ __device__ __forceinline__ void kt_mv_q6_K(const u8* row, int cols, const i8* xq
         }
     }
     if (lane == 0)
-        for (int t = 0; t < nt; t++) y[(i64)(t0 + t) * rows] = acc[t];
+        for (int t = 0; t < nt; t++) y[(i64)t * rows] = acc[t];
 }
 
 // The integer-dot matrix-vector kernels: row r of W (a warp each), y[t, r] for t < n; grid (ceil(rows / 4),
 // ceil(n / 8)). The _3 forms run up to three matrices of one format and width on the same input in one launch
-// (q/k/v, gate/up): rows of matrix 0, then 1, then 2, each output row computed as by the single form.
+// (q/k/v, gate/up): rows of matrix 0, then 1, then 2, each output row computed as by the single form. The body
+// writes y[t · rows] for its tokens t0 + t, with y at token t0's row r.
 #define KT_MV_INT(name, body) \
 extern "C" __global__ void __launch_bounds__(128) matvec_##name##_q8(const u8* W, i64 rowBytes, int rows, int cols, \
         const i8* xq, const float* xd, const int* xs, float* y, int n) { \
-    int r = blockIdx.x * KT_MV_WARPS + (threadIdx.x >> 5); \
+    int r = blockIdx.x * KT_MV_WARPS + (threadIdx.x >> 5), t0 = blockIdx.y * KT_MV_TOKENS; \
     if (r >= rows) return; \
-    if (n == 1) body<1>(W + (i64)r * rowBytes, cols, xq, xd, xs, y + r, rows, n); \
-    else body<KT_MV_TOKENS>(W + (i64)r * rowBytes, cols, xq, xd, xs, y + r, rows, n); \
+    float* yr = y + (i64)t0 * rows + r; \
+    if (n == 1) body<1>(W + (i64)r * rowBytes, cols, xq, xd, xs, yr, rows, n, t0); \
+    else body<KT_MV_TOKENS>(W + (i64)r * rowBytes, cols, xq, xd, xs, yr, rows, n, t0); \
 } \
 extern "C" __global__ void __launch_bounds__(128) matvec_##name##_q8_3(const u8* W0, const u8* W1, const u8* W2, \
         i64 rowBytes, int rows0, int rows1, int rows2, int cols, const i8* xq, const float* xd, const int* xs, \
         float* y0, float* y1, float* y2, int n) { \
-    int r = blockIdx.x * KT_MV_WARPS + (threadIdx.x >> 5); \
+    int r = blockIdx.x * KT_MV_WARPS + (threadIdx.x >> 5), t0 = blockIdx.y * KT_MV_TOKENS; \
     const u8* W = W0; \
     float* y = y0; \
     int rows = rows0; \
     if (r >= rows0) { r -= rows0; W = W1; y = y1; rows = rows1; \
         if (r >= rows1) { r -= rows1; W = W2; y = y2; rows = rows2; if (r >= rows2) return; } } \
-    if (n == 1) body<1>(W + (i64)r * rowBytes, cols, xq, xd, xs, y + r, rows, n); \
-    else body<KT_MV_TOKENS>(W + (i64)r * rowBytes, cols, xq, xd, xs, y + r, rows, n); \
+    float* yr = y + (i64)t0 * rows + r; \
+    if (n == 1) body<1>(W + (i64)r * rowBytes, cols, xq, xd, xs, yr, rows, n, t0); \
+    else body<KT_MV_TOKENS>(W + (i64)r * rowBytes, cols, xq, xd, xs, yr, rows, n, t0); \
+} \
+/* Routed experts: pair p (token p / xDiv, expert ids[p]) gets y[p, r] = W_ids[p][r] · x[p / xDiv]; grid (ceil(rows / 4), pairs). */ \
+extern "C" __global__ void __launch_bounds__(128) matvec_experts_##name##_q8(const u8* W, i64 rowBytes, i64 matrixBytes, \
+        int rows, int cols, const i8* xq, const float* xd, const int* xs, int xDiv, const int* ids, float* y) { \
+    int r = blockIdx.x * KT_MV_WARPS + (threadIdx.x >> 5), p = blockIdx.y, tq = p / xDiv; \
+    if (r >= rows) return; \
+    body<1>(W + (i64)ids[p] * matrixBytes + (i64)r * rowBytes, cols, xq, xd, xs, y + (i64)p * rows + r, rows, tq + 1, tq); \
 }
 KT_MV_INT(q4_K, kt_mv_q4_K)
 KT_MV_INT(q6_K, kt_mv_q6_K)

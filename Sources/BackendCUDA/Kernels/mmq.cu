@@ -175,19 +175,19 @@ __device__ __forceinline__ u32 kt_byte_float(u32 w, int j) {
     return __float_as_uint(__uint_as_float(__byte_perm(w, 0x4B000000u, 0x7650u + j)) - 8388608.0f);
 }
 
-// Rows 16·tile .. +16 (per warp), tokens 8·NT·blockIdx.y .. , super-blocks split·splitSB .. +splitSB. Warps of a
+// Rows 16·tile .. +16 (per warp), tokens t0 .. min(t0 + 8·NT, tEnd), super-blocks split·splitSB .. +splitSB. Warps of a
 // block take consecutive (tile, split) pairs: w = blockIdx.x·4 + warp, tile = w % tiles, split = w / tiles. Writes
 // y directly when there is one split, else part[split][token][row].
 template <int NT>
 __device__ __forceinline__ void kt_mmf_q4_K(const u8* W, i64 rowBytes, int rows, int cols, const float* xhi,
-                                            const float* xlo, const float* xsum, float* out, int n, int splitSB) {
+                                            const float* xlo, const float* xsum, float* out, int n, int splitSB, int t0,
+                                            int tEnd) {
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     int tiles = (rows + 15) / 16, nsb = cols / 256, splits = (nsb + splitSB - 1) / splitSB;
     int w = blockIdx.x * 4 + warp;
     if (w >= tiles * splits) return;
     int tile = w % tiles, split = w / tiles;
     int sb0 = split * splitSB, sb1 = min(nsb, sb0 + splitSB);
-    int t0 = blockIdx.y * 8 * NT;
     const u8* rowA = W + (i64)min(tile * 16 + g, rows - 1) * rowBytes;
     const u8* rowB = W + (i64)min(tile * 16 + g + 8, rows - 1) * rowBytes;
     float acc[NT][4];
@@ -219,7 +219,7 @@ __device__ __forceinline__ void kt_mmf_q4_K(const u8* W, i64 rowBytes, int rows,
                 int j0 = (2 * ch) & 3;
                 u32 a[4] = {kt_byte_float(wA, j0), kt_byte_float(wB, j0), kt_byte_float(wA, j0 + 1), kt_byte_float(wB, j0 + 1)};
                 for (int j = 0; j < NT; j++) {
-                    int tok = min(t0 + 8 * j + g, n - 1);
+                    int tok = min(t0 + 8 * j + g, tEnd - 1);
                     i64 at = (i64)tok * cols + (i64)sb * 256 + G * 32 + 8 * t + 2 * ch;
                     float2 h2 = *(const float2*)(xhi + at), l2 = *(const float2*)(xlo + at);
                     u32 bHi[2] = {__float_as_uint(h2.x), __float_as_uint(h2.y)};
@@ -231,7 +231,7 @@ __device__ __forceinline__ void kt_mmf_q4_K(const u8* W, i64 rowBytes, int rows,
             float d1a = dA * (float)scA, m1a = mA * (float)mnA, d1b = dB * (float)scB, m1b = mB * (float)mnB;
             for (int j = 0; j < NT; j++) {
                 for (int e = 0; e < 4; e++) {
-                    int tok = min(t0 + 8 * j + 2 * t + (e & 1), n - 1);
+                    int tok = min(t0 + 8 * j + 2 * t + (e & 1), tEnd - 1);
                     float sx = xsum[(i64)tok * (cols / 32) + sb * 8 + G];
                     float d1 = e < 2 ? d1a : d1b, m1 = e < 2 ? m1a : m1b;
                     float part = __fsub_rn(__fmul_rn(d1, c[j][e]), __fmul_rn(m1, sx));
@@ -243,7 +243,7 @@ __device__ __forceinline__ void kt_mmf_q4_K(const u8* W, i64 rowBytes, int rows,
     for (int j = 0; j < NT; j++)
         for (int e = 0; e < 4; e++) {
             int r = tile * 16 + g + 8 * (e >> 1), tok = t0 + 8 * j + 2 * t + (e & 1);
-            if (r < rows && tok < n) {
+            if (r < rows && tok < tEnd) {
                 if (splits == 1) out[(i64)tok * rows + r] = acc[j][e];
                 else out[((i64)split * n + tok) * rows + r] = acc[j][e];
             }
@@ -253,11 +253,21 @@ __device__ __forceinline__ void kt_mmf_q4_K(const u8* W, i64 rowBytes, int rows,
 // Grid (ceil(tiles · splits / 4), ceil(n / (8·NT))), 128 threads.
 extern "C" __global__ void __launch_bounds__(128) mmf_q4_K_1(const u8* W, i64 rowBytes, int rows, int cols,
         const float* xhi, const float* xlo, const float* xsum, float* out, int n, int splitSB) {
-    kt_mmf_q4_K<1>(W, rowBytes, rows, cols, xhi, xlo, xsum, out, n, splitSB);
+    kt_mmf_q4_K<1>(W, rowBytes, rows, cols, xhi, xlo, xsum, out, n, splitSB, blockIdx.y * 8, n);
 }
 extern "C" __global__ void __launch_bounds__(128) mmf_q4_K_4(const u8* W, i64 rowBytes, int rows, int cols,
         const float* xhi, const float* xlo, const float* xsum, float* out, int n, int splitSB) {
-    kt_mmf_q4_K<4>(W, rowBytes, rows, cols, xhi, xlo, xsum, out, n, splitSB);
+    kt_mmf_q4_K<4>(W, rowBytes, rows, cols, xhi, xlo, xsum, out, n, splitSB, blockIdx.y * 32, n);
+}
+
+// Routed experts' f32-activation matmul (down): pair p's input row p (split) times expert ids[p]'s rows, into
+// out[p, ..] (one split: rows of at most 4 super-blocks; else part[split][p][row], reduced by mmf_reduce with
+// n = pairs); grid (ceil(tiles · splits / 4), pairs).
+extern "C" __global__ void __launch_bounds__(128) mmf_experts_q4_K(const u8* W, i64 rowBytes, i64 matrixBytes, int rows,
+        int cols, const float* xhi, const float* xlo, const float* xsum, const int* ids, float* out, int pairs,
+        int splitSB) {
+    int p = blockIdx.y;
+    kt_mmf_q4_K<1>(W + (i64)ids[p] * matrixBytes, rowBytes, rows, cols, xhi, xlo, xsum, out, pairs, splitSB, p, p + 1);
 }
 
 // y[t, r] = Σ_s part[s][t][r] in split order; grid-stride over n · rows.
