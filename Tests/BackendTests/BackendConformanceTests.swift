@@ -27,7 +27,7 @@ final class BackendConformanceTests: XCTestCase {
     }
 
     func testEveryCheckIsListed() {
-        XCTAssertEqual(BackendConformance.checks.count, 12)
+        XCTAssertEqual(BackendConformance.checks.count, 13)
     }
 
     func testMemory() throws { try run("memory") }
@@ -35,6 +35,7 @@ final class BackendConformanceTests: XCTestCase {
     func testRMSNorm() throws { try run("rmsNorm") }
     func testMatmul() throws { try run("matmul") }
     func testMatmulGroup() throws { try run("matmulGroup") }
+    func testChainedOps() throws { try run("chainedOps") }
     func testMatmulHeads() throws { try run("matmulHeads") }
     func testElementwise() throws { try run("elementwise") }
     func testRoPE() throws { try run("rope") }
