@@ -9,8 +9,11 @@
 #         gemma-3-270m-q4_k_m.gguf (the default model, for the reference comparison).
 # There:  bash scripts/device-check.sh [stage ...]    # results under $OUT (or ./device-out); BIN=path overrides the binary
 #
-# Stages (all by default): probe, conformance, tiny, gemma, bench, baseline, hybrid; and `profile` (not in the default
-# set): where the GPU time goes (bench --profile-kernels) on the Llama-3-8B shape, pp and tg, into $OUT/profile.md. Each writes its lines to
+# Stages (all by default): probe, conformance, tiny, gemma, bench, baseline, hybrid; and, not in the default set,
+# `profile` (where the GPU time goes, bench --profile-kernels, on the Llama-3-8B shape, into $OUT/profile.md) and
+# `serve` (serve on cuda + bench serve with 1, 8, 32 clients). MOE=1 adds the Qwen3-30B-A3B shape all on the GPU to
+# bench and baseline; HYBRID_SHORT=1 runs only pp512/tg of the hybrid stage; CPU_BASELINE=1 also builds llama.cpp
+# for the CPU (its hybrid-stage row). Each writes its lines to
 # $OUT/summary.md and its details to $OUT/log.txt; exits non-zero if a correctness stage fails.
 # SMOKE=1: a dry run of the whole flow on one-layer models with tiny sizes (e.g. here, on the CUDA emulator:
 #   KTRANSFORMERS_CUDA_DRIVER=$(scripts/build-cuda-emulator.sh) KTRANSFORMERS_NVRTC=<same> SMOKE=1 \
@@ -29,6 +32,15 @@ status=0
 say() { echo "$*" | tee -a "$summary"; }
 has() { [[ " $stages " == *" $1 "* ]]; }
 export KTRANSFORMERS_CACHE_DIR=${KTRANSFORMERS_CACHE_DIR:-/tmp/kt-cache}
+# The llama.cpp CUDA baseline builds in the background (at low priority) while the GPU-bound stages run; the
+# baseline stage waits for it, and the CPU-heavy hybrid stage runs after that.
+build_pid=
+if has baseline && [ -d .baseline/llama.cpp ] && [ -z "${SMOKE:-}" ] && [ ! -x .baseline/llama.cpp/build-cuda/bin/llama-bench ]; then
+  nice -n 19 bash .baseline/llamacpp-baseline.sh cuda .baseline/llama.cpp > "$out/llamacpp-build.log" 2>&1 &
+  build_pid=$!
+fi
+# CONFORMANCE_LEVELS: the CPU kernel levels the conformance stage runs at (all three by default).
+levels=${CONFORMANCE_LEVELS:-avx512 avx2 scalar}
 if [ -n "${SMOKE:-}" ]; then
   pp=8; tg=2; reps=1; long=16; tgb=2; smoke=(--layers 1 --vocab 4096); sfx=-smoke
 else
@@ -43,7 +55,7 @@ fi
 
 if has conformance; then
   say "## conformance"
-  for level in avx512 avx2 scalar; do
+  for level in $levels; do
     if KTRANSFORMERS_SIMD=$level "$bin" devices --conformance > "$out/conformance-$level.txt" 2>&1; then
       say "conformance at cpu level $level (cpu and cuda backends): all checks pass"
     else
@@ -106,22 +118,14 @@ if has bench; then
   fi
 fi
 
-if has profile; then
-  say "## kernel profile (Llama-3-8B shape), $(date -u +%FT%TZ)"
-  m=/tmp/llama3-8b$sfx.gguf
-  make_model llama3-8b $m
-  "$bin" bench --model $m --device cuda -p $pp -n $tgb -r 1 --profile-kernels 2>>"$log" > "$out/profile.md"
-  "$bin" bench --model $m --device cuda -p 0 -n $tgb -b 32 -r 1 --profile-kernels 2>>"$log" >> "$out/profile.md"
-  grep -E "^(pp|tg).*kernels" "$out/profile.md" | tee -a "$summary"
-fi
-
 if has baseline && [ -d .baseline/llama.cpp ] && [ -z "${SMOKE:-}" ]; then
   say "## llama.cpp (same files, same sitting)"
   command -v cmake >/dev/null || say "no cmake here: llama.cpp cannot be built"
+  if [ -n "$build_pid" ]; then wait "$build_pid" || { say "llama.cpp CUDA build FAILED"; tail -20 "$out/llamacpp-build.log" >> "$log"; }; fi
   if [ ! -x .baseline/llama.cpp/build-cuda/bin/llama-bench ]; then
     bash .baseline/llamacpp-baseline.sh cuda .baseline/llama.cpp >>"$log" 2>&1 || say "llama.cpp CUDA build FAILED"
   fi
-  if [ ! -x .baseline/llama.cpp/build/bin/llama-bench ]; then
+  if [ -n "${CPU_BASELINE:-}" ] && [ ! -x .baseline/llama.cpp/build/bin/llama-bench ]; then
     bash .baseline/llamacpp-baseline.sh cpu .baseline/llama.cpp >>"$log" 2>&1 || say "llama.cpp CPU build FAILED"
   fi
   lb=.baseline/llama.cpp/build-cuda/bin
@@ -133,6 +137,28 @@ if has baseline && [ -d .baseline/llama.cpp ] && [ -z "${SMOKE:-}" ]; then
     "$lb/llama-bench" -m /tmp/qwen3-30b-a3b.gguf -ngl 99 -fa 1 -p 512 -n 128 -r 3 2>>"$log" | tee -a "$summary"
   fi
 fi
+if has serve; then
+  # Issue 12, acceptance 4: serving on the GPU, 1, 8 and 32 concurrent streaming clients (bench serve), greedy.
+  say "## serving (Llama-3-8B shape on cuda), $(date -u +%FT%TZ)"
+  m=/tmp/llama3-8b$sfx.gguf
+  make_model llama3-8b $m
+  port=18123
+  "$bin" serve --model $m --device ${SERVE_DEVICE:-cuda} --port $port --max-batch-size 32 --ctx-size 1024 --kv-cache-tokens 40000 \
+    >"$out/serve.log" 2>&1 &
+  spid=$!
+  for i in $(seq 1 120); do
+    python3 -c "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:$port/health', timeout=2)" 2>/dev/null && break
+    sleep 1
+  done
+  for c in 1 8 32; do
+    "$bin" bench serve --url http://127.0.0.1:$port --concurrency $c --requests $((c * 2)) --input-len 128 \
+      --output-len ${SERVE_TOKENS:-128} > "$out/serve-c$c.txt" 2>>"$log"
+    say "clients $c: $(grep -E 'Output token throughput|Failed requests' "$out/serve-c$c.txt" | tr -s ' ' | tr '\n' ';')" \
+        "TPOT p50 $(grep -A2 'Time per Output Token' "$out/serve-c$c.txt" | grep p50 | tr -s ' ' | cut -d' ' -f4) ms"
+  done
+  kill $spid 2>/dev/null; wait $spid 2>/dev/null
+fi
+
 if has hybrid; then
   # Issue 13: Qwen3-30B-A3B-shaped, Q4_K, all threads: hybrid (experts on the CPU) against llama.cpp's
   # -ngl 99 -ot exps=CPU, same file, same sitting; plus our CPU-only and all-on-GPU rows.
@@ -140,6 +166,7 @@ if has hybrid; then
   m=/tmp/qwen3-30b-a3b$sfx.gguf
   make_model qwen3-30b-a3b $m
   "$bin" bench --model $m --device cuda -t $threads -p $pp -n $tg -r $reps 2>>"$log" | tail -2 | sed 's/$/ (hybrid)/' | tee -a "$summary"
+  if [ -z "${HYBRID_SHORT:-}" ]; then
   "$bin" bench --model $m --device cuda -t $threads -p $long -n 0 -r 1 --chunk-size $long 2>>"$log" | tail -1 | sed 's/$/ (hybrid)/' | tee -a "$summary"
   for b in 4 8; do
     "$bin" bench --model $m --device cuda -t $threads -p 0 -n $tgb -b $b -r $reps 2>>"$log" | tail -1 | sed 's/$/ (hybrid)/' | tee -a "$summary"
@@ -149,14 +176,24 @@ if has hybrid; then
   for t in 1 8 16; do
     "$bin" bench --moe --moe-shape 128,8,2048,768 -t $t 2>>"$log" | tail -3 | sed "s/\$/ (bench --moe, $t threads)/" | tee -a "$summary"
   done
+  fi
   if [ -x .baseline/llama.cpp/build-cuda/bin/llama-bench ] && [ -z "${SMOKE:-}" ]; then
     lb=.baseline/llama.cpp/build-cuda/bin
     "$lb/llama-bench" -m $m -ngl 99 -ot exps=CPU -t $threads -fa 1 -p 512 -n 128 -r 3 2>>"$log" | tee -a "$summary"
-    "$lb/llama-bench" -m $m -ngl 99 -ot exps=CPU -t $threads -fa 1 -p 4096 -n 0 -ub 4096 -b 4096 -r 1 2>>"$log" | tail -2 | tee -a "$summary"
+    [ -n "${HYBRID_SHORT:-}" ] || "$lb/llama-bench" -m $m -ngl 99 -ot exps=CPU -t $threads -fa 1 -p 4096 -n 0 -ub 4096 -b 4096 -r 1 2>>"$log" | tail -2 | tee -a "$summary"
   fi
   if [ -x .baseline/llama.cpp/build/bin/llama-bench ] && [ -z "${SMOKE:-}" ]; then
     .baseline/llama.cpp/build/bin/llama-bench -m $m -t $threads -p 512 -n 128 -r 3 2>>"$log" | tee -a "$summary"
   fi
 fi
+if has profile; then
+  say "## kernel profile (Llama-3-8B shape), $(date -u +%FT%TZ)"
+  m=/tmp/llama3-8b$sfx.gguf
+  make_model llama3-8b $m
+  "$bin" bench --model $m --device cuda -p $pp -n $tgb -r 1 --profile-kernels 2>>"$log" > "$out/profile.md"
+  "$bin" bench --model $m --device cuda -p 0 -n $tgb -b 32 -r 1 --profile-kernels 2>>"$log" >> "$out/profile.md"
+  grep -E "^(pp|tg).*kernels" "$out/profile.md" | tee -a "$summary"
+fi
+
 say "exit status $status"
 exit $status
