@@ -188,14 +188,15 @@ public struct BackendConformance {
 
     // MARK: 4. matmul
 
-    /// Every weight format a test can build, both precisions, n ∈ {1, 2, 4, 5, 9, 33}: on the CPU backend n = 1 is
+    /// Every weight format a test can build, both precisions, n ∈ {1, 2, 4, 5, 9, 33, 64}: on the CPU backend n = 1 is
     /// the one-row kernel, 2 and 4 the multi-row kernels (up to 4 token rows a call), 5 and 9 the tile kernels'
     /// `minRows` (5, or 9 for the VNNI K-quant tiles; below it 4 + 1 and 4 + 4 + 1 rows), 33 a long batch with a
-    /// remainder. Each row of a batch must have the bits of the same row computed alone (batch invariance).
+    /// remainder, 64 a prefill batch (a device backend may run other kernels there). Each row of a batch must have
+    /// the bits of the same row computed alone (batch invariance).
     public func checkMatmul() throws {
         let b = backend
         var rng = SplitMix64(seed: 4)
-        let ns = [1, 2, 4, 5, 9, 33], maxN = 33
+        let ns = [1, 2, 4, 5, 9, 33, 64], maxN = 64
         let skipped = QuantRegistry.supportedTypes.filter { !Host.canMake($0) }
         if !skipped.isEmpty { print("[\(name)] matmul: no test weights for \(skipped) (activation-only or no layout)") }
         // 512 columns: two 256-blocks; 2560: ten (a device kernel that takes super-blocks four at a time has a

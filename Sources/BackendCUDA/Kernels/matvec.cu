@@ -136,18 +136,21 @@ __device__ __forceinline__ void kt_mv_q4_K(const u8* row, int cols, const i8* xq
     int nsb = cols / 256, part = lane & 7, p = part >> 1, l0 = 16 * (part & 1);
     float acc[NTOK];
     for (int t = 0; t < NTOK; t++) acc[t] = 0.0f;
-    // The next step's loads are issued before this step's arithmetic (two steps of the row in flight).
-    int sbNext = min(lane >> 3, nsb - 1);
-    uint4 headNext = *(const uint4*)(row + (i64)sbNext * 144);
-    uint4 qsNext = *(const uint4*)(row + (i64)sbNext * 144 + 16 + 16 * part);
-    for (int base = 0; base < nsb; base += 4) {
-        int sb = sbNext;  // lanes past the end redo the last block; their part is not added
-        uint4 head = headNext, qs = qsNext;
-        if (base + 4 < nsb) {
-            sbNext = min(base + 4 + (lane >> 3), nsb - 1);
-            headNext = *(const uint4*)(row + (i64)sbNext * 144);
-            qsNext = *(const uint4*)(row + (i64)sbNext * 144 + 16 + 16 * part);
-        }
+    // Four steps (16 super-blocks) of the row are loaded before their arithmetic: a warp keeps 4 KiB in flight.
+    for (int base0 = 0; base0 < nsb; base0 += 16) {
+    uint4 heads[4], qss[4];
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+        int sbk = min(base0 + 4 * k + (lane >> 3), nsb - 1);
+        heads[k] = *(const uint4*)(row + (i64)sbk * 144);
+        qss[k] = *(const uint4*)(row + (i64)sbk * 144 + 16 + 16 * part);
+    }
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+        int base = base0 + 4 * k;
+        if (base >= nsb) break;
+        int sb = min(base + (lane >> 3), nsb - 1);  // lanes past the end redo the last block; their part is not added
+        uint4 head = heads[k], qs = qss[k];
         const u8* hb = (const u8*)&head;
         float d = kt_f16(hb), dmin = kt_f16(hb + 2);
         int scLo, mLo, scHi, mHi;
@@ -177,6 +180,7 @@ __device__ __forceinline__ void kt_mv_q4_K(const u8* row, int cols, const i8* xq
                 acc[t] = kt_add_parts(acc[t], pt, count);
             }
         }
+    }
     }
     if (lane == 0)
         for (int t = 0; t < nt; t++) y[(i64)t * rows] = acc[t];
