@@ -599,7 +599,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
             preconditionFailure("CUDA matmul: split-tf32 scratch not reserved for \(n) rows of \(cols)")
         }
         if preparedSplit != Prepared(address: x.address, count: n * cols, launch: launches) {
-            launch("split_tf32", grid: (Self.blocks(n * cols / 32, 128), 1, 1), block: 128,
+            launch("split_tf32", grid: (Self.blocks(n * cols, 128), 1, 1), block: 128,
                    [.ptr(x.address), .ptr(hi.address), .ptr(lo.address), .ptr(sums.address), .i64(n * cols / 32)])
         }
         let splits = Self.mmfSplits(cols: cols), tiles = (rows + 15) / 16
@@ -718,7 +718,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         // split, which that matmul then takes.
         if kind == .silu, count % 32 == 0, let hi = rounded, let lo = splitLow, let sums = splitSums, count <= hi.count,
            count <= lo.count, count / 32 <= sums.count {
-            launch("gated_silu_split", grid: (Self.blocks(count / 32, 128), 1, 1), block: 128,
+            launch("gated_silu_split", grid: (Self.blocks(count, 128), 1, 1), block: 128,
                    [.ptr(g.address), .ptr(u.address), .ptr(hi.address), .ptr(lo.address), .ptr(sums.address), .i64(count / 32)])
             preparedSplit = Prepared(address: g.address, count: count, launch: launches)
             return
@@ -933,7 +933,7 @@ final class CUDAExpertExecutor: ExpertExecutor {
         }
         // Down (f32 input): SwiGLU and the split in one pass, then the tf32 tensor cores, where the format has them.
         if d.tensorCoreF32 != nil, experts.down.cols == ff, let hi = splitHi, let lo = splitLo, let sums = splitSums {
-            backend.launch("gated_silu_split", grid: (CUDABackend.blocks(pairs * ff / 32, 128), 1, 1), block: 128,
+            backend.launch("gated_silu_split", grid: (CUDABackend.blocks(pairs * ff, 128), 1, 1), block: 128,
                            [.ptr(gate!.address), .ptr(up!.address), .ptr(hi.address), .ptr(lo.address), .ptr(sums.address),
                             .i64(pairs * ff / 32)])
             let rows = experts.down.rows, splits = CUDABackend.mmfSplits(cols: ff), tiles = (rows + 15) / 16

@@ -130,43 +130,38 @@ extern "C" __global__ void __launch_bounds__(128) mmq_q4_K(const u8* W, i64 rowB
 // m1 = dmin·min), so the group's dot product is d1·Σq·x − m1·Σx. The 4-bit q are exact tf32 values; each input
 // splits into hi = tf32(x) and lo = tf32(x − hi), so Σq·x = Σq·lo + Σq·hi comes from one mma chain from zero per
 // group (relative error ~2^-22; short chains keep the tensor cores' truncating accumulation small); Σx of each group
-// is summed once by split_tf32. The group results are added to the output in order with rounding adds, and the K
+// is summed once by split_tf32 (a fixed butterfly). The group results are added to the output in order with rounding adds, and the K
 // splits (`splitSB` super-blocks each, fixed by the shape alone) in order by mmf_reduce: every token count gives
 // each output the same bits (batch invariance). The k order inside a group is permuted as in mmq_q4_K: in
 // k8-chunk c lane t's slots t and t + 4 are elements 8t + 2c and 8t + 2c + 1 (one 8-byte load of quants a lane).
 
-// The inputs split for it: hi and lo tf32 bit patterns (as floats) and each 32-group's sum (in element order).
-// Grid-stride over the n · cols / 32 groups.
-extern "C" __global__ void split_tf32(const float* x, float* hi, float* lo, float* sums, i64 groups) {
-    for (i64 gi = blockIdx.x * (i64)blockDim.x + threadIdx.x; gi < groups; gi += (i64)gridDim.x * blockDim.x) {
-        const float* xg = x + gi * 32;
-        float s = 0.0f;
-        for (int k = 0; k < 32; k++) {
-            float v = xg[k];
-            s = __fadd_rn(s, v);
-            u32 h = kt_tf32(v);
-            hi[gi * 32 + k] = __uint_as_float(h);
-            lo[gi * 32 + k] = __uint_as_float(kt_tf32(v - __uint_as_float(h)));
-        }
-        sums[gi] = s;
-    }
+// The inputs split for it: hi and lo tf32 bit patterns (as floats) and each 32-group's sum (a warp per group, lane k
+// element k, summed by the fixed butterfly of kt_warp_sum). Grid-stride over the n · cols / 32 groups, 128 threads.
+__device__ __forceinline__ void kt_split_tf32_lane(float v, float* hi, float* lo, float* sums, i64 gi, int lane) {
+    u32 h = kt_tf32(v);
+    hi[gi * 32 + lane] = __uint_as_float(h);
+    lo[gi * 32 + lane] = __uint_as_float(kt_tf32(v - __uint_as_float(h)));
+    float s = kt_warp_sum(v);
+    if (lane == 0) sums[gi] = s;
 }
 
-// g = silu(g)·u (gated_silu's arithmetic) and g split as split_tf32 splits it, in one pass: a thread per 32-group.
+extern "C" __global__ void split_tf32(const float* x, float* hi, float* lo, float* sums, i64 groups) {
+    int lane = threadIdx.x & 31;
+    i64 warps = (i64)gridDim.x * (blockDim.x >> 5);
+    for (i64 gi = blockIdx.x * (i64)(blockDim.x >> 5) + (threadIdx.x >> 5); gi < groups; gi += warps)
+        kt_split_tf32_lane(x[gi * 32 + lane], hi, lo, sums, gi, lane);
+}
+
+// g = silu(g)·u (gated_silu's arithmetic) and g split as split_tf32 splits it, in one pass: a warp per 32-group.
 extern "C" __global__ void gated_silu_split(float* g, const float* u, float* hi, float* lo, float* sums, i64 groups) {
-    for (i64 gi = blockIdx.x * (i64)blockDim.x + threadIdx.x; gi < groups; gi += (i64)gridDim.x * blockDim.x) {
-        float s = 0.0f;
-        for (int k = 0; k < 32; k++) {
-            i64 i = gi * 32 + k;
-            float x = g[i];
-            float v = x / (1.0f + expf(-x)) * u[i];
-            g[i] = v;
-            s = __fadd_rn(s, v);
-            u32 h = kt_tf32(v);
-            hi[i] = __uint_as_float(h);
-            lo[i] = __uint_as_float(kt_tf32(v - __uint_as_float(h)));
-        }
-        sums[gi] = s;
+    int lane = threadIdx.x & 31;
+    i64 warps = (i64)gridDim.x * (blockDim.x >> 5);
+    for (i64 gi = blockIdx.x * (i64)(blockDim.x >> 5) + (threadIdx.x >> 5); gi < groups; gi += warps) {
+        i64 i = gi * 32 + lane;
+        float x = g[i];
+        float v = x / (1.0f + expf(-x)) * u[i];
+        g[i] = v;
+        kt_split_tf32_lane(v, hi, lo, sums, gi, lane);
     }
 }
 
