@@ -697,6 +697,17 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
                 .ptr(meta.slotMapping.address), .ptr(cache.k(layer).address), .ptr(cache.v(layer).address)])
     }
 
+    /// Keys per split of a split-K attention (nil: automatic, from the reserved context length: at least 256 and at
+    /// most 8 splits; one split, the plain kernel, when the context fits in one). Fixed for a run, so a token's bits
+    /// depend on its own position only.
+    public var attentionSplitKeys: Int?
+    private var attentionParts: Tensor?
+
+    private var splitKeys: Int {
+        if let k = attentionSplitKeys { return max(1, k) }
+        return max(256, (plan.contextLength + 7) / 8)
+    }
+
     public func attention(q: Tensor, out: Tensor, n: Int, cache: KVCache, layer: Int, meta: BatchMetadata,
                           params p: AttentionParams) {
         precondition(p.headDim <= 1024 && p.headDimV <= 512, "CUDA attention: head dims \(p.headDim)/\(p.headDimV) above 1024/512")
@@ -705,11 +716,28 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         let vc = p.valueInKey ? cache.k(layer) : cache.v(layer)
         let vStride = p.valueInKey ? kd : cache.vDims[layer]
         let vHeadStride = p.valueInKey ? p.headDim : p.headDimV
-        launch("attention", grid: (n, p.nHead, 1), block: 128,
+        let keys = splitKeys
+        let splits = (max(1, plan.contextLength) + keys - 1) / keys
+        var part: UInt = 0
+        if splits > 1 {
+            let need = max(plan.maxTokens, n) * p.nHead * splits * (p.headDimV + 2)
+            if need > (attentionParts?.count ?? 0) {
+                if let old = attentionParts { release(old) }
+                attentionParts = allocate(need)
+                graphEpoch += 1
+            }
+            part = attentionParts!.address
+        }
+        launch("attention", grid: (n, p.nHead, splits), block: 128,
                [.ptr(q.address), .ptr(out.address), .ptr(cache.k(layer).address), .ptr(vc.address), .i32(kd), .i32(vStride),
                 .i32(vHeadStride), .i32(p.nHead), .i32(p.nKVHead), .i32(p.headDim), .i32(p.headDimV), .f32(p.scale),
                 .i32(p.window), .f32(p.softcap), .ptr(meta.positions.address), .ptr(meta.sequenceOfToken.address),
-                .ptr(meta.blockTables.address), .i32(meta.blockTableStride), .i32(meta.pageSize)])
+                .ptr(meta.blockTables.address), .i32(meta.blockTableStride), .i32(meta.pageSize), .ptr(part), .i32(keys)])
+        if splits > 1 {
+            launch("attention_combine", grid: (n, p.nHead, 1), block: 128,
+                   [.ptr(part), .ptr(out.address), .i32(p.nHead), .i32(p.headDimV), .i32(splits), .i32(keys), .i32(p.window),
+                    .ptr(meta.positions.address)])
+        }
     }
 
     public func gatedActivation(_ g: Tensor, _ u: Tensor, count: Int, _ kind: GatedActivation) {

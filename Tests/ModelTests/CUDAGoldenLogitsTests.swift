@@ -121,3 +121,30 @@ final class CUDAHybridGoldenLogitsTests: CUDAGoldenLogitsTests {
         }
     }
 }
+
+/// Every golden-logits test again on the CUDA backend with split-K attention forced on at 3 keys per split, so that
+/// every prompt's tokens span several splits: logits against the references, one pass = chunked = token by token
+/// and batch = alone (a token's splits depend on its own position only).
+final class CUDASplitAttentionGoldenLogitsTests: GoldenLogitsTests {
+    nonisolated(unsafe) static var shared: Result<CUDABackend?, Error>?
+
+    override class func makeBackend() throws -> any ComputeBackend {
+        if shared == nil {
+            shared = Result {
+                let b = try CUDABackend.makeIfPresent()
+                b?.attentionSplitKeys = 3
+                return b
+            }
+        }
+        guard let b = try shared!.get() else {
+            throw XCTSkip("no CUDA driver/GPU and no CUDA emulator here: CUDA model tests skipped")
+        }
+        return b
+    }
+
+    /// (Declared so that Linux's XCTest discovers the class; the inherited tests run too.)
+    func testSplitKeysAreForced() throws {
+        let b = try XCTUnwrap(try Self.makeBackend() as? CUDABackend)
+        XCTAssertEqual(b.attentionSplitKeys, 3)
+    }
+}

@@ -2,7 +2,10 @@
 // pool, through the scheduler's block tables. One block of 128 threads per (query token, head): the visible
 // positions go in tiles of 128 (a key per thread), with a running max and sum (online softmax), and each thread
 // owns up to 4 of the head's value dimensions. GQA (query heads share a K/V head), sliding windows, tanh
-// soft-capping, and MLA's value-in-key layout (V = the first headDimV floats of each K row).
+// soft-capping, and MLA's value-in-key layout (V = the first headDimV floats of each K row). For long contexts
+// the keys split (split-K, as flash-decoding): each block takes `splitKeys` of its token's keys and writes its
+// running max, sum and unnormalized values, and attention_combine merges them. The split rule depends on the
+// token's own position only, so a token has the same bits in any batch.
 
 #define KT_ATT_THREADS 128
 #define KT_ATT_MAX_HEAD 1024
@@ -11,7 +14,8 @@
 extern "C" __global__ void __launch_bounds__(KT_ATT_THREADS) attention(
         const float* q, float* out, const float* kc, const float* vc, int kStride, int vStride, int vHeadStride,
         int nHead, int nKVHead, int headDim, int headDimV, float scale, int window, float softcap,
-        const int* positions, const int* seqOfToken, const int* blockTables, int blockTableStride, int pageSize) {
+        const int* positions, const int* seqOfToken, const int* blockTables, int blockTableStride, int pageSize,
+        float* part, int splitKeys) {
     __shared__ __align__(16) float qs[KT_ATT_MAX_HEAD];
     __shared__ float p[KT_ATT_THREADS];
     __shared__ int slots[KT_ATT_THREADS];
@@ -22,6 +26,13 @@ extern "C" __global__ void __launch_bounds__(KT_ATT_THREADS) attention(
     for (int i = tid; i < headDim; i += KT_ATT_THREADS) qs[i] = qh[i];
     int pos = positions[t], seq = seqOfToken[t];
     int lo = window > 0 ? max(0, pos - window + 1) : 0;
+    // Split-K (part != null): block z takes keys lo + z·splitKeys .. +splitKeys of its token's range.
+    int begin = lo, end = pos;
+    if (part) {
+        begin = lo + blockIdx.z * splitKeys;
+        end = min(pos, begin + splitKeys - 1);
+        if (begin > pos) return;
+    }
     const int* table = blockTables + (i64)seq * blockTableStride;
     const float* kh = kc + (i64)kvh * headDim;
     const float* vh = vc + (i64)kvh * vHeadStride;
@@ -31,11 +42,11 @@ extern "C" __global__ void __launch_bounds__(KT_ATT_THREADS) attention(
     // K rows as float4s when every row and head starts 16-byte aligned.
     bool vec4 = (headDim & 3) == 0 && (kStride & 3) == 0 && ((size_t)kc & 15) == 0;
     __syncthreads();
-    for (int start = lo; start <= pos; start += KT_ATT_THREADS) {
+    for (int start = begin; start <= end; start += KT_ATT_THREADS) {
         int j = start + tid;
         float s = -KT_INF;
         int slot = 0;
-        if (j <= pos) {
+        if (j <= end) {
             slot = table[j / pageSize] * pageSize + j % pageSize;
             const float* kr = kh + (i64)slot * kStride;
             float d = 0.0f;
@@ -54,13 +65,13 @@ extern "C" __global__ void __launch_bounds__(KT_ATT_THREADS) attention(
         }
         float tileMax = kt_block_max(s, scratch);
         float mNew = fmaxf(m, tileMax);
-        float e = j <= pos ? expf(s - mNew) : 0.0f;
+        float e = j <= end ? expf(s - mNew) : 0.0f;
         p[tid] = e;
         slots[tid] = slot;
         float tileSum = kt_block_sum(e, scratch);  // (its barriers also publish p and slots)
         float corr = expf(m - mNew);
         l = l * corr + tileSum;
-        int count = min(KT_ATT_THREADS, pos - start + 1);
+        int count = min(KT_ATT_THREADS, end - start + 1);
         for (int k = 0; k < KT_ATT_MAX_VDIMS; k++) {
             int dIdx = tid + k * KT_ATT_THREADS;
             if (dIdx >= headDimV) break;
@@ -72,10 +83,41 @@ extern "C" __global__ void __launch_bounds__(KT_ATT_THREADS) attention(
         m = mNew;
         __syncthreads();
     }
+    if (part) {
+        float* pp = part + (((i64)t * nHead + h) * gridDim.z + blockIdx.z) * (headDimV + 2);
+        if (tid == 0) { pp[0] = m; pp[1] = l; }
+        for (int k = 0; k < KT_ATT_MAX_VDIMS; k++) {
+            int dIdx = tid + k * KT_ATT_THREADS;
+            if (dIdx < headDimV) pp[2 + dIdx] = acc[k];
+        }
+        return;
+    }
     float inv = 1.0f / l;
     float* o = out + ((i64)t * nHead + h) * headDimV;
     for (int k = 0; k < KT_ATT_MAX_VDIMS; k++) {
         int dIdx = tid + k * KT_ATT_THREADS;
         if (dIdx < headDimV) o[dIdx] = acc[k] * inv;
+    }
+}
+
+// The splits of a split-K attention combined in split order: M = max m_s, L = Σ l_s·e^(m_s − M), o = Σ acc_s·e^(m_s − M) / L
+// (one split gives the unsplit kernel's bits). Grid (n, nHead), 128 threads; `splits` is the grid's z of the
+// attention launch.
+extern "C" __global__ void __launch_bounds__(KT_ATT_THREADS) attention_combine(const float* part, float* out, int nHead,
+        int headDimV, int splits, int splitKeys, int window, const int* positions) {
+    int t = blockIdx.x, h = blockIdx.y, tid = threadIdx.x;
+    int pos = positions[t], lo = window > 0 ? max(0, pos - window + 1) : 0;
+    int count = (pos - lo) / splitKeys + 1;
+    const float* pp = part + ((i64)t * nHead + h) * splits * (headDimV + 2);
+    float M = -KT_INF;
+    for (int s = 0; s < count; s++) M = fmaxf(M, pp[s * (headDimV + 2)]);
+    float L = 0.0f;
+    for (int s = 0; s < count; s++) L += pp[s * (headDimV + 2) + 1] * expf(pp[s * (headDimV + 2)] - M);
+    float inv = 1.0f / L;
+    float* o = out + ((i64)t * nHead + h) * headDimV;
+    for (int d = tid; d < headDimV; d += KT_ATT_THREADS) {
+        float a = 0.0f;
+        for (int s = 0; s < count; s++) a += pp[s * (headDimV + 2) + 2 + d] * expf(pp[s * (headDimV + 2)] - M);
+        o[d] = a * inv;
     }
 }
