@@ -489,6 +489,8 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
             routerWork = allocate(need)
             graphEpoch += 1
         }
+        // A longer context can change the attention's split rule (and its launch shape): captured graphs are stale.
+        if grown.contextLength != plan.contextLength || grown.maxTokens != plan.maxTokens { graphEpoch += 1 }
         plan = grown
         growRounded()
     }
