@@ -593,8 +593,8 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     static let mmfSplitSuperBlocks = 4
     static func mmfSplits(cols: Int) -> Int { (cols / 256 + mmfSplitSuperBlocks - 1) / mmfSplitSuperBlocks }
 
-    /// `.f32Activations` with Q4_K rows on the tf32 tensor cores (kernels in mmq.cu): the input split into high and
-    /// low tf32 halves and per-32 sums, one kernel for every token count, the K splits added in order.
+    /// `.f32Activations` with Q4_K or Q6_K rows on the tf32 tensor cores (kernels in mmq.cu): the input split into
+    /// high and low tf32 halves and per-32 sums, one kernel for every token count, the K splits added in order.
     private func tensorCoreF32Matmul(_ g: CUDAWeight, _ f: CUDADriver.Handle, rows: Int, cols: Int, x: Tensor, y: Tensor, n: Int) {
         guard let hi = rounded, let lo = splitLow, let sums = splitSums, let parts = splitParts, hi.count >= n * cols,
               parts.count >= n * rows * Self.mmfSplits(cols: cols) else {
@@ -607,7 +607,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         let splits = Self.mmfSplits(cols: cols), tiles = (rows + 15) / 16
         let nt = n <= 8 ? 1 : 4
         let out = splits == 1 ? y : parts
-        launch(nt == 1 ? f : kernels.function("mmf_q4_K_4"), "mmf_\(g.tag)_\(nt) \(rows)x\(cols)",
+        launch(nt == 1 ? f : g.tensorCoreF32Tiles!, "mmf_\(g.tag)_\(nt) \(rows)x\(cols)",
                grid: ((tiles * splits + 3) / 4, (n + 8 * nt - 1) / (8 * nt), 1), block: 128,
                [.ptr(g.address), .i64(g.rowBytes), .i32(rows), .i32(cols), .ptr(hi.address), .ptr(lo.address),
                 .ptr(sums.address), .ptr(out.address), .i32(n), .i32(Self.mmfSplitSuperBlocks)])
@@ -827,8 +827,11 @@ final class CUDAWeight: @unchecked Sendable {
     let integerExperts: CUDADriver.Handle?
     /// Its tensor-core tile kernel (prefill), where there is one.
     let tensorCoreTiles: CUDADriver.Handle?
-    /// The split-tf32 kernel for f32 activations (one token tile per warp), where there is one.
+    /// The split-tf32 kernels for f32 activations (one and four token tiles per warp; routed experts), where there
+    /// are.
     let tensorCoreF32: CUDADriver.Handle?
+    let tensorCoreF32Tiles: CUDADriver.Handle?
+    let tensorCoreF32Experts: CUDADriver.Handle?
 
     init(address: UInt, tag: String, rowBytes: Int, rounding: ActivationRounding, kernels: CUDAKernels) {
         self.address = address
@@ -842,7 +845,9 @@ final class CUDAWeight: @unchecked Sendable {
         integerDotGroup = tag == "q4_K" || tag == "q6_K" ? kernels.function("matvec_\(tag)_q8_3") : nil
         integerExperts = tag == "q4_K" || tag == "q6_K" ? kernels.function("matvec_experts_\(tag)_q8") : nil
         tensorCoreTiles = tag == "q4_K" ? kernels.function("mmq_q4_K") : nil
-        tensorCoreF32 = tag == "q4_K" ? kernels.function("mmf_q4_K_1") : nil
+        tensorCoreF32 = tag == "q4_K" || tag == "q6_K" ? kernels.function("mmf_\(tag)_1") : nil
+        tensorCoreF32Tiles = tag == "q4_K" || tag == "q6_K" ? kernels.function("mmf_\(tag)_4") : nil
+        tensorCoreF32Experts = tag == "q4_K" || tag == "q6_K" ? kernels.function("mmf_experts_\(tag)") : nil
     }
 }
 
@@ -970,7 +975,7 @@ final class CUDAExpertExecutor: ExpertExecutor {
             precondition(splits == 1 || pairs <= 65535, "CUDA expert executor: split-K experts past 65535 pairs")
             let out = splits > 1 ? parts! : down!
             chunks(1) { p0, c in
-                backend.launch("mmf_experts_q4_K", grid: ((tiles * splits + 3) / 4, c, 1), block: 128,
+                backend.launch(d.tensorCoreF32Experts!, "mmf_experts_\(d.tag)", grid: ((tiles * splits + 3) / 4, c, 1), block: 128,
                                [.ptr(d.address), .i64(d.rowBytes), .i64(d.rowBytes * rows), .i32(rows), .i32(ff),
                                 .ptr(hi.offset(p0 * ff).address), .ptr(lo.offset(p0 * ff).address),
                                 .ptr(sums.offset(p0 * ff / 32).address), .ptr(ids.offset(p0).address),

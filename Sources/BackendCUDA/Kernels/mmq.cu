@@ -245,6 +245,78 @@ __device__ __forceinline__ void kt_mmf_q4_K(const u8* W, i64 rowBytes, int rows,
         }
 }
 
+// Q6_K rows: { u8 ql[128]; u8 qh[64]; i8 scales[16]; f16 d }, element e = 128h + 32r + i has the 6-bit q from
+// ql[64h + 32(r & 1) + i] (nibble r / 2) and qh[32h + i] (bits 2r), weight d·scale[e / 16]·(q − 32). The q − 32 are
+// exact tf32 values; each 16-element sub-group's Σ(q − 32)·x is one mma chain from zero (its k8-chunks lie inside
+// it: chunk c of a 32-group holds elements 16·(c / 2) + 8·(c % 2) + 2t, +1 in lane t's slots t, t + 4), and
+// d·scale·Σ is added to the output in sub-group order. Same outer structure (tiles, splits, token range) as
+// kt_mmf_q4_K.
+template <int NT>
+__device__ __forceinline__ void kt_mmf_q6_K(const u8* W, i64 rowBytes, int rows, int cols, const float* xhi,
+                                            const float* xlo, float* out, int n, int splitSB, int t0, int tEnd) {
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    int tiles = (rows + 15) / 16, nsb = cols / 256, splits = (nsb + splitSB - 1) / splitSB;
+    int w = blockIdx.x * 4 + warp;
+    if (w >= tiles * splits) return;
+    int tile = w % tiles, split = w / tiles;
+    int sb0 = split * splitSB, sb1 = min(nsb, sb0 + splitSB);
+    const u8* rowA = W + (i64)min(tile * 16 + g, rows - 1) * rowBytes;
+    const u8* rowB = W + (i64)min(tile * 16 + g + 8, rows - 1) * rowBytes;
+    float acc[NT][4];
+    for (int j = 0; j < NT; j++)
+        for (int e = 0; e < 4; e++) acc[j][e] = 0.0f;
+    for (int sb = sb0; sb < sb1; sb++) {
+        const u8* ba = rowA + (i64)sb * 210;
+        const u8* bb = rowB + (i64)sb * 210;
+        float dA = kt_f16(ba + 208), dB = kt_f16(bb + 208);
+#pragma unroll
+        for (int G = 0; G < 8; G++) {
+            int h = G >> 2, r = G & 3, qlOff = 64 * h + 32 * (r & 1), qhOff = 128 + 32 * h;
+            int shL = 4 * (r >> 1), shH = 2 * r;
+            for (int sub = 0; sub < 2; sub++) {
+                float c[NT][4];
+                for (int j = 0; j < NT; j++)
+                    for (int e = 0; e < 4; e++) c[j][e] = 0.0f;
+                for (int half = 0; half < 2; half++) {
+                    int i = 16 * sub + 8 * half + 2 * t;  // this lane's two elements of the chunk
+                    u32 la = *(const u16*)(ba + qlOff + i), ha = *(const u16*)(ba + qhOff + i);
+                    u32 lb = *(const u16*)(bb + qlOff + i), hb = *(const u16*)(bb + qhOff + i);
+                    u32 a[4];
+                    for (int k = 0; k < 2; k++) {
+                        int qa = (int)(((la >> (8 * k + shL)) & 15) | (((ha >> (8 * k + shH)) & 3) << 4)) - 32;
+                        int qb = (int)(((lb >> (8 * k + shL)) & 15) | (((hb >> (8 * k + shH)) & 3) << 4)) - 32;
+                        a[2 * k] = __float_as_uint((float)qa);
+                        a[2 * k + 1] = __float_as_uint((float)qb);
+                    }
+                    for (int j = 0; j < NT; j++) {
+                        int tok = min(t0 + 8 * j + g, tEnd - 1);
+                        i64 at = (i64)tok * cols + (i64)sb * 256 + G * 32 + i;
+                        float2 h2 = *(const float2*)(xhi + at), l2 = *(const float2*)(xlo + at);
+                        u32 bHi[2] = {__float_as_uint(h2.x), __float_as_uint(h2.y)};
+                        u32 bLo[2] = {__float_as_uint(l2.x), __float_as_uint(l2.y)};
+                        KT_MMA_TF32(c[j], a, bLo);
+                        KT_MMA_TF32(c[j], a, bHi);
+                    }
+                }
+                int js = 2 * G + sub;
+                float da = __fmul_rn(dA, (float)((const i8*)(ba + 192))[js]);
+                float db = __fmul_rn(dB, (float)((const i8*)(bb + 192))[js]);
+                for (int j = 0; j < NT; j++)
+                    for (int e = 0; e < 4; e++)
+                        acc[j][e] = __fadd_rn(acc[j][e], __fmul_rn(e < 2 ? da : db, c[j][e]));
+            }
+        }
+    }
+    for (int j = 0; j < NT; j++)
+        for (int e = 0; e < 4; e++) {
+            int r = tile * 16 + g + 8 * (e >> 1), tok = t0 + 8 * j + 2 * t + (e & 1);
+            if (r < rows && tok < tEnd) {
+                if (splits == 1) out[(i64)tok * rows + r] = acc[j][e];
+                else out[((i64)split * n + tok) * rows + r] = acc[j][e];
+            }
+        }
+}
+
 // Grid (ceil(tiles · splits / 4), ceil(n / (8·NT))), 128 threads.
 extern "C" __global__ void __launch_bounds__(128) mmf_q4_K_1(const u8* W, i64 rowBytes, int rows, int cols,
         const float* xhi, const float* xlo, const float* xsum, float* out, int n, int splitSB) {
@@ -255,6 +327,15 @@ extern "C" __global__ void __launch_bounds__(128) mmf_q4_K_4(const u8* W, i64 ro
     kt_mmf_q4_K<4>(W, rowBytes, rows, cols, xhi, xlo, xsum, out, n, splitSB, blockIdx.y * 32, n);
 }
 
+extern "C" __global__ void __launch_bounds__(128) mmf_q6_K_1(const u8* W, i64 rowBytes, int rows, int cols,
+        const float* xhi, const float* xlo, const float* xsum, float* out, int n, int splitSB) {
+    kt_mmf_q6_K<1>(W, rowBytes, rows, cols, xhi, xlo, out, n, splitSB, blockIdx.y * 8, n);
+}
+extern "C" __global__ void __launch_bounds__(128) mmf_q6_K_4(const u8* W, i64 rowBytes, int rows, int cols,
+        const float* xhi, const float* xlo, const float* xsum, float* out, int n, int splitSB) {
+    kt_mmf_q6_K<4>(W, rowBytes, rows, cols, xhi, xlo, out, n, splitSB, blockIdx.y * 32, n);
+}
+
 // Routed experts' f32-activation matmul (down): pair p's input row p (split) times expert ids[p]'s rows, into
 // out[p, ..] (one split: rows of at most 4 super-blocks; else part[split][p][row], reduced by mmf_reduce with
 // n = pairs); grid (ceil(tiles · splits / 4), pairs).
@@ -263,6 +344,12 @@ extern "C" __global__ void __launch_bounds__(128) mmf_experts_q4_K(const u8* W, 
         int splitSB) {
     int p = blockIdx.y;
     kt_mmf_q4_K<1>(W + (i64)ids[p] * matrixBytes, rowBytes, rows, cols, xhi, xlo, xsum, out, pairs, splitSB, p, p + 1);
+}
+extern "C" __global__ void __launch_bounds__(128) mmf_experts_q6_K(const u8* W, i64 rowBytes, i64 matrixBytes, int rows,
+        int cols, const float* xhi, const float* xlo, const float* xsum, const int* ids, float* out, int pairs,
+        int splitSB) {
+    int p = blockIdx.y;
+    kt_mmf_q6_K<1>(W + (i64)ids[p] * matrixBytes, rowBytes, rows, cols, xhi, xlo, out, pairs, splitSB, p, p + 1);
 }
 
 // y[t, r] = Σ_s part[s][t][r] in split order; grid-stride over n · rows.
