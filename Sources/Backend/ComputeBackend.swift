@@ -81,6 +81,12 @@ public protocol ComputeBackend: AnyObject, Sendable {
               positions: Tensor, norm: Tensor?, eps: Float)
     /// Writes the `n` rows of `k` `// [n, kDim]` and `v` `// [n, vDim]` into layer `layer` at `meta.slotMapping`.
     func storeKV(k: Tensor, v: Tensor, n: Int, cache: KVCache, layer: Int, meta: BatchMetadata)
+    /// The attention prologue in one call: `rope` of `q` `// [n, qHeads·headDim]` and of `k`
+    /// `// [n, kHeads·headDim]` (packed rows, per-head norms when given), then `storeKV(k, v)`, with the bits of
+    /// those three calls (a backend may do it in one pass; the default makes the three calls).
+    func ropeAndStoreKV(q: Tensor, qHeads: Int, qNorm: Tensor?, k: Tensor, kHeads: Int, kNorm: Tensor?, v: Tensor,
+                        headDim: Int, n: Int, table: RopeTable, eps: Float, cache: KVCache, layer: Int,
+                        meta: BatchMetadata)
     /// Causal paged attention of `n` query rows `q` `// [n, nHead·headDim]` over their sequences' cached K/V
     /// (which already hold this batch's own), into `out` `// [n, nHead·headDimV]`.
     func attention(q: Tensor, out: Tensor, n: Int, cache: KVCache, layer: Int, meta: BatchMetadata,
@@ -121,6 +127,16 @@ public protocol ComputeBackend: AnyObject, Sendable {
 public protocol ComputeGraph: AnyObject, Sendable {}
 
 extension ComputeBackend {
+    public func ropeAndStoreKV(q: Tensor, qHeads: Int, qNorm: Tensor?, k: Tensor, kHeads: Int, kNorm: Tensor?, v: Tensor,
+                               headDim: Int, n: Int, table: RopeTable, eps: Float, cache: KVCache, layer: Int,
+                               meta: BatchMetadata) {
+        rope(q, rows: n, rowStride: qHeads * headDim, heads: qHeads, headStride: headDim, table: table,
+             positions: meta.positions, norm: qNorm, eps: eps)
+        rope(k, rows: n, rowStride: kHeads * headDim, heads: kHeads, headStride: headDim, table: table,
+             positions: meta.positions, norm: kNorm, eps: eps)
+        storeKV(k: k, v: v, n: n, cache: cache, layer: layer, meta: meta)
+    }
+
     public var capturesGraphs: Bool { false }
     public var graphEpoch: Int { 0 }
 

@@ -692,6 +692,25 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
                 .i32(table.rope.neox ? 1 : 0), .ptr(positions.address), .ptr(norm?.address ?? 0), .f32(eps)])
     }
 
+    public func ropeAndStoreKV(q: Tensor, qHeads: Int, qNorm: Tensor?, k: Tensor, kHeads: Int, kNorm: Tensor?, v: Tensor,
+                               headDim: Int, n: Int, table: RopeTable, eps: Float, cache: KVCache, layer: Int,
+                               meta: BatchMetadata) {
+        // One launch when the cache's K rows are the k rows (not MLA's latent layout); else the three ops.
+        guard cache.kDims[layer] == kHeads * headDim else {
+            rope(q, rows: n, rowStride: qHeads * headDim, heads: qHeads, headStride: headDim, table: table,
+                 positions: meta.positions, norm: qNorm, eps: eps)
+            rope(k, rows: n, rowStride: kHeads * headDim, heads: kHeads, headStride: headDim, table: table,
+                 positions: meta.positions, norm: kNorm, eps: eps)
+            return storeKV(k: k, v: v, n: n, cache: cache, layer: layer, meta: meta)
+        }
+        current()
+        launch("rope_store_kv", grid: (n, qHeads + kHeads + 1, 1), block: 128,
+               [.ptr(q.address), .i32(qHeads), .ptr(qNorm?.address ?? 0), .ptr(k.address), .i32(kHeads),
+                .ptr(kNorm?.address ?? 0), .ptr(v.address), .i32(cache.vDims[layer]), .i32(headDim),
+                .ptr(table.table.address), .i32(table.dims), .i32(table.rope.neox ? 1 : 0), .ptr(meta.positions.address),
+                .f32(eps), .ptr(meta.slotMapping.address), .ptr(cache.k(layer).address), .ptr(cache.v(layer).address)])
+    }
+
     public func storeKV(k: Tensor, v: Tensor, n: Int, cache: KVCache, layer: Int, meta: BatchMetadata) {
         current()
         launch("store_kv", grid: (n, 1, 1), block: 128,

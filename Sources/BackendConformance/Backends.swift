@@ -21,6 +21,7 @@ extension BackendConformance {
         ("matmulHeads", { try $0.checkMatmulHeads() }),
         ("elementwise", { $0.checkElementwise() }),
         ("rope", { $0.checkRoPE() }),
+        ("ropeAndStoreKV", { $0.checkRopeAndStoreKV() }),
         ("attention", { $0.checkAttention() }),
         ("moeSelect", { $0.checkMoESelect() }),
         ("expertExecutor", { try $0.checkExpertExecutor() }),

@@ -544,6 +544,51 @@ public struct BackendConformance {
 
     // MARK: 9. paged attention
 
+    /// `ropeAndStoreKV` has the bits of `rope(q)`, `rope(k)`, `storeKV` (with and without per-head norms, GQA).
+    public func checkRopeAndStoreKV() {
+        let b = backend
+        var rng = SplitMix64(seed: 13)
+        let hd = 32, qHeads = 4, kHeads = 2, vDim = kHeads * hd, n = 5, pageSize = 4, eps: Float = 1e-6
+        let table = b.makeRopeTable(RoPE(dims: 32, base: 10000, neox: true), positions: 64)
+        let pos = b.int32Tensor([3, 9, 0, 17, 4]), slots = b.int32Tensor([5, 2, 11, 7, 0])
+        let meta = BatchMetadata(tokens: n, positions: pos, slotMapping: slots, sequenceOfToken: b.int32Tensor([0, 0, 0, 0, 0]),
+                                 blockTables: b.int32Tensor([0, 1, 2, 3]), blockTableStride: 4, pageSize: pageSize)
+        let qs = rng.normals(n * qHeads * hd), ks = rng.normals(n * kHeads * hd), vs = rng.normals(n * vDim)
+        let qNorm = b.upload((0..<hd).map { _ in rng.uniform(0.5, 1.5) }), kNorm = b.upload((0..<hd).map { _ in rng.uniform(0.5, 1.5) })
+        for norms in [false, true] {
+            var results: [[Float]] = []
+            for fused in [true, false] {
+                let cache = b.makeKVCache(pageSize: pageSize, numPages: 4, kDims: [kHeads * hd], vDims: [vDim])
+                let q = b.upload(qs), k = b.upload(ks), v = b.upload(vs)
+                if fused {
+                    b.ropeAndStoreKV(q: q, qHeads: qHeads, qNorm: norms ? qNorm : nil, k: k, kHeads: kHeads,
+                                     kNorm: norms ? kNorm : nil, v: v, headDim: hd, n: n, table: table, eps: eps,
+                                     cache: cache, layer: 0, meta: meta)
+                } else {
+                    b.rope(q, rows: n, rowStride: qHeads * hd, heads: qHeads, headStride: hd, table: table, positions: pos,
+                           norm: norms ? qNorm : nil, eps: eps)
+                    b.rope(k, rows: n, rowStride: kHeads * hd, heads: kHeads, headStride: hd, table: table, positions: pos,
+                           norm: norms ? kNorm : nil, eps: eps)
+                    b.storeKV(k: k, v: v, n: n, cache: cache, layer: 0, meta: meta)
+                }
+                let slotsUsed = [5, 2, 11, 7, 0]
+                let kc = b.floats(cache.k(0), 16 * kHeads * hd), vc = b.floats(cache.v(0), 16 * vDim)
+                var stored: [Float] = []
+                let kw = kHeads * hd
+                for s in slotsUsed {
+                    stored.append(contentsOf: kc[(s * kw)..<((s + 1) * kw)])
+                    stored.append(contentsOf: vc[(s * vDim)..<((s + 1) * vDim)])
+                }
+                results.append(b.floats(q, n * qHeads * hd) + stored)
+                [q, k, v].forEach { b.release($0) }
+            }
+            if let i = firstBitDifference(results[0], results[1]) {
+                Expect.fail("[\(name)] ropeAndStoreKV (norms: \(norms)): value \(i) is \(results[0][i]), rope + rope + storeKV give \(results[1][i])")
+            }
+        }
+        print("[\(name)] ropeAndStoreKV: bit-identical to rope, rope, storeKV (with and without per-head norms)")
+    }
+
     /// A paged pool of 4-token pages; four sequences whose pages are interleaved and out of order; their first
     /// tokens stored in one step, then a step that mixes a 5-token prompt chunk, decode tokens and a new
     /// sequence's first chunk, then a single decode token (one query row: the CPU backend's per-head path).

@@ -27,7 +27,7 @@ final class BackendConformanceTests: XCTestCase {
     }
 
     func testEveryCheckIsListed() {
-        XCTAssertEqual(BackendConformance.checks.count, 13)
+        XCTAssertEqual(BackendConformance.checks.count, 14)
     }
 
     func testMemory() throws { try run("memory") }
@@ -39,6 +39,7 @@ final class BackendConformanceTests: XCTestCase {
     func testMatmulHeads() throws { try run("matmulHeads") }
     func testElementwise() throws { try run("elementwise") }
     func testRoPE() throws { try run("rope") }
+    func testRopeAndStoreKV() throws { try run("ropeAndStoreKV") }
     func testPagedAttention() throws { try run("attention") }
     func testMoESelect() throws { try run("moeSelect") }
     func testExpertExecutor() throws { try run("expertExecutor") }

@@ -123,11 +123,9 @@ extern "C" __global__ void __launch_bounds__(256) sigmoid_gate(float* out, const
 
 // Rotates head h of row t in place by the position positions[t] (table: [positions, dims] cos/sin pairs), after
 // an RMS norm of the head's `headStride` elements by `norm` when given; grid (rows, heads), 128 threads.
-extern "C" __global__ void __launch_bounds__(128) rope(float* x, i64 rowStride, int headStride, const float* table,
-                                                       int dims, int neox, const int* positions, const float* norm,
-                                                       float eps) {
-    __shared__ float scratch[32];
-    float* v = x + (i64)blockIdx.x * rowStride + (i64)blockIdx.y * headStride;
+// One head vector v (headStride floats) normed (when `norm`) and rotated by position pos, by the whole block.
+__device__ __forceinline__ void kt_rope_head(float* v, int headStride, const float* table, int dims, int neox, int pos,
+                                             const float* norm, float eps, float* scratch) {
     if (norm) {
         float ss = 0.0f;
         for (int i = threadIdx.x; i < headStride; i += blockDim.x) ss += v[i] * v[i];
@@ -136,7 +134,7 @@ extern "C" __global__ void __launch_bounds__(128) rope(float* x, i64 rowStride, 
         for (int i = threadIdx.x; i < headStride; i += blockDim.x) v[i] = v[i] * scale * norm[i];
         __syncthreads();
     }
-    const float* cs = table + (i64)positions[blockIdx.x] * dims;
+    const float* cs = table + (i64)pos * dims;
     int half = dims / 2;
     for (int i = threadIdx.x; i < half; i += blockDim.x) {
         float c = cs[2 * i], s = cs[2 * i + 1];
@@ -145,6 +143,39 @@ extern "C" __global__ void __launch_bounds__(128) rope(float* x, i64 rowStride, 
         v[ia] = a * c - b * s;
         v[ib] = a * s + b * c;
     }
+}
+
+extern "C" __global__ void __launch_bounds__(128) rope(float* x, i64 rowStride, int headStride, const float* table,
+                                                       int dims, int neox, const int* positions, const float* norm,
+                                                       float eps) {
+    __shared__ float scratch[32];
+    kt_rope_head(x + (i64)blockIdx.x * rowStride + (i64)blockIdx.y * headStride, headStride, table, dims, neox,
+                 positions[blockIdx.x], norm, eps, scratch);
+}
+
+// rope of q's qHeads and k's kHeads head vectors (packed rows) and the store of k and v rows into the cache, in
+// one launch with the bits of rope, rope, store_kv: grid (n, qHeads + kHeads + 1), 128 threads; block y < qHeads
+// rotates a q head, the next kHeads rotate a k head and write it to its cache slot, the last copies the v row.
+extern "C" __global__ void __launch_bounds__(128) rope_store_kv(float* q, int qHeads, const float* qNorm, float* k,
+        int kHeads, const float* kNorm, const float* v, int vDim, int headDim, const float* table, int dims, int neox,
+        const int* positions, float eps, const int* slots, float* kc, float* vc) {
+    __shared__ float scratch[32];
+    int t = blockIdx.x, y = blockIdx.y, pos = positions[t];
+    if (y < qHeads) {
+        kt_rope_head(q + ((i64)t * qHeads + y) * headDim, headDim, table, dims, neox, pos, qNorm, eps, scratch);
+        return;
+    }
+    i64 s = slots[t];
+    y -= qHeads;
+    if (y < kHeads) {
+        float* kh = k + ((i64)t * kHeads + y) * headDim;
+        kt_rope_head(kh, headDim, table, dims, neox, pos, kNorm, eps, scratch);
+        __syncthreads();
+        float* dst = kc + s * ((i64)kHeads * headDim) + (i64)y * headDim;
+        for (int i = threadIdx.x; i < headDim; i += blockDim.x) dst[i] = kh[i];
+        return;
+    }
+    for (int i = threadIdx.x; i < vDim; i += blockDim.x) vc[s * vDim + i] = v[(i64)t * vDim + i];
 }
 
 // Writes row t of k ([n, kDim]) and v ([n, vDim]) to slot slots[t] of the layer's pools; grid n, 128 threads.

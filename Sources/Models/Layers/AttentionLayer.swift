@@ -32,12 +32,9 @@ struct AttentionLayer: AttentionBlock {
         if let bq { b.addBias(bq, to: q, rows: n) }
         if let bk { b.addBias(bk, to: k, rows: n) }
         if let bv { b.addBias(bv, to: v, rows: n) }
-        let hd = params.headDim, rope = ctx.ropes[ropeIndex]
-        b.rope(q, rows: n, rowStride: qWidth, heads: params.nHead, headStride: hd, table: rope,
-               positions: ctx.meta.positions, norm: qNorm, eps: normEps)
-        b.rope(k, rows: n, rowStride: kWidth, heads: params.nKVHead, headStride: hd, table: rope,
-               positions: ctx.meta.positions, norm: kNorm, eps: normEps)
-        b.storeKV(k: k, v: v, n: n, cache: ctx.cache, layer: layer, meta: ctx.meta)
+        b.ropeAndStoreKV(q: q, qHeads: params.nHead, qNorm: qNorm, k: k, kHeads: params.nKVHead, kNorm: kNorm, v: v,
+                         headDim: params.headDim, n: n, table: ctx.ropes[ropeIndex], eps: normEps, cache: ctx.cache,
+                         layer: layer, meta: ctx.meta)
         b.attention(q: q, out: o, n: n, cache: ctx.cache, layer: layer, meta: ctx.meta, params: params)
         b.matmul(wo, o, out, n: n, precision: .standard)
     }
