@@ -95,6 +95,10 @@ public protocol ComputeBackend: AnyObject, Sendable {
     func gatedActivation(_ g: Tensor, _ u: Tensor, count: Int, _ kind: GatedActivation)
     /// `y += x` over `count` elements.
     func add(_ x: Tensor, into y: Tensor, count: Int)
+    /// The residual step in one call: `y += x` over `rows` packed rows of `dim`, then `out = rmsNorm(y)` with
+    /// `weight`, with the bits of `add` and `rmsNorm` (a backend may do both in one pass; the default makes the two
+    /// calls).
+    func addRMSNorm(_ x: Tensor, into y: Tensor, weight: Tensor, out: Tensor, rows: Int, dim: Int, eps: Float)
     /// Copies `rows` rows of `width` elements between strided views.
     func copyRows(_ src: Tensor, srcStride: Int, _ dst: Tensor, dstStride: Int, rows: Int, width: Int)
     /// Sets `count` elements to `value`.
@@ -135,6 +139,11 @@ extension ComputeBackend {
         rope(k, rows: n, rowStride: kHeads * headDim, heads: kHeads, headStride: headDim, table: table,
              positions: meta.positions, norm: kNorm, eps: eps)
         storeKV(k: k, v: v, n: n, cache: cache, layer: layer, meta: meta)
+    }
+
+    public func addRMSNorm(_ x: Tensor, into y: Tensor, weight: Tensor, out: Tensor, rows: Int, dim: Int, eps: Float) {
+        add(x, into: y, count: rows * dim)
+        rmsNorm(y, weight: weight, out: out, rows: rows, dim: dim, stride: dim, eps: eps)
     }
 
     public var capturesGraphs: Bool { false }

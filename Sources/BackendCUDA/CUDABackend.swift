@@ -562,6 +562,21 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
                [.ptr(x.address), .ptr(weight.address), .ptr(out.address), .i32(dim), .i64(stride), .f32(eps)])
     }
 
+    public func addRMSNorm(_ x: Tensor, into y: Tensor, weight: Tensor, out: Tensor, rows: Int, dim: Int, eps: Float) {
+        current()
+        // As rmsNorm: the output's Q8_K form too when an integer-dot matmul can take it next.
+        var q: (UInt, UInt, UInt) = (0, 0, 0)
+        let prepares = dim % 256 == 0 && dim <= widestInput && rows <= plan.maxTokens && quantized != nil
+        if prepares, let qt = quantized {
+            let full = Self.quantizedLayout(elements: plan.maxTokens * widestInput)
+            q = (qt.address, qt.offset(full.scales).address, qt.offset(full.sums).address)
+        }
+        launch("add_rms_norm", grid: (rows, 1, 1), block: 256,
+               [.ptr(x.address), .ptr(y.address), .ptr(weight.address), .ptr(out.address), .i32(dim), .f32(eps),
+                .ptr(q.0), .ptr(q.1), .ptr(q.2)])
+        if prepares { preparedQuantized = Prepared(address: out.address, count: rows * dim, launch: launches) }
+    }
+
     public func rmsNormRows(_ x: Tensor, indices: Tensor, count: Int, weight: Tensor, out: Tensor, dim: Int, eps: Float) {
         current()
         launch("rms_norm_rows", grid: (count, 1, 1), block: 256,

@@ -22,6 +22,7 @@ extension BackendConformance {
         ("elementwise", { $0.checkElementwise() }),
         ("rope", { $0.checkRoPE() }),
         ("ropeAndStoreKV", { $0.checkRopeAndStoreKV() }),
+        ("addRMSNorm", { try $0.checkAddRMSNorm() }),
         ("attention", { $0.checkAttention() }),
         ("moeSelect", { $0.checkMoESelect() }),
         ("expertExecutor", { try $0.checkExpertExecutor() }),

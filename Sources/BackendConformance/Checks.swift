@@ -544,6 +544,40 @@ public struct BackendConformance {
 
     // MARK: 9. paged attention
 
+    /// `addRMSNorm` has the bits of `add` then `rmsNorm`, and a Q4_K matmul reading its output right after has the
+    /// bits it has after the two ops run apart (n = 1, 7, 64; 512 wide).
+    public func checkAddRMSNorm() throws {
+        let b = backend
+        var rng = SplitMix64(seed: 14)
+        let dim = 512, rowsOut = 96, maxN = 64
+        let w = try b.prepare(Host.weight(.q4_K, name: "blk.0.attn_q.weight", rows: rowsOut, cols: dim, rng: &rng).ref)
+        let xs = rng.normals(maxN * dim), ys = rng.normals(maxN * dim)
+        let norm = b.upload((0..<dim).map { _ in rng.uniform(0.5, 1.5) })
+        let x = b.upload(xs), out = b.allocate(maxN * dim), mm = b.allocate(maxN * rowsOut), other = b.allocate(16)
+        defer { [x, norm, out, mm, other].forEach { b.release($0) } }
+        for n in [1, 7, 64] {
+            var results: [[Float]] = []
+            for fused in [true, false] {
+                let y = b.upload(ys)
+                if fused {
+                    b.addRMSNorm(x, into: y, weight: norm, out: out, rows: n, dim: dim, eps: 1e-5)
+                } else {
+                    b.add(x, into: y, count: n * dim)
+                    b.fill(other, count: 16, value: 0)
+                    b.rmsNorm(y, weight: norm, out: out, rows: n, dim: dim, stride: dim, eps: 1e-5)
+                    b.fill(other, count: 16, value: 0)
+                }
+                b.matmul(w, out, mm, n: n, precision: .standard)
+                results.append(b.floats(y, n * dim) + b.floats(out, n * dim) + b.floats(mm, n * rowsOut))
+                b.release(y)
+            }
+            if let i = firstBitDifference(results[0], results[1]) {
+                Expect.fail("[\(name)] addRMSNorm n=\(n): value \(i) is \(results[0][i]), add + rmsNorm give \(results[1][i])")
+            }
+        }
+        print("[\(name)] addRMSNorm (and a Q4_K matmul of its output): bit-identical to add, rmsNorm for n = 1, 7, 64")
+    }
+
     /// `ropeAndStoreKV` has the bits of `rope(q)`, `rope(k)`, `storeKV` (with and without per-head norms, GQA).
     public func checkRopeAndStoreKV() {
         let b = backend

@@ -27,7 +27,7 @@ final class BackendConformanceTests: XCTestCase {
     }
 
     func testEveryCheckIsListed() {
-        XCTAssertEqual(BackendConformance.checks.count, 14)
+        XCTAssertEqual(BackendConformance.checks.count, 15)
     }
 
     func testMemory() throws { try run("memory") }
@@ -40,6 +40,7 @@ final class BackendConformanceTests: XCTestCase {
     func testElementwise() throws { try run("elementwise") }
     func testRoPE() throws { try run("rope") }
     func testRopeAndStoreKV() throws { try run("ropeAndStoreKV") }
+    func testAddRMSNorm() throws { try run("addRMSNorm") }
     func testPagedAttention() throws { try run("attention") }
     func testMoESelect() throws { try run("moeSelect") }
     func testExpertExecutor() throws { try run("expertExecutor") }

@@ -56,6 +56,24 @@ extern "C" __global__ void __launch_bounds__(256) rms_norm_q8K(const float* x, c
         kt_quantize_q8K_block(o + b * 256, q + row * dim + b * 256, d + row * (dim / 256) + b, sums + row * (dim / 16) + b * 16);
 }
 
+// y += x, then out = rms_norm(y), for packed rows (one block per row): add_into's and rms_norm's bits. With q != null
+// (dim a multiple of 256) also the Q8_K form of out, as rms_norm_q8K. Grid rows, 256 threads.
+extern "C" __global__ void __launch_bounds__(256) add_rms_norm(const float* x, float* y, const float* w, float* out,
+                                                               int dim, float eps, i8* q, float* d, int* sums) {
+    __shared__ float scratch[32];
+    i64 row = blockIdx.x;
+    const float* xr = x + row * dim;
+    float* yr = y + row * dim;
+    for (int i = threadIdx.x; i < dim; i += blockDim.x) yr[i] += xr[i];
+    __syncthreads();
+    float* o = out + row * dim;
+    kt_rms_norm_row(yr, w, o, dim, eps, scratch);
+    if (!q) return;
+    __syncthreads();
+    for (int b = threadIdx.x >> 5; b * 256 < dim; b += blockDim.x >> 5)
+        kt_quantize_q8K_block(o + b * 256, q + row * dim + b * 256, d + row * (dim / 256) + b, sums + row * (dim / 16) + b * 16);
+}
+
 // out[i] = norm(x[indices[i]]); grid count, 256 threads.
 extern "C" __global__ void __launch_bounds__(256) rms_norm_rows(const float* x, const int* indices, const float* w,
                                                                 float* out, int dim, float eps) {

@@ -180,15 +180,21 @@ final class DecoderModel: LanguageModel, @unchecked Sendable {
         let x = s.x, xn = s.xn, proj = s.proj
 
         b.embed(embedding, tokens: s.tokens, n: n, out: x, scale: embedScale)     // x: [n, dim]
+        // Each residual add and the norm after it are one call (`addRMSNorm`): x += proj, xn = norm(x).
+        if let first = blocks.first {
+            b.rmsNorm(x, weight: first.attnNorm, out: xn, rows: n, dim: dim, stride: dim, eps: normEps)
+        }
         for (l, blk) in blocks.enumerated() {
-            b.rmsNorm(x, weight: blk.attnNorm, out: xn, rows: n, dim: dim, stride: dim, eps: normEps)
             blk.attention.forward(xn, out: proj, layer: l, ctx: ctx, q: s.q, k: s.k, v: s.v, o: s.o)
             if let pn = blk.postAttnNorm { b.rmsNorm(proj, weight: pn, out: proj, rows: n, dim: dim, stride: dim, eps: normEps) }
-            b.add(proj, into: x, count: n * dim)
-            b.rmsNorm(x, weight: blk.ffnNorm, out: xn, rows: n, dim: dim, stride: dim, eps: normEps)
+            b.addRMSNorm(proj, into: x, weight: blk.ffnNorm, out: xn, rows: n, dim: dim, eps: normEps)
             blk.mlp.forward(xn, out: proj, ctx: ctx, g: s.gate, u: s.up)
             if let pn = blk.postFFNNorm { b.rmsNorm(proj, weight: pn, out: proj, rows: n, dim: dim, stride: dim, eps: normEps) }
-            b.add(proj, into: x, count: n * dim)
+            if l + 1 < blocks.count {
+                b.addRMSNorm(proj, into: x, weight: blocks[l + 1].attnNorm, out: xn, rows: n, dim: dim, eps: normEps)
+            } else {
+                b.add(proj, into: x, count: n * dim)
+            }
         }
 
         // Final norm of the selected rows, gathered into xn, then the output projection.
