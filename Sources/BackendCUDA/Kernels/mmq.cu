@@ -170,25 +170,13 @@ __device__ __forceinline__ u32 kt_byte_float(u32 w, int j) {
     return __float_as_uint(__uint_as_float(__byte_perm(w, 0x4B000000u, 0x7650u + j)) - 8388608.0f);
 }
 
-// Rows 16·tile .. +16 (per warp), tokens t0 .. min(t0 + 8·NT, tEnd), super-blocks split·splitSB .. +splitSB. Warps of a
-// block take consecutive (tile, split) pairs: w = blockIdx.x·4 + warp, tile = w % tiles, split = w / tiles. Writes
-// y directly when there is one split, else part[split][token][row].
-template <int NT>
-__device__ __forceinline__ void kt_mmf_q4_K(const u8* W, i64 rowBytes, int rows, int cols, const float* xhi,
-                                            const float* xlo, const float* xsum, float* out, int n, int splitSB, int t0,
-                                            int tEnd) {
-    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-    int tiles = (rows + 15) / 16, nsb = cols / 256, splits = (nsb + splitSB - 1) / splitSB;
-    int w = blockIdx.x * 4 + warp;
-    if (w >= tiles * splits) return;
-    int tile = w % tiles, split = w / tiles;
-    int sb0 = split * splitSB, sb1 = min(nsb, sb0 + splitSB);
-    const u8* rowA = W + (i64)min(tile * 16 + g, rows - 1) * rowBytes;
-    const u8* rowB = W + (i64)min(tile * 16 + g + 8, rows - 1) * rowBytes;
-    float acc[NT][4];
-    for (int j = 0; j < NT; j++)
-        for (int e = 0; e < 4; e++) acc[j][e] = 0.0f;
-    for (int sb = sb0; sb < sb1; sb++) {
+// One format's part of the split-tf32 matmul: `add<NT>` adds super-block sb of weight rows rowA (this lane's row g)
+// and rowB (g + 8) times tokens t0 .. tEnd into acc, in the format's fixed order.
+struct KtMmfQ4K {
+    template <int NT>
+    __device__ __forceinline__ static void add(const u8* rowA, const u8* rowB, int sb, int cols, const float* xhi,
+                                               const float* xlo, const float* xsum, int t0, int tEnd, int g, int t,
+                                               float (*acc)[4]) {
         uint4 hA = *(const uint4*)(rowA + (i64)sb * 144), hB = *(const uint4*)(rowB + (i64)sb * 144);
         uint2 qa[4], qb[4];
         for (int p = 0; p < 4; p++) {
@@ -235,37 +223,18 @@ __device__ __forceinline__ void kt_mmf_q4_K(const u8* W, i64 rowBytes, int rows,
             }
         }
     }
-    for (int j = 0; j < NT; j++)
-        for (int e = 0; e < 4; e++) {
-            int r = tile * 16 + g + 8 * (e >> 1), tok = t0 + 8 * j + 2 * t + (e & 1);
-            if (r < rows && tok < tEnd) {
-                if (splits == 1) out[(i64)tok * rows + r] = acc[j][e];
-                else out[((i64)split * n + tok) * rows + r] = acc[j][e];
-            }
-        }
-}
+};
 
 // Q6_K rows: { u8 ql[128]; u8 qh[64]; i8 scales[16]; f16 d }, element e = 128h + 32r + i has the 6-bit q from
 // ql[64h + 32(r & 1) + i] (nibble r / 2) and qh[32h + i] (bits 2r), weight d·scale[e / 16]·(q − 32). The q − 32 are
 // exact tf32 values; each 16-element sub-group's Σ(q − 32)·x is one mma chain from zero (its k8-chunks lie inside
 // it: chunk c of a 32-group holds elements 16·(c / 2) + 8·(c % 2) + 2t, +1 in lane t's slots t, t + 4), and
-// d·scale·Σ is added to the output in sub-group order. Same outer structure (tiles, splits, token range) as
-// kt_mmf_q4_K.
-template <int NT>
-__device__ __forceinline__ void kt_mmf_q6_K(const u8* W, i64 rowBytes, int rows, int cols, const float* xhi,
-                                            const float* xlo, float* out, int n, int splitSB, int t0, int tEnd) {
-    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-    int tiles = (rows + 15) / 16, nsb = cols / 256, splits = (nsb + splitSB - 1) / splitSB;
-    int w = blockIdx.x * 4 + warp;
-    if (w >= tiles * splits) return;
-    int tile = w % tiles, split = w / tiles;
-    int sb0 = split * splitSB, sb1 = min(nsb, sb0 + splitSB);
-    const u8* rowA = W + (i64)min(tile * 16 + g, rows - 1) * rowBytes;
-    const u8* rowB = W + (i64)min(tile * 16 + g + 8, rows - 1) * rowBytes;
-    float acc[NT][4];
-    for (int j = 0; j < NT; j++)
-        for (int e = 0; e < 4; e++) acc[j][e] = 0.0f;
-    for (int sb = sb0; sb < sb1; sb++) {
+// d·scale·Σ is added to the output in sub-group order.
+struct KtMmfQ6K {
+    template <int NT>
+    __device__ __forceinline__ static void add(const u8* rowA, const u8* rowB, int sb, int cols, const float* xhi,
+                                               const float* xlo, const float*, int t0, int tEnd, int g, int t,
+                                               float (*acc)[4]) {
         const u8* ba = rowA + (i64)sb * 210;
         const u8* bb = rowB + (i64)sb * 210;
         float dA = kt_f16(ba + 208), dB = kt_f16(bb + 208);
@@ -307,6 +276,27 @@ __device__ __forceinline__ void kt_mmf_q6_K(const u8* W, i64 rowBytes, int rows,
             }
         }
     }
+};
+
+// Rows 16·tile .. +16 (per warp), tokens t0 .. min(t0 + 8·NT, tEnd), super-blocks split·splitSB .. +splitSB. Warps of a
+// block take consecutive (tile, split) pairs: w = blockIdx.x·4 + warp, tile = w % tiles, split = w / tiles. Writes
+// y directly when there is one split, else part[split][token][row].
+template <class F, int NT>
+__device__ __forceinline__ void kt_mmf(const u8* W, i64 rowBytes, int rows, int cols, const float* xhi,
+                                       const float* xlo, const float* xsum, float* out, int n, int splitSB, int t0,
+                                       int tEnd) {
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    int tiles = (rows + 15) / 16, nsb = cols / 256, splits = (nsb + splitSB - 1) / splitSB;
+    int w = blockIdx.x * 4 + warp;
+    if (w >= tiles * splits) return;
+    int tile = w % tiles, split = w / tiles;
+    int sb0 = split * splitSB, sb1 = min(nsb, sb0 + splitSB);
+    const u8* rowA = W + (i64)min(tile * 16 + g, rows - 1) * rowBytes;
+    const u8* rowB = W + (i64)min(tile * 16 + g + 8, rows - 1) * rowBytes;
+    float acc[NT][4];
+    for (int j = 0; j < NT; j++)
+        for (int e = 0; e < 4; e++) acc[j][e] = 0.0f;
+    for (int sb = sb0; sb < sb1; sb++) F::template add<NT>(rowA, rowB, sb, cols, xhi, xlo, xsum, t0, tEnd, g, t, acc);
     for (int j = 0; j < NT; j++)
         for (int e = 0; e < 4; e++) {
             int r = tile * 16 + g + 8 * (e >> 1), tok = t0 + 8 * j + 2 * t + (e & 1);
@@ -317,40 +307,27 @@ __device__ __forceinline__ void kt_mmf_q6_K(const u8* W, i64 rowBytes, int rows,
         }
 }
 
-// Grid (ceil(tiles · splits / 4), ceil(n / (8·NT))), 128 threads.
-extern "C" __global__ void __launch_bounds__(128) mmf_q4_K_1(const u8* W, i64 rowBytes, int rows, int cols,
-        const float* xhi, const float* xlo, const float* xsum, float* out, int n, int splitSB) {
-    kt_mmf_q4_K<1>(W, rowBytes, rows, cols, xhi, xlo, xsum, out, n, splitSB, blockIdx.y * 8, n);
+// The kernels of a format: mmf_<name>_1 / _4 (8 or 32 tokens a warp; grid (ceil(tiles · splits / 4),
+// ceil(n / (8·NT))), 128 threads) and mmf_experts_<name> (routed experts' down projection: pair p's input row p
+// times expert ids[p]'s rows into out[p, ..], or part[split][p][row] reduced by mmf_reduce with n = pairs; grid
+// (ceil(tiles · splits / 4), pairs)).
+#define KT_MMF_KERNELS(name, F) \
+extern "C" __global__ void __launch_bounds__(128) mmf_##name##_1(const u8* W, i64 rowBytes, int rows, int cols, \
+        const float* xhi, const float* xlo, const float* xsum, float* out, int n, int splitSB) { \
+    kt_mmf<F, 1>(W, rowBytes, rows, cols, xhi, xlo, xsum, out, n, splitSB, blockIdx.y * 8, n); \
+} \
+extern "C" __global__ void __launch_bounds__(128) mmf_##name##_4(const u8* W, i64 rowBytes, int rows, int cols, \
+        const float* xhi, const float* xlo, const float* xsum, float* out, int n, int splitSB) { \
+    kt_mmf<F, 4>(W, rowBytes, rows, cols, xhi, xlo, xsum, out, n, splitSB, blockIdx.y * 32, n); \
+} \
+extern "C" __global__ void __launch_bounds__(128) mmf_experts_##name(const u8* W, i64 rowBytes, i64 matrixBytes, \
+        int rows, int cols, const float* xhi, const float* xlo, const float* xsum, const int* ids, float* out, \
+        int pairs, int splitSB) { \
+    int p = blockIdx.y; \
+    kt_mmf<F, 1>(W + (i64)ids[p] * matrixBytes, rowBytes, rows, cols, xhi, xlo, xsum, out, pairs, splitSB, p, p + 1); \
 }
-extern "C" __global__ void __launch_bounds__(128) mmf_q4_K_4(const u8* W, i64 rowBytes, int rows, int cols,
-        const float* xhi, const float* xlo, const float* xsum, float* out, int n, int splitSB) {
-    kt_mmf_q4_K<4>(W, rowBytes, rows, cols, xhi, xlo, xsum, out, n, splitSB, blockIdx.y * 32, n);
-}
-
-extern "C" __global__ void __launch_bounds__(128) mmf_q6_K_1(const u8* W, i64 rowBytes, int rows, int cols,
-        const float* xhi, const float* xlo, const float* xsum, float* out, int n, int splitSB) {
-    kt_mmf_q6_K<1>(W, rowBytes, rows, cols, xhi, xlo, out, n, splitSB, blockIdx.y * 8, n);
-}
-extern "C" __global__ void __launch_bounds__(128) mmf_q6_K_4(const u8* W, i64 rowBytes, int rows, int cols,
-        const float* xhi, const float* xlo, const float* xsum, float* out, int n, int splitSB) {
-    kt_mmf_q6_K<4>(W, rowBytes, rows, cols, xhi, xlo, out, n, splitSB, blockIdx.y * 32, n);
-}
-
-// Routed experts' f32-activation matmul (down): pair p's input row p (split) times expert ids[p]'s rows, into
-// out[p, ..] (one split: rows of at most 4 super-blocks; else part[split][p][row], reduced by mmf_reduce with
-// n = pairs); grid (ceil(tiles · splits / 4), pairs).
-extern "C" __global__ void __launch_bounds__(128) mmf_experts_q4_K(const u8* W, i64 rowBytes, i64 matrixBytes, int rows,
-        int cols, const float* xhi, const float* xlo, const float* xsum, const int* ids, float* out, int pairs,
-        int splitSB) {
-    int p = blockIdx.y;
-    kt_mmf_q4_K<1>(W + (i64)ids[p] * matrixBytes, rowBytes, rows, cols, xhi, xlo, xsum, out, pairs, splitSB, p, p + 1);
-}
-extern "C" __global__ void __launch_bounds__(128) mmf_experts_q6_K(const u8* W, i64 rowBytes, i64 matrixBytes, int rows,
-        int cols, const float* xhi, const float* xlo, const float* xsum, const int* ids, float* out, int pairs,
-        int splitSB) {
-    int p = blockIdx.y;
-    kt_mmf_q6_K<1>(W + (i64)ids[p] * matrixBytes, rowBytes, rows, cols, xhi, xlo, out, pairs, splitSB, p, p + 1);
-}
+KT_MMF_KERNELS(q4_K, KtMmfQ4K)
+KT_MMF_KERNELS(q6_K, KtMmfQ6K)
 
 // y[t, r] = Σ_s part[s][t][r] in split order; grid-stride over n · rows.
 extern "C" __global__ void mmf_reduce(const float* part, float* y, int splits, int n, int rows) {
