@@ -142,21 +142,16 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
                 shared: Int = 0, _ a: [KernelArg]) {
         if grid.0 == 0 || grid.1 == 0 || grid.2 == 0 { return }
         launches &+= 1
-        if profiling {
-            let e0 = profileEvent(), e1 = profileEvent()
-            must("cuEventRecord") { try driver.record(e0, stream: stream) }
-            must("launch of \(name())") {
-                try driver.launch(f, grid: (UInt32(grid.0), UInt32(grid.1), UInt32(grid.2)), block: (UInt32(block), 1, 1),
-                                  sharedBytes: UInt32(shared), stream: stream, args: args.pack(a))
-            }
-            must("cuEventRecord") { try driver.record(e1, stream: stream) }
-            profilePending.append((name(), e0, e1))
-            if profilePending.count >= 4096 { harvestProfile() }
-            return
-        }
+        let events = profiling ? (profileEvent(), profileEvent()) : nil
+        if let e = events { must("cuEventRecord") { try driver.record(e.0, stream: stream) } }
         must("launch of \(name())") {
             try driver.launch(f, grid: (UInt32(grid.0), UInt32(grid.1), UInt32(grid.2)), block: (UInt32(block), 1, 1),
                               sharedBytes: UInt32(shared), stream: stream, args: args.pack(a))
+        }
+        if let e = events {
+            must("cuEventRecord") { try driver.record(e.1, stream: stream) }
+            profilePending.append((name(), e.0, e.1))
+            if profilePending.count >= 4096 { harvestProfile() }
         }
     }
 
@@ -418,14 +413,26 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         return 32
     }()
 
+    /// The parts of `quantized` (values, scales, sums addresses), at the offsets of the reserved maximum so that one
+    /// layout serves every token count.
+    private func quantizedParts(_ qt: Tensor) -> (UInt, UInt, UInt) {
+        let full = Self.quantizedLayout(elements: plan.maxTokens * widestInput)
+        return (qt.address, qt.offset(full.scales).address, qt.offset(full.sums).address)
+    }
+
+    /// Where a norm of `rows` packed rows of `dim` also writes its output's Q8_K form for the integer-dot matmul
+    /// that reads it next (nil when no such matmul input is that wide).
+    private func quantizedTarget(rows: Int, dim: Int) -> (UInt, UInt, UInt)? {
+        guard dim % 256 == 0, dim <= widestInput, rows <= plan.maxTokens, let qt = quantized else { return nil }
+        return quantizedParts(qt)
+    }
+
     /// `x` as Q8_K integers in `quantized` (values, scales, sums addresses), for `n` rows of `cols`.
     func quantizeInput(_ x: Tensor, cols: Int, n: Int) -> (UInt, UInt, UInt) {
         guard let qt = quantized else { preconditionFailure("CUDA matmul: quantized input scratch not reserved") }
         let layout = Self.quantizedLayout(elements: n * cols)
         precondition(layout.total <= qt.count, "CUDA matmul: quantized input scratch not reserved for \(n) rows of \(cols)")
-        // Sized for n rows; the parts start at offsets of the reserved maximum so that one layout serves every n.
-        let full = Self.quantizedLayout(elements: plan.maxTokens * widestInput)
-        let q = qt.address, d = qt.offset(full.scales).address, s = qt.offset(full.sums).address
+        let (q, d, s) = quantizedParts(qt)
         if preparedQuantized == Prepared(address: x.address, count: n * cols, launch: launches) { return (q, d, s) }
         launch("quantize_q8_K", grid: (n, (cols / 256 + 3) / 4, 1), block: 128,
                [.ptr(x.address), .ptr(q), .ptr(d), .ptr(s), .i32(cols)])
@@ -552,11 +559,10 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         current()
         // Packed rows as wide as an integer-dot matmul's input: also write their Q8_K form, which the matmul that
         // reads `out` next takes instead of quantizing it again.
-        if stride == dim, dim % 256 == 0, dim <= widestInput, rows <= plan.maxTokens, let qt = quantized {
-            let full = Self.quantizedLayout(elements: plan.maxTokens * widestInput)
+        if stride == dim, let q = quantizedTarget(rows: rows, dim: dim) {
             launch("rms_norm_q8K", grid: (rows, 1, 1), block: 256,
-                   [.ptr(x.address), .ptr(weight.address), .ptr(out.address), .i32(dim), .f32(eps), .ptr(qt.address),
-                    .ptr(qt.offset(full.scales).address), .ptr(qt.offset(full.sums).address)])
+                   [.ptr(x.address), .ptr(weight.address), .ptr(out.address), .i32(dim), .f32(eps), .ptr(q.0), .ptr(q.1),
+                    .ptr(q.2)])
             preparedQuantized = Prepared(address: out.address, count: rows * dim, launch: launches)
             return
         }
@@ -567,16 +573,11 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     public func addRMSNorm(_ x: Tensor, into y: Tensor, weight: Tensor, out: Tensor, rows: Int, dim: Int, eps: Float) {
         current()
         // As rmsNorm: the output's Q8_K form too when an integer-dot matmul can take it next.
-        var q: (UInt, UInt, UInt) = (0, 0, 0)
-        let prepares = dim % 256 == 0 && dim <= widestInput && rows <= plan.maxTokens && quantized != nil
-        if prepares, let qt = quantized {
-            let full = Self.quantizedLayout(elements: plan.maxTokens * widestInput)
-            q = (qt.address, qt.offset(full.scales).address, qt.offset(full.sums).address)
-        }
+        let q = quantizedTarget(rows: rows, dim: dim)
         launch("add_rms_norm", grid: (rows, 1, 1), block: 256,
                [.ptr(x.address), .ptr(y.address), .ptr(weight.address), .ptr(out.address), .i32(dim), .f32(eps),
-                .ptr(q.0), .ptr(q.1), .ptr(q.2)])
-        if prepares { preparedQuantized = Prepared(address: out.address, count: rows * dim, launch: launches) }
+                .ptr(q?.0 ?? 0), .ptr(q?.1 ?? 0), .ptr(q?.2 ?? 0)])
+        if q != nil { preparedQuantized = Prepared(address: out.address, count: rows * dim, launch: launches) }
     }
 
     public func rmsNormRows(_ x: Tensor, indices: Tensor, count: Int, weight: Tensor, out: Tensor, dim: Int, eps: Float) {
