@@ -147,11 +147,15 @@ if has serve; then
   "$bin" serve --model $m --device ${SERVE_DEVICE:-cuda} --port $port --max-batch-size 32 --ctx-size 1024 --kv-cache-tokens 40000 \
     >"$out/serve.log" 2>&1 &
   spid=$!
+  up=
   for i in $(seq 1 120); do
-    python3 -c "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:$port/health', timeout=2)" 2>/dev/null && break
+    python3 -c "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:$port/health', timeout=2)" 2>/dev/null \
+      && { up=1; break; }
     sleep 1
   done
+  [ -n "$up" ] || { say "serve did not become healthy in 120 s (see serve.log)"; status=1; }
   for c in 1 8 32; do
+    [ -n "$up" ] || break
     "$bin" bench serve --url http://127.0.0.1:$port --concurrency $c --requests $((c * 2)) --input-len 128 \
       --output-len ${SERVE_TOKENS:-128} > "$out/serve-c$c.txt" 2>>"$log"
     say "clients $c: $(grep -E 'Output token throughput|Failed requests' "$out/serve-c$c.txt" | tr -s ' ' | tr '\n' ';')" \
