@@ -171,6 +171,16 @@ if has hybrid; then
   m=/tmp/qwen3-30b-a3b$sfx.gguf
   make_model qwen3-30b-a3b $m
   "$bin" bench --model $m --device cuda -t $threads -p $pp -n $tg -r $reps 2>>"$log" | tail -2 | sed 's/$/ (hybrid)/' | tee -a "$summary"
+  if [ -n "${HYBRID_AB:-}" ]; then
+    # How the host waits and idles (A/B of the defaults): the engine thread's wait for the GPU (spin or blocking),
+    # the expert threads' idle spins before sleeping, and one core left free.
+    ab() { env "$@" "$bin" bench --model $m --device cuda -p 0 -n $tgb -r 1 2>>"$log" | tail -1 | sed "s/\$/ (hybrid, $*)/" | tee -a "$summary"; }
+    ab KTRANSFORMERS_CUDA_SYNC=spin KTRANSFORMERS_POOL_SPINS=20000 -t $threads
+    ab KTRANSFORMERS_CUDA_SYNC=spin -t $threads
+    ab KTRANSFORMERS_POOL_SPINS=20000 -t $threads
+    ab KTRANSFORMERS_POOL_SPINS=1000000 -t $threads
+    ab KTRANSFORMERS_POOL_SPINS=1000000 -t $((threads - 1))
+  fi
   if [ -z "${HYBRID_SHORT:-}" ]; then
   "$bin" bench --model $m --device cuda -t $threads -p $long -n 0 -r 1 --chunk-size $long 2>>"$log" | tail -1 | sed 's/$/ (hybrid)/' | tee -a "$summary"
   for b in 4 8; do
@@ -201,4 +211,7 @@ if has profile; then
 fi
 
 say "exit status $status"
+# What comes back from a device call is at most 8 files: the details go in one archive.
+(cd "$out" && ls | grep -v -E '^(summary.md|log.txt|profile.md|stdout.txt|details.tgz)$' > .details \
+  && [ -s .details ] && tar czf details.tgz -T .details && xargs rm -f < .details; rm -f .details) 2>/dev/null
 exit $status

@@ -70,6 +70,24 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     private var preparedSplit: Prepared?
     private var profileEvents: [CUDADriver.Handle] = []
     private var profileTotals: [String: (calls: Int, ms: Double)] = [:]
+    /// How the host waits for the GPU (`synchronize`, `read`): spinning on the stream (the driver's default: the
+    /// lowest latency), or asleep on a blocking event, which leaves the core to other threads: the hybrid MoE's
+    /// expert threads need every core while the engine thread waits for the step (`KTRANSFORMERS_CUDA_SYNC`
+    /// = `spin` | `blocking` overrides; the default is blocking once routed experts run on the CPU).
+    public var blockingWaits = CUDABackend.syncOverride ?? false
+    static let syncOverride: Bool? = {
+        switch ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_SYNC"] {
+        case "blocking": return true
+        case "spin": return false
+        default: return nil
+        }
+    }()
+    private var waitEvent: CUDADriver.Handle?
+    /// Streaming multiprocessors, and the shared memory a block may opt in to.
+    let multiprocessors: Int
+    let sharedOptin: Int
+    /// Idle spins of the hybrid MoE's expert threads: ~1-2 ms, longer than the GPU's part of a layer.
+    static let hybridIdleSpins = 1_000_000
     /// Called once per format converted at load (the CLI logs it).
     public var onConversion: (@Sendable (String) -> Void)?
 
@@ -87,6 +105,8 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
             throw CUDAError("cuda:\(ordinal): the driver sees \(try driver.deviceCount()) GPU(s)")
         }
         let p = try driver.properties(ordinal)
+        multiprocessors = max(1, p.multiprocessors)
+        sharedOptin = try driver.sharedMemoryOptin(ordinal)
         context = try driver.useDevice(ordinal)
         stream = try driver.makeStream()
         kernels = try CUDAKernels(driver: driver, nvrtc: nvrtc, major: p.major, minor: p.minor)
@@ -126,6 +146,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         for (p, _) in allocations { driver.free(CUDADriver.CUdeviceptr(p)) }
         if let staging { driver.freeHost(staging) }
         for e in profileEvents + profilePending.flatMap({ [$0.start, $0.end] }) { driver.destroyEvent(e) }
+        if let waitEvent { driver.destroyEvent(waitEvent) }
     }
 
     // MARK: plumbing
@@ -223,7 +244,15 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     /// Synchronises the stream (tests and timing).
     public func synchronize() {
         current()
-        must("cuStreamSynchronize") { try driver.synchronize(stream) }
+        must("cuStreamSynchronize") { try waitForStream() }
+    }
+
+    /// Waits for the stream's work: spinning, or asleep on a blocking event (`blockingWaits`).
+    private func waitForStream() throws {
+        guard blockingWaits else { return try driver.synchronize(stream) }
+        if waitEvent == nil { waitEvent = try driver.makeBlockingEvent() }
+        try driver.record(waitEvent!, stream: stream)
+        try driver.wait(waitEvent!)
     }
 
     /// Free and total device memory.
@@ -286,7 +315,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
             if count > 0 {
                 try driver.copyAsync(toHost: staging!, from: CUDADriver.CUdeviceptr(t.address), bytes: count * 4, stream: stream)
             }
-            try driver.synchronize(stream)
+            try waitForStream()
         }
         return staging!.bindMemory(to: Float.self, capacity: max(1, count))
     }
@@ -444,10 +473,39 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
                                  .ptr(input.2), .ptr(y.address), .i32(n)]
         if n >= Self.mmqMinTokens, let tiles = g.tensorCoreTiles {
             launch(tiles, "mmq_\(g.tag) \(rows)x\(cols)", grid: ((rows + 63) / 64, (n + 63) / 64, 1), block: 128, args)
+        } else if streamMatvec(g, [(g.address, rows, y.address)], cols: cols, input: input, n: n) {
+            return
         } else {
             launch(g.integerDot!, "matvec_\(g.tag)_q8 \(rows)x\(cols)", grid: ((rows + 3) / 4, (n + 7) / 8, 1), block: 128, args)
         }
     }
+
+    /// The streaming integer-dot kernel (matvec.cu: rows through a ring of shared-memory stages) for up to three
+    /// matrices of one format and width; false where it does not apply (no such kernel, rows not 16-byte multiples,
+    /// stages over the shared memory, or `KTRANSFORMERS_CUDA_STREAM_MATVEC=0`), and the caller launches the plain one.
+    private func streamMatvec(_ g: CUDAWeight, _ parts: [(address: UInt, rows: Int, y: UInt)], cols: Int,
+                              input: (UInt, UInt, UInt), n: Int) -> Bool {
+        guard Self.streamMatvecEnabled, let f = g.integerDotStream, g.rowBytes % 16 == 0 else { return false }
+        let shared = Self.streamStages * Self.streamRows * g.rowBytes
+        guard shared <= sharedOptin else { return false }
+        if (streamSharedSet[f] ?? 0) < shared {
+            must("cuFuncSetAttribute") { try driver.setMaxDynamicShared(f, bytes: shared) }
+            streamSharedSet[f] = shared
+        }
+        let chunks = parts.reduce(0) { $0 + ($1.rows + Self.streamRows - 1) / Self.streamRows }
+        let perSM = max(1, min(8, sharedOptin / shared))
+        let p = parts + Array(repeating: (address: UInt(0), rows: 0, y: UInt(0)), count: 3 - parts.count)
+        launch(f, "matvec_stream_\(g.tag)_q8 \(parts.reduce(0) { $0 + $1.rows })x\(cols)",
+               grid: (min(chunks, multiprocessors * perSM), (n + 7) / 8, 1), block: 256, shared: shared,
+               [.ptr(p[0].address), .ptr(p[1].address), .ptr(p[2].address), .i64(g.rowBytes), .i32(p[0].rows),
+                .i32(p[1].rows), .i32(p[2].rows), .i32(cols), .ptr(input.0), .ptr(input.1), .ptr(input.2),
+                .ptr(p[0].y), .ptr(p[1].y), .ptr(p[2].y), .i32(n)])
+        return true
+    }
+    static let streamStages = 4  // KT_MVS_STAGES
+    static let streamRows = 8    // KT_MVS_ROWS
+    static let streamMatvecEnabled = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_STREAM_MATVEC"] != "0"
+    private var streamSharedSet: [CUDADriver.Handle: Int] = [:]
 
     public func prepare(_ w: WeightRef) throws -> WeightMatrix {
         guard w.shape.count == 2 else { throw BackendError("tensor '\(w.name)': shape \(w.shape) is not a matrix") }
@@ -477,7 +535,11 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     /// Routed experts held by another device (the CPU) for a model on this GPU: staged through pinned memory in
     /// stream order (`CUDAHybridExpertExecutor`).
     public func makeStagedExpertExecutor(_ inner: any ExpertExecutor, innerDevice: Device, dim: Int) -> (any ExpertExecutor)? {
-        innerDevice == .cpu ? CUDAHybridExpertExecutor(gpu: self, inner: inner, dim: dim) : nil
+        guard innerDevice == .cpu else { return nil }
+        blockingWaits = Self.syncOverride ?? true
+        // The expert threads' regions come once per layer with the GPU's part in between: keep them awake across it.
+        if let cpu = inner as? CPUExpertExecutor { cpu.pool.idleSpins = Self.hybridIdleSpins }
+        return CUDAHybridExpertExecutor(gpu: self, inner: inner, dim: dim)
     }
 
     /// Scratch that captured graphs may point at has moved.
@@ -660,6 +722,9 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
            n < Self.mmqMinTokens || gs[0].tensorCoreTiles == nil {
             let q = quantizeInput(x, cols: w0.cols, n: n)
             let r2 = w2?.rows ?? 0, rows = w0.rows + w1.rows + r2
+            var parts = [(gs[0].address, w0.rows, y0.address), (gs[1].address, w1.rows, y1.address)]
+            if let y2, gs.count > 2 { parts.append((gs[2].address, r2, y2.address)) }
+            if streamMatvec(gs[0], parts, cols: w0.cols, input: q, n: n) { return }
             launch(grouped, "matvec_\(gs[0].tag)_q8_3 \(rows)x\(w0.cols)", grid: ((rows + 3) / 4, (n + 7) / 8, 1), block: 128,
                    [.ptr(gs[0].address), .ptr(gs[1].address), .ptr(gs.count > 2 ? gs[2].address : 0), .i64(gs[0].rowBytes),
                     .i32(w0.rows), .i32(w1.rows), .i32(r2), .i32(w0.cols), .ptr(q.0), .ptr(q.1), .ptr(q.2), .ptr(y0.address),
@@ -862,6 +927,8 @@ final class CUDAWeight: @unchecked Sendable {
     let integerDotGroup: CUDADriver.Handle?
     /// Its form for routed experts (each pair's expert through the ids in device memory).
     let integerExperts: CUDADriver.Handle?
+    /// Its streaming form (decode: rows staged through shared memory by cp.async; up to three matrices).
+    let integerDotStream: CUDADriver.Handle?
     /// Its tensor-core tile kernel (prefill), where there is one.
     let tensorCoreTiles: CUDADriver.Handle?
     /// The split-tf32 kernels for f32 activations (one and four token tiles per warp; routed experts), where there
@@ -881,6 +948,7 @@ final class CUDAWeight: @unchecked Sendable {
         integerDot = tag == "q4_K" || tag == "q6_K" ? kernels.function("matvec_\(tag)_q8") : nil
         integerDotGroup = tag == "q4_K" || tag == "q6_K" ? kernels.function("matvec_\(tag)_q8_3") : nil
         integerExperts = tag == "q4_K" || tag == "q6_K" ? kernels.function("matvec_experts_\(tag)_q8") : nil
+        integerDotStream = tag == "q4_K" || tag == "q6_K" ? kernels.function("matvec_stream_\(tag)_q8") : nil
         tensorCoreTiles = tag == "q4_K" ? kernels.function("mmq_q4_K") : nil
         tensorCoreF32 = tag == "q4_K" || tag == "q6_K" ? kernels.function("mmf_\(tag)_1") : nil
         tensorCoreF32Tiles = tag == "q4_K" || tag == "q6_K" ? kernels.function("mmf_\(tag)_4") : nil

@@ -151,6 +151,15 @@ public final class CUDADriver: @unchecked Sendable {
                 try attribute(75), try attribute(76), try attribute(16))
     }
 
+    /// The shared memory a block of device `i` may opt in to (CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN).
+    public func sharedMemoryOptin(_ i: Int) throws -> Int {
+        var d: CUdevice = 0
+        try check(cuDeviceGet(&d, Int32(i)), "cuDeviceGet(\(i))")
+        var v: Int32 = 0
+        try check(cuDeviceGetAttribute(&v, 97, d), "cuDeviceGetAttribute(97)")
+        return max(48 * 1024, Int(v))
+    }
+
     /// Makes device `i`'s primary context current on this thread and returns it.
     @discardableResult
     public func useDevice(_ i: Int) throws -> Handle {
@@ -278,6 +287,16 @@ public final class CUDADriver: @unchecked Sendable {
         try check(cuEventCreate(&e, 0), "cuEventCreate")
         return e!
     }
+
+    /// An event that a waiting host thread sleeps on instead of spinning (`CU_EVENT_BLOCKING_SYNC`, no timing).
+    public func makeBlockingEvent() throws -> Handle {
+        var e: Handle?
+        try check(cuEventCreate(&e, 0x1 | 0x2), "cuEventCreate")
+        return e!
+    }
+
+    /// Waits until `event`'s recorded work is done.
+    public func wait(_ event: Handle) throws { try check(cuEventSynchronize(event), "cuEventSynchronize") }
 
     public func record(_ event: Handle, stream: Handle?) throws { try check(cuEventRecord(event, stream), "cuEventRecord") }
 

@@ -26,10 +26,22 @@ public final class ThreadPool: @unchecked Sendable {
     /// off. The calling thread (thread 0) is not pinned: it belongs to the caller.
     public static let pinning: Bool = ProcessInfo.processInfo.environment["KTRANSFORMERS_PIN_THREADS"] != "0"
 
+    /// Spins of an idle worker (on the next region's generation counter) before it sleeps; a sleeping worker
+    /// costs the next region a wake-up (tens of µs for a pool). The default suits back-to-back regions; the hybrid
+    /// MoE, whose regions come one per layer with the GPU's part of the layer between them, spins longer.
+    /// `KTRANSFORMERS_POOL_SPINS` overrides both.
+    public var idleSpins: Int {
+        get { state.spinLimit.load(ordering: .relaxed) }
+        set { state.spinLimit.store(ThreadPool.spinOverride ?? max(0, newValue), ordering: .relaxed) }
+    }
+    public static let defaultIdleSpins = 20_000
+    static let spinOverride: Int? = ProcessInfo.processInfo.environment["KTRANSFORMERS_POOL_SPINS"].flatMap { Int($0) }
+
     /// - Parameter threads: total threads including the caller (at least 1).
     public init(threads: Int) {
         threadCount = max(1, threads)
         state = PoolState(workerCount: threadCount - 1)
+        state.spinLimit.store(ThreadPool.spinOverride ?? ThreadPool.defaultIdleSpins, ordering: .relaxed)
         let cores = CPUInfo.coreCPUs
         let pin = ThreadPool.pinning && threadCount > 1 && threadCount <= cores.count
         for i in 1..<threadCount {
@@ -84,7 +96,7 @@ private final class PoolState: @unchecked Sendable {
     let stopping = ManagedAtomic<Bool>(false)
     var mutex = pthread_mutex_t()
     var cond = pthread_cond_t()
-    let spinLimit = 20_000
+    let spinLimit = ManagedAtomic<Int>(0)
 
     init(workerCount: Int) {
         self.workerCount = workerCount
@@ -120,9 +132,10 @@ private final class PoolState: @unchecked Sendable {
         }
         runTasks(thread: 0)
         var spins = 0
+        let limit = spinLimit.load(ordering: .relaxed)
         while running.load(ordering: .acquiring) > 0 {
             spins += 1
-            if spins > spinLimit { sched_yield() }
+            if spins > limit { sched_yield() }
         }
         self.body = nil
     }
@@ -141,10 +154,11 @@ private final class PoolState: @unchecked Sendable {
         var seen = 0
         while true {
             var spins = 0
+            let limit = spinLimit.load(ordering: .relaxed)
             var g = generation.load(ordering: .acquiring)
             while g == seen {
                 spins += 1
-                if spins > spinLimit {
+                if spins > limit {
                     pthread_mutex_lock(&mutex)
                     sleepers.wrappingIncrement(ordering: .sequentiallyConsistent)
                     while generation.load(ordering: .sequentiallyConsistent) == seen {

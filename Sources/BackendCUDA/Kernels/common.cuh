@@ -54,6 +54,17 @@ __device__ __forceinline__ float kt_block_max(float v, float* scratch) {
 }
 
 #ifndef KT_EMULATOR
+// Asynchronous 16-byte copies global -> shared (cp.async, sm_80+): issued by each thread, grouped by commit, waited
+// for with at most N groups still in flight (the emulator copies at once).
+__device__ __forceinline__ void kt_cp_async16(void* smem, const void* g) {
+    u32 a = (u32)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(a), "l"(g) : "memory");
+}
+__device__ __forceinline__ void kt_cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+template <int N> __device__ __forceinline__ void kt_cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory"); }
+#endif
+
+#ifndef KT_EMULATOR
 // Warp-wide int8 tensor-core products, C += A·B (s32 accumulate): m16n8k32 with a[4], b[2]; m16n8k16 with a[2],
 // b[1]. Fragment layouts as in the PTX ISA (see the emulator's emu_mma_s8 for them spelled out).
 #define KT_MMA_K32(c, a, b) \

@@ -283,3 +283,84 @@ extern "C" __global__ void __launch_bounds__(128) matvec_experts_##name##_q8(con
 }
 KT_MV_INT(q4_K, kt_mv_q4_K)
 KT_MV_INT(q6_K, kt_mv_q6_K)
+
+// ---- Streaming integer-dot matrix-vector kernels (decode) ----
+//
+// The same row bodies (kt_mv_q4_K, kt_mv_q6_K) with the rows in shared memory: persistent blocks of 8 warps walk
+// chunks of 8 consecutive rows (contiguous bytes; chunk c goes to block c % gridDim.x) and copy each chunk into a
+// ring of KT_MVS_STAGES shared-memory stages with cp.async, KT_MVS_STAGES - 1 chunks ahead of the one its warps
+// compute (a warp a row). So a block keeps ~3 chunks of weight bytes in flight while its warps do the arithmetic,
+// instead of each warp waiting for its row's bytes and then computing with none in flight: the kernel streams the
+// matrix at close to the memory's bandwidth. Every output has the bits of matvec_<fmt>_q8 (same body, same order).
+// Up to three matrices of one format and width (q/k/v, gate/up), as the _q8_3 form; rowBytes a multiple of 16.
+// Grid (blocks, ceil(n / 8)), 256 threads, KT_MVS_STAGES · 8 · rowBytes bytes of dynamic shared memory.
+#define KT_MVS_STAGES 4
+#define KT_MVS_ROWS 8
+
+struct KtMvsChunks {
+    const u8* W[3];
+    float* y[3];
+    int rows[3];
+    int first[4];  // first chunk of each matrix, and the total
+    __device__ __forceinline__ KtMvsChunks(const u8* W0, const u8* W1, const u8* W2, float* y0, float* y1, float* y2,
+                                           int rows0, int rows1, int rows2) {
+        W[0] = W0; W[1] = W1; W[2] = W2;
+        y[0] = y0; y[1] = y1; y[2] = y2;
+        rows[0] = rows0; rows[1] = rows1; rows[2] = rows2;
+        first[0] = 0;
+        for (int m = 0; m < 3; m++) first[m + 1] = first[m] + (rows[m] + KT_MVS_ROWS - 1) / KT_MVS_ROWS;
+    }
+    // Chunk c's matrix, its first row and its row count.
+    __device__ __forceinline__ int locate(int c, int* r0, int* count) const {
+        int m = c < first[1] ? 0 : (c < first[2] ? 1 : 2);
+        *r0 = (c - first[m]) * KT_MVS_ROWS;
+        *count = min(KT_MVS_ROWS, rows[m] - *r0);
+        return m;
+    }
+};
+
+// Issues the copy of chunk c (if it exists) into dst: bytes 16 · k by thread k mod blockDim.
+__device__ __forceinline__ void kt_mvs_issue(const KtMvsChunks& ch, i64 rowBytes, int c, u8* dst) {
+    if (c >= ch.first[3]) return;
+    int r0, count;
+    int m = ch.locate(c, &r0, &count);
+    const u8* src = ch.W[m] + (i64)r0 * rowBytes;
+    i64 bytes = (i64)count * rowBytes;
+    for (i64 o = (i64)threadIdx.x * 16; o < bytes; o += (i64)blockDim.x * 16) kt_cp_async16(dst + o, src + o);
+}
+
+#define KT_MV_STREAM(name, body) \
+extern "C" __global__ void __launch_bounds__(256) matvec_stream_##name##_q8(const u8* W0, const u8* W1, const u8* W2, \
+        i64 rowBytes, int rows0, int rows1, int rows2, int cols, const i8* xq, const float* xd, const int* xs, \
+        float* y0, float* y1, float* y2, int n) { \
+    KT_DYNAMIC_SHARED(u8, stages); \
+    KtMvsChunks ch(W0, W1, W2, y0, y1, y2, rows0, rows1, rows2); \
+    int warp = threadIdx.x >> 5, t0 = blockIdx.y * KT_MV_TOKENS; \
+    i64 stageBytes = (i64)KT_MVS_ROWS * rowBytes; \
+    for (int s = 0; s < KT_MVS_STAGES - 1; s++) { \
+        kt_mvs_issue(ch, rowBytes, blockIdx.x + s * gridDim.x, stages + s * stageBytes); \
+        kt_cp_async_commit(); \
+    } \
+    for (int i = 0;; i++) { \
+        int c = blockIdx.x + i * gridDim.x; \
+        if (c >= ch.first[3]) break; \
+        int ahead = i + KT_MVS_STAGES - 1; \
+        kt_mvs_issue(ch, rowBytes, blockIdx.x + ahead * gridDim.x, stages + (ahead % KT_MVS_STAGES) * stageBytes); \
+        kt_cp_async_commit(); \
+        kt_cp_async_wait<KT_MVS_STAGES - 1>(); \
+        __syncthreads(); \
+        int r0, count; \
+        int m = ch.locate(c, &r0, &count); \
+        if (warp < count) { \
+            int rows = ch.rows[m]; \
+            float* yr = ch.y[m] + (i64)t0 * rows + r0 + warp; \
+            const u8* row = stages + (i % KT_MVS_STAGES) * stageBytes + (i64)warp * rowBytes; \
+            if (n == 1) body<1>(row, cols, xq, xd, xs, yr, rows, n, t0); \
+            else body<KT_MV_TOKENS>(row, cols, xq, xd, xs, yr, rows, n, t0); \
+        } \
+        __syncthreads(); \
+    } \
+    kt_cp_async_wait<0>(); \
+}
+KT_MV_STREAM(q4_K, kt_mv_q4_K)
+KT_MV_STREAM(q6_K, kt_mv_q6_K)
