@@ -503,6 +503,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         return true
     }
     static let streamStages = 4  // KT_MVS_STAGES
+    static let mmfStreamDepth = 8  // KT_MMFS_DEPTH
     static let streamRows = 8    // KT_MVS_ROWS
     static let streamMatvecEnabled = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_STREAM_MATVEC"] != "0"
     private var streamSharedSet: [CUDADriver.Handle: Int] = [:]
@@ -687,10 +688,24 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         let splits = Self.mmfSplits(cols: cols), tiles = (rows + 15) / 16
         let nt = n <= 8 ? 1 : 4
         let out = splits == 1 ? y : parts
-        launch(nt == 1 ? f : g.tensorCoreF32Tiles!, "mmf_\(g.tag)_\(nt) \(rows)x\(cols)",
-               grid: ((tiles * splits + 3) / 4, (n + 8 * nt - 1) / (8 * nt), 1), block: 128,
-               [.ptr(g.address), .i64(g.rowBytes), .i32(rows), .i32(cols), .ptr(hi.address), .ptr(lo.address),
-                .ptr(sums.address), .ptr(out.address), .i32(n), .i32(Self.mmfSplitSuperBlocks)])
+        let args: [KernelArg] = [.ptr(g.address), .i64(g.rowBytes), .i32(rows), .i32(cols), .ptr(hi.address),
+                                 .ptr(lo.address), .ptr(sums.address), .ptr(out.address), .i32(n),
+                                 .i32(Self.mmfSplitSuperBlocks)]
+        let streamShared = 4 * Self.mmfStreamDepth * 16 * 144
+        if nt == 1, Self.streamMatvecEnabled, let stream = g.tensorCoreF32Stream, streamShared <= sharedOptin {
+            // Decode: the streaming form (weights through per-warp rings of shared memory), same bits.
+            if (streamSharedSet[stream] ?? 0) < streamShared {
+                must("cuFuncSetAttribute") { try driver.setMaxDynamicShared(stream, bytes: streamShared) }
+                streamSharedSet[stream] = streamShared
+            }
+            let perSM = max(1, min(4, sharedOptin / streamShared))
+            launch(stream, "mmf_stream_\(g.tag) \(rows)x\(cols)",
+                   grid: (min((tiles * splits + 3) / 4, multiprocessors * perSM), (n + 7) / 8, 1), block: 128,
+                   shared: streamShared, args)
+        } else {
+            launch(nt == 1 ? f : g.tensorCoreF32Tiles!, "mmf_\(g.tag)_\(nt) \(rows)x\(cols)",
+                   grid: ((tiles * splits + 3) / 4, (n + 8 * nt - 1) / (8 * nt), 1), block: 128, args)
+        }
         if splits > 1 {
             launch("mmf_reduce", grid: (Self.blocks(n * rows), 1, 1), block: 256,
                    [.ptr(parts.address), .ptr(y.address), .i32(splits), .i32(n), .i32(rows)])
@@ -936,6 +951,8 @@ final class CUDAWeight: @unchecked Sendable {
     let tensorCoreF32: CUDADriver.Handle?
     let tensorCoreF32Tiles: CUDADriver.Handle?
     let tensorCoreF32Experts: CUDADriver.Handle?
+    /// The streaming form of the one-token-tile kernel (decode), where there is one.
+    let tensorCoreF32Stream: CUDADriver.Handle?
 
     init(address: UInt, tag: String, rowBytes: Int, rounding: ActivationRounding, kernels: CUDAKernels) {
         self.address = address
@@ -953,6 +970,7 @@ final class CUDAWeight: @unchecked Sendable {
         tensorCoreF32 = tag == "q4_K" || tag == "q6_K" ? kernels.function("mmf_\(tag)_1") : nil
         tensorCoreF32Tiles = tag == "q4_K" || tag == "q6_K" ? kernels.function("mmf_\(tag)_4") : nil
         tensorCoreF32Experts = tag == "q4_K" || tag == "q6_K" ? kernels.function("mmf_experts_\(tag)") : nil
+        tensorCoreF32Stream = tag == "q4_K" ? kernels.function("mmf_stream_q4_K") : nil
     }
 }
 

@@ -1,36 +1,59 @@
 // Element-wise and row ops. Row kernels: one block per row; element kernels: a grid-stride loop.
 
 // One row's RMS norm by the whole block: o = x / rms(x) · w (o may be x). Rows of whole, aligned float4s up to
-// 8 per thread are held in registers (one read of x); others take the plain two-pass loop.
-__device__ __forceinline__ void kt_rms_norm_row(const float* xr, const float* w, float* o, int dim, float eps,
-                                                float* scratch) {
+// 8 per thread are held in registers (one read of x; kt_rms_norm_vec); others take the plain two-pass loop.
+#define KT_NORM_VEC 8
+__device__ __forceinline__ bool kt_norm_vec_ok(int dim, const void* a, const void* b, const void* c) {
+    return (dim & 3) == 0 && dim / 4 <= KT_NORM_VEC * (int)blockDim.x && (((size_t)a | (size_t)b | (size_t)c) & 15) == 0;
+}
+// The vector form with the row already in registers (float4 i = threadIdx.x + k · blockDim.x in v[k], zeros past
+// the end); also writes o to `so` (shared memory) when given, for a step that reads it next.
+__device__ __forceinline__ void kt_rms_norm_vec(const float4* v, const float* w, float* o, int dim, float eps,
+                                                float* scratch, float* so) {
     int nv = dim / 4;
-    bool vec = (dim & 3) == 0 && nv <= 8 * (int)blockDim.x && (((size_t)xr | (size_t)w | (size_t)o) & 15) == 0;
-    if (vec) {
-        float4 v[8];
-        float ss = 0.0f;
-        for (int k = 0; k < 8; k++) {
+    float ss = 0.0f;
+    for (int k = 0; k < KT_NORM_VEC; k++)
+        ss += v[k].x * v[k].x + v[k].y * v[k].y + v[k].z * v[k].z + v[k].w * v[k].w;
+    ss = kt_block_sum(ss, scratch);
+    float scale = 1.0f / sqrtf(ss / (float)dim + eps);
+    for (int k = 0; k < KT_NORM_VEC; k++) {
+        int i = threadIdx.x + k * blockDim.x;
+        if (i < nv) {
+            float4 ww = ((const float4*)w)[i];
+            float4 r = make_float4(v[k].x * scale * ww.x, v[k].y * scale * ww.y, v[k].z * scale * ww.z, v[k].w * scale * ww.w);
+            ((float4*)o)[i] = r;
+            if (so) ((float4*)so)[i] = r;
+        }
+    }
+}
+__device__ __forceinline__ void kt_rms_norm_row(const float* xr, const float* w, float* o, int dim, float eps,
+                                                float* scratch, float* so = nullptr) {
+    if (kt_norm_vec_ok(dim, xr, w, o)) {
+        int nv = dim / 4;
+        float4 v[KT_NORM_VEC];
+        for (int k = 0; k < KT_NORM_VEC; k++) {
             int i = threadIdx.x + k * blockDim.x;
             v[k] = i < nv ? ((const float4*)xr)[i] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-            ss += v[k].x * v[k].x + v[k].y * v[k].y + v[k].z * v[k].z + v[k].w * v[k].w;
         }
-        ss = kt_block_sum(ss, scratch);
-        float scale = 1.0f / sqrtf(ss / (float)dim + eps);
-        for (int k = 0; k < 8; k++) {
-            int i = threadIdx.x + k * blockDim.x;
-            if (i < nv) {
-                float4 ww = ((const float4*)w)[i];
-                ((float4*)o)[i] = make_float4(v[k].x * scale * ww.x, v[k].y * scale * ww.y, v[k].z * scale * ww.z,
-                                              v[k].w * scale * ww.w);
-            }
-        }
+        kt_rms_norm_vec(v, w, o, dim, eps, scratch, so);
         return;
     }
     float ss = 0.0f;
     for (int i = threadIdx.x; i < dim; i += blockDim.x) ss += xr[i] * xr[i];
     ss = kt_block_sum(ss, scratch);
     float scale = 1.0f / sqrtf(ss / (float)dim + eps);
-    for (int i = threadIdx.x; i < dim; i += blockDim.x) o[i] = xr[i] * scale * w[i];
+    for (int i = threadIdx.x; i < dim; i += blockDim.x) {
+        o[i] = xr[i] * scale * w[i];
+        if (so) so[i] = o[i];
+    }
+}
+
+// The Q8_K form of a normed row (dim a multiple of 256), by the block's warps, from `src` (the row in shared
+// memory when it fit there, else the output in global memory).
+#define KT_NORM_SHARED 8192
+__device__ __forceinline__ void kt_norm_quantize(const float* src, int dim, i64 row, i8* q, float* d, int* sums) {
+    for (int b = threadIdx.x >> 5; b * 256 < dim; b += blockDim.x >> 5)
+        kt_quantize_q8K_block(src + b * 256, q + row * dim + b * 256, d + row * (dim / 256) + b, sums + row * (dim / 16) + b * 16);
 }
 
 // out[r] = x[r] / rms(x[r]) · w for rows at stride `stride`; grid rows, 256 threads. In place when out == x.
@@ -47,31 +70,49 @@ extern "C" __global__ void __launch_bounds__(256) rms_norm(const float* x, const
 extern "C" __global__ void __launch_bounds__(256) rms_norm_q8K(const float* x, const float* w, float* out, int dim,
                                                                float eps, i8* q, float* d, int* sums) {
     __shared__ float scratch[32];
+    __shared__ __align__(16) float so[KT_NORM_SHARED];
     i64 row = blockIdx.x;
     const float* xr = x + row * dim;
     float* o = out + row * dim;
-    kt_rms_norm_row(xr, w, o, dim, eps, scratch);
+    bool shared = dim <= KT_NORM_SHARED;
+    kt_rms_norm_row(xr, w, o, dim, eps, scratch, shared ? so : nullptr);
     __syncthreads();
-    for (int b = threadIdx.x >> 5; b * 256 < dim; b += blockDim.x >> 5)
-        kt_quantize_q8K_block(o + b * 256, q + row * dim + b * 256, d + row * (dim / 256) + b, sums + row * (dim / 16) + b * 16);
+    kt_norm_quantize(shared ? so : o, dim, row, q, d, sums);
 }
 
 // y += x, then out = rms_norm(y), for packed rows (one block per row): add_into's and rms_norm's bits. With q != null
-// (dim a multiple of 256) also the Q8_K form of out, as rms_norm_q8K. Grid rows, 256 threads.
+// (dim a multiple of 256) also the Q8_K form of out, as rms_norm_q8K. The sum stays in registers for the norm and
+// the normed row in shared memory for the quantization. Grid rows, 256 threads.
 extern "C" __global__ void __launch_bounds__(256) add_rms_norm(const float* x, float* y, const float* w, float* out,
                                                                int dim, float eps, i8* q, float* d, int* sums) {
     __shared__ float scratch[32];
+    __shared__ __align__(16) float so[KT_NORM_SHARED];
     i64 row = blockIdx.x;
     const float* xr = x + row * dim;
     float* yr = y + row * dim;
-    for (int i = threadIdx.x; i < dim; i += blockDim.x) yr[i] += xr[i];
-    __syncthreads();
     float* o = out + row * dim;
-    kt_rms_norm_row(yr, w, o, dim, eps, scratch);
+    bool shared = q && dim <= KT_NORM_SHARED;
+    if (kt_norm_vec_ok(dim, xr, yr, o) && ((size_t)w & 15) == 0) {
+        int nv = dim / 4;
+        float4 v[KT_NORM_VEC];
+        for (int k = 0; k < KT_NORM_VEC; k++) {
+            int i = threadIdx.x + k * blockDim.x;
+            v[k] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            if (i < nv) {
+                float4 a = ((const float4*)xr)[i], b = ((const float4*)yr)[i];
+                v[k] = make_float4(b.x + a.x, b.y + a.y, b.z + a.z, b.w + a.w);
+                ((float4*)yr)[i] = v[k];
+            }
+        }
+        kt_rms_norm_vec(v, w, o, dim, eps, scratch, shared ? so : nullptr);
+    } else {
+        for (int i = threadIdx.x; i < dim; i += blockDim.x) yr[i] += xr[i];
+        __syncthreads();
+        kt_rms_norm_row(yr, w, o, dim, eps, scratch, shared ? so : nullptr);
+    }
     if (!q) return;
     __syncthreads();
-    for (int b = threadIdx.x >> 5; b * 256 < dim; b += blockDim.x >> 5)
-        kt_quantize_q8K_block(o + b * 256, q + row * dim + b * 256, d + row * (dim / 256) + b, sums + row * (dim / 16) + b * 16);
+    kt_norm_quantize(shared ? so : o, dim, row, q, d, sums);
 }
 
 // out[i] = norm(x[indices[i]]); grid count, 256 threads.
