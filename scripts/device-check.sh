@@ -174,12 +174,13 @@ if has hybrid; then
   if [ -n "${HYBRID_AB:-}" ]; then
     # How the host waits and idles (A/B of the defaults): the engine thread's wait for the GPU (spin or blocking),
     # the expert threads' idle spins before sleeping, and one core left free.
-    ab() { env "$@" "$bin" bench --model $m --device cuda -p 0 -n $tgb -r 1 2>>"$log" | tail -1 | sed "s/\$/ (hybrid, $*)/" | tee -a "$summary"; }
-    ab KTRANSFORMERS_CUDA_SYNC=spin KTRANSFORMERS_POOL_SPINS=20000 -t $threads
-    ab KTRANSFORMERS_CUDA_SYNC=spin -t $threads
-    ab KTRANSFORMERS_POOL_SPINS=20000 -t $threads
-    ab KTRANSFORMERS_POOL_SPINS=1000000 -t $threads
-    ab KTRANSFORMERS_POOL_SPINS=1000000 -t $((threads - 1))
+    ab() { local t=$1; shift; env "$@" "$bin" bench --model $m --device cuda -t $t -p 0 -n $tgb -r 1 2>>"$log" | tail -1 \
+      | sed "s/\$/ (hybrid, $* -t $t)/" | tee -a "$summary"; }
+    ab $threads KTRANSFORMERS_CUDA_SYNC=spin KTRANSFORMERS_POOL_SPINS=20000
+    ab $threads KTRANSFORMERS_CUDA_SYNC=spin
+    ab $threads KTRANSFORMERS_POOL_SPINS=20000
+    ab $threads KTRANSFORMERS_POOL_SPINS=1000000
+    ab $((threads - 1)) KTRANSFORMERS_POOL_SPINS=1000000
   fi
   if [ -z "${HYBRID_SHORT:-}" ]; then
   "$bin" bench --model $m --device cuda -t $threads -p $long -n 0 -r 1 --chunk-size $long 2>>"$log" | tail -1 | sed 's/$/ (hybrid)/' | tee -a "$summary"
