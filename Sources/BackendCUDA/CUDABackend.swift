@@ -471,14 +471,47 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     private func integerMatvec(_ g: CUDAWeight, rows: Int, cols: Int, input: (UInt, UInt, UInt), y: Tensor, n: Int) {
         let args: [KernelArg] = [.ptr(g.address), .i64(g.rowBytes), .i32(rows), .i32(cols), .ptr(input.0), .ptr(input.1),
                                  .ptr(input.2), .ptr(y.address), .i32(n)]
+        if streamMatmul(g, [(g.address, rows, y.address)], cols: cols, input: input, n: n) { return }
         if n >= Self.mmqMinTokens, let tiles = g.tensorCoreTiles {
             launch(tiles, "mmq_\(g.tag) \(rows)x\(cols)", grid: ((rows + 63) / 64, (n + 63) / 64, 1), block: 128, args)
-        } else if streamMatvec(g, [(g.address, rows, y.address)], cols: cols, input: input, n: n) {
-            return
         } else {
             launch(g.integerDot!, "matvec_\(g.tag)_q8 \(rows)x\(cols)", grid: ((rows + 3) / 4, (n + 7) / 8, 1), block: 128, args)
         }
     }
+
+    /// The streaming kernels for up to three matrices of one integer-dot format and width: the matrix-vector
+    /// kernel up to 8 tokens (`streamMatvec`), the tensor-core tiles from 9 (mmq_stream_q4_K: per-warp rings of
+    /// shared memory, 32 or 64 tokens a warp); false where neither applies (the caller launches the others).
+    private func streamMatmul(_ g: CUDAWeight, _ parts: [(address: UInt, rows: Int, y: UInt)], cols: Int,
+                              input: (UInt, UInt, UInt), n: Int) -> Bool {
+        guard Self.streamTiles(g, n: n), let (f4, f8) = g.tensorCoreStream else {
+            return streamMatvec(g, parts, cols: cols, input: input, n: n)
+        }
+        let shared = 4 * Self.mmqStreamDepth * 16 * 144
+        guard shared <= sharedOptin else { return false }
+        let f = n <= 32 ? f4 : f8, tokens = n <= 32 ? 32 : 64
+        if (streamSharedSet[f] ?? 0) < shared {
+            must("cuFuncSetAttribute") { try driver.setMaxDynamicShared(f, bytes: shared) }
+            streamSharedSet[f] = shared
+        }
+        let tiles = parts.reduce(0) { $0 + ($1.rows + 15) / 16 }
+        let perSM = max(1, min(4, sharedOptin / shared))
+        let p = parts + Array(repeating: (address: UInt(0), rows: 0, y: UInt(0)), count: 3 - parts.count)
+        launch(f, "mmq_stream_\(g.tag)_\(tokens / 8) \(parts.reduce(0) { $0 + $1.rows })x\(cols)",
+               grid: (min((tiles + 3) / 4, multiprocessors * perSM), (n + tokens - 1) / tokens, 1), block: 128,
+               shared: shared,
+               [.ptr(p[0].address), .ptr(p[1].address), .ptr(p[2].address), .i64(g.rowBytes), .i32(p[0].rows),
+                .i32(p[1].rows), .i32(p[2].rows), .i32(cols), .ptr(input.0), .ptr(input.1), .ptr(input.2),
+                .ptr(p[0].y), .ptr(p[1].y), .ptr(p[2].y), .i32(n)])
+        return true
+    }
+    /// Whether `n` tokens of `g` run the streaming tensor-core tiles (from 9 tokens; up to
+    /// `KTRANSFORMERS_CUDA_STREAM_TILES_MAX` tokens, by default all: above it the 64 × 64 block tiles).
+    static func streamTiles(_ g: CUDAWeight, n: Int) -> Bool {
+        streamMatvecEnabled && g.tensorCoreStream != nil && n > 8 && n <= streamTilesMax
+    }
+    static let streamTilesMax = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_STREAM_TILES_MAX"].flatMap { Int($0) } ?? Int.max
+    static let mmqStreamDepth = 6  // KT_MMQS_DEPTH
 
     /// The streaming integer-dot kernel (matvec.cu: rows through a ring of shared-memory stages) for up to three
     /// matrices of one format and width; false where it does not apply (no such kernel, rows not 16-byte multiples,
@@ -734,12 +767,12 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         let gs = ws.map { Self.weight($0) }
         if gs.allSatisfy({ $0.tag == gs[0].tag && $0.rowBytes == gs[0].rowBytes }), ws.allSatisfy({ $0.cols == w0.cols }),
            let grouped = gs[0].integerDotGroup, Self.integerDot(gs[0], cols: w0.cols),
-           n < Self.mmqMinTokens || gs[0].tensorCoreTiles == nil {
+           n < Self.mmqMinTokens || gs[0].tensorCoreTiles == nil || Self.streamTiles(gs[0], n: n) {
             let q = quantizeInput(x, cols: w0.cols, n: n)
             let r2 = w2?.rows ?? 0, rows = w0.rows + w1.rows + r2
             var parts = [(gs[0].address, w0.rows, y0.address), (gs[1].address, w1.rows, y1.address)]
             if let y2, gs.count > 2 { parts.append((gs[2].address, r2, y2.address)) }
-            if streamMatvec(gs[0], parts, cols: w0.cols, input: q, n: n) { return }
+            if streamMatmul(gs[0], parts, cols: w0.cols, input: q, n: n) { return }
             launch(grouped, "matvec_\(gs[0].tag)_q8_3 \(rows)x\(w0.cols)", grid: ((rows + 3) / 4, (n + 7) / 8, 1), block: 128,
                    [.ptr(gs[0].address), .ptr(gs[1].address), .ptr(gs.count > 2 ? gs[2].address : 0), .i64(gs[0].rowBytes),
                     .i32(w0.rows), .i32(w1.rows), .i32(r2), .i32(w0.cols), .ptr(q.0), .ptr(q.1), .ptr(q.2), .ptr(y0.address),
@@ -953,6 +986,8 @@ final class CUDAWeight: @unchecked Sendable {
     let tensorCoreF32Experts: CUDADriver.Handle?
     /// The streaming form of the one-token-tile kernel (decode), where there is one.
     let tensorCoreF32Stream: CUDADriver.Handle?
+    /// The streaming forms of the tensor-core tiles (32 and 64 tokens a warp; up to three matrices), where there are.
+    let tensorCoreStream: (CUDADriver.Handle, CUDADriver.Handle)?
 
     init(address: UInt, tag: String, rowBytes: Int, rounding: ActivationRounding, kernels: CUDAKernels) {
         self.address = address
@@ -971,6 +1006,7 @@ final class CUDAWeight: @unchecked Sendable {
         tensorCoreF32Tiles = tag == "q4_K" || tag == "q6_K" ? kernels.function("mmf_\(tag)_4") : nil
         tensorCoreF32Experts = tag == "q4_K" || tag == "q6_K" ? kernels.function("mmf_experts_\(tag)") : nil
         tensorCoreF32Stream = tag == "q4_K" ? kernels.function("mmf_stream_q4_K") : nil
+        tensorCoreStream = tag == "q4_K" ? (kernels.function("mmq_stream_q4_K_4"), kernels.function("mmq_stream_q4_K_8")) : nil
     }
 }
 

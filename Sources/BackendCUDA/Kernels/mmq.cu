@@ -124,6 +124,140 @@ extern "C" __global__ void __launch_bounds__(128) mmq_q4_K(const u8* W, i64 rowB
             }
 }
 
+// Streaming form of mmq_q4_K (batched decode and prefill, 9 tokens and more): persistent warps, each owning 16-row
+// tiles of up to three matrices (q/k/v, gate/up: rows of matrix 0, then 1, then 2, each padded to whole tiles)
+// and 8·NT tokens (blockIdx.y), with its own ring of KT_MMQS_DEPTH shared-memory slots: a slot holds one
+// super-block (144 bytes) of the tile's 16 rows, copied by cp.async KT_MMQS_DEPTH - 1 steps ahead, so the weights
+// stream at the memory's rate with no block barrier; the inputs' fragments come from global memory (L1). Per
+// super-block a warp runs the mma of each 32-group for each of its NT token tiles and adds the part as mmq_q4_K
+// does: every output has the bits of mmq_q4_K and of the matrix-vector kernels. Grid (blocks, ceil(n / (8·NT))),
+// 128 threads, 4 · KT_MMQS_DEPTH · 2304 bytes of dynamic shared memory.
+#define KT_MMQS_DEPTH 6
+
+struct KtTiles16 {
+    const u8* W[3];
+    float* y[3];
+    int rows[3];
+    int first[4];  // first tile of each matrix, and the total
+    __device__ __forceinline__ KtTiles16(const u8* W0, const u8* W1, const u8* W2, float* y0, float* y1, float* y2,
+                                         int rows0, int rows1, int rows2) {
+        W[0] = W0; W[1] = W1; W[2] = W2;
+        y[0] = y0; y[1] = y1; y[2] = y2;
+        rows[0] = rows0; rows[1] = rows1; rows[2] = rows2;
+        first[0] = 0;
+        for (int m = 0; m < 3; m++) first[m + 1] = first[m] + (rows[m] + 15) / 16;
+    }
+    __device__ __forceinline__ int matrix(int u) const { return u < first[1] ? 0 : (u < first[2] ? 1 : 2); }
+};
+
+template <int NT>
+__device__ __forceinline__ void kt_mmq_stream_q4_K(const KtTiles16& tl, i64 rowBytes, int cols, const i8* xq,
+                                                   const float* xd, const int* xs, int n) {
+    KT_DYNAMIC_SHARED(u8, smem);
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    u8* ring = smem + warp * (KT_MMQS_DEPTH * 16 * 144);
+    int nsb = cols / 256, units = tl.first[3], stride = gridDim.x * 4, t0 = blockIdx.y * 8 * NT;
+    // The producer: unit pu, super-block ps.
+    int pu = blockIdx.x * 4 + warp, ps = 0;
+    auto issue = [&](int s) {
+        if (pu < units) {
+            int m = tl.matrix(pu), r0 = (pu - tl.first[m]) * 16, rows = tl.rows[m];
+            u8* dst = ring + s * (16 * 144);
+            for (int j = lane; j < 16 * 9; j += 32) {
+                int rr = j / 9, k = j % 9;
+                const u8* src = tl.W[m] + (i64)min(r0 + rr, rows - 1) * rowBytes + (i64)ps * 144 + 16 * k;
+                kt_cp_async16(dst + rr * 144 + 16 * k, src);
+            }
+            if (++ps == nsb) { ps = 0; pu += stride; }
+        }
+        kt_cp_async_commit();
+    };
+    for (int s = 0; s < KT_MMQS_DEPTH - 1; s++) issue(s);
+    // This lane's tokens: fragment rows g of each token tile (clamped: tokens past n are computed, never written).
+    const i8* xrow[NT];
+    for (int j = 0; j < NT; j++) xrow[j] = xq + (i64)min(t0 + 8 * j + g, n - 1) * cols;
+    int step = 0;
+    for (int u = blockIdx.x * 4 + warp; u < units; u += stride) {
+        int m = tl.matrix(u), r0 = (u - tl.first[m]) * 16, rows = tl.rows[m];
+        float acc[NT][4];
+        for (int j = 0; j < NT; j++)
+            for (int e = 0; e < 4; e++) acc[j][e] = 0.0f;
+        for (int sb = 0; sb < nsb; sb++, step++) {
+            issue((step + KT_MMQS_DEPTH - 1) % KT_MMQS_DEPTH);
+            kt_cp_async_wait<KT_MMQS_DEPTH - 1>();
+            __syncwarp();
+            const u8* slot = ring + (step % KT_MMQS_DEPTH) * (16 * 144);
+            // Rows g (A) and g + 8 (B) of the tile: scales, mins and d, dmin.
+            uint4 hA = *(const uint4*)(slot + g * 144), hB = *(const uint4*)(slot + (g + 8) * 144);
+            const u8* ha = (const u8*)&hA;
+            const u8* hb = (const u8*)&hB;
+            float dA = kt_f16(ha), mA = kt_f16(ha + 2), dB = kt_f16(hb), mB = kt_f16(hb + 2);
+            int scA[8], mnA[8], scB[8], mnB[8];
+            for (int G = 0; G < 8; G++) {
+                kt_scale_min_k4(G, ha + 4, &scA[G], &mnA[G]);
+                kt_scale_min_k4(G, hb + 4, &scB[G], &mnB[G]);
+            }
+            int i1[NT][4];
+            for (int j = 0; j < NT; j++)
+                for (int e = 0; e < 4; e++) i1[j][e] = 0;
+            for (int p = 0; p < 4; p++) {
+                uint2 qa = *(const uint2*)(slot + g * 144 + 16 + 32 * p + 8 * t);
+                uint2 qb = *(const uint2*)(slot + (g + 8) * 144 + 16 + 32 * p + 8 * t);
+                for (int hi = 0; hi < 2; hi++) {
+                    int G = 2 * p + hi, sh = 4 * hi;
+                    u32 a[4] = {(qa.x >> sh) & 0x0F0F0F0Fu, (qb.x >> sh) & 0x0F0F0F0Fu, (qa.y >> sh) & 0x0F0F0F0Fu,
+                                (qb.y >> sh) & 0x0F0F0F0Fu};
+                    for (int j = 0; j < NT; j++) {
+                        uint2 bb = *(const uint2*)(xrow[j] + sb * 256 + G * 32 + 8 * t);
+                        u32 b[2] = {bb.x, bb.y};
+                        int c[4] = {0, 0, 0, 0};
+                        KT_MMA_K32(c, a, b);
+                        i1[j][0] += scA[G] * c[0];
+                        i1[j][1] += scA[G] * c[1];
+                        i1[j][2] += scB[G] * c[2];
+                        i1[j][3] += scB[G] * c[3];
+                    }
+                }
+            }
+            __syncwarp();  // the slot is read: the next issue may refill it
+            for (int j = 0; j < NT; j++) {
+                for (int jj = 0; jj < 2; jj++) {
+                    int tok = min(t0 + 8 * j + 2 * t + jj, n - 1);
+                    const int* sp = xs + (i64)tok * (cols / 16) + sb * 16;
+                    int4 s0 = *(const int4*)sp, s1 = *(const int4*)(sp + 4), s2 = *(const int4*)(sp + 8), s3 = *(const int4*)(sp + 12);
+                    int sg[8] = {s0.x + s0.y, s0.z + s0.w, s1.x + s1.y, s1.z + s1.w, s2.x + s2.y, s2.z + s2.w,
+                                 s3.x + s3.y, s3.z + s3.w};
+                    int i2A = 0, i2B = 0;
+                    for (int G = 0; G < 8; G++) {
+                        i2A += mnA[G] * sg[G];
+                        i2B += mnB[G] * sg[G];
+                    }
+                    float xdt = xd[(i64)tok * nsb + sb];
+                    acc[j][jj] = __fadd_rn(acc[j][jj], kt_part_q4_K(xdt, dA, mA, i1[j][jj], i2A));
+                    acc[j][2 + jj] = __fadd_rn(acc[j][2 + jj], kt_part_q4_K(xdt, dB, mB, i1[j][2 + jj], i2B));
+                }
+            }
+        }
+        float* y = tl.y[m];
+        for (int j = 0; j < NT; j++)
+            for (int e = 0; e < 4; e++) {
+                int r = r0 + g + 8 * (e >> 1), tok = t0 + 8 * j + 2 * t + (e & 1);
+                if (r < rows && tok < n) y[(i64)tok * rows + r] = acc[j][e];
+            }
+    }
+    kt_cp_async_wait<0>();
+}
+
+#define KT_MMQ_STREAM(nt) \
+extern "C" __global__ void __launch_bounds__(128) mmq_stream_q4_K_##nt(const u8* W0, const u8* W1, const u8* W2, \
+        i64 rowBytes, int rows0, int rows1, int rows2, int cols, const i8* xq, const float* xd, const int* xs, \
+        float* y0, float* y1, float* y2, int n) { \
+    KtTiles16 tl(W0, W1, W2, y0, y1, y2, rows0, rows1, rows2); \
+    kt_mmq_stream_q4_K<nt>(tl, rowBytes, cols, xq, xd, xs, n); \
+}
+KT_MMQ_STREAM(4)
+KT_MMQ_STREAM(8)
+
 // ---- f32-activation matmuls (`.f32Activations`: the MLP's down projection) on the tf32 tensor cores ----
 //
 // f32 semantics on the tf32 tensor cores: within a 32-group a Q4_K weight is d1·q − m1 (q 0..15, d1 = d·scale,
