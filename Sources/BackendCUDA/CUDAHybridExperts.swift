@@ -199,6 +199,8 @@ final class ExpertThread: @unchecked Sendable {
     }
 
     private func loop() {
+        // Thread 0 of the expert pool, whose workers are pinned to the other cores: core 0 is this one's.
+        ThreadPool.pinCurrentThread(toCore: 0)
         while true {
             lock.lock()
             while work == nil && !stopping { lock.wait() }

@@ -37,6 +37,15 @@ public final class ThreadPool: @unchecked Sendable {
     public static let defaultIdleSpins = 20_000
     static let spinOverride: Int? = ProcessInfo.processInfo.environment["KTRANSFORMERS_POOL_SPINS"].flatMap { Int($0) }
 
+    /// Pins the calling thread to the i-th physical core (`CPUInfo.coreCPUs`), when pinning is on: a thread that
+    /// drives a pinned pool as its thread 0 (the hybrid MoE's expert thread) takes the core the workers leave free.
+    @discardableResult
+    public static func pinCurrentThread(toCore i: Int) -> Bool {
+        let cores = CPUInfo.coreCPUs
+        guard pinning, i >= 0, i < cores.count else { return false }
+        return csimd_pin_thread(UInt(pthread_self()), Int32(cores[i])) == 0
+    }
+
     /// - Parameter threads: total threads including the caller (at least 1).
     public init(threads: Int) {
         threadCount = max(1, threads)
