@@ -78,7 +78,9 @@ if has tiny; then
 fi
 
 if has gemma; then
-  model=.baseline/gemma-3-270m-q4_k_m.gguf
+  # The default model: GEMMA_MODEL, or carried in .baseline/, or assembled from parts by scripts/device-parts.sh.
+  model=${GEMMA_MODEL:-.baseline/gemma-3-270m-q4_k_m.gguf}
+  [ -f "$model" ] || [ ! -f /tmp/kt-parts/gemma-3-270m-q4_k_m.gguf ] || model=/tmp/kt-parts/gemma-3-270m-q4_k_m.gguf
   if [ -f "$model" ]; then
     say "## default model, teacher-forced vs float64 (mean |Δlogprob| bound 0.12; CPU 0.065, llama.cpp 0.104)"
     for dev in cuda cpu; do
