@@ -537,6 +537,9 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     }
     static let streamStages = 4  // KT_MVS_STAGES
     static let mmfStreamDepth = 8  // KT_MMFS_DEPTH
+    /// Token counts up to which the f32-activation matmul streams its weights (`KTRANSFORMERS_CUDA_MMF_STREAM_MAX`,
+    /// default 64: above it, prefill, the x traffic dominates and the block tiles run).
+    static let mmfStreamMax = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_MMF_STREAM_MAX"].flatMap { Int($0) } ?? 64
     static let streamRows = 8    // KT_MVS_ROWS
     static let streamMatvecEnabled = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_STREAM_MATVEC"] != "0"
     private var streamSharedSet: [CUDADriver.Handle: Int] = [:]
@@ -725,16 +728,18 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
                                  .ptr(lo.address), .ptr(sums.address), .ptr(out.address), .i32(n),
                                  .i32(Self.mmfSplitSuperBlocks)]
         let streamShared = 4 * Self.mmfStreamDepth * 16 * 144
-        if nt == 1, Self.streamMatvecEnabled, let stream = g.tensorCoreF32Stream, streamShared <= sharedOptin {
-            // Decode: the streaming form (weights through per-warp rings of shared memory), same bits.
+        if n <= Self.mmfStreamMax, Self.streamMatvecEnabled, let streams = g.tensorCoreF32Stream,
+           streamShared <= sharedOptin {
+            // Decode and batched decode: the streaming forms (weights through per-warp rings of shared memory), same bits.
+            let stream = nt == 1 ? streams.0 : streams.1
             if (streamSharedSet[stream] ?? 0) < streamShared {
                 must("cuFuncSetAttribute") { try driver.setMaxDynamicShared(stream, bytes: streamShared) }
                 streamSharedSet[stream] = streamShared
             }
             let perSM = max(1, min(4, sharedOptin / streamShared))
-            launch(stream, "mmf_stream_\(g.tag) \(rows)x\(cols)",
-                   grid: (min((tiles * splits + 3) / 4, multiprocessors * perSM), (n + 7) / 8, 1), block: 128,
-                   shared: streamShared, args)
+            launch(stream, "mmf_stream_\(g.tag)_\(nt) \(rows)x\(cols)",
+                   grid: (min((tiles * splits + 3) / 4, multiprocessors * perSM), (n + 8 * nt - 1) / (8 * nt), 1),
+                   block: 128, shared: streamShared, args)
         } else {
             launch(nt == 1 ? f : g.tensorCoreF32Tiles!, "mmf_\(g.tag)_\(nt) \(rows)x\(cols)",
                    grid: ((tiles * splits + 3) / 4, (n + 8 * nt - 1) / (8 * nt), 1), block: 128, args)
@@ -984,8 +989,8 @@ final class CUDAWeight: @unchecked Sendable {
     let tensorCoreF32: CUDADriver.Handle?
     let tensorCoreF32Tiles: CUDADriver.Handle?
     let tensorCoreF32Experts: CUDADriver.Handle?
-    /// The streaming form of the one-token-tile kernel (decode), where there is one.
-    let tensorCoreF32Stream: CUDADriver.Handle?
+    /// The streaming forms of the one- and four-token-tile kernels (decode, batched decode), where there are.
+    let tensorCoreF32Stream: (CUDADriver.Handle, CUDADriver.Handle)?
     /// The streaming forms of the tensor-core tiles (32 and 64 tokens a warp; up to three matrices), where there are.
     let tensorCoreStream: (CUDADriver.Handle, CUDADriver.Handle)?
 
@@ -1005,7 +1010,7 @@ final class CUDAWeight: @unchecked Sendable {
         tensorCoreF32 = tag == "q4_K" || tag == "q6_K" ? kernels.function("mmf_\(tag)_1") : nil
         tensorCoreF32Tiles = tag == "q4_K" || tag == "q6_K" ? kernels.function("mmf_\(tag)_4") : nil
         tensorCoreF32Experts = tag == "q4_K" || tag == "q6_K" ? kernels.function("mmf_experts_\(tag)") : nil
-        tensorCoreF32Stream = tag == "q4_K" ? kernels.function("mmf_stream_q4_K") : nil
+        tensorCoreF32Stream = tag == "q4_K" ? (kernels.function("mmf_stream_q4_K_1"), kernels.function("mmf_stream_q4_K_4")) : nil
         tensorCoreStream = tag == "q4_K" ? (kernels.function("mmq_stream_q4_K_4"), kernels.function("mmq_stream_q4_K_8")) : nil
     }
 }

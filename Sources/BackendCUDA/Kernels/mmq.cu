@@ -473,12 +473,12 @@ extern "C" __global__ void mmf_reduce(const float* part, float* y, int splits, i
     }
 }
 
-// Streaming form of mmf_q4_K_1 (decode, up to 8 tokens): persistent warps, each with its own ring of KT_MMFS_DEPTH
-// shared-memory slots; a slot holds one super-block (144 bytes) of the warp's 16 rows, copied by cp.async
-// KT_MMFS_DEPTH - 1 steps ahead of the one the warp computes, so the weight bytes stay in flight during the
-// arithmetic. A warp takes the (tile, split) units w, w + all warps, ... and runs KtMmfQ4K::add on each super-block
-// in order from its slot: every output has the bits of mmf_q4_K_1. Grid (blocks, ceil(n / 8)), 128 threads,
-// 4 · KT_MMFS_DEPTH · 2304 bytes of dynamic shared memory.
+// Streaming forms of mmf_q4_K_1 / _4 (decode and batched decode: 8 or 32 tokens a warp): persistent warps, each
+// with its own ring of KT_MMFS_DEPTH shared-memory slots; a slot holds one super-block (144 bytes) of the warp's 16
+// rows, copied by cp.async KT_MMFS_DEPTH - 1 steps ahead of the one the warp computes, so the weight bytes stay in
+// flight during the arithmetic. A warp takes the (tile, split) units w, w + all warps, ... and runs KtMmfQ4K::add on
+// each super-block in order from its slot: every output has the bits of mmf_q4_K_1 and _4. Grid (blocks,
+// ceil(n / (8·NT))), 128 threads, 4 · KT_MMFS_DEPTH · 2304 bytes of dynamic shared memory.
 #define KT_MMFS_DEPTH 8
 
 struct KtMmfsCursor {
@@ -488,13 +488,14 @@ struct KtMmfsCursor {
     __device__ __forceinline__ void start(int u) { unit = u; sb = (u / tiles) * splitSB; }
 };
 
-extern "C" __global__ void __launch_bounds__(128) mmf_stream_q4_K(const u8* W, i64 rowBytes, int rows, int cols,
-        const float* xhi, const float* xlo, const float* xsum, float* out, int n, int splitSB) {
+template <int NT>
+__device__ __forceinline__ void kt_mmf_stream_q4_K(const u8* W, i64 rowBytes, int rows, int cols, const float* xhi,
+        const float* xlo, const float* xsum, float* out, int n, int splitSB) {
     KT_DYNAMIC_SHARED(u8, smem);
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     u8* ring = smem + warp * (KT_MMFS_DEPTH * 16 * 144);
     int tiles = (rows + 15) / 16, nsb = cols / 256, splits = (nsb + splitSB - 1) / splitSB;
-    int units = tiles * splits, stride = gridDim.x * 4, t0 = blockIdx.y * 8, tEnd = n;
+    int units = tiles * splits, stride = gridDim.x * 4, t0 = blockIdx.y * 8 * NT, tEnd = n;
     KtMmfsCursor p = {0, 0, tiles, splitSB, nsb};
     p.start(blockIdx.x * 4 + warp);
     // Copies the producer's super-block into slot s (when there is one left), then moves the producer on.
@@ -516,23 +517,34 @@ extern "C" __global__ void __launch_bounds__(128) mmf_stream_q4_K(const u8* W, i
     for (int u = blockIdx.x * 4 + warp; u < units; u += stride) {
         int tile = u % tiles, split = u / tiles;
         int sb0 = split * splitSB, sb1 = min(nsb, sb0 + splitSB);
-        float acc[1][4] = {{0.0f, 0.0f, 0.0f, 0.0f}};
+        float acc[NT][4];
+        for (int j = 0; j < NT; j++)
+            for (int e = 0; e < 4; e++) acc[j][e] = 0.0f;
         for (int sb = sb0; sb < sb1; sb++, step++) {
             issue((step + KT_MMFS_DEPTH - 1) % KT_MMFS_DEPTH);
             kt_cp_async_wait<KT_MMFS_DEPTH - 1>();
             __syncwarp();
             const u8* slot = ring + (step % KT_MMFS_DEPTH) * (16 * 144);
-            KtMmfQ4K::add<1>(slot + g * 144 - (i64)sb * 144, slot + (g + 8) * 144 - (i64)sb * 144, sb, cols, xhi, xlo,
-                             xsum, t0, tEnd, g, t, acc);
+            KtMmfQ4K::add<NT>(slot + g * 144 - (i64)sb * 144, slot + (g + 8) * 144 - (i64)sb * 144, sb, cols, xhi, xlo,
+                              xsum, t0, tEnd, g, t, acc);
             __syncwarp();
         }
-        for (int e = 0; e < 4; e++) {
-            int r = tile * 16 + g + 8 * (e >> 1), tok = t0 + 2 * t + (e & 1);
-            if (r < rows && tok < tEnd) {
-                if (splits == 1) out[(i64)tok * rows + r] = acc[0][e];
-                else out[((i64)split * n + tok) * rows + r] = acc[0][e];
+        for (int j = 0; j < NT; j++)
+            for (int e = 0; e < 4; e++) {
+                int r = tile * 16 + g + 8 * (e >> 1), tok = t0 + 8 * j + 2 * t + (e & 1);
+                if (r < rows && tok < tEnd) {
+                    if (splits == 1) out[(i64)tok * rows + r] = acc[j][e];
+                    else out[((i64)split * n + tok) * rows + r] = acc[j][e];
+                }
             }
-        }
     }
     kt_cp_async_wait<0>();
+}
+extern "C" __global__ void __launch_bounds__(128) mmf_stream_q4_K_1(const u8* W, i64 rowBytes, int rows, int cols,
+        const float* xhi, const float* xlo, const float* xsum, float* out, int n, int splitSB) {
+    kt_mmf_stream_q4_K<1>(W, rowBytes, rows, cols, xhi, xlo, xsum, out, n, splitSB);
+}
+extern "C" __global__ void __launch_bounds__(128) mmf_stream_q4_K_4(const u8* W, i64 rowBytes, int rows, int cols,
+        const float* xhi, const float* xlo, const float* xsum, float* out, int n, int splitSB) {
+    kt_mmf_stream_q4_K<4>(W, rowBytes, rows, cols, xhi, xlo, xsum, out, n, splitSB);
 }
