@@ -220,8 +220,10 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     private func weightAllocate(bytes: Int, name: String) throws -> UInt {
         current()
         do {
-            let p = try driver.allocate(bytes)
-            allocations[UInt(p)] = bytes
+            // 64 bytes of slack: the streaming kernels copy whole aligned 16-byte pieces around a super-block, which
+            // for a 210-byte Q6_K block reach up to 14 bytes past the matrix's last byte.
+            let p = try driver.allocate(bytes + 64)
+            allocations[UInt(p)] = bytes + 64
             RunMemory.noteAllocation()
             return UInt(p)
         } catch {
@@ -480,14 +482,15 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     }
 
     /// The streaming kernels for up to three matrices of one integer-dot format and width: the matrix-vector
-    /// kernel up to 8 tokens (`streamMatvec`), the tensor-core tiles from 9 (mmq_stream_q4_K: per-warp rings of
+    /// kernel up to 8 tokens (`streamMatvec`), the tensor-core tiles from 9 (mmq_stream_<fmt>: per-warp rings of
     /// shared memory, 32 or 64 tokens a warp); false where neither applies (the caller launches the others).
     private func streamMatmul(_ g: CUDAWeight, _ parts: [(address: UInt, rows: Int, y: UInt)], cols: Int,
                               input: (UInt, UInt, UInt), n: Int) -> Bool {
         guard Self.streamTiles(g, n: n), let (f4, f8) = g.tensorCoreStream else {
             return streamMatvec(g, parts, cols: cols, input: input, n: n)
         }
-        let shared = 4 * Self.mmqStreamDepth * 16 * 144
+        // A slot: one super-block of 16 rows (Q6_K: the 224 aligned bytes around each row's 210-byte block).
+        let shared = 4 * Self.mmqStreamDepth * 16 * (g.tag == "q6_K" ? 224 : 144)
         guard shared <= sharedOptin else { return false }
         let f = n <= 32 ? f4 : f8, tokens = n <= 32 ? 32 : 64
         if (streamSharedSet[f] ?? 0) < shared {
@@ -991,7 +994,8 @@ final class CUDAWeight: @unchecked Sendable {
     let tensorCoreF32Experts: CUDADriver.Handle?
     /// The streaming forms of the one- and four-token-tile kernels (decode, batched decode), where there are.
     let tensorCoreF32Stream: (CUDADriver.Handle, CUDADriver.Handle)?
-    /// The streaming forms of the tensor-core tiles (32 and 64 tokens a warp; up to three matrices), where there are.
+    /// The streaming forms of the tensor-core tiles (32 and 64 tokens a warp; up to three matrices), where there are
+    /// (Q4_K and Q6_K).
     let tensorCoreStream: (CUDADriver.Handle, CUDADriver.Handle)?
 
     init(address: UInt, tag: String, rowBytes: Int, rounding: ActivationRounding, kernels: CUDAKernels) {
@@ -1011,7 +1015,8 @@ final class CUDAWeight: @unchecked Sendable {
         tensorCoreF32Tiles = tag == "q4_K" || tag == "q6_K" ? kernels.function("mmf_\(tag)_4") : nil
         tensorCoreF32Experts = tag == "q4_K" || tag == "q6_K" ? kernels.function("mmf_experts_\(tag)") : nil
         tensorCoreF32Stream = tag == "q4_K" ? (kernels.function("mmf_stream_q4_K_1"), kernels.function("mmf_stream_q4_K_4")) : nil
-        tensorCoreStream = tag == "q4_K" ? (kernels.function("mmq_stream_q4_K_4"), kernels.function("mmq_stream_q4_K_8")) : nil
+        tensorCoreStream = tag == "q4_K" || tag == "q6_K"
+            ? (kernels.function("mmq_stream_\(tag)_4"), kernels.function("mmq_stream_\(tag)_8")) : nil
     }
 }
 

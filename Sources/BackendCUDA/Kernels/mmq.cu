@@ -258,6 +258,109 @@ extern "C" __global__ void __launch_bounds__(128) mmq_stream_q4_K_##nt(const u8*
 KT_MMQ_STREAM(4)
 KT_MMQ_STREAM(8)
 
+// The same for Q6_K rows (the output matrix of batched decode): 210-byte super-blocks are not 16-byte aligned, so
+// a slot row holds the 224 aligned bytes around one (its offset in them is the block address mod 16, per row).
+// Each 16-element sub-group (its own scale) is one m16n8k16 mma, lane t's k = 4t..4t + 3 its elements
+// 16·sub + 4t..+3; the part is kt_part_q6_K of the exact integer sum, as kt_mv_q6_K's. Grid as mmq_stream_q4_K,
+// 4 · KT_MMQS_DEPTH · 3584 bytes of dynamic shared memory.
+__device__ __forceinline__ u32 kt_load4_a2(const u8* p) {
+    const u16* q = (const u16*)p;
+    return (u32)q[0] | ((u32)q[1] << 16);
+}
+
+template <int NT>
+__device__ __forceinline__ void kt_mmq_stream_q6_K(const KtTiles16& tl, i64 rowBytes, int cols, const i8* xq,
+                                                   const float* xd, int n) {
+    KT_DYNAMIC_SHARED(u8, smem);
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    u8* ring = smem + warp * (KT_MMQS_DEPTH * 16 * 224);
+    int nsb = cols / 256, units = tl.first[3], stride = gridDim.x * 4, t0 = blockIdx.y * 8 * NT;
+    int pu = blockIdx.x * 4 + warp, ps = 0;
+    auto issue = [&](int s) {
+        if (pu < units) {
+            int m = tl.matrix(pu), r0 = (pu - tl.first[m]) * 16, rows = tl.rows[m];
+            u8* dst = ring + s * (16 * 224);
+            for (int j = lane; j < 16 * 14; j += 32) {
+                int rr = j / 14, k = j % 14;
+                const u8* blk = tl.W[m] + (i64)min(r0 + rr, rows - 1) * rowBytes + (i64)ps * 210;
+                const u8* base = (const u8*)((size_t)blk & ~(size_t)15);
+                kt_cp_async16(dst + rr * 224 + 16 * k, base + 16 * k);
+            }
+            if (++ps == nsb) { ps = 0; pu += stride; }
+        }
+        kt_cp_async_commit();
+    };
+    for (int s = 0; s < KT_MMQS_DEPTH - 1; s++) issue(s);
+    const i8* xrow[NT];
+    for (int j = 0; j < NT; j++) xrow[j] = xq + (i64)min(t0 + 8 * j + g, n - 1) * cols;
+    int step = 0;
+    for (int u = blockIdx.x * 4 + warp; u < units; u += stride) {
+        int m = tl.matrix(u), r0 = (u - tl.first[m]) * 16, rows = tl.rows[m];
+        const u8* rowA = tl.W[m] + (i64)min(r0 + g, rows - 1) * rowBytes;
+        const u8* rowB = tl.W[m] + (i64)min(r0 + g + 8, rows - 1) * rowBytes;
+        float acc[NT][4];
+        for (int j = 0; j < NT; j++)
+            for (int e = 0; e < 4; e++) acc[j][e] = 0.0f;
+        for (int sb = 0; sb < nsb; sb++, step++) {
+            issue((step + KT_MMQS_DEPTH - 1) % KT_MMQS_DEPTH);
+            kt_cp_async_wait<KT_MMQS_DEPTH - 1>();
+            __syncwarp();
+            const u8* slot = ring + (step % KT_MMQS_DEPTH) * (16 * 224);
+            const u8* ba = slot + g * 224 + ((size_t)(rowA + (i64)sb * 210) & 15);
+            const u8* bb = slot + (g + 8) * 224 + ((size_t)(rowB + (i64)sb * 210) & 15);
+            float dA = kt_f16(ba + 208), dB = kt_f16(bb + 208);
+            int i1[NT][4];
+            for (int j = 0; j < NT; j++)
+                for (int e = 0; e < 4; e++) i1[j][e] = 0;
+            for (int G = 0; G < 8; G++) {
+                int h = G >> 2, r = G & 3, shL = 4 * (r >> 1), shH = 2 * r;
+                for (int sub = 0; sub < 2; sub++) {
+                    int i = 16 * sub + 4 * t, ql = 64 * h + 32 * (r & 1) + i, qh = 128 + 32 * h + i;
+                    u32 a[2] = {(u32)kt_minus32(((kt_load4_a2(ba + ql) >> shL) & 0x0F0F0F0Fu) |
+                                                (((kt_load4_a2(ba + qh) >> shH) & 0x03030303u) << 4)),
+                                (u32)kt_minus32(((kt_load4_a2(bb + ql) >> shL) & 0x0F0F0F0Fu) |
+                                                (((kt_load4_a2(bb + qh) >> shH) & 0x03030303u) << 4))};
+                    int scA = ((const i8*)(ba + 192))[2 * G + sub], scB = ((const i8*)(bb + 192))[2 * G + sub];
+                    for (int j = 0; j < NT; j++) {
+                        u32 b[1] = {*(const u32*)(xrow[j] + sb * 256 + G * 32 + i)};
+                        int c[4] = {0, 0, 0, 0};
+                        KT_MMA_K16(c, a, b);
+                        i1[j][0] += scA * c[0];
+                        i1[j][1] += scA * c[1];
+                        i1[j][2] += scB * c[2];
+                        i1[j][3] += scB * c[3];
+                    }
+                }
+            }
+            __syncwarp();  // the slot is read: the next issue may refill it
+            for (int j = 0; j < NT; j++)
+                for (int jj = 0; jj < 2; jj++) {
+                    int tok = min(t0 + 8 * j + 2 * t + jj, n - 1);
+                    float xdt = xd[(i64)tok * nsb + sb];
+                    acc[j][jj] = __fadd_rn(acc[j][jj], kt_part_q6_K(xdt, dA, i1[j][jj]));
+                    acc[j][2 + jj] = __fadd_rn(acc[j][2 + jj], kt_part_q6_K(xdt, dB, i1[j][2 + jj]));
+                }
+        }
+        float* y = tl.y[m];
+        for (int j = 0; j < NT; j++)
+            for (int e = 0; e < 4; e++) {
+                int r = r0 + g + 8 * (e >> 1), tok = t0 + 8 * j + 2 * t + (e & 1);
+                if (r < rows && tok < n) y[(i64)tok * rows + r] = acc[j][e];
+            }
+    }
+    kt_cp_async_wait<0>();
+}
+
+#define KT_MMQ_STREAM_Q6K(nt) \
+extern "C" __global__ void __launch_bounds__(128) mmq_stream_q6_K_##nt(const u8* W0, const u8* W1, const u8* W2, \
+        i64 rowBytes, int rows0, int rows1, int rows2, int cols, const i8* xq, const float* xd, const int*, \
+        float* y0, float* y1, float* y2, int n) { \
+    KtTiles16 tl(W0, W1, W2, y0, y1, y2, rows0, rows1, rows2); \
+    kt_mmq_stream_q6_K<nt>(tl, rowBytes, cols, xq, xd, n); \
+}
+KT_MMQ_STREAM_Q6K(4)
+KT_MMQ_STREAM_Q6K(8)
+
 // ---- f32-activation matmuls (`.f32Activations`: the MLP's down projection) on the tf32 tensor cores ----
 //
 // f32 semantics on the tf32 tensor cores: within a 32-group a Q4_K weight is d1·q − m1 (q 0..15, d1 = d·scale,
