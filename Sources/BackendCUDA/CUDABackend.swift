@@ -493,10 +493,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         let shared = 4 * Self.mmqStreamDepth * 16 * (g.tag == "q6_K" ? 224 : 144)
         guard shared <= sharedOptin else { return false }
         let f = n <= 32 ? f4 : f8, tokens = n <= 32 ? 32 : 64
-        if (streamSharedSet[f] ?? 0) < shared {
-            must("cuFuncSetAttribute") { try driver.setMaxDynamicShared(f, bytes: shared) }
-            streamSharedSet[f] = shared
-        }
+        setShared(f, shared)
         let tiles = parts.reduce(0) { $0 + ($1.rows + 15) / 16 }
         let perSM = max(1, min(4, sharedOptin / shared))
         let p = parts + Array(repeating: (address: UInt(0), rows: 0, y: UInt(0)), count: 3 - parts.count)
@@ -508,6 +505,45 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
                 .ptr(p[0].y), .ptr(p[1].y), .ptr(p[2].y), .i32(n)])
         return true
     }
+    /// Routed experts' gate and up (stacks g, u of one format and shape) for every pair in one streaming launch
+    /// (matvec_stream_experts_<fmt>_q8); false where it does not apply.
+    func streamExperts(_ g: CUDAWeight, _ u: CUDAWeight, rows: Int, cols: Int, input: (UInt, UInt, UInt), xDiv: Int,
+                       ids: Tensor, y0: Tensor, y1: Tensor, pairs: Int) -> Bool {
+        guard Self.streamMatvecEnabled, let f = g.integerExpertsStream, g.rowBytes % 16 == 0 else { return false }
+        let shared = Self.streamStages * Self.streamRows * g.rowBytes
+        guard shared <= sharedOptin else { return false }
+        setShared(f, shared)
+        let chunks = 2 * pairs * ((rows + Self.streamRows - 1) / Self.streamRows)
+        let perSM = max(1, min(8, sharedOptin / shared))
+        launch(f, "matvec_stream_experts_\(g.tag)_q8 2x\(rows)x\(cols)", grid: (min(chunks, multiprocessors * perSM), 1, 1),
+               block: 256, shared: shared,
+               [.ptr(g.address), .ptr(u.address), .i64(g.rowBytes), .i64(g.rowBytes * rows), .i32(rows), .i32(cols),
+                .ptr(input.0), .ptr(input.1), .ptr(input.2), .i32(xDiv), .ptr(ids.address), .ptr(y0.address),
+                .ptr(y1.address), .i32(pairs)])
+        return true
+    }
+
+    /// Routed experts' tf32 down projection, streaming (mmf_stream_experts_q4_K), into `out` (the output, or the
+    /// K-split partials).
+    func streamF32Experts(_ f: CUDADriver.Handle, _ d: CUDAWeight, rows: Int, cols: Int, hi: Tensor, lo: Tensor,
+                          sums: Tensor, ids: Tensor, out: Tensor, pairs: Int, tiles: Int, splits: Int) {
+        let shared = 4 * Self.mmfStreamDepth * 16 * 144
+        setShared(f, shared)
+        let perSM = max(1, min(4, sharedOptin / shared))
+        launch(f, "mmf_stream_experts_\(d.tag) \(rows)x\(cols)",
+               grid: (min((pairs * tiles * splits + 3) / 4, multiprocessors * perSM), 1, 1), block: 128, shared: shared,
+               [.ptr(d.address), .i64(d.rowBytes), .i64(d.rowBytes * rows), .i32(rows), .i32(cols), .ptr(hi.address),
+                .ptr(lo.address), .ptr(sums.address), .ptr(ids.address), .ptr(out.address), .i32(pairs),
+                .i32(Self.mmfSplitSuperBlocks)])
+    }
+
+    /// Lets kernel `f` take `bytes` of dynamic shared memory (once per size).
+    private func setShared(_ f: CUDADriver.Handle, _ bytes: Int) {
+        guard (streamSharedSet[f] ?? 0) < bytes else { return }
+        must("cuFuncSetAttribute") { try driver.setMaxDynamicShared(f, bytes: bytes) }
+        streamSharedSet[f] = bytes
+    }
+
     /// Whether `n` tokens of `g` run the streaming tensor-core tiles (from 9 tokens; up to
     /// `KTRANSFORMERS_CUDA_STREAM_TILES_MAX` tokens, by default all: above it the 64 × 64 block tiles).
     static func streamTiles(_ g: CUDAWeight, n: Int) -> Bool {
@@ -524,10 +560,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         guard Self.streamMatvecEnabled, let f = g.integerDotStream, g.rowBytes % 16 == 0 else { return false }
         let shared = Self.streamStages * Self.streamRows * g.rowBytes
         guard shared <= sharedOptin else { return false }
-        if (streamSharedSet[f] ?? 0) < shared {
-            must("cuFuncSetAttribute") { try driver.setMaxDynamicShared(f, bytes: shared) }
-            streamSharedSet[f] = shared
-        }
+        setShared(f, shared)
         let chunks = parts.reduce(0) { $0 + ($1.rows + Self.streamRows - 1) / Self.streamRows }
         let perSM = max(1, min(8, sharedOptin / shared))
         let p = parts + Array(repeating: (address: UInt(0), rows: 0, y: UInt(0)), count: 3 - parts.count)
@@ -735,10 +768,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
            streamShared <= sharedOptin {
             // Decode and batched decode: the streaming forms (weights through per-warp rings of shared memory), same bits.
             let stream = nt == 1 ? streams.0 : streams.1
-            if (streamSharedSet[stream] ?? 0) < streamShared {
-                must("cuFuncSetAttribute") { try driver.setMaxDynamicShared(stream, bytes: streamShared) }
-                streamSharedSet[stream] = streamShared
-            }
+            setShared(stream, streamShared)
             let perSM = max(1, min(4, sharedOptin / streamShared))
             launch(stream, "mmf_stream_\(g.tag)_\(nt) \(rows)x\(cols)",
                    grid: (min((tiles * splits + 3) / 4, multiprocessors * perSM), (n + 8 * nt - 1) / (8 * nt), 1),
@@ -994,6 +1024,9 @@ final class CUDAWeight: @unchecked Sendable {
     let tensorCoreF32Experts: CUDADriver.Handle?
     /// The streaming forms of the one- and four-token-tile kernels (decode, batched decode), where there are.
     let tensorCoreF32Stream: (CUDADriver.Handle, CUDADriver.Handle)?
+    /// The streaming forms of the routed experts' kernels (integer gate/up, two stacks a launch; the tf32 down).
+    let integerExpertsStream: CUDADriver.Handle?
+    let tensorCoreF32ExpertsStream: CUDADriver.Handle?
     /// The streaming forms of the tensor-core tiles (32 and 64 tokens a warp; up to three matrices), where there are
     /// (Q4_K and Q6_K).
     let tensorCoreStream: (CUDADriver.Handle, CUDADriver.Handle)?
@@ -1015,6 +1048,8 @@ final class CUDAWeight: @unchecked Sendable {
         tensorCoreF32Tiles = tag == "q4_K" || tag == "q6_K" ? kernels.function("mmf_\(tag)_4") : nil
         tensorCoreF32Experts = tag == "q4_K" || tag == "q6_K" ? kernels.function("mmf_experts_\(tag)") : nil
         tensorCoreF32Stream = tag == "q4_K" ? (kernels.function("mmf_stream_q4_K_1"), kernels.function("mmf_stream_q4_K_4")) : nil
+        integerExpertsStream = tag == "q4_K" || tag == "q6_K" ? kernels.function("matvec_stream_experts_\(tag)_q8") : nil
+        tensorCoreF32ExpertsStream = tag == "q4_K" ? kernels.function("mmf_stream_experts_q4_K") : nil
         tensorCoreStream = tag == "q4_K" || tag == "q6_K"
             ? (kernels.function("mmq_stream_\(tag)_4"), kernels.function("mmq_stream_\(tag)_8")) : nil
     }
@@ -1127,8 +1162,14 @@ final class CUDAExpertExecutor: ExpertExecutor {
         let gateCols = experts.gate.cols
         if g.integerExperts != nil, u.integerExperts != nil, CUDABackend.integerDot(g, cols: gateCols), experts.up.cols == gateCols {
             let q = backend.quantizeInput(x, cols: gateCols, n: n)
-            runInteger(g, experts.gate, q: q, y: gate!)
-            runInteger(u, experts.up, q: q, y: up!)
+            // Both stacks in one streaming launch where they share a format and shape.
+            if g.tag == u.tag, g.rowBytes == u.rowBytes, experts.gate.rows == experts.up.rows,
+               backend.streamExperts(g, u, rows: experts.gate.rows, cols: gateCols, input: q, xDiv: k, ids: ids,
+                                     y0: gate!, y1: up!, pairs: pairs) {
+            } else {
+                runInteger(g, experts.gate, q: q, y: gate!)
+                runInteger(u, experts.up, q: q, y: up!)
+            }
         } else {
             let xg = backend.roundedInput(x, g.rounding, cols: experts.gate.cols, n: n)
             run(g, experts.gate, x: xg, xDiv: k, y: gate!)
@@ -1143,12 +1184,18 @@ final class CUDAExpertExecutor: ExpertExecutor {
             let rows = experts.down.rows, splits = CUDABackend.mmfSplits(cols: ff), tiles = (rows + 15) / 16
             precondition(splits == 1 || pairs <= 65535, "CUDA expert executor: split-K experts past 65535 pairs")
             let out = splits > 1 ? parts! : down!
+            if let f = d.tensorCoreF32ExpertsStream, CUDABackend.streamMatvecEnabled,
+               4 * CUDABackend.mmfStreamDepth * 16 * 144 <= backend.sharedOptin {
+                backend.streamF32Experts(f, d, rows: rows, cols: ff, hi: hi, lo: lo, sums: sums, ids: ids, out: out,
+                                         pairs: pairs, tiles: tiles, splits: splits)
+            } else {
             chunks(1) { p0, c in
                 backend.launch(d.tensorCoreF32Experts!, "mmf_experts_\(d.tag)", grid: ((tiles * splits + 3) / 4, c, 1), block: 128,
                                [.ptr(d.address), .i64(d.rowBytes), .i64(d.rowBytes * rows), .i32(rows), .i32(ff),
                                 .ptr(hi.offset(p0 * ff).address), .ptr(lo.offset(p0 * ff).address),
                                 .ptr(sums.offset(p0 * ff / 32).address), .ptr(ids.offset(p0).address),
                                 .ptr(out.offset(p0 * rows).address), .i32(c), .i32(CUDABackend.mmfSplitSuperBlocks)])
+            }
             }
             if splits > 1 {
                 backend.launch("mmf_reduce", grid: (CUDABackend.blocks(pairs * rows), 1, 1), block: 256,

@@ -364,3 +364,74 @@ extern "C" __global__ void __launch_bounds__(256) matvec_stream_##name##_q8(cons
 }
 KT_MV_STREAM(q4_K, kt_mv_q4_K)
 KT_MV_STREAM(q6_K, kt_mv_q6_K)
+
+// Routed experts, streaming (decode): the row chunks of every (token, expert) pair p of one or two stacks (gate,
+// up: the same ids and input) through the same ring; pair p's rows of stack m are expert ids[p]'s, its input
+// token p / xDiv, its output y_m[p, ..]. Each output has the bits of matvec_experts_<fmt>_q8. Grid (blocks),
+// 256 threads, KT_MVS_STAGES · 8 · rowBytes bytes of dynamic shared memory.
+struct KtMvsExpertChunks {
+    const u8* W[2];
+    float* y[2];
+    const int* ids;
+    i64 rowBytes, matrixBytes;
+    int rows, perPair, perMatrix, total;
+    __device__ __forceinline__ KtMvsExpertChunks(const u8* W0, const u8* W1, float* y0, float* y1, const int* ids_,
+                                                 i64 rowBytes_, i64 matrixBytes_, int rows_, int pairs) {
+        W[0] = W0; W[1] = W1; y[0] = y0; y[1] = y1; ids = ids_;
+        rowBytes = rowBytes_; matrixBytes = matrixBytes_; rows = rows_;
+        perPair = (rows + KT_MVS_ROWS - 1) / KT_MVS_ROWS;
+        perMatrix = pairs * perPair;
+        total = perMatrix * (W1 ? 2 : 1);
+    }
+    // Chunk c's stack, pair, first row and row count.
+    __device__ __forceinline__ void locate(int c, int* m, int* p, int* r0, int* count) const {
+        *m = c / perMatrix;
+        int rem = c - *m * perMatrix;
+        *p = rem / perPair;
+        *r0 = (rem - *p * perPair) * KT_MVS_ROWS;
+        *count = min(KT_MVS_ROWS, rows - *r0);
+    }
+};
+
+__device__ __forceinline__ void kt_mvs_issue_experts(const KtMvsExpertChunks& ch, int c, u8* dst) {
+    if (c >= ch.total) return;
+    int m, p, r0, count;
+    ch.locate(c, &m, &p, &r0, &count);
+    const u8* src = ch.W[m] + (i64)ch.ids[p] * ch.matrixBytes + (i64)r0 * ch.rowBytes;
+    i64 bytes = (i64)count * ch.rowBytes;
+    for (i64 o = (i64)threadIdx.x * 16; o < bytes; o += (i64)blockDim.x * 16) kt_cp_async16(dst + o, src + o);
+}
+
+#define KT_MV_STREAM_EXPERTS(name, body) \
+extern "C" __global__ void __launch_bounds__(256) matvec_stream_experts_##name##_q8(const u8* W0, const u8* W1, \
+        i64 rowBytes, i64 matrixBytes, int rows, int cols, const i8* xq, const float* xd, const int* xs, int xDiv, \
+        const int* ids, float* y0, float* y1, int pairs) { \
+    KT_DYNAMIC_SHARED(u8, stages); \
+    KtMvsExpertChunks ch(W0, W1, y0, y1, ids, rowBytes, matrixBytes, rows, pairs); \
+    int warp = threadIdx.x >> 5; \
+    i64 stageBytes = (i64)KT_MVS_ROWS * rowBytes; \
+    for (int s = 0; s < KT_MVS_STAGES - 1; s++) { \
+        kt_mvs_issue_experts(ch, blockIdx.x + s * gridDim.x, stages + s * stageBytes); \
+        kt_cp_async_commit(); \
+    } \
+    for (int i = 0;; i++) { \
+        int c = blockIdx.x + i * gridDim.x; \
+        if (c >= ch.total) break; \
+        int ahead = i + KT_MVS_STAGES - 1; \
+        kt_mvs_issue_experts(ch, blockIdx.x + ahead * gridDim.x, stages + (ahead % KT_MVS_STAGES) * stageBytes); \
+        kt_cp_async_commit(); \
+        kt_cp_async_wait<KT_MVS_STAGES - 1>(); \
+        __syncthreads(); \
+        int m, p, r0, count; \
+        ch.locate(c, &m, &p, &r0, &count); \
+        if (warp < count) { \
+            int tq = p / xDiv; \
+            const u8* row = stages + (i % KT_MVS_STAGES) * stageBytes + (i64)warp * rowBytes; \
+            body<1>(row, cols, xq, xd, xs, ch.y[m] + (i64)p * rows + r0 + warp, rows, tq + 1, tq); \
+        } \
+        __syncthreads(); \
+    } \
+    kt_cp_async_wait<0>(); \
+}
+KT_MV_STREAM_EXPERTS(q4_K, kt_mv_q4_K)
+KT_MV_STREAM_EXPERTS(q6_K, kt_mv_q6_K)

@@ -584,42 +584,53 @@ extern "C" __global__ void mmf_reduce(const float* part, float* y, int splits, i
 // ceil(n / (8·NT))), 128 threads, 4 · KT_MMFS_DEPTH · 2304 bytes of dynamic shared memory.
 #define KT_MMFS_DEPTH 8
 
-struct KtMmfsCursor {
-    int unit, sb, tiles, splitSB, nsb;
-    __device__ __forceinline__ int tile() const { return unit % tiles; }
-    __device__ __forceinline__ int sbEnd() const { return min(nsb, (unit / tiles + 1) * splitSB); }
-    __device__ __forceinline__ void start(int u) { unit = u; sb = (u / tiles) * splitSB; }
+// A warp's units: (tile, split) of one matrix, or with ids (routed experts) (pair, tile, split): pair p's rows
+// are expert ids[p]'s, its input row and output row p.
+struct KtMmfsUnits {
+    const u8* W;
+    const int* ids;
+    i64 matrixBytes;
+    int tiles, splits, splitSB, nsb;
+    __device__ __forceinline__ int per() const { return tiles * splits; }
+    __device__ __forceinline__ const u8* matrix(int u) const { return ids ? W + (i64)ids[u / per()] * matrixBytes : W; }
+    __device__ __forceinline__ int tile(int u) const { return (u % per()) % tiles; }
+    __device__ __forceinline__ int split(int u) const { return (u % per()) / tiles; }
+    __device__ __forceinline__ int sb0(int u) const { return split(u) * splitSB; }
+    __device__ __forceinline__ int sb1(int u) const { return min(nsb, sb0(u) + splitSB); }
 };
 
 template <int NT>
-__device__ __forceinline__ void kt_mmf_stream_q4_K(const u8* W, i64 rowBytes, int rows, int cols, const float* xhi,
-        const float* xlo, const float* xsum, float* out, int n, int splitSB) {
+__device__ __forceinline__ void kt_mmf_stream_q4_K(const KtMmfsUnits& U, int units, i64 rowBytes, int rows, int cols,
+        const float* xhi, const float* xlo, const float* xsum, float* out, int n, int t0Block) {
     KT_DYNAMIC_SHARED(u8, smem);
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     u8* ring = smem + warp * (KT_MMFS_DEPTH * 16 * 144);
-    int tiles = (rows + 15) / 16, nsb = cols / 256, splits = (nsb + splitSB - 1) / splitSB;
-    int units = tiles * splits, stride = gridDim.x * 4, t0 = blockIdx.y * 8 * NT, tEnd = n;
-    KtMmfsCursor p = {0, 0, tiles, splitSB, nsb};
-    p.start(blockIdx.x * 4 + warp);
-    // Copies the producer's super-block into slot s (when there is one left), then moves the producer on.
+    int stride = gridDim.x * 4;
+    // The producer: unit pu, super-block ps.
+    int pu = blockIdx.x * 4 + warp, ps = pu < units ? U.sb0(pu) : 0;
     auto issue = [&](int s) {
-        if (p.unit < units) {
+        if (pu < units) {
             u8* dst = ring + s * (16 * 144);
-            int r0 = p.tile() * 16;
+            const u8* Wm = U.matrix(pu);
+            int r0 = U.tile(pu) * 16;
             for (int j = lane; j < 16 * 9; j += 32) {
                 int rr = j / 9, k = j % 9;
-                const u8* src = W + (i64)min(r0 + rr, rows - 1) * rowBytes + (i64)p.sb * 144 + 16 * k;
+                const u8* src = Wm + (i64)min(r0 + rr, rows - 1) * rowBytes + (i64)ps * 144 + 16 * k;
                 kt_cp_async16(dst + rr * 144 + 16 * k, src);
             }
-            if (++p.sb == p.sbEnd()) p.start(p.unit + stride);
+            if (++ps == U.sb1(pu)) {
+                pu += stride;
+                if (pu < units) ps = U.sb0(pu);
+            }
         }
         kt_cp_async_commit();
     };
     for (int s = 0; s < KT_MMFS_DEPTH - 1; s++) issue(s);
     int step = 0;
     for (int u = blockIdx.x * 4 + warp; u < units; u += stride) {
-        int tile = u % tiles, split = u / tiles;
-        int sb0 = split * splitSB, sb1 = min(nsb, sb0 + splitSB);
+        int tile = U.tile(u), split = U.split(u), sb0 = U.sb0(u), sb1 = U.sb1(u);
+        // Dense: this block's tokens; experts: the unit's pair.
+        int t0 = U.ids ? u / U.per() : t0Block, tEnd = U.ids ? t0 + 1 : n;
         float acc[NT][4];
         for (int j = 0; j < NT; j++)
             for (int e = 0; e < 4; e++) acc[j][e] = 0.0f;
@@ -636,18 +647,30 @@ __device__ __forceinline__ void kt_mmf_stream_q4_K(const u8* W, i64 rowBytes, in
             for (int e = 0; e < 4; e++) {
                 int r = tile * 16 + g + 8 * (e >> 1), tok = t0 + 8 * j + 2 * t + (e & 1);
                 if (r < rows && tok < tEnd) {
-                    if (splits == 1) out[(i64)tok * rows + r] = acc[j][e];
+                    if (U.splits == 1) out[(i64)tok * rows + r] = acc[j][e];
                     else out[((i64)split * n + tok) * rows + r] = acc[j][e];
                 }
             }
     }
     kt_cp_async_wait<0>();
 }
-extern "C" __global__ void __launch_bounds__(128) mmf_stream_q4_K_1(const u8* W, i64 rowBytes, int rows, int cols,
-        const float* xhi, const float* xlo, const float* xsum, float* out, int n, int splitSB) {
-    kt_mmf_stream_q4_K<1>(W, rowBytes, rows, cols, xhi, xlo, xsum, out, n, splitSB);
+
+#define KT_MMF_STREAM(nt) \
+extern "C" __global__ void __launch_bounds__(128) mmf_stream_q4_K_##nt(const u8* W, i64 rowBytes, int rows, int cols, \
+        const float* xhi, const float* xlo, const float* xsum, float* out, int n, int splitSB) { \
+    int nsb = cols / 256, splits = (nsb + splitSB - 1) / splitSB; \
+    KtMmfsUnits U = {W, nullptr, 0, (rows + 15) / 16, splits, splitSB, nsb}; \
+    kt_mmf_stream_q4_K<nt>(U, U.per(), rowBytes, rows, cols, xhi, xlo, xsum, out, n, blockIdx.y * 8 * nt); \
 }
-extern "C" __global__ void __launch_bounds__(128) mmf_stream_q4_K_4(const u8* W, i64 rowBytes, int rows, int cols,
-        const float* xhi, const float* xlo, const float* xsum, float* out, int n, int splitSB) {
-    kt_mmf_stream_q4_K<4>(W, rowBytes, rows, cols, xhi, xlo, xsum, out, n, splitSB);
+KT_MMF_STREAM(1)
+KT_MMF_STREAM(4)
+// Routed experts' down projection, streaming (decode): pair p's input row p times expert ids[p]'s rows into
+// out[p, ..] (or part[split][p][row], reduced by mmf_reduce with n = pairs); the bits of mmf_experts_q4_K.
+// Grid (blocks), 128 threads, shared memory as mmf_stream_q4_K_1.
+extern "C" __global__ void __launch_bounds__(128) mmf_stream_experts_q4_K(const u8* W, i64 rowBytes, i64 matrixBytes,
+        int rows, int cols, const float* xhi, const float* xlo, const float* xsum, const int* ids, float* out,
+        int pairs, int splitSB) {
+    int nsb = cols / 256, splits = (nsb + splitSB - 1) / splitSB;
+    KtMmfsUnits U = {W, ids, matrixBytes, (rows + 15) / 16, splits, splitSB, nsb};
+    kt_mmf_stream_q4_K<1>(U, pairs * U.per(), rowBytes, rows, cols, xhi, xlo, xsum, out, pairs, 0);
 }
