@@ -523,19 +523,43 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         return true
     }
 
-    /// Routed experts' tf32 down projection, streaming (mmf_stream_experts_q4_K), into `out` (the output, or the
-    /// K-split partials).
+    /// Routed experts' tf32 down projection into `out` (the output, or the K-split partials): streaming pair by pair
+    /// (mmf_stream_experts_q4_K), or with `grouped` (experts, moe_group's meta and order) as tiles over each
+    /// expert's pairs (mmf_grouped_q4_K).
     func streamF32Experts(_ f: CUDADriver.Handle, _ d: CUDAWeight, rows: Int, cols: Int, hi: Tensor, lo: Tensor,
-                          sums: Tensor, ids: Tensor, out: Tensor, pairs: Int, tiles: Int, splits: Int) {
+                          sums: Tensor, ids: Tensor, out: Tensor, pairs: Int, tiles: Int, splits: Int,
+                          grouped: (experts: Int, meta: Tensor, order: Tensor)?) {
         let shared = 4 * Self.mmfStreamDepth * 16 * 144
         setShared(f, shared)
         let perSM = max(1, min(4, sharedOptin / shared))
+        if let grouped {
+            launch(f, "mmf_grouped_\(d.tag) \(rows)x\(cols)", grid: (multiprocessors * perSM, 1, 1), block: 128,
+                   shared: shared,
+                   [.ptr(d.address), .i64(d.rowBytes), .i64(d.rowBytes * rows), .i32(rows), .i32(cols),
+                    .i32(grouped.experts), .ptr(grouped.meta.address), .ptr(grouped.order.address), .ptr(hi.address),
+                    .ptr(lo.address), .ptr(sums.address), .ptr(out.address), .i32(pairs), .i32(Self.mmfSplitSuperBlocks)])
+            return
+        }
         launch(f, "mmf_stream_experts_\(d.tag) \(rows)x\(cols)",
                grid: (min((pairs * tiles * splits + 3) / 4, multiprocessors * perSM), 1, 1), block: 128, shared: shared,
                [.ptr(d.address), .i64(d.rowBytes), .i64(d.rowBytes * rows), .i32(rows), .i32(cols), .ptr(hi.address),
                 .ptr(lo.address), .ptr(sums.address), .ptr(ids.address), .ptr(out.address), .i32(pairs),
                 .i32(Self.mmfSplitSuperBlocks)])
     }
+
+    /// Routed experts' gate and up as int8 tiles over each expert's pairs (mmq_grouped_q4_K_4), after moe_group.
+    func groupedExperts(_ f: CUDADriver.Handle, _ g: CUDAWeight, _ u: CUDAWeight, rows: Int, cols: Int, nExpert: Int,
+                        meta: Tensor, order: Tensor, input: (UInt, UInt, UInt), xDiv: Int, y0: Tensor, y1: Tensor) {
+        let shared = 4 * Self.mmqStreamDepth * 16 * 144
+        setShared(f, shared)
+        let perSM = max(1, min(4, sharedOptin / shared))
+        launch(f, "mmq_grouped_\(g.tag) 2x\(rows)x\(cols)", grid: (multiprocessors * perSM, 1, 1), block: 128,
+               shared: shared,
+               [.ptr(g.address), .ptr(u.address), .i64(g.rowBytes), .i64(g.rowBytes * rows), .i32(rows), .i32(cols),
+                .i32(nExpert), .ptr(meta.address), .ptr(order.address), .i32(xDiv), .ptr(input.0), .ptr(input.1),
+                .ptr(input.2), .ptr(y0.address), .ptr(y1.address)])
+    }
+
 
     /// Lets kernel `f` take `bytes` of dynamic shared memory (once per size).
     private func setShared(_ f: CUDADriver.Handle, _ bytes: Int) {
@@ -619,7 +643,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     func noteScratchMoved() { graphEpoch += 1 }
 
     public func makeExpertExecutor(nExpert: Int, dim: Int, ff: Int) -> any ExpertExecutor {
-        CUDAExpertExecutor(backend: self, dim: dim, ff: ff)
+        CUDAExpertExecutor(backend: self, nExpert: nExpert, dim: dim, ff: ff)
     }
 
     private var plan = ForwardPlan(maxTokens: 0, contextLength: 0, maxQueryGroup: 1)
@@ -1027,6 +1051,9 @@ final class CUDAWeight: @unchecked Sendable {
     /// The streaming forms of the routed experts' kernels (integer gate/up, two stacks a launch; the tf32 down).
     let integerExpertsStream: CUDADriver.Handle?
     let tensorCoreF32ExpertsStream: CUDADriver.Handle?
+    /// Their forms over each expert's pairs (prefill, after moe_group): int8 gate/up tiles, tf32 down tiles.
+    let tensorCoreGrouped: CUDADriver.Handle?
+    let tensorCoreF32Grouped: CUDADriver.Handle?
     /// The streaming forms of the tensor-core tiles (32 and 64 tokens a warp; up to three matrices), where there are
     /// (Q4_K and Q6_K).
     let tensorCoreStream: (CUDADriver.Handle, CUDADriver.Handle)?
@@ -1050,6 +1077,8 @@ final class CUDAWeight: @unchecked Sendable {
         tensorCoreF32Stream = tag == "q4_K" ? (kernels.function("mmf_stream_q4_K_1"), kernels.function("mmf_stream_q4_K_4")) : nil
         integerExpertsStream = tag == "q4_K" || tag == "q6_K" ? kernels.function("matvec_stream_experts_\(tag)_q8") : nil
         tensorCoreF32ExpertsStream = tag == "q4_K" ? kernels.function("mmf_stream_experts_q4_K") : nil
+        tensorCoreGrouped = tag == "q4_K" ? kernels.function("mmq_grouped_q4_K_4") : nil
+        tensorCoreF32Grouped = tag == "q4_K" ? kernels.function("mmf_grouped_q4_K") : nil
         tensorCoreStream = tag == "q4_K" || tag == "q6_K"
             ? (kernels.function("mmq_stream_\(tag)_4"), kernels.function("mmq_stream_\(tag)_8")) : nil
     }
@@ -1085,8 +1114,13 @@ final class DeviceTensors: @unchecked Sendable {
 /// round trip); `wait` adds the weighted outputs to the residual in choice order.
 final class CUDAExpertExecutor: ExpertExecutor {
     let backend: CUDABackend
+    let nExpert: Int
     let dim: Int
     let ff: Int
+    /// The step's pairs sorted by expert on the device (moe_group): offsets and token groups `// [2·nExpert + 2]`,
+    /// and the order `// [pairs]`; for the grouped tiles (from `groupedMinTokens` tokens).
+    private var groupMeta: Tensor?
+    private var groupOrder: Tensor?
     private var gate: Tensor?
     private var up: Tensor?
     private var down: Tensor?
@@ -1098,8 +1132,13 @@ final class CUDAExpertExecutor: ExpertExecutor {
     private var capacity = 0
     private var topK = 0
 
-    init(backend: CUDABackend, dim: Int, ff: Int) {
+    /// Tokens from which Q4_K experts run as tiles over each expert's pairs (prefill: each chosen expert's weights
+    /// read once per 32 of its pairs) instead of pair by pair (`KTRANSFORMERS_CUDA_MOE_GROUPED_MIN`, default 9).
+    static let groupedMinTokens = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_MOE_GROUPED_MIN"].flatMap { Int($0) } ?? 9
+
+    init(backend: CUDABackend, nExpert: Int, dim: Int, ff: Int) {
         self.backend = backend
+        self.nExpert = nExpert
         self.dim = dim
         self.ff = ff
     }
@@ -1107,7 +1146,9 @@ final class CUDAExpertExecutor: ExpertExecutor {
     func reserve(maxTokens: Int, topK: Int) {
         let pairs = maxTokens * topK
         guard pairs > capacity else { return }
-        [gate, up, down, splitHi, splitLo, splitSums, parts].compactMap { $0 }.forEach { backend.release($0) }
+        [gate, up, down, splitHi, splitLo, splitSums, parts, groupMeta, groupOrder].compactMap { $0 }.forEach { backend.release($0) }
+        groupMeta = backend.allocate(2 * nExpert + 2)
+        groupOrder = backend.allocate(pairs)
         gate = backend.allocate(pairs * ff)
         up = backend.allocate(pairs * ff)
         down = backend.allocate(pairs * dim)
@@ -1159,13 +1200,18 @@ final class CUDAExpertExecutor: ExpertExecutor {
                                 .i32(k), .ptr(ids.offset(p0).address), .ptr(y.offset(p0 * stack.rows).address)])
             }
         }
+        let sorted = sortPairs(experts, n: n, ids: ids, pairs: pairs)
         let gateCols = experts.gate.cols
         if g.integerExperts != nil, u.integerExperts != nil, CUDABackend.integerDot(g, cols: gateCols), experts.up.cols == gateCols {
             let q = backend.quantizeInput(x, cols: gateCols, n: n)
-            // Both stacks in one streaming launch where they share a format and shape.
-            if g.tag == u.tag, g.rowBytes == u.rowBytes, experts.gate.rows == experts.up.rows,
-               backend.streamExperts(g, u, rows: experts.gate.rows, cols: gateCols, input: q, xDiv: k, ids: ids,
-                                     y0: gate!, y1: up!, pairs: pairs) {
+            // Both stacks in one launch where they share a format and shape: tiles over each expert's pairs
+            // (prefill), or streaming pair by pair.
+            let same = g.tag == u.tag && g.rowBytes == u.rowBytes && experts.gate.rows == experts.up.rows
+            if same, let sorted, let f = g.tensorCoreGrouped, experts.gate.count == nExpert, g.rowBytes % 16 == 0 {
+                backend.groupedExperts(f, g, u, rows: experts.gate.rows, cols: gateCols, nExpert: nExpert,
+                                       meta: sorted.meta, order: sorted.order, input: q, xDiv: k, y0: gate!, y1: up!)
+            } else if same, backend.streamExperts(g, u, rows: experts.gate.rows, cols: gateCols, input: q, xDiv: k,
+                                                  ids: ids, y0: gate!, y1: up!, pairs: pairs) {
             } else {
                 runInteger(g, experts.gate, q: q, y: gate!)
                 runInteger(u, experts.up, q: q, y: up!)
@@ -1184,10 +1230,14 @@ final class CUDAExpertExecutor: ExpertExecutor {
             let rows = experts.down.rows, splits = CUDABackend.mmfSplits(cols: ff), tiles = (rows + 15) / 16
             precondition(splits == 1 || pairs <= 65535, "CUDA expert executor: split-K experts past 65535 pairs")
             let out = splits > 1 ? parts! : down!
-            if let f = d.tensorCoreF32ExpertsStream, CUDABackend.streamMatvecEnabled,
+            if let sorted, let f = d.tensorCoreF32Grouped, experts.down.count == nExpert {
+                backend.streamF32Experts(f, d, rows: rows, cols: ff, hi: hi, lo: lo, sums: sums, ids: ids, out: out,
+                                         pairs: pairs, tiles: tiles, splits: splits,
+                                         grouped: (nExpert, sorted.meta, sorted.order))
+            } else if let f = d.tensorCoreF32ExpertsStream, CUDABackend.streamMatvecEnabled,
                4 * CUDABackend.mmfStreamDepth * 16 * 144 <= backend.sharedOptin {
                 backend.streamF32Experts(f, d, rows: rows, cols: ff, hi: hi, lo: lo, sums: sums, ids: ids, out: out,
-                                         pairs: pairs, tiles: tiles, splits: splits)
+                                         pairs: pairs, tiles: tiles, splits: splits, grouped: nil)
             } else {
             chunks(1) { p0, c in
                 backend.launch(d.tensorCoreF32Experts!, "mmf_experts_\(d.tag)", grid: ((tiles * splits + 3) / 4, c, 1), block: 128,
@@ -1205,6 +1255,20 @@ final class CUDAExpertExecutor: ExpertExecutor {
         }
         backend.gatedActivation(gate!, up!, count: pairs * ff, .silu)
         run(d, experts.down, x: gate!, xDiv: 1, y: down!)
+    }
+
+    /// The step's pairs sorted by expert on the device (moe_group: offsets, token groups of 32, order), when the
+    /// grouped tiles run (streaming on, at least `groupedMinTokens` tokens, a Q4_K stack with the executor's
+    /// expert count); nil otherwise.
+    private func sortPairs(_ experts: ExpertWeights, n: Int, ids: Tensor, pairs: Int) -> (meta: Tensor, order: Tensor)? {
+        let stacks = [experts.gate, experts.up, experts.down]
+        guard CUDABackend.streamMatvecEnabled, n >= Self.groupedMinTokens, let meta = groupMeta, let order = groupOrder,
+              stacks.contains(where: { CUDABackend.weight($0).tensorCoreGrouped != nil && $0.count == nExpert })
+        else { return nil }
+        backend.launch(backend.kernels.function("moe_group"), "moe_group", grid: (1, 1, 1), block: 1024,
+                       shared: 8 * nExpert,
+                       [.ptr(ids.address), .i32(pairs), .i32(nExpert), .i32(32), .ptr(meta.address), .ptr(order.address)])
+        return (meta, order)
     }
 
     func wait(weights: Tensor, accumulateInto out: Tensor, n: Int) {

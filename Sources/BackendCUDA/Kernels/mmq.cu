@@ -150,35 +150,60 @@ struct KtTiles16 {
     __device__ __forceinline__ int matrix(int u) const { return u < first[1] ? 0 : (u < first[2] ? 1 : 2); }
 };
 
+// A unit of the streaming tiles: 16 rows of a matrix (W, rows r0.., `rows` in all, output y) times the token
+// positions t0 .. tEnd - 1 of a token group. Positions map to input rows (`token`) and output rows (`out`).
+struct KtMmqsUnit {
+    const u8* W;
+    float* y;
+    int r0, rows, t0, tEnd;
+};
+// Dense: up to three matrices (KtTiles16), tokens 8·NT·blockIdx.y.., positions = token rows.
 template <int NT>
-__device__ __forceinline__ void kt_mmq_stream_q4_K(const KtTiles16& tl, i64 rowBytes, int cols, const i8* xq,
-                                                   const float* xd, const int* xs, int n) {
+struct KtMmqsDense {
+    KtTiles16 tl;
+    int n;
+    __device__ __forceinline__ int count() const { return tl.first[3]; }
+    __device__ __forceinline__ KtMmqsUnit unit(int u) const {
+        int m = tl.matrix(u);
+        return {tl.W[m], tl.y[m], (u - tl.first[m]) * 16, tl.rows[m], (int)blockIdx.y * 8 * NT, n};
+    }
+    __device__ __forceinline__ i64 token(int pos) const { return pos; }
+    __device__ __forceinline__ i64 out(int pos) const { return pos; }
+};
+
+template <int NT, class Map>
+__device__ __forceinline__ void kt_mmq_stream_q4_K(const Map& map, i64 rowBytes, int cols, const i8* xq,
+                                                   const float* xd, const int* xs) {
     KT_DYNAMIC_SHARED(u8, smem);
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     u8* ring = smem + warp * (KT_MMQS_DEPTH * 16 * 144);
-    int nsb = cols / 256, units = tl.first[3], stride = gridDim.x * 4, t0 = blockIdx.y * 8 * NT;
-    // The producer: unit pu, super-block ps.
+    int nsb = cols / 256, units = map.count(), stride = gridDim.x * 4;
+    // The producer: unit pu (pw: its rows), super-block ps.
     int pu = blockIdx.x * 4 + warp, ps = 0;
+    KtMmqsUnit pw = pu < units ? map.unit(pu) : KtMmqsUnit{};
     auto issue = [&](int s) {
         if (pu < units) {
-            int m = tl.matrix(pu), r0 = (pu - tl.first[m]) * 16, rows = tl.rows[m];
             u8* dst = ring + s * (16 * 144);
             for (int j = lane; j < 16 * 9; j += 32) {
                 int rr = j / 9, k = j % 9;
-                const u8* src = tl.W[m] + (i64)min(r0 + rr, rows - 1) * rowBytes + (i64)ps * 144 + 16 * k;
+                const u8* src = pw.W + (i64)min(pw.r0 + rr, pw.rows - 1) * rowBytes + (i64)ps * 144 + 16 * k;
                 kt_cp_async16(dst + rr * 144 + 16 * k, src);
             }
-            if (++ps == nsb) { ps = 0; pu += stride; }
+            if (++ps == nsb) {
+                ps = 0;
+                pu += stride;
+                if (pu < units) pw = map.unit(pu);
+            }
         }
         kt_cp_async_commit();
     };
     for (int s = 0; s < KT_MMQS_DEPTH - 1; s++) issue(s);
-    // This lane's tokens: fragment rows g of each token tile (clamped: tokens past n are computed, never written).
-    const i8* xrow[NT];
-    for (int j = 0; j < NT; j++) xrow[j] = xq + (i64)min(t0 + 8 * j + g, n - 1) * cols;
     int step = 0;
     for (int u = blockIdx.x * 4 + warp; u < units; u += stride) {
-        int m = tl.matrix(u), r0 = (u - tl.first[m]) * 16, rows = tl.rows[m];
+        KtMmqsUnit w = map.unit(u);
+        // This lane's fragment rows (g of each token tile; positions past the group repeat its last, never written).
+        const i8* xrow[NT];
+        for (int j = 0; j < NT; j++) xrow[j] = xq + map.token(min(w.t0 + 8 * j + g, w.tEnd - 1)) * cols;
         float acc[NT][4];
         for (int j = 0; j < NT; j++)
             for (int e = 0; e < 4; e++) acc[j][e] = 0.0f;
@@ -222,8 +247,8 @@ __device__ __forceinline__ void kt_mmq_stream_q4_K(const KtTiles16& tl, i64 rowB
             __syncwarp();  // the slot is read: the next issue may refill it
             for (int j = 0; j < NT; j++) {
                 for (int jj = 0; jj < 2; jj++) {
-                    int tok = min(t0 + 8 * j + 2 * t + jj, n - 1);
-                    const int* sp = xs + (i64)tok * (cols / 16) + sb * 16;
+                    i64 tok = map.token(min(w.t0 + 8 * j + 2 * t + jj, w.tEnd - 1));
+                    const int* sp = xs + tok * (cols / 16) + sb * 16;
                     int4 s0 = *(const int4*)sp, s1 = *(const int4*)(sp + 4), s2 = *(const int4*)(sp + 8), s3 = *(const int4*)(sp + 12);
                     int sg[8] = {s0.x + s0.y, s0.z + s0.w, s1.x + s1.y, s1.z + s1.w, s2.x + s2.y, s2.z + s2.w,
                                  s3.x + s3.y, s3.z + s3.w};
@@ -232,17 +257,16 @@ __device__ __forceinline__ void kt_mmq_stream_q4_K(const KtTiles16& tl, i64 rowB
                         i2A += mnA[G] * sg[G];
                         i2B += mnB[G] * sg[G];
                     }
-                    float xdt = xd[(i64)tok * nsb + sb];
+                    float xdt = xd[tok * nsb + sb];
                     acc[j][jj] = __fadd_rn(acc[j][jj], kt_part_q4_K(xdt, dA, mA, i1[j][jj], i2A));
                     acc[j][2 + jj] = __fadd_rn(acc[j][2 + jj], kt_part_q4_K(xdt, dB, mB, i1[j][2 + jj], i2B));
                 }
             }
         }
-        float* y = tl.y[m];
         for (int j = 0; j < NT; j++)
             for (int e = 0; e < 4; e++) {
-                int r = r0 + g + 8 * (e >> 1), tok = t0 + 8 * j + 2 * t + (e & 1);
-                if (r < rows && tok < n) y[(i64)tok * rows + r] = acc[j][e];
+                int r = w.r0 + g + 8 * (e >> 1), pos = w.t0 + 8 * j + 2 * t + (e & 1);
+                if (r < w.rows && pos < w.tEnd) w.y[map.out(pos) * w.rows + r] = acc[j][e];
             }
     }
     kt_cp_async_wait<0>();
@@ -252,11 +276,87 @@ __device__ __forceinline__ void kt_mmq_stream_q4_K(const KtTiles16& tl, i64 rowB
 extern "C" __global__ void __launch_bounds__(128) mmq_stream_q4_K_##nt(const u8* W0, const u8* W1, const u8* W2, \
         i64 rowBytes, int rows0, int rows1, int rows2, int cols, const i8* xq, const float* xd, const int* xs, \
         float* y0, float* y1, float* y2, int n) { \
-    KtTiles16 tl(W0, W1, W2, y0, y1, y2, rows0, rows1, rows2); \
-    kt_mmq_stream_q4_K<nt>(tl, rowBytes, cols, xq, xd, xs, n); \
+    KtMmqsDense<nt> map = {KtTiles16(W0, W1, W2, y0, y1, y2, rows0, rows1, rows2), n}; \
+    kt_mmq_stream_q4_K<nt>(map, rowBytes, cols, xq, xd, xs); \
 }
 KT_MMQ_STREAM(4)
 KT_MMQ_STREAM(8)
+
+// ---- Routed experts by expert (prefill): tiles over each expert's pairs ----
+//
+// moe_group sorts the step's (token, expert) pairs by expert on the device: counts, offsets, the pairs' order
+// (within an expert in no fixed order: every output row is computed alone, so the order changes no bits) and the
+// token groups of `groupTokens` pairs per expert. The grouped tiles then read each chosen expert's weights once
+// per group of its pairs instead of once per pair.
+// meta: [0, E] each expert's first position in `order` (and the total), [E + 1, 2E + 1] each expert's first token
+// group (and the total). One block, 1024 threads, 2E ints of dynamic shared memory.
+extern "C" __global__ void __launch_bounds__(1024) moe_group(const int* ids, int pairs, int nExpert, int groupTokens,
+                                                             int* meta, int* order) {
+    KT_DYNAMIC_SHARED(int, cnt);
+    int* cursor = cnt + nExpert;
+    for (int e = threadIdx.x; e < nExpert; e += blockDim.x) cnt[e] = 0;
+    __syncthreads();
+    for (int i = threadIdx.x; i < pairs; i += blockDim.x) atomicAdd(&cnt[ids[i]], 1);
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        int off = 0, grp = 0;
+        for (int e = 0; e < nExpert; e++) {
+            meta[e] = off;
+            meta[nExpert + 1 + e] = grp;
+            cursor[e] = off;
+            off += cnt[e];
+            grp += (cnt[e] + groupTokens - 1) / groupTokens;
+        }
+        meta[nExpert] = off;
+        meta[2 * nExpert + 1] = grp;
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < pairs; i += blockDim.x) order[atomicAdd(&cursor[ids[i]], 1)] = i;
+}
+
+// The expert whose token groups hold group k: the last e with gstart[e] <= k (experts without pairs have the
+// next one's start, so the last such is the one with groups).
+__device__ __forceinline__ int kt_group_expert(const int* gstart, int nExpert, int k) {
+    int lo = 0, hi = nExpert - 1;
+    while (lo < hi) {
+        int mid = (lo + hi + 1) >> 1;
+        if (gstart[mid] <= k) lo = mid; else hi = mid - 1;
+    }
+    return lo;
+}
+
+// Grouped: stacks m < nMat (gate, up) of E experts; unit u = (m, token group gi, row tile rt), row tiles innermost
+// (the warps of a block share a group's input rows); positions index `order`, pair q = order[pos] has input row
+// q / xDiv and output row q.
+template <int NT>
+struct KtMmqsGrouped {
+    const u8* W[2];
+    float* y[2];
+    const int* meta;
+    const int* order;
+    i64 matrixBytes;
+    int nMat, nExpert, rows, xDiv;
+    __device__ __forceinline__ int tiles() const { return (rows + 15) / 16; }
+    __device__ __forceinline__ int groups() const { return meta[2 * nExpert + 1]; }
+    __device__ __forceinline__ int count() const { return nMat * groups() * tiles(); }
+    __device__ __forceinline__ KtMmqsUnit unit(int u) const {
+        int per = groups() * tiles(), m = u / per, rem = u - m * per, gi = rem / tiles(), rt = rem - gi * tiles();
+        const int* gstart = meta + nExpert + 1;
+        int e = kt_group_expert(gstart, nExpert, gi), t0 = meta[e] + (gi - gstart[e]) * 8 * NT;
+        return {W[m] + (i64)e * matrixBytes, y[m], rt * 16, rows, t0, meta[e + 1]};
+    }
+    __device__ __forceinline__ i64 token(int pos) const { return order[pos] / xDiv; }
+    __device__ __forceinline__ i64 out(int pos) const { return order[pos]; }
+};
+
+#define KT_MMQ_GROUPED(nt) \
+extern "C" __global__ void __launch_bounds__(128) mmq_grouped_q4_K_##nt(const u8* W0, const u8* W1, i64 rowBytes, \
+        i64 matrixBytes, int rows, int cols, int nExpert, const int* meta, const int* order, int xDiv, const i8* xq, \
+        const float* xd, const int* xs, float* y0, float* y1) { \
+    KtMmqsGrouped<nt> map = {{W0, W1}, {y0, y1}, meta, order, matrixBytes, W1 ? 2 : 1, nExpert, rows, xDiv}; \
+    kt_mmq_stream_q4_K<nt>(map, rowBytes, cols, xq, xd, xs); \
+}
+KT_MMQ_GROUPED(4)
 
 // The same for Q6_K rows (the output matrix of batched decode): 210-byte super-blocks are not 16-byte aligned, so
 // a slot row holds the 224 aligned bytes around one (its offset in them is the block address mod 16, per row).
