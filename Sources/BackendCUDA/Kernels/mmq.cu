@@ -507,13 +507,16 @@ __device__ __forceinline__ u32 kt_byte_float(u32 w, int j) {
     return __float_as_uint(__uint_as_float(__byte_perm(w, 0x4B000000u, 0x7650u + j)) - 8388608.0f);
 }
 
+// A token position's input row: itself, or order[pos] (routed experts grouped by expert).
+__device__ __forceinline__ int kt_pos_row(const int* order, int pos) { return order ? order[pos] : pos; }
+
 // One format's part of the split-tf32 matmul: `add<NT>` adds super-block sb of weight rows rowA (this lane's row g)
 // and rowB (g + 8) times tokens t0 .. tEnd into acc, in the format's fixed order.
 struct KtMmfQ4K {
     template <int NT>
     __device__ __forceinline__ static void add(const u8* rowA, const u8* rowB, int sb, int cols, const float* xhi,
                                                const float* xlo, const float* xsum, int t0, int tEnd, int g, int t,
-                                               float (*acc)[4]) {
+                                               float (*acc)[4], const int* order = nullptr) {
         uint4 hA = *(const uint4*)(rowA + (i64)sb * 144), hB = *(const uint4*)(rowB + (i64)sb * 144);
         uint2 qa[4], qb[4];
         for (int p = 0; p < 4; p++) {
@@ -539,7 +542,7 @@ struct KtMmfQ4K {
                 int j0 = (2 * ch) & 3;
                 u32 a[4] = {kt_byte_float(wA, j0), kt_byte_float(wB, j0), kt_byte_float(wA, j0 + 1), kt_byte_float(wB, j0 + 1)};
                 for (int j = 0; j < NT; j++) {
-                    int tok = min(t0 + 8 * j + g, tEnd - 1);
+                    int tok = kt_pos_row(order, min(t0 + 8 * j + g, tEnd - 1));
                     i64 at = (i64)tok * cols + (i64)sb * 256 + G * 32 + 8 * t + 2 * ch;
                     float2 h2 = *(const float2*)(xhi + at), l2 = *(const float2*)(xlo + at);
                     u32 bHi[2] = {__float_as_uint(h2.x), __float_as_uint(h2.y)};
@@ -551,7 +554,7 @@ struct KtMmfQ4K {
             float d1a = dA * (float)scA, m1a = mA * (float)mnA, d1b = dB * (float)scB, m1b = mB * (float)mnB;
             for (int j = 0; j < NT; j++) {
                 for (int e = 0; e < 4; e++) {
-                    int tok = min(t0 + 8 * j + 2 * t + (e & 1), tEnd - 1);
+                    int tok = kt_pos_row(order, min(t0 + 8 * j + 2 * t + (e & 1), tEnd - 1));
                     float sx = xsum[(i64)tok * (cols / 32) + sb * 8 + G];
                     float d1 = e < 2 ? d1a : d1b, m1 = e < 2 ? m1a : m1b;
                     float part = __fsub_rn(__fmul_rn(d1, c[j][e]), __fmul_rn(m1, sx));
@@ -571,7 +574,7 @@ struct KtMmfQ6K {
     template <int NT>
     __device__ __forceinline__ static void add(const u8* rowA, const u8* rowB, int sb, int cols, const float* xhi,
                                                const float* xlo, const float*, int t0, int tEnd, int g, int t,
-                                               float (*acc)[4]) {
+                                               float (*acc)[4], const int* order = nullptr) {
         const u8* ba = rowA + (i64)sb * 210;
         const u8* bb = rowB + (i64)sb * 210;
         float dA = kt_f16(ba + 208), dB = kt_f16(bb + 208);
@@ -595,7 +598,7 @@ struct KtMmfQ6K {
                         a[2 * k + 1] = __float_as_uint((float)qb);
                     }
                     for (int j = 0; j < NT; j++) {
-                        int tok = min(t0 + 8 * j + g, tEnd - 1);
+                        int tok = kt_pos_row(order, min(t0 + 8 * j + g, tEnd - 1));
                         i64 at = (i64)tok * cols + (i64)sb * 256 + G * 32 + i;
                         float2 h2 = *(const float2*)(xhi + at), l2 = *(const float2*)(xlo + at);
                         u32 bHi[2] = {__float_as_uint(h2.x), __float_as_uint(h2.y)};
@@ -684,43 +687,61 @@ extern "C" __global__ void mmf_reduce(const float* part, float* y, int splits, i
 // ceil(n / (8·NT))), 128 threads, 4 · KT_MMFS_DEPTH · 2304 bytes of dynamic shared memory.
 #define KT_MMFS_DEPTH 8
 
-// A warp's units: (tile, split) of one matrix, or with ids (routed experts) (pair, tile, split): pair p's rows
-// are expert ids[p]'s, its input row and output row p.
+// A warp's units: (tile, split) of one matrix (dense), (pair, tile, split) with `ids` (routed experts, one pair a
+// unit: pair p's rows are expert ids[p]'s, its input and output row p), or (token group, tile, split) with `meta`
+// and `order` (routed experts grouped by expert, as moe_group sorts them: positions index `order`).
+struct KtMmfsUnit {
+    const u8* W;
+    int tile, split, t0, tEnd;
+};
 struct KtMmfsUnits {
     const u8* W;
     const int* ids;
+    const int* meta;
+    const int* order;
     i64 matrixBytes;
-    int tiles, splits, splitSB, nsb;
+    int tiles, splits, splitSB, nsb, nExpert, groupTokens, pairs, t0Block, n;
     __device__ __forceinline__ int per() const { return tiles * splits; }
-    __device__ __forceinline__ const u8* matrix(int u) const { return ids ? W + (i64)ids[u / per()] * matrixBytes : W; }
-    __device__ __forceinline__ int tile(int u) const { return (u % per()) % tiles; }
-    __device__ __forceinline__ int split(int u) const { return (u % per()) / tiles; }
-    __device__ __forceinline__ int sb0(int u) const { return split(u) * splitSB; }
-    __device__ __forceinline__ int sb1(int u) const { return min(nsb, sb0(u) + splitSB); }
+    __device__ __forceinline__ int count() const {
+        return meta ? meta[2 * nExpert + 1] * per() : (ids ? pairs * per() : per());
+    }
+    __device__ __forceinline__ KtMmfsUnit unit(int u) const {
+        int k = u / per(), rem = u - k * per(), tile = rem % tiles, split = rem / tiles;
+        if (meta) {
+            const int* gstart = meta + nExpert + 1;
+            int e = kt_group_expert(gstart, nExpert, k);
+            return {W + (i64)e * matrixBytes, tile, split, meta[e] + (k - gstart[e]) * groupTokens, meta[e + 1]};
+        }
+        if (ids) return {W + (i64)ids[k] * matrixBytes, tile, split, k, k + 1};
+        return {W, tile, split, t0Block, n};
+    }
+    __device__ __forceinline__ int sb0(const KtMmfsUnit& w) const { return w.split * splitSB; }
+    __device__ __forceinline__ int sb1(const KtMmfsUnit& w) const { return min(nsb, sb0(w) + splitSB); }
 };
 
 template <int NT>
-__device__ __forceinline__ void kt_mmf_stream_q4_K(const KtMmfsUnits& U, int units, i64 rowBytes, int rows, int cols,
-        const float* xhi, const float* xlo, const float* xsum, float* out, int n, int t0Block) {
+__device__ __forceinline__ void kt_mmf_stream_q4_K(const KtMmfsUnits& U, i64 rowBytes, int rows, int cols,
+        const float* xhi, const float* xlo, const float* xsum, float* out) {
     KT_DYNAMIC_SHARED(u8, smem);
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     u8* ring = smem + warp * (KT_MMFS_DEPTH * 16 * 144);
-    int stride = gridDim.x * 4;
-    // The producer: unit pu, super-block ps.
-    int pu = blockIdx.x * 4 + warp, ps = pu < units ? U.sb0(pu) : 0;
+    int stride = gridDim.x * 4, units = U.count();
+    // The producer: unit pu (pw), super-block ps.
+    int pu = blockIdx.x * 4 + warp;
+    KtMmfsUnit pw = pu < units ? U.unit(pu) : KtMmfsUnit{};
+    int ps = pu < units ? U.sb0(pw) : 0;
     auto issue = [&](int s) {
         if (pu < units) {
             u8* dst = ring + s * (16 * 144);
-            const u8* Wm = U.matrix(pu);
-            int r0 = U.tile(pu) * 16;
+            int r0 = pw.tile * 16;
             for (int j = lane; j < 16 * 9; j += 32) {
                 int rr = j / 9, k = j % 9;
-                const u8* src = Wm + (i64)min(r0 + rr, rows - 1) * rowBytes + (i64)ps * 144 + 16 * k;
+                const u8* src = pw.W + (i64)min(r0 + rr, rows - 1) * rowBytes + (i64)ps * 144 + 16 * k;
                 kt_cp_async16(dst + rr * 144 + 16 * k, src);
             }
-            if (++ps == U.sb1(pu)) {
+            if (++ps == U.sb1(pw)) {
                 pu += stride;
-                if (pu < units) ps = U.sb0(pu);
+                if (pu < units) { pw = U.unit(pu); ps = U.sb0(pw); }
             }
         }
         kt_cp_async_commit();
@@ -728,9 +749,8 @@ __device__ __forceinline__ void kt_mmf_stream_q4_K(const KtMmfsUnits& U, int uni
     for (int s = 0; s < KT_MMFS_DEPTH - 1; s++) issue(s);
     int step = 0;
     for (int u = blockIdx.x * 4 + warp; u < units; u += stride) {
-        int tile = U.tile(u), split = U.split(u), sb0 = U.sb0(u), sb1 = U.sb1(u);
-        // Dense: this block's tokens; experts: the unit's pair.
-        int t0 = U.ids ? u / U.per() : t0Block, tEnd = U.ids ? t0 + 1 : n;
+        KtMmfsUnit w = U.unit(u);
+        int sb0 = U.sb0(w), sb1 = U.sb1(w);
         float acc[NT][4];
         for (int j = 0; j < NT; j++)
             for (int e = 0; e < 4; e++) acc[j][e] = 0.0f;
@@ -740,15 +760,16 @@ __device__ __forceinline__ void kt_mmf_stream_q4_K(const KtMmfsUnits& U, int uni
             __syncwarp();
             const u8* slot = ring + (step % KT_MMFS_DEPTH) * (16 * 144);
             KtMmfQ4K::add<NT>(slot + g * 144 - (i64)sb * 144, slot + (g + 8) * 144 - (i64)sb * 144, sb, cols, xhi, xlo,
-                              xsum, t0, tEnd, g, t, acc);
+                              xsum, w.t0, w.tEnd, g, t, acc, U.order);
             __syncwarp();
         }
         for (int j = 0; j < NT; j++)
             for (int e = 0; e < 4; e++) {
-                int r = tile * 16 + g + 8 * (e >> 1), tok = t0 + 8 * j + 2 * t + (e & 1);
-                if (r < rows && tok < tEnd) {
-                    if (U.splits == 1) out[(i64)tok * rows + r] = acc[j][e];
-                    else out[((i64)split * n + tok) * rows + r] = acc[j][e];
+                int r = w.tile * 16 + g + 8 * (e >> 1), pos = w.t0 + 8 * j + 2 * t + (e & 1);
+                if (r < rows && pos < w.tEnd) {
+                    i64 tok = kt_pos_row(U.order, pos);
+                    if (U.splits == 1) out[tok * rows + r] = acc[j][e];
+                    else out[((i64)w.split * U.n + tok) * rows + r] = acc[j][e];
                 }
             }
     }
@@ -758,9 +779,10 @@ __device__ __forceinline__ void kt_mmf_stream_q4_K(const KtMmfsUnits& U, int uni
 #define KT_MMF_STREAM(nt) \
 extern "C" __global__ void __launch_bounds__(128) mmf_stream_q4_K_##nt(const u8* W, i64 rowBytes, int rows, int cols, \
         const float* xhi, const float* xlo, const float* xsum, float* out, int n, int splitSB) { \
-    int nsb = cols / 256, splits = (nsb + splitSB - 1) / splitSB; \
-    KtMmfsUnits U = {W, nullptr, 0, (rows + 15) / 16, splits, splitSB, nsb}; \
-    kt_mmf_stream_q4_K<nt>(U, U.per(), rowBytes, rows, cols, xhi, xlo, xsum, out, n, blockIdx.y * 8 * nt); \
+    int nsb = cols / 256; \
+    KtMmfsUnits U = {W, nullptr, nullptr, nullptr, 0, (rows + 15) / 16, (nsb + splitSB - 1) / splitSB, splitSB, nsb, \
+                     0, 0, 0, (int)blockIdx.y * 8 * nt, n}; \
+    kt_mmf_stream_q4_K<nt>(U, rowBytes, rows, cols, xhi, xlo, xsum, out); \
 }
 KT_MMF_STREAM(1)
 KT_MMF_STREAM(4)
@@ -770,7 +792,17 @@ KT_MMF_STREAM(4)
 extern "C" __global__ void __launch_bounds__(128) mmf_stream_experts_q4_K(const u8* W, i64 rowBytes, i64 matrixBytes,
         int rows, int cols, const float* xhi, const float* xlo, const float* xsum, const int* ids, float* out,
         int pairs, int splitSB) {
-    int nsb = cols / 256, splits = (nsb + splitSB - 1) / splitSB;
-    KtMmfsUnits U = {W, ids, matrixBytes, (rows + 15) / 16, splits, splitSB, nsb};
-    kt_mmf_stream_q4_K<1>(U, pairs * U.per(), rowBytes, rows, cols, xhi, xlo, xsum, out, pairs, 0);
+    int nsb = cols / 256;
+    KtMmfsUnits U = {W, ids, nullptr, nullptr, matrixBytes, (rows + 15) / 16, (nsb + splitSB - 1) / splitSB, splitSB,
+                     nsb, 0, 0, pairs, 0, pairs};
+    kt_mmf_stream_q4_K<1>(U, rowBytes, rows, cols, xhi, xlo, xsum, out);
+}
+// The same grouped by expert (prefill): moe_group's meta and order, token groups of 32 pairs (NT = 4).
+extern "C" __global__ void __launch_bounds__(128) mmf_grouped_q4_K(const u8* W, i64 rowBytes, i64 matrixBytes,
+        int rows, int cols, int nExpert, const int* meta, const int* order, const float* xhi, const float* xlo,
+        const float* xsum, float* out, int pairs, int splitSB) {
+    int nsb = cols / 256;
+    KtMmfsUnits U = {W, nullptr, meta, order, matrixBytes, (rows + 15) / 16, (nsb + splitSB - 1) / splitSB, splitSB,
+                     nsb, nExpert, 32, pairs, 0, pairs};
+    kt_mmf_stream_q4_K<4>(U, rowBytes, rows, cols, xhi, xlo, xsum, out);
 }
