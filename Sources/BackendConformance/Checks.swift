@@ -876,9 +876,9 @@ public struct BackendConformance {
     // MARK: 11. expert executor
 
     /// `submit` + `wait` add `Σ_j w_j · down_e(silu(gate_e x) · up_e x)` to an output that already holds values,
-    /// for n ∈ {1, 3, 16}, against the reference in Double with the decoded weights; and each token's result in a
-    /// batch of 16 has the bits of that token alone. Expert 3 is chosen by 12 of the 16 tokens (the CPU backend's
-    /// tiled path for an expert with many rows).
+    /// for n ∈ {1, 3, 16, 40}, against the reference in Double with the decoded weights; and each token's result in
+    /// a batch of 40 has the bits of that token alone. Expert 3 is chosen by 36 of the 40 tokens (the CPU backend's
+    /// tiled path for an expert with many rows; a device's tiles over each expert's pairs with more than one group).
     public func checkExpertExecutor() throws {
         try expertExecutorCases(label: "expert executor", prepare: { try backend.prepareStack($0) }) { n, d, f in
             backend.makeExpertExecutor(nExpert: n, dim: d, ff: f)
@@ -904,7 +904,7 @@ public struct BackendConformance {
                              make: (_ nExpert: Int, _ dim: Int, _ ff: Int) -> any ExpertExecutor) throws {
         let b = backend
         var rng = SplitMix64(seed: 11)
-        let nExpert = 8, maxN = 16
+        let nExpert = 8, maxN = 40
         let cases: [(GGMLType, dim: Int, ff: Int, topK: Int, bound: Double)] = [
             (.q8_0, 64, 96, 2, Bound.q8),
             (.q4_K, 256, 256, 3, Bound.q8),
@@ -922,7 +922,7 @@ public struct BackendConformance {
             let x = rng.normals(maxN * dim, scale: 0.1)
             var ids: [Int32] = []
             for t in 0..<maxN {
-                var chosen = t < 12 ? [3] : []
+                var chosen = t < 36 ? [3] : []
                 while chosen.count < topK {
                     let e = rng.int(nExpert)
                     if !chosen.contains(e) { chosen.append(e) }
@@ -964,7 +964,7 @@ public struct BackendConformance {
 
             var worst = 0.0
             var batched: [Float] = []
-            for n in [1, 3, 16] {
+            for n in [1, 3, 16, maxN] {
                 b.set(out, out0 + [Float](repeating: Self.sentinel, count: dim))
                 executor.submit(experts, x: xt, ids: idt, n: n, topK: topK)
                 executor.wait(weights: wt, accumulateInto: out, n: n)
@@ -979,7 +979,7 @@ public struct BackendConformance {
             }
             expect("\(label) \(type) dim \(dim) ff \(ff) top-\(topK) (added part)", worst: worst, bound: bound)
 
-            // Batch invariance: each token alone has the bits it has in the batch of 16.
+            // Batch invariance: each token alone has the bits it has in the whole batch.
             let single = b.allocate(dim)
             for t in 0..<maxN {
                 b.set(single, Array(out0[t * dim..<(t + 1) * dim]))
@@ -988,7 +988,7 @@ public struct BackendConformance {
                 let alone = b.floats(single, dim)
                 if let i = firstBitDifference(alone, Array(batched[t * dim..<(t + 1) * dim])) {
                     Expect.fail("[\(name)] \(label) \(type): token \(t) alone gives \(alone[i]) at \(i), "
-                            + "\(batched[t * dim + i]) in a batch of 16 (batch invariance)")
+                            + "\(batched[t * dim + i]) in a batch of \(maxN) (batch invariance)")
                     break
                 }
             }
