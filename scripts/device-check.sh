@@ -12,8 +12,10 @@
 # Stages (all by default): probe, conformance, tiny, gemma, bench, baseline, hybrid; and, not in the default set,
 # `profile` (where the GPU time goes, bench --profile-kernels, on the Llama-3-8B shape, into $OUT/profile.md) and
 # `serve` (serve on cuda + bench serve with 1, 8, 32 clients). MOE=1 adds the Qwen3-30B-A3B shape all on the GPU to
-# bench and baseline; HYBRID_SHORT=1 runs only pp512/tg of the hybrid stage; CPU_BASELINE=1 also builds llama.cpp
-# for the CPU (its hybrid-stage row). Each writes its lines to
+# bench and baseline; HYBRID_SHORT=1 runs only pp512/tg of the hybrid stage; HYBRID_AB=1 adds hybrid decode rows
+# under each host-wait setting (KTRANSFORMERS_CUDA_SYNC, KTRANSFORMERS_POOL_SPINS, one core free); CPU_BASELINE=1
+# also builds llama.cpp for the CPU (its hybrid-stage row). The gemma stage takes GEMMA_MODEL, or the default model
+# carried in .baseline/ or assembled in /tmp/kt-parts by scripts/device-parts.sh. Each writes its lines to
 # $OUT/summary.md and its details to $OUT/log.txt; exits non-zero if a correctness stage fails.
 # SMOKE=1: a dry run of the whole flow on one-layer models with tiny sizes (e.g. here, on the CUDA emulator:
 #   KTRANSFORMERS_CUDA_DRIVER=$(scripts/build-cuda-emulator.sh) KTRANSFORMERS_NVRTC=<same> SMOKE=1 \
