@@ -83,6 +83,17 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         }
     }()
     private var waitEvent: CUDADriver.Handle?
+    /// Layerwise prefill of the hybrid MoE: steps of at least this many tokens copy a layer's routed-expert weights
+    /// from host memory to the GPU and run them there (KTransformers' and llama.cpp's: the copy costs the same
+    /// whatever the step, the CPU's work grows with it); 0 turns it off. `KTRANSFORMERS_LAYERWISE_MIN`, default 0
+    /// (off) until its threshold is measured on the GPU machine. Such a step's experts carry the GPU's arithmetic
+    /// instead of the CPU's (both within the references' tolerance), so a prompt's bits then depend on whether its
+    /// prefill chunk reached the threshold.
+    public var layerwiseMinTokens = ProcessInfo.processInfo.environment["KTRANSFORMERS_LAYERWISE_MIN"].flatMap { Int($0) } ?? 0
+    /// Layers staged so far by the layerwise prefill (tests, the log).
+    public internal(set) var layerwiseStagings = 0
+    /// Whether a graph is being captured (work that cannot be captured, as copies from pageable memory, stays out).
+    private(set) var capturing = false
     /// Streaming multiprocessors, and the shared memory a block may opt in to.
     let multiprocessors: Int
     let sharedOptin: Int
@@ -232,6 +243,16 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
                                       name, Double(bytes) / 1_048_576, device.description, Double(mem.free) / 1_048_576,
                                       Double(mem.total) / 1_073_741_824, Double(weightBytes) / 1_073_741_824, "\(error)"))
         }
+    }
+
+    /// Device memory for weights staged at run time (the hybrid MoE's layerwise prefill); an error, not a crash,
+    /// when it does not fit. `freeWeights` gives it back.
+    func allocateWeights(bytes: Int, name: String) throws -> UInt { try weightAllocate(bytes: bytes, name: name) }
+    func freeWeights(_ address: UInt) {
+        guard allocations.removeValue(forKey: address) != nil else { return }
+        current()
+        must("cuStreamSynchronize") { try driver.synchronize(stream) }
+        driver.free(CUDADriver.CUdeviceptr(address))
     }
 
     func deviceAllocate(bytes: Int) -> UInt {
@@ -685,6 +706,8 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         guard graphsEnabled else { return nil }
         current()
         must("cuStreamBeginCapture") { try driver.beginCapture(stream) }
+        capturing = true
+        defer { capturing = false }
         do {
             try body()
         } catch {

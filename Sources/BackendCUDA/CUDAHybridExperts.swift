@@ -62,6 +62,7 @@ final class CUDAHybridExpertExecutor: ExpertExecutor, @unchecked Sendable {
     }
 
     deinit {
+        if let b = stagingBuffer { gpu.freeWeights(b.address) }
         worker.stop()
         for p in [xHost, idsHost, weightsHost, outHost] { if let p { gpu.driver.freeHost(p) } }
         if outDevice.count > 0 { gpu.release(outDevice) }
@@ -69,6 +70,7 @@ final class CUDAHybridExpertExecutor: ExpertExecutor, @unchecked Sendable {
 
     func reserve(maxTokens: Int, topK: Int) {
         inner.reserve(maxTokens: maxTokens, topK: topK)
+        layerwiseExecutor?.reserve(maxTokens: maxTokens, topK: topK)
         guard maxTokens > self.maxTokens || topK > maxTopK else { return }
         self.maxTokens = max(maxTokens, self.maxTokens)
         maxTopK = max(topK, maxTopK)
@@ -100,6 +102,13 @@ final class CUDAHybridExpertExecutor: ExpertExecutor, @unchecked Sendable {
     func submit(_ experts: ExpertWeights, x: Tensor, ids: Tensor, n: Int, topK: Int) {
         precondition(n <= maxTokens && topK <= maxTopK, "hybrid expert executor reserved for \(maxTokens) tokens, top-\(maxTopK)")
         guard n > 0 else { return }
+        layerwiseStep = nil
+        if gpu.layerwiseMinTokens > 0, n >= gpu.layerwiseMinTokens, !gpu.capturing, let staged = stageOnGPU(experts) {
+            // Layerwise prefill: this layer's experts copied to the GPU and run there on the step's tokens.
+            layerwiseStep = staged.executor
+            staged.executor.submit(staged.weights, x: x, ids: ids, n: n, topK: topK)
+            return
+        }
         let j = job(experts, n: n, topK: topK)
         lastSubmitted = j
         gpu.current()
@@ -112,6 +121,10 @@ final class CUDAHybridExpertExecutor: ExpertExecutor, @unchecked Sendable {
     }
 
     func wait(weights: Tensor, accumulateInto out: Tensor, n: Int) {
+        if let l = layerwiseStep {
+            layerwiseStep = nil
+            return l.wait(weights: weights, accumulateInto: out, n: n)
+        }
         guard n > 0, let j = lastSubmitted else { return }
         precondition(j.n == n, "wait for \(n) tokens after a submit of \(j.n)")
         gpu.current()
@@ -126,6 +139,62 @@ final class CUDAHybridExpertExecutor: ExpertExecutor, @unchecked Sendable {
 
     /// The job of the last submit (one layer at a time: every submit is followed by its wait).
     private var lastSubmitted: Job?
+
+    // MARK: layerwise prefill
+
+    /// The GPU executor of a layerwise step (set between its submit and wait).
+    private var layerwiseStep: CUDAExpertExecutor?
+    private var layerwiseExecutor: CUDAExpertExecutor?
+    /// One layer's expert weights on the device (reused by every layer; grown to the largest), and whether staging
+    /// failed once (no memory: the CPU runs every step, said once in the log).
+    private var stagingBuffer: (address: UInt, bytes: Int)?
+    private var stagingFailed = false
+    private var stagedWeights: [Int: CUDAWeight] = [:]
+
+    /// Copies the three stacks into the staging buffer (stream order) and returns them as device stacks with the
+    /// GPU executor; nil where the formats have no in-place GPU kernels or the memory is short.
+    private func stageOnGPU(_ experts: ExpertWeights) -> (weights: ExpertWeights, executor: CUDAExpertExecutor)? {
+        let stacks = [experts.gate, experts.up, experts.down]
+        guard !stagingFailed, stacks.allSatisfy({ CUDABackend.formats[$0.type] != nil }),
+              experts.gate.count == experts.up.count, experts.gate.count == experts.down.count else { return nil }
+        let sizes = stacks.map { $0.count * $0.rows * $0.rowBytes }
+        // Each stack at a 256-byte aligned offset (the kernels' 16-byte loads and copies).
+        let offsets = [0, (sizes[0] + 255) & ~255, ((sizes[0] + 255) & ~255) + ((sizes[1] + 255) & ~255)]
+        let total = offsets[2] + sizes[2]
+        if (stagingBuffer?.bytes ?? 0) < total {
+            if let b = stagingBuffer { gpu.freeWeights(b.address); stagingBuffer = nil; stagedWeights = [:] }
+            do {
+                stagingBuffer = (try gpu.allocateWeights(bytes: total, name: "layerwise expert staging"), total)
+            } catch {
+                stagingFailed = true
+                FileHandle.standardError.write(Data("layerwise prefill off: \(error)\n".utf8))
+                return nil
+            }
+        }
+        let base = stagingBuffer!.address
+        gpu.current()
+        gpu.layerwiseStagings += 1
+        var device: [WeightStack] = []
+        for (i, st) in stacks.enumerated() {
+            gpu.must("layerwise expert staging (host to device)") {
+                try gpu.driver.copyAsync(toDevice: .init(base + UInt(offsets[i])), from: st.data, bytes: sizes[i], stream: gpu.stream)
+            }
+            let key = offsets[i] &* 31 &+ st.rowBytes
+            let w = stagedWeights[key] ?? CUDAWeight(address: base + UInt(offsets[i]), tag: CUDABackend.formats[st.type]!,
+                                                     rowBytes: st.rowBytes, rounding: CUDABackend.rounding(st.kernels),
+                                                     kernels: gpu.kernels)
+            stagedWeights[key] = w
+            guard let d = try? WeightStack(name: st.name, type: st.type, count: st.count, rows: st.rows, cols: st.cols,
+                                           data: st.data, device: gpu.device, storage: w) else { return nil }
+            device.append(d)
+        }
+        if layerwiseExecutor == nil || layerwiseExecutor!.nExpert != experts.gate.count || layerwiseExecutor!.ff != experts.gate.rows {
+            let e = CUDAExpertExecutor(backend: gpu, nExpert: experts.gate.count, dim: dim, ff: experts.gate.rows)
+            e.reserve(maxTokens: maxTokens, topK: maxTopK)
+            layerwiseExecutor = e
+        }
+        return (ExpertWeights(gate: device[0], up: device[1], down: device[2]), layerwiseExecutor!)
+    }
 
     // MARK: host side (driver thread and expert thread; no CUDA here)
 

@@ -122,6 +122,44 @@ final class CUDAHybridGoldenLogitsTests: CUDAGoldenLogitsTests {
     }
 }
 
+/// The hybrid MoE's layerwise prefill (a step's routed experts copied to the GPU and run there): forced from 2 tokens,
+/// every MoE tiny model's logits equal the all-CPU path's within float tolerance, argmax everywhere, and the layers
+/// were staged.
+final class CUDALayerwisePrefillTests: XCTestCase {
+    func testLayerwisePrefillLogitsEqualTheAllCPUPath() throws {
+        guard let gpu = try CUDABackend.makeIfPresent() else {
+            throw XCTSkip("no CUDA driver/GPU and no CUDA emulator here: CUDA layerwise test skipped")
+        }
+        gpu.layerwiseMinTokens = 2
+        for name in ["qwen3moe", "mixtral", "deepseek2-v3"] {
+            let cpu = try TinyModels.load(name)
+            let tokens = try TinyModels.reference(name).tokens
+            let vocab = cpu.info.vocabSize, n = tokens.count
+            let cpuRun = try Generator(model: cpu)   // the logits live in the generator's buffer
+            let (lc, rc) = try cpuRun.forward(tokens, start: 0, logits: .all)
+            let all = Array(UnsafeBufferPointer(start: lc, count: rc * vocab))
+            let before = gpu.layerwiseStagings
+            let hybrid = try ModelRegistry.load(GGUFFile(path: TinyModels.path(name, "gguf")), backend: gpu,
+                                                backends: [.cpu: CPUBackend(pool: TinyModels.pool)],
+                                                placement: try Placement(main: gpu.device,
+                                                                         parsing: CUDAHybridGoldenLogitsTests.hybrid))
+            let hybridRun = try Generator(model: hybrid)
+            let (lh, rh) = try hybridRun.forward(tokens, start: 0, logits: .all)
+            XCTAssertEqual(rh, n)
+            XCTAssertGreaterThan(gpu.layerwiseStagings, before, "\(name): no layer was staged on the GPU")
+            let scale = all.reduce(0) { max($0, abs($1)) }
+            let err = all.withUnsafeBufferPointer { maxAbsDiff(lh, $0.baseAddress!, n * vocab) }
+            print(String(format: "%@: layerwise vs all-CPU max |diff| %.3g (max |logit| %.3g)", name, err, scale))
+            XCTAssertLessThanOrEqual(err, 1e-4 * scale, "\(name): layerwise logits differ from the all-CPU path")
+            for p in 0..<n {
+                XCTAssertEqual(Sampler.argmax(lh + p * vocab, count: vocab), Sampler.argmax(lc + p * vocab, count: vocab),
+                               "\(name): argmax differs at position \(p)")
+            }
+            withExtendedLifetime(cpuRun) {}
+        }
+    }
+}
+
 /// Every golden-logits test again on the CUDA backend with split-K attention forced on at 3 keys per split, so that
 /// every prompt's tokens span several splits: logits against the references, one pass = chunked = token by token
 /// and batch = alone (a token's splits depend on its own position only).
