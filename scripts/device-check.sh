@@ -185,6 +185,11 @@ if has hybrid; then
     ab $threads KTRANSFORMERS_POOL_SPINS=20000
     ab $threads KTRANSFORMERS_POOL_SPINS=1000000
     ab $((threads - 1)) KTRANSFORMERS_POOL_SPINS=1000000
+    # Layerwise prefill (the layer's experts copied to the GPU for a large step) against the CPU experts.
+    for p in $pp $long; do
+      KTRANSFORMERS_LAYERWISE_MIN=256 "$bin" bench --model $m --device cuda -t $threads -p $p -n 0 -r 1 --chunk-size $p \
+        2>>"$log" | tail -1 | sed 's/$/ (hybrid, layerwise prefill from 256 tokens)/' | tee -a "$summary"
+    done
   fi
   if [ -z "${HYBRID_SHORT:-}" ]; then
   "$bin" bench --model $m --device cuda -t $threads -p $long -n 0 -r 1 --chunk-size $long 2>>"$log" | tail -1 | sed 's/$/ (hybrid)/' | tee -a "$summary"
