@@ -57,7 +57,8 @@ __device__ __forceinline__ float kt_block_max(float v, float* scratch) {
 // Asynchronous 16-byte copies global -> shared (cp.async, sm_80+): issued by each thread, grouped by commit, waited
 // for with at most N groups still in flight (the emulator copies at once).
 __device__ __forceinline__ void kt_cp_async16(void* smem, const void* g) {
-    u32 a = (u32)__cvta_generic_to_shared(smem);
+    u32 a;
+    asm("{ .reg .u64 s; cvta.to.shared.u64 s, %1; cvt.u32.u64 %0, s; }" : "=r"(a) : "l"(smem));
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(a), "l"(g) : "memory");
 }
 __device__ __forceinline__ void kt_cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
