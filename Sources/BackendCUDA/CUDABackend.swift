@@ -619,8 +619,9 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     static let streamStages = 4  // KT_MVS_STAGES
     static let mmfStreamDepth = 8  // KT_MMFS_DEPTH
     /// Token counts up to which the f32-activation matmul streams its weights (`KTRANSFORMERS_CUDA_MMF_STREAM_MAX`,
-    /// default 64: above it, prefill, the x traffic dominates and the block tiles run).
-    static let mmfStreamMax = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_MMF_STREAM_MAX"].flatMap { Int($0) } ?? 64
+    /// default 32: above it, prefill, the inputs' traffic dominates and the block tiles run, mmf_tile_q4_K).
+    static let mmfStreamMax = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_MMF_STREAM_MAX"].flatMap { Int($0) } ?? 32
+    static let mmfTileStride = 260  // KT_MMFT_STRIDE
     static let streamRows = 8    // KT_MVS_ROWS
     static let streamMatvecEnabled = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_STREAM_MATVEC"] != "0"
     private var streamSharedSet: [CUDADriver.Handle: Int] = [:]
@@ -811,7 +812,13 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
                                  .ptr(lo.address), .ptr(sums.address), .ptr(out.address), .i32(n),
                                  .i32(Self.mmfSplitSuperBlocks)]
         let streamShared = 4 * Self.mmfStreamDepth * 16 * 144
-        if n <= Self.mmfStreamMax, Self.streamMatvecEnabled, let streams = g.tensorCoreF32Stream,
+        let tileShared = (64 * Self.mmfTileStride + 32 * Self.mmfTileStride / 32) * 4
+        if n > Self.mmfStreamMax, Self.streamMatvecEnabled, let tile = g.tensorCoreF32Block, tileShared <= sharedOptin {
+            // Prefill: 64-row block tiles sharing the inputs staged in shared memory, same bits.
+            setShared(tile, tileShared)
+            launch(tile, "mmf_tile_\(g.tag) \(rows)x\(cols)", grid: ((rows + 63) / 64 * splits, (n + 31) / 32, 1),
+                   block: 128, shared: tileShared, args)
+        } else if n <= Self.mmfStreamMax, Self.streamMatvecEnabled, let streams = g.tensorCoreF32Stream,
            streamShared <= sharedOptin {
             // Decode and batched decode: the streaming forms (weights through per-warp rings of shared memory), same bits.
             let stream = nt == 1 ? streams.0 : streams.1
@@ -1069,6 +1076,8 @@ final class CUDAWeight: @unchecked Sendable {
     let tensorCoreF32: CUDADriver.Handle?
     let tensorCoreF32Tiles: CUDADriver.Handle?
     let tensorCoreF32Experts: CUDADriver.Handle?
+    /// The block-tiled form for prefill (inputs staged in shared memory for 4 warps), where there is one.
+    let tensorCoreF32Block: CUDADriver.Handle?
     /// The streaming forms of the one- and four-token-tile kernels (decode, batched decode), where there are.
     let tensorCoreF32Stream: (CUDADriver.Handle, CUDADriver.Handle)?
     /// The streaming forms of the routed experts' kernels (integer gate/up, two stacks a launch; the tf32 down).
@@ -1097,6 +1106,7 @@ final class CUDAWeight: @unchecked Sendable {
         tensorCoreF32 = tag == "q4_K" || tag == "q6_K" ? kernels.function("mmf_\(tag)_1") : nil
         tensorCoreF32Tiles = tag == "q4_K" || tag == "q6_K" ? kernels.function("mmf_\(tag)_4") : nil
         tensorCoreF32Experts = tag == "q4_K" || tag == "q6_K" ? kernels.function("mmf_experts_\(tag)") : nil
+        tensorCoreF32Block = tag == "q4_K" ? kernels.function("mmf_tile_q4_K") : nil
         tensorCoreF32Stream = tag == "q4_K" ? (kernels.function("mmf_stream_q4_K_1"), kernels.function("mmf_stream_q4_K_4")) : nil
         integerExpertsStream = tag == "q4_K" || tag == "q6_K" ? kernels.function("matvec_stream_experts_\(tag)_q8") : nil
         tensorCoreF32ExpertsStream = tag == "q4_K" ? kernels.function("mmf_stream_experts_q4_K") : nil

@@ -517,6 +517,15 @@ struct KtMmfQ4K {
     __device__ __forceinline__ static void add(const u8* rowA, const u8* rowB, int sb, int cols, const float* xhi,
                                                const float* xlo, const float* xsum, int t0, int tEnd, int g, int t,
                                                float (*acc)[4], const int* order = nullptr) {
+        addFrom<NT>(rowA, rowB, sb, xhi, xlo, xsum, cols, (i64)sb * 256, cols / 32, sb * 8, t0, tEnd, g, t, acc, order);
+    }
+    // The same with the inputs of super-block sb at token row stride xStride from element xOff (their group sums
+    // at stride sStride from sOff): the global tensors, or a block staged in shared memory (mmf_tile_q4_K).
+    template <int NT>
+    __device__ __forceinline__ static void addFrom(const u8* rowA, const u8* rowB, int sb, const float* xhi,
+                                                   const float* xlo, const float* xsum, int xStride, i64 xOff,
+                                                   int sStride, int sOff, int t0, int tEnd, int g, int t,
+                                                   float (*acc)[4], const int* order) {
         uint4 hA = *(const uint4*)(rowA + (i64)sb * 144), hB = *(const uint4*)(rowB + (i64)sb * 144);
         uint2 qa[4], qb[4];
         for (int p = 0; p < 4; p++) {
@@ -543,7 +552,7 @@ struct KtMmfQ4K {
                 u32 a[4] = {kt_byte_float(wA, j0), kt_byte_float(wB, j0), kt_byte_float(wA, j0 + 1), kt_byte_float(wB, j0 + 1)};
                 for (int j = 0; j < NT; j++) {
                     int tok = kt_pos_row(order, min(t0 + 8 * j + g, tEnd - 1));
-                    i64 at = (i64)tok * cols + (i64)sb * 256 + G * 32 + 8 * t + 2 * ch;
+                    i64 at = (i64)tok * xStride + xOff + G * 32 + 8 * t + 2 * ch;
                     float2 h2 = *(const float2*)(xhi + at), l2 = *(const float2*)(xlo + at);
                     u32 bHi[2] = {__float_as_uint(h2.x), __float_as_uint(h2.y)};
                     u32 bLo[2] = {__float_as_uint(l2.x), __float_as_uint(l2.y)};
@@ -555,7 +564,7 @@ struct KtMmfQ4K {
             for (int j = 0; j < NT; j++) {
                 for (int e = 0; e < 4; e++) {
                     int tok = kt_pos_row(order, min(t0 + 8 * j + 2 * t + (e & 1), tEnd - 1));
-                    float sx = xsum[(i64)tok * (cols / 32) + sb * 8 + G];
+                    float sx = xsum[(i64)tok * sStride + sOff + G];
                     float d1 = e < 2 ? d1a : d1b, m1 = e < 2 ? m1a : m1b;
                     float part = __fsub_rn(__fmul_rn(d1, c[j][e]), __fmul_rn(m1, sx));
                     acc[j][e] = __fadd_rn(acc[j][e], part);
@@ -668,6 +677,56 @@ extern "C" __global__ void __launch_bounds__(128) mmf_experts_##name(const u8* W
 }
 KT_MMF_KERNELS(q4_K, KtMmfQ4K)
 KT_MMF_KERNELS(q6_K, KtMmfQ6K)
+
+// Block-tiled form of mmf_q4_K_4 (prefill): the 4 warps of a block take 64 consecutive rows (16 each) and the same
+// 32 tokens and split, and per super-block the block stages those tokens' inputs (hi, lo and group sums) in shared
+// memory once for all 4 warps (the other kernels read them from L2 once per warp: at prefill those reads, not the
+// tensor cores, set the time). Each warp then runs KtMmfQ4K::add on the staged block as on global memory: every
+// output has the bits of mmf_q4_K_1 / _4. Grid (ceil(rows / 64) · splits, ceil(n / 32)), 128 threads,
+// (64 · KT_MMFT_STRIDE + 32 · KT_MMFT_STRIDE / 32) · 4 bytes of dynamic shared memory.
+#define KT_MMFT_STRIDE 260  // floats per staged token row (256 + 4: fewer bank conflicts for the fragment loads)
+extern "C" __global__ void __launch_bounds__(128) mmf_tile_q4_K(const u8* W, i64 rowBytes, int rows, int cols,
+        const float* xhi, const float* xlo, const float* xsum, float* out, int n, int splitSB) {
+    KT_DYNAMIC_SHARED(float, sHi);  // [32][KT_MMFT_STRIDE] hi, then as much lo, then [32][KT_MMFT_STRIDE / 32] sums
+    float* sLo = sHi + 32 * KT_MMFT_STRIDE;
+    float* sSum = sLo + 32 * KT_MMFT_STRIDE;
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    int nsb = cols / 256, splits = (nsb + splitSB - 1) / splitSB, blocks64 = (rows + 63) / 64;
+    int rb = blockIdx.x % blocks64, split = blockIdx.x / blocks64;
+    int sb0 = split * splitSB, sb1 = min(nsb, sb0 + splitSB), t0 = blockIdx.y * 32, valid = min(32, n - t0);
+    int r0 = rb * 64 + warp * 16;
+    const u8* rowA = W + (i64)min(r0 + g, rows - 1) * rowBytes;
+    const u8* rowB = W + (i64)min(r0 + g + 8, rows - 1) * rowBytes;
+    float acc[4][4];
+    for (int j = 0; j < 4; j++)
+        for (int e = 0; e < 4; e++) acc[j][e] = 0.0f;
+    for (int sb = sb0; sb < sb1; sb++) {
+        __syncthreads();
+        // 32 tokens × 256 values of hi and lo (float4 each), and 32 × 8 group sums; tokens past n repeat the last.
+        for (int i = threadIdx.x; i < 32 * 64; i += 128) {
+            int tk = i >> 6, c = (i & 63) * 4;
+            i64 at = (i64)(t0 + min(tk, valid - 1)) * cols + (i64)sb * 256 + c;
+            *(float4*)(sHi + tk * KT_MMFT_STRIDE + c) = *(const float4*)(xhi + at);
+            *(float4*)(sLo + tk * KT_MMFT_STRIDE + c) = *(const float4*)(xlo + at);
+        }
+        for (int i = threadIdx.x; i < 32 * 8; i += 128) {
+            int tk = i >> 3, G = i & 7;
+            sSum[tk * (KT_MMFT_STRIDE / 32) + G] = xsum[(i64)(t0 + min(tk, valid - 1)) * (cols / 32) + sb * 8 + G];
+        }
+        __syncthreads();
+        // The staged block as a 1-super-block "matrix" of row stride KT_MMFT_STRIDE: super-block 0, tokens 0..valid.
+        KtMmfQ4K::addFrom<4>(rowA, rowB, sb, sHi, sLo, sSum, KT_MMFT_STRIDE, 0, KT_MMFT_STRIDE / 32, 0, 0, valid, g, t,
+                             acc, nullptr);
+    }
+    for (int j = 0; j < 4; j++)
+        for (int e = 0; e < 4; e++) {
+            int r = r0 + g + 8 * (e >> 1), tok = t0 + 8 * j + 2 * t + (e & 1);
+            if (r < rows && tok < n) {
+                if (splits == 1) out[(i64)tok * rows + r] = acc[j][e];
+                else out[((i64)split * n + tok) * rows + r] = acc[j][e];
+            }
+        }
+}
 
 // y[t, r] = Σ_s part[s][t][r] in split order; grid-stride over n · rows.
 extern "C" __global__ void mmf_reduce(const float* part, float* y, int splits, int n, int rows) {
