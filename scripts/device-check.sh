@@ -13,7 +13,8 @@
 # `profile` (where the GPU time goes, bench --profile-kernels, on the Llama-3-8B shape, into $OUT/profile.md) and
 # `serve` (serve on cuda + bench serve with 1, 8, 32 clients). MOE=1 adds the Qwen3-30B-A3B shape all on the GPU to
 # bench and baseline; HYBRID_SHORT=1 runs only pp512/tg of the hybrid stage; HYBRID_AB=1 adds hybrid decode rows
-# under each host-wait setting (KTRANSFORMERS_CUDA_SYNC, KTRANSFORMERS_POOL_SPINS, one core free); CPU_BASELINE=1
+# under each host-wait setting (KTRANSFORMERS_CUDA_SYNC, KTRANSFORMERS_POOL_SPINS, one core free) and with the
+# layerwise prefill; KERNEL_AB=1 adds bench rows with the streaming kernels off or capped; CPU_BASELINE=1
 # also builds llama.cpp for the CPU (its hybrid-stage row). The gemma stage takes GEMMA_MODEL, or the default model
 # carried in .baseline/ or assembled in /tmp/kt-parts by scripts/device-parts.sh. Each writes its lines to
 # $OUT/summary.md and its details to $OUT/log.txt; exits non-zero if a correctness stage fails.
@@ -116,10 +117,21 @@ if has bench; then
   for b in 8 32; do
     "$bin" bench --model $m --device cuda -p 0 -n $tgb -b $b -r $reps 2>>"$log" | tail -1 | tee -a "$summary"
   done
+  if [ -n "${KERNEL_AB:-}" ]; then
+    # The kernel choices against each other (same bits, different speed): the streaming kernels off; prefill on the
+    # 64x64 int8 block tiles instead of the streaming ones; prefill's tf32 matmul streaming instead of block-tiled.
+    kab() { env "$@" "$bin" bench --model $m --device cuda -p $pp -n $tg -r 1 2>>"$log" | tail -2 | sed "s/\$/ ($*)/" | tee -a "$summary"; }
+    kab KTRANSFORMERS_CUDA_STREAM_MATVEC=0
+    kab KTRANSFORMERS_CUDA_STREAM_TILES_MAX=63
+    kab KTRANSFORMERS_CUDA_MMF_STREAM_MAX=100000
+    for b in 8 32; do
+      KTRANSFORMERS_CUDA_STREAM_MATVEC=0 "$bin" bench --model $m --device cuda -p 0 -n $tgb -b $b -r 1 2>>"$log" | tail -1 \
+        | sed 's/$/ (KTRANSFORMERS_CUDA_STREAM_MATVEC=0)/' | tee -a "$summary"
+    done
+  fi
   if [ -n "${MOE:-}" ]; then
     make_model qwen3-30b-a3b /tmp/qwen3-30b-a3b$sfx.gguf
-    # Decode only: prefill runs routed experts pair by pair (a tensor-core grouped expert GEMM is not written yet).
-    "$bin" bench --model /tmp/qwen3-30b-a3b$sfx.gguf --device cuda --n-cpu-moe 0 -p 0 -n $tg -r $reps 2>>"$log" | tail -1 | sed 's/$/ (all on the GPU)/' | tee -a "$summary"
+    "$bin" bench --model /tmp/qwen3-30b-a3b$sfx.gguf --device cuda --n-cpu-moe 0 -p $pp -n $tg -r $reps 2>>"$log" | tail -2 | sed 's/$/ (all on the GPU)/' | tee -a "$summary"
   fi
 fi
 
