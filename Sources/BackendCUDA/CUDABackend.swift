@@ -945,6 +945,11 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     /// most 8 splits; one split, the plain kernel, when the context fits in one). Fixed for a run, so a token's bits
     /// depend on its own position only.
     public var attentionSplitKeys: Int?
+    /// Query tokens from which attention runs a block per K/V head for its GQA group of query heads
+    /// (`attention_gqa<G>`: each key and value read once per group; same bits), `KTRANSFORMERS_CUDA_ATTENTION_GROUP_MIN`,
+    /// default 16: below it the per-head kernel's more blocks fill the GPU better.
+    public var attentionGroupMinTokens = CUDABackend.attentionGroupDefault
+    static let attentionGroupDefault = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_ATTENTION_GROUP_MIN"].flatMap { Int($0) } ?? 16
     private var attentionParts: Tensor?
 
     private var splitKeys: Int {
@@ -972,11 +977,21 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
             }
             part = attentionParts!.address
         }
+        let group = p.nKVHead > 0 && p.nHead % p.nKVHead == 0 ? p.nHead / p.nKVHead : 0
+        if n >= attentionGroupMinTokens, [2, 4, 8].contains(group), p.headDim <= 256, p.headDimV <= 128 {
+            // The query heads of a K/V head in one block (each key and value read once for all of them), same bits.
+            launch("attention_gqa\(group)", grid: (n, p.nKVHead, splits), block: 128,
+                   [.ptr(q.address), .ptr(out.address), .ptr(cache.k(layer).address), .ptr(vc.address), .i32(kd),
+                    .i32(vStride), .i32(vHeadStride), .i32(p.nHead), .i32(p.headDim), .i32(p.headDimV), .f32(p.scale),
+                    .i32(p.window), .f32(p.softcap), .ptr(meta.positions.address), .ptr(meta.sequenceOfToken.address),
+                    .ptr(meta.blockTables.address), .i32(meta.blockTableStride), .i32(meta.pageSize), .ptr(part), .i32(keys)])
+        } else {
         launch("attention", grid: (n, p.nHead, splits), block: 128,
                [.ptr(q.address), .ptr(out.address), .ptr(cache.k(layer).address), .ptr(vc.address), .i32(kd), .i32(vStride),
                 .i32(vHeadStride), .i32(p.nHead), .i32(p.nKVHead), .i32(p.headDim), .i32(p.headDimV), .f32(p.scale),
                 .i32(p.window), .f32(p.softcap), .ptr(meta.positions.address), .ptr(meta.sequenceOfToken.address),
                 .ptr(meta.blockTables.address), .i32(meta.blockTableStride), .i32(meta.pageSize), .ptr(part), .i32(keys)])
+        }
         if splits > 1 {
             launch("attention_combine", grid: (n, p.nHead, 1), block: 128,
                    [.ptr(part), .ptr(out.address), .i32(p.nHead), .i32(p.headDimV), .i32(splits), .i32(keys), .i32(p.window),

@@ -130,6 +130,8 @@ static inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) {
 static inline float __fmul_rn(float a, float b) { return a * b; }
 static inline float __fadd_rn(float a, float b) { return a + b; }
 static inline float __fsub_rn(float a, float b) { return a - b; }
+static inline float __fdiv_rn(float a, float b) { return a / b; }
+static inline float __fmaf_rn(float a, float b, float c) { return std::fma(a, b, c); }
 // mma.sync m16n8k32 / m16n8k16 (s8 · s8 → s32) for one warp: every lane publishes its fragments, each lane computes
 // its four C elements from the PTX fragment layouts (A row-major 16×K: a[0] row g, k 4t..4t+3; a[1] row g + 8;
 // for K = 32 a[2], a[3] the same at k + 16. B K×8: b[0] k 4t..4t+3 (b[1] k + 16), column g. C: c[0], c[1] row g,

@@ -171,6 +171,7 @@ final class CUDASplitAttentionGoldenLogitsTests: GoldenLogitsTests {
             shared = Result {
                 let b = try CUDABackend.makeIfPresent()
                 b?.attentionSplitKeys = 3
+                b?.attentionGroupMinTokens = 2  // the grouped kernel's split parts too
                 return b
             }
         }
@@ -185,5 +186,34 @@ final class CUDASplitAttentionGoldenLogitsTests: GoldenLogitsTests {
         let backend = try Self.makeBackend()  // throws XCTSkip without a GPU or the emulator
         let b = try XCTUnwrap(backend as? CUDABackend)
         XCTAssertEqual(b.attentionSplitKeys, 3)
+    }
+}
+
+/// Every golden-logits test again with the grouped attention kernel (a block per K/V head for its query heads) from
+/// 2 query tokens: prefill then runs it and token-by-token decode the per-head kernel, so one pass = chunked = token
+/// by token checks that both give every head the same bits (CUDASplitAttentionGoldenLogitsTests forces it too, with
+/// its split parts).
+final class CUDAGroupedAttentionGoldenLogitsTests: GoldenLogitsTests {
+    nonisolated(unsafe) static var shared: Result<CUDABackend?, Error>?
+
+    override class func makeBackend() throws -> any ComputeBackend {
+        if shared == nil {
+            shared = Result {
+                let b = try CUDABackend.makeIfPresent()
+                b?.attentionGroupMinTokens = 2
+                return b
+            }
+        }
+        guard let b = try shared!.get() else {
+            throw XCTSkip("no CUDA driver/GPU and no CUDA emulator here: CUDA model tests skipped")
+        }
+        return b
+    }
+
+    /// (Declared so that Linux's XCTest discovers the class; the inherited tests run too.)
+    func testGroupedAttentionIsForced() throws {
+        let backend = try Self.makeBackend()  // throws XCTSkip without a GPU or the emulator
+        let b = try XCTUnwrap(backend as? CUDABackend)
+        XCTAssertEqual(b.attentionGroupMinTokens, 2)
     }
 }
