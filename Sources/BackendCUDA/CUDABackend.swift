@@ -516,7 +516,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         let f = n <= 32 ? f4 : f8, tokens = n <= 32 ? 32 : 64
         setShared(f, shared)
         let tiles = parts.reduce(0) { $0 + ($1.rows + 15) / 16 }
-        let perSM = max(1, min(4, sharedOptin / shared))
+        let perSM = blocksPerSM(f, threads: 128, shared: shared)
         let p = parts + Array(repeating: (address: UInt(0), rows: 0, y: UInt(0)), count: 3 - parts.count)
         launch(f, "mmq_stream_\(g.tag)_\(tokens / 8) \(parts.reduce(0) { $0 + $1.rows })x\(cols)",
                grid: (min((tiles + 3) / 4, multiprocessors * perSM), (n + tokens - 1) / tokens, 1), block: 128,
@@ -535,7 +535,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         guard shared <= sharedOptin else { return false }
         setShared(f, shared)
         let chunks = 2 * pairs * ((rows + Self.streamRows - 1) / Self.streamRows)
-        let perSM = max(1, min(8, sharedOptin / shared))
+        let perSM = blocksPerSM(f, threads: 256, shared: shared)
         launch(f, "matvec_stream_experts_\(g.tag)_q8 2x\(rows)x\(cols)", grid: (min(chunks, multiprocessors * perSM), 1, 1),
                block: 256, shared: shared,
                [.ptr(g.address), .ptr(u.address), .i64(g.rowBytes), .i64(g.rowBytes * rows), .i32(rows), .i32(cols),
@@ -552,7 +552,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
                           grouped: (experts: Int, meta: Tensor, order: Tensor)?) {
         let shared = 4 * Self.mmfStreamDepth * 16 * 144
         setShared(f, shared)
-        let perSM = max(1, min(4, sharedOptin / shared))
+        let perSM = blocksPerSM(f, threads: 128, shared: shared)
         if let grouped {
             launch(f, "mmf_grouped_\(d.tag) \(rows)x\(cols)", grid: (multiprocessors * perSM, 1, 1), block: 128,
                    shared: shared,
@@ -573,7 +573,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
                         meta: Tensor, order: Tensor, input: (UInt, UInt, UInt), xDiv: Int, y0: Tensor, y1: Tensor) {
         let shared = 4 * Self.mmqStreamDepth * 16 * 144
         setShared(f, shared)
-        let perSM = max(1, min(4, sharedOptin / shared))
+        let perSM = blocksPerSM(f, threads: 128, shared: shared)
         launch(f, "mmq_grouped_\(g.tag) 2x\(rows)x\(cols)", grid: (multiprocessors * perSM, 1, 1), block: 128,
                shared: shared,
                [.ptr(g.address), .ptr(u.address), .i64(g.rowBytes), .i64(g.rowBytes * rows), .i32(rows), .i32(cols),
@@ -581,6 +581,25 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
                 .ptr(input.2), .ptr(y0.address), .ptr(y1.address)])
     }
 
+
+    /// Blocks of `f` one multiprocessor runs at once (registers and shared memory counted, the driver's occupancy
+    /// calculator): a persistent grid is this times the multiprocessors, so that no block waits for a second wave.
+    func blocksPerSM(_ f: CUDADriver.Handle, threads: Int, shared: Int) -> Int {
+        let key = OccupancyKey(f: f, threads: threads, shared: shared)
+        if let n = occupancy[key] { return n }
+        var n = 1
+        must("cuOccupancyMaxActiveBlocksPerMultiprocessor") {
+            n = max(1, try driver.activeBlocksPerMultiprocessor(f, threads: threads, sharedBytes: shared))
+        }
+        occupancy[key] = n
+        return n
+    }
+    private struct OccupancyKey: Hashable {
+        let f: CUDADriver.Handle
+        let threads: Int
+        let shared: Int
+    }
+    private var occupancy: [OccupancyKey: Int] = [:]
 
     /// Lets kernel `f` take `bytes` of dynamic shared memory (once per size).
     private func setShared(_ f: CUDADriver.Handle, _ bytes: Int) {
@@ -607,7 +626,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         guard shared <= sharedOptin else { return false }
         setShared(f, shared)
         let chunks = parts.reduce(0) { $0 + ($1.rows + Self.streamRows - 1) / Self.streamRows }
-        let perSM = max(1, min(8, sharedOptin / shared))
+        let perSM = blocksPerSM(f, threads: 256, shared: shared)
         let p = parts + Array(repeating: (address: UInt(0), rows: 0, y: UInt(0)), count: 3 - parts.count)
         launch(f, "matvec_stream_\(g.tag)_q8 \(parts.reduce(0) { $0 + $1.rows })x\(cols)",
                grid: (min(chunks, multiprocessors * perSM), (n + 7) / 8, 1), block: 256, shared: shared,
@@ -823,7 +842,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
             // Decode and batched decode: the streaming forms (weights through per-warp rings of shared memory), same bits.
             let stream = nt == 1 ? streams.0 : streams.1
             setShared(stream, streamShared)
-            let perSM = max(1, min(4, sharedOptin / streamShared))
+            let perSM = blocksPerSM(stream, threads: 128, shared: streamShared)
             launch(stream, "mmf_stream_\(g.tag)_\(nt) \(rows)x\(cols)",
                    grid: (min((tiles * splits + 3) / 4, multiprocessors * perSM), (n + 8 * nt - 1) / (8 * nt), 1),
                    block: 128, shared: streamShared, args)

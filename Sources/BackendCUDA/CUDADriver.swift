@@ -52,6 +52,7 @@ public final class CUDADriver: @unchecked Sendable {
     private let cuEventElapsedTime: @convention(c) (UnsafeMutablePointer<Float>, Handle, Handle) -> Int32
     private let cuEventDestroy: @convention(c) (Handle) -> Int32
     private let cuFuncSetAttribute: @convention(c) (Handle, Int32, Int32) -> Int32
+    private let cuOccupancyMaxActiveBlocksPerMultiprocessor: @convention(c) (UnsafeMutablePointer<Int32>, Handle, Int32, Int) -> Int32
 
     /// Opens the driver and initialises it; nil with the reason when this machine has none.
     public static func load() -> Result<CUDADriver, CUDAError> {
@@ -105,6 +106,8 @@ public final class CUDADriver: @unchecked Sendable {
         cuEventElapsedTime = try l.symbol("cuEventElapsedTime", as: type(of: cuEventElapsedTime))
         cuEventDestroy = try l.symbol("cuEventDestroy_v2", as: type(of: cuEventDestroy))
         cuFuncSetAttribute = try l.symbol("cuFuncSetAttribute", as: type(of: cuFuncSetAttribute))
+        cuOccupancyMaxActiveBlocksPerMultiprocessor = try l.symbol("cuOccupancyMaxActiveBlocksPerMultiprocessor",
+                                                                   as: type(of: cuOccupancyMaxActiveBlocksPerMultiprocessor))
     }
 
     /// Runs `function(data)` on a driver thread once the stream's earlier work is done; later work waits for it.
@@ -309,6 +312,15 @@ public final class CUDADriver: @unchecked Sendable {
     }
 
     public func destroyEvent(_ e: Handle) { _ = cuEventDestroy(e) }
+
+    /// Blocks of kernel `f` (`threads` each, `sharedBytes` of dynamic shared memory) one multiprocessor holds at once
+    /// (registers, shared memory and threads counted): the size of a persistent grid.
+    public func activeBlocksPerMultiprocessor(_ f: Handle, threads: Int, sharedBytes: Int) throws -> Int {
+        var n: Int32 = 0
+        try check(cuOccupancyMaxActiveBlocksPerMultiprocessor(&n, f, Int32(threads), sharedBytes),
+                  "cuOccupancyMaxActiveBlocksPerMultiprocessor")
+        return Int(n)
+    }
 
     /// Lets kernel `f` use `bytes` of dynamic shared memory (above the default 48 KiB).
     public func setMaxDynamicShared(_ f: Handle, bytes: Int) throws {

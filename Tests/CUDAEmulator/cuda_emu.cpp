@@ -336,6 +336,14 @@ int cuEventRecord(void* e, void*) { *(double*)e = now(); return 0; }
 int cuEventSynchronize(void*) { return 0; }
 int cuEventElapsedTime(float* ms, void* a, void* b) { *ms = (float)(*(double*)b - *(double*)a); return 0; }
 int cuFuncSetAttribute(void*, int, int) { return 0; }
+// Occupancy: by shared memory alone (the emulator has no registers), at most 2048 threads a multiprocessor.
+int cuOccupancyMaxActiveBlocksPerMultiprocessor(int* n, void*, int threads, size_t shared) {
+    int byThreads = 2048 / (threads > 0 ? threads : 1);
+    int byShared = shared > 0 ? (int)((227 * 1024) / shared) : byThreads;
+    *n = byThreads < byShared ? byThreads : byShared;
+    if (*n < 1) *n = 1;
+    return 0;
+}
 int cuGetErrorString(int r, const char** s) {
     static char buf[64];
     snprintf(buf, sizeof buf, "emulated error %d", r);
