@@ -830,7 +830,8 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         let args: [KernelArg] = [.ptr(g.address), .i64(g.rowBytes), .i32(rows), .i32(cols), .ptr(hi.address),
                                  .ptr(lo.address), .ptr(sums.address), .ptr(out.address), .i32(n),
                                  .i32(Self.mmfSplitSuperBlocks)]
-        let streamShared = 4 * Self.mmfStreamDepth * 16 * 144
+        // A slot: one super-block of 16 rows (Q6_K: the 224 aligned bytes around each row's 210-byte block).
+        let streamShared = 4 * Self.mmfStreamDepth * 16 * (g.tag == "q6_K" ? 224 : 144)
         let tileShared = (64 * Self.mmfTileStride + 32 * Self.mmfTileStride / 32) * 4
         if n > Self.mmfStreamMax, Self.streamMatvecEnabled, let tile = g.tensorCoreF32Block, tileShared <= sharedOptin {
             // Prefill: 64-row block tiles sharing the inputs staged in shared memory, same bits.
@@ -1141,7 +1142,8 @@ final class CUDAWeight: @unchecked Sendable {
         tensorCoreF32Tiles = tag == "q4_K" || tag == "q6_K" ? kernels.function("mmf_\(tag)_4") : nil
         tensorCoreF32Experts = tag == "q4_K" || tag == "q6_K" ? kernels.function("mmf_experts_\(tag)") : nil
         tensorCoreF32Block = tag == "q4_K" ? kernels.function("mmf_tile_q4_K") : nil
-        tensorCoreF32Stream = tag == "q4_K" ? (kernels.function("mmf_stream_q4_K_1"), kernels.function("mmf_stream_q4_K_4")) : nil
+        tensorCoreF32Stream = tag == "q4_K" || tag == "q6_K"
+            ? (kernels.function("mmf_stream_\(tag)_1"), kernels.function("mmf_stream_\(tag)_4")) : nil
         integerExpertsStream = tag == "q4_K" || tag == "q6_K" ? kernels.function("matvec_stream_experts_\(tag)_q8") : nil
         tensorCoreF32ExpertsStream = tag == "q4_K" ? kernels.function("mmf_stream_experts_q4_K") : nil
         tensorCoreGrouped = tag == "q4_K" ? kernels.function("mmq_grouped_q4_K_4") : nil

@@ -738,9 +738,9 @@ extern "C" __global__ void mmf_reduce(const float* part, float* y, int splits, i
     }
 }
 
-// Streaming forms of mmf_q4_K_1 / _4 (decode and batched decode: 8 or 32 tokens a warp): persistent warps, each
-// with its own ring of KT_MMFS_DEPTH shared-memory slots; a slot holds one super-block (144 bytes) of the warp's 16
-// rows, copied by cp.async KT_MMFS_DEPTH - 1 steps ahead of the one the warp computes, so the weight bytes stay in
+// Streaming forms of mmf_<fmt>_1 / _4 (Q4_K, Q6_K; decode and batched decode: 8 or 32 tokens a warp): persistent
+// warps, each with its own ring of KT_MMFS_DEPTH shared-memory slots; a slot holds one super-block of the warp's 16
+// rows (KtSlot*), copied by cp.async KT_MMFS_DEPTH - 1 steps ahead of the one the warp computes, so the weight bytes stay in
 // flight during the arithmetic. A warp takes the (tile, split) units w, w + all warps, ... and runs KtMmfQ4K::add on
 // each super-block in order from its slot: every output has the bits of mmf_q4_K_1 and _4. Grid (blocks,
 // ceil(n / (8·NT))), 128 threads, 4 · KT_MMFS_DEPTH · 2304 bytes of dynamic shared memory.
@@ -778,12 +778,23 @@ struct KtMmfsUnits {
     __device__ __forceinline__ int sb1(const KtMmfsUnit& w) const { return min(nsb, sb0(w) + splitSB); }
 };
 
-template <int NT>
-__device__ __forceinline__ void kt_mmf_stream_q4_K(const KtMmfsUnits& U, i64 rowBytes, int rows, int cols,
+// A format's super-block in a slot: Q4_K's 144 bytes are 16-byte aligned (9 pieces); Q6_K's 210 are not, so a slot
+// row holds the 224 aligned bytes around the block (14 pieces) and the block starts at its address mod 16.
+struct KtSlotQ4K {
+    static constexpr int block = 144, slot = 144, pieces = 9;
+    typedef KtMmfQ4K F;
+};
+struct KtSlotQ6K {
+    static constexpr int block = 210, slot = 224, pieces = 14;
+    typedef KtMmfQ6K F;
+};
+
+template <class S, int NT>
+__device__ __forceinline__ void kt_mmf_stream(const KtMmfsUnits& U, i64 rowBytes, int rows, int cols,
         const float* xhi, const float* xlo, const float* xsum, float* out) {
     KT_DYNAMIC_SHARED(u8, smem);
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-    u8* ring = smem + warp * (KT_MMFS_DEPTH * 16 * 144);
+    u8* ring = smem + warp * (KT_MMFS_DEPTH * 16 * S::slot);
     int stride = gridDim.x * 4, units = U.count();
     // The producer: unit pu (pw), super-block ps.
     int pu = blockIdx.x * 4 + warp;
@@ -791,12 +802,12 @@ __device__ __forceinline__ void kt_mmf_stream_q4_K(const KtMmfsUnits& U, i64 row
     int ps = pu < units ? U.sb0(pw) : 0;
     auto issue = [&](int s) {
         if (pu < units) {
-            u8* dst = ring + s * (16 * 144);
+            u8* dst = ring + s * (16 * S::slot);
             int r0 = pw.tile * 16;
-            for (int j = lane; j < 16 * 9; j += 32) {
-                int rr = j / 9, k = j % 9;
-                const u8* src = pw.W + (i64)min(r0 + rr, rows - 1) * rowBytes + (i64)ps * 144 + 16 * k;
-                kt_cp_async16(dst + rr * 144 + 16 * k, src);
+            for (int j = lane; j < 16 * S::pieces; j += 32) {
+                int rr = j / S::pieces, k = j % S::pieces;
+                const u8* blk = pw.W + (i64)min(r0 + rr, rows - 1) * rowBytes + (i64)ps * S::block;
+                kt_cp_async16(dst + rr * S::slot + 16 * k, (const u8*)((size_t)blk & ~(size_t)15) + 16 * k);
             }
             if (++ps == U.sb1(pw)) {
                 pu += stride;
@@ -810,6 +821,9 @@ __device__ __forceinline__ void kt_mmf_stream_q4_K(const KtMmfsUnits& U, i64 row
     for (int u = blockIdx.x * 4 + warp; u < units; u += stride) {
         KtMmfsUnit w = U.unit(u);
         int sb0 = U.sb0(w), sb1 = U.sb1(w);
+        // This lane's rows (g, g + 8 of the tile) in global memory: their blocks' offsets in the slot rows.
+        const u8* gA = w.W + (i64)min(w.tile * 16 + g, rows - 1) * rowBytes;
+        const u8* gB = w.W + (i64)min(w.tile * 16 + g + 8, rows - 1) * rowBytes;
         float acc[NT][4];
         for (int j = 0; j < NT; j++)
             for (int e = 0; e < 4; e++) acc[j][e] = 0.0f;
@@ -817,9 +831,11 @@ __device__ __forceinline__ void kt_mmf_stream_q4_K(const KtMmfsUnits& U, i64 row
             issue((step + KT_MMFS_DEPTH - 1) % KT_MMFS_DEPTH);
             kt_cp_async_wait<KT_MMFS_DEPTH - 1>();
             __syncwarp();
-            const u8* slot = ring + (step % KT_MMFS_DEPTH) * (16 * 144);
-            KtMmfQ4K::add<NT>(slot + g * 144 - (i64)sb * 144, slot + (g + 8) * 144 - (i64)sb * 144, sb, cols, xhi, xlo,
-                              xsum, w.t0, w.tEnd, g, t, acc, U.order);
+            const u8* slot = ring + (step % KT_MMFS_DEPTH) * (16 * S::slot);
+            // Row pointers such that row + sb · block is the block in the slot.
+            const u8* rA = slot + g * S::slot + ((size_t)(gA + (i64)sb * S::block) & 15) - (i64)sb * S::block;
+            const u8* rB = slot + (g + 8) * S::slot + ((size_t)(gB + (i64)sb * S::block) & 15) - (i64)sb * S::block;
+            S::F::template add<NT>(rA, rB, sb, cols, xhi, xlo, xsum, w.t0, w.tEnd, g, t, acc, U.order);
             __syncwarp();
         }
         for (int j = 0; j < NT; j++)
@@ -835,16 +851,18 @@ __device__ __forceinline__ void kt_mmf_stream_q4_K(const KtMmfsUnits& U, i64 row
     kt_cp_async_wait<0>();
 }
 
-#define KT_MMF_STREAM(nt) \
-extern "C" __global__ void __launch_bounds__(128) mmf_stream_q4_K_##nt(const u8* W, i64 rowBytes, int rows, int cols, \
+#define KT_MMF_STREAM(name, S, nt) \
+extern "C" __global__ void __launch_bounds__(128) mmf_stream_##name##_##nt(const u8* W, i64 rowBytes, int rows, int cols, \
         const float* xhi, const float* xlo, const float* xsum, float* out, int n, int splitSB) { \
     int nsb = cols / 256; \
     KtMmfsUnits U = {W, nullptr, nullptr, nullptr, 0, (rows + 15) / 16, (nsb + splitSB - 1) / splitSB, splitSB, nsb, \
                      0, 0, 0, (int)blockIdx.y * 8 * nt, n}; \
-    kt_mmf_stream_q4_K<nt>(U, rowBytes, rows, cols, xhi, xlo, xsum, out); \
+    kt_mmf_stream<S, nt>(U, rowBytes, rows, cols, xhi, xlo, xsum, out); \
 }
-KT_MMF_STREAM(1)
-KT_MMF_STREAM(4)
+KT_MMF_STREAM(q4_K, KtSlotQ4K, 1)
+KT_MMF_STREAM(q4_K, KtSlotQ4K, 4)
+KT_MMF_STREAM(q6_K, KtSlotQ6K, 1)
+KT_MMF_STREAM(q6_K, KtSlotQ6K, 4)
 // Routed experts' down projection, streaming (decode): pair p's input row p times expert ids[p]'s rows into
 // out[p, ..] (or part[split][p][row], reduced by mmf_reduce with n = pairs); the bits of mmf_experts_q4_K.
 // Grid (blocks), 128 threads, shared memory as mmf_stream_q4_K_1.
@@ -854,7 +872,7 @@ extern "C" __global__ void __launch_bounds__(128) mmf_stream_experts_q4_K(const 
     int nsb = cols / 256;
     KtMmfsUnits U = {W, ids, nullptr, nullptr, matrixBytes, (rows + 15) / 16, (nsb + splitSB - 1) / splitSB, splitSB,
                      nsb, 0, 0, pairs, 0, pairs};
-    kt_mmf_stream_q4_K<1>(U, rowBytes, rows, cols, xhi, xlo, xsum, out);
+    kt_mmf_stream<KtSlotQ4K, 1>(U, rowBytes, rows, cols, xhi, xlo, xsum, out);
 }
 // The same grouped by expert (prefill): moe_group's meta and order, token groups of 32 pairs (NT = 4).
 extern "C" __global__ void __launch_bounds__(128) mmf_grouped_q4_K(const u8* W, i64 rowBytes, i64 matrixBytes,
@@ -863,5 +881,5 @@ extern "C" __global__ void __launch_bounds__(128) mmf_grouped_q4_K(const u8* W, 
     int nsb = cols / 256;
     KtMmfsUnits U = {W, nullptr, meta, order, matrixBytes, (rows + 15) / 16, (nsb + splitSB - 1) / splitSB, splitSB,
                      nsb, nExpert, 32, pairs, 0, pairs};
-    kt_mmf_stream_q4_K<4>(U, rowBytes, rows, cols, xhi, xlo, xsum, out);
+    kt_mmf_stream<KtSlotQ4K, 4>(U, rowBytes, rows, cols, xhi, xlo, xsum, out);
 }
