@@ -14,11 +14,7 @@ class CUDAGoldenLogitsTests: GoldenLogitsTests {
     nonisolated(unsafe) static var shared: Result<CUDABackend?, Error>?
 
     override class func makeBackend() throws -> any ComputeBackend {
-        if shared == nil { shared = Result { try CUDABackend.makeIfPresent() } }
-        guard let b = try shared!.get() else {
-            throw XCTSkip("no CUDA driver/GPU and no CUDA emulator here: CUDA model tests skipped")
-        }
-        return b
+        try sharedCUDABackend(&shared)
     }
 
     // (Linux's XCTest discovers a class by the tests it declares; the inherited ones then run too.)
@@ -160,6 +156,23 @@ final class CUDALayerwisePrefillTests: XCTestCase {
     }
 }
 
+/// A CUDA backend shared by one test class (its stream and compiled kernels), made once with `configure` applied;
+/// XCTSkip where there is no CUDA here.
+func sharedCUDABackend(_ slot: inout Result<CUDABackend?, Error>?,
+                       configure: (CUDABackend) -> Void = { _ in }) throws -> CUDABackend {
+    if slot == nil {
+        slot = Result {
+            let b = try CUDABackend.makeIfPresent()
+            if let b { configure(b) }
+            return b
+        }
+    }
+    guard let b = try slot!.get() else {
+        throw XCTSkip("no CUDA driver/GPU and no CUDA emulator here: CUDA model tests skipped")
+    }
+    return b
+}
+
 /// Every golden-logits test again on the CUDA backend with split-K attention forced on at 3 keys per split, so that
 /// every prompt's tokens span several splits: logits against the references, one pass = chunked = token by token
 /// and batch = alone (a token's splits depend on its own position only).
@@ -167,18 +180,10 @@ final class CUDASplitAttentionGoldenLogitsTests: GoldenLogitsTests {
     nonisolated(unsafe) static var shared: Result<CUDABackend?, Error>?
 
     override class func makeBackend() throws -> any ComputeBackend {
-        if shared == nil {
-            shared = Result {
-                let b = try CUDABackend.makeIfPresent()
-                b?.attentionSplitKeys = 3
-                b?.attentionGroupMinTokens = 2  // the grouped kernel's split parts too
-                return b
-            }
+        try sharedCUDABackend(&shared) {
+            $0.attentionSplitKeys = 3
+            $0.attentionGroupMinTokens = 2  // the grouped kernel's split parts too
         }
-        guard let b = try shared!.get() else {
-            throw XCTSkip("no CUDA driver/GPU and no CUDA emulator here: CUDA model tests skipped")
-        }
-        return b
     }
 
     /// (Declared so that Linux's XCTest discovers the class; the inherited tests run too.)
@@ -197,17 +202,7 @@ final class CUDAGroupedAttentionGoldenLogitsTests: GoldenLogitsTests {
     nonisolated(unsafe) static var shared: Result<CUDABackend?, Error>?
 
     override class func makeBackend() throws -> any ComputeBackend {
-        if shared == nil {
-            shared = Result {
-                let b = try CUDABackend.makeIfPresent()
-                b?.attentionGroupMinTokens = 2
-                return b
-            }
-        }
-        guard let b = try shared!.get() else {
-            throw XCTSkip("no CUDA driver/GPU and no CUDA emulator here: CUDA model tests skipped")
-        }
-        return b
+        try sharedCUDABackend(&shared) { $0.attentionGroupMinTokens = 2 }
     }
 
     /// (Declared so that Linux's XCTest discovers the class; the inherited tests run too.)

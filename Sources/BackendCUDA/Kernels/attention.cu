@@ -31,6 +31,18 @@ __device__ __forceinline__ float kt_att_score(const float* qs, const float* kr, 
     if (softcap > 0.0f) s = __fmul_rn(softcap, tanhf(__fdiv_rn(s, softcap)));
     return s;
 }
+// The keys a block takes: its token's visible positions lo..pos (a sliding window's start), or with split-K
+// (part != null) block z's share lo + z·splitKeys .. +splitKeys of them; false when that share is empty.
+__device__ __forceinline__ bool kt_att_keys(int pos, int window, const float* part, int splitKeys, int* begin, int* end) {
+    int lo = window > 0 ? max(0, pos - window + 1) : 0;
+    *begin = lo;
+    *end = pos;
+    if (part) {
+        *begin = lo + blockIdx.z * splitKeys;
+        *end = min(pos, *begin + splitKeys - 1);
+    }
+    return *begin <= pos;
+}
 // A tile's values into one value dimension's accumulator: a·corr + Σ p[jj]·v[slot jj], in key order.
 __device__ __forceinline__ float kt_att_values(float a, float corr, const float* p, const int* slots, int count,
                                                const float* vh, int vStride, int dIdx) {
@@ -53,15 +65,8 @@ extern "C" __global__ void __launch_bounds__(KT_ATT_THREADS) attention(
     int kvh = h / (nHead / nKVHead);
     const float* qh = q + ((i64)t * nHead + h) * headDim;
     for (int i = tid; i < headDim; i += KT_ATT_THREADS) qs[i] = qh[i];
-    int pos = positions[t], seq = seqOfToken[t];
-    int lo = window > 0 ? max(0, pos - window + 1) : 0;
-    // Split-K (part != null): block z takes keys lo + z·splitKeys .. +splitKeys of its token's range.
-    int begin = lo, end = pos;
-    if (part) {
-        begin = lo + blockIdx.z * splitKeys;
-        end = min(pos, begin + splitKeys - 1);
-        if (begin > pos) return;
-    }
+    int pos = positions[t], seq = seqOfToken[t], begin, end;
+    if (!kt_att_keys(pos, window, part, splitKeys, &begin, &end)) return;
     const int* table = blockTables + (i64)seq * blockTableStride;
     const float* kh = kc + (i64)kvh * headDim;
     const float* vh = vc + (i64)kvh * vHeadStride;
@@ -131,14 +136,8 @@ __device__ __forceinline__ void kt_attention_gqa(
         const float* qh = q + ((i64)t * nHead + h0 + h) * headDim;
         for (int i = tid; i < headDim; i += KT_ATT_THREADS) qs[h][i] = qh[i];
     }
-    int pos = positions[t], seq = seqOfToken[t];
-    int lo = window > 0 ? max(0, pos - window + 1) : 0;
-    int begin = lo, end = pos;
-    if (part) {
-        begin = lo + blockIdx.z * splitKeys;
-        end = min(pos, begin + splitKeys - 1);
-        if (begin > pos) return;
-    }
+    int pos = positions[t], seq = seqOfToken[t], begin, end;
+    if (!kt_att_keys(pos, window, part, splitKeys, &begin, &end)) return;
     const int* table = blockTables + (i64)seq * blockTableStride;
     const float* kh = kc + (i64)kvh * headDim;
     const float* vh = vc + (i64)kvh * vHeadStride;

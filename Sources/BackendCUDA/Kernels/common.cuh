@@ -65,6 +65,17 @@ __device__ __forceinline__ void kt_cp_async_commit() { asm volatile("cp.async.co
 template <int N> __device__ __forceinline__ void kt_cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory"); }
 #endif
 
+// One step of a warp's ring of D shared-memory slots (the streaming kernels): refills the slot of step + D - 1
+// (`issue(slot)`, which commits a copy group), waits for step's copies and makes them visible to the whole warp;
+// returns step's slot. The caller __syncwarp()s after reading it, before the next step refills it.
+template <int D, class Issue>
+__device__ __forceinline__ const u8* kt_ring_step(Issue& issue, const u8* ring, int slotBytes, int step) {
+    issue((step + D - 1) % D);
+    kt_cp_async_wait<D - 1>();
+    __syncwarp();
+    return ring + (step % D) * slotBytes;
+}
+
 #ifndef KT_EMULATOR
 // Warp-wide int8 tensor-core products, C += A·B (s32 accumulate): m16n8k32 with a[4], b[2]; m16n8k16 with a[2],
 // b[1]. Fragment layouts as in the PTX ISA (see the emulator's emu_mma_s8 for them spelled out).

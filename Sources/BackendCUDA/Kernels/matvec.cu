@@ -297,27 +297,32 @@ KT_MV_INT(q6_K, kt_mv_q6_K)
 #define KT_MVS_STAGES 4
 #define KT_MVS_ROWS 8
 
-struct KtMvsChunks {
+// Units of R consecutive rows of up to three matrices (rows of matrix 0, then 1, then 2, each padded to whole
+// units): the streaming matvec's chunks (R = 8) and the streaming tiles' row tiles (R = 16, mmq.cu).
+template <int R>
+struct KtRowUnits {
     const u8* W[3];
     float* y[3];
     int rows[3];
-    int first[4];  // first chunk of each matrix, and the total
-    __device__ __forceinline__ KtMvsChunks(const u8* W0, const u8* W1, const u8* W2, float* y0, float* y1, float* y2,
-                                           int rows0, int rows1, int rows2) {
+    int first[4];  // first unit of each matrix, and the total
+    __device__ __forceinline__ KtRowUnits(const u8* W0, const u8* W1, const u8* W2, float* y0, float* y1, float* y2,
+                                          int rows0, int rows1, int rows2) {
         W[0] = W0; W[1] = W1; W[2] = W2;
         y[0] = y0; y[1] = y1; y[2] = y2;
         rows[0] = rows0; rows[1] = rows1; rows[2] = rows2;
         first[0] = 0;
-        for (int m = 0; m < 3; m++) first[m + 1] = first[m] + (rows[m] + KT_MVS_ROWS - 1) / KT_MVS_ROWS;
+        for (int m = 0; m < 3; m++) first[m + 1] = first[m] + (rows[m] + R - 1) / R;
     }
-    // Chunk c's matrix, its first row and its row count.
-    __device__ __forceinline__ int locate(int c, int* r0, int* count) const {
-        int m = c < first[1] ? 0 : (c < first[2] ? 1 : 2);
-        *r0 = (c - first[m]) * KT_MVS_ROWS;
-        *count = min(KT_MVS_ROWS, rows[m] - *r0);
+    __device__ __forceinline__ int matrix(int u) const { return u < first[1] ? 0 : (u < first[2] ? 1 : 2); }
+    // Unit u's matrix, its first row and its row count.
+    __device__ __forceinline__ int locate(int u, int* r0, int* count) const {
+        int m = matrix(u);
+        *r0 = (u - first[m]) * R;
+        *count = min(R, rows[m] - *r0);
         return m;
     }
 };
+typedef KtRowUnits<KT_MVS_ROWS> KtMvsChunks;
 
 // Issues the copy of chunk c (if it exists) into dst: bytes 16 · k by thread k mod blockDim.
 __device__ __forceinline__ void kt_mvs_issue(const KtMvsChunks& ch, i64 rowBytes, int c, u8* dst) {

@@ -134,21 +134,7 @@ extern "C" __global__ void __launch_bounds__(128) mmq_q4_K(const u8* W, i64 rowB
 // 128 threads, 4 · KT_MMQS_DEPTH · 2304 bytes of dynamic shared memory.
 #define KT_MMQS_DEPTH 6
 
-struct KtTiles16 {
-    const u8* W[3];
-    float* y[3];
-    int rows[3];
-    int first[4];  // first tile of each matrix, and the total
-    __device__ __forceinline__ KtTiles16(const u8* W0, const u8* W1, const u8* W2, float* y0, float* y1, float* y2,
-                                         int rows0, int rows1, int rows2) {
-        W[0] = W0; W[1] = W1; W[2] = W2;
-        y[0] = y0; y[1] = y1; y[2] = y2;
-        rows[0] = rows0; rows[1] = rows1; rows[2] = rows2;
-        first[0] = 0;
-        for (int m = 0; m < 3; m++) first[m + 1] = first[m] + (rows[m] + 15) / 16;
-    }
-    __device__ __forceinline__ int matrix(int u) const { return u < first[1] ? 0 : (u < first[2] ? 1 : 2); }
-};
+typedef KtRowUnits<16> KtTiles16;  // (matvec.cu)
 
 // A unit of the streaming tiles: 16 rows of a matrix (W, rows r0.., `rows` in all, output y) times the token
 // positions t0 .. tEnd - 1 of a token group. Positions map to input rows (`token`) and output rows (`out`).
@@ -208,10 +194,7 @@ __device__ __forceinline__ void kt_mmq_stream_q4_K(const Map& map, i64 rowBytes,
         for (int j = 0; j < NT; j++)
             for (int e = 0; e < 4; e++) acc[j][e] = 0.0f;
         for (int sb = 0; sb < nsb; sb++, step++) {
-            issue((step + KT_MMQS_DEPTH - 1) % KT_MMQS_DEPTH);
-            kt_cp_async_wait<KT_MMQS_DEPTH - 1>();
-            __syncwarp();
-            const u8* slot = ring + (step % KT_MMQS_DEPTH) * (16 * 144);
+            const u8* slot = kt_ring_step<KT_MMQS_DEPTH>(issue, ring, 16 * 144, step);
             // Rows g (A) and g + 8 (B) of the tile: scales, mins and d, dmin.
             uint4 hA = *(const uint4*)(slot + g * 144), hB = *(const uint4*)(slot + (g + 8) * 144);
             const u8* ha = (const u8*)&hA;
@@ -402,10 +385,7 @@ __device__ __forceinline__ void kt_mmq_stream_q6_K(const KtTiles16& tl, i64 rowB
         for (int j = 0; j < NT; j++)
             for (int e = 0; e < 4; e++) acc[j][e] = 0.0f;
         for (int sb = 0; sb < nsb; sb++, step++) {
-            issue((step + KT_MMQS_DEPTH - 1) % KT_MMQS_DEPTH);
-            kt_cp_async_wait<KT_MMQS_DEPTH - 1>();
-            __syncwarp();
-            const u8* slot = ring + (step % KT_MMQS_DEPTH) * (16 * 224);
+            const u8* slot = kt_ring_step<KT_MMQS_DEPTH>(issue, ring, 16 * 224, step);
             const u8* ba = slot + g * 224 + ((size_t)(rowA + (i64)sb * 210) & 15);
             const u8* bb = slot + (g + 8) * 224 + ((size_t)(rowB + (i64)sb * 210) & 15);
             float dA = kt_f16(ba + 208), dB = kt_f16(bb + 208);
@@ -828,10 +808,7 @@ __device__ __forceinline__ void kt_mmf_stream(const KtMmfsUnits& U, i64 rowBytes
         for (int j = 0; j < NT; j++)
             for (int e = 0; e < 4; e++) acc[j][e] = 0.0f;
         for (int sb = sb0; sb < sb1; sb++, step++) {
-            issue((step + KT_MMFS_DEPTH - 1) % KT_MMFS_DEPTH);
-            kt_cp_async_wait<KT_MMFS_DEPTH - 1>();
-            __syncwarp();
-            const u8* slot = ring + (step % KT_MMFS_DEPTH) * (16 * S::slot);
+            const u8* slot = kt_ring_step<KT_MMFS_DEPTH>(issue, ring, 16 * S::slot, step);
             // Row pointers such that row + sb · block is the block in the slot.
             const u8* rA = slot + g * S::slot + ((size_t)(gA + (i64)sb * S::block) & 15) - (i64)sb * S::block;
             const u8* rB = slot + (g + 8) * S::slot + ((size_t)(gB + (i64)sb * S::block) & 15) - (i64)sb * S::block;
