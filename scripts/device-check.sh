@@ -11,7 +11,9 @@
 #
 # Stages (all by default): probe, conformance, tiny, gemma, bench, baseline, hybrid; and, not in the default set,
 # `profile` (where the GPU time goes, bench --profile-kernels, on the Llama-3-8B shape, into $OUT/profile.md) and
-# `serve` (serve on cuda + bench serve with 1, 8, 32 clients). MOE=1 adds the Qwen3-30B-A3B shape all on the GPU to
+# `serve` (serve on cuda + bench serve with 1, 8, 32 clients) and `deepseek` (a DeepSeek-V3-shaped model of
+# DS_LAYERS=4 layers written by scripts/make_random_deepseek.py: hybrid and all-GPU logits against the CPU's, the
+# routing spread, speed beside llama.cpp; ~20 GB on disk). MOE=1 adds the Qwen3-30B-A3B shape all on the GPU to
 # bench and baseline; HYBRID_SHORT=1 runs only pp512/tg of the hybrid stage; HYBRID_AB=1 adds hybrid decode rows
 # under each host-wait setting (KTRANSFORMERS_CUDA_SYNC, KTRANSFORMERS_POOL_SPINS, one core free) and with the
 # layerwise prefill; KERNEL_AB=1 adds bench rows with the streaming kernels off or capped; CPU_BASELINE=1
@@ -223,6 +225,57 @@ if has hybrid; then
     .baseline/llama.cpp/build/bin/llama-bench -m $m -t $threads -p 512 -n 128 -r 3 2>>"$log" | tee -a "$summary"
   fi
 fi
+if has deepseek; then
+  # Issue 13: a DeepSeek-V3-shaped model (MLA, 256 experts of 2048, group-limited sigmoid routing; DS_LAYERS of its
+  # 61 layers, the first dense): the logits of the hybrid placement and of all on the GPU against the CPU's on the
+  # same tokens, the routing spread (bench's routing lines), and timing rows beside llama.cpp's -ot exps=CPU.
+  say "## DeepSeek-V3 shape, ${DS_LAYERS:-4} layers, $(date -u +%FT%TZ), $threads threads"
+  m=/tmp/deepseek-v3$sfx.gguf
+  if [ -n "${SMOKE:-}" ]; then dsm=(--layers 2 --experts 16 --vocab 4096); else dsm=(--layers "${DS_LAYERS:-4}"); fi
+  [ -f "$m" ] || python3 scripts/make_random_deepseek.py --out "$m" "${dsm[@]}" >>"$log" 2>&1
+  toks="1 4242 977 31337 12 555 8080 4096 77 1024 3 65000 2718 16 9000 123"
+  [ -n "${SMOKE:-}" ] && toks="1 424 977 313 12 555 808 409"
+  for run in "cpu" "cuda" "cuda --n-cpu-moe 0"; do
+    # shellcheck disable=SC2086
+    "$bin" logits --model $m --device $run -t $threads --tokens "$toks" --top 10 > "$out/ds-logits-${run// /_}.json" 2>>"$log"
+  done
+  python3 - "$out" >>"$summary" 2>&1 <<'PY' || status=1
+import json, sys
+d = sys.argv[1]
+def load(name):
+    return json.load(open(f"{d}/ds-logits-{name}.json"))["top"]
+cpu = load("cpu")
+ok = True
+for name in ["cuda", "cuda_--n-cpu-moe_0"]:
+    other = load(name)
+    diffs, decisive, agree = [], 0, 0
+    for a, b in zip(cpu, other):
+        lb = {e["id"]: e["logprob"] for e in b}
+        diffs += [abs(e["logprob"] - lb[e["id"]]) for e in a if e["id"] in lb]
+        if a[0]["logprob"] - a[1]["logprob"] >= 0.05:
+            decisive += 1
+            agree += a[0]["id"] == b[0]["id"]
+    mean = sum(diffs) / max(1, len(diffs))
+    good = agree == decisive and mean <= 0.05 and len(cpu) == len(other)
+    ok &= good
+    label = "hybrid (experts on the CPU)" if name == "cuda" else "all on the GPU"
+    print(f"{label} vs cpu: argmax {agree}/{decisive} decisive positions, mean |Δlogprob| {mean:.4f}, "
+          f"max {max(diffs, default=0):.4f} over the top-10: {'ok' if good else 'FAIL'}")
+sys.exit(0 if ok else 1)
+PY
+  "$bin" bench --model $m --device cuda -t $threads -p $pp -n $tg -r $reps 2>"$out/ds-bench.err" | tail -2 | sed 's/$/ (hybrid)/' | tee -a "$summary"
+  grep "^routing" "$out/ds-bench.err" | tee -a "$summary"
+  "$bin" bench --model $m --device cuda -t $threads -p 0 -n $tgb -b 8 -r 1 2>"$out/ds-bench.err" | tail -1 | sed 's/$/ (hybrid)/' | tee -a "$summary"
+  grep "^routing" "$out/ds-bench.err" | tee -a "$summary"
+  "$bin" bench --model $m --device cuda --n-cpu-moe 0 -p $pp -n $tg -r $reps 2>>"$log" | tail -2 | sed 's/$/ (all on the GPU)/' | tee -a "$summary"
+  if [ -x .baseline/llama.cpp/build-cuda/bin/llama-bench ] && [ -z "${SMOKE:-}" ]; then
+    lb=.baseline/llama.cpp/build-cuda/bin
+    "$lb/llama-bench" -m $m -ngl 99 -ot exps=CPU -t $threads -fa 1 -p 512 -n 128 -r 3 2>>"$log" | tee -a "$summary"
+    "$lb/llama-bench" -m $m -ngl 99 -fa 1 -p 512 -n 128 -r 3 2>>"$log" | tail -3 | tee -a "$summary"
+  fi
+  rm -f "$out/ds-bench.err"
+fi
+
 if has profile; then
   say "## kernel profile (Llama-3-8B shape), $(date -u +%FT%TZ)"
   m=/tmp/llama3-8b$sfx.gguf

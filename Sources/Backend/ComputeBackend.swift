@@ -264,4 +264,10 @@ public protocol ExpertExecutor: AnyObject {
     func submit(_ experts: ExpertWeights, x: Tensor, ids: Tensor, n: Int, topK: Int)
     /// Waits for the last `submit`, then `out[t] += Σ_j weights[t, j] · expert_j(x[t])`, in choice order.
     func wait(weights: Tensor, accumulateInto out: Tensor, n: Int)
+    /// The experts chosen so far, where this executor sees the choices on the host (nil otherwise).
+    var usage: ExpertUsage? { get }
+}
+
+extension ExpertExecutor {
+    public var usage: ExpertUsage? { nil }
 }

@@ -68,6 +68,9 @@ final class CUDAHybridExpertExecutor: ExpertExecutor, @unchecked Sendable {
         if outDevice.count > 0 { gpu.release(outDevice) }
     }
 
+    /// The CPU executor's record (steps of the layerwise prefill, which run on the GPU, are not in it).
+    var usage: ExpertUsage? { inner.usage }
+
     func reserve(maxTokens: Int, topK: Int) {
         inner.reserve(maxTokens: maxTokens, topK: topK)
         layerwiseExecutor?.reserve(maxTokens: maxTokens, topK: topK)

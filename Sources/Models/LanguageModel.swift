@@ -60,9 +60,14 @@ public protocol LanguageModel: AnyObject, Sendable {
     /// Grows the run state to cover `limits` (never shrinks).
     func reserve(_ limits: RunLimits)
     func forward(_ batch: ForwardBatch, cache: KVCache) throws -> Tensor
+    /// The records of which routed experts were chosen (`ExpertUsage`), one per expert executor that keeps one;
+    /// empty for dense models and for experts routed on the GPU.
+    var expertUsage: [ExpertUsage] { get }
 }
 
 extension LanguageModel {
+    public var expertUsage: [ExpertUsage] { [] }
+
     /// A paged KV pool for this model in its backend's memory: pages `0..<numPages` for the caller's sequences,
     /// plus one more, the last, that the model keeps for itself (the padding rows of a step replayed as a graph
     /// write their K/V there).

@@ -79,6 +79,19 @@ struct Bench: ParsableCommand {
         var median_tokens_per_second: Double
         var stddev_tokens_per_second: Double
         var samples_tokens_per_second: [Double]
+        /// MoE models whose experts run on the CPU: distinct experts per layer-step by step size, against
+        /// independent random choices (the routing-spread check of a random-weight model).
+        var routing: [ExpertUsage.StepSummary]?
+    }
+
+    /// One line on the routing of a test's steps: distinct experts read per MoE layer-step against independent
+    /// random choices.
+    static func routingLine(test: String, _ steps: [ExpertUsage.StepSummary], experts: Int) -> String {
+        let parts = steps.map {
+            String(format: "%d-token steps %.1f of %d (random choices: %.1f)", $0.tokens, $0.meanDistinct, experts,
+                   $0.expectedDistinct)
+        }
+        return "routing, \(test): distinct experts per MoE layer-step: " + parts.joined(separator: "; ") + "\n"
     }
 
     func run() throws {
@@ -108,6 +121,7 @@ struct Bench: ParsableCommand {
         func measure(_ test: String, tokens: Int, _ body: () throws -> Void) throws {
             try body()  // warm-up
             loaded.gpu?.resetKernelProfile()
+            for u in lm.expertUsage { u.reset() }
             var samples: [Double] = []
             for _ in 0..<repetitions {
                 let t0 = DispatchTime.now().uptimeNanoseconds
@@ -122,11 +136,17 @@ struct Bench: ParsableCommand {
             let mean = samples.reduce(0, +) / Double(samples.count)
             let sd = (samples.map { ($0 - mean) * ($0 - mean) }.reduce(0, +) / Double(max(samples.count - 1, 1))).squareRoot()
             let median = samples.sorted()[samples.count / 2]
+            // NOTE: one record per executor; with experts split over devices only the CPU's steps are in it.
+            let routing = lm.expertUsage.first.map { $0.stepSummary() }
+            if let routing, !routing.isEmpty, let u = lm.expertUsage.first {
+                Output.err(Self.routingLine(test: test, routing, experts: u.expertCount))
+            }
             results.append(Result(model: name, test: test, n_prompt: test.hasPrefix("pp") ? nPrompt : 0,
                                   n_gen: test.hasPrefix("tg") ? nGen : 0, batch: test.hasPrefix("tg") ? batch : 1,
                                   threads: pool.threadCount, isa: KernelDispatch.isa, device: deviceName, repetitions: repetitions,
                                   tokens_per_second: mean, median_tokens_per_second: median,
-                                  stddev_tokens_per_second: sd, samples_tokens_per_second: samples))
+                                  stddev_tokens_per_second: sd, samples_tokens_per_second: samples,
+                                  routing: routing?.isEmpty == false ? routing : nil))
         }
 
         if nPrompt > 0 {

@@ -25,6 +25,8 @@ public final class CPUExpertExecutor: ExpertExecutor, @unchecked Sendable {
     public var timing = false
     public private(set) var gateUpNanoseconds: UInt64 = 0
     public private(set) var downNanoseconds: UInt64 = 0
+    /// Which experts the steps chose (`ExpertUsage`).
+    public let usage: ExpertUsage?
 
     public init(pool: ThreadPool, nExpert: Int, dim: Int, ff: Int) {
         self.pool = pool
@@ -32,6 +34,7 @@ public final class CPUExpertExecutor: ExpertExecutor, @unchecked Sendable {
         self.dim = dim
         self.ff = ff
         routing = ExpertRouting(expertCount: nExpert)
+        usage = ExpertUsage(expertCount: nExpert)
         scratch = MatmulScratch(perThread: ThreadScratch(threads: pool.threadCount, floatsPerThread: max(dim, ff, 8)),
                                 activations: ActivationBuffer(capacity: 64))
     }
@@ -73,6 +76,7 @@ public final class CPUExpertExecutor: ExpertExecutor, @unchecked Sendable {
     public func submit(_ w: ExpertWeights, x: Tensor, ids: Tensor, n: Int, topK k: Int) {
         precondition(n * k <= capacity, "expert executor reserved for \(capacity) assignments, step has \(n * k)")
         routing.set(experts: ids.hostInt32, tokens: n, perToken: k)
+        usage?.record(layer: w.gate.name, routing: routing)
         let gb = gate.hostFloats, ub = up.hostFloats, db = down.hostFloats, f = ff
         let t0 = timing ? DispatchTime.now().uptimeNanoseconds : 0
         // Routed experts, rows in sorted order: gate and up in one pass, then silu(gate)·up, then down.

@@ -89,6 +89,12 @@ final class DecoderModel: LanguageModel, @unchecked Sendable {
     /// The padded metadata of a graphed step (host side, reused).
     private var padded = PaddedStep()
 
+    var expertUsage: [ExpertUsage] {
+        var seen = Set<ObjectIdentifier>()
+        return blocks.compactMap { ($0.mlp as? MoEFeedForward)?.executor.usage }
+            .filter { seen.insert(ObjectIdentifier($0)).inserted }
+    }
+
     private struct GraphKey: Hashable {
         let bucket: Int
         /// The KV pool: its object and every layer's K/V addresses.
