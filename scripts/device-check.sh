@@ -56,6 +56,10 @@ if has probe; then
   say "## probe"
   "$bin" devices --require-cuda >>"$log" 2>&1 && say "cuda: usable ($(grep -m1 '^gpu 0' "$log"))" || { say "cuda: NOT usable"; status=1; }
   nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,clocks.max.mem --format=csv,noheader >>"$summary" 2>/dev/null || true
+  # The host: cores, threads per core, caches, flags (for reading the CPU-side figures).
+  lscpu >>"$log" 2>&1 || true
+  say "host: $(lscpu 2>/dev/null | grep -E '^(Model name|Socket|Core|Thread|NUMA node\(s\))' | tr -s ' ' | tr '\n' ';')" \
+      "amx: $(grep -q amx_int8 /proc/cpuinfo && echo yes || echo no); $(free -g | awk '/Mem:/ {print $2 " GiB"}')" 
 fi
 
 if has conformance; then
@@ -199,10 +203,20 @@ if has hybrid; then
     ab $threads KTRANSFORMERS_POOL_SPINS=20000
     ab $threads KTRANSFORMERS_POOL_SPINS=1000000
     ab $((threads - 1)) KTRANSFORMERS_POOL_SPINS=1000000
-    # Layerwise prefill (the layer's experts copied to the GPU for a large step) against the CPU experts.
+    # Layerwise prefill (the layer's experts copied to the GPU for a large step, the next layer's copy overlapping
+    # this one's compute) against the CPU experts; with the host weights pageable instead of page-locked; and where
+    # the threshold lies (steps of 64 and 128 tokens).
     for p in $pp $long; do
-      KTRANSFORMERS_LAYERWISE_MIN=256 "$bin" bench --model $m --device cuda -t $threads -p $p -n 0 -r 1 --chunk-size $p \
-        2>>"$log" | tail -1 | sed 's/$/ (hybrid, layerwise prefill from 256 tokens)/' | tee -a "$summary"
+      KTRANSFORMERS_LAYERWISE_MIN=64 "$bin" bench --model $m --device cuda -t $threads -p $p -n 0 -r 1 --chunk-size $p \
+        2>>"$log" | tail -1 | sed 's/$/ (hybrid, layerwise prefill)/' | tee -a "$summary"
+    done
+    KTRANSFORMERS_LAYERWISE_MIN=64 KTRANSFORMERS_LAYERWISE_PIN=0 "$bin" bench --model $m --device cuda -t $threads -p $pp -n 0 -r 1 \
+      2>>"$log" | tail -1 | sed 's/$/ (hybrid, layerwise prefill, pageable host weights)/' | tee -a "$summary"
+    for c in 64 128; do
+      for lw in 0 64; do
+        KTRANSFORMERS_LAYERWISE_MIN=$lw "$bin" bench --model $m --device cuda -t $threads -p $((4 * c)) -n 0 -r 1 --chunk-size $c \
+          2>>"$log" | tail -1 | sed "s/\$/ (hybrid, chunks of $c, layerwise from $lw, 0 = off)/" | tee -a "$summary"
+      done
     done
   fi
   if [ -z "${HYBRID_SHORT:-}" ]; then

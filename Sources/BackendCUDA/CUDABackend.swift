@@ -92,6 +92,8 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     public var layerwiseMinTokens = ProcessInfo.processInfo.environment["KTRANSFORMERS_LAYERWISE_MIN"].flatMap { Int($0) } ?? 0
     /// Layers staged so far by the layerwise prefill (tests, the log).
     public internal(set) var layerwiseStagings = 0
+    /// Layerwise steps whose layer was already in a staging slot (prefetched while the previous layer ran).
+    public internal(set) var layerwisePrefetchHits = 0
     /// Whether a graph is being captured (work that cannot be captured, as copies from pageable memory, stays out).
     private(set) var capturing = false
     /// Streaming multiprocessors, and the shared memory a block may opt in to.
@@ -403,7 +405,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     }
 
     /// Notes a weight's input width: the rounding scratch must hold `maxTokens` rows of the widest.
-    private func noteInput(cols: Int) {
+    func noteInput(cols: Int) {
         widestInput = max(widestInput, cols)
         growRounded()
     }

@@ -51,6 +51,9 @@ public final class CUDADriver: @unchecked Sendable {
     private let cuEventSynchronize: @convention(c) (Handle) -> Int32
     private let cuEventElapsedTime: @convention(c) (UnsafeMutablePointer<Float>, Handle, Handle) -> Int32
     private let cuEventDestroy: @convention(c) (Handle) -> Int32
+    private let cuStreamWaitEvent: @convention(c) (Handle?, Handle, UInt32) -> Int32
+    private let cuMemHostRegister: @convention(c) (UnsafeMutableRawPointer, Int, UInt32) -> Int32
+    private let cuMemHostUnregister: @convention(c) (UnsafeMutableRawPointer) -> Int32
     private let cuFuncSetAttribute: @convention(c) (Handle, Int32, Int32) -> Int32
     private let cuOccupancyMaxActiveBlocksPerMultiprocessor: @convention(c) (UnsafeMutablePointer<Int32>, Handle, Int32, Int) -> Int32
 
@@ -105,6 +108,9 @@ public final class CUDADriver: @unchecked Sendable {
         cuEventSynchronize = try l.symbol("cuEventSynchronize", as: type(of: cuEventSynchronize))
         cuEventElapsedTime = try l.symbol("cuEventElapsedTime", as: type(of: cuEventElapsedTime))
         cuEventDestroy = try l.symbol("cuEventDestroy_v2", as: type(of: cuEventDestroy))
+        cuStreamWaitEvent = try l.symbol("cuStreamWaitEvent", as: type(of: cuStreamWaitEvent))
+        cuMemHostRegister = try l.symbol("cuMemHostRegister_v2", as: type(of: cuMemHostRegister))
+        cuMemHostUnregister = try l.symbol("cuMemHostUnregister", as: type(of: cuMemHostUnregister))
         cuFuncSetAttribute = try l.symbol("cuFuncSetAttribute", as: type(of: cuFuncSetAttribute))
         cuOccupancyMaxActiveBlocksPerMultiprocessor = try l.symbol("cuOccupancyMaxActiveBlocksPerMultiprocessor",
                                                                    as: type(of: cuOccupancyMaxActiveBlocksPerMultiprocessor))
@@ -300,6 +306,19 @@ public final class CUDADriver: @unchecked Sendable {
 
     /// Waits until `event`'s recorded work is done.
     public func wait(_ event: Handle) throws { try check(cuEventSynchronize(event), "cuEventSynchronize") }
+
+    /// Work queued on `stream` after this waits until `event`'s recorded work is done (no host wait).
+    public func streamWait(_ stream: Handle?, for event: Handle) throws {
+        try check(cuStreamWaitEvent(stream, event, 0), "cuStreamWaitEvent")
+    }
+
+    /// Page-locks `bytes` of host memory at `p` for the GPU's copy engines (`CU_MEMHOSTREGISTER_READ_ONLY`
+    /// where `readOnly`: a read-only mapping such as a model file's).
+    public func registerHost(_ p: UnsafeMutableRawPointer, bytes: Int, readOnly: Bool) throws {
+        try check(cuMemHostRegister(p, bytes, readOnly ? 0x08 : 0), "cuMemHostRegister(\(bytes) bytes)")
+    }
+
+    public func unregisterHost(_ p: UnsafeMutableRawPointer) { _ = cuMemHostUnregister(p) }
 
     public func record(_ event: Handle, stream: Handle?) throws { try check(cuEventRecord(event, stream), "cuEventRecord") }
 

@@ -62,7 +62,9 @@ final class CUDAHybridExpertExecutor: ExpertExecutor, @unchecked Sendable {
     }
 
     deinit {
-        if let b = stagingBuffer { gpu.freeWeights(b.address) }
+        if let c = copyStream { try? gpu.driver.synchronize(c) }
+        for s in slots { gpu.freeWeights(s.address); gpu.driver.destroyEvent(s.copied); gpu.driver.destroyEvent(s.consumed) }
+        unpinAll()
         worker.stop()
         for p in [xHost, idsHost, weightsHost, outHost] { if let p { gpu.driver.freeHost(p) } }
         if outDevice.count > 0 { gpu.release(outDevice) }
@@ -109,7 +111,9 @@ final class CUDAHybridExpertExecutor: ExpertExecutor, @unchecked Sendable {
         if gpu.layerwiseMinTokens > 0, n >= gpu.layerwiseMinTokens, !gpu.capturing, let staged = stageOnGPU(experts) {
             // Layerwise prefill: this layer's experts copied to the GPU and run there on the step's tokens.
             layerwiseStep = staged.executor
+            layerwiseSlot = staged.slot
             staged.executor.submit(staged.weights, x: x, ids: ids, n: n, topK: topK)
+            prefetchNext(after: experts, used: staged.slot)
             return
         }
         let j = job(experts, n: n, topK: topK)
@@ -126,7 +130,10 @@ final class CUDAHybridExpertExecutor: ExpertExecutor, @unchecked Sendable {
     func wait(weights: Tensor, accumulateInto out: Tensor, n: Int) {
         if let l = layerwiseStep {
             layerwiseStep = nil
-            return l.wait(weights: weights, accumulateInto: out, n: n)
+            l.wait(weights: weights, accumulateInto: out, n: n)
+            // The slot's weights are read by everything queued so far: the next copy into it waits for this point.
+            gpu.must("layerwise staging release") { try gpu.driver.record(slots[layerwiseSlot].consumed, stream: gpu.stream) }
+            return
         }
         guard n > 0, let j = lastSubmitted else { return }
         precondition(j.n == n, "wait for \(n) tokens after a submit of \(j.n)")
@@ -145,48 +152,179 @@ final class CUDAHybridExpertExecutor: ExpertExecutor, @unchecked Sendable {
 
     // MARK: layerwise prefill
 
-    /// The GPU executor of a layerwise step (set between its submit and wait).
+    /// The GPU executor of a layerwise step (set between its submit and wait), and the staging slot it reads.
     private var layerwiseStep: CUDAExpertExecutor?
+    private var layerwiseSlot = 0
     private var layerwiseExecutor: CUDAExpertExecutor?
-    /// One layer's expert weights on the device (reused by every layer; grown to the largest), and whether staging
-    /// failed once (no memory: the CPU runs every step, said once in the log).
-    private var stagingBuffer: (address: UInt, bytes: Int)?
-    private var stagingFailed = false
-    private var stagedWeights: [Int: CUDAWeight] = [:]
 
-    /// Copies the three stacks into the staging buffer (stream order) and returns them as device stacks with the
-    /// GPU executor; nil where the formats have no in-place GPU kernels or the memory is short.
-    private func stageOnGPU(_ experts: ExpertWeights) -> (weights: ExpertWeights, executor: CUDAExpertExecutor)? {
+    /// One layer's expert weights on the device. Two slots when they fit: while the GPU runs layer L's experts from
+    /// one, the copy stream fills the other with layer L+1's (learned from the order the layers come in), so the
+    /// copy over PCIe overlaps the compute. `copied` is recorded on the copy stream after a slot's copy (the compute
+    /// waits for it), `consumed` on the compute stream after the last kernel that reads the slot (the next copy into
+    /// it waits for that).
+    private final class Slot {
+        let address: UInt
+        let bytes: Int
+        let copied: CUDADriver.Handle
+        let consumed: CUDADriver.Handle
+        /// The layer whose weights the slot holds or is being filled with (its gate stack's host address).
+        var holds: UInt?
+        var weights: [Int: CUDAWeight] = [:]
+        init(address: UInt, bytes: Int, copied: CUDADriver.Handle, consumed: CUDADriver.Handle) {
+            self.address = address
+            self.bytes = bytes
+            self.copied = copied
+            self.consumed = consumed
+        }
+    }
+    private var slots: [Slot] = []
+    private var copyStream: CUDADriver.Handle?
+    /// Staging failed once (no device memory): the CPU runs every step, said once in the log.
+    private var stagingFailed = false
+    /// The layer that followed each layer in the layerwise steps so far, the first layer seen, and the last one.
+    private var nextLayer: [UInt: ExpertWeights] = [:]
+    private var firstLayer: UInt?
+    private var lastLayer: UInt?
+    /// Host ranges page-locked for the copy engines (`[start, end)` page-aligned, sorted), their bytes, and whether
+    /// pinning is off (it failed, or `KTRANSFORMERS_LAYERWISE_PIN=0`).
+    private var pinnedRanges: [(start: UInt, end: UInt)] = []
+    private var pinnedBytes = 0
+    private var pinningOff = ProcessInfo.processInfo.environment["KTRANSFORMERS_LAYERWISE_PIN"] == "0"
+    /// Page-locked host memory stays under this share of the machine's memory (the rest is copied pageable).
+    private static let pinBudget = Int(ProcessInfo.processInfo.physicalMemory / 2)
+
+    private static func layout(_ experts: ExpertWeights) -> (sizes: [Int], offsets: [Int], total: Int) {
+        let sizes = [experts.gate, experts.up, experts.down].map { $0.count * $0.rows * $0.rowBytes }
+        // Each stack at a 256-byte aligned offset (the kernels' 16-byte loads and copies).
+        let offsets = [0, (sizes[0] + 255) & ~255, ((sizes[0] + 255) & ~255) + ((sizes[1] + 255) & ~255)]
+        return (sizes, offsets, offsets[2] + sizes[2])
+    }
+
+    /// Makes two staging slots of `bytes` each (one if two do not fit); false when not even one fits.
+    private func ensureSlots(bytes: Int) -> Bool {
+        if let s = slots.first, s.bytes >= bytes { return true }
+        if let c = copyStream { gpu.must("layerwise copy stream") { try gpu.driver.synchronize(c) } }
+        for s in slots { gpu.freeWeights(s.address); gpu.driver.destroyEvent(s.copied); gpu.driver.destroyEvent(s.consumed) }
+        slots = []
+        gpu.current()
+        for i in 0..<2 {
+            guard let address = try? gpu.allocateWeights(bytes: bytes, name: "layerwise expert staging \(i)") else { break }
+            var events: [CUDADriver.Handle] = []
+            gpu.must("layerwise staging events") { events = [try gpu.driver.makeEvent(), try gpu.driver.makeEvent()] }
+            slots.append(Slot(address: address, bytes: bytes, copied: events[0], consumed: events[1]))
+        }
+        if slots.isEmpty {
+            stagingFailed = true
+            FileHandle.standardError.write(Data(String(format: "layerwise prefill off: %.1f MiB of staging for one layer's experts do not fit in %@'s memory\n",
+                                                       Double(bytes) / 1_048_576, gpu.device.description).utf8))
+            return false
+        }
+        if copyStream == nil { gpu.must("layerwise copy stream") { copyStream = try gpu.driver.makeStream() } }
+        return true
+    }
+
+    /// Page-locks the host pages of `bytes` at `p` that are not locked yet (copies from locked memory run at the
+    /// link's speed and asynchronously; from pageable memory the driver bounces them through its own buffers).
+    private func pin(_ p: UnsafeRawPointer, bytes: Int) {
+        guard !pinningOff else { return }
+        let page = UInt(sysconf(Int32(_SC_PAGESIZE)))
+        let start = UInt(bitPattern: p) & ~(page - 1), end = (UInt(bitPattern: p) + UInt(bytes) + page - 1) & ~(page - 1)
+        // The parts of [start, end) outside the ranges locked so far.
+        var missing: [(UInt, UInt)] = []
+        var cursor = start
+        for r in pinnedRanges where r.end > cursor && r.start < end {
+            if r.start > cursor { missing.append((cursor, r.start)) }
+            cursor = max(cursor, r.end)
+        }
+        if cursor < end { missing.append((cursor, end)) }
+        for (a, b) in missing {
+            let n = Int(b - a)
+            guard pinnedBytes + n <= Self.pinBudget else { return }
+            let ptr = UnsafeMutableRawPointer(bitPattern: a)!
+            do {
+                gpu.current()
+                do { try gpu.driver.registerHost(ptr, bytes: n, readOnly: true) } catch {
+                    try gpu.driver.registerHost(ptr, bytes: n, readOnly: false)
+                }
+            } catch {
+                pinningOff = true
+                FileHandle.standardError.write(Data("layerwise prefill: host expert weights stay pageable (copies slower): \(error)\n".utf8))
+                return
+            }
+            pinnedBytes += n
+            pinnedRanges.append((a, b))
+            pinnedRanges.sort { $0.start < $1.start }
+        }
+    }
+
+    private func unpinAll() {
+        for r in pinnedRanges { gpu.driver.unregisterHost(UnsafeMutableRawPointer(bitPattern: r.start)!) }
+        pinnedRanges = []
+        pinnedBytes = 0
+    }
+
+    /// Prefetches the layer that came after `experts` last time into the slot the step did not use, on the copy stream
+    /// (after the step's kernels were queued); not across the end of a pass, where the next step may be small.
+    private func prefetchNext(after experts: ExpertWeights, used s: Int) {
+        guard slots.count > 1, let next = nextLayer[UInt(bitPattern: experts.gate.data)] else { return }
+        let key = UInt(bitPattern: next.gate.data), other = slots[1 - s]
+        guard key != firstLayer, other.holds != key, Self.layout(next).total <= other.bytes else { return }
+        fill(other, with: next)
+    }
+
+    /// Queues the copy of a layer's three stacks into `slot` on the copy stream, after the compute that last read the
+    /// slot.
+    private func fill(_ slot: Slot, with experts: ExpertWeights) {
+        let (sizes, offsets, _) = Self.layout(experts)
+        let stacks = [experts.gate, experts.up, experts.down]
+        for (i, st) in stacks.enumerated() { pin(st.data, bytes: sizes[i]) }
+        gpu.current()
+        gpu.must("layerwise expert staging (host to device)") {
+            try gpu.driver.streamWait(copyStream, for: slot.consumed)
+            for (i, st) in stacks.enumerated() {
+                try gpu.driver.copyAsync(toDevice: .init(slot.address + UInt(offsets[i])), from: st.data, bytes: sizes[i],
+                                         stream: copyStream)
+            }
+            try gpu.driver.record(slot.copied, stream: copyStream)
+        }
+        slot.holds = UInt(bitPattern: experts.gate.data)
+        gpu.layerwiseStagings += 1
+    }
+
+    /// The layer's experts as device stacks in a staging slot (copied there now, or prefetched while the previous layer
+    /// ran), with the compute stream waiting for the copy, and the GPU executor; nil where the formats have no
+    /// in-place GPU kernels or the memory is short.
+    private func stageOnGPU(_ experts: ExpertWeights) -> (weights: ExpertWeights, executor: CUDAExpertExecutor, slot: Int)? {
         let stacks = [experts.gate, experts.up, experts.down]
         guard !stagingFailed, stacks.allSatisfy({ CUDABackend.formats[$0.type] != nil }),
               experts.gate.count == experts.up.count, experts.gate.count == experts.down.count else { return nil }
-        let sizes = stacks.map { $0.count * $0.rows * $0.rowBytes }
-        // Each stack at a 256-byte aligned offset (the kernels' 16-byte loads and copies).
-        let offsets = [0, (sizes[0] + 255) & ~255, ((sizes[0] + 255) & ~255) + ((sizes[1] + 255) & ~255)]
-        let total = offsets[2] + sizes[2]
-        if (stagingBuffer?.bytes ?? 0) < total {
-            if let b = stagingBuffer { gpu.freeWeights(b.address); stagingBuffer = nil; stagedWeights = [:] }
-            do {
-                stagingBuffer = (try gpu.allocateWeights(bytes: total, name: "layerwise expert staging"), total)
-            } catch {
-                stagingFailed = true
-                FileHandle.standardError.write(Data("layerwise prefill off: \(error)\n".utf8))
-                return nil
-            }
+        let (_, offsets, total) = Self.layout(experts)
+        guard ensureSlots(bytes: total) else { return nil }
+        let key = UInt(bitPattern: experts.gate.data)
+        // Learn the order of the layers (the next one is prefetched while this one runs).
+        if let last = lastLayer, nextLayer[last] == nil { nextLayer[last] = experts }
+        if firstLayer == nil { firstLayer = key }
+        lastLayer = key
+        let s: Int
+        if let hit = slots.firstIndex(where: { $0.holds == key }) {
+            s = hit
+            gpu.layerwisePrefetchHits += 1
+        } else {
+            // Not prefetched: the slot the previous layer did not use (both are safe: a copy waits for `consumed`).
+            s = slots.count > 1 && layerwiseSlot == 0 ? 1 : 0
+            fill(slots[s], with: experts)
         }
-        let base = stagingBuffer!.address
+        let slot = slots[s]
         gpu.current()
-        gpu.layerwiseStagings += 1
+        gpu.must("layerwise staging wait") { try gpu.driver.streamWait(gpu.stream, for: slot.copied) }
         var device: [WeightStack] = []
         for (i, st) in stacks.enumerated() {
-            gpu.must("layerwise expert staging (host to device)") {
-                try gpu.driver.copyAsync(toDevice: .init(base + UInt(offsets[i])), from: st.data, bytes: sizes[i], stream: gpu.stream)
-            }
-            let key = offsets[i] &* 31 &+ st.rowBytes
-            let w = stagedWeights[key] ?? CUDAWeight(address: base + UInt(offsets[i]), tag: CUDABackend.formats[st.type]!,
+            let wkey = offsets[i] &* 31 &+ st.rowBytes
+            if slot.weights[wkey] == nil { gpu.noteInput(cols: st.cols) }
+            let w = slot.weights[wkey] ?? CUDAWeight(address: slot.address + UInt(offsets[i]), tag: CUDABackend.formats[st.type]!,
                                                      rowBytes: st.rowBytes, rounding: CUDABackend.rounding(st.kernels),
                                                      kernels: gpu.kernels)
-            stagedWeights[key] = w
+            slot.weights[wkey] = w
             guard let d = try? WeightStack(name: st.name, type: st.type, count: st.count, rows: st.rows, cols: st.cols,
                                            data: st.data, device: gpu.device, storage: w) else { return nil }
             device.append(d)
@@ -196,7 +334,7 @@ final class CUDAHybridExpertExecutor: ExpertExecutor, @unchecked Sendable {
             e.reserve(maxTokens: maxTokens, topK: maxTopK)
             layerwiseExecutor = e
         }
-        return (ExpertWeights(gate: device[0], up: device[1], down: device[2]), layerwiseExecutor!)
+        return (ExpertWeights(gate: device[0], up: device[1], down: device[2]), layerwiseExecutor!, s)
     }
 
     // MARK: host side (driver thread and expert thread; no CUDA here)

@@ -244,6 +244,22 @@ bool isPinned(const void* p, size_t n) {
 bool capturing = false;
 Graph* captureGraph = nullptr;
 
+// Streams: a copy to the device from pinned memory is truly asynchronous on a GPU, so the emulator defers it until
+// its stream's next operation, a wait on an event recorded after it (cuStreamWaitEvent / cuEventSynchronize), or a
+// synchronization; everything else runs at once, in issue order. A kernel on another stream that reads the copy's
+// destination without waiting for it then sees the old bytes, as it could on a GPU.
+struct PendingCopy { void* dst; const void* src; size_t bytes; };
+std::map<void*, std::vector<PendingCopy>> pendingCopies;  // by stream (nullptr: the legacy stream)
+void flushStream(void* s) {
+    auto it = pendingCopies.find(s);
+    if (it == pendingCopies.end()) return;
+    std::vector<PendingCopy> ops;
+    ops.swap(it->second);
+    for (auto& c : ops) memcpy(c.dst, c.src, c.bytes);
+}
+void flushAll() { for (auto& kv : pendingCopies) flushStream(kv.first); }
+struct Event { double time = 0; void* stream = nullptr; };
+
 double now() {
     using namespace std::chrono;
     return duration<double, std::milli>(steady_clock::now().time_since_epoch()).count();
@@ -283,7 +299,7 @@ int cuDevicePrimaryCtxRetain(void** ctx, int) { static int c; *ctx = &c; return 
 static thread_local void* emuCurrentCtx = nullptr;
 int cuCtxSetCurrent(void* c) { emuCurrentCtx = c; return 0; }
 int cuCtxGetCurrent(void** c) { *c = emuCurrentCtx; return 0; }
-int cuCtxSynchronize() { return 0; }
+int cuCtxSynchronize();
 int cuMemGetInfo_v2(size_t* freeBytes, size_t* total) { *freeBytes = (size_t)15 << 30; *total = (size_t)16 << 30; return 0; }
 int cuMemAlloc_v2(uint64_t* p, size_t bytes) {
     void* m = aligned_alloc(256, (bytes + 255) / 256 * 256);
@@ -299,9 +315,22 @@ int cuMemAllocHost_v2(void** p, size_t bytes) {
     pinned[(uintptr_t)*p] = bytes;
     return 0;
 }
-int cuMemFreeHost(void* p) { pinned.erase((uintptr_t)p); free(p); return 0; }
-int cuMemcpyHtoD_v2(uint64_t d, const void* s, size_t n) { memcpy((void*)(uintptr_t)d, s, n); return 0; }
-int cuMemcpyDtoH_v2(void* d, uint64_t s, size_t n) { memcpy(d, (void*)(uintptr_t)s, n); return 0; }
+int cuMemFreeHost(void* p) { flushAll(); pinned.erase((uintptr_t)p); free(p); return 0; }
+int cuMemcpyHtoD_v2(uint64_t d, const void* s, size_t n) { flushAll(); memcpy((void*)(uintptr_t)d, s, n); return 0; }
+int cuMemcpyDtoH_v2(void* d, uint64_t s, size_t n) { flushAll(); memcpy(d, (void*)(uintptr_t)s, n); return 0; }
+// cuMemHostRegister: registered ranges count as pinned (copies from them are deferred like cuMemAllocHost's).
+int cuMemHostRegister_v2(void* p, size_t bytes, unsigned) {
+    uintptr_t a = (uintptr_t)p;
+    auto it = pinned.lower_bound(a);
+    if (it != pinned.end() && it->first < a + bytes) return 712;   // CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED
+    if (it != pinned.begin() && std::prev(it)->first + std::prev(it)->second > a) return 712;
+    pinned[a] = bytes;
+    return 0;
+}
+int cuMemHostUnregister(void* p) {
+    flushAll();
+    return pinned.erase((uintptr_t)p) ? 0 : 713;   // CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED
+}
 // Inside a capture, a copy from or to pageable host memory is refused (CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED);
 // one with pinned memory becomes a copy node.
 static int captureCopy(void* d, const void* s, size_t n, const void* host) {
@@ -314,27 +343,49 @@ static int captureCopy(void* d, const void* s, size_t n, const void* host) {
     captureGraph->launches.push_back(std::move(l));
     return 0;
 }
-int cuMemcpyHtoDAsync_v2(uint64_t d, const void* s, size_t n, void*) {
-    return capturing ? captureCopy((void*)(uintptr_t)d, s, n, s) : cuMemcpyHtoD_v2(d, s, n);
+int cuMemcpyHtoDAsync_v2(uint64_t d, const void* s, size_t n, void* stream) {
+    if (capturing) return captureCopy((void*)(uintptr_t)d, s, n, s);
+    flushStream(stream);
+    if (isPinned(s, n)) { pendingCopies[stream].push_back({(void*)(uintptr_t)d, s, n}); return 0; }
+    memcpy((void*)(uintptr_t)d, s, n);
+    return 0;
 }
-int cuMemcpyDtoHAsync_v2(void* d, uint64_t s, size_t n, void*) {
-    return capturing ? captureCopy(d, (const void*)(uintptr_t)s, n, d) : cuMemcpyDtoH_v2(d, s, n);
+int cuMemcpyDtoHAsync_v2(void* d, uint64_t s, size_t n, void* stream) {
+    if (capturing) return captureCopy(d, (const void*)(uintptr_t)s, n, d);
+    flushStream(stream);
+    memcpy(d, (void*)(uintptr_t)s, n);
+    return 0;
 }
-int cuMemcpyDtoDAsync_v2(uint64_t d, uint64_t s, size_t n, void*) { memmove((void*)(uintptr_t)d, (void*)(uintptr_t)s, n); return 0; }
-int cuMemsetD32Async(uint64_t d, unsigned v, size_t n, void*) {
+int cuMemcpyDtoDAsync_v2(uint64_t d, uint64_t s, size_t n, void* stream) {
+    flushStream(stream);
+    memmove((void*)(uintptr_t)d, (void*)(uintptr_t)s, n);
+    return 0;
+}
+int cuMemsetD32Async(uint64_t d, unsigned v, size_t n, void* stream) {
+    flushStream(stream);
     unsigned* p = (unsigned*)(uintptr_t)d;
     for (size_t i = 0; i < n; i++) p[i] = v;
     return 0;
 }
 int cuMemsetD32_v2(uint64_t d, unsigned v, size_t n) { return cuMemsetD32Async(d, v, n, nullptr); }
-int cuStreamCreate(void** s, unsigned) { static int st; *s = &st; return 0; }
-int cuStreamDestroy_v2(void*) { return 0; }
-int cuStreamSynchronize(void*) { return capturing ? 900 : 0; }  // CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED
-int cuEventCreate(void** e, unsigned) { *e = new double(0); return 0; }
-int cuEventDestroy_v2(void* e) { delete (double*)e; return 0; }
-int cuEventRecord(void* e, void*) { *(double*)e = now(); return 0; }
-int cuEventSynchronize(void*) { return 0; }
-int cuEventElapsedTime(float* ms, void* a, void* b) { *ms = (float)(*(double*)b - *(double*)a); return 0; }
+int cuStreamCreate(void** s, unsigned) { *s = new int(0); return 0; }
+int cuStreamDestroy_v2(void* s) { flushStream(s); pendingCopies.erase(s); delete (int*)s; return 0; }
+int cuStreamSynchronize(void* s) {  // CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED inside a capture
+    if (capturing) return 900;
+    flushStream(s);
+    return 0;
+}
+int cuEventCreate(void** e, unsigned) { *e = new Event(); return 0; }
+int cuEventDestroy_v2(void* e) { delete (Event*)e; return 0; }
+int cuEventRecord(void* e, void* s) { ((Event*)e)->time = now(); ((Event*)e)->stream = s; return 0; }
+int cuEventSynchronize(void* e) { flushStream(((Event*)e)->stream); return 0; }
+int cuStreamWaitEvent(void* s, void* e, unsigned) {
+    if (capturing) return 900;   // the backend never waits on another stream inside a capture
+    flushStream(((Event*)e)->stream);
+    flushStream(s);
+    return 0;
+}
+int cuEventElapsedTime(float* ms, void* a, void* b) { *ms = (float)(((Event*)b)->time - ((Event*)a)->time); return 0; }
 int cuFuncSetAttribute(void*, int, int) { return 0; }
 // Occupancy: by shared memory alone (the emulator has no registers), at most 2048 threads a multiprocessor.
 int cuOccupancyMaxActiveBlocksPerMultiprocessor(int* n, void*, int threads, size_t shared) {
@@ -368,9 +419,11 @@ int cuModuleGetFunction(void** fn, void* module, const char* name) {
     *fn = new Function{(void (*)(void**))kp, (int (*)(size_t*))ap, name};
     return 0;
 }
+int cuCtxSynchronize() { flushAll(); return 0; }
 int cuLaunchKernel(void* fn, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,
-                   unsigned shared, void*, void** args, void**) {
+                   unsigned shared, void* stream, void** args, void**) {
     Function* f = (Function*)fn;
+    if (!capturing) flushStream(stream);
     if (capturing) {
         Launch l;
         l.f = f;
@@ -391,7 +444,8 @@ int cuStreamEndCapture(void*, void** graph) { capturing = false; *graph = captur
 int cuGraphInstantiateWithFlags(void** exec, void* graph, unsigned long long) { *exec = new Graph(*(Graph*)graph); return 0; }
 int cuGraphDestroy(void* g) { delete (Graph*)g; return 0; }
 int cuGraphExecDestroy(void* g) { delete (Graph*)g; return 0; }
-int cuGraphLaunch(void* exec, void*) {
+int cuGraphLaunch(void* exec, void* stream) {
+    flushStream(stream);
     for (auto& l : ((Graph*)exec)->launches) {
         if (l.kind == Launch::COPY) { memcpy(l.dst, l.src, l.bytes); continue; }
         if (l.kind == Launch::HOST) { l.fn(l.data); continue; }
@@ -401,7 +455,8 @@ int cuGraphLaunch(void* exec, void*) {
     }
     return 0;
 }
-int cuLaunchHostFunc(void*, HostFn fn, void* data) {
+int cuLaunchHostFunc(void* stream, HostFn fn, void* data) {
+    if (!capturing) flushStream(stream);
     if (capturing) {
         Launch l;
         l.kind = Launch::HOST;

@@ -3,6 +3,7 @@ import Engine
 import BackendCUDA
 import GGUF
 import Models
+import Quant
 import XCTest
 
 /// Every golden-logits test (GoldenLogitsTests) again with the models on the CUDA backend: each architecture's
@@ -153,6 +154,69 @@ final class CUDALayerwisePrefillTests: XCTestCase {
             }
             withExtendedLifetime(cpuRun) {}
         }
+    }
+}
+
+extension CUDALayerwisePrefillTests {
+    /// Four layers' experts through the layerwise path, three passes: each layer's copy is prefetched into the free
+    /// staging slot while the layer before runs (on the copy stream), and every step's result equals the CPU
+    /// executor's. On the emulator a copy to the device from pinned memory stays pending until its stream is waited
+    /// for, so a kernel that read a slot without waiting for its copy would see another layer's weights.
+    func testPrefetchedLayersGiveTheCPUResults() throws {
+        guard let gpu = try CUDABackend.makeIfPresent() else {
+            throw XCTSkip("no CUDA driver/GPU and no CUDA emulator here: CUDA layerwise test skipped")
+        }
+        gpu.layerwiseMinTokens = 2
+        gpu.reserve(ForwardPlan(maxTokens: 64, contextLength: 64, maxQueryGroup: 1))
+        let cpu = CPUBackend(pool: TinyModels.pool)
+        let layers = 4, nExpert = 8, dim = 256, ff = 256, topK = 2, n = 12
+        let quantize = try XCTUnwrap(QuantRegistry.kernels(for: .q4_K)?.quantize)
+        let rowBytes = try XCTUnwrap(GGMLType.q4_K.byteCount(elements: 256))
+        var rng = MoEKernelTests.Rng(s: 99)
+        func stack(_ layer: Int, _ kind: String) throws -> WeightStack {
+            let b = MoEKernelTests.Bytes(nExpert * 256 * rowBytes)
+            var row = [Float](repeating: 0, count: 256)
+            for r in 0..<nExpert * 256 {
+                for c in 0..<256 { row[c] = rng.float() * 0.5 }
+                row.withUnsafeBufferPointer { quantize($0.baseAddress!, b.p + r * rowBytes, 256) }
+            }
+            return try cpu.prepareStack(WeightRef(name: "blk.\(layer).ffn_\(kind)_exps.weight", type: .q4_K,
+                                                  shape: [256, 256, nExpert], data: UnsafeRawPointer(b.p), owner: b))
+        }
+        let experts = try (0..<layers).map { l in
+            ExpertWeights(gate: try stack(l, "gate"), up: try stack(l, "up"), down: try stack(l, "down"))
+        }
+        let hybrid = try XCTUnwrap(gpu.makeStagedExpertExecutor(cpu.makeExpertExecutor(nExpert: nExpert, dim: dim, ff: ff),
+                                                                innerDevice: .cpu, dim: dim))
+        let reference = cpu.makeExpertExecutor(nExpert: nExpert, dim: dim, ff: ff)
+        hybrid.reserve(maxTokens: n, topK: topK)
+        reference.reserve(maxTokens: n, topK: topK)
+        let x = (0..<n * dim).map { _ in rng.float() }
+        var ids: [Int32] = []
+        for t in 0..<n { ids += [Int32(t % nExpert), Int32((t + 3) % nExpert)] }
+        let w = (0..<n * topK).map { _ in 0.25 + abs(rng.float()) * 0.5 }
+        let xg = gpu.upload(x), wg = gpu.upload(w), idg = gpu.allocate(n * topK)
+        ids.withUnsafeBufferPointer { gpu.write($0, to: idg) }
+        let xc = cpu.upload(x), wc = cpu.upload(w), idc = cpu.allocate(n * topK)
+        ids.withUnsafeBufferPointer { cpu.write($0, to: idc) }
+        let stagings = gpu.layerwiseStagings, hits = gpu.layerwisePrefetchHits
+        for pass in 0..<3 {
+            for l in 0..<layers {
+                let outG = gpu.upload([Float](repeating: 1, count: n * dim)), outC = cpu.upload([Float](repeating: 1, count: n * dim))
+                hybrid.submit(experts[l], x: xg, ids: idg, n: n, topK: topK)
+                hybrid.wait(weights: wg, accumulateInto: outG, n: n)
+                reference.submit(experts[l], x: xc, ids: idc, n: n, topK: topK)
+                reference.wait(weights: wc, accumulateInto: outC, n: n)
+                let got = gpu.read(outG, count: n * dim), want = outC.hostFloats
+                let scale = (0..<n * dim).reduce(Float(0)) { max($0, abs(want[$1] - 1)) }
+                let err = maxAbsDiff(got, want, n * dim)
+                XCTAssertLessThanOrEqual(err, 1e-3 * scale, "pass \(pass) layer \(l): layerwise result differs from the CPU's")
+                gpu.release(outG)
+            }
+        }
+        // Pass 0: four copies; passes 1 and 2: layer 0 copied, layers 1-3 prefetched while the one before ran.
+        XCTAssertEqual(gpu.layerwiseStagings - stagings, 4 + 2 * 4)
+        XCTAssertEqual(gpu.layerwisePrefetchHits - hits, 2 * 3)
     }
 }
 
