@@ -125,6 +125,8 @@ public final class OpenAIServer: Sendable {
         }
         router.post("/v1/chat/completions") { req, ctx in try await self.chat(req, ctx) }
         router.post("/v1/completions") { req, ctx in try await self.completions(req, ctx) }
+        router.post("/tokenize") { req, _ in try await self.tokenize(req) }
+        router.post("/detokenize") { req, _ in try await self.detokenize(req) }
         addOllamaRoutes(router)
         return router
     }
@@ -226,6 +228,40 @@ public final class OpenAIServer: Sendable {
                                   "context_length": engine.contextLength, "page_size": s.kvPageSize,
                                   "max_total_num_tokens": s.kvPagesTotal * s.kvPageSize, "dp_size": 1, "tp_size": 1,
                                   "version": "ktransformers-swift"]
+        return Self.jsonResponse(try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys]))
+    }
+
+    /// `POST /tokenize` (llama.cpp's server, and vLLM's `prompt` / `count`): `{"content": text}` (or `"prompt"`),
+    /// optional `add_special` (default false: no BOS) and `with_pieces`; answers `{"tokens": [...], "count": n,
+    /// "max_model_len": context}`, the tokens as `{"id", "piece"}` objects with `with_pieces`.
+    func tokenize(_ req: Request) async throws -> Response {
+        struct Body: Decodable {
+            let content: String?
+            let prompt: String?
+            let add_special: Bool?
+            let with_pieces: Bool?
+        }
+        let r = try RequestValidation.decode(Body.self, from: try await readBody(req))
+        guard let text = r.content ?? r.prompt else {
+            throw APIError.invalid("'content' (the text to tokenize) is required.", param: "content")
+        }
+        let ids = tokenizer.encode(text, addSpecial: r.add_special ?? false)
+        let tokens: [Any] = r.with_pieces == true
+            ? ids.map { ["id": Int($0), "piece": tokenizer.decode([$0])] as [String: Any] }
+            : ids.map { Int($0) }
+        let obj: [String: Any] = ["tokens": tokens, "count": ids.count, "max_model_len": engine.contextLength]
+        return Self.jsonResponse(try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys]))
+    }
+
+    /// `POST /detokenize`: `{"tokens": [ids]}` → `{"content": text}` (special tokens kept as text).
+    func detokenize(_ req: Request) async throws -> Response {
+        struct Body: Decodable { let tokens: [Int]? }
+        let r = try RequestValidation.decode(Body.self, from: try await readBody(req))
+        guard let ids = r.tokens else { throw APIError.invalid("'tokens' (an array of token ids) is required.", param: "tokens") }
+        if let bad = ids.first(where: { $0 < 0 || $0 >= tokenizer.vocabSize }) {
+            throw APIError.invalid("token id \(bad) is outside the vocabulary (0..<\(tokenizer.vocabSize)).", param: "tokens")
+        }
+        let obj: [String: Any] = ["content": tokenizer.decode(ids.map { Int32($0) })]
         return Self.jsonResponse(try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys]))
     }
 

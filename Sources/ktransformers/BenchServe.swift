@@ -12,7 +12,7 @@ struct BenchServe: ParsableCommand {
         abstract: "Load-test an OpenAI-compatible server: throughput, TTFT and inter-token latency.",
         discussion: """
         Sends --requests streaming requests from --concurrency clients, each with a synthetic prompt of about \
-        --input-len tokens asking for exactly --output-len tokens (ignore_eos, --temperature 0). Reports output \
+        --input-len tokens (cut to that many by the server's /tokenize where it has one) asking for exactly --output-len tokens (ignore_eos, --temperature 0). Reports output \
         tokens/s, requests/s, and p50/p90/p99 of time to first token (TTFT), time per output token after the \
         first (TPOT), inter-token latency (ITL, between streamed chunks) and end-to-end latency. Plain HTTP only.
         """)
@@ -107,8 +107,9 @@ struct BenchServe: ParsableCommand {
             }
             format = o
         }
-        let bodies: [[UInt8]] = (0..<requests).map { _ in
-            let prompt = BenchServe.syntheticPrompt(tokens: inputLen, rng: &rng)
+        let words = (0..<requests).map { _ in BenchServe.syntheticPrompt(tokens: inputLen, rng: &rng) }
+        let prompts = await BenchServe.sized(words, tokens: inputLen, target, headers: headers)
+        let bodies: [[UInt8]] = prompts.map { prompt in
             var obj: [String: Any] = ["model": modelID, "max_tokens": outputLen, "stream": true, "temperature": temperature,
                                       "ignore_eos": true, "stream_options": ["include_usage": true]]
             if let format { obj["response_format"] = format }
@@ -134,9 +135,14 @@ struct BenchServe: ParsableCommand {
     func conversations(_ target: BenchTarget, headers: [(String, String)], modelID: String, rng: inout SeededRNG) async throws {
         let chat = endpoint == "chat"
         let path = target.basePath + (chat ? "/v1/chat/completions" : "/v1/completions")
-        let users: [[String]] = (0..<requests).map { _ in
-            (0..<turns).map { t in BenchServe.syntheticPrompt(tokens: t == 0 ? (firstInputLen ?? inputLen) : inputLen, rng: &rng) }
+        let lengths = (0..<turns).map { $0 == 0 ? (firstInputLen ?? inputLen) : inputLen }
+        let words: [[String]] = (0..<requests).map { _ in lengths.map { BenchServe.syntheticPrompt(tokens: $0, rng: &rng) } }
+        var sizedWords = words
+        for t in 0..<turns {
+            let column = await BenchServe.sized(words.map { $0[t] }, tokens: lengths[t], target, headers: headers)
+            for c in 0..<requests { sizedWords[c][t] = column[c] }
         }
+        let users = sizedWords
         let (model, maxTokens, temperature) = (modelID, outputLen, temperature)
         let start = DispatchTime.now().uptimeNanoseconds
         let results = try await fanOut(users.count) { c in
@@ -237,7 +243,43 @@ struct BenchServe: ParsableCommand {
         return r
     }
 
-    /// Words from a small list: most tokenizers give about one token per word.
+    /// The synthetic texts cut to `tokens` tokens of the server's own tokenizer (`POST /tokenize`, then
+    /// `/detokenize` of the first `tokens` ids: llama.cpp's server and this one have both), so that a prompt's
+    /// length does not depend on how the vocabulary splits English words (a byte-level vocabulary gives several
+    /// tokens a word). A server without them gets the texts as they are (about one token a word), said on stderr.
+    static func sized(_ texts: [String], tokens: Int, _ target: BenchTarget, headers: [(String, String)]) async -> [String] {
+        func post(_ path: String, _ obj: [String: Any]) async -> [String: Any]? {
+            guard let body = try? JSONSerialization.data(withJSONObject: obj) else { return nil }
+            var full: [UInt8] = []
+            guard let r = try? await BenchHTTP.request(target, method: .POST, path: target.basePath + path, headers: headers,
+                                                       body: Array(body), onBody: { full += $0 }),
+                  r.status == 200 else { return nil }
+            return (try? JSONSerialization.jsonObject(with: Data(full))) as? [String: Any]
+        }
+        var out: [String] = []
+        for text in texts {
+            var t = text, ids: [Int] = []
+            // Words are at least a token each in any vocabulary seen so far; repeat the text if one merges them.
+            for _ in 0..<4 {
+                guard let r = await post("/tokenize", ["content": t]), let got = r["tokens"] as? [Int] else {
+                    FileHandle.standardError.write(Data("bench serve: the server has no /tokenize; prompts are \(tokens) words (about one token each in most vocabularies)\n".utf8))
+                    return texts
+                }
+                ids = got
+                if ids.count >= tokens { break }
+                t += " " + text
+            }
+            guard ids.count >= tokens, let r = await post("/detokenize", ["tokens": Array(ids.prefix(tokens))]),
+                  let cut = r["content"] as? String else {
+                FileHandle.standardError.write(Data("bench serve: /tokenize or /detokenize failed; prompts are \(tokens) words\n".utf8))
+                return texts
+            }
+            out.append(cut)
+        }
+        return out
+    }
+
+    /// Words from a small list: most tokenizers give about one token per word (`sized` cuts them to an exact count).
     static func syntheticPrompt(tokens: Int, rng: inout SeededRNG) -> String {
         let words = ["the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "and", "then", "runs", "far",
                      "away", "from", "home", "into", "a", "green", "forest", "where", "birds", "sing", "all", "day"]

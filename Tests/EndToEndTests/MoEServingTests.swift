@@ -106,5 +106,16 @@ final class MoEServingTests: XCTestCase {
         print("generate: \(generated.debugDescription), serve: \(String(describing: choice["text"]).debugDescription)")
         XCTAssertEqual(choice["text"] as? String, generated)
         XCTAssertEqual((body?["usage"] as? [String: Any])?["completion_tokens"] as? Int, 12)
+
+        // bench serve against it: this byte-level vocabulary splits each English word into several tokens, and the
+        // prompts still have the asked length (cut with the server's /tokenize and /detokenize).
+        let bench = try CLITests.execute(["bench", "serve", "--url", "http://127.0.0.1:\(serverPort)", "--concurrency", "1",
+                                          "--requests", "2", "--input-len", "20", "--output-len", "2",
+                                          "--endpoint", "completions", "--json"], timeout: 120)
+        XCTAssertEqual(bench.status, 0, bench.stderr)
+        let report = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(bench.stdout.utf8)) as? [String: Any], bench.stdout)
+        XCTAssertEqual(report["completed"] as? Int, 2, bench.stdout)
+        let inputTokens = try XCTUnwrap(report["input_tokens"] as? Int, bench.stdout)
+        XCTAssert((2 * 19...2 * 21).contains(inputTokens), "prompts of \(inputTokens) tokens for 2 requests of --input-len 20")
     }
 }

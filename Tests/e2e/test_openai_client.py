@@ -157,6 +157,41 @@ def test_health_and_models(server):
     assert server.model.endswith(".gguf")
 
 
+def test_tokenize_and_detokenize(server):
+    text = "Hello there, tokenizer!"
+    status, body = server.request("POST", "/tokenize", {"content": text})
+    assert status == 200, body
+    r = json.loads(body)
+    assert r["tokens"] == tokenize(text, bos=False)
+    assert r["count"] == len(r["tokens"]) and r["max_model_len"] > 0
+    # vLLM's spelling, BOS added on request, pieces.
+    status, body = server.request("POST", "/tokenize", {"prompt": text, "add_special": True, "with_pieces": True})
+    assert status == 200, body
+    pieces = json.loads(body)["tokens"]
+    assert [p["id"] for p in pieces] == tokenize(text, bos=True)
+    assert "".join(p["piece"] for p in pieces[1:]) == text
+    status, body = server.request("POST", "/detokenize", {"tokens": r["tokens"]})
+    assert status == 200, body
+    assert json.loads(body)["content"] == text
+    # Bad input: a clear 400 with an OpenAI-style error body.
+    for path, payload in [("/tokenize", {}), ("/detokenize", {"tokens": [-1]}), ("/detokenize", {"tokens": [10 ** 9]}),
+                          ("/detokenize", {})]:
+        status, body = server.request("POST", path, payload)
+        assert status == 400, (path, payload, body)
+        assert json.loads(body)["error"]["type"] == "invalid_request_error"
+
+
+def test_bench_serve_prompts_have_the_asked_length(server):
+    # bench serve sizes its synthetic prompts with the server's /tokenize: about --input-len tokens whatever the
+    # vocabulary (the chat template adds its own few).
+    out = subprocess.run([BIN, "bench", "serve", "--url", server.base, "--concurrency", "2", "--requests", "4",
+                          "--input-len", "50", "--output-len", "2", "--endpoint", "completions", "--json"],
+                         check=True, capture_output=True, text=True)
+    r = json.loads(out.stdout)
+    assert r["completed"] == 4, out.stdout
+    assert 4 * 49 <= r["input_tokens"] <= 4 * 52, r
+
+
 def test_chat_non_streaming_usage_exact(server):
     r = chat(server.client(), server.model, "What is the capital of France?", max_tokens=12)
     c = r.choices[0]
