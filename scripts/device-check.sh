@@ -178,7 +178,7 @@ if has serve; then
   [ -n "$up" ] || { say "serve did not become healthy in 120 s (see serve.log)"; status=1; }
   for c in 1 8 32; do
     [ -n "$up" ] || break
-    "$bin" bench serve --url http://127.0.0.1:$port --concurrency $c --requests $((c * 2)) --input-len 128 \
+    "$bin" bench serve --url http://127.0.0.1:$port --concurrency $c --requests $((c * 2)) --input-len ${SERVE_INPUT:-128} \
       --output-len ${SERVE_TOKENS:-128} > "$out/serve-c$c.txt" 2>>"$log"
     say "clients $c: $(grep -E 'Output token throughput|Failed requests' "$out/serve-c$c.txt" | tr -s ' ' | tr '\n' ';')" \
         "TPOT p50 $(grep -A2 'Time per Output Token' "$out/serve-c$c.txt" | grep p50 | tr -s ' ' | cut -d' ' -f4) ms"
