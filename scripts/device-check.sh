@@ -13,7 +13,8 @@
 # `profile` (where the GPU time goes, bench --profile-kernels, on the Llama-3-8B shape, into $OUT/profile.md) and
 # `serve` (serve on cuda + bench serve with 1, 8, 32 clients) and `deepseek` (a DeepSeek-V3-shaped model of
 # DS_LAYERS=4 layers written by scripts/make_random_deepseek.py: hybrid and all-GPU logits against the CPU's, the
-# routing spread, speed beside llama.cpp; ~20 GB on disk). MOE=1 adds the Qwen3-30B-A3B shape all on the GPU to
+# routing spread, speed beside llama.cpp; ~20 GB on disk) and `serve-hybrid` (the Qwen3-30B-A3B shape, experts on
+# the CPU, served to 1, 4, 8 clients). MOE=1 adds the Qwen3-30B-A3B shape all on the GPU to
 # bench and baseline; HYBRID_SHORT=1 runs only pp512/tg of the hybrid stage; HYBRID_AB=1 adds hybrid decode rows
 # under each host-wait setting (KTRANSFORMERS_CUDA_SYNC, KTRANSFORMERS_POOL_SPINS, one core free) and with the
 # layerwise prefill; KERNEL_AB=1 adds bench rows with the streaming kernels off or capped; CPU_BASELINE=1
@@ -297,6 +298,55 @@ if has profile; then
   "$bin" bench --model $m --device cuda -p $pp -n $tgb -r 1 --profile-kernels 2>>"$log" > "$out/profile.md"
   "$bin" bench --model $m --device cuda -p 0 -n $tgb -b 32 -r 1 --profile-kernels 2>>"$log" >> "$out/profile.md"
   grep -E "^(pp|tg).*kernels" "$out/profile.md" | tee -a "$summary"
+  # Issue 12, item 5: decode with CUDA graphs against the sum of its kernels' GPU time, measured by Nsight Systems
+  # (no event around each kernel): wall time per token / kernel time per token.
+  nsys=$(command -v nsys || ls /usr/local/cuda/bin/nsys /opt/nvidia/nsight-systems/*/bin/nsys 2>/dev/null | head -1)
+  if [ -n "$nsys" ]; then
+    n=$((tg * 2))
+    "$nsys" profile --trace=cuda --cuda-graph-trace=node --force-overwrite true -o /tmp/kt-nsys-tg \
+      "$bin" bench --model $m --device cuda -p 0 -n $n -r 1 --json > /tmp/kt-nsys-bench.json 2>>"$log"
+    "$nsys" stats --report cuda_gpu_kern_sum --format csv --output /tmp/kt-nsys /tmp/kt-nsys-tg.nsys-rep >>"$log" 2>&1
+    python3 - /tmp/kt-nsys-bench.json /tmp/kt-nsys_cuda_gpu_kern_sum.csv $n >>"$summary" 2>&1 <<'PY' || true
+import csv, json, sys
+runs = json.load(open(sys.argv[1]))
+tps = [r for r in runs if r["test"].startswith("tg")][0]["tokens_per_second"]
+rows = list(csv.DictReader(open(sys.argv[2])))
+total_ns = sum(float(r["Total Time (ns)"]) for r in rows)
+# The profile holds the warm-up run and the measured one: 2 * n decode steps.
+per_token_kernels = total_ns / 1e6 / (2 * int(sys.argv[3]))
+wall = 1000 / tps
+print(f"graphs on, batch 1 (nsys): {wall:.3f} ms per token wall, {per_token_kernels:.3f} ms of kernels: "
+      f"ratio {wall / per_token_kernels:.3f} (bar 1.1)")
+PY
+  else
+    say "nsys not found: graph step vs kernel time not measured"
+  fi
+fi
+
+if has serve-hybrid; then
+  # Issue 13, item 4: the hybrid MoE served to 1, 4 and 8 streaming clients (total output tokens/s).
+  say "## serving the hybrid MoE (Qwen3-30B-A3B shape, experts on $threads CPU threads), $(date -u +%FT%TZ)"
+  m=/tmp/qwen3-30b-a3b$sfx.gguf
+  make_model qwen3-30b-a3b $m
+  port=18124
+  "$bin" serve --model $m --device cuda -t $threads --port $port --max-batch-size 16 --ctx-size 1024 --kv-cache-tokens 20000 \
+    >"$out/serve-hybrid.log" 2>&1 &
+  spid=$!
+  up=
+  for i in $(seq 1 180); do
+    python3 -c "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:$port/health', timeout=2)" 2>/dev/null \
+      && { up=1; break; }
+    sleep 1
+  done
+  [ -n "$up" ] || { say "serve did not become healthy in 180 s (see serve-hybrid.log)"; status=1; }
+  for c in 1 4 8; do
+    [ -n "$up" ] || break
+    "$bin" bench serve --url http://127.0.0.1:$port --concurrency $c --requests $((c * 2)) --input-len ${SERVE_INPUT:-128} \
+      --output-len ${SERVE_TOKENS:-64} > "$out/serve-hybrid-c$c.txt" 2>>"$log"
+    say "clients $c: $(grep -E 'Output token throughput|Failed requests' "$out/serve-hybrid-c$c.txt" | tr -s ' ' | tr '\n' ';')" \
+        "TPOT p50 $(grep -A2 'Time per Output Token' "$out/serve-hybrid-c$c.txt" | grep p50 | tr -s ' ' | cut -d' ' -f4) ms"
+  done
+  kill $spid 2>/dev/null; wait $spid 2>/dev/null
 fi
 
 say "exit status $status"
