@@ -204,6 +204,11 @@ if has hybrid; then
     ab $threads KTRANSFORMERS_POOL_SPINS=20000
     ab $threads KTRANSFORMERS_POOL_SPINS=1000000
     ab $((threads - 1)) KTRANSFORMERS_POOL_SPINS=1000000
+    # Expert deferral: 1 and 2 of each token's 8 experts one layer late (overlapping the GPU's next layer).
+    for d in 1 2; do
+      "$bin" bench --model $m --device cuda -t $threads -p 0 -n $tgb -r 1 --defer-experts $d 2>>"$log" | tail -1 \
+        | sed "s/\$/ (hybrid, --defer-experts $d)/" | tee -a "$summary"
+    done
     # Layerwise prefill (the layer's experts copied to the GPU for a large step, the next layer's copy overlapping
     # this one's compute) against the CPU experts; with the host weights pageable instead of page-locked; and where
     # the threshold lies (steps of 64 and 128 tokens).

@@ -266,8 +266,12 @@ public protocol ExpertExecutor: AnyObject {
     func wait(weights: Tensor, accumulateInto out: Tensor, n: Int)
     /// The experts chosen so far, where this executor sees the choices on the host (nil otherwise).
     var usage: ExpertUsage? { get }
+    /// After the model's last layer: adds to `out` (the residual stream) what the executor still holds back (the
+    /// deferred experts of its last layer, where it defers some); nothing for an executor that defers none.
+    func flush(accumulateInto out: Tensor, n: Int)
 }
 
 extension ExpertExecutor {
     public var usage: ExpertUsage? { nil }
+    public func flush(accumulateInto out: Tensor, n: Int) {}
 }

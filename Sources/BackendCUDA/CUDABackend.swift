@@ -90,6 +90,12 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     /// instead of the CPU's (both within the references' tolerance), so a prompt's bits then depend on whether its
     /// prefill chunk reached the threshold.
     public var layerwiseMinTokens = ProcessInfo.processInfo.environment["KTRANSFORMERS_LAYERWISE_MIN"].flatMap { Int($0) } ?? 0
+    /// Expert deferral of the hybrid MoE (KTransformers' SOSP'25 "expert deferral"): each token's `deferredExperts`
+    /// lowest-scored routed experts of a layer run on the CPU while the GPU goes on to the next layer, and their sum
+    /// joins the residual stream one layer late (at the next hybrid MoE layer's output, or after the last layer).
+    /// 0 (the default) defers none; `--defer-experts N`. It changes the model's function slightly: the accuracy cost
+    /// on the tiny references is in docs/performance.md.
+    public var deferredExperts = 0
     /// Layers staged so far by the layerwise prefill (tests, the log).
     public internal(set) var layerwiseStagings = 0
     /// Layerwise steps whose layer was already in a staging slot (prefetched while the previous layer ran).

@@ -38,6 +38,7 @@ final class CUDAHybridExpertExecutor: ExpertExecutor, @unchecked Sendable {
         let weights: UInt
         let n: Int
         let topK: Int
+        let late: Int
     }
 
     /// What a host function needs: plain data, kept alive by `jobs` for as long as the executor lives.
@@ -46,11 +47,14 @@ final class CUDAHybridExpertExecutor: ExpertExecutor, @unchecked Sendable {
         let experts: ExpertWeights
         let n: Int
         let topK: Int
-        init(owner: CUDAHybridExpertExecutor, experts: ExpertWeights, n: Int, topK: Int) {
+        /// Choices run one layer late (expert deferral; 0: none).
+        let late: Int
+        init(owner: CUDAHybridExpertExecutor, experts: ExpertWeights, n: Int, topK: Int, late: Int) {
             self.owner = owner
             self.experts = experts
             self.n = n
             self.topK = topK
+            self.late = late
         }
     }
 
@@ -68,6 +72,7 @@ final class CUDAHybridExpertExecutor: ExpertExecutor, @unchecked Sendable {
         worker.stop()
         for p in [xHost, idsHost, weightsHost, outHost] { if let p { gpu.driver.freeHost(p) } }
         if outDevice.count > 0 { gpu.release(outDevice) }
+        deferral.deallocate()
     }
 
     /// The CPU executor's record (steps of the layerwise prefill, which run on the GPU, are not in it).
@@ -92,14 +97,17 @@ final class CUDAHybridExpertExecutor: ExpertExecutor, @unchecked Sendable {
         weightsHost = pinned(self.maxTokens * maxTopK)
         outHost = pinned(self.maxTokens * dim)
         outDevice = gpu.allocate(self.maxTokens * dim)
+        deferral.deallocate()
+        deferral = Deferral(tokens: self.maxTokens, topK: maxTopK, dim: dim)
         jobs.removeAll()
+        flushJobs.removeAll()
         gpu.noteScratchMoved()
     }
 
-    private func job(_ experts: ExpertWeights, n: Int, topK: Int) -> Job {
-        let key = JobKey(weights: UInt(bitPattern: experts.gate.data), n: n, topK: topK)
+    private func job(_ experts: ExpertWeights, n: Int, topK: Int, late: Int) -> Job {
+        let key = JobKey(weights: UInt(bitPattern: experts.gate.data), n: n, topK: topK, late: late)
         if let j = jobs[key] { return j }
-        let j = Job(owner: self, experts: experts, n: n, topK: topK)
+        let j = Job(owner: self, experts: experts, n: n, topK: topK, late: late)
         jobs[key] = j
         return j
     }
@@ -116,7 +124,8 @@ final class CUDAHybridExpertExecutor: ExpertExecutor, @unchecked Sendable {
             prefetchNext(after: experts, used: staged.slot)
             return
         }
-        let j = job(experts, n: n, topK: topK)
+        let late = gpu.deferredExperts > 0 && gpu.deferredExperts < topK ? gpu.deferredExperts : 0
+        let j = job(experts, n: n, topK: topK, late: late)
         lastSubmitted = j
         gpu.current()
         gpu.must("expert staging (device to host)") {
@@ -339,21 +348,126 @@ final class CUDAHybridExpertExecutor: ExpertExecutor, @unchecked Sendable {
 
     // MARK: host side (driver thread and expert thread; no CUDA here)
 
-    /// Host function "start": the staged x and ids are in place; the expert thread runs the routed experts.
+    /// Host function "start": the staged x and ids are in place; the expert thread runs the routed experts (with
+    /// deferral, the first `topK - late` choices of each token; the expert thread first finishes the layer before's
+    /// deferred ones).
     fileprivate func start(_ j: Job) {
         let x = Tensor(address: UInt(bitPattern: xHost!), count: j.n * dim, device: .cpu)
-        let ids = Tensor(address: UInt(bitPattern: idsHost!), count: j.n * j.topK, device: .cpu)
         let inner = inner
-        worker.run { inner.submit(j.experts, x: x, ids: ids, n: j.n, topK: j.topK) }
+        guard j.late > 0 else {
+            let ids = Tensor(address: UInt(bitPattern: idsHost!), count: j.n * j.topK, device: .cpu)
+            worker.run { inner.submit(j.experts, x: x, ids: ids, n: j.n, topK: j.topK) }
+            return
+        }
+        worker.waitIdle()
+        let now = j.topK - j.late, d = deferral
+        let ids = idsHost!.assumingMemoryBound(to: Int32.self)
+        for t in 0..<j.n {
+            for c in 0..<now { d.nowIds[t * now + c] = ids[t * j.topK + c] }
+            for c in 0..<j.late { d.lateIds[t * j.late + c] = ids[t * j.topK + now + c] }
+        }
+        let nowIds = Tensor(address: UInt(bitPattern: d.nowIds), count: j.n * now, device: .cpu)
+        worker.run { inner.submit(j.experts, x: x, ids: nowIds, n: j.n, topK: now) }
     }
 
     /// Host function "finish": waits for the experts, then writes `Σ_j w_j · expert_j(x)` per token to `outHost`.
+    /// With deferral: the first `topK - late` choices of this layer plus the deferred choices of the layer before;
+    /// then the expert thread starts this layer's deferred choices, which run while the GPU goes on to the next
+    /// layer (their sum is added there, or by `flush` after the last layer).
     fileprivate func finish(_ j: Job) {
         worker.waitIdle()
         let out = outHost!.bindMemory(to: Float.self, capacity: j.n * dim)
         out.update(repeating: 0, count: j.n * dim)
-        inner.wait(weights: Tensor(address: UInt(bitPattern: weightsHost!), count: j.n * j.topK, device: .cpu),
+        guard j.late > 0 else {
+            inner.wait(weights: Tensor(address: UInt(bitPattern: weightsHost!), count: j.n * j.topK, device: .cpu),
+                       accumulateInto: Tensor(address: UInt(bitPattern: outHost!), count: j.n * dim, device: .cpu), n: j.n)
+            return
+        }
+        let now = j.topK - j.late, d = deferral
+        let w = weightsHost!.assumingMemoryBound(to: Float.self)
+        for t in 0..<j.n {
+            for c in 0..<now { d.nowWeights[t * now + c] = w[t * j.topK + c] }
+            for c in 0..<j.late { d.lateWeights[t * j.late + c] = w[t * j.topK + now + c] }
+        }
+        inner.wait(weights: Tensor(address: UInt(bitPattern: d.nowWeights), count: j.n * now, device: .cpu),
                    accumulateInto: Tensor(address: UInt(bitPattern: outHost!), count: j.n * dim, device: .cpu), n: j.n)
+        if d.pending {
+            precondition(d.pendingTokens == j.n, "deferred experts of a \(d.pendingTokens)-token step met a \(j.n)-token one")
+            for i in 0..<j.n * dim { out[i] += d.lateOut[i] }
+        }
+        // This layer's deferred choices, on their own copy of x (the next layer's staging overwrites xHost).
+        d.lateX.update(from: xHost!.assumingMemoryBound(to: Float.self), count: j.n * dim)
+        d.pending = true
+        d.pendingTokens = j.n
+        let inner = inner, late = j.late, rows = j.n * dim
+        let lx = Tensor(address: UInt(bitPattern: d.lateX), count: j.n * dim, device: .cpu)
+        let li = Tensor(address: UInt(bitPattern: d.lateIds), count: j.n * late, device: .cpu)
+        let lw = Tensor(address: UInt(bitPattern: d.lateWeights), count: j.n * late, device: .cpu)
+        let lo = Tensor(address: UInt(bitPattern: d.lateOut), count: j.n * dim, device: .cpu)
+        worker.run {
+            inner.submit(j.experts, x: lx, ids: li, n: j.n, topK: late)
+            lo.hostFloats.update(repeating: 0, count: rows)
+            inner.wait(weights: lw, accumulateInto: lo, n: j.n)
+        }
+    }
+
+    /// Host function "flush": the last layer's deferred choices, once done, into `outHost` (zeros where none).
+    fileprivate func flushHost(_ f: FlushJob) {
+        worker.waitIdle()
+        let out = outHost!.bindMemory(to: Float.self, capacity: f.n * dim)
+        let d = deferral
+        if d.pending {
+            precondition(d.pendingTokens == f.n, "deferred experts of a \(d.pendingTokens)-token step flushed by a \(f.n)-token one")
+            out.update(from: d.lateOut, count: f.n * dim)
+        } else {
+            out.update(repeating: 0, count: f.n * dim)
+        }
+        d.pending = false
+    }
+
+    // MARK: expert deferral
+
+    /// Host buffers of expert deferral: the split choices and weights, the deferred part's own copy of x, its sum, and
+    /// whether a layer's deferred sum waits to be added (host functions and the expert thread only, in stream order).
+    final class Deferral {
+        let nowIds: UnsafeMutablePointer<Int32>, lateIds: UnsafeMutablePointer<Int32>
+        let nowWeights: UnsafeMutablePointer<Float>, lateWeights: UnsafeMutablePointer<Float>
+        let lateX: UnsafeMutablePointer<Float>, lateOut: UnsafeMutablePointer<Float>
+        var pending = false
+        var pendingTokens = 0
+        init(tokens: Int, topK: Int, dim: Int) {
+            let a = max(1, tokens * topK), r = max(1, tokens * dim)
+            nowIds = .allocate(capacity: a); lateIds = .allocate(capacity: a)
+            nowWeights = .allocate(capacity: a); lateWeights = .allocate(capacity: a)
+            lateX = .allocate(capacity: r); lateOut = .allocate(capacity: r)
+        }
+        func deallocate() {
+            nowIds.deallocate(); lateIds.deallocate(); nowWeights.deallocate(); lateWeights.deallocate()
+            lateX.deallocate(); lateOut.deallocate()
+        }
+    }
+    private var deferral = Deferral(tokens: 0, topK: 0, dim: 0)
+
+    /// What the flush host function needs (kept alive by `flushJobs`, as the graphs' host nodes point at it).
+    final class FlushJob {
+        unowned let owner: CUDAHybridExpertExecutor
+        let n: Int
+        init(owner: CUDAHybridExpertExecutor, n: Int) { self.owner = owner; self.n = n }
+    }
+    private var flushJobs: [Int: FlushJob] = [:]
+
+    /// After the model's last layer: the deferred choices of the last hybrid layer added to `out` (the residual
+    /// stream), in stream order. Nothing where deferral is off.
+    func flush(accumulateInto out: Tensor, n: Int) {
+        guard gpu.deferredExperts > 0, n > 0 else { return }
+        let f = flushJobs[n] ?? FlushJob(owner: self, n: n)
+        flushJobs[n] = f
+        gpu.current()
+        gpu.must("deferred experts (host to device)") {
+            try gpu.driver.launchHostFunction(hybridExpertsFlush, data: Unmanaged.passUnretained(f).toOpaque(), stream: gpu.stream)
+            try gpu.driver.copyAsync(toDevice: .init(outDevice.address), from: outHost!, bytes: n * dim * 4, stream: gpu.stream)
+        }
+        gpu.add(outDevice, into: out, count: n * dim)
     }
 }
 
@@ -365,6 +479,11 @@ private func hybridExpertsStart(_ data: UnsafeMutableRawPointer?) {
 private func hybridExpertsFinish(_ data: UnsafeMutableRawPointer?) {
     let j = Unmanaged<CUDAHybridExpertExecutor.Job>.fromOpaque(data!).takeUnretainedValue()
     j.owner.finish(j)
+}
+
+private func hybridExpertsFlush(_ data: UnsafeMutableRawPointer?) {
+    let f = Unmanaged<CUDAHybridExpertExecutor.FlushJob>.fromOpaque(data!).takeUnretainedValue()
+    f.owner.flushHost(f)
 }
 
 /// One thread that runs the routed experts handed over by the "start" host function (the CPU backend's thread

@@ -77,6 +77,10 @@ struct LoadOptions {
             }
         }
         let backend = backends[main]!
+        if placement.deferExperts > 0 {
+            guard let gpu else { throw CLIError("--defer-experts needs the hybrid MoE (--device cuda, routed experts on the CPU)") }
+            gpu.deferredExperts = placement.deferExperts
+        }
         let rules = try placement.placement(main: main, file: file)
         if main != .cpu {
             // Bytes of weights per device, as the rules put them.

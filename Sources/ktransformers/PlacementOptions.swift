@@ -16,12 +16,16 @@ struct PlacementOptions: ParsableArguments {
     @Option(name: .customLong("n-cpu-moe"), help: "Keep the routed experts of the first N MoE layers on the CPU and the rest on the GPU (0: all experts on the GPU).")
     var nCpuMoE: Int?
 
+    @Option(name: .customLong("defer-experts"), help: "Hybrid MoE (--device cuda, experts on the CPU): run each token's N lowest-scored routed experts of a layer while the GPU goes on to the next layer, their sum joining one layer late (KTransformers' expert deferral; changes the outputs slightly). 0: none.")
+    var deferExperts = 0
+
     func validate() throws {
+        if deferExperts < 0 { throw ValidationError("--defer-experts must be 0 or more") }
         if let n = nCpuMoE, n < 0 { throw ValidationError("--n-cpu-moe must be 0 or more") }
         if cpuMoE && nCpuMoE != nil { throw ValidationError("--cpu-moe and --n-cpu-moe cannot be combined") }
     }
 
-    var spec: PlacementSpec { PlacementSpec(rules: placement, cpuMoE: cpuMoE, nCpuMoE: nCpuMoE) }
+    var spec: PlacementSpec { PlacementSpec(rules: placement, cpuMoE: cpuMoE, nCpuMoE: nCpuMoE, deferExperts: deferExperts) }
 }
 
 /// The placement flags as `LoadOptions` keeps them; `rules(main:file:)` turns them into a `Placement`.
@@ -29,6 +33,7 @@ struct PlacementSpec {
     var rules: String?
     var cpuMoE = false
     var nCpuMoE: Int?
+    var deferExperts = 0
 
     /// The layers whose routed experts the file holds, ascending.
     static func moeLayers(_ file: any TensorSource) -> [Int] {

@@ -147,6 +147,11 @@ final class CLITests: XCTestCase {
         let flags = try run(["logits", "--model", model, "--tokens", "1 2", "--cpu-moe", "--n-cpu-moe", "1"])
         XCTAssertNotEqual(flags.status, 0)
         XCTAssertTrue(flags.stderr.contains("cannot be combined"), flags.stderr)
+        // Expert deferral is a property of the hybrid MoE: on the CPU it is refused, not ignored.
+        let deferred = try run(["logits", "--model", model, "--tokens", "1 2", "--defer-experts", "1"])
+        assertCleanFailure(deferred, contains: "--defer-experts needs the hybrid MoE")
+        assertCleanFailure(try run(["logits", "--model", model, "--tokens", "1 2", "--defer-experts=-1"]),
+                           contains: "--defer-experts must be 0 or more")
     }
 
     func testKnownButUnsupportedQuantTypeAndArchitectureAreNamed() throws {

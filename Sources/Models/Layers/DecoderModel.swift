@@ -89,6 +89,12 @@ final class DecoderModel: LanguageModel, @unchecked Sendable {
     /// The padded metadata of a graphed step (host side, reused).
     private var padded = PaddedStep()
 
+    /// The routed-expert executors of the MoE layers, each once.
+    private lazy var expertExecutors: [any ExpertExecutor] = {
+        var seen = Set<ObjectIdentifier>()
+        return blocks.compactMap { ($0.mlp as? MoEFeedForward)?.executor }.filter { seen.insert(ObjectIdentifier($0)).inserted }
+    }()
+
     var expertUsage: [ExpertUsage] {
         var seen = Set<ObjectIdentifier>()
         return blocks.compactMap { ($0.mlp as? MoEFeedForward)?.executor.usage }
@@ -202,6 +208,8 @@ final class DecoderModel: LanguageModel, @unchecked Sendable {
                 b.add(proj, into: x, count: n * dim)
             }
         }
+        // What expert executors hold back (deferred experts of the last MoE layer) joins the residual stream.
+        for e in expertExecutors { e.flush(accumulateInto: x, n: n) }
 
         // Final norm of the selected rows, gathered into xn, then the output projection.
         b.rmsNormRows(x, indices: s.logitsIndices, count: m, weight: outputNorm, out: xn, dim: dim, eps: normEps)
