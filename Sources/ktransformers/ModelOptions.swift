@@ -79,6 +79,10 @@ struct LoadOptions {
         let backend = backends[main]!
         if placement.deferExperts > 0 {
             guard let gpu else { throw CLIError("--defer-experts needs the hybrid MoE (--device cuda, routed experts on the CPU)") }
+            let used = file.architecture.flatMap { file["\($0).expert_used_count"]?.int }
+            guard let used, placement.deferExperts < used else {
+                throw CLIError("--defer-experts \(placement.deferExperts): the model routes each token to \(used.map { "\($0) experts" } ?? "no experts"); defer fewer than that")
+            }
             gpu.deferredExperts = placement.deferExperts
         }
         let rules = try placement.placement(main: main, file: file)
