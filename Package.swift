@@ -103,7 +103,7 @@ let package = Package(
         .testTarget(name: "ChatTemplateTests", dependencies: ["ChatTemplate"], resources: [.copy("Fixtures")]),
         .testTarget(name: "GGUFTests", dependencies: ["GGUF", "Quant"]),
         .testTarget(name: "TokenizerTests", dependencies: ["Tokenizer", "GGUF"], resources: [.copy("Fixtures")]),
-        .testTarget(name: "BackendTests", dependencies: ["Backend", "BackendConformance", "Quant"]),
+        .testTarget(name: "BackendTests", dependencies: ["Backend", "BackendConformance", "BackendCUDA", "Quant"]),
         .testTarget(name: "EngineTests", dependencies: ["Engine", "Models", "GGUF", "Backend"]),
         .testTarget(name: "HFTests", dependencies: ["SafeTensors", "Models", "GGUF", "Quant", "Backend", "Engine", "Tokenizer"],
                     resources: [.copy("Fixtures")]),

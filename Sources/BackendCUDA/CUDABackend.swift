@@ -629,7 +629,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     /// stages over the shared memory, or `KTRANSFORMERS_CUDA_STREAM_MATVEC=0`), and the caller launches the plain one.
     private func streamMatvec(_ g: CUDAWeight, _ parts: [(address: UInt, rows: Int, y: UInt)], cols: Int,
                               input: (UInt, UInt, UInt), n: Int) -> Bool {
-        guard Self.streamMatvecEnabled, let f = g.integerDotStream, g.rowBytes % 16 == 0 else { return false }
+        guard Self.streamMatvecEnabled, n >= Self.streamMinTokens, let f = g.integerDotStream, g.rowBytes % 16 == 0 else { return false }
         let shared = Self.streamStages * Self.streamRows * g.rowBytes
         guard shared <= sharedOptin else { return false }
         setShared(f, shared)
@@ -651,6 +651,13 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     static let mmfTileStride = 260  // KT_MMFT_STRIDE
     static let streamRows = 8    // KT_MVS_ROWS
     static let streamMatvecEnabled = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_STREAM_MATVEC"] != "0"
+    /// Token counts from which the streaming kernels run (every form: the integer-dot matvec, the f32-activation
+    /// stream, the routed experts' streams; the tiles start at 9 anyway). Measured on an H200 (2026-12-05, Llama-3-8B
+    /// shape): at 1 and 8 tokens the plain kernels were faster (tg128 229 against 206 t/s, 8 sequences 728 against
+    /// 637), at 32 the streaming ones (1,288 against 932), prefill a little (3,209 against 3,107).
+    /// `KTRANSFORMERS_CUDA_STREAM_MIN` overrides (1: stream at every count). Same bits either way.
+    /// (A variable for the tests that run the streaming forms at every count; set it before work is queued.)
+    nonisolated(unsafe) public static var streamMinTokens = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_STREAM_MIN"].flatMap { Int($0) } ?? 9
     private var streamSharedSet: [CUDADriver.Handle: Int] = [:]
 
     public func prepare(_ w: WeightRef) throws -> WeightMatrix {
@@ -846,7 +853,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
             setShared(tile, tileShared)
             launch(tile, "mmf_tile_\(g.tag) \(rows)x\(cols)", grid: ((rows + 63) / 64 * splits, (n + 31) / 32, 1),
                    block: 128, shared: tileShared, args)
-        } else if n <= Self.mmfStreamMax, Self.streamMatvecEnabled, let streams = g.tensorCoreF32Stream,
+        } else if n <= Self.mmfStreamMax, n >= Self.streamMinTokens, Self.streamMatvecEnabled, let streams = g.tensorCoreF32Stream,
            streamShared <= sharedOptin {
             // Decode and batched decode: the streaming forms (weights through per-warp rings of shared memory), same bits.
             let stream = nt == 1 ? streams.0 : streams.1
@@ -1287,7 +1294,8 @@ final class CUDAExpertExecutor: ExpertExecutor {
             if same, let sorted, let f = g.tensorCoreGrouped, experts.gate.count == nExpert, g.rowBytes % 16 == 0 {
                 backend.groupedExperts(f, g, u, rows: experts.gate.rows, cols: gateCols, nExpert: nExpert,
                                        meta: sorted.meta, order: sorted.order, input: q, xDiv: k, y0: gate!, y1: up!)
-            } else if same, backend.streamExperts(g, u, rows: experts.gate.rows, cols: gateCols, input: q, xDiv: k,
+            } else if same, n >= CUDABackend.streamMinTokens,
+                      backend.streamExperts(g, u, rows: experts.gate.rows, cols: gateCols, input: q, xDiv: k,
                                                   ids: ids, y0: gate!, y1: up!, pairs: pairs) {
             } else {
                 runInteger(g, experts.gate, q: q, y: gate!)
@@ -1311,7 +1319,7 @@ final class CUDAExpertExecutor: ExpertExecutor {
                 backend.streamF32Experts(f, d, rows: rows, cols: ff, hi: hi, lo: lo, sums: sums, ids: ids, out: out,
                                          pairs: pairs, tiles: tiles, splits: splits,
                                          grouped: (nExpert, sorted.meta, sorted.order))
-            } else if let f = d.tensorCoreF32ExpertsStream, CUDABackend.streamMatvecEnabled,
+            } else if let f = d.tensorCoreF32ExpertsStream, CUDABackend.streamMatvecEnabled, n >= CUDABackend.streamMinTokens,
                4 * CUDABackend.mmfStreamDepth * 16 * 144 <= backend.sharedOptin {
                 backend.streamF32Experts(f, d, rows: rows, cols: ff, hi: hi, lo: lo, sums: sums, ids: ids, out: out,
                                          pairs: pairs, tiles: tiles, splits: splits, grouped: nil)

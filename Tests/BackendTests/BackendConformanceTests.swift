@@ -3,6 +3,7 @@
 // from the command line, where no Swift toolchain is (the GPU machine): `ktransformers devices --conformance`.
 import Backend
 import BackendConformance
+import BackendCUDA
 import XCTest
 
 final class BackendConformanceTests: XCTestCase {
@@ -45,4 +46,27 @@ final class BackendConformanceTests: XCTestCase {
     func testMoESelect() throws { try run("moeSelect") }
     func testExpertExecutor() throws { try run("expertExecutor") }
     func testStagedExpertExecutor() throws { try run("stagedExpertExecutor") }
+}
+
+/// The CUDA backend's streaming kernels at every token count: by default they run from 9 tokens
+/// (`CUDABackend.streamMinTokens`, measured faster there) and the plain kernels below, so the checks above cover the
+/// plain forms at 1-8 tokens; these run the matmul and expert checks again with the streaming forms at 1-8 too.
+final class CUDAStreamingConformanceTests: XCTestCase {
+    private func run(_ names: [String]) throws {
+        guard let backend = try CUDABackend.makeIfPresent() else {
+            throw XCTSkip("no CUDA driver/GPU and no CUDA emulator here: CUDA streaming conformance skipped")
+        }
+        let saved = CUDABackend.streamMinTokens
+        CUDABackend.streamMinTokens = 1
+        defer { CUDABackend.streamMinTokens = saved }
+        let c = BackendConformance(name: "cuda, streaming from 1 token", backend: backend)
+        for name in names {
+            let check = try XCTUnwrap(BackendConformance.checks.first { $0.name == name })
+            for f in Expect.collect({ try check.run(c) }) { XCTFail("[cuda streaming] \(name): \(f)") }
+        }
+    }
+
+    func testMatmulsAndExpertsStreamingAtEveryCount() throws {
+        try run(["matmul", "matmulGroup", "chainedOps", "expertExecutor"])
+    }
 }

@@ -42,18 +42,29 @@ final class CUDAFusionTests: XCTestCase {
         let x = b.upload((0..<(n * dim)).map { Float($0 % 13) - 6 }), res = b.upload([Float](repeating: 0.5, count: n * dim))
         let norm = b.upload([Float](repeating: 1, count: dim))
         let xn = b.allocate(n * dim), g = b.allocate(n * ff), u = b.allocate(n * ff), y = b.allocate(n * dim)
-        b.profiling = true
-        b.resetKernelProfile()
-        b.rmsNorm(x, weight: norm, out: xn, rows: n, dim: dim, stride: dim, eps: 1e-5)
-        b.matmulGroup(gate, g, up, u, nil, nil, x: xn, n: n)
-        b.gatedActivation(g, u, count: n * ff, .silu)
-        b.matmul(down, g, y, n: n, precision: .f32Activations)
-        b.addRMSNorm(y, into: res, weight: norm, out: xn, rows: n, dim: dim, eps: 1e-5)
-        b.matmulGroup(gate, g, up, u, nil, nil, x: xn, n: n)
-        let kernels = b.kernelProfile().map { $0.name.split(separator: " ")[0] }
-        // Decode runs the streaming forms of the matmuls (rows through shared memory).
-        XCTAssertEqual(Set(kernels), ["rms_norm_q8K", "matvec_stream_q4_K_q8", "gated_silu_split", "mmf_stream_q4_K_1",
-                                      "add_rms_norm"], "kernels launched: \(kernels)")
+        func chain() -> [Substring] {
+            b.profiling = true
+            b.resetKernelProfile()
+            b.rmsNorm(x, weight: norm, out: xn, rows: n, dim: dim, stride: dim, eps: 1e-5)
+            b.matmulGroup(gate, g, up, u, nil, nil, x: xn, n: n)
+            b.gatedActivation(g, u, count: n * ff, .silu)
+            b.matmul(down, g, y, n: n, precision: .f32Activations)
+            b.addRMSNorm(y, into: res, weight: norm, out: xn, rows: n, dim: dim, eps: 1e-5)
+            b.matmulGroup(gate, g, up, u, nil, nil, x: xn, n: n)
+            return b.kernelProfile().map { $0.name.split(separator: " ")[0] }
+        }
+        // Decode (2 tokens) runs the plain matmul kernels by default (faster there than the streaming forms).
+        let plain = chain()
+        XCTAssertEqual(Set(plain), ["rms_norm_q8K", "matvec_q4_K_q8_3", "gated_silu_split", "mmf_q4_K_1", "add_rms_norm"],
+                       "kernels launched: \(plain)")
+        XCTAssertEqual(b.kernelProfile().first { $0.name.hasPrefix("matvec_q4_K_q8_3") }?.calls, 2)
+        // With the streaming forms from 1 token: the same fusions around them.
+        let saved = CUDABackend.streamMinTokens
+        CUDABackend.streamMinTokens = 1
+        defer { CUDABackend.streamMinTokens = saved }
+        let streaming = chain()
+        XCTAssertEqual(Set(streaming), ["rms_norm_q8K", "matvec_stream_q4_K_q8", "gated_silu_split", "mmf_stream_q4_K_1",
+                                        "add_rms_norm"], "kernels launched: \(streaming)")
         XCTAssertEqual(b.kernelProfile().first { $0.name.hasPrefix("matvec_stream_q4_K_q8") }?.calls, 2)
     }
 }
