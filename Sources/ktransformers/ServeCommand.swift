@@ -222,7 +222,10 @@ struct Serve: ParsableCommand {
                 responder.ready(server)
                 // The vocabulary trie of structured output, off the request path.
                 Thread.detachNewThread { server.prepareConstraintVocabulary() }
-                Output.err("ktransformers serve: \(config.modelID) ready on \(slot.address ?? "http://\(host):\(config.port)") (\(server.summary))\n")
+                // NOTE: the bound address, not the configured one: with --port 0 the port is known only once the
+                // server listens, which a small model's load can beat.
+                let at = slot.address(waiting: 30).map { " on \($0)" } ?? ""
+                Output.err("ktransformers serve: \(config.modelID) ready\(at) (\(server.summary))\n")
             } catch {
                 failure.set(error)
                 Task { await group.triggerGracefulShutdown() }
@@ -327,12 +330,20 @@ extension Serve {
 
 /// The server once the model is loaded (nil before), for the services that outlive the load.
 final class ServerSlot: @unchecked Sendable {
-    private let lock = NSLock()
+    private let lock = NSCondition()
     private var server: OpenAIServer?
-    private(set) var address: String?
+    private var boundAddress: String?
     func set(_ s: OpenAIServer) { lock.lock(); server = s; lock.unlock() }
     func get() -> OpenAIServer? { lock.lock(); defer { lock.unlock() }; return server }
-    func setAddress(_ a: String) { lock.lock(); address = a; lock.unlock() }
+    func setAddress(_ a: String) { lock.lock(); boundAddress = a; lock.broadcast(); lock.unlock() }
+    /// The address the server listens on, once it is bound (a small model can be loaded first); nil after `timeout`.
+    func address(waiting timeout: Double) -> String? {
+        lock.lock()
+        defer { lock.unlock() }
+        let deadline = Date().addingTimeInterval(timeout)
+        while boundAddress == nil && lock.wait(until: deadline) {}
+        return boundAddress
+    }
 }
 
 /// The shutdown drain: on SIGTERM/SIGINT the server refuses new requests at once; `timeout` seconds later it ends

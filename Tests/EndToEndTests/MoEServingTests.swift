@@ -65,7 +65,7 @@ final class MoEServingTests: XCTestCase {
         let deadline = Date().addingTimeInterval(60)
         while port == nil && Date() < deadline && p.isRunning {
             seen = (try? String(contentsOf: logURL, encoding: .utf8)) ?? ""
-            if let r = seen.range(of: #"http://127\.0\.0\.1:(\d+)"#, options: .regularExpression) {
+            if let r = seen.range(of: #"listening on http://127\.0\.0\.1:(\d+)"#, options: .regularExpression) {
                 port = Int(seen[r].split(separator: ":").last!)
             } else {
                 Thread.sleep(forTimeInterval: 0.05)
