@@ -314,8 +314,13 @@ public final class CUDADriver: @unchecked Sendable {
 
     /// Page-locks `bytes` of host memory at `p` for the GPU's copy engines (`CU_MEMHOSTREGISTER_READ_ONLY`
     /// where `readOnly`: a read-only mapping such as a model file's).
-    public func registerHost(_ p: UnsafeMutableRawPointer, bytes: Int, readOnly: Bool) throws {
-        try check(cuMemHostRegister(p, bytes, readOnly ? 0x08 : 0), "cuMemHostRegister(\(bytes) bytes)")
+    /// False where (part of) the range is registered already (`CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED`).
+    @discardableResult
+    public func registerHost(_ p: UnsafeMutableRawPointer, bytes: Int, readOnly: Bool) throws -> Bool {
+        let r = cuMemHostRegister(p, bytes, readOnly ? 0x08 : 0)
+        if r == 712 { return false }
+        try check(r, "cuMemHostRegister(\(bytes) bytes)")
+        return true
     }
 
     public func unregisterHost(_ p: UnsafeMutableRawPointer) { _ = cuMemHostUnregister(p) }

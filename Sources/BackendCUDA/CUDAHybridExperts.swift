@@ -196,7 +196,7 @@ final class CUDAHybridExpertExecutor: ExpertExecutor, @unchecked Sendable {
     private var lastLayer: UInt?
     /// Host ranges page-locked for the copy engines (`[start, end)` page-aligned, sorted), their bytes, and whether
     /// pinning is off (it failed, or `KTRANSFORMERS_LAYERWISE_PIN=0`).
-    private var pinnedRanges: [(start: UInt, end: UInt)] = []
+    private var pinnedRanges: [(start: UInt, end: UInt, ours: Bool)] = []
     private var pinnedBytes = 0
     private var pinningOff = ProcessInfo.processInfo.environment["KTRANSFORMERS_LAYERWISE_PIN"] == "0"
     /// Page-locked host memory stays under this share of the machine's memory (the rest is copied pageable).
@@ -250,24 +250,27 @@ final class CUDAHybridExpertExecutor: ExpertExecutor, @unchecked Sendable {
             let n = Int(b - a)
             guard pinnedBytes + n <= Self.pinBudget else { return }
             let ptr = UnsafeMutableRawPointer(bitPattern: a)!
+            var ours = true
             do {
                 gpu.current()
-                do { try gpu.driver.registerHost(ptr, bytes: n, readOnly: true) } catch {
-                    try gpu.driver.registerHost(ptr, bytes: n, readOnly: false)
+                do { ours = try gpu.driver.registerHost(ptr, bytes: n, readOnly: true) } catch {
+                    ours = try gpu.driver.registerHost(ptr, bytes: n, readOnly: false)
                 }
             } catch {
                 pinningOff = true
                 FileHandle.standardError.write(Data("layerwise prefill: host expert weights stay pageable (copies slower): \(error)\n".utf8))
                 return
             }
-            pinnedBytes += n
-            pinnedRanges.append((a, b))
+            // Registered already by someone else (another executor over the same memory): locked all the same, and
+            // not ours to unregister.
+            pinnedBytes += ours ? n : 0
+            pinnedRanges.append((a, b, ours))
             pinnedRanges.sort { $0.start < $1.start }
         }
     }
 
     private func unpinAll() {
-        for r in pinnedRanges { gpu.driver.unregisterHost(UnsafeMutableRawPointer(bitPattern: r.start)!) }
+        for r in pinnedRanges where r.ours { gpu.driver.unregisterHost(UnsafeMutableRawPointer(bitPattern: r.start)!) }
         pinnedRanges = []
         pinnedBytes = 0
     }
