@@ -161,30 +161,37 @@ if has baseline && [ -d .baseline/llama.cpp ] && [ -z "${SMOKE:-}" ]; then
     "$lb/llama-bench" -m /tmp/qwen3-30b-a3b.gguf -ngl 99 -fa 1 -p 512 -n 128 -r 3 2>>"$log" | tee -a "$summary"
   fi
 fi
+# Serves model $1 (the rest of the serve flags in SERVE_FLAGS) on port $2, waits up to $3 s for /health, then runs
+# bench serve with each client count after $4 ($5 output tokens each), one summary line per count; the server's log
+# and each report go to $out/$6*.
+serve_clients() {
+  local m=$1 port=$2 wait=$3 counts=$4 tokens=$5 name=$6 up= spid c i
+  # shellcheck disable=SC2086
+  "$bin" serve --model "$m" --port "$port" $SERVE_FLAGS >"$out/$name.log" 2>&1 &
+  spid=$!
+  for i in $(seq 1 "$wait"); do
+    python3 -c "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:$port/health', timeout=2)" 2>/dev/null \
+      && { up=1; break; }
+    sleep 1
+  done
+  [ -n "$up" ] || { say "serve did not become healthy in $wait s (see $name.log)"; status=1; }
+  for c in $counts; do
+    [ -n "$up" ] || break
+    "$bin" bench serve --url http://127.0.0.1:$port --concurrency $c --requests $((c * 2)) --input-len ${SERVE_INPUT:-128} \
+      --output-len "$tokens" > "$out/$name-c$c.txt" 2>>"$log"
+    say "clients $c: $(grep -E 'Output token throughput|Failed requests' "$out/$name-c$c.txt" | tr -s ' ' | tr '\n' ';')" \
+        "TPOT p50 $(grep -A2 'Time per Output Token' "$out/$name-c$c.txt" | grep p50 | tr -s ' ' | cut -d' ' -f4) ms"
+  done
+  kill $spid 2>/dev/null; wait $spid 2>/dev/null
+}
+
 if has serve; then
   # Issue 12, acceptance 4: serving on the GPU, 1, 8 and 32 concurrent streaming clients (bench serve), greedy.
   say "## serving (Llama-3-8B shape on cuda), $(date -u +%FT%TZ)"
   m=/tmp/llama3-8b$sfx.gguf
   make_model llama3-8b $m
-  port=18123
-  "$bin" serve --model $m --device ${SERVE_DEVICE:-cuda} --port $port --max-batch-size 32 --ctx-size 1024 --kv-cache-tokens 40000 \
-    >"$out/serve.log" 2>&1 &
-  spid=$!
-  up=
-  for i in $(seq 1 120); do
-    python3 -c "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:$port/health', timeout=2)" 2>/dev/null \
-      && { up=1; break; }
-    sleep 1
-  done
-  [ -n "$up" ] || { say "serve did not become healthy in 120 s (see serve.log)"; status=1; }
-  for c in 1 8 32; do
-    [ -n "$up" ] || break
-    "$bin" bench serve --url http://127.0.0.1:$port --concurrency $c --requests $((c * 2)) --input-len ${SERVE_INPUT:-128} \
-      --output-len ${SERVE_TOKENS:-128} > "$out/serve-c$c.txt" 2>>"$log"
-    say "clients $c: $(grep -E 'Output token throughput|Failed requests' "$out/serve-c$c.txt" | tr -s ' ' | tr '\n' ';')" \
-        "TPOT p50 $(grep -A2 'Time per Output Token' "$out/serve-c$c.txt" | grep p50 | tr -s ' ' | cut -d' ' -f4) ms"
-  done
-  kill $spid 2>/dev/null; wait $spid 2>/dev/null
+  SERVE_FLAGS="--device ${SERVE_DEVICE:-cuda} --max-batch-size 32 --ctx-size 1024 --kv-cache-tokens 40000" \
+    serve_clients $m 18123 120 "1 8 32" ${SERVE_TOKENS:-128} serve
 fi
 
 if has hybrid; then
@@ -333,25 +340,8 @@ if has serve-hybrid; then
   say "## serving the hybrid MoE (Qwen3-30B-A3B shape, experts on $threads CPU threads), $(date -u +%FT%TZ)"
   m=/tmp/qwen3-30b-a3b$sfx.gguf
   make_model qwen3-30b-a3b $m
-  port=18124
-  "$bin" serve --model $m --device cuda -t $threads --port $port --max-batch-size 16 --ctx-size 1024 --kv-cache-tokens 20000 \
-    >"$out/serve-hybrid.log" 2>&1 &
-  spid=$!
-  up=
-  for i in $(seq 1 180); do
-    python3 -c "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:$port/health', timeout=2)" 2>/dev/null \
-      && { up=1; break; }
-    sleep 1
-  done
-  [ -n "$up" ] || { say "serve did not become healthy in 180 s (see serve-hybrid.log)"; status=1; }
-  for c in 1 4 8; do
-    [ -n "$up" ] || break
-    "$bin" bench serve --url http://127.0.0.1:$port --concurrency $c --requests $((c * 2)) --input-len ${SERVE_INPUT:-128} \
-      --output-len ${SERVE_TOKENS:-64} > "$out/serve-hybrid-c$c.txt" 2>>"$log"
-    say "clients $c: $(grep -E 'Output token throughput|Failed requests' "$out/serve-hybrid-c$c.txt" | tr -s ' ' | tr '\n' ';')" \
-        "TPOT p50 $(grep -A2 'Time per Output Token' "$out/serve-hybrid-c$c.txt" | grep p50 | tr -s ' ' | cut -d' ' -f4) ms"
-  done
-  kill $spid 2>/dev/null; wait $spid 2>/dev/null
+  SERVE_FLAGS="--device cuda -t $threads --max-batch-size 16 --ctx-size 1024 --kv-cache-tokens 20000" \
+    serve_clients $m 18124 180 "1 4 8" ${SERVE_TOKENS:-64} serve-hybrid
 fi
 
 say "exit status $status"

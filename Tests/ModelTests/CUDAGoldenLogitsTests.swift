@@ -170,22 +170,8 @@ extension CUDALayerwisePrefillTests {
         gpu.reserve(ForwardPlan(maxTokens: 64, contextLength: 64, maxQueryGroup: 1))
         let cpu = CPUBackend(pool: TinyModels.pool)
         let layers = 4, nExpert = 8, dim = 256, ff = 256, topK = 2, n = 12
-        let quantize = try XCTUnwrap(QuantRegistry.kernels(for: .q4_K)?.quantize)
-        let rowBytes = try XCTUnwrap(GGMLType.q4_K.byteCount(elements: 256))
         var rng = MoEKernelTests.Rng(s: 99)
-        func stack(_ layer: Int, _ kind: String) throws -> WeightStack {
-            let b = MoEKernelTests.Bytes(nExpert * 256 * rowBytes)
-            var row = [Float](repeating: 0, count: 256)
-            for r in 0..<nExpert * 256 {
-                for c in 0..<256 { row[c] = rng.float() * 0.5 }
-                row.withUnsafeBufferPointer { quantize($0.baseAddress!, b.p + r * rowBytes, 256) }
-            }
-            return try cpu.prepareStack(WeightRef(name: "blk.\(layer).ffn_\(kind)_exps.weight", type: .q4_K,
-                                                  shape: [256, 256, nExpert], data: UnsafeRawPointer(b.p), owner: b))
-        }
-        let experts = try (0..<layers).map { l in
-            ExpertWeights(gate: try stack(l, "gate"), up: try stack(l, "up"), down: try stack(l, "down"))
-        }
+        let experts = try randomQ4KExperts(layers: layers, nExpert: nExpert, on: cpu, rng: &rng)
         let hybrid = try XCTUnwrap(gpu.makeStagedExpertExecutor(cpu.makeExpertExecutor(nExpert: nExpert, dim: dim, ff: ff),
                                                                 innerDevice: .cpu, dim: dim))
         let reference = cpu.makeExpertExecutor(nExpert: nExpert, dim: dim, ff: ff)
@@ -253,22 +239,8 @@ final class CUDAExpertDeferralTests: XCTestCase {
         gpu.reserve(ForwardPlan(maxTokens: 64, contextLength: 64, maxQueryGroup: 1))
         let cpu = CPUBackend(pool: TinyModels.pool)
         let nExpert = 6, dim = 256, ff = 256, topK = 3, n = 5, layers = 3
-        let quantize = try XCTUnwrap(QuantRegistry.kernels(for: .q4_K)?.quantize)
-        let rowBytes = try XCTUnwrap(GGMLType.q4_K.byteCount(elements: 256))
         var rng = MoEKernelTests.Rng(s: 5)
-        func stack(_ layer: Int, _ kind: String) throws -> WeightStack {
-            let b = MoEKernelTests.Bytes(nExpert * 256 * rowBytes)
-            var row = [Float](repeating: 0, count: 256)
-            for r in 0..<nExpert * 256 {
-                for c in 0..<256 { row[c] = rng.float() * 0.5 }
-                row.withUnsafeBufferPointer { quantize($0.baseAddress!, b.p + r * rowBytes, 256) }
-            }
-            return try cpu.prepareStack(WeightRef(name: "blk.\(layer).ffn_\(kind)_exps.weight", type: .q4_K,
-                                                  shape: [256, 256, nExpert], data: UnsafeRawPointer(b.p), owner: b))
-        }
-        let experts = try (0..<layers).map { l in
-            ExpertWeights(gate: try stack(l, "gate"), up: try stack(l, "up"), down: try stack(l, "down"))
-        }
+        let experts = try randomQ4KExperts(layers: layers, nExpert: nExpert, on: cpu, rng: &rng)
         let hybrid = try XCTUnwrap(gpu.makeStagedExpertExecutor(cpu.makeExpertExecutor(nExpert: nExpert, dim: dim, ff: ff),
                                                                 innerDevice: .cpu, dim: dim))
         hybrid.reserve(maxTokens: n, topK: topK)
@@ -365,6 +337,26 @@ final class CUDAExpertDeferralTests: XCTestCase {
                 XCTAssertEqual(row, Array(deferred[i * vocab..<(i + 1) * vocab]), "\(name): token \(i) alone differs with deferral")
             }
         }
+    }
+}
+
+/// `layers` MoE layers of random Q4_K experts (`nExpert` experts of 256 × 256, gate, up and down) quantized by the
+/// reference quantizer, prepared by `cpu` (host memory, as the hybrid placement leaves them).
+func randomQ4KExperts(layers: Int, nExpert: Int, on cpu: CPUBackend, rng: inout MoEKernelTests.Rng) throws -> [ExpertWeights] {
+    let quantize = try XCTUnwrap(QuantRegistry.kernels(for: .q4_K)?.quantize)
+    let rowBytes = try XCTUnwrap(GGMLType.q4_K.byteCount(elements: 256))
+    func stack(_ layer: Int, _ kind: String) throws -> WeightStack {
+        let b = MoEKernelTests.Bytes(nExpert * 256 * rowBytes)
+        var row = [Float](repeating: 0, count: 256)
+        for r in 0..<nExpert * 256 {
+            for c in 0..<256 { row[c] = rng.float() * 0.5 }
+            row.withUnsafeBufferPointer { quantize($0.baseAddress!, b.p + r * rowBytes, 256) }
+        }
+        return try cpu.prepareStack(WeightRef(name: "blk.\(layer).ffn_\(kind)_exps.weight", type: .q4_K,
+                                              shape: [256, 256, nExpert], data: UnsafeRawPointer(b.p), owner: b))
+    }
+    return try (0..<layers).map { l in
+        ExpertWeights(gate: try stack(l, "gate"), up: try stack(l, "up"), down: try stack(l, "down"))
     }
 }
 
