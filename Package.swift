@@ -53,10 +53,10 @@ let package = Package(
         .target(name: "Backend", dependencies: ["Quant", "QuantAVX2", "QuantAVX512", "CSIMD",
                                                 .product(name: "Atomics", package: "swift-atomics")],
                 swiftSettings: optimized),
-        // The CUDA backend: the driver API and NVRTC loaded at run time (dlopen), so building needs no CUDA SDK and
+        // The CUDA backend: the driver API, NVRTC and cuBLAS loaded at run time (dlopen), so building needs no CUDA SDK and
         // the binary runs on machines without a GPU.
         .target(name: "BackendCUDA", dependencies: ["Backend", "Quant"],
-                resources: ["common.cuh", "quant.cuh", "matvec.cu", "activations.cu", "ops.cu", "attention.cu", "moe.cu", "mmq.cu"]
+                resources: ["common.cuh", "quant.cuh", "matvec.cu", "activations.cu", "ops.cu", "attention.cu", "moe.cu", "mmq.cu", "gemm.cu"]
                     .map { .embedInCode("Kernels/\($0)") },
                 swiftSettings: optimized),
         // The backend conformance checks (every ComputeBackend op against plain references), runnable from XCTest

@@ -14,7 +14,7 @@
 # `serve` (serve on cuda + bench serve with 1, 8, 32 clients) and `deepseek` (a DeepSeek-V3-shaped model of
 # DS_LAYERS=4 layers written by scripts/make_random_deepseek.py: hybrid and all-GPU logits against the CPU's, the
 # routing spread, speed beside llama.cpp; ~20 GB on disk) and `serve-hybrid` (the Qwen3-30B-A3B shape, experts on
-# the CPU, served to 1, 4, 8 clients). MOE=1 adds the Qwen3-30B-A3B shape all on the GPU to
+# the CPU, served to 1, 4, 8 clients) and `layerwise` (a traced layerwise prefill, stacks if it hangs). MOE=1 adds the Qwen3-30B-A3B shape all on the GPU to
 # bench and baseline; HYBRID_SHORT=1 runs only pp512/tg of the hybrid stage; HYBRID_AB=1 adds hybrid decode rows
 # under each host-wait setting (KTRANSFORMERS_CUDA_SYNC, KTRANSFORMERS_POOL_SPINS, one core free) and with the
 # layerwise prefill; KERNEL_AB=1 adds bench rows with the streaming kernels off or capped; CPU_BASELINE=1
@@ -131,6 +131,14 @@ if has bench; then
     kab KTRANSFORMERS_CUDA_STREAM_MATVEC=0
     kab KTRANSFORMERS_CUDA_STREAM_TILES_MAX=63
     kab KTRANSFORMERS_CUDA_MMF_STREAM_MAX=100000
+    kab KTRANSFORMERS_CUDA_GEMM_MIN=0
+    # Where prefill's cuBLAS GEMMs start to pay (their f16 decode of the weights costs the same for any step).
+    for p in 32 64 128 256; do
+      for g in 1 0; do
+        KTRANSFORMERS_CUDA_GEMM_MIN=$g "$bin" bench --model $m --device cuda -p $p -n 0 -r 2 2>>"$log" | tail -1 \
+          | sed "s/\$/ (KTRANSFORMERS_CUDA_GEMM_MIN=$g)/" | tee -a "$summary"
+      done
+    done
     for b in 8 32; do
       KTRANSFORMERS_CUDA_STREAM_MATVEC=0 "$bin" bench --model $m --device cuda -p 0 -n $tgb -b $b -r 1 2>>"$log" | tail -1 \
         | sed 's/$/ (KTRANSFORMERS_CUDA_STREAM_MATVEC=0)/' | tee -a "$summary"
@@ -252,6 +260,35 @@ if has hybrid; then
     .baseline/llama.cpp/build/bin/llama-bench -m $m -t $threads -p 512 -n 128 -r 3 2>>"$log" | tee -a "$summary"
   fi
 fi
+if has layerwise; then
+  # The layerwise prefill's diagnosis: one pp512 with a trace of each staging step, host weights pageable, then
+  # page-locked, each at most 90 s; a run that does not finish gets its threads' stacks (gdb, where installed).
+  say "## layerwise prefill trace (Qwen3-30B-A3B shape), $(date -u +%FT%TZ)"
+  m=/tmp/qwen3-30b-a3b$sfx.gguf
+  make_model qwen3-30b-a3b $m
+  for pin in 0 1; do
+    KTRANSFORMERS_LAYERWISE_MIN=64 KTRANSFORMERS_LAYERWISE_TRACE=1 KTRANSFORMERS_LAYERWISE_PIN=$pin \
+      "$bin" bench --model $m --device cuda -t $threads -p $pp -n 0 -r 1 > "$out/layerwise-$pin.txt" 2> "$out/layerwise-$pin.err" &
+    lpid=$!
+    for i in $(seq 1 90); do kill -0 $lpid 2>/dev/null || break; sleep 1; done
+    if kill -0 $lpid 2>/dev/null; then
+      say "pin=$pin: still running after 90 s; last trace lines:"
+      grep "^\[layerwise" "$out/layerwise-$pin.err" | tail -8 | tee -a "$summary"
+      if command -v gdb >/dev/null; then
+        timeout 60 gdb -p $lpid -batch -ex "thread apply all bt 12" > "$out/layerwise-$pin-stacks.txt" 2>&1
+        grep -E "^#[0-9]" "$out/layerwise-$pin-stacks.txt" | grep -v "in ?? ()" | head -40 | tee -a "$summary"
+      else
+        for t in /proc/$lpid/task/*; do echo "$(cat $t/comm) $(cat $t/wchan 2>/dev/null) $(cat $t/stat | cut -d' ' -f3)"; done | sort | uniq -c | tee -a "$summary"
+      fi
+      kill -9 $lpid; wait $lpid 2>/dev/null
+    else
+      wait $lpid
+      say "pin=$pin: $(tail -1 "$out/layerwise-$pin.txt") ($(grep -c "not prefetched" "$out/layerwise-$pin.err") not prefetched, $(grep -c "prefetched in" "$out/layerwise-$pin.err") prefetched)"
+      { grep "^\[layerwise" "$out/layerwise-$pin.err" | head -6; grep "^\[layerwise" "$out/layerwise-$pin.err" | tail -3; } | tee -a "$summary"
+    fi
+  done
+fi
+
 if has deepseek; then
   # Issue 13: a DeepSeek-V3-shaped model (MLA, 256 experts of 2048, group-limited sigmoid routing; DS_LAYERS of its
   # 61 layers, the first dense): the logits of the hybrid placement and of all on the GPU against the CPU's on the

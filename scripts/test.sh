@@ -10,7 +10,7 @@ scripts/default-model.sh >/dev/null
 # GPU, else on the CUDA emulator (Tests/CUDAEmulator, needs a C++ compiler); without either they are skipped.
 if [ -z "${KTRANSFORMERS_CUDA_DRIVER:-}" ] && ! ldconfig -p 2>/dev/null | grep -q 'libcuda.so.1'; then
   if emu=$(scripts/build-cuda-emulator.sh); then
-    export KTRANSFORMERS_CUDA_DRIVER=$emu KTRANSFORMERS_NVRTC=$emu
+    export KTRANSFORMERS_CUDA_DRIVER=$emu KTRANSFORMERS_NVRTC=$emu KTRANSFORMERS_CUBLAS=$emu
     echo "CUDA backend tests: on the CUDA emulator ($emu)"
   else
     echo "CUDA backend tests: no GPU and no C++ compiler for the emulator: skipped"

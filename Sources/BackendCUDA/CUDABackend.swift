@@ -110,6 +110,30 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     /// Called once per format converted at load (the CLI logs it).
     public var onConversion: (@Sendable (String) -> Void)?
 
+    /// cuBLAS for prefill's half-precision GEMMs (nil where it is not found or turned off: `gemmSummary` says why).
+    let blas: CUBLAS?
+    /// What runs prefill's matmuls, for the start-up log.
+    public let gemmSummary: String
+    /// Steps of at least this many tokens run their matmuls as cuBLAS f16 GEMMs (the weights decoded to f16 rows
+    /// first, a chunk of rows at a time; the input scaled per row by a power of two into f16 range), below it the
+    /// integer / tf32 tensor-core kernels (their exact arithmetic: batch invariant). Such a step's bits differ
+    /// slightly from a smaller step's (f16 weights and inputs, not the 8-bit rounding of the CPU's vec-dot).
+    /// `KTRANSFORMERS_CUDA_GEMM_MIN`, default 128; 0 turns the GEMMs off.
+    nonisolated(unsafe) public static var gemmMinTokens = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_GEMM_MIN"].flatMap { Int($0) } ?? 128
+    /// f16 elements of decoded weight rows one GEMM may use (256 MiB; larger matrices go in chunks of rows; tests
+    /// make it small to run the chunks).
+    nonisolated(unsafe) public static var gemmScratchElements = 1 << 27
+    /// cuBLAS GEMMs run so far (tests).
+    public private(set) var gemmCalls = 0
+    /// The decoded rows `// [chunk rows, cols]` f16, the scaled f16 input `// [maxTokens, widest]` and its per-row
+    /// inverse scales `// [maxTokens]`.
+    private var gemmWeights: Tensor?
+    private var gemmInput: Tensor?
+    private var gemmInverse: Tensor?
+    /// The largest matrix (elements) and widest input of the weights a GEMM may run.
+    private var gemmLargest = 0
+    private var gemmWidest = 0
+
     /// Formats the kernels decode in place.
     static let formats: [GGMLType: String] = [
         .f32: "f32", .f16: "f16", .bf16: "bf16", .q4_0: "q4_0", .q4_1: "q4_1", .q5_0: "q5_0", .q5_1: "q5_1",
@@ -132,6 +156,28 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         gpuName = p.name
         memoryBytes = p.bytes
         kernelOrigin = kernels.origin
+        var loaded: CUBLAS?
+        var note: String
+        switch CUBLAS.load() {
+        case .success(let b):
+            do {
+                // A workspace of ours: a GEMM inside a graph capture must not allocate.
+                let workspaceBytes = 32 << 20
+                let ws = try driver.allocate(workspaceBytes)
+                allocations[UInt(ws)] = workspaceBytes
+                try b.bind(stream: stream, workspace: UInt(ws), bytes: workspaceBytes)
+                loaded = b
+                note = Self.gemmMinTokens > 0
+                    ? "prefill matmuls: cuBLAS \(b.version / 10000).\(b.version / 100 % 100) f16 GEMMs from \(Self.gemmMinTokens) tokens a step"
+                    : "prefill matmuls: int8 / tf32 tiles (cuBLAS GEMMs off: KTRANSFORMERS_CUDA_GEMM_MIN=0)"
+            } catch {
+                note = "prefill matmuls: int8 / tf32 tiles (cuBLAS unusable: \(error))"
+            }
+        case .failure(let e):
+            note = "prefill matmuls: int8 / tf32 tiles (no cuBLAS: \(e.description))"
+        }
+        blas = loaded
+        gemmSummary = note
         summary = String(format: "cuda:%d (%@, %.1f GiB, sm_%d%d, %d SMs)", ordinal, p.name, Double(p.bytes) / 1_073_741_824,
                          p.major, p.minor, p.multiprocessors)
     }
@@ -188,6 +234,19 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
             try driver.launch(f, grid: (UInt32(grid.0), UInt32(grid.1), UInt32(grid.2)), block: (UInt32(block), 1, 1),
                               sharedBytes: UInt32(shared), stream: stream, args: args.pack(a))
         }
+        if let e = events {
+            must("cuEventRecord") { try driver.record(e.1, stream: stream) }
+            profilePending.append((name(), e.0, e.1))
+            if profilePending.count >= 4096 { harvestProfile() }
+        }
+    }
+
+    /// Work other than our kernels (a cuBLAS call) on the stream, timed like a kernel when profiling.
+    private func profiled(_ name: @autoclosure () -> String, _ body: () -> Void) {
+        launches &+= 1
+        let events = profiling ? (profileEvent(), profileEvent()) : nil
+        if let e = events { must("cuEventRecord") { try driver.record(e.0, stream: stream) } }
+        body()
         if let e = events {
             must("cuEventRecord") { try driver.record(e.1, stream: stream) }
             profilePending.append((name(), e.0, e.1))
@@ -441,6 +500,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
                 graphEpoch += 1
             }
         }
+        growGemm()
         let q = Self.quantizedLayout(elements: need).total
         if q > (quantized?.count ?? 0) {
             if let old = quantized { release(old) }
@@ -451,6 +511,62 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
             quantizedFor = need
             graphEpoch += 1
         }
+    }
+
+    /// The GEMM scratch for the plan (none while steps stay below `gemmMinTokens`).
+    private func growGemm() {
+        guard blas != nil, Self.gemmMinTokens > 0, plan.maxTokens >= Self.gemmMinTokens, gemmLargest > 0 else { return }
+        func grow(_ t: inout Tensor?, floats: Int) {
+            guard floats > (t?.count ?? 0) else { return }
+            if let old = t { release(old) }
+            t = allocate(floats)
+            graphEpoch += 1
+        }
+        grow(&gemmWeights, floats: (min(gemmLargest, Self.gemmScratchElements) + 1) / 2)
+        grow(&gemmInput, floats: (plan.maxTokens * gemmWidest + 1) / 2)
+        grow(&gemmInverse, floats: plan.maxTokens)
+    }
+
+    /// Whether an `n`-token matmul of `w` runs as a cuBLAS f16 GEMM.
+    private func gemmApplies(_ w: WeightMatrix, n: Int) -> Bool {
+        guard blas != nil, Self.gemmMinTokens > 0, n >= Self.gemmMinTokens, w.cols % 32 == 0,
+              let input = gemmInput, let inv = gemmInverse, gemmWeights != nil,
+              n * w.cols <= 2 * input.count, n <= inv.count else { return false }
+        return true
+    }
+
+    /// `x` (`n` rows of `cols`) as f16 rows scaled by powers of two in `gemmInput`, the inverse scales in `gemmInverse`.
+    private func gemmInputF16(_ x: Tensor, cols: Int, n: Int) {
+        launch("to_f16_scaled", grid: (n, 1, 1), block: 256,
+               [.ptr(x.address), .ptr(gemmInput!.address), .ptr(gemmInverse!.address), .i32(cols)])
+    }
+
+    /// `y[n, rows] = x · Wᵀ` on cuBLAS from the prepared f16 input: the weight's rows decoded to f16 a chunk at a time
+    /// (f16 weights are read as they are), then the rows' scales undone.
+    private func gemm(_ g: CUDAWeight, rows: Int, cols: Int, y: Tensor, n: Int) {
+        guard let blas, let scratch = gemmWeights else { preconditionFailure("CUDA GEMM without cuBLAS or scratch") }
+        let chunk = g.tag == "f16" ? rows : max(64, min(rows, 2 * scratch.count / cols / 64 * 64))
+        var r0 = 0
+        while r0 < rows {
+            let rc = min(chunk, rows - r0)
+            let a: UInt
+            if g.tag == "f16" {
+                a = g.address
+            } else {
+                launch(g.dequantF16, "dequant_f16_\(g.tag) \(rc)x\(cols)", grid: (Self.blocks(rc * cols / 32), 1, 1), block: 256,
+                       [.ptr(g.address + UInt(r0 * g.rowBytes)), .i64(g.rowBytes), .i32(rc), .i32(cols), .ptr(scratch.address)])
+                a = scratch.address
+            }
+            profiled("cublas_gemm_f16 \(rc)x\(cols)") {
+                must("cuBLAS GEMM \(rc)x\(n)x\(cols)") {
+                    try blas.gemmF16(m: rc, n: n, k: cols, a: a, x: gemmInput!.address, c: y.address + UInt(r0 * 4), ldc: rows)
+                }
+            }
+            gemmCalls += 1
+            r0 += rc
+        }
+        launch("scale_rows", grid: (Self.blocks(n * rows), 1, 1), block: 256,
+               [.ptr(y.address), .ptr(gemmInverse!.address), .i32(rows), .i64(n * rows)])
     }
 
     /// Offsets (in 4-byte elements) of the parts of `quantized` for `elements` inputs: int8 values, per-256 scales,
@@ -666,6 +782,11 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         let g = try uploadWeight(name: w.name, type: w.type, rows: host.rows, cols: host.cols, data: w.data,
                                  host: host.kernels, hostRowBytes: host.rowBytes)
         if g.rounding != .none { noteInput(cols: host.cols) }
+        if blas != nil, host.cols % 32 == 0 {
+            gemmLargest = max(gemmLargest, host.rows * host.cols)
+            gemmWidest = max(gemmWidest, host.cols)
+            growRounded()
+        }
         if g.tensorCoreF32 != nil && host.cols % 256 == 0 {
             widestSplitOutput = max(widestSplitOutput, host.rows * Self.mmfSplits(cols: host.cols))
             growRounded()
@@ -875,6 +996,10 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     public func matmul(_ w: WeightMatrix, _ x: Tensor, _ y: Tensor, n: Int, precision: MatmulPrecision) {
         current()
         let g = Self.weight(w)
+        if gemmApplies(w, n: n) {
+            gemmInputF16(x, cols: w.cols, n: n)
+            return gemm(g, rows: w.rows, cols: w.cols, y: y, n: n)
+        }
         if precision == .f32Activations, let f = g.tensorCoreF32, w.cols % 256 == 0 {
             return tensorCoreF32Matmul(g, f, rows: w.rows, cols: w.cols, x: x, y: y, n: n)
         }
@@ -889,8 +1014,14 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     public func matmulGroup(_ w0: WeightMatrix, _ y0: Tensor, _ w1: WeightMatrix, _ y1: Tensor, _ w2: WeightMatrix?,
                             _ y2: Tensor?, x: Tensor, n: Int) {
         current()
-        // One launch for the whole group when its matrices share an integer-dot format and width (decode).
         let ws = [w0, w1] + (w2.map { [$0] } ?? [])
+        if ws.allSatisfy({ gemmApplies($0, n: n) && $0.cols == w0.cols }) {
+            // Prefill: one f16 input for the group's GEMMs.
+            gemmInputF16(x, cols: w0.cols, n: n)
+            for (w, y) in zip(ws, [y0, y1] + (y2.map { [$0] } ?? [])) { gemm(Self.weight(w), rows: w.rows, cols: w.cols, y: y, n: n) }
+            return
+        }
+        // One launch for the whole group when its matrices share an integer-dot format and width (decode).
         let gs = ws.map { Self.weight($0) }
         if gs.allSatisfy({ $0.tag == gs[0].tag && $0.rowBytes == gs[0].rowBytes }), ws.allSatisfy({ $0.cols == w0.cols }),
            let grouped = gs[0].integerDotGroup, Self.integerDot(gs[0], cols: w0.cols),
@@ -1111,6 +1242,8 @@ final class CUDAWeight: @unchecked Sendable {
     let matvec: CUDADriver.Handle
     let matvecExperts: CUDADriver.Handle
     let embed: CUDADriver.Handle
+    /// Its rows decoded to f16 (the cuBLAS GEMMs of prefill).
+    let dequantF16: CUDADriver.Handle
     /// The integer-dot matrix-vector kernel of the format, where there is one.
     let integerDot: CUDADriver.Handle?
     /// Its form for up to three matrices in one launch (`matmulGroup`).
@@ -1148,6 +1281,7 @@ final class CUDAWeight: @unchecked Sendable {
         matvec = kernels.function("matvec_\(tag)")
         matvecExperts = kernels.function("matvec_experts_\(tag)")
         embed = kernels.function("embed_\(tag)")
+        dequantF16 = kernels.function("dequant_f16_\(tag)")
         integerDot = tag == "q4_K" || tag == "q6_K" ? kernels.function("matvec_\(tag)_q8") : nil
         integerDotGroup = tag == "q4_K" || tag == "q6_K" ? kernels.function("matvec_\(tag)_q8_3") : nil
         integerExperts = tag == "q4_K" || tag == "q6_K" ? kernels.function("matvec_experts_\(tag)_q8") : nil

@@ -202,6 +202,15 @@ final class CUDAHybridExpertExecutor: ExpertExecutor, @unchecked Sendable {
     /// Page-locked host memory stays under this share of the machine's memory (the rest is copied pageable).
     private static let pinBudget = Int(ProcessInfo.processInfo.physicalMemory / 2)
 
+    /// `KTRANSFORMERS_LAYERWISE_TRACE=1`: a stderr line per staging step (timings of the host-side calls), to see
+    /// where a slow or stuck layerwise prefill spends its time.
+    private static let trace = ProcessInfo.processInfo.environment["KTRANSFORMERS_LAYERWISE_TRACE"] == "1"
+    private static let traceStart = Date()
+    private func traceLine(_ what: @autoclosure () -> String) {
+        guard Self.trace else { return }
+        FileHandle.standardError.write(Data(String(format: "[layerwise %.3f s] %@\n", Date().timeIntervalSince(Self.traceStart), what()).utf8))
+    }
+
     private static func layout(_ experts: ExpertWeights) -> (sizes: [Int], offsets: [Int], total: Int) {
         let sizes = [experts.gate, experts.up, experts.down].map { $0.count * $0.rows * $0.rowBytes }
         // Each stack at a 256-byte aligned offset (the kernels' 16-byte loads and copies).
@@ -251,6 +260,9 @@ final class CUDAHybridExpertExecutor: ExpertExecutor, @unchecked Sendable {
             guard pinnedBytes + n <= Self.pinBudget else { return }
             let ptr = UnsafeMutableRawPointer(bitPattern: a)!
             var ours = true
+            let t0 = Date()
+            defer { traceLine(String(format: "pinned %.1f MiB in %.1f ms (%@)", Double(n) / 1_048_576, Date().timeIntervalSince(t0) * 1000,
+                                     pinningOff ? "failed" : ours ? "registered" : "registered before")) }
             do {
                 gpu.current()
                 do { ours = try gpu.driver.registerHost(ptr, bytes: n, readOnly: true) } catch {
@@ -291,6 +303,9 @@ final class CUDAHybridExpertExecutor: ExpertExecutor, @unchecked Sendable {
         let stacks = [experts.gate, experts.up, experts.down]
         for (i, st) in stacks.enumerated() { pin(st.data, bytes: sizes[i]) }
         gpu.current()
+        let t0 = Date()
+        defer { traceLine(String(format: "copy of %.1f MiB queued into slot %d in %.1f ms", Double(sizes.reduce(0, +)) / 1_048_576,
+                                 slots.firstIndex { $0 === slot } ?? -1, Date().timeIntervalSince(t0) * 1000)) }
         gpu.must("layerwise expert staging (host to device)") {
             try gpu.driver.streamWait(copyStream, for: slot.consumed)
             for (i, st) in stacks.enumerated() {
@@ -321,7 +336,9 @@ final class CUDAHybridExpertExecutor: ExpertExecutor, @unchecked Sendable {
         if let hit = slots.firstIndex(where: { $0.holds == key }) {
             s = hit
             gpu.layerwisePrefetchHits += 1
+            traceLine("layer \(String(key, radix: 16)): prefetched in slot \(s)")
         } else {
+            traceLine("layer \(String(key, radix: 16)): not prefetched")
             // Not prefetched: the slot the previous layer did not use (both are safe: a copy waits for `consumed`).
             s = slots.count > 1 && layerwiseSlot == 0 ? 1 : 0
             fill(slots[s], with: experts)

@@ -16,7 +16,7 @@ final class CUDAKernels: @unchecked Sendable {
     static var source: String {
         [PackageResources.common_cuh, PackageResources.quant_cuh, PackageResources.matvec_cu,
          PackageResources.activations_cu, PackageResources.ops_cu,
-         PackageResources.attention_cu, PackageResources.moe_cu, PackageResources.mmq_cu]
+         PackageResources.attention_cu, PackageResources.moe_cu, PackageResources.mmq_cu, PackageResources.gemm_cu]
             .map { String(decoding: $0, as: UTF8.self) }.joined(separator: "\n")
     }
 

@@ -17,6 +17,7 @@ extension BackendConformance {
         ("rmsNorm", { $0.checkRMSNorm() }),
         ("matmul", { try $0.checkMatmul() }),
         ("matmulGroup", { try $0.checkMatmulGroup() }),
+        ("matmulPrefill", { try $0.checkMatmulPrefill() }),
         ("chainedOps", { try $0.checkChainedOps() }),
         ("matmulHeads", { try $0.checkMatmulHeads() }),
         ("elementwise", { $0.checkElementwise() }),

@@ -320,6 +320,67 @@ public struct BackendConformance {
         }
     }
 
+    /// Prefill-sized matmuls (130 and 160 tokens: a backend may run these on another path, such as a GPU's f16
+    /// GEMMs, with its own rounding, so no batch invariance here, only the bound of 8-bit activations): every weight
+    /// format, rows of very different magnitudes (1e-3 to 1e5: beyond f16's range unless scaled), single matrices and
+    /// a group of three, which must match the single matmuls bit for bit.
+    public func checkMatmulPrefill() throws {
+        let b = backend
+        var rng = SplitMix64(seed: 13)
+        let rows = 72, cols = 512, maxN = 160
+        b.reserve(ForwardPlan(maxTokens: maxN, contextLength: Self.plan.contextLength, maxQueryGroup: Self.plan.maxQueryGroup,
+                              routerWork: Self.plan.routerWork))
+        var x = rng.normals(maxN * cols)
+        for t in 0..<maxN {
+            let scale: Float = t == 7 ? 1e5 : Float(pow(10.0, Double(t % 7) - 3))
+            for i in 0..<cols { x[t * cols + i] *= scale }
+        }
+        let xt = b.upload(x)
+        let ys = (0..<3).map { _ in b.allocate((maxN + 1) * rows) }
+        defer { b.release(xt); ys.forEach { b.release($0) } }
+        func worstRow(_ got: [Float], _ want: [Double], n: Int) -> Double {
+            (0..<n).map { t in nmse(Array(got[t * rows..<(t + 1) * rows]), Array(want[t * rows..<(t + 1) * rows])) }.max() ?? 0
+        }
+        for type in Host.weightTypes {
+            let hw = try Host.weight(type, name: "blk.0.ffn_up.weight", rows: rows, cols: cols, rng: &rng)
+            let w = try b.prepare(hw.ref)
+            let want = Reference.matmul(hw.matrix(0), rows: rows, cols: cols, x, n: maxN)
+            var worst = 0.0
+            for precision in [MatmulPrecision.standard, .f32Activations] {
+                for n in [130, maxN] {
+                    b.set(ys[0], [Float](repeating: Self.sentinel, count: (maxN + 1) * rows))
+                    b.matmul(w, xt, ys[0], n: n, precision: precision)
+                    let all = b.floats(ys[0], (maxN + 1) * rows)
+                    worst = max(worst, worstRow(Array(all[0..<n * rows]), want, n: n))
+                    expectUntouched(all, n * rows..<(maxN + 1) * rows, "matmul prefill \(type) \(precision) n=\(n)")
+                }
+            }
+            // Per row of 72 outputs the 8-bit activations' NMSE reaches ~5e-4 (Q5_K on the CPU): twice the whole-matrix
+            // bound of `matmul` per row.
+            expect("matmul prefill \(type) \(rows)x\(cols), n = 130, 160 (worst row)", worst: worst, bound: 4 * Bound.q8)
+        }
+        for types in [[GGMLType.q4_K, .q4_K, .q4_K], [.q4_K, .q6_K, .q8_0]] where types.allSatisfy({ Host.canMake($0) }) {
+            let host = try types.map { try Host.weight($0, name: "blk.0.attn_q.weight", rows: rows, cols: cols, rng: &rng) }
+            let ws = try host.map { try b.prepare($0.ref) }
+            let what = "matmulGroup prefill \(types.map { "\($0)" }.joined(separator: "+"))"
+            var individual: [[Float]] = []
+            for i in ws.indices {
+                b.matmul(ws[i], xt, ys[i], n: maxN, precision: .standard)
+                individual.append(b.floats(ys[i], maxN * rows))
+                b.set(ys[i], [Float](repeating: Self.sentinel, count: (maxN + 1) * rows))
+            }
+            b.matmulGroup(ws[0], ys[0], ws[1], ys[1], ws[2], ys[2], x: xt, n: maxN)
+            for i in ws.indices {
+                let all = b.floats(ys[i], (maxN + 1) * rows)
+                if let j = firstBitDifference(Array(all[0..<maxN * rows]), individual[i]) {
+                    Expect.fail("[\(name)] \(what): output \(i) element \(j % rows) of row \(j / rows) is \(all[j]), matmul gives \(individual[i][j])")
+                }
+                expectUntouched(all, maxN * rows..<(maxN + 1) * rows, "\(what) output \(i)")
+            }
+            print("[\(name)] \(what): bit-identical to matmul for n = \(maxN)")
+        }
+    }
+
     // MARK: 6. matmulHeads
 
     /// One matrix per head on strided per-head slices (MLA's absorbed k_b / v_b): `cols` < the head stride of x,

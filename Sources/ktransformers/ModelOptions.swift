@@ -67,9 +67,10 @@ struct LoadOptions {
                 g.onConversion = { Output.err("\($0)\n") }
                 g.graphsEnabled = cudaGraphs
                 let mem = g.memoryInfo()
-                Output.err(String(format: "%@: %.1f GiB free; kernels %@; CUDA graphs %@\n", g.summary,
+                Output.err(String(format: "%@: %.1f GiB free; kernels %@; CUDA graphs %@; %@\n", g.summary,
                                   Double(mem.free) / 1_073_741_824, g.kernelOrigin,
-                                  cudaGraphs ? "on (decode steps, one graph per batch-size bucket 1, 2, 4, ... up to the batch size)" : "off"))
+                                  cudaGraphs ? "on (decode steps, one graph per batch-size bucket 1, 2, 4, ... up to the batch size)" : "off",
+                                  g.gemmSummary))
                 backends[main] = g
                 gpu = g
             } catch {

@@ -14,6 +14,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 #include <chrono>
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -220,8 +221,16 @@ void launch(Function* f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, uns
 typedef void (*HostFn)(void*);
 // A node of a captured graph: a kernel launch, an asynchronous copy (between device memory and pinned host
 // memory, as CUDA allows in a capture) or a host function.
+struct Gemm {
+    int ta, tb, m, n, k, at, bt, ct, lda, ldb, ldc;
+    float alpha, beta;
+    const void *A, *B;
+    void* C;
+};
+void runGemm(const Gemm& g);
 struct Launch {
-    enum Kind { KERNEL, COPY, HOST } kind = KERNEL;
+    enum Kind { KERNEL, COPY, HOST, GEMM } kind = KERNEL;
+    Gemm gemm{};
     Function* f = nullptr;
     unsigned g[3] = {}, b[3] = {}, shared = 0;
     std::vector<std::vector<char>> args;
@@ -260,6 +269,31 @@ void flushStream(void* s) {
 void flushAll() { for (auto& kv : pendingCopies) flushStream(kv.first); }
 struct Event { double time = 0; void* stream = nullptr; };
 
+static float emuHalf(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff, bits;
+    if (exp == 0) {
+        if (man == 0) bits = sign;
+        else { float f = std::ldexp((float)man, -24); std::memcpy(&bits, &f, 4); bits |= sign; }
+    } else if (exp == 31) bits = sign | 0x7f800000u | (man << 13);
+    else bits = sign | ((exp + 112) << 23) | (man << 13);
+    float f; std::memcpy(&f, &bits, 4); return f;
+}
+static float emuElement(const void* p, int type, size_t i) {
+    return type == 2 ? emuHalf(((const uint16_t*)p)[i]) : ((const float*)p)[i];
+}
+void runGemm(const Gemm& g) {
+    for (int j = 0; j < g.n; j++)
+        for (int i = 0; i < g.m; i++) {
+            double s = 0;
+            for (int l = 0; l < g.k; l++) {
+                float a = emuElement(g.A, g.at, g.ta ? (size_t)l + (size_t)i * g.lda : (size_t)i + (size_t)l * g.lda);
+                float b = emuElement(g.B, g.bt, g.tb ? (size_t)j + (size_t)l * g.ldb : (size_t)l + (size_t)j * g.ldb);
+                s += (double)a * b;
+            }
+            float* c = (float*)g.C + (size_t)i + (size_t)j * g.ldc;
+            *c = g.alpha * (float)s + (g.beta != 0 ? g.beta * *c : 0.0f);
+        }
+}
 double now() {
     using namespace std::chrono;
     return duration<double, std::milli>(steady_clock::now().time_since_epoch()).count();
@@ -449,6 +483,7 @@ int cuGraphLaunch(void* exec, void* stream) {
     for (auto& l : ((Graph*)exec)->launches) {
         if (l.kind == Launch::COPY) { memcpy(l.dst, l.src, l.bytes); continue; }
         if (l.kind == Launch::HOST) { l.fn(l.data); continue; }
+        if (l.kind == Launch::GEMM) { runGemm(l.gemm); continue; }
         std::vector<void*> ptrs;
         for (auto& a : l.args) ptrs.push_back(a.data());
         launch(l.f, l.g[0], l.g[1], l.g[2], l.b[0], l.b[1], l.b[2], l.shared, ptrs.data());
@@ -466,6 +501,30 @@ int cuLaunchHostFunc(void* stream, HostFn fn, void* data) {
         return 0;
     }
     fn(data);
+    return 0;
+}
+
+// MARK: cuBLAS (the GEMM the backend uses: f16 or f32 operands, f32 result, column-major as cuBLAS)
+int cublasCreate_v2(void** h) { *h = new int(0); return 0; }
+int cublasDestroy_v2(void* h) { delete (int*)h; return 0; }
+int cublasSetStream_v2(void*, void*) { return 0; }
+int cublasSetWorkspace_v2(void*, void*, size_t) { return 0; }
+int cublasGetVersion_v2(void*, int* v) { *v = 130000; return 0; }
+int cublasGemmEx(void*, int ta, int tb, int m, int n, int k, const void* alpha, const void* A, int at, int lda,
+                 const void* B, int bt, int ldb, const void* beta, void* C, int ct, int ldc, int compute, int) {
+    // Only what the backend asks for: f16 / f32 inputs (CUDA_R_16F 2, CUDA_R_32F 0), f32 output, f32 compute (68).
+    if ((at != 2 && at != 0) || (bt != 2 && bt != 0) || ct != 0 || compute != 68) return 15;  // NOT_SUPPORTED
+    if (m < 0 || n < 0 || k < 0 || lda < (ta ? k : m) || ldb < (tb ? n : k) || ldc < m) return 7;  // INVALID_VALUE
+    Gemm g{ta, tb, m, n, k, at, bt, ct, lda, ldb, ldc, *(const float*)alpha, *(const float*)beta, A, B, C};
+    if (capturing) {
+        Launch l;
+        l.kind = Launch::GEMM;
+        l.gemm = g;
+        captureGraph->launches.push_back(std::move(l));
+        return 0;
+    }
+    flushAll();
+    runGemm(g);
     return 0;
 }
 

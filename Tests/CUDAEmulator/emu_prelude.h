@@ -100,8 +100,8 @@ static inline int max(int a, int b) { return a > b ? a : b; }
 static inline long long min(long long a, long long b) { return a < b ? a : b; }
 static inline long long max(long long a, long long b) { return a > b ? a : b; }
 static inline int __float2int_rn(float x) { return (int)std::nearbyint(x); }
-static inline float kt_round_to_half(float f) {
-    // float -> f16 (round to nearest even) -> float
+static inline uint16_t kt_float_to_half(float f) {
+    // float -> f16 bits (round to nearest even)
     uint32_t b; std::memcpy(&b, &f, 4);
     uint32_t sign = b & 0x80000000u; b ^= sign;
     uint16_t h;
@@ -115,8 +115,9 @@ static inline float kt_round_to_half(float f) {
         if (rem > 0x1000 || (rem == 0x1000 && (r & 1))) r++;
         h = (uint16_t)r;
     }
-    return kt_half_to_float((uint16_t)(h | (sign >> 16)));
+    return (uint16_t)(h | (sign >> 16));
 }
+static inline float kt_round_to_half(float f) { return kt_half_to_float(kt_float_to_half(f)); }
 struct alignas(16) uint4 { unsigned x, y, z, w; };
 struct alignas(16) int4 { int x, y, z, w; };
 static inline int __dp4a(int a, int b, int c) {

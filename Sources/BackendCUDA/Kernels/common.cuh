@@ -99,10 +99,12 @@ __device__ __forceinline__ u32 kt_tf32(float f) {
     asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(f));
     return r;
 }
-// float -> f16 -> float, rounding to nearest even (the f16 scale of a Q8_0 block).
-__device__ __forceinline__ float kt_round_to_half(float f) {
+// float -> f16 bits, rounding to nearest even.
+__device__ __forceinline__ u16 kt_float_to_half(float f) {
     u16 h;
     asm("{ cvt.rn.f16.f32 %0, %1; }" : "=h"(h) : "f"(f));
-    return kt_half_to_float(h);
+    return h;
 }
+// float -> f16 -> float, rounding to nearest even (the f16 scale of a Q8_0 block).
+__device__ __forceinline__ float kt_round_to_half(float f) { return kt_half_to_float(kt_float_to_half(f)); }
 #endif

@@ -1,0 +1,47 @@
+// The operands of prefill's half-precision GEMMs (cuBLAS, CUBLAS.swift): weights decoded from their GGUF blocks to
+// f16 rows, activations scaled per row by a power of two into f16 range, and the product scaled back.
+
+// out[r, c] = f16(W[r, c]) for rows [0, rows) of `cols` (a multiple of 32): one thread per 32-element group,
+// consecutive threads along a row; grid-stride over rows · cols / 32 groups.
+#define KT_DEQUANT_F16(name, Dec) \
+extern "C" __global__ void __launch_bounds__(256) dequant_f16_##name(const u8* W, i64 rowBytes, int rows, int cols, \
+                                                                     u16* out) { \
+    i64 units = (i64)cols / 32, total = (i64)rows * units; \
+    for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (i64)gridDim.x * blockDim.x) { \
+        i64 r = i / units; \
+        int u = (int)(i - r * units); \
+        float v[32]; \
+        Dec::unit(W + r * rowBytes, u, cols, v); \
+        u32 packed[16]; \
+        for (int j = 0; j < 16; j++) \
+            packed[j] = (u32)kt_float_to_half(v[2 * j]) | ((u32)kt_float_to_half(v[2 * j + 1]) << 16); \
+        uint4* o = (uint4*)(out + r * cols + (i64)u * 32); \
+        for (int j = 0; j < 4; j++) o[j] = make_uint4(packed[4 * j], packed[4 * j + 1], packed[4 * j + 2], packed[4 * j + 3]); \
+    } \
+}
+KT_FORMATS(KT_DEQUANT_F16)
+
+// Row t of x (`cols` floats) as f16 times 2^e, with e the power of two that brings the row's largest magnitude to
+// [2^14, 2^15) (f16 reaches 65504; the scaling is exact), and inv[t] = 2^-e to undo it on the product. One block
+// of 256 threads per row.
+extern "C" __global__ void __launch_bounds__(256) to_f16_scaled(const float* x, u16* out, float* inv, int cols) {
+    __shared__ float scratch[32];
+    const float* xr = x + (i64)blockIdx.x * cols;
+    float m = 0.0f;
+    for (int i = threadIdx.x; i < cols; i += blockDim.x) m = fmaxf(m, fabsf(xr[i]));
+    m = kt_block_max(m, scratch);
+    // m = f · 2^k with f in [0.5, 1): scale by 2^(15 - k), so the largest value lands in [2^14, 2^15).
+    int k = 0;
+    if (m > 0.0f && m < KT_INF) frexpf(m, &k);
+    k = max(-100, k);  // rows of subnormals: keep 2^(15 - k) finite
+    float s = ldexpf(1.0f, 15 - k);
+    if (threadIdx.x == 0) inv[blockIdx.x] = ldexpf(1.0f, k - 15);
+    u16* o = out + (i64)blockIdx.x * cols;
+    for (int i = threadIdx.x; i < cols; i += blockDim.x) o[i] = kt_float_to_half(xr[i] * s);
+}
+
+// y[t, c] *= inv[t] for n rows of `cols` (packed).
+extern "C" __global__ void __launch_bounds__(256) scale_rows(float* y, const float* inv, int cols, i64 count) {
+    for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < count; i += (i64)gridDim.x * blockDim.x)
+        y[i] *= inv[i / cols];
+}
