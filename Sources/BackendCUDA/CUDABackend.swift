@@ -1123,6 +1123,14 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         return max(256, (plan.contextLength + 7) / 8)
     }
 
+    /// Steps of at least this many tokens run attention on the f16 tensor cores (`attention_flash`, head dims up to
+    /// 128, query heads per K/V head dividing 64), below it the f32 kernels (batch invariant). As the GEMMs, a large
+    /// step's bits then differ slightly from a small step's. `KTRANSFORMERS_CUDA_FLASH_MIN`, default 128; 0 turns
+    /// it off.
+    nonisolated(unsafe) public static var flashMinTokens = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_FLASH_MIN"].flatMap { Int($0) } ?? 128
+    /// Its shared memory: the Q and K tiles (64 rows of 128 + 8 f16) and the transposed V tile (128 × (64 + 8) f16).
+    static let flashShared = (2 * 64 * 136 + 128 * 72) * 2
+
     public func attention(q: Tensor, out: Tensor, n: Int, cache: KVCache, layer: Int, meta: BatchMetadata,
                           params p: AttentionParams) {
         precondition(p.headDim <= 1024 && p.headDimV <= 512, "CUDA attention: head dims \(p.headDim)/\(p.headDimV) above 1024/512")
@@ -1144,6 +1152,21 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
             part = attentionParts!.address
         }
         let group = p.nKVHead > 0 && p.nHead % p.nKVHead == 0 ? p.nHead / p.nKVHead : 0
+        if Self.flashMinTokens > 0, n >= Self.flashMinTokens, group > 0, group <= 64, 64 % group == 0,
+           p.headDim % 16 == 0, p.headDim <= 128, p.headDimV % 16 == 0, p.headDimV <= 128,
+           kd % 4 == 0, vStride % 4 == 0, vHeadStride % 4 == 0, Self.flashShared <= sharedOptin {
+            // Prefill: the f16 tensor cores, 64 query rows a block (tokens × the K/V head's query heads).
+            let f = kernels.function("attention_flash")
+            setShared(f, Self.flashShared)
+            launch(f, "attention_flash", grid: ((n + 64 / group - 1) / (64 / group), p.nKVHead, 1), block: 128,
+                   shared: Self.flashShared,
+                   [.ptr(q.address), .ptr(out.address), .ptr(cache.k(layer).address), .ptr(vc.address), .i32(kd),
+                    .i32(vStride), .i32(vHeadStride), .i32(p.nHead), .i32(p.nKVHead), .i32(p.headDim), .i32(p.headDimV),
+                    .f32(p.scale), .i32(p.window), .f32(p.softcap), .ptr(meta.positions.address),
+                    .ptr(meta.sequenceOfToken.address), .ptr(meta.blockTables.address), .i32(meta.blockTableStride),
+                    .i32(meta.pageSize), .i32(n)])
+            return
+        }
         if n >= attentionGroupMinTokens, [2, 4, 8].contains(group), p.headDim <= 256, p.headDimV <= 128 {
             // The query heads of a K/V head in one block (each key and value read once for all of them), same bits.
             launch("attention_gqa\(group)", grid: (n, p.nKVHead, splits), block: 128,

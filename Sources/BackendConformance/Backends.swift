@@ -25,6 +25,7 @@ extension BackendConformance {
         ("ropeAndStoreKV", { $0.checkRopeAndStoreKV() }),
         ("addRMSNorm", { try $0.checkAddRMSNorm() }),
         ("attention", { $0.checkAttention() }),
+        ("attentionPrefill", { $0.checkAttentionPrefill() }),
         ("moeSelect", { $0.checkMoESelect() }),
         ("expertExecutor", { try $0.checkExpertExecutor() }),
         ("stagedExpertExecutor", { try $0.checkStagedExpertExecutor() }),

@@ -692,6 +692,26 @@ public struct BackendConformance {
     /// sequence's first chunk, then a single decode token (one query row: the CPU backend's per-head path).
     /// Layer 1 is attended; layer 0 holds other values at the same slots and unused pages hold junk.
     public func checkAttention() {
+        for (label, params, kDim, vDim, qScale) in Self.attentionCases {
+            let worst = attentionCase(params, kDim: kDim, vDim: vDim, qScale: qScale, seed: UInt64(label.count))
+            expect("attention \(label)", worst: worst, bound: Bound.f32)
+        }
+    }
+
+    /// The same cases with every length × 16 (pages of 64, a 130-token mixed step: chunks of two sequences, two
+    /// decode tokens, a new sequence's 48 tokens), the size from which a backend may run attention with f16
+    /// operands (a GPU's tensor cores): bound 1e-5.
+    public func checkAttentionPrefill() {
+        var cases = Self.attentionCases
+        cases[2].0 = "sliding window 40"
+        cases[2].1.window = 40
+        for (label, params, kDim, vDim, qScale) in cases {
+            let worst = attentionCase(params, kDim: kDim, vDim: vDim, qScale: qScale, seed: UInt64(label.count), scale: 16)
+            expect("attention prefill \(label)", worst: worst, bound: 1e-5)
+        }
+    }
+
+    static var attentionCases: [(String, AttentionParams, kDim: Int, vDim: Int, qScale: Float)] {
         let headDim = 32
         let gqa = AttentionParams(nHead: 4, nKVHead: 2, headDim: headDim, scale: 1 / Float(headDim).squareRoot())
         let narrowV = AttentionParams(nHead: 4, nKVHead: 2, headDim: headDim, headDimV: 16, scale: 0.2)
@@ -701,23 +721,21 @@ public struct BackendConformance {
         softcap.softcap = 30
         var mla = AttentionParams(nHead: 4, nKVHead: 1, headDim: 48, headDimV: 32, scale: 0.15)
         mla.valueInKey = true
-        let cases: [(String, AttentionParams, kDim: Int, vDim: Int, qScale: Float)] = [
+        return [
             ("GQA 4/2 heads", gqa, 64, 64, 1),
             ("GQA, headDimV 16 < headDim 32", narrowV, 64, 32, 1),
             ("sliding window 3", window, 64, 64, 1),
             ("softcap 30 (scores ~N(0, 10))", softcap, 64, 64, 10),
             ("MLA valueInKey (1 K/V head, headDimV 32 of 48, V width 0)", mla, 48, 0, 1),
         ]
-        for (label, params, kDim, vDim, qScale) in cases {
-            let worst = attentionCase(params, kDim: kDim, vDim: vDim, qScale: qScale, seed: UInt64(label.count))
-            expect("attention \(label)", worst: worst, bound: Bound.f32)
-        }
     }
 
-    private func attentionCase(_ params: AttentionParams, kDim: Int, vDim: Int, qScale: Float, seed: UInt64) -> Double {
+    /// Three steps over a paged cache of four sequences (pages of 4 · `scale` positions, lengths × `scale`).
+    private func attentionCase(_ params: AttentionParams, kDim: Int, vDim: Int, qScale: Float, seed: UInt64,
+                               scale: Int = 1) -> Double {
         let b = backend
         var rng = SplitMix64(seed: 9 &+ seed)
-        let pageSize = 4, numPages = 12, layer = 1
+        let pageSize = 4 * scale, numPages = 12, layer = 1
         let cache = b.makeKVCache(pageSize: pageSize, numPages: numPages, kDims: [kDim, kDim], vDims: [vDim, vDim])
         // Sequences A, B, C, D; pages 4, 6, 8 belong to no one.
         let blockTables: [[Int32]] = [[7, 2, 10], [5, 0], [9, 3, 11], [1]]
@@ -729,7 +747,11 @@ public struct BackendConformance {
         var kOf: [Int: [Float]] = [:], vOf: [Int: [Float]] = [:]
         func key(_ s: Int, _ p: Int) -> Int { s * 1000 + p }
 
-        let maxTokens = 32
+        let maxTokens = 32 * scale
+        if scale > 1 {
+            b.reserve(ForwardPlan(maxTokens: maxTokens, contextLength: 12 * pageSize, maxQueryGroup: Self.plan.maxQueryGroup,
+                                  routerWork: Self.plan.routerWork))
+        }
         let positions = b.allocate(maxTokens), slots = b.allocate(maxTokens), seqOf = b.allocate(maxTokens)
         let tables = b.int32Tensor(flatTables)
         let k = b.allocate(maxTokens * kDim), v = b.allocate(max(1, maxTokens * vDim))
@@ -815,13 +837,14 @@ public struct BackendConformance {
         b.storeKV(k: k, v: v, n: junk.count, cache: cache, layer: layer, meta: jm)
 
         // Step 1: the first tokens of A (6), B (5), C (8).
-        store((0..<6).map { (0, $0) } + (0..<5).map { (1, $0) } + (0..<8).map { (2, $0) })
+        let x = scale
+        store((0..<6 * x).map { (0, $0) } + (0..<5 * x).map { (1, $0) } + (0..<8 * x).map { (2, $0) })
         // Step 2: B's next token, a 5-token chunk of A, C's next token, D's first 3 tokens.
-        let step2: [(s: Int, p: Int)] = [(1, 5)] + (6..<11).map { (0, $0) } + [(2, 8)] + (0..<3).map { (3, $0) }
+        let step2: [(s: Int, p: Int)] = [(1, 5 * x)] + (6 * x..<11 * x).map { (0, $0) } + [(2, 8 * x)] + (0..<3 * x).map { (3, $0) }
         store(step2)
         var worst = attend(step2)
         // Step 3: one decode token.
-        let step3: [(s: Int, p: Int)] = [(2, 9)]
+        let step3: [(s: Int, p: Int)] = [(2, 8 * x + 1)]
         store(step3)
         worst = max(worst, attend(step3))
         return worst

@@ -203,3 +203,27 @@ static inline unsigned __byte_perm(unsigned x, unsigned y, unsigned s) {
     for (int i = 0; i < 4; i++) r |= (unsigned)((v >> (8 * ((s >> (4 * i)) & 7))) & 0xff) << (8 * i);
     return r;
 }
+// mma.sync m16n8k16 f16 · f16 → f32 for one warp (layouts in common.cuh's KT_MMA_F16 comment).
+static inline void emu_mma_f16(float* c, const unsigned* a, const unsigned* b) {
+    static unsigned buf[1024][6];
+    int me = emu_current->linear, base = me & ~31, lane = me & 31;
+    for (int i = 0; i < 4; i++) buf[me][i] = a[i];
+    buf[me][4] = b[0];
+    buf[me][5] = b[1];
+    emu_barrier(1);
+    int g = lane >> 2, t = lane & 3;
+    for (int e = 0; e < 4; e++) {
+        int R = g + (e >= 2 ? 8 : 0), N = 2 * t + (e & 1);
+        float s = c[e];
+        for (int k = 0; k < 16; k++) {
+            int la = base + (R % 8) * 4 + (k % 8) / 2, ra = (R >= 8 ? 1 : 0) + (k >= 8 ? 2 : 0);
+            int lb = base + N * 4 + (k % 8) / 2, rb = 4 + (k >= 8 ? 1 : 0);
+            float av = kt_half_to_float((uint16_t)(buf[la][ra] >> (16 * (k % 2))));
+            float bv = kt_half_to_float((uint16_t)(buf[lb][rb] >> (16 * (k % 2))));
+            s += av * bv;
+        }
+        c[e] = s;
+    }
+    emu_barrier(1);
+}
+#define KT_MMA_F16(c, a, b) emu_mma_f16(c, a, b)

@@ -4,7 +4,8 @@ import Engine
 import Models
 import XCTest
 
-/// Prefill's cuBLAS f16 GEMMs (CUDABackend.gemmMinTokens) on every tiny architecture: forced from 2 tokens, each
+/// Prefill's cuBLAS f16 GEMMs (CUDABackend.gemmMinTokens) and f16 flash attention (flashMinTokens) on every tiny
+/// architecture: both forced from 2 tokens, each
 /// reference prompt's one-pass logits stay within issue 12's bar for the GPU (f32 models: max error ≤ 1e-2 of the
 /// logits' max, argmax everywhere). The q8_0 models' references round every matmul input to 8-bit blocks as ggml
 /// does, which the f16 GEMMs do not: their logits differ by that rounding (~3% of the max here), so for them the
@@ -15,13 +16,14 @@ import XCTest
 /// (with its cuBLAS: KTRANSFORMERS_CUBLAS); skipped, visibly, elsewhere.
 final class CUDAGemmPrefillTests: XCTestCase {
     nonisolated(unsafe) static var shared: Result<CUDABackend?, Error>?
-    private var savedMin = 0
+    private var saved = (0, 0)
 
     override func setUp() {
-        savedMin = CUDABackend.gemmMinTokens
+        saved = (CUDABackend.gemmMinTokens, CUDABackend.flashMinTokens)
         CUDABackend.gemmMinTokens = 2
+        CUDABackend.flashMinTokens = 2
     }
-    override func tearDown() { CUDABackend.gemmMinTokens = savedMin }
+    override func tearDown() { (CUDABackend.gemmMinTokens, CUDABackend.flashMinTokens) = saved }
 
     func testEveryArchitectureWithinTheGPUBarOnF16GEMMs() throws {
         let backend = try sharedCUDABackend(&Self.shared)

@@ -214,3 +214,172 @@ extern "C" __global__ void __launch_bounds__(KT_ATT_THREADS) attention_combine(c
         o[d] = a * inv;
     }
 }
+
+// Prefill attention on the f16 tensor cores (flash attention: mma.sync m16n8k16, f32 accumulation), for steps of many
+// tokens (the backend's flash threshold): a block takes 64 query rows, T = 64 / G consecutive tokens × the G query
+// heads of one K/V head (row r: token r / G, head r % G), and walks the keys of their sequence in tiles of 64, read
+// once from the paged f32 cache as f16 (K row-major, V transposed) for all 64 rows; each warp holds 16 rows' scores
+// and outputs in registers (online softmax). The tokens of a block may belong to several sequences: each run of one
+// sequence's tokens walks that sequence's keys, the other rows masked. Head dims multiples of 16 up to 128. Q is
+// scaled before its f16 rounding; K, V and the probabilities are rounded to f16: not the bits of the f32 kernels.
+#define KT_FA_ROWS 64
+#define KT_FA_KEYS 64
+#define KT_FA_QS (128 + 8)
+#define KT_FA_VS (KT_FA_KEYS + 8)
+__device__ __forceinline__ u32 kt_pack_half2(float a, float b) {
+    return (u32)kt_float_to_half(a) | ((u32)kt_float_to_half(b) << 16);
+}
+extern "C" __global__ void __launch_bounds__(128) attention_flash(
+        const float* q, float* out, const float* kc, const float* vc, int kStride, int vStride, int vHeadStride,
+        int nHead, int nKVHead, int headDim, int headDimV, float scale, int window, float softcap,
+        const int* positions, const int* seqOfToken, const int* blockTables, int blockTableStride, int pageSize, int n) {
+    KT_DYNAMIC_SHARED(u16, sm);
+    u16* Qs = sm;                          // [64 rows][KT_FA_QS]
+    u16* Ks = Qs + KT_FA_ROWS * KT_FA_QS;  // [64 keys][KT_FA_QS]
+    u16* Vt = Ks + KT_FA_KEYS * KT_FA_QS;  // [128 value dims][KT_FA_VS]
+    __shared__ int slotOf[KT_FA_KEYS];
+    int G = nHead / nKVHead, T = KT_FA_ROWS / G;
+    int kvh = blockIdx.y, t0 = blockIdx.x * T;
+    int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, gq = lane >> 2, tq = lane & 3;
+    // Q tile, scaled, as f16 (rows past the step's tokens zero).
+    int q4 = headDim / 4;
+    for (int i = tid; i < KT_FA_ROWS * q4; i += blockDim.x) {
+        int r = i / q4, c = (i - r * q4) * 4, tok = t0 + r / G;
+        float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        if (tok < n) v = *(const float4*)(q + ((i64)tok * nHead + kvh * G + r % G) * headDim + c);
+        *(uint2*)(Qs + r * KT_FA_QS + c) = make_uint2(kt_pack_half2(v.x * scale, v.y * scale), kt_pack_half2(v.z * scale, v.w * scale));
+    }
+    // This thread's two rows (fragment rows gq and gq + 8 of its warp's 16).
+    int rA = 16 * warp + gq, rB = rA + 8;
+    int tokA = t0 + rA / G, tokB = t0 + rB / G;
+    int posA = tokA < n ? positions[tokA] : -1, posB = tokB < n ? positions[tokB] : -1;
+    int loA = window > 0 ? max(0, posA - window + 1) : 0, loB = window > 0 ? max(0, posB - window + 1) : 0;
+    int nc = headDim / 16, nd = headDimV / 8;
+    float o[16][4];
+    for (int d = 0; d < 16; d++) for (int e = 0; e < 4; e++) o[d][e] = 0.0f;
+    float mA = -KT_INF, mB = -KT_INF, lA = 0.0f, lB = 0.0f;
+    __syncthreads();
+    u32 qa[8][4];
+    for (int c = 0; c < 8; c++) {
+        if (c < nc) {
+            const u16* base = Qs + (16 * warp + gq) * KT_FA_QS + 16 * c + 2 * tq;
+            qa[c][0] = *(const u32*)base;
+            qa[c][1] = *(const u32*)(base + 8 * KT_FA_QS);
+            qa[c][2] = *(const u32*)(base + 8);
+            qa[c][3] = *(const u32*)(base + 8 * KT_FA_QS + 8);
+        }
+    }
+    // Runs of one sequence among the block's tokens.
+    int i0 = 0;
+    while (i0 < T && t0 + i0 < n) {
+        int seq = seqOfToken[t0 + i0], i1 = i0, hi = -1, lo = 0x7fffffff;
+        while (i1 < T && t0 + i1 < n && seqOfToken[t0 + i1] == seq) {
+            int p = positions[t0 + i1];
+            hi = max(hi, p);
+            lo = min(lo, window > 0 ? max(0, p - window + 1) : 0);
+            i1++;
+        }
+        bool inA = rA / G >= i0 && rA / G < i1, inB = rB / G >= i0 && rB / G < i1;
+        const int* table = blockTables + (i64)seq * blockTableStride;
+        for (int kb = lo; kb <= hi; kb += KT_FA_KEYS) {
+            __syncthreads();  // the previous tile's readers are done
+            if (tid < KT_FA_KEYS) {
+                int j = kb + tid;
+                slotOf[tid] = j <= hi ? table[j / pageSize] * pageSize + j % pageSize : -1;
+            }
+            __syncthreads();
+            for (int i = tid; i < KT_FA_KEYS * q4; i += blockDim.x) {
+                int kk = i / q4, c = (i - kk * q4) * 4, slot = slotOf[kk];
+                float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+                if (slot >= 0) v = *(const float4*)(kc + (i64)slot * kStride + (i64)kvh * headDim + c);
+                *(uint2*)(Ks + kk * KT_FA_QS + c) = make_uint2(kt_pack_half2(v.x, v.y), kt_pack_half2(v.z, v.w));
+            }
+            int v4 = headDimV / 4;
+            for (int i = tid; i < KT_FA_KEYS * v4; i += blockDim.x) {
+                int kk = i % KT_FA_KEYS, c = (i / KT_FA_KEYS) * 4, slot = slotOf[kk];
+                float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+                if (slot >= 0) v = *(const float4*)(vc + (i64)slot * vStride + (i64)kvh * vHeadStride + c);
+                Vt[(c + 0) * KT_FA_VS + kk] = kt_float_to_half(v.x);
+                Vt[(c + 1) * KT_FA_VS + kk] = kt_float_to_half(v.y);
+                Vt[(c + 2) * KT_FA_VS + kk] = kt_float_to_half(v.z);
+                Vt[(c + 3) * KT_FA_VS + kk] = kt_float_to_half(v.w);
+            }
+            __syncthreads();
+            // Scores of 8 key tiles of 8.
+            float s[8][4];
+            for (int jt = 0; jt < 8; jt++) {
+                for (int e = 0; e < 4; e++) s[jt][e] = 0.0f;
+                for (int c = 0; c < 8; c++) {
+                    if (c < nc) {
+                        const u16* kb16 = Ks + (8 * jt + gq) * KT_FA_QS + 16 * c + 2 * tq;
+                        u32 b[2] = {*(const u32*)kb16, *(const u32*)(kb16 + 8)};
+                        KT_MMA_F16(s[jt], qa[c], b);
+                    }
+                }
+            }
+            float tmA = -KT_INF, tmB = -KT_INF;
+            for (int jt = 0; jt < 8; jt++) {
+                for (int e = 0; e < 4; e++) {
+                    int j = kb + 8 * jt + 2 * tq + (e & 1);
+                    float v = s[jt][e];
+                    if (softcap > 0.0f) v = softcap * tanhf(v / softcap);
+                    bool ok = e < 2 ? (inA && j <= posA && j >= loA) : (inB && j <= posB && j >= loB);
+                    v = ok ? v : -KT_INF;
+                    s[jt][e] = v;
+                    if (e < 2) tmA = fmaxf(tmA, v); else tmB = fmaxf(tmB, v);
+                }
+            }
+            for (int m = 1; m < 4; m <<= 1) {
+                tmA = fmaxf(tmA, __shfl_xor_sync(0xffffffffu, tmA, m));
+                tmB = fmaxf(tmB, __shfl_xor_sync(0xffffffffu, tmB, m));
+            }
+            float nA = fmaxf(mA, tmA), nB = fmaxf(mB, tmB);
+            float cA = nA == -KT_INF ? 1.0f : expf(mA - nA), cB = nB == -KT_INF ? 1.0f : expf(mB - nB);
+            float sumA = 0.0f, sumB = 0.0f;
+            for (int jt = 0; jt < 8; jt++) {
+                for (int e = 0; e < 4; e++) {
+                    float mm = e < 2 ? nA : nB;
+                    float p = s[jt][e] == -KT_INF ? 0.0f : expf(s[jt][e] - mm);
+                    s[jt][e] = p;
+                    if (e < 2) sumA += p; else sumB += p;
+                }
+            }
+            for (int m = 1; m < 4; m <<= 1) {
+                sumA += __shfl_xor_sync(0xffffffffu, sumA, m);
+                sumB += __shfl_xor_sync(0xffffffffu, sumB, m);
+            }
+            lA = lA * cA + sumA;
+            lB = lB * cB + sumB;
+            mA = nA;
+            mB = nB;
+            for (int d = 0; d < 16; d++) { o[d][0] *= cA; o[d][1] *= cA; o[d][2] *= cB; o[d][3] *= cB; }
+            // O += P · V: P's accumulator fragments are the A fragments of k-chunks of 16 keys.
+            for (int kc2 = 0; kc2 < 4; kc2++) {
+                u32 a[4] = {kt_pack_half2(s[2 * kc2][0], s[2 * kc2][1]), kt_pack_half2(s[2 * kc2][2], s[2 * kc2][3]),
+                            kt_pack_half2(s[2 * kc2 + 1][0], s[2 * kc2 + 1][1]), kt_pack_half2(s[2 * kc2 + 1][2], s[2 * kc2 + 1][3])};
+                for (int d = 0; d < 16; d++) {
+                    if (d < nd) {
+                        const u16* vb = Vt + (8 * d + gq) * KT_FA_VS + 16 * kc2 + 2 * tq;
+                        u32 b[2] = {*(const u32*)vb, *(const u32*)(vb + 8)};
+                        KT_MMA_F16(o[d], a, b);
+                    }
+                }
+            }
+        }
+        i0 = i1;
+    }
+    for (int d = 0; d < 16; d++) {
+        if (d >= nd) break;
+        int col = 8 * d + 2 * tq;
+        if (tokA < n) {
+            float* oa = out + ((i64)tokA * nHead + kvh * G + rA % G) * headDimV + col;
+            oa[0] = o[d][0] / lA;
+            oa[1] = o[d][1] / lA;
+        }
+        if (tokB < n) {
+            float* ob = out + ((i64)tokB * nHead + kvh * G + rB % G) * headDimV + col;
+            ob[0] = o[d][2] / lB;
+            ob[1] = o[d][3] / lB;
+        }
+    }
+}

@@ -93,6 +93,12 @@ __device__ __forceinline__ const u8* kt_ring_step(Issue& issue, const u8* ring, 
     asm("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};" \
                  : "+f"((c)[0]), "+f"((c)[1]), "+f"((c)[2]), "+f"((c)[3]) \
                  : "r"((a)[0]), "r"((a)[1]), "r"((a)[2]), "r"((a)[3]), "r"((b)[0]), "r"((b)[1]))
+// m16n8k16 f16 (f32 accumulate): a[4], b[2] hold two f16 each (a[0] row g, k 2t, 2t + 1; a[1] row g + 8; a[2] row g,
+// k 2t + 8, 2t + 9; a[3] row g + 8, k 2t + 8, 2t + 9; b[0] k 2t, 2t + 1, column g; b[1] k 2t + 8, 2t + 9), c[4] floats.
+#define KT_MMA_F16(c, a, b) \
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};" \
+                 : "+f"((c)[0]), "+f"((c)[1]), "+f"((c)[2]), "+f"((c)[3]) \
+                 : "r"((a)[0]), "r"((a)[1]), "r"((a)[2]), "r"((a)[3]), "r"((b)[0]), "r"((b)[1]))
 // f32 -> tf32 (round to nearest, ties away), as a bit pattern.
 __device__ __forceinline__ u32 kt_tf32(float f) {
     u32 r;
