@@ -16,6 +16,9 @@ ap.add_argument("--model")
 ap.add_argument("--clients", type=int, default=8)
 ap.add_argument("--tokens", type=int, default=32)
 ap.add_argument("--port", type=int, default=18123)
+ap.add_argument("--prompt-words", type=int, default=0,
+                help="prompts of this many extra words each (long enough that the batched prefill step crosses the "
+                     "GPU's f16 GEMM / flash threshold while each prompt alone stays under it)")
 args = ap.parse_args()
 
 model = args.model
@@ -47,7 +50,10 @@ try:
         req = urllib.request.Request(base + "/v1/completions", body, {"Content-Type": "application/json"})
         return json.loads(urllib.request.urlopen(req, timeout=600).read())["choices"][0]["text"]
 
-    prompts = [f"prompt number {i} " + "abc " * (3 * i + 1) for i in range(args.clients)]
+    words = ["river", "stone", "light", "seven", "garden", "cloud", "paper", "orange"]
+    prompts = [f"prompt number {i} " + ("abc " * (3 * i + 1) if args.prompt_words == 0 else
+                                        " ".join(words[(i + j * 3) % len(words)] for j in range(args.prompt_words)))
+               for i in range(args.clients)]
     solo = [complete(p) for p in prompts]
     together = [None] * len(prompts)
 
@@ -59,7 +65,8 @@ try:
     [t.join() for t in threads]
     same = sum(1 for a, b in zip(solo, together) if a == b)
     ok = same == len(prompts)
-    print(f"batched = solo on {args.device}: {same}/{len(prompts)} greedy answers of {args.tokens} tokens equal: "
+    what = f", prompts of {args.prompt_words} extra words" if args.prompt_words else ""
+    print(f"batched = solo on {args.device}{what}: {same}/{len(prompts)} greedy answers of {args.tokens} tokens equal: "
           f"{'ok' if ok else 'FAIL'}")
     sys.exit(0 if ok else 1)
 finally:

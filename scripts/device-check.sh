@@ -85,6 +85,9 @@ if has tiny; then
   python3 scripts/check-tiny-models.py "$bin" --device cuda -- --n-cpu-moe 0 >>"$summary" 2>&1 || status=1
   # Batched greedy decoding equals solo decoding on the GPU.
   python3 scripts/check-batched.py "$bin" --device cuda ${SMOKE:+--clients 2 --tokens 3} >>"$summary" 2>&1 || status=1
+  # ... and with prompts of ~50 tokens: alone each stays under the f16 GEMM / flash threshold (128 tokens a step),
+  # batched the first step holds them all (the f16 paths): greedy answers compared (a near-tie may flip one).
+  python3 scripts/check-batched.py "$bin" --device cuda --prompt-words 40 ${SMOKE:+--clients 2 --tokens 3} >>"$summary" 2>&1 || status=1
 fi
 
 if has gemma; then
@@ -132,6 +135,10 @@ if has bench; then
     kab KTRANSFORMERS_CUDA_STREAM_TILES_MAX=63
     kab KTRANSFORMERS_CUDA_MMF_STREAM_MAX=100000
     kab KTRANSFORMERS_CUDA_GEMM_MIN=0
+    kab KTRANSFORMERS_CUDA_FLASH_MIN=0
+    "$bin" bench --model $m --device cuda -p 2048 -n 0 -r 1 --chunk-size 2048 2>>"$log" | tail -1 | tee -a "$summary"
+    KTRANSFORMERS_CUDA_FLASH_MIN=0 "$bin" bench --model $m --device cuda -p 2048 -n 0 -r 1 --chunk-size 2048 2>>"$log" | tail -1 \
+      | sed 's/$/ (KTRANSFORMERS_CUDA_FLASH_MIN=0)/' | tee -a "$summary"
     # Where prefill's cuBLAS GEMMs start to pay (their f16 decode of the weights costs the same for any step).
     for p in 32 64 128 256; do
       for g in 1 0; do

@@ -68,7 +68,7 @@ final class CUDAHybridExpertExecutor: ExpertExecutor, @unchecked Sendable {
     deinit {
         if let c = copyStream { try? gpu.driver.synchronize(c) }
         for s in slots { gpu.freeWeights(s.address); gpu.driver.destroyEvent(s.copied); gpu.driver.destroyEvent(s.consumed) }
-        unpinAll()
+        for s in slots { if let h = s.host { gpu.driver.freeHost(h) } }
         worker.stop()
         for p in [xHost, idsHost, weightsHost, outHost] { if let p { gpu.driver.freeHost(p) } }
         if outDevice.count > 0 { gpu.release(outDevice) }
@@ -176,6 +176,9 @@ final class CUDAHybridExpertExecutor: ExpertExecutor, @unchecked Sendable {
         let bytes: Int
         let copied: CUDADriver.Handle
         let consumed: CUDADriver.Handle
+        /// Page-locked host memory the layer's stacks are gathered into before the copy (nil: copies from the
+        /// pageable mapping, `KTRANSFORMERS_LAYERWISE_PIN=0` or no page-locked memory to be had).
+        var host: UnsafeMutableRawPointer?
         /// The layer whose weights the slot holds or is being filled with (its gate stack's host address).
         var holds: UInt?
         var weights: [Int: CUDAWeight] = [:]
@@ -194,13 +197,10 @@ final class CUDAHybridExpertExecutor: ExpertExecutor, @unchecked Sendable {
     private var nextLayer: [UInt: ExpertWeights] = [:]
     private var firstLayer: UInt?
     private var lastLayer: UInt?
-    /// Host ranges page-locked for the copy engines (`[start, end)` page-aligned, sorted), their bytes, and whether
-    /// pinning is off (it failed, or `KTRANSFORMERS_LAYERWISE_PIN=0`).
-    private var pinnedRanges: [(start: UInt, end: UInt, ours: Bool)] = []
-    private var pinnedBytes = 0
-    private var pinningOff = ProcessInfo.processInfo.environment["KTRANSFORMERS_LAYERWISE_PIN"] == "0"
-    /// Page-locked host memory stays under this share of the machine's memory (the rest is copied pageable).
-    private static let pinBudget = Int(ProcessInfo.processInfo.physicalMemory / 2)
+    /// Whether copies go through page-locked bounce buffers (`KTRANSFORMERS_LAYERWISE_PIN=0`: straight from the
+    /// pageable mapping, which the driver stages through its own small buffers at ~9 GB/s). Page-locking the
+    /// mapping itself (cuMemHostRegister of the mmap'd GGUF) did not return in 90 s on the GPU machine: not used.
+    private let bounce = ProcessInfo.processInfo.environment["KTRANSFORMERS_LAYERWISE_PIN"] != "0"
 
     /// `KTRANSFORMERS_LAYERWISE_TRACE=1`: a stderr line per staging step (timings of the host-side calls), to see
     /// where a slow or stuck layerwise prefill spends its time.
@@ -222,14 +222,21 @@ final class CUDAHybridExpertExecutor: ExpertExecutor, @unchecked Sendable {
     private func ensureSlots(bytes: Int) -> Bool {
         if let s = slots.first, s.bytes >= bytes { return true }
         if let c = copyStream { gpu.must("layerwise copy stream") { try gpu.driver.synchronize(c) } }
-        for s in slots { gpu.freeWeights(s.address); gpu.driver.destroyEvent(s.copied); gpu.driver.destroyEvent(s.consumed) }
+        for s in slots {
+            gpu.freeWeights(s.address)
+            gpu.driver.destroyEvent(s.copied)
+            gpu.driver.destroyEvent(s.consumed)
+            if let h = s.host { gpu.driver.freeHost(h) }
+        }
         slots = []
         gpu.current()
         for i in 0..<2 {
             guard let address = try? gpu.allocateWeights(bytes: bytes, name: "layerwise expert staging \(i)") else { break }
             var events: [CUDADriver.Handle] = []
             gpu.must("layerwise staging events") { events = [try gpu.driver.makeEvent(), try gpu.driver.makeEvent()] }
-            slots.append(Slot(address: address, bytes: bytes, copied: events[0], consumed: events[1]))
+            let slot = Slot(address: address, bytes: bytes, copied: events[0], consumed: events[1])
+            if bounce { slot.host = try? gpu.driver.allocateHost(bytes) }
+            slots.append(slot)
         }
         if slots.isEmpty {
             stagingFailed = true
@@ -241,50 +248,15 @@ final class CUDAHybridExpertExecutor: ExpertExecutor, @unchecked Sendable {
         return true
     }
 
-    /// Page-locks the host pages of `bytes` at `p` that are not locked yet (copies from locked memory run at the
-    /// link's speed and asynchronously; from pageable memory the driver bounces them through its own buffers).
-    private func pin(_ p: UnsafeRawPointer, bytes: Int) {
-        guard !pinningOff else { return }
-        let page = UInt(sysconf(Int32(_SC_PAGESIZE)))
-        let start = UInt(bitPattern: p) & ~(page - 1), end = (UInt(bitPattern: p) + UInt(bytes) + page - 1) & ~(page - 1)
-        // The parts of [start, end) outside the ranges locked so far.
-        var missing: [(UInt, UInt)] = []
-        var cursor = start
-        for r in pinnedRanges where r.end > cursor && r.start < end {
-            if r.start > cursor { missing.append((cursor, r.start)) }
-            cursor = max(cursor, r.end)
+    /// Copies `bytes` from `src` to `dst` on all cores (the host side of a layer's staging: ~3x one core's copy).
+    private static func parallelCopy(_ dst: UnsafeMutableRawPointer, _ src: UnsafeRawPointer, bytes: Int) {
+        let parts = max(1, min(ProcessInfo.processInfo.activeProcessorCount, bytes >> 22))
+        let chunk = (bytes / parts + 4095) & ~4095
+        let d = UInt(bitPattern: dst), sp = UInt(bitPattern: src)
+        DispatchQueue.concurrentPerform(iterations: parts) { i in
+            let lo = i * chunk, hi = min(bytes, lo + chunk)
+            if lo < hi { memcpy(UnsafeMutableRawPointer(bitPattern: d + UInt(lo))!, UnsafeRawPointer(bitPattern: sp + UInt(lo))!, hi - lo) }
         }
-        if cursor < end { missing.append((cursor, end)) }
-        for (a, b) in missing {
-            let n = Int(b - a)
-            guard pinnedBytes + n <= Self.pinBudget else { return }
-            let ptr = UnsafeMutableRawPointer(bitPattern: a)!
-            var ours = true
-            let t0 = Date()
-            defer { traceLine(String(format: "pinned %.1f MiB in %.1f ms (%@)", Double(n) / 1_048_576, Date().timeIntervalSince(t0) * 1000,
-                                     pinningOff ? "failed" : ours ? "registered" : "registered before")) }
-            do {
-                gpu.current()
-                do { ours = try gpu.driver.registerHost(ptr, bytes: n, readOnly: true) } catch {
-                    ours = try gpu.driver.registerHost(ptr, bytes: n, readOnly: false)
-                }
-            } catch {
-                pinningOff = true
-                FileHandle.standardError.write(Data("layerwise prefill: host expert weights stay pageable (copies slower): \(error)\n".utf8))
-                return
-            }
-            // Registered already by someone else (another executor over the same memory): locked all the same, and
-            // not ours to unregister.
-            pinnedBytes += ours ? n : 0
-            pinnedRanges.append((a, b, ours))
-            pinnedRanges.sort { $0.start < $1.start }
-        }
-    }
-
-    private func unpinAll() {
-        for r in pinnedRanges where r.ours { gpu.driver.unregisterHost(UnsafeMutableRawPointer(bitPattern: r.start)!) }
-        pinnedRanges = []
-        pinnedBytes = 0
     }
 
     /// Prefetches the layer that came after `experts` last time into the slot the step did not use, on the copy stream
@@ -301,16 +273,25 @@ final class CUDAHybridExpertExecutor: ExpertExecutor, @unchecked Sendable {
     private func fill(_ slot: Slot, with experts: ExpertWeights) {
         let (sizes, offsets, _) = Self.layout(experts)
         let stacks = [experts.gate, experts.up, experts.down]
-        for (i, st) in stacks.enumerated() { pin(st.data, bytes: sizes[i]) }
         gpu.current()
         let t0 = Date()
-        defer { traceLine(String(format: "copy of %.1f MiB queued into slot %d in %.1f ms", Double(sizes.reduce(0, +)) / 1_048_576,
+        if let host = slot.host {
+            // The bounce buffer's last copy out must be done before it is refilled (it was queued a layer ago).
+            gpu.must("layerwise bounce buffer wait") { try gpu.driver.wait(slot.copied) }
+            for (i, st) in stacks.enumerated() { Self.parallelCopy(host + offsets[i], st.data, bytes: sizes[i]) }
+        }
+        defer { traceLine(String(format: "copy of %.1f MiB (%@) queued into slot %d in %.1f ms", Double(sizes.reduce(0, +)) / 1_048_576,
+                                 slot.host == nil ? "from the mapping" : "through page-locked memory",
                                  slots.firstIndex { $0 === slot } ?? -1, Date().timeIntervalSince(t0) * 1000)) }
         gpu.must("layerwise expert staging (host to device)") {
             try gpu.driver.streamWait(copyStream, for: slot.consumed)
-            for (i, st) in stacks.enumerated() {
-                try gpu.driver.copyAsync(toDevice: .init(slot.address + UInt(offsets[i])), from: st.data, bytes: sizes[i],
-                                         stream: copyStream)
+            if let host = slot.host {
+                try gpu.driver.copyAsync(toDevice: .init(slot.address), from: host, bytes: offsets[2] + sizes[2], stream: copyStream)
+            } else {
+                for (i, st) in stacks.enumerated() {
+                    try gpu.driver.copyAsync(toDevice: .init(slot.address + UInt(offsets[i])), from: st.data, bytes: sizes[i],
+                                             stream: copyStream)
+                }
             }
             try gpu.driver.record(slot.copied, stream: copyStream)
         }
