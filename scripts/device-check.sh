@@ -294,6 +294,12 @@ if has layerwise; then
       { grep "^\[layerwise" "$out/layerwise-$pin.err" | head -6; grep "^\[layerwise" "$out/layerwise-$pin.err" | tail -3; } | tee -a "$summary"
     fi
   done
+  # Speed: long prompts in one chunk, and where the threshold lies (chunks of 128 and 256, layerwise on or off).
+  lw() { local min=$1 p=$2 c=$3; KTRANSFORMERS_LAYERWISE_MIN=$min timeout 120 "$bin" bench --model $m --device cuda -t $threads -p $p -n 0 \
+    -r 1 --chunk-size $c 2>>"$log" | tail -1 | sed "s/\$/ (hybrid, chunks of $c, layerwise from $min, 0 = off)/" | tee -a "$summary"; }
+  lw 64 $long $long
+  lw 0 $long $long
+  for c in 128 256; do lw $c $((4 * c)) $c; lw 0 $((4 * c)) $c; done
 fi
 
 if has deepseek; then

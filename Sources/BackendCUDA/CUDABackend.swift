@@ -1304,7 +1304,7 @@ final class CUDAWeight: @unchecked Sendable {
         matvec = kernels.function("matvec_\(tag)")
         matvecExperts = kernels.function("matvec_experts_\(tag)")
         embed = kernels.function("embed_\(tag)")
-        dequantF16 = kernels.function("dequant_f16_\(tag)")
+        dequantF16 = kernels.function(tag == "q4_K" && rowBytes % 16 == 0 ? "dequant_f16_q4_K_vec" : "dequant_f16_\(tag)")
         integerDot = tag == "q4_K" || tag == "q6_K" ? kernels.function("matvec_\(tag)_q8") : nil
         integerDotGroup = tag == "q4_K" || tag == "q6_K" ? kernels.function("matvec_\(tag)_q8_3") : nil
         integerExperts = tag == "q4_K" || tag == "q6_K" ? kernels.function("matvec_experts_\(tag)_q8") : nil

@@ -21,6 +21,35 @@ extern "C" __global__ void __launch_bounds__(256) dequant_f16_##name(const u8* W
 }
 KT_FORMATS(KT_DEQUANT_F16)
 
+// Q4_K's own form (the generic one loads its 32 bytes of nibbles one byte at a time): the group's bytes as two
+// 16-byte loads (blocks of 144 bytes keep them aligned), the same arithmetic as DecQ4_K.
+extern "C" __global__ void __launch_bounds__(256) dequant_f16_q4_K_vec(const u8* W, i64 rowBytes, int rows, int cols,
+                                                                      u16* out) {
+    i64 units = (i64)cols / 32, total = (i64)rows * units;
+    for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (i64)gridDim.x * blockDim.x) {
+        i64 r = i / units;
+        int u = (int)(i - r * units);
+        const u8* b = W + r * rowBytes + (u >> 3) * 144;
+        int s = u & 7, sc, m;
+        kt_scale_min_k4(s, b + 4, &sc, &m);
+        float d = kt_f16(b) * (float)sc, mn = kt_f16(b + 2) * (float)m;
+        const uint4* q = (const uint4*)(b + 16 + 32 * (s >> 1));
+        uint4 w[2] = {q[0], q[1]};
+        const u32* words = (const u32*)w;
+        int shift = 4 * (s & 1);
+        u32 packed[16];
+        for (int j = 0; j < 8; j++) {
+            u32 x = words[j] >> shift;
+            float v0 = d * (float)(x & 15) - mn, v1 = d * (float)((x >> 8) & 15) - mn;
+            float v2 = d * (float)((x >> 16) & 15) - mn, v3 = d * (float)((x >> 24) & 15) - mn;
+            packed[2 * j] = (u32)kt_float_to_half(v0) | ((u32)kt_float_to_half(v1) << 16);
+            packed[2 * j + 1] = (u32)kt_float_to_half(v2) | ((u32)kt_float_to_half(v3) << 16);
+        }
+        uint4* o = (uint4*)(out + r * cols + (i64)u * 32);
+        for (int j = 0; j < 4; j++) o[j] = make_uint4(packed[4 * j], packed[4 * j + 1], packed[4 * j + 2], packed[4 * j + 3]);
+    }
+}
+
 // Row t of x (`cols` floats) as f16 times 2^e, with e the power of two that brings the row's largest magnitude to
 // [2^14, 2^15) (f16 reaches 65504; the scaling is exact), and inv[t] = 2^-e to undo it on the product. One block
 // of 256 threads per row.
