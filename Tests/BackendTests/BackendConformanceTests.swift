@@ -28,7 +28,7 @@ final class BackendConformanceTests: XCTestCase {
     }
 
     func testEveryCheckIsListed() {
-        XCTAssertEqual(BackendConformance.checks.count, 15)
+        XCTAssertEqual(BackendConformance.checks.count, 17)
     }
 
     func testMemory() throws { try run("memory") }
@@ -36,6 +36,7 @@ final class BackendConformanceTests: XCTestCase {
     func testRMSNorm() throws { try run("rmsNorm") }
     func testMatmul() throws { try run("matmul") }
     func testMatmulGroup() throws { try run("matmulGroup") }
+    func testMatmulPrefill() throws { try run("matmulPrefill") }
     func testChainedOps() throws { try run("chainedOps") }
     func testMatmulHeads() throws { try run("matmulHeads") }
     func testElementwise() throws { try run("elementwise") }
@@ -43,6 +44,7 @@ final class BackendConformanceTests: XCTestCase {
     func testRopeAndStoreKV() throws { try run("ropeAndStoreKV") }
     func testAddRMSNorm() throws { try run("addRMSNorm") }
     func testPagedAttention() throws { try run("attention") }
+    func testPagedAttentionPrefill() throws { try run("attentionPrefill") }
     func testMoESelect() throws { try run("moeSelect") }
     func testExpertExecutor() throws { try run("expertExecutor") }
     func testStagedExpertExecutor() throws { try run("stagedExpertExecutor") }
