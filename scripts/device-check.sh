@@ -83,11 +83,15 @@ if has tiny; then
   python3 scripts/check-tiny-models.py "$bin" --device cuda >>"$summary" 2>&1 || status=1
   say "(all on the GPU: --n-cpu-moe 0)"
   python3 scripts/check-tiny-models.py "$bin" --device cuda -- --n-cpu-moe 0 >>"$summary" 2>&1 || status=1
-  # Batched greedy decoding equals solo decoding on the GPU.
-  python3 scripts/check-batched.py "$bin" --device cuda ${SMOKE:+--clients 2 --tokens 3} >>"$summary" 2>&1 || status=1
-  # ... and with prompts of ~50 tokens: alone each stays under the f16 GEMM / flash threshold (128 tokens a step),
-  # batched the first step holds them all (the f16 paths): greedy answers compared (a near-tie may flip one).
-  python3 scripts/check-batched.py "$bin" --device cuda --prompt-words 40 ${SMOKE:+--clients 2 --tokens 3} >>"$summary" 2>&1 || status=1
+  # Batched greedy decoding equals solo decoding on the GPU with --batch-invariant, also with prompts of ~50 tokens
+  # (alone each stays under the f16 GEMM / flash threshold of 128 tokens a step, batched the first step holds them
+  # all); by default those prompts' batched prefill takes the f16 paths, whose rounding flips near-ties of this
+  # random model: that count is reported, not checked.
+  for words in 0 40; do
+    python3 scripts/check-batched.py "$bin" --device cuda --prompt-words $words --server-args=--batch-invariant \
+      ${SMOKE:+--clients 2 --tokens 3} >>"$summary" 2>&1 || status=1
+  done
+  python3 scripts/check-batched.py "$bin" --device cuda --prompt-words 40 --report-only ${SMOKE:+--clients 2 --tokens 3} >>"$summary" 2>&1
 fi
 
 if has gemma; then
@@ -298,7 +302,6 @@ if has layerwise; then
   lw() { local min=$1 p=$2 c=$3; KTRANSFORMERS_LAYERWISE_MIN=$min timeout 120 "$bin" bench --model $m --device cuda -t $threads -p $p -n 0 \
     -r 1 --chunk-size $c 2>>"$log" | tail -1 | sed "s/\$/ (hybrid, chunks of $c, layerwise from $min, 0 = off)/" | tee -a "$summary"; }
   lw 64 $long $long
-  lw 0 $long $long
   for c in 128 256; do lw $c $((4 * c)) $c; lw 0 $((4 * c)) $c; done
 fi
 

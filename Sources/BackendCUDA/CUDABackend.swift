@@ -123,6 +123,9 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     /// f16 elements of decoded weight rows one GEMM may use (256 MiB; larger matrices go in chunks of rows; tests
     /// make it small to run the chunks).
     nonisolated(unsafe) public static var gemmScratchElements = 1 << 27
+    /// Every step on the exact (batch-invariant) kernels: the f16 GEMMs and flash attention off whatever the step
+    /// (`--batch-invariant`).
+    public var batchInvariant = false
     /// cuBLAS GEMMs run so far (tests).
     public private(set) var gemmCalls = 0
     /// The decoded rows `// [chunk rows, cols]` f16, the scaled f16 input `// [maxTokens, widest]` and its per-row
@@ -529,7 +532,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
 
     /// Whether an `n`-token matmul of `w` runs as a cuBLAS f16 GEMM.
     private func gemmApplies(_ w: WeightMatrix, n: Int) -> Bool {
-        guard blas != nil, Self.gemmMinTokens > 0, n >= Self.gemmMinTokens, w.cols % 32 == 0,
+        guard blas != nil, !batchInvariant, Self.gemmMinTokens > 0, n >= Self.gemmMinTokens, w.cols % 32 == 0,
               let input = gemmInput, let inv = gemmInverse, gemmWeights != nil,
               n * w.cols <= 2 * input.count, n <= inv.count else { return false }
         return true
@@ -1152,7 +1155,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
             part = attentionParts!.address
         }
         let group = p.nKVHead > 0 && p.nHead % p.nKVHead == 0 ? p.nHead / p.nKVHead : 0
-        if Self.flashMinTokens > 0, n >= Self.flashMinTokens, group > 0, group <= 64, 64 % group == 0,
+        if !batchInvariant, Self.flashMinTokens > 0, n >= Self.flashMinTokens, group > 0, group <= 64, 64 % group == 0,
            p.headDim % 16 == 0, p.headDim <= 128, p.headDimV % 16 == 0, p.headDimV <= 128,
            kd % 4 == 0, vStride % 4 == 0, vHeadStride % 4 == 0, Self.flashShared <= sharedOptin {
             // Prefill: the f16 tensor cores, 64 query rows a block (tokens × the K/V head's query heads).

@@ -30,6 +30,9 @@ struct Bench: ParsableCommand {
     @Flag(name: .customLong("no-cuda-graphs"), help: "Run every step op by op instead of replaying decode steps as CUDA graphs.")
     var noCudaGraphs = false
 
+    @Flag(name: .customLong("batch-invariant"), help: ArgumentHelp(LoadOptions.batchInvariantHelp))
+    var batchInvariant = false
+
     @OptionGroup var placementOptions: PlacementOptions
 
     @Flag(name: .customLong("profile-kernels"), help: "With --device cuda: time every kernel (CUDA events; graphs off) and print, per test, where the GPU time goes and the kernels' share of the wall time.")
@@ -99,7 +102,7 @@ struct Bench: ParsableCommand {
         let ctx = max(nPrompt, nGen)
         let seqs = max(batch, 1)
         let loaded = try LoadOptions(model: model, threads: threads, placement: placementOptions.spec, device: device,
-                                     cudaGraphs: !noCudaGraphs,
+                                     cudaGraphs: !noCudaGraphs, batchInvariant: batchInvariant,
                                      limits: RunLimits(maxTokens: max(chunkSize, seqs), maxSequences: seqs, maxLogitsRows: seqs,
                                                        contextLength: ctx)).load()
         let lm = loaded.model, pool = loaded.cpu.pool

@@ -23,6 +23,10 @@ struct LoadOptions {
     var device: String?
     /// Replay decode steps as CUDA graphs (`--no-cuda-graphs` turns it off).
     var cudaGraphs = true
+    /// Keep every step's arithmetic independent of what else it batches (`--batch-invariant`: the GPU's f16
+    /// prefill paths off).
+    var batchInvariant = false
+    static let batchInvariantHelp = "Keep each step's arithmetic independent of what else is batched with it: on a GPU, prefill steps of 128+ tokens stay on the exact int8 / f32 kernels instead of f16 cuBLAS GEMMs and flash attention, so a request's greedy output never depends on concurrent requests (prefill several times slower)."
     /// The largest forward pass to size the model for (nil: `RunLimits.defaults`; the engine and the
     /// generator reserve what they need on top).
     var limits: RunLimits?
@@ -66,11 +70,13 @@ struct LoadOptions {
                 let g = try CUDABackend.make(ordinal: i)
                 g.onConversion = { Output.err("\($0)\n") }
                 g.graphsEnabled = cudaGraphs
+                g.batchInvariant = batchInvariant
                 let mem = g.memoryInfo()
                 Output.err(String(format: "%@: %.1f GiB free; kernels %@; CUDA graphs %@; %@\n", g.summary,
                                   Double(mem.free) / 1_073_741_824, g.kernelOrigin,
                                   cudaGraphs ? "on (decode steps, one graph per batch-size bucket 1, 2, 4, ... up to the batch size)" : "off",
-                                  g.gemmSummary))
+                                  batchInvariant ? "batch invariant (--batch-invariant): every step on the exact int8 / f32 kernels"
+                                                 : g.gemmSummary + "; f16 flash attention from \(CUDABackend.flashMinTokens) tokens a step"))
                 backends[main] = g
                 gpu = g
             } catch {
@@ -141,6 +147,9 @@ struct ModelOptions: ParsableArguments {
     @Flag(name: .customLong("no-cuda-graphs"), help: "Run every step op by op instead of replaying decode steps as CUDA graphs (debugging).")
     var noCudaGraphs = false
 
+    @Flag(name: .customLong("batch-invariant"), help: ArgumentHelp(LoadOptions.batchInvariantHelp))
+    var batchInvariant = false
+
     func validate() throws {
         if let threads, threads < 1 || threads > 1024 { throw ValidationError("--threads must be between 1 and 1024") }
         if let contextSize, contextSize < 1 { throw ValidationError("--ctx-size must be positive") }
@@ -148,7 +157,7 @@ struct ModelOptions: ParsableArguments {
 
     var loadOptions: LoadOptions {
         LoadOptions(model: model, threads: threads, contextLength: contextSize, placement: placementOptions.spec, device: device,
-                    cudaGraphs: !noCudaGraphs)
+                    cudaGraphs: !noCudaGraphs, batchInvariant: batchInvariant)
     }
 
     func openSource() throws -> any TensorSource { try loadOptions.openSource() }

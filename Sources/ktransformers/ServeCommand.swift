@@ -51,6 +51,9 @@ struct Serve: ParsableCommand {
     @Flag(name: .customLong("no-cuda-graphs"), help: "Run every step op by op instead of replaying decode steps as CUDA graphs (debugging).")
     var noCudaGraphs = false
 
+    @Flag(name: .customLong("batch-invariant"), help: ArgumentHelp(LoadOptions.batchInvariantHelp))
+    var batchInvariant = false
+
     // Engine
     @Option(name: .customLong("ctx-size"), help: "Context length per sequence, prompt and output (default: the model's, at most 4096).")
     var contextSize: Int?
@@ -188,7 +191,7 @@ struct Serve: ParsableCommand {
 
         // The port is bound before the weights are loaded: /health says "loading" (503) until the server is ready.
         let options = LoadOptions(model: model, threads: threads, contextLength: contextSize, placement: placementOptions.spec,
-                                  device: device, cudaGraphs: !noCudaGraphs)
+                                  device: device, cudaGraphs: !noCudaGraphs, batchInvariant: batchInvariant)
         let source = try options.openSource()
         let config = serverConfig(fileName: (source.path as NSString).lastPathComponent)
         let responder = LoadingResponder()

@@ -25,6 +25,28 @@ final class CUDAGemmPrefillTests: XCTestCase {
     }
     override func tearDown() { (CUDABackend.gemmMinTokens, CUDABackend.flashMinTokens) = saved }
 
+    /// `--batch-invariant`: with the f16 paths forced from 2 tokens but the backend batch invariant, a one-pass
+    /// prefill runs no GEMM and gives token-by-token decoding's logits bit for bit.
+    func testBatchInvariantKeepsTheExactKernels() throws {
+        let backend = try sharedCUDABackend(&Self.shared)
+        backend.batchInvariant = true
+        defer { backend.batchInvariant = false }
+        let model = try TinyModels.load("llama", backend: backend)
+        let tokens = try TinyModels.reference("llama").tokens
+        let vocab = model.info.vocabSize
+        let before = backend.gemmCalls
+        let onePass = try Generator(model: model)
+        let (l, rows) = try onePass.forward(tokens, start: 0, logits: .all)
+        let full = Array(UnsafeBufferPointer(start: l, count: rows * vocab))
+        XCTAssertEqual(backend.gemmCalls, before, "a batch-invariant backend ran cuBLAS GEMMs")
+        let stepwise = try Generator(model: model)
+        for i in 0..<tokens.count {
+            let (ls, _) = try stepwise.forward([tokens[i]], start: i, logits: .last)
+            XCTAssertEqual(Array(UnsafeBufferPointer(start: ls, count: vocab)), Array(full[i * vocab..<(i + 1) * vocab]),
+                           "position \(i): one pass differs from token by token")
+        }
+    }
+
     func testEveryArchitectureWithinTheGPUBarOnF16GEMMs() throws {
         let backend = try sharedCUDABackend(&Self.shared)
         guard backend.gemmSummary.contains("cuBLAS") && !backend.gemmSummary.contains("no cuBLAS") else {
