@@ -277,7 +277,7 @@ if has layerwise; then
   say "## layerwise prefill trace (Qwen3-30B-A3B shape), $(date -u +%FT%TZ)"
   m=/tmp/qwen3-30b-a3b$sfx.gguf
   make_model qwen3-30b-a3b $m
-  for pin in 0 1; do
+  for pin in ${LAYERWISE_PINS:-0 1}; do
     KTRANSFORMERS_LAYERWISE_MIN=64 KTRANSFORMERS_LAYERWISE_TRACE=1 KTRANSFORMERS_LAYERWISE_PIN=$pin \
       "$bin" bench --model $m --device cuda -t $threads -p $pp -n 0 -r 1 > "$out/layerwise-$pin.txt" 2> "$out/layerwise-$pin.err" &
     lpid=$!
@@ -302,7 +302,7 @@ if has layerwise; then
   lw() { local min=$1 p=$2 c=$3; KTRANSFORMERS_LAYERWISE_MIN=$min timeout 120 "$bin" bench --model $m --device cuda -t $threads -p $p -n 0 \
     -r 1 --chunk-size $c 2>>"$log" | tail -1 | sed "s/\$/ (hybrid, chunks of $c, layerwise from $min, 0 = off)/" | tee -a "$summary"; }
   lw 64 $long $long
-  for c in 128 256; do lw $c $((4 * c)) $c; lw 0 $((4 * c)) $c; done
+  for c in ${LAYERWISE_CHUNKS:-128 256}; do lw $c $((4 * c)) $c; lw 0 $((4 * c)) $c; done
 fi
 
 if has deepseek; then
