@@ -50,27 +50,38 @@ extern "C" __global__ void __launch_bounds__(256) dequant_f16_q4_K_vec(const u8*
     }
 }
 
-// Row t of x (`cols` floats) as f16 times 2^e, with e the power of two that brings the row's largest magnitude to
-// [2^14, 2^15) (f16 reaches 65504; the scaling is exact), and inv[t] = 2^-e to undo it on the product. One block
-// of 256 threads per row.
+// Row t of x (`cols` floats, a multiple of 4) as f16 times 2^e and inv[t] = 2^-e to undo it on the product: e = 0
+// when the row's largest magnitude m is in [2^-10, 2^15) (f16 holds it with full relative precision and reaches
+// 65504), else the power of two that brings m to [2^14, 2^15) (exact). One block of 256 threads per row.
 extern "C" __global__ void __launch_bounds__(256) to_f16_scaled(const float* x, u16* out, float* inv, int cols) {
     __shared__ float scratch[32];
-    const float* xr = x + (i64)blockIdx.x * cols;
+    const float4* xr = (const float4*)(x + (i64)blockIdx.x * cols);
+    int c4 = cols / 4;
     float m = 0.0f;
-    for (int i = threadIdx.x; i < cols; i += blockDim.x) m = fmaxf(m, fabsf(xr[i]));
+    for (int i = threadIdx.x; i < c4; i += blockDim.x) {
+        float4 v = xr[i];
+        m = fmaxf(m, fmaxf(fmaxf(fabsf(v.x), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w))));
+    }
     m = kt_block_max(m, scratch);
-    // m = f · 2^k with f in [0.5, 1): scale by 2^(15 - k), so the largest value lands in [2^14, 2^15).
-    int k = 0;
+    // m = f · 2^k with f in [0.5, 1).
+    int k = 15;
     if (m > 0.0f && m < KT_INF) frexpf(m, &k);
     k = max(-100, k);  // rows of subnormals: keep 2^(15 - k) finite
-    float s = ldexpf(1.0f, 15 - k);
-    if (threadIdx.x == 0) inv[blockIdx.x] = ldexpf(1.0f, k - 15);
-    u16* o = out + (i64)blockIdx.x * cols;
-    for (int i = threadIdx.x; i < cols; i += blockDim.x) o[i] = kt_float_to_half(xr[i] * s);
+    int e = (m >= ldexpf(1.0f, -10) && m < 32768.0f) ? 0 : 15 - k;
+    float s = ldexpf(1.0f, e);
+    if (threadIdx.x == 0) inv[blockIdx.x] = ldexpf(1.0f, -e);
+    uint2* o = (uint2*)(out + (i64)blockIdx.x * cols);
+    for (int i = threadIdx.x; i < c4; i += blockDim.x) {
+        float4 v = xr[i];
+        o[i] = make_uint2((u32)kt_float_to_half(v.x * s) | ((u32)kt_float_to_half(v.y * s) << 16),
+                          (u32)kt_float_to_half(v.z * s) | ((u32)kt_float_to_half(v.w * s) << 16));
+    }
 }
 
-// y[t, c] *= inv[t] for n rows of `cols` (packed).
+// y[t, c] *= inv[t] for n rows of `cols` (packed); rows whose scale is 1 are not touched.
 extern "C" __global__ void __launch_bounds__(256) scale_rows(float* y, const float* inv, int cols, i64 count) {
-    for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < count; i += (i64)gridDim.x * blockDim.x)
-        y[i] *= inv[i / cols];
+    for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < count; i += (i64)gridDim.x * blockDim.x) {
+        float s = inv[i / cols];
+        if (s != 1.0f) y[i] *= s;
+    }
 }
