@@ -281,11 +281,13 @@ extern "C" __global__ void __launch_bounds__(128) attention_flash(
         }
         bool inA = rA / G >= i0 && rA / G < i1, inB = rB / G >= i0 && rB / G < i1;
         const int* table = blockTables + (i64)seq * blockTableStride;
-        for (int kb = lo; kb <= hi; kb += KT_FA_KEYS) {
+        // Tiles at multiples of 64 keys: a row's keys fall in the same tiles whatever rows share its block (a tile
+        // a row sees none of changes nothing for it), so its result does not depend on its neighbours.
+        for (int kb = lo & ~(KT_FA_KEYS - 1); kb <= hi; kb += KT_FA_KEYS) {
             __syncthreads();  // the previous tile's readers are done
             if (tid < KT_FA_KEYS) {
                 int j = kb + tid;
-                slotOf[tid] = j <= hi ? table[j / pageSize] * pageSize + j % pageSize : -1;
+                slotOf[tid] = j <= hi && j >= lo ? table[j / pageSize] * pageSize + j % pageSize : -1;
             }
             __syncthreads();
             for (int i = tid; i < KT_FA_KEYS * q4; i += blockDim.x) {
