@@ -786,10 +786,13 @@ public struct BackendConformance {
             b.storeKV(k: k, v: v, n: tokens.count, cache: cache, layer: 0, meta: m)
         }
         /// Attention of `tokens` (already stored) against the reference.
-        func attend(_ tokens: [(s: Int, p: Int)]) -> Double {
+        /// The last `attend`'s query rows and output rows.
+        var lastQ: [Float] = [], lastOut: [Float] = []
+        func attend(_ tokens: [(s: Int, p: Int)], queries: [Float]? = nil) -> Double {
             let n = tokens.count
             let m = meta(tokens)
-            let qs = rng.normals(n * params.nHead * params.headDim, scale: qScale)
+            let qs = queries ?? rng.normals(n * params.nHead * params.headDim, scale: qScale)
+            lastQ = qs
             b.set(q, qs)
             b.set(out, [Float](repeating: BackendConformance.sentinel, count: (maxTokens + 1) * outWidth))
             b.attention(q: q, out: out, n: n, cache: cache, layer: layer, meta: m, params: params)
@@ -826,7 +829,8 @@ public struct BackendConformance {
                     }
                 }
             }
-            return nmse(Array(all[0..<n * outWidth]), want)
+            lastOut = Array(all[0..<n * outWidth])
+            return nmse(lastOut, want)
         }
 
         // Junk in the pages no sequence owns.
@@ -843,6 +847,22 @@ public struct BackendConformance {
         let step2: [(s: Int, p: Int)] = [(1, 5 * x)] + (6 * x..<11 * x).map { (0, $0) } + [(2, 8 * x)] + (0..<3 * x).map { (3, $0) }
         store(step2)
         var worst = attend(step2)
+        if scale > 1 {
+            // The same rows in another order (the sequences reversed, each one's tokens kept in order): every row must
+            // get the bits it got beside its first neighbours (a GPU's f16 path too: its result may not depend on
+            // which rows share its block).
+            let qWidth = params.nHead * params.headDim
+            let order = step2.indices.sorted { a, b in step2[a].s != step2[b].s ? step2[a].s > step2[b].s : a < b }
+            let firstOut = lastOut, firstQ = lastQ
+            _ = attend(order.map { step2[$0] }, queries: order.flatMap { Array(firstQ[$0 * qWidth..<($0 + 1) * qWidth]) })
+            for (k, i) in order.enumerated() {
+                let got = Array(lastOut[k * outWidth..<(k + 1) * outWidth]), want = Array(firstOut[i * outWidth..<(i + 1) * outWidth])
+                if let d = firstBitDifference(got, want) {
+                    Expect.fail("[\(name)] attention prefill: token \(i) (sequence \(step2[i].s), position \(step2[i].p)) regrouped: output \(d) is \(got[d]), beside its first neighbours \(want[d])")
+                    break
+                }
+            }
+        }
         // Step 3: one decode token.
         let step3: [(s: Int, p: Int)] = [(2, 8 * x + 1)]
         store(step3)
