@@ -197,10 +197,9 @@ final class CUDAHybridExpertExecutor: ExpertExecutor, @unchecked Sendable {
     private var nextLayer: [UInt: ExpertWeights] = [:]
     private var firstLayer: UInt?
     private var lastLayer: UInt?
-    /// Whether copies go through page-locked bounce buffers (`KTRANSFORMERS_LAYERWISE_PIN=0`: straight from the
-    /// pageable mapping, which the driver stages through its own small buffers at ~9 GB/s). Page-locking the
-    /// mapping itself (cuMemHostRegister of the mmap'd GGUF) did not return in 90 s on the GPU machine: not used.
-    private let bounce = ProcessInfo.processInfo.environment["KTRANSFORMERS_LAYERWISE_PIN"] != "0"
+    // Copies go through page-locked bounce buffers when `gpu.layerwiseBounce`, else straight from the pageable
+    // mapping (the driver stages them through its own small buffers, ~9 GB/s). Page-locking the mapping itself
+    // (cuMemHostRegister of the mmap'd GGUF) did not return in 90 s on the GPU machine: not used.
 
     /// `KTRANSFORMERS_LAYERWISE_TRACE=1`: a stderr line per staging step (timings of the host-side calls), to see
     /// where a slow or stuck layerwise prefill spends its time.
@@ -235,7 +234,7 @@ final class CUDAHybridExpertExecutor: ExpertExecutor, @unchecked Sendable {
             var events: [CUDADriver.Handle] = []
             gpu.must("layerwise staging events") { events = [try gpu.driver.makeEvent(), try gpu.driver.makeEvent()] }
             let slot = Slot(address: address, bytes: bytes, copied: events[0], consumed: events[1])
-            if bounce { slot.host = try? gpu.driver.allocateHost(bytes) }
+            if gpu.layerwiseBounce { slot.host = try? gpu.driver.allocateHost(bytes) }
             slots.append(slot)
         }
         if slots.isEmpty {

@@ -121,14 +121,15 @@ final class CUDAHybridGoldenLogitsTests: CUDAGoldenLogitsTests {
 
 /// The hybrid MoE's layerwise prefill (a step's routed experts copied to the GPU and run there): forced from 2 tokens,
 /// every MoE tiny model's logits equal the all-CPU path's within float tolerance, argmax everywhere, and the layers
-/// were staged.
+/// were staged; with copies from the pageable mapping and through page-locked bounce buffers.
 final class CUDALayerwisePrefillTests: XCTestCase {
     func testLayerwisePrefillLogitsEqualTheAllCPUPath() throws {
         guard let gpu = try CUDABackend.makeIfPresent() else {
             throw XCTSkip("no CUDA driver/GPU and no CUDA emulator here: CUDA layerwise test skipped")
         }
         gpu.layerwiseMinTokens = 2
-        for name in ["qwen3moe", "mixtral", "deepseek2-v3"] {
+        for (name, bounce) in [("qwen3moe", false), ("mixtral", true), ("deepseek2-v3", false), ("qwen3moe", true)] {
+            gpu.layerwiseBounce = bounce
             let cpu = try TinyModels.load(name)
             let tokens = try TinyModels.reference(name).tokens
             let vocab = cpu.info.vocabSize, n = tokens.count
@@ -146,7 +147,8 @@ final class CUDALayerwisePrefillTests: XCTestCase {
             XCTAssertGreaterThan(gpu.layerwiseStagings, before, "\(name): no layer was staged on the GPU")
             let scale = all.reduce(0) { max($0, abs($1)) }
             let err = all.withUnsafeBufferPointer { maxAbsDiff(lh, $0.baseAddress!, n * vocab) }
-            print(String(format: "%@: layerwise vs all-CPU max |diff| %.3g (max |logit| %.3g)", name, err, scale))
+            print(String(format: "%@ (%@): layerwise vs all-CPU max |diff| %.3g (max |logit| %.3g)", name,
+                         bounce ? "bounce buffers" : "pageable copies", err, scale))
             XCTAssertLessThanOrEqual(err, 1e-4 * scale, "\(name): layerwise logits differ from the all-CPU path")
             for p in 0..<n {
                 XCTAssertEqual(Sampler.argmax(lh + p * vocab, count: vocab), Sampler.argmax(lc + p * vocab, count: vocab),
@@ -167,6 +169,7 @@ extension CUDALayerwisePrefillTests {
             throw XCTSkip("no CUDA driver/GPU and no CUDA emulator here: CUDA layerwise test skipped")
         }
         gpu.layerwiseMinTokens = 2
+        gpu.layerwiseBounce = true  // page-locked bounce buffers: the emulator keeps their copies pending until waited for
         gpu.reserve(ForwardPlan(maxTokens: 64, contextLength: 64, maxQueryGroup: 1))
         let cpu = CPUBackend(pool: TinyModels.pool)
         let layers = 4, nExpert = 8, dim = 256, ff = 256, topK = 2, n = 12
