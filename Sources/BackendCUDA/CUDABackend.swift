@@ -553,7 +553,10 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     /// (f16 weights are read as they are), then the rows' scales undone.
     private func gemm(_ g: CUDAWeight, rows: Int, cols: Int, y: Tensor, n: Int) {
         guard let blas, let scratch = gemmWeights else { preconditionFailure("CUDA GEMM without cuBLAS or scratch") }
-        let chunk = g.tag == "f16" ? rows : max(64, min(rows, 2 * scratch.count / cols / 64 * 64))
+        // Rows per chunk: as many as the scratch holds, a multiple of 64 where it holds that many.
+        let fit = 2 * scratch.count / cols
+        precondition(fit >= 1 || g.tag == "f16", "CUDA GEMM: a row of \(cols) does not fit the f16 scratch")
+        let chunk = g.tag == "f16" ? rows : min(rows, fit >= 64 ? fit / 64 * 64 : fit)
         var r0 = 0
         while r0 < rows {
             let rc = min(chunk, rows - r0)
