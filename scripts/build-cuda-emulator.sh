@@ -9,7 +9,7 @@ out=$root/.build/cuda-emulator
 mkdir -p "$out"
 lib=$out/libcuda-emu.so
 src=Tests/CUDAEmulator/cuda_emu.cpp
-if [ ! -f "$lib" ] || [ "$src" -nt "$lib" ] || [ Tests/CUDAEmulator/emu_prelude.h -nt "$lib" ]; then
+if [ ! -f "$lib" ] || [ "$src" -nt "$lib" ] || [ Tests/CUDAEmulator/emu_prelude.h -nt "$lib" ] || [ Tests/CUDAEmulator/emu_half.h -nt "$lib" ]; then
   ${CXX:-g++} -std=c++17 -O2 -shared -fPIC -DEMU_PRELUDE="\"$root/Tests/CUDAEmulator/emu_prelude.h\"" "$src" -o "$lib.tmp" -ldl
   mv "$lib.tmp" "$lib"
 fi

@@ -30,8 +30,8 @@ final class CUBLAS: @unchecked Sendable {
     static let compute32F: Int32 = 68
     static let algoDefault: Int32 = -1
 
-    /// Opens the newest cuBLAS found (its Lt library from the same directory first) and makes a handle; the reason
-    /// when there is none, or `nil` reason when it is turned off.
+    /// Opens the newest cuBLAS found (its Lt library from the same directory first) and makes a handle; a failure
+    /// saying why when there is none, or when `KTRANSFORMERS_CUBLAS` turns it off.
     static func load() -> Result<CUBLAS, CUDAError> {
         let env = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUBLAS"] ?? ""
         if env == "0" || env.lowercased() == "off" { return .failure(CUDAError("turned off (KTRANSFORMERS_CUBLAS=\(env))")) }

@@ -235,21 +235,16 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     func launch(_ f: CUDADriver.Handle, _ name: @autoclosure () -> String, grid: (Int, Int, Int), block: Int,
                 shared: Int = 0, _ a: [KernelArg]) {
         if grid.0 == 0 || grid.1 == 0 || grid.2 == 0 { return }
-        launches &+= 1
-        let events = profiling ? (profileEvent(), profileEvent()) : nil
-        if let e = events { must("cuEventRecord") { try driver.record(e.0, stream: stream) } }
-        must("launch of \(name())") {
-            try driver.launch(f, grid: (UInt32(grid.0), UInt32(grid.1), UInt32(grid.2)), block: (UInt32(block), 1, 1),
-                              sharedBytes: UInt32(shared), stream: stream, args: args.pack(a))
-        }
-        if let e = events {
-            must("cuEventRecord") { try driver.record(e.1, stream: stream) }
-            profilePending.append((name(), e.0, e.1))
-            if profilePending.count >= 4096 { harvestProfile() }
+        profiled(name()) {
+            must("launch of \(name())") {
+                try driver.launch(f, grid: (UInt32(grid.0), UInt32(grid.1), UInt32(grid.2)), block: (UInt32(block), 1, 1),
+                                  sharedBytes: UInt32(shared), stream: stream, args: args.pack(a))
+            }
         }
     }
 
-    /// Work other than our kernels (a cuBLAS call) on the stream, timed like a kernel when profiling.
+    /// Work on the stream (a kernel, a cuBLAS call), counted in `launches` and timed by events around it when
+    /// profiling.
     private func profiled(_ name: @autoclosure () -> String, _ body: () -> Void) {
         launches &+= 1
         let events = profiling ? (profileEvent(), profileEvent()) : nil

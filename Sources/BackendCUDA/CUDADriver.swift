@@ -52,8 +52,6 @@ public final class CUDADriver: @unchecked Sendable {
     private let cuEventElapsedTime: @convention(c) (UnsafeMutablePointer<Float>, Handle, Handle) -> Int32
     private let cuEventDestroy: @convention(c) (Handle) -> Int32
     private let cuStreamWaitEvent: @convention(c) (Handle?, Handle, UInt32) -> Int32
-    private let cuMemHostRegister: @convention(c) (UnsafeMutableRawPointer, Int, UInt32) -> Int32
-    private let cuMemHostUnregister: @convention(c) (UnsafeMutableRawPointer) -> Int32
     private let cuFuncSetAttribute: @convention(c) (Handle, Int32, Int32) -> Int32
     private let cuOccupancyMaxActiveBlocksPerMultiprocessor: @convention(c) (UnsafeMutablePointer<Int32>, Handle, Int32, Int) -> Int32
 
@@ -109,8 +107,6 @@ public final class CUDADriver: @unchecked Sendable {
         cuEventElapsedTime = try l.symbol("cuEventElapsedTime", as: type(of: cuEventElapsedTime))
         cuEventDestroy = try l.symbol("cuEventDestroy_v2", as: type(of: cuEventDestroy))
         cuStreamWaitEvent = try l.symbol("cuStreamWaitEvent", as: type(of: cuStreamWaitEvent))
-        cuMemHostRegister = try l.symbol("cuMemHostRegister_v2", as: type(of: cuMemHostRegister))
-        cuMemHostUnregister = try l.symbol("cuMemHostUnregister", as: type(of: cuMemHostUnregister))
         cuFuncSetAttribute = try l.symbol("cuFuncSetAttribute", as: type(of: cuFuncSetAttribute))
         cuOccupancyMaxActiveBlocksPerMultiprocessor = try l.symbol("cuOccupancyMaxActiveBlocksPerMultiprocessor",
                                                                    as: type(of: cuOccupancyMaxActiveBlocksPerMultiprocessor))
@@ -312,18 +308,6 @@ public final class CUDADriver: @unchecked Sendable {
         try check(cuStreamWaitEvent(stream, event, 0), "cuStreamWaitEvent")
     }
 
-    /// Page-locks `bytes` of host memory at `p` for the GPU's copy engines (`CU_MEMHOSTREGISTER_READ_ONLY`
-    /// where `readOnly`: a read-only mapping such as a model file's).
-    /// False where (part of) the range is registered already (`CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED`).
-    @discardableResult
-    public func registerHost(_ p: UnsafeMutableRawPointer, bytes: Int, readOnly: Bool) throws -> Bool {
-        let r = cuMemHostRegister(p, bytes, readOnly ? 0x08 : 0)
-        if r == 712 { return false }
-        try check(r, "cuMemHostRegister(\(bytes) bytes)")
-        return true
-    }
-
-    public func unregisterHost(_ p: UnsafeMutableRawPointer) { _ = cuMemHostUnregister(p) }
 
     public func record(_ event: Handle, stream: Handle?) throws { try check(cuEventRecord(event, stream), "cuEventRecord") }
 

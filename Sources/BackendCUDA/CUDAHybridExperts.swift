@@ -176,8 +176,10 @@ final class CUDAHybridExpertExecutor: ExpertExecutor, @unchecked Sendable {
         let bytes: Int
         let copied: CUDADriver.Handle
         let consumed: CUDADriver.Handle
-        /// Page-locked host memory the layer's stacks are gathered into before the copy (nil: copies from the
-        /// pageable mapping, `KTRANSFORMERS_LAYERWISE_PIN=0` or no page-locked memory to be had).
+        /// Page-locked host memory the layer's stacks are gathered into before the copy, with
+        /// `gpu.layerwiseBounce` (nil: copies straight from the pageable mapping, which the driver stages through its
+        /// own small buffers, ~9 GB/s; page-locking the mapping itself, cuMemHostRegister of the mmap'd GGUF, did not
+        /// return in 90 s on the GPU machine).
         var host: UnsafeMutableRawPointer?
         /// The layer whose weights the slot holds or is being filled with (its gate stack's host address).
         var holds: UInt?
@@ -197,10 +199,6 @@ final class CUDAHybridExpertExecutor: ExpertExecutor, @unchecked Sendable {
     private var nextLayer: [UInt: ExpertWeights] = [:]
     private var firstLayer: UInt?
     private var lastLayer: UInt?
-    // Copies go through page-locked bounce buffers when `gpu.layerwiseBounce`, else straight from the pageable
-    // mapping (the driver stages them through its own small buffers, ~9 GB/s). Page-locking the mapping itself
-    // (cuMemHostRegister of the mmap'd GGUF) did not return in 90 s on the GPU machine: not used.
-
     /// `KTRANSFORMERS_LAYERWISE_TRACE=1`: a stderr line per staging step (timings of the host-side calls), to see
     /// where a slow or stuck layerwise prefill spends its time.
     private static let trace = ProcessInfo.processInfo.environment["KTRANSFORMERS_LAYERWISE_TRACE"] == "1"

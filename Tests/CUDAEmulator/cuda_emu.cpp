@@ -15,6 +15,7 @@
 #include <unistd.h>
 #include <chrono>
 #include <cmath>
+#include "emu_half.h"
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -269,17 +270,8 @@ void flushStream(void* s) {
 void flushAll() { for (auto& kv : pendingCopies) flushStream(kv.first); }
 struct Event { double time = 0; void* stream = nullptr; };
 
-static float emuHalf(uint16_t h) {
-    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff, bits;
-    if (exp == 0) {
-        if (man == 0) bits = sign;
-        else { float f = std::ldexp((float)man, -24); std::memcpy(&bits, &f, 4); bits |= sign; }
-    } else if (exp == 31) bits = sign | 0x7f800000u | (man << 13);
-    else bits = sign | ((exp + 112) << 23) | (man << 13);
-    float f; std::memcpy(&f, &bits, 4); return f;
-}
 static float emuElement(const void* p, int type, size_t i) {
-    return type == 2 ? emuHalf(((const uint16_t*)p)[i]) : ((const float*)p)[i];
+    return type == 2 ? kt_half_to_float(((const uint16_t*)p)[i]) : ((const float*)p)[i];
 }
 void runGemm(const Gemm& g) {
     for (int j = 0; j < g.n; j++)
@@ -352,19 +344,6 @@ int cuMemAllocHost_v2(void** p, size_t bytes) {
 int cuMemFreeHost(void* p) { flushAll(); pinned.erase((uintptr_t)p); free(p); return 0; }
 int cuMemcpyHtoD_v2(uint64_t d, const void* s, size_t n) { flushAll(); memcpy((void*)(uintptr_t)d, s, n); return 0; }
 int cuMemcpyDtoH_v2(void* d, uint64_t s, size_t n) { flushAll(); memcpy(d, (void*)(uintptr_t)s, n); return 0; }
-// cuMemHostRegister: registered ranges count as pinned (copies from them are deferred like cuMemAllocHost's).
-int cuMemHostRegister_v2(void* p, size_t bytes, unsigned) {
-    uintptr_t a = (uintptr_t)p;
-    auto it = pinned.lower_bound(a);
-    if (it != pinned.end() && it->first < a + bytes) return 712;   // CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED
-    if (it != pinned.begin() && std::prev(it)->first + std::prev(it)->second > a) return 712;
-    pinned[a] = bytes;
-    return 0;
-}
-int cuMemHostUnregister(void* p) {
-    flushAll();
-    return pinned.erase((uintptr_t)p) ? 0 : 713;   // CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED
-}
 // Inside a capture, a copy from or to pageable host memory is refused (CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED);
 // one with pinned memory becomes a copy node.
 static int captureCopy(void* d, const void* s, size_t n, const void* host) {
@@ -552,7 +531,9 @@ int nvrtcCompileProgram(Program* p, int nOptions, const char* const* options) {
         if (o.rfind("-D", 0) == 0) defines += " '" + o + "'";
     }
     std::string full = std::string("#include \"") + EMU_PRELUDE + "\"\n" + p->source + "\n";
-    size_t hash = std::hash<std::string>()(readFile(EMU_PRELUDE) + full + defines);
+    std::string here = EMU_PRELUDE;
+    here = here.substr(0, here.rfind('/') + 1);  // emu_half.h sits beside the prelude, which includes it
+    size_t hash = std::hash<std::string>()(readFile(EMU_PRELUDE) + readFile(here + "emu_half.h") + full + defines);
     const char* tmp = getenv("TMPDIR");
     std::string dir = std::string(tmp && *tmp ? tmp : "/tmp") + "/kt-cuda-emu";
     mkdir(dir.c_str(), 0700);

@@ -7,6 +7,7 @@
 #include <cstring>
 #include <algorithm>
 #define KT_EMULATOR 1
+#include "emu_half.h"
 
 struct emu_dim3 { unsigned x, y, z; };
 struct emu_fiber_info { emu_dim3 tid; int linear; };
@@ -65,15 +66,6 @@ static inline int atomicAdd(int* p, int v) { int o = *p; *p = o + v; return o; }
 static inline float __fdividef(float a, float b) { return a / b; }
 static inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
 template <typename T> static inline T __ldg(const T* p) { return *p; }
-static inline float kt_half_to_float(uint16_t h) {
-    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff, bits;
-    if (exp == 0) {
-        if (man == 0) bits = sign;
-        else { float f = std::ldexp((float)man, -24); std::memcpy(&bits, &f, 4); bits |= sign; }
-    } else if (exp == 31) bits = sign | 0x7f800000u | (man << 13);
-    else bits = sign | ((exp + 112) << 23) | (man << 13);
-    float f; std::memcpy(&f, &bits, 4); return f;
-}
 static inline float kt_bf16_to_float(uint16_t h) { uint32_t b = (uint32_t)h << 16; float f; std::memcpy(&f, &b, 4); return f; }
 
 // Registration of each kernel (appended by the emulator after the source): a C entry that unpacks the driver's
@@ -100,23 +92,6 @@ static inline int max(int a, int b) { return a > b ? a : b; }
 static inline long long min(long long a, long long b) { return a < b ? a : b; }
 static inline long long max(long long a, long long b) { return a > b ? a : b; }
 static inline int __float2int_rn(float x) { return (int)std::nearbyint(x); }
-static inline uint16_t kt_float_to_half(float f) {
-    // float -> f16 bits (round to nearest even)
-    uint32_t b; std::memcpy(&b, &f, 4);
-    uint32_t sign = b & 0x80000000u; b ^= sign;
-    uint16_t h;
-    if (b >= 0x47800000u) h = (b > 0x7f800000u) ? 0x7e00 : 0x7c00;   // overflow to inf (NaN kept NaN)
-    else if (b < 0x38800000u) {                                       // subnormal or zero
-        float a; std::memcpy(&a, &b, 4);
-        h = (uint16_t)std::nearbyint(a * 16777216.0f);               // units of 2^-24
-    } else {
-        uint32_t mant = b & 0x7fffffu, exp = (b >> 23) - 112;
-        uint32_t r = (exp << 10) | (mant >> 13), rem = mant & 0x1fff;
-        if (rem > 0x1000 || (rem == 0x1000 && (r & 1))) r++;
-        h = (uint16_t)r;
-    }
-    return (uint16_t)(h | (sign >> 16));
-}
 static inline float kt_round_to_half(float f) { return kt_half_to_float(kt_float_to_half(f)); }
 struct alignas(16) uint4 { unsigned x, y, z, w; };
 struct alignas(16) int4 { int x, y, z, w; };
@@ -172,26 +147,35 @@ static inline unsigned kt_tf32(float f) {
     if ((u & 0x7f800000u) == 0x7f800000u) return u;
     return (u + 0x1000u) & 0xffffe000u;
 }
-// mma.sync m16n8k8 tf32 → f32 for one warp (layouts in the comment of emu_mma_s8, with k < 8: a[2], a[3] are k + 4).
-static inline void emu_mma_tf32(float* c, const unsigned* a, const unsigned* b) {
+// A float-accumulating mma.sync m16n8kK for one warp: every lane publishes its fragments (a[4], b[2]: each register
+// K/8 operands), then computes its four C elements (layouts in the comment of emu_mma_s8: a[0] row g, a[1] row g + 8,
+// a[2], a[3] the same K/2 further; b[0] column g, b[1] K/2 further; operand k of a half sits in lane 4·row + (k mod
+// K/2) / (K/8), part (k mod K/8) of the register), with `operand(word, part)` decoding one operand.
+template <int K, class Operand>
+static inline void emu_mma_float(float* c, const unsigned* a, const unsigned* b, Operand operand) {
     static unsigned buf[1024][6];
     int me = emu_current->linear, base = me & ~31, lane = me & 31;
     for (int i = 0; i < 4; i++) buf[me][i] = a[i];
     buf[me][4] = b[0];
     buf[me][5] = b[1];
     emu_barrier(1);
+    const int per = K / 8, half = K / 2;
     int g = lane >> 2, t = lane & 3;
     for (int e = 0; e < 4; e++) {
         int R = g + (e >= 2 ? 8 : 0), N = 2 * t + (e & 1);
         float s = c[e];
-        for (int k = 0; k < 8; k++) {
-            int la = base + (R % 8) * 4 + (k % 4), ra = (R >= 8 ? 1 : 0) + (k >= 4 ? 2 : 0);
-            int lb = base + N * 4 + (k % 4), rb = 4 + (k >= 4 ? 1 : 0);
-            s += __uint_as_float(buf[la][ra]) * __uint_as_float(buf[lb][rb]);
+        for (int k = 0; k < K; k++) {
+            int q = (k % half) / per, part = k % per, hi = k >= half ? 1 : 0;
+            unsigned wa = buf[base + (R % 8) * 4 + q][(R >= 8 ? 1 : 0) + 2 * hi], wb = buf[base + N * 4 + q][4 + hi];
+            s += operand(wa, part) * operand(wb, part);
         }
         c[e] = s;
     }
     emu_barrier(1);
+}
+// m16n8k8 tf32 → f32 (one operand a register).
+static inline void emu_mma_tf32(float* c, const unsigned* a, const unsigned* b) {
+    emu_mma_float<8>(c, a, b, [](unsigned w, int) { return __uint_as_float(w); });
 }
 #define KT_MMA_TF32(c, a, b) emu_mma_tf32(c, a, b)
 struct alignas(16) float4 { float x, y, z, w; };
@@ -203,27 +187,8 @@ static inline unsigned __byte_perm(unsigned x, unsigned y, unsigned s) {
     for (int i = 0; i < 4; i++) r |= (unsigned)((v >> (8 * ((s >> (4 * i)) & 7))) & 0xff) << (8 * i);
     return r;
 }
-// mma.sync m16n8k16 f16 · f16 → f32 for one warp (layouts in common.cuh's KT_MMA_F16 comment).
+// m16n8k16 f16 · f16 → f32 (two operands a register, the first in the low half; layouts in common.cuh's KT_MMA_F16).
 static inline void emu_mma_f16(float* c, const unsigned* a, const unsigned* b) {
-    static unsigned buf[1024][6];
-    int me = emu_current->linear, base = me & ~31, lane = me & 31;
-    for (int i = 0; i < 4; i++) buf[me][i] = a[i];
-    buf[me][4] = b[0];
-    buf[me][5] = b[1];
-    emu_barrier(1);
-    int g = lane >> 2, t = lane & 3;
-    for (int e = 0; e < 4; e++) {
-        int R = g + (e >= 2 ? 8 : 0), N = 2 * t + (e & 1);
-        float s = c[e];
-        for (int k = 0; k < 16; k++) {
-            int la = base + (R % 8) * 4 + (k % 8) / 2, ra = (R >= 8 ? 1 : 0) + (k >= 8 ? 2 : 0);
-            int lb = base + N * 4 + (k % 8) / 2, rb = 4 + (k >= 8 ? 1 : 0);
-            float av = kt_half_to_float((uint16_t)(buf[la][ra] >> (16 * (k % 2))));
-            float bv = kt_half_to_float((uint16_t)(buf[lb][rb] >> (16 * (k % 2))));
-            s += av * bv;
-        }
-        c[e] = s;
-    }
-    emu_barrier(1);
+    emu_mma_float<16>(c, a, b, [](unsigned w, int part) { return kt_half_to_float((uint16_t)(w >> (16 * part))); });
 }
 #define KT_MMA_F16(c, a, b) emu_mma_f16(c, a, b)
