@@ -10,7 +10,8 @@
 # There:  bash scripts/device-check.sh [stage ...]    # results under $OUT (or ./device-out); BIN=path overrides the binary
 #
 # Stages (all by default): probe, conformance, tiny, gemma, bench, baseline, hybrid; and, not in the default set,
-# `profile` (where the GPU time goes, bench --profile-kernels, on the Llama-3-8B shape, into $OUT/profile.md) and
+# `ncu` (every kernel of a decode step timed alone by Nsight Compute: the step's kernel sum against its wall time
+# with graphs, issue 12's item 5; NCU_BATCH, NCU_STEPS; into $OUT/ncu-step.md), `profile` (where the GPU time goes, bench --profile-kernels, on the Llama-3-8B shape, into $OUT/profile.md) and
 # `serve` (serve on cuda + bench serve with 1, 8, 32 clients) and `deepseek` (a DeepSeek-V3-shaped model of
 # DS_LAYERS=4 layers written by scripts/make_random_deepseek.py: hybrid and all-GPU logits against the CPU's, the
 # routing spread, speed beside llama.cpp; ~20 GB on disk) and `serve-hybrid` (the Qwen3-30B-A3B shape, experts on
@@ -385,6 +386,53 @@ print(f"graphs on, batch 1 (nsys): {wall:.3f} ms per token wall, {per_token_kern
 PY
   else
     say "nsys not found: graph step vs kernel time not measured"
+  fi
+fi
+
+if has ncu; then
+  # Issue 12, item 5 without Nsight Systems: every kernel of a few decode steps timed alone by Nsight Compute
+  # (gpu__time_duration: no launch gaps, no event overhead), so the sum of a step's kernels is their GPU time; the
+  # step's wall time with graphs comes from bench in the same call. Per-kernel table into $OUT/ncu-step.md.
+  ncu=$(command -v ncu || ls /usr/local/cuda/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+  m=/tmp/llama3-8b$sfx.gguf
+  make_model llama3-8b $m
+  if [ -n "$ncu" ]; then
+    say "## decode step kernels by Nsight Compute (Llama-3-8B shape, batch ${NCU_BATCH:-1}), $(date -u +%FT%TZ)"
+    wall=$("$bin" bench --model $m --device cuda -p 0 -n 128 -b ${NCU_BATCH:-1} -r 2 --json 2>>"$log")
+    timeout ${NCU_TIMEOUT:-240} "$ncu" --metrics gpu__time_duration.sum --csv --print-units base --launch-count 3000 \
+      "$bin" bench --model $m --device cuda -p 0 -n ${NCU_STEPS:-3} -b ${NCU_BATCH:-1} -r 1 --no-cuda-graphs \
+      > /tmp/kt-ncu.csv 2>>"$log"
+    python3 - /tmp/kt-ncu.csv "$wall" ${NCU_BATCH:-1} > "$out/ncu-step.md" 2>>"$log" <<'PY' || true
+import csv, io, json, sys
+text = open(sys.argv[1]).read()
+start = text.find('"ID"')
+rows = [r for r in csv.DictReader(io.StringIO(text[start:])) if r.get("Metric Name") == "gpu__time_duration.sum"]
+steps, cur = [], []
+for r in rows:
+    name = r["Kernel Name"]
+    if name.startswith("embed_") and cur:
+        steps.append(cur); cur = []
+    cur.append((name.split("(")[0], float(r["Metric Value"].replace(",", "")) / 1000.0))
+steps.append(cur)
+last = steps[-3:-1] if len(steps) > 3 else steps[-1:]   # whole decode steps (not the last, cut at the end)
+per = sum(sum(d for _, d in s) for s in last) / len(last)
+runs = json.loads(sys.argv[2])
+tps = [r for r in runs if r["test"].startswith("tg")][0]["tokens_per_second"]
+batch = int(sys.argv[3])
+wall = 1000.0 * batch / tps
+print(f"batch {batch}: {len(last[0])} kernels per step, {per:.1f} µs of kernels; step wall with graphs {wall:.1f} µs "
+      f"({tps:.1f} t/s): wall / kernels = {wall / per:.3f} (bar 1.1)\n")
+agg = {}
+for s in last:
+    for n, d in s:
+        a = agg.setdefault(n, [0, 0.0]); a[0] += 1; a[1] += d
+print("| kernel | calls per step | µs per call | µs per step | share |\n|---|---|---|---|---|")
+for n, (c, t) in sorted(agg.items(), key=lambda kv: -kv[1][1]):
+    print(f"| {n[:60]} | {c / len(last):.0f} | {t / c:.2f} | {t / len(last):.1f} | {100 * t / len(last) / per:.1f}% |")
+PY
+    head -1 "$out/ncu-step.md" | tee -a "$summary"
+  else
+    say "ncu not found: decode step kernels not timed"
   fi
 fi
 
