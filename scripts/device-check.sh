@@ -18,7 +18,8 @@
 # the CPU, served to 1, 4, 8 clients) and `layerwise` (a traced layerwise prefill, stacks if it hangs). MOE=1 adds the Qwen3-30B-A3B shape all on the GPU to
 # bench and baseline; HYBRID_SHORT=1 runs only pp512/tg of the hybrid stage; HYBRID_AB=1 adds hybrid decode rows
 # under each host-wait setting (KTRANSFORMERS_CUDA_SYNC, KTRANSFORMERS_POOL_SPINS, one core free) and with the
-# layerwise prefill; KERNEL_AB=1 adds bench rows with the streaming kernels off or capped; CPU_BASELINE=1
+# layerwise prefill; KERNEL_AB=1 adds bench rows with the streaming kernels off or capped; DECODE_AB=1 batch-1
+# decode rows under the matrix-vector switches; CPU_BASELINE=1
 # also builds llama.cpp for the CPU (its hybrid-stage row). The gemma stage takes GEMMA_MODEL, or the default model
 # carried in .baseline/ or assembled in /tmp/kt-parts by scripts/device-parts.sh. Each writes its lines to
 # $OUT/summary.md and its details to $OUT/log.txt; exits non-zero if a correctness stage fails.
@@ -156,6 +157,13 @@ if has bench; then
         | sed 's/$/ (KTRANSFORMERS_CUDA_STREAM_MATVEC=0)/' | tee -a "$summary"
     done
   fi
+  if [ -n "${DECODE_AB:-}" ]; then
+    # Batch-1 decode under the kernel switches (same bits, different speed): the general matrix-vector kernels at
+    # n = 1, the streaming forms (weights through shared memory) from one token.
+    kdec() { env "$@" "$bin" bench --model $m --device cuda -p 0 -n $tg -r 2 2>>"$log" | tail -1 | sed "s/\$/ ($*)/" | tee -a "$summary"; }
+    kdec KTRANSFORMERS_CUDA_MV1=0
+    kdec KTRANSFORMERS_CUDA_STREAM_MIN=1
+  fi
   if [ -n "${MOE:-}" ]; then
     make_model qwen3-30b-a3b /tmp/qwen3-30b-a3b$sfx.gguf
     "$bin" bench --model /tmp/qwen3-30b-a3b$sfx.gguf --device cuda --n-cpu-moe 0 -p $pp -n $tg -r $reps 2>>"$log" | tail -2 | sed 's/$/ (all on the GPU)/' | tee -a "$summary"
@@ -176,6 +184,13 @@ if has baseline && [ -d .baseline/llama.cpp ] && [ -z "${SMOKE:-}" ]; then
   make_model llama3-8b /tmp/llama3-8b.gguf
   "$lb/llama-bench" -m /tmp/llama3-8b.gguf -ngl 99 -fa 1 -p 512 -n 128 -r 3 2>>"$log" | tee -a "$summary"
   "$lb/llama-batched-bench" -m /tmp/llama3-8b.gguf -ngl 99 -fa 1 -c 8192 -npp 0 -ntg 64 -npl 1,8,32 2>>"$log" | grep -E "^\|" | tee -a "$summary"
+  if [ -n "${DECODE_AB:-}" ]; then
+    # Batch-1 decode under the kernel switches (same bits, different speed): the general matrix-vector kernels at
+    # n = 1, the streaming forms (weights through shared memory) from one token.
+    kdec() { env "$@" "$bin" bench --model $m --device cuda -p 0 -n $tg -r 2 2>>"$log" | tail -1 | sed "s/\$/ ($*)/" | tee -a "$summary"; }
+    kdec KTRANSFORMERS_CUDA_MV1=0
+    kdec KTRANSFORMERS_CUDA_STREAM_MIN=1
+  fi
   if [ -n "${MOE:-}" ]; then
     make_model qwen3-30b-a3b /tmp/qwen3-30b-a3b.gguf
     "$lb/llama-bench" -m /tmp/qwen3-30b-a3b.gguf -ngl 99 -fa 1 -p 512 -n 128 -r 3 2>>"$log" | tee -a "$summary"

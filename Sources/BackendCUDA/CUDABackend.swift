@@ -628,7 +628,9 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         if n >= Self.mmqMinTokens, let tiles = g.tensorCoreTiles {
             launch(tiles, "mmq_\(g.tag) \(rows)x\(cols)", grid: ((rows + 63) / 64, (n + 63) / 64, 1), block: 128, args)
         } else {
-            launch(g.integerDot!, "matvec_\(g.tag)_q8 \(rows)x\(cols)", grid: ((rows + 3) / 4, (n + 7) / 8, 1), block: 128, args)
+            let one = n == 1 && Self.oneTokenForms ? g.integerDotOne : nil
+            launch(one ?? g.integerDot!, "matvec_\(g.tag)_q8\(one == nil ? "" : "_1") \(rows)x\(cols)",
+                   grid: ((rows + 3) / 4, (n + 7) / 8, 1), block: 128, args)
         }
     }
 
@@ -772,6 +774,9 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     static let mmfStreamMax = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_MMF_STREAM_MAX"].flatMap { Int($0) } ?? 32
     static let mmfTileStride = 260  // KT_MMFT_STRIDE
     static let streamRows = 8    // KT_MVS_ROWS
+    /// The integer-dot matrix-vector kernels' one-token forms at n = 1 (`KTRANSFORMERS_CUDA_MV1=0`: the general
+    /// ones, for measurements; the same bits either way).
+    static let oneTokenForms = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_MV1"] != "0"
     static let streamMatvecEnabled = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_STREAM_MATVEC"] != "0"
     /// Token counts from which the streaming kernels run (every form: the integer-dot matvec, the f32-activation
     /// stream, the routed experts' streams; the tiles start at 9 anyway). Measured on an H200 (2026-12-05, Llama-3-8B
@@ -1037,7 +1042,9 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
             var parts = [(gs[0].address, w0.rows, y0.address), (gs[1].address, w1.rows, y1.address)]
             if let y2, gs.count > 2 { parts.append((gs[2].address, r2, y2.address)) }
             if streamMatmul(gs[0], parts, cols: w0.cols, input: q, n: n) { return }
-            launch(grouped, "matvec_\(gs[0].tag)_q8_3 \(rows)x\(w0.cols)", grid: ((rows + 3) / 4, (n + 7) / 8, 1), block: 128,
+            let one = n == 1 && Self.oneTokenForms ? gs[0].integerDotGroupOne : nil
+            launch(one ?? grouped, "matvec_\(gs[0].tag)_q8_3\(one == nil ? "" : "_1") \(rows)x\(w0.cols)",
+                   grid: ((rows + 3) / 4, (n + 7) / 8, 1), block: 128,
                    [.ptr(gs[0].address), .ptr(gs[1].address), .ptr(gs.count > 2 ? gs[2].address : 0), .i64(gs[0].rowBytes),
                     .i32(w0.rows), .i32(w1.rows), .i32(r2), .i32(w0.cols), .ptr(q.0), .ptr(q.1), .ptr(q.2), .ptr(y0.address),
                     .ptr(y1.address), .ptr(y2?.address ?? 0), .i32(n)])
@@ -1277,6 +1284,9 @@ final class CUDAWeight: @unchecked Sendable {
     let integerDot: CUDADriver.Handle?
     /// Its form for up to three matrices in one launch (`matmulGroup`).
     let integerDotGroup: CUDADriver.Handle?
+    /// Both compiled for one token alone (batch-1 decode: fewer registers; the same bits).
+    let integerDotOne: CUDADriver.Handle?
+    let integerDotGroupOne: CUDADriver.Handle?
     /// Its form for routed experts (each pair's expert through the ids in device memory).
     let integerExperts: CUDADriver.Handle?
     /// Its streaming form (decode: rows staged through shared memory by cp.async; up to three matrices).
@@ -1313,6 +1323,8 @@ final class CUDAWeight: @unchecked Sendable {
         dequantF16 = kernels.function(tag == "q4_K" && rowBytes % 16 == 0 ? "dequant_f16_q4_K_vec" : "dequant_f16_\(tag)")
         integerDot = tag == "q4_K" || tag == "q6_K" ? kernels.function("matvec_\(tag)_q8") : nil
         integerDotGroup = tag == "q4_K" || tag == "q6_K" ? kernels.function("matvec_\(tag)_q8_3") : nil
+        integerDotOne = tag == "q4_K" || tag == "q6_K" ? kernels.function("matvec_\(tag)_q8_1") : nil
+        integerDotGroupOne = tag == "q4_K" || tag == "q6_K" ? kernels.function("matvec_\(tag)_q8_3_1") : nil
         integerExperts = tag == "q4_K" || tag == "q6_K" ? kernels.function("matvec_experts_\(tag)_q8") : nil
         integerDotStream = tag == "q4_K" || tag == "q6_K" ? kernels.function("matvec_stream_\(tag)_q8") : nil
         tensorCoreTiles = tag == "q4_K" ? kernels.function("mmq_q4_K") : nil

@@ -251,19 +251,20 @@ __device__ __forceinline__ void kt_mv_q6_K(const u8* row, int cols, const i8* xq
 // The integer-dot matrix-vector kernels: row r of W (a warp each), y[t, r] for t < n; grid (ceil(rows / 4),
 // ceil(n / 8)). The _3 forms run up to three matrices of one format and width on the same input in one launch
 // (q/k/v, gate/up): rows of matrix 0, then 1, then 2, each output row computed as by the single form. The body
-// writes y[t · rows] for its tokens t0 + t, with y at token t0's row r.
-#define KT_MV_INT(name, body) \
-extern "C" __global__ void __launch_bounds__(128) matvec_##name##_q8(const u8* W, i64 rowBytes, int rows, int cols, \
-        const i8* xq, const float* xd, const int* xs, float* y, int n) { \
+// writes y[t · rows] for its tokens t0 + t, with y at token t0's row r. The _1 forms are the same for n = 1 alone
+// (batch-1 decode), compiled without the 8-token body: fewer registers, more warps in flight; the same bits.
+#define KT_MV_INT_FORMS(name, body, suffix, NT) \
+extern "C" __global__ void __launch_bounds__(128) matvec_##name##_q8##suffix(const u8* W, i64 rowBytes, int rows, \
+        int cols, const i8* xq, const float* xd, const int* xs, float* y, int n) { \
     int r = blockIdx.x * KT_MV_WARPS + (threadIdx.x >> 5), t0 = blockIdx.y * KT_MV_TOKENS; \
     if (r >= rows) return; \
     float* yr = y + (i64)t0 * rows + r; \
-    if (n == 1) body<1>(W + (i64)r * rowBytes, cols, xq, xd, xs, yr, rows, n, t0); \
-    else body<KT_MV_TOKENS>(W + (i64)r * rowBytes, cols, xq, xd, xs, yr, rows, n, t0); \
+    if (NT == 1 || n == 1) body<1>(W + (i64)r * rowBytes, cols, xq, xd, xs, yr, rows, n, t0); \
+    else body<NT>(W + (i64)r * rowBytes, cols, xq, xd, xs, yr, rows, n, t0); \
 } \
-extern "C" __global__ void __launch_bounds__(128) matvec_##name##_q8_3(const u8* W0, const u8* W1, const u8* W2, \
-        i64 rowBytes, int rows0, int rows1, int rows2, int cols, const i8* xq, const float* xd, const int* xs, \
-        float* y0, float* y1, float* y2, int n) { \
+extern "C" __global__ void __launch_bounds__(128) matvec_##name##_q8_3##suffix(const u8* W0, const u8* W1, \
+        const u8* W2, i64 rowBytes, int rows0, int rows1, int rows2, int cols, const i8* xq, const float* xd, \
+        const int* xs, float* y0, float* y1, float* y2, int n) { \
     int r = blockIdx.x * KT_MV_WARPS + (threadIdx.x >> 5), t0 = blockIdx.y * KT_MV_TOKENS; \
     const u8* W = W0; \
     float* y = y0; \
@@ -271,9 +272,12 @@ extern "C" __global__ void __launch_bounds__(128) matvec_##name##_q8_3(const u8*
     if (r >= rows0) { r -= rows0; W = W1; y = y1; rows = rows1; \
         if (r >= rows1) { r -= rows1; W = W2; y = y2; rows = rows2; if (r >= rows2) return; } } \
     float* yr = y + (i64)t0 * rows + r; \
-    if (n == 1) body<1>(W + (i64)r * rowBytes, cols, xq, xd, xs, yr, rows, n, t0); \
-    else body<KT_MV_TOKENS>(W + (i64)r * rowBytes, cols, xq, xd, xs, yr, rows, n, t0); \
-} \
+    if (NT == 1 || n == 1) body<1>(W + (i64)r * rowBytes, cols, xq, xd, xs, yr, rows, n, t0); \
+    else body<NT>(W + (i64)r * rowBytes, cols, xq, xd, xs, yr, rows, n, t0); \
+}
+#define KT_MV_INT(name, body) \
+KT_MV_INT_FORMS(name, body, , KT_MV_TOKENS) \
+KT_MV_INT_FORMS(name, body, _1, 1) \
 /* Routed experts: pair p (token p / xDiv, expert ids[p]) gets y[p, r] = W_ids[p][r] · x[p / xDiv]; grid (ceil(rows / 4), pairs). */ \
 extern "C" __global__ void __launch_bounds__(128) matvec_experts_##name##_q8(const u8* W, i64 rowBytes, i64 matrixBytes, \
         int rows, int cols, const i8* xq, const float* xd, const int* xs, int xDiv, const int* ids, float* y) { \
