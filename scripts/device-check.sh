@@ -11,7 +11,8 @@
 #
 # Stages (all by default): probe, conformance, tiny, gemma, bench, baseline, hybrid; and, not in the default set,
 # `ncu` (every kernel of a decode step timed alone by Nsight Compute: the step's kernel sum against its wall time
-# with graphs, issue 12's item 5; NCU_BATCH, NCU_STEPS; into $OUT/ncu-step.md), `profile` (where the GPU time goes, bench --profile-kernels, on the Llama-3-8B shape, into $OUT/profile.md) and
+# with graphs, issue 12's item 5; NCU_BATCH, NCU_STEPS; into $OUT/ncu-step.md;
+# NCU_DETAIL="kernel:batch ..." adds Nsight Compute's sections of single kernels), `profile` (where the GPU time goes, bench --profile-kernels, on the Llama-3-8B shape, into $OUT/profile.md) and
 # `serve` (serve on cuda + bench serve with 1, 8, 32 clients) and `deepseek` (a DeepSeek-V3-shaped model of
 # DS_LAYERS=4 layers written by scripts/make_random_deepseek.py: hybrid and all-GPU logits against the CPU's, the
 # routing spread, speed beside llama.cpp; ~20 GB on disk) and `serve-hybrid` (the Qwen3-30B-A3B shape, experts on
@@ -446,6 +447,15 @@ for n, (c, t) in sorted(agg.items(), key=lambda kv: -kv[1][1]):
     print(f"| {n[:60]} | {c / len(last):.0f} | {t / c:.2f} | {t / len(last):.1f} | {100 * t / len(last) / per:.1f}% |")
 PY
     head -1 "$out/ncu-step.md" | tee -a "$summary"
+    # Details (speed of light, occupancy, warp states, memory) of single kernels: NCU_DETAIL="kernel:batch ...".
+    for kb in ${NCU_DETAIL:-}; do
+      k=${kb%%:*}; b=${kb##*:}
+      timeout 120 "$ncu" --kernel-name "$k" --launch-skip 20 --launch-count 1 --section SpeedOfLight --section Occupancy \
+        --section LaunchStats --section WarpStateStats --section MemoryWorkloadAnalysis --section SchedulerStats \
+        "$bin" bench --model $m --device cuda -p 0 -n 8 -b $b -r 1 --no-cuda-graphs > "$out/ncu-$k-b$b.txt" 2>>"$log"
+      grep -E "Duration|Registers Per|Achieved Occupancy|DRAM Throughput|Warp Cycles Per Issued|Block Limit" "$out/ncu-$k-b$b.txt" \
+        | sed "s/^/$k b$b: /" >> "$summary"
+    done
   else
     say "ncu not found: decode step kernels not timed"
   fi
