@@ -774,9 +774,12 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     static let mmfStreamMax = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_MMF_STREAM_MAX"].flatMap { Int($0) } ?? 32
     static let mmfTileStride = 260  // KT_MMFT_STRIDE
     static let streamRows = 8    // KT_MVS_ROWS
-    /// The integer-dot matrix-vector kernels' one-token forms at n = 1 (`KTRANSFORMERS_CUDA_MV1=0`: the general
-    /// ones, for measurements; the same bits either way).
+    /// The one-token forms at n = 1: the integer-dot matrix-vector kernels' and the split-tf32 mmf_q4_K_one
+    /// (`KTRANSFORMERS_CUDA_MV1=0`: the general ones, for measurements; the same bits either way).
     static let oneTokenForms = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_MV1"] != "0"
+    /// At most this many blocks for the persistent one-token kernels (tests: one block, so that its warps walk
+    /// several items each); nil: as many as the GPU holds at once.
+    nonisolated(unsafe) public static var persistentBlocksCap: Int?
     static let streamMatvecEnabled = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_STREAM_MATVEC"] != "0"
     /// Token counts from which the streaming kernels run (every form: the integer-dot matvec, the f32-activation
     /// stream, the routed experts' streams; the tiles start at 9 anyway). Measured on an H200 (2026-12-05, Llama-3-8B
@@ -994,6 +997,12 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
             launch(stream, "mmf_stream_\(g.tag)_\(nt) \(rows)x\(cols)",
                    grid: (min((tiles * splits + 3) / 4, multiprocessors * perSM), (n + 8 * nt - 1) / (8 * nt), 1),
                    block: 128, shared: streamShared, args)
+        } else if n == 1, Self.oneTokenForms, let one = g.tensorCoreF32One {
+            // Batch-1 decode: persistent warps with the next super-block's loads in flight, the same bits.
+            let items = tiles * splits
+            launch(one, "mmf_\(g.tag)_one \(rows)x\(cols)",
+                   grid: (min((items + 3) / 4, Self.persistentBlocksCap ?? multiprocessors * blocksPerSM(one, threads: 128, shared: 0)), 1, 1),
+                   block: 128, args)
         } else {
             launch(nt == 1 ? f : g.tensorCoreF32Tiles!, "mmf_\(g.tag)_\(nt) \(rows)x\(cols)",
                    grid: ((tiles * splits + 3) / 4, (n + 8 * nt - 1) / (8 * nt), 1), block: 128, args)
@@ -1297,6 +1306,8 @@ final class CUDAWeight: @unchecked Sendable {
     /// are.
     let tensorCoreF32: CUDADriver.Handle?
     let tensorCoreF32Tiles: CUDADriver.Handle?
+    /// The one-token form (batch-1 decode; persistent, loads one super-block ahead), where there is one (Q4_K).
+    let tensorCoreF32One: CUDADriver.Handle?
     let tensorCoreF32Experts: CUDADriver.Handle?
     /// The block-tiled form for prefill (inputs staged in shared memory for 4 warps), where there is one.
     let tensorCoreF32Block: CUDADriver.Handle?
@@ -1330,6 +1341,7 @@ final class CUDAWeight: @unchecked Sendable {
         tensorCoreTiles = tag == "q4_K" ? kernels.function("mmq_q4_K") : nil
         tensorCoreF32 = tag == "q4_K" || tag == "q6_K" ? kernels.function("mmf_\(tag)_1") : nil
         tensorCoreF32Tiles = tag == "q4_K" || tag == "q6_K" ? kernels.function("mmf_\(tag)_4") : nil
+        tensorCoreF32One = tag == "q4_K" ? kernels.function("mmf_q4_K_one") : nil
         tensorCoreF32Experts = tag == "q4_K" || tag == "q6_K" ? kernels.function("mmf_experts_\(tag)") : nil
         tensorCoreF32Block = tag == "q4_K" ? kernels.function("mmf_tile_q4_K") : nil
         tensorCoreF32Stream = tag == "q4_K" || tag == "q6_K"

@@ -73,6 +73,23 @@ final class CUDAStreamingConformanceTests: XCTestCase {
     }
 }
 
+/// The matmul checks with the persistent one-token kernels (batch-1 decode) on one block, so that each warp walks
+/// several (tile, split) items and loads the next item's weights while it computes: still the bits of the batches.
+final class CUDAOneTokenConformanceTests: XCTestCase {
+    func testOneTokenKernelsOnOneBlock() throws {
+        guard let backend = try CUDABackend.makeIfPresent() else {
+            throw XCTSkip("no CUDA driver/GPU and no CUDA emulator here: CUDA one-token conformance skipped")
+        }
+        CUDABackend.persistentBlocksCap = 1
+        defer { CUDABackend.persistentBlocksCap = nil }
+        let c = BackendConformance(name: "cuda, one-token kernels on one block", backend: backend)
+        for name in ["matmul", "chainedOps"] {
+            let check = try XCTUnwrap(BackendConformance.checks.first { $0.name == name })
+            for f in Expect.collect({ try check.run(c) }) { XCTFail("[cuda one block] \(name): \(f)") }
+        }
+    }
+}
+
 /// The prefill conformance check with the GEMMs' weight scratch shrunk to 40 rows of 512: every matrix is decoded
 /// and multiplied in chunks of rows (the path of matrices over 256 MiB in f16, such as a large vocabulary's output).
 final class CUDAGemmChunksConformanceTests: XCTestCase {

@@ -506,14 +506,32 @@ struct KtMmfQ4K {
                                                    const float* xlo, const float* xsum, int xStride, i64 xOff,
                                                    int sStride, int sOff, int t0, int tEnd, int g, int t,
                                                    float (*acc)[4], const int* order) {
-        uint4 hA = *(const uint4*)(rowA + (i64)sb * 144), hB = *(const uint4*)(rowB + (i64)sb * 144);
+        compute<NT>(load(rowA, rowB, sb, t), xhi, xlo, xsum, xStride, xOff, sStride, sOff, t0, tEnd, g, t, acc, order);
+    }
+    // Super-block sb's bytes of rows g (A) and g + 8 (B) that lane t uses: the headers and its 8 bytes of each
+    // 32-byte quant row.
+    struct Regs {
+        uint4 hA, hB;
         uint2 qa[4], qb[4];
+    };
+    __device__ __forceinline__ static Regs load(const u8* rowA, const u8* rowB, int sb, int t) {
+        Regs r;
+        r.hA = *(const uint4*)(rowA + (i64)sb * 144);
+        r.hB = *(const uint4*)(rowB + (i64)sb * 144);
         for (int p = 0; p < 4; p++) {
-            qa[p] = *(const uint2*)(rowA + (i64)sb * 144 + 16 + 32 * p + 8 * t);
-            qb[p] = *(const uint2*)(rowB + (i64)sb * 144 + 16 + 32 * p + 8 * t);
+            r.qa[p] = *(const uint2*)(rowA + (i64)sb * 144 + 16 + 32 * p + 8 * t);
+            r.qb[p] = *(const uint2*)(rowB + (i64)sb * 144 + 16 + 32 * p + 8 * t);
         }
-        const u8* ha = (const u8*)&hA;
-        const u8* hb = (const u8*)&hB;
+        return r;
+    }
+    template <int NT>
+    __device__ __forceinline__ static void compute(const Regs& r, const float* xhi, const float* xlo, const float* xsum,
+                                                   int xStride, i64 xOff, int sStride, int sOff, int t0, int tEnd,
+                                                   int g, int t, float (*acc)[4], const int* order) {
+        const uint2* qa = r.qa;
+        const uint2* qb = r.qb;
+        const u8* ha = (const u8*)&r.hA;
+        const u8* hb = (const u8*)&r.hB;
         float dA = kt_f16(ha), mA = kt_f16(ha + 2), dB = kt_f16(hb), mB = kt_f16(hb + 2);
 #pragma unroll
         for (int G = 0; G < 8; G++) {
@@ -634,6 +652,57 @@ __device__ __forceinline__ void kt_mmf(const u8* W, i64 rowBytes, int rows, int 
                 else out[((i64)split * n + tok) * rows + r] = acc[j][e];
             }
         }
+}
+
+// mmf_q4_K_1 for one token (batch-1 decode), with its arithmetic (the bits of kt_mmf<KtMmfQ4K, 1> at n = 1):
+// persistent warps walk the (tile, split) items of mmf_q4_K_1 (item w + k · all warps), loading each super-block's
+// weights while the one before computes (across items too), so a warp always has a load in flight and the grid
+// is one wave. Grid (resident blocks), 128 threads; arguments as mmf_q4_K_1.
+extern "C" __global__ void __launch_bounds__(128) mmf_q4_K_one(const u8* W, i64 rowBytes, int rows, int cols,
+        const float* xhi, const float* xlo, const float* xsum, float* out, int n, int splitSB) {
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    int tiles = (rows + 15) / 16, nsb = cols / 256, splits = (nsb + splitSB - 1) / splitSB, items = tiles * splits;
+    int stride = gridDim.x * 4;
+    int w = blockIdx.x * 4 + warp;
+    if (w >= items) return;
+    // Item v's rows g and g + 8 and its first and end super-blocks.
+    auto rowsOf = [&](int v, const u8** a, const u8** b, int* s0, int* s1) {
+        int tile = v % tiles, split = v / tiles;
+        *a = W + (i64)min(tile * 16 + g, rows - 1) * rowBytes;
+        *b = W + (i64)min(tile * 16 + g + 8, rows - 1) * rowBytes;
+        *s0 = split * splitSB;
+        *s1 = min(nsb, *s0 + splitSB);
+    };
+    const u8 *rowA, *rowB;
+    int sb0, sb1;
+    rowsOf(w, &rowA, &rowB, &sb0, &sb1);
+    KtMmfQ4K::Regs cur = KtMmfQ4K::load(rowA, rowB, sb0, t);
+    for (;;) {
+        float acc[1][4] = {{0.0f, 0.0f, 0.0f, 0.0f}};
+        int wn = w + stride;
+        const u8 *nA = rowA, *nB = rowB;
+        int n0 = 0, n1 = 0;
+        if (wn < items) rowsOf(wn, &nA, &nB, &n0, &n1);
+        for (int sb = sb0; sb < sb1; sb++) {
+            KtMmfQ4K::Regs next = cur;
+            if (sb + 1 < sb1) next = KtMmfQ4K::load(rowA, rowB, sb + 1, t);
+            else if (wn < items) next = KtMmfQ4K::load(nA, nB, n0, t);
+            KtMmfQ4K::compute<1>(cur, xhi, xlo, xsum, cols, (i64)sb * 256, cols / 32, sb * 8, 0, 1, g, t, acc, nullptr);
+            cur = next;
+        }
+        if (t == 0) {
+            int tile = w % tiles, split = w / tiles;
+            for (int e = 0; e < 4; e += 2) {
+                int r = tile * 16 + g + 8 * (e >> 1);
+                if (r < rows) {
+                    if (splits == 1) out[r] = acc[0][e];
+                    else out[(i64)split * n * rows + r] = acc[0][e];
+                }
+            }
+        }
+        if (wn >= items) break;
+        w = wn; rowA = nA; rowB = nB; sb0 = n0; sb1 = n1;
+    }
 }
 
 // The kernels of a format: mmf_<name>_1 / _4 (8 or 32 tokens a warp; grid (ceil(tiles · splits / 4),
