@@ -415,7 +415,8 @@ if has ncu; then
   if [ -n "$ncu" ]; then
     say "## decode step kernels by Nsight Compute (Llama-3-8B shape, batch ${NCU_BATCH:-1}), $(date -u +%FT%TZ)"
     wall=$("$bin" bench --model $m --device cuda -p 0 -n 128 -b ${NCU_BATCH:-1} -r 2 --json 2>>"$log")
-    timeout ${NCU_TIMEOUT:-240} "$ncu" --metrics gpu__time_duration.sum --csv --print-units base --launch-count 3000 \
+    timeout ${NCU_TIMEOUT:-240} "$ncu" --clock-control none --cache-control none --metrics gpu__time_duration.sum --csv \
+      --print-units base --launch-count 3000 \
       "$bin" bench --model $m --device cuda -p 0 -n ${NCU_STEPS:-3} -b ${NCU_BATCH:-1} -r 1 --no-cuda-graphs \
       > /tmp/kt-ncu.csv 2>>"$log"
     python3 - /tmp/kt-ncu.csv "$wall" ${NCU_BATCH:-1} > "$out/ncu-step.md" 2>>"$log" <<'PY' || true
@@ -435,7 +436,7 @@ per = sum(sum(d for _, d in s) for s in last) / len(last)
 runs = json.loads(sys.argv[2])
 tps = [r for r in runs if r["test"].startswith("tg")][0]["tokens_per_second"]
 batch = int(sys.argv[3])
-wall = 1000.0 * batch / tps
+wall = 1e6 * batch / tps  # µs per step (bench reports the batch's total tokens/s)
 print(f"batch {batch}: {len(last[0])} kernels per step, {per:.1f} µs of kernels; step wall with graphs {wall:.1f} µs "
       f"({tps:.1f} t/s): wall / kernels = {wall / per:.3f} (bar 1.1)\n")
 agg = {}
@@ -450,7 +451,7 @@ PY
     # Details (speed of light, occupancy, warp states, memory) of single kernels: NCU_DETAIL="kernel:batch ...".
     for kb in ${NCU_DETAIL:-}; do
       k=${kb%%:*}; b=${kb##*:}
-      timeout 120 "$ncu" --kernel-name "$k" --launch-skip 20 --launch-count 1 --section SpeedOfLight --section Occupancy \
+      timeout 120 "$ncu" --clock-control none --kernel-name "$k" --launch-skip 20 --launch-count 1 --section SpeedOfLight --section Occupancy \
         --section LaunchStats --section WarpStateStats --section MemoryWorkloadAnalysis --section SchedulerStats \
         "$bin" bench --model $m --device cuda -p 0 -n 8 -b $b -r 1 --no-cuda-graphs > "$out/ncu-$k-b$b.txt" 2>>"$log"
       grep -E "Duration|Registers Per|Achieved Occupancy|DRAM Throughput|Warp Cycles Per Issued|Block Limit" "$out/ncu-$k-b$b.txt" \

@@ -780,6 +780,8 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     /// At most this many blocks for the persistent one-token kernels (tests: one block, so that its warps walk
     /// several items each); nil: as many as the GPU holds at once.
     nonisolated(unsafe) public static var persistentBlocksCap: Int?
+    /// Threads of a row norm's block (KT_NORM_THREADS in ops.cu).
+    static let normThreads = 512
     static let streamMatvecEnabled = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_STREAM_MATVEC"] != "0"
     /// Token counts from which the streaming kernels run (every form: the integer-dot matvec, the f32-activation
     /// stream, the routed experts' streams; the tiles start at 9 anyway). Measured on an H200 (2026-12-05, Llama-3-8B
@@ -912,13 +914,13 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         // Packed rows as wide as an integer-dot matmul's input: also write their Q8_K form, which the matmul that
         // reads `out` next takes instead of quantizing it again.
         if stride == dim, let q = quantizedTarget(rows: rows, dim: dim) {
-            launch("rms_norm_q8K", grid: (rows, 1, 1), block: 256,
+            launch("rms_norm_q8K", grid: (rows, 1, 1), block: Self.normThreads,
                    [.ptr(x.address), .ptr(weight.address), .ptr(out.address), .i32(dim), .f32(eps), .ptr(q.0), .ptr(q.1),
                     .ptr(q.2)])
             preparedQuantized = Prepared(address: out.address, count: rows * dim, launch: launches)
             return
         }
-        launch("rms_norm", grid: (rows, 1, 1), block: 256,
+        launch("rms_norm", grid: (rows, 1, 1), block: Self.normThreads,
                [.ptr(x.address), .ptr(weight.address), .ptr(out.address), .i32(dim), .i64(stride), .f32(eps)])
     }
 
@@ -926,7 +928,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         current()
         // As rmsNorm: the output's Q8_K form too when an integer-dot matmul can take it next.
         let q = quantizedTarget(rows: rows, dim: dim)
-        launch("add_rms_norm", grid: (rows, 1, 1), block: 256,
+        launch("add_rms_norm", grid: (rows, 1, 1), block: Self.normThreads,
                [.ptr(x.address), .ptr(y.address), .ptr(weight.address), .ptr(out.address), .i32(dim), .f32(eps),
                 .ptr(q?.0 ?? 0), .ptr(q?.1 ?? 0), .ptr(q?.2 ?? 0)])
         if q != nil { preparedQuantized = Prepared(address: out.address, count: rows * dim, launch: launches) }
@@ -934,7 +936,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
 
     public func rmsNormRows(_ x: Tensor, indices: Tensor, count: Int, weight: Tensor, out: Tensor, dim: Int, eps: Float) {
         current()
-        launch("rms_norm_rows", grid: (count, 1, 1), block: 256,
+        launch("rms_norm_rows", grid: (count, 1, 1), block: Self.normThreads,
                [.ptr(x.address), .ptr(indices.address), .ptr(weight.address), .ptr(out.address), .i32(dim), .f32(eps)])
     }
 

@@ -3,6 +3,9 @@
 // One row's RMS norm by the whole block: o = x / rms(x) · w (o may be x). Rows of whole, aligned float4s up to
 // 8 per thread are held in registers (one read of x; kt_rms_norm_vec); others take the plain two-pass loop.
 #define KT_NORM_VEC 8
+// Threads of a row norm's block (every row norm kernel: the reduction order, hence the bits, depends on it); 16
+// warps, so that a 4096-wide row's Q8_K blocks are quantized one a warp.
+#define KT_NORM_THREADS 512
 __device__ __forceinline__ bool kt_norm_vec_ok(int dim, const void* a, const void* b, const void* c) {
     return (dim & 3) == 0 && dim / 4 <= KT_NORM_VEC * (int)blockDim.x && (((size_t)a | (size_t)b | (size_t)c) & 15) == 0;
 }
@@ -11,6 +14,12 @@ __device__ __forceinline__ bool kt_norm_vec_ok(int dim, const void* a, const voi
 __device__ __forceinline__ void kt_rms_norm_vec(const float4* v, const float* w, float* o, int dim, float eps,
                                                 float* scratch, float* so) {
     int nv = dim / 4;
+    // The weights are loaded before the reduction, so that their latency overlaps it.
+    float4 wv[KT_NORM_VEC];
+    for (int k = 0; k < KT_NORM_VEC; k++) {
+        int i = threadIdx.x + k * blockDim.x;
+        wv[k] = i < nv ? ((const float4*)w)[i] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    }
     float ss = 0.0f;
     for (int k = 0; k < KT_NORM_VEC; k++)
         ss += v[k].x * v[k].x + v[k].y * v[k].y + v[k].z * v[k].z + v[k].w * v[k].w;
@@ -19,7 +28,7 @@ __device__ __forceinline__ void kt_rms_norm_vec(const float4* v, const float* w,
     for (int k = 0; k < KT_NORM_VEC; k++) {
         int i = threadIdx.x + k * blockDim.x;
         if (i < nv) {
-            float4 ww = ((const float4*)w)[i];
+            float4 ww = wv[k];
             float4 r = make_float4(v[k].x * scale * ww.x, v[k].y * scale * ww.y, v[k].z * scale * ww.z, v[k].w * scale * ww.w);
             ((float4*)o)[i] = r;
             if (so) ((float4*)so)[i] = r;
@@ -56,8 +65,8 @@ __device__ __forceinline__ void kt_norm_quantize(const float* src, int dim, i64 
         kt_quantize_q8K_block(src + b * 256, q + row * dim + b * 256, d + row * (dim / 256) + b, sums + row * (dim / 16) + b * 16);
 }
 
-// out[r] = x[r] / rms(x[r]) · w for rows at stride `stride`; grid rows, 256 threads. In place when out == x.
-extern "C" __global__ void __launch_bounds__(256) rms_norm(const float* x, const float* w, float* out, int dim,
+// out[r] = x[r] / rms(x[r]) · w for rows at stride `stride`; grid rows, KT_NORM_THREADS threads. In place when out == x.
+extern "C" __global__ void __launch_bounds__(KT_NORM_THREADS) rms_norm(const float* x, const float* w, float* out, int dim,
                                                            i64 stride, float eps) {
     __shared__ float scratch[32];
     const float* xr = x + (i64)blockIdx.x * stride;
@@ -66,8 +75,8 @@ extern "C" __global__ void __launch_bounds__(256) rms_norm(const float* x, const
 }
 
 // rms_norm of packed rows (stride = dim, dim a multiple of 256) that also writes the output's Q8_K quantization as
-// quantize_q8_K would from it (the integer-dot matmul that reads the output next skips its own); grid rows, 256 threads.
-extern "C" __global__ void __launch_bounds__(256) rms_norm_q8K(const float* x, const float* w, float* out, int dim,
+// quantize_q8_K would from it (the integer-dot matmul that reads the output next skips its own); grid rows, KT_NORM_THREADS threads.
+extern "C" __global__ void __launch_bounds__(KT_NORM_THREADS) rms_norm_q8K(const float* x, const float* w, float* out, int dim,
                                                                float eps, i8* q, float* d, int* sums) {
     __shared__ float scratch[32];
     __shared__ __align__(16) float so[KT_NORM_SHARED];
@@ -82,8 +91,8 @@ extern "C" __global__ void __launch_bounds__(256) rms_norm_q8K(const float* x, c
 
 // y += x, then out = rms_norm(y), for packed rows (one block per row): add_into's and rms_norm's bits. With q != null
 // (dim a multiple of 256) also the Q8_K form of out, as rms_norm_q8K. The sum stays in registers for the norm and
-// the normed row in shared memory for the quantization. Grid rows, 256 threads.
-extern "C" __global__ void __launch_bounds__(256) add_rms_norm(const float* x, float* y, const float* w, float* out,
+// the normed row in shared memory for the quantization. Grid rows, KT_NORM_THREADS threads.
+extern "C" __global__ void __launch_bounds__(KT_NORM_THREADS) add_rms_norm(const float* x, float* y, const float* w, float* out,
                                                                int dim, float eps, i8* q, float* d, int* sums) {
     __shared__ float scratch[32];
     __shared__ __align__(16) float so[KT_NORM_SHARED];
@@ -115,8 +124,8 @@ extern "C" __global__ void __launch_bounds__(256) add_rms_norm(const float* x, f
     kt_norm_quantize(shared ? so : o, dim, row, q, d, sums);
 }
 
-// out[i] = norm(x[indices[i]]); grid count, 256 threads.
-extern "C" __global__ void __launch_bounds__(256) rms_norm_rows(const float* x, const int* indices, const float* w,
+// out[i] = norm(x[indices[i]]); grid count, KT_NORM_THREADS threads.
+extern "C" __global__ void __launch_bounds__(KT_NORM_THREADS) rms_norm_rows(const float* x, const int* indices, const float* w,
                                                                 float* out, int dim, float eps) {
     __shared__ float scratch[32];
     const float* xr = x + (i64)indices[blockIdx.x] * dim;
