@@ -160,10 +160,11 @@ if has bench; then
   fi
   if [ -n "${DECODE_AB:-}" ]; then
     # Batch-1 decode under the kernel switches (same bits, different speed): the general matrix-vector kernels at
-    # n = 1, the streaming forms (weights through shared memory) from one token.
+    # n = 1: a warp per row (the one-token forms) and the general kernels.
     kdec() { env "$@" "$bin" bench --model $m --device cuda -p 0 -n $tg -r 2 2>>"$log" | tail -1 | sed "s/\$/ ($*)/" | tee -a "$summary"; }
+    kdec KTRANSFORMERS_CUDA_MV1=warp
     kdec KTRANSFORMERS_CUDA_MV1=0
-    kdec KTRANSFORMERS_CUDA_STREAM_MIN=1
+
   fi
   if [ -n "${MOE:-}" ]; then
     make_model qwen3-30b-a3b /tmp/qwen3-30b-a3b$sfx.gguf
@@ -187,10 +188,11 @@ if has baseline && [ -d .baseline/llama.cpp ] && [ -z "${SMOKE:-}" ]; then
   "$lb/llama-batched-bench" -m /tmp/llama3-8b.gguf -ngl 99 -fa 1 -c 8192 -npp 0 -ntg 64 -npl 1,8,32 2>>"$log" | grep -E "^\|" | tee -a "$summary"
   if [ -n "${DECODE_AB:-}" ]; then
     # Batch-1 decode under the kernel switches (same bits, different speed): the general matrix-vector kernels at
-    # n = 1, the streaming forms (weights through shared memory) from one token.
+    # n = 1: a warp per row (the one-token forms) and the general kernels.
     kdec() { env "$@" "$bin" bench --model $m --device cuda -p 0 -n $tg -r 2 2>>"$log" | tail -1 | sed "s/\$/ ($*)/" | tee -a "$summary"; }
+    kdec KTRANSFORMERS_CUDA_MV1=warp
     kdec KTRANSFORMERS_CUDA_MV1=0
-    kdec KTRANSFORMERS_CUDA_STREAM_MIN=1
+
   fi
   if [ -n "${MOE:-}" ]; then
     make_model qwen3-30b-a3b /tmp/qwen3-30b-a3b.gguf
