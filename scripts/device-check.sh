@@ -159,12 +159,11 @@ if has bench; then
     done
   fi
   if [ -n "${DECODE_AB:-}" ]; then
-    # Batch-1 decode under the kernel switches (same bits, different speed): the general matrix-vector kernels at
-    # n = 1: a warp per row (the one-token forms) and the general kernels.
+    # Batch-1 decode under the kernel switches (same bits, different speed): a warp per row (the one-token forms),
+    # and the general kernels.
     kdec() { env "$@" "$bin" bench --model $m --device cuda -p 0 -n $tg -r 2 2>>"$log" | tail -1 | sed "s/\$/ ($*)/" | tee -a "$summary"; }
     kdec KTRANSFORMERS_CUDA_MV1=warp
     kdec KTRANSFORMERS_CUDA_MV1=0
-
   fi
   if [ -n "${MOE:-}" ]; then
     make_model qwen3-30b-a3b /tmp/qwen3-30b-a3b$sfx.gguf
@@ -186,14 +185,6 @@ if has baseline && [ -d .baseline/llama.cpp ] && [ -z "${SMOKE:-}" ]; then
   make_model llama3-8b /tmp/llama3-8b.gguf
   "$lb/llama-bench" -m /tmp/llama3-8b.gguf -ngl 99 -fa 1 -p 512 -n 128 -r 3 2>>"$log" | tee -a "$summary"
   "$lb/llama-batched-bench" -m /tmp/llama3-8b.gguf -ngl 99 -fa 1 -c 8192 -npp 0 -ntg 64 -npl 1,8,32 2>>"$log" | grep -E "^\|" | tee -a "$summary"
-  if [ -n "${DECODE_AB:-}" ]; then
-    # Batch-1 decode under the kernel switches (same bits, different speed): the general matrix-vector kernels at
-    # n = 1: a warp per row (the one-token forms) and the general kernels.
-    kdec() { env "$@" "$bin" bench --model $m --device cuda -p 0 -n $tg -r 2 2>>"$log" | tail -1 | sed "s/\$/ ($*)/" | tee -a "$summary"; }
-    kdec KTRANSFORMERS_CUDA_MV1=warp
-    kdec KTRANSFORMERS_CUDA_MV1=0
-
-  fi
   if [ -n "${MOE:-}" ]; then
     make_model qwen3-30b-a3b /tmp/qwen3-30b-a3b.gguf
     "$lb/llama-bench" -m /tmp/qwen3-30b-a3b.gguf -ngl 99 -fa 1 -p 512 -n 128 -r 3 2>>"$log" | tee -a "$summary"
