@@ -159,11 +159,11 @@ if has bench; then
     done
   fi
   if [ -n "${DECODE_AB:-}" ]; then
-    # Batch-1 decode under the kernel switches (same bits, different speed): a warp per row (the one-token forms),
-    # and the general kernels.
+    # Batch-1 decode under the kernel switches (same bits, different speed): the general kernels instead of the
+    # one-token forms, and the f32-activation down projection's general kernel alone.
     kdec() { env "$@" "$bin" bench --model $m --device cuda -p 0 -n $tg -r 2 2>>"$log" | tail -1 | sed "s/\$/ ($*)/" | tee -a "$summary"; }
-    kdec KTRANSFORMERS_CUDA_MV1=warp
     kdec KTRANSFORMERS_CUDA_MV1=0
+    kdec KTRANSFORMERS_CUDA_MMF_ONE=0
   fi
   if [ -n "${MOE:-}" ]; then
     make_model qwen3-30b-a3b /tmp/qwen3-30b-a3b$sfx.gguf

@@ -625,7 +625,6 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         let args: [KernelArg] = [.ptr(g.address), .i64(g.rowBytes), .i32(rows), .i32(cols), .ptr(input.0), .ptr(input.1),
                                  .ptr(input.2), .ptr(y.address), .i32(n)]
         if streamMatmul(g, [(g.address, rows, y.address)], cols: cols, input: input, n: n) { return }
-        if oneTokenMatvec(g, [(g.address, rows, y.address)], cols: cols, input: input, n: n) { return }
         if n >= Self.mmqMinTokens, let tiles = g.tensorCoreTiles {
             launch(tiles, "mmq_\(g.tag) \(rows)x\(cols)", grid: ((rows + 63) / 64, (n + 63) / 64, 1), block: 128, args)
         } else {
@@ -633,20 +632,6 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
             launch(one ?? g.integerDot!, "matvec_\(g.tag)_q8\(one == nil ? "" : "_1") \(rows)x\(cols)",
                    grid: ((rows + 3) / 4, (n + 7) / 8, 1), block: 128, args)
         }
-    }
-
-    /// Batch-1 decode with Q4_K rows of at most 32 super-blocks: matvec_q4_K_q8_sb (a lane per super-block, the
-    /// bits of the others) for up to three matrices in one launch; false where it does not apply.
-    private func oneTokenMatvec(_ g: CUDAWeight, _ parts: [(address: UInt, rows: Int, y: UInt)], cols: Int,
-                                input: (UInt, UInt, UInt), n: Int) -> Bool {
-        guard n == 1, Self.oneTokenKernel == .lanePerSuperBlock, let f = g.integerDotLanes, cols % 256 == 0,
-              cols / 256 <= 32 else { return false }
-        let perWarp = 32 / (cols / 256), rows = parts.reduce(0) { $0 + $1.rows }
-        let p = parts + [(UInt, Int, UInt)](repeating: (0, 0, 0), count: 3 - parts.count)
-        launch(f, "matvec_\(g.tag)_q8_sb \(rows)x\(cols)", grid: ((rows + 4 * perWarp - 1) / (4 * perWarp), 1, 1), block: 128,
-               [.ptr(p[0].0), .ptr(p[1].0), .ptr(p[2].0), .i64(g.rowBytes), .i32(p[0].1), .i32(p[1].1), .i32(p[2].1),
-                .i32(cols), .ptr(input.0), .ptr(input.1), .ptr(input.2), .ptr(p[0].2), .ptr(p[1].2), .ptr(p[2].2)])
-        return true
     }
 
     /// The streaming kernels for up to three matrices of one integer-dot format and width: the matrix-vector
@@ -789,18 +774,13 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     static let mmfStreamMax = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_MMF_STREAM_MAX"].flatMap { Int($0) } ?? 32
     static let mmfTileStride = 260  // KT_MMFT_STRIDE
     static let streamRows = 8    // KT_MVS_ROWS
-    /// The one-token kernels at n = 1 (the same bits either way): `KTRANSFORMERS_CUDA_MV1` = `sb` (default: Q4_K
-    /// rows a lane per super-block, matvec_q4_K_q8_sb; the others' one-token forms; mmf_q4_K_one), `warp` (a warp
-    /// per row, the one-token forms), `0` (the general kernels), for measurements.
-    enum OneTokenKernel { case lanePerSuperBlock, warpPerRow, general }
-    static let oneTokenKernel: OneTokenKernel = {
-        switch ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_MV1"] {
-        case "0": return .general
-        case "warp": return .warpPerRow
-        default: return .lanePerSuperBlock
-        }
-    }()
-    static var oneTokenForms: Bool { oneTokenKernel != .general }
+    /// The one-token forms at n = 1: the integer-dot matrix-vector kernels' and the split-tf32 mmf_q4_K_one
+    /// (`KTRANSFORMERS_CUDA_MV1=0`: the general ones, for measurements; the same bits either way). A lane per
+    /// Q4_K super-block instead of a warp per row was measured slower on the H100 (tg128 216 against 232 t/s: each
+    /// lane's 16-byte loads at a 144-byte stride keep the L1 at 95%), and dropped.
+    static let oneTokenForms = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_MV1"] != "0"
+    /// `KTRANSFORMERS_CUDA_MMF_ONE=0`: mmf_q4_K_1 at n = 1 instead of mmf_q4_K_one (measurements; the same bits).
+    static let mmfOneEnabled = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_MMF_ONE"] != "0"
     /// At most this many blocks for the persistent one-token kernels (tests: one block, so that its warps walk
     /// several items each); nil: as many as the GPU holds at once.
     nonisolated(unsafe) public static var persistentBlocksCap: Int?
@@ -1023,7 +1003,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
             launch(stream, "mmf_stream_\(g.tag)_\(nt) \(rows)x\(cols)",
                    grid: (min((tiles * splits + 3) / 4, multiprocessors * perSM), (n + 8 * nt - 1) / (8 * nt), 1),
                    block: 128, shared: streamShared, args)
-        } else if n == 1, Self.oneTokenForms, let one = g.tensorCoreF32One {
+        } else if n == 1, Self.oneTokenForms, Self.mmfOneEnabled, let one = g.tensorCoreF32One {
             // Batch-1 decode: persistent warps with the next super-block's loads in flight, the same bits.
             let items = tiles * splits
             launch(one, "mmf_\(g.tag)_one \(rows)x\(cols)",
@@ -1077,7 +1057,6 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
             var parts = [(gs[0].address, w0.rows, y0.address), (gs[1].address, w1.rows, y1.address)]
             if let y2, gs.count > 2 { parts.append((gs[2].address, r2, y2.address)) }
             if streamMatmul(gs[0], parts, cols: w0.cols, input: q, n: n) { return }
-            if oneTokenMatvec(gs[0], parts, cols: w0.cols, input: q, n: n) { return }
             let one = n == 1 && Self.oneTokenForms ? gs[0].integerDotGroupOne : nil
             launch(one ?? grouped, "matvec_\(gs[0].tag)_q8_3\(one == nil ? "" : "_1") \(rows)x\(w0.cols)",
                    grid: ((rows + 3) / 4, (n + 7) / 8, 1), block: 128,
@@ -1323,8 +1302,6 @@ final class CUDAWeight: @unchecked Sendable {
     /// Both compiled for one token alone (batch-1 decode: fewer registers; the same bits).
     let integerDotOne: CUDADriver.Handle?
     let integerDotGroupOne: CUDADriver.Handle?
-    /// Its batch-1 kernel a lane per super-block (up to three matrices), where there is one (Q4_K).
-    let integerDotLanes: CUDADriver.Handle?
     /// Its form for routed experts (each pair's expert through the ids in device memory).
     let integerExperts: CUDADriver.Handle?
     /// Its streaming form (decode: rows staged through shared memory by cp.async; up to three matrices).
@@ -1365,7 +1342,6 @@ final class CUDAWeight: @unchecked Sendable {
         integerDotGroup = tag == "q4_K" || tag == "q6_K" ? kernels.function("matvec_\(tag)_q8_3") : nil
         integerDotOne = tag == "q4_K" || tag == "q6_K" ? kernels.function("matvec_\(tag)_q8_1") : nil
         integerDotGroupOne = tag == "q4_K" || tag == "q6_K" ? kernels.function("matvec_\(tag)_q8_3_1") : nil
-        integerDotLanes = tag == "q4_K" ? kernels.function("matvec_q4_K_q8_sb") : nil
         integerExperts = tag == "q4_K" || tag == "q6_K" ? kernels.function("matvec_experts_\(tag)_q8") : nil
         integerDotStream = tag == "q4_K" || tag == "q6_K" ? kernels.function("matvec_stream_\(tag)_q8") : nil
         tensorCoreTiles = tag == "q4_K" ? kernels.function("mmq_q4_K") : nil

@@ -288,62 +288,6 @@ extern "C" __global__ void __launch_bounds__(128) matvec_experts_##name##_q8(con
 KT_MV_INT(q4_K, kt_mv_q4_K)
 KT_MV_INT(q6_K, kt_mv_q6_K)
 
-// Q4_K rows · one Q8_K token (batch-1 decode), a lane per super-block: the lanes of a warp take whole rows of
-// nsb = cols / 256 ≤ 32 super-blocks (32 / nsb rows a warp), each lane one super-block's 144 bytes (nine 16-byte
-// loads) and its 256 inputs, so its integer sums need no shuffles; the row's parts are then added in super-block
-// order from 0 (every lane of the row gathers them by shuffles): kt_mv_q4_K's arithmetic, its bits, with about a
-// quarter of its instructions. Up to three matrices of one width (rows of 0, then 1, then 2); grid
-// (ceil(rows / (4 · (32 / nsb))), 1), 128 threads.
-extern "C" __global__ void __launch_bounds__(128) matvec_q4_K_q8_sb(const u8* W0, const u8* W1, const u8* W2,
-        i64 rowBytes, int rows0, int rows1, int rows2, int cols, const i8* xq, const float* xd, const int* xs,
-        float* y0, float* y1, float* y2) {
-    int lane = threadIdx.x & 31, nsb = cols / 256, perWarp = 32 / nsb;
-    int r = (blockIdx.x * 4 + (threadIdx.x >> 5)) * perWarp + lane / nsb, sb = lane % nsb;
-    const u8* W = W0;
-    float* y = y0;
-    bool active = lane < perWarp * nsb;
-    if (r >= rows0) { r -= rows0; W = W1; y = y1;
-        if (r >= rows1) { r -= rows1; W = W2; y = y2; if (r >= rows2) active = false; } }
-    float part = 0.0f;
-    if (active) {
-        const u8* blk = W + (i64)r * rowBytes + (i64)sb * 144;
-        uint4 head = *(const uint4*)blk;
-        uint4 q[8];
-#pragma unroll
-        for (int k = 0; k < 8; k++) q[k] = *(const uint4*)(blk + 16 + 16 * k);
-        const u8* hb = (const u8*)&head;
-        const i8* xa = xq + sb * 256;
-        const int* xsb = xs + sb * 16;
-        int i1 = 0, i2 = 0;
-#pragma unroll
-        for (int p = 0; p < 4; p++) {
-            int scLo, mLo, scHi, mHi;
-            kt_scale_min_k4(2 * p, hb + 4, &scLo, &mLo);
-            kt_scale_min_k4(2 * p + 1, hb + 4, &scHi, &mHi);
-            uint4 w0 = q[2 * p], w1 = q[2 * p + 1];
-            u32 wq[8] = {w0.x, w0.y, w0.z, w0.w, w1.x, w1.y, w1.z, w1.w};
-            uint4 a0 = *(const uint4*)(xa + 64 * p), a1 = *(const uint4*)(xa + 64 * p + 16);
-            uint4 b0 = *(const uint4*)(xa + 64 * p + 32), b1 = *(const uint4*)(xa + 64 * p + 48);
-            u32 al[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
-            u32 ah[8] = {b0.x, b0.y, b0.z, b0.w, b1.x, b1.y, b1.z, b1.w};
-            int sLo = 0, sHi = 0;
-#pragma unroll
-            for (int k = 0; k < 8; k++) {
-                sLo = __dp4a((int)(wq[k] & 0x0F0F0F0Fu), (int)al[k], sLo);
-                sHi = __dp4a((int)((wq[k] >> 4) & 0x0F0F0F0Fu), (int)ah[k], sHi);
-            }
-            int4 sums = *(const int4*)(xsb + 4 * p);
-            i1 += scLo * sLo + scHi * sHi;
-            i2 += mLo * (sums.x + sums.y) + mHi * (sums.z + sums.w);
-        }
-        part = kt_part_q4_K(xd[sb], kt_f16(hb), kt_f16(hb + 2), i1, i2);
-    }
-    int base = (lane / nsb) * nsb;
-    float acc = 0.0f;
-    for (int k = 0; k < nsb; k++) acc = __fadd_rn(acc, __shfl_sync(0xffffffffu, part, min(base + k, 31)));
-    if (active && sb == 0) y[r] = acc;
-}
-
 // ---- Streaming integer-dot matrix-vector kernels (decode) ----
 //
 // The same row bodies (kt_mv_q4_K, kt_mv_q6_K) with the rows in shared memory: persistent blocks of 8 warps walk
