@@ -40,6 +40,10 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     private var splitLow: Tensor?
     private var splitSums: Tensor?
     private var splitParts: Tensor?
+    /// Per 16-row tile of a split-tf32 matmul, the splits done so far (mmf_q4_K_one: the last one reduces; zero
+    /// between launches).
+    private var mmfCounters: Tensor?
+    private var widestSplitRows = 0
     private var widestSplitOutput = 0
     private var routerBias: [UnsafeRawPointer: Tensor] = [:]
     /// Bytes of weights this backend holds, and the formats it converted at load.
@@ -502,6 +506,14 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
                 splitParts = allocate(parts)
                 graphEpoch += 1
             }
+            let tiles = (widestSplitRows + 15) / 16
+            if tiles > (mmfCounters?.count ?? 0) {
+                if let old = mmfCounters { release(old) }
+                let c = allocate(tiles)
+                fill(c, count: tiles, value: 0)  // (0.0 has the bits of the integer 0)
+                mmfCounters = c
+                graphEpoch += 1
+            }
         }
         growGemm()
         let q = Self.quantizedLayout(elements: need).total
@@ -809,6 +821,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         }
         if g.tensorCoreF32 != nil && host.cols % 256 == 0 {
             widestSplitOutput = max(widestSplitOutput, host.rows * Self.mmfSplits(cols: host.cols))
+            widestSplitRows = max(widestSplitRows, host.rows)
             growRounded()
         }
         return try WeightMatrix(name: w.name, type: w.type, rows: host.rows, cols: host.cols, data: w.data, owner: w.owner,
@@ -1003,12 +1016,15 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
             launch(stream, "mmf_stream_\(g.tag)_\(nt) \(rows)x\(cols)",
                    grid: (min((tiles * splits + 3) / 4, multiprocessors * perSM), (n + 8 * nt - 1) / (8 * nt), 1),
                    block: 128, shared: streamShared, args)
-        } else if n == 1, Self.oneTokenForms, Self.mmfOneEnabled, let one = g.tensorCoreF32One {
-            // Batch-1 decode: persistent warps with the next super-block's loads in flight, the same bits.
+        } else if n == 1, Self.oneTokenForms, Self.mmfOneEnabled, let one = g.tensorCoreF32One, let counters = mmfCounters,
+                  counters.count >= tiles {
+            // Batch-1 decode: persistent warps with the next super-block's loads in flight, the splits summed by
+            // each tile's last warp (no mmf_reduce); the same bits.
             let items = tiles * splits
             launch(one, "mmf_\(g.tag)_one \(rows)x\(cols)",
                    grid: (min((items + 3) / 4, Self.persistentBlocksCap ?? multiprocessors * blocksPerSM(one, threads: 128, shared: 0)), 1, 1),
-                   block: 128, args)
+                   block: 128, args + [.ptr(y.address), .ptr(counters.address)])
+            return
         } else {
             launch(nt == 1 ? f : g.tensorCoreF32Tiles!, "mmf_\(g.tag)_\(nt) \(rows)x\(cols)",
                    grid: ((tiles * splits + 3) / 4, (n + 8 * nt - 1) / (8 * nt), 1), block: 128, args)

@@ -657,9 +657,12 @@ __device__ __forceinline__ void kt_mmf(const u8* W, i64 rowBytes, int rows, int 
 // mmf_q4_K_1 for one token (batch-1 decode), with its arithmetic (the bits of kt_mmf<KtMmfQ4K, 1> at n = 1):
 // persistent warps walk the (tile, split) items of mmf_q4_K_1 (item w + k · all warps), loading each super-block's
 // weights while the one before computes (across items too), so a warp always has a load in flight and the grid
-// is one wave. Grid (resident blocks), 128 threads; arguments as mmf_q4_K_1.
+// is one wave. With several K splits the warp that finishes a tile's last split (counters[tile], zero between
+// launches) adds the tile's split results in order into y, as mmf_reduce would: no reduction launch. Grid
+// (resident blocks), 128 threads; the arguments of mmf_q4_K_1 (n = 1; `out` the splits' results) and y, counters.
 extern "C" __global__ void __launch_bounds__(128) mmf_q4_K_one(const u8* W, i64 rowBytes, int rows, int cols,
-        const float* xhi, const float* xlo, const float* xsum, float* out, int n, int splitSB) {
+        const float* xhi, const float* xlo, const float* xsum, float* out, int n, int splitSB, float* y,
+        int* counters) {
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     int tiles = (rows + 15) / 16, nsb = cols / 256, splits = (nsb + splitSB - 1) / splitSB, items = tiles * splits;
     int stride = gridDim.x * 4;
@@ -690,14 +693,31 @@ extern "C" __global__ void __launch_bounds__(128) mmf_q4_K_one(const u8* W, i64 
             KtMmfQ4K::compute<1>(cur, xhi, xlo, xsum, cols, (i64)sb * 256, cols / 32, sb * 8, 0, 1, g, t, acc, nullptr);
             cur = next;
         }
+        int tile = w % tiles, split = w / tiles;
         if (t == 0) {
-            int tile = w % tiles, split = w / tiles;
             for (int e = 0; e < 4; e += 2) {
                 int r = tile * 16 + g + 8 * (e >> 1);
                 if (r < rows) {
-                    if (splits == 1) out[r] = acc[0][e];
-                    else out[(i64)split * n * rows + r] = acc[0][e];
+                    if (splits == 1) y[r] = acc[0][e];
+                    else out[(i64)split * rows + r] = acc[0][e];
                 }
+            }
+        }
+        if (splits > 1) {
+            // Publish this split, count it; the tile's last split sums them all in split order (mmf_reduce's bits).
+            __threadfence();
+            __syncwarp();
+            int last = 0;
+            if (lane == 0) last = atomicAdd(counters + tile, 1) == splits - 1;
+            if (__shfl_sync(0xffffffffu, last, 0)) {
+                __threadfence();
+                int r = tile * 16 + lane;
+                if (lane < 16 && r < rows) {
+                    float sum = 0.0f;
+                    for (int k = 0; k < splits; k++) sum = __fadd_rn(sum, __ldcg(out + (i64)k * rows + r));
+                    y[r] = sum;
+                }
+                if (lane == 0) counters[tile] = 0;
             }
         }
         if (wn >= items) break;
