@@ -67,4 +67,51 @@ final class CUDAFusionTests: XCTestCase {
                                         "add_rms_norm"], "kernels launched: \(streaming)")
         XCTAssertEqual(b.kernelProfile().first { $0.name.hasPrefix("matvec_stream_q4_K_q8") }?.calls, 2)
     }
+
+    /// Split-K attention whose output width is a multiple of 256 combines its splits and writes the output's Q8_K
+    /// form in one launch (attention_combine_q8K); the output projection's integer-dot matmul takes it instead of
+    /// quantizing: the same bits as with an op between the two (which drops the prepared form), one launch fewer.
+    func testAttentionCombineHandsTheOutputProjectionItsQ8K() throws {
+        guard let b = try CUDABackend.makeIfPresent() else {
+            throw XCTSkip("no CUDA driver/GPU and no CUDA emulator here: CUDA fusion test skipped")
+        }
+        b.attentionSplitKeys = 4
+        defer { b.attentionSplitKeys = nil }
+        let params = AttentionParams(nHead: 4, nKVHead: 2, headDim: 64, scale: 0.125)
+        let width = params.nHead * params.headDimV, kvDim = params.nKVHead * params.headDim, len = 20, n = 2
+        b.reserve(ForwardPlan(maxTokens: len, contextLength: 64, maxQueryGroup: 2))
+        let wo = try b.prepare(q4K("blk.0.attn_output.weight", rows: 96, cols: width))
+        let cache = b.makeKVCache(pageSize: 4, numPages: 16, kDims: [kvDim], vDims: [kvDim])
+        var rng = SystemRandomNumberGenerator()
+        func normals(_ count: Int) -> [Float] { (0..<count).map { _ in Float.random(in: -2...2, using: &rng) } }
+        func ints(_ values: [Int32]) -> Tensor {
+            let t = b.allocate(values.count)
+            values.withUnsafeBufferPointer { b.write($0, to: t) }
+            return t
+        }
+        func floats(_ t: Tensor, _ count: Int) -> [Float] { Array(UnsafeBufferPointer(start: b.read(t, count: count), count: count)) }
+        let tables = ints((0..<16).map { Int32($0) })
+        func meta(_ positions: [Int]) -> BatchMetadata {
+            BatchMetadata(tokens: positions.count, positions: ints(positions.map { Int32($0) }),
+                          slotMapping: ints(positions.map { Int32($0) }), sequenceOfToken: ints([Int32](repeating: 0, count: positions.count)),
+                          blockTables: tables, blockTableStride: 16, pageSize: 4)
+        }
+        b.storeKV(k: b.upload(normals(len * kvDim)), v: b.upload(normals(len * kvDim)), n: len, cache: cache, layer: 0,
+                  meta: meta(Array(0..<len)))
+        let q = b.upload(normals(n * params.nHead * params.headDim)), out = b.allocate(n * width), y = b.allocate(n * 96)
+        let other = b.allocate(16), m = meta([len - 2, len - 1])
+        func run(apart: Bool) -> (values: [Float], kernels: [Substring]) {
+            b.profiling = true
+            b.resetKernelProfile()
+            b.attention(q: q, out: out, n: n, cache: cache, layer: 0, meta: m, params: params)
+            if apart { b.fill(other, count: 16, value: 0) }
+            b.matmul(wo, out, y, n: n, precision: .standard)
+            return (floats(out, n * width) + floats(y, n * 96), b.kernelProfile().map { $0.name.split(separator: " ")[0] })
+        }
+        let fused = run(apart: false), apart = run(apart: true)
+        XCTAssertEqual(fused.values.map(\.bitPattern), apart.values.map(\.bitPattern))
+        XCTAssertTrue(fused.kernels.contains("attention_combine_q8K"), "kernels launched: \(fused.kernels)")
+        XCTAssertFalse(fused.kernels.contains("quantize_q8_K"), "kernels launched: \(fused.kernels)")
+        XCTAssertTrue(apart.kernels.contains("quantize_q8_K"), "kernels launched: \(apart.kernels)")
+    }
 }

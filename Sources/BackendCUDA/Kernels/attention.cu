@@ -194,25 +194,56 @@ KT_ATT_GQA(4)
 KT_ATT_GQA(8)
 
 // The splits of a split-K attention combined in split order: M = max m_s, L = Σ l_s·e^(m_s − M), o = Σ acc_s·e^(m_s − M) / L
-// (one split gives the unsplit kernel's bits). Grid (n, nHead), 128 threads; `splits` is the grid's z of the
-// attention launch.
+// (one split gives the unsplit kernel's bits). kt_att_combine_scale gives M and 1 / L of the token's splits (pp:
+// its head's first split), kt_att_combine_value value dimension d; every thread computes them the same way.
+__device__ __forceinline__ int kt_att_combine_count(int pos, int window, int splitKeys) {
+    int lo = window > 0 ? max(0, pos - window + 1) : 0;
+    return (pos - lo) / splitKeys + 1;
+}
+__device__ __forceinline__ void kt_att_combine_scale(const float* pp, int stride, int count, float* M, float* inv) {
+    float m = -KT_INF;
+    for (int s = 0; s < count; s++) m = fmaxf(m, pp[s * stride]);
+    float L = 0.0f;
+    for (int s = 0; s < count; s++) L += pp[s * stride + 1] * expf(pp[s * stride] - m);
+    *M = m;
+    *inv = 1.0f / L;
+}
+__device__ __forceinline__ float kt_att_combine_value(const float* pp, int stride, int count, float M, float inv, int d) {
+    float a = 0.0f;
+    for (int s = 0; s < count; s++) a += pp[s * stride + 2 + d] * expf(pp[s * stride] - M);
+    return a * inv;
+}
+
+// Grid (n, nHead), 128 threads; `splits` is the grid's z of the attention launch.
 extern "C" __global__ void __launch_bounds__(KT_ATT_THREADS) attention_combine(const float* part, float* out, int nHead,
         int headDimV, int splits, int splitKeys, int window, const int* positions) {
     int t = blockIdx.x, h = blockIdx.y, tid = threadIdx.x;
-    int pos = positions[t], lo = window > 0 ? max(0, pos - window + 1) : 0;
-    int count = (pos - lo) / splitKeys + 1;
-    const float* pp = part + ((i64)t * nHead + h) * splits * (headDimV + 2);
-    float M = -KT_INF;
-    for (int s = 0; s < count; s++) M = fmaxf(M, pp[s * (headDimV + 2)]);
-    float L = 0.0f;
-    for (int s = 0; s < count; s++) L += pp[s * (headDimV + 2) + 1] * expf(pp[s * (headDimV + 2)] - M);
-    float inv = 1.0f / L;
+    int count = kt_att_combine_count(positions[t], window, splitKeys), stride = headDimV + 2;
+    const float* pp = part + ((i64)t * nHead + h) * splits * stride;
+    float M, inv;
+    kt_att_combine_scale(pp, stride, count, &M, &inv);
     float* o = out + ((i64)t * nHead + h) * headDimV;
-    for (int d = tid; d < headDimV; d += KT_ATT_THREADS) {
-        float a = 0.0f;
-        for (int s = 0; s < count; s++) a += pp[s * (headDimV + 2) + 2 + d] * expf(pp[s * (headDimV + 2)] - M);
-        o[d] = a * inv;
-    }
+    for (int d = tid; d < headDimV; d += KT_ATT_THREADS) o[d] = kt_att_combine_value(pp, stride, count, M, inv, d);
+}
+
+// attention_combine of 256 output values at a time (256 / headDimV heads; headDimV divides 256 and the row width
+// nHead · headDimV is a multiple of it), also writing their Q8_K form as quantize_q8_K would (the output
+// projection's integer-dot matmul then skips its own launch). Grid (n, nHead · headDimV / 256), 256 threads.
+extern "C" __global__ void __launch_bounds__(256) attention_combine_q8K(const float* part, float* out, int nHead,
+        int headDimV, int splits, int splitKeys, int window, const int* positions, i8* q, float* qd, int* qsums) {
+    __shared__ __align__(16) float so[256];
+    int t = blockIdx.x, e = blockIdx.y * 256 + threadIdx.x, h = e / headDimV, width = nHead * headDimV;
+    int count = kt_att_combine_count(positions[t], window, splitKeys), stride = headDimV + 2;
+    const float* pp = part + ((i64)t * nHead + h) * splits * stride;
+    float M, inv;
+    kt_att_combine_scale(pp, stride, count, &M, &inv);
+    float v = kt_att_combine_value(pp, stride, count, M, inv, e % headDimV);
+    out[(i64)t * width + e] = v;
+    so[threadIdx.x] = v;
+    __syncthreads();
+    if (threadIdx.x < 32)
+        kt_quantize_q8K_block(so, q + (i64)t * width + blockIdx.y * 256, qd + (i64)t * (width / 256) + blockIdx.y,
+                              qsums + (i64)t * (width / 16) + blockIdx.y * 16);
 }
 
 // Prefill attention on the f16 tensor cores (flash attention: mma.sync m16n8k16, f32 accumulation), for steps of many
