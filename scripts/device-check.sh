@@ -164,6 +164,7 @@ if has bench; then
     kdec() { env "$@" "$bin" bench --model $m --device cuda -p 0 -n $tg -r 2 2>>"$log" | tail -1 | sed "s/\$/ ($*)/" | tee -a "$summary"; }
     kdec KTRANSFORMERS_CUDA_MV1=0
     kdec KTRANSFORMERS_CUDA_MMF_ONE=0
+    kdec KTRANSFORMERS_CUDA_ATTENTION_GROUP_MIN=1
   fi
   if [ -n "${MOE:-}" ]; then
     make_model qwen3-30b-a3b /tmp/qwen3-30b-a3b$sfx.gguf
