@@ -524,7 +524,8 @@ struct KtMmfQ4K {
         }
         return r;
     }
-    template <int NT>
+    // ONE: a single token (t0 = 0, tEnd = 1): only its column's outputs (e = 0, 2) are added up.
+    template <int NT, bool ONE = false>
     __device__ __forceinline__ static void compute(const Regs& r, const float* xhi, const float* xlo, const float* xsum,
                                                    int xStride, i64 xOff, int sStride, int sOff, int t0, int tEnd,
                                                    int g, int t, float (*acc)[4], const int* order) {
@@ -560,7 +561,7 @@ struct KtMmfQ4K {
             }
             float d1a = dA * (float)scA, m1a = mA * (float)mnA, d1b = dB * (float)scB, m1b = mB * (float)mnB;
             for (int j = 0; j < NT; j++) {
-                for (int e = 0; e < 4; e++) {
+                for (int e = 0; e < 4; e += ONE ? 2 : 1) {
                     int tok = kt_pos_row(order, min(t0 + 8 * j + 2 * t + (e & 1), tEnd - 1));
                     float sx = xsum[(i64)tok * sStride + sOff + G];
                     float d1 = e < 2 ? d1a : d1b, m1 = e < 2 ? m1a : m1b;
@@ -690,7 +691,7 @@ extern "C" __global__ void __launch_bounds__(128) mmf_q4_K_one(const u8* W, i64 
             KtMmfQ4K::Regs next = cur;
             if (sb + 1 < sb1) next = KtMmfQ4K::load(rowA, rowB, sb + 1, t);
             else if (wn < items) next = KtMmfQ4K::load(nA, nB, n0, t);
-            KtMmfQ4K::compute<1>(cur, xhi, xlo, xsum, cols, (i64)sb * 256, cols / 32, sb * 8, 0, 1, g, t, acc, nullptr);
+            KtMmfQ4K::compute<1, true>(cur, xhi, xlo, xsum, cols, (i64)sb * 256, cols / 32, sb * 8, 0, 1, g, t, acc, nullptr);
             cur = next;
         }
         int tile = w % tiles, split = w / tiles;
