@@ -1229,7 +1229,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
             let width = p.nHead * p.headDimV
             let combine: [KernelArg] = [.ptr(part), .ptr(out.address), .i32(p.nHead), .i32(p.headDimV), .i32(splits),
                                         .i32(keys), .i32(p.window), .ptr(meta.positions.address)]
-            if 256 % p.headDimV == 0, width % 256 == 0, let target = quantizedTarget(rows: n, dim: width) {
+            if p.headDimV > 0, 256 % p.headDimV == 0, width % 256 == 0, let target = quantizedTarget(rows: n, dim: width) {
                 // Also the output's Q8_K form, for the output projection's integer-dot matmul next.
                 launch("attention_combine_q8K", grid: (n, width / 256, 1), block: 256,
                        combine + [.ptr(target.0), .ptr(target.1), .ptr(target.2)])
