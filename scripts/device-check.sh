@@ -20,7 +20,7 @@
 # bench and baseline; HYBRID_SHORT=1 runs only pp512/tg of the hybrid stage; HYBRID_AB=1 adds hybrid decode rows
 # under each host-wait setting (KTRANSFORMERS_CUDA_SYNC, KTRANSFORMERS_POOL_SPINS, one core free) and with the
 # layerwise prefill; KERNEL_AB=1 adds bench rows with the streaming kernels off or capped; DECODE_AB=1 batch-1
-# decode rows under the matrix-vector switches; CPU_BASELINE=1
+# decode rows under the one-token kernel switches; CPU_BASELINE=1
 # also builds llama.cpp for the CPU (its hybrid-stage row). The gemma stage takes GEMMA_MODEL, or the default model
 # carried in .baseline/ or assembled in /tmp/kt-parts by scripts/device-parts.sh. Each writes its lines to
 # $OUT/summary.md and its details to $OUT/log.txt; exits non-zero if a correctness stage fails.
@@ -395,7 +395,7 @@ print(f"graphs on, batch 1 (nsys): {wall:.3f} ms per token wall, {per_token_kern
       f"ratio {wall / per_token_kernels:.3f} (bar 1.1)")
 PY
   else
-    say "nsys not found: graph step vs kernel time not measured"
+    say "nsys not found: graph step vs kernel time not measured here (the ncu stage measures it)"
   fi
 fi
 
@@ -448,7 +448,7 @@ PY
       timeout 120 "$ncu" --clock-control none --kernel-name "$k" --launch-skip 20 --launch-count 1 --section SpeedOfLight --section Occupancy \
         --section LaunchStats --section WarpStateStats --section MemoryWorkloadAnalysis --section SchedulerStats \
         "$bin" bench --model $m --device cuda -p 0 -n 8 -b $b -r 1 --no-cuda-graphs > "$out/ncu-$k-b$b.txt" 2>>"$log"
-      grep -E "Duration|Registers Per|Achieved Occupancy|DRAM Throughput|Warp Cycles Per Issued|Block Limit" "$out/ncu-$k-b$b.txt" \
+      grep -E "Duration|Registers Per|Achieved Occupancy|DRAM Throughput|Warp Cycles Per Issued|Block Limit (Registers|Shared)" "$out/ncu-$k-b$b.txt" \
         | sed "s/^/$k b$b: /" >> "$summary"
     done
   else

@@ -68,6 +68,39 @@ final class CUDAFusionTests: XCTestCase {
         XCTAssertEqual(b.kernelProfile().first { $0.name.hasPrefix("matvec_stream_q4_K_q8") }?.calls, 2)
     }
 
+    /// Batch-1 decode takes the one-token kernels: the matrix-vector kernels' one-token forms and mmf_q4_K_one,
+    /// which sums the down projection's K splits itself (1280 wide: two splits), so no mmf_reduce launch; the
+    /// down projection's output has the bits of the general kernels (KTRANSFORMERS_CUDA_MV1=0's path).
+    func testBatchOneMLPTakesTheOneTokenKernels() throws {
+        guard let b = try CUDABackend.makeIfPresent() else {
+            throw XCTSkip("no CUDA driver/GPU and no CUDA emulator here: CUDA fusion test skipped")
+        }
+        let dim = 512, ff = 1280
+        b.reserve(ForwardPlan(maxTokens: 8, contextLength: 64, maxQueryGroup: 1))
+        let gate = try b.prepare(q4K("blk.0.ffn_gate.weight", rows: ff, cols: dim))
+        let up = try b.prepare(q4K("blk.0.ffn_up.weight", rows: ff, cols: dim))
+        let down = try b.prepare(q4K("blk.0.ffn_down.weight", rows: dim, cols: ff))
+        let x = b.upload((0..<dim).map { Float($0 % 13) - 6 }), norm = b.upload([Float](repeating: 1, count: dim))
+        let xn = b.allocate(dim), g = b.allocate(ff), u = b.allocate(ff), y = b.allocate(dim)
+        b.profiling = true
+        b.resetKernelProfile()
+        b.rmsNorm(x, weight: norm, out: xn, rows: 1, dim: dim, stride: dim, eps: 1e-5)
+        b.matmulGroup(gate, g, up, u, nil, nil, x: xn, n: 1)
+        b.gatedActivation(g, u, count: ff, .silu)
+        b.matmul(down, g, y, n: 1, precision: .f32Activations)
+        let kernels = Set(b.kernelProfile().map { $0.name.split(separator: " ")[0] })
+        XCTAssertEqual(kernels, ["rms_norm_q8K", "matvec_q4_K_q8_3_1", "gated_silu_split", "mmf_q4_K_one"],
+                       "kernels launched: \(kernels)")
+        let one = Array(UnsafeBufferPointer(start: b.read(y, count: dim), count: dim))
+        // The same product by the 8-token kernel and mmf_reduce (a second row makes n = 2; row 0 is the same input).
+        let g2 = b.allocate(2 * ff), y2 = b.allocate(2 * dim)
+        b.copyRows(g, srcStride: 0, g2, dstStride: ff, rows: 2, width: ff)
+        b.matmul(down, g2, y2, n: 2, precision: .f32Activations)
+        let two = Array(UnsafeBufferPointer(start: b.read(y2, count: dim), count: dim))
+        XCTAssertEqual(one.map(\.bitPattern), two.map(\.bitPattern))
+        XCTAssertTrue(b.kernelProfile().contains { $0.name.hasPrefix("mmf_reduce") })
+    }
+
     /// Split-K attention whose output width is a multiple of 256 combines its splits and writes the output's Q8_K
     /// form in one launch (attention_combine_q8K); the output projection's integer-dot matmul takes it instead of
     /// quantizing: the same bits as with an op between the two (which drops the prepared form), one launch fewer.
