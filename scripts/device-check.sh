@@ -11,7 +11,7 @@
 #
 # Stages (all by default): probe, conformance, tiny, gemma, bench, baseline, hybrid; and, not in the default set,
 # `ncu` (every kernel of a decode step timed alone by Nsight Compute: the step's kernel sum against its wall time
-# with graphs, issue 12's item 5; NCU_BATCH, NCU_STEPS; into $OUT/ncu-step.md;
+# with graphs, issue 12's item 5; NCU_BATCH (batch sizes, e.g. "1 32"), NCU_STEPS; into $OUT/ncu-step.md, ncu-step-b<N>.md;
 # NCU_DETAIL="kernel:batch ..." adds Nsight Compute's sections of single kernels), `profile` (where the GPU time goes, bench --profile-kernels, on the Llama-3-8B shape, into $OUT/profile.md) and
 # `serve` (serve on cuda + bench serve with 1, 8, 32 clients) and `deepseek` (a DeepSeek-V3-shaped model of
 # DS_LAYERS=4 layers written by scripts/make_random_deepseek.py: hybrid and all-GPU logits against the CPU's, the
@@ -407,13 +407,15 @@ if has ncu; then
   m=/tmp/llama3-8b$sfx.gguf
   make_model llama3-8b $m
   if [ -n "$ncu" ]; then
-    say "## decode step kernels by Nsight Compute (Llama-3-8B shape, batch ${NCU_BATCH:-1}), $(date -u +%FT%TZ)"
-    wall=$("$bin" bench --model $m --device cuda -p 0 -n 128 -b ${NCU_BATCH:-1} -r 2 --json 2>>"$log")
+    for nb in ${NCU_BATCH:-1}; do
+    nf=$out/ncu-step.md; [ "$nb" = 1 ] || nf=$out/ncu-step-b$nb.md
+    say "## decode step kernels by Nsight Compute (Llama-3-8B shape, batch $nb), $(date -u +%FT%TZ)"
+    wall=$("$bin" bench --model $m --device cuda -p 0 -n 128 -b $nb -r 2 --json 2>>"$log")
     timeout ${NCU_TIMEOUT:-240} "$ncu" --clock-control none --cache-control none --metrics gpu__time_duration.sum --csv \
       --print-units base --launch-count 3000 \
-      "$bin" bench --model $m --device cuda -p 0 -n ${NCU_STEPS:-3} -b ${NCU_BATCH:-1} -r 1 --no-cuda-graphs \
+      "$bin" bench --model $m --device cuda -p 0 -n ${NCU_STEPS:-3} -b $nb -r 1 --no-cuda-graphs \
       > /tmp/kt-ncu.csv 2>>"$log"
-    python3 - /tmp/kt-ncu.csv "$wall" ${NCU_BATCH:-1} > "$out/ncu-step.md" 2>>"$log" <<'PY' || true
+    python3 - /tmp/kt-ncu.csv "$wall" $nb > "$nf" 2>>"$log" <<'PY' || true
 import csv, io, json, sys
 text = open(sys.argv[1]).read()
 start = text.find('"ID"')
@@ -441,7 +443,8 @@ print("| kernel | calls per step | µs per call | µs per step | share |\n|---|-
 for n, (c, t) in sorted(agg.items(), key=lambda kv: -kv[1][1]):
     print(f"| {n[:60]} | {c / len(last):.0f} | {t / c:.2f} | {t / len(last):.1f} | {100 * t / len(last) / per:.1f}% |")
 PY
-    head -1 "$out/ncu-step.md" | tee -a "$summary"
+    head -1 "$nf" | tee -a "$summary"
+    done
     # Details (speed of light, occupancy, warp states, memory) of single kernels: NCU_DETAIL="kernel:batch ...".
     for kb in ${NCU_DETAIL:-}; do
       k=${kb%%:*}; b=${kb##*:}

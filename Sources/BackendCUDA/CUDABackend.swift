@@ -654,6 +654,26 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         guard Self.streamTiles(g, n: n), let (f4, f8) = g.tensorCoreStream else {
             return streamMatvec(g, parts, cols: cols, input: input, n: n)
         }
+        let p = parts + Array(repeating: (address: UInt(0), rows: 0, y: UInt(0)), count: 3 - parts.count)
+        let args: [KernelArg] = [.ptr(p[0].address), .ptr(p[1].address), .ptr(p[2].address), .i64(g.rowBytes),
+                                 .i32(p[0].rows), .i32(p[1].rows), .i32(p[2].rows), .i32(cols), .ptr(input.0),
+                                 .ptr(input.1), .ptr(input.2), .ptr(p[0].y), .ptr(p[1].y), .ptr(p[2].y), .i32(n)]
+        if n <= 32, Self.mmqBlockEnabled, let (b2, b4) = g.tensorCoreBlock {
+            // Batched decode: block-staged tiles (inputs and weights through one ring of shared-memory stages), the
+            // same bits.
+            let nt = n <= 16 ? 2 : 4, f = nt == 2 ? b2 : b4
+            let shared = Self.mmqBlockDepth * Self.mmqBlockStageBytes(tokens: 8 * nt)
+            if shared <= sharedOptin {
+                setShared(f, shared)
+                let tiles = parts.reduce(0) { $0 + ($1.rows + 15) / 16 }
+                let units = (tiles + Self.mmqBlockWarps - 1) / Self.mmqBlockWarps
+                let perSM = blocksPerSM(f, threads: 32 * Self.mmqBlockWarps, shared: shared)
+                launch(f, "mmq_block_\(g.tag)_\(nt) \(parts.reduce(0) { $0 + $1.rows })x\(cols)",
+                       grid: (min(units, Self.persistentBlocksCap ?? multiprocessors * perSM), (n + 8 * nt - 1) / (8 * nt), 1),
+                       block: 32 * Self.mmqBlockWarps, shared: shared, args)
+                return true
+            }
+        }
         // A slot: one super-block of 16 rows (Q6_K: the 224 aligned bytes around each row's 210-byte block).
         let shared = 4 * Self.mmqStreamDepth * 16 * (g.tag == "q6_K" ? 224 : 144)
         guard shared <= sharedOptin else { return false }
@@ -661,13 +681,9 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         setShared(f, shared)
         let tiles = parts.reduce(0) { $0 + ($1.rows + 15) / 16 }
         let perSM = blocksPerSM(f, threads: 128, shared: shared)
-        let p = parts + Array(repeating: (address: UInt(0), rows: 0, y: UInt(0)), count: 3 - parts.count)
         launch(f, "mmq_stream_\(g.tag)_\(tokens / 8) \(parts.reduce(0) { $0 + $1.rows })x\(cols)",
                grid: (min((tiles + 3) / 4, multiprocessors * perSM), (n + tokens - 1) / tokens, 1), block: 128,
-               shared: shared,
-               [.ptr(p[0].address), .ptr(p[1].address), .ptr(p[2].address), .i64(g.rowBytes), .i32(p[0].rows),
-                .i32(p[1].rows), .i32(p[2].rows), .i32(cols), .ptr(input.0), .ptr(input.1), .ptr(input.2),
-                .ptr(p[0].y), .ptr(p[1].y), .ptr(p[2].y), .i32(n)])
+               shared: shared, args)
         return true
     }
     /// Routed experts' gate and up (stacks g, u of one format and shape) for every pair in one streaming launch
@@ -759,6 +775,19 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     }
     static let streamTilesMax = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_STREAM_TILES_MAX"].flatMap { Int($0) } ?? Int.max
     static let mmqStreamDepth = 6  // KT_MMQS_DEPTH
+    /// The block-staged tiles of batched decode (mmq_block_q4_K_2 / _4, 9 to 32 tokens): KT_MMQB_WARPS,
+    /// KT_MMQB_DEPTH and the bytes of one stage (KtMmqbStage: 8 tiles' weights at a 160-byte row stride, the token
+    /// group's values at 288, sums at 80, scales). `KTRANSFORMERS_CUDA_MMQ_BLOCK=0`: the streaming tiles instead,
+    /// for these and the split-tf32 form below (measurements; the same bits).
+    static let mmqBlockWarps = 8
+    static let mmqBlockDepth = 3
+    static func mmqBlockStageBytes(tokens: Int) -> Int { mmqBlockWarps * 16 * 160 + tokens * (288 + 80 + 4) }
+    static let mmqBlockEnabled = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_MMQ_BLOCK"] != "0"
+    /// The split-tf32 form (mmf_block_q4_K, 9 to 32 tokens): KT_MMFB_WARPS, KT_MMFB_DEPTH and KtMmfbStage's bytes
+    /// (8 tiles' weights, 32 tokens' hi and lo rows of 258 floats, their group sums). The same switch.
+    static let mmfBlockWarps = 8
+    static let mmfBlockDepth = 2
+    static let mmfBlockStageBytes = 8 * 16 * 160 + 2 * 32 * 258 * 4 + 32 * 8 * 4
 
     /// The streaming integer-dot kernel (matvec.cu: rows through a ring of shared-memory stages) for up to three
     /// matrices of one format and width; false where it does not apply (no such kernel, rows not 16-byte multiples,
@@ -1007,6 +1036,17 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
             setShared(tile, tileShared)
             launch(tile, "mmf_tile_\(g.tag) \(rows)x\(cols)", grid: ((rows + 63) / 64 * splits, (n + 31) / 32, 1),
                    block: 128, shared: tileShared, args)
+        } else if n > 8, n <= 32, Self.mmqBlockEnabled, let block = g.tensorCoreF32Staged,
+                  Self.mmfBlockDepth * Self.mmfBlockStageBytes <= sharedOptin {
+            // Batched decode: block-staged tiles (weights and the 32 tokens' inputs through one ring of
+            // shared-memory stages), the same bits.
+            let shared = Self.mmfBlockDepth * Self.mmfBlockStageBytes
+            setShared(block, shared)
+            let units = (tiles + Self.mmfBlockWarps - 1) / Self.mmfBlockWarps * splits
+            let perSM = blocksPerSM(block, threads: 32 * Self.mmfBlockWarps, shared: shared)
+            launch(block, "mmf_block_\(g.tag) \(rows)x\(cols)",
+                   grid: (min(units, Self.persistentBlocksCap ?? multiprocessors * perSM), (n + 31) / 32, 1),
+                   block: 32 * Self.mmfBlockWarps, shared: shared, args)
         } else if n <= Self.mmfStreamMax, n >= Self.streamMinTokens, Self.streamMatvecEnabled, let streams = g.tensorCoreF32Stream,
            streamShared <= sharedOptin {
             // Decode and batched decode: the streaming forms (weights through per-warp rings of shared memory), same bits.
@@ -1352,6 +1392,10 @@ final class CUDAWeight: @unchecked Sendable {
     /// The streaming forms of the tensor-core tiles (32 and 64 tokens a warp; up to three matrices), where there are
     /// (Q4_K and Q6_K).
     let tensorCoreStream: (CUDADriver.Handle, CUDADriver.Handle)?
+    /// The block-staged tiles of batched decode (16 and 32 tokens a block), where there are (Q4_K).
+    let tensorCoreBlock: (CUDADriver.Handle, CUDADriver.Handle)?
+    /// The block-staged split-tf32 tiles of batched decode (32 tokens a block), where there are (Q4_K).
+    let tensorCoreF32Staged: CUDADriver.Handle?
 
     init(address: UInt, tag: String, rowBytes: Int, rounding: ActivationRounding, kernels: CUDAKernels) {
         self.address = address
@@ -1382,6 +1426,8 @@ final class CUDAWeight: @unchecked Sendable {
         tensorCoreF32Grouped = tag == "q4_K" ? kernels.function("mmf_grouped_q4_K") : nil
         tensorCoreStream = tag == "q4_K" || tag == "q6_K"
             ? (kernels.function("mmq_stream_\(tag)_4"), kernels.function("mmq_stream_\(tag)_8")) : nil
+        tensorCoreBlock = tag == "q4_K" ? (kernels.function("mmq_block_q4_K_2"), kernels.function("mmq_block_q4_K_4")) : nil
+        tensorCoreF32Staged = tag == "q4_K" ? kernels.function("mmf_block_q4_K") : nil
     }
 }
 

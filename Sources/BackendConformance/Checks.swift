@@ -188,23 +188,24 @@ public struct BackendConformance {
 
     // MARK: 4. matmul
 
-    /// Every weight format a test can build, both precisions, n ∈ {1, 2, 4, 5, 9, 33, 64}: on the CPU backend n = 1 is
-    /// the one-row kernel, 2 and 4 the multi-row kernels (up to 4 token rows a call), 5 and 9 the tile kernels'
-    /// `minRows` (5, or 9 for the VNNI K-quant tiles; below it 4 + 1 and 4 + 4 + 1 rows), 33 a long batch with a
-    /// remainder, 64 a prefill batch (a device backend may run other kernels there). Each row of a batch must have
+    /// Every weight format a test can build, both precisions, n ∈ {1, 2, 4, 5, 9, 32, 33, 64}: on the CPU backend n = 1
+    /// is the one-row kernel, 2 and 4 the multi-row kernels (up to 4 token rows a call), 5 and 9 the tile kernels'
+    /// `minRows` (5, or 9 for the VNNI K-quant tiles; below it 4 + 1 and 4 + 4 + 1 rows), 32 a full batched-decode
+    /// group, 33 a long batch with a remainder, 64 a prefill batch (a device backend may run other kernels there). Each row of a batch must have
     /// the bits of the same row computed alone (batch invariance).
     public func checkMatmul() throws {
         let b = backend
         var rng = SplitMix64(seed: 4)
-        let ns = [1, 2, 4, 5, 9, 33, 64], maxN = 64
+        let ns = [1, 2, 4, 5, 9, 32, 33, 64], maxN = 64
         let skipped = QuantRegistry.supportedTypes.filter { !Host.canMake($0) }
         if !skipped.isEmpty { print("[\(name)] matmul: no test weights for \(skipped) (activation-only or no layout)") }
         // 512 columns: two 256-blocks; 2560: ten (a device kernel that takes super-blocks four at a time has a
         // remainder; one that splits K every 8 has two splits), with 37 rows.
         // 1000 × 2048 (Q4_K and Q6_K, n up to 33): a device's streaming decode kernel walks more chunks of rows per
-        // block than its ring of stages holds (the ring wraps), and its rows against the tiles' bits at n = 33.
+        // block than its ring of stages holds (the ring wraps), and its rows against the tiles' bits at n = 33; a
+        // block-staged batched-decode kernel (9 to 32 tokens) walks several units of row tiles per block.
         for (rows, cols, only) in [(70, 512, nil), (37, 2560, nil), (1000, 2048, [GGMLType.q4_K, .q6_K])] {
-        let ns = only == nil ? ns : [1, 9, 33], maxN = only == nil ? maxN : 33
+        let ns = only == nil ? ns : [1, 9, 17, 32, 33], maxN = only == nil ? maxN : 33
         let x = rng.normals(maxN * cols)
         let xt = b.upload(x)
         let y = b.allocate((maxN + 1) * rows)
@@ -280,11 +281,11 @@ public struct BackendConformance {
     }
 
     /// Each output of `matmulGroup` has the bits `matmul` (`.standard`) gives it, for matrices of one format and of
-    /// mixed formats (mixed activation formats), decode (n = 1, 3) and prefill (n = 6).
+    /// mixed formats (mixed activation formats), decode (n = 1, 3), prefill (n = 6) and batched decode (n = 20).
     public func checkMatmulGroup() throws {
         let b = backend
         var rng = SplitMix64(seed: 5)
-        let cols = 256, maxN = 6
+        let cols = 256, maxN = 20
         let groups: [[(GGMLType, Int)]] = [
             [(.q8_0, 40), (.q8_0, 24)],
             [(.q4_K, 40), (.q4_K, 24), (.q4_K, 56)],
@@ -297,7 +298,7 @@ public struct BackendConformance {
             let ws = try host.map { try b.prepare($0.ref) }
             let ys = host.map { b.allocate((maxN + 1) * $0.rows) }
             let what = "matmulGroup \(group.map { "\($0.0)" }.joined(separator: "+"))"
-            for n in [1, 3, 6] {
+            for n in [1, 3, 6, 20] {
                 var individual: [[Float]] = []
                 for i in ws.indices {
                     b.matmul(ws[i], x, ys[i], n: n, precision: .standard)
@@ -316,7 +317,7 @@ public struct BackendConformance {
                     expectUntouched(all, n * rows..<(maxN + 1) * rows, "\(what) n=\(n) output \(i)")
                 }
             }
-            print("[\(name)] \(what): bit-identical to matmul for n = 1, 3, 6")
+            print("[\(name)] \(what): bit-identical to matmul for n = 1, 3, 6, 20")
         }
     }
 

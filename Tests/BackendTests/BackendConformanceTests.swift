@@ -83,7 +83,7 @@ final class CUDAOneTokenConformanceTests: XCTestCase {
         CUDABackend.persistentBlocksCap = 1
         defer { CUDABackend.persistentBlocksCap = nil }
         let c = BackendConformance(name: "cuda, one-token kernels on one block", backend: backend)
-        for name in ["matmul", "chainedOps"] {
+        for name in ["matmul", "matmulGroup", "chainedOps"] {
             let check = try XCTUnwrap(BackendConformance.checks.first { $0.name == name })
             for f in Expect.collect({ try check.run(c) }) { XCTFail("[cuda one block] \(name): \(f)") }
         }

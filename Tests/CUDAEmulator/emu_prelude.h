@@ -136,6 +136,8 @@ static inline void emu_mma_s8(int* c, const unsigned* a, const unsigned* b, int 
 }
 // cp.async: the copy happens at once (a kernel waits for it before it reads the data, after a __syncthreads).
 static inline void kt_cp_async16(void* smem, const void* g) { std::memcpy(smem, g, 16); }
+static inline void kt_cp_async4(void* smem, const void* g) { std::memcpy(smem, g, 4); }
+static inline void kt_cp_async8(void* smem, const void* g) { std::memcpy(smem, g, 8); }
 static inline void kt_cp_async_commit() {}
 template <int N> static inline void kt_cp_async_wait() {}
 #define KT_MMA_K32(c, a, b) emu_mma_s8(c, a, b, 32)

@@ -265,6 +265,195 @@ extern "C" __global__ void __launch_bounds__(128) mmq_stream_q4_K_##nt(const u8*
 KT_MMQ_STREAM(4)
 KT_MMQ_STREAM(8)
 
+// Block-staged form of mmq_stream_q4_K (batched decode, 9 to 8·NT tokens): persistent blocks of KT_MMQB_WARPS
+// warps walk units of KT_MMQB_WARPS consecutive 16-row tiles (KtTiles16: up to three matrices), a super-block per
+// step, all warps in step. Per step the block copies with cp.async, KT_MMQB_DEPTH - 1 steps ahead, one stage of a
+// ring: its tiles' weights (rows at a KT_MMQB_WROW-byte stride), and its token group's int8 inputs (rows of
+// KT_MMQB_XROW bytes), per-16 sums (rows of KT_MMQB_SROW bytes) and scales. So the mma fragments come from shared
+// memory without bank conflicts, and a token group's inputs are read from L2 once per block and step instead of
+// by every warp through L1 (the streaming form's bottleneck: 8 lines a fragment load). One barrier a step. Warp w
+// computes tile KT_MMQB_WARPS·unit + w as kt_mmq_stream_q4_K does: every output has the bits of mmq_q4_K and of
+// the matrix-vector kernels. Grid (blocks, ceil(n / (8·NT))), 32·KT_MMQB_WARPS threads,
+// KT_MMQB_DEPTH · KtMmqbStage<NT>::bytes of dynamic shared memory.
+#define KT_MMQB_WARPS 8
+#define KT_MMQB_DEPTH 3
+#define KT_MMQB_WROW 160  // 144-byte super-blocks: 8-byte fragment loads of a half-warp hit distinct banks
+#define KT_MMQB_XROW 288  // 256 values
+#define KT_MMQB_SROW 80   // 16 sums
+template <int NT>
+struct KtMmqbStage {
+    static constexpr int tokens = 8 * NT;
+    static constexpr int wBytes = KT_MMQB_WARPS * 16 * KT_MMQB_WROW;
+    static constexpr int xBytes = tokens * KT_MMQB_XROW;
+    static constexpr int sBytes = tokens * KT_MMQB_SROW;
+    static constexpr int bytes = wBytes + xBytes + sBytes + tokens * 4;
+};
+// Weight pieces a thread copies per step: 16-byte pieces of the stage's tiles, 9 a row.
+#define KT_MMQB_PIECES ((KT_MMQB_WARPS * 16 * 9 + 32 * KT_MMQB_WARPS - 1) / (32 * KT_MMQB_WARPS))
+
+template <int NT>
+__device__ __forceinline__ void kt_mmq_block_q4_K(const KtTiles16& tl, i64 rowBytes, int cols, const i8* xq,
+                                                  const float* xd, const int* xs, int n) {
+    typedef KtMmqbStage<NT> L;
+    KT_DYNAMIC_SHARED(u8, smem);
+    const int threads = 32 * KT_MMQB_WARPS;
+    int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
+    int nsb = cols / 256, tiles = tl.first[3], units = (tiles + KT_MMQB_WARPS - 1) / KT_MMQB_WARPS;
+    int t0 = blockIdx.y * L::tokens;
+    int myUnits = (int)blockIdx.x < units ? (units - 1 - (int)blockIdx.x) / (int)gridDim.x + 1 : 0;
+    int steps = myUnits * nsb;
+    // The producer: step pStep (unit pStep / nsb of this block, super-block pStep % nsb). This thread's weight
+    // pieces: piece c = tid + threads·k is row c / 9 of the stage (tile c / 144), bytes 16·(c % 9) of its block;
+    // wsrc[k] its row's first block (+ the piece's offset) in the producer's unit, -1 offset: no such piece.
+    int pStep = 0, pUnit = -1;
+    const u8* wsrc[KT_MMQB_PIECES];
+    int wdst[KT_MMQB_PIECES];
+#pragma unroll
+    for (int k = 0; k < KT_MMQB_PIECES; k++) {
+        int c = tid + threads * k;
+        wdst[k] = c < KT_MMQB_WARPS * 16 * 9 ? (c / 9) * KT_MMQB_WROW + 16 * (c % 9) : -1;
+        wsrc[k] = nullptr;
+    }
+    auto issue = [&](int s) {
+        if (pStep < steps) {
+            int ui = pStep / nsb, sb = pStep - ui * nsb;
+            if (ui != pUnit) {
+                pUnit = ui;
+                int u = blockIdx.x + ui * gridDim.x;
+#pragma unroll
+                for (int k = 0; k < KT_MMQB_PIECES; k++) {
+                    int c = tid + threads * k;
+                    if (wdst[k] < 0) continue;
+                    int tile = min(u * KT_MMQB_WARPS + c / 144, tiles - 1), rr = (c / 9) % 16, r0, cnt;
+                    int m = tl.locate(tile, &r0, &cnt);
+                    wsrc[k] = tl.W[m] + (i64)min(r0 + rr, tl.rows[m] - 1) * rowBytes + 16 * (c % 9);
+                }
+            }
+            u8* st = smem + s * L::bytes;
+#pragma unroll
+            for (int k = 0; k < KT_MMQB_PIECES; k++)
+                if (wdst[k] >= 0) kt_cp_async16(st + wdst[k], wsrc[k] + (i64)sb * 144);
+            // Inputs of the token group (tokens past n repeat the last; their outputs are not written).
+            u8* sx = st + L::wBytes;
+            for (int c = tid; c < L::tokens * 16; c += threads) {
+                int tok = c >> 4, part = c & 15;
+                kt_cp_async16(sx + tok * KT_MMQB_XROW + part * 16,
+                              xq + (i64)min(t0 + tok, n - 1) * cols + sb * 256 + part * 16);
+            }
+            u8* ss = sx + L::xBytes;
+            for (int c = tid; c < L::tokens * 4; c += threads) {
+                int tok = c >> 2, part = c & 3;
+                kt_cp_async16(ss + tok * KT_MMQB_SROW + part * 16,
+                              xs + (i64)min(t0 + tok, n - 1) * (cols / 16) + sb * 16 + part * 4);
+            }
+            float* sd = (float*)(ss + L::sBytes);
+            if (tid < L::tokens) kt_cp_async4(sd + tid, xd + (i64)min(t0 + tid, n - 1) * nsb + sb);
+            pStep++;
+        }
+        kt_cp_async_commit();
+    };
+    for (int s = 0; s < KT_MMQB_DEPTH - 1; s++) issue(s);
+    int step = 0;
+    for (int ui = 0; ui < myUnits; ui++) {
+        int tile = (blockIdx.x + ui * gridDim.x) * KT_MMQB_WARPS + warp, r0 = 0, cnt = 0, m = 0;
+        if (tile < tiles) m = tl.locate(tile, &r0, &cnt);
+        float acc[NT][4];
+        for (int j = 0; j < NT; j++)
+            for (int e = 0; e < 4; e++) acc[j][e] = 0.0f;
+        for (int sb = 0; sb < nsb; sb++, step++) {
+            kt_cp_async_wait<KT_MMQB_DEPTH - 2>();
+            __syncthreads();  // this step's stage is in; every warp is done with the previous one, refilled next
+            issue((step + KT_MMQB_DEPTH - 1) % KT_MMQB_DEPTH);
+            const u8* st = smem + (step % KT_MMQB_DEPTH) * L::bytes;
+            const u8* wt = st + warp * 16 * KT_MMQB_WROW;
+            const u8* sx = st + L::wBytes;
+            const int* ss = (const int*)(sx + L::xBytes);
+            const float* sd = (const float*)((const u8*)ss + L::sBytes);
+            // Rows g (A) and g + 8 (B) of the tile: scales and mins (bytes of two words each), d, dmin.
+            uint4 hA = *(const uint4*)(wt + g * KT_MMQB_WROW), hB = *(const uint4*)(wt + (g + 8) * KT_MMQB_WROW);
+            float dA = kt_half_to_float((u16)(hA.x & 0xFFFFu)), mA = kt_half_to_float((u16)(hA.x >> 16));
+            float dB = kt_half_to_float((u16)(hB.x & 0xFFFFu)), mB = kt_half_to_float((u16)(hB.x >> 16));
+            u32 scA[2] = {0, 0}, mnA[2] = {0, 0}, scB[2] = {0, 0}, mnB[2] = {0, 0};
+#pragma unroll
+            for (int G = 0; G < 8; G++) {
+                int sa, ma, sb_, mb;
+                kt_scale_min_k4_regs(G, hA, &sa, &ma);
+                kt_scale_min_k4_regs(G, hB, &sb_, &mb);
+                scA[G >> 2] |= (u32)sa << (8 * (G & 3));
+                mnA[G >> 2] |= (u32)ma << (8 * (G & 3));
+                scB[G >> 2] |= (u32)sb_ << (8 * (G & 3));
+                mnB[G >> 2] |= (u32)mb << (8 * (G & 3));
+            }
+            int i1[NT][4];
+            for (int j = 0; j < NT; j++)
+                for (int e = 0; e < 4; e++) i1[j][e] = 0;
+#pragma unroll
+            for (int p = 0; p < 4; p++) {
+                uint2 qa = *(const uint2*)(wt + g * KT_MMQB_WROW + 16 + 32 * p + 8 * t);
+                uint2 qb = *(const uint2*)(wt + (g + 8) * KT_MMQB_WROW + 16 + 32 * p + 8 * t);
+#pragma unroll
+                for (int hi = 0; hi < 2; hi++) {
+                    int G = 2 * p + hi, sh = 4 * hi;
+                    int sa = (int)((scA[G >> 2] >> (8 * (G & 3))) & 0xFF), sbv = (int)((scB[G >> 2] >> (8 * (G & 3))) & 0xFF);
+                    u32 a[4] = {(qa.x >> sh) & 0x0F0F0F0Fu, (qb.x >> sh) & 0x0F0F0F0Fu, (qa.y >> sh) & 0x0F0F0F0Fu,
+                                (qb.y >> sh) & 0x0F0F0F0Fu};
+#pragma unroll
+                    for (int j = 0; j < NT; j++) {
+                        uint2 bb = *(const uint2*)(sx + (8 * j + g) * KT_MMQB_XROW + G * 32 + 8 * t);
+                        u32 b[2] = {bb.x, bb.y};
+                        int c[4] = {0, 0, 0, 0};
+                        KT_MMA_K32(c, a, b);
+                        i1[j][0] += sa * c[0];
+                        i1[j][1] += sa * c[1];
+                        i1[j][2] += sbv * c[2];
+                        i1[j][3] += sbv * c[3];
+                    }
+                }
+            }
+#pragma unroll
+            for (int j = 0; j < NT; j++) {
+#pragma unroll
+                for (int jj = 0; jj < 2; jj++) {
+                    int tk = 8 * j + 2 * t + jj;
+                    const int* sp = ss + tk * (KT_MMQB_SROW / 4);
+                    int4 s0 = *(const int4*)sp, s1 = *(const int4*)(sp + 4), s2 = *(const int4*)(sp + 8), s3 = *(const int4*)(sp + 12);
+                    int sg[8] = {s0.x + s0.y, s0.z + s0.w, s1.x + s1.y, s1.z + s1.w, s2.x + s2.y, s2.z + s2.w,
+                                 s3.x + s3.y, s3.z + s3.w};
+                    int i2A = 0, i2B = 0;
+#pragma unroll
+                    for (int G = 0; G < 8; G++) {
+                        i2A += (int)((mnA[G >> 2] >> (8 * (G & 3))) & 0xFF) * sg[G];
+                        i2B += (int)((mnB[G >> 2] >> (8 * (G & 3))) & 0xFF) * sg[G];
+                    }
+                    float xdt = sd[tk];
+                    acc[j][jj] = __fadd_rn(acc[j][jj], kt_part_q4_K(xdt, dA, mA, i1[j][jj], i2A));
+                    acc[j][2 + jj] = __fadd_rn(acc[j][2 + jj], kt_part_q4_K(xdt, dB, mB, i1[j][2 + jj], i2B));
+                }
+            }
+        }
+        if (tile < tiles) {
+            float* y = tl.y[m];
+            int rows = tl.rows[m];
+            for (int j = 0; j < NT; j++)
+                for (int e = 0; e < 4; e++) {
+                    int r = r0 + g + 8 * (e >> 1), tok = t0 + 8 * j + 2 * t + (e & 1);
+                    if (r < rows && tok < n) y[(i64)tok * rows + r] = acc[j][e];
+                }
+        }
+    }
+    kt_cp_async_wait<0>();
+}
+
+#define KT_MMQ_BLOCK(nt) \
+extern "C" __global__ void __launch_bounds__(32 * KT_MMQB_WARPS, 2) mmq_block_q4_K_##nt(const u8* W0, const u8* W1, \
+        const u8* W2, i64 rowBytes, int rows0, int rows1, int rows2, int cols, const i8* xq, const float* xd, \
+        const int* xs, float* y0, float* y1, float* y2, int n) { \
+    KtTiles16 tl(W0, W1, W2, y0, y1, y2, rows0, rows1, rows2); \
+    kt_mmq_block_q4_K<nt>(tl, rowBytes, cols, xq, xd, xs, n); \
+}
+KT_MMQ_BLOCK(2)
+KT_MMQ_BLOCK(4)
+
 // ---- Routed experts by expert (prefill): tiles over each expert's pairs ----
 //
 // moe_group sorts the step's (token, expert) pairs by expert on the device: counts, offsets, the pairs' order
@@ -798,6 +987,122 @@ extern "C" __global__ void __launch_bounds__(128) mmf_tile_q4_K(const u8* W, i64
                 else out[((i64)split * n + tok) * rows + r] = acc[j][e];
             }
         }
+}
+
+// Block-staged form of mmf_stream_q4_K_4 (batched decode, 9 to 32 tokens): persistent blocks of KT_MMFB_WARPS
+// warps walk units of KT_MMFB_WARPS consecutive 16-row tiles of one K split, a super-block per step, all warps in
+// step. Per step the block copies with cp.async, one step ahead, a stage of a ring: its tiles' weights (rows at a
+// KT_MMQB_WROW-byte stride) and its 32 tokens' hi and lo inputs (rows of KT_MMFB_XROW floats: the 64-bit fragment
+// loads of a half-warp hit distinct banks) and group sums. The streaming form read every fragment from L1, each
+// load touching 8 lines: at 32 tokens those loads set its time (~0.15 TB/s of weights). Warp w computes tile
+// KT_MMFB_WARPS·unit + w with KtMmfQ4K's arithmetic on the staged block: every output has the bits of mmf_q4_K_1 /
+// _4. Grid (blocks, ceil(n / 32)), 32·KT_MMFB_WARPS threads, KT_MMFB_DEPTH · KtMmfbStage::bytes of dynamic shared
+// memory; the arguments of mmf_q4_K_4.
+#define KT_MMFB_WARPS 8
+#define KT_MMFB_DEPTH 2
+#define KT_MMFB_XROW 258
+struct KtMmfbStage {
+    static constexpr int tokens = 32;
+    static constexpr int wBytes = KT_MMFB_WARPS * 16 * KT_MMQB_WROW;
+    static constexpr int xBytes = tokens * KT_MMFB_XROW * 4;
+    static constexpr int sBytes = tokens * 8 * 4;
+    static constexpr int bytes = wBytes + 2 * xBytes + sBytes;
+};
+#define KT_MMFB_PIECES ((KT_MMFB_WARPS * 16 * 9 + 32 * KT_MMFB_WARPS - 1) / (32 * KT_MMFB_WARPS))
+
+extern "C" __global__ void __launch_bounds__(32 * KT_MMFB_WARPS, 1) mmf_block_q4_K(const u8* W, i64 rowBytes, int rows,
+        int cols, const float* xhi, const float* xlo, const float* xsum, float* out, int n, int splitSB) {
+    typedef KtMmfbStage L;
+    KT_DYNAMIC_SHARED(u8, smem);
+    const int threads = 32 * KT_MMFB_WARPS;
+    int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
+    int nsb = cols / 256, splits = (nsb + splitSB - 1) / splitSB, tiles = (rows + 15) / 16;
+    int tileUnits = (tiles + KT_MMFB_WARPS - 1) / KT_MMFB_WARPS, units = tileUnits * splits;
+    int t0 = blockIdx.y * L::tokens, valid = min(L::tokens, n - t0);
+    // The producer: unit pu of this block (pu < units), super-block ps of its split; this thread's weight pieces
+    // (piece c = tid + threads·k: row c / 9 of the stage, bytes 16·(c % 9) of its block) in unit pu.
+    int pu = blockIdx.x, ps = 0, pEnd = 0;
+    const u8* wsrc[KT_MMFB_PIECES];
+    int wdst[KT_MMFB_PIECES];
+#pragma unroll
+    for (int k = 0; k < KT_MMFB_PIECES; k++) {
+        int c = tid + threads * k;
+        wdst[k] = c < KT_MMFB_WARPS * 16 * 9 ? (c / 9) * KT_MMQB_WROW + 16 * (c % 9) : -1;
+        wsrc[k] = nullptr;
+    }
+    auto startUnit = [&]() {
+        if (pu >= units) return;
+        int split = pu / tileUnits, tu = pu - split * tileUnits;
+        ps = split * splitSB;
+        pEnd = min(nsb, ps + splitSB);
+#pragma unroll
+        for (int k = 0; k < KT_MMFB_PIECES; k++) {
+            int c = tid + threads * k;
+            if (wdst[k] < 0) continue;
+            int tile = min(tu * KT_MMFB_WARPS + c / 144, tiles - 1);
+            wsrc[k] = W + (i64)min(tile * 16 + (c / 9) % 16, rows - 1) * rowBytes + 16 * (c % 9);
+        }
+    };
+    startUnit();
+    auto issue = [&](int s) {
+        if (pu < units) {
+            u8* st = smem + s * L::bytes;
+#pragma unroll
+            for (int k = 0; k < KT_MMFB_PIECES; k++)
+                if (wdst[k] >= 0) kt_cp_async16(st + wdst[k], wsrc[k] + (i64)ps * 144);
+            float* sHi = (float*)(st + L::wBytes);
+            float* sLo = sHi + L::tokens * KT_MMFB_XROW;
+            float* sSum = sLo + L::tokens * KT_MMFB_XROW;
+            // 8-byte pieces of the tokens' hi and lo rows (tokens past n repeat the last; their outputs are unwritten).
+            for (int c = tid; c < L::tokens * 128; c += threads) {
+                int tk = c >> 7, e = 2 * (c & 127);
+                i64 at = (i64)(t0 + min(tk, valid - 1)) * cols + (i64)ps * 256 + e;
+                kt_cp_async8(sHi + tk * KT_MMFB_XROW + e, xhi + at);
+                kt_cp_async8(sLo + tk * KT_MMFB_XROW + e, xlo + at);
+            }
+            if (tid < 2 * L::tokens) {
+                int tk = tid >> 1, h = tid & 1;
+                kt_cp_async16(sSum + tk * 8 + 4 * h, xsum + (i64)(t0 + min(tk, valid - 1)) * (cols / 32) + ps * 8 + 4 * h);
+            }
+            if (++ps == pEnd) {
+                pu += gridDim.x;
+                startUnit();
+            }
+        }
+        kt_cp_async_commit();
+    };
+    for (int s = 0; s < KT_MMFB_DEPTH - 1; s++) issue(s);
+    int step = 0;
+    for (int u = blockIdx.x; u < units; u += gridDim.x) {
+        int split = u / tileUnits, tu = u - split * tileUnits, tile = tu * KT_MMFB_WARPS + warp;
+        int sb0 = split * splitSB, sb1 = min(nsb, sb0 + splitSB);
+        float acc[4][4];
+        for (int j = 0; j < 4; j++)
+            for (int e = 0; e < 4; e++) acc[j][e] = 0.0f;
+        for (int sb = sb0; sb < sb1; sb++, step++) {
+            kt_cp_async_wait<KT_MMFB_DEPTH - 2>();
+            __syncthreads();  // this step's stage is in; every warp is done with the previous one, refilled next
+            issue((step + KT_MMFB_DEPTH - 1) % KT_MMFB_DEPTH);
+            const u8* st = smem + (step % KT_MMFB_DEPTH) * L::bytes;
+            const float* sHi = (const float*)(st + L::wBytes);
+            const float* sLo = sHi + L::tokens * KT_MMFB_XROW;
+            const float* sSum = sLo + L::tokens * KT_MMFB_XROW;
+            // The staged rows as rows whose super-block sb is in the stage.
+            const u8* rA = st + (warp * 16 + g) * KT_MMQB_WROW - (i64)sb * 144;
+            const u8* rB = st + (warp * 16 + g + 8) * KT_MMQB_WROW - (i64)sb * 144;
+            KtMmfQ4K::compute<4>(KtMmfQ4K::load(rA, rB, sb, t), sHi, sLo, sSum, KT_MMFB_XROW, 0, 8, 0, 0, valid, g, t,
+                                 acc, nullptr);
+        }
+        for (int j = 0; j < 4; j++)
+            for (int e = 0; e < 4; e++) {
+                int r = tile * 16 + g + 8 * (e >> 1), tok = t0 + 8 * j + 2 * t + (e & 1);
+                if (tile < tiles && r < rows && tok < n) {
+                    if (splits == 1) out[(i64)tok * rows + r] = acc[j][e];
+                    else out[((i64)split * n + tok) * rows + r] = acc[j][e];
+                }
+            }
+    }
+    kt_cp_async_wait<0>();
 }
 
 // y[t, r] = Σ_s part[s][t][r] in split order; grid-stride over n · rows.

@@ -141,6 +141,20 @@ __device__ __forceinline__ void kt_scale_min_k4(int s, const u8* q, int* sc, int
         *m = (q[s + 4] >> 4) | ((q[s] >> 6) << 4);
     }
 }
+// The same from a block's 16-byte header held in registers (words y, z, w are the 12 scale bytes), with no local
+// copy to index: s a compile-time constant, so it is a few bit-field extractions.
+__device__ __forceinline__ void kt_scale_min_k4_regs(int s, uint4 h, int* sc, int* m) {
+    u32 w[3] = {h.y, h.z, h.w};
+#define KT_SB(i) ((int)((w[(i) >> 2] >> (8 * ((i) & 3))) & 0xFFu))
+    if (s < 4) {
+        *sc = KT_SB(s) & 63;
+        *m = KT_SB(s + 4) & 63;
+    } else {
+        *sc = (KT_SB(s + 4) & 15) | ((KT_SB(s - 4) >> 6) << 4);
+        *m = (KT_SB(s + 4) >> 4) | ((KT_SB(s) >> 6) << 4);
+    }
+#undef KT_SB
+}
 // Q4_K: { f16 d, dmin; u8 scales[12]; u8 qs[128] }; group s uses qs[32(s/2) ..] low (s even) or high nibbles.
 struct DecQ4_K {
     __device__ static void unit(const u8* row, int u, int, float* v) {
