@@ -651,18 +651,15 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     /// shared memory, 32 or 64 tokens a warp); false where neither applies (the caller launches the others).
     private func streamMatmul(_ g: CUDAWeight, _ parts: [(address: UInt, rows: Int, y: UInt)], cols: Int,
                               input: (UInt, UInt, UInt), n: Int) -> Bool {
-        guard Self.streamTiles(g, n: n), let (f4, f8) = g.tensorCoreStream else {
-            return streamMatvec(g, parts, cols: cols, input: input, n: n)
-        }
         let p = parts + Array(repeating: (address: UInt(0), rows: 0, y: UInt(0)), count: 3 - parts.count)
         let args: [KernelArg] = [.ptr(p[0].address), .ptr(p[1].address), .ptr(p[2].address), .i64(g.rowBytes),
                                  .i32(p[0].rows), .i32(p[1].rows), .i32(p[2].rows), .i32(cols), .ptr(input.0),
                                  .ptr(input.1), .ptr(input.2), .ptr(p[0].y), .ptr(p[1].y), .ptr(p[2].y), .i32(n)]
-        if n <= 32, Self.mmqBlockEnabled, let (b2, b4) = g.tensorCoreBlock {
+        if n >= Self.mmqBlockMin, n <= 32, Self.mmqBlockEnabled, let blocks = g.tensorCoreBlock {
             // Batched decode: block-staged tiles (inputs and weights through one ring of shared-memory stages), the
             // same bits.
-            let nt = n <= 16 ? 2 : 4, f = nt == 2 ? b2 : b4
-            let shared = Self.mmqBlockDepth * Self.mmqBlockStageBytes(tokens: 8 * nt)
+            let nt = n <= 8 ? 1 : (n <= 16 ? 2 : 4), f = blocks[nt == 1 ? 0 : (nt == 2 ? 1 : 2)]
+            let shared = Self.mmqBlockDepth(nt) * Self.mmqBlockStageBytes(tokens: 8 * nt)
             if shared <= sharedOptin {
                 setShared(f, shared)
                 let tiles = parts.reduce(0) { $0 + ($1.rows + 15) / 16 }
@@ -673,6 +670,9 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
                        block: 32 * Self.mmqBlockWarps, shared: shared, args)
                 return true
             }
+        }
+        guard Self.streamTiles(g, n: n), let (f4, f8) = g.tensorCoreStream else {
+            return streamMatvec(g, parts, cols: cols, input: input, n: n)
         }
         // A slot: one super-block of 16 rows (Q6_K: the 224 aligned bytes around each row's 210-byte block).
         let shared = 4 * Self.mmqStreamDepth * 16 * (g.tag == "q6_K" ? 224 : 144)
@@ -775,19 +775,24 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     }
     static let streamTilesMax = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_STREAM_TILES_MAX"].flatMap { Int($0) } ?? Int.max
     static let mmqStreamDepth = 6  // KT_MMQS_DEPTH
-    /// The block-staged tiles of batched decode (mmq_block_q4_K_2 / _4, 9 to 32 tokens): KT_MMQB_WARPS,
-    /// KT_MMQB_DEPTH and the bytes of one stage (KtMmqbStage: 8 tiles' weights at a 160-byte row stride, the token
+    /// The block-staged tiles of batched decode (mmq_block_q4_K_1 / _2 / _4, up to 32 tokens): KT_MMQB_WARPS,
+    /// KT_MMQB_DEPTH(NT) and the bytes of one stage (KtMmqbStage: 8 tiles' weights at a 160-byte row stride, the token
     /// group's values at 288, sums at 80, scales). `KTRANSFORMERS_CUDA_MMQ_BLOCK=0`: the streaming tiles instead,
     /// for these and the split-tf32 form below (measurements; the same bits).
     static let mmqBlockWarps = 8
-    static let mmqBlockDepth = 3
+    static func mmqBlockDepth(_ nt: Int) -> Int { nt == 1 ? 4 : 3 }
     static func mmqBlockStageBytes(tokens: Int) -> Int { mmqBlockWarps * 16 * 160 + tokens * (288 + 80 + 4) }
-    static let mmqBlockEnabled = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_MMQ_BLOCK"] != "0"
-    /// The split-tf32 form (mmf_block_q4_K, 9 to 32 tokens): KT_MMFB_WARPS, KT_MMFB_DEPTH and KtMmfbStage's bytes
-    /// (8 tiles' weights, 32 tokens' hi and lo rows of 258 floats, their group sums). The same switch.
+    /// (A variable for the tests that run the streaming forms; set it before work is queued.)
+    nonisolated(unsafe) public static var mmqBlockEnabled = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_MMQ_BLOCK"] != "0"
+    /// Token counts from which the block-staged tiles run (`KTRANSFORMERS_CUDA_MMQ_BLOCK_MIN`; below it the
+    /// matrix-vector kernels); `KTRANSFORMERS_CUDA_MMF_BLOCK_MIN` the same for the split-tf32 form.
+    static let mmqBlockMin = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_MMQ_BLOCK_MIN"].flatMap { Int($0) } ?? 2
+    static let mmfBlockMin = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_MMF_BLOCK_MIN"].flatMap { Int($0) } ?? 2
+    /// The split-tf32 form (mmf_block_q4_K_1 / _4, 8 or 32 tokens a block): KT_MMFB_WARPS, KT_MMFB_DEPTH and
+    /// KtMmfbStage's bytes (8 tiles' weights, the tokens' hi and lo rows of 258 floats, their group sums).
     static let mmfBlockWarps = 8
-    static let mmfBlockDepth = 2
-    static let mmfBlockStageBytes = 8 * 16 * 160 + 2 * 32 * 258 * 4 + 32 * 8 * 4
+    static func mmfBlockDepth(_ nt: Int) -> Int { nt == 1 ? 4 : 2 }
+    static func mmfBlockStageBytes(tokens: Int) -> Int { 8 * 16 * 160 + tokens * (2 * 258 * 4 + 8 * 4) }
 
     /// The streaming integer-dot kernel (matvec.cu: rows through a ring of shared-memory stages) for up to three
     /// matrices of one format and width; false where it does not apply (no such kernel, rows not 16-byte multiples,
@@ -1036,16 +1041,17 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
             setShared(tile, tileShared)
             launch(tile, "mmf_tile_\(g.tag) \(rows)x\(cols)", grid: ((rows + 63) / 64 * splits, (n + 31) / 32, 1),
                    block: 128, shared: tileShared, args)
-        } else if n > 8, n <= 32, Self.mmqBlockEnabled, let block = g.tensorCoreF32Staged,
-                  Self.mmfBlockDepth * Self.mmfBlockStageBytes <= sharedOptin {
-            // Batched decode: block-staged tiles (weights and the 32 tokens' inputs through one ring of
+        } else if n >= Self.mmfBlockMin, n <= 32, Self.mmqBlockEnabled, let blocks = g.tensorCoreF32Staged,
+                  Self.mmfBlockDepth(nt) * Self.mmfBlockStageBytes(tokens: 8 * nt) <= sharedOptin {
+            // Batched decode: block-staged tiles (weights and the token group's inputs through one ring of
             // shared-memory stages), the same bits.
-            let shared = Self.mmfBlockDepth * Self.mmfBlockStageBytes
+            let shared = Self.mmfBlockDepth(nt) * Self.mmfBlockStageBytes(tokens: 8 * nt)
+            let block = nt == 1 ? blocks.0 : blocks.1
             setShared(block, shared)
             let units = (tiles + Self.mmfBlockWarps - 1) / Self.mmfBlockWarps * splits
             let perSM = blocksPerSM(block, threads: 32 * Self.mmfBlockWarps, shared: shared)
-            launch(block, "mmf_block_\(g.tag) \(rows)x\(cols)",
-                   grid: (min(units, Self.persistentBlocksCap ?? multiprocessors * perSM), (n + 31) / 32, 1),
+            launch(block, "mmf_block_\(g.tag)_\(nt) \(rows)x\(cols)",
+                   grid: (min(units, Self.persistentBlocksCap ?? multiprocessors * perSM), (n + 8 * nt - 1) / (8 * nt), 1),
                    block: 32 * Self.mmfBlockWarps, shared: shared, args)
         } else if n <= Self.mmfStreamMax, n >= Self.streamMinTokens, Self.streamMatvecEnabled, let streams = g.tensorCoreF32Stream,
            streamShared <= sharedOptin {
@@ -1392,10 +1398,10 @@ final class CUDAWeight: @unchecked Sendable {
     /// The streaming forms of the tensor-core tiles (32 and 64 tokens a warp; up to three matrices), where there are
     /// (Q4_K and Q6_K).
     let tensorCoreStream: (CUDADriver.Handle, CUDADriver.Handle)?
-    /// The block-staged tiles of batched decode (16 and 32 tokens a block), where there are (Q4_K).
-    let tensorCoreBlock: (CUDADriver.Handle, CUDADriver.Handle)?
-    /// The block-staged split-tf32 tiles of batched decode (32 tokens a block), where there are (Q4_K).
-    let tensorCoreF32Staged: CUDADriver.Handle?
+    /// The block-staged tiles of batched decode (8, 16 and 32 tokens a block), where there are (Q4_K).
+    let tensorCoreBlock: [CUDADriver.Handle]?
+    /// The block-staged split-tf32 tiles of batched decode (8 and 32 tokens a block), where there are (Q4_K).
+    let tensorCoreF32Staged: (CUDADriver.Handle, CUDADriver.Handle)?
 
     init(address: UInt, tag: String, rowBytes: Int, rounding: ActivationRounding, kernels: CUDAKernels) {
         self.address = address
@@ -1426,8 +1432,8 @@ final class CUDAWeight: @unchecked Sendable {
         tensorCoreF32Grouped = tag == "q4_K" ? kernels.function("mmf_grouped_q4_K") : nil
         tensorCoreStream = tag == "q4_K" || tag == "q6_K"
             ? (kernels.function("mmq_stream_\(tag)_4"), kernels.function("mmq_stream_\(tag)_8")) : nil
-        tensorCoreBlock = tag == "q4_K" ? (kernels.function("mmq_block_q4_K_2"), kernels.function("mmq_block_q4_K_4")) : nil
-        tensorCoreF32Staged = tag == "q4_K" ? kernels.function("mmf_block_q4_K") : nil
+        tensorCoreBlock = tag == "q4_K" ? [1, 2, 4].map { kernels.function("mmq_block_q4_K_\($0)") } : nil
+        tensorCoreF32Staged = tag == "q4_K" ? (kernels.function("mmf_block_q4_K_1"), kernels.function("mmf_block_q4_K_4")) : nil
     }
 }
 

@@ -50,17 +50,19 @@ final class BackendConformanceTests: XCTestCase {
     func testStagedExpertExecutor() throws { try run("stagedExpertExecutor") }
 }
 
-/// The CUDA backend's streaming kernels at every token count: by default they run from 9 tokens
-/// (`CUDABackend.streamMinTokens`, measured faster there) and the plain kernels below, so the checks above cover the
-/// plain forms at 1-8 tokens; these run the matmul and expert checks again with the streaming forms at 1-8 too.
+/// The CUDA backend's streaming kernels at every token count: by default the block-staged tiles take 2 to 32 tokens
+/// of Q4_K matrices, the streaming forms the rest from 9 tokens (`CUDABackend.streamMinTokens`) and the plain kernels
+/// below, so the checks above cover those; these run the matmul and expert checks again with the block-staged tiles
+/// off and the streaming forms at every count.
 final class CUDAStreamingConformanceTests: XCTestCase {
     private func run(_ names: [String]) throws {
         guard let backend = try CUDABackend.makeIfPresent() else {
             throw XCTSkip("no CUDA driver/GPU and no CUDA emulator here: CUDA streaming conformance skipped")
         }
-        let saved = CUDABackend.streamMinTokens
+        let saved = (CUDABackend.streamMinTokens, CUDABackend.mmqBlockEnabled)
         CUDABackend.streamMinTokens = 1
-        defer { CUDABackend.streamMinTokens = saved }
+        CUDABackend.mmqBlockEnabled = false
+        defer { (CUDABackend.streamMinTokens, CUDABackend.mmqBlockEnabled) = saved }
         let c = BackendConformance(name: "cuda, streaming from 1 token", backend: backend)
         for name in names {
             let check = try XCTUnwrap(BackendConformance.checks.first { $0.name == name })

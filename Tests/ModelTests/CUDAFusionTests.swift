@@ -53,7 +53,15 @@ final class CUDAFusionTests: XCTestCase {
             b.matmulGroup(gate, g, up, u, nil, nil, x: xn, n: n)
             return b.kernelProfile().map { $0.name.split(separator: " ")[0] }
         }
-        // Decode (2 tokens) runs the plain matmul kernels by default (faster there than the streaming forms).
+        // Batched decode (2 tokens) runs the block-staged tiles by default, with the fusions around them.
+        let block = chain()
+        XCTAssertEqual(Set(block), ["rms_norm_q8K", "mmq_block_q4_K_1", "gated_silu_split", "mmf_block_q4_K_1", "add_rms_norm"],
+                       "kernels launched: \(block)")
+        XCTAssertEqual(b.kernelProfile().first { $0.name.hasPrefix("mmq_block_q4_K_1") }?.calls, 2)
+        // Without them, the plain matmul kernels (faster at 2 tokens than the streaming forms).
+        let savedBlock = CUDABackend.mmqBlockEnabled
+        CUDABackend.mmqBlockEnabled = false
+        defer { CUDABackend.mmqBlockEnabled = savedBlock }
         let plain = chain()
         XCTAssertEqual(Set(plain), ["rms_norm_q8K", "matvec_q4_K_q8_3", "gated_silu_split", "mmf_q4_K_1", "add_rms_norm"],
                        "kernels launched: \(plain)")

@@ -265,18 +265,18 @@ extern "C" __global__ void __launch_bounds__(128) mmq_stream_q4_K_##nt(const u8*
 KT_MMQ_STREAM(4)
 KT_MMQ_STREAM(8)
 
-// Block-staged form of mmq_stream_q4_K (batched decode, 9 to 8·NT tokens): persistent blocks of KT_MMQB_WARPS
+// Block-staged form of mmq_stream_q4_K (batched decode, up to 8·NT tokens): persistent blocks of KT_MMQB_WARPS
 // warps walk units of KT_MMQB_WARPS consecutive 16-row tiles (KtTiles16: up to three matrices), a super-block per
-// step, all warps in step. Per step the block copies with cp.async, KT_MMQB_DEPTH - 1 steps ahead, one stage of a
+// step, all warps in step. Per step the block copies with cp.async, KT_MMQB_DEPTH(NT) - 1 steps ahead, one stage of a
 // ring: its tiles' weights (rows at a KT_MMQB_WROW-byte stride), and its token group's int8 inputs (rows of
 // KT_MMQB_XROW bytes), per-16 sums (rows of KT_MMQB_SROW bytes) and scales. So the mma fragments come from shared
 // memory without bank conflicts, and a token group's inputs are read from L2 once per block and step instead of
 // by every warp through L1 (the streaming form's bottleneck: 8 lines a fragment load). One barrier a step. Warp w
 // computes tile KT_MMQB_WARPS·unit + w as kt_mmq_stream_q4_K does: every output has the bits of mmq_q4_K and of
 // the matrix-vector kernels. Grid (blocks, ceil(n / (8·NT))), 32·KT_MMQB_WARPS threads,
-// KT_MMQB_DEPTH · KtMmqbStage<NT>::bytes of dynamic shared memory.
+// KT_MMQB_DEPTH(NT) · KtMmqbStage<NT>::bytes of dynamic shared memory.
 #define KT_MMQB_WARPS 8
-#define KT_MMQB_DEPTH 3
+#define KT_MMQB_DEPTH(nt) ((nt) == 1 ? 4 : 3)
 #define KT_MMQB_WROW 160  // 144-byte super-blocks: 8-byte fragment loads of a half-warp hit distinct banks
 #define KT_MMQB_XROW 288  // 256 values
 #define KT_MMQB_SROW 80   // 16 sums
@@ -291,7 +291,7 @@ struct KtMmqbStage {
 // Weight pieces a thread copies per step: 16-byte pieces of the stage's tiles, 9 a row.
 #define KT_MMQB_PIECES ((KT_MMQB_WARPS * 16 * 9 + 32 * KT_MMQB_WARPS - 1) / (32 * KT_MMQB_WARPS))
 
-template <int NT>
+template <int NT, int DEPTH>
 __device__ __forceinline__ void kt_mmq_block_q4_K(const KtTiles16& tl, i64 rowBytes, int cols, const i8* xq,
                                                   const float* xd, const int* xs, int n) {
     typedef KtMmqbStage<NT> L;
@@ -352,7 +352,7 @@ __device__ __forceinline__ void kt_mmq_block_q4_K(const KtTiles16& tl, i64 rowBy
         }
         kt_cp_async_commit();
     };
-    for (int s = 0; s < KT_MMQB_DEPTH - 1; s++) issue(s);
+    for (int s = 0; s < DEPTH - 1; s++) issue(s);
     int step = 0;
     for (int ui = 0; ui < myUnits; ui++) {
         int tile = (blockIdx.x + ui * gridDim.x) * KT_MMQB_WARPS + warp, r0 = 0, cnt = 0, m = 0;
@@ -361,10 +361,10 @@ __device__ __forceinline__ void kt_mmq_block_q4_K(const KtTiles16& tl, i64 rowBy
         for (int j = 0; j < NT; j++)
             for (int e = 0; e < 4; e++) acc[j][e] = 0.0f;
         for (int sb = 0; sb < nsb; sb++, step++) {
-            kt_cp_async_wait<KT_MMQB_DEPTH - 2>();
+            kt_cp_async_wait<DEPTH - 2>();
             __syncthreads();  // this step's stage is in; every warp is done with the previous one, refilled next
-            issue((step + KT_MMQB_DEPTH - 1) % KT_MMQB_DEPTH);
-            const u8* st = smem + (step % KT_MMQB_DEPTH) * L::bytes;
+            issue((step + DEPTH - 1) % DEPTH);
+            const u8* st = smem + (step % DEPTH) * L::bytes;
             const u8* wt = st + warp * 16 * KT_MMQB_WROW;
             const u8* sx = st + L::wBytes;
             const int* ss = (const int*)(sx + L::xBytes);
@@ -449,8 +449,9 @@ extern "C" __global__ void __launch_bounds__(32 * KT_MMQB_WARPS, 2) mmq_block_q4
         const u8* W2, i64 rowBytes, int rows0, int rows1, int rows2, int cols, const i8* xq, const float* xd, \
         const int* xs, float* y0, float* y1, float* y2, int n) { \
     KtTiles16 tl(W0, W1, W2, y0, y1, y2, rows0, rows1, rows2); \
-    kt_mmq_block_q4_K<nt>(tl, rowBytes, cols, xq, xd, xs, n); \
+    kt_mmq_block_q4_K<nt, KT_MMQB_DEPTH(nt)>(tl, rowBytes, cols, xq, xd, xs, n); \
 }
+KT_MMQ_BLOCK(1)
 KT_MMQ_BLOCK(2)
 KT_MMQ_BLOCK(4)
 
@@ -989,20 +990,21 @@ extern "C" __global__ void __launch_bounds__(128) mmf_tile_q4_K(const u8* W, i64
         }
 }
 
-// Block-staged form of mmf_stream_q4_K_4 (batched decode, 9 to 32 tokens): persistent blocks of KT_MMFB_WARPS
+// Block-staged form of mmf_stream_q4_K_1 / _4 (batched decode, 8·NT tokens a block, NT = 1 or 4): persistent blocks of KT_MMFB_WARPS
 // warps walk units of KT_MMFB_WARPS consecutive 16-row tiles of one K split, a super-block per step, all warps in
-// step. Per step the block copies with cp.async, one step ahead, a stage of a ring: its tiles' weights (rows at a
-// KT_MMQB_WROW-byte stride) and its 32 tokens' hi and lo inputs (rows of KT_MMFB_XROW floats: the 64-bit fragment
+// step. Per step the block copies with cp.async, KT_MMFB_DEPTH(NT) - 1 steps ahead, a stage of a ring: its tiles'
+// weights (rows at a KT_MMQB_WROW-byte stride) and its 8·NT tokens' hi and lo inputs (rows of KT_MMFB_XROW floats: the 64-bit fragment
 // loads of a half-warp hit distinct banks) and group sums. The streaming form read every fragment from L1, each
 // load touching 8 lines: at 32 tokens those loads set its time (~0.15 TB/s of weights). Warp w computes tile
 // KT_MMFB_WARPS·unit + w with KtMmfQ4K's arithmetic on the staged block: every output has the bits of mmf_q4_K_1 /
-// _4. Grid (blocks, ceil(n / 32)), 32·KT_MMFB_WARPS threads, KT_MMFB_DEPTH · KtMmfbStage::bytes of dynamic shared
-// memory; the arguments of mmf_q4_K_4.
+// _4. Grid (blocks, ceil(n / (8·NT))), 32·KT_MMFB_WARPS threads, KT_MMFB_DEPTH(NT) · KtMmfbStage<NT>::bytes of
+// dynamic shared memory; the arguments of mmf_q4_K_4.
 #define KT_MMFB_WARPS 8
-#define KT_MMFB_DEPTH 2
+#define KT_MMFB_DEPTH(nt) ((nt) == 1 ? 4 : 2)
 #define KT_MMFB_XROW 258
+template <int NT>
 struct KtMmfbStage {
-    static constexpr int tokens = 32;
+    static constexpr int tokens = 8 * NT;
     static constexpr int wBytes = KT_MMFB_WARPS * 16 * KT_MMQB_WROW;
     static constexpr int xBytes = tokens * KT_MMFB_XROW * 4;
     static constexpr int sBytes = tokens * 8 * 4;
@@ -1010,9 +1012,10 @@ struct KtMmfbStage {
 };
 #define KT_MMFB_PIECES ((KT_MMFB_WARPS * 16 * 9 + 32 * KT_MMFB_WARPS - 1) / (32 * KT_MMFB_WARPS))
 
-extern "C" __global__ void __launch_bounds__(32 * KT_MMFB_WARPS, 1) mmf_block_q4_K(const u8* W, i64 rowBytes, int rows,
-        int cols, const float* xhi, const float* xlo, const float* xsum, float* out, int n, int splitSB) {
-    typedef KtMmfbStage L;
+template <int NT, int DEPTH>
+__device__ __forceinline__ void kt_mmf_block_q4_K(const u8* W, i64 rowBytes, int rows, int cols, const float* xhi,
+                                                  const float* xlo, const float* xsum, float* out, int n, int splitSB) {
+    typedef KtMmfbStage<NT> L;
     KT_DYNAMIC_SHARED(u8, smem);
     const int threads = 32 * KT_MMFB_WARPS;
     int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
@@ -1071,29 +1074,29 @@ extern "C" __global__ void __launch_bounds__(32 * KT_MMFB_WARPS, 1) mmf_block_q4
         }
         kt_cp_async_commit();
     };
-    for (int s = 0; s < KT_MMFB_DEPTH - 1; s++) issue(s);
+    for (int s = 0; s < DEPTH - 1; s++) issue(s);
     int step = 0;
     for (int u = blockIdx.x; u < units; u += gridDim.x) {
         int split = u / tileUnits, tu = u - split * tileUnits, tile = tu * KT_MMFB_WARPS + warp;
         int sb0 = split * splitSB, sb1 = min(nsb, sb0 + splitSB);
-        float acc[4][4];
-        for (int j = 0; j < 4; j++)
+        float acc[NT][4];
+        for (int j = 0; j < NT; j++)
             for (int e = 0; e < 4; e++) acc[j][e] = 0.0f;
         for (int sb = sb0; sb < sb1; sb++, step++) {
-            kt_cp_async_wait<KT_MMFB_DEPTH - 2>();
+            kt_cp_async_wait<DEPTH - 2>();
             __syncthreads();  // this step's stage is in; every warp is done with the previous one, refilled next
-            issue((step + KT_MMFB_DEPTH - 1) % KT_MMFB_DEPTH);
-            const u8* st = smem + (step % KT_MMFB_DEPTH) * L::bytes;
+            issue((step + DEPTH - 1) % DEPTH);
+            const u8* st = smem + (step % DEPTH) * L::bytes;
             const float* sHi = (const float*)(st + L::wBytes);
             const float* sLo = sHi + L::tokens * KT_MMFB_XROW;
             const float* sSum = sLo + L::tokens * KT_MMFB_XROW;
             // The staged rows as rows whose super-block sb is in the stage.
             const u8* rA = st + (warp * 16 + g) * KT_MMQB_WROW - (i64)sb * 144;
             const u8* rB = st + (warp * 16 + g + 8) * KT_MMQB_WROW - (i64)sb * 144;
-            KtMmfQ4K::compute<4>(KtMmfQ4K::load(rA, rB, sb, t), sHi, sLo, sSum, KT_MMFB_XROW, 0, 8, 0, 0, valid, g, t,
+            KtMmfQ4K::compute<NT>(KtMmfQ4K::load(rA, rB, sb, t), sHi, sLo, sSum, KT_MMFB_XROW, 0, 8, 0, 0, valid, g, t,
                                  acc, nullptr);
         }
-        for (int j = 0; j < 4; j++)
+        for (int j = 0; j < NT; j++)
             for (int e = 0; e < 4; e++) {
                 int r = tile * 16 + g + 8 * (e >> 1), tok = t0 + 8 * j + 2 * t + (e & 1);
                 if (tile < tiles && r < rows && tok < n) {
@@ -1104,6 +1107,13 @@ extern "C" __global__ void __launch_bounds__(32 * KT_MMFB_WARPS, 1) mmf_block_q4
     }
     kt_cp_async_wait<0>();
 }
+#define KT_MMF_BLOCK(nt) \
+extern "C" __global__ void __launch_bounds__(32 * KT_MMFB_WARPS, 1) mmf_block_q4_K_##nt(const u8* W, i64 rowBytes, \
+        int rows, int cols, const float* xhi, const float* xlo, const float* xsum, float* out, int n, int splitSB) { \
+    kt_mmf_block_q4_K<nt, KT_MMFB_DEPTH(nt)>(W, rowBytes, rows, cols, xhi, xlo, xsum, out, n, splitSB); \
+}
+KT_MMF_BLOCK(1)
+KT_MMF_BLOCK(4)
 
 // y[t, r] = Σ_s part[s][t][r] in split order; grid-stride over n · rows.
 extern "C" __global__ void mmf_reduce(const float* part, float* y, int splits, int n, int rows) {
