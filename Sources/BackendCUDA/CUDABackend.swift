@@ -1348,6 +1348,12 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         current()
         launch("softcap", grid: (Self.blocks(count), 1, 1), block: 256, [.ptr(x.address), .i64(count), .f32(cap)])
     }
+
+    public func argmaxRows(_ x: Tensor, rows: Int, cols: Int, out: Tensor) {
+        current()
+        guard rows > 0 else { return }
+        launch("argmax_rows", grid: (rows, 1, 1), block: 1024, [.ptr(x.address), .i32(cols), .ptr(out.address)])
+    }
 }
 
 /// How a `.standard` matmul rounds its input (the weight format's vec-dot type).

@@ -875,6 +875,43 @@ public struct BackendConformance {
 
     /// The router variants real checkpoints use (MoERouting's documentation), against a straightforward
     /// implementation of those semantics here: ids exactly, weights within 1e-6.
+    /// `argmaxRows` (greedy decoding's choice on the device): each row's first index of its largest value, as the
+    /// host's scan from element 0 gives it: ties (the first wins), a row of equal values, a NaN first value (0),
+    /// NaNs elsewhere (never chosen), -inf rows, the largest value last; rows wider than a block's threads, a
+    /// view at an offset, and nothing written past the rows.
+    public func checkArgmaxRows() {
+        let b = backend
+        var rng = SplitMix64(seed: 21)
+        let cols = 5000, rows = 7
+        var x = rng.normals(rows * cols)
+        x[cols + 100] = 9; x[cols + 4000] = 9                               // row 1: a tie, the first wins
+        for i in 0..<cols { x[2 * cols + i] = 0.25 }                        // row 2: all equal
+        x[3 * cols] = .nan; x[3 * cols + 7] = 50                            // row 3: a NaN first
+        x[4 * cols + 3] = .nan; x[4 * cols + 4998] = .nan; x[4 * cols + 4999] = 60  // row 4: NaNs, the largest last
+        for i in 0..<cols { x[5 * cols + i] = -.infinity }                  // row 5: -inf everywhere
+        x[6 * cols + cols - 1] = 1e30                                       // row 6: the largest last
+        func scan(_ r: Int) -> Int32 {
+            var best = 0, bv = x[r * cols]
+            for i in 1..<cols where x[r * cols + i] > bv { bv = x[r * cols + i]; best = i }
+            return Int32(best)
+        }
+        let want = (0..<rows).map(scan)
+        Expect.equal(Array(want[1...6]), [100, 0, 0, 4999, 0, 4999], "[\(name)] argmaxRows: the host scan's own cases")
+        let xt = b.upload(x)
+        let out = b.int32Tensor([Int32](repeating: -7, count: rows + 1))
+        defer { b.release(xt); b.release(out) }
+        b.argmaxRows(xt, rows: rows, cols: cols, out: out)
+        Expect.equal(b.int32s(out, rows + 1), want + [-7], "[\(name)] argmaxRows of \(rows) rows of \(cols)")
+        b.argmaxRows(xt.offset(cols), rows: 2, cols: cols, out: out.offset(1))
+        Expect.equal(b.int32s(out, 4), [want[0], want[1], want[2], want[3]], "[\(name)] argmaxRows of a view at an offset")
+        // Short rows (fewer values than a block's threads).
+        let short = b.upload([3, 1, 3, -2, 0.5, 0.5, 0.25, -1])
+        defer { b.release(short) }
+        b.argmaxRows(short, rows: 2, cols: 4, out: out)
+        Expect.equal(b.int32s(out, 2), [0, 0], "[\(name)] argmaxRows of rows of 4")
+        print("[\(name)] argmaxRows: \(rows) rows of \(cols) and rows of 4 as the host's scan")
+    }
+
     public func checkMoESelect() {
         let b = backend
         var rng = SplitMix64(seed: 10)

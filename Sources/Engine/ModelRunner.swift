@@ -16,6 +16,8 @@ final class ModelRunner {
     let cache: KVCache
     private var batch: ForwardBatch
     private let rawRow: UnsafeMutablePointer<Float>      // [vocab]
+    /// The greedy choices of a step's rows (i32, `maxBatchSize`), from the backend's argmaxRows.
+    private let chosen: Tensor
 
     /// Sizes the model for the engine's largest step (`chunkSize` tokens, `maxBatchSize` sequences) and
     /// allocates `numPages` pages of KV cache.
@@ -26,9 +28,20 @@ final class ModelRunner {
         cache = model.makeKVCache(pageSize: config.pageSize, numPages: numPages)
         batch = ForwardBatch(pageSize: config.pageSize)
         rawRow = .allocate(capacity: model.info.vocabSize)
+        chosen = model.backend.allocate(max(1, config.maxBatchSize))
     }
 
-    deinit { rawRow.deallocate() }
+    deinit {
+        rawRow.deallocate()
+        model.backend.release(chosen)
+    }
+
+    /// Whether a sequence's token is the row's argmax and nothing else reads its logits (greedy, no penalties, no
+    /// log-probabilities, no constraint).
+    private static func plainGreedy(_ seq: SequenceState) -> Bool {
+        let p = seq.sampler.params
+        return p.isGreedy && !p.hasPenalties && seq.request.logprobs == nil && seq.request.constraint == nil
+    }
 
     /// One forward pass over the scheduled tokens, then sampling. `blockTable(id)` is each sequence's page list.
     func execute(_ out: SchedulerOutput, blockTable: (String) -> [Int32]) throws -> ModelRunnerOutput {
@@ -40,7 +53,20 @@ final class ModelRunner {
         }
         let result = try model.forward(batch, cache: cache)
         let vocab = model.info.vocabSize
-        let logits = model.backend.read(result, count: batch.logitsIndices.count * vocab)
+        let rows = batch.logitsIndices.count
+        if rows > 0, out.scheduled.allSatisfy({ !$0.sample || Self.plainGreedy($0.sequence) }) {
+            // Only greedy choices: the backend's argmax (the host scan's index), one int a row read back instead of
+            // the logits (a device's 32 rows of a 128K vocabulary are 16 MB a step).
+            model.backend.argmaxRows(result, rows: rows, cols: vocab, out: chosen)
+            let ids = UnsafeRawPointer(model.backend.read(chosen, count: rows))
+            var o = ModelRunnerOutput()
+            for r in 0..<rows {
+                o.tokens.append(ids.load(fromByteOffset: 4 * r, as: Int32.self))
+                o.logprobs.append(nil)
+            }
+            return o
+        }
+        let logits = model.backend.read(result, count: rows * vocab)
         var o = ModelRunnerOutput()
         o.tokens.reserveCapacity(batch.logitsIndices.count)
         o.logprobs.reserveCapacity(batch.logitsIndices.count)

@@ -174,6 +174,9 @@ struct Bench: ParsableCommand {
             // one start token they would decode identically, and an MoE model would route every sequence to the
             // same experts).
             let starts = (0..<batch).map { _ in Int32.random(in: 0..<Int32(vocab), using: &rng) }
+            // Greedy choices on the backend (argmaxRows, as the engine's greedy requests): one int a sequence read.
+            let chosen = lm.backend.allocate(batch)
+            defer { lm.backend.release(chosen) }
             try measure(test, tokens: nGen * batch) {
                 var next = starts
                 for pos in 0..<nGen {
@@ -181,8 +184,9 @@ struct Bench: ParsableCommand {
                     for s in 0..<batch {
                         b.addSequence(tokens: [next[s]], startPosition: pos, blockTable: tables[s], logits: .last)
                     }
-                    let logits = lm.backend.read(try lm.forward(b, cache: cache), count: batch * vocab)
-                    for s in 0..<batch { next[s] = argmax(logits + s * vocab, vocab) }
+                    lm.backend.argmaxRows(try lm.forward(b, cache: cache), rows: batch, cols: vocab, out: chosen)
+                    let ids = UnsafeRawPointer(lm.backend.read(chosen, count: batch))
+                    for s in 0..<batch { next[s] = ids.load(fromByteOffset: 4 * s, as: Int32.self) }
                 }
             }
         }
@@ -232,9 +236,4 @@ struct Bench: ParsableCommand {
         }
     }
 
-    private func argmax(_ x: UnsafePointer<Float>, _ n: Int) -> Int32 {
-        var best = 0
-        for i in 1..<n where x[i] > x[best] { best = i }
-        return Int32(best)
-    }
 }

@@ -28,7 +28,7 @@ final class BackendConformanceTests: XCTestCase {
     }
 
     func testEveryCheckIsListed() {
-        XCTAssertEqual(BackendConformance.checks.count, 17)
+        XCTAssertEqual(BackendConformance.checks.count, 18)
     }
 
     func testMemory() throws { try run("memory") }
@@ -46,6 +46,7 @@ final class BackendConformanceTests: XCTestCase {
     func testPagedAttention() throws { try run("attention") }
     func testPagedAttentionPrefill() throws { try run("attentionPrefill") }
     func testMoESelect() throws { try run("moeSelect") }
+    func testArgmaxRows() throws { try run("argmaxRows") }
     func testExpertExecutor() throws { try run("expertExecutor") }
     func testStagedExpertExecutor() throws { try run("stagedExpertExecutor") }
 }

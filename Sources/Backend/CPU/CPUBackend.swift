@@ -286,4 +286,18 @@ public final class CPUBackend: ComputeBackend, @unchecked Sendable {
         let p = x.hostFloats
         for i in 0..<count { p[i] = c * tanhf(p[i] / c) }
     }
+
+    public func argmaxRows(_ x: Tensor, rows: Int, cols: Int, out: Tensor) {
+        let p = x.hostFloats, o = out.hostInt32
+        for r in 0..<rows {
+            let row = p + r * cols
+            var best = 0
+            var bv = row[0]
+            for i in 1..<max(1, cols) where row[i] > bv {
+                bv = row[i]
+                best = i
+            }
+            o[r] = Int32(best)
+        }
+    }
 }

@@ -151,6 +151,45 @@ extern "C" __global__ void softcap(float* x, i64 count, float cap) {
         x[i] = cap * tanhf(x[i] / cap);
 }
 
+// Whether value v at index i beats bv at bi for argmax_rows: the larger value, the lower index among equal ones; a
+// NaN never, unless at index 0 (the host's greedy scan starts from element 0 and nothing compares above a NaN).
+// A strict total order over a row's elements, so any reduction order gives the same index.
+__device__ __forceinline__ bool kt_argmax_beats(float v, int i, float bv, int bi) {
+    if (bi == 0 && bv != bv) return false;
+    if (i == 0 && v != v) return true;
+    if (v != v) return false;
+    return v > bv || (v == bv && i < bi);
+}
+__device__ __forceinline__ void kt_argmax_warp(float* bv, int* bi) {
+    for (int m = 16; m > 0; m >>= 1) {
+        float ov = __shfl_xor_sync(0xffffffffu, *bv, m);
+        int oi = __shfl_xor_sync(0xffffffffu, *bi, m);
+        if (kt_argmax_beats(ov, oi, *bv, *bi)) { *bv = ov; *bi = oi; }
+    }
+}
+// out[r] = the index of row r's largest value (kt_argmax_beats' order); a block a row (blockDim a multiple of 32).
+extern "C" __global__ void __launch_bounds__(1024) argmax_rows(const float* x, int cols, int* out) {
+    __shared__ float sv[32];
+    __shared__ int si[32];
+    const float* row = x + (i64)blockIdx.x * cols;
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    float bv = -KT_INF;
+    int bi = 0x7fffffff;
+    for (int i = threadIdx.x; i < cols; i += blockDim.x) {
+        float v = row[i];
+        if (kt_argmax_beats(v, i, bv, bi)) { bv = v; bi = i; }
+    }
+    kt_argmax_warp(&bv, &bi);
+    if (lane == 0) { sv[warp] = bv; si[warp] = bi; }
+    __syncthreads();
+    if (warp == 0) {
+        bv = lane < warps ? sv[lane] : -KT_INF;
+        bi = lane < warps ? si[lane] : 0x7fffffff;
+        kt_argmax_warp(&bv, &bi);
+        if (lane == 0) out[blockIdx.x] = bi;
+    }
+}
+
 // dst[r, 0..<width] = src[r, 0..<width] at their strides; grid-stride over rows · width.
 extern "C" __global__ void copy_rows(const float* src, i64 srcStride, float* dst, i64 dstStride, int rows, int width) {
     i64 total = (i64)rows * width;
