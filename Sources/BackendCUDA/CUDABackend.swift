@@ -659,7 +659,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
             // Batched decode: block-staged tiles (inputs and weights through one ring of shared-memory stages), the
             // same bits.
             let nt = n <= 8 ? 1 : (n <= 16 ? 2 : 4), f = blocks[nt == 1 ? 0 : (nt == 2 ? 1 : 2)]
-            let shared = Self.mmqBlockDepth(nt) * Self.mmqBlockStageBytes(tokens: 8 * nt)
+            let shared = Self.mmqBlockDepth(nt, g.tag) * Self.mmqBlockStageBytes(g.tag, tokens: 8 * nt)
             if shared <= sharedOptin {
                 setShared(f, shared)
                 let tiles = parts.reduce(0) { $0 + ($1.rows + 15) / 16 }
@@ -775,13 +775,17 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     }
     static let streamTilesMax = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_STREAM_TILES_MAX"].flatMap { Int($0) } ?? Int.max
     static let mmqStreamDepth = 6  // KT_MMQS_DEPTH
-    /// The block-staged tiles of batched decode (mmq_block_q4_K_1 / _2 / _4, up to 32 tokens): KT_MMQB_WARPS,
+    /// The block-staged tiles of batched decode (mmq_block_<q4_K, q6_K>_1 / _2 / _4, up to 32 tokens): KT_MMQB_WARPS,
     /// KT_MMQB_DEPTH(NT) and the bytes of one stage (KtMmqbStage: 8 tiles' weights at a 160-byte row stride, the token
     /// group's values at 288, sums at 80, scales). `KTRANSFORMERS_CUDA_MMQ_BLOCK=0`: the streaming tiles instead,
     /// for these and the split-tf32 form below (measurements; the same bits).
     static let mmqBlockWarps = 8
-    static func mmqBlockDepth(_ nt: Int) -> Int { nt == 1 ? 4 : 3 }
-    static func mmqBlockStageBytes(tokens: Int) -> Int { mmqBlockWarps * 16 * 160 + tokens * (288 + 80 + 4) }
+    static func mmqBlockDepth(_ nt: Int, _ tag: String) -> Int { tag == "q6_K" ? 2 : (nt == 1 ? 4 : 3) }
+    /// Q6_K (mmq_block_q6_K_*): KT_MMQB6_DEPTH, weight rows of 240 bytes (the aligned 224 around a block), values
+    /// at 272, scales.
+    static func mmqBlockStageBytes(_ tag: String, tokens: Int) -> Int {
+        tag == "q6_K" ? mmqBlockWarps * 16 * 240 + tokens * (272 + 4) : mmqBlockWarps * 16 * 160 + tokens * (288 + 80 + 4)
+    }
     /// (A variable for the tests that run the streaming forms; set it before work is queued.)
     nonisolated(unsafe) public static var mmqBlockEnabled = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_MMQ_BLOCK"] != "0"
     /// Token counts from which the block-staged tiles run (`KTRANSFORMERS_CUDA_MMQ_BLOCK_MIN`; below it the
@@ -1404,7 +1408,7 @@ final class CUDAWeight: @unchecked Sendable {
     /// The streaming forms of the tensor-core tiles (32 and 64 tokens a warp; up to three matrices), where there are
     /// (Q4_K and Q6_K).
     let tensorCoreStream: (CUDADriver.Handle, CUDADriver.Handle)?
-    /// The block-staged tiles of batched decode (8, 16 and 32 tokens a block), where there are (Q4_K).
+    /// The block-staged tiles of batched decode (8, 16 and 32 tokens a block), where there are (Q4_K, Q6_K).
     let tensorCoreBlock: [CUDADriver.Handle]?
     /// The block-staged split-tf32 tiles of batched decode (8 and 32 tokens a block), where there are (Q4_K).
     let tensorCoreF32Staged: (CUDADriver.Handle, CUDADriver.Handle)?
@@ -1438,7 +1442,7 @@ final class CUDAWeight: @unchecked Sendable {
         tensorCoreF32Grouped = tag == "q4_K" ? kernels.function("mmf_grouped_q4_K") : nil
         tensorCoreStream = tag == "q4_K" || tag == "q6_K"
             ? (kernels.function("mmq_stream_\(tag)_4"), kernels.function("mmq_stream_\(tag)_8")) : nil
-        tensorCoreBlock = tag == "q4_K" ? [1, 2, 4].map { kernels.function("mmq_block_q4_K_\($0)") } : nil
+        tensorCoreBlock = tag == "q4_K" || tag == "q6_K" ? [1, 2, 4].map { kernels.function("mmq_block_\(tag)_\($0)") } : nil
         tensorCoreF32Staged = tag == "q4_K" ? (kernels.function("mmf_block_q4_K_1"), kernels.function("mmf_block_q4_K_4")) : nil
     }
 }

@@ -631,6 +631,161 @@ extern "C" __global__ void __launch_bounds__(128) mmq_stream_q6_K_##nt(const u8*
 KT_MMQ_STREAM_Q6K(4)
 KT_MMQ_STREAM_Q6K(8)
 
+// The same for Q6_K rows (the output matrix of batched decode): a stage row holds the 224 aligned bytes around a
+// row's 210-byte super-block (at a KT_MMQB6_WROW-byte stride: the 4-byte fragment loads of a warp hit distinct
+// banks), the inputs rows of KT_MMQB6_XROW bytes, and their scales; the arithmetic is kt_mmq_stream_q6_K's (a
+// m16n8k16 mma per 16-element sub-group, the part kt_part_q6_K of the exact integer sum): the bits of the
+// matrix-vector kernel. Grid as mmq_block_q4_K, KT_MMQB6_DEPTH · KtMmqb6Stage<NT>::bytes of dynamic shared memory.
+#define KT_MMQB6_DEPTH 2
+#define KT_MMQB6_WROW 240
+#define KT_MMQB6_XROW 272
+template <int NT>
+struct KtMmqb6Stage {
+    static constexpr int tokens = 8 * NT;
+    static constexpr int wBytes = KT_MMQB_WARPS * 16 * KT_MMQB6_WROW;
+    static constexpr int xBytes = tokens * KT_MMQB6_XROW;
+    static constexpr int bytes = wBytes + xBytes + tokens * 4;
+};
+#define KT_MMQB6_PIECES ((KT_MMQB_WARPS * 16 * 14 + 32 * KT_MMQB_WARPS - 1) / (32 * KT_MMQB_WARPS))
+
+template <int NT, int DEPTH>
+__device__ __forceinline__ void kt_mmq_block_q6_K(const KtTiles16& tl, i64 rowBytes, int cols, const i8* xq,
+                                                  const float* xd, int n) {
+    typedef KtMmqb6Stage<NT> L;
+    KT_DYNAMIC_SHARED(u8, smem);
+    const int threads = 32 * KT_MMQB_WARPS;
+    int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
+    int nsb = cols / 256, tiles = tl.first[3], units = (tiles + KT_MMQB_WARPS - 1) / KT_MMQB_WARPS;
+    int t0 = blockIdx.y * L::tokens;
+    int myUnits = (int)blockIdx.x < units ? (units - 1 - (int)blockIdx.x) / (int)gridDim.x + 1 : 0;
+    int steps = myUnits * nsb;
+    // The producer, as kt_mmq_block_q4_K's: piece c = tid + threads·k is row c / 14 of the stage, aligned bytes
+    // 16·(c % 14) around its block; wsrc[k] its row (not its block) in the producer's unit.
+    int pStep = 0, pUnit = -1;
+    const u8* wsrc[KT_MMQB6_PIECES];
+    int wdst[KT_MMQB6_PIECES];
+#pragma unroll
+    for (int k = 0; k < KT_MMQB6_PIECES; k++) {
+        int c = tid + threads * k;
+        wdst[k] = c < KT_MMQB_WARPS * 16 * 14 ? (c / 14) * KT_MMQB6_WROW + 16 * (c % 14) : -1;
+        wsrc[k] = nullptr;
+    }
+    auto issue = [&](int s) {
+        if (pStep < steps) {
+            int ui = pStep / nsb, sb = pStep - ui * nsb;
+            if (ui != pUnit) {
+                pUnit = ui;
+                int u = blockIdx.x + ui * gridDim.x;
+#pragma unroll
+                for (int k = 0; k < KT_MMQB6_PIECES; k++) {
+                    int c = tid + threads * k;
+                    if (wdst[k] < 0) continue;
+                    int tile = min(u * KT_MMQB_WARPS + c / 224, tiles - 1), rr = (c / 14) % 16, r0, cnt;
+                    int m = tl.locate(tile, &r0, &cnt);
+                    wsrc[k] = tl.W[m] + (i64)min(r0 + rr, tl.rows[m] - 1) * rowBytes;
+                }
+            }
+            u8* st = smem + s * L::bytes;
+#pragma unroll
+            for (int k = 0; k < KT_MMQB6_PIECES; k++)
+                if (wdst[k] >= 0) {
+                    const u8* blk = wsrc[k] + (i64)sb * 210;
+                    kt_cp_async16(st + wdst[k], (const u8*)((size_t)blk & ~(size_t)15) + 16 * ((wdst[k] % KT_MMQB6_WROW) / 16));
+                }
+            u8* sx = st + L::wBytes;
+            for (int c = tid; c < L::tokens * 16; c += threads) {
+                int tok = c >> 4, part = c & 15;
+                kt_cp_async16(sx + tok * KT_MMQB6_XROW + part * 16,
+                              xq + (i64)min(t0 + tok, n - 1) * cols + sb * 256 + part * 16);
+            }
+            float* sd = (float*)(sx + L::xBytes);
+            if (tid < L::tokens) kt_cp_async4(sd + tid, xd + (i64)min(t0 + tid, n - 1) * nsb + sb);
+            pStep++;
+        }
+        kt_cp_async_commit();
+    };
+    for (int s = 0; s < DEPTH - 1; s++) issue(s);
+    int step = 0;
+    for (int ui = 0; ui < myUnits; ui++) {
+        int tile = (blockIdx.x + ui * gridDim.x) * KT_MMQB_WARPS + warp, r0 = 0, cnt = 0, m = 0;
+        if (tile < tiles) m = tl.locate(tile, &r0, &cnt);
+        int tc = min(tile, tiles - 1), r0c, cntc;
+        int mc = tl.locate(tc, &r0c, &cntc);
+        // This lane's rows in global memory (their blocks' offsets in the aligned stage rows).
+        const u8* gA = tl.W[mc] + (i64)min(r0c + g, tl.rows[mc] - 1) * rowBytes;
+        const u8* gB = tl.W[mc] + (i64)min(r0c + g + 8, tl.rows[mc] - 1) * rowBytes;
+        float acc[NT][4];
+        for (int j = 0; j < NT; j++)
+            for (int e = 0; e < 4; e++) acc[j][e] = 0.0f;
+        for (int sb = 0; sb < nsb; sb++, step++) {
+            kt_cp_async_wait<DEPTH - 2>();
+            __syncthreads();
+            issue((step + DEPTH - 1) % DEPTH);
+            const u8* st = smem + (step % DEPTH) * L::bytes;
+            const u8* ba = st + (warp * 16 + g) * KT_MMQB6_WROW + ((size_t)(gA + (i64)sb * 210) & 15);
+            const u8* bb = st + (warp * 16 + g + 8) * KT_MMQB6_WROW + ((size_t)(gB + (i64)sb * 210) & 15);
+            const u8* sx = st + L::wBytes;
+            const float* sd = (const float*)(sx + L::xBytes);
+            float dA = kt_f16(ba + 208), dB = kt_f16(bb + 208);
+            int i1[NT][4];
+            for (int j = 0; j < NT; j++)
+                for (int e = 0; e < 4; e++) i1[j][e] = 0;
+#pragma unroll
+            for (int G = 0; G < 8; G++) {
+                int h = G >> 2, r = G & 3, shL = 4 * (r >> 1), shH = 2 * r;
+#pragma unroll
+                for (int sub = 0; sub < 2; sub++) {
+                    int i = 16 * sub + 4 * t, ql = 64 * h + 32 * (r & 1) + i, qh = 128 + 32 * h + i;
+                    u32 a[2] = {(u32)kt_minus32(((kt_load4_a2(ba + ql) >> shL) & 0x0F0F0F0Fu) |
+                                                (((kt_load4_a2(ba + qh) >> shH) & 0x03030303u) << 4)),
+                                (u32)kt_minus32(((kt_load4_a2(bb + ql) >> shL) & 0x0F0F0F0Fu) |
+                                                (((kt_load4_a2(bb + qh) >> shH) & 0x03030303u) << 4))};
+                    int scA = ((const i8*)(ba + 192))[2 * G + sub], scB = ((const i8*)(bb + 192))[2 * G + sub];
+#pragma unroll
+                    for (int j = 0; j < NT; j++) {
+                        u32 b[1] = {*(const u32*)(sx + (8 * j + g) * KT_MMQB6_XROW + G * 32 + i)};
+                        int c[4] = {0, 0, 0, 0};
+                        KT_MMA_K16(c, a, b);
+                        i1[j][0] += scA * c[0];
+                        i1[j][1] += scA * c[1];
+                        i1[j][2] += scB * c[2];
+                        i1[j][3] += scB * c[3];
+                    }
+                }
+            }
+#pragma unroll
+            for (int j = 0; j < NT; j++)
+#pragma unroll
+                for (int jj = 0; jj < 2; jj++) {
+                    float xdt = sd[8 * j + 2 * t + jj];
+                    acc[j][jj] = __fadd_rn(acc[j][jj], kt_part_q6_K(xdt, dA, i1[j][jj]));
+                    acc[j][2 + jj] = __fadd_rn(acc[j][2 + jj], kt_part_q6_K(xdt, dB, i1[j][2 + jj]));
+                }
+        }
+        if (tile < tiles) {
+            float* y = tl.y[m];
+            int rows = tl.rows[m];
+            for (int j = 0; j < NT; j++)
+                for (int e = 0; e < 4; e++) {
+                    int r = r0 + g + 8 * (e >> 1), tok = t0 + 8 * j + 2 * t + (e & 1);
+                    if (r < rows && tok < n) y[(i64)tok * rows + r] = acc[j][e];
+                }
+        }
+    }
+    kt_cp_async_wait<0>();
+}
+
+#define KT_MMQ_BLOCK_Q6K(nt) \
+extern "C" __global__ void __launch_bounds__(32 * KT_MMQB_WARPS, 2) mmq_block_q6_K_##nt(const u8* W0, const u8* W1, \
+        const u8* W2, i64 rowBytes, int rows0, int rows1, int rows2, int cols, const i8* xq, const float* xd, \
+        const int*, float* y0, float* y1, float* y2, int n) { \
+    KtTiles16 tl(W0, W1, W2, y0, y1, y2, rows0, rows1, rows2); \
+    kt_mmq_block_q6_K<nt, KT_MMQB6_DEPTH>(tl, rowBytes, cols, xq, xd, n); \
+}
+KT_MMQ_BLOCK_Q6K(1)
+KT_MMQ_BLOCK_Q6K(2)
+KT_MMQ_BLOCK_Q6K(4)
+
 // ---- f32-activation matmuls (`.f32Activations`: the MLP's down projection) on the tf32 tensor cores ----
 //
 // f32 semantics on the tf32 tensor cores: within a 32-group a Q4_K weight is d1·q − m1 (q 0..15, d1 = d·scale,
