@@ -657,17 +657,27 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
                                  .ptr(input.1), .ptr(input.2), .ptr(p[0].y), .ptr(p[1].y), .ptr(p[2].y), .i32(n)]
         if n >= Self.mmqBlockMin, n <= 32, Self.mmqBlockEnabled, let blocks = g.tensorCoreBlock {
             // Batched decode: block-staged tiles (inputs and weights through one ring of shared-memory stages), the
-            // same bits.
-            let nt = n <= 8 ? 1 : (n <= 16 ? 2 : 4), f = blocks[nt == 1 ? 0 : (nt == 2 ? 1 : 2)]
-            let shared = Self.mmqBlockDepth(nt, g.tag) * Self.mmqBlockStageBytes(g.tag, tokens: 8 * nt)
-            if shared <= sharedOptin {
-                setShared(f, shared)
-                let tiles = parts.reduce(0) { $0 + ($1.rows + 15) / 16 }
-                let units = (tiles + Self.mmqBlockWarps - 1) / Self.mmqBlockWarps
-                let perSM = blocksPerSM(f, threads: 32 * Self.mmqBlockWarps, shared: shared)
-                launch(f, "mmq_block_\(g.tag)_\(nt) \(parts.reduce(0) { $0 + $1.rows })x\(cols)",
-                       grid: (min(units, Self.persistentBlocksCap ?? multiprocessors * perSM), (n + 8 * nt - 1) / (8 * nt), 1),
-                       block: 32 * Self.mmqBlockWarps, shared: shared, args)
+            // same bits. Units of TW tiles: the widest that still gives every resident block a unit (a small
+            // matrix in units of 8 tiles would leave most multiprocessors idle).
+            let nt = n <= 8 ? 1 : (n <= 16 ? 2 : 4)
+            let tiles = parts.reduce(0) { $0 + ($1.rows + 15) / 16 }
+            let widths = [8, 4, 2].filter { blocks[100 * nt + $0] != nil && (Self.mmqBlockTW == nil || Self.mmqBlockTW == $0) }
+            var pick: (f: CUDADriver.Handle, tw: Int, shared: Int, slots: Int)?
+            for tw in widths {
+                let f = blocks[100 * nt + tw]!
+                let shared = Self.mmqBlockDepth(nt, g.tag) * Self.mmqBlockStageBytes(g.tag, tokens: 8 * nt, tiles: tw)
+                guard shared <= sharedOptin else { continue }
+                let slots = Self.persistentBlocksCap
+                    ?? multiprocessors * blocksPerSM(f, threads: 32 * Self.mmqBlockWarps, shared: shared)
+                pick = (f, tw, shared, slots)
+                if (tiles + tw - 1) / tw >= slots { break }
+            }
+            if let pick {
+                setShared(pick.f, pick.shared)
+                let units = (tiles + pick.tw - 1) / pick.tw
+                launch(pick.f, "mmq_block_\(g.tag)_\(nt)_\(pick.tw) \(parts.reduce(0) { $0 + $1.rows })x\(cols)",
+                       grid: (min(units, pick.slots), (n + 8 * nt - 1) / (8 * nt), 1),
+                       block: 32 * Self.mmqBlockWarps, shared: pick.shared, args)
                 return true
             }
         }
@@ -783,9 +793,12 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     static func mmqBlockDepth(_ nt: Int, _ tag: String) -> Int { tag == "q6_K" ? 2 : (nt == 1 ? 4 : 3) }
     /// Q6_K (mmq_block_q6_K_*): KT_MMQB6_DEPTH, weight rows of 240 bytes (the aligned 224 around a block), values
     /// at 272, scales.
-    static func mmqBlockStageBytes(_ tag: String, tokens: Int) -> Int {
-        tag == "q6_K" ? mmqBlockWarps * 16 * 240 + tokens * (272 + 4) : mmqBlockWarps * 16 * 160 + tokens * (288 + 80 + 4)
+    static func mmqBlockStageBytes(_ tag: String, tokens: Int, tiles: Int) -> Int {
+        tag == "q6_K" ? tiles * 16 * 240 + tokens * (272 + 4) : tiles * 16 * 160 + tokens * (288 + 80 + 4)
     }
+    /// `KTRANSFORMERS_CUDA_MMQ_BLOCK_TW=8|4|2`: only units of that many tiles where there is such a form
+    /// (measurements; the same bits). (A variable for the tests of each width; set it before work is queued.)
+    nonisolated(unsafe) public static var mmqBlockTW = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_MMQ_BLOCK_TW"].flatMap { Int($0) }
     /// (A variable for the tests that run the streaming forms; set it before work is queued.)
     nonisolated(unsafe) public static var mmqBlockEnabled = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_MMQ_BLOCK"] != "0"
     /// Token counts from which the block-staged tiles run (`KTRANSFORMERS_CUDA_MMQ_BLOCK_MIN`; below it the
@@ -1408,8 +1421,9 @@ final class CUDAWeight: @unchecked Sendable {
     /// The streaming forms of the tensor-core tiles (32 and 64 tokens a warp; up to three matrices), where there are
     /// (Q4_K and Q6_K).
     let tensorCoreStream: (CUDADriver.Handle, CUDADriver.Handle)?
-    /// The block-staged tiles of batched decode (8, 16 and 32 tokens a block), where there are (Q4_K, Q6_K).
-    let tensorCoreBlock: [CUDADriver.Handle]?
+    /// The block-staged tiles of batched decode (8, 16 and 32 tokens a block), where there are (Q4_K, Q6_K), by
+    /// 100 · (tokens / 8) + tiles a unit.
+    let tensorCoreBlock: [Int: CUDADriver.Handle]?
     /// The block-staged split-tf32 tiles of batched decode (8 and 32 tokens a block), where there are (Q4_K).
     let tensorCoreF32Staged: (CUDADriver.Handle, CUDADriver.Handle)?
 
@@ -1442,7 +1456,15 @@ final class CUDAWeight: @unchecked Sendable {
         tensorCoreF32Grouped = tag == "q4_K" ? kernels.function("mmf_grouped_q4_K") : nil
         tensorCoreStream = tag == "q4_K" || tag == "q6_K"
             ? (kernels.function("mmq_stream_\(tag)_4"), kernels.function("mmq_stream_\(tag)_8")) : nil
-        tensorCoreBlock = tag == "q4_K" || tag == "q6_K" ? [1, 2, 4].map { kernels.function("mmq_block_\(tag)_\($0)") } : nil
+        if tag == "q4_K" {
+            tensorCoreBlock = Dictionary(uniqueKeysWithValues: [(1, 8), (2, 8), (2, 4), (4, 8), (4, 4), (4, 2)].map {
+                (100 * $0.0 + $0.1, kernels.function("mmq_block_q4_K_\($0.0)_\($0.1)"))
+            })
+        } else if tag == "q6_K" {
+            tensorCoreBlock = Dictionary(uniqueKeysWithValues: [1, 2, 4].map { (100 * $0 + 8, kernels.function("mmq_block_q6_K_\($0)")) })
+        } else {
+            tensorCoreBlock = nil
+        }
         tensorCoreF32Staged = tag == "q4_K" ? (kernels.function("mmf_block_q4_K_1"), kernels.function("mmf_block_q4_K_4")) : nil
     }
 }

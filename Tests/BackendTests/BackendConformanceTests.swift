@@ -93,6 +93,25 @@ final class CUDAOneTokenConformanceTests: XCTestCase {
     }
 }
 
+/// The matmul checks with the block-staged tiles in units of 4 and of 2 tiles (by default the width depends on the
+/// matrix and the GPU's size), so that every form (warps splitting a unit's token tiles) gives the bits of the rest.
+final class CUDABlockTilesConformanceTests: XCTestCase {
+    func testEveryUnitWidth() throws {
+        guard let backend = try CUDABackend.makeIfPresent() else {
+            throw XCTSkip("no CUDA driver/GPU and no CUDA emulator here: CUDA block-tile conformance skipped")
+        }
+        defer { CUDABackend.mmqBlockTW = nil }
+        for tw in [4, 2] {
+            CUDABackend.mmqBlockTW = tw
+            let c = BackendConformance(name: "cuda, block tiles of \(tw) tiles", backend: backend)
+            for name in ["matmul", "matmulGroup"] {
+                let check = try XCTUnwrap(BackendConformance.checks.first { $0.name == name })
+                for f in Expect.collect({ try check.run(c) }) { XCTFail("[cuda block tiles \(tw)] \(name): \(f)") }
+            }
+        }
+    }
+}
+
 /// The prefill conformance check with the GEMMs' weight scratch shrunk to 40 rows of 512: every matrix is decoded
 /// and multiplied in chunks of rows (the path of matrices over 256 MiB in f16, such as a large vocabulary's output).
 final class CUDAGemmChunksConformanceTests: XCTestCase {

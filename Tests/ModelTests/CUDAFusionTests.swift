@@ -55,9 +55,9 @@ final class CUDAFusionTests: XCTestCase {
         }
         // Batched decode (2 tokens) runs the block-staged tiles by default, with the fusions around them.
         let block = chain()
-        XCTAssertEqual(Set(block), ["rms_norm_q8K", "mmq_block_q4_K_1", "gated_silu_split", "mmf_block_q4_K_1", "add_rms_norm"],
+        XCTAssertEqual(Set(block), ["rms_norm_q8K", "mmq_block_q4_K_1_8", "gated_silu_split", "mmf_block_q4_K_1", "add_rms_norm"],
                        "kernels launched: \(block)")
-        XCTAssertEqual(b.kernelProfile().first { $0.name.hasPrefix("mmq_block_q4_K_1") }?.calls, 2)
+        XCTAssertEqual(b.kernelProfile().first { $0.name.hasPrefix("mmq_block_q4_K_1_8") }?.calls, 2)
         // Without them, the plain matmul kernels (faster at 2 tokens than the streaming forms).
         let savedBlock = CUDABackend.mmqBlockEnabled
         CUDABackend.mmqBlockEnabled = false

@@ -266,39 +266,42 @@ KT_MMQ_STREAM(4)
 KT_MMQ_STREAM(8)
 
 // Block-staged form of mmq_stream_q4_K (batched decode, up to 8·NT tokens): persistent blocks of KT_MMQB_WARPS
-// warps walk units of KT_MMQB_WARPS consecutive 16-row tiles (KtTiles16: up to three matrices), a super-block per
-// step, all warps in step. Per step the block copies with cp.async, KT_MMQB_DEPTH(NT) - 1 steps ahead, one stage of a
+// warps walk units of TW consecutive 16-row tiles (KtTiles16: up to three matrices), a super-block per step, all
+// warps in step. Per step the block copies with cp.async, KT_MMQB_DEPTH(NT) - 1 steps ahead, one stage of a
 // ring: its tiles' weights (rows at a KT_MMQB_WROW-byte stride), and its token group's int8 inputs (rows of
 // KT_MMQB_XROW bytes), per-16 sums (rows of KT_MMQB_SROW bytes) and scales. So the mma fragments come from shared
 // memory without bank conflicts, and a token group's inputs are read from L2 once per block and step instead of
-// by every warp through L1 (the streaming form's bottleneck: 8 lines a fragment load). One barrier a step. Warp w
-// computes tile KT_MMQB_WARPS·unit + w as kt_mmq_stream_q4_K does: every output has the bits of mmq_q4_K and of
+// by every warp through L1 (the streaming form's bottleneck: 8 lines a fragment load). One barrier a step. Each warp
+// computes its tile and token tiles as kt_mmq_stream_q4_K does: every output has the bits of mmq_q4_K and of
 // the matrix-vector kernels. Grid (blocks, ceil(n / (8·NT))), 32·KT_MMQB_WARPS threads,
-// KT_MMQB_DEPTH(NT) · KtMmqbStage<NT>::bytes of dynamic shared memory.
+// KT_MMQB_DEPTH(NT) · KtMmqbStage<NT, TW>::bytes of dynamic shared memory.
 #define KT_MMQB_WARPS 8
 #define KT_MMQB_DEPTH(nt) ((nt) == 1 ? 4 : 3)
 #define KT_MMQB_WROW 160  // 144-byte super-blocks: 8-byte fragment loads of a half-warp hit distinct banks
 #define KT_MMQB_XROW 288  // 256 values
 #define KT_MMQB_SROW 80   // 16 sums
-template <int NT>
+template <int NT, int TW = KT_MMQB_WARPS>
 struct KtMmqbStage {
     static constexpr int tokens = 8 * NT;
-    static constexpr int wBytes = KT_MMQB_WARPS * 16 * KT_MMQB_WROW;
+    static constexpr int wBytes = TW * 16 * KT_MMQB_WROW;
     static constexpr int xBytes = tokens * KT_MMQB_XROW;
     static constexpr int sBytes = tokens * KT_MMQB_SROW;
     static constexpr int bytes = wBytes + xBytes + sBytes + tokens * 4;
 };
-// Weight pieces a thread copies per step: 16-byte pieces of the stage's tiles, 9 a row.
-#define KT_MMQB_PIECES ((KT_MMQB_WARPS * 16 * 9 + 32 * KT_MMQB_WARPS - 1) / (32 * KT_MMQB_WARPS))
+// Weight pieces a thread copies per step: 16-byte pieces of the stage's TW tiles, 9 a row.
+#define KT_MMQB_PIECES(tw) (((tw) * 16 * 9 + 32 * KT_MMQB_WARPS - 1) / (32 * KT_MMQB_WARPS))
 
-template <int NT, int DEPTH>
+// TW tiles a unit (8, 4 or 2): warp w computes tile w % TW for the NJ = NT·TW/8 token tiles of group w / TW, so that
+// a small matrix (an output projection of 256 tiles) still spreads over every multiprocessor.
+template <int NT, int DEPTH, int TW>
 __device__ __forceinline__ void kt_mmq_block_q4_K(const KtTiles16& tl, i64 rowBytes, int cols, const i8* xq,
                                                   const float* xd, const int* xs, int n) {
-    typedef KtMmqbStage<NT> L;
+    typedef KtMmqbStage<NT, TW> L;
+    constexpr int NJ = NT * TW / KT_MMQB_WARPS, PIECES = KT_MMQB_PIECES(TW);
     KT_DYNAMIC_SHARED(u8, smem);
     const int threads = 32 * KT_MMQB_WARPS;
     int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
-    int nsb = cols / 256, tiles = tl.first[3], units = (tiles + KT_MMQB_WARPS - 1) / KT_MMQB_WARPS;
+    int nsb = cols / 256, tiles = tl.first[3], units = (tiles + TW - 1) / TW;
     int t0 = blockIdx.y * L::tokens;
     int myUnits = (int)blockIdx.x < units ? (units - 1 - (int)blockIdx.x) / (int)gridDim.x + 1 : 0;
     int steps = myUnits * nsb;
@@ -306,12 +309,12 @@ __device__ __forceinline__ void kt_mmq_block_q4_K(const KtTiles16& tl, i64 rowBy
     // pieces: piece c = tid + threads·k is row c / 9 of the stage (tile c / 144), bytes 16·(c % 9) of its block;
     // wsrc[k] its row's first block (+ the piece's offset) in the producer's unit, -1 offset: no such piece.
     int pStep = 0, pUnit = -1;
-    const u8* wsrc[KT_MMQB_PIECES];
-    int wdst[KT_MMQB_PIECES];
+    const u8* wsrc[PIECES];
+    int wdst[PIECES];
 #pragma unroll
-    for (int k = 0; k < KT_MMQB_PIECES; k++) {
+    for (int k = 0; k < PIECES; k++) {
         int c = tid + threads * k;
-        wdst[k] = c < KT_MMQB_WARPS * 16 * 9 ? (c / 9) * KT_MMQB_WROW + 16 * (c % 9) : -1;
+        wdst[k] = c < TW * 16 * 9 ? (c / 9) * KT_MMQB_WROW + 16 * (c % 9) : -1;
         wsrc[k] = nullptr;
     }
     auto issue = [&](int s) {
@@ -321,17 +324,17 @@ __device__ __forceinline__ void kt_mmq_block_q4_K(const KtTiles16& tl, i64 rowBy
                 pUnit = ui;
                 int u = blockIdx.x + ui * gridDim.x;
 #pragma unroll
-                for (int k = 0; k < KT_MMQB_PIECES; k++) {
+                for (int k = 0; k < PIECES; k++) {
                     int c = tid + threads * k;
                     if (wdst[k] < 0) continue;
-                    int tile = min(u * KT_MMQB_WARPS + c / 144, tiles - 1), rr = (c / 9) % 16, r0, cnt;
+                    int tile = min(u * TW + c / 144, tiles - 1), rr = (c / 9) % 16, r0, cnt;
                     int m = tl.locate(tile, &r0, &cnt);
                     wsrc[k] = tl.W[m] + (i64)min(r0 + rr, tl.rows[m] - 1) * rowBytes + 16 * (c % 9);
                 }
             }
             u8* st = smem + s * L::bytes;
 #pragma unroll
-            for (int k = 0; k < KT_MMQB_PIECES; k++)
+            for (int k = 0; k < PIECES; k++)
                 if (wdst[k] >= 0) kt_cp_async16(st + wdst[k], wsrc[k] + (i64)sb * 144);
             // Inputs of the token group (tokens past n repeat the last; their outputs are not written).
             u8* sx = st + L::wBytes;
@@ -355,22 +358,23 @@ __device__ __forceinline__ void kt_mmq_block_q4_K(const KtTiles16& tl, i64 rowBy
     for (int s = 0; s < DEPTH - 1; s++) issue(s);
     int step = 0;
     for (int ui = 0; ui < myUnits; ui++) {
-        int tile = (blockIdx.x + ui * gridDim.x) * KT_MMQB_WARPS + warp, r0 = 0, cnt = 0, m = 0;
+        int wt = warp % TW, j0 = (warp / TW) * NJ;
+        int tile = (blockIdx.x + ui * gridDim.x) * TW + wt, r0 = 0, cnt = 0, m = 0;
         if (tile < tiles) m = tl.locate(tile, &r0, &cnt);
-        float acc[NT][4];
-        for (int j = 0; j < NT; j++)
+        float acc[NJ][4];
+        for (int j = 0; j < NJ; j++)
             for (int e = 0; e < 4; e++) acc[j][e] = 0.0f;
         for (int sb = 0; sb < nsb; sb++, step++) {
             kt_cp_async_wait<DEPTH - 2>();
             __syncthreads();  // this step's stage is in; every warp is done with the previous one, refilled next
             issue((step + DEPTH - 1) % DEPTH);
             const u8* st = smem + (step % DEPTH) * L::bytes;
-            const u8* wt = st + warp * 16 * KT_MMQB_WROW;
+            const u8* wrow = st + wt * 16 * KT_MMQB_WROW;
             const u8* sx = st + L::wBytes;
             const int* ss = (const int*)(sx + L::xBytes);
             const float* sd = (const float*)((const u8*)ss + L::sBytes);
             // Rows g (A) and g + 8 (B) of the tile: scales and mins (bytes of two words each), d, dmin.
-            uint4 hA = *(const uint4*)(wt + g * KT_MMQB_WROW), hB = *(const uint4*)(wt + (g + 8) * KT_MMQB_WROW);
+            uint4 hA = *(const uint4*)(wrow + g * KT_MMQB_WROW), hB = *(const uint4*)(wrow + (g + 8) * KT_MMQB_WROW);
             float dA = kt_half_to_float((u16)(hA.x & 0xFFFFu)), mA = kt_half_to_float((u16)(hA.x >> 16));
             float dB = kt_half_to_float((u16)(hB.x & 0xFFFFu)), mB = kt_half_to_float((u16)(hB.x >> 16));
             u32 scA[2] = {0, 0}, mnA[2] = {0, 0}, scB[2] = {0, 0}, mnB[2] = {0, 0};
@@ -384,13 +388,13 @@ __device__ __forceinline__ void kt_mmq_block_q4_K(const KtTiles16& tl, i64 rowBy
                 scB[G >> 2] |= (u32)sb_ << (8 * (G & 3));
                 mnB[G >> 2] |= (u32)mb << (8 * (G & 3));
             }
-            int i1[NT][4];
-            for (int j = 0; j < NT; j++)
+            int i1[NJ][4];
+            for (int j = 0; j < NJ; j++)
                 for (int e = 0; e < 4; e++) i1[j][e] = 0;
 #pragma unroll
             for (int p = 0; p < 4; p++) {
-                uint2 qa = *(const uint2*)(wt + g * KT_MMQB_WROW + 16 + 32 * p + 8 * t);
-                uint2 qb = *(const uint2*)(wt + (g + 8) * KT_MMQB_WROW + 16 + 32 * p + 8 * t);
+                uint2 qa = *(const uint2*)(wrow + g * KT_MMQB_WROW + 16 + 32 * p + 8 * t);
+                uint2 qb = *(const uint2*)(wrow + (g + 8) * KT_MMQB_WROW + 16 + 32 * p + 8 * t);
 #pragma unroll
                 for (int hi = 0; hi < 2; hi++) {
                     int G = 2 * p + hi, sh = 4 * hi;
@@ -398,8 +402,8 @@ __device__ __forceinline__ void kt_mmq_block_q4_K(const KtTiles16& tl, i64 rowBy
                     u32 a[4] = {(qa.x >> sh) & 0x0F0F0F0Fu, (qb.x >> sh) & 0x0F0F0F0Fu, (qa.y >> sh) & 0x0F0F0F0Fu,
                                 (qb.y >> sh) & 0x0F0F0F0Fu};
 #pragma unroll
-                    for (int j = 0; j < NT; j++) {
-                        uint2 bb = *(const uint2*)(sx + (8 * j + g) * KT_MMQB_XROW + G * 32 + 8 * t);
+                    for (int j = 0; j < NJ; j++) {
+                        uint2 bb = *(const uint2*)(sx + (8 * (j0 + j) + g) * KT_MMQB_XROW + G * 32 + 8 * t);
                         u32 b[2] = {bb.x, bb.y};
                         int c[4] = {0, 0, 0, 0};
                         KT_MMA_K32(c, a, b);
@@ -411,10 +415,10 @@ __device__ __forceinline__ void kt_mmq_block_q4_K(const KtTiles16& tl, i64 rowBy
                 }
             }
 #pragma unroll
-            for (int j = 0; j < NT; j++) {
+            for (int j = 0; j < NJ; j++) {
 #pragma unroll
                 for (int jj = 0; jj < 2; jj++) {
-                    int tk = 8 * j + 2 * t + jj;
+                    int tk = 8 * (j0 + j) + 2 * t + jj;
                     const int* sp = ss + tk * (KT_MMQB_SROW / 4);
                     int4 s0 = *(const int4*)sp, s1 = *(const int4*)(sp + 4), s2 = *(const int4*)(sp + 8), s3 = *(const int4*)(sp + 12);
                     int sg[8] = {s0.x + s0.y, s0.z + s0.w, s1.x + s1.y, s1.z + s1.w, s2.x + s2.y, s2.z + s2.w,
@@ -434,9 +438,9 @@ __device__ __forceinline__ void kt_mmq_block_q4_K(const KtTiles16& tl, i64 rowBy
         if (tile < tiles) {
             float* y = tl.y[m];
             int rows = tl.rows[m];
-            for (int j = 0; j < NT; j++)
+            for (int j = 0; j < NJ; j++)
                 for (int e = 0; e < 4; e++) {
-                    int r = r0 + g + 8 * (e >> 1), tok = t0 + 8 * j + 2 * t + (e & 1);
+                    int r = r0 + g + 8 * (e >> 1), tok = t0 + 8 * (j0 + j) + 2 * t + (e & 1);
                     if (r < rows && tok < n) y[(i64)tok * rows + r] = acc[j][e];
                 }
         }
@@ -444,16 +448,20 @@ __device__ __forceinline__ void kt_mmq_block_q4_K(const KtTiles16& tl, i64 rowBy
     kt_cp_async_wait<0>();
 }
 
-#define KT_MMQ_BLOCK(nt) \
-extern "C" __global__ void __launch_bounds__(32 * KT_MMQB_WARPS, 2) mmq_block_q4_K_##nt(const u8* W0, const u8* W1, \
-        const u8* W2, i64 rowBytes, int rows0, int rows1, int rows2, int cols, const i8* xq, const float* xd, \
-        const int* xs, float* y0, float* y1, float* y2, int n) { \
+// mmq_block_q4_K_<NT>_<TW>: 8·NT tokens a block, TW tiles a unit.
+#define KT_MMQ_BLOCK(nt, tw) \
+extern "C" __global__ void __launch_bounds__(32 * KT_MMQB_WARPS, 2) mmq_block_q4_K_##nt##_##tw(const u8* W0, \
+        const u8* W1, const u8* W2, i64 rowBytes, int rows0, int rows1, int rows2, int cols, const i8* xq, \
+        const float* xd, const int* xs, float* y0, float* y1, float* y2, int n) { \
     KtTiles16 tl(W0, W1, W2, y0, y1, y2, rows0, rows1, rows2); \
-    kt_mmq_block_q4_K<nt, KT_MMQB_DEPTH(nt)>(tl, rowBytes, cols, xq, xd, xs, n); \
+    kt_mmq_block_q4_K<nt, KT_MMQB_DEPTH(nt), tw>(tl, rowBytes, cols, xq, xd, xs, n); \
 }
-KT_MMQ_BLOCK(1)
-KT_MMQ_BLOCK(2)
-KT_MMQ_BLOCK(4)
+KT_MMQ_BLOCK(1, 8)
+KT_MMQ_BLOCK(2, 8)
+KT_MMQ_BLOCK(2, 4)
+KT_MMQ_BLOCK(4, 8)
+KT_MMQ_BLOCK(4, 4)
+KT_MMQ_BLOCK(4, 2)
 
 // ---- Routed experts by expert (prefill): tiles over each expert's pairs ----
 //
