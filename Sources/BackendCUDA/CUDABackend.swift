@@ -667,13 +667,13 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
                 let f = blocks[100 * nt + tw]!
                 let shared = Self.mmqBlockDepth(nt, g.tag) * Self.mmqBlockStageBytes(g.tag, tokens: 8 * nt, tiles: tw)
                 guard shared <= sharedOptin else { continue }
+                setShared(f, shared)  // (before the occupancy query: above 48 KiB a block needs the opt-in)
                 let slots = Self.persistentBlocksCap
                     ?? multiprocessors * blocksPerSM(f, threads: 32 * Self.mmqBlockWarps, shared: shared)
                 pick = (f, tw, shared, slots)
                 if (tiles + tw - 1) / tw >= slots { break }
             }
             if let pick {
-                setShared(pick.f, pick.shared)
                 let units = (tiles + pick.tw - 1) / pick.tw
                 launch(pick.f, "mmq_block_\(g.tag)_\(nt)_\(pick.tw) \(parts.reduce(0) { $0 + $1.rows })x\(cols)",
                        grid: (min(units, pick.slots), (n + 8 * nt - 1) / (8 * nt), 1),
@@ -1067,9 +1067,13 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
             setShared(block, shared)
             let units = (tiles + Self.mmfBlockWarps - 1) / Self.mmfBlockWarps * splits
             let perSM = blocksPerSM(block, threads: 32 * Self.mmfBlockWarps, shared: shared)
+            // With K splits, each tile's last split sums them into y itself (one token group: n <= 8·nt).
+            let counters = splits > 1 ? mmfCounters.flatMap { $0.count >= tiles ? $0 : nil } : nil
             launch(block, "mmf_block_\(g.tag)_\(nt) \(rows)x\(cols)",
                    grid: (min(units, Self.persistentBlocksCap ?? multiprocessors * perSM), (n + 8 * nt - 1) / (8 * nt), 1),
-                   block: 32 * Self.mmfBlockWarps, shared: shared, args)
+                   block: 32 * Self.mmfBlockWarps, shared: shared,
+                   args + [.ptr(counters == nil ? 0 : y.address), .ptr(counters?.address ?? 0)])
+            if counters != nil { return }
         } else if n <= Self.mmfStreamMax, n >= Self.streamMinTokens, Self.streamMatvecEnabled, let streams = g.tensorCoreF32Stream,
            streamShared <= sharedOptin {
             // Decode and batched decode: the streaming forms (weights through per-warp rings of shared memory), same bits.

@@ -909,7 +909,9 @@ public struct BackendConformance {
         defer { b.release(short) }
         b.argmaxRows(short, rows: 2, cols: 4, out: out)
         Expect.equal(b.int32s(out, 2), [0, 0], "[\(name)] argmaxRows of rows of 4")
-        print("[\(name)] argmaxRows: \(rows) rows of \(cols) and rows of 4 as the host's scan")
+        b.argmaxRows(short, rows: 2, cols: 3, out: out)  // rows [3, 1, 3], [-2, 0.5, 0.5]: widths not a multiple of 4
+        Expect.equal(b.int32s(out, 2), [0, 1], "[\(name)] argmaxRows of rows of 3")
+        print("[\(name)] argmaxRows: \(rows) rows of \(cols), rows of 4 and of 3 as the host's scan")
     }
 
     public func checkMoESelect() {

@@ -175,9 +175,24 @@ extern "C" __global__ void __launch_bounds__(1024) argmax_rows(const float* x, i
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
     float bv = -KT_INF;
     int bi = 0x7fffffff;
-    for (int i = threadIdx.x; i < cols; i += blockDim.x) {
-        float v = row[i];
-        if (kt_argmax_beats(v, i, bv, bi)) { bv = v; bi = i; }
+    if ((cols & 3) == 0 && ((size_t)row & 15) == 0) {
+        // Four values a load, four loads in flight (the order of the comparisons does not matter: a total order).
+        const float4* r4 = (const float4*)row;
+        int n4 = cols >> 2;
+#pragma unroll 4
+        for (int k = threadIdx.x; k < n4; k += blockDim.x) {
+            float4 v = r4[k];
+            int i = 4 * k;
+            if (kt_argmax_beats(v.x, i, bv, bi)) { bv = v.x; bi = i; }
+            if (kt_argmax_beats(v.y, i + 1, bv, bi)) { bv = v.y; bi = i + 1; }
+            if (kt_argmax_beats(v.z, i + 2, bv, bi)) { bv = v.z; bi = i + 2; }
+            if (kt_argmax_beats(v.w, i + 3, bv, bi)) { bv = v.w; bi = i + 3; }
+        }
+    } else {
+        for (int i = threadIdx.x; i < cols; i += blockDim.x) {
+            float v = row[i];
+            if (kt_argmax_beats(v, i, bv, bi)) { bv = v; bi = i; }
+        }
     }
     kt_argmax_warp(&bv, &bi);
     if (lane == 0) { sv[warp] = bv; si[warp] = bi; }
