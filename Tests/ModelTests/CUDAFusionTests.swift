@@ -100,8 +100,7 @@ final class CUDAFusionTests: XCTestCase {
         XCTAssertEqual(kernels, ["rms_norm_q8K", "matvec_q4_K_q8_3_1", "gated_silu_split", "mmf_q4_K_one"],
                        "kernels launched: \(kernels)")
         let one = Array(UnsafeBufferPointer(start: b.read(y, count: dim), count: dim))
-        // The same product at n = 2 (a second row; row 0 is the same input): the block-staged tiles, whose tiles'
-        // last splits also sum the splits themselves (no mmf_reduce), ...
+        // The same product at n = 2 (a second row; row 0 is the same input): the block-staged tiles and mmf_reduce, ...
         let g2 = b.allocate(2 * ff), y2 = b.allocate(2 * dim)
         b.copyRows(g, srcStride: 0, g2, dstStride: ff, rows: 2, width: ff)
         b.resetKernelProfile()
@@ -109,7 +108,7 @@ final class CUDAFusionTests: XCTestCase {
         let two = Array(UnsafeBufferPointer(start: b.read(y2, count: dim), count: dim))
         XCTAssertEqual(one.map(\.bitPattern), two.map(\.bitPattern))
         let blockKernels = Set(b.kernelProfile().map { $0.name.split(separator: " ")[0] })
-        XCTAssertEqual(blockKernels, ["split_tf32", "mmf_block_q4_K_1"], "kernels launched: \(blockKernels)")
+        XCTAssertEqual(blockKernels, ["split_tf32", "mmf_block_q4_K_1", "mmf_reduce"], "kernels launched: \(blockKernels)")
         // ... and without them the 8-token kernel and mmf_reduce.
         let saved = CUDABackend.mmqBlockEnabled
         CUDABackend.mmqBlockEnabled = false

@@ -1160,10 +1160,10 @@ extern "C" __global__ void __launch_bounds__(128) mmf_tile_q4_K(const u8* W, i64
 // loads of a half-warp hit distinct banks) and group sums. The streaming form read every fragment from L1, each
 // load touching 8 lines: at 32 tokens those loads set its time (~0.15 TB/s of weights). Warp w computes tile
 // KT_MMFB_WARPS·unit + w with KtMmfQ4K's arithmetic on the staged block: every output has the bits of mmf_q4_K_1 /
-// _4. With several K splits and `counters` (an int per 16-row tile, zero between launches), the warp that finishes
-// a tile's last split adds the splits in order into y, as mmf_reduce would. Grid (blocks, ceil(n / (8·NT))),
-// 32·KT_MMFB_WARPS threads, KT_MMFB_DEPTH(NT) · KtMmfbStage<NT>::bytes of dynamic shared memory; the arguments of
-// mmf_q4_K_4, then y and counters (null: the caller reduces).
+// _4 (the K splits' results reduced by mmf_reduce: summing them in the kernel, by each tile's last split as
+// mmf_q4_K_one does, was measured slower at 32 tokens on an H100, 115.6 against 87.6 µs a call). Grid (blocks,
+// ceil(n / (8·NT))), 32·KT_MMFB_WARPS threads, KT_MMFB_DEPTH(NT) · KtMmfbStage<NT>::bytes of dynamic shared memory;
+// the arguments of mmf_q4_K_4.
 #define KT_MMFB_WARPS 8
 #define KT_MMFB_DEPTH(nt) ((nt) == 1 ? 4 : 2)
 #define KT_MMFB_XROW 258
@@ -1179,8 +1179,7 @@ struct KtMmfbStage {
 
 template <int NT, int DEPTH>
 __device__ __forceinline__ void kt_mmf_block_q4_K(const u8* W, i64 rowBytes, int rows, int cols, const float* xhi,
-                                                  const float* xlo, const float* xsum, float* out, int n, int splitSB,
-                                                  float* y, int* counters) {
+                                                  const float* xlo, const float* xsum, float* out, int n, int splitSB) {
     typedef KtMmfbStage<NT> L;
     KT_DYNAMIC_SHARED(u8, smem);
     const int threads = 32 * KT_MMFB_WARPS;
@@ -1270,35 +1269,13 @@ __device__ __forceinline__ void kt_mmf_block_q4_K(const u8* W, i64 rowBytes, int
                     else out[((i64)split * n + tok) * rows + r] = acc[j][e];
                 }
             }
-        if (splits > 1 && counters && tile < tiles) {
-            // Publish this split, count it; the warp of the tile's last split sums them all in split order into y
-            // (mmf_reduce's bits): no reduction launch.
-            __threadfence();
-            __syncwarp();
-            int last = 0;
-            if (lane == 0) last = atomicAdd(counters + tile, 1) == splits - 1;
-            if (__shfl_sync(0xffffffffu, last, 0)) {
-                __threadfence();
-                for (int o = lane; o < 16 * L::tokens; o += 32) {
-                    int r = tile * 16 + (o & 15), tok = t0 + (o >> 4);
-                    if (r < rows && tok < n) {
-                        float sum = 0.0f;
-#pragma unroll 4
-                        for (int k = 0; k < splits; k++) sum = __fadd_rn(sum, __ldcg(out + ((i64)k * n + tok) * rows + r));
-                        y[(i64)tok * rows + r] = sum;
-                    }
-                }
-                if (lane == 0) counters[tile] = 0;
-            }
-        }
     }
     kt_cp_async_wait<0>();
 }
 #define KT_MMF_BLOCK(nt) \
 extern "C" __global__ void __launch_bounds__(32 * KT_MMFB_WARPS, 1) mmf_block_q4_K_##nt(const u8* W, i64 rowBytes, \
-        int rows, int cols, const float* xhi, const float* xlo, const float* xsum, float* out, int n, int splitSB, \
-        float* y, int* counters) { \
-    kt_mmf_block_q4_K<nt, KT_MMFB_DEPTH(nt)>(W, rowBytes, rows, cols, xhi, xlo, xsum, out, n, splitSB, y, counters); \
+        int rows, int cols, const float* xhi, const float* xlo, const float* xsum, float* out, int n, int splitSB) { \
+    kt_mmf_block_q4_K<nt, KT_MMFB_DEPTH(nt)>(W, rowBytes, rows, cols, xhi, xlo, xsum, out, n, splitSB); \
 }
 KT_MMF_BLOCK(1)
 KT_MMF_BLOCK(4)
