@@ -288,8 +288,59 @@ struct KtMmqbStage {
     static constexpr int sBytes = tokens * KT_MMQB_SROW;
     static constexpr int bytes = wBytes + xBytes + sBytes + tokens * 4;
 };
-// Weight pieces a thread copies per step: 16-byte pieces of the stage's TW tiles, 9 a row.
-#define KT_MMQB_PIECES(tw) (((tw) * 16 * 9 + 32 * KT_MMQB_WARPS - 1) / (32 * KT_MMQB_WARPS))
+// A block-staged kernel's copies of its unit's weights into a stage: TW tiles of 16 rows, each row's super-block
+// of BLOCK bytes (when BLOCK is not a multiple of 16, the P aligned 16-byte pieces around it) at a WROW-byte
+// stride. Piece c = threadIdx.x + 32·KT_MMQB_WARPS·k is row c / P of the stage, piece c % P; src[k] its row in the
+// unit `aim` chose (plus the piece's offset where blocks are aligned), dst[k] its place in a stage (-1: none).
+template <int TW, int P, int WROW, int BLOCK>
+struct KtStageWeights {
+    static constexpr int threads = 32 * KT_MMQB_WARPS, pieces = (TW * 16 * P + threads - 1) / threads;
+    const u8* src[pieces];
+    int dst[pieces];
+    __device__ __forceinline__ KtStageWeights() {
+#pragma unroll
+        for (int k = 0; k < pieces; k++) {
+            int c = threadIdx.x + threads * k;
+            dst[k] = c < TW * 16 * P ? (c / P) * WROW + 16 * (c % P) : -1;
+            src[k] = nullptr;
+        }
+    }
+    // Points the pieces at unit u's rows (tiles past the last repeat it, rows past a matrix's end its last row).
+    __device__ __forceinline__ void aim(const KtTiles16& tl, i64 rowBytes, int u) {
+#pragma unroll
+        for (int k = 0; k < pieces; k++) {
+            int c = threadIdx.x + threads * k;
+            if (dst[k] < 0) continue;
+            int tile = min(u * TW + c / (16 * P), tl.first[3] - 1), rr = (c / P) % 16, r0, cnt;
+            int m = tl.locate(tile, &r0, &cnt);
+            src[k] = tl.W[m] + (i64)min(r0 + rr, tl.rows[m] - 1) * rowBytes + (BLOCK % 16 == 0 ? 16 * (c % P) : 0);
+        }
+    }
+    // Copies super-block sb of those rows into stage st.
+    __device__ __forceinline__ void copy(u8* st, int sb) const {
+#pragma unroll
+        for (int k = 0; k < pieces; k++) {
+            if (dst[k] < 0) continue;
+            const u8* b = src[k] + (i64)sb * BLOCK;
+            if (BLOCK % 16 == 0) kt_cp_async16(st + dst[k], b);
+            else kt_cp_async16(st + dst[k], (const u8*)((size_t)b & ~(size_t)15) + dst[k] % WROW);
+        }
+    }
+};
+
+// Stages super-block sb of the int8 inputs of tokens t0 .. t0 + tokens - 1 (past n: the last token again) as rows
+// of XROW bytes at sx.
+template <int XROW>
+__device__ __forceinline__ void kt_stage_q8_values(u8* sx, const i8* xq, int cols, int t0, int n, int tokens, int sb) {
+    for (int c = threadIdx.x; c < tokens * 16; c += blockDim.x) {
+        int tok = c >> 4, part = c & 15;
+        kt_cp_async16(sx + tok * XROW + part * 16, xq + (i64)min(t0 + tok, n - 1) * cols + sb * 256 + part * 16);
+    }
+}
+// A block's share of `units` persistent units (blockIdx.x, + gridDim.x, ...).
+__device__ __forceinline__ int kt_block_units(int units) {
+    return (int)blockIdx.x < units ? (units - 1 - (int)blockIdx.x) / (int)gridDim.x + 1 : 0;
+}
 
 // TW tiles a unit (8, 4 or 2): warp w computes tile w % TW for the NJ = NT·TW/8 token tiles of group w / TW, so that
 // a small matrix (an output projection of 256 tiles) still spreads over every multiprocessor.
@@ -297,52 +348,25 @@ template <int NT, int DEPTH, int TW>
 __device__ __forceinline__ void kt_mmq_block_q4_K(const KtTiles16& tl, i64 rowBytes, int cols, const i8* xq,
                                                   const float* xd, const int* xs, int n) {
     typedef KtMmqbStage<NT, TW> L;
-    constexpr int NJ = NT * TW / KT_MMQB_WARPS, PIECES = KT_MMQB_PIECES(TW);
+    constexpr int NJ = NT * TW / KT_MMQB_WARPS;
     KT_DYNAMIC_SHARED(u8, smem);
     const int threads = 32 * KT_MMQB_WARPS;
     int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
-    int nsb = cols / 256, tiles = tl.first[3], units = (tiles + TW - 1) / TW;
-    int t0 = blockIdx.y * L::tokens;
-    int myUnits = (int)blockIdx.x < units ? (units - 1 - (int)blockIdx.x) / (int)gridDim.x + 1 : 0;
-    int steps = myUnits * nsb;
-    // The producer: step pStep (unit pStep / nsb of this block, super-block pStep % nsb). This thread's weight
-    // pieces: piece c = tid + threads·k is row c / 9 of the stage (tile c / 144), bytes 16·(c % 9) of its block;
-    // wsrc[k] its row's first block (+ the piece's offset) in the producer's unit, -1 offset: no such piece.
-    int pStep = 0, pUnit = -1;
-    const u8* wsrc[PIECES];
-    int wdst[PIECES];
-#pragma unroll
-    for (int k = 0; k < PIECES; k++) {
-        int c = tid + threads * k;
-        wdst[k] = c < TW * 16 * 9 ? (c / 9) * KT_MMQB_WROW + 16 * (c % 9) : -1;
-        wsrc[k] = nullptr;
-    }
+    int nsb = cols / 256, tiles = tl.first[3];
+    int t0 = blockIdx.y * L::tokens, myUnits = kt_block_units((tiles + TW - 1) / TW), steps = myUnits * nsb;
+    // The producer: step pStep (unit pStep / nsb of this block, super-block pStep % nsb). (The step loop is
+    // written out in each block-staged kernel: as a shared driver of lambdas it spilled registers here.)
+    KtStageWeights<TW, 9, KT_MMQB_WROW, 144> wts;
+    int pStep = 0;
     auto issue = [&](int s) {
         if (pStep < steps) {
             int ui = pStep / nsb, sb = pStep - ui * nsb;
-            if (ui != pUnit) {
-                pUnit = ui;
-                int u = blockIdx.x + ui * gridDim.x;
-#pragma unroll
-                for (int k = 0; k < PIECES; k++) {
-                    int c = tid + threads * k;
-                    if (wdst[k] < 0) continue;
-                    int tile = min(u * TW + c / 144, tiles - 1), rr = (c / 9) % 16, r0, cnt;
-                    int m = tl.locate(tile, &r0, &cnt);
-                    wsrc[k] = tl.W[m] + (i64)min(r0 + rr, tl.rows[m] - 1) * rowBytes + 16 * (c % 9);
-                }
-            }
+            if (sb == 0) wts.aim(tl, rowBytes, blockIdx.x + ui * gridDim.x);
             u8* st = smem + s * L::bytes;
-#pragma unroll
-            for (int k = 0; k < PIECES; k++)
-                if (wdst[k] >= 0) kt_cp_async16(st + wdst[k], wsrc[k] + (i64)sb * 144);
+            wts.copy(st, sb);
             // Inputs of the token group (tokens past n repeat the last; their outputs are not written).
             u8* sx = st + L::wBytes;
-            for (int c = tid; c < L::tokens * 16; c += threads) {
-                int tok = c >> 4, part = c & 15;
-                kt_cp_async16(sx + tok * KT_MMQB_XROW + part * 16,
-                              xq + (i64)min(t0 + tok, n - 1) * cols + sb * 256 + part * 16);
-            }
+            kt_stage_q8_values<KT_MMQB_XROW>(sx, xq, cols, t0, n, L::tokens, sb);
             u8* ss = sx + L::xBytes;
             for (int c = tid; c < L::tokens * 4; c += threads) {
                 int tok = c >> 2, part = c & 3;
@@ -654,7 +678,6 @@ struct KtMmqb6Stage {
     static constexpr int xBytes = tokens * KT_MMQB6_XROW;
     static constexpr int bytes = wBytes + xBytes + tokens * 4;
 };
-#define KT_MMQB6_PIECES ((KT_MMQB_WARPS * 16 * 14 + 32 * KT_MMQB_WARPS - 1) / (32 * KT_MMQB_WARPS))
 
 template <int NT, int DEPTH>
 __device__ __forceinline__ void kt_mmq_block_q6_K(const KtTiles16& tl, i64 rowBytes, int cols, const i8* xq,
@@ -663,49 +686,20 @@ __device__ __forceinline__ void kt_mmq_block_q6_K(const KtTiles16& tl, i64 rowBy
     KT_DYNAMIC_SHARED(u8, smem);
     const int threads = 32 * KT_MMQB_WARPS;
     int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
-    int nsb = cols / 256, tiles = tl.first[3], units = (tiles + KT_MMQB_WARPS - 1) / KT_MMQB_WARPS;
-    int t0 = blockIdx.y * L::tokens;
-    int myUnits = (int)blockIdx.x < units ? (units - 1 - (int)blockIdx.x) / (int)gridDim.x + 1 : 0;
+    int nsb = cols / 256, tiles = tl.first[3];
+    int t0 = blockIdx.y * L::tokens, myUnits = kt_block_units((tiles + KT_MMQB_WARPS - 1) / KT_MMQB_WARPS);
     int steps = myUnits * nsb;
-    // The producer, as kt_mmq_block_q4_K's: piece c = tid + threads·k is row c / 14 of the stage, aligned bytes
-    // 16·(c % 14) around its block; wsrc[k] its row (not its block) in the producer's unit.
-    int pStep = 0, pUnit = -1;
-    const u8* wsrc[KT_MMQB6_PIECES];
-    int wdst[KT_MMQB6_PIECES];
-#pragma unroll
-    for (int k = 0; k < KT_MMQB6_PIECES; k++) {
-        int c = tid + threads * k;
-        wdst[k] = c < KT_MMQB_WARPS * 16 * 14 ? (c / 14) * KT_MMQB6_WROW + 16 * (c % 14) : -1;
-        wsrc[k] = nullptr;
-    }
+    // The producer, as kt_mmq_block_q4_K's (the 14 aligned pieces around each row's block).
+    KtStageWeights<KT_MMQB_WARPS, 14, KT_MMQB6_WROW, 210> wts;
+    int pStep = 0;
     auto issue = [&](int s) {
         if (pStep < steps) {
             int ui = pStep / nsb, sb = pStep - ui * nsb;
-            if (ui != pUnit) {
-                pUnit = ui;
-                int u = blockIdx.x + ui * gridDim.x;
-#pragma unroll
-                for (int k = 0; k < KT_MMQB6_PIECES; k++) {
-                    int c = tid + threads * k;
-                    if (wdst[k] < 0) continue;
-                    int tile = min(u * KT_MMQB_WARPS + c / 224, tiles - 1), rr = (c / 14) % 16, r0, cnt;
-                    int m = tl.locate(tile, &r0, &cnt);
-                    wsrc[k] = tl.W[m] + (i64)min(r0 + rr, tl.rows[m] - 1) * rowBytes;
-                }
-            }
+            if (sb == 0) wts.aim(tl, rowBytes, blockIdx.x + ui * gridDim.x);
             u8* st = smem + s * L::bytes;
-#pragma unroll
-            for (int k = 0; k < KT_MMQB6_PIECES; k++)
-                if (wdst[k] >= 0) {
-                    const u8* blk = wsrc[k] + (i64)sb * 210;
-                    kt_cp_async16(st + wdst[k], (const u8*)((size_t)blk & ~(size_t)15) + 16 * ((wdst[k] % KT_MMQB6_WROW) / 16));
-                }
+            wts.copy(st, sb);
             u8* sx = st + L::wBytes;
-            for (int c = tid; c < L::tokens * 16; c += threads) {
-                int tok = c >> 4, part = c & 15;
-                kt_cp_async16(sx + tok * KT_MMQB6_XROW + part * 16,
-                              xq + (i64)min(t0 + tok, n - 1) * cols + sb * 256 + part * 16);
-            }
+            kt_stage_q8_values<KT_MMQB6_XROW>(sx, xq, cols, t0, n, L::tokens, sb);
             float* sd = (float*)(sx + L::xBytes);
             if (tid < L::tokens) kt_cp_async4(sd + tid, xd + (i64)min(t0 + tid, n - 1) * nsb + sb);
             pStep++;
