@@ -54,27 +54,30 @@ final class ModelRunner {
         let result = try model.forward(batch, cache: cache)
         let vocab = model.info.vocabSize
         let rows = batch.logitsIndices.count
-        if rows > 0, out.scheduled.allSatisfy({ !$0.sample || Self.plainGreedy($0.sequence) }) {
-            // Only greedy choices: the backend's argmax (the host scan's index), one int a row read back instead of
-            // the logits (a device's 32 rows of a 128K vocabulary are 16 MB a step).
+        // Plain greedy rows take the backend's argmax (the host scan's index): one int a row read back instead of
+        // the logits (a device's 32 rows of a 128K vocabulary are 16 MB a step, then a scan each). The other rows
+        // read their logits: all at once when none is plain greedy, else each alone.
+        let plain = out.scheduled.filter(\.sample).map { Self.plainGreedy($0.sequence) }
+        var greedy: [Int32] = []
+        if plain.contains(true) {
             model.backend.argmaxRows(result, rows: rows, cols: vocab, out: chosen)
             let ids = UnsafeRawPointer(model.backend.read(chosen, count: rows))
-            var o = ModelRunnerOutput()
-            for r in 0..<rows {
-                o.tokens.append(ids.load(fromByteOffset: 4 * r, as: Int32.self))
-                o.logprobs.append(nil)
-            }
-            return o
+            greedy = (0..<rows).map { ids.load(fromByteOffset: 4 * $0, as: Int32.self) }
         }
-        let logits = model.backend.read(result, count: rows * vocab)
+        let all = plain.contains(false) && greedy.isEmpty ? model.backend.read(result, count: rows * vocab) : nil
         var o = ModelRunnerOutput()
-        o.tokens.reserveCapacity(batch.logitsIndices.count)
-        o.logprobs.reserveCapacity(batch.logitsIndices.count)
+        o.tokens.reserveCapacity(rows)
+        o.logprobs.reserveCapacity(rows)
         var row = 0
         for s in out.scheduled where s.sample {
             let seq = s.sequence
-            let l = logits + row * vocab
-            row += 1
+            defer { row += 1 }
+            if plain[row] {
+                o.tokens.append(greedy[row])
+                o.logprobs.append(nil)
+                continue
+            }
+            let l = all.map { $0 + row * vocab } ?? model.backend.read(result.offset(row * vocab), count: vocab)
             let k = seq.request.logprobs
             let penalized = seq.sampler.params.hasPenalties
             if k != nil && penalized {

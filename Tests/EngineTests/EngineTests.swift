@@ -174,6 +174,49 @@ final class EngineTests: XCTestCase {
         XCTAssertThrowsError(try e2.submit(EngineRequest(id: "oov", promptTokens: [96], maxTokens: 1)))
     }
 
+    /// One batch mixing plain greedy rows (their choice from the backend's argmaxRows) with rows that read their
+    /// logits (log-probabilities, a penalty, seeded sampling): each request gets exactly what it gets alone.
+    func testMixedSamplingInOneBatchEqualsAlone() async throws {
+        let requests: [(SamplingParams, Int?)] = [
+            (.greedy, nil),
+            (.greedy, 2),
+            (SamplingParams(temperature: 0.8, topK: 0, topP: 1, minP: 0, seed: 7), nil),
+            (SamplingParams(temperature: 0, topK: 1, topP: 1, minP: 0, presencePenalty: 0.7), nil),
+            (.greedy, nil),
+        ]
+        let prompts = requests.indices.map { prompt(4 + 3 * $0, seed: 20 + $0) }
+        @Sendable func run(_ e: Engine, _ i: Int) async throws -> (tokens: [Int32], logprobs: [String]) {
+            var tokens: [Int32] = [], logprobs: [String] = []
+            let (params, k) = requests[i]
+            for await o in try e.submit(EngineRequest(id: "m\(i)", promptTokens: prompts[i], sampling: params,
+                                                      maxTokens: 9, logprobs: k)) {
+                if let t = o.token { tokens.append(t) }
+                if let l = o.logprob { logprobs.append("\(l)") }
+            }
+            return (tokens, logprobs)
+        }
+        var alone: [(tokens: [Int32], logprobs: [String])] = []
+        for i in requests.indices {
+            let e = try makeEngine { $0.maxBatchSize = 1 }
+            alone.append(try await run(e, i))
+            e.shutdown()
+        }
+        let e = try makeEngine { $0.maxBatchSize = 8 }
+        defer { e.shutdown() }
+        let together = try await withThrowingTaskGroup(of: (Int, [Int32], [String]).self) { g in
+            for i in requests.indices { g.addTask { let r = try await run(e, i); return (i, r.tokens, r.logprobs) } }
+            var out = [(tokens: [Int32], logprobs: [String])](repeating: ([], []), count: requests.count)
+            for try await (i, t, l) in g { out[i] = (t, l) }
+            return out
+        }
+        for i in requests.indices {
+            XCTAssertEqual(together[i].tokens, alone[i].tokens, "request \(i)")
+            XCTAssertEqual(together[i].tokens.count, 9, "request \(i)")
+            XCTAssertEqual(together[i].logprobs, alone[i].logprobs, "request \(i)")
+        }
+        XCTAssertEqual(alone[1].logprobs.count, 9)
+    }
+
     func testSeededSamplingIsReproducibleAndLogprobsAreConsistent() async throws {
         let e = try makeEngine()
         defer { e.shutdown() }
