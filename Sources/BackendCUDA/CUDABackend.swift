@@ -590,8 +590,10 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     /// Offsets (in 4-byte elements) of the parts of `quantized` for `elements` inputs: int8 values, per-256 scales,
     /// per-16 sums.
     static func quantizedLayout(elements: Int) -> (scales: Int, sums: Int, total: Int) {
-        let values = (elements + 3) / 4 + 16
-        let scales = (elements + 255) / 256 + 16
+        // Each region starts 16-byte aligned: the block-staged tiles copy the sums in 16-byte pieces.
+        func align4(_ x: Int) -> Int { (x + 3) & ~3 }
+        let values = align4((elements + 3) / 4 + 16)
+        let scales = align4((elements + 255) / 256 + 16)
         return (values, values + scales, values + scales + (elements + 15) / 16)
     }
 

@@ -3,7 +3,7 @@
 // from the command line, where no Swift toolchain is (the GPU machine): `ktransformers devices --conformance`.
 import Backend
 import BackendConformance
-import BackendCUDA
+@testable import BackendCUDA
 import XCTest
 
 final class BackendConformanceTests: XCTestCase {
@@ -89,6 +89,21 @@ final class CUDAOneTokenConformanceTests: XCTestCase {
         for name in ["matmul", "matmulGroup", "chainedOps"] {
             let check = try XCTUnwrap(BackendConformance.checks.first { $0.name == name })
             for f in Expect.collect({ try check.run(c) }) { XCTFail("[cuda one block] \(name): \(f)") }
+        }
+    }
+}
+
+/// The quantized-input scratch's regions start 16-byte aligned for every size (the block-staged tiles copy the
+/// per-16 sums in 16-byte pieces: an odd number of 256-blocks before them would misalign them).
+final class CUDAQuantizedLayoutTests: XCTestCase {
+    func testRegionsAreSixteenByteAligned() {
+        for blocks in [1, 2, 3, 5, 7, 27, 135, 1001] {
+            let l = CUDABackend.quantizedLayout(elements: 256 * blocks)
+            XCTAssertEqual(l.scales % 4, 0, "\(blocks) blocks")
+            XCTAssertEqual(l.sums % 4, 0, "\(blocks) blocks")
+            XCTAssertGreaterThanOrEqual(l.scales * 4, 256 * blocks)           // the int8 values fit
+            XCTAssertGreaterThanOrEqual(l.sums - l.scales, blocks)            // a scale per 256
+            XCTAssertGreaterThanOrEqual(l.total - l.sums, 16 * blocks)        // a sum per 16
         }
     }
 }
