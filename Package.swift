@@ -104,7 +104,7 @@ let package = Package(
         .testTarget(name: "GGUFTests", dependencies: ["GGUF", "Quant"]),
         .testTarget(name: "TokenizerTests", dependencies: ["Tokenizer", "GGUF"], resources: [.copy("Fixtures")]),
         .testTarget(name: "BackendTests", dependencies: ["Backend", "BackendConformance", "BackendCUDA", "Quant"]),
-        .testTarget(name: "EngineTests", dependencies: ["Engine", "Models", "GGUF", "Backend"]),
+        .testTarget(name: "EngineTests", dependencies: ["Engine", "Models", "GGUF", "Backend", "BackendCUDA"]),
         .testTarget(name: "HFTests", dependencies: ["SafeTensors", "Models", "GGUF", "Quant", "Backend", "Engine", "Tokenizer"],
                     resources: [.copy("Fixtures")]),
         .testTarget(name: "ModelTests", dependencies: ["Models", "GGUF", "Quant", "Backend", "BackendCUDA", "Engine"],

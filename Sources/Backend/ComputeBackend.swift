@@ -110,9 +110,8 @@ public protocol ComputeBackend: AnyObject, Sendable {
     func sigmoidGate(_ out: Tensor, gate: Tensor, x: Tensor, width: Int, n: Int)
     /// `x = cap · tanh(x / cap)` over `count` elements (final logit soft-capping).
     func softcap(_ x: Tensor, count: Int, cap: Float)
-    /// For each of `rows` rows of `cols` values, the index of its largest value into `out` (i32): the first of
-    /// equal largest values; a NaN is never chosen unless it is the row's first value (then 0): the host sampler's
-    /// greedy choice, so that greedy decoding reads one int a sequence instead of its logits.
+    /// For each of `rows` rows of `cols` values, `firstArgmax` of the row into `out` (i32): the host sampler's greedy
+    /// choice, so that greedy decoding reads one int a sequence instead of its logits.
     func argmaxRows(_ x: Tensor, rows: Int, cols: Int, out: Tensor)
 
     // MARK: graphs (default: none)

@@ -648,15 +648,20 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         }
     }
 
-    /// The streaming kernels for up to three matrices of one integer-dot format and width: the matrix-vector
-    /// kernel up to 8 tokens (`streamMatvec`), the tensor-core tiles from 9 (mmq_stream_<fmt>: per-warp rings of
-    /// shared memory, 32 or 64 tokens a warp); false where neither applies (the caller launches the others).
+    /// The staged kernels for up to three matrices of one integer-dot format and width: the block-staged tiles
+    /// from 2 to 32 tokens (`KTRANSFORMERS_CUDA_MMQ_BLOCK_MIN`; Q4_K, Q6_K), else the streaming matrix-vector
+    /// kernel up to 8 tokens (`streamMatvec`, from `streamMinTokens`) and the streaming tensor-core tiles from 9
+    /// (mmq_stream_<fmt>: per-warp rings of shared memory, 32 or 64 tokens a warp); false where none applies (the
+    /// caller launches the plain kernels).
     private func streamMatmul(_ g: CUDAWeight, _ parts: [(address: UInt, rows: Int, y: UInt)], cols: Int,
                               input: (UInt, UInt, UInt), n: Int) -> Bool {
-        let p = parts + Array(repeating: (address: UInt(0), rows: 0, y: UInt(0)), count: 3 - parts.count)
-        let args: [KernelArg] = [.ptr(p[0].address), .ptr(p[1].address), .ptr(p[2].address), .i64(g.rowBytes),
-                                 .i32(p[0].rows), .i32(p[1].rows), .i32(p[2].rows), .i32(cols), .ptr(input.0),
-                                 .ptr(input.1), .ptr(input.2), .ptr(p[0].y), .ptr(p[1].y), .ptr(p[2].y), .i32(n)]
+        // Both staged tile kernels take the same arguments (up to three matrices, the Q8_K input, n).
+        func tileArgs() -> [KernelArg] {
+            let p = parts + Array(repeating: (address: UInt(0), rows: 0, y: UInt(0)), count: 3 - parts.count)
+            return [.ptr(p[0].address), .ptr(p[1].address), .ptr(p[2].address), .i64(g.rowBytes), .i32(p[0].rows),
+                    .i32(p[1].rows), .i32(p[2].rows), .i32(cols), .ptr(input.0), .ptr(input.1), .ptr(input.2),
+                    .ptr(p[0].y), .ptr(p[1].y), .ptr(p[2].y), .i32(n)]
+        }
         if n >= Self.mmqBlockMin, n <= 32, Self.mmqBlockEnabled, let blocks = g.tensorCoreBlock {
             // Batched decode: block-staged tiles (inputs and weights through one ring of shared-memory stages), the
             // same bits. Units of TW tiles: the widest that still gives every multiprocessor a unit (a small
@@ -666,7 +671,8 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
             // than in 8 (72.5 against 68.6 µs a call).
             let nt = n <= 8 ? 1 : (n <= 16 ? 2 : 4)
             let tiles = parts.reduce(0) { $0 + ($1.rows + 15) / 16 }
-            let widths = [8, 4, 2].filter { blocks[100 * nt + $0] != nil && (Self.mmqBlockTW == nil || Self.mmqBlockTW == $0) }
+            var widths = [8, 4, 2].filter { blocks[100 * nt + $0] != nil }
+            if let tw = Self.mmqBlockTW, widths.contains(tw) { widths = [tw] }
             var pick: (f: CUDADriver.Handle, tw: Int, shared: Int, slots: Int)?
             for tw in widths {
                 let f = blocks[100 * nt + tw]!
@@ -682,7 +688,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
                 let units = (tiles + pick.tw - 1) / pick.tw
                 launch(pick.f, "mmq_block_\(g.tag)_\(nt)_\(pick.tw) \(parts.reduce(0) { $0 + $1.rows })x\(cols)",
                        grid: (min(units, pick.slots), (n + 8 * nt - 1) / (8 * nt), 1),
-                       block: 32 * Self.mmqBlockWarps, shared: pick.shared, args)
+                       block: 32 * Self.mmqBlockWarps, shared: pick.shared, tileArgs())
                 return true
             }
         }
@@ -698,7 +704,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         let perSM = blocksPerSM(f, threads: 128, shared: shared)
         launch(f, "mmq_stream_\(g.tag)_\(tokens / 8) \(parts.reduce(0) { $0 + $1.rows })x\(cols)",
                grid: (min((tiles + 3) / 4, multiprocessors * perSM), (n + tokens - 1) / tokens, 1), block: 128,
-               shared: shared, args)
+               shared: shared, tileArgs())
         return true
     }
     /// Routed experts' gate and up (stacks g, u of one format and shape) for every pair in one streaming launch
@@ -801,8 +807,8 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     static func mmqBlockStageBytes(_ tag: String, tokens: Int, tiles: Int) -> Int {
         tag == "q6_K" ? tiles * 16 * 240 + tokens * (272 + 4) : tiles * 16 * 160 + tokens * (288 + 80 + 4)
     }
-    /// `KTRANSFORMERS_CUDA_MMQ_BLOCK_TW=8|4|2`: only units of that many tiles where there is such a form
-    /// (measurements; the same bits). (A variable for the tests of each width; set it before work is queued.)
+    /// `KTRANSFORMERS_CUDA_MMQ_BLOCK_TW=8|4|2`: units of that many tiles wherever there is such a form (Q4_K: 2 and
+    /// 4 from 9 and 17 tokens; elsewhere the default widths), for measurements; the same bits. (A variable for the tests of each width; set it before work is queued.)
     nonisolated(unsafe) public static var mmqBlockTW = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_MMQ_BLOCK_TW"].flatMap { Int($0) }
     /// (A variable for the tests that run the streaming forms; set it before work is queued.)
     nonisolated(unsafe) public static var mmqBlockEnabled = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_MMQ_BLOCK"] != "0"

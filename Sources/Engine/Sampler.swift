@@ -1,4 +1,5 @@
 import Foundation
+import Backend
 
 /// Sampling settings of one request. `temperature == 0` is greedy.
 public struct SamplingParams: Sendable, Equatable {
@@ -89,13 +90,7 @@ public struct Sampler: Sendable {
     }
 
     public static func argmax(_ logits: UnsafePointer<Float>, count: Int) -> Int32 {
-        var best = 0
-        var bv = logits[0]
-        for i in 1..<count where logits[i] > bv {
-            bv = logits[i]
-            best = i
-        }
-        return Int32(best)
+        Int32(firstArgmax(logits, count: count))
     }
 
     /// Applies the penalties in place: presence/frequency over `generated` (token → occurrences),

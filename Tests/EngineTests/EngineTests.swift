@@ -1,4 +1,5 @@
 import Backend
+import BackendCUDA
 @testable import Engine
 import Foundation
 import GGUF
@@ -177,6 +178,26 @@ final class EngineTests: XCTestCase {
     /// One batch mixing plain greedy rows (their choice from the backend's argmaxRows) with rows that read their
     /// logits (log-probabilities, a penalty, seeded sampling): each request gets exactly what it gets alone.
     func testMixedSamplingInOneBatchEqualsAlone() async throws {
+        try await checkMixedSamplingEqualsAlone { batch in try self.makeEngine { $0.maxBatchSize = batch } }
+    }
+
+    /// The same with the model on the CUDA backend (a GPU, or the CUDA emulator): the greedy rows' argmax on the
+    /// device, the other rows read from device memory one by one.
+    func testMixedSamplingInOneBatchEqualsAloneOnCUDA() async throws {
+        guard let gpu = try CUDABackend.makeIfPresent() else {
+            throw XCTSkip("no CUDA driver/GPU and no CUDA emulator here: CUDA engine test skipped")
+        }
+        let model = try ModelRegistry.load(GGUFFile(path: Self.modelPath), backend: gpu)
+        try await checkMixedSamplingEqualsAlone { batch in
+            var c = EngineConfig()
+            c.maxBatchSize = batch
+            return try Engine(model: model, config: c)
+        }
+    }
+
+    /// Five requests (plain greedy twice, greedy with log-probabilities, seeded sampling, greedy with a presence
+    /// penalty) alone (`engine(1)`), then together in one engine (`engine(8)`): the same tokens and log-probabilities.
+    func checkMixedSamplingEqualsAlone(_ engine: (Int) throws -> Engine) async throws {
         let requests: [(SamplingParams, Int?)] = [
             (.greedy, nil),
             (.greedy, 2),
@@ -197,11 +218,11 @@ final class EngineTests: XCTestCase {
         }
         var alone: [(tokens: [Int32], logprobs: [String])] = []
         for i in requests.indices {
-            let e = try makeEngine { $0.maxBatchSize = 1 }
+            let e = try engine(1)
             alone.append(try await run(e, i))
             e.shutdown()
         }
-        let e = try makeEngine { $0.maxBatchSize = 8 }
+        let e = try engine(8)
         defer { e.shutdown() }
         let together = try await withThrowingTaskGroup(of: (Int, [Int32], [String]).self) { g in
             for i in requests.indices { g.addTask { let r = try await run(e, i); return (i, r.tokens, r.logprobs) } }

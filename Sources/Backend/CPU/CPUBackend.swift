@@ -289,15 +289,6 @@ public final class CPUBackend: ComputeBackend, @unchecked Sendable {
 
     public func argmaxRows(_ x: Tensor, rows: Int, cols: Int, out: Tensor) {
         let p = x.hostFloats, o = out.hostInt32
-        for r in 0..<rows {
-            let row = p + r * cols
-            var best = 0
-            var bv = row[0]
-            for i in 1..<max(1, cols) where row[i] > bv {
-                bv = row[i]
-                best = i
-            }
-            o[r] = Int32(best)
-        }
+        for r in 0..<rows { o[r] = Int32(firstArgmax(p + r * cols, count: cols)) }
     }
 }
