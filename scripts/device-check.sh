@@ -11,7 +11,8 @@
 #
 # Stages (all by default): probe, conformance, tiny, gemma, bench, baseline, hybrid; and, not in the default set,
 # `ncu` (every kernel of a decode step timed alone by Nsight Compute: the step's kernel sum against its wall time
-# with graphs, issue 12's item 5; NCU_BATCH (batch sizes, e.g. "1 32"), NCU_STEPS; into $OUT/ncu-step.md, ncu-step-b<N>.md;
+# with graphs, issue 12's item 5; NCU_BATCH (batch sizes, e.g. "1 32"), NCU_STEPS, NCU_MODELS (presets, default llama3-8b;
+# others run all on the GPU); into $OUT/ncu-step[-<preset>][-b<N>].md;
 # NCU_DETAIL="kernel:batch ..." adds Nsight Compute's sections of single kernels), `profile` (where the GPU time goes, bench --profile-kernels, on the Llama-3-8B shape, into $OUT/profile.md) and
 # `serve` (serve on cuda + bench serve with 1, 8, 32 clients) and `deepseek` (a DeepSeek-V3-shaped model of
 # DS_LAYERS=4 layers written by scripts/make_random_deepseek.py: hybrid and all-GPU logits against the CPU's, the
@@ -94,7 +95,11 @@ if has tiny; then
     python3 scripts/check-batched.py "$bin" --device cuda --prompt-words $words --server-args=--batch-invariant \
       ${SMOKE:+--clients 2 --tokens 3} >>"$summary" 2>&1 || status=1
   done
-  python3 scripts/check-batched.py "$bin" --device cuda --prompt-words 40 --report-only ${SMOKE:+--clients 2 --tokens 3} >>"$summary" 2>&1
+  # Without the flag one-token decode steps also take their own kernels (the f32-activation down projection on the
+  # FP32 cores), so a request decoded alone may differ in the last bits from the same request batched: reported.
+  for words in 0 40; do
+    python3 scripts/check-batched.py "$bin" --device cuda --prompt-words $words --report-only ${SMOKE:+--clients 2 --tokens 3} >>"$summary" 2>&1
+  done
 fi
 
 if has gemma; then
@@ -165,10 +170,17 @@ if has bench; then
     kdec KTRANSFORMERS_CUDA_MV1=0
     kdec KTRANSFORMERS_CUDA_MMF_ONE=0
     kdec KTRANSFORMERS_CUDA_ATTENTION_GROUP_MIN=1
+    kdec KTRANSFORMERS_CUDA_F32_ONE=0
   fi
   if [ -n "${MOE:-}" ]; then
     make_model qwen3-30b-a3b /tmp/qwen3-30b-a3b$sfx.gguf
     "$bin" bench --model /tmp/qwen3-30b-a3b$sfx.gguf --device cuda --n-cpu-moe 0 -p $pp -n $tg -r $reps 2>>"$log" | tail -2 | sed 's/$/ (all on the GPU)/' | tee -a "$summary"
+    if [ -n "${DECODE_AB:-}" ]; then
+      for v in KTRANSFORMERS_CUDA_F32_ONE=0 KTRANSFORMERS_CUDA_STREAM_MIN=1; do
+        env $v "$bin" bench --model /tmp/qwen3-30b-a3b$sfx.gguf --device cuda --n-cpu-moe 0 -p 0 -n $tg -r 2 2>>"$log" | tail -1 \
+          | sed "s/\$/ (all on the GPU, $v)/" | tee -a "$summary"
+      done
+    fi
   fi
 fi
 
@@ -404,16 +416,19 @@ if has ncu; then
   # (gpu__time_duration: no launch gaps, no event overhead), so the sum of a step's kernels is their GPU time; the
   # step's wall time with graphs comes from bench in the same call. Per-kernel table into $OUT/ncu-step.md.
   ncu=$(command -v ncu || ls /usr/local/cuda/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
-  m=/tmp/llama3-8b$sfx.gguf
-  make_model llama3-8b $m
   if [ -n "$ncu" ]; then
+    for preset in ${NCU_MODELS:-llama3-8b}; do
+    m=/tmp/$preset$sfx.gguf
+    make_model $preset $m
+    place=(); launches=3000; tag=""
+    if [ "$preset" != llama3-8b ]; then place=(--n-cpu-moe 0); launches=8000; tag="-$preset"; fi
     for nb in ${NCU_BATCH:-1}; do
-    nf=$out/ncu-step.md; [ "$nb" = 1 ] || nf=$out/ncu-step-b$nb.md
-    say "## decode step kernels by Nsight Compute (Llama-3-8B shape, batch $nb), $(date -u +%FT%TZ)"
-    wall=$("$bin" bench --model $m --device cuda -p 0 -n 128 -b $nb -r 2 --json 2>>"$log")
+    nf=$out/ncu-step$tag.md; [ "$nb" = 1 ] || nf=$out/ncu-step$tag-b$nb.md
+    say "## decode step kernels by Nsight Compute ($preset shape, batch $nb), $(date -u +%FT%TZ)"
+    wall=$("$bin" bench --model $m --device cuda "${place[@]}" -p 0 -n 128 -b $nb -r 2 --json 2>>"$log")
     timeout ${NCU_TIMEOUT:-240} "$ncu" --clock-control none --cache-control none --metrics gpu__time_duration.sum --csv \
-      --print-units base --launch-count 3000 \
-      "$bin" bench --model $m --device cuda -p 0 -n ${NCU_STEPS:-3} -b $nb -r 1 --no-cuda-graphs \
+      --print-units base --launch-count $launches \
+      "$bin" bench --model $m --device cuda "${place[@]}" -p 0 -n ${NCU_STEPS:-3} -b $nb -r 1 --no-cuda-graphs \
       > /tmp/kt-ncu.csv 2>>"$log"
     python3 - /tmp/kt-ncu.csv "$wall" $nb > "$nf" 2>>"$log" <<'PY' || true
 import csv, io, json, sys
@@ -445,6 +460,8 @@ for n, (c, t) in sorted(agg.items(), key=lambda kv: -kv[1][1]):
 PY
     head -1 "$nf" | tee -a "$summary"
     done
+    done
+    m=/tmp/llama3-8b$sfx.gguf
     # Details (speed of light, occupancy, warp states, memory) of single kernels: NCU_DETAIL="kernel:batch ...".
     for kb in ${NCU_DETAIL:-}; do
       k=${kb%%:*}; b=${kb##*:}

@@ -114,6 +114,12 @@ public protocol ComputeBackend: AnyObject, Sendable {
     /// choice, so that greedy decoding reads one int a sequence instead of its logits.
     func argmaxRows(_ x: Tensor, rows: Int, cols: Int, out: Tensor)
 
+    /// Whether every row of an op has the bits it has alone, whatever else the call holds (the number of tokens
+    /// included): true on the CPU; a GPU backend may trade it for speed (one-token decode steps, prefill GEMMs)
+    /// unless asked to keep it (`--batch-invariant`). The conformance suite compares batches with rows alone bit
+    /// for bit only where it is true, and within the op's error bound otherwise.
+    var batchInvariant: Bool { get }
+
     // MARK: graphs (default: none)
 
     /// Whether `captureGraph` records graphs (false: the CPU, or graphs turned off).
@@ -134,6 +140,8 @@ public protocol ComputeBackend: AnyObject, Sendable {
 public protocol ComputeGraph: AnyObject, Sendable {}
 
 extension ComputeBackend {
+    public var batchInvariant: Bool { true }
+
     public func ropeAndStoreKV(q: Tensor, qHeads: Int, qNorm: Tensor?, k: Tensor, kHeads: Int, kNorm: Tensor?, v: Tensor,
                                headDim: Int, n: Int, table: RopeTable, eps: Float, cache: KVCache, layer: Int,
                                meta: BatchMetadata) {

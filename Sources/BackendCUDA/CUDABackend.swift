@@ -853,6 +853,10 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     /// Q4_K super-block instead of a warp per row was measured slower on the H100 (tg128 216 against 232 t/s: each
     /// lane's 16-byte loads at a 144-byte stride keep the L1 at 95%), and dropped.
     static let oneTokenForms = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_MV1"] != "0"
+    /// `KTRANSFORMERS_CUDA_F32_ONE=0`: batch-1 `.f32Activations` on the tensor-core forms (the bits of every other
+    /// token count) instead of the FP32-core kernels (matvec_q4_K_f32_1, matvec_experts_q4_K_f32_1); `--batch-invariant`
+    /// does the same.
+    static let f32OneEnabled = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_F32_ONE"] != "0"
     /// `KTRANSFORMERS_CUDA_MMF_ONE=0`: mmf_q4_K_1 at n = 1 instead of mmf_q4_K_one (measurements; the same bits).
     static let mmfOneEnabled = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_MMF_ONE"] != "0"
     /// At most this many blocks for the persistent one-token kernels (tests: one block, so that its warps walk
@@ -1021,6 +1025,13 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
 
     private func matvec(_ w: CUDAWeight, rows: Int, cols: Int, matrixBytes: Int, heads: Int, x: Tensor, xStride: Int,
                         xHeadStride: Int, y: Tensor, yStride: Int, yHeadStride: Int, n: Int) {
+        if w.tag == "f32", cols % 4 == 0, (w.address | UInt(w.rowBytes) | UInt(matrixBytes) | x.address) % 16 == 0,
+           xStride % 4 == 0, xHeadStride % 4 == 0 {
+            // A block per row: the routers' 128-row f32 matrices kept one warp per SM in the warp-per-row kernel.
+            return launch("matvec_f32_wide", grid: (rows, (n + 7) / 8, heads), block: 128,
+                          [.ptr(w.address), .i64(w.rowBytes), .i64(matrixBytes), .i32(rows), .i32(cols), .ptr(x.address),
+                           .i64(xStride), .i64(xHeadStride), .ptr(y.address), .i64(yStride), .i64(yHeadStride), .i32(n)])
+        }
         launch(w.matvec, "matvec_\(w.tag) \(rows)x\(cols)\(heads > 1 ? "x\(heads)" : "")", grid: ((rows + 3) / 4, (n + 7) / 8, heads), block: 128,
                [.ptr(w.address), .i64(w.rowBytes), .i64(matrixBytes), .i32(rows), .i32(cols), .ptr(x.address), .i64(xStride),
                 .i64(xHeadStride), .ptr(y.address), .i64(yStride), .i64(yHeadStride), .i32(n)])
@@ -1054,6 +1065,12 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         if preparedSplit != Prepared(address: x.address, count: n * cols, launch: launches) {
             launch("split_tf32", grid: (Self.blocks(n * cols, 128), 1, 1), block: 128,
                    [.ptr(x.address), .ptr(hi.address), .ptr(lo.address), .ptr(sums.address), .i64(n * cols / 32)])
+        }
+        if n == 1, !batchInvariant, Self.f32OneEnabled, let one = g.f32One, x.address % 16 == 0, g.rowBytes % 16 == 0 {
+            // Batch-1 decode on the FP32 cores (not the bits of the tensor-core forms that larger steps take).
+            return launch(one, "matvec_\(g.tag)_f32_1 \(rows)x\(cols)", grid: ((rows + 7) / 8, 1, 1), block: 128,
+                          [.ptr(g.address), .i64(g.rowBytes), .i32(rows), .i32(cols), .ptr(x.address), .ptr(sums.address),
+                           .ptr(y.address)])
         }
         let splits = Self.mmfSplits(cols: cols), tiles = (rows + 15) / 16
         let nt = n <= 8 ? 1 : 4
@@ -1360,7 +1377,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
                 bias = t.address
             }
         }
-        launch("moe_select", grid: ((n + 63) / 64, 1, 1), block: 64,
+        launch("moe_select", grid: (n, 1, 1), block: 32,
                [.ptr(logits.address), .i32(n), .i32(nExpert), .i32(routing.topK), .i32(routing.scoring == .softmax ? 0 : 1),
                 .i32(routing.normalizeTopK ? 1 : 0), .f32(routing.scale), .ptr(bias), .i32(routing.groups),
                 .i32(routing.groupsUsed), .i32(routing.groupScore == .max ? 0 : 1), .ptr(work.address), .i32(stride),
@@ -1437,6 +1454,9 @@ final class CUDAWeight: @unchecked Sendable {
     let tensorCoreBlock: [Int: CUDADriver.Handle]?
     /// The block-staged split-tf32 tiles of batched decode (8 and 32 tokens a block), where there are (Q4_K).
     let tensorCoreF32Staged: (CUDADriver.Handle, CUDADriver.Handle)?
+    /// Batch-1 `.f32Activations` on the FP32 cores, plain and for routed experts (Q4_K).
+    let f32One: CUDADriver.Handle?
+    let f32OneExperts: CUDADriver.Handle?
 
     init(address: UInt, tag: String, rowBytes: Int, rounding: ActivationRounding, kernels: CUDAKernels) {
         self.address = address
@@ -1477,6 +1497,8 @@ final class CUDAWeight: @unchecked Sendable {
             tensorCoreBlock = nil
         }
         tensorCoreF32Staged = tag == "q4_K" ? (kernels.function("mmf_block_q4_K_1"), kernels.function("mmf_block_q4_K_4")) : nil
+        f32One = tag == "q4_K" ? kernels.function("matvec_q4_K_f32_1") : nil
+        f32OneExperts = tag == "q4_K" ? kernels.function("matvec_experts_q4_K_f32_1") : nil
     }
 }
 
@@ -1627,6 +1649,13 @@ final class CUDAExpertExecutor: ExpertExecutor {
             let rows = experts.down.rows, splits = CUDABackend.mmfSplits(cols: ff), tiles = (rows + 15) / 16
             precondition(splits == 1 || pairs <= 65535, "CUDA expert executor: split-K experts past 65535 pairs")
             let out = splits > 1 ? parts! : down!
+            if n == 1, !backend.batchInvariant, CUDABackend.f32OneEnabled, let one = d.f32OneExperts, d.rowBytes % 16 == 0 {
+                // One token: the FP32-core kernel (as the dense down projection's at one token).
+                return backend.launch(one, "matvec_experts_\(d.tag)_f32_1 \(rows)x\(ff)", grid: ((rows + 7) / 8, pairs, 1),
+                                      block: 128,
+                                      [.ptr(d.address), .i64(d.rowBytes), .i64(d.rowBytes * rows), .i32(rows), .i32(ff),
+                                       .ptr(gate!.address), .ptr(sums.address), .ptr(ids.address), .ptr(down!.address)])
+            }
             if let sorted, let f = d.tensorCoreF32Grouped, experts.down.count == nExpert {
                 backend.streamF32Experts(f, d, rows: rows, cols: ff, hi: hi, lo: lo, sums: sums, ids: ids, out: out,
                                          pairs: pairs, tiles: tiles, splits: splits,

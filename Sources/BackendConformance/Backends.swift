@@ -8,6 +8,8 @@ extension BackendConformance {
     public static let backends: [(name: String, make: @Sendable () throws -> (any ComputeBackend)?)] = [
         ("cpu", { CPUBackend(threads: 2) }),
         ("cuda", { try CUDABackend.makeIfPresent() }),
+        // The same GPU on its exact kernels only (`--batch-invariant`): batches checked against rows alone bit for bit.
+        ("cuda, batch-invariant", { try CUDABackend.makeIfPresent().map { b in b.batchInvariant = true; return b } }),
     ]
 
     /// Every check, by name, in the order they run.

@@ -49,6 +49,42 @@ extern "C" __global__ void __launch_bounds__(128) matvec_##name(const u8* W, i64
 }
 KT_FORMATS(KT_MATVEC)
 
+// f32 weights (the MoE routers, float checkpoints): a block per (row, head) instead of a warp, each of its 128
+// threads taking float4 columns threadIdx.x + 128k of the row for up to 8 tokens, then a fixed block reduction:
+// at 128 rows (a router) the warp-per-row kernel kept one warp per SM and took 12 µs; this one keeps a row's whole
+// width in flight. The arguments of matvec_f32 (rows, inputs and strides 16-byte aligned, cols % 4 == 0);
+// grid (rows, ceil(n / 8), heads), 128 threads.
+extern "C" __global__ void __launch_bounds__(128) matvec_f32_wide(const u8* W, i64 rowBytes, i64 matrixBytes, int rows,
+        int cols, const float* x, i64 xStride, i64 xHeadStride, float* y, i64 yStride, i64 yHeadStride, int n) {
+    __shared__ float red[4][KT_MV_TOKENS];
+    int r = blockIdx.x, h = blockIdx.z, t0 = blockIdx.y * KT_MV_TOKENS, nt = min(KT_MV_TOKENS, n - t0);
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const float4* w = (const float4*)(W + (i64)h * matrixBytes + (i64)r * rowBytes);
+    const float* xb = x + (i64)h * xHeadStride + (i64)t0 * xStride;
+    float acc[KT_MV_TOKENS];
+    for (int t = 0; t < KT_MV_TOKENS; t++) acc[t] = 0.0f;
+    for (int c = threadIdx.x; c < cols / 4; c += 128) {
+        float4 a = w[c];
+        for (int t = 0; t < KT_MV_TOKENS; t++) {
+            if (t < nt) {
+                float4 b = *(const float4*)(xb + (i64)t * xStride + 4 * c);
+                acc[t] = __fmaf_rn(a.w, b.w, __fmaf_rn(a.z, b.z, __fmaf_rn(a.y, b.y, __fmaf_rn(a.x, b.x, acc[t]))));
+            }
+        }
+    }
+    for (int t = 0; t < KT_MV_TOKENS; t++) {
+        if (t < nt) {
+            float s = kt_warp_sum(acc[t]);
+            if (lane == 0) red[warp][t] = s;
+        }
+    }
+    __syncthreads();
+    if (threadIdx.x < nt) {
+        int t = threadIdx.x;
+        y[(i64)(t0 + t) * yStride + (i64)h * yHeadStride + r] = __fadd_rn(__fadd_rn(red[0][t], red[1][t]), __fadd_rn(red[2][t], red[3][t]));
+    }
+}
+
 // Routed experts: pair p (token p / xDiv, its expert ids[p]) gets y[p, r] = W_ids[p][r] · x[p / xDiv];
 // grid (ceil(rows / 4), pairs).
 #define KT_MATVEC_EXPERTS(name, Dec) \

@@ -1075,6 +1075,100 @@ extern "C" __global__ void __launch_bounds__(128) mmf_q4_K_one(const u8* W, i64 
     }
 }
 
+// Batch-1 `.f32Activations` on the FP32 cores (the default at one token; `--batch-invariant` keeps mmf_q4_K_one,
+// whose tf32 bits every token count shares): the tensor-core form computes 8 token columns to use one and was
+// latency-bound at 0.9 TB/s. Here R = 2 rows a warp, as kt_mv_q4_K: per step the warp covers 4 super-blocks, 8
+// lanes each, every lane one 16-byte load of each row's quants (the low and high nibbles of 16 elements of groups
+// 2p and 2p + 1), so the lane's 32 f32 inputs serve both rows; the loads of the next step are in flight while one
+// computes. Per half group: Σq·x in f32 FMAs (q exact through kt_byte_float), d·sc·Σq·x; the group's −dmin·m·Σx
+// once, by the lane with its first half, from split_tf32's group sums; a fixed warp sum per row.
+template <int R>
+__device__ __forceinline__ void kt_mv_q4_K_f32(const u8* const* rowp, int cols, const float* x, const float* xsum,
+                                               float* acc) {
+    int lane = threadIdx.x & 31;
+    int nsb = cols / 256, part = lane & 7, p = part >> 1, half = part & 1, l0 = 16 * half;
+    uint4 hd[R], qs[R];
+    auto load = [&](int base, uint4* h, uint4* q) {
+        int sb = min(base + (lane >> 3), nsb - 1);
+        for (int i = 0; i < R; i++) {
+            h[i] = *(const uint4*)(rowp[i] + (i64)sb * 144);
+            q[i] = *(const uint4*)(rowp[i] + (i64)sb * 144 + 16 + 16 * part);
+        }
+    };
+    load(0, hd, qs);
+    for (int base = 0; base < nsb; base += 4) {
+        uint4 hn[R], qn[R];
+        if (base + 4 < nsb) load(base + 4, hn, qn);
+        int sb = base + (lane >> 3);
+        if (sb < nsb) {
+            int eLo = sb * 256 + 64 * p + l0, eHi = eLo + 32;
+            const float4* xa = (const float4*)(x + eLo);
+            const float4* xb = (const float4*)(x + eHi);
+            float4 a[4], b[4];
+            for (int w = 0; w < 4; w++) { a[w] = xa[w]; b[w] = xb[w]; }
+            float sxLo = half == 0 ? xsum[eLo / 32] : 0.0f, sxHi = half == 0 ? xsum[eHi / 32] : 0.0f;
+            for (int i = 0; i < R; i++) {
+                const u8* hb = (const u8*)&hd[i];
+                float d = kt_f16(hb), dmin = kt_f16(hb + 2);
+                int scLo, mLo, scHi, mHi;
+                kt_scale_min_k4(2 * p, hb + 4, &scLo, &mLo);
+                kt_scale_min_k4(2 * p + 1, hb + 4, &scHi, &mHi);
+                u32 q4[4] = {qs[i].x, qs[i].y, qs[i].z, qs[i].w};
+                float sLo = 0.0f, sHi = 0.0f;
+                for (int w = 0; w < 4; w++) {
+                    u32 lo = q4[w] & 0x0F0F0F0Fu, hi = (q4[w] >> 4) & 0x0F0F0F0Fu;
+                    sLo = __fmaf_rn(__uint_as_float(kt_byte_float(lo, 0)), a[w].x, sLo);
+                    sLo = __fmaf_rn(__uint_as_float(kt_byte_float(lo, 1)), a[w].y, sLo);
+                    sLo = __fmaf_rn(__uint_as_float(kt_byte_float(lo, 2)), a[w].z, sLo);
+                    sLo = __fmaf_rn(__uint_as_float(kt_byte_float(lo, 3)), a[w].w, sLo);
+                    sHi = __fmaf_rn(__uint_as_float(kt_byte_float(hi, 0)), b[w].x, sHi);
+                    sHi = __fmaf_rn(__uint_as_float(kt_byte_float(hi, 1)), b[w].y, sHi);
+                    sHi = __fmaf_rn(__uint_as_float(kt_byte_float(hi, 2)), b[w].z, sHi);
+                    sHi = __fmaf_rn(__uint_as_float(kt_byte_float(hi, 3)), b[w].w, sHi);
+                }
+                float pt = __fmul_rn(d, __fmaf_rn((float)scLo, sLo, __fmul_rn((float)scHi, sHi)));
+                float mn = __fmul_rn(dmin, __fmaf_rn((float)mLo, sxLo, __fmul_rn((float)mHi, sxHi)));
+                acc[i] = __fadd_rn(acc[i], __fsub_rn(pt, mn));
+            }
+        }
+        if (base + 4 < nsb)
+            for (int i = 0; i < R; i++) { hd[i] = hn[i]; qs[i] = qn[i]; }
+    }
+    for (int i = 0; i < R; i++) acc[i] = kt_warp_sum(acc[i]);
+}
+
+// y[r] = W[r] · x for one token, 2 rows a warp; x the f32 input and xsum its 32-group sums (split_tf32's);
+// grid ceil(rows / 8), 128 threads. Rows 16-byte aligned (rowBytes % 16 == 0), cols % 256 == 0.
+extern "C" __global__ void __launch_bounds__(128) matvec_q4_K_f32_1(const u8* W, i64 rowBytes, int rows, int cols,
+        const float* x, const float* xsum, float* y) {
+    int r0 = (blockIdx.x * 4 + (threadIdx.x >> 5)) * 2;
+    if (r0 >= rows) return;
+    const u8* rowp[2] = {W + (i64)r0 * rowBytes, W + (i64)min(r0 + 1, rows - 1) * rowBytes};
+    float acc[2] = {0.0f, 0.0f};
+    kt_mv_q4_K_f32<2>(rowp, cols, x, xsum, acc);
+    if ((threadIdx.x & 31) == 0) {
+        y[r0] = acc[0];
+        if (r0 + 1 < rows) y[r0 + 1] = acc[1];
+    }
+}
+
+// Routed experts at one token: pair p's input row p (x, xsum) times expert ids[p]'s rows into y[p, ..];
+// grid (ceil(rows / 8), pairs), 128 threads.
+extern "C" __global__ void __launch_bounds__(128) matvec_experts_q4_K_f32_1(const u8* W, i64 rowBytes, i64 matrixBytes,
+        int rows, int cols, const float* x, const float* xsum, const int* ids, float* y) {
+    int p = blockIdx.y;
+    int r0 = (blockIdx.x * 4 + (threadIdx.x >> 5)) * 2;
+    if (r0 >= rows) return;
+    const u8* M = W + (i64)ids[p] * matrixBytes;
+    const u8* rowp[2] = {M + (i64)r0 * rowBytes, M + (i64)min(r0 + 1, rows - 1) * rowBytes};
+    float acc[2] = {0.0f, 0.0f};
+    kt_mv_q4_K_f32<2>(rowp, cols, x + (i64)p * cols, xsum + (i64)p * (cols / 32), acc);
+    if ((threadIdx.x & 31) == 0) {
+        y[(i64)p * rows + r0] = acc[0];
+        if (r0 + 1 < rows) y[(i64)p * rows + r0 + 1] = acc[1];
+    }
+}
+
 // The kernels of a format: mmf_<name>_1 / _4 (8 or 32 tokens a warp; grid (ceil(tiles · splits / 4),
 // ceil(n / (8·NT))), 128 threads) and mmf_experts_<name> (routed experts' down projection: pair p's input row p
 // times expert ids[p]'s rows into out[p, ..], or part[split][p][row] reduced by mmf_reduce with n = pairs; grid
