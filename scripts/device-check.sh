@@ -112,6 +112,8 @@ if has gemma; then
       r=$("$bin" logits --model "$model" --device $dev --reference Tests/EndToEndTests/Fixtures/ref_f64.jsonl 2>>"$log")
       say "$dev: $r"
     done
+    r=$("$bin" logits --model "$model" --device cuda --batch-invariant --reference Tests/EndToEndTests/Fixtures/ref_f64.jsonl 2>>"$log")
+    say "cuda --batch-invariant: $r"
     python3 - "$summary" <<'PY' || status=1
 import json, sys
 lines = [l for l in open(sys.argv[1]) if l.startswith("cuda: {")]

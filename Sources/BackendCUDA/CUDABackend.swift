@@ -1028,7 +1028,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         if w.tag == "f32", cols % 4 == 0, (w.address | UInt(w.rowBytes) | UInt(matrixBytes) | x.address) % 16 == 0,
            xStride % 4 == 0, xHeadStride % 4 == 0 {
             // A block per row: the routers' 128-row f32 matrices kept one warp per SM in the warp-per-row kernel.
-            return launch("matvec_f32_wide", grid: (rows, (n + 7) / 8, heads), block: 128,
+            return launch("matvec_f32_wide", grid: (rows, (n + 7) / 8, heads), block: 256,
                           [.ptr(w.address), .i64(w.rowBytes), .i64(matrixBytes), .i32(rows), .i32(cols), .ptr(x.address),
                            .i64(xStride), .i64(xHeadStride), .ptr(y.address), .i64(yStride), .i64(yHeadStride), .i32(n)])
         }
@@ -1607,15 +1607,18 @@ final class CUDAExpertExecutor: ExpertExecutor {
         }
         // Gate and up: integer dot products with the token's Q8_K input where the format has them (the same rounding
         // as the CPU executor), else the input rounded to the vec-dot format and the float kernels.
-        func runInteger(_ w: CUDAWeight, _ stack: WeightStack, q: (UInt, UInt, UInt), y: Tensor) {
+        // `second`: another stack of the same format and shape on the same input (up), in the same launch.
+        func runInteger(_ w: CUDAWeight, _ stack: WeightStack, q: (UInt, UInt, UInt), y: Tensor,
+                        second: (CUDAWeight, Tensor)? = nil) {
             let cols = stack.cols
             chunks(k) { p0, c in
                 let t = p0 / k
-                backend.launch(w.integerExperts!, "matvec_experts_\(w.tag)_q8 \(stack.rows)x\(cols)",
-                               grid: ((stack.rows + 3) / 4, c, 1), block: 128,
+                backend.launch(w.integerExperts!, "matvec_experts_\(w.tag)_q8 \(second == nil ? "" : "2x")\(stack.rows)x\(cols)",
+                               grid: ((stack.rows + 3) / 4, c, second == nil ? 1 : 2), block: 128,
                                [.ptr(w.address), .i64(w.rowBytes), .i64(w.rowBytes * stack.rows), .i32(stack.rows), .i32(cols),
                                 .ptr(q.0 + UInt(t * cols)), .ptr(q.1 + UInt(4 * t * (cols / 256))), .ptr(q.2 + UInt(4 * t * (cols / 16))),
-                                .i32(k), .ptr(ids.offset(p0).address), .ptr(y.offset(p0 * stack.rows).address)])
+                                .i32(k), .ptr(ids.offset(p0).address), .ptr(y.offset(p0 * stack.rows).address),
+                                .ptr(second?.0.address ?? 0), .ptr(second?.1.offset(p0 * stack.rows).address ?? 0)])
             }
         }
         let sorted = sortPairs(experts, n: n, ids: ids, pairs: pairs)
@@ -1631,6 +1634,8 @@ final class CUDAExpertExecutor: ExpertExecutor {
             } else if same, n >= CUDABackend.streamMinTokens,
                       backend.streamExperts(g, u, rows: experts.gate.rows, cols: gateCols, input: q, xDiv: k,
                                                   ids: ids, y0: gate!, y1: up!, pairs: pairs) {
+            } else if same {
+                runInteger(g, experts.gate, q: q, y: gate!, second: (u, up!))
             } else {
                 runInteger(g, experts.gate, q: q, y: gate!)
                 runInteger(u, experts.up, q: q, y: up!)

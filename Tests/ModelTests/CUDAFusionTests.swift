@@ -76,13 +76,15 @@ final class CUDAFusionTests: XCTestCase {
         XCTAssertEqual(b.kernelProfile().first { $0.name.hasPrefix("matvec_stream_q4_K_q8") }?.calls, 2)
     }
 
-    /// Batch-1 decode takes the one-token kernels: the matrix-vector kernels' one-token forms and mmf_q4_K_one,
-    /// which sums the down projection's K splits itself (1280 wide: two splits), so no mmf_reduce launch; the
-    /// down projection's output has the bits of the general kernels (KTRANSFORMERS_CUDA_MV1=0's path).
+    /// Batch-1 decode takes the one-token kernels: the matrix-vector kernels' one-token forms and, batch invariant,
+    /// mmf_q4_K_one, which sums the down projection's K splits itself (1280 wide: two splits), so no mmf_reduce
+    /// launch; the down projection's output has the bits of the general kernels (KTRANSFORMERS_CUDA_MV1=0's path).
+    /// By default the down projection runs on the FP32 cores instead (matvec_q4_K_f32_1): within f32 rounding.
     func testBatchOneMLPTakesTheOneTokenKernels() throws {
         guard let b = try CUDABackend.makeIfPresent() else {
             throw XCTSkip("no CUDA driver/GPU and no CUDA emulator here: CUDA fusion test skipped")
         }
+        b.batchInvariant = true
         let dim = 512, ff = 1280
         b.reserve(ForwardPlan(maxTokens: 8, contextLength: 64, maxQueryGroup: 1))
         let gate = try b.prepare(q4K("blk.0.ffn_gate.weight", rows: ff, cols: dim))
@@ -119,6 +121,17 @@ final class CUDAFusionTests: XCTestCase {
         let three = Array(UnsafeBufferPointer(start: b.read(y2, count: dim), count: dim))
         XCTAssertEqual(one.map(\.bitPattern), three.map(\.bitPattern))
         XCTAssertTrue(b.kernelProfile().contains { $0.name.hasPrefix("mmf_reduce") })
+        // The default: the FP32-core kernel (its input's group sums from split_tf32: other ops ran since SwiGLU),
+        // no K splits, no reduction; the same values to f32 rounding.
+        b.batchInvariant = false
+        b.fill(y, count: dim, value: 0)
+        b.resetKernelProfile()
+        b.matmul(down, g, y, n: 1, precision: .f32Activations)
+        XCTAssertEqual(Set(b.kernelProfile().map { $0.name.split(separator: " ")[0] }), ["split_tf32", "matvec_q4_K_f32_1"])
+        let fast = Array(UnsafeBufferPointer(start: b.read(y, count: dim), count: dim))
+        let scale = one.map { abs($0) }.max()!
+        XCTAssertGreaterThan(scale, 1)
+        for i in 0..<dim { XCTAssertEqual(fast[i], one[i], accuracy: 1e-5 * scale, "row \(i)") }
     }
 
     /// Split-K attention whose output width is a multiple of 256 combines its splits and writes the output's Q8_K

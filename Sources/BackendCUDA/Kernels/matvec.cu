@@ -49,21 +49,23 @@ extern "C" __global__ void __launch_bounds__(128) matvec_##name(const u8* W, i64
 }
 KT_FORMATS(KT_MATVEC)
 
-// f32 weights (the MoE routers, float checkpoints): a block per (row, head) instead of a warp, each of its 128
-// threads taking float4 columns threadIdx.x + 128k of the row for up to 8 tokens, then a fixed block reduction:
+// f32 weights (the MoE routers, float checkpoints): a block per (row, head) instead of a warp, each of its 256
+// threads taking float4 columns threadIdx.x + 256k of the row for up to 8 tokens, then a fixed block reduction:
 // at 128 rows (a router) the warp-per-row kernel kept one warp per SM and took 12 µs; this one keeps a row's whole
 // width in flight. The arguments of matvec_f32 (rows, inputs and strides 16-byte aligned, cols % 4 == 0);
-// grid (rows, ceil(n / 8), heads), 128 threads.
-extern "C" __global__ void __launch_bounds__(128) matvec_f32_wide(const u8* W, i64 rowBytes, i64 matrixBytes, int rows,
-        int cols, const float* x, i64 xStride, i64 xHeadStride, float* y, i64 yStride, i64 yHeadStride, int n) {
-    __shared__ float red[4][KT_MV_TOKENS];
+// grid (rows, ceil(n / 8), heads), 256 threads.
+#define KT_MVW_WARPS 8
+extern "C" __global__ void __launch_bounds__(32 * KT_MVW_WARPS) matvec_f32_wide(const u8* W, i64 rowBytes,
+        i64 matrixBytes, int rows, int cols, const float* x, i64 xStride, i64 xHeadStride, float* y, i64 yStride,
+        i64 yHeadStride, int n) {
+    __shared__ float red[KT_MVW_WARPS][KT_MV_TOKENS];
     int r = blockIdx.x, h = blockIdx.z, t0 = blockIdx.y * KT_MV_TOKENS, nt = min(KT_MV_TOKENS, n - t0);
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const float4* w = (const float4*)(W + (i64)h * matrixBytes + (i64)r * rowBytes);
     const float* xb = x + (i64)h * xHeadStride + (i64)t0 * xStride;
     float acc[KT_MV_TOKENS];
     for (int t = 0; t < KT_MV_TOKENS; t++) acc[t] = 0.0f;
-    for (int c = threadIdx.x; c < cols / 4; c += 128) {
+    for (int c = threadIdx.x; c < cols / 4; c += 32 * KT_MVW_WARPS) {
         float4 a = w[c];
         for (int t = 0; t < KT_MV_TOKENS; t++) {
             if (t < nt) {
@@ -81,7 +83,9 @@ extern "C" __global__ void __launch_bounds__(128) matvec_f32_wide(const u8* W, i
     __syncthreads();
     if (threadIdx.x < nt) {
         int t = threadIdx.x;
-        y[(i64)(t0 + t) * yStride + (i64)h * yHeadStride + r] = __fadd_rn(__fadd_rn(red[0][t], red[1][t]), __fadd_rn(red[2][t], red[3][t]));
+        float s = red[0][t];
+        for (int k = 1; k < KT_MVW_WARPS; k++) s = __fadd_rn(s, red[k][t]);
+        y[(i64)(t0 + t) * yStride + (i64)h * yHeadStride + r] = s;
     }
 }
 
@@ -314,11 +318,13 @@ extern "C" __global__ void __launch_bounds__(128) matvec_##name##_q8_3##suffix(c
 #define KT_MV_INT(name, body) \
 KT_MV_INT_FORMS(name, body, , KT_MV_TOKENS) \
 KT_MV_INT_FORMS(name, body, _1, 1) \
-/* Routed experts: pair p (token p / xDiv, expert ids[p]) gets y[p, r] = W_ids[p][r] · x[p / xDiv]; grid (ceil(rows / 4), pairs). */ \
+/* Routed experts: pair p (token p / xDiv, expert ids[p]) gets y[p, r] = W_ids[p][r] · x[p / xDiv]; grid (ceil(rows / 4), pairs, 1 or 2: z = 1 the second stack W1 into y1, same shape). */ \
 extern "C" __global__ void __launch_bounds__(128) matvec_experts_##name##_q8(const u8* W, i64 rowBytes, i64 matrixBytes, \
-        int rows, int cols, const i8* xq, const float* xd, const int* xs, int xDiv, const int* ids, float* y) { \
+        int rows, int cols, const i8* xq, const float* xd, const int* xs, int xDiv, const int* ids, float* y, \
+        const u8* W1, float* y1) { \
     int r = blockIdx.x * KT_MV_WARPS + (threadIdx.x >> 5), p = blockIdx.y, tq = p / xDiv; \
     if (r >= rows) return; \
+    if (blockIdx.z == 1) { W = W1; y = y1; } \
     body<1>(W + (i64)ids[p] * matrixBytes + (i64)r * rowBytes, cols, xq, xd, xs, y + (i64)p * rows + r, rows, tq + 1, tq); \
 }
 KT_MV_INT(q4_K, kt_mv_q4_K)

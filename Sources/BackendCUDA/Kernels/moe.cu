@@ -15,6 +15,8 @@ __device__ __forceinline__ void kt_argmax_lane(float& v, int& i) {
         if (oi >= 0 && (i < 0 || ov > v || (ov == v && oi < i))) { v = ov; i = oi; }
     }
 }
+// Up to KT_MOE_LANE_MAX experts a lane (256 experts) are held in registers; more go through `work`.
+#define KT_MOE_LANE_MAX 8
 extern "C" __global__ void __launch_bounds__(32) moe_select(const float* logits, int n, int nExpert, int topK, int scoring,
                                       int normalize, float scale, const float* bias, int groups, int groupsUsed,
                                       int groupScore, float* work, int workStride, int* experts, float* weights) {
@@ -24,6 +26,9 @@ extern "C" __global__ void __launch_bounds__(32) moe_select(const float* logits,
     float* scores = work + (i64)t * workStride;
     float* choice = scores + nExpert;
     float* groupBest = choice + nExpert;
+    // Lane-held copies of scores and choices: expert lane + 32k is slot k (when nExpert ≤ 32 · KT_MOE_LANE_MAX).
+    bool inRegs = nExpert <= 32 * KT_MOE_LANE_MAX;
+    float sc[KT_MOE_LANE_MAX], ch[KT_MOE_LANE_MAX];
     if (scoring == 0) {
         float mx = -KT_INF;
         for (int e = lane; e < nExpert; e += 32) mx = fmaxf(mx, lg[e]);
@@ -65,33 +70,58 @@ extern "C" __global__ void __launch_bounds__(32) moe_select(const float* logits,
             if (groupBest[e / per] != -KT_INF) choice[e] = -KT_INF;
         __syncwarp();
     }
+    if (inRegs) {
+#pragma unroll
+        for (int k = 0; k < KT_MOE_LANE_MAX; k++) {
+            int e = lane + 32 * k;
+            sc[k] = e < nExpert ? scores[e] : 0.0f;
+            ch[k] = e < nExpert ? choice[e] : -KT_INF;
+        }
+    }
     int* ex = experts + (i64)t * topK;
     float* wt = weights + (i64)t * topK;
     float sum = 0.0f;
     for (int j = 0; j < topK; j++) {
-        // This lane's best selectable expert (ascending scan, strict >: the lower index on ties), then the warp's.
-        float v = -KT_INF;
+        // This lane's best selectable expert (ascending, strict >: the lower index on ties), then the warp's.
+        float v = -KT_INF, s = 0.0f;
         int best = -1;
-        for (int e = lane; e < nExpert; e += 32) {
-            float c = choice[e];
-            if (c != -KT_INF && (best < 0 || c > v)) { v = c; best = e; }
+        if (inRegs) {
+#pragma unroll
+            for (int k = 0; k < KT_MOE_LANE_MAX; k++)
+                if (ch[k] != -KT_INF && (best < 0 || ch[k] > v)) { v = ch[k]; best = lane + 32 * k; s = sc[k]; }
+        } else {
+            for (int e = lane; e < nExpert; e += 32) {
+                float c = choice[e];
+                if (c != -KT_INF && (best < 0 || c > v)) { v = c; best = e; }
+            }
+            if (best >= 0) s = scores[best];
         }
         kt_argmax_lane(v, best);
-        if (best < 0) best = 0;  // fewer selectable experts than topK: cannot happen for valid routers
-        float s = scores[best];
+        if (best < 0) { best = 0; s = scores[0]; }  // fewer selectable experts than topK: not for valid routers
+        // The winner's score from the lane that holds it.
+        int owner = best & 31;
+        s = __shfl_sync(0xffffffffu, s, owner);
         if (lane == 0) { ex[j] = best; wt[j] = s; }
         sum += s;
-        __syncwarp();
-        if (lane == (best & 31)) choice[best] = -KT_INF;
+        if (lane == owner) {
+            if (inRegs) {
+#pragma unroll
+                for (int k = 0; k < KT_MOE_LANE_MAX; k++)
+                    if (lane + 32 * k == best) ch[k] = -KT_INF;
+            } else {
+                choice[best] = -KT_INF;
+            }
+        }
         __syncwarp();
     }
-    if (lane == 0) {
-        if (normalize) {
-            float inv = 1.0f / fmaxf(sum, 6.103515625e-5f);
-            for (int j = 0; j < topK; j++) wt[j] *= inv;
+    if (normalize || (scale != 1.0f && scale != 0.0f)) {
+        float inv = 1.0f / fmaxf(sum, 6.103515625e-5f);
+        for (int j = lane; j < topK; j += 32) {
+            float w = wt[j];
+            if (normalize) w *= inv;
+            if (scale != 1.0f && scale != 0.0f) w *= scale;
+            wt[j] = w;
         }
-        if (scale != 1.0f && scale != 0.0f)
-            for (int j = 0; j < topK; j++) wt[j] *= scale;
     }
 }
 
