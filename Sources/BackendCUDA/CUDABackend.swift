@@ -857,6 +857,8 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     /// token count) instead of the FP32-core kernels (matvec_q4_K_f32_1, matvec_experts_q4_K_f32_1); `--batch-invariant`
     /// does the same.
     static let f32OneEnabled = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_F32_ONE"] != "0"
+    /// `KTRANSFORMERS_CUDA_F32_ONE_LB=1`: those kernels held to 64 registers (more blocks an SM; same bits).
+    static let f32OneBounded = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_F32_ONE_LB"] == "1"
     /// `KTRANSFORMERS_CUDA_MMF_ONE=0`: mmf_q4_K_1 at n = 1 instead of mmf_q4_K_one (measurements; the same bits).
     static let mmfOneEnabled = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_MMF_ONE"] != "0"
     /// At most this many blocks for the persistent one-token kernels (tests: one block, so that its warps walk
@@ -1497,8 +1499,9 @@ final class CUDAWeight: @unchecked Sendable {
             tensorCoreBlock = nil
         }
         tensorCoreF32Staged = tag == "q4_K" ? (kernels.function("mmf_block_q4_K_1"), kernels.function("mmf_block_q4_K_4")) : nil
-        f32One = tag == "q4_K" ? kernels.function("matvec_q4_K_f32_1") : nil
-        f32OneExperts = tag == "q4_K" ? kernels.function("matvec_experts_q4_K_f32_1") : nil
+        let lb = CUDABackend.f32OneBounded ? "_lb" : ""
+        f32One = tag == "q4_K" ? kernels.function("matvec_q4_K_f32_1\(lb)") : nil
+        f32OneExperts = tag == "q4_K" ? kernels.function("matvec_experts_q4_K_f32_1\(lb)") : nil
     }
 }
 

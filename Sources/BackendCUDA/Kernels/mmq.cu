@@ -1138,36 +1138,39 @@ __device__ __forceinline__ void kt_mv_q4_K_f32(const u8* const* rowp, int cols, 
 }
 
 // y[r] = W[r] · x for one token, 2 rows a warp; x the f32 input and xsum its 32-group sums (split_tf32's);
-// grid ceil(rows / 8), 128 threads. Rows 16-byte aligned (rowBytes % 16 == 0), cols % 256 == 0.
-extern "C" __global__ void __launch_bounds__(128) matvec_q4_K_f32_1(const u8* W, i64 rowBytes, int rows, int cols,
-        const float* x, const float* xsum, float* y) {
-    int r0 = (blockIdx.x * 4 + (threadIdx.x >> 5)) * 2;
-    if (r0 >= rows) return;
-    const u8* rowp[2] = {W + (i64)r0 * rowBytes, W + (i64)min(r0 + 1, rows - 1) * rowBytes};
-    float acc[2] = {0.0f, 0.0f};
-    kt_mv_q4_K_f32<2>(rowp, cols, x, xsum, acc);
-    if ((threadIdx.x & 31) == 0) {
-        y[r0] = acc[0];
-        if (r0 + 1 < rows) y[r0 + 1] = acc[1];
-    }
+// grid ceil(rows / 8), 128 threads. Rows 16-byte aligned (rowBytes % 16 == 0), cols % 256 == 0. The _lb forms
+// are the same code held to 64 registers (8 blocks an SM instead of 5: measured against each other).
+#define KT_MV_F32_ONE(suffix, BOUNDS) \
+extern "C" __global__ void __launch_bounds__ BOUNDS matvec_q4_K_f32_1##suffix(const u8* W, i64 rowBytes, int rows, \
+        int cols, const float* x, const float* xsum, float* y) { \
+    int r0 = (blockIdx.x * 4 + (threadIdx.x >> 5)) * 2; \
+    if (r0 >= rows) return; \
+    const u8* rowp[2] = {W + (i64)r0 * rowBytes, W + (i64)min(r0 + 1, rows - 1) * rowBytes}; \
+    float acc[2] = {0.0f, 0.0f}; \
+    kt_mv_q4_K_f32<2>(rowp, cols, x, xsum, acc); \
+    if ((threadIdx.x & 31) == 0) { \
+        y[r0] = acc[0]; \
+        if (r0 + 1 < rows) y[r0 + 1] = acc[1]; \
+    } \
+} \
+/* Routed experts at one token: pair p's input row p (x, xsum) times expert ids[p]'s rows into y[p, ..]; */ \
+/* grid (ceil(rows / 8), pairs), 128 threads. */ \
+extern "C" __global__ void __launch_bounds__ BOUNDS matvec_experts_q4_K_f32_1##suffix(const u8* W, i64 rowBytes, \
+        i64 matrixBytes, int rows, int cols, const float* x, const float* xsum, const int* ids, float* y) { \
+    int p = blockIdx.y; \
+    int r0 = (blockIdx.x * 4 + (threadIdx.x >> 5)) * 2; \
+    if (r0 >= rows) return; \
+    const u8* M = W + (i64)ids[p] * matrixBytes; \
+    const u8* rowp[2] = {M + (i64)r0 * rowBytes, M + (i64)min(r0 + 1, rows - 1) * rowBytes}; \
+    float acc[2] = {0.0f, 0.0f}; \
+    kt_mv_q4_K_f32<2>(rowp, cols, x + (i64)p * cols, xsum + (i64)p * (cols / 32), acc); \
+    if ((threadIdx.x & 31) == 0) { \
+        y[(i64)p * rows + r0] = acc[0]; \
+        if (r0 + 1 < rows) y[(i64)p * rows + r0 + 1] = acc[1]; \
+    } \
 }
-
-// Routed experts at one token: pair p's input row p (x, xsum) times expert ids[p]'s rows into y[p, ..];
-// grid (ceil(rows / 8), pairs), 128 threads.
-extern "C" __global__ void __launch_bounds__(128) matvec_experts_q4_K_f32_1(const u8* W, i64 rowBytes, i64 matrixBytes,
-        int rows, int cols, const float* x, const float* xsum, const int* ids, float* y) {
-    int p = blockIdx.y;
-    int r0 = (blockIdx.x * 4 + (threadIdx.x >> 5)) * 2;
-    if (r0 >= rows) return;
-    const u8* M = W + (i64)ids[p] * matrixBytes;
-    const u8* rowp[2] = {M + (i64)r0 * rowBytes, M + (i64)min(r0 + 1, rows - 1) * rowBytes};
-    float acc[2] = {0.0f, 0.0f};
-    kt_mv_q4_K_f32<2>(rowp, cols, x + (i64)p * cols, xsum + (i64)p * (cols / 32), acc);
-    if ((threadIdx.x & 31) == 0) {
-        y[(i64)p * rows + r0] = acc[0];
-        if (r0 + 1 < rows) y[(i64)p * rows + r0 + 1] = acc[1];
-    }
-}
+KT_MV_F32_ONE(, (128))
+KT_MV_F32_ONE(_lb, (128, 8))
 
 // The kernels of a format: mmf_<name>_1 / _4 (8 or 32 tokens a warp; grid (ceil(tiles · splits / 4),
 // ceil(n / (8·NT))), 128 threads) and mmf_experts_<name> (routed experts' down projection: pair p's input row p
