@@ -859,6 +859,9 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     static let f32OneEnabled = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_F32_ONE"] != "0"
     /// `KTRANSFORMERS_CUDA_F32_ONE_LB=1`: those kernels held to 64 registers (more blocks an SM; same bits).
     static let f32OneBounded = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_F32_ONE_LB"] == "1"
+    /// `KTRANSFORMERS_CUDA_F32_ONE=2`: their coalesced K-split forms instead (`matvec_q4_K_f32_1c`; own bits).
+    /// (A test var: read when weights are prepared.)
+    nonisolated(unsafe) public static var f32OneCoalesced = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_F32_ONE"] == "2"
     /// `KTRANSFORMERS_CUDA_MMF_ONE=0`: mmf_q4_K_1 at n = 1 instead of mmf_q4_K_one (measurements; the same bits).
     static let mmfOneEnabled = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_MMF_ONE"] != "0"
     /// At most this many blocks for the persistent one-token kernels (tests: one block, so that its warps walk
@@ -1070,7 +1073,9 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         }
         if n == 1, !batchInvariant, Self.f32OneEnabled, let one = g.f32One, x.address % 16 == 0, g.rowBytes % 16 == 0 {
             // Batch-1 decode on the FP32 cores (not the bits of the tensor-core forms that larger steps take).
-            return launch(one, "matvec_\(g.tag)_f32_1 \(rows)x\(cols)", grid: ((rows + 7) / 8, 1, 1), block: 128,
+            let c = Self.f32OneCoalesced
+            return launch(one, "matvec_\(g.tag)_f32_1\(c ? "c" : "") \(rows)x\(cols)",
+                          grid: (c ? (rows + 1) / 2 : (rows + 7) / 8, 1, 1), block: c ? 256 : 128,
                           [.ptr(g.address), .i64(g.rowBytes), .i32(rows), .i32(cols), .ptr(x.address), .ptr(sums.address),
                            .ptr(y.address)])
         }
@@ -1499,7 +1504,7 @@ final class CUDAWeight: @unchecked Sendable {
             tensorCoreBlock = nil
         }
         tensorCoreF32Staged = tag == "q4_K" ? (kernels.function("mmf_block_q4_K_1"), kernels.function("mmf_block_q4_K_4")) : nil
-        let lb = CUDABackend.f32OneBounded ? "_lb" : ""
+        let lb = CUDABackend.f32OneCoalesced ? "c" : CUDABackend.f32OneBounded ? "_lb" : ""
         f32One = tag == "q4_K" ? kernels.function("matvec_q4_K_f32_1\(lb)") : nil
         f32OneExperts = tag == "q4_K" ? kernels.function("matvec_experts_q4_K_f32_1\(lb)") : nil
     }
@@ -1659,8 +1664,9 @@ final class CUDAExpertExecutor: ExpertExecutor {
             let out = splits > 1 ? parts! : down!
             if n == 1, !backend.batchInvariant, CUDABackend.f32OneEnabled, let one = d.f32OneExperts, d.rowBytes % 16 == 0 {
                 // One token: the FP32-core kernel (as the dense down projection's at one token).
-                return backend.launch(one, "matvec_experts_\(d.tag)_f32_1 \(rows)x\(ff)", grid: ((rows + 7) / 8, pairs, 1),
-                                      block: 128,
+                let c = CUDABackend.f32OneCoalesced
+                return backend.launch(one, "matvec_experts_\(d.tag)_f32_1\(c ? "c" : "") \(rows)x\(ff)",
+                                      grid: (c ? (rows + 1) / 2 : (rows + 7) / 8, pairs, 1), block: c ? 64 : 128,
                                       [.ptr(d.address), .i64(d.rowBytes), .i64(d.rowBytes * rows), .i32(rows), .i32(ff),
                                        .ptr(gate!.address), .ptr(sums.address), .ptr(ids.address), .ptr(down!.address)])
             }

@@ -93,6 +93,28 @@ final class CUDAOneTokenConformanceTests: XCTestCase {
     }
 }
 
+/// The coalesced K-split forms of the one-token FP32-core down projection (`KTRANSFORMERS_CUDA_F32_ONE=2`, dense and
+/// routed experts): the matmul, MLP chain and expert checks with them (default mode: within the bounds).
+final class CUDACoalescedOneTokenConformanceTests: XCTestCase {
+    func testCoalescedOneTokenKernels() throws {
+        let saved = CUDABackend.f32OneCoalesced
+        CUDABackend.f32OneCoalesced = true
+        defer { CUDABackend.f32OneCoalesced = saved }
+        guard let backend = try CUDABackend.makeIfPresent() else {
+            throw XCTSkip("no CUDA driver/GPU and no CUDA emulator here: CUDA coalesced one-token conformance skipped")
+        }
+        let c = BackendConformance(name: "cuda, coalesced one-token f32 kernels", backend: backend)
+        backend.profiling = true
+        backend.resetKernelProfile()
+        for name in ["matmul", "chainedOps", "expertExecutor"] {
+            let check = try XCTUnwrap(BackendConformance.checks.first { $0.name == name })
+            for f in Expect.collect({ try check.run(c) }) { XCTFail("[cuda coalesced] \(name): \(f)") }
+        }
+        let names = Set(backend.kernelProfile().map { $0.name.split(separator: " ")[0] })
+        XCTAssertTrue(names.contains("matvec_q4_K_f32_1c") && names.contains("matvec_experts_q4_K_f32_1c"), "\(names)")
+    }
+}
+
 /// The quantized-input scratch's regions start 16-byte aligned for every size (the block-staged tiles copy the
 /// per-16 sums in 16-byte pieces: an odd number of 256-blocks before them would misalign them).
 final class CUDAQuantizedLayoutTests: XCTestCase {

@@ -1172,6 +1172,90 @@ extern "C" __global__ void __launch_bounds__ BOUNDS matvec_experts_q4_K_f32_1##s
 KT_MV_F32_ONE(, (128))
 KT_MV_F32_ONE(_lb, (128, 8))
 
+// A coalesced, K-split form of the same product (`KTRANSFORMERS_CUDA_F32_ONE=2`, for measuring against the one
+// above; its own bits). Nsight Compute on matvec_q4_K_f32_1 (4096 × 14336, H100): 0.78 waves (512 blocks), L1 at
+// 72% with 89% hits, DRAM at 34%: each lane's float4 inputs lie 64 bytes apart, so a warp's input load touches 32
+// sectors for 16 bytes each, and two rows a warp leave too few warps. Here lane l takes elements 4l .. 4l + 3 of
+// each 128-element chunk (a warp's float4 input load is 512 contiguous bytes; its weights one 4-byte word of
+// quants a row), 4 chunks a step; the WARPS warps of a block split the row's steps (warp w: steps w, w + WARPS,
+// ...) and add their sums in warp order through shared memory; 2 rows a block. Per chunk: Σq·x over the lane's 4
+// elements in f32 FMAs, times d·sc; the group's −dmin·m·Σx by its first lane (split_tf32's group sums).
+__device__ __forceinline__ void kt_scale_min_k4_dyn(int s, uint4 h, int* sc, int* m) {
+    int sh = 8 * (s & 3);
+    u32 a = (h.y >> sh) & 0xFFu, b = (h.z >> sh) & 0xFFu, c = (h.w >> sh) & 0xFFu;
+    if (s < 4) { *sc = (int)(a & 63u); *m = (int)(b & 63u); }
+    else { *sc = (int)((c & 15u) | ((a >> 6) << 4)); *m = (int)((c >> 4) | ((b >> 6) << 4)); }
+}
+template <int WARPS>
+__device__ __forceinline__ void kt_mv_q4_K_f32c(const u8* const* rowp, int cols, const float* x, const float* xsum,
+                                                float* y0, float* y1) {
+    __shared__ float red[WARPS][2];
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int chunks = cols / 128, steps = (chunks + 3) / 4;
+    int sub = lane & 7, half = (lane >> 3) & 1, hiHalf = lane >> 4;  // word of 8, nibble, which 16 lanes
+    float acc[2] = {0.0f, 0.0f};
+    for (int st = warp; st < steps; st += WARPS) {
+        float4 xv[4];
+        u32 q[2][4];
+        uint4 hd[2][4];
+        for (int k = 0; k < 4; k++) {
+            int c = min(4 * st + k, chunks - 1), sb = c >> 1, h = c & 1, p = 2 * h + hiHalf;
+            xv[k] = *(const float4*)(x + (i64)c * 128 + 4 * lane);
+            for (int r = 0; r < 2; r++) {
+                hd[r][k] = *(const uint4*)(rowp[r] + (i64)sb * 144);
+                q[r][k] = *(const u32*)(rowp[r] + (i64)sb * 144 + 16 + 32 * p + 4 * sub);
+            }
+        }
+        for (int k = 0; k < 4; k++) {
+            int c = 4 * st + k;
+            if (c >= chunks) break;
+            int j = 4 * (c & 1) + (lane >> 3);  // the lane's group in its super-block
+            float sx = sub == 0 ? xsum[(i64)c * 4 + (lane >> 3)] : 0.0f;
+            for (int r = 0; r < 2; r++) {
+                u32 w = (q[r][k] >> (4 * half)) & 0x0F0F0F0Fu;
+                float s = __fmul_rn(__uint_as_float(kt_byte_float(w, 0)), xv[k].x);
+                s = __fmaf_rn(__uint_as_float(kt_byte_float(w, 1)), xv[k].y, s);
+                s = __fmaf_rn(__uint_as_float(kt_byte_float(w, 2)), xv[k].z, s);
+                s = __fmaf_rn(__uint_as_float(kt_byte_float(w, 3)), xv[k].w, s);
+                int sc, m;
+                kt_scale_min_k4_dyn(j, hd[r][k], &sc, &m);
+                float d = kt_half_to_float((u16)(hd[r][k].x & 0xFFFFu)), dmin = kt_half_to_float((u16)(hd[r][k].x >> 16));
+                float part = __fmul_rn(__fmul_rn(d, (float)sc), s);
+                if (sub == 0) part = __fsub_rn(part, __fmul_rn(__fmul_rn(dmin, (float)m), sx));
+                acc[r] = __fadd_rn(acc[r], part);
+            }
+        }
+    }
+    for (int r = 0; r < 2; r++) {
+        float v = kt_warp_sum(acc[r]);
+        if (lane == 0) red[warp][r] = v;
+    }
+    __syncthreads();
+    if (threadIdx.x < 2) {
+        float v = red[0][threadIdx.x];
+        for (int w = 1; w < WARPS; w++) v = __fadd_rn(v, red[w][threadIdx.x]);
+        float* yr = threadIdx.x == 0 ? y0 : y1;
+        if (yr) *yr = v;
+    }
+}
+// Grid ceil(rows / 2), 256 threads (8 warps over K); rows 16-byte aligned, cols % 256 == 0.
+extern "C" __global__ void __launch_bounds__(256) matvec_q4_K_f32_1c(const u8* W, i64 rowBytes, int rows, int cols,
+        const float* x, const float* xsum, float* y) {
+    int r0 = 2 * blockIdx.x;
+    const u8* rowp[2] = {W + (i64)r0 * rowBytes, W + (i64)min(r0 + 1, rows - 1) * rowBytes};
+    kt_mv_q4_K_f32c<8>(rowp, cols, x, xsum, y + r0, r0 + 1 < rows ? y + r0 + 1 : nullptr);
+}
+// Routed experts at one token (2 warps over K: expert rows are short); grid (ceil(rows / 2), pairs), 64 threads.
+extern "C" __global__ void __launch_bounds__(64) matvec_experts_q4_K_f32_1c(const u8* W, i64 rowBytes, i64 matrixBytes,
+        int rows, int cols, const float* x, const float* xsum, const int* ids, float* y) {
+    int p = blockIdx.y, r0 = 2 * blockIdx.x;
+    const u8* M = W + (i64)ids[p] * matrixBytes;
+    const u8* rowp[2] = {M + (i64)r0 * rowBytes, M + (i64)min(r0 + 1, rows - 1) * rowBytes};
+    float* yp = y + (i64)p * rows;
+    kt_mv_q4_K_f32c<2>(rowp, cols, x + (i64)p * cols, xsum + (i64)p * (cols / 32), yp + r0,
+                       r0 + 1 < rows ? yp + r0 + 1 : nullptr);
+}
+
 // The kernels of a format: mmf_<name>_1 / _4 (8 or 32 tokens a warp; grid (ceil(tiles · splits / 4),
 // ceil(n / (8·NT))), 128 threads) and mmf_experts_<name> (routed experts' down projection: pair p's input row p
 // times expert ids[p]'s rows into out[p, ..], or part[split][p][row] reduced by mmf_reduce with n = pairs; grid
