@@ -175,12 +175,14 @@ if has bench; then
     kdec KTRANSFORMERS_CUDA_F32_ONE=0
     kdec KTRANSFORMERS_CUDA_F32_ONE=2
     kdec KTRANSFORMERS_CUDA_F32_ONE_LB=1
+    kdec KTRANSFORMERS_CUDA_MV1=2
+    kdec KTRANSFORMERS_CUDA_MV1=2 KTRANSFORMERS_CUDA_F32_ONE=2
   fi
   if [ -n "${MOE:-}" ]; then
     make_model qwen3-30b-a3b /tmp/qwen3-30b-a3b$sfx.gguf
     "$bin" bench --model /tmp/qwen3-30b-a3b$sfx.gguf --device cuda --n-cpu-moe 0 -p $pp -n $tg -r $reps 2>>"$log" | tail -2 | sed 's/$/ (all on the GPU)/' | tee -a "$summary"
     if [ -n "${DECODE_AB:-}" ]; then
-      for v in KTRANSFORMERS_CUDA_F32_ONE=0 KTRANSFORMERS_CUDA_F32_ONE=2 KTRANSFORMERS_CUDA_F32_ONE_LB=1; do
+      for v in KTRANSFORMERS_CUDA_F32_ONE=0 KTRANSFORMERS_CUDA_F32_ONE=2 KTRANSFORMERS_CUDA_F32_ONE_LB=1 KTRANSFORMERS_CUDA_MV1=2; do
         env $v "$bin" bench --model /tmp/qwen3-30b-a3b$sfx.gguf --device cuda --n-cpu-moe 0 -p 0 -n $tg -r 2 2>>"$log" | tail -1 \
           | sed "s/\$/ (all on the GPU, $v)/" | tee -a "$summary"
       done

@@ -643,7 +643,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
             launch(tiles, "mmq_\(g.tag) \(rows)x\(cols)", grid: ((rows + 63) / 64, (n + 63) / 64, 1), block: 128, args)
         } else {
             let one = n == 1 && Self.oneTokenForms ? g.integerDotOne : nil
-            launch(one ?? g.integerDot!, "matvec_\(g.tag)_q8\(one == nil ? "" : "_1") \(rows)x\(cols)",
+            launch(one ?? g.integerDot!, "matvec_\(g.tag)_q8\(one == nil ? "" : "_1" + g.oneTokenSuffix) \(rows)x\(cols)",
                    grid: ((rows + 3) / 4, (n + 7) / 8, 1), block: 128, args)
         }
     }
@@ -853,6 +853,9 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     /// Q4_K super-block instead of a warp per row was measured slower on the H100 (tg128 216 against 232 t/s: each
     /// lane's 16-byte loads at a 144-byte stride keep the L1 at 95%), and dropped.
     static let oneTokenForms = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_MV1"] != "0"
+    /// `KTRANSFORMERS_CUDA_MV1=2`: the Q4_K one-token forms with contiguous input loads (`matvec_q4_K_q8_1c`,
+    /// `_3_1c`; the same bits). (A test var: read when weights are prepared.)
+    nonisolated(unsafe) public static var oneTokenCoalesced = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_MV1"] == "2"
     /// `KTRANSFORMERS_CUDA_F32_ONE=0`: batch-1 `.f32Activations` on the tensor-core forms (the bits of every other
     /// token count) instead of the FP32-core kernels (matvec_q4_K_f32_1, matvec_experts_q4_K_f32_1); `--batch-invariant`
     /// does the same.
@@ -1172,7 +1175,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
             if let y2, gs.count > 2 { parts.append((gs[2].address, r2, y2.address)) }
             if streamMatmul(gs[0], parts, cols: w0.cols, input: q, n: n) { return }
             let one = n == 1 && Self.oneTokenForms ? gs[0].integerDotGroupOne : nil
-            launch(one ?? grouped, "matvec_\(gs[0].tag)_q8_3\(one == nil ? "" : "_1") \(rows)x\(w0.cols)",
+            launch(one ?? grouped, "matvec_\(gs[0].tag)_q8_3\(one == nil ? "" : "_1" + gs[0].oneTokenSuffix) \(rows)x\(w0.cols)",
                    grid: ((rows + 3) / 4, (n + 7) / 8, 1), block: 128,
                    [.ptr(gs[0].address), .ptr(gs[1].address), .ptr(gs.count > 2 ? gs[2].address : 0), .i64(gs[0].rowBytes),
                     .i32(w0.rows), .i32(w1.rows), .i32(r2), .i32(w0.cols), .ptr(q.0), .ptr(q.1), .ptr(q.2), .ptr(y0.address),
@@ -1429,6 +1432,8 @@ final class CUDAWeight: @unchecked Sendable {
     let integerDotGroup: CUDADriver.Handle?
     /// Both compiled for one token alone (batch-1 decode: fewer registers; the same bits).
     let integerDotOne: CUDADriver.Handle?
+    /// "c" where the one-token forms are the contiguous-input ones (`KTRANSFORMERS_CUDA_MV1=2`), else "".
+    let oneTokenSuffix: String
     let integerDotGroupOne: CUDADriver.Handle?
     /// Its form for routed experts (each pair's expert through the ids in device memory).
     let integerExperts: CUDADriver.Handle?
@@ -1476,8 +1481,10 @@ final class CUDAWeight: @unchecked Sendable {
         dequantF16 = kernels.function(tag == "q4_K" && rowBytes % 16 == 0 ? "dequant_f16_q4_K_vec" : "dequant_f16_\(tag)")
         integerDot = tag == "q4_K" || tag == "q6_K" ? kernels.function("matvec_\(tag)_q8") : nil
         integerDotGroup = tag == "q4_K" || tag == "q6_K" ? kernels.function("matvec_\(tag)_q8_3") : nil
-        integerDotOne = tag == "q4_K" || tag == "q6_K" ? kernels.function("matvec_\(tag)_q8_1") : nil
-        integerDotGroupOne = tag == "q4_K" || tag == "q6_K" ? kernels.function("matvec_\(tag)_q8_3_1") : nil
+        let mv1 = tag == "q4_K" && CUDABackend.oneTokenCoalesced ? "c" : ""
+        oneTokenSuffix = mv1
+        integerDotOne = tag == "q4_K" || tag == "q6_K" ? kernels.function("matvec_\(tag)_q8_1\(mv1)") : nil
+        integerDotGroupOne = tag == "q4_K" || tag == "q6_K" ? kernels.function("matvec_\(tag)_q8_3_1\(mv1)") : nil
         integerExperts = tag == "q4_K" || tag == "q6_K" ? kernels.function("matvec_experts_\(tag)_q8") : nil
         integerDotStream = tag == "q4_K" || tag == "q6_K" ? kernels.function("matvec_stream_\(tag)_q8") : nil
         tensorCoreTiles = tag == "q4_K" ? kernels.function("mmq_q4_K") : nil

@@ -115,6 +115,29 @@ final class CUDACoalescedOneTokenConformanceTests: XCTestCase {
     }
 }
 
+/// The Q4_K one-token forms with contiguous input loads (`KTRANSFORMERS_CUDA_MV1=2`): batch invariant (the bits of
+/// the other forms), so the matmul, grouped matmul and MLP-chain checks run on the exact kernels (bit for bit).
+final class CUDACoalescedIntegerOneTokenTests: XCTestCase {
+    func testCoalescedIntegerOneTokenKernelsKeepTheBits() throws {
+        let saved = CUDABackend.oneTokenCoalesced
+        CUDABackend.oneTokenCoalesced = true
+        defer { CUDABackend.oneTokenCoalesced = saved }
+        guard let backend = try CUDABackend.makeIfPresent() else {
+            throw XCTSkip("no CUDA driver/GPU and no CUDA emulator here: CUDA coalesced one-token conformance skipped")
+        }
+        backend.batchInvariant = true
+        let c = BackendConformance(name: "cuda, batch-invariant, contiguous one-token q8 kernels", backend: backend)
+        backend.profiling = true
+        backend.resetKernelProfile()
+        for name in ["matmul", "matmulGroup", "chainedOps"] {
+            let check = try XCTUnwrap(BackendConformance.checks.first { $0.name == name })
+            for f in Expect.collect({ try check.run(c) }) { XCTFail("[cuda contiguous one-token] \(name): \(f)") }
+        }
+        let names = Set(backend.kernelProfile().map { $0.name.split(separator: " ")[0] })
+        XCTAssertTrue(names.contains("matvec_q4_K_q8_1c") && names.contains("matvec_q4_K_q8_3_1c"), "\(names)")
+    }
+}
+
 /// The quantized-input scratch's regions start 16-byte aligned for every size (the block-staged tiles copy the
 /// per-16 sums in 16-byte pieces: an odd number of 256-blocks before them would misalign them).
 final class CUDAQuantizedLayoutTests: XCTestCase {

@@ -226,6 +226,58 @@ __device__ __forceinline__ void kt_mv_q4_K(const u8* row, int cols, const i8* xq
         for (int t = 0; t < nt; t++) y[(i64)t * rows] = acc[t];
 }
 
+// Q4_K, one token, with contiguous input loads (`KTRANSFORMERS_CUDA_MV1=2`, for measuring against kt_mv_q4_K; the
+// same bits): per step the warp covers 2 super-blocks, a half-warp each, lane l16 of a half the 16 elements
+// 16·l16 .. +16 of its block (group l16 / 2, half l16 % 2): one 16-byte load of quants and one of the Q8_K input,
+// so a warp's input load is 512 contiguous bytes (kt_mv_q4_K's lanes read theirs 32 bytes apart, 2 per 16-byte
+// weight load). I1, I2 are the same integers (exact in any order), the parts added in super-block order: the bits
+// of kt_mv_q4_K. Four steps (8 super-blocks) are loaded before their arithmetic.
+template <int NTOK>
+__device__ __forceinline__ void kt_mv_q4_K_c(const u8* row, int cols, const i8* xq, const float* xd, const int* xs,
+                                             float* y, int rows, int n, int t0) {
+    static_assert(NTOK == 1, "one token");
+    int lane = threadIdx.x & 31;
+    int nsb = cols / 256, half16 = lane >> 4, l16 = lane & 15, j = l16 >> 1, sh = 4 * (j & 1);
+    int qOff = 16 + 32 * (j >> 1) + 16 * (l16 & 1);
+    i64 tok = t0;
+    const i8* xt = xq + tok * cols;
+    float acc = 0.0f;
+    for (int base0 = 0; base0 < nsb; base0 += 8) {
+        uint4 heads[4], qss[4], xs4[4];
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            int sb = min(base0 + 2 * k + half16, nsb - 1);
+            heads[k] = *(const uint4*)(row + (i64)sb * 144);
+            qss[k] = *(const uint4*)(row + (i64)sb * 144 + qOff);
+            xs4[k] = *(const uint4*)(xt + (i64)sb * 256 + 16 * l16);
+        }
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            int base = base0 + 2 * k;
+            if (base >= nsb) break;
+            int sb = min(base + half16, nsb - 1);
+            uint4 h = heads[k], q = qss[k], a = xs4[k];
+            int sc, m;
+            kt_scale_min_k4_dyn(j, h, &sc, &m);
+            int dot = __dp4a((int)((q.x >> sh) & 0x0F0F0F0Fu), (int)a.x, 0);
+            dot = __dp4a((int)((q.y >> sh) & 0x0F0F0F0Fu), (int)a.y, dot);
+            dot = __dp4a((int)((q.z >> sh) & 0x0F0F0F0Fu), (int)a.z, dot);
+            dot = __dp4a((int)((q.w >> sh) & 0x0F0F0F0Fu), (int)a.w, dot);
+            int i1 = sc * dot, i2 = m * xs[tok * (cols / 16) + sb * 16 + l16];
+            for (int o = 1; o < 16; o <<= 1) {
+                i1 += __shfl_xor_sync(0xffffffffu, i1, o);
+                i2 += __shfl_xor_sync(0xffffffffu, i2, o);
+            }
+            float d = kt_half_to_float((u16)(h.x & 0xFFFFu)), dmin = kt_half_to_float((u16)(h.x >> 16));
+            float pt = kt_part_q4_K(xd[tok * nsb + sb], d, dmin, i1, i2);
+            float p0 = __shfl_sync(0xffffffffu, pt, 0), p1 = __shfl_sync(0xffffffffu, pt, 16);
+            acc = __fadd_rn(acc, p0);
+            if (base + 1 < nsb) acc = __fadd_rn(acc, p1);
+        }
+    }
+    if (lane == 0) y[0] = acc;
+}
+
 // 8 bytes at a 2-byte aligned address (Q6_K blocks are 210 bytes).
 __device__ __forceinline__ uint2 kt_load8_a2(const u8* p) {
     const u16* q = (const u16*)p;
@@ -328,6 +380,7 @@ extern "C" __global__ void __launch_bounds__(128) matvec_experts_##name##_q8(con
     body<1>(W + (i64)ids[p] * matrixBytes + (i64)r * rowBytes, cols, xq, xd, xs, y + (i64)p * rows + r, rows, tq + 1, tq); \
 }
 KT_MV_INT(q4_K, kt_mv_q4_K)
+KT_MV_INT_FORMS(q4_K, kt_mv_q4_K_c, _1c, 1)
 KT_MV_INT(q6_K, kt_mv_q6_K)
 
 // ---- Streaming integer-dot matrix-vector kernels (decode) ----

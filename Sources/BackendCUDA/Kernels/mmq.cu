@@ -1180,12 +1180,6 @@ KT_MV_F32_ONE(_lb, (128, 8))
 // quants a row), 4 chunks a step; the WARPS warps of a block split the row's steps (warp w: steps w, w + WARPS,
 // ...) and add their sums in warp order through shared memory; 2 rows a block. Per chunk: Σq·x over the lane's 4
 // elements in f32 FMAs, times d·sc; the group's −dmin·m·Σx by its first lane (split_tf32's group sums).
-__device__ __forceinline__ void kt_scale_min_k4_dyn(int s, uint4 h, int* sc, int* m) {
-    int sh = 8 * (s & 3);
-    u32 a = (h.y >> sh) & 0xFFu, b = (h.z >> sh) & 0xFFu, c = (h.w >> sh) & 0xFFu;
-    if (s < 4) { *sc = (int)(a & 63u); *m = (int)(b & 63u); }
-    else { *sc = (int)((c & 15u) | ((a >> 6) << 4)); *m = (int)((c >> 4) | ((b >> 6) << 4)); }
-}
 template <int WARPS>
 __device__ __forceinline__ void kt_mv_q4_K_f32c(const u8* const* rowp, int cols, const float* x, const float* xsum,
                                                 float* y0, float* y1) {

@@ -141,6 +141,14 @@ __device__ __forceinline__ void kt_scale_min_k4(int s, const u8* q, int* sc, int
         *m = (q[s + 4] >> 4) | ((q[s] >> 6) << 4);
     }
 }
+// The same for a runtime s from the header in registers (words y, z, w): shifts of the words by 8·(s % 4), no
+// local copy to index (kt_scale_min_k4 on a register-held header makes the compiler store it to local memory).
+__device__ __forceinline__ void kt_scale_min_k4_dyn(int s, uint4 h, int* sc, int* m) {
+    int sh = 8 * (s & 3);
+    u32 a = (h.y >> sh) & 0xFFu, b = (h.z >> sh) & 0xFFu, c = (h.w >> sh) & 0xFFu;
+    if (s < 4) { *sc = (int)(a & 63u); *m = (int)(b & 63u); }
+    else { *sc = (int)((c & 15u) | ((a >> 6) << 4)); *m = (int)((c >> 4) | ((b >> 6) << 4)); }
+}
 // The same from a block's 16-byte header held in registers (words y, z, w are the 12 scale bytes), with no local
 // copy to index: s a compile-time constant, so it is a few bit-field extractions.
 __device__ __forceinline__ void kt_scale_min_k4_regs(int s, uint4 h, int* sc, int* m) {
