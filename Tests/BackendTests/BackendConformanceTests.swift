@@ -93,48 +93,46 @@ final class CUDAOneTokenConformanceTests: XCTestCase {
     }
 }
 
-/// The coalesced K-split forms of the one-token FP32-core down projection (`KTRANSFORMERS_CUDA_F32_ONE=2`, dense and
-/// routed experts): the matmul, MLP chain and expert checks with them (default mode: within the bounds).
-final class CUDACoalescedOneTokenConformanceTests: XCTestCase {
-    func testCoalescedOneTokenKernels() throws {
+/// The one-token kernels with contiguous input loads, off by default until timed on a GPU: each run of the checks
+/// also asserts that the forms under test launched.
+final class CUDAContiguousOneTokenTests: XCTestCase {
+    /// Runs `names` on a fresh CUDA backend (the checks prepare their weights after the caller set the switch, so the
+    /// forms it selects are used) in
+    /// the given mode, and fails unless every kernel of `expect` launched.
+    private func run(_ names: [String], label: String, batchInvariant: Bool, expect: Set<String>) throws {
+        guard let backend = try CUDABackend.makeIfPresent() else {
+            throw XCTSkip("no CUDA driver/GPU and no CUDA emulator here: CUDA \(label) conformance skipped")
+        }
+        backend.batchInvariant = batchInvariant
+        let c = BackendConformance(name: "cuda, \(label)", backend: backend)
+        backend.profiling = true
+        backend.resetKernelProfile()
+        for name in names {
+            let check = try XCTUnwrap(BackendConformance.checks.first { $0.name == name })
+            for f in Expect.collect({ try check.run(c) }) { XCTFail("[cuda \(label)] \(name): \(f)") }
+        }
+        let launched = Set(backend.kernelProfile().map { String($0.name.split(separator: " ")[0]) })
+        XCTAssertTrue(expect.isSubset(of: launched), "\(expect) not all in \(launched)")
+    }
+
+    /// The coalesced K-split forms of the one-token FP32-core down projection (`KTRANSFORMERS_CUDA_F32_ONE=2`, dense
+    /// and routed experts), default mode: within the bounds.
+    func testCoalescedF32OneTokenKernels() throws {
         let saved = CUDABackend.f32OneCoalesced
         CUDABackend.f32OneCoalesced = true
         defer { CUDABackend.f32OneCoalesced = saved }
-        guard let backend = try CUDABackend.makeIfPresent() else {
-            throw XCTSkip("no CUDA driver/GPU and no CUDA emulator here: CUDA coalesced one-token conformance skipped")
-        }
-        let c = BackendConformance(name: "cuda, coalesced one-token f32 kernels", backend: backend)
-        backend.profiling = true
-        backend.resetKernelProfile()
-        for name in ["matmul", "chainedOps", "expertExecutor"] {
-            let check = try XCTUnwrap(BackendConformance.checks.first { $0.name == name })
-            for f in Expect.collect({ try check.run(c) }) { XCTFail("[cuda coalesced] \(name): \(f)") }
-        }
-        let names = Set(backend.kernelProfile().map { $0.name.split(separator: " ")[0] })
-        XCTAssertTrue(names.contains("matvec_q4_K_f32_1c") && names.contains("matvec_experts_q4_K_f32_1c"), "\(names)")
+        try run(["matmul", "chainedOps", "expertExecutor"], label: "coalesced one-token f32 kernels",
+                batchInvariant: false, expect: ["matvec_q4_K_f32_1c", "matvec_experts_q4_K_f32_1c"])
     }
-}
 
-/// The Q4_K one-token forms with contiguous input loads (`KTRANSFORMERS_CUDA_MV1=2`): batch invariant (the bits of
-/// the other forms), so the matmul, grouped matmul and MLP-chain checks run on the exact kernels (bit for bit).
-final class CUDACoalescedIntegerOneTokenTests: XCTestCase {
-    func testCoalescedIntegerOneTokenKernelsKeepTheBits() throws {
+    /// The Q4_K one-token integer kernels with contiguous input loads (`KTRANSFORMERS_CUDA_MV1=2`): the bits of the
+    /// other forms, so checked in batch-invariant mode, bit for bit.
+    func testContiguousIntegerOneTokenKernelsKeepTheBits() throws {
         let saved = CUDABackend.oneTokenCoalesced
         CUDABackend.oneTokenCoalesced = true
         defer { CUDABackend.oneTokenCoalesced = saved }
-        guard let backend = try CUDABackend.makeIfPresent() else {
-            throw XCTSkip("no CUDA driver/GPU and no CUDA emulator here: CUDA coalesced one-token conformance skipped")
-        }
-        backend.batchInvariant = true
-        let c = BackendConformance(name: "cuda, batch-invariant, contiguous one-token q8 kernels", backend: backend)
-        backend.profiling = true
-        backend.resetKernelProfile()
-        for name in ["matmul", "matmulGroup", "chainedOps"] {
-            let check = try XCTUnwrap(BackendConformance.checks.first { $0.name == name })
-            for f in Expect.collect({ try check.run(c) }) { XCTFail("[cuda contiguous one-token] \(name): \(f)") }
-        }
-        let names = Set(backend.kernelProfile().map { $0.name.split(separator: " ")[0] })
-        XCTAssertTrue(names.contains("matvec_q4_K_q8_1c") && names.contains("matvec_q4_K_q8_3_1c"), "\(names)")
+        try run(["matmul", "matmulGroup", "chainedOps"], label: "batch-invariant, contiguous one-token q8 kernels",
+                batchInvariant: true, expect: ["matvec_q4_K_q8_1c", "matvec_q4_K_q8_3_1c"])
     }
 }
 
