@@ -169,6 +169,7 @@ if has bench; then
     # Batch-1 decode under the kernel switches (same bits, different speed): the general kernels instead of the
     # one-token forms, and the f32-activation down projection's general kernel alone.
     kdec() { env "$@" "$bin" bench --model $m --device cuda -p 0 -n $tg -r 2 2>>"$log" | tail -1 | sed "s/\$/ ($*)/" | tee -a "$summary"; }
+    kdec KTRANSFORMERS_CUDA_PDL=0
     kdec KTRANSFORMERS_CUDA_MV1=0
     kdec KTRANSFORMERS_CUDA_MMF_ONE=0
     kdec KTRANSFORMERS_CUDA_ATTENTION_GROUP_MIN=1
@@ -182,7 +183,7 @@ if has bench; then
     make_model qwen3-30b-a3b /tmp/qwen3-30b-a3b$sfx.gguf
     "$bin" bench --model /tmp/qwen3-30b-a3b$sfx.gguf --device cuda --n-cpu-moe 0 -p $pp -n $tg -r $reps 2>>"$log" | tail -2 | sed 's/$/ (all on the GPU)/' | tee -a "$summary"
     if [ -n "${DECODE_AB:-}" ]; then
-      for v in KTRANSFORMERS_CUDA_F32_ONE=0 KTRANSFORMERS_CUDA_F32_ONE=2 KTRANSFORMERS_CUDA_F32_ONE_LB=1 KTRANSFORMERS_CUDA_MV1=2; do
+      for v in KTRANSFORMERS_CUDA_PDL=0 KTRANSFORMERS_CUDA_F32_ONE=0 KTRANSFORMERS_CUDA_F32_ONE=2 KTRANSFORMERS_CUDA_F32_ONE_LB=1 KTRANSFORMERS_CUDA_MV1=2; do
         env $v "$bin" bench --model /tmp/qwen3-30b-a3b$sfx.gguf --device cuda --n-cpu-moe 0 -p 0 -n $tg -r 2 2>>"$log" | tail -1 \
           | sed "s/\$/ (all on the GPU, $v)/" | tee -a "$summary"
       done

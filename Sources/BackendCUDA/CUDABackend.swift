@@ -61,6 +61,17 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         didSet { if profiling { graphsEnabled = false } }
     }
     private var profilePending: [(name: String, start: CUDADriver.Handle, end: CUDADriver.Handle)] = []
+    /// Programmatic dependent launch (sm_90+): each kernel is launched while the one before it on the stream
+    /// still runs, and waits for its results itself (`KT_PDL_WAIT`, at the top of every kernel; the matrix-vector
+    /// kernels first start loading their weights, which no kernel writes). Hides each launch's ramp-up and the
+    /// weights' first latency behind the previous kernel's tail, in graphs too. `KTRANSFORMERS_CUDA_PDL` = 0 | 1
+    /// overrides (on by default where the GPU and driver have it).
+    public var dependentLaunches: Bool
+    /// Kernels launched as programmatic dependents so far (tests).
+    public var dependentLaunchCount: Int { driver.dependentLaunches }
+    /// The kernel sources (tests check that every kernel waits for its predecessor).
+    public static var kernelSource: String { CUDAKernels.source }
+    static let dependentLaunchOverride: Bool? = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_PDL"].map { $0 != "0" }
     /// Kernels launched so far: a fused kernel's extra output (`Prepared`) is used only by the very next launch.
     private var launches = 0
     /// A matmul input already prepared by the kernel that wrote it (rms_norm_q8K, gated_silu_split): its address and
@@ -165,6 +176,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         context = try driver.useDevice(ordinal)
         stream = try driver.makeStream()
         kernels = try CUDAKernels(driver: driver, nvrtc: nvrtc, major: p.major, minor: p.minor)
+        dependentLaunches = Self.dependentLaunchOverride ?? (p.major >= 9 && driver.launchesWithAttributes)
         gpuName = p.name
         memoryBytes = p.bytes
         kernelOrigin = kernels.origin
@@ -242,7 +254,8 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         profiled(name()) {
             must("launch of \(name())") {
                 try driver.launch(f, grid: (UInt32(grid.0), UInt32(grid.1), UInt32(grid.2)), block: (UInt32(block), 1, 1),
-                                  sharedBytes: UInt32(shared), stream: stream, args: args.pack(a))
+                                  sharedBytes: UInt32(shared), stream: stream, args: args.pack(a),
+                                  dependent: dependentLaunches && !profiling)
             }
         }
     }
@@ -577,6 +590,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
             }
             profiled("cublas_gemm_f16 \(rc)x\(cols)") {
                 must("cuBLAS GEMM \(rc)x\(n)x\(cols)") {
+                    driver.noteOtherWork()
                     try blas.gemmF16(m: rc, n: n, k: cols, a: a, x: gemmInput!.address, c: y.address + UInt(r0 * 4), ldc: rows)
                 }
             }

@@ -26,6 +26,9 @@ public final class CUDADriver: @unchecked Sendable {
     private let cuLaunchKernel: @convention(c) (Handle, UInt32, UInt32, UInt32, UInt32, UInt32, UInt32, UInt32, Handle?,
                                                 UnsafeMutablePointer<UnsafeMutableRawPointer?>?,
                                                 UnsafeMutablePointer<UnsafeMutableRawPointer?>?) -> Int32
+    /// cuLaunchKernelEx (CUDA 12.0+; nil on older drivers): launches with attributes.
+    private let cuLaunchKernelEx: (@convention(c) (UnsafeRawPointer, Handle, UnsafeMutablePointer<UnsafeMutableRawPointer?>?,
+                                                   UnsafeMutablePointer<UnsafeMutableRawPointer?>?) -> Int32)?
     private let cuMemcpyHtoDAsync: @convention(c) (CUdeviceptr, UnsafeRawPointer, Int, Handle?) -> Int32
     private let cuMemcpyDtoHAsync: @convention(c) (UnsafeMutableRawPointer, CUdeviceptr, Int, Handle?) -> Int32
     private let cuMemcpyDtoDAsync: @convention(c) (CUdeviceptr, CUdeviceptr, Int, Handle?) -> Int32
@@ -83,6 +86,8 @@ public final class CUDADriver: @unchecked Sendable {
         cuModuleLoadData = try l.symbol("cuModuleLoadData", as: type(of: cuModuleLoadData))
         cuModuleGetFunction = try l.symbol("cuModuleGetFunction", as: type(of: cuModuleGetFunction))
         cuLaunchKernel = try l.symbol("cuLaunchKernel", as: type(of: cuLaunchKernel))
+        cuLaunchKernelEx = l.optionalSymbol("cuLaunchKernelEx", as: (@convention(c) (UnsafeRawPointer, Handle,
+            UnsafeMutablePointer<UnsafeMutableRawPointer?>?, UnsafeMutablePointer<UnsafeMutableRawPointer?>?) -> Int32).self)
         cuGetErrorString = try l.symbol("cuGetErrorString", as: type(of: cuGetErrorString))
         cuMemcpyHtoDAsync = try l.symbol("cuMemcpyHtoDAsync_v2", as: type(of: cuMemcpyHtoDAsync))
         cuMemcpyDtoHAsync = try l.symbol("cuMemcpyDtoHAsync_v2", as: type(of: cuMemcpyDtoHAsync))
@@ -115,6 +120,7 @@ public final class CUDADriver: @unchecked Sendable {
     /// Runs `function(data)` on a driver thread once the stream's earlier work is done; later work waits for it.
     /// The function must not call CUDA.
     public func launchHostFunction(_ function: HostFunction, data: UnsafeMutableRawPointer?, stream: Handle?) throws {
+        kernelTail = nil
         try check(cuLaunchHostFunc(stream, function, data), "cuLaunchHostFunc")
     }
 
@@ -199,18 +205,22 @@ public final class CUDADriver: @unchecked Sendable {
     public func synchronize(_ stream: Handle?) throws { try check(cuStreamSynchronize(stream), "cuStreamSynchronize") }
 
     public func copyAsync(toDevice dst: CUdeviceptr, from src: UnsafeRawPointer, bytes: Int, stream: Handle?) throws {
+        kernelTail = nil
         try check(cuMemcpyHtoDAsync(dst, src, bytes, stream), "cuMemcpyHtoDAsync(\(bytes) bytes)")
     }
 
     public func copyAsync(toHost dst: UnsafeMutableRawPointer, from src: CUdeviceptr, bytes: Int, stream: Handle?) throws {
+        kernelTail = nil
         try check(cuMemcpyDtoHAsync(dst, src, bytes, stream), "cuMemcpyDtoHAsync(\(bytes) bytes)")
     }
 
     public func copyAsync(device dst: CUdeviceptr, from src: CUdeviceptr, bytes: Int, stream: Handle?) throws {
+        kernelTail = nil
         try check(cuMemcpyDtoDAsync(dst, src, bytes, stream), "cuMemcpyDtoDAsync(\(bytes) bytes)")
     }
 
     public func fill32(_ dst: CUdeviceptr, value: UInt32, count: Int, stream: Handle?) throws {
+        kernelTail = nil
         try check(cuMemsetD32Async(dst, value, count, stream), "cuMemsetD32Async")
     }
 
@@ -232,10 +242,12 @@ public final class CUDADriver: @unchecked Sendable {
     public func free(_ p: CUdeviceptr) { _ = cuMemFree(p) }
 
     public func copy(toDevice dst: CUdeviceptr, from src: UnsafeRawPointer, bytes: Int) throws {
+        kernelTail = nil
         try check(cuMemcpyHtoD(dst, src, bytes), "cuMemcpyHtoD")
     }
 
     public func copy(toHost dst: UnsafeMutableRawPointer, from src: CUdeviceptr, bytes: Int) throws {
+        kernelTail = nil
         try check(cuMemcpyDtoH(dst, src, bytes), "cuMemcpyDtoH")
     }
 
@@ -260,18 +272,55 @@ public final class CUDADriver: @unchecked Sendable {
     }
 
     public func launch(_ f: Handle, grid: (UInt32, UInt32, UInt32), block: (UInt32, UInt32, UInt32), sharedBytes: UInt32,
-                       stream: Handle?, args: UnsafeMutablePointer<UnsafeMutableRawPointer?>) throws {
+                       stream: Handle?, args: UnsafeMutablePointer<UnsafeMutableRawPointer?>, dependent: Bool = false) throws {
+        // Only right after another kernel on the same stream (not a copy, a host function, an event, cuBLAS, the
+        // start of a capture): that is the overlap the attribute is for.
+        let afterKernel = kernelTail == .some(stream)
+        kernelTail = .some(stream)
+        if dependent, afterKernel, let ex = cuLaunchKernelEx {
+            // CUlaunchConfig (56 bytes: grid, block, shared bytes, stream, attributes, their count) and one
+            // CUlaunchAttribute (72 bytes: id, padding, a 64-byte value) after it.
+            try withUnsafeTemporaryAllocation(byteCount: 128, alignment: 8) { raw in
+                let p = raw.baseAddress!
+                p.initializeMemory(as: UInt8.self, repeating: 0, count: 128)
+                for (i, v) in [grid.0, grid.1, grid.2, block.0, block.1, block.2, sharedBytes].enumerated() {
+                    p.storeBytes(of: v, toByteOffset: 4 * i, as: UInt32.self)
+                }
+                p.storeBytes(of: stream, toByteOffset: 32, as: Handle?.self)
+                p.storeBytes(of: p + 56, toByteOffset: 40, as: UnsafeMutableRawPointer.self)
+                p.storeBytes(of: 1, toByteOffset: 48, as: UInt32.self)
+                p.storeBytes(of: Self.programmaticStreamSerialization, toByteOffset: 56, as: Int32.self)
+                p.storeBytes(of: 1, toByteOffset: 64, as: Int32.self)   // programmaticStreamSerializationAllowed
+                try check(ex(UnsafeRawPointer(p), f, args, nil), "cuLaunchKernelEx")
+            }
+            dependentLaunches += 1
+            return
+        }
         try check(cuLaunchKernel(f, grid.0, grid.1, grid.2, block.0, block.1, block.2, sharedBytes, stream, args, nil),
                   "cuLaunchKernel")
     }
 
+    /// CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION: the kernel may start while the previous kernel on the
+    /// stream still runs; it waits for that kernel's results itself (`griddepcontrol.wait`, sm_90+).
+    static let programmaticStreamSerialization: Int32 = 6
+    /// The stream whose last work was a kernel launched through `launch` (nil: other work came after it, e.g. a
+    /// copy; `noteOtherWork` for work queued outside the driver, as cuBLAS's).
+    private var kernelTail: Handle??
+    public func noteOtherWork() { kernelTail = nil }
+    /// Kernels launched as programmatic dependents so far (tests).
+    public private(set) var dependentLaunches = 0
+    /// Whether launches can carry attributes (programmatic dependent launch).
+    public var launchesWithAttributes: Bool { cuLaunchKernelEx != nil }
+
     /// Starts recording the work queued on `stream` (relaxed mode: other threads may still call the driver).
     public func beginCapture(_ stream: Handle) throws {
+        kernelTail = nil
         try check(cuStreamBeginCapture(stream, 2), "cuStreamBeginCapture")  // CU_STREAM_CAPTURE_MODE_RELAXED
     }
 
     /// Ends the recording and returns the instantiated graph.
     public func endCapture(_ stream: Handle) throws -> Handle {
+        kernelTail = nil
         var graph: Handle?
         try check(cuStreamEndCapture(stream, &graph), "cuStreamEndCapture")
         defer { _ = cuGraphDestroy(graph!) }
@@ -281,6 +330,7 @@ public final class CUDADriver: @unchecked Sendable {
     }
 
     public func launchGraph(_ exec: Handle, stream: Handle) throws {
+        kernelTail = nil
         try check(cuGraphLaunch(exec, stream), "cuGraphLaunch")
     }
 
@@ -305,11 +355,12 @@ public final class CUDADriver: @unchecked Sendable {
 
     /// Work queued on `stream` after this waits until `event`'s recorded work is done (no host wait).
     public func streamWait(_ stream: Handle?, for event: Handle) throws {
+        kernelTail = nil
         try check(cuStreamWaitEvent(stream, event, 0), "cuStreamWaitEvent")
     }
 
 
-    public func record(_ event: Handle, stream: Handle?) throws { try check(cuEventRecord(event, stream), "cuEventRecord") }
+    public func record(_ event: Handle, stream: Handle?) throws { kernelTail = nil; try check(cuEventRecord(event, stream), "cuEventRecord") }
 
     /// Milliseconds between two recorded events (waits for the later one).
     public func elapsed(from a: Handle, to b: Handle) throws -> Float {

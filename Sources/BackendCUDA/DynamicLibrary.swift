@@ -48,6 +48,11 @@ final class DynamicLibrary: @unchecked Sendable {
         }
     }
 
+    /// The function `name` as `T`, or nil when the library has none (a newer driver's entry point).
+    func optionalSymbol<T>(_ name: String, as type: T.Type) -> T? {
+        dlsym(handle, name).map { unsafeBitCast($0, to: type) }
+    }
+
     /// The function `name`, as the C function type `T`.
     func symbol<T>(_ name: String, as type: T.Type) throws -> T {
         guard let p = dlsym(handle, name) else {

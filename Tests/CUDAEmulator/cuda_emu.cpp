@@ -452,6 +452,22 @@ int cuLaunchKernel(void* fn, unsigned gx, unsigned gy, unsigned gz, unsigned bx,
     launch(f, gx, gy, gz, bx, by, bz, shared, args);
     return 0;
 }
+// cuLaunchKernelEx with CUlaunchConfig { 6 x unsigned grid/block dims, unsigned shared, CUstream, CUlaunchAttribute*,
+// unsigned numAttrs } and attributes { CUlaunchAttributeID id; pad to 8; 64-byte value }: only programmatic stream
+// serialization (id 6, an int in the value) is accepted; the emulator runs launches in order, so it changes nothing.
+struct EmuLaunchAttribute { int id; int pad; int value[16]; };
+struct EmuLaunchConfig { unsigned g[3], b[3], shared; void* stream; EmuLaunchAttribute* attrs; unsigned numAttrs; };
+static_assert(sizeof(EmuLaunchAttribute) == 72, "CUlaunchAttribute is 72 bytes");
+static_assert(sizeof(EmuLaunchConfig) == 56, "CUlaunchConfig is 56 bytes");
+int emuDependentLaunches = 0;
+int cuLaunchKernelEx(const EmuLaunchConfig* c, void* fn, void** args, void** extra) {
+    for (unsigned i = 0; i < c->numAttrs; i++) {
+        if (c->attrs[i].id != 6 || c->attrs[i].value[0] != 1) return 1;  // CUDA_ERROR_INVALID_VALUE
+        emuDependentLaunches++;
+    }
+    return cuLaunchKernel(fn, c->g[0], c->g[1], c->g[2], c->b[0], c->b[1], c->b[2], c->shared, c->stream, args, extra);
+}
+int emuDependentLaunchCount() { return emuDependentLaunches; }
 int cuStreamBeginCapture_v2(void*, int) { capturing = true; captureGraph = new Graph(); return 0; }
 int cuStreamEndCapture(void*, void** graph) { capturing = false; *graph = captureGraph; captureGraph = nullptr; return 0; }
 int cuGraphInstantiateWithFlags(void** exec, void* graph, unsigned long long) { *exec = new Graph(*(Graph*)graph); return 0; }

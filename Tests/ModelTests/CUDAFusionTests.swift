@@ -76,6 +76,52 @@ final class CUDAFusionTests: XCTestCase {
         XCTAssertEqual(b.kernelProfile().first { $0.name.hasPrefix("matvec_stream_q4_K_q8") }?.calls, 2)
     }
 
+    /// Programmatic dependent launch: a kernel that follows a kernel on the stream is launched as a dependent (it
+    /// may start early and waits for its predecessor itself), one that follows other work (a copy) is not; with
+    /// `dependentLaunches` off none is. The results are the same bits either way.
+    func testKernelsAfterKernelsLaunchAsDependents() throws {
+        guard let b = try CUDABackend.makeIfPresent() else {
+            throw XCTSkip("no CUDA driver/GPU and no CUDA emulator here: CUDA fusion test skipped")
+        }
+        let dim = 512, ff = 768, n = 1
+        b.reserve(ForwardPlan(maxTokens: 8, contextLength: 64, maxQueryGroup: 1))
+        let gate = try b.prepare(q4K("blk.0.ffn_gate.weight", rows: ff, cols: dim))
+        let up = try b.prepare(q4K("blk.0.ffn_up.weight", rows: ff, cols: dim))
+        let down = try b.prepare(q4K("blk.0.ffn_down.weight", rows: dim, cols: ff))
+        let norm = b.upload([Float](repeating: 1, count: dim))
+        let xn = b.allocate(n * dim), g = b.allocate(n * ff), u = b.allocate(n * ff), y = b.allocate(n * dim)
+        func chain(dependent: Bool) -> (launched: Int, out: [Float]) {
+            b.profiling = false
+            b.dependentLaunches = dependent
+            let x = b.upload((0..<(n * dim)).map { Float($0 % 13) - 6 })   // a copy: the next kernel waits as usual
+            let before = b.dependentLaunchCount
+            b.rmsNorm(x, weight: norm, out: xn, rows: n, dim: dim, stride: dim, eps: 1e-5)
+            b.matmulGroup(gate, g, up, u, nil, nil, x: xn, n: n)
+            b.gatedActivation(g, u, count: n * ff, .silu)
+            b.matmul(down, g, y, n: n, precision: .f32Activations)
+            let launched = b.dependentLaunchCount - before
+            let p = b.read(y, count: n * dim)
+            defer { b.release(x) }
+            return (launched, Array(UnsafeBufferPointer(start: p, count: n * dim)))
+        }
+        let on = chain(dependent: true), off = chain(dependent: false)
+        XCTAssertEqual(on.launched, 3, "the three kernels after the first launch as dependents")
+        XCTAssertEqual(off.launched, 0)
+        XCTAssertEqual(on.out, off.out)
+    }
+
+    /// Every kernel calls KT_PDL_WAIT (programmatic dependent launch lets a kernel start before its predecessor has
+    /// finished: one that touched the activations without waiting would race): each `__global__` function's text,
+    /// up to the next one, names it.
+    func testEveryKernelWaitsForItsPredecessor() {
+        let parts = CUDABackend.kernelSource.components(separatedBy: "__global__").dropFirst()
+        XCTAssertGreaterThan(parts.count, 50)
+        for part in parts {
+            let name = part.prefix(160).replacingOccurrences(of: "\n", with: " ")
+            XCTAssertTrue(part.contains("KT_PDL_WAIT"), "kernel without KT_PDL_WAIT: \(name)")
+        }
+    }
+
     /// Batch-1 decode takes the one-token kernels: the matrix-vector kernels' one-token forms and, batch invariant,
     /// mmf_q4_K_one, which sums the down projection's K splits itself (1280 wide: two splits), so no mmf_reduce
     /// launch; the down projection's output has the bits of the general kernels (KTRANSFORMERS_CUDA_MV1=0's path).

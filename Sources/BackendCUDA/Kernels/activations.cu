@@ -4,7 +4,7 @@
 
 // Q8_0 (the vec-dot format of Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL): blocks of 32, d = max|x| / 127 stored as f16,
 // q = round(x / d) (halves away from zero). Grid (n, cols / 32 / 4), 128 threads: a warp per block.
-extern "C" __global__ void __launch_bounds__(128) round_q8_0(const float* x, float* y, int cols) {
+extern "C" __global__ void __launch_bounds__(128) round_q8_0(const float* x, float* y, int cols) { KT_PDL_WAIT();
     int lane = threadIdx.x & 31;
     int block = blockIdx.y * 4 + (threadIdx.x >> 5);
     if (block * 32 >= cols) return;
@@ -38,7 +38,7 @@ __device__ __forceinline__ void kt_q8K_max(const float* v, int lane, float* amax
 // Q8_K (the vec-dot format of the K-quants and IQ4_XS): blocks of 256, the element of largest magnitude (the first
 // one on ties) sets iscale = −127 / it, q = min(127, nearest-even(iscale · x)), d = 1 / iscale. Grid (n, cols / 256 / 4),
 // 128 threads: a warp per block, 8 elements per lane.
-extern "C" __global__ void __launch_bounds__(128) round_q8_K(const float* x, float* y, int cols) {
+extern "C" __global__ void __launch_bounds__(128) round_q8_K(const float* x, float* y, int cols) { KT_PDL_WAIT();
     int lane = threadIdx.x & 31;
     int block = blockIdx.y * 4 + (threadIdx.x >> 5);
     if (block * 256 >= cols) return;
@@ -87,7 +87,7 @@ __device__ __forceinline__ void kt_quantize_q8K_block(const float* xb, i8* qb, f
 }
 
 // q (int8 [n, cols]), d (float [n, cols / 256]), sums (int [n, cols / 16]). Grid (n, cols / 256 / 4), 128 threads.
-extern "C" __global__ void __launch_bounds__(128) quantize_q8_K(const float* x, i8* q, float* d, int* sums, int cols) {
+extern "C" __global__ void __launch_bounds__(128) quantize_q8_K(const float* x, i8* q, float* d, int* sums, int cols) { KT_PDL_WAIT();
     int block = blockIdx.y * 4 + (threadIdx.x >> 5);
     if (block * 256 >= cols) return;
     i64 row = blockIdx.x;

@@ -56,7 +56,7 @@ extern "C" __global__ void __launch_bounds__(KT_ATT_THREADS) attention(
         const float* q, float* out, const float* kc, const float* vc, int kStride, int vStride, int vHeadStride,
         int nHead, int nKVHead, int headDim, int headDimV, float scale, int window, float softcap,
         const int* positions, const int* seqOfToken, const int* blockTables, int blockTableStride, int pageSize,
-        float* part, int splitKeys) {
+        float* part, int splitKeys) { KT_PDL_WAIT();
     __shared__ __align__(16) float qs[KT_ATT_MAX_HEAD];
     __shared__ float p[KT_ATT_THREADS];
     __shared__ int slots[KT_ATT_THREADS];
@@ -185,7 +185,7 @@ __device__ __forceinline__ void kt_attention_gqa(
 extern "C" __global__ void __launch_bounds__(KT_ATT_THREADS) attention_gqa##g( \
         const float* q, float* out, const float* kc, const float* vc, int kStride, int vStride, int vHeadStride, \
         int nHead, int headDim, int headDimV, float scale, int window, float softcap, const int* positions, \
-        const int* seqOfToken, const int* blockTables, int blockTableStride, int pageSize, float* part, int splitKeys) { \
+        const int* seqOfToken, const int* blockTables, int blockTableStride, int pageSize, float* part, int splitKeys) { KT_PDL_WAIT(); \
     kt_attention_gqa<g>(q, out, kc, vc, kStride, vStride, vHeadStride, nHead, headDim, headDimV, scale, window, softcap, \
                         positions, seqOfToken, blockTables, blockTableStride, pageSize, part, splitKeys); \
 }
@@ -216,7 +216,7 @@ __device__ __forceinline__ float kt_att_combine_value(const float* pp, int strid
 
 // Grid (n, nHead), 128 threads; `splits` is the grid's z of the attention launch.
 extern "C" __global__ void __launch_bounds__(KT_ATT_THREADS) attention_combine(const float* part, float* out, int nHead,
-        int headDimV, int splits, int splitKeys, int window, const int* positions) {
+        int headDimV, int splits, int splitKeys, int window, const int* positions) { KT_PDL_WAIT();
     int t = blockIdx.x, h = blockIdx.y, tid = threadIdx.x;
     int count = kt_att_combine_count(positions[t], window, splitKeys), stride = headDimV + 2;
     const float* pp = part + ((i64)t * nHead + h) * splits * stride;
@@ -230,7 +230,7 @@ extern "C" __global__ void __launch_bounds__(KT_ATT_THREADS) attention_combine(c
 // nHead · headDimV is a multiple of it), also writing their Q8_K form as quantize_q8_K would (the output
 // projection's integer-dot matmul then skips its own launch). Grid (n, nHead · headDimV / 256), 256 threads.
 extern "C" __global__ void __launch_bounds__(256) attention_combine_q8K(const float* part, float* out, int nHead,
-        int headDimV, int splits, int splitKeys, int window, const int* positions, i8* q, float* qd, int* qsums) {
+        int headDimV, int splits, int splitKeys, int window, const int* positions, i8* q, float* qd, int* qsums) { KT_PDL_WAIT();
     __shared__ __align__(16) float so[256];
     int t = blockIdx.x, e = blockIdx.y * 256 + threadIdx.x, h = e / headDimV, width = nHead * headDimV;
     int count = kt_att_combine_count(positions[t], window, splitKeys), stride = headDimV + 2;
@@ -263,7 +263,7 @@ __device__ __forceinline__ u32 kt_pack_half2(float a, float b) {
 extern "C" __global__ void __launch_bounds__(128) attention_flash(
         const float* q, float* out, const float* kc, const float* vc, int kStride, int vStride, int vHeadStride,
         int nHead, int nKVHead, int headDim, int headDimV, float scale, int window, float softcap,
-        const int* positions, const int* seqOfToken, const int* blockTables, int blockTableStride, int pageSize, int n) {
+        const int* positions, const int* seqOfToken, const int* blockTables, int blockTableStride, int pageSize, int n) { KT_PDL_WAIT();
     KT_DYNAMIC_SHARED(u16, sm);
     u16* Qs = sm;                          // [64 rows][KT_FA_QS]
     u16* Ks = Qs + KT_FA_ROWS * KT_FA_QS;  // [64 keys][KT_FA_QS]

@@ -21,6 +21,19 @@ __device__ __forceinline__ float kt_bf16_to_float(u16 h) { return __uint_as_floa
 #define KT_INF INFINITY
 #endif
 
+// Programmatic dependent launch (sm_90+; the backend's `dependentLaunches`): a kernel may start while the kernel
+// before it on the stream still runs. Every kernel calls KT_PDL_WAIT() before it touches memory another kernel
+// writes or reads (activations, caches, scratch: everything but the weights): it waits until the previous kernel has
+// finished and its writes are visible, then lets the next kernel launch (its blocks then wait in turn), so at most
+// one kernel ahead is resident. Without the launch attribute (older GPUs, copies between, the emulator) both are
+// no-ops.
+#if !defined(KT_EMULATOR) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#define KT_PDL_WAIT() do { asm volatile("griddepcontrol.wait;" ::: "memory"); \
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory"); } while (0)
+#else
+#define KT_PDL_WAIT() do { } while (0)
+#endif
+
 __device__ __forceinline__ u16 kt_load16(const u8* p) { return (u16)(p[0] | (p[1] << 8)); }
 __device__ __forceinline__ float kt_f16(const u8* p) { return kt_half_to_float(kt_load16(p)); }
 

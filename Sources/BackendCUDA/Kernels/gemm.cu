@@ -5,7 +5,7 @@
 // consecutive threads along a row; grid-stride over rows · cols / 32 groups.
 #define KT_DEQUANT_F16(name, Dec) \
 extern "C" __global__ void __launch_bounds__(256) dequant_f16_##name(const u8* W, i64 rowBytes, int rows, int cols, \
-                                                                     u16* out) { \
+                                                                     u16* out) { KT_PDL_WAIT(); \
     i64 units = (i64)cols / 32, total = (i64)rows * units; \
     for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (i64)gridDim.x * blockDim.x) { \
         i64 r = i / units; \
@@ -24,7 +24,7 @@ KT_FORMATS(KT_DEQUANT_F16)
 // Q4_K's own form (the generic one loads its 32 bytes of nibbles one byte at a time): the group's bytes as two
 // 16-byte loads (blocks of 144 bytes keep them aligned), the same arithmetic as DecQ4_K.
 extern "C" __global__ void __launch_bounds__(256) dequant_f16_q4_K_vec(const u8* W, i64 rowBytes, int rows, int cols,
-                                                                      u16* out) {
+                                                                      u16* out) { KT_PDL_WAIT();
     i64 units = (i64)cols / 32, total = (i64)rows * units;
     for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (i64)gridDim.x * blockDim.x) {
         i64 r = i / units;
@@ -53,7 +53,7 @@ extern "C" __global__ void __launch_bounds__(256) dequant_f16_q4_K_vec(const u8*
 // Row t of x (`cols` floats, a multiple of 4) as f16 times 2^e and inv[t] = 2^-e to undo it on the product: e = 0
 // when the row's largest magnitude m is in [2^-10, 2^15) (f16 holds it with full relative precision and reaches
 // 65504), else the power of two that brings m to [2^14, 2^15) (exact). One block of 256 threads per row.
-extern "C" __global__ void __launch_bounds__(256) to_f16_scaled(const float* x, u16* out, float* inv, int cols) {
+extern "C" __global__ void __launch_bounds__(256) to_f16_scaled(const float* x, u16* out, float* inv, int cols) { KT_PDL_WAIT();
     __shared__ float scratch[32];
     const float4* xr = (const float4*)(x + (i64)blockIdx.x * cols);
     int c4 = cols / 4;
@@ -79,7 +79,7 @@ extern "C" __global__ void __launch_bounds__(256) to_f16_scaled(const float* x, 
 }
 
 // y[t, c] *= inv[t] for n rows of `cols` (packed); rows whose scale is 1 are not touched.
-extern "C" __global__ void __launch_bounds__(256) scale_rows(float* y, const float* inv, int cols, i64 count) {
+extern "C" __global__ void __launch_bounds__(256) scale_rows(float* y, const float* inv, int cols, i64 count) { KT_PDL_WAIT();
     for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < count; i += (i64)gridDim.x * blockDim.x) {
         float s = inv[i / cols];
         if (s != 1.0f) y[i] *= s;

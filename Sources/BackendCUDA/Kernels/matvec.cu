@@ -42,7 +42,7 @@ __device__ __forceinline__ void kt_matvec_rows(const u8* W, i64 rowBytes, int ro
 // A plain matmul is heads = 1 with packed strides.
 #define KT_MATVEC(name, Dec) \
 extern "C" __global__ void __launch_bounds__(128) matvec_##name(const u8* W, i64 rowBytes, i64 matrixBytes, int rows, \
-        int cols, const float* x, i64 xStride, i64 xHeadStride, float* y, i64 yStride, i64 yHeadStride, int n) { \
+        int cols, const float* x, i64 xStride, i64 xHeadStride, float* y, i64 yStride, i64 yHeadStride, int n) { KT_PDL_WAIT(); \
     int h = blockIdx.z; \
     kt_matvec_rows<Dec>(W + (i64)h * matrixBytes, rowBytes, rows, cols, x + (i64)h * xHeadStride, xStride, \
                         y + (i64)h * yHeadStride, yStride, n, blockIdx.y * KT_MV_TOKENS); \
@@ -57,7 +57,7 @@ KT_FORMATS(KT_MATVEC)
 #define KT_MVW_WARPS 8
 extern "C" __global__ void __launch_bounds__(32 * KT_MVW_WARPS) matvec_f32_wide(const u8* W, i64 rowBytes,
         i64 matrixBytes, int rows, int cols, const float* x, i64 xStride, i64 xHeadStride, float* y, i64 yStride,
-        i64 yHeadStride, int n) {
+        i64 yHeadStride, int n) { KT_PDL_WAIT();
     __shared__ float red[KT_MVW_WARPS][KT_MV_TOKENS];
     int r = blockIdx.x, h = blockIdx.z, t0 = blockIdx.y * KT_MV_TOKENS, nt = min(KT_MV_TOKENS, n - t0);
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -93,7 +93,7 @@ extern "C" __global__ void __launch_bounds__(32 * KT_MVW_WARPS) matvec_f32_wide(
 // grid (ceil(rows / 4), pairs).
 #define KT_MATVEC_EXPERTS(name, Dec) \
 extern "C" __global__ void __launch_bounds__(128) matvec_experts_##name(const u8* W, i64 rowBytes, i64 matrixBytes, \
-        int rows, int cols, const float* x, int xDiv, const int* ids, float* y) { \
+        int rows, int cols, const float* x, int xDiv, const int* ids, float* y) { KT_PDL_WAIT(); \
     int p = blockIdx.y; \
     int e = ids[p]; \
     kt_matvec_rows<Dec>(W + (i64)e * matrixBytes, rowBytes, rows, cols, x + (i64)(p / xDiv) * cols, 0, \
@@ -104,7 +104,7 @@ KT_FORMATS(KT_MATVEC_EXPERTS)
 // out[t] = scale · table[tokens[t]]; grid n, 128 threads.
 #define KT_EMBED(name, Dec) \
 extern "C" __global__ void __launch_bounds__(128) embed_##name(const u8* W, i64 rowBytes, int cols, const int* tokens, \
-        float* out, float scale) { \
+        float* out, float scale) { KT_PDL_WAIT(); \
     int t = blockIdx.x; \
     const u8* row = W + (i64)tokens[t] * rowBytes; \
     float v[32]; \
@@ -119,7 +119,7 @@ KT_FORMATS(KT_EMBED)
 
 // Decodes a whole matrix to f32 (load-time checks and conversions): grid rows, 128 threads.
 #define KT_DEQUANT(name, Dec) \
-extern "C" __global__ void __launch_bounds__(128) dequantize_##name(const u8* W, i64 rowBytes, int cols, float* out) { \
+extern "C" __global__ void __launch_bounds__(128) dequantize_##name(const u8* W, i64 rowBytes, int cols, float* out) { KT_PDL_WAIT(); \
     int r = blockIdx.x; \
     const u8* row = W + (i64)r * rowBytes; \
     float v[32]; \
@@ -185,6 +185,7 @@ __device__ __forceinline__ void kt_mv_q4_K(const u8* row, int cols, const i8* xq
         heads[k] = *(const uint4*)(row + (i64)sbk * 144);
         qss[k] = *(const uint4*)(row + (i64)sbk * 144 + 16 + 16 * part);
     }
+    if (base0 == 0) KT_PDL_WAIT();  // the weights are in flight; the inputs come from the previous kernel
 #pragma unroll
     for (int k = 0; k < 4; k++) {
         int base = base0 + 4 * k;
@@ -249,6 +250,11 @@ __device__ __forceinline__ void kt_mv_q4_K_c(const u8* row, int cols, const i8* 
             int sb = min(base0 + 2 * k + half16, nsb - 1);
             heads[k] = *(const uint4*)(row + (i64)sb * 144);
             qss[k] = *(const uint4*)(row + (i64)sb * 144 + qOff);
+        }
+        if (base0 == 0) KT_PDL_WAIT();  // the weights are in flight; the inputs come from the previous kernel
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            int sb = min(base0 + 2 * k + half16, nsb - 1);
             xs4[k] = *(const uint4*)(xt + (i64)sb * 256 + 16 * l16);
         }
 #pragma unroll
@@ -299,6 +305,7 @@ __device__ __forceinline__ void kt_mv_q6_K(const u8* row, int cols, const i8* xq
     int sbNext = min(lane >> 3, nsb - 1);
     const u8* b0 = row + (i64)sbNext * 210;
     uint2 ql0n = kt_load8_a2(b0 + 64 * h + i0), ql1n = kt_load8_a2(b0 + 64 * h + 32 + i0), qhn = kt_load8_a2(b0 + 128 + 32 * h + i0);
+    KT_PDL_WAIT();  // the weights are in flight; the inputs come from the previous kernel
     for (int base = 0; base < nsb; base += 4) {
         int sb = sbNext;
         const u8* blk = row + (i64)sb * 210;
@@ -347,7 +354,7 @@ __device__ __forceinline__ void kt_mv_q6_K(const u8* row, int cols, const i8* xq
 // (batch-1 decode), compiled without the 8-token body: fewer registers, more warps in flight; the same bits.
 #define KT_MV_INT_FORMS(name, body, suffix, NT) \
 extern "C" __global__ void __launch_bounds__(128) matvec_##name##_q8##suffix(const u8* W, i64 rowBytes, int rows, \
-        int cols, const i8* xq, const float* xd, const int* xs, float* y, int n) { \
+        int cols, const i8* xq, const float* xd, const int* xs, float* y, int n) {  /* KT_PDL_WAIT in the body */ \
     int r = blockIdx.x * KT_MV_WARPS + (threadIdx.x >> 5), t0 = blockIdx.y * KT_MV_TOKENS; \
     if (r >= rows) return; \
     float* yr = y + (i64)t0 * rows + r; \
@@ -356,7 +363,7 @@ extern "C" __global__ void __launch_bounds__(128) matvec_##name##_q8##suffix(con
 } \
 extern "C" __global__ void __launch_bounds__(128) matvec_##name##_q8_3##suffix(const u8* W0, const u8* W1, \
         const u8* W2, i64 rowBytes, int rows0, int rows1, int rows2, int cols, const i8* xq, const float* xd, \
-        const int* xs, float* y0, float* y1, float* y2, int n) { \
+        const int* xs, float* y0, float* y1, float* y2, int n) {  /* KT_PDL_WAIT in the body */ \
     int r = blockIdx.x * KT_MV_WARPS + (threadIdx.x >> 5), t0 = blockIdx.y * KT_MV_TOKENS; \
     const u8* W = W0; \
     float* y = y0; \
@@ -373,7 +380,7 @@ KT_MV_INT_FORMS(name, body, _1, 1) \
 /* Routed experts: pair p (token p / xDiv, expert ids[p]) gets y[p, r] = W_ids[p][r] · x[p / xDiv]; grid (ceil(rows / 4), pairs, 1 or 2: z = 1 the second stack W1 into y1, same shape). */ \
 extern "C" __global__ void __launch_bounds__(128) matvec_experts_##name##_q8(const u8* W, i64 rowBytes, i64 matrixBytes, \
         int rows, int cols, const i8* xq, const float* xd, const int* xs, int xDiv, const int* ids, float* y, \
-        const u8* W1, float* y1) { \
+        const u8* W1, float* y1) { KT_PDL_WAIT(); \
     int r = blockIdx.x * KT_MV_WARPS + (threadIdx.x >> 5), p = blockIdx.y, tq = p / xDiv; \
     if (r >= rows) return; \
     if (blockIdx.z == 1) { W = W1; y = y1; } \
@@ -436,7 +443,7 @@ __device__ __forceinline__ void kt_mvs_issue(const KtMvsChunks& ch, i64 rowBytes
 #define KT_MV_STREAM(name, body) \
 extern "C" __global__ void __launch_bounds__(256) matvec_stream_##name##_q8(const u8* W0, const u8* W1, const u8* W2, \
         i64 rowBytes, int rows0, int rows1, int rows2, int cols, const i8* xq, const float* xd, const int* xs, \
-        float* y0, float* y1, float* y2, int n) { \
+        float* y0, float* y1, float* y2, int n) { KT_PDL_WAIT(); \
     KT_DYNAMIC_SHARED(u8, stages); \
     KtMvsChunks ch(W0, W1, W2, y0, y1, y2, rows0, rows1, rows2); \
     int warp = threadIdx.x >> 5, t0 = blockIdx.y * KT_MV_TOKENS; \
@@ -509,7 +516,7 @@ __device__ __forceinline__ void kt_mvs_issue_experts(const KtMvsExpertChunks& ch
 #define KT_MV_STREAM_EXPERTS(name, body) \
 extern "C" __global__ void __launch_bounds__(256) matvec_stream_experts_##name##_q8(const u8* W0, const u8* W1, \
         i64 rowBytes, i64 matrixBytes, int rows, int cols, const i8* xq, const float* xd, const int* xs, int xDiv, \
-        const int* ids, float* y0, float* y1, int pairs) { \
+        const int* ids, float* y0, float* y1, int pairs) { KT_PDL_WAIT(); \
     KT_DYNAMIC_SHARED(u8, stages); \
     KtMvsExpertChunks ch(W0, W1, y0, y1, ids, rowBytes, matrixBytes, rows, pairs); \
     int warp = threadIdx.x >> 5; \

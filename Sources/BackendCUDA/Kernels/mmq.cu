@@ -35,7 +35,7 @@ __device__ __forceinline__ void kt_mmq_stage_q8K(const i8* xq, const float* xd, 
 
 // y[t, r] for Q4_K rows; grid (ceil(rows / 64), ceil(n / 64)), 128 threads.
 extern "C" __global__ void __launch_bounds__(128) mmq_q4_K(const u8* W, i64 rowBytes, int rows, int cols, const i8* xq,
-        const float* xd, const int* xs, float* y, int n) {
+        const float* xd, const int* xs, float* y, int n) { KT_PDL_WAIT();
     __shared__ __align__(16) i8 sx[64 * KT_MMQ_XSTRIDE];
     __shared__ float sd[64];
     __shared__ __align__(16) int ssum[64 * 8];
@@ -258,7 +258,7 @@ __device__ __forceinline__ void kt_mmq_stream_q4_K(const Map& map, i64 rowBytes,
 #define KT_MMQ_STREAM(nt) \
 extern "C" __global__ void __launch_bounds__(128) mmq_stream_q4_K_##nt(const u8* W0, const u8* W1, const u8* W2, \
         i64 rowBytes, int rows0, int rows1, int rows2, int cols, const i8* xq, const float* xd, const int* xs, \
-        float* y0, float* y1, float* y2, int n) { \
+        float* y0, float* y1, float* y2, int n) { KT_PDL_WAIT(); \
     KtMmqsDense<nt> map = {KtTiles16(W0, W1, W2, y0, y1, y2, rows0, rows1, rows2), n}; \
     kt_mmq_stream_q4_K<nt>(map, rowBytes, cols, xq, xd, xs); \
 }
@@ -476,7 +476,7 @@ __device__ __forceinline__ void kt_mmq_block_q4_K(const KtTiles16& tl, i64 rowBy
 #define KT_MMQ_BLOCK(nt, tw) \
 extern "C" __global__ void __launch_bounds__(32 * KT_MMQB_WARPS, 2) mmq_block_q4_K_##nt##_##tw(const u8* W0, \
         const u8* W1, const u8* W2, i64 rowBytes, int rows0, int rows1, int rows2, int cols, const i8* xq, \
-        const float* xd, const int* xs, float* y0, float* y1, float* y2, int n) { \
+        const float* xd, const int* xs, float* y0, float* y1, float* y2, int n) { KT_PDL_WAIT(); \
     KtTiles16 tl(W0, W1, W2, y0, y1, y2, rows0, rows1, rows2); \
     kt_mmq_block_q4_K<nt, KT_MMQB_DEPTH(nt), tw>(tl, rowBytes, cols, xq, xd, xs, n); \
 }
@@ -496,7 +496,7 @@ KT_MMQ_BLOCK(4, 2)
 // meta: [0, E] each expert's first position in `order` (and the total), [E + 1, 2E + 1] each expert's first token
 // group (and the total). One block, 1024 threads, 2E ints of dynamic shared memory.
 extern "C" __global__ void __launch_bounds__(1024) moe_group(const int* ids, int pairs, int nExpert, int groupTokens,
-                                                             int* meta, int* order) {
+                                                             int* meta, int* order) { KT_PDL_WAIT();
     KT_DYNAMIC_SHARED(int, cnt);
     int* cursor = cnt + nExpert;
     for (int e = threadIdx.x; e < nExpert; e += blockDim.x) cnt[e] = 0;
@@ -557,7 +557,7 @@ struct KtMmqsGrouped {
 #define KT_MMQ_GROUPED(nt) \
 extern "C" __global__ void __launch_bounds__(128) mmq_grouped_q4_K_##nt(const u8* W0, const u8* W1, i64 rowBytes, \
         i64 matrixBytes, int rows, int cols, int nExpert, const int* meta, const int* order, int xDiv, const i8* xq, \
-        const float* xd, const int* xs, float* y0, float* y1) { \
+        const float* xd, const int* xs, float* y0, float* y1) { KT_PDL_WAIT(); \
     KtMmqsGrouped<nt> map = {{W0, W1}, {y0, y1}, meta, order, matrixBytes, W1 ? 2 : 1, nExpert, rows, xDiv}; \
     kt_mmq_stream_q4_K<nt>(map, rowBytes, cols, xq, xd, xs); \
 }
@@ -656,7 +656,7 @@ __device__ __forceinline__ void kt_mmq_stream_q6_K(const KtTiles16& tl, i64 rowB
 #define KT_MMQ_STREAM_Q6K(nt) \
 extern "C" __global__ void __launch_bounds__(128) mmq_stream_q6_K_##nt(const u8* W0, const u8* W1, const u8* W2, \
         i64 rowBytes, int rows0, int rows1, int rows2, int cols, const i8* xq, const float* xd, const int*, \
-        float* y0, float* y1, float* y2, int n) { \
+        float* y0, float* y1, float* y2, int n) { KT_PDL_WAIT(); \
     KtTiles16 tl(W0, W1, W2, y0, y1, y2, rows0, rows1, rows2); \
     kt_mmq_stream_q6_K<nt>(tl, rowBytes, cols, xq, xd, n); \
 }
@@ -780,7 +780,7 @@ __device__ __forceinline__ void kt_mmq_block_q6_K(const KtTiles16& tl, i64 rowBy
 #define KT_MMQ_BLOCK_Q6K(nt) \
 extern "C" __global__ void __launch_bounds__(32 * KT_MMQB_WARPS, 2) mmq_block_q6_K_##nt(const u8* W0, const u8* W1, \
         const u8* W2, i64 rowBytes, int rows0, int rows1, int rows2, int cols, const i8* xq, const float* xd, \
-        const int*, float* y0, float* y1, float* y2, int n) { \
+        const int*, float* y0, float* y1, float* y2, int n) { KT_PDL_WAIT(); \
     KtTiles16 tl(W0, W1, W2, y0, y1, y2, rows0, rows1, rows2); \
     kt_mmq_block_q6_K<nt, KT_MMQB6_DEPTH>(tl, rowBytes, cols, xq, xd, n); \
 }
@@ -809,7 +809,7 @@ __device__ __forceinline__ void kt_split_tf32_lane(float v, float* hi, float* lo
     if (lane == 0) sums[gi] = s;
 }
 
-extern "C" __global__ void split_tf32(const float* x, float* hi, float* lo, float* sums, i64 groups) {
+extern "C" __global__ void split_tf32(const float* x, float* hi, float* lo, float* sums, i64 groups) { KT_PDL_WAIT();
     int lane = threadIdx.x & 31;
     i64 warps = (i64)gridDim.x * (blockDim.x >> 5);
     for (i64 gi = blockIdx.x * (i64)(blockDim.x >> 5) + (threadIdx.x >> 5); gi < groups; gi += warps)
@@ -817,7 +817,7 @@ extern "C" __global__ void split_tf32(const float* x, float* hi, float* lo, floa
 }
 
 // g = silu(g)·u (gated_silu's arithmetic) and g split as split_tf32 splits it, in one pass: a warp per 32-group.
-extern "C" __global__ void gated_silu_split(float* g, const float* u, float* hi, float* lo, float* sums, i64 groups) {
+extern "C" __global__ void gated_silu_split(float* g, const float* u, float* hi, float* lo, float* sums, i64 groups) { KT_PDL_WAIT();
     int lane = threadIdx.x & 31;
     i64 warps = (i64)gridDim.x * (blockDim.x >> 5);
     for (i64 gi = blockIdx.x * (i64)(blockDim.x >> 5) + (threadIdx.x >> 5); gi < groups; gi += warps) {
@@ -1010,7 +1010,7 @@ __device__ __forceinline__ void kt_mmf(const u8* W, i64 rowBytes, int rows, int 
 // (resident blocks), 128 threads; the arguments of mmf_q4_K_1 (n = 1; `out` the splits' results) and y, counters.
 extern "C" __global__ void __launch_bounds__(128) mmf_q4_K_one(const u8* W, i64 rowBytes, int rows, int cols,
         const float* xhi, const float* xlo, const float* xsum, float* out, int n, int splitSB, float* y,
-        int* counters) {
+        int* counters) { KT_PDL_WAIT();
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     int tiles = (rows + 15) / 16, nsb = cols / 256, splits = (nsb + splitSB - 1) / splitSB, items = tiles * splits;
     int stride = gridDim.x * 4;
@@ -1096,6 +1096,7 @@ __device__ __forceinline__ void kt_mv_q4_K_f32(const u8* const* rowp, int cols, 
         }
     };
     load(0, hd, qs);
+    KT_PDL_WAIT();  // the weights are in flight; the inputs come from the previous kernel
     for (int base = 0; base < nsb; base += 4) {
         uint4 hn[R], qn[R];
         if (base + 4 < nsb) load(base + 4, hn, qn);
@@ -1142,7 +1143,7 @@ __device__ __forceinline__ void kt_mv_q4_K_f32(const u8* const* rowp, int cols, 
 // are the same code held to 64 registers (8 blocks an SM instead of 5: measured against each other).
 #define KT_MV_F32_ONE(suffix, BOUNDS) \
 extern "C" __global__ void __launch_bounds__ BOUNDS matvec_q4_K_f32_1##suffix(const u8* W, i64 rowBytes, int rows, \
-        int cols, const float* x, const float* xsum, float* y) { \
+        int cols, const float* x, const float* xsum, float* y) { /* KT_PDL_WAIT in the body */ \
     int r0 = (blockIdx.x * 4 + (threadIdx.x >> 5)) * 2; \
     if (r0 >= rows) return; \
     const u8* rowp[2] = {W + (i64)r0 * rowBytes, W + (i64)min(r0 + 1, rows - 1) * rowBytes}; \
@@ -1156,7 +1157,7 @@ extern "C" __global__ void __launch_bounds__ BOUNDS matvec_q4_K_f32_1##suffix(co
 /* Routed experts at one token: pair p's input row p (x, xsum) times expert ids[p]'s rows into y[p, ..]; */ \
 /* grid (ceil(rows / 8), pairs), 128 threads. */ \
 extern "C" __global__ void __launch_bounds__ BOUNDS matvec_experts_q4_K_f32_1##suffix(const u8* W, i64 rowBytes, \
-        i64 matrixBytes, int rows, int cols, const float* x, const float* xsum, const int* ids, float* y) { \
+        i64 matrixBytes, int rows, int cols, const float* x, const float* xsum, const int* ids, float* y) { KT_PDL_WAIT(); \
     int p = blockIdx.y; \
     int r0 = (blockIdx.x * 4 + (threadIdx.x >> 5)) * 2; \
     if (r0 >= rows) return; \
@@ -1234,14 +1235,14 @@ __device__ __forceinline__ void kt_mv_q4_K_f32c(const u8* const* rowp, int cols,
 }
 // Grid ceil(rows / 2), 256 threads (8 warps over K); rows 16-byte aligned, cols % 256 == 0.
 extern "C" __global__ void __launch_bounds__(256) matvec_q4_K_f32_1c(const u8* W, i64 rowBytes, int rows, int cols,
-        const float* x, const float* xsum, float* y) {
+        const float* x, const float* xsum, float* y) { KT_PDL_WAIT();
     int r0 = 2 * blockIdx.x;
     const u8* rowp[2] = {W + (i64)r0 * rowBytes, W + (i64)min(r0 + 1, rows - 1) * rowBytes};
     kt_mv_q4_K_f32c<8>(rowp, cols, x, xsum, y + r0, r0 + 1 < rows ? y + r0 + 1 : nullptr);
 }
 // Routed experts at one token (2 warps over K: expert rows are short); grid (ceil(rows / 2), pairs), 64 threads.
 extern "C" __global__ void __launch_bounds__(64) matvec_experts_q4_K_f32_1c(const u8* W, i64 rowBytes, i64 matrixBytes,
-        int rows, int cols, const float* x, const float* xsum, const int* ids, float* y) {
+        int rows, int cols, const float* x, const float* xsum, const int* ids, float* y) { KT_PDL_WAIT();
     int p = blockIdx.y, r0 = 2 * blockIdx.x;
     const u8* M = W + (i64)ids[p] * matrixBytes;
     const u8* rowp[2] = {M + (i64)r0 * rowBytes, M + (i64)min(r0 + 1, rows - 1) * rowBytes};
@@ -1256,16 +1257,16 @@ extern "C" __global__ void __launch_bounds__(64) matvec_experts_q4_K_f32_1c(cons
 // (ceil(tiles · splits / 4), pairs)).
 #define KT_MMF_KERNELS(name, F) \
 extern "C" __global__ void __launch_bounds__(128) mmf_##name##_1(const u8* W, i64 rowBytes, int rows, int cols, \
-        const float* xhi, const float* xlo, const float* xsum, float* out, int n, int splitSB) { \
+        const float* xhi, const float* xlo, const float* xsum, float* out, int n, int splitSB) { KT_PDL_WAIT(); \
     kt_mmf<F, 1>(W, rowBytes, rows, cols, xhi, xlo, xsum, out, n, splitSB, blockIdx.y * 8, n); \
 } \
 extern "C" __global__ void __launch_bounds__(128) mmf_##name##_4(const u8* W, i64 rowBytes, int rows, int cols, \
-        const float* xhi, const float* xlo, const float* xsum, float* out, int n, int splitSB) { \
+        const float* xhi, const float* xlo, const float* xsum, float* out, int n, int splitSB) { KT_PDL_WAIT(); \
     kt_mmf<F, 4>(W, rowBytes, rows, cols, xhi, xlo, xsum, out, n, splitSB, blockIdx.y * 32, n); \
 } \
 extern "C" __global__ void __launch_bounds__(128) mmf_experts_##name(const u8* W, i64 rowBytes, i64 matrixBytes, \
         int rows, int cols, const float* xhi, const float* xlo, const float* xsum, const int* ids, float* out, \
-        int pairs, int splitSB) { \
+        int pairs, int splitSB) { KT_PDL_WAIT(); \
     int p = blockIdx.y; \
     kt_mmf<F, 1>(W + (i64)ids[p] * matrixBytes, rowBytes, rows, cols, xhi, xlo, xsum, out, pairs, splitSB, p, p + 1); \
 }
@@ -1280,7 +1281,7 @@ KT_MMF_KERNELS(q6_K, KtMmfQ6K)
 // (64 · KT_MMFT_STRIDE + 32 · KT_MMFT_STRIDE / 32) · 4 bytes of dynamic shared memory.
 #define KT_MMFT_STRIDE 260  // floats per staged token row (256 + 4: fewer bank conflicts for the fragment loads)
 extern "C" __global__ void __launch_bounds__(128) mmf_tile_q4_K(const u8* W, i64 rowBytes, int rows, int cols,
-        const float* xhi, const float* xlo, const float* xsum, float* out, int n, int splitSB) {
+        const float* xhi, const float* xlo, const float* xsum, float* out, int n, int splitSB) { KT_PDL_WAIT();
     KT_DYNAMIC_SHARED(float, sHi);  // [32][KT_MMFT_STRIDE] hi, then as much lo, then [32][KT_MMFT_STRIDE / 32] sums
     float* sLo = sHi + 32 * KT_MMFT_STRIDE;
     float* sSum = sLo + 32 * KT_MMFT_STRIDE;
@@ -1443,14 +1444,14 @@ __device__ __forceinline__ void kt_mmf_block_q4_K(const u8* W, i64 rowBytes, int
 }
 #define KT_MMF_BLOCK(nt) \
 extern "C" __global__ void __launch_bounds__(32 * KT_MMFB_WARPS, 1) mmf_block_q4_K_##nt(const u8* W, i64 rowBytes, \
-        int rows, int cols, const float* xhi, const float* xlo, const float* xsum, float* out, int n, int splitSB) { \
+        int rows, int cols, const float* xhi, const float* xlo, const float* xsum, float* out, int n, int splitSB) { KT_PDL_WAIT(); \
     kt_mmf_block_q4_K<nt, KT_MMFB_DEPTH(nt)>(W, rowBytes, rows, cols, xhi, xlo, xsum, out, n, splitSB); \
 }
 KT_MMF_BLOCK(1)
 KT_MMF_BLOCK(4)
 
 // y[t, r] = Σ_s part[s][t][r] in split order; grid-stride over n · rows.
-extern "C" __global__ void mmf_reduce(const float* part, float* y, int splits, int n, int rows) {
+extern "C" __global__ void mmf_reduce(const float* part, float* y, int splits, int n, int rows) { KT_PDL_WAIT();
     i64 total = (i64)n * rows;
     for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < total; i += (i64)gridDim.x * blockDim.x) {
         float s = 0.0f;
@@ -1571,7 +1572,7 @@ __device__ __forceinline__ void kt_mmf_stream(const KtMmfsUnits& U, i64 rowBytes
 
 #define KT_MMF_STREAM(name, S, nt) \
 extern "C" __global__ void __launch_bounds__(128) mmf_stream_##name##_##nt(const u8* W, i64 rowBytes, int rows, int cols, \
-        const float* xhi, const float* xlo, const float* xsum, float* out, int n, int splitSB) { \
+        const float* xhi, const float* xlo, const float* xsum, float* out, int n, int splitSB) { KT_PDL_WAIT(); \
     int nsb = cols / 256; \
     KtMmfsUnits U = {W, nullptr, nullptr, nullptr, 0, (rows + 15) / 16, (nsb + splitSB - 1) / splitSB, splitSB, nsb, \
                      0, 0, 0, (int)blockIdx.y * 8 * nt, n}; \
@@ -1586,7 +1587,7 @@ KT_MMF_STREAM(q6_K, KtSlotQ6K, 4)
 // Grid (blocks), 128 threads, shared memory as mmf_stream_q4_K_1.
 extern "C" __global__ void __launch_bounds__(128) mmf_stream_experts_q4_K(const u8* W, i64 rowBytes, i64 matrixBytes,
         int rows, int cols, const float* xhi, const float* xlo, const float* xsum, const int* ids, float* out,
-        int pairs, int splitSB) {
+        int pairs, int splitSB) { KT_PDL_WAIT();
     int nsb = cols / 256;
     KtMmfsUnits U = {W, ids, nullptr, nullptr, matrixBytes, (rows + 15) / 16, (nsb + splitSB - 1) / splitSB, splitSB,
                      nsb, 0, 0, pairs, 0, pairs};
@@ -1595,7 +1596,7 @@ extern "C" __global__ void __launch_bounds__(128) mmf_stream_experts_q4_K(const 
 // The same grouped by expert (prefill): moe_group's meta and order, token groups of 32 pairs (NT = 4).
 extern "C" __global__ void __launch_bounds__(128) mmf_grouped_q4_K(const u8* W, i64 rowBytes, i64 matrixBytes,
         int rows, int cols, int nExpert, const int* meta, const int* order, const float* xhi, const float* xlo,
-        const float* xsum, float* out, int pairs, int splitSB) {
+        const float* xsum, float* out, int pairs, int splitSB) { KT_PDL_WAIT();
     int nsb = cols / 256;
     KtMmfsUnits U = {W, nullptr, meta, order, matrixBytes, (rows + 15) / 16, (nsb + splitSB - 1) / splitSB, splitSB,
                      nsb, nExpert, 32, pairs, 0, pairs};

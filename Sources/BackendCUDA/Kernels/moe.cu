@@ -19,7 +19,7 @@ __device__ __forceinline__ void kt_argmax_lane(float& v, int& i) {
 #define KT_MOE_LANE_MAX 8
 extern "C" __global__ void __launch_bounds__(32) moe_select(const float* logits, int n, int nExpert, int topK, int scoring,
                                       int normalize, float scale, const float* bias, int groups, int groupsUsed,
-                                      int groupScore, float* work, int workStride, int* experts, float* weights) {
+                                      int groupScore, float* work, int workStride, int* experts, float* weights) { KT_PDL_WAIT();
     int t = blockIdx.x, lane = threadIdx.x;
     if (t >= n) return;
     const float* lg = logits + (i64)t * nExpert;
@@ -126,7 +126,7 @@ extern "C" __global__ void __launch_bounds__(32) moe_select(const float* logits,
 }
 
 // out[t] += Σ_j weights[t, j] · y[t·topK + j], in choice order; grid-stride over n · dim.
-extern "C" __global__ void moe_combine(const float* y, const float* weights, float* out, int n, int topK, int dim) {
+extern "C" __global__ void moe_combine(const float* y, const float* weights, float* out, int n, int topK, int dim) { KT_PDL_WAIT();
     i64 total = (i64)n * dim;
     for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < total; i += (i64)gridDim.x * blockDim.x) {
         i64 t = i / dim, c = i % dim;

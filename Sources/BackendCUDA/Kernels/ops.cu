@@ -67,7 +67,7 @@ __device__ __forceinline__ void kt_norm_quantize(const float* src, int dim, i64 
 
 // out[r] = x[r] / rms(x[r]) · w for rows at stride `stride`; grid rows, KT_NORM_THREADS threads. In place when out == x.
 extern "C" __global__ void __launch_bounds__(KT_NORM_THREADS) rms_norm(const float* x, const float* w, float* out, int dim,
-                                                           i64 stride, float eps) {
+                                                           i64 stride, float eps) { KT_PDL_WAIT();
     __shared__ float scratch[32];
     const float* xr = x + (i64)blockIdx.x * stride;
     float* o = out + (i64)blockIdx.x * stride;
@@ -77,7 +77,7 @@ extern "C" __global__ void __launch_bounds__(KT_NORM_THREADS) rms_norm(const flo
 // rms_norm of packed rows (stride = dim, dim a multiple of 256) that also writes the output's Q8_K quantization as
 // quantize_q8_K would from it (the integer-dot matmul that reads the output next skips its own); grid rows, KT_NORM_THREADS threads.
 extern "C" __global__ void __launch_bounds__(KT_NORM_THREADS) rms_norm_q8K(const float* x, const float* w, float* out, int dim,
-                                                               float eps, i8* q, float* d, int* sums) {
+                                                               float eps, i8* q, float* d, int* sums) { KT_PDL_WAIT();
     __shared__ float scratch[32];
     __shared__ __align__(16) float so[KT_NORM_SHARED];
     i64 row = blockIdx.x;
@@ -93,7 +93,7 @@ extern "C" __global__ void __launch_bounds__(KT_NORM_THREADS) rms_norm_q8K(const
 // (dim a multiple of 256) also the Q8_K form of out, as rms_norm_q8K. The sum stays in registers for the norm and
 // the normed row in shared memory for the quantization. Grid rows, KT_NORM_THREADS threads.
 extern "C" __global__ void __launch_bounds__(KT_NORM_THREADS) add_rms_norm(const float* x, float* y, const float* w, float* out,
-                                                               int dim, float eps, i8* q, float* d, int* sums) {
+                                                               int dim, float eps, i8* q, float* d, int* sums) { KT_PDL_WAIT();
     __shared__ float scratch[32];
     __shared__ __align__(16) float so[KT_NORM_SHARED];
     i64 row = blockIdx.x;
@@ -126,27 +126,27 @@ extern "C" __global__ void __launch_bounds__(KT_NORM_THREADS) add_rms_norm(const
 
 // out[i] = norm(x[indices[i]]); grid count, KT_NORM_THREADS threads.
 extern "C" __global__ void __launch_bounds__(KT_NORM_THREADS) rms_norm_rows(const float* x, const int* indices, const float* w,
-                                                                float* out, int dim, float eps) {
+                                                                float* out, int dim, float eps) { KT_PDL_WAIT();
     __shared__ float scratch[32];
     const float* xr = x + (i64)indices[blockIdx.x] * dim;
     float* o = out + (i64)blockIdx.x * dim;
     kt_rms_norm_row(xr, w, o, dim, eps, scratch);
 }
 
-extern "C" __global__ void add_bias(const float* b, float* x, int width, i64 count) {
+extern "C" __global__ void add_bias(const float* b, float* x, int width, i64 count) { KT_PDL_WAIT();
     for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < count; i += (i64)gridDim.x * blockDim.x)
         x[i] += b[i % width];
 }
 
-extern "C" __global__ void add_into(const float* x, float* y, i64 count) {
+extern "C" __global__ void add_into(const float* x, float* y, i64 count) { KT_PDL_WAIT();
     for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < count; i += (i64)gridDim.x * blockDim.x) y[i] += x[i];
 }
 
-extern "C" __global__ void fill(float* x, i64 count, float value) {
+extern "C" __global__ void fill(float* x, i64 count, float value) { KT_PDL_WAIT();
     for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < count; i += (i64)gridDim.x * blockDim.x) x[i] = value;
 }
 
-extern "C" __global__ void softcap(float* x, i64 count, float cap) {
+extern "C" __global__ void softcap(float* x, i64 count, float cap) { KT_PDL_WAIT();
     for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < count; i += (i64)gridDim.x * blockDim.x)
         x[i] = cap * tanhf(x[i] / cap);
 }
@@ -168,7 +168,7 @@ __device__ __forceinline__ void kt_argmax_warp(float* bv, int* bi) {
     }
 }
 // out[r] = the index of row r's largest value (kt_argmax_beats' order); a block a row (blockDim a multiple of 32).
-extern "C" __global__ void __launch_bounds__(1024) argmax_rows(const float* x, int cols, int* out) {
+extern "C" __global__ void __launch_bounds__(1024) argmax_rows(const float* x, int cols, int* out) { KT_PDL_WAIT();
     __shared__ float sv[32];
     __shared__ int si[32];
     const float* row = x + (i64)blockIdx.x * cols;
@@ -206,7 +206,7 @@ extern "C" __global__ void __launch_bounds__(1024) argmax_rows(const float* x, i
 }
 
 // dst[r, 0..<width] = src[r, 0..<width] at their strides; grid-stride over rows · width.
-extern "C" __global__ void copy_rows(const float* src, i64 srcStride, float* dst, i64 dstStride, int rows, int width) {
+extern "C" __global__ void copy_rows(const float* src, i64 srcStride, float* dst, i64 dstStride, int rows, int width) { KT_PDL_WAIT();
     i64 total = (i64)rows * width;
     for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < total; i += (i64)gridDim.x * blockDim.x) {
         i64 r = i / width, c = i % width;
@@ -215,7 +215,7 @@ extern "C" __global__ void copy_rows(const float* src, i64 srcStride, float* dst
 }
 
 // g = silu(g) · u
-extern "C" __global__ void gated_silu(float* g, const float* u, i64 count) {
+extern "C" __global__ void gated_silu(float* g, const float* u, i64 count) { KT_PDL_WAIT();
     for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < count; i += (i64)gridDim.x * blockDim.x) {
         float x = g[i];
         g[i] = x / (1.0f + expf(-x)) * u[i];
@@ -223,7 +223,7 @@ extern "C" __global__ void gated_silu(float* g, const float* u, i64 count) {
 }
 
 // g = gelu_tanh(g) · u
-extern "C" __global__ void gated_gelu(float* g, const float* u, i64 count) {
+extern "C" __global__ void gated_gelu(float* g, const float* u, i64 count) { KT_PDL_WAIT();
     for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < count; i += (i64)gridDim.x * blockDim.x) {
         float x = g[i];
         float t = tanhf(0.7978845608f * (x + 0.044715f * x * x * x));
@@ -232,7 +232,7 @@ extern "C" __global__ void gated_gelu(float* g, const float* u, i64 count) {
 }
 
 // out[t] *= sigmoid(gate · x[t]); grid n, 256 threads.
-extern "C" __global__ void __launch_bounds__(256) sigmoid_gate(float* out, const float* gate, const float* x, int width) {
+extern "C" __global__ void __launch_bounds__(256) sigmoid_gate(float* out, const float* gate, const float* x, int width) { KT_PDL_WAIT();
     __shared__ float scratch[32];
     const float* xr = x + (i64)blockIdx.x * width;
     float s = 0.0f;
@@ -269,7 +269,7 @@ __device__ __forceinline__ void kt_rope_head(float* v, int headStride, const flo
 
 extern "C" __global__ void __launch_bounds__(128) rope(float* x, i64 rowStride, int headStride, const float* table,
                                                        int dims, int neox, const int* positions, const float* norm,
-                                                       float eps) {
+                                                       float eps) { KT_PDL_WAIT();
     __shared__ float scratch[32];
     kt_rope_head(x + (i64)blockIdx.x * rowStride + (i64)blockIdx.y * headStride, headStride, table, dims, neox,
                  positions[blockIdx.x], norm, eps, scratch);
@@ -280,7 +280,7 @@ extern "C" __global__ void __launch_bounds__(128) rope(float* x, i64 rowStride, 
 // rotates a q head, the next kHeads rotate a k head and write it to its cache slot, the last copies the v row.
 extern "C" __global__ void __launch_bounds__(128) rope_store_kv(float* q, int qHeads, const float* qNorm, float* k,
         int kHeads, const float* kNorm, const float* v, int vDim, int headDim, const float* table, int dims, int neox,
-        const int* positions, float eps, const int* slots, float* kc, float* vc) {
+        const int* positions, float eps, const int* slots, float* kc, float* vc) { KT_PDL_WAIT();
     __shared__ float scratch[32];
     int t = blockIdx.x, y = blockIdx.y, pos = positions[t];
     if (y < qHeads) {
@@ -302,7 +302,7 @@ extern "C" __global__ void __launch_bounds__(128) rope_store_kv(float* q, int qH
 
 // Writes row t of k ([n, kDim]) and v ([n, vDim]) to slot slots[t] of the layer's pools; grid n, 128 threads.
 extern "C" __global__ void __launch_bounds__(128) store_kv(const float* k, const float* v, int kDim, int vDim,
-                                                           const int* slots, float* kc, float* vc) {
+                                                           const int* slots, float* kc, float* vc) { KT_PDL_WAIT();
     int t = blockIdx.x;
     i64 s = slots[t];
     for (int i = threadIdx.x; i < kDim; i += blockDim.x) kc[s * kDim + i] = k[(i64)t * kDim + i];
