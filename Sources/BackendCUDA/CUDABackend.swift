@@ -655,11 +655,27 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         if streamMatmul(g, [(g.address, rows, y.address)], cols: cols, input: input, n: n) { return }
         if n >= Self.mmqMinTokens, let tiles = g.tensorCoreTiles {
             launch(tiles, "mmq_\(g.tag) \(rows)x\(cols)", grid: ((rows + 63) / 64, (n + 63) / 64, 1), block: 128, args)
+        } else if n == 1, Self.persistentOneToken, let f = g.integerDotPersistent {
+            persistentMatvec(f, g, [(g.address, rows, y.address)], cols: cols, input: input)
         } else {
             let one = n == 1 && Self.oneTokenForms ? g.integerDotOne : nil
             launch(one ?? g.integerDot!, "matvec_\(g.tag)_q8\(one == nil ? "" : "_1" + g.oneTokenSuffix) \(rows)x\(cols)",
                    grid: ((rows + 3) / 4, (n + 7) / 8, 1), block: 128, args)
         }
+    }
+
+    /// Batch-1 decode's persistent Q4_K kernel over up to three matrices (matvec_q4_K_q8_p): as many warps as the
+    /// GPU holds at once, each the same number of consecutive rows (the last ones fewer), streaming them.
+    private func persistentMatvec(_ f: CUDADriver.Handle, _ g: CUDAWeight, _ parts: [(address: UInt, rows: Int, y: UInt)],
+                                  cols: Int, input: (UInt, UInt, UInt)) {
+        let p = parts + Array(repeating: (address: UInt(0), rows: 0, y: UInt(0)), count: 3 - parts.count)
+        let total = parts.reduce(0) { $0 + $1.rows }
+        let resident = 4 * (Self.persistentBlocksCap ?? multiprocessors * blocksPerSM(f, threads: 128, shared: 0))
+        let rpw = (total + resident - 1) / resident, warps = (total + rpw - 1) / rpw
+        launch(f, "matvec_q4_K_q8_p \(total)x\(cols)", grid: ((warps + 3) / 4, 1, 1), block: 128,
+               [.ptr(p[0].address), .ptr(p[1].address), .ptr(p[2].address), .i64(g.rowBytes), .i32(p[0].rows),
+                .i32(p[1].rows), .i32(p[2].rows), .i32(cols), .ptr(input.0), .ptr(input.1), .ptr(input.2), .ptr(p[0].y),
+                .ptr(p[1].y), .ptr(p[2].y), .i32(rpw)])
     }
 
     /// The staged kernels for up to three matrices of one integer-dot format and width: the block-staged tiles
@@ -867,6 +883,11 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     /// Q4_K super-block instead of a warp per row was measured slower on the H100 (tg128 216 against 232 t/s: each
     /// lane's 16-byte loads at a 144-byte stride keep the L1 at 95%), and dropped.
     static let oneTokenForms = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_MV1"] != "0"
+    /// Batch-1 Q4_K integer matmuls on the persistent kernel (`matvec_q4_K_q8_p`: every warp resident, the same rows
+    /// each, 4 steps of weights in flight across row ends; the same bits as the one-token forms).
+    /// `KTRANSFORMERS_CUDA_MVP=0`: the one-token forms instead (measurements). (A test var.)
+    nonisolated(unsafe) public static var persistentOneToken = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_MVP"] != "0"
+        && ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_MV1"] == nil
     /// `KTRANSFORMERS_CUDA_MV1=2`: the Q4_K one-token forms with contiguous input loads (`matvec_q4_K_q8_1c`,
     /// `_3_1c`; the same bits). (A test var: read when weights are prepared.)
     nonisolated(unsafe) public static var oneTokenCoalesced = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_MV1"] == "2"
@@ -1188,6 +1209,9 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
             var parts = [(gs[0].address, w0.rows, y0.address), (gs[1].address, w1.rows, y1.address)]
             if let y2, gs.count > 2 { parts.append((gs[2].address, r2, y2.address)) }
             if streamMatmul(gs[0], parts, cols: w0.cols, input: q, n: n) { return }
+            if n == 1, Self.persistentOneToken, let f = gs[0].integerDotPersistent {
+                return persistentMatvec(f, gs[0], parts, cols: w0.cols, input: q)
+            }
             let one = n == 1 && Self.oneTokenForms ? gs[0].integerDotGroupOne : nil
             launch(one ?? grouped, "matvec_\(gs[0].tag)_q8_3\(one == nil ? "" : "_1" + gs[0].oneTokenSuffix) \(rows)x\(w0.cols)",
                    grid: ((rows + 3) / 4, (n + 7) / 8, 1), block: 128,
@@ -1449,6 +1473,8 @@ final class CUDAWeight: @unchecked Sendable {
     /// "c" where the one-token forms are the contiguous-input ones (`KTRANSFORMERS_CUDA_MV1=2`), else "".
     let oneTokenSuffix: String
     let integerDotGroupOne: CUDADriver.Handle?
+    /// The persistent one-token form (Q4_K; up to three matrices; the same bits): `matvec_q4_K_q8_p`.
+    let integerDotPersistent: CUDADriver.Handle?
     /// Its form for routed experts (each pair's expert through the ids in device memory).
     let integerExperts: CUDADriver.Handle?
     /// Its streaming form (decode: rows staged through shared memory by cp.async; up to three matrices).
@@ -1499,6 +1525,7 @@ final class CUDAWeight: @unchecked Sendable {
         oneTokenSuffix = mv1
         integerDotOne = tag == "q4_K" || tag == "q6_K" ? kernels.function("matvec_\(tag)_q8_1\(mv1)") : nil
         integerDotGroupOne = tag == "q4_K" || tag == "q6_K" ? kernels.function("matvec_\(tag)_q8_3_1\(mv1)") : nil
+        integerDotPersistent = tag == "q4_K" ? kernels.function("matvec_q4_K_q8_p") : nil
         integerExperts = tag == "q4_K" || tag == "q6_K" ? kernels.function("matvec_experts_\(tag)_q8") : nil
         integerDotStream = tag == "q4_K" || tag == "q6_K" ? kernels.function("matvec_stream_\(tag)_q8") : nil
         tensorCoreTiles = tag == "q4_K" ? kernels.function("mmq_q4_K") : nil

@@ -86,10 +86,33 @@ final class CUDAOneTokenConformanceTests: XCTestCase {
         CUDABackend.persistentBlocksCap = 1
         defer { CUDABackend.persistentBlocksCap = nil }
         let c = BackendConformance(name: "cuda, one-token kernels on one block", backend: backend)
+        backend.profiling = true
+        backend.resetKernelProfile()
         for name in ["matmul", "matmulGroup", "chainedOps"] {
             let check = try XCTUnwrap(BackendConformance.checks.first { $0.name == name })
             for f in Expect.collect({ try check.run(c) }) { XCTFail("[cuda one block] \(name): \(f)") }
         }
+        // The persistent integer kernel ran, its warps walking many rows each (across the group's matrices).
+        XCTAssertTrue(backend.kernelProfile().contains { $0.name.hasPrefix("matvec_q4_K_q8_p") })
+    }
+
+    /// The plain one-token integer forms (`KTRANSFORMERS_CUDA_MVP=0`): still the bits of the batches.
+    func testPlainOneTokenForms() throws {
+        guard let backend = try CUDABackend.makeIfPresent() else {
+            throw XCTSkip("no CUDA driver/GPU and no CUDA emulator here: CUDA one-token conformance skipped")
+        }
+        let saved = CUDABackend.persistentOneToken
+        CUDABackend.persistentOneToken = false
+        defer { CUDABackend.persistentOneToken = saved }
+        backend.batchInvariant = true
+        let c = BackendConformance(name: "cuda, plain one-token forms", backend: backend)
+        backend.profiling = true
+        backend.resetKernelProfile()
+        for name in ["matmul", "matmulGroup", "chainedOps"] {
+            let check = try XCTUnwrap(BackendConformance.checks.first { $0.name == name })
+            for f in Expect.collect({ try check.run(c) }) { XCTFail("[cuda plain one-token] \(name): \(f)") }
+        }
+        XCTAssertTrue(backend.kernelProfile().contains { $0.name.hasPrefix("matvec_q4_K_q8_3_1 ") })
     }
 }
 
@@ -128,9 +151,9 @@ final class CUDAContiguousOneTokenTests: XCTestCase {
     /// The Q4_K one-token integer kernels with contiguous input loads (`KTRANSFORMERS_CUDA_MV1=2`): the bits of the
     /// other forms, so checked in batch-invariant mode, bit for bit.
     func testContiguousIntegerOneTokenKernelsKeepTheBits() throws {
-        let saved = CUDABackend.oneTokenCoalesced
-        CUDABackend.oneTokenCoalesced = true
-        defer { CUDABackend.oneTokenCoalesced = saved }
+        let saved = (CUDABackend.oneTokenCoalesced, CUDABackend.persistentOneToken)
+        (CUDABackend.oneTokenCoalesced, CUDABackend.persistentOneToken) = (true, false)
+        defer { (CUDABackend.oneTokenCoalesced, CUDABackend.persistentOneToken) = saved }
         try run(["matmul", "matmulGroup", "chainedOps"], label: "batch-invariant, contiguous one-token q8 kernels",
                 batchInvariant: true, expect: ["matvec_q4_K_q8_1c", "matvec_q4_K_q8_3_1c"])
     }

@@ -122,7 +122,7 @@ final class CUDAFusionTests: XCTestCase {
         }
     }
 
-    /// Batch-1 decode takes the one-token kernels: the matrix-vector kernels' one-token forms and, batch invariant,
+    /// Batch-1 decode takes the one-token kernels: the persistent integer-dot kernel (gate/up) and, batch invariant,
     /// mmf_q4_K_one, which sums the down projection's K splits itself (1280 wide: two splits), so no mmf_reduce
     /// launch; the down projection's output has the bits of the general kernels (KTRANSFORMERS_CUDA_MV1=0's path).
     /// By default the down projection runs on the FP32 cores instead (matvec_q4_K_f32_1): within f32 rounding.
@@ -145,7 +145,7 @@ final class CUDAFusionTests: XCTestCase {
         b.gatedActivation(g, u, count: ff, .silu)
         b.matmul(down, g, y, n: 1, precision: .f32Activations)
         let kernels = Set(b.kernelProfile().map { $0.name.split(separator: " ")[0] })
-        XCTAssertEqual(kernels, ["rms_norm_q8K", "matvec_q4_K_q8_3_1", "gated_silu_split", "mmf_q4_K_one"],
+        XCTAssertEqual(kernels, ["rms_norm_q8K", "matvec_q4_K_q8_p", "gated_silu_split", "mmf_q4_K_one"],
                        "kernels launched: \(kernels)")
         let one = Array(UnsafeBufferPointer(start: b.read(y, count: dim), count: dim))
         // The same product at n = 2 (a second row; row 0 is the same input): the block-staged tiles and mmf_reduce, ...
