@@ -21,7 +21,7 @@
 # bench and baseline; HYBRID_SHORT=1 runs only pp512/tg of the hybrid stage; HYBRID_AB=1 adds hybrid decode rows
 # under each host-wait setting (KTRANSFORMERS_CUDA_SYNC, KTRANSFORMERS_POOL_SPINS, one core free) and with the
 # layerwise prefill; KERNEL_AB=1 adds bench rows with the streaming kernels off or capped; DECODE_AB=1 batch-1
-# decode rows under the one-token kernel switches; CPU_BASELINE=1
+# decode rows under the one-token kernel switches (DECODE_AB_VARS picks them; commas join switches into one row); CPU_BASELINE=1
 # also builds llama.cpp for the CPU (its hybrid-stage row). The gemma stage takes GEMMA_MODEL, or the default model
 # carried in .baseline/ or assembled in /tmp/kt-parts by scripts/device-parts.sh. Each writes its lines to
 # $OUT/summary.md and its details to $OUT/log.txt; exits non-zero if a correctness stage fails.
@@ -169,22 +169,17 @@ if has bench; then
     # Batch-1 decode under the kernel switches (same bits, different speed): the general kernels instead of the
     # one-token forms, and the f32-activation down projection's general kernel alone.
     kdec() { env "$@" "$bin" bench --model $m --device cuda -p 0 -n $tg -r 2 2>>"$log" | tail -1 | sed "s/\$/ ($*)/" | tee -a "$summary"; }
-    kdec KTRANSFORMERS_CUDA_PDL=0
-    kdec KTRANSFORMERS_CUDA_MV1=0
-    kdec KTRANSFORMERS_CUDA_MMF_ONE=0
-    kdec KTRANSFORMERS_CUDA_ATTENTION_GROUP_MIN=1
-    kdec KTRANSFORMERS_CUDA_F32_ONE=0
-    kdec KTRANSFORMERS_CUDA_F32_ONE=2
-    kdec KTRANSFORMERS_CUDA_F32_ONE_LB=1
-    kdec KTRANSFORMERS_CUDA_MV1=2
-    kdec KTRANSFORMERS_CUDA_MV1=2 KTRANSFORMERS_CUDA_F32_ONE=2
+    # DECODE_AB_VARS: the switches (space-separated; commas join several into one row), default all of them.
+    for v in ${DECODE_AB_VARS:-KTRANSFORMERS_CUDA_PDL=0 KTRANSFORMERS_CUDA_MVP=0 KTRANSFORMERS_CUDA_MV1=0 KTRANSFORMERS_CUDA_MMF_ONE=0 KTRANSFORMERS_CUDA_ATTENTION_GROUP_MIN=1 KTRANSFORMERS_CUDA_F32_ONE=0 KTRANSFORMERS_CUDA_F32_ONE=2 KTRANSFORMERS_CUDA_F32_ONE_LB=1 KTRANSFORMERS_CUDA_MV1=2}; do
+      kdec ${v//,/ }
+    done
   fi
   if [ -n "${MOE:-}" ]; then
     make_model qwen3-30b-a3b /tmp/qwen3-30b-a3b$sfx.gguf
     "$bin" bench --model /tmp/qwen3-30b-a3b$sfx.gguf --device cuda --n-cpu-moe 0 -p $pp -n $tg -r $reps 2>>"$log" | tail -2 | sed 's/$/ (all on the GPU)/' | tee -a "$summary"
     if [ -n "${DECODE_AB:-}" ]; then
-      for v in KTRANSFORMERS_CUDA_PDL=0 KTRANSFORMERS_CUDA_F32_ONE=0 KTRANSFORMERS_CUDA_F32_ONE=2 KTRANSFORMERS_CUDA_F32_ONE_LB=1 KTRANSFORMERS_CUDA_MV1=2; do
-        env $v "$bin" bench --model /tmp/qwen3-30b-a3b$sfx.gguf --device cuda --n-cpu-moe 0 -p 0 -n $tg -r 2 2>>"$log" | tail -1 \
+      for v in ${DECODE_AB_VARS:-KTRANSFORMERS_CUDA_PDL=0 KTRANSFORMERS_CUDA_MVP=0 KTRANSFORMERS_CUDA_F32_ONE=0 KTRANSFORMERS_CUDA_F32_ONE=2 KTRANSFORMERS_CUDA_F32_ONE_LB=1 KTRANSFORMERS_CUDA_MV1=2}; do
+        env ${v//,/ } "$bin" bench --model /tmp/qwen3-30b-a3b$sfx.gguf --device cuda --n-cpu-moe 0 -p 0 -n $tg -r 2 2>>"$log" | tail -1 \
           | sed "s/\$/ (all on the GPU, $v)/" | tee -a "$summary"
       done
     fi

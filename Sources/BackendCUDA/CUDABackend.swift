@@ -83,6 +83,10 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     }
     private var preparedQuantized: Prepared?
     private var preparedSplit: Prepared?
+    /// The Q16_K form of a SwiGLU output (gated_silu_q16), in `splitLow`.
+    private var preparedQ16: Prepared?
+    /// The token count of the last matmul group (gate/up): SwiGLU after a one-token group writes the Q16_K form.
+    private var lastGroupTokens = 0
     private var profileEvents: [CUDADriver.Handle] = []
     private var profileTotals: [String: (calls: Int, ms: Double)] = [:]
     /// How the host waits for the GPU (`synchronize`, `read`): spinning on the stream (the driver's default: the
@@ -895,6 +899,27 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     /// token count) instead of the FP32-core kernels (matvec_q4_K_f32_1, matvec_experts_q4_K_f32_1); `--batch-invariant`
     /// does the same.
     static let f32OneEnabled = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_F32_ONE"] != "0"
+    /// Batch-1 `.f32Activations` on Q4_K with 16-bit integer inputs (`matvec_q4_K_q16_p`; SwiGLU writes them,
+    /// gated_silu_q16), instead of the FP32-core kernels: not under `--batch-invariant`, nor with
+    /// `KTRANSFORMERS_CUDA_F32_ONE=0`; `KTRANSFORMERS_CUDA_Q16=0` turns it off alone. (A test var.)
+    nonisolated(unsafe) public static var q16One = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_Q16"] != "0"
+    /// Byte offsets of a Q16_K input of `elements` values: int16 values at 0, f32 scales, int sums (16-byte aligned).
+    static func q16Layout(elements: Int) -> (scales: Int, sums: Int, bytes: Int) {
+        func align16(_ x: Int) -> Int { (x + 15) & ~15 }
+        let scales = align16(2 * elements), sums = scales + align16(4 * (elements / 256))
+        return (scales, sums, sums + 4 * (elements / 16))
+    }
+    /// The persistent Q16_K-input kernel over `pairs` × `rows` rows (`ids` nil: one matrix), input at `q`.
+    func q16Matvec(_ f: CUDADriver.Handle, _ g: CUDAWeight, rows: Int, cols: Int, pairs: Int, q: UInt, ids: UInt, y: UInt,
+                   name: String) {
+        let l = Self.q16Layout(elements: pairs * cols)
+        let total = pairs * rows
+        let resident = 4 * (Self.persistentBlocksCap ?? multiprocessors * blocksPerSM(f, threads: 128, shared: 0))
+        let rpw = (total + resident - 1) / resident, warps = (total + rpw - 1) / rpw
+        launch(f, name, grid: ((warps + 3) / 4, 1, 1), block: 128,
+               [.ptr(g.address), .i64(g.rowBytes), .i64(g.rowBytes * rows), .i32(rows), .i32(cols), .ptr(q),
+                .ptr(q + UInt(l.scales)), .ptr(q + UInt(l.sums)), .ptr(ids), .i32(pairs), .ptr(y), .i32(rpw)])
+    }
     /// `KTRANSFORMERS_CUDA_F32_ONE_LB=1`: those kernels held to 64 registers (more blocks an SM; same bits).
     static let f32OneBounded = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_F32_ONE_LB"] == "1"
     /// `KTRANSFORMERS_CUDA_F32_ONE=2`: their coalesced K-split forms instead (`matvec_q4_K_f32_1c`; own bits).
@@ -1105,6 +1130,18 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
               parts.count >= n * rows * Self.mmfSplits(cols: cols) else {
             preconditionFailure("CUDA matmul: split-tf32 scratch not reserved for \(n) rows of \(cols)")
         }
+        if n == 1, !batchInvariant, Self.f32OneEnabled, Self.q16One, let f = g.f32OneQ16, g.rowBytes % 16 == 0,
+           x.address % 16 == 0, Self.q16Layout(elements: cols).bytes <= 4 * lo.count {
+            // Batch-1 decode: 16-bit integer inputs (written by SwiGLU, or here), the persistent streaming kernel.
+            if preparedQ16 != Prepared(address: x.address, count: cols, launch: launches) {
+                let l = Self.q16Layout(elements: cols)
+                launch("quantize_q16_K", grid: ((cols / 256 + 3) / 4, 1, 1), block: 128,
+                       [.ptr(x.address), .ptr(lo.address), .ptr(lo.address + UInt(l.scales)), .ptr(lo.address + UInt(l.sums)),
+                        .i64(cols / 256)])
+            }
+            return q16Matvec(f, g, rows: rows, cols: cols, pairs: 1, q: lo.address, ids: 0, y: y.address,
+                             name: "matvec_\(g.tag)_q16_p \(rows)x\(cols)")
+        }
         if preparedSplit != Prepared(address: x.address, count: n * cols, launch: launches) {
             launch("split_tf32", grid: (Self.blocks(n * cols, 128), 1, 1), block: 128,
                    [.ptr(x.address), .ptr(hi.address), .ptr(lo.address), .ptr(sums.address), .i64(n * cols / 32)])
@@ -1192,6 +1229,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     public func matmulGroup(_ w0: WeightMatrix, _ y0: Tensor, _ w1: WeightMatrix, _ y1: Tensor, _ w2: WeightMatrix?,
                             _ y2: Tensor?, x: Tensor, n: Int) {
         current()
+        lastGroupTokens = n
         let ws = [w0, w1] + (w2.map { [$0] } ?? [])
         if ws.allSatisfy({ gemmApplies($0, n: n) && $0.cols == w0.cols }) {
             // Prefill: one f16 input for the group's GEMMs.
@@ -1383,6 +1421,16 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         current()
         // SwiGLU output as wide as a split-tf32 matmul's input (the down projection reads it next): also write its
         // split, which that matmul then takes.
+        if kind == .silu, lastGroupTokens == 1, !batchInvariant, Self.f32OneEnabled, Self.q16One, count % 256 == 0,
+           g.address % 16 == 0, u.address % 16 == 0, let lo = splitLow, Self.q16Layout(elements: count).bytes <= 4 * lo.count {
+            // After a one-token gate/up: the Q16_K form the batch-1 down projection takes (matvec_q4_K_q16_p).
+            let l = Self.q16Layout(elements: count)
+            launch("gated_silu_q16", grid: ((count / 256 + 3) / 4, 1, 1), block: 128,
+                   [.ptr(g.address), .ptr(u.address), .ptr(lo.address), .ptr(lo.address + UInt(l.scales)),
+                    .ptr(lo.address + UInt(l.sums)), .i64(count / 256)])
+            preparedQ16 = Prepared(address: g.address, count: count, launch: launches)
+            return
+        }
         if kind == .silu, count % 32 == 0, let hi = rounded, let lo = splitLow, let sums = splitSums, count <= hi.count,
            count <= lo.count, count / 32 <= sums.count {
             launch("gated_silu_split", grid: (Self.blocks(count, 128), 1, 1), block: 128,
@@ -1508,6 +1556,8 @@ final class CUDAWeight: @unchecked Sendable {
     let tensorCoreF32Staged: (CUDADriver.Handle, CUDADriver.Handle)?
     /// Batch-1 `.f32Activations` on the FP32 cores, plain and for routed experts (Q4_K).
     let f32One: CUDADriver.Handle?
+    /// Batch-1 `.f32Activations` with Q16_K inputs, dense and routed experts (Q4_K): `matvec_q4_K_q16_p`.
+    let f32OneQ16: CUDADriver.Handle?
     let f32OneExperts: CUDADriver.Handle?
 
     init(address: UInt, tag: String, rowBytes: Int, rounding: ActivationRounding, kernels: CUDAKernels) {
@@ -1526,6 +1576,7 @@ final class CUDAWeight: @unchecked Sendable {
         integerDotOne = tag == "q4_K" || tag == "q6_K" ? kernels.function("matvec_\(tag)_q8_1\(mv1)") : nil
         integerDotGroupOne = tag == "q4_K" || tag == "q6_K" ? kernels.function("matvec_\(tag)_q8_3_1\(mv1)") : nil
         integerDotPersistent = tag == "q4_K" ? kernels.function("matvec_q4_K_q8_p") : nil
+        f32OneQ16 = tag == "q4_K" ? kernels.function("matvec_q4_K_q16_p") : nil
         integerExperts = tag == "q4_K" || tag == "q6_K" ? kernels.function("matvec_experts_\(tag)_q8") : nil
         integerDotStream = tag == "q4_K" || tag == "q6_K" ? kernels.function("matvec_stream_\(tag)_q8") : nil
         tensorCoreTiles = tag == "q4_K" ? kernels.function("mmq_q4_K") : nil
@@ -1703,6 +1754,17 @@ final class CUDAExpertExecutor: ExpertExecutor {
             run(u, experts.up, x: xu, xDiv: k, y: up!)
         }
         // Down (f32 input): SwiGLU and the split in one pass, then the tf32 tensor cores, where the format has them.
+        if n == 1, !backend.batchInvariant, CUDABackend.f32OneEnabled, CUDABackend.q16One, let f = d.f32OneQ16,
+           d.rowBytes % 16 == 0, experts.down.cols == ff, ff % 256 == 0, let lo = splitLo,
+           CUDABackend.q16Layout(elements: pairs * ff).bytes <= 4 * lo.count {
+            // One token: SwiGLU writes the 16-bit integer inputs, the persistent kernel streams the chosen experts.
+            let l = CUDABackend.q16Layout(elements: pairs * ff)
+            backend.launch("gated_silu_q16", grid: ((pairs * ff / 256 + 3) / 4, 1, 1), block: 128,
+                           [.ptr(gate!.address), .ptr(up!.address), .ptr(lo.address), .ptr(lo.address + UInt(l.scales)),
+                            .ptr(lo.address + UInt(l.sums)), .i64(pairs * ff / 256)])
+            return backend.q16Matvec(f, d, rows: experts.down.rows, cols: ff, pairs: pairs, q: lo.address, ids: ids.address,
+                                     y: down!.address, name: "matvec_experts_\(d.tag)_q16_p \(experts.down.rows)x\(ff)")
+        }
         if d.tensorCoreF32 != nil, experts.down.cols == ff, let hi = splitHi, let lo = splitLo, let sums = splitSums {
             backend.launch("gated_silu_split", grid: (CUDABackend.blocks(pairs * ff, 128), 1, 1), block: 128,
                            [.ptr(gate!.address), .ptr(up!.address), .ptr(hi.address), .ptr(lo.address), .ptr(sums.address),

@@ -141,9 +141,9 @@ final class CUDAContiguousOneTokenTests: XCTestCase {
     /// The coalesced K-split forms of the one-token FP32-core down projection (`KTRANSFORMERS_CUDA_F32_ONE=2`, dense
     /// and routed experts), default mode: within the bounds.
     func testCoalescedF32OneTokenKernels() throws {
-        let saved = CUDABackend.f32OneCoalesced
-        CUDABackend.f32OneCoalesced = true
-        defer { CUDABackend.f32OneCoalesced = saved }
+        let saved = (CUDABackend.f32OneCoalesced, CUDABackend.q16One)
+        (CUDABackend.f32OneCoalesced, CUDABackend.q16One) = (true, false)
+        defer { (CUDABackend.f32OneCoalesced, CUDABackend.q16One) = saved }
         try run(["matmul", "chainedOps", "expertExecutor"], label: "coalesced one-token f32 kernels",
                 batchInvariant: false, expect: ["matvec_q4_K_f32_1c", "matvec_experts_q4_K_f32_1c"])
     }

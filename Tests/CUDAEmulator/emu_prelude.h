@@ -101,6 +101,13 @@ static inline int __dp4a(int a, int b, int c) {
     for (int i = 0; i < 4; i++) c += (int)(int8_t)(a >> (8 * i)) * (int)(int8_t)(b >> (8 * i));
     return c;
 }
+// dp2a: two signed 16-bit halves of a times two signed bytes of b (bytes 0, 1: lo; 2, 3: hi), plus c.
+static inline int __dp2a_lo(int a, int b, int c) {
+    return c + (int)(int16_t)(a & 0xFFFF) * (int)(int8_t)b + (int)(int16_t)((unsigned)a >> 16) * (int)(int8_t)(b >> 8);
+}
+static inline int __dp2a_hi(int a, int b, int c) {
+    return c + (int)(int16_t)(a & 0xFFFF) * (int)(int8_t)(b >> 16) + (int)(int16_t)((unsigned)a >> 16) * (int)(int8_t)(b >> 24);
+}
 struct alignas(8) uint2 { unsigned x, y; };
 static inline uint2 make_uint2(unsigned x, unsigned y) { return uint2{x, y}; }
 static inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return uint4{x, y, z, w}; }

@@ -172,12 +172,33 @@ final class CUDAFusionTests: XCTestCase {
         b.batchInvariant = false
         b.fill(y, count: dim, value: 0)
         b.resetKernelProfile()
+        let savedQ16 = CUDABackend.q16One
+        CUDABackend.q16One = false
         b.matmul(down, g, y, n: 1, precision: .f32Activations)
+        CUDABackend.q16One = savedQ16
         XCTAssertEqual(Set(b.kernelProfile().map { $0.name.split(separator: " ")[0] }), ["split_tf32", "matvec_q4_K_f32_1"])
         let fast = Array(UnsafeBufferPointer(start: b.read(y, count: dim), count: dim))
         let scale = one.map { abs($0) }.max()!
         XCTAssertGreaterThan(scale, 1)
         for i in 0..<dim { XCTAssertEqual(fast[i], one[i], accuracy: 1e-5 * scale, "row \(i)") }
+        // The default: 16-bit integer inputs (quantized here: other ops ran since SwiGLU) and the persistent kernel;
+        // within the inputs' 16-bit rounding.
+        b.fill(y, count: dim, value: 0)
+        b.resetKernelProfile()
+        b.matmul(down, g, y, n: 1, precision: .f32Activations)
+        XCTAssertEqual(Set(b.kernelProfile().map { $0.name.split(separator: " ")[0] }), ["quantize_q16_K", "matvec_q4_K_q16_p"])
+        let q16 = Array(UnsafeBufferPointer(start: b.read(y, count: dim), count: dim))
+        for i in 0..<dim { XCTAssertEqual(q16[i], one[i], accuracy: 1e-4 * scale, "row \(i)") }
+        // After a one-token gate/up, SwiGLU writes that input itself (no quantize_q16_K), with the same bits.
+        b.resetKernelProfile()
+        b.rmsNorm(x, weight: norm, out: xn, rows: 1, dim: dim, stride: dim, eps: 1e-5)
+        b.matmulGroup(gate, g, up, u, nil, nil, x: xn, n: 1)
+        b.gatedActivation(g, u, count: ff, .silu)
+        b.matmul(down, g, y, n: 1, precision: .f32Activations)
+        XCTAssertEqual(Set(b.kernelProfile().map { $0.name.split(separator: " ")[0] }),
+                       ["rms_norm_q8K", "matvec_q4_K_q8_p", "gated_silu_q16", "matvec_q4_K_q16_p"])
+        let fused = Array(UnsafeBufferPointer(start: b.read(y, count: dim), count: dim))
+        XCTAssertEqual(fused.map(\.bitPattern), q16.map(\.bitPattern))
     }
 
     /// Split-K attention whose output width is a multiple of 256 combines its splits and writes the output's Q8_K
