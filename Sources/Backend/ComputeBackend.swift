@@ -276,6 +276,10 @@ public protocol ExpertExecutor: AnyObject {
     func submit(_ experts: ExpertWeights, x: Tensor, ids: Tensor, n: Int, topK: Int)
     /// Waits for the last `submit`, then `out[t] += Σ_j weights[t, j] · expert_j(x[t])`, in choice order.
     func wait(weights: Tensor, accumulateInto out: Tensor, n: Int)
+    /// Where the executor can: waits for the last `submit`, then `out[t] = Σ_j weights[t, j] · expert_j(x[t])` (the
+    /// bits of zeroing `out` and `wait(weights:accumulateInto:n:)`, one pass fewer), and returns true; false: it did
+    /// nothing (the caller zeroes `out` and calls `wait(weights:accumulateInto:n:)`).
+    func wait(weights: Tensor, storeInto out: Tensor, n: Int) -> Bool
     /// The experts chosen so far, where this executor sees the choices on the host (nil otherwise).
     var usage: ExpertUsage? { get }
     /// After the model's last layer: adds to `out` (the residual stream) what the executor still holds back (the
@@ -284,6 +288,7 @@ public protocol ExpertExecutor: AnyObject {
 }
 
 extension ExpertExecutor {
+    public func wait(weights: Tensor, storeInto out: Tensor, n: Int) -> Bool { false }
     public var usage: ExpertUsage? { nil }
     public func flush(accumulateInto out: Tensor, n: Int) {}
 }

@@ -1096,9 +1096,14 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         if w.tag == "f32", cols % 4 == 0, (w.address | UInt(w.rowBytes) | UInt(matrixBytes) | x.address) % 16 == 0,
            xStride % 4 == 0, xHeadStride % 4 == 0 {
             // A block per row: the routers' 128-row f32 matrices kept one warp per SM in the warp-per-row kernel.
-            return launch("matvec_f32_wide", grid: (rows, (n + 7) / 8, heads), block: 256,
-                          [.ptr(w.address), .i64(w.rowBytes), .i64(matrixBytes), .i32(rows), .i32(cols), .ptr(x.address),
-                           .i64(xStride), .i64(xHeadStride), .ptr(y.address), .i64(yStride), .i64(yHeadStride), .i32(n)])
+            launch("matvec_f32_wide", grid: (rows, (n + 7) / 8, heads), block: 256,
+                   [.ptr(w.address), .i64(w.rowBytes), .i64(matrixBytes), .i32(rows), .i32(cols), .ptr(x.address),
+                    .i64(xStride), .i64(xHeadStride), .ptr(y.address), .i64(yStride), .i64(yHeadStride), .i32(n)])
+            // It writes y alone (never the quantized scratch): unless y is the prepared input, that stays valid.
+            if preparedQuantized.map({ y.address >= $0.address + UInt(4 * $0.count) || y.address + UInt(4 * n * yStride) <= $0.address }) ?? false {
+                keepPrepared()
+            }
+            return
         }
         launch(w.matvec, "matvec_\(w.tag) \(rows)x\(cols)\(heads > 1 ? "x\(heads)" : "")", grid: ((rows + 3) / 4, (n + 7) / 8, heads), block: 128,
                [.ptr(w.address), .i64(w.rowBytes), .i64(matrixBytes), .i32(rows), .i32(cols), .ptr(x.address), .i64(xStride),
@@ -1478,6 +1483,16 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
                 .i32(routing.normalizeTopK ? 1 : 0), .f32(routing.scale), .ptr(bias), .i32(routing.groups),
                 .i32(routing.groupsUsed), .i32(routing.groupScore == .max ? 0 : 1), .ptr(work.address), .i32(stride),
                 .ptr(experts.address), .ptr(weights.address)])
+        keepPrepared()
+    }
+
+    /// The kernel just launched wrote neither a prepared input nor its quantized scratch (the router's matvec,
+    /// moe_select): a Q8_K form prepared for the launch before it stays valid for the next one (the routed experts'
+    /// gate/up take the norm's instead of quantizing again).
+    private func keepPrepared() {
+        if let p = preparedQuantized, p.launch == launches - 1 {
+            preparedQuantized = Prepared(address: p.address, count: p.count, launch: launches)
+        }
     }
 
     public func sigmoidGate(_ out: Tensor, gate: Tensor, x: Tensor, width: Int, n: Int) {
@@ -1824,6 +1839,14 @@ final class CUDAExpertExecutor: ExpertExecutor {
     func wait(weights: Tensor, accumulateInto out: Tensor, n: Int) {
         backend.current()
         backend.launch("moe_combine", grid: (CUDABackend.blocks(n * dim), 1, 1), block: 256,
-                       [.ptr(down!.address), .ptr(weights.address), .ptr(out.address), .i32(n), .i32(topK), .i32(dim)])
+                       [.ptr(down!.address), .ptr(weights.address), .ptr(out.address), .i32(n), .i32(topK), .i32(dim), .i32(0)])
+    }
+
+    /// The combine writes `out` (no fill before it): the bits of zeroing it and accumulating.
+    func wait(weights: Tensor, storeInto out: Tensor, n: Int) -> Bool {
+        backend.current()
+        backend.launch("moe_combine", grid: (CUDABackend.blocks(n * dim), 1, 1), block: 256,
+                       [.ptr(down!.address), .ptr(weights.address), .ptr(out.address), .i32(n), .i32(topK), .i32(dim), .i32(1)])
+        return true
     }
 }

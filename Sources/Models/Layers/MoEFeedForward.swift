@@ -34,6 +34,7 @@ struct MoEFeedForward: FeedForwardBlock {
             shared.forward(xn, out: out, ctx: ctx, g: g, u: u)
             if let sharedGate { b.sigmoidGate(out, gate: sharedGate, x: xn, width: dim, n: n) }
         } else {
+            if executor.wait(weights: ctx.moeWeights, storeInto: out, n: n) { return }
             b.fill(out, count: n * dim, value: 0)
         }
         executor.wait(weights: ctx.moeWeights, accumulateInto: out, n: n)
