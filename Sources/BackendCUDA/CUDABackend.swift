@@ -659,7 +659,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         if streamMatmul(g, [(g.address, rows, y.address)], cols: cols, input: input, n: n) { return }
         if n >= Self.mmqMinTokens, let tiles = g.tensorCoreTiles {
             launch(tiles, "mmq_\(g.tag) \(rows)x\(cols)", grid: ((rows + 63) / 64, (n + 63) / 64, 1), block: 128, args)
-        } else if n == 1, Self.persistentOneToken, let f = g.integerDotPersistent {
+        } else if n == 1, let f = persistentForm(g) {
             persistentMatvec(f, g, [(g.address, rows, y.address)], cols: cols, input: input)
         } else {
             let one = n == 1 && Self.oneTokenForms ? g.integerDotOne : nil
@@ -668,15 +668,26 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         }
     }
 
-    /// Batch-1 decode's persistent Q4_K kernel over up to three matrices (matvec_q4_K_q8_p): as many warps as the
+    /// The persistent one-token kernel `persistentOneToken` picks for `g` in this mode, if any.
+    private func persistentForm(_ g: CUDAWeight) -> (f: CUDADriver.Handle, name: String)? {
+        guard let p = g.integerDotPersistent else { return nil }
+        switch Self.persistentOneToken {
+        case 1: return batchInvariant ? nil : (p.fast, "matvec_q4_K_q8_pf")
+        case 2: return (p.exact, "matvec_q4_K_q8_p")
+        default: return nil
+        }
+    }
+
+    /// Batch-1 decode's persistent Q4_K kernel over up to three matrices (matvec_q4_K_q8_p[f]): as many warps as the
     /// GPU holds at once, each the same number of consecutive rows (the last ones fewer), streaming them.
-    private func persistentMatvec(_ f: CUDADriver.Handle, _ g: CUDAWeight, _ parts: [(address: UInt, rows: Int, y: UInt)],
-                                  cols: Int, input: (UInt, UInt, UInt)) {
+    private func persistentMatvec(_ form: (f: CUDADriver.Handle, name: String), _ g: CUDAWeight,
+                                  _ parts: [(address: UInt, rows: Int, y: UInt)], cols: Int, input: (UInt, UInt, UInt)) {
+        let f = form.f
         let p = parts + Array(repeating: (address: UInt(0), rows: 0, y: UInt(0)), count: 3 - parts.count)
         let total = parts.reduce(0) { $0 + $1.rows }
         let resident = 4 * (Self.persistentBlocksCap ?? multiprocessors * blocksPerSM(f, threads: 128, shared: 0))
         let rpw = (total + resident - 1) / resident, warps = (total + rpw - 1) / rpw
-        launch(f, "matvec_q4_K_q8_p \(total)x\(cols)", grid: ((warps + 3) / 4, 1, 1), block: 128,
+        launch(f, "\(form.name) \(total)x\(cols)", grid: ((warps + 3) / 4, 1, 1), block: 128,
                [.ptr(p[0].address), .ptr(p[1].address), .ptr(p[2].address), .i64(g.rowBytes), .i32(p[0].rows),
                 .i32(p[1].rows), .i32(p[2].rows), .i32(cols), .ptr(input.0), .ptr(input.1), .ptr(input.2), .ptr(p[0].y),
                 .ptr(p[1].y), .ptr(p[2].y), .i32(rpw)])
@@ -890,8 +901,18 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     /// Batch-1 Q4_K integer matmuls on the persistent kernel (`matvec_q4_K_q8_p`: every warp resident, the same rows
     /// each, 4 steps of weights in flight across row ends; the same bits as the one-token forms).
     /// `KTRANSFORMERS_CUDA_MVP=0`: the one-token forms instead (measurements). (A test var.)
-    nonisolated(unsafe) public static var persistentOneToken = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_MVP"] != "0"
-        && ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_MV1"] == nil
+    /// 0: off; 1 (default): the fast form (`matvec_q4_K_q8_pf`: each lane sums its own parts, the warp once per row;
+    /// own bits) where the backend is not batch-invariant, the one-token forms where it is (the exact persistent form
+    /// measured slower than them on the H100: 253.7 against 258.0 t/s); 2: the exact form in every mode.
+    nonisolated(unsafe) public static var persistentOneToken: Int = {
+        let env = ProcessInfo.processInfo.environment
+        if env["KTRANSFORMERS_CUDA_MV1"] != nil { return 0 }
+        return env["KTRANSFORMERS_CUDA_MVP"].flatMap { Int($0) } ?? 1
+    }()
+    /// Routed experts' batch-1 down projection with 16-bit integer inputs too (`KTRANSFORMERS_CUDA_Q16_EXPERTS=1`; off
+    /// by default: Qwen3-30B-A3B on the H100 decoded 293.9 t/s with it, 304.2 without, its 768-wide rows are one step
+    /// each). (A test var.)
+    nonisolated(unsafe) public static var q16Experts = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_Q16_EXPERTS"] == "1"
     /// `KTRANSFORMERS_CUDA_MV1=2`: the Q4_K one-token forms with contiguous input loads (`matvec_q4_K_q8_1c`,
     /// `_3_1c`; the same bits). (A test var: read when weights are prepared.)
     nonisolated(unsafe) public static var oneTokenCoalesced = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_MV1"] == "2"
@@ -1252,7 +1273,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
             var parts = [(gs[0].address, w0.rows, y0.address), (gs[1].address, w1.rows, y1.address)]
             if let y2, gs.count > 2 { parts.append((gs[2].address, r2, y2.address)) }
             if streamMatmul(gs[0], parts, cols: w0.cols, input: q, n: n) { return }
-            if n == 1, Self.persistentOneToken, let f = gs[0].integerDotPersistent {
+            if n == 1, let f = persistentForm(gs[0]) {
                 return persistentMatvec(f, gs[0], parts, cols: w0.cols, input: q)
             }
             let one = n == 1 && Self.oneTokenForms ? gs[0].integerDotGroupOne : nil
@@ -1536,8 +1557,9 @@ final class CUDAWeight: @unchecked Sendable {
     /// "c" where the one-token forms are the contiguous-input ones (`KTRANSFORMERS_CUDA_MV1=2`), else "".
     let oneTokenSuffix: String
     let integerDotGroupOne: CUDADriver.Handle?
-    /// The persistent one-token form (Q4_K; up to three matrices; the same bits): `matvec_q4_K_q8_p`.
-    let integerDotPersistent: CUDADriver.Handle?
+    /// The persistent one-token forms (Q4_K; up to three matrices): `matvec_q4_K_q8_p` (the bits of the one-token
+    /// forms) and `matvec_q4_K_q8_pf` (fast: each lane's own sums).
+    let integerDotPersistent: (exact: CUDADriver.Handle, fast: CUDADriver.Handle)?
     /// Its form for routed experts (each pair's expert through the ids in device memory).
     let integerExperts: CUDADriver.Handle?
     /// Its streaming form (decode: rows staged through shared memory by cp.async; up to three matrices).
@@ -1590,7 +1612,7 @@ final class CUDAWeight: @unchecked Sendable {
         oneTokenSuffix = mv1
         integerDotOne = tag == "q4_K" || tag == "q6_K" ? kernels.function("matvec_\(tag)_q8_1\(mv1)") : nil
         integerDotGroupOne = tag == "q4_K" || tag == "q6_K" ? kernels.function("matvec_\(tag)_q8_3_1\(mv1)") : nil
-        integerDotPersistent = tag == "q4_K" ? kernels.function("matvec_q4_K_q8_p") : nil
+        integerDotPersistent = tag == "q4_K" ? (kernels.function("matvec_q4_K_q8_p"), kernels.function("matvec_q4_K_q8_pf")) : nil
         f32OneQ16 = tag == "q4_K" ? kernels.function("matvec_q4_K_q16_p") : nil
         integerExperts = tag == "q4_K" || tag == "q6_K" ? kernels.function("matvec_experts_\(tag)_q8") : nil
         integerDotStream = tag == "q4_K" || tag == "q6_K" ? kernels.function("matvec_stream_\(tag)_q8") : nil
@@ -1769,7 +1791,7 @@ final class CUDAExpertExecutor: ExpertExecutor {
             run(u, experts.up, x: xu, xDiv: k, y: up!)
         }
         // Down (f32 input): SwiGLU and the split in one pass, then the tf32 tensor cores, where the format has them.
-        if n == 1, !backend.batchInvariant, CUDABackend.f32OneEnabled, CUDABackend.q16One, let f = d.f32OneQ16,
+        if n == 1, !backend.batchInvariant, CUDABackend.f32OneEnabled, CUDABackend.q16One, CUDABackend.q16Experts, let f = d.f32OneQ16,
            d.rowBytes % 16 == 0, experts.down.cols == ff, ff % 256 == 0, let lo = splitLo,
            CUDABackend.q16Layout(elements: pairs * ff).bytes <= 4 * lo.count {
             // One token: SwiGLU writes the 16-bit integer inputs, the persistent kernel streams the chosen experts.

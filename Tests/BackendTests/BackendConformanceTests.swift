@@ -77,7 +77,7 @@ final class CUDAStreamingConformanceTests: XCTestCase {
 }
 
 /// The matmul checks with the persistent one-token kernels (batch-1 decode) on one block, so that each warp walks
-/// several (tile, split) items and loads the next item's weights while it computes: still the bits of the batches.
+/// several (tile, split) items or rows and loads the next ones' weights while it computes.
 final class CUDAOneTokenConformanceTests: XCTestCase {
     func testOneTokenKernelsOnOneBlock() throws {
         guard let backend = try CUDABackend.makeIfPresent() else {
@@ -85,15 +85,27 @@ final class CUDAOneTokenConformanceTests: XCTestCase {
         }
         CUDABackend.persistentBlocksCap = 1
         defer { CUDABackend.persistentBlocksCap = nil }
-        let c = BackendConformance(name: "cuda, one-token kernels on one block", backend: backend)
-        backend.profiling = true
-        backend.resetKernelProfile()
-        for name in ["matmul", "matmulGroup", "chainedOps"] {
-            let check = try XCTUnwrap(BackendConformance.checks.first { $0.name == name })
-            for f in Expect.collect({ try check.run(c) }) { XCTFail("[cuda one block] \(name): \(f)") }
+        // Default mode: the fast persistent form (within the bounds) and the 16-bit-input down projections, dense and
+        // routed experts; batch-invariant with the exact persistent form (mode 2): bit for bit.
+        let saved = (CUDABackend.persistentOneToken, CUDABackend.q16Experts)
+        defer { (CUDABackend.persistentOneToken, CUDABackend.q16Experts) = saved }
+        for (invariant, expect) in [(false, ["matvec_q4_K_q8_pf", "matvec_q4_K_q16_p", "matvec_experts_q4_K_q16_p"]),
+                                    (true, ["matvec_q4_K_q8_p "])] {
+            CUDABackend.persistentOneToken = invariant ? 2 : 1
+            CUDABackend.q16Experts = !invariant
+            backend.batchInvariant = invariant
+            let c = BackendConformance(name: "cuda, one-token kernels on one block\(invariant ? ", batch-invariant" : "")",
+                                       backend: backend)
+            backend.profiling = true
+            backend.resetKernelProfile()
+            for name in ["matmul", "matmulGroup", "chainedOps", "expertExecutor"] {
+                let check = try XCTUnwrap(BackendConformance.checks.first { $0.name == name })
+                for f in Expect.collect({ try check.run(c) }) { XCTFail("[cuda one block] \(name): \(f)") }
+            }
+            // The persistent kernels ran, their warps walking many rows each (across the group's matrices).
+            let launched = backend.kernelProfile().map(\.name)
+            for k in expect { XCTAssertTrue(launched.contains { $0.hasPrefix(k) }, "\(k) not in \(launched)") }
         }
-        // The persistent integer kernel ran, its warps walking many rows each (across the group's matrices).
-        XCTAssertTrue(backend.kernelProfile().contains { $0.name.hasPrefix("matvec_q4_K_q8_p") })
     }
 
     /// The plain one-token integer forms (`KTRANSFORMERS_CUDA_MVP=0`): still the bits of the batches.
@@ -102,7 +114,7 @@ final class CUDAOneTokenConformanceTests: XCTestCase {
             throw XCTSkip("no CUDA driver/GPU and no CUDA emulator here: CUDA one-token conformance skipped")
         }
         let saved = CUDABackend.persistentOneToken
-        CUDABackend.persistentOneToken = false
+        CUDABackend.persistentOneToken = 0
         defer { CUDABackend.persistentOneToken = saved }
         backend.batchInvariant = true
         let c = BackendConformance(name: "cuda, plain one-token forms", backend: backend)
@@ -152,7 +164,7 @@ final class CUDAContiguousOneTokenTests: XCTestCase {
     /// other forms, so checked in batch-invariant mode, bit for bit.
     func testContiguousIntegerOneTokenKernelsKeepTheBits() throws {
         let saved = (CUDABackend.oneTokenCoalesced, CUDABackend.persistentOneToken)
-        (CUDABackend.oneTokenCoalesced, CUDABackend.persistentOneToken) = (true, false)
+        (CUDABackend.oneTokenCoalesced, CUDABackend.persistentOneToken) = (true, 0)
         defer { (CUDABackend.oneTokenCoalesced, CUDABackend.persistentOneToken) = saved }
         try run(["matmul", "matmulGroup", "chainedOps"], label: "batch-invariant, contiguous one-token q8 kernels",
                 batchInvariant: true, expect: ["matvec_q4_K_q8_1c", "matvec_q4_K_q8_3_1c"])

@@ -122,7 +122,7 @@ final class CUDAFusionTests: XCTestCase {
         }
     }
 
-    /// Batch-1 decode takes the one-token kernels: the persistent integer-dot kernel (gate/up) and, batch invariant,
+    /// Batch-1 decode takes the one-token kernels: batch invariant, the integer-dot one-token forms (gate/up) and
     /// mmf_q4_K_one, which sums the down projection's K splits itself (1280 wide: two splits), so no mmf_reduce
     /// launch; the down projection's output has the bits of the general kernels (KTRANSFORMERS_CUDA_MV1=0's path).
     /// By default the down projection runs on the FP32 cores instead (matvec_q4_K_f32_1): within f32 rounding.
@@ -145,7 +145,7 @@ final class CUDAFusionTests: XCTestCase {
         b.gatedActivation(g, u, count: ff, .silu)
         b.matmul(down, g, y, n: 1, precision: .f32Activations)
         let kernels = Set(b.kernelProfile().map { $0.name.split(separator: " ")[0] })
-        XCTAssertEqual(kernels, ["rms_norm_q8K", "matvec_q4_K_q8_p", "gated_silu_split", "mmf_q4_K_one"],
+        XCTAssertEqual(kernels, ["rms_norm_q8K", "matvec_q4_K_q8_3_1", "gated_silu_split", "mmf_q4_K_one"],
                        "kernels launched: \(kernels)")
         let one = Array(UnsafeBufferPointer(start: b.read(y, count: dim), count: dim))
         // The same product at n = 2 (a second row; row 0 is the same input): the block-staged tiles and mmf_reduce, ...
@@ -196,9 +196,14 @@ final class CUDAFusionTests: XCTestCase {
         b.gatedActivation(g, u, count: ff, .silu)
         b.matmul(down, g, y, n: 1, precision: .f32Activations)
         XCTAssertEqual(Set(b.kernelProfile().map { $0.name.split(separator: " ")[0] }),
-                       ["rms_norm_q8K", "matvec_q4_K_q8_p", "gated_silu_q16", "matvec_q4_K_q16_p"])
+                       ["rms_norm_q8K", "matvec_q4_K_q8_pf", "gated_silu_q16", "matvec_q4_K_q16_p"])
         let fused = Array(UnsafeBufferPointer(start: b.read(y, count: dim), count: dim))
-        XCTAssertEqual(fused.map(\.bitPattern), q16.map(\.bitPattern))
+        for i in 0..<dim { XCTAssertEqual(fused[i], one[i], accuracy: 1e-3 * scale, "row \(i)") }  // (gate/up's own bits)
+        // The same product with the input quantized apart (an op between drops the prepared form): the same bits.
+        b.fill(y, count: dim, value: 0)
+        b.matmul(down, g, y, n: 1, precision: .f32Activations)
+        let apart = Array(UnsafeBufferPointer(start: b.read(y, count: dim), count: dim))
+        XCTAssertEqual(fused.map(\.bitPattern), apart.map(\.bitPattern))
     }
 
     /// Split-K attention whose output width is a multiple of 256 combines its splits and writes the output's Q8_K

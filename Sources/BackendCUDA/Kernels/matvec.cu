@@ -398,7 +398,10 @@ KT_MV_INT(q6_K, kt_mv_q6_K)
 // one-token kernels ran q/k/v in 1.66 waves at 1.0 TB/s on the H100). Per step and row the same integers, part
 // and order of additions as kt_mv_q4_K: the same bits.
 #define KT_MVP_DEPTH 4
-extern "C" __global__ void __launch_bounds__(128) matvec_q4_K_q8_p(const u8* W0, const u8* W1, const u8* W2,
+// FAST (matvec_q4_K_q8_pf, default decode unless --batch-invariant): each lane adds its own part of each step in f32
+// and the warp sums once per row (no shuffles per step: the kernel was issue-bound, not memory-bound); its own bits.
+template <bool FAST>
+__device__ __forceinline__ void kt_mvp_q4_K_q8(const u8* W0, const u8* W1, const u8* W2,
         i64 rowBytes, int rows0, int rows1, int rows2, int cols, const i8* xq, const float* xd, const int* xs,
         float* y0, float* y1, float* y2, int rpw) {
     int lane = threadIdx.x & 31;
@@ -453,10 +456,17 @@ extern "C" __global__ void __launch_bounds__(128) matvec_q4_K_q8_p(const u8* W0,
                 sHi = __dp4a((int)((q.y >> 4) & 0x0F0F0F0Fu), (int)b.y, sHi);
                 sHi = __dp4a((int)((q.z >> 4) & 0x0F0F0F0Fu), (int)b.z, sHi);
                 sHi = __dp4a((int)((q.w >> 4) & 0x0F0F0F0Fu), (int)b.w, sHi);
-                int i1 = kt_sum8(scLo * sLo + scHi * sHi), i2 = kt_sum8(mLo * xs[eLo / 16] + mHi * xs[eHi / 16]);
-                float pt = kt_part_q4_K(xd[sb], d, dmin, i1, i2);
-                acc = kt_add_parts(acc, pt, min(4, nsb - base));
+                if (FAST) {
+                    int i1 = scLo * sLo + scHi * sHi, i2 = mLo * xs[eLo / 16] + mHi * xs[eHi / 16];
+                    float f = xd[sb] * (d * (float)i1 - dmin * (float)i2);
+                    acc += base + (lane >> 3) < nsb ? f : 0.0f;
+                } else {
+                    int i1 = kt_sum8(scLo * sLo + scHi * sHi), i2 = kt_sum8(mLo * xs[eLo / 16] + mHi * xs[eHi / 16]);
+                    float pt = kt_part_q4_K(xd[sb], d, dmin, i1, i2);
+                    acc = kt_add_parts(acc, pt, min(4, nsb - base));
+                }
                 if (++cStep == spr) {
+                    if (FAST) acc = kt_warp_sum(acc);
                     if (lane == 0) {
                         int r = cRow;
                         float* y = y0;
@@ -471,6 +481,14 @@ extern "C" __global__ void __launch_bounds__(128) matvec_q4_K_q8_p(const u8* W0,
         }
     }
 }
+#define KT_MVP_KERNEL(name, FAST) \
+extern "C" __global__ void __launch_bounds__(128) name(const u8* W0, const u8* W1, const u8* W2, i64 rowBytes, \
+        int rows0, int rows1, int rows2, int cols, const i8* xq, const float* xd, const int* xs, float* y0, float* y1, \
+        float* y2, int rpw) { /* KT_PDL_WAIT in the body */ \
+    kt_mvp_q4_K_q8<FAST>(W0, W1, W2, rowBytes, rows0, rows1, rows2, cols, xq, xd, xs, y0, y1, y2, rpw); \
+}
+KT_MVP_KERNEL(matvec_q4_K_q8_p, false)
+KT_MVP_KERNEL(matvec_q4_K_q8_pf, true)
 
 // ---- Streaming integer-dot matrix-vector kernels (decode) ----
 //

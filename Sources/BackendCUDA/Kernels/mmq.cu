@@ -1664,8 +1664,10 @@ extern "C" __global__ void __launch_bounds__(128) gated_silu_q16(float* g, const
 
 // y[R] for the rows R = 0 .. pairs · rows − 1 (pair R / rows, its row R % rows: expert ids[pair]'s matrix, or the one
 // matrix when ids is null) times pair R / rows's Q16_K input; warp g takes rows g·rpw .. +rpw, as matvec_q4_K_q8_p.
-// Per super-block: F1 = Σ scale·(Σ q·x) in f32 (each product exact in int32), I2 = Σ min·(Σ x) in int32; the part
-// s·(d·F1 − dmin·I2) added in super-block order.
+// Per lane and step: I1 = Σ scale·(Σ q·x), I2 = Σ min·(Σ x) over its 16 + 16 elements (exact in int32), the part
+// s·(d·I1 − dmin·I2) added to the lane's sum; the warp's sum per row.
+// Steps of weights in flight a warp: 8 (rows of 14336 inputs leave only ~16 warps an SM; 4 steps left them at 0.9 TB/s).
+#define KT_MVP16_DEPTH 8
 extern "C" __global__ void __launch_bounds__(128) matvec_q4_K_q16_p(const u8* W, i64 rowBytes, i64 matrixBytes,
         int rows, int cols, const short* xq, const float* xscale, const int* xsums, const int* ids, int pairs, float* y,
         int rpw) {
@@ -1682,7 +1684,7 @@ extern "C" __global__ void __launch_bounds__(128) matvec_q4_K_q16_p(const u8* W,
     };
     int lRow = rBegin, lStep = 0;
     const u8* lPtr = rowPtr(lRow);
-    uint4 hs[KT_MVP_DEPTH], qs[KT_MVP_DEPTH];
+    uint4 hs[KT_MVP16_DEPTH], qs[KT_MVP16_DEPTH];
     auto load = [&](int slot) {
         int sb = min(4 * lStep + (lane >> 3), nsb - 1);
         hs[slot] = *(const uint4*)(lPtr + (i64)sb * 144);
@@ -1690,17 +1692,17 @@ extern "C" __global__ void __launch_bounds__(128) matvec_q4_K_q16_p(const u8* W,
         if (++lStep == spr) { lStep = 0; if (++lRow < rEnd) lPtr = rowPtr(lRow); }
     };
 #pragma unroll
-    for (int i = 0; i < KT_MVP_DEPTH; i++)
+    for (int i = 0; i < KT_MVP16_DEPTH; i++)
         if (i < steps) load(i);
     KT_PDL_WAIT();  // the weights are in flight; the inputs come from the previous kernel
     int cRow = rBegin, cStep = 0, cPair = rBegin / rows;
     float acc = 0.0f;
-    for (int s0 = 0; s0 < steps; s0 += KT_MVP_DEPTH) {
+    for (int s0 = 0; s0 < steps; s0 += KT_MVP16_DEPTH) {
 #pragma unroll
-        for (int i = 0; i < KT_MVP_DEPTH; i++) {
+        for (int i = 0; i < KT_MVP16_DEPTH; i++) {
             if (s0 + i < steps) {
                 uint4 head = hs[i], q = qs[i];
-                if (s0 + i + KT_MVP_DEPTH < steps) load(i);
+                if (s0 + i + KT_MVP16_DEPTH < steps) load(i);
                 int base = 4 * cStep;
                 int sb = min(base + (lane >> 3), nsb - 1);
                 const u8* hb = (const u8*)&head;
@@ -1724,16 +1726,13 @@ extern "C" __global__ void __launch_bounds__(128) matvec_q4_K_q16_p(const u8* W,
                     sHi = __dp2a_lo((int)xb[2 * k], hi, sHi);
                     sHi = __dp2a_hi((int)xb[2 * k + 1], hi, sHi);
                 }
+                // Each lane adds its own part (no shuffles per step); the warp sums once per row.
                 const int* sums = xsums + (i64)cPair * (cols / 16);
-                float f1 = __fadd_rn((float)(scLo * sLo), (float)(scHi * sHi));
-                int i2 = mLo * sums[eLo / 16] + mHi * sums[eHi / 16];
-                f1 = __fadd_rn(f1, __shfl_xor_sync(0xffffffffu, f1, 1));
-                f1 = __fadd_rn(f1, __shfl_xor_sync(0xffffffffu, f1, 2));
-                f1 = __fadd_rn(f1, __shfl_xor_sync(0xffffffffu, f1, 4));
-                i2 = kt_sum8(i2);
-                float pt = __fmul_rn(xscale[(i64)cPair * nsb + sb], __fsub_rn(__fmul_rn(d, f1), __fmul_rn(dmin, (float)i2)));
-                acc = kt_add_parts(acc, pt, min(4, nsb - base));
+                int i1 = scLo * sLo + scHi * sHi, i2 = mLo * sums[eLo / 16] + mHi * sums[eHi / 16];
+                float f = xscale[(i64)cPair * nsb + sb] * (d * (float)i1 - dmin * (float)i2);
+                acc += base + (lane >> 3) < nsb ? f : 0.0f;
                 if (++cStep == spr) {
+                    acc = kt_warp_sum(acc);
                     if (lane == 0) y[cRow] = acc;
                     acc = 0.0f;
                     cStep = 0;
