@@ -108,6 +108,19 @@ final class CUDAFusionTests: XCTestCase {
         XCTAssertEqual(on.launched, 3, "the three kernels after the first launch as dependents")
         XCTAssertEqual(off.launched, 0)
         XCTAssertEqual(on.out, off.out)
+        // A model step (it starts with `embed`) of more tokens than KTRANSFORMERS_CUDA_PDL_MAX (8) launches none.
+        let table = try b.prepare(q4K("token_embd.weight", rows: 32, cols: dim))
+        let tokens = b.allocate(16), rows = b.allocate(16 * dim)
+        let ids = [Int32](repeating: 3, count: 16)
+        ids.withUnsafeBufferPointer { b.write($0, to: tokens) }
+        b.dependentLaunches = true
+        b.embed(table, tokens: tokens, n: 16, out: rows, scale: 1)
+        let before = b.dependentLaunchCount
+        b.rmsNorm(rows, weight: norm, out: rows, rows: 16, dim: dim, stride: dim, eps: 1e-5)
+        XCTAssertEqual(b.dependentLaunchCount, before, "a 16-token step's kernels wait as usual")
+        b.embed(table, tokens: tokens, n: 1, out: rows, scale: 1)
+        b.rmsNorm(rows, weight: norm, out: rows, rows: 1, dim: dim, stride: dim, eps: 1e-5)
+        XCTAssertEqual(b.dependentLaunchCount, before + 2, "a one-token step's kernels are dependents")
     }
 
     /// Every kernel calls KT_PDL_WAIT (programmatic dependent launch lets a kernel start before its predecessor has
