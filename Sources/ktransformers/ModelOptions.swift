@@ -26,7 +26,7 @@ struct LoadOptions {
     /// Keep every step's arithmetic independent of what else it batches (`--batch-invariant`: the GPU's f16
     /// prefill paths off).
     var batchInvariant = false
-    static let batchInvariantHelp = "Keep each step's arithmetic independent of what else is batched with it: on a GPU, prefill steps of 128+ tokens stay on the exact int8 / f32 kernels instead of f16 cuBLAS GEMMs and flash attention, and one-token decode steps on the tensor-core down projection of larger steps instead of the FP32-core one, so a request's greedy output never depends on concurrent requests (prefill several times slower, batch-1 decode ~6% slower)."
+    static let batchInvariantHelp = "Keep each step's arithmetic independent of what else is batched with it: on a GPU, prefill steps of 128+ tokens stay on the exact int8 / f32 kernels instead of f16 cuBLAS GEMMs and flash attention, and one-token decode steps on the integer matmuls and tensor-core down projection of larger steps instead of the fast persistent and 16-bit-input ones, so a request's greedy output never depends on concurrent requests (prefill several times slower, batch-1 decode slower)."
     /// The largest forward pass to size the model for (nil: `RunLimits.defaults`; the engine and the
     /// generator reserve what they need on top).
     var limits: RunLimits?

@@ -30,15 +30,20 @@ final class CUDAFusionTests: XCTestCase {
         return WeightRef(name: name, type: .q4_K, shape: [cols, rows], data: UnsafeRawPointer(bytes.pointer), owner: bytes)
     }
 
+    /// A reserved backend's random Q4_K gate, up `[ff, dim]` and down `[dim, ff]` matrices.
+    private func mlp(_ b: CUDABackend, dim: Int, ff: Int) throws -> (WeightMatrix, WeightMatrix, WeightMatrix) {
+        b.reserve(ForwardPlan(maxTokens: 8, contextLength: 64, maxQueryGroup: 1))
+        return (try b.prepare(q4K("blk.0.ffn_gate.weight", rows: ff, cols: dim)),
+                try b.prepare(q4K("blk.0.ffn_up.weight", rows: ff, cols: dim)),
+                try b.prepare(q4K("blk.0.ffn_down.weight", rows: dim, cols: ff)))
+    }
+
     func testMLPChainLaunchesTheFusedKernels() throws {
         guard let b = try CUDABackend.makeIfPresent() else {
             throw XCTSkip("no CUDA driver/GPU and no CUDA emulator here: CUDA fusion test skipped")
         }
         let dim = 512, ff = 768, n = 2
-        b.reserve(ForwardPlan(maxTokens: 8, contextLength: 64, maxQueryGroup: 1))
-        let gate = try b.prepare(q4K("blk.0.ffn_gate.weight", rows: ff, cols: dim))
-        let up = try b.prepare(q4K("blk.0.ffn_up.weight", rows: ff, cols: dim))
-        let down = try b.prepare(q4K("blk.0.ffn_down.weight", rows: dim, cols: ff))
+        let (gate, up, down) = try mlp(b, dim: dim, ff: ff)
         let x = b.upload((0..<(n * dim)).map { Float($0 % 13) - 6 }), res = b.upload([Float](repeating: 0.5, count: n * dim))
         let norm = b.upload([Float](repeating: 1, count: dim))
         let xn = b.allocate(n * dim), g = b.allocate(n * ff), u = b.allocate(n * ff), y = b.allocate(n * dim)
@@ -84,10 +89,7 @@ final class CUDAFusionTests: XCTestCase {
             throw XCTSkip("no CUDA driver/GPU and no CUDA emulator here: CUDA fusion test skipped")
         }
         let dim = 512, ff = 768, n = 1
-        b.reserve(ForwardPlan(maxTokens: 8, contextLength: 64, maxQueryGroup: 1))
-        let gate = try b.prepare(q4K("blk.0.ffn_gate.weight", rows: ff, cols: dim))
-        let up = try b.prepare(q4K("blk.0.ffn_up.weight", rows: ff, cols: dim))
-        let down = try b.prepare(q4K("blk.0.ffn_down.weight", rows: dim, cols: ff))
+        let (gate, up, down) = try mlp(b, dim: dim, ff: ff)
         let norm = b.upload([Float](repeating: 1, count: dim))
         let xn = b.allocate(n * dim), g = b.allocate(n * ff), u = b.allocate(n * ff), y = b.allocate(n * dim)
         func chain(dependent: Bool) -> (launched: Int, out: [Float]) {
@@ -145,10 +147,7 @@ final class CUDAFusionTests: XCTestCase {
         }
         b.batchInvariant = true
         let dim = 512, ff = 1280
-        b.reserve(ForwardPlan(maxTokens: 8, contextLength: 64, maxQueryGroup: 1))
-        let gate = try b.prepare(q4K("blk.0.ffn_gate.weight", rows: ff, cols: dim))
-        let up = try b.prepare(q4K("blk.0.ffn_up.weight", rows: ff, cols: dim))
-        let down = try b.prepare(q4K("blk.0.ffn_down.weight", rows: dim, cols: ff))
+        let (gate, up, down) = try mlp(b, dim: dim, ff: ff)
         let x = b.upload((0..<dim).map { Float($0 % 13) - 6 }), norm = b.upload([Float](repeating: 1, count: dim))
         let xn = b.allocate(dim), g = b.allocate(ff), u = b.allocate(ff), y = b.allocate(dim)
         b.profiling = true

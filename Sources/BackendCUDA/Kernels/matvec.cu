@@ -390,36 +390,23 @@ KT_MV_INT(q4_K, kt_mv_q4_K)
 KT_MV_INT_FORMS(q4_K, kt_mv_q4_K_c, _1c, 1)
 KT_MV_INT(q6_K, kt_mv_q6_K)
 
-// Q4_K, one token, persistent (batch-1 decode's default): warp g of the grid takes the rows g·rpw .. g·rpw + rpw − 1
-// of up to three matrices (rows of matrix 0, then 1, then 2) and walks their steps (4 super-blocks of a row, as
-// kt_mv_q4_K) as one stream, KT_MVP_DEPTH steps of weights in flight: each step's slot is refilled with the step
-// KT_MVP_DEPTH ahead before its arithmetic, across row ends, so the memory never waits for a warp's arithmetic nor
-// for a new block. The grid is sized so that every warp is resident and has the same number of rows (the plain
-// one-token kernels ran q/k/v in 1.66 waves at 1.0 TB/s on the H100). Per step and row the same integers, part
-// and order of additions as kt_mv_q4_K: the same bits.
-#define KT_MVP_DEPTH 4
-// FAST (matvec_q4_K_q8_pf, default decode unless --batch-invariant): each lane adds its own part of each step in f32
-// and the warp sums once per row (no shuffles per step: the kernel was issue-bound, not memory-bound); its own bits.
-template <bool FAST>
-__device__ __forceinline__ void kt_mvp_q4_K_q8(const u8* W0, const u8* W1, const u8* W2,
-        i64 rowBytes, int rows0, int rows1, int rows2, int cols, const i8* xq, const float* xd, const int* xs,
-        float* y0, float* y1, float* y2, int rpw) {
-    int lane = threadIdx.x & 31;
-    int total = rows0 + rows1 + rows2;
-    int rBegin = (blockIdx.x * 4 + (threadIdx.x >> 5)) * rpw, rEnd = min(rBegin + rpw, total);
-    if (rBegin >= rEnd) return;
-    int nsb = cols / 256, spr = (nsb + 3) / 4, part = lane & 7, p = part >> 1, l0 = 16 * (part & 1);
-    int steps = (rEnd - rBegin) * spr;
-    // Loads: the row and step of the next step to load.
-    int lRow = rBegin, lStep = 0;
-    auto rowPtr = [&](int r) -> const u8* {
-        if (r < rows0) return W0 + (i64)r * rowBytes;
-        r -= rows0;
-        if (r < rows1) return W1 + (i64)r * rowBytes;
-        return W2 + (i64)(r - rows1) * rowBytes;
-    };
+// The persistent Q4_K row stream of batch-1 decode (matvec_q4_K_q8_p[f], matvec_q4_K_q16_p): the calling warp walks
+// rows rBegin .. rEnd − 1 (rowPtr(r): row r's bytes) as one stream of steps (4 super-blocks of a row, as kt_mv_q4_K:
+// lane l takes super-block base + l / 8 and 16 bytes of its quants), DEPTH steps of weights in flight: each slot is
+// refilled with the step DEPTH ahead before its arithmetic, across row ends, so the memory never waits for the
+// warp's arithmetic nor for a new block. It waits for the previous kernel (KT_PDL_WAIT) once the first loads are in
+// flight. step(row, base, sb, head, quants) does one step's arithmetic (sb clamped to the row; lanes whose
+// base + l / 8 is past it add nothing); rowDone(row) follows each row's last step. The kernels' grids are sized so
+// that every warp is resident with the same number of rows (the plain one-token kernels ran q/k/v in 1.66 waves at
+// 1.0 TB/s on the H100).
+template <int DEPTH, class RowPtr, class Step, class RowDone>
+__device__ __forceinline__ void kt_q4_K_row_stream(int rBegin, int rEnd, int cols, RowPtr rowPtr, Step step,
+                                                   RowDone rowDone) {
+    int lane = threadIdx.x & 31, part = lane & 7;
+    int nsb = cols / 256, spr = (nsb + 3) / 4, steps = (rEnd - rBegin) * spr;
+    int lRow = rBegin, lStep = 0;  // the next step to load
     const u8* lPtr = rowPtr(lRow);
-    uint4 hs[KT_MVP_DEPTH], qs[KT_MVP_DEPTH];
+    uint4 hs[DEPTH], qs[DEPTH];
     auto load = [&](int slot) {
         int sb = min(4 * lStep + (lane >> 3), nsb - 1);
         hs[slot] = *(const uint4*)(lPtr + (i64)sb * 144);
@@ -427,59 +414,93 @@ __device__ __forceinline__ void kt_mvp_q4_K_q8(const u8* W0, const u8* W1, const
         if (++lStep == spr) { lStep = 0; if (++lRow < rEnd) lPtr = rowPtr(lRow); }
     };
 #pragma unroll
-    for (int i = 0; i < KT_MVP_DEPTH; i++)
+    for (int i = 0; i < DEPTH; i++)
         if (i < steps) load(i);
     KT_PDL_WAIT();  // the weights are in flight; the inputs come from the previous kernel
     int cRow = rBegin, cStep = 0;
-    float acc = 0.0f;
-    for (int s0 = 0; s0 < steps; s0 += KT_MVP_DEPTH) {
+    for (int s0 = 0; s0 < steps; s0 += DEPTH) {
 #pragma unroll
-        for (int i = 0; i < KT_MVP_DEPTH; i++) {
+        for (int i = 0; i < DEPTH; i++) {
             if (s0 + i < steps) {
                 uint4 head = hs[i], q = qs[i];
-                if (s0 + i + KT_MVP_DEPTH < steps) load(i);
+                if (s0 + i + DEPTH < steps) load(i);
                 int base = 4 * cStep;
-                int sb = min(base + (lane >> 3), nsb - 1);
-                const u8* hb = (const u8*)&head;
-                float d = kt_f16(hb), dmin = kt_f16(hb + 2);
-                int scLo, mLo, scHi, mHi;
-                kt_scale_min_k4(2 * p, hb + 4, &scLo, &mLo);
-                kt_scale_min_k4(2 * p + 1, hb + 4, &scHi, &mHi);
-                int eLo = sb * 256 + 64 * p + l0, eHi = eLo + 32;
-                uint4 a = *(const uint4*)(xq + eLo);
-                uint4 b = *(const uint4*)(xq + eHi);
-                int sLo = __dp4a((int)(q.x & 0x0F0F0F0Fu), (int)a.x, 0);
-                sLo = __dp4a((int)(q.y & 0x0F0F0F0Fu), (int)a.y, sLo);
-                sLo = __dp4a((int)(q.z & 0x0F0F0F0Fu), (int)a.z, sLo);
-                sLo = __dp4a((int)(q.w & 0x0F0F0F0Fu), (int)a.w, sLo);
-                int sHi = __dp4a((int)((q.x >> 4) & 0x0F0F0F0Fu), (int)b.x, 0);
-                sHi = __dp4a((int)((q.y >> 4) & 0x0F0F0F0Fu), (int)b.y, sHi);
-                sHi = __dp4a((int)((q.z >> 4) & 0x0F0F0F0Fu), (int)b.z, sHi);
-                sHi = __dp4a((int)((q.w >> 4) & 0x0F0F0F0Fu), (int)b.w, sHi);
-                if (FAST) {
-                    int i1 = scLo * sLo + scHi * sHi, i2 = mLo * xs[eLo / 16] + mHi * xs[eHi / 16];
-                    float f = xd[sb] * (d * (float)i1 - dmin * (float)i2);
-                    acc += base + (lane >> 3) < nsb ? f : 0.0f;
-                } else {
-                    int i1 = kt_sum8(scLo * sLo + scHi * sHi), i2 = kt_sum8(mLo * xs[eLo / 16] + mHi * xs[eHi / 16]);
-                    float pt = kt_part_q4_K(xd[sb], d, dmin, i1, i2);
-                    acc = kt_add_parts(acc, pt, min(4, nsb - base));
-                }
+                step(cRow, base, min(base + (lane >> 3), nsb - 1), head, q);
                 if (++cStep == spr) {
-                    if (FAST) acc = kt_warp_sum(acc);
-                    if (lane == 0) {
-                        int r = cRow;
-                        float* y = y0;
-                        if (r >= rows0) { r -= rows0; y = y1; if (r >= rows1) { r -= rows1; y = y2; } }
-                        y[r] = acc;
-                    }
-                    acc = 0.0f;
+                    rowDone(cRow);
                     cStep = 0;
                     cRow++;
                 }
             }
         }
     }
+}
+
+// d, dmin and the scales and mins of groups 2p and 2p + 1 from a Q4_K super-block's 16-byte header.
+__device__ __forceinline__ void kt_q4_K_head(uint4 head, int p, float* d, float* dmin, int* scLo, int* mLo, int* scHi,
+                                             int* mHi) {
+    const u8* hb = (const u8*)&head;
+    *d = kt_f16(hb);
+    *dmin = kt_f16(hb + 2);
+    kt_scale_min_k4(2 * p, hb + 4, scLo, mLo);
+    kt_scale_min_k4(2 * p + 1, hb + 4, scHi, mHi);
+}
+
+// Q4_K, one token, persistent, up to three matrices (rows of matrix 0, then 1, then 2): warp g takes the rows
+// g·rpw .. g·rpw + rpw − 1 through kt_q4_K_row_stream. Exact form (matvec_q4_K_q8_p): per step and row the integers,
+// part and order of additions of kt_mv_q4_K, the same bits. FAST (matvec_q4_K_q8_pf, default decode unless
+// --batch-invariant): each lane adds its own part of each step in f32 and the warp sums once per row (no shuffles per
+// step: the exact form was issue-bound, not memory-bound); its own bits.
+#define KT_MVP_DEPTH 4
+template <bool FAST>
+__device__ __forceinline__ void kt_mvp_q4_K_q8(const u8* W0, const u8* W1, const u8* W2,
+        i64 rowBytes, int rows0, int rows1, int rows2, int cols, const i8* xq, const float* xd, const int* xs,
+        float* y0, float* y1, float* y2, int rpw) {
+    int lane = threadIdx.x & 31;
+    int rBegin = (blockIdx.x * 4 + (threadIdx.x >> 5)) * rpw, rEnd = min(rBegin + rpw, rows0 + rows1 + rows2);
+    if (rBegin >= rEnd) return;
+    int nsb = cols / 256, p = (lane & 7) >> 1, l0 = 16 * (lane & 1);
+    auto rowPtr = [&](int r) -> const u8* {
+        if (r < rows0) return W0 + (i64)r * rowBytes;
+        r -= rows0;
+        if (r < rows1) return W1 + (i64)r * rowBytes;
+        return W2 + (i64)(r - rows1) * rowBytes;
+    };
+    float acc = 0.0f;
+    auto step = [&](int, int base, int sb, uint4 head, uint4 q) {
+        float d, dmin;
+        int scLo, mLo, scHi, mHi;
+        kt_q4_K_head(head, p, &d, &dmin, &scLo, &mLo, &scHi, &mHi);
+        int eLo = sb * 256 + 64 * p + l0, eHi = eLo + 32;
+        uint4 a = *(const uint4*)(xq + eLo);
+        uint4 b = *(const uint4*)(xq + eHi);
+        int sLo = __dp4a((int)(q.x & 0x0F0F0F0Fu), (int)a.x, 0);
+        sLo = __dp4a((int)(q.y & 0x0F0F0F0Fu), (int)a.y, sLo);
+        sLo = __dp4a((int)(q.z & 0x0F0F0F0Fu), (int)a.z, sLo);
+        sLo = __dp4a((int)(q.w & 0x0F0F0F0Fu), (int)a.w, sLo);
+        int sHi = __dp4a((int)((q.x >> 4) & 0x0F0F0F0Fu), (int)b.x, 0);
+        sHi = __dp4a((int)((q.y >> 4) & 0x0F0F0F0Fu), (int)b.y, sHi);
+        sHi = __dp4a((int)((q.z >> 4) & 0x0F0F0F0Fu), (int)b.z, sHi);
+        sHi = __dp4a((int)((q.w >> 4) & 0x0F0F0F0Fu), (int)b.w, sHi);
+        if (FAST) {
+            int i1 = scLo * sLo + scHi * sHi, i2 = mLo * xs[eLo / 16] + mHi * xs[eHi / 16];
+            float f = xd[sb] * (d * (float)i1 - dmin * (float)i2);
+            acc += base + (lane >> 3) < nsb ? f : 0.0f;
+        } else {
+            int i1 = kt_sum8(scLo * sLo + scHi * sHi), i2 = kt_sum8(mLo * xs[eLo / 16] + mHi * xs[eHi / 16]);
+            acc = kt_add_parts(acc, kt_part_q4_K(xd[sb], d, dmin, i1, i2), min(4, nsb - base));
+        }
+    };
+    auto rowDone = [&](int r) {
+        if (FAST) acc = kt_warp_sum(acc);
+        if (lane == 0) {
+            float* y = y0;
+            if (r >= rows0) { r -= rows0; y = y1; if (r >= rows1) { r -= rows1; y = y2; } }
+            y[r] = acc;
+        }
+        acc = 0.0f;
+    };
+    kt_q4_K_row_stream<KT_MVP_DEPTH>(rBegin, rEnd, cols, rowPtr, step, rowDone);
 }
 #define KT_MVP_KERNEL(name, FAST) \
 extern "C" __global__ void __launch_bounds__(128) name(const u8* W0, const u8* W1, const u8* W2, i64 rowBytes, \

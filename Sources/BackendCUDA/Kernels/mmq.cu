@@ -1672,74 +1672,47 @@ extern "C" __global__ void __launch_bounds__(128) matvec_q4_K_q16_p(const u8* W,
         int rows, int cols, const short* xq, const float* xscale, const int* xsums, const int* ids, int pairs, float* y,
         int rpw) {
     int lane = threadIdx.x & 31;
-    int total = pairs * rows;
-    int rBegin = (blockIdx.x * 4 + (threadIdx.x >> 5)) * rpw, rEnd = min(rBegin + rpw, total);
+    int rBegin = (blockIdx.x * 4 + (threadIdx.x >> 5)) * rpw, rEnd = min(rBegin + rpw, pairs * rows);
     if (rBegin >= rEnd) return;
     if (ids) KT_PDL_WAIT();  // the expert ids come from the previous kernels
-    int nsb = cols / 256, spr = (nsb + 3) / 4, part = lane & 7, p = part >> 1, l0 = 16 * (part & 1);
-    int steps = (rEnd - rBegin) * spr;
+    int nsb = cols / 256, p = (lane & 7) >> 1, l0 = 16 * (lane & 1);
     auto rowPtr = [&](int R) -> const u8* {
         int pair = R / rows;
         return W + (ids ? (i64)ids[pair] * matrixBytes : 0) + (i64)(R - pair * rows) * rowBytes;
     };
-    int lRow = rBegin, lStep = 0;
-    const u8* lPtr = rowPtr(lRow);
-    uint4 hs[KT_MVP16_DEPTH], qs[KT_MVP16_DEPTH];
-    auto load = [&](int slot) {
-        int sb = min(4 * lStep + (lane >> 3), nsb - 1);
-        hs[slot] = *(const uint4*)(lPtr + (i64)sb * 144);
-        qs[slot] = *(const uint4*)(lPtr + (i64)sb * 144 + 16 + 16 * part);
-        if (++lStep == spr) { lStep = 0; if (++lRow < rEnd) lPtr = rowPtr(lRow); }
-    };
-#pragma unroll
-    for (int i = 0; i < KT_MVP16_DEPTH; i++)
-        if (i < steps) load(i);
-    KT_PDL_WAIT();  // the weights are in flight; the inputs come from the previous kernel
-    int cRow = rBegin, cStep = 0, cPair = rBegin / rows;
+    int cPair = rBegin / rows;  // the pair of the row being computed
     float acc = 0.0f;
-    for (int s0 = 0; s0 < steps; s0 += KT_MVP16_DEPTH) {
+    auto step = [&](int, int base, int sb, uint4 head, uint4 q) {
+        float d, dmin;
+        int scLo, mLo, scHi, mHi;
+        kt_q4_K_head(head, p, &d, &dmin, &scLo, &mLo, &scHi, &mHi);
+        const short* xr = xq + (i64)cPair * cols;
+        int eLo = sb * 256 + 64 * p + l0, eHi = eLo + 32;
+        uint4 a0 = *(const uint4*)(xr + eLo), a1 = *(const uint4*)(xr + eLo + 8);
+        uint4 b0 = *(const uint4*)(xr + eHi), b1 = *(const uint4*)(xr + eHi + 8);
+        u32 w[4] = {q.x, q.y, q.z, q.w};
+        u32 xa[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
+        u32 xb[8] = {b0.x, b0.y, b0.z, b0.w, b1.x, b1.y, b1.z, b1.w};
+        int sLo = 0, sHi = 0;
 #pragma unroll
-        for (int i = 0; i < KT_MVP16_DEPTH; i++) {
-            if (s0 + i < steps) {
-                uint4 head = hs[i], q = qs[i];
-                if (s0 + i + KT_MVP16_DEPTH < steps) load(i);
-                int base = 4 * cStep;
-                int sb = min(base + (lane >> 3), nsb - 1);
-                const u8* hb = (const u8*)&head;
-                float d = kt_f16(hb), dmin = kt_f16(hb + 2);
-                int scLo, mLo, scHi, mHi;
-                kt_scale_min_k4(2 * p, hb + 4, &scLo, &mLo);
-                kt_scale_min_k4(2 * p + 1, hb + 4, &scHi, &mHi);
-                const short* xr = xq + (i64)cPair * cols;
-                int eLo = sb * 256 + 64 * p + l0, eHi = eLo + 32;
-                uint4 a0 = *(const uint4*)(xr + eLo), a1 = *(const uint4*)(xr + eLo + 8);
-                uint4 b0 = *(const uint4*)(xr + eHi), b1 = *(const uint4*)(xr + eHi + 8);
-                u32 w[4] = {q.x, q.y, q.z, q.w};
-                u32 xa[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
-                u32 xb[8] = {b0.x, b0.y, b0.z, b0.w, b1.x, b1.y, b1.z, b1.w};
-                int sLo = 0, sHi = 0;
-#pragma unroll
-                for (int k = 0; k < 4; k++) {
-                    int lo = (int)(w[k] & 0x0F0F0F0Fu), hi = (int)((w[k] >> 4) & 0x0F0F0F0Fu);
-                    sLo = __dp2a_lo((int)xa[2 * k], lo, sLo);
-                    sLo = __dp2a_hi((int)xa[2 * k + 1], lo, sLo);
-                    sHi = __dp2a_lo((int)xb[2 * k], hi, sHi);
-                    sHi = __dp2a_hi((int)xb[2 * k + 1], hi, sHi);
-                }
-                // Each lane adds its own part (no shuffles per step); the warp sums once per row.
-                const int* sums = xsums + (i64)cPair * (cols / 16);
-                int i1 = scLo * sLo + scHi * sHi, i2 = mLo * sums[eLo / 16] + mHi * sums[eHi / 16];
-                float f = xscale[(i64)cPair * nsb + sb] * (d * (float)i1 - dmin * (float)i2);
-                acc += base + (lane >> 3) < nsb ? f : 0.0f;
-                if (++cStep == spr) {
-                    acc = kt_warp_sum(acc);
-                    if (lane == 0) y[cRow] = acc;
-                    acc = 0.0f;
-                    cStep = 0;
-                    cRow++;
-                    cPair = cRow / rows;
-                }
-            }
+        for (int k = 0; k < 4; k++) {
+            int lo = (int)(w[k] & 0x0F0F0F0Fu), hi = (int)((w[k] >> 4) & 0x0F0F0F0Fu);
+            sLo = __dp2a_lo((int)xa[2 * k], lo, sLo);
+            sLo = __dp2a_hi((int)xa[2 * k + 1], lo, sLo);
+            sHi = __dp2a_lo((int)xb[2 * k], hi, sHi);
+            sHi = __dp2a_hi((int)xb[2 * k + 1], hi, sHi);
         }
-    }
+        // Each lane adds its own part (no shuffles per step); the warp sums once per row.
+        const int* sums = xsums + (i64)cPair * (cols / 16);
+        int i1 = scLo * sLo + scHi * sHi, i2 = mLo * sums[eLo / 16] + mHi * sums[eHi / 16];
+        float f = xscale[(i64)cPair * nsb + sb] * (d * (float)i1 - dmin * (float)i2);
+        acc += base + (lane >> 3) < nsb ? f : 0.0f;
+    };
+    auto rowDone = [&](int r) {
+        acc = kt_warp_sum(acc);
+        if (lane == 0) y[r] = acc;
+        acc = 0.0f;
+        cPair = (r + 1) / rows;
+    };
+    kt_q4_K_row_stream<KT_MVP16_DEPTH>(rBegin, rEnd, cols, rowPtr, step, rowDone);
 }
