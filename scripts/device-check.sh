@@ -468,7 +468,7 @@ PY
     for kb in ${NCU_DETAIL:-}; do
       k=${kb%%:*}; b=${kb##*:}
       timeout 120 "$ncu" --clock-control none --kernel-name "$k" --launch-skip 20 --launch-count 1 --section SpeedOfLight --section Occupancy \
-        --section LaunchStats --section WarpStateStats --section MemoryWorkloadAnalysis --section SchedulerStats \
+        --section LaunchStats --section WarpStateStats --section MemoryWorkloadAnalysis --section SchedulerStats --section InstructionStats \
         "$bin" bench --model $m --device cuda -p 0 -n 8 -b $b -r 1 --no-cuda-graphs > "$out/ncu-$k-b$b.txt" 2>>"$log"
       grep -E "Duration|Registers Per|Achieved Occupancy|DRAM Throughput|Warp Cycles Per Issued|Block Limit (Registers|Shared)" "$out/ncu-$k-b$b.txt" \
         | sed "s/^/$k b$b: /" >> "$summary"
