@@ -665,7 +665,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         if streamMatmul(g, [(g.address, rows, y.address)], cols: cols, input: input, n: n) { return }
         if n >= Self.mmqMinTokens, let tiles = g.tensorCoreTiles {
             launch(tiles, "mmq_\(g.tag) \(rows)x\(cols)", grid: ((rows + 63) / 64, (n + 63) / 64, 1), block: 128, args)
-        } else if n == 1, let f = persistentForm(g) {
+        } else if n == 1, let f = persistentForm(g, cols: cols) {
             persistentMatvec(f, g, [(g.address, rows, y.address)], cols: cols, input: input)
         } else {
             let one = n == 1 && Self.oneTokenForms ? g.integerDotOne : nil
@@ -675,10 +675,16 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     }
 
     /// The persistent one-token kernel `persistentOneToken` picks for `g` in this mode, if any.
-    private func persistentForm(_ g: CUDAWeight) -> (f: CUDADriver.Handle, name: String)? {
+    private func persistentForm(_ g: CUDAWeight, cols: Int) -> (f: CUDADriver.Handle, name: String)? {
         guard let p = g.integerDotPersistent else { return nil }
         switch Self.persistentOneToken {
-        case 1: return batchInvariant ? nil : (p.fast, "matvec_q4_K_q8_pf")
+        case 1:
+            if batchInvariant { return nil }
+            let steps = (cols + 1023) / 1024
+            if Self.registerInputs, let r = g.integerDotRegisters, steps <= r.count {
+                return (r[steps - 1], "matvec_q4_K_q8_pr\(steps)")
+            }
+            return (p.fast, "matvec_q4_K_q8_pf")
         case 2: return (p.exact, "matvec_q4_K_q8_p")
         default: return nil
         }
@@ -915,6 +921,9 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         if env["KTRANSFORMERS_CUDA_MV1"] != nil { return 0 }
         return env["KTRANSFORMERS_CUDA_MVP"].flatMap { Int($0) } ?? 1
     }()
+    /// The fast persistent form takes rows of up to 4096 columns with its inputs in registers (`matvec_q4_K_q8_pr<N>`)
+    /// unless `KTRANSFORMERS_CUDA_MVR=0` (then `matvec_q4_K_q8_pf`). (A test var.)
+    nonisolated(unsafe) public static var registerInputs = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_MVR"] != "0"
     /// Routed experts' batch-1 down projection with 16-bit integer inputs too (`KTRANSFORMERS_CUDA_Q16_EXPERTS=1`; off
     /// by default: Qwen3-30B-A3B on the H100 decoded 293.9 t/s with it, 304.2 without, its 768-wide rows are one step
     /// each). (A test var.)
@@ -1280,7 +1289,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
             var parts = [(gs[0].address, w0.rows, y0.address), (gs[1].address, w1.rows, y1.address)]
             if let y2, gs.count > 2 { parts.append((gs[2].address, r2, y2.address)) }
             if streamMatmul(gs[0], parts, cols: w0.cols, input: q, n: n) { return }
-            if n == 1, let f = persistentForm(gs[0]) {
+            if n == 1, let f = persistentForm(gs[0], cols: w0.cols) {
                 return persistentMatvec(f, gs[0], parts, cols: w0.cols, input: q)
             }
             let one = n == 1 && Self.oneTokenForms ? gs[0].integerDotGroupOne : nil
@@ -1567,6 +1576,9 @@ final class CUDAWeight: @unchecked Sendable {
     /// The persistent one-token forms (Q4_K; up to three matrices): `matvec_q4_K_q8_p` (the bits of the one-token
     /// forms) and `matvec_q4_K_q8_pf` (fast: each lane's own sums).
     let integerDotPersistent: (exact: CUDADriver.Handle, fast: CUDADriver.Handle)?
+    /// The fast persistent form with the inputs in registers, for rows of 1 to 4 steps of 1024 columns
+    /// (`matvec_q4_K_q8_pr1` ... `_pr4`; index: steps − 1).
+    let integerDotRegisters: [CUDADriver.Handle]?
     /// Its form for routed experts (each pair's expert through the ids in device memory).
     let integerExperts: CUDADriver.Handle?
     /// Its streaming form (decode: rows staged through shared memory by cp.async; up to three matrices).
@@ -1620,6 +1632,7 @@ final class CUDAWeight: @unchecked Sendable {
         integerDotOne = tag == "q4_K" || tag == "q6_K" ? kernels.function("matvec_\(tag)_q8_1\(mv1)") : nil
         integerDotGroupOne = tag == "q4_K" || tag == "q6_K" ? kernels.function("matvec_\(tag)_q8_3_1\(mv1)") : nil
         integerDotPersistent = tag == "q4_K" ? (kernels.function("matvec_q4_K_q8_p"), kernels.function("matvec_q4_K_q8_pf")) : nil
+        integerDotRegisters = tag == "q4_K" ? (1...4).map { kernels.function("matvec_q4_K_q8_pr\($0)") } : nil
         f32OneQ16 = tag == "q4_K" ? kernels.function("matvec_q4_K_q16_p") : nil
         integerExperts = tag == "q4_K" || tag == "q6_K" ? kernels.function("matvec_experts_\(tag)_q8") : nil
         integerDotStream = tag == "q4_K" || tag == "q6_K" ? kernels.function("matvec_stream_\(tag)_q8") : nil

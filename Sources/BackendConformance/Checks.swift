@@ -206,8 +206,11 @@ public struct BackendConformance {
         // remainder; one that splits K every 8 has two splits), with 37 rows.
         // 1000 × 2048 (Q4_K and Q6_K, n up to 33): a device's streaming decode kernel walks more chunks of rows per
         // block than its ring of stages holds (the ring wraps), and its rows against the tiles' bits at n = 33; a
-        // block-staged batched-decode kernel (9 to 32 tokens) walks several units of row tiles per block.
-        for (rows, cols, only) in [(70, 512, nil), (37, 2560, nil), (1000, 2048, [GGMLType.q4_K, .q6_K])] {
+        // block-staged batched-decode kernel (9 to 32 tokens) walks several units of row tiles per block. 96 × 4096
+        // (Q4_K): rows of 4 steps of 1024 columns (a decode kernel that holds a row's inputs in registers; 512, 2560
+        // and 2048 give it 1, 3 and 2).
+        for (rows, cols, only) in [(70, 512, nil), (37, 2560, nil), (1000, 2048, [GGMLType.q4_K, .q6_K]),
+                                   (96, 4096, [GGMLType.q4_K])] {
         let ns = only == nil ? ns : [1, 9, 17, 32, 33], maxN = only == nil ? maxN : 33
         let x = rng.normals(maxN * cols)
         let xt = b.upload(x)

@@ -34,6 +34,19 @@ __device__ __forceinline__ float kt_bf16_to_float(u16 h) { return __uint_as_floa
 #define KT_PDL_WAIT() do { } while (0)
 #endif
 
+// dp4a with a's bytes unsigned and b's signed (dp4a.u32.s32): a Q4_K word's high nibbles masked in place (16·q)
+// against signed 8-bit inputs, without shifting them down first.
+__device__ __forceinline__ int kt_dp4a_us(u32 a, int b, int c) {
+#ifndef KT_EMULATOR
+    int d;
+    asm("dp4a.u32.s32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+    return d;
+#else
+    for (int i = 0; i < 4; i++) c += (int)((a >> (8 * i)) & 0xFFu) * (int)(signed char)((u32)b >> (8 * i));
+    return c;
+#endif
+}
+
 __device__ __forceinline__ u16 kt_load16(const u8* p) { return (u16)(p[0] | (p[1] << 8)); }
 __device__ __forceinline__ float kt_f16(const u8* p) { return kt_half_to_float(kt_load16(p)); }
 
