@@ -675,35 +675,31 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     }
 
     /// The persistent one-token kernel `persistentOneToken` picks for `g` in this mode, if any.
-    private func persistentForm(_ g: CUDAWeight, cols: Int) -> (f: CUDADriver.Handle, name: String, shared: Int)? {
+    private func persistentForm(_ g: CUDAWeight, cols: Int) -> (f: CUDADriver.Handle, name: String)? {
         guard let p = g.integerDotPersistent else { return nil }
         switch Self.persistentOneToken {
         case 1:
             if batchInvariant { return nil }
             let steps = (cols + 1023) / 1024
-            if Self.registerInputs, steps <= 4 {
-                // The staged ring: 4 warps × 8 steps (9 for rows of 3) × 1 KiB.
-                if Self.stagedWeights, let r = g.integerDotStaged {
-                    return (r[steps - 1], "matvec_q4_K_q8_ps\(steps)", 4 * (steps == 3 ? 9 : 8) * 1024)
-                }
-                if let r = g.integerDotRegisters { return (r[steps - 1], "matvec_q4_K_q8_pr\(steps)", 0) }
+            if Self.registerInputs, let r = g.integerDotRegisters, steps <= r.count {
+                return (r[steps - 1], "matvec_q4_K_q8_pr\(steps)")
             }
-            return (p.fast, "matvec_q4_K_q8_pf", 0)
-        case 2: return (p.exact, "matvec_q4_K_q8_p", 0)
+            return (p.fast, "matvec_q4_K_q8_pf")
+        case 2: return (p.exact, "matvec_q4_K_q8_p")
         default: return nil
         }
     }
 
     /// Batch-1 decode's persistent Q4_K kernel over up to three matrices (matvec_q4_K_q8_p[f]): as many warps as the
     /// GPU holds at once, each the same number of consecutive rows (the last ones fewer), streaming them.
-    private func persistentMatvec(_ form: (f: CUDADriver.Handle, name: String, shared: Int), _ g: CUDAWeight,
+    private func persistentMatvec(_ form: (f: CUDADriver.Handle, name: String), _ g: CUDAWeight,
                                   _ parts: [(address: UInt, rows: Int, y: UInt)], cols: Int, input: (UInt, UInt, UInt)) {
         let f = form.f
         let p = parts + Array(repeating: (address: UInt(0), rows: 0, y: UInt(0)), count: 3 - parts.count)
         let total = parts.reduce(0) { $0 + $1.rows }
-        let resident = 4 * (Self.persistentBlocksCap ?? multiprocessors * blocksPerSM(f, threads: 128, shared: form.shared))
+        let resident = 4 * (Self.persistentBlocksCap ?? multiprocessors * blocksPerSM(f, threads: 128, shared: 0))
         let rpw = (total + resident - 1) / resident, warps = (total + rpw - 1) / rpw
-        launch(f, "\(form.name) \(total)x\(cols)", grid: ((warps + 3) / 4, 1, 1), block: 128, shared: form.shared,
+        launch(f, "\(form.name) \(total)x\(cols)", grid: ((warps + 3) / 4, 1, 1), block: 128,
                [.ptr(p[0].address), .ptr(p[1].address), .ptr(p[2].address), .i64(g.rowBytes), .i32(p[0].rows),
                 .i32(p[1].rows), .i32(p[2].rows), .i32(cols), .ptr(input.0), .ptr(input.1), .ptr(input.2), .ptr(p[0].y),
                 .ptr(p[1].y), .ptr(p[2].y), .i32(rpw)])
@@ -928,9 +924,6 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     /// The fast persistent form takes rows of up to 4096 columns with its inputs in registers (`matvec_q4_K_q8_pr<N>`)
     /// unless `KTRANSFORMERS_CUDA_MVR=0` (then `matvec_q4_K_q8_pf`). (A test var.)
     nonisolated(unsafe) public static var registerInputs = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_MVR"] != "0"
-    /// The batch-1 persistent kernels' ring of weight steps in shared memory (cp.async; `matvec_q4_K_q8_ps<N>`,
-    /// `matvec_q4_K_q16_ps`) instead of registers, unless `KTRANSFORMERS_CUDA_MVS=0`. (A test var.)
-    nonisolated(unsafe) public static var stagedWeights = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_MVS"] != "0"
     /// Routed experts' batch-1 down projection with 16-bit integer inputs too (`KTRANSFORMERS_CUDA_Q16_EXPERTS=1`; off
     /// by default: Qwen3-30B-A3B on the H100 decoded 293.9 t/s with it, 304.2 without, its 768-wide rows are one step
     /// each). (A test var.)
@@ -957,13 +950,9 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
                    name: String) {
         let l = Self.q16Layout(elements: pairs * cols)
         let total = pairs * rows
-        // The staged form (the weights' ring in shared memory: 4 warps × 12 steps × 1 KiB) unless MVS=0.
-        let staged = Self.stagedWeights ? g.f32OneQ16Staged : nil, shared = staged == nil ? 0 : 4 * 12 * 1024
-        let f = staged ?? f
-        let name = staged == nil ? name : name.replacingOccurrences(of: "_q16_p ", with: "_q16_ps ")
-        let resident = 4 * (Self.persistentBlocksCap ?? multiprocessors * blocksPerSM(f, threads: 128, shared: shared))
+        let resident = 4 * (Self.persistentBlocksCap ?? multiprocessors * blocksPerSM(f, threads: 128, shared: 0))
         let rpw = (total + resident - 1) / resident, warps = (total + rpw - 1) / rpw
-        launch(f, name, grid: ((warps + 3) / 4, 1, 1), block: 128, shared: shared,
+        launch(f, name, grid: ((warps + 3) / 4, 1, 1), block: 128,
                [.ptr(g.address), .i64(g.rowBytes), .i64(g.rowBytes * rows), .i32(rows), .i32(cols), .ptr(q),
                 .ptr(q + UInt(l.scales)), .ptr(q + UInt(l.sums)), .ptr(ids), .i32(pairs), .ptr(y), .i32(rpw)])
     }
@@ -1590,8 +1579,6 @@ final class CUDAWeight: @unchecked Sendable {
     /// The fast persistent form with the inputs in registers, for rows of 1 to 4 steps of 1024 columns
     /// (`matvec_q4_K_q8_pr1` ... `_pr4`; index: steps − 1).
     let integerDotRegisters: [CUDADriver.Handle]?
-    /// The same with the weights' ring in shared memory (`matvec_q4_K_q8_ps1` ... `_ps4`).
-    let integerDotStaged: [CUDADriver.Handle]?
     /// Its form for routed experts (each pair's expert through the ids in device memory).
     let integerExperts: CUDADriver.Handle?
     /// Its streaming form (decode: rows staged through shared memory by cp.async; up to three matrices).
@@ -1627,8 +1614,6 @@ final class CUDAWeight: @unchecked Sendable {
     let f32One: CUDADriver.Handle?
     /// Batch-1 `.f32Activations` with Q16_K inputs, dense and routed experts (Q4_K): `matvec_q4_K_q16_p`.
     let f32OneQ16: CUDADriver.Handle?
-    /// Its form with the weights' ring in shared memory (`matvec_q4_K_q16_ps`).
-    let f32OneQ16Staged: CUDADriver.Handle?
     let f32OneExperts: CUDADriver.Handle?
 
     init(address: UInt, tag: String, rowBytes: Int, rounding: ActivationRounding, kernels: CUDAKernels) {
@@ -1648,8 +1633,6 @@ final class CUDAWeight: @unchecked Sendable {
         integerDotGroupOne = tag == "q4_K" || tag == "q6_K" ? kernels.function("matvec_\(tag)_q8_3_1\(mv1)") : nil
         integerDotPersistent = tag == "q4_K" ? (kernels.function("matvec_q4_K_q8_p"), kernels.function("matvec_q4_K_q8_pf")) : nil
         integerDotRegisters = tag == "q4_K" ? (1...4).map { kernels.function("matvec_q4_K_q8_pr\($0)") } : nil
-        integerDotStaged = tag == "q4_K" ? (1...4).map { kernels.function("matvec_q4_K_q8_ps\($0)") } : nil
-        f32OneQ16Staged = tag == "q4_K" ? kernels.function("matvec_q4_K_q16_ps") : nil
         f32OneQ16 = tag == "q4_K" ? kernels.function("matvec_q4_K_q16_p") : nil
         integerExperts = tag == "q4_K" || tag == "q6_K" ? kernels.function("matvec_experts_\(tag)_q8") : nil
         integerDotStream = tag == "q4_K" || tag == "q6_K" ? kernels.function("matvec_stream_\(tag)_q8") : nil

@@ -87,27 +87,20 @@ final class CUDAOneTokenConformanceTests: XCTestCase {
         defer { CUDABackend.persistentBlocksCap = nil }
         // Default mode: the fast persistent form (within the bounds) and the 16-bit-input down projections, dense and
         // routed experts; batch-invariant with the exact persistent form (mode 2): bit for bit.
-        // The fast form with the inputs in registers for rows of 1 to 4 steps of 1024 columns, its weights' ring in
-        // shared memory (the default) or in registers, and the fast form without either.
-        let saved = (CUDABackend.persistentOneToken, CUDABackend.q16Experts, CUDABackend.registerInputs,
-                     CUDABackend.stagedWeights)
-        defer {
-            (CUDABackend.persistentOneToken, CUDABackend.q16Experts, CUDABackend.registerInputs,
-             CUDABackend.stagedWeights) = saved
-        }
-        let q16 = ["matvec_q4_K_q16_p ", "matvec_experts_q4_K_q16_p "], q16s = ["matvec_q4_K_q16_ps ", "matvec_experts_q4_K_q16_ps "]
-        for (invariant, registers, staged, expect) in [
-            (false, true, true, (1...4).map { "matvec_q4_K_q8_ps\($0) " } + q16s),
-            (false, true, false, (1...4).map { "matvec_q4_K_q8_pr\($0) " } + q16),
-            (false, false, false, ["matvec_q4_K_q8_pf "] + q16),
-            (true, false, false, ["matvec_q4_K_q8_p "])] {
+        // The fast form with the inputs in registers for rows of 1 to 4 steps of 1024 columns, and without them.
+        let saved = (CUDABackend.persistentOneToken, CUDABackend.q16Experts, CUDABackend.registerInputs)
+        defer { (CUDABackend.persistentOneToken, CUDABackend.q16Experts, CUDABackend.registerInputs) = saved }
+        let q16 = ["matvec_q4_K_q16_p", "matvec_experts_q4_K_q16_p"]
+        for (invariant, registers, expect) in [
+            (false, true, (1...4).map { "matvec_q4_K_q8_pr\($0) " } + q16),
+            (false, false, ["matvec_q4_K_q8_pf "] + q16),
+            (true, false, ["matvec_q4_K_q8_p "])] {
             CUDABackend.persistentOneToken = invariant ? 2 : 1
             CUDABackend.q16Experts = !invariant
             CUDABackend.registerInputs = registers
-            CUDABackend.stagedWeights = staged
+            backend.batchInvariant = invariant
             let c = BackendConformance(name: "cuda, one-token kernels on one block"
-                                       + (invariant ? ", batch-invariant" : registers ? (staged ? "" : ", ring in registers")
-                                          : ", inputs not in registers"),
+                                       + (invariant ? ", batch-invariant" : registers ? "" : ", inputs not in registers"),
                                        backend: backend)
             backend.profiling = true
             backend.resetKernelProfile()

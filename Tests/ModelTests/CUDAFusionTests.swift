@@ -198,7 +198,7 @@ final class CUDAFusionTests: XCTestCase {
         b.fill(y, count: dim, value: 0)
         b.resetKernelProfile()
         b.matmul(down, g, y, n: 1, precision: .f32Activations)
-        XCTAssertEqual(Set(b.kernelProfile().map { $0.name.split(separator: " ")[0] }), ["quantize_q16_K", CUDABackend.stagedWeights ? "matvec_q4_K_q16_ps" : "matvec_q4_K_q16_p"])
+        XCTAssertEqual(Set(b.kernelProfile().map { $0.name.split(separator: " ")[0] }), ["quantize_q16_K", "matvec_q4_K_q16_p"])
         let q16 = Array(UnsafeBufferPointer(start: b.read(y, count: dim), count: dim))
         for i in 0..<dim { XCTAssertEqual(q16[i], one[i], accuracy: 1e-4 * scale, "row \(i)") }
         // After a one-token gate/up, SwiGLU writes that input itself (no quantize_q16_K), with the same bits.
@@ -208,8 +208,8 @@ final class CUDAFusionTests: XCTestCase {
         b.gatedActivation(g, u, count: ff, .silu)
         b.matmul(down, g, y, n: 1, precision: .f32Activations)
         XCTAssertEqual(Set(b.kernelProfile().map { $0.name.split(separator: " ")[0] }),
-                       ["rms_norm_q8K", CUDABackend.stagedWeights ? "matvec_q4_K_q8_ps1" : "matvec_q4_K_q8_pr1", "gated_silu_q16",
-                        CUDABackend.stagedWeights ? "matvec_q4_K_q16_ps" : "matvec_q4_K_q16_p"])
+                       ["rms_norm_q8K", CUDABackend.registerInputs ? "matvec_q4_K_q8_pr1" : "matvec_q4_K_q8_pf", "gated_silu_q16",
+                        "matvec_q4_K_q16_p"])
         let fused = Array(UnsafeBufferPointer(start: b.read(y, count: dim), count: dim))
         for i in 0..<dim { XCTAssertEqual(fused[i], one[i], accuracy: 1e-3 * scale, "row \(i)") }  // (gate/up's own bits)
         // The same product with the input quantized apart (an op between drops the prepared form): the same bits.

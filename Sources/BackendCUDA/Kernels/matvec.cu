@@ -399,63 +399,33 @@ KT_MV_INT(q6_K, kt_mv_q6_K)
 // base + l / 8 is past it add nothing); rowDone(row) follows each row's last step. The kernels' grids are sized so
 // that every warp is resident with the same number of rows (the plain one-token kernels ran q/k/v in 1.66 waves at
 // 1.0 TB/s on the H100).
-//
-// STAGED: the ring is in shared memory instead of registers (each lane copies its own 16 + 16 bytes with cp.async
-// and reads back only those, so no barrier; a commit group a step, empty where nothing is left to load): DEPTH costs
-// DEPTH · 1 KiB of dynamic shared memory a warp (kt_warp_ring) and no registers, so more steps stay in flight.
-template <int DEPTH>
-__device__ __forceinline__ uint4* kt_warp_ring() {
-    KT_DYNAMIC_SHARED(uint4, smem);
-    return smem + ((threadIdx.x >> 5) * DEPTH * 32 + (threadIdx.x & 31)) * 2;  // slot i: [i · 64], [i · 64 + 1]
-}
-template <int DEPTH, bool STAGED, class RowPtr, class Step, class RowDone>
+template <int DEPTH, class RowPtr, class Step, class RowDone>
 __device__ __forceinline__ void kt_q4_K_row_stream(int rBegin, int rEnd, int cols, RowPtr rowPtr, Step step,
                                                    RowDone rowDone) {
     int lane = threadIdx.x & 31, part = lane & 7;
     int nsb = cols / 256, spr = (nsb + 3) / 4, steps = (rEnd - rBegin) * spr;
     int lRow = rBegin, lStep = 0;  // the next step to load
     const u8* lPtr = rowPtr(lRow);
-    uint4 hs[STAGED ? 1 : DEPTH], qs[STAGED ? 1 : DEPTH];
-    uint4* ring = STAGED ? kt_warp_ring<DEPTH>() : nullptr;
+    uint4 hs[DEPTH], qs[DEPTH];
     auto load = [&](int slot) {
         int sb = min(4 * lStep + (lane >> 3), nsb - 1);
-        const u8* b = lPtr + (i64)sb * 144;
-        if (STAGED) {
-            kt_cp_async16(ring + slot * 64, b);
-            kt_cp_async16(ring + slot * 64 + 1, b + 16 + 16 * part);
-        } else {
-            hs[slot] = *(const uint4*)b;
-            qs[slot] = *(const uint4*)(b + 16 + 16 * part);
-        }
+        hs[slot] = *(const uint4*)(lPtr + (i64)sb * 144);
+        qs[slot] = *(const uint4*)(lPtr + (i64)sb * 144 + 16 + 16 * part);
         if (++lStep == spr) { lStep = 0; if (++lRow < rEnd) lPtr = rowPtr(lRow); }
     };
 #pragma unroll
-    for (int i = 0; i < DEPTH; i++) {
+    for (int i = 0; i < DEPTH; i++)
         if (i < steps) load(i);
-        if (STAGED) kt_cp_async_commit();
-    }
     KT_PDL_WAIT();  // the weights are in flight; the inputs come from the previous kernel
     int cRow = rBegin, cStep = 0;
     for (int s0 = 0; s0 < steps; s0 += DEPTH) {
 #pragma unroll
         for (int i = 0; i < DEPTH; i++) {
             if (s0 + i < steps) {
-                uint4 head, q;
-                if (STAGED) {
-                    kt_cp_async_wait<DEPTH - 1>();
-                    head = ring[i * 64];
-                    q = ring[i * 64 + 1];
-                } else {
-                    head = hs[i];
-                    q = qs[i];
-                    if (s0 + i + DEPTH < steps) load(i);
-                }
+                uint4 head = hs[i], q = qs[i];
+                if (s0 + i + DEPTH < steps) load(i);
                 int base = 4 * cStep;
                 step(cRow, base, min(base + (lane >> 3), nsb - 1), head, q);
-                if (STAGED) {  // (after the step's arithmetic used this slot's bytes)
-                    if (s0 + i + DEPTH < steps) load(i);
-                    kt_cp_async_commit();
-                }
                 if (++cStep == spr) {
                     rowDone(cRow);
                     cStep = 0;
@@ -530,7 +500,7 @@ __device__ __forceinline__ void kt_mvp_q4_K_q8(const u8* W0, const u8* W1, const
         }
         acc = 0.0f;
     };
-    kt_q4_K_row_stream<KT_MVP_DEPTH, false>(rBegin, rEnd, cols, rowPtr, step, rowDone);
+    kt_q4_K_row_stream<KT_MVP_DEPTH>(rBegin, rEnd, cols, rowPtr, step, rowDone);
 }
 #define KT_MVP_KERNEL(name, FAST) \
 extern "C" __global__ void __launch_bounds__(128) name(const u8* W0, const u8* W1, const u8* W2, i64 rowBytes, \
@@ -550,11 +520,11 @@ KT_MVP_KERNEL(matvec_q4_K_q8_pf, true)
 // was issue-bound). High nibbles are masked in place and taken as unsigned (16·q: dp4a.u32.s32, the 16 folded into
 // the scale), the mins' sum is one dp2a of the packed 16-bit input sums, scales and mins come from the header's
 // words by byte permutes. Lanes past the row's super-blocks have a zero input scale. Its own bits.
-template <int SPR, bool STAGED>
+template <int SPR>
 __device__ __forceinline__ void kt_mvpr_q4_K_q8(const u8* W0, const u8* W1, const u8* W2, i64 rowBytes, int rows0,
         int rows1, int rows2, int cols, const i8* xq, const float* xd, const int* xs, float* y0, float* y1, float* y2,
         int rpw) {
-    constexpr int DEPTH = STAGED ? (SPR == 3 ? 9 : 8) : (SPR == 3 ? 6 : 4);
+    constexpr int DEPTH = SPR == 3 ? 6 : 4;
     int lane = threadIdx.x & 31, part = lane & 7, p = part >> 1, g8 = lane >> 3;
     int rBegin = (blockIdx.x * 4 + (threadIdx.x >> 5)) * rpw, rEnd = min(rBegin + rpw, rows0 + rows1 + rows2);
     if (rBegin >= rEnd) return;
@@ -570,24 +540,16 @@ __device__ __forceinline__ void kt_mvpr_q4_K_q8(const u8* W0, const u8* W1, cons
     for (int j = 0; j < SPR; j++) off[j] = min(4 * j + g8, nsb - 1) * 144;
     int lRow = rBegin;
     const u8* lPtr = rowPtr(lRow);
-    uint4 hs[STAGED ? 1 : DEPTH], qs[STAGED ? 1 : DEPTH];
-    uint4* ring = STAGED ? kt_warp_ring<DEPTH>() : nullptr;
+    uint4 hs[DEPTH], qs[DEPTH];
     auto load = [&](int i) {  // slot i: step i % SPR of the row lPtr points at
         const u8* b = lPtr + off[i % SPR];
-        if (STAGED) {
-            kt_cp_async16(ring + i * 64, b);
-            kt_cp_async16(ring + i * 64 + 1, b + 16 + 16 * part);
-        } else {
-            hs[i] = *(const uint4*)b;
-            qs[i] = *(const uint4*)(b + 16 + 16 * part);
-        }
+        hs[i] = *(const uint4*)b;
+        qs[i] = *(const uint4*)(b + 16 + 16 * part);
         if (i % SPR == SPR - 1 && ++lRow < rEnd) lPtr = rowPtr(lRow);
     };
 #pragma unroll
-    for (int i = 0; i < DEPTH; i++) {
+    for (int i = 0; i < DEPTH; i++)
         if (i < steps) load(i);
-        if (STAGED) kt_cp_async_commit();
-    }
     KT_PDL_WAIT();  // the weights are in flight; the inputs come from the previous kernel
     uint4 a[SPR], b[SPR];
     int xsPair[SPR];
@@ -609,16 +571,8 @@ __device__ __forceinline__ void kt_mvpr_q4_K_q8(const u8* W0, const u8* W1, cons
 #pragma unroll
         for (int i = 0; i < DEPTH; i++) {
             if (s0 + i < steps) {
-                uint4 h, q;
-                if (STAGED) {
-                    kt_cp_async_wait<DEPTH - 1>();
-                    h = ring[i * 64];
-                    q = ring[i * 64 + 1];
-                } else {
-                    h = hs[i];
-                    q = qs[i];
-                    if (s0 + i + DEPTH < steps) load(i);
-                }
+                uint4 h = hs[i], q = qs[i];
+                if (s0 + i + DEPTH < steps) load(i);
                 const int j = i % SPR;
                 float d = kt_half_to_float((u16)(h.x & 0xFFFFu)), dmin = kt_half_to_float((u16)(h.x >> 16));
                 u32 sc = hiGroups ? ((h.w & 0x0F0F0F0Fu) | ((h.y >> 2) & 0x30303030u)) : (h.y & 0x3F3F3F3Fu);
@@ -635,10 +589,6 @@ __device__ __forceinline__ void kt_mvpr_q4_K_q8(const u8* W0, const u8* W1, cons
                 int i2 = __dp2a_lo(xsPair[j], (int)__byte_perm(mn, 0, selPair), 0);
                 acc = fmaf(xd16[j] * d, (float)i1, acc);
                 acc = fmaf(-xdv[j] * dmin, (float)i2, acc);
-                if (STAGED) {  // (after the arithmetic used this slot's bytes)
-                    if (s0 + i + DEPTH < steps) load(i);
-                    kt_cp_async_commit();
-                }
                 if (j == SPR - 1) {
                     float v = kt_warp_sum(acc);
                     if (lane == 0) {
@@ -654,22 +604,16 @@ __device__ __forceinline__ void kt_mvpr_q4_K_q8(const u8* W0, const u8* W1, cons
         }
     }
 }
-#define KT_MVPR_KERNEL(SPR, form, STAGED) \
-extern "C" __global__ void __launch_bounds__(128) matvec_q4_K_q8_##form##SPR(const u8* W0, const u8* W1, const u8* W2, \
+#define KT_MVPR_KERNEL(SPR) \
+extern "C" __global__ void __launch_bounds__(128) matvec_q4_K_q8_pr##SPR(const u8* W0, const u8* W1, const u8* W2, \
         i64 rowBytes, int rows0, int rows1, int rows2, int cols, const i8* xq, const float* xd, const int* xs, \
         float* y0, float* y1, float* y2, int rpw) { /* KT_PDL_WAIT in the body */ \
-    kt_mvpr_q4_K_q8<SPR, STAGED>(W0, W1, W2, rowBytes, rows0, rows1, rows2, cols, xq, xd, xs, y0, y1, y2, rpw); \
+    kt_mvpr_q4_K_q8<SPR>(W0, W1, W2, rowBytes, rows0, rows1, rows2, cols, xq, xd, xs, y0, y1, y2, rpw); \
 }
-KT_MVPR_KERNEL(1, pr, false)
-KT_MVPR_KERNEL(2, pr, false)
-KT_MVPR_KERNEL(3, pr, false)
-KT_MVPR_KERNEL(4, pr, false)
-// The same with the ring in shared memory (kt_q4_K_row_stream's STAGED; 8 steps, 9 for rows of 3): default,
-// `KTRANSFORMERS_CUDA_MVS=0` off.
-KT_MVPR_KERNEL(1, ps, true)
-KT_MVPR_KERNEL(2, ps, true)
-KT_MVPR_KERNEL(3, ps, true)
-KT_MVPR_KERNEL(4, ps, true)
+KT_MVPR_KERNEL(1)
+KT_MVPR_KERNEL(2)
+KT_MVPR_KERNEL(3)
+KT_MVPR_KERNEL(4)
 
 // ---- Streaming integer-dot matrix-vector kernels (decode) ----
 //

@@ -1667,11 +1667,8 @@ extern "C" __global__ void __launch_bounds__(128) gated_silu_q16(float* g, const
 // Per lane and step: I1 = Σ scale·(Σ q·x), I2 = Σ min·(Σ x) over its 16 + 16 elements (exact in int32), the part
 // s·(d·I1 − dmin·I2) added to the lane's sum; the warp's sum per row.
 // Steps of weights in flight a warp: 8 (rows of 14336 inputs leave only ~16 warps an SM; 4 steps left them at 0.9 TB/s).
-// matvec_q4_K_q16_ps (default, `KTRANSFORMERS_CUDA_MVS=0` off): the ring in shared memory, 12 steps (48 KiB a block).
 #define KT_MVP16_DEPTH 8
-#define KT_MVPS16_DEPTH 12
-template <int DEPTH, bool STAGED>
-__device__ __forceinline__ void kt_mvp_q4_K_q16(const u8* W, i64 rowBytes, i64 matrixBytes,
+extern "C" __global__ void __launch_bounds__(128) matvec_q4_K_q16_p(const u8* W, i64 rowBytes, i64 matrixBytes,
         int rows, int cols, const short* xq, const float* xscale, const int* xsums, const int* ids, int pairs, float* y,
         int rpw) {
     int lane = threadIdx.x & 31;
@@ -1717,13 +1714,5 @@ __device__ __forceinline__ void kt_mvp_q4_K_q16(const u8* W, i64 rowBytes, i64 m
         acc = 0.0f;
         cPair = (r + 1) / rows;
     };
-    kt_q4_K_row_stream<DEPTH, STAGED>(rBegin, rEnd, cols, rowPtr, step, rowDone);
+    kt_q4_K_row_stream<KT_MVP16_DEPTH>(rBegin, rEnd, cols, rowPtr, step, rowDone);
 }
-#define KT_MVP16_KERNEL(name, DEPTH, STAGED) \
-extern "C" __global__ void __launch_bounds__(128) name(const u8* W, i64 rowBytes, i64 matrixBytes, int rows, int cols, \
-        const short* xq, const float* xscale, const int* xsums, const int* ids, int pairs, float* y, int rpw) { \
-    /* KT_PDL_WAIT in the body */ \
-    kt_mvp_q4_K_q16<DEPTH, STAGED>(W, rowBytes, matrixBytes, rows, cols, xq, xscale, xsums, ids, pairs, y, rpw); \
-}
-KT_MVP16_KERNEL(matvec_q4_K_q16_p, KT_MVP16_DEPTH, false)
-KT_MVP16_KERNEL(matvec_q4_K_q16_ps, KT_MVPS16_DEPTH, true)
