@@ -702,7 +702,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         launch(f, "\(form.name) \(total)x\(cols)", grid: ((warps + 3) / 4, 1, 1), block: 128,
                [.ptr(p[0].address), .ptr(p[1].address), .ptr(p[2].address), .i64(g.rowBytes), .i32(p[0].rows),
                 .i32(p[1].rows), .i32(p[2].rows), .i32(cols), .ptr(input.0), .ptr(input.1), .ptr(input.2), .ptr(p[0].y),
-                .ptr(p[1].y), .ptr(p[2].y), .i32(rpw)])
+                .ptr(p[1].y), .ptr(p[2].y), .i32(rpw), .i32(Self.prefetchRows)])
     }
 
     /// The staged kernels for up to three matrices of one integer-dot format and width: the block-staged tiles
@@ -924,6 +924,11 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     /// The fast persistent form takes rows of up to 4096 columns with its inputs in registers (`matvec_q4_K_q8_pr<N>`)
     /// unless `KTRANSFORMERS_CUDA_MVR=0` (then `matvec_q4_K_q8_pf`). (A test var.)
     nonisolated(unsafe) public static var registerInputs = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_MVR"] != "0"
+    /// How many rows ahead of its loads each warp of the batch-1 persistent kernels asks the L2 for its next rows
+    /// (`prefetch.global.L2`: more of the weight stream in flight than the registers hold): the Q8_K-input forms
+    /// (`KTRANSFORMERS_CUDA_PF`) and the Q16_K-input down projection (`KTRANSFORMERS_CUDA_PF16`); 0: none.
+    static let prefetchRows = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_PF"].flatMap { Int($0) } ?? 2
+    static let prefetchRowsQ16 = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_PF16"].flatMap { Int($0) } ?? 1
     /// Routed experts' batch-1 down projection with 16-bit integer inputs too (`KTRANSFORMERS_CUDA_Q16_EXPERTS=1`; off
     /// by default: Qwen3-30B-A3B on the H100 decoded 293.9 t/s with it, 304.2 without, its 768-wide rows are one step
     /// each). (A test var.)
@@ -954,7 +959,8 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         let rpw = (total + resident - 1) / resident, warps = (total + rpw - 1) / rpw
         launch(f, name, grid: ((warps + 3) / 4, 1, 1), block: 128,
                [.ptr(g.address), .i64(g.rowBytes), .i64(g.rowBytes * rows), .i32(rows), .i32(cols), .ptr(q),
-                .ptr(q + UInt(l.scales)), .ptr(q + UInt(l.sums)), .ptr(ids), .i32(pairs), .ptr(y), .i32(rpw)])
+                .ptr(q + UInt(l.scales)), .ptr(q + UInt(l.sums)), .ptr(ids), .i32(pairs), .ptr(y), .i32(rpw),
+                .i32(Self.prefetchRowsQ16)])
     }
     /// `KTRANSFORMERS_CUDA_F32_ONE_LB=1`: those kernels held to 64 registers (more blocks an SM; same bits).
     static let f32OneBounded = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_F32_ONE_LB"] == "1"

@@ -47,6 +47,15 @@ __device__ __forceinline__ int kt_dp4a_us(u32 a, int b, int c) {
 #endif
 }
 
+// Asks the L2 to fetch a row's bytes (its 128-byte lines spread over the warp's lanes; no registers, nothing waits
+// for it): the batch-1 persistent kernels run a few rows ahead of their loads so that more of the weight stream is
+// in flight than their registers hold (`KTRANSFORMERS_CUDA_PF`).
+__device__ __forceinline__ void kt_prefetch_row(const u8* row, i64 bytes, int lane) {
+#ifndef KT_EMULATOR
+    for (i64 o = 128 * lane; o < bytes; o += 4096) asm volatile("prefetch.global.L2 [%0];" ::"l"(row + o));
+#endif
+}
+
 __device__ __forceinline__ u16 kt_load16(const u8* p) { return (u16)(p[0] | (p[1] << 8)); }
 __device__ __forceinline__ float kt_f16(const u8* p) { return kt_half_to_float(kt_load16(p)); }
 

@@ -400,18 +400,23 @@ KT_MV_INT(q6_K, kt_mv_q6_K)
 // that every warp is resident with the same number of rows (the plain one-token kernels ran q/k/v in 1.66 waves at
 // 1.0 TB/s on the H100).
 template <int DEPTH, class RowPtr, class Step, class RowDone>
-__device__ __forceinline__ void kt_q4_K_row_stream(int rBegin, int rEnd, int cols, RowPtr rowPtr, Step step,
-                                                   RowDone rowDone) {
+__device__ __forceinline__ void kt_q4_K_row_stream(int rBegin, int rEnd, int cols, i64 rowBytes, int pf, RowPtr rowPtr,
+                                                   Step step, RowDone rowDone) {
     int lane = threadIdx.x & 31, part = lane & 7;
     int nsb = cols / 256, spr = (nsb + 3) / 4, steps = (rEnd - rBegin) * spr;
     int lRow = rBegin, lStep = 0;  // the next step to load
     const u8* lPtr = rowPtr(lRow);
+    for (int r = rBegin + 1; r <= rBegin + pf && r < rEnd; r++) kt_prefetch_row(rowPtr(r), rowBytes, lane);
     uint4 hs[DEPTH], qs[DEPTH];
     auto load = [&](int slot) {
         int sb = min(4 * lStep + (lane >> 3), nsb - 1);
         hs[slot] = *(const uint4*)(lPtr + (i64)sb * 144);
         qs[slot] = *(const uint4*)(lPtr + (i64)sb * 144 + 16 + 16 * part);
-        if (++lStep == spr) { lStep = 0; if (++lRow < rEnd) lPtr = rowPtr(lRow); }
+        if (++lStep == spr) {
+            lStep = 0;
+            if (++lRow < rEnd) lPtr = rowPtr(lRow);
+            if (pf && lRow + pf < rEnd) kt_prefetch_row(rowPtr(lRow + pf), rowBytes, lane);
+        }
     };
 #pragma unroll
     for (int i = 0; i < DEPTH; i++)
@@ -455,7 +460,7 @@ __device__ __forceinline__ void kt_q4_K_head(uint4 head, int p, float* d, float*
 template <bool FAST>
 __device__ __forceinline__ void kt_mvp_q4_K_q8(const u8* W0, const u8* W1, const u8* W2,
         i64 rowBytes, int rows0, int rows1, int rows2, int cols, const i8* xq, const float* xd, const int* xs,
-        float* y0, float* y1, float* y2, int rpw) {
+        float* y0, float* y1, float* y2, int rpw, int pf) {
     int lane = threadIdx.x & 31;
     int rBegin = (blockIdx.x * 4 + (threadIdx.x >> 5)) * rpw, rEnd = min(rBegin + rpw, rows0 + rows1 + rows2);
     if (rBegin >= rEnd) return;
@@ -500,13 +505,13 @@ __device__ __forceinline__ void kt_mvp_q4_K_q8(const u8* W0, const u8* W1, const
         }
         acc = 0.0f;
     };
-    kt_q4_K_row_stream<KT_MVP_DEPTH>(rBegin, rEnd, cols, rowPtr, step, rowDone);
+    kt_q4_K_row_stream<KT_MVP_DEPTH>(rBegin, rEnd, cols, rowBytes, pf, rowPtr, step, rowDone);
 }
 #define KT_MVP_KERNEL(name, FAST) \
 extern "C" __global__ void __launch_bounds__(128) name(const u8* W0, const u8* W1, const u8* W2, i64 rowBytes, \
         int rows0, int rows1, int rows2, int cols, const i8* xq, const float* xd, const int* xs, float* y0, float* y1, \
-        float* y2, int rpw) { /* KT_PDL_WAIT in the body */ \
-    kt_mvp_q4_K_q8<FAST>(W0, W1, W2, rowBytes, rows0, rows1, rows2, cols, xq, xd, xs, y0, y1, y2, rpw); \
+        float* y2, int rpw, int pf) { /* KT_PDL_WAIT in the body */ \
+    kt_mvp_q4_K_q8<FAST>(W0, W1, W2, rowBytes, rows0, rows1, rows2, cols, xq, xd, xs, y0, y1, y2, rpw, pf); \
 }
 KT_MVP_KERNEL(matvec_q4_K_q8_p, false)
 KT_MVP_KERNEL(matvec_q4_K_q8_pf, true)
@@ -523,7 +528,7 @@ KT_MVP_KERNEL(matvec_q4_K_q8_pf, true)
 template <int SPR>
 __device__ __forceinline__ void kt_mvpr_q4_K_q8(const u8* W0, const u8* W1, const u8* W2, i64 rowBytes, int rows0,
         int rows1, int rows2, int cols, const i8* xq, const float* xd, const int* xs, float* y0, float* y1, float* y2,
-        int rpw) {
+        int rpw, int pf) {
     constexpr int DEPTH = SPR == 3 ? 6 : 4;
     int lane = threadIdx.x & 31, part = lane & 7, p = part >> 1, g8 = lane >> 3;
     int rBegin = (blockIdx.x * 4 + (threadIdx.x >> 5)) * rpw, rEnd = min(rBegin + rpw, rows0 + rows1 + rows2);
@@ -540,12 +545,16 @@ __device__ __forceinline__ void kt_mvpr_q4_K_q8(const u8* W0, const u8* W1, cons
     for (int j = 0; j < SPR; j++) off[j] = min(4 * j + g8, nsb - 1) * 144;
     int lRow = rBegin;
     const u8* lPtr = rowPtr(lRow);
+    for (int r = rBegin + 1; r <= rBegin + pf && r < rEnd; r++) kt_prefetch_row(rowPtr(r), rowBytes, lane);
     uint4 hs[DEPTH], qs[DEPTH];
     auto load = [&](int i) {  // slot i: step i % SPR of the row lPtr points at
         const u8* b = lPtr + off[i % SPR];
         hs[i] = *(const uint4*)b;
         qs[i] = *(const uint4*)(b + 16 + 16 * part);
-        if (i % SPR == SPR - 1 && ++lRow < rEnd) lPtr = rowPtr(lRow);
+        if (i % SPR == SPR - 1) {
+            if (++lRow < rEnd) lPtr = rowPtr(lRow);
+            if (pf && lRow + pf < rEnd) kt_prefetch_row(rowPtr(lRow + pf), rowBytes, lane);
+        }
     };
 #pragma unroll
     for (int i = 0; i < DEPTH; i++)
@@ -607,8 +616,8 @@ __device__ __forceinline__ void kt_mvpr_q4_K_q8(const u8* W0, const u8* W1, cons
 #define KT_MVPR_KERNEL(SPR) \
 extern "C" __global__ void __launch_bounds__(128) matvec_q4_K_q8_pr##SPR(const u8* W0, const u8* W1, const u8* W2, \
         i64 rowBytes, int rows0, int rows1, int rows2, int cols, const i8* xq, const float* xd, const int* xs, \
-        float* y0, float* y1, float* y2, int rpw) { /* KT_PDL_WAIT in the body */ \
-    kt_mvpr_q4_K_q8<SPR>(W0, W1, W2, rowBytes, rows0, rows1, rows2, cols, xq, xd, xs, y0, y1, y2, rpw); \
+        float* y0, float* y1, float* y2, int rpw, int pf) { /* KT_PDL_WAIT in the body */ \
+    kt_mvpr_q4_K_q8<SPR>(W0, W1, W2, rowBytes, rows0, rows1, rows2, cols, xq, xd, xs, y0, y1, y2, rpw, pf); \
 }
 KT_MVPR_KERNEL(1)
 KT_MVPR_KERNEL(2)

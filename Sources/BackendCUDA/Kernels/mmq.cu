@@ -1670,7 +1670,7 @@ extern "C" __global__ void __launch_bounds__(128) gated_silu_q16(float* g, const
 #define KT_MVP16_DEPTH 8
 extern "C" __global__ void __launch_bounds__(128) matvec_q4_K_q16_p(const u8* W, i64 rowBytes, i64 matrixBytes,
         int rows, int cols, const short* xq, const float* xscale, const int* xsums, const int* ids, int pairs, float* y,
-        int rpw) {
+        int rpw, int pf) {
     int lane = threadIdx.x & 31;
     int rBegin = (blockIdx.x * 4 + (threadIdx.x >> 5)) * rpw, rEnd = min(rBegin + rpw, pairs * rows);
     if (rBegin >= rEnd) return;
@@ -1714,5 +1714,5 @@ extern "C" __global__ void __launch_bounds__(128) matvec_q4_K_q16_p(const u8* W,
         acc = 0.0f;
         cPair = (r + 1) / rows;
     };
-    kt_q4_K_row_stream<KT_MVP16_DEPTH>(rBegin, rEnd, cols, rowPtr, step, rowDone);
+    kt_q4_K_row_stream<KT_MVP16_DEPTH>(rBegin, rEnd, cols, rowBytes, pf, rowPtr, step, rowDone);
 }
