@@ -517,7 +517,7 @@ KT_MVP_KERNEL(matvec_q4_K_q8_p, false)
 KT_MVP_KERNEL(matvec_q4_K_q8_pf, true)
 
 // Q4_K, one token, persistent, the fast form with the inputs in registers (matvec_q4_K_q8_pr<SPR>, rows of
-// SPR = ceil(cols / 1024) ≤ 4 steps; default for such rows where matvec_q4_K_q8_pf would run, `KTRANSFORMERS_CUDA_MVR=0`
+// SPR = ceil(cols / 1024) ≤ 4 steps, DEPTH a multiple of SPR; default for such rows where matvec_q4_K_q8_pf would run, `KTRANSFORMERS_CUDA_MVR=0`
 // off): the rows as kt_q4_K_row_stream walks them (same lanes, steps and slots), but every slot of the ring holds the
 // same step of its row (DEPTH a multiple of SPR), so a lane's 32 input bytes, its two 16-element sums and the
 // block's scale of each step are loaded once, into registers, and every row reuses them: a step is its two weight
@@ -525,11 +525,10 @@ KT_MVP_KERNEL(matvec_q4_K_q8_pf, true)
 // was issue-bound). High nibbles are masked in place and taken as unsigned (16·q: dp4a.u32.s32, the 16 folded into
 // the scale), the mins' sum is one dp2a of the packed 16-bit input sums, scales and mins come from the header's
 // words by byte permutes. Lanes past the row's super-blocks have a zero input scale. Its own bits.
-template <int SPR>
+template <int SPR, int DEPTH>
 __device__ __forceinline__ void kt_mvpr_q4_K_q8(const u8* W0, const u8* W1, const u8* W2, i64 rowBytes, int rows0,
         int rows1, int rows2, int cols, const i8* xq, const float* xd, const int* xs, float* y0, float* y1, float* y2,
         int rpw, int pf) {
-    constexpr int DEPTH = SPR == 3 ? 6 : 4;
     int lane = threadIdx.x & 31, part = lane & 7, p = part >> 1, g8 = lane >> 3;
     int rBegin = (blockIdx.x * 4 + (threadIdx.x >> 5)) * rpw, rEnd = min(rBegin + rpw, rows0 + rows1 + rows2);
     if (rBegin >= rEnd) return;
@@ -613,16 +612,21 @@ __device__ __forceinline__ void kt_mvpr_q4_K_q8(const u8* W0, const u8* W1, cons
         }
     }
 }
-#define KT_MVPR_KERNEL(SPR) \
-extern "C" __global__ void __launch_bounds__(128) matvec_q4_K_q8_pr##SPR(const u8* W0, const u8* W1, const u8* W2, \
+#define KT_MVPR_KERNEL(SPR, suffix, DEPTH) \
+extern "C" __global__ void __launch_bounds__(128) matvec_q4_K_q8_pr##SPR##suffix(const u8* W0, const u8* W1, const u8* W2, \
         i64 rowBytes, int rows0, int rows1, int rows2, int cols, const i8* xq, const float* xd, const int* xs, \
         float* y0, float* y1, float* y2, int rpw, int pf) { /* KT_PDL_WAIT in the body */ \
-    kt_mvpr_q4_K_q8<SPR>(W0, W1, W2, rowBytes, rows0, rows1, rows2, cols, xq, xd, xs, y0, y1, y2, rpw, pf); \
+    kt_mvpr_q4_K_q8<SPR, DEPTH>(W0, W1, W2, rowBytes, rows0, rows1, rows2, cols, xq, xd, xs, y0, y1, y2, rpw, pf); \
 }
-KT_MVPR_KERNEL(1)
-KT_MVPR_KERNEL(2)
-KT_MVPR_KERNEL(3)
-KT_MVPR_KERNEL(4)
+KT_MVPR_KERNEL(1, , 4)
+KT_MVPR_KERNEL(2, , 4)
+KT_MVPR_KERNEL(3, , 6)
+KT_MVPR_KERNEL(4, , 4)
+// 8 steps in flight (6 for rows of 3; `KTRANSFORMERS_CUDA_MVR=2`): more registers, fewer warps an SM.
+KT_MVPR_KERNEL(1, d, 8)
+KT_MVPR_KERNEL(2, d, 8)
+KT_MVPR_KERNEL(3, d, 6)
+KT_MVPR_KERNEL(4, d, 8)
 
 // ---- Streaming integer-dot matrix-vector kernels (decode) ----
 //
