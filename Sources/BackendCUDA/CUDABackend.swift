@@ -682,7 +682,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
             if batchInvariant { return nil }
             let steps = (cols + 1023) / 1024
             if Self.registerInputs, let r = g.integerDotRegisters, steps <= r.count {
-                return (r[steps - 1], "matvec_q4_K_q8_pr\(steps)\(Self.registerInputsDeep ? "d" : "")")
+                return (r[steps - 1], "matvec_q4_K_q8_pr\(steps)")
             }
             return (p.fast, "matvec_q4_K_q8_pf")
         case 2: return (p.exact, "matvec_q4_K_q8_p")
@@ -922,16 +922,16 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         return env["KTRANSFORMERS_CUDA_MVP"].flatMap { Int($0) } ?? 1
     }()
     /// The fast persistent form takes rows of up to 4096 columns with its inputs in registers (`matvec_q4_K_q8_pr<N>`)
-    /// unless `KTRANSFORMERS_CUDA_MVR=0` (then `matvec_q4_K_q8_pf`). (A test var.)
+    /// unless `KTRANSFORMERS_CUDA_MVR=0` (then `matvec_q4_K_q8_pf`): Llama-3-8B tg128 287.3 against 277.7 t/s on the
+    /// H200, Qwen3-30B-A3B 321.3 against 314.8. (A test var.)
     nonisolated(unsafe) public static var registerInputs = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_MVR"] != "0"
-    /// `KTRANSFORMERS_CUDA_MVR=2`: those with 8 steps in flight instead of 4 (`matvec_q4_K_q8_pr<N>d`). (A test var: read
-    /// when weights are prepared.)
-    nonisolated(unsafe) public static var registerInputsDeep = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_MVR"] == "2"
     /// How many rows ahead of its loads each warp of the batch-1 persistent kernels asks the L2 for its next rows
     /// (`prefetch.global.L2`: more of the weight stream in flight than the registers hold): the Q8_K-input forms
-    /// (`KTRANSFORMERS_CUDA_PF`) and the Q16_K-input down projection (`KTRANSFORMERS_CUDA_PF16`); 0: none.
-    static let prefetchRows = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_PF"].flatMap { Int($0) } ?? 2
-    static let prefetchRowsQ16 = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_PF16"].flatMap { Int($0) } ?? 1
+    /// (`KTRANSFORMERS_CUDA_PF`, default 1) and the Q16_K-input down projection (`KTRANSFORMERS_CUDA_PF16`, default 0);
+    /// 0: none. Measured on the H100 (Llama-3-8B tg128, t/s): none 261.8, PF=1 269.7, 2 265.9, 4 255.1; PF16=0 271.6
+    /// (with PF=2), 1 265.9, 2 266.9, 8 266.0; Qwen3-30B-A3B within ±1.5%.
+    static let prefetchRows = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_PF"].flatMap { Int($0) } ?? 1
+    static let prefetchRowsQ16 = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_PF16"].flatMap { Int($0) } ?? 0
     /// Routed experts' batch-1 down projection with 16-bit integer inputs too (`KTRANSFORMERS_CUDA_Q16_EXPERTS=1`; off
     /// by default: Qwen3-30B-A3B on the H100 decoded 293.9 t/s with it, 304.2 without, its 768-wide rows are one step
     /// each). (A test var.)
@@ -1641,8 +1641,7 @@ final class CUDAWeight: @unchecked Sendable {
         integerDotOne = tag == "q4_K" || tag == "q6_K" ? kernels.function("matvec_\(tag)_q8_1\(mv1)") : nil
         integerDotGroupOne = tag == "q4_K" || tag == "q6_K" ? kernels.function("matvec_\(tag)_q8_3_1\(mv1)") : nil
         integerDotPersistent = tag == "q4_K" ? (kernels.function("matvec_q4_K_q8_p"), kernels.function("matvec_q4_K_q8_pf")) : nil
-        let deep = CUDABackend.registerInputsDeep ? "d" : ""
-        integerDotRegisters = tag == "q4_K" ? (1...4).map { kernels.function("matvec_q4_K_q8_pr\($0)\(deep)") } : nil
+        integerDotRegisters = tag == "q4_K" ? (1...4).map { kernels.function("matvec_q4_K_q8_pr\($0)") } : nil
         f32OneQ16 = tag == "q4_K" ? kernels.function("matvec_q4_K_q16_p") : nil
         integerExperts = tag == "q4_K" || tag == "q6_K" ? kernels.function("matvec_experts_\(tag)_q8") : nil
         integerDotStream = tag == "q4_K" || tag == "q6_K" ? kernels.function("matvec_stream_\(tag)_q8") : nil
