@@ -529,7 +529,8 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
                 splitParts = allocate(parts)
                 graphEpoch += 1
             }
-            let tiles = (widestSplitRows + 15) / 16
+            // A counter per 16-row tile of the split-tf32 form, or per row range of matvec_q4_K_q16_pk (≤ rows).
+            let tiles = widestSplitRows
             if tiles > (mmfCounters?.count ?? 0) {
                 if let old = mmfCounters { release(old) }
                 let c = allocate(tiles)
@@ -965,6 +966,25 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
                 .ptr(q + UInt(l.scales)), .ptr(q + UInt(l.sums)), .ptr(ids), .i32(pairs), .ptr(y), .i32(rpw),
                 .i32(Self.prefetchRowsQ16)])
     }
+    /// The K-split form (`matvec_q4_K_q16_pk`): slices of 2048 columns (8 super-blocks), as many warps per slice as
+    /// the GPU holds at once divided among the slices, the same rows each; partial sums in `splitParts` (slices ×
+    /// rows ≤ the split-tf32 form's splits × rows), one counter per row range in `mmfCounters`.
+    func q16SplitMatvec(_ f: CUDADriver.Handle, _ g: CUDAWeight, rows: Int, cols: Int, q: UInt, parts: Tensor,
+                        counters: Tensor, y: UInt) {
+        let l = Self.q16Layout(elements: cols)
+        let slices = (cols / 256 + 7) / 8
+        precondition(slices * rows <= parts.count && rows <= counters.count, "CUDA matmul: K-split scratch not reserved")
+        let resident = 4 * (Self.persistentBlocksCap ?? multiprocessors * blocksPerSM(f, threads: 128, shared: 0))
+        let perSlice = max(1, resident / slices)
+        let rpw = (rows + perSlice - 1) / perSlice, units = (rows + rpw - 1) / rpw
+        launch(f, "matvec_\(g.tag)_q16_pk \(rows)x\(cols)", grid: ((units + 3) / 4, slices, 1), block: 128,
+               [.ptr(g.address), .i64(g.rowBytes), .i32(rows), .i32(cols), .ptr(q), .ptr(q + UInt(l.scales)),
+                .ptr(q + UInt(l.sums)), .ptr(parts.address), .ptr(counters.address), .ptr(y), .i32(rpw),
+                .i32(Self.prefetchRowsQ16)])
+    }
+    /// Dense batch-1 down projections wider than 4096 columns on the K-split form unless `KTRANSFORMERS_CUDA_Q16K=0`.
+    /// (A test var.)
+    nonisolated(unsafe) public static var q16KSplit = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_Q16K"] != "0"
     /// `KTRANSFORMERS_CUDA_F32_ONE_LB=1`: those kernels held to 64 registers (more blocks an SM; same bits).
     static let f32OneBounded = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_F32_ONE_LB"] == "1"
     /// `KTRANSFORMERS_CUDA_F32_ONE=2`: their coalesced K-split forms instead (`matvec_q4_K_f32_1c`; own bits).
@@ -1189,6 +1209,9 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
                 launch("quantize_q16_K", grid: ((cols / 256 + 3) / 4, 1, 1), block: 128,
                        [.ptr(x.address), .ptr(lo.address), .ptr(lo.address + UInt(l.scales)), .ptr(lo.address + UInt(l.sums)),
                         .i64(cols / 256)])
+            }
+            if Self.q16KSplit, cols > 4096, let pk = g.f32OneQ16Split, let parts = splitParts, let counters = mmfCounters {
+                return q16SplitMatvec(pk, g, rows: rows, cols: cols, q: lo.address, parts: parts, counters: counters, y: y.address)
             }
             return q16Matvec(f, g, rows: rows, cols: cols, pairs: 1, q: lo.address, ids: 0, y: y.address,
                              name: "matvec_\(g.tag)_q16_p \(rows)x\(cols)")
@@ -1623,6 +1646,8 @@ final class CUDAWeight: @unchecked Sendable {
     let f32One: CUDADriver.Handle?
     /// Batch-1 `.f32Activations` with Q16_K inputs, dense and routed experts (Q4_K): `matvec_q4_K_q16_p`.
     let f32OneQ16: CUDADriver.Handle?
+    /// Its K-split form for dense rows longer than 4096 columns (`matvec_q4_K_q16_pk`).
+    let f32OneQ16Split: CUDADriver.Handle?
     let f32OneExperts: CUDADriver.Handle?
 
     init(address: UInt, tag: String, rowBytes: Int, rounding: ActivationRounding, kernels: CUDAKernels) {
@@ -1643,6 +1668,7 @@ final class CUDAWeight: @unchecked Sendable {
         integerDotPersistent = tag == "q4_K" ? (kernels.function("matvec_q4_K_q8_p"), kernels.function("matvec_q4_K_q8_pf")) : nil
         integerDotRegisters = tag == "q4_K" ? (1...4).map { kernels.function("matvec_q4_K_q8_pr\($0)") } : nil
         f32OneQ16 = tag == "q4_K" ? kernels.function("matvec_q4_K_q16_p") : nil
+        f32OneQ16Split = tag == "q4_K" ? kernels.function("matvec_q4_K_q16_pk") : nil
         integerExperts = tag == "q4_K" || tag == "q6_K" ? kernels.function("matvec_experts_\(tag)_q8") : nil
         integerDotStream = tag == "q4_K" || tag == "q6_K" ? kernels.function("matvec_stream_\(tag)_q8") : nil
         tensorCoreTiles = tag == "q4_K" ? kernels.function("mmq_q4_K") : nil

@@ -208,9 +208,10 @@ public struct BackendConformance {
         // block than its ring of stages holds (the ring wraps), and its rows against the tiles' bits at n = 33; a
         // block-staged batched-decode kernel (9 to 32 tokens) walks several units of row tiles per block. 96 × 4096
         // (Q4_K): rows of 4 steps of 1024 columns (a decode kernel that holds a row's inputs in registers; 512, 2560
-        // and 2048 give it 1, 3 and 2).
+        // and 2048 give it 1, 3 and 2). 72 × 4352 (Q4_K, f32 activations too): a decode kernel that splits rows
+        // longer than 4096 into slices of 2048 columns has a last slice of one super-block.
         for (rows, cols, only) in [(70, 512, nil), (37, 2560, nil), (1000, 2048, [GGMLType.q4_K, .q6_K]),
-                                   (96, 4096, [GGMLType.q4_K])] {
+                                   (96, 4096, [GGMLType.q4_K]), (72, 4352, [GGMLType.q4_K])] {
         let ns = only == nil ? ns : [1, 9, 17, 32, 33], maxN = only == nil ? maxN : 33
         let x = rng.normals(maxN * cols)
         let xt = b.upload(x)
@@ -221,7 +222,7 @@ public struct BackendConformance {
             let w = try b.prepare(hw.ref)
             let want = Reference.matmul(hw.matrix(0), rows: rows, cols: cols, x, n: maxN)
             let floatActivations = QuantRegistry.kernels(for: type)!.vecDotType == .f32
-            for precision in only == nil ? [MatmulPrecision.standard, .f32Activations] : [.standard] {
+            for precision in only == nil || cols > 4096 ? [MatmulPrecision.standard, .f32Activations] : [.standard] {
                 let what = "matmul \(type) \(precision) \(rows)x\(cols)"
                 // Each row alone: the values batches must reproduce.
                 var alone: [Float] = []

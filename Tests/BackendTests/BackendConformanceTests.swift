@@ -90,7 +90,7 @@ final class CUDAOneTokenConformanceTests: XCTestCase {
         // The fast form with the inputs in registers for rows of 1 to 4 steps of 1024 columns, and without them.
         let saved = (CUDABackend.persistentOneToken, CUDABackend.q16Experts, CUDABackend.registerInputs)
         defer { (CUDABackend.persistentOneToken, CUDABackend.q16Experts, CUDABackend.registerInputs) = saved }
-        let q16 = ["matvec_q4_K_q16_p", "matvec_experts_q4_K_q16_p"]
+        let q16 = ["matvec_q4_K_q16_p ", "matvec_experts_q4_K_q16_p ", "matvec_q4_K_q16_pk "]
         for (invariant, registers, expect) in [
             (false, true, (1...4).map { "matvec_q4_K_q8_pr\($0) " } + q16),
             (false, false, ["matvec_q4_K_q8_pf "] + q16),

@@ -525,55 +525,33 @@ KT_MVP_KERNEL(matvec_q4_K_q8_pf, true)
 // was issue-bound). High nibbles are masked in place and taken as unsigned (16·q: dp4a.u32.s32, the 16 folded into
 // the scale), the mins' sum is one dp2a of the packed 16-bit input sums, scales and mins come from the header's
 // words by byte permutes. Lanes past the row's super-blocks have a zero input scale. Its own bits.
-template <int SPR, int DEPTH>
-__device__ __forceinline__ void kt_mvpr_q4_K_q8(const u8* W0, const u8* W1, const u8* W2, i64 rowBytes, int rows0,
-        int rows1, int rows2, int cols, const i8* xq, const float* xd, const int* xs, float* y0, float* y1, float* y2,
-        int rpw, int pf) {
-    int lane = threadIdx.x & 31, part = lane & 7, p = part >> 1, g8 = lane >> 3;
-    int rBegin = (blockIdx.x * 4 + (threadIdx.x >> 5)) * rpw, rEnd = min(rBegin + rpw, rows0 + rows1 + rows2);
-    if (rBegin >= rEnd) return;
-    int nsb = cols / 256, steps = (rEnd - rBegin) * SPR;
-    auto rowPtr = [&](int r) -> const u8* {
-        if (r < rows0) return W0 + (i64)r * rowBytes;
-        r -= rows0;
-        if (r < rows1) return W1 + (i64)r * rowBytes;
-        return W2 + (i64)(r - rows1) * rowBytes;
-    };
-    int off[SPR];  // this lane's super-block at each step of a row (clamped to the row)
-#pragma unroll
-    for (int j = 0; j < SPR; j++) off[j] = min(4 * j + g8, nsb - 1) * 144;
+// The ring those kernels walk (also matvec_q4_K_q16_pk's, mmq.cu): rows rBegin .. rEnd − 1 of SPR steps each
+// (rowPtr(r): the first byte of row r's walked super-blocks; offset(j): this lane's super-block's byte offset at step j),
+// DEPTH (a multiple of SPR) steps of weights in flight, so slot i always holds step i % SPR; the L2 asked for rows pf
+// ahead (pfBytes each); KT_PDL_WAIT once the first loads are in flight, then inputs() (the caller's registers);
+// step(j, head, quants) at each step and rowDone(r) after a row's last.
+template <int SPR, int DEPTH, class RowPtr, class Offset, class Inputs, class Step, class RowDone>
+__device__ __forceinline__ void kt_q4_K_ring_rows(int rBegin, int rEnd, i64 pfBytes, int pf, RowPtr rowPtr, Offset offset,
+                                                  Inputs inputs, Step step, RowDone rowDone) {
+    int lane = threadIdx.x & 31, part = lane & 7, steps = (rEnd - rBegin) * SPR;
     int lRow = rBegin;
     const u8* lPtr = rowPtr(lRow);
-    for (int r = rBegin + 1; r <= rBegin + pf && r < rEnd; r++) kt_prefetch_row(rowPtr(r), rowBytes, lane);
+    for (int r = rBegin + 1; r <= rBegin + pf && r < rEnd; r++) kt_prefetch_row(rowPtr(r), pfBytes, lane);
     uint4 hs[DEPTH], qs[DEPTH];
     auto load = [&](int i) {  // slot i: step i % SPR of the row lPtr points at
-        const u8* b = lPtr + off[i % SPR];
+        const u8* b = lPtr + offset(i % SPR);
         hs[i] = *(const uint4*)b;
         qs[i] = *(const uint4*)(b + 16 + 16 * part);
         if (i % SPR == SPR - 1) {
             if (++lRow < rEnd) lPtr = rowPtr(lRow);
-            if (pf && lRow + pf < rEnd) kt_prefetch_row(rowPtr(lRow + pf), rowBytes, lane);
+            if (pf && lRow + pf < rEnd) kt_prefetch_row(rowPtr(lRow + pf), pfBytes, lane);
         }
     };
 #pragma unroll
     for (int i = 0; i < DEPTH; i++)
         if (i < steps) load(i);
     KT_PDL_WAIT();  // the weights are in flight; the inputs come from the previous kernel
-    uint4 a[SPR], b[SPR];
-    int xsPair[SPR];
-    float xdv[SPR], xd16[SPR];
-#pragma unroll
-    for (int j = 0; j < SPR; j++) {
-        int sb = min(4 * j + g8, nsb - 1), eLo = sb * 256 + 64 * p + 16 * (lane & 1);
-        a[j] = *(const uint4*)(xq + eLo);
-        b[j] = *(const uint4*)(xq + eLo + 32);
-        xsPair[j] = (xs[eLo / 16] & 0xFFFF) | (xs[eLo / 16 + 2] << 16);
-        xdv[j] = 4 * j + g8 < nsb ? xd[sb] : 0.0f;
-        xd16[j] = xdv[j] * 0.0625f;
-    }
-    bool hiGroups = p >= 2;
-    u32 k = 2 * (p & 1), selLo = 0x4440u + k, selHi = selLo + 1, selPair = 0x4400u + ((k + 1) << 4) + k;
-    float acc = 0.0f;
+    inputs();
     int cRow = rBegin;
     for (int s0 = 0; s0 < steps; s0 += DEPTH) {
 #pragma unroll
@@ -581,36 +559,79 @@ __device__ __forceinline__ void kt_mvpr_q4_K_q8(const u8* W0, const u8* W1, cons
             if (s0 + i < steps) {
                 uint4 h = hs[i], q = qs[i];
                 if (s0 + i + DEPTH < steps) load(i);
-                const int j = i % SPR;
-                float d = kt_half_to_float((u16)(h.x & 0xFFFFu)), dmin = kt_half_to_float((u16)(h.x >> 16));
-                u32 sc = hiGroups ? ((h.w & 0x0F0F0F0Fu) | ((h.y >> 2) & 0x30303030u)) : (h.y & 0x3F3F3F3Fu);
-                u32 mn = hiGroups ? (((h.w >> 4) & 0x0F0F0F0Fu) | ((h.z >> 2) & 0x30303030u)) : (h.z & 0x3F3F3F3Fu);
-                int sLo = __dp4a((int)(q.x & 0x0F0F0F0Fu), (int)a[j].x, 0);
-                sLo = __dp4a((int)(q.y & 0x0F0F0F0Fu), (int)a[j].y, sLo);
-                sLo = __dp4a((int)(q.z & 0x0F0F0F0Fu), (int)a[j].z, sLo);
-                sLo = __dp4a((int)(q.w & 0x0F0F0F0Fu), (int)a[j].w, sLo);
-                int sHi = kt_dp4a_us(q.x & 0xF0F0F0F0u, (int)b[j].x, 0);  // 16 × the high nibbles' sum
-                sHi = kt_dp4a_us(q.y & 0xF0F0F0F0u, (int)b[j].y, sHi);
-                sHi = kt_dp4a_us(q.z & 0xF0F0F0F0u, (int)b[j].z, sHi);
-                sHi = kt_dp4a_us(q.w & 0xF0F0F0F0u, (int)b[j].w, sHi);
-                int i1 = 16 * (int)__byte_perm(sc, 0, selLo) * sLo + (int)__byte_perm(sc, 0, selHi) * sHi;
-                int i2 = __dp2a_lo(xsPair[j], (int)__byte_perm(mn, 0, selPair), 0);
-                acc = fmaf(xd16[j] * d, (float)i1, acc);
-                acc = fmaf(-xdv[j] * dmin, (float)i2, acc);
-                if (j == SPR - 1) {
-                    float v = kt_warp_sum(acc);
-                    if (lane == 0) {
-                        int r = cRow;
-                        float* y = y0;
-                        if (r >= rows0) { r -= rows0; y = y1; if (r >= rows1) { r -= rows1; y = y2; } }
-                        y[r] = v;
-                    }
-                    acc = 0.0f;
-                    cRow++;
-                }
+                step(i % SPR, h, q);
+                if (i % SPR == SPR - 1) rowDone(cRow++);
             }
         }
     }
+}
+
+// Scales and mins of groups 2p and 2p + 1 of a Q4_K header held in registers: the words with the 6-bit values of
+// this lane's half (hiGroups: groups 4 .. 7) for byte permutes (kt_q4_K_sel).
+__device__ __forceinline__ void kt_q4_K_words(uint4 h, bool hiGroups, u32* sc, u32* mn) {
+    *sc = hiGroups ? ((h.w & 0x0F0F0F0Fu) | ((h.y >> 2) & 0x30303030u)) : (h.y & 0x3F3F3F3Fu);
+    *mn = hiGroups ? (((h.w >> 4) & 0x0F0F0F0Fu) | ((h.z >> 2) & 0x30303030u)) : (h.z & 0x3F3F3F3Fu);
+}
+
+template <int SPR, int DEPTH>
+__device__ __forceinline__ void kt_mvpr_q4_K_q8(const u8* W0, const u8* W1, const u8* W2, i64 rowBytes, int rows0,
+        int rows1, int rows2, int cols, const i8* xq, const float* xd, const int* xs, float* y0, float* y1, float* y2,
+        int rpw, int pf) {
+    int lane = threadIdx.x & 31, p = (lane & 7) >> 1, g8 = lane >> 3;
+    int rBegin = (blockIdx.x * 4 + (threadIdx.x >> 5)) * rpw, rEnd = min(rBegin + rpw, rows0 + rows1 + rows2);
+    if (rBegin >= rEnd) return;
+    int nsb = cols / 256;
+    auto rowPtr = [&](int r) -> const u8* {
+        if (r < rows0) return W0 + (i64)r * rowBytes;
+        r -= rows0;
+        if (r < rows1) return W1 + (i64)r * rowBytes;
+        return W2 + (i64)(r - rows1) * rowBytes;
+    };
+    auto offset = [&](int j) { return min(4 * j + g8, nsb - 1) * 144; };  // (clamped to the row)
+    uint4 a[SPR], b[SPR];
+    int xsPair[SPR];
+    float xdv[SPR], xd16[SPR];
+    auto inputs = [&]() {
+#pragma unroll
+        for (int j = 0; j < SPR; j++) {
+            int sb = min(4 * j + g8, nsb - 1), eLo = sb * 256 + 64 * p + 16 * (lane & 1);
+            a[j] = *(const uint4*)(xq + eLo);
+            b[j] = *(const uint4*)(xq + eLo + 32);
+            xsPair[j] = (xs[eLo / 16] & 0xFFFF) | (xs[eLo / 16 + 2] << 16);
+            xdv[j] = 4 * j + g8 < nsb ? xd[sb] : 0.0f;
+            xd16[j] = xdv[j] * 0.0625f;
+        }
+    };
+    bool hiGroups = p >= 2;
+    u32 k = 2 * (p & 1), selLo = 0x4440u + k, selHi = selLo + 1, selPair = 0x4400u + ((k + 1) << 4) + k;
+    float acc = 0.0f;
+    auto step = [&](int j, uint4 h, uint4 q) {
+        float d = kt_half_to_float((u16)(h.x & 0xFFFFu)), dmin = kt_half_to_float((u16)(h.x >> 16));
+        u32 sc, mn;
+        kt_q4_K_words(h, hiGroups, &sc, &mn);
+        int sLo = __dp4a((int)(q.x & 0x0F0F0F0Fu), (int)a[j].x, 0);
+        sLo = __dp4a((int)(q.y & 0x0F0F0F0Fu), (int)a[j].y, sLo);
+        sLo = __dp4a((int)(q.z & 0x0F0F0F0Fu), (int)a[j].z, sLo);
+        sLo = __dp4a((int)(q.w & 0x0F0F0F0Fu), (int)a[j].w, sLo);
+        int sHi = kt_dp4a_us(q.x & 0xF0F0F0F0u, (int)b[j].x, 0);  // 16 × the high nibbles' sum
+        sHi = kt_dp4a_us(q.y & 0xF0F0F0F0u, (int)b[j].y, sHi);
+        sHi = kt_dp4a_us(q.z & 0xF0F0F0F0u, (int)b[j].z, sHi);
+        sHi = kt_dp4a_us(q.w & 0xF0F0F0F0u, (int)b[j].w, sHi);
+        int i1 = 16 * (int)__byte_perm(sc, 0, selLo) * sLo + (int)__byte_perm(sc, 0, selHi) * sHi;
+        int i2 = __dp2a_lo(xsPair[j], (int)__byte_perm(mn, 0, selPair), 0);
+        acc = fmaf(xd16[j] * d, (float)i1, acc);
+        acc = fmaf(-xdv[j] * dmin, (float)i2, acc);
+    };
+    auto rowDone = [&](int r) {
+        float v = kt_warp_sum(acc);
+        if (lane == 0) {
+            float* y = y0;
+            if (r >= rows0) { r -= rows0; y = y1; if (r >= rows1) { r -= rows1; y = y2; } }
+            y[r] = v;
+        }
+        acc = 0.0f;
+    };
+    kt_q4_K_ring_rows<SPR, DEPTH>(rBegin, rEnd, rowBytes, pf, rowPtr, offset, inputs, step, rowDone);
 }
 #define KT_MVPR_KERNEL(SPR, DEPTH) \
 extern "C" __global__ void __launch_bounds__(128) matvec_q4_K_q8_pr##SPR(const u8* W0, const u8* W1, const u8* W2, \

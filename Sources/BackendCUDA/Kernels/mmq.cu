@@ -1716,3 +1716,80 @@ extern "C" __global__ void __launch_bounds__(128) matvec_q4_K_q16_p(const u8* W,
     };
     kt_q4_K_row_stream<KT_MVP16_DEPTH>(rBegin, rEnd, cols, rowBytes, pf, rowPtr, step, rowDone);
 }
+
+// Batch-1 down projection of rows longer than 4096 columns, split into slices of 2048 columns (8 super-blocks: 2
+// steps), each slice's Q16_K inputs held in registers (the q16_p form reloads 64 bytes of inputs a lane every step
+// and row: 4096 × 14336 at 1.0 TB/s). Grid (units of 4 warps, slices): warp u of slice s takes rows u·rpw .. +rpw of
+// its slice through kt_q4_K_ring_rows (4 steps in flight) and stores its rows' partial sums at
+// partial[s · rows + r]; the last warp of a row range to finish (counters[u], after a fence) adds the slices' partials
+// in slice order into y and sets the counter back to 0 for the next launch: one launch, the same bits whichever warp
+// finishes last. Lanes past the slice's super-blocks have a zero input scale. Its own bits (not batch-invariant).
+#define KT_MVPK_SLICE 8
+extern "C" __global__ void __launch_bounds__(128) matvec_q4_K_q16_pk(const u8* W, i64 rowBytes, int rows, int cols,
+        const short* xq, const float* xscale, const int* xsums, float* partial, int* counters, float* y, int rpw,
+        int pf) { /* KT_PDL_WAIT in kt_q4_K_ring_rows */
+    int lane = threadIdx.x & 31, p = (lane & 7) >> 1, g8 = lane >> 3;
+    int unit = blockIdx.x * 4 + (threadIdx.x >> 5), slice = blockIdx.y, slices = gridDim.y;
+    int rBegin = unit * rpw, rEnd = min(rBegin + rpw, rows);
+    if (rBegin >= rEnd) return;
+    int sb0 = slice * KT_MVPK_SLICE, nsl = min(KT_MVPK_SLICE, cols / 256 - sb0);
+    auto rowPtr = [&](int r) -> const u8* { return W + (i64)r * rowBytes + sb0 * 144; };
+    auto offset = [&](int j) { return min(4 * j + g8, nsl - 1) * 144; };
+    uint4 xa[2][2], xb[2][2];
+    int mLoS[2], mHiS[2];
+    float xsc[2];
+    auto inputs = [&]() {
+#pragma unroll
+        for (int j = 0; j < 2; j++) {
+            int sb = sb0 + min(4 * j + g8, nsl - 1), eLo = sb * 256 + 64 * p + 16 * (lane & 1);
+            xa[j][0] = *(const uint4*)(xq + eLo);
+            xa[j][1] = *(const uint4*)(xq + eLo + 8);
+            xb[j][0] = *(const uint4*)(xq + eLo + 32);
+            xb[j][1] = *(const uint4*)(xq + eLo + 40);
+            mLoS[j] = xsums[eLo / 16];
+            mHiS[j] = xsums[eLo / 16 + 2];
+            xsc[j] = 4 * j + g8 < nsl ? xscale[sb] : 0.0f;
+        }
+    };
+    bool hiGroups = p >= 2;
+    u32 k = 2 * (p & 1), selLo = 0x4440u + k, selHi = selLo + 1;
+    float acc = 0.0f;
+    auto step = [&](int j, uint4 h, uint4 q) {
+        float d = kt_half_to_float((u16)(h.x & 0xFFFFu)), dmin = kt_half_to_float((u16)(h.x >> 16));
+        u32 sc, mn;
+        kt_q4_K_words(h, hiGroups, &sc, &mn);
+        u32 w[4] = {q.x, q.y, q.z, q.w};
+        u32 a[8] = {xa[j][0].x, xa[j][0].y, xa[j][0].z, xa[j][0].w, xa[j][1].x, xa[j][1].y, xa[j][1].z, xa[j][1].w};
+        u32 b[8] = {xb[j][0].x, xb[j][0].y, xb[j][0].z, xb[j][0].w, xb[j][1].x, xb[j][1].y, xb[j][1].z, xb[j][1].w};
+        int sLo = 0, sHi = 0;
+#pragma unroll
+        for (int t = 0; t < 4; t++) {
+            int lo = (int)(w[t] & 0x0F0F0F0Fu), hi = (int)((w[t] >> 4) & 0x0F0F0F0Fu);
+            sLo = __dp2a_lo((int)a[2 * t], lo, sLo);
+            sLo = __dp2a_hi((int)a[2 * t + 1], lo, sLo);
+            sHi = __dp2a_lo((int)b[2 * t], hi, sHi);
+            sHi = __dp2a_hi((int)b[2 * t + 1], hi, sHi);
+        }
+        int i1 = (int)__byte_perm(sc, 0, selLo) * sLo + (int)__byte_perm(sc, 0, selHi) * sHi;
+        int i2 = (int)__byte_perm(mn, 0, selLo) * mLoS[j] + (int)__byte_perm(mn, 0, selHi) * mHiS[j];
+        acc = fmaf(xsc[j] * d, (float)i1, acc);
+        acc = fmaf(-xsc[j] * dmin, (float)i2, acc);
+    };
+    auto rowDone = [&](int r) {
+        float v = kt_warp_sum(acc);
+        if (lane == 0) partial[(i64)slice * rows + r] = v;
+        acc = 0.0f;
+    };
+    kt_q4_K_ring_rows<2, 4>(rBegin, rEnd, (i64)nsl * 144, pf, rowPtr, offset, inputs, step, rowDone);
+    __threadfence();  // this warp's partials are visible before its count
+    int last = 0;
+    if (lane == 0) last = atomicAdd(&counters[unit], 1) == slices - 1;
+    if (!__shfl_sync(0xffffffffu, last, 0)) return;
+    __threadfence();
+    for (int r = rBegin + lane; r < rEnd; r += 32) {
+        float v = 0.0f;
+        for (int s = 0; s < slices; s++) v += __ldcg(&partial[(i64)s * rows + r]);
+        y[r] = v;
+    }
+    if (lane == 0) counters[unit] = 0;
+}
