@@ -982,8 +982,8 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
                 .ptr(q + UInt(l.sums)), .ptr(parts.address), .ptr(counters.address), .ptr(y), .i32(rpw),
                 .i32(Self.prefetchRowsQ16)])
     }
-    /// Dense batch-1 down projections wider than 4096 columns on the K-split form unless `KTRANSFORMERS_CUDA_Q16K=0`.
-    /// (A test var.)
+    /// Dense batch-1 down projections wider than 4096 columns on the K-split form unless `KTRANSFORMERS_CUDA_Q16K=0`:
+    /// Llama-3-8B tg128 311.8 against 279.3 t/s on the H100 (4096 × 14336 in 22.8 µs against 32.5). (A test var.)
     nonisolated(unsafe) public static var q16KSplit = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_Q16K"] != "0"
     /// `KTRANSFORMERS_CUDA_F32_ONE_LB=1`: those kernels held to 64 registers (more blocks an SM; same bits).
     static let f32OneBounded = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_F32_ONE_LB"] == "1"
