@@ -926,6 +926,9 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     /// unless `KTRANSFORMERS_CUDA_MVR=0` (then `matvec_q4_K_q8_pf`): Llama-3-8B tg128 287.3 against 277.7 t/s on the
     /// H200, Qwen3-30B-A3B 321.3 against 314.8. (A test var.)
     nonisolated(unsafe) public static var registerInputs = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_MVR"] != "0"
+    /// Routed experts' gate and up at one token on those kernels too (`matvec_experts_q4_K_q8_pr<N>`, Q4_K rows of up
+    /// to 4096 columns): `KTRANSFORMERS_CUDA_MVR_EXPERTS=1`; off by default until timed on a GPU. (A test var.)
+    nonisolated(unsafe) public static var registerExperts = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_MVR_EXPERTS"] == "1"
     /// How many rows ahead of its loads each warp of the batch-1 persistent kernels asks the L2 for its next rows
     /// (`prefetch.global.L2`: more of the weight stream in flight than the registers hold): the Q8_K-input forms
     /// (`KTRANSFORMERS_CUDA_PF`, default 1) and the Q16_K-input down projection (`KTRANSFORMERS_CUDA_PF16`, default 0);
@@ -1611,6 +1614,8 @@ final class CUDAWeight: @unchecked Sendable {
     /// The fast persistent form with the inputs in registers, for rows of 1 to 4 steps of 1024 columns
     /// (`matvec_q4_K_q8_pr1` ... `_pr4`; index: steps − 1).
     let integerDotRegisters: [CUDADriver.Handle]?
+    /// Routed experts' gate and up at one token on the same kernels (`matvec_experts_q4_K_q8_pr1` ... `_pr4`).
+    let integerExpertsRegisters: [CUDADriver.Handle]?
     /// Its form for routed experts (each pair's expert through the ids in device memory).
     let integerExperts: CUDADriver.Handle?
     /// Its streaming form (decode: rows staged through shared memory by cp.async; up to three matrices).
@@ -1667,6 +1672,7 @@ final class CUDAWeight: @unchecked Sendable {
         integerDotGroupOne = tag == "q4_K" || tag == "q6_K" ? kernels.function("matvec_\(tag)_q8_3_1\(mv1)") : nil
         integerDotPersistent = tag == "q4_K" ? (kernels.function("matvec_q4_K_q8_p"), kernels.function("matvec_q4_K_q8_pf")) : nil
         integerDotRegisters = tag == "q4_K" ? (1...4).map { kernels.function("matvec_q4_K_q8_pr\($0)") } : nil
+        integerExpertsRegisters = tag == "q4_K" ? (1...4).map { kernels.function("matvec_experts_q4_K_q8_pr\($0)") } : nil
         f32OneQ16 = tag == "q4_K" ? kernels.function("matvec_q4_K_q16_p") : nil
         f32OneQ16Split = tag == "q4_K" ? kernels.function("matvec_q4_K_q16_pk") : nil
         integerExperts = tag == "q4_K" || tag == "q6_K" ? kernels.function("matvec_experts_\(tag)_q8") : nil
@@ -1833,6 +1839,18 @@ final class CUDAExpertExecutor: ExpertExecutor {
             } else if same, n >= CUDABackend.streamMinTokens,
                       backend.streamExperts(g, u, rows: experts.gate.rows, cols: gateCols, input: q, xDiv: k,
                                                   ids: ids, y0: gate!, y1: up!, pairs: pairs) {
+            } else if same, n == 1, !backend.batchInvariant, CUDABackend.registerExperts, let r = g.integerExpertsRegisters,
+                      (gateCols + 1023) / 1024 <= r.count {
+                // One token: both stacks' rows of every pair on the persistent register-input kernel.
+                let rows = experts.gate.rows, steps = (gateCols + 1023) / 1024, f = r[steps - 1], total = 2 * pairs * rows
+                let resident = 4 * (CUDABackend.persistentBlocksCap
+                                    ?? backend.multiprocessors * backend.blocksPerSM(f, threads: 128, shared: 0))
+                let rpw = (total + resident - 1) / resident, warps = (total + rpw - 1) / rpw
+                backend.launch(f, "matvec_experts_q4_K_q8_pr\(steps) 2x\(rows)x\(gateCols)", grid: ((warps + 3) / 4, 1, 1),
+                               block: 128,
+                               [.ptr(g.address), .ptr(u.address), .i64(g.rowBytes), .i64(g.rowBytes * rows), .i32(rows),
+                                .i32(gateCols), .ptr(q.0), .ptr(q.1), .ptr(q.2), .ptr(ids.address), .i32(pairs),
+                                .ptr(gate!.address), .ptr(up!.address), .i32(rpw), .i32(CUDABackend.prefetchRows)])
             } else if same {
                 runInteger(g, experts.gate, q: q, y: gate!, second: (u, up!))
             } else {

@@ -88,16 +88,22 @@ final class CUDAOneTokenConformanceTests: XCTestCase {
         // Default mode: the fast persistent form (within the bounds) and the 16-bit-input down projections, dense and
         // routed experts; batch-invariant with the exact persistent form (mode 2): bit for bit.
         // The fast form with the inputs in registers for rows of 1 to 4 steps of 1024 columns, and without them.
-        let saved = (CUDABackend.persistentOneToken, CUDABackend.q16Experts, CUDABackend.registerInputs)
-        defer { (CUDABackend.persistentOneToken, CUDABackend.q16Experts, CUDABackend.registerInputs) = saved }
+        // With the register-input forms, routed experts' gate/up too (KTRANSFORMERS_CUDA_MVR_EXPERTS=1).
+        let saved = (CUDABackend.persistentOneToken, CUDABackend.q16Experts, CUDABackend.registerInputs,
+                     CUDABackend.registerExperts)
+        defer {
+            (CUDABackend.persistentOneToken, CUDABackend.q16Experts, CUDABackend.registerInputs,
+             CUDABackend.registerExperts) = saved
+        }
         let q16 = ["matvec_q4_K_q16_p ", "matvec_experts_q4_K_q16_p ", "matvec_q4_K_q16_pk "]
         for (invariant, registers, expect) in [
-            (false, true, (1...4).map { "matvec_q4_K_q8_pr\($0) " } + q16),
+            (false, true, (1...4).map { "matvec_q4_K_q8_pr\($0) " } + ["matvec_experts_q4_K_q8_pr1 "] + q16),
             (false, false, ["matvec_q4_K_q8_pf "] + q16),
             (true, false, ["matvec_q4_K_q8_p "])] {
             CUDABackend.persistentOneToken = invariant ? 2 : 1
             CUDABackend.q16Experts = !invariant
             CUDABackend.registerInputs = registers
+            CUDABackend.registerExperts = registers
             backend.batchInvariant = invariant
             let c = BackendConformance(name: "cuda, one-token kernels on one block"
                                        + (invariant ? ", batch-invariant" : registers ? "" : ", inputs not in registers"),

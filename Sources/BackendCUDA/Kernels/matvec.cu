@@ -573,20 +573,12 @@ __device__ __forceinline__ void kt_q4_K_words(uint4 h, bool hiGroups, u32* sc, u
     *mn = hiGroups ? (((h.w >> 4) & 0x0F0F0F0Fu) | ((h.z >> 2) & 0x30303030u)) : (h.z & 0x3F3F3F3Fu);
 }
 
-template <int SPR, int DEPTH>
-__device__ __forceinline__ void kt_mvpr_q4_K_q8(const u8* W0, const u8* W1, const u8* W2, i64 rowBytes, int rows0,
-        int rows1, int rows2, int cols, const i8* xq, const float* xd, const int* xs, float* y0, float* y1, float* y2,
-        int rpw, int pf) {
+// Rows rBegin .. rEnd − 1 of nsb super-blocks (SPR = ceil(nsb / 4) steps) against one Q8_K input held in registers:
+// rowPtr(r) the row's bytes, store(r, v) its result (on lane 0).
+template <int SPR, int DEPTH, class RowPtr, class Store>
+__device__ __forceinline__ void kt_mvpr_rows(int rBegin, int rEnd, int nsb, i64 rowBytes, int pf, const i8* xq,
+                                             const float* xd, const int* xs, RowPtr rowPtr, Store store) {
     int lane = threadIdx.x & 31, p = (lane & 7) >> 1, g8 = lane >> 3;
-    int rBegin = (blockIdx.x * 4 + (threadIdx.x >> 5)) * rpw, rEnd = min(rBegin + rpw, rows0 + rows1 + rows2);
-    if (rBegin >= rEnd) return;
-    int nsb = cols / 256;
-    auto rowPtr = [&](int r) -> const u8* {
-        if (r < rows0) return W0 + (i64)r * rowBytes;
-        r -= rows0;
-        if (r < rows1) return W1 + (i64)r * rowBytes;
-        return W2 + (i64)(r - rows1) * rowBytes;
-    };
     auto offset = [&](int j) { return min(4 * j + g8, nsb - 1) * 144; };  // (clamped to the row)
     uint4 a[SPR], b[SPR];
     int xsPair[SPR];
@@ -624,14 +616,30 @@ __device__ __forceinline__ void kt_mvpr_q4_K_q8(const u8* W0, const u8* W1, cons
     };
     auto rowDone = [&](int r) {
         float v = kt_warp_sum(acc);
-        if (lane == 0) {
-            float* y = y0;
-            if (r >= rows0) { r -= rows0; y = y1; if (r >= rows1) { r -= rows1; y = y2; } }
-            y[r] = v;
-        }
+        if (lane == 0) store(r, v);
         acc = 0.0f;
     };
     kt_q4_K_ring_rows<SPR, DEPTH>(rBegin, rEnd, rowBytes, pf, rowPtr, offset, inputs, step, rowDone);
+}
+
+template <int SPR, int DEPTH>
+__device__ __forceinline__ void kt_mvpr_q4_K_q8(const u8* W0, const u8* W1, const u8* W2, i64 rowBytes, int rows0,
+        int rows1, int rows2, int cols, const i8* xq, const float* xd, const int* xs, float* y0, float* y1, float* y2,
+        int rpw, int pf) {
+    int rBegin = (blockIdx.x * 4 + (threadIdx.x >> 5)) * rpw, rEnd = min(rBegin + rpw, rows0 + rows1 + rows2);
+    if (rBegin >= rEnd) return;
+    auto rowPtr = [&](int r) -> const u8* {
+        if (r < rows0) return W0 + (i64)r * rowBytes;
+        r -= rows0;
+        if (r < rows1) return W1 + (i64)r * rowBytes;
+        return W2 + (i64)(r - rows1) * rowBytes;
+    };
+    auto store = [&](int r, float v) {
+        float* y = y0;
+        if (r >= rows0) { r -= rows0; y = y1; if (r >= rows1) { r -= rows1; y = y2; } }
+        y[r] = v;
+    };
+    kt_mvpr_rows<SPR, DEPTH>(rBegin, rEnd, cols / 256, rowBytes, pf, xq, xd, xs, rowPtr, store);
 }
 #define KT_MVPR_KERNEL(SPR, DEPTH) \
 extern "C" __global__ void __launch_bounds__(128) matvec_q4_K_q8_pr##SPR(const u8* W0, const u8* W1, const u8* W2, \
@@ -645,6 +653,30 @@ KT_MVPR_KERNEL(1, 4)
 KT_MVPR_KERNEL(2, 4)
 KT_MVPR_KERNEL(3, 6)
 KT_MVPR_KERNEL(4, 4)
+
+// Routed experts' gate and up at one token on the same ring (`KTRANSFORMERS_CUDA_MVR_EXPERTS=1`; not yet timed on a
+// GPU): the rows of both stacks for every pair of the token (gate of pair 0, 1, ..., then up), expert ids[pair]'s
+// matrix, all against the token's one Q8_K input in registers; y0 / y1 [pairs · rows]. The ids come from the
+// previous kernel, so it waits before its first loads.
+#define KT_MVPR_EXPERTS_KERNEL(SPR, DEPTH) \
+extern "C" __global__ void __launch_bounds__(128) matvec_experts_q4_K_q8_pr##SPR(const u8* G, const u8* U, \
+        i64 rowBytes, i64 matrixBytes, int rows, int cols, const i8* xq, const float* xd, const int* xs, \
+        const int* ids, int pairs, float* y0, float* y1, int rpw, int pf) { KT_PDL_WAIT(); \
+    int rBegin = (blockIdx.x * 4 + (threadIdx.x >> 5)) * rpw, half = pairs * rows, rEnd = min(rBegin + rpw, 2 * half); \
+    if (rBegin >= rEnd) return; \
+    auto rowPtr = [&](int r) -> const u8* { \
+        const u8* W = r < half ? G : U; \
+        r = r < half ? r : r - half; \
+        int pair = r / rows; \
+        return W + (i64)ids[pair] * matrixBytes + (i64)(r - pair * rows) * rowBytes; \
+    }; \
+    auto store = [&](int r, float v) { if (r < half) y0[r] = v; else y1[r - half] = v; }; \
+    kt_mvpr_rows<SPR, DEPTH>(rBegin, rEnd, cols / 256, rowBytes, pf, xq, xd, xs, rowPtr, store); \
+}
+KT_MVPR_EXPERTS_KERNEL(1, 4)
+KT_MVPR_EXPERTS_KERNEL(2, 4)
+KT_MVPR_EXPERTS_KERNEL(3, 6)
+KT_MVPR_EXPERTS_KERNEL(4, 4)
 
 // ---- Streaming integer-dot matrix-vector kernels (decode) ----
 //
