@@ -247,7 +247,11 @@ final class CUDAExpertDeferralTests: XCTestCase {
         let hybrid = try XCTUnwrap(gpu.makeStagedExpertExecutor(cpu.makeExpertExecutor(nExpert: nExpert, dim: dim, ff: ff),
                                                                 innerDevice: .cpu, dim: dim))
         hybrid.reserve(maxTokens: n, topK: topK)
-        let reference = cpu.makeExpertExecutor(nExpert: nExpert, dim: dim, ff: ff)
+        // The reference runs on a pool of its own: the hybrid's deferred experts of a layer are still running on
+        // `cpu`'s pool (its expert thread) while this thread computes that layer's reference, and a pool takes one
+        // caller at a time.
+        let refPool = ThreadPool(threads: 2)
+        let reference = CPUBackend(pool: refPool).makeExpertExecutor(nExpert: nExpert, dim: dim, ff: ff)
         reference.reserve(maxTokens: n, topK: topK)
         /// The CPU executor's `Σ w·expert` over the choices `cols` of each token.
         func part(_ l: Int, _ x: [Float], _ ids: [Int32], _ w: [Float], _ cols: Range<Int>) -> [Float] {
