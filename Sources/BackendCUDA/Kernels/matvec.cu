@@ -517,14 +517,15 @@ KT_MVP_KERNEL(matvec_q4_K_q8_p, false)
 KT_MVP_KERNEL(matvec_q4_K_q8_pf, true)
 
 // Q4_K, one token, persistent, the fast form with the inputs in registers (matvec_q4_K_q8_pr<SPR>, rows of
-// SPR = ceil(cols / 1024) ≤ 4 steps, DEPTH a multiple of SPR; default for such rows where matvec_q4_K_q8_pf would run, `KTRANSFORMERS_CUDA_MVR=0`
-// off): the rows as kt_q4_K_row_stream walks them (same lanes, steps and slots), but every slot of the ring holds the
-// same step of its row (DEPTH a multiple of SPR), so a lane's 32 input bytes, its two 16-element sums and the
-// block's scale of each step are loaded once, into registers, and every row reuses them: a step is its two weight
-// loads and integer arithmetic (the pf form loads 2 × 16 bytes of inputs and three scalars a step and row, and
-// was issue-bound). High nibbles are masked in place and taken as unsigned (16·q: dp4a.u32.s32, the 16 folded into
-// the scale), the mins' sum is one dp2a of the packed 16-bit input sums, scales and mins come from the header's
-// words by byte permutes. Lanes past the row's super-blocks have a zero input scale. Its own bits.
+// SPR = ceil(cols / 1024) ≤ 4 steps; default for such rows where matvec_q4_K_q8_pf would run,
+// `KTRANSFORMERS_CUDA_MVR=0` off): the rows as kt_q4_K_row_stream walks them (same lanes, steps and slots), but every
+// slot of the ring holds the same step of its row (kt_q4_K_ring_rows), so a lane's 32 input bytes, its two
+// 16-element sums and the block's scale of each step are loaded once, into registers, and every row reuses them: a
+// step is its two weight loads and integer arithmetic (the pf form loads 2 × 16 bytes of inputs and three scalars a
+// step and row, and was issue-bound). High nibbles are masked in place and taken as unsigned (16·q: dp4a.u32.s32, the
+// 16 folded into the scale), the mins' sum is one dp2a of the packed 16-bit input sums, scales and mins come from the
+// header's words by byte permutes. Lanes past the row's super-blocks have a zero input scale. Its own bits.
+//
 // The ring those kernels walk (also matvec_q4_K_q16_pk's, mmq.cu): rows rBegin .. rEnd − 1 of SPR steps each
 // (rowPtr(r): the first byte of row r's walked super-blocks; offset(j): this lane's super-block's byte offset at step j),
 // DEPTH (a multiple of SPR) steps of weights in flight, so slot i always holds step i % SPR; the L2 asked for rows pf
