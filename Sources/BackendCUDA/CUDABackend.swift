@@ -698,12 +698,21 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         let f = form.f
         let p = parts + Array(repeating: (address: UInt(0), rows: 0, y: UInt(0)), count: 3 - parts.count)
         let total = parts.reduce(0) { $0 + $1.rows }
-        let resident = 4 * (Self.persistentBlocksCap ?? multiprocessors * blocksPerSM(f, threads: 128, shared: 0))
-        let rpw = (total + resident - 1) / resident, warps = (total + rpw - 1) / rpw
-        launch(f, "\(form.name) \(total)x\(cols)", grid: ((warps + 3) / 4, 1, 1), block: 128,
+        let (rpw, blocks) = persistentGrid(f, rows: total)
+        launch(f, "\(form.name) \(total)x\(cols)", grid: (blocks, 1, 1), block: 128,
                [.ptr(p[0].address), .ptr(p[1].address), .ptr(p[2].address), .i64(g.rowBytes), .i32(p[0].rows),
                 .i32(p[1].rows), .i32(p[2].rows), .i32(cols), .ptr(input.0), .ptr(input.1), .ptr(input.2), .ptr(p[0].y),
                 .ptr(p[1].y), .ptr(p[2].y), .i32(rpw), .i32(Self.prefetchRows)])
+    }
+
+    /// The grid of a batch-1 persistent kernel (4 warps a block of 128 threads) over `rows` rows, once per each of
+    /// `groups` (grid y): as many warps as the GPU holds at once (`persistentBlocksCap` blocks in tests), shared among
+    /// the groups, each the same number of consecutive rows `rpw` (the last ones fewer).
+    func persistentGrid(_ f: CUDADriver.Handle, rows: Int, groups: Int = 1) -> (rpw: Int, blocks: Int) {
+        let resident = 4 * (Self.persistentBlocksCap ?? multiprocessors * blocksPerSM(f, threads: 128, shared: 0))
+        let perGroup = max(1, resident / groups)
+        let rpw = (rows + perGroup - 1) / perGroup, warps = (rows + rpw - 1) / rpw
+        return (rpw, (warps + 3) / 4)
     }
 
     /// The staged kernels for up to three matrices of one integer-dot format and width: the block-staged tiles
@@ -962,9 +971,8 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
                    name: String) {
         let l = Self.q16Layout(elements: pairs * cols)
         let total = pairs * rows
-        let resident = 4 * (Self.persistentBlocksCap ?? multiprocessors * blocksPerSM(f, threads: 128, shared: 0))
-        let rpw = (total + resident - 1) / resident, warps = (total + rpw - 1) / rpw
-        launch(f, name, grid: ((warps + 3) / 4, 1, 1), block: 128,
+        let (rpw, blocks) = persistentGrid(f, rows: total)
+        launch(f, name, grid: (blocks, 1, 1), block: 128,
                [.ptr(g.address), .i64(g.rowBytes), .i64(g.rowBytes * rows), .i32(rows), .i32(cols), .ptr(q),
                 .ptr(q + UInt(l.scales)), .ptr(q + UInt(l.sums)), .ptr(ids), .i32(pairs), .ptr(y), .i32(rpw),
                 .i32(Self.prefetchRowsQ16)])
@@ -977,10 +985,8 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         let l = Self.q16Layout(elements: cols)
         let slices = (cols / 256 + 7) / 8
         precondition(slices * rows <= parts.count && rows <= counters.count, "CUDA matmul: K-split scratch not reserved")
-        let resident = 4 * (Self.persistentBlocksCap ?? multiprocessors * blocksPerSM(f, threads: 128, shared: 0))
-        let perSlice = max(1, resident / slices)
-        let rpw = (rows + perSlice - 1) / perSlice, units = (rows + rpw - 1) / rpw
-        launch(f, "matvec_\(g.tag)_q16_pk \(rows)x\(cols)", grid: ((units + 3) / 4, slices, 1), block: 128,
+        let (rpw, blocks) = persistentGrid(f, rows: rows, groups: slices)
+        launch(f, "matvec_\(g.tag)_q16_pk \(rows)x\(cols)", grid: (blocks, slices, 1), block: 128,
                [.ptr(g.address), .i64(g.rowBytes), .i32(rows), .i32(cols), .ptr(q), .ptr(q + UInt(l.scales)),
                 .ptr(q + UInt(l.sums)), .ptr(parts.address), .ptr(counters.address), .ptr(y), .i32(rpw),
                 .i32(Self.prefetchRowsQ16)])
@@ -1843,10 +1849,8 @@ final class CUDAExpertExecutor: ExpertExecutor {
                       (gateCols + 1023) / 1024 <= r.count {
                 // One token: both stacks' rows of every pair on the persistent register-input kernel.
                 let rows = experts.gate.rows, steps = (gateCols + 1023) / 1024, f = r[steps - 1], total = 2 * pairs * rows
-                let resident = 4 * (CUDABackend.persistentBlocksCap
-                                    ?? backend.multiprocessors * backend.blocksPerSM(f, threads: 128, shared: 0))
-                let rpw = (total + resident - 1) / resident, warps = (total + rpw - 1) / rpw
-                backend.launch(f, "matvec_experts_q4_K_q8_pr\(steps) 2x\(rows)x\(gateCols)", grid: ((warps + 3) / 4, 1, 1),
+                let (rpw, blocks) = backend.persistentGrid(f, rows: total)
+                backend.launch(f, "matvec_experts_q4_K_q8_pr\(steps) 2x\(rows)x\(gateCols)", grid: (blocks, 1, 1),
                                block: 128,
                                [.ptr(g.address), .ptr(u.address), .i64(g.rowBytes), .i64(g.rowBytes * rows), .i32(rows),
                                 .i32(gateCols), .ptr(q.0), .ptr(q.1), .ptr(q.2), .ptr(ids.address), .i32(pairs),

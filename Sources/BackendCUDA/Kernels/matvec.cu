@@ -390,38 +390,44 @@ KT_MV_INT(q4_K, kt_mv_q4_K)
 KT_MV_INT_FORMS(q4_K, kt_mv_q4_K_c, _1c, 1)
 KT_MV_INT(q6_K, kt_mv_q6_K)
 
-// The persistent Q4_K row stream of batch-1 decode (matvec_q4_K_q8_p[f], matvec_q4_K_q16_p): the calling warp walks
-// rows rBegin .. rEnd − 1 (rowPtr(r): row r's bytes) as one stream of steps (4 super-blocks of a row, as kt_mv_q4_K:
-// lane l takes super-block base + l / 8 and 16 bytes of its quants), DEPTH steps of weights in flight: each slot is
-// refilled with the step DEPTH ahead before its arithmetic, across row ends, so the memory never waits for the
-// warp's arithmetic nor for a new block. It waits for the previous kernel (KT_PDL_WAIT) once the first loads are in
-// flight. step(row, base, sb, head, quants) does one step's arithmetic (sb clamped to the row; lanes whose
-// base + l / 8 is past it add nothing); rowDone(row) follows each row's last step. The kernels' grids are sized so
-// that every warp is resident with the same number of rows (the plain one-token kernels ran q/k/v in 1.66 waves at
-// 1.0 TB/s on the H100).
-template <int DEPTH, class RowPtr, class Step, class RowDone>
-__device__ __forceinline__ void kt_q4_K_row_stream(int rBegin, int rEnd, int cols, i64 rowBytes, int pf, RowPtr rowPtr,
-                                                   Step step, RowDone rowDone) {
+// The persistent Q4_K ring of batch-1 decode (matvec_q4_K_q8_p[f] / _pr<N>, matvec_experts_q4_K_q8_pr<N>,
+// matvec_q4_K_q16_p / _pk): the calling warp walks rows rBegin .. rEnd − 1 (rowPtr(r): the first byte of row r's
+// walked super-blocks) as one stream of steps (4 super-blocks of a row, as kt_mv_q4_K: lane l takes super-block
+// 4j + l / 8 of step j, offset(j) its byte offset, and 16 bytes of its quants), DEPTH steps of weights in flight:
+// each slot is refilled with the step DEPTH ahead before its arithmetic, across row ends, so the memory never waits
+// for the warp's arithmetic nor for a new block; the L2 is asked for the rows pf ahead (pfBytes each). It waits for
+// the previous kernel (KT_PDL_WAIT) once the first loads are in flight, then calls inputs() (the caller's registers);
+// step(j, head, quants) does step j of a row, rowDone(r) follows each row's last step. Rows of SPR steps known at
+// compile time (SPR > 0, DEPTH a multiple of it): slot i always holds step i % SPR, so a caller can index registers
+// by j; SPR = 0: spr steps a row at run time. The kernels' grids are sized so that every warp is resident with the
+// same number of rows (the plain one-token kernels ran q/k/v in 1.66 waves at 1.0 TB/s on the H100).
+template <int SPR, int DEPTH, class RowPtr, class Offset, class Inputs, class Step, class RowDone>
+__device__ __forceinline__ void kt_q4_K_ring(int rBegin, int rEnd, int spr, i64 pfBytes, int pf, RowPtr rowPtr,
+                                             Offset offset, Inputs inputs, Step step, RowDone rowDone) {
+    constexpr int S = SPR > 0 ? SPR : 1;  // (no modulo by 0)
     int lane = threadIdx.x & 31, part = lane & 7;
-    int nsb = cols / 256, spr = (nsb + 3) / 4, steps = (rEnd - rBegin) * spr;
+    if (SPR > 0) spr = SPR;
+    int steps = (rEnd - rBegin) * spr;
     int lRow = rBegin, lStep = 0;  // the next step to load
     const u8* lPtr = rowPtr(lRow);
-    for (int r = rBegin + 1; r <= rBegin + pf && r < rEnd; r++) kt_prefetch_row(rowPtr(r), rowBytes, lane);
+    for (int r = rBegin + 1; r <= rBegin + pf && r < rEnd; r++) kt_prefetch_row(rowPtr(r), pfBytes, lane);
     uint4 hs[DEPTH], qs[DEPTH];
     auto load = [&](int slot) {
-        int sb = min(4 * lStep + (lane >> 3), nsb - 1);
-        hs[slot] = *(const uint4*)(lPtr + (i64)sb * 144);
-        qs[slot] = *(const uint4*)(lPtr + (i64)sb * 144 + 16 + 16 * part);
-        if (++lStep == spr) {
+        int j = SPR > 0 ? slot % S : lStep;
+        const u8* b = lPtr + offset(j);
+        hs[slot] = *(const uint4*)b;
+        qs[slot] = *(const uint4*)(b + 16 + 16 * part);
+        if (SPR > 0 ? j == SPR - 1 : ++lStep == spr) {
             lStep = 0;
             if (++lRow < rEnd) lPtr = rowPtr(lRow);
-            if (pf && lRow + pf < rEnd) kt_prefetch_row(rowPtr(lRow + pf), rowBytes, lane);
+            if (pf && lRow + pf < rEnd) kt_prefetch_row(rowPtr(lRow + pf), pfBytes, lane);
         }
     };
 #pragma unroll
     for (int i = 0; i < DEPTH; i++)
         if (i < steps) load(i);
     KT_PDL_WAIT();  // the weights are in flight; the inputs come from the previous kernel
+    inputs();
     int cRow = rBegin, cStep = 0;
     for (int s0 = 0; s0 < steps; s0 += DEPTH) {
 #pragma unroll
@@ -429,16 +435,25 @@ __device__ __forceinline__ void kt_q4_K_row_stream(int rBegin, int rEnd, int col
             if (s0 + i < steps) {
                 uint4 head = hs[i], q = qs[i];
                 if (s0 + i + DEPTH < steps) load(i);
-                int base = 4 * cStep;
-                step(cRow, base, min(base + (lane >> 3), nsb - 1), head, q);
-                if (++cStep == spr) {
-                    rowDone(cRow);
+                int j = SPR > 0 ? i % S : cStep;
+                step(j, head, q);
+                if (SPR > 0 ? j == SPR - 1 : ++cStep == spr) {
                     cStep = 0;
-                    cRow++;
+                    rowDone(cRow++);
                 }
             }
         }
     }
+}
+// Rows of cols columns at run time: step(base, sb, head, quants) with base = 4j and sb its lane's super-block clamped
+// to the row (lanes whose base + l / 8 is past it add nothing).
+template <int DEPTH, class RowPtr, class Step, class RowDone>
+__device__ __forceinline__ void kt_q4_K_row_stream(int rBegin, int rEnd, int cols, i64 rowBytes, int pf, RowPtr rowPtr,
+                                                   Step step, RowDone rowDone) {
+    int lane = threadIdx.x & 31, nsb = cols / 256;
+    auto offset = [&](int j) { return (i64)min(4 * j + (lane >> 3), nsb - 1) * 144; };
+    auto stepAt = [&](int j, uint4 head, uint4 q) { step(4 * j, min(4 * j + (lane >> 3), nsb - 1), head, q); };
+    kt_q4_K_ring<0, DEPTH>(rBegin, rEnd, (nsb + 3) / 4, rowBytes, pf, rowPtr, offset, [] {}, stepAt, rowDone);
 }
 
 // d, dmin and the scales and mins of groups 2p and 2p + 1 from a Q4_K super-block's 16-byte header.
@@ -472,7 +487,7 @@ __device__ __forceinline__ void kt_mvp_q4_K_q8(const u8* W0, const u8* W1, const
         return W2 + (i64)(r - rows1) * rowBytes;
     };
     float acc = 0.0f;
-    auto step = [&](int, int base, int sb, uint4 head, uint4 q) {
+    auto step = [&](int base, int sb, uint4 head, uint4 q) {
         float d, dmin;
         int scLo, mLo, scHi, mHi;
         kt_q4_K_head(head, p, &d, &dmin, &scLo, &mLo, &scHi, &mHi);
@@ -519,54 +534,13 @@ KT_MVP_KERNEL(matvec_q4_K_q8_pf, true)
 // Q4_K, one token, persistent, the fast form with the inputs in registers (matvec_q4_K_q8_pr<SPR>, rows of
 // SPR = ceil(cols / 1024) ≤ 4 steps; default for such rows where matvec_q4_K_q8_pf would run,
 // `KTRANSFORMERS_CUDA_MVR=0` off): the rows as kt_q4_K_row_stream walks them (same lanes, steps and slots), but every
-// slot of the ring holds the same step of its row (kt_q4_K_ring_rows), so a lane's 32 input bytes, its two
+// slot of the ring holds the same step of its row (kt_q4_K_ring, SPR > 0), so a lane's 32 input bytes, its two
 // 16-element sums and the block's scale of each step are loaded once, into registers, and every row reuses them: a
 // step is its two weight loads and integer arithmetic (the pf form loads 2 × 16 bytes of inputs and three scalars a
 // step and row, and was issue-bound). High nibbles are masked in place and taken as unsigned (16·q: dp4a.u32.s32, the
 // 16 folded into the scale), the mins' sum is one dp2a of the packed 16-bit input sums, scales and mins come from the
 // header's words by byte permutes. Lanes past the row's super-blocks have a zero input scale. Its own bits.
 //
-// The ring those kernels walk (also matvec_q4_K_q16_pk's, mmq.cu): rows rBegin .. rEnd − 1 of SPR steps each
-// (rowPtr(r): the first byte of row r's walked super-blocks; offset(j): this lane's super-block's byte offset at step j),
-// DEPTH (a multiple of SPR) steps of weights in flight, so slot i always holds step i % SPR; the L2 asked for rows pf
-// ahead (pfBytes each); KT_PDL_WAIT once the first loads are in flight, then inputs() (the caller's registers);
-// step(j, head, quants) at each step and rowDone(r) after a row's last.
-template <int SPR, int DEPTH, class RowPtr, class Offset, class Inputs, class Step, class RowDone>
-__device__ __forceinline__ void kt_q4_K_ring_rows(int rBegin, int rEnd, i64 pfBytes, int pf, RowPtr rowPtr, Offset offset,
-                                                  Inputs inputs, Step step, RowDone rowDone) {
-    int lane = threadIdx.x & 31, part = lane & 7, steps = (rEnd - rBegin) * SPR;
-    int lRow = rBegin;
-    const u8* lPtr = rowPtr(lRow);
-    for (int r = rBegin + 1; r <= rBegin + pf && r < rEnd; r++) kt_prefetch_row(rowPtr(r), pfBytes, lane);
-    uint4 hs[DEPTH], qs[DEPTH];
-    auto load = [&](int i) {  // slot i: step i % SPR of the row lPtr points at
-        const u8* b = lPtr + offset(i % SPR);
-        hs[i] = *(const uint4*)b;
-        qs[i] = *(const uint4*)(b + 16 + 16 * part);
-        if (i % SPR == SPR - 1) {
-            if (++lRow < rEnd) lPtr = rowPtr(lRow);
-            if (pf && lRow + pf < rEnd) kt_prefetch_row(rowPtr(lRow + pf), pfBytes, lane);
-        }
-    };
-#pragma unroll
-    for (int i = 0; i < DEPTH; i++)
-        if (i < steps) load(i);
-    KT_PDL_WAIT();  // the weights are in flight; the inputs come from the previous kernel
-    inputs();
-    int cRow = rBegin;
-    for (int s0 = 0; s0 < steps; s0 += DEPTH) {
-#pragma unroll
-        for (int i = 0; i < DEPTH; i++) {
-            if (s0 + i < steps) {
-                uint4 h = hs[i], q = qs[i];
-                if (s0 + i + DEPTH < steps) load(i);
-                step(i % SPR, h, q);
-                if (i % SPR == SPR - 1) rowDone(cRow++);
-            }
-        }
-    }
-}
-
 // Scales and mins of groups 2p and 2p + 1 of a Q4_K header held in registers: the words with the 6-bit values of
 // this lane's half (hiGroups: groups 4 .. 7) for byte permutes (kt_q4_K_sel).
 __device__ __forceinline__ void kt_q4_K_words(uint4 h, bool hiGroups, u32* sc, u32* mn) {
@@ -620,7 +594,7 @@ __device__ __forceinline__ void kt_mvpr_rows(int rBegin, int rEnd, int nsb, i64 
         if (lane == 0) store(r, v);
         acc = 0.0f;
     };
-    kt_q4_K_ring_rows<SPR, DEPTH>(rBegin, rEnd, rowBytes, pf, rowPtr, offset, inputs, step, rowDone);
+    kt_q4_K_ring<SPR, DEPTH>(rBegin, rEnd, SPR, rowBytes, pf, rowPtr, offset, inputs, step, rowDone);
 }
 
 template <int SPR, int DEPTH>

@@ -1667,6 +1667,24 @@ extern "C" __global__ void __launch_bounds__(128) gated_silu_q16(float* g, const
 // Per lane and step: I1 = Σ scale·(Σ q·x), I2 = Σ min·(Σ x) over its 16 + 16 elements (exact in int32), the part
 // s·(d·I1 − dmin·I2) added to the lane's sum; the warp's sum per row.
 // Steps of weights in flight a warp: 8 (rows of 14336 inputs leave only ~16 warps an SM; 4 steps left them at 0.9 TB/s).
+// One lane's step of a Q4_K row against Q16_K inputs: the sums of its 16 low-nibble weights times a0/a1 (16 int16)
+// and of its 16 high-nibble weights times b0/b1, by dp2a (exact in int32).
+__device__ __forceinline__ void kt_q16_dots(uint4 q, uint4 a0, uint4 a1, uint4 b0, uint4 b1, int* sLo, int* sHi) {
+    u32 w[4] = {q.x, q.y, q.z, q.w};
+    u32 xa[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
+    u32 xb[8] = {b0.x, b0.y, b0.z, b0.w, b1.x, b1.y, b1.z, b1.w};
+    int lo = 0, hi = 0;
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+        int l = (int)(w[k] & 0x0F0F0F0Fu), h = (int)((w[k] >> 4) & 0x0F0F0F0Fu);
+        lo = __dp2a_lo((int)xa[2 * k], l, lo);
+        lo = __dp2a_hi((int)xa[2 * k + 1], l, lo);
+        hi = __dp2a_lo((int)xb[2 * k], h, hi);
+        hi = __dp2a_hi((int)xb[2 * k + 1], h, hi);
+    }
+    *sLo = lo;
+    *sHi = hi;
+}
 #define KT_MVP16_DEPTH 8
 extern "C" __global__ void __launch_bounds__(128) matvec_q4_K_q16_p(const u8* W, i64 rowBytes, i64 matrixBytes,
         int rows, int cols, const short* xq, const float* xscale, const int* xsums, const int* ids, int pairs, float* y,
@@ -1682,7 +1700,7 @@ extern "C" __global__ void __launch_bounds__(128) matvec_q4_K_q16_p(const u8* W,
     };
     int cPair = rBegin / rows;  // the pair of the row being computed
     float acc = 0.0f;
-    auto step = [&](int, int base, int sb, uint4 head, uint4 q) {
+    auto step = [&](int base, int sb, uint4 head, uint4 q) {
         float d, dmin;
         int scLo, mLo, scHi, mHi;
         kt_q4_K_head(head, p, &d, &dmin, &scLo, &mLo, &scHi, &mHi);
@@ -1690,18 +1708,8 @@ extern "C" __global__ void __launch_bounds__(128) matvec_q4_K_q16_p(const u8* W,
         int eLo = sb * 256 + 64 * p + l0, eHi = eLo + 32;
         uint4 a0 = *(const uint4*)(xr + eLo), a1 = *(const uint4*)(xr + eLo + 8);
         uint4 b0 = *(const uint4*)(xr + eHi), b1 = *(const uint4*)(xr + eHi + 8);
-        u32 w[4] = {q.x, q.y, q.z, q.w};
-        u32 xa[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
-        u32 xb[8] = {b0.x, b0.y, b0.z, b0.w, b1.x, b1.y, b1.z, b1.w};
-        int sLo = 0, sHi = 0;
-#pragma unroll
-        for (int k = 0; k < 4; k++) {
-            int lo = (int)(w[k] & 0x0F0F0F0Fu), hi = (int)((w[k] >> 4) & 0x0F0F0F0Fu);
-            sLo = __dp2a_lo((int)xa[2 * k], lo, sLo);
-            sLo = __dp2a_hi((int)xa[2 * k + 1], lo, sLo);
-            sHi = __dp2a_lo((int)xb[2 * k], hi, sHi);
-            sHi = __dp2a_hi((int)xb[2 * k + 1], hi, sHi);
-        }
+        int sLo, sHi;
+        kt_q16_dots(q, a0, a1, b0, b1, &sLo, &sHi);
         // Each lane adds its own part (no shuffles per step); the warp sums once per row.
         const int* sums = xsums + (i64)cPair * (cols / 16);
         int i1 = scLo * sLo + scHi * sHi, i2 = mLo * sums[eLo / 16] + mHi * sums[eHi / 16];
@@ -1720,14 +1728,14 @@ extern "C" __global__ void __launch_bounds__(128) matvec_q4_K_q16_p(const u8* W,
 // Batch-1 down projection of rows longer than 4096 columns, split into slices of 2048 columns (8 super-blocks: 2
 // steps), each slice's Q16_K inputs held in registers (the q16_p form reloads 64 bytes of inputs a lane every step
 // and row: 4096 × 14336 at 1.0 TB/s). Grid (units of 4 warps, slices): warp u of slice s takes rows u·rpw .. +rpw of
-// its slice through kt_q4_K_ring_rows (4 steps in flight) and stores its rows' partial sums at
+// its slice through kt_q4_K_ring (4 steps in flight) and stores its rows' partial sums at
 // partial[s · rows + r]; the last warp of a row range to finish (counters[u], after a fence) adds the slices' partials
 // in slice order into y and sets the counter back to 0 for the next launch: one launch, the same bits whichever warp
 // finishes last. Lanes past the slice's super-blocks have a zero input scale. Its own bits (not batch-invariant).
 #define KT_MVPK_SLICE 8
 extern "C" __global__ void __launch_bounds__(128) matvec_q4_K_q16_pk(const u8* W, i64 rowBytes, int rows, int cols,
         const short* xq, const float* xscale, const int* xsums, float* partial, int* counters, float* y, int rpw,
-        int pf) { /* KT_PDL_WAIT in kt_q4_K_ring_rows */
+        int pf) { /* KT_PDL_WAIT in kt_q4_K_ring */
     int lane = threadIdx.x & 31, p = (lane & 7) >> 1, g8 = lane >> 3;
     int unit = blockIdx.x * 4 + (threadIdx.x >> 5), slice = blockIdx.y, slices = gridDim.y;
     int rBegin = unit * rpw, rEnd = min(rBegin + rpw, rows);
@@ -1758,18 +1766,8 @@ extern "C" __global__ void __launch_bounds__(128) matvec_q4_K_q16_pk(const u8* W
         float d = kt_half_to_float((u16)(h.x & 0xFFFFu)), dmin = kt_half_to_float((u16)(h.x >> 16));
         u32 sc, mn;
         kt_q4_K_words(h, hiGroups, &sc, &mn);
-        u32 w[4] = {q.x, q.y, q.z, q.w};
-        u32 a[8] = {xa[j][0].x, xa[j][0].y, xa[j][0].z, xa[j][0].w, xa[j][1].x, xa[j][1].y, xa[j][1].z, xa[j][1].w};
-        u32 b[8] = {xb[j][0].x, xb[j][0].y, xb[j][0].z, xb[j][0].w, xb[j][1].x, xb[j][1].y, xb[j][1].z, xb[j][1].w};
-        int sLo = 0, sHi = 0;
-#pragma unroll
-        for (int t = 0; t < 4; t++) {
-            int lo = (int)(w[t] & 0x0F0F0F0Fu), hi = (int)((w[t] >> 4) & 0x0F0F0F0Fu);
-            sLo = __dp2a_lo((int)a[2 * t], lo, sLo);
-            sLo = __dp2a_hi((int)a[2 * t + 1], lo, sLo);
-            sHi = __dp2a_lo((int)b[2 * t], hi, sHi);
-            sHi = __dp2a_hi((int)b[2 * t + 1], hi, sHi);
-        }
+        int sLo, sHi;
+        kt_q16_dots(q, xa[j][0], xa[j][1], xb[j][0], xb[j][1], &sLo, &sHi);
         int i1 = (int)__byte_perm(sc, 0, selLo) * sLo + (int)__byte_perm(sc, 0, selHi) * sHi;
         int i2 = (int)__byte_perm(mn, 0, selLo) * mLoS[j] + (int)__byte_perm(mn, 0, selHi) * mHiS[j];
         acc = fmaf(xsc[j] * d, (float)i1, acc);
@@ -1780,7 +1778,7 @@ extern "C" __global__ void __launch_bounds__(128) matvec_q4_K_q16_pk(const u8* W
         if (lane == 0) partial[(i64)slice * rows + r] = v;
         acc = 0.0f;
     };
-    kt_q4_K_ring_rows<2, 4>(rBegin, rEnd, (i64)nsl * 144, pf, rowPtr, offset, inputs, step, rowDone);
+    kt_q4_K_ring<2, 4>(rBegin, rEnd, 2, (i64)nsl * 144, pf, rowPtr, offset, inputs, step, rowDone);
     __threadfence();  // this warp's partials are visible before its count
     int last = 0;
     if (lane == 0) last = atomicAdd(&counters[unit], 1) == slices - 1;
