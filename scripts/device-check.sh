@@ -17,7 +17,8 @@
 # `serve` (serve on cuda + bench serve with 1, 8, 32 clients) and `deepseek` (a DeepSeek-V3-shaped model of
 # DS_LAYERS=4 layers written by scripts/make_random_deepseek.py: hybrid and all-GPU logits against the CPU's, the
 # routing spread, speed beside llama.cpp; ~20 GB on disk) and `serve-hybrid` (the Qwen3-30B-A3B shape, experts on
-# the CPU, served to 1, 4, 8 clients) and `layerwise` (a traced layerwise prefill, stacks if it hangs). MOE=1 adds the Qwen3-30B-A3B shape all on the GPU to
+# the CPU, served to 1, 4, 8 clients) and `layerwise` (a traced layerwise prefill, stacks if it hangs) and `moe-scaling` (the CPU expert kernel at 1 to all
+# threads, SCALING_THREADS / SCALING_VARS, and hybrid / CPU-only decode by thread count). MOE=1 adds the Qwen3-30B-A3B shape all on the GPU to
 # bench and baseline; HYBRID_SHORT=1 runs only pp512/tg of the hybrid stage; HYBRID_AB=1 adds hybrid decode rows
 # under each host-wait setting (KTRANSFORMERS_CUDA_SYNC, KTRANSFORMERS_POOL_SPINS, one core free) and with the
 # layerwise prefill; KERNEL_AB=1 adds bench rows with the streaming kernels off or capped; DECODE_AB=1 batch-1
@@ -294,6 +295,27 @@ if has hybrid; then
   fi
   if [ -x .baseline/llama.cpp/build/bin/llama-bench ] && [ -z "${SMOKE:-}" ]; then
     .baseline/llama.cpp/build/bin/llama-bench -m $m -t $threads -p 512 -n 128 -r 3 2>>"$log" | tee -a "$summary"
+  fi
+fi
+if has moe-scaling; then
+  # Issue 13's first lever: how the CPU expert kernel scales with threads at batch 1 and 8 (bench --moe, the
+  # Qwen3-30B-A3B layer shape), each row against the bandwidth it measured; then hybrid and CPU-only decode of
+  # the Qwen3-30B-A3B shape at 8 and all threads, and llama.cpp's -ot exps=CPU decode beside it (when built).
+  say "## CPU expert kernel scaling, $(date -u +%FT%TZ), $threads cores"
+  for t in ${SCALING_THREADS:-1 2 4 8 12 $threads}; do
+    "$bin" bench --moe -t $t -r 3 2>>"$log" | grep moe-b | sed "s/\$/ (-t $t)/" | tee -a "$summary"
+  done
+  for v in ${SCALING_VARS:-KTRANSFORMERS_PIN_THREADS=0 KTRANSFORMERS_POOL_SPINS=1000000}; do
+    env ${v//,/ } "$bin" bench --moe -t $threads -r 3 2>>"$log" | grep moe-b | sed "s/\$/ (-t $threads, $v)/" | tee -a "$summary"
+  done
+  m=/tmp/qwen3-30b-a3b$sfx.gguf
+  make_model qwen3-30b-a3b $m
+  for t in 8 $threads; do
+    "$bin" bench --model $m --device cuda -t $t -p 0 -n $tgb -r 2 2>>"$log" | tail -1 | sed "s/\$/ (hybrid, -t $t)/" | tee -a "$summary"
+  done
+  "$bin" bench --model $m --device cpu -t $threads -p 0 -n 32 -r 2 2>>"$log" | tail -1 | sed "s/\$/ (cpu only, -t $threads)/" | tee -a "$summary"
+  if [ -x .baseline/llama.cpp/build-cuda/bin/llama-bench ] && [ -z "${SMOKE:-}" ]; then
+    .baseline/llama.cpp/build-cuda/bin/llama-bench -m $m -ngl 99 -ot exps=CPU -t $threads -fa 1 -p 0 -n $tgb -r 2 2>>"$log" | tee -a "$summary"
   fi
 fi
 if has layerwise; then
