@@ -303,15 +303,19 @@ if has moe-scaling; then
   # the Qwen3-30B-A3B shape at 8 and all threads, and llama.cpp's -ot exps=CPU decode beside it (when built).
   say "## CPU expert kernel scaling, $(date -u +%FT%TZ), $threads cores"
   for t in ${SCALING_THREADS:-1 2 4 8 12 $threads}; do
-    "$bin" bench --moe -t $t -r 3 2>>"$log" | grep moe-b | sed "s/\$/ (-t $t)/" | tee -a "$summary"
+    KTRANSFORMERS_MOE_DIAG=1 "$bin" bench --moe -t $t -r 3 2>>"$log" | grep moe- | sed "s/\$/ (-t $t)/" | tee -a "$summary"
   done
   for v in ${SCALING_VARS:-KTRANSFORMERS_PIN_THREADS=0 KTRANSFORMERS_POOL_SPINS=1000000}; do
     env ${v//,/ } "$bin" bench --moe -t $threads -r 3 2>>"$log" | grep moe-b | sed "s/\$/ (-t $threads, $v)/" | tee -a "$summary"
   done
   m=/tmp/qwen3-30b-a3b$sfx.gguf
   make_model qwen3-30b-a3b $m
-  for t in 8 $threads; do
+  for t in ${SCALING_HYBRID_THREADS:-8 $threads}; do
     "$bin" bench --model $m --device cuda -t $t -p 0 -n $tgb -r 2 2>>"$log" | tail -1 | sed "s/\$/ (hybrid, -t $t)/" | tee -a "$summary"
+  done
+  for v in ${SCALING_HYBRID_VARS:-}; do
+    env ${v//,/ } "$bin" bench --model $m --device cuda -t $threads -p 0 -n $tgb -r 2 2>>"$log" | tail -1 \
+      | sed "s/\$/ (hybrid, -t $threads, $v)/" | tee -a "$summary"
   done
   "$bin" bench --model $m --device cpu -t $threads -p 0 -n 32 -r 2 2>>"$log" | tail -1 | sed "s/\$/ (cpu only, -t $threads)/" | tee -a "$summary"
   if [ -x .baseline/llama.cpp/build-cuda/bin/llama-bench ] && [ -z "${SMOKE:-}" ]; then

@@ -233,6 +233,9 @@ struct Bench: ParsableCommand {
             Output.out(String(decoding: try enc.encode(results), as: UTF8.self) + "\n")
         } else {
             Output.out(MoEBench.table(results))
+            if ProcessInfo.processInfo.environment["KTRANSFORMERS_MOE_DIAG"] == "1" {
+                Output.out(MemoryBandwidth.diagnostics(pool: ThreadPool(threads: threads ?? CPUInfo.physicalCores)))
+            }
         }
     }
 

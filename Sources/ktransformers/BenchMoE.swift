@@ -167,20 +167,26 @@ struct MoEBench {
 /// Read bandwidth of this machine as the expert kernel sees it: every pool thread streams its share of a buffer
 /// much larger than the caches (SIMD loads, summed so they are not optimised away); best of several passes.
 enum MemoryBandwidth {
-    static func measure(pool: ThreadPool, bytes: Int = 1 << 29, passes: Int = 5) -> Double {
+    /// `runBytes`: the contiguous run each task reads (4 MB by default); runs are taken in a random order, so
+    /// short runs see what the expert kernel sees (matrices of ~1 MB at scattered places, cut into row chunks).
+    static func measure(pool: ThreadPool, bytes: Int = 1 << 29, passes: Int = 5, runBytes: Int = 4 << 20) -> Double {
         let n = bytes / 4
         let buf = UnsafeMutablePointer<Float>.allocate(capacity: n)
         defer { buf.deallocate() }
-        let chunk = 1 << 20  // floats per task (4 MB)
+        let chunk = max(32, runBytes / 4)  // floats per task
         let tasks = n / chunk
         pool.parallelFor(tasks) { t, _ in for i in 0..<chunk { buf[t * chunk + i] = Float((t &* 31 &+ i) & 1023) } }
+        var rng = SplitMix(seed: 11)
+        var order = Array(0..<tasks)
+        for i in stride(from: tasks - 1, to: 0, by: -1) { order.swapAt(i, Int(rng.next() % UInt64(i + 1))) }
         let sums = UnsafeMutablePointer<Float>.allocate(capacity: tasks)
         defer { sums.deallocate() }
         var best = 0.0
         for _ in 0..<passes {
             let t0 = DispatchTime.now().uptimeNanoseconds
+            order.withUnsafeBufferPointer { order in
             pool.parallelFor(tasks) { t, _ in
-                let raw = UnsafeRawPointer(buf + t * chunk)
+                let raw = UnsafeRawPointer(buf + order[t] * chunk)
                 var s0 = SIMD8<Float>(), s1 = SIMD8<Float>(), s2 = SIMD8<Float>(), s3 = SIMD8<Float>()
                 var o = 0
                 while o < chunk * 4 {
@@ -192,10 +198,25 @@ enum MemoryBandwidth {
                 }
                 sums[t] = ((s0 + s1) + (s2 + s3)).sum()
             }
+            }
             let sec = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
             best = max(best, Double(tasks * chunk * 4) / sec / 1e9)
         }
         return best
+    }
+
+    /// Diagnostics of the expert kernel's surroundings on this pool: read bandwidth by contiguous run length, and
+    /// the cost of one empty parallel region (wake the workers, hand out one task each, join).
+    static func diagnostics(pool: ThreadPool) -> String {
+        let runs = [(4 << 20, "4 MB"), (1 << 20, "1 MB"), (256 << 10, "256 KB"), (64 << 10, "64 KB")]
+        let bw = runs.map { "\($0.1) \(String(format: "%.1f", measure(pool: pool, runBytes: $0.0)))" }
+        let regions = 2000
+        for _ in 0..<100 { pool.parallelFor(pool.threadCount) { _, _ in } }
+        let t0 = DispatchTime.now().uptimeNanoseconds
+        for _ in 0..<regions { pool.parallelFor(pool.threadCount) { _, _ in } }
+        let us = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e3 / Double(regions)
+        return "moe-diag | \(pool.threadCount) threads | read GB/s by contiguous run: " + bw.joined(separator: ", ")
+            + String(format: " | empty parallel region %.2f µs\n", us)
     }
 }
 

@@ -1,6 +1,12 @@
+import Foundation
 import Quant
 
 extension ThreadPool {
+    /// Row chunks per pool thread that an expert matmul is cut into (handed out dynamically): more balance the
+    /// threads, fewer give each thread longer contiguous runs of weights. `KTRANSFORMERS_MOE_TASKS`, default 8.
+    public static let expertTasksPerThread: Int =
+        max(1, ProcessInfo.processInfo.environment["KTRANSFORMERS_MOE_TASKS"].flatMap { Int($0) } ?? 8)
+
     /// The expert matmul of an MoE layer: for every expert e that `routing` sends rows to,
     /// `y[p] = W_e · x[row(p)]` for the sorted rows `p` in `routing.offsets[e] ..< offsets[e + 1]`, where
     /// `row(p)` is `routing.tokenOf[p]` when `gather` (x holds token rows, `// [nTokens, cols]`) and `p`
@@ -32,10 +38,11 @@ extension ThreadPool {
         let ws = (w, w2 ?? w)
         let ys = (y, y2 ?? y)
 
-        // Tasks: expert-major, then matrix, then row chunk; at least ~8 per thread.
+        // Tasks: expert-major, then matrix, then row chunk; at least `expertTasksPerThread` per thread.
         let nActive = routing.activeCount
         let totalRows = nMat * nActive * rows
-        var chunk = (totalRows + threadCount * 8 - 1) / (threadCount * 8)
+        let perThread = ThreadPool.expertTasksPerThread
+        var chunk = (totalRows + threadCount * perThread - 1) / (threadCount * perThread)
         chunk = min(rows, max(16, (chunk + 3) & ~3))
         let chunksPerMatrix = (rows + chunk - 1) / chunk
         let tasks = nActive * nMat * chunksPerMatrix
