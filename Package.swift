@@ -55,7 +55,7 @@ let package = Package(
                 swiftSettings: optimized),
         // The CUDA backend: the driver API, NVRTC and cuBLAS loaded at run time (dlopen), so building needs no CUDA SDK and
         // the binary runs on machines without a GPU.
-        .target(name: "BackendCUDA", dependencies: ["Backend", "Quant"],
+        .target(name: "BackendCUDA", dependencies: ["Backend", "Quant", .product(name: "Atomics", package: "swift-atomics")],
                 resources: ["common.cuh", "quant.cuh", "matvec.cu", "activations.cu", "ops.cu", "attention.cu", "moe.cu", "mmq.cu", "gemm.cu"]
                     .map { .embedInCode("Kernels/\($0)") },
                 swiftSettings: optimized),

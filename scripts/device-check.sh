@@ -310,6 +310,19 @@ if has moe-scaling; then
   done
   m=/tmp/qwen3-30b-a3b$sfx.gguf
   make_model qwen3-30b-a3b $m
+  # The hand-over between the GPU and the expert thread (mailbox or host functions), graphs on and off: the same
+  # greedy tokens (the arithmetic is the same; only who signals whom differs).
+  gen() { local mb=$1; shift; KTRANSFORMERS_HYBRID_MAILBOX=$mb timeout 120 "$bin" generate --model $m --device cuda -t $threads \
+    -p "the quick brown fox" -n 48 --temperature 0 --ignore-eos "$@" 2>>"$log"; }
+  gen 1 > "$out/hybrid-gen-mailbox.txt"
+  gen 0 > "$out/hybrid-gen-hostfn.txt"
+  gen 1 --no-cuda-graphs > "$out/hybrid-gen-mailbox-eager.txt"
+  if [ -s "$out/hybrid-gen-mailbox.txt" ] && cmp -s "$out/hybrid-gen-mailbox.txt" "$out/hybrid-gen-hostfn.txt" \
+     && cmp -s "$out/hybrid-gen-mailbox.txt" "$out/hybrid-gen-mailbox-eager.txt"; then
+    say "hybrid greedy 48 tokens: mailbox = host functions = mailbox without graphs: ok"
+  else
+    say "hybrid greedy 48 tokens: mailbox, host functions and eager DIFFER (or failed): see hybrid-gen-*.txt"; status=1
+  fi
   for t in ${SCALING_HYBRID_THREADS:-8 $threads}; do
     "$bin" bench --model $m --device cuda -t $t -p 0 -n $tgb -r 2 2>>"$log" | tail -1 | sed "s/\$/ (hybrid, -t $t)/" | tee -a "$summary"
   done

@@ -1,3 +1,4 @@
+import Atomics
 import Backend
 import Foundation
 import Quant
@@ -369,11 +370,20 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
 
     /// Waits for the stream's work: spinning, or asleep on a blocking event (`blockingWaits`).
     private func waitForStream() throws {
-        guard blockingWaits else { return try driver.synchronize(stream) }
-        if waitEvent == nil { waitEvent = try driver.makeBlockingEvent() }
-        try driver.record(waitEvent!, stream: stream)
-        try driver.wait(waitEvent!)
+        let after = streamWaitHooks.map { $0() }
+        if blockingWaits {
+            if waitEvent == nil { waitEvent = try driver.makeBlockingEvent() }
+            try driver.record(waitEvent!, stream: stream)
+            try driver.wait(waitEvent!)
+        } else {
+            try driver.synchronize(stream)
+        }
+        for a in after { a() }
     }
+
+    /// Called before every wait for the whole stream (`synchronize`, `read`); what each returns is called once the
+    /// wait is over (the hybrid MoE's expert thread learns there that no job it was armed for is still queued).
+    var streamWaitHooks: [() -> () -> Void] = []
 
     /// Free and total device memory.
     public func memoryInfo() -> (free: Int, total: Int) {
@@ -1117,10 +1127,23 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         return CUDAGraph(backend: self, exec: exec!)
     }
 
+    /// Whether hybrid MoE executors made from now on hand their layers to the expert thread through a mailbox in
+    /// page-locked memory (stream memory operations) rather than host functions (`CUDAHybridExpertExecutor`);
+    /// `KTRANSFORMERS_HYBRID_MAILBOX=0` turns it off. Needs the driver's stream memory operations.
+    nonisolated(unsafe) public static var hybridMailbox = ProcessInfo.processInfo.environment["KTRANSFORMERS_HYBRID_MAILBOX"] != "0"
+    /// Hybrid MoE layers handed over through the mailbox so far (tests).
+    public var hybridMailboxJobs: Int { mailboxJobs.load(ordering: .relaxed) }
+    let mailboxJobs = ManagedAtomic<Int>(0)
+
+    /// Called before every graph launch (the hybrid MoE's expert thread is woken here: the graph's mailbox writes
+    /// need it spinning).
+    var graphLaunchHooks: [() -> Void] = []
+
     public func launch(_ graph: any ComputeGraph) {
         guard let g = graph as? CUDAGraph, g.backend === self else {
             preconditionFailure("a graph of another backend")
         }
+        for hook in graphLaunchHooks { hook() }
         current()
         must("cuGraphLaunch") { try driver.launchGraph(g.exec, stream: stream) }
     }

@@ -49,6 +49,10 @@ public final class CUDADriver: @unchecked Sendable {
     /// A host function run in stream order (and inside captured graphs, as a host node).
     public typealias HostFunction = @convention(c) (UnsafeMutableRawPointer?) -> Void
     private let cuLaunchHostFunc: @convention(c) (Handle?, HostFunction, UnsafeMutableRawPointer?) -> Int32
+    /// Stream memory operations (the V2 entry points, on by default since CUDA 11.7; nil where the driver lacks them).
+    private let cuStreamWriteValue32: (@convention(c) (Handle?, CUdeviceptr, UInt32, UInt32) -> Int32)?
+    private let cuStreamWaitValue32: (@convention(c) (Handle?, CUdeviceptr, UInt32, UInt32) -> Int32)?
+    private let cuMemHostGetDevicePointer: (@convention(c) (UnsafeMutablePointer<CUdeviceptr>, UnsafeMutableRawPointer, UInt32) -> Int32)?
     private let cuEventCreate: @convention(c) (UnsafeMutablePointer<Handle?>, UInt32) -> Int32
     private let cuEventRecord: @convention(c) (Handle, Handle?) -> Int32
     private let cuEventSynchronize: @convention(c) (Handle) -> Int32
@@ -106,6 +110,11 @@ public final class CUDADriver: @unchecked Sendable {
         cuGraphDestroy = try l.symbol("cuGraphDestroy", as: type(of: cuGraphDestroy))
         cuGraphExecDestroy = try l.symbol("cuGraphExecDestroy", as: type(of: cuGraphExecDestroy))
         cuLaunchHostFunc = try l.symbol("cuLaunchHostFunc", as: type(of: cuLaunchHostFunc))
+        typealias MemOp = @convention(c) (Handle?, CUdeviceptr, UInt32, UInt32) -> Int32
+        cuStreamWriteValue32 = l.optionalSymbol("cuStreamWriteValue32_v2", as: MemOp.self)
+        cuStreamWaitValue32 = l.optionalSymbol("cuStreamWaitValue32_v2", as: MemOp.self)
+        cuMemHostGetDevicePointer = l.optionalSymbol("cuMemHostGetDevicePointer_v2", as:
+            (@convention(c) (UnsafeMutablePointer<CUdeviceptr>, UnsafeMutableRawPointer, UInt32) -> Int32).self)
         cuEventCreate = try l.symbol("cuEventCreate", as: type(of: cuEventCreate))
         cuEventRecord = try l.symbol("cuEventRecord", as: type(of: cuEventRecord))
         cuEventSynchronize = try l.symbol("cuEventSynchronize", as: type(of: cuEventSynchronize))
@@ -122,6 +131,34 @@ public final class CUDADriver: @unchecked Sendable {
     public func launchHostFunction(_ function: HostFunction, data: UnsafeMutableRawPointer?, stream: Handle?) throws {
         kernelTail = nil
         try check(cuLaunchHostFunc(stream, function, data), "cuLaunchHostFunc")
+    }
+
+    /// Whether the stream memory operations below are available.
+    public var hasStreamMemoryOperations: Bool {
+        cuStreamWriteValue32 != nil && cuStreamWaitValue32 != nil && cuMemHostGetDevicePointer != nil
+    }
+
+    /// The device address of page-locked host memory from `allocateHost`.
+    public func devicePointer(host p: UnsafeMutableRawPointer) throws -> CUdeviceptr {
+        guard let f = cuMemHostGetDevicePointer else { throw CUDAError("cuMemHostGetDevicePointer_v2 is missing from this driver") }
+        var d: CUdeviceptr = 0
+        try check(f(&d, p, 0), "cuMemHostGetDevicePointer")
+        return d
+    }
+
+    /// Writes `value` to the 32-bit word at `address` once the stream's earlier work is done (with a memory
+    /// barrier: that work's writes are visible first). Captured into graphs as a memory-operation node.
+    public func writeValue(_ address: CUdeviceptr, _ value: UInt32, stream: Handle?) throws {
+        guard let f = cuStreamWriteValue32 else { throw CUDAError("cuStreamWriteValue32_v2 is missing from this driver") }
+        kernelTail = nil
+        try check(f(stream, address, value, 0), "cuStreamWriteValue32")
+    }
+
+    /// Later work on the stream waits until the 32-bit word at `address` equals `value` (CU_STREAM_WAIT_VALUE_EQ).
+    public func waitValue(_ address: CUdeviceptr, equals value: UInt32, stream: Handle?) throws {
+        guard let f = cuStreamWaitValue32 else { throw CUDAError("cuStreamWaitValue32_v2 is missing from this driver") }
+        kernelTail = nil
+        try check(f(stream, address, value, 1), "cuStreamWaitValue32")
     }
 
     func check(_ r: Int32, _ call: String) throws {

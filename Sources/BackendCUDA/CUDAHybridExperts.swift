@@ -1,3 +1,4 @@
+import Atomics
 import Backend
 import Dispatch
 import Foundation
@@ -49,20 +50,76 @@ final class CUDAHybridExpertExecutor: ExpertExecutor, @unchecked Sendable {
         let topK: Int
         /// Choices run one layer late (expert deferral; 0: none).
         let late: Int
-        init(owner: CUDAHybridExpertExecutor, experts: ExpertWeights, n: Int, topK: Int, late: Int) {
+        /// The job's index in `jobTable` plus one: what the GPU writes into the mailbox.
+        let index: UInt32
+        init(owner: CUDAHybridExpertExecutor, experts: ExpertWeights, n: Int, topK: Int, late: Int, index: UInt32) {
             self.owner = owner
             self.experts = experts
             self.n = n
             self.topK = topK
             self.late = late
+            self.index = index
         }
+    }
+
+    /// Mailbox mode (`HybridMailbox`): the stream hands each layer to the expert thread through words in page-locked
+    /// memory (cuStreamWriteValue32 / cuStreamWaitValue32) instead of two host functions, so neither the driver's
+    /// callback thread nor a sleeping thread's wake-up sits between the GPU and the CPU. On where the driver has the
+    /// stream memory operations; `KTRANSFORMERS_HYBRID_MAILBOX=0` turns it off. Not for expert deferral.
+    private let mailbox: HybridMailbox?
+    /// Every job ever made, by index - 1 (the expert thread looks mailbox indices up here, under `jobLock`).
+    private var jobTable: [Job] = []
+    private let jobLock = NSLock()
+
+    private final class WeakOwner: @unchecked Sendable {
+        weak var owner: CUDAHybridExpertExecutor?
     }
 
     init(gpu: CUDABackend, inner: any ExpertExecutor, dim: Int) {
         self.gpu = gpu
         self.inner = inner
         self.dim = dim
-        worker = ExpertThread()
+        var m: HybridMailbox?
+        if CUDABackend.hybridMailbox, gpu.driver.hasStreamMemoryOperations,
+           let host = try? gpu.driver.allocateHost(HybridMailbox.bytes) {
+            if let d = try? gpu.driver.devicePointer(host: host) {
+                m = HybridMailbox(host: host, device: d)
+            } else {
+                gpu.driver.freeHost(host)
+            }
+        }
+        mailbox = m
+        let box = WeakOwner()
+        worker = ExpertThread(mailbox: m) { box.owner?.runMailboxJob($0) }
+        box.owner = self
+        if m != nil {
+            // A graph that holds this executor's mailbox writes may be replayed: the expert thread spins from then on.
+            let w = worker
+            gpu.graphLaunchHooks.append { [weak w] in w?.arm() }
+            gpu.streamWaitHooks.append { [weak w] in
+                let mark = w?.settleMark() ?? 0
+                return { w?.settle(mark) }
+            }
+        }
+    }
+
+    /// Expert thread, mailbox mode: runs job `index` (x and ids staged), waits for its routing weights, combines
+    /// into `outHost` and reports done.
+    fileprivate func runMailboxJob(_ index: UInt32) {
+        jobLock.lock()
+        let j = jobTable[Int(index) - 1]
+        jobLock.unlock()
+        let m = mailbox!
+        let x = Tensor(address: UInt(bitPattern: xHost!), count: j.n * dim, device: .cpu)
+        let ids = Tensor(address: UInt(bitPattern: idsHost!), count: j.n * j.topK, device: .cpu)
+        inner.submit(j.experts, x: x, ids: ids, n: j.n, topK: j.topK)
+        while m.weightsReady.load(ordering: .acquiring) != index { if worker.isStopping { return } }
+        m.weightsReady.store(0, ordering: .relaxed)
+        outHost!.bindMemory(to: Float.self, capacity: j.n * dim).update(repeating: 0, count: j.n * dim)
+        inner.wait(weights: Tensor(address: UInt(bitPattern: weightsHost!), count: j.n * j.topK, device: .cpu),
+                   accumulateInto: Tensor(address: UInt(bitPattern: outHost!), count: j.n * dim, device: .cpu), n: j.n)
+        m.done.store(index, ordering: .releasing)
+        gpu.mailboxJobs.wrappingIncrement(ordering: .relaxed)
     }
 
     deinit {
@@ -70,6 +127,7 @@ final class CUDAHybridExpertExecutor: ExpertExecutor, @unchecked Sendable {
         for s in slots { gpu.freeWeights(s.address); gpu.driver.destroyEvent(s.copied); gpu.driver.destroyEvent(s.consumed) }
         for s in slots { if let h = s.host { gpu.driver.freeHost(h) } }
         worker.stop()
+        if let m = mailbox { gpu.driver.freeHost(m.host) }
         for p in [xHost, idsHost, weightsHost, outHost] { if let p { gpu.driver.freeHost(p) } }
         if outDevice.count > 0 { gpu.release(outDevice) }
         deferral.deallocate()
@@ -107,7 +165,10 @@ final class CUDAHybridExpertExecutor: ExpertExecutor, @unchecked Sendable {
     private func job(_ experts: ExpertWeights, n: Int, topK: Int, late: Int) -> Job {
         let key = JobKey(weights: UInt(bitPattern: experts.gate.data), n: n, topK: topK, late: late)
         if let j = jobs[key] { return j }
-        let j = Job(owner: self, experts: experts, n: n, topK: topK, late: late)
+        jobLock.lock()
+        let j = Job(owner: self, experts: experts, n: n, topK: topK, late: late, index: UInt32(jobTable.count + 1))
+        jobTable.append(j)
+        jobLock.unlock()
         jobs[key] = j
         return j
     }
@@ -128,6 +189,15 @@ final class CUDAHybridExpertExecutor: ExpertExecutor, @unchecked Sendable {
         let j = job(experts, n: n, topK: topK, late: late)
         lastSubmitted = j
         gpu.current()
+        if let m = mailbox, late == 0 {
+            worker.arm()
+            gpu.must("expert staging (device to host)") {
+                try gpu.driver.copyAsync(toHost: xHost!, from: .init(x.address), bytes: n * dim * 4, stream: gpu.stream)
+                try gpu.driver.copyAsync(toHost: idsHost!, from: .init(ids.address), bytes: n * topK * 4, stream: gpu.stream)
+                try gpu.driver.writeValue(m.startAddress, j.index, stream: gpu.stream)
+            }
+            return
+        }
         gpu.must("expert staging (device to host)") {
             try gpu.driver.copyAsync(toHost: xHost!, from: .init(x.address), bytes: n * dim * 4, stream: gpu.stream)
             try gpu.driver.copyAsync(toHost: idsHost!, from: .init(ids.address), bytes: n * topK * 4, stream: gpu.stream)
@@ -147,6 +217,17 @@ final class CUDAHybridExpertExecutor: ExpertExecutor, @unchecked Sendable {
         guard n > 0, let j = lastSubmitted else { return }
         precondition(j.n == n, "wait for \(n) tokens after a submit of \(j.n)")
         gpu.current()
+        if let m = mailbox, j.late == 0 {
+            gpu.must("expert combine (host to device)") {
+                try gpu.driver.copyAsync(toHost: weightsHost!, from: .init(weights.address), bytes: n * j.topK * 4, stream: gpu.stream)
+                try gpu.driver.writeValue(m.weightsReadyAddress, j.index, stream: gpu.stream)
+                try gpu.driver.waitValue(m.doneAddress, equals: j.index, stream: gpu.stream)
+                try gpu.driver.writeValue(m.doneAddress, 0, stream: gpu.stream)
+                try gpu.driver.copyAsync(toDevice: .init(outDevice.address), from: outHost!, bytes: n * dim * 4, stream: gpu.stream)
+            }
+            gpu.add(outDevice, into: out, count: n * dim)
+            return
+        }
         gpu.must("expert combine (host to device)") {
             try gpu.driver.copyAsync(toHost: weightsHost!, from: .init(weights.address), bytes: n * j.topK * 4, stream: gpu.stream)
             try gpu.driver.launchHostFunction(hybridExpertsFinish, data: Unmanaged.passUnretained(j).toOpaque(),
@@ -484,17 +565,33 @@ private func hybridExpertsFlush(_ data: UnsafeMutableRawPointer?) {
     f.owner.flushHost(f)
 }
 
-/// One thread that runs the routed experts handed over by the "start" host function (the CPU backend's thread
-/// pool does the work; this thread drives it, so the driver's callback thread returns at once).
+/// One thread that runs the routed experts: handed over by the "start" host function (`run`), or, in mailbox mode,
+/// taken from the mailbox word the GPU's stream writes (`HybridMailbox`). In mailbox mode it spins (pinned, as the
+/// pool's thread 0) while steps come. The GPU cannot wake a sleeping thread, so it sleeps only when no mailbox job
+/// can be pending: whoever queues GPU work that writes the mailbox calls `arm` first (waking it), and the thread may
+/// sleep again only after a wait for the whole stream that began after the last `arm` has finished (`settle`), and
+/// `spinWindow` passed without a job.
 final class ExpertThread: @unchecked Sendable {
-    // NOTE: @unchecked: `work` is handed over under `lock`.
+    // NOTE: @unchecked: `work` is handed over under `lock`; the mailbox and the flags are atomics.
     private let lock = NSCondition()
     private var work: (() -> Void)?
     private var busy = false
-    private var stopping = false
+    private let hasWork = ManagedAtomic<Bool>(false)
+    private let stopping = ManagedAtomic<Bool>(false)
+    private let armEpoch = ManagedAtomic<Int>(0)
+    private let settledEpoch = ManagedAtomic<Int>(0)
+    private let armedAt = ManagedAtomic<UInt64>(0)
+    private var sleeping = false
     private var thread: Thread?
+    let mailbox: HybridMailbox?
+    /// Runs the mailbox job with this index (on this thread).
+    private let handler: (UInt32) -> Void
+    /// How long the thread spins on the mailbox after its last job or arm before it sleeps.
+    static let spinWindowNanoseconds: UInt64 = 50_000_000
 
-    init() {
+    init(mailbox: HybridMailbox? = nil, handler: @escaping (UInt32) -> Void = { _ in }) {
+        self.mailbox = mailbox
+        self.handler = handler
         // The thread holds the object until `stop` ends its loop.
         let t = Thread { [self] in self.loop() }
         t.name = "ktransformers-experts"
@@ -508,6 +605,7 @@ final class ExpertThread: @unchecked Sendable {
         while busy { lock.wait() }
         work = body
         busy = true
+        hasWork.store(true, ordering: .releasing)
         lock.broadcast()
         lock.unlock()
     }
@@ -518,28 +616,126 @@ final class ExpertThread: @unchecked Sendable {
         lock.unlock()
     }
 
-    func stop() {
+    /// Mailbox mode: GPU work that writes the mailbox is about to be queued; spin from now on (wake if asleep).
+    func arm() {
+        guard mailbox != nil else { return }
+        armedAt.store(DispatchTime.now().uptimeNanoseconds, ordering: .releasing)
+        armEpoch.wrappingIncrement(ordering: .sequentiallyConsistent)
         lock.lock()
-        stopping = true
-        lock.broadcast()
+        if sleeping { lock.broadcast() }
         lock.unlock()
     }
 
-    private func loop() {
-        // Thread 0 of the expert pool, whose workers are pinned to the other cores: core 0 is this one's.
-        ThreadPool.pinCurrentThread(toCore: 0)
-        while true {
-            lock.lock()
-            while work == nil && !stopping { lock.wait() }
-            if work == nil && stopping { lock.unlock(); return }
-            let w = work!
-            work = nil
-            lock.unlock()
-            w()
-            lock.lock()
-            busy = false
-            lock.broadcast()
-            lock.unlock()
+    /// Before a wait for the whole stream: the arms so far (for `settle`).
+    func settleMark() -> Int { armEpoch.load(ordering: .sequentiallyConsistent) }
+
+    /// After that wait: every mailbox job queued before arm number `mark` is done.
+    func settle(_ mark: Int) {
+        var cur = settledEpoch.load(ordering: .relaxed)
+        while mark > cur {
+            let (done, now) = settledEpoch.compareExchange(expected: cur, desired: mark, ordering: .sequentiallyConsistent)
+            if done { break }
+            cur = now
         }
     }
+
+    var isStopping: Bool { stopping.load(ordering: .relaxed) }
+
+    /// Ends the loop and waits for it to end (the mailbox's memory may be freed after this returns).
+    func stop() {
+        stopping.store(true, ordering: .sequentiallyConsistent)
+        lock.lock()
+        lock.broadcast()
+        lock.unlock()
+        exited.wait()
+    }
+    private let exited = DispatchSemaphore(value: 0)
+
+    private func loop() {
+        defer { exited.signal() }
+        // Thread 0 of the expert pool, whose workers are pinned to the other cores: core 0 is this one's.
+        ThreadPool.pinCurrentThread(toCore: 0)
+        var lastJob = DispatchTime.now().uptimeNanoseconds
+        var spins = 0
+        while true {
+            if let m = mailbox {
+                let j = m.start.load(ordering: .acquiring)
+                if j != 0 {
+                    m.start.store(0, ordering: .relaxed)
+                    handler(j)
+                    lastJob = DispatchTime.now().uptimeNanoseconds
+                    continue
+                }
+            }
+            if hasWork.load(ordering: .acquiring) || stopping.load(ordering: .relaxed) || mailbox == nil {
+                lock.lock()
+                if let w = work {
+                    work = nil
+                    hasWork.store(false, ordering: .relaxed)
+                    lock.unlock()
+                    w()
+                    lock.lock()
+                    busy = false
+                    lock.broadcast()
+                    lock.unlock()
+                    lastJob = DispatchTime.now().uptimeNanoseconds
+                    continue
+                }
+                if stopping.load(ordering: .relaxed) { lock.unlock(); return }
+                if mailbox == nil {
+                    while work == nil && !stopping.load(ordering: .relaxed) { lock.wait() }
+                    lock.unlock()
+                    continue
+                }
+                lock.unlock()
+            }
+            spins += 1
+            guard spins & 1023 == 0 else { continue }
+            // Every ~1000 polls: sleep once no job can be pending (every arm settled) and none came within the window.
+            let e = armEpoch.load(ordering: .sequentiallyConsistent)
+            guard settledEpoch.load(ordering: .sequentiallyConsistent) == e else { continue }
+            let now = DispatchTime.now().uptimeNanoseconds
+            let since = max(lastJob, armedAt.load(ordering: .acquiring))
+            guard now > since &+ Self.spinWindowNanoseconds else { continue }
+            lock.lock()
+            sleeping = true
+            while work == nil && !stopping.load(ordering: .relaxed) && armEpoch.load(ordering: .sequentiallyConsistent) == e
+                    && mailbox?.start.load(ordering: .acquiring) == 0 {
+                lock.wait()
+            }
+            sleeping = false
+            lock.unlock()
+            lastJob = DispatchTime.now().uptimeNanoseconds
+        }
+    }
+}
+
+/// Three 32-bit words in page-locked host memory, one cache line each, through which the GPU's stream and the
+/// expert thread hand a layer's routed experts over without host functions: the stream writes `start` = the job's
+/// index once x and the expert ids are staged, `weightsReady` = the index once the routing weights are; the expert
+/// thread clears each as it takes it and writes `done` = the index once the combined output is staged; the stream
+/// waits for `done` to equal the index, then clears it.
+final class HybridMailbox: @unchecked Sendable {
+    // NOTE: @unchecked: the words are atomics over page-locked memory the GPU also writes.
+    let host: UnsafeMutableRawPointer
+    let device: CUDADriver.CUdeviceptr
+    let start: UnsafeAtomic<UInt32>
+    let weightsReady: UnsafeAtomic<UInt32>
+    let done: UnsafeAtomic<UInt32>
+    static let bytes = 192
+
+    init(host: UnsafeMutableRawPointer, device: CUDADriver.CUdeviceptr) {
+        self.host = host
+        self.device = device
+        host.initializeMemory(as: UInt8.self, repeating: 0, count: Self.bytes)
+        func word(_ offset: Int) -> UnsafeAtomic<UInt32> {
+            UnsafeAtomic(at: (host + offset).bindMemory(to: UInt32.AtomicRepresentation.self, capacity: 1))
+        }
+        start = word(0)
+        weightsReady = word(64)
+        done = word(128)
+    }
+    var startAddress: CUDADriver.CUdeviceptr { device }
+    var weightsReadyAddress: CUDADriver.CUdeviceptr { device + 64 }
+    var doneAddress: CUDADriver.CUdeviceptr { device + 128 }
 }

@@ -13,6 +13,7 @@
 #include <dlfcn.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <sched.h>
 #include <chrono>
 #include <cmath>
 #include "emu_half.h"
@@ -230,7 +231,7 @@ struct Gemm {
 };
 void runGemm(const Gemm& g);
 struct Launch {
-    enum Kind { KERNEL, COPY, HOST, GEMM } kind = KERNEL;
+    enum Kind { KERNEL, COPY, HOST, GEMM, WRITE32, WAIT32 } kind = KERNEL;
     Gemm gemm{};
     Function* f = nullptr;
     unsigned g[3] = {}, b[3] = {}, shared = 0;
@@ -240,6 +241,7 @@ struct Launch {
     size_t bytes = 0;
     HostFn fn = nullptr;
     void* data = nullptr;
+    uint32_t value = 0;  // WRITE32 / WAIT32: the word at dst
 };
 struct Graph { std::vector<Launch> launches; };
 // Pinned host allocations (cuMemAllocHost): only these may be copied to or from inside a capture.
@@ -473,11 +475,54 @@ int cuStreamEndCapture(void*, void** graph) { capturing = false; *graph = captur
 int cuGraphInstantiateWithFlags(void** exec, void* graph, unsigned long long) { *exec = new Graph(*(Graph*)graph); return 0; }
 int cuGraphDestroy(void* g) { delete (Graph*)g; return 0; }
 int cuGraphExecDestroy(void* g) { delete (Graph*)g; return 0; }
+// Stream memory operations (V2): on the emulator the stream runs on the calling thread, so a wait spins there
+// until another thread (the hybrid MoE's expert thread) writes the word; after 120 s it gives up with
+// CUDA_ERROR_UNKNOWN (999) instead of hanging a test. Only page-locked host words are accepted (all the backend uses).
+static void writeWord(void* p, uint32_t v) { __atomic_store_n((uint32_t*)p, v, __ATOMIC_SEQ_CST); }
+static int waitWord(void* p, uint32_t v) {
+    auto t0 = std::chrono::steady_clock::now();
+    for (unsigned long i = 0; __atomic_load_n((uint32_t*)p, __ATOMIC_SEQ_CST) != v; i++) {
+        if ((i & 1023) == 0) {
+            sched_yield();
+            if (std::chrono::steady_clock::now() - t0 > std::chrono::seconds(120)) return 999;
+        }
+    }
+    return 0;
+}
+int cuMemHostGetDevicePointer_v2(uint64_t* d, void* p, unsigned) {
+    if (!isPinned(p, 4)) return 1;  // CUDA_ERROR_INVALID_VALUE
+    *d = (uint64_t)(uintptr_t)p;
+    return 0;
+}
+static int memOp(void* stream, uint64_t addr, uint32_t value, unsigned flags, Launch::Kind kind) {
+    void* p = (void*)(uintptr_t)addr;
+    if (!isPinned(p, 4)) return 1;
+    if (kind == Launch::WAIT32 && flags != 1) return 1;  // only CU_STREAM_WAIT_VALUE_EQ
+    if (capturing) {
+        Launch l;
+        l.kind = kind;
+        l.dst = p;
+        l.value = value;
+        captureGraph->launches.push_back(std::move(l));
+        return 0;
+    }
+    flushStream(stream);
+    if (kind == Launch::WRITE32) { writeWord(p, value); return 0; }
+    return waitWord(p, value);
+}
+int cuStreamWriteValue32_v2(void* stream, uint64_t addr, uint32_t value, unsigned flags) {
+    return memOp(stream, addr, value, flags, Launch::WRITE32);
+}
+int cuStreamWaitValue32_v2(void* stream, uint64_t addr, uint32_t value, unsigned flags) {
+    return memOp(stream, addr, value, flags, Launch::WAIT32);
+}
 int cuGraphLaunch(void* exec, void* stream) {
     flushStream(stream);
     for (auto& l : ((Graph*)exec)->launches) {
         if (l.kind == Launch::COPY) { memcpy(l.dst, l.src, l.bytes); continue; }
         if (l.kind == Launch::HOST) { l.fn(l.data); continue; }
+        if (l.kind == Launch::WRITE32) { writeWord(l.dst, l.value); continue; }
+        if (l.kind == Launch::WAIT32) { if (int r = waitWord(l.dst, l.value)) return r; continue; }
         if (l.kind == Launch::GEMM) { runGemm(l.gemm); continue; }
         std::vector<void*> ptrs;
         for (auto& a : l.args) ptrs.push_back(a.data());

@@ -209,6 +209,81 @@ extension CUDALayerwisePrefillTests {
     }
 }
 
+/// The hybrid MoE's two hand-overs between the GPU's stream and the expert thread: the mailbox (stream memory
+/// operations on words in page-locked memory, the default where the driver has them) and host functions.
+final class CUDAHybridMailboxTests: XCTestCase {
+    /// Three MoE layers through each hand-over, op by op and captured as a graph replayed three times: every result
+    /// is the same bits, the mailbox runs every layer (its job count), and the results match the CPU executor's.
+    func testMailboxAndHostFunctionsGiveTheSameBitsEagerAndInGraphs() throws {
+        guard let gpu = try CUDABackend.makeIfPresent() else {
+            throw XCTSkip("no CUDA driver/GPU and no CUDA emulator here: CUDA hybrid mailbox test skipped")
+        }
+        defer { CUDABackend.hybridMailbox = true }
+        gpu.reserve(ForwardPlan(maxTokens: 64, contextLength: 64, maxQueryGroup: 1))
+        let cpu = CPUBackend(pool: ThreadPool(threads: 2))
+        let layers = 3, nExpert = 8, dim = 256, ff = 256, topK = 2, n = 5
+        var rng = MoEKernelTests.Rng(s: 7)
+        let experts = try randomQ4KExperts(layers: layers, nExpert: nExpert, on: cpu, rng: &rng)
+        let x = (0..<n * dim).map { _ in rng.float() }
+        var ids: [Int32] = []
+        for t in 0..<n { ids += [Int32(t % nExpert), Int32((t * 3 + 1) % nExpert)] }
+        let w = (0..<n * topK).map { _ in 0.25 + abs(rng.float()) * 0.5 }
+        let xg = gpu.upload(x), wg = gpu.upload(w), idg = gpu.allocate(n * topK)
+        ids.withUnsafeBufferPointer { gpu.write($0, to: idg) }
+        let ones = [Float](repeating: 1, count: n * dim)
+
+        /// Outputs of each layer (1 + its routed sum): op by op, then from three replays of a captured graph.
+        func run(mailbox: Bool) throws -> (eager: [[Float]], replays: [[[Float]]], jobs: Int) {
+            CUDABackend.hybridMailbox = mailbox
+            let hybrid = try XCTUnwrap(gpu.makeStagedExpertExecutor(cpu.makeExpertExecutor(nExpert: nExpert, dim: dim, ff: ff),
+                                                                    innerDevice: .cpu, dim: dim))
+            hybrid.reserve(maxTokens: n, topK: topK)
+            let outs = (0..<layers).map { _ in gpu.upload(ones) }
+            defer { outs.forEach { gpu.release($0) } }
+            let jobs = gpu.hybridMailboxJobs
+            func layersOnce() {
+                for l in 0..<layers {
+                    hybrid.submit(experts[l], x: xg, ids: idg, n: n, topK: topK)
+                    hybrid.wait(weights: wg, accumulateInto: outs[l], n: n)
+                }
+            }
+            layersOnce()
+            func readAll() -> [[Float]] { outs.map { Array(UnsafeBufferPointer(start: gpu.read($0, count: n * dim), count: n * dim)) } }
+            let eager = readAll()
+            let graph = try XCTUnwrap(try gpu.captureGraph { layersOnce() }, "graphs are on")
+            var replays: [[[Float]]] = []
+            for _ in 0..<3 {
+                for o in outs { ones.withUnsafeBufferPointer { gpu.write($0, to: o) } }
+                gpu.launch(graph)
+                replays.append(readAll())
+            }
+            return (eager, replays, gpu.hybridMailboxJobs - jobs)
+        }
+        let viaMailbox = try run(mailbox: true), viaHost = try run(mailbox: false)
+        XCTAssertEqual(viaMailbox.jobs, layers * 4, "every layer, op by op and in each replay, through the mailbox")
+        XCTAssertEqual(viaHost.jobs, 0, "mailbox off: host functions only")
+        XCTAssertEqual(viaMailbox.eager, viaHost.eager, "mailbox and host functions give different bits")
+        for r in 0..<3 {
+            XCTAssertEqual(viaMailbox.replays[r], viaMailbox.eager, "mailbox: replay \(r) differs from the eager run")
+            XCTAssertEqual(viaHost.replays[r], viaHost.eager, "host functions: replay \(r) differs from the eager run")
+        }
+        // Against the CPU executor (its combine adds into `out` directly: float tolerance).
+        let reference = cpu.makeExpertExecutor(nExpert: nExpert, dim: dim, ff: ff)
+        reference.reserve(maxTokens: n, topK: topK)
+        let xc = cpu.upload(x), wc = cpu.upload(w), idc = cpu.allocate(n * topK)
+        ids.withUnsafeBufferPointer { cpu.write($0, to: idc) }
+        for l in 0..<layers {
+            let outC = cpu.upload(ones)
+            reference.submit(experts[l], x: xc, ids: idc, n: n, topK: topK)
+            reference.wait(weights: wc, accumulateInto: outC, n: n)
+            let want = outC.hostFloats
+            let scale = (0..<n * dim).reduce(Float(0)) { max($0, abs(want[$1] - 1)) }
+            XCTAssertGreaterThan(scale, 0)
+            XCTAssertLessThanOrEqual(maxAbsDiff(viaMailbox.eager[l], want, n * dim), 1e-5 * scale, "layer \(l) vs the CPU executor")
+        }
+    }
+}
+
 /// Expert deferral in the hybrid MoE (`--defer-experts`): each token's lowest-scored experts of a layer join the
 /// residual stream one layer late. With one MoE layer that is right after it (the flush after the last layer), so the
 /// logits equal the all-CPU path's; with two, the function changes: the cost against the float64 references is

@@ -3,9 +3,10 @@ import Quant
 
 extension ThreadPool {
     /// Row chunks per pool thread that an expert matmul is cut into (handed out dynamically): more balance the
-    /// threads, fewer give each thread longer contiguous runs of weights. `KTRANSFORMERS_MOE_TASKS`, default 8.
+    /// threads, fewer give each thread longer contiguous runs of weights. `KTRANSFORMERS_MOE_TASKS`, default 4
+    /// (16 threads, batch 1: 0.341 ms a Qwen3-30B-A3B layer step against 0.376 with 8, 0.357 with 1; docs/performance.md).
     public static let expertTasksPerThread: Int =
-        max(1, ProcessInfo.processInfo.environment["KTRANSFORMERS_MOE_TASKS"].flatMap { Int($0) } ?? 8)
+        max(1, ProcessInfo.processInfo.environment["KTRANSFORMERS_MOE_TASKS"].flatMap { Int($0) } ?? 4)
 
     /// The expert matmul of an MoE layer: for every expert e that `routing` sends rows to,
     /// `y[p] = W_e · x[row(p)]` for the sorted rows `p` in `routing.offsets[e] ..< offsets[e + 1]`, where
