@@ -46,7 +46,9 @@ export KTRANSFORMERS_CACHE_DIR=${KTRANSFORMERS_CACHE_DIR:-/tmp/kt-cache}
 # The llama.cpp CUDA baseline builds in the background (at low priority) while the GPU-bound stages run; the
 # baseline stage waits for it, and the CPU-heavy hybrid stage runs after that.
 build_pid=
-if has baseline && [ -d .baseline/llama.cpp ] && [ -z "${SMOKE:-}" ] && [ ! -x .baseline/llama.cpp/build-cuda/bin/llama-bench ]; then
+# BUILD_LLAMACPP=1 builds it without the baseline stage too (for the hybrid and moe-scaling stages' llama.cpp rows).
+if { has baseline || [ -n "${BUILD_LLAMACPP:-}" ]; } && [ -d .baseline/llama.cpp ] && [ -z "${SMOKE:-}" ] \
+   && [ ! -x .baseline/llama.cpp/build-cuda/bin/llama-bench ]; then
   nice -n 19 bash .baseline/llamacpp-baseline.sh cuda .baseline/llama.cpp > "$out/llamacpp-build.log" 2>&1 &
   build_pid=$!
 fi
@@ -190,7 +192,7 @@ fi
 if has baseline && [ -d .baseline/llama.cpp ] && [ -z "${SMOKE:-}" ]; then
   say "## llama.cpp (same files, same sitting)"
   command -v cmake >/dev/null || say "no cmake here: llama.cpp cannot be built"
-  if [ -n "$build_pid" ]; then wait "$build_pid" || { say "llama.cpp CUDA build FAILED"; tail -20 "$out/llamacpp-build.log" >> "$log"; }; fi
+  if [ -n "$build_pid" ]; then wait "$build_pid" || { say "llama.cpp CUDA build FAILED"; tail -20 "$out/llamacpp-build.log" >> "$log"; }; build_pid=; fi
   if [ ! -x .baseline/llama.cpp/build-cuda/bin/llama-bench ]; then
     bash .baseline/llamacpp-baseline.sh cuda .baseline/llama.cpp >>"$log" 2>&1 || say "llama.cpp CUDA build FAILED"
   fi
@@ -239,7 +241,11 @@ if has serve; then
     serve_clients $m 18123 120 "1 8 32" ${SERVE_TOKENS:-128} serve
 fi
 
+# The CPU-heavy stages wait for a llama.cpp build still running in the background (it would take their cores).
+wait_build() { if [ -n "$build_pid" ]; then wait "$build_pid" || say "llama.cpp CUDA build FAILED"; build_pid=; fi; }
+
 if has hybrid; then
+  wait_build
   # Issue 13: Qwen3-30B-A3B-shaped, Q4_K, all threads: hybrid (experts on the CPU) against llama.cpp's
   # -ngl 99 -ot exps=CPU, same file, same sitting; plus our CPU-only and all-on-GPU rows.
   say "## hybrid MoE (Qwen3-30B-A3B shape), $(date -u +%FT%TZ), $threads threads"
@@ -298,6 +304,7 @@ if has hybrid; then
   fi
 fi
 if has moe-scaling; then
+  wait_build
   # Issue 13's first lever: how the CPU expert kernel scales with threads at batch 1 and 8 (bench --moe, the
   # Qwen3-30B-A3B layer shape), each row against the bandwidth it measured; then hybrid and CPU-only decode of
   # the Qwen3-30B-A3B shape at 8 and all threads, and llama.cpp's -ot exps=CPU decode beside it (when built).
