@@ -175,6 +175,49 @@ final class MoEKernelTests: XCTestCase {
         }
     }
 
+    /// The routed experts of a step in one region (`ThreadPool.expertsFused`, per-expert dependencies) give the bits
+    /// of the four-region path (gate+up, SiLU, Q16_K down, combine) for every K-quant the down projection has Q16
+    /// kernels for, with experts that one, two and more rows chose; and the fused region really ran (its timing
+    /// lands in gate+up alone).
+    func testFusedExpertStepEqualsTheFourRegionPath() throws {
+        defer { ThreadPool.fusedExperts = true }
+        let nExpert = 8, dim = 256, ff = 512
+        var rng = Rng(s: 2024)
+        for type in [GGMLType.q4_K, .q6_K] {
+            let w = ExpertWeights(gate: try makeStack(type, count: nExpert, rows: ff, cols: dim, rng: &rng),
+                                  up: try makeStack(type, count: nExpert, rows: ff, cols: dim, rng: &rng),
+                                  down: try makeStack(type, count: nExpert, rows: dim, cols: ff, rng: &rng))
+            for (n, k) in [(1, 2), (1, 8), (3, 3), (6, 4)] {
+                let cpu = CPUBackend(pool: TinyModels.pool)
+                let x = cpu.upload((0..<n * dim).map { _ in rng.float() * 2 })
+                var experts = [Int32]()
+                for _ in 0..<n {
+                    var chosen = [Int32]()
+                    while chosen.count < k { let e = Int32(rng.int(nExpert)); if !chosen.contains(e) { chosen.append(e) } }
+                    experts += chosen
+                }
+                let ids = cpu.allocate(n * k)
+                experts.withUnsafeBufferPointer { cpu.write($0, to: ids) }
+                let weights = cpu.upload((0..<n * k).map { _ in 0.2 + abs(rng.float()) })
+                func run(fused: Bool) -> (out: [UInt32], down: UInt64, gateUp: UInt64) {
+                    ThreadPool.fusedExperts = fused
+                    let ex = CPUExpertExecutor(pool: TinyModels.pool, nExpert: nExpert, dim: dim, ff: ff)
+                    ex.reserve(maxTokens: n, topK: k)
+                    ex.timing = true
+                    let out = cpu.upload([Float](repeating: 0.5, count: n * dim))
+                    ex.submit(w, x: x, ids: ids, n: n, topK: k)
+                    ex.wait(weights: weights, accumulateInto: out, n: n)
+                    return ((0..<n * dim).map { out.hostFloats[$0].bitPattern }, ex.downNanoseconds, ex.gateUpNanoseconds)
+                }
+                let fused = run(fused: true), regions = run(fused: false)
+                XCTAssertEqual(fused.out, regions.out, "\(type) n \(n) top-\(k): the fused step differs from the four regions")
+                XCTAssertEqual(fused.down, 0, "\(type) n \(n): the fused region did not run")
+                XCTAssertGreaterThan(regions.down, 0)
+                XCTAssertTrue(fused.out.contains { Float(bitPattern: $0) != 0.5 })
+            }
+        }
+    }
+
     // MARK: routing variants
 
     func route(_ r: MoERouting, _ logits: [Float]) -> ([Int32], [Float]) {

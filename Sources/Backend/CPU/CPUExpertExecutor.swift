@@ -71,6 +71,7 @@ public final class CPUExpertExecutor: ExpertExecutor, @unchecked Sendable {
         routing.activations.reserve(activations)
         routing.gathered.reserve(gathered)
         routing.tiles.reserve(tiles)
+        routing.fused.reserve(((a * Q16_K.byteCount(elements: ff) + 63) & ~63) + 2 * nExpert * 64)
     }
 
     public func submit(_ w: ExpertWeights, x: Tensor, ids: Tensor, n: Int, topK k: Int) {
@@ -79,6 +80,12 @@ public final class CPUExpertExecutor: ExpertExecutor, @unchecked Sendable {
         usage?.record(layer: w.gate.name, routing: routing)
         let gb = gate.hostFloats, ub = up.hostFloats, db = down.hostFloats, f = ff
         let t0 = timing ? DispatchTime.now().uptimeNanoseconds : 0
+        // One region with per-expert dependencies where it applies (decode); `timing` then counts it all as gate+up.
+        if pool.expertsFused(w, x: x.hostFloats, routing: routing,
+                             gate: gb, up: ub, down: down.hostFloats, scratch: scratch) {
+            if timing { gateUpNanoseconds += DispatchTime.now().uptimeNanoseconds - t0 }
+            return
+        }
         // Routed experts, rows in sorted order: gate and up in one pass, then silu(gate)·up, then down.
         pool.matmulExperts(w.gate, gb, also: w.up, ub, x: x.hostFloats, gather: true, routing: routing, scratch: scratch)
         let t1 = timing ? DispatchTime.now().uptimeNanoseconds : 0

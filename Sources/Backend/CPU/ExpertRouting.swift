@@ -23,6 +23,8 @@ public final class ExpertRouting: @unchecked Sendable {
     let gathered = ActivationBuffer(capacity: 64)
     /// The sorted rows in a tile kernel's layout, then per-thread tile scratch.
     let tiles = ActivationBuffer(capacity: 64)
+    /// `ThreadPool.expertsFused`: the Q16_K rows of SiLU·up and the per-expert counters.
+    let fused = ActivationBuffer(capacity: 64)
 
     public init(expertCount: Int) {
         self.expertCount = expertCount
