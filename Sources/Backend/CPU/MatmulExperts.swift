@@ -3,10 +3,11 @@ import Quant
 
 extension ThreadPool {
     /// Row chunks per pool thread that an expert matmul is cut into (handed out dynamically): more balance the
-    /// threads, fewer give each thread longer contiguous runs of weights. `KTRANSFORMERS_MOE_TASKS`, default 4
-    /// (16 threads, batch 1: 0.341 ms a Qwen3-30B-A3B layer step against 0.376 with 8, 0.357 with 1; docs/performance.md).
+    /// threads, fewer give each thread longer contiguous runs of weights. `KTRANSFORMERS_MOE_TASKS`, default 2
+    /// (16 threads: `bench --moe` b1 0.34 ms a Qwen3-30B-A3B layer step with 2 or 4 against 0.376 with 8; hybrid
+    /// decode 2-7% faster with 2 than 4 in each of three calls; docs/performance.md).
     public static let expertTasksPerThread: Int =
-        max(1, ProcessInfo.processInfo.environment["KTRANSFORMERS_MOE_TASKS"].flatMap { Int($0) } ?? 4)
+        max(1, ProcessInfo.processInfo.environment["KTRANSFORMERS_MOE_TASKS"].flatMap { Int($0) } ?? 2)
 
     /// The expert matmul of an MoE layer: for every expert e that `routing` sends rows to,
     /// `y[p] = W_e · x[row(p)]` for the sorted rows `p` in `routing.offsets[e] ..< offsets[e + 1]`, where
