@@ -1129,8 +1129,10 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
 
     /// Whether hybrid MoE executors made from now on hand their layers to the expert thread through a mailbox in
     /// page-locked memory (stream memory operations) rather than host functions (`CUDAHybridExpertExecutor`);
-    /// `KTRANSFORMERS_HYBRID_MAILBOX=0` turns it off. Needs the driver's stream memory operations.
-    nonisolated(unsafe) public static var hybridMailbox = ProcessInfo.processInfo.environment["KTRANSFORMERS_HYBRID_MAILBOX"] != "0"
+    /// `KTRANSFORMERS_HYBRID_MAILBOX=1` turns it on. Needs the driver's stream memory operations. Off by default
+    /// until an unexplained wrong-logits failure of one hybrid golden test in one CI run (2026-12-06, not reproduced
+    /// in ~10 reruns) is understood; measured 13% faster hybrid decode (docs/performance.md).
+    nonisolated(unsafe) public static var hybridMailbox = ProcessInfo.processInfo.environment["KTRANSFORMERS_HYBRID_MAILBOX"] == "1"
     /// Hybrid MoE layers handed over through the mailbox so far (tests).
     public var hybridMailboxJobs: Int { mailboxJobs.load(ordering: .relaxed) }
     let mailboxJobs = ManagedAtomic<Int>(0)

@@ -210,7 +210,7 @@ extension CUDALayerwisePrefillTests {
 }
 
 /// The hybrid MoE's two hand-overs between the GPU's stream and the expert thread: the mailbox (stream memory
-/// operations on words in page-locked memory, the default where the driver has them) and host functions.
+/// operations on words in page-locked memory, `KTRANSFORMERS_HYBRID_MAILBOX=1`) and host functions (the default).
 final class CUDAHybridMailboxTests: XCTestCase {
     /// Three MoE layers through each hand-over, op by op and captured as a graph replayed three times: every result
     /// is the same bits, the mailbox runs every layer (its job count), and the results match the CPU executor's.
@@ -218,7 +218,8 @@ final class CUDAHybridMailboxTests: XCTestCase {
         guard let gpu = try CUDABackend.makeIfPresent() else {
             throw XCTSkip("no CUDA driver/GPU and no CUDA emulator here: CUDA hybrid mailbox test skipped")
         }
-        defer { CUDABackend.hybridMailbox = true }
+        let saved = CUDABackend.hybridMailbox
+        defer { CUDABackend.hybridMailbox = saved }
         gpu.reserve(ForwardPlan(maxTokens: 64, contextLength: 64, maxQueryGroup: 1))
         let cpu = CPUBackend(pool: ThreadPool(threads: 2))
         let layers = 3, nExpert = 8, dim = 256, ff = 256, topK = 2, n = 5
