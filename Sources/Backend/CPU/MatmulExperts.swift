@@ -75,26 +75,12 @@ extension ThreadPool {
                     return
                 }
                 if let fewRows, p1 - p0 <= 2 {
-                    let nx = p1 - p0
-                    var r = c * chunk
-                    while r < r1 {
-                        let nr = min(4, r1 - r)
-                        fewRows(wm.row(e, r), wm.rowBytes, nr, p0, nx, out)
-                        for j in 0..<nx { for i in 0..<nr { ym[(p0 + j) * rows + r + i] = out[4 * j + i] } }
-                        r += nr
+                    expertRowBlocks(wm, e, c * chunk..<r1, tokens: p0, nx: p1 - p0, ym, out) { wr, rs, nr, out in
+                        fewRows(wr, rs, nr, p0, p1 - p0, out)
                     }
                     return
                 }
-                for r in c * chunk..<r1 {
-                    let wr = wm.row(e, r)
-                    var p = p0
-                    while p < p1 {
-                        let nx = min(4, p1 - p)
-                        multi(wr, p, nx, out)
-                        for j in 0..<nx { ym[(p + j) * rows + r] = out[j] }
-                        p += nx
-                    }
-                }
+                expertRows(wm, e, c * chunk..<r1, tokens: p0..<p1, ym, out, multi)
             }
         }
 
@@ -203,5 +189,36 @@ extension ThreadPool {
                 }
             }
         }
+    }
+}
+
+/// Rows `rows` of expert `e` of `w` against the sorted activation rows `tokens`, up to four at a time:
+/// `y[p · w.rows + r] = W_e[r] · x[p]`, where `dot(W_e[r], p, nx, out)` writes `out[j] = W_e[r] · x[p + j]`, j < nx ≤ 4.
+@inline(__always)
+func expertRows(_ w: WeightStack, _ e: Int, _ rows: Range<Int>, tokens: Range<Int>, _ y: UnsafeMutablePointer<Float>,
+                _ out: UnsafeMutablePointer<Float>, _ dot: (UnsafeRawPointer, Int, Int, UnsafeMutablePointer<Float>) -> Void) {
+    for r in rows {
+        let wr = w.row(e, r)
+        var p = tokens.lowerBound
+        while p < tokens.upperBound {
+            let nx = min(4, tokens.upperBound - p)
+            dot(wr, p, nx, out)
+            for j in 0..<nx { y[(p + j) * w.rows + r] = out[j] }
+            p += nx
+        }
+    }
+}
+
+/// The same for an expert that one or two tokens chose (`nx` ≤ 2 rows from `p0`), four weight rows a call:
+/// `rowsDot(W_e[r], rowStride, nr, out)` writes `out[4j + i] = W_e[r + i] · x[p0 + j]`, i < nr ≤ 4.
+@inline(__always)
+func expertRowBlocks(_ w: WeightStack, _ e: Int, _ rows: Range<Int>, tokens p0: Int, nx: Int, _ y: UnsafeMutablePointer<Float>,
+                     _ out: UnsafeMutablePointer<Float>, _ rowsDot: (UnsafeRawPointer, Int, Int, UnsafeMutablePointer<Float>) -> Void) {
+    var r = rows.lowerBound
+    while r < rows.upperBound {
+        let nr = min(4, rows.upperBound - r)
+        rowsDot(w.row(e, r), w.rowBytes, nr, out)
+        for j in 0..<nx { for i in 0..<nr { y[(p0 + j) * w.rows + r + i] = out[4 * j + i] } }
+        r += nr
     }
 }

@@ -79,15 +79,8 @@ extension ThreadPool {
                 let ai = task / (2 * cpm1), rem = task % (2 * cpm1), m = rem / cpm1, c = rem % cpm1
                 let e = Int(active[ai]), p0 = Int(offsets[e]), p1 = Int(offsets[e + 1])
                 let wm = m == 0 ? g : u, ym = m == 0 ? gb : ub
-                for r in c * chunk1..<min(ff, (c + 1) * chunk1) {
-                    let wr = wm.row(e, r)
-                    var p = p0
-                    while p < p1 {
-                        let nx = min(4, p1 - p)
-                        multi(wr, xq + p * xRowBytes, xRowBytes, nx, out, cols)
-                        for j in 0..<nx { ym[(p + j) * ff + r] = out[j] }
-                        p += nx
-                    }
+                expertRows(wm, e, c * chunk1..<min(ff, (c + 1) * chunk1), tokens: p0..<p1, ym, out) { wr, p, nx, out in
+                    multi(wr, xq + p * xRowBytes, xRowBytes, nx, out, cols)
                 }
                 if left(ai).loadThenWrappingDecrement(ordering: .acquiringAndReleasing) == 1 {
                     // The expert's last gate/up chunk: SiLU·up and the down projection's Q16_K rows.
@@ -104,25 +97,13 @@ extension ThreadPool {
             while ready(ai).load(ordering: .acquiring) == 0 {}
             let r1 = min(dim, (c + 1) * chunk2)
             if p1 - p0 <= 2 {
-                let nx = p1 - p0
-                var r = c * chunk2
-                while r < r1 {
-                    let nr = min(4, r1 - r)
-                    q16Rows(d.row(e, r), d.rowBytes, nr, hqc + p0 * q16Bytes, q16Bytes, nx, out, ff)
-                    for j in 0..<nx { for i in 0..<nr { db[(p0 + j) * dim + r + i] = out[4 * j + i] } }
-                    r += nr
+                expertRowBlocks(d, e, c * chunk2..<r1, tokens: p0, nx: p1 - p0, db, out) { wr, rs, nr, out in
+                    q16Rows(wr, rs, nr, hqc + p0 * q16Bytes, q16Bytes, p1 - p0, out, ff)
                 }
                 return
             }
-            for r in c * chunk2..<r1 {
-                let wr = d.row(e, r)
-                var p = p0
-                while p < p1 {
-                    let nx = min(4, p1 - p)
-                    q16(wr, hqc + p * q16Bytes, q16Bytes, nx, out, ff)
-                    for j in 0..<nx { db[(p + j) * dim + r] = out[j] }
-                    p += nx
-                }
+            expertRows(d, e, c * chunk2..<r1, tokens: p0..<p1, db, out) { wr, p, nx, out in
+                q16(wr, hqc + p * q16Bytes, q16Bytes, nx, out, ff)
             }
         }
         return true
