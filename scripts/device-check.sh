@@ -19,7 +19,8 @@
 # routing spread, speed beside llama.cpp; ~20 GB on disk) and `serve-hybrid` (the Qwen3-30B-A3B shape, experts on
 # the CPU, served to 1, 4, 8 clients) and `layerwise` (a traced layerwise prefill, stacks if it hangs) and `moe-scaling` (the CPU expert kernel at 1 to all
 # threads, SCALING_THREADS / SCALING_VARS, and hybrid / CPU-only decode by thread count). MOE=1 adds the Qwen3-30B-A3B shape all on the GPU to
-# bench and baseline; HYBRID_SHORT=1 runs only pp512/tg of the hybrid stage; HYBRID_AB=1 adds hybrid decode rows
+# bench and baseline; HYBRID_SHORT=1 runs only pp512/tg of the hybrid stage; HYBRID_VARS="A=1 B=0,C=2" adds hybrid
+# decode rows under those settings (commas join several into one row); HYBRID_AB=1 adds hybrid decode rows
 # under each host-wait setting (KTRANSFORMERS_CUDA_SYNC, KTRANSFORMERS_POOL_SPINS, one core free) and with the
 # layerwise prefill; KERNEL_AB=1 adds bench rows with the streaming kernels off or capped; DECODE_AB=1 batch-1
 # decode rows under the one-token kernel switches (DECODE_AB_VARS picks them; commas join switches into one row); CPU_BASELINE=1
@@ -46,11 +47,19 @@ export KTRANSFORMERS_CACHE_DIR=${KTRANSFORMERS_CACHE_DIR:-/tmp/kt-cache}
 # The llama.cpp CUDA baseline builds in the background (at low priority) while the GPU-bound stages run; the
 # baseline stage waits for it, and the CPU-heavy hybrid stage runs after that.
 build_pid=
-# BUILD_LLAMACPP=1 builds it without the baseline stage too (for the hybrid and moe-scaling stages' llama.cpp rows).
+# BUILD_LLAMACPP=1 builds it without the baseline stage too (for the hybrid and moe-scaling stages' llama.cpp rows);
+# CPU_BASELINE=1 also builds its CPU version (after the CUDA one, in the same background job).
 if { has baseline || [ -n "${BUILD_LLAMACPP:-}" ]; } && [ -d .baseline/llama.cpp ] && [ -z "${SMOKE:-}" ] \
-   && [ ! -x .baseline/llama.cpp/build-cuda/bin/llama-bench ]; then
-  nice -n 19 bash .baseline/llamacpp-baseline.sh cuda .baseline/llama.cpp > "$out/llamacpp-build.log" 2>&1 &
+   && { [ ! -x .baseline/llama.cpp/build-cuda/bin/llama-bench ] \
+        || { [ -n "${CPU_BASELINE:-}" ] && [ ! -x .baseline/llama.cpp/build/bin/llama-bench ]; }; }; then
+  (
+    [ -x .baseline/llama.cpp/build-cuda/bin/llama-bench ] || bash .baseline/llamacpp-baseline.sh cuda .baseline/llama.cpp
+    if [ -n "${CPU_BASELINE:-}" ] && [ ! -x .baseline/llama.cpp/build/bin/llama-bench ]; then
+      bash .baseline/llamacpp-baseline.sh cpu .baseline/llama.cpp
+    fi
+  ) > "$out/llamacpp-build.log" 2>&1 &
   build_pid=$!
+  renice -n 19 -p $build_pid >/dev/null 2>&1 || true
 fi
 # CONFORMANCE_LEVELS: the CPU kernel levels the conformance stage runs at (all three by default).
 levels=${CONFORMANCE_LEVELS:-avx512 avx2 scalar}
@@ -196,9 +205,6 @@ if has baseline && [ -d .baseline/llama.cpp ] && [ -z "${SMOKE:-}" ]; then
   if [ ! -x .baseline/llama.cpp/build-cuda/bin/llama-bench ]; then
     bash .baseline/llamacpp-baseline.sh cuda .baseline/llama.cpp >>"$log" 2>&1 || say "llama.cpp CUDA build FAILED"
   fi
-  if [ -n "${CPU_BASELINE:-}" ] && [ ! -x .baseline/llama.cpp/build/bin/llama-bench ]; then
-    bash .baseline/llamacpp-baseline.sh cpu .baseline/llama.cpp >>"$log" 2>&1 || say "llama.cpp CPU build FAILED"
-  fi
   lb=.baseline/llama.cpp/build-cuda/bin
   make_model llama3-8b /tmp/llama3-8b.gguf
   "$lb/llama-bench" -m /tmp/llama3-8b.gguf -ngl 99 -fa 1 -p 512 -n 128 -r 3 2>>"$log" | tee -a "$summary"
@@ -252,6 +258,11 @@ if has hybrid; then
   m=/tmp/qwen3-30b-a3b$sfx.gguf
   make_model qwen3-30b-a3b $m
   "$bin" bench --model $m --device cuda -t $threads -p $pp -n $tg -r $reps 2>>"$log" | tail -2 | sed 's/$/ (hybrid)/' | tee -a "$summary"
+  # HYBRID_VARS: decode rows under other settings (space-separated; commas join several into one row).
+  for v in ${HYBRID_VARS:-}; do
+    env ${v//,/ } "$bin" bench --model $m --device cuda -t $threads -p 0 -n $tg -r $reps 2>>"$log" | tail -1 \
+      | sed "s/\$/ (hybrid, $v)/" | tee -a "$summary"
+  done
   if [ -n "${HYBRID_AB:-}" ]; then
     # How the host waits and idles (A/B of the defaults): the engine thread's wait for the GPU (spin or blocking),
     # the expert threads' idle spins before sleeping, and one core left free.
@@ -297,7 +308,10 @@ if has hybrid; then
   if [ -x .baseline/llama.cpp/build-cuda/bin/llama-bench ] && [ -z "${SMOKE:-}" ]; then
     lb=.baseline/llama.cpp/build-cuda/bin
     "$lb/llama-bench" -m $m -ngl 99 -ot exps=CPU -t $threads -fa 1 -p 512 -n 128 -r 3 2>>"$log" | tee -a "$summary"
-    [ -n "${HYBRID_SHORT:-}" ] || "$lb/llama-bench" -m $m -ngl 99 -ot exps=CPU -t $threads -fa 1 -p 4096 -n 0 -ub 4096 -b 4096 -r 1 2>>"$log" | tail -2 | tee -a "$summary"
+    # Its prefill in its best configuration (the issue's): the model read into memory (-lm none), not mmap'd, and
+    # the whole prompt as one micro-batch (its experts then run on the GPU, copied layer by layer).
+    "$lb/llama-bench" -m $m -ngl 99 -ot exps=CPU -t $threads -fa 1 -lm none -p 512 -n 0 -r 2 2>>"$log" | grep -E "^\| (model|qwen)" | tee -a "$summary"
+    [ -n "${HYBRID_SHORT:-}" ] || "$lb/llama-bench" -m $m -ngl 99 -ot exps=CPU -t $threads -fa 1 -lm none -p 4096 -n 0 -ub 4096 -b 4096 -r 1 2>>"$log" | grep -E "^\| (model|qwen)" | tee -a "$summary"
   fi
   if [ -x .baseline/llama.cpp/build/bin/llama-bench ] && [ -z "${SMOKE:-}" ]; then
     .baseline/llama.cpp/build/bin/llama-bench -m $m -t $threads -p 512 -n 128 -r 3 2>>"$log" | tee -a "$summary"

@@ -111,16 +111,16 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     private var waitEvent: CUDADriver.Handle?
     /// Layerwise prefill of the hybrid MoE: steps of at least this many tokens copy a layer's routed-expert weights
     /// from host memory to the GPU and run them there (KTransformers' and llama.cpp's: the copy costs the same
-    /// whatever the step, the CPU's work grows with it); 0 turns it off. `KTRANSFORMERS_LAYERWISE_MIN`, default 512
-    /// (a full default chunk: measured on the H200 with Qwen3-30B-A3B, pp512 250 t/s against 205 with the CPU
-    /// experts, even with pageable copies; at smaller steps the copy of every layer costs more than the CPU's
-    /// work). Such a step's experts carry the GPU's arithmetic instead of the CPU's (both within the references'
-    /// tolerance), so a prompt's bits then depend on whether its prefill chunk reached the threshold.
-    public var layerwiseMinTokens = ProcessInfo.processInfo.environment["KTRANSFORMERS_LAYERWISE_MIN"].flatMap { Int($0) } ?? 512
-    /// Layerwise copies through page-locked bounce buffers filled on all cores (`KTRANSFORMERS_LAYERWISE_PIN=1`),
-    /// instead of straight from the pageable mapping (the driver's own staging, ~9.3 GB/s measured): off by default
-    /// until timed on the GPU machine.
-    public var layerwiseBounce = ProcessInfo.processInfo.environment["KTRANSFORMERS_LAYERWISE_PIN"] == "1"
+    /// whatever the step, the CPU's work grows with it); 0 turns it off. `KTRANSFORMERS_LAYERWISE_MIN`, default 128:
+    /// measured on an H100 host with Qwen3-30B-A3B (16 threads, page-locked bounce buffers), chunks of 128 tokens ran
+    /// at 239 t/s against 163 with the CPU experts, chunks of 256 at 506 against 156 (docs/performance.md). Such a
+    /// step's experts carry the GPU's arithmetic instead of the CPU's (both within the references' tolerance), so a
+    /// prompt's bits then depend on whether its step reached the threshold; `batchInvariant` turns it off.
+    public var layerwiseMinTokens = ProcessInfo.processInfo.environment["KTRANSFORMERS_LAYERWISE_MIN"].flatMap { Int($0) } ?? 128
+    /// Layerwise copies through page-locked bounce buffers filled on all cores (the default), instead of straight
+    /// from the pageable mapping (`KTRANSFORMERS_LAYERWISE_PIN=0`: the driver's own staging, ~9.3 GB/s). Measured on
+    /// an H100 host: pp512 1,001 t/s against 231 from the pageable mapping, pp4096 5,730 against 1,625.
+    public var layerwiseBounce = ProcessInfo.processInfo.environment["KTRANSFORMERS_LAYERWISE_PIN"] != "0"
     /// Expert deferral of the hybrid MoE (KTransformers' SOSP'25 "expert deferral"): each token's `deferredExperts`
     /// lowest-scored routed experts of a layer run on the CPU while the GPU goes on to the next layer, and their sum
     /// joins the residual stream one layer late (at the next hybrid MoE layer's output, or after the last layer).
@@ -1128,11 +1128,11 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     }
 
     /// Whether hybrid MoE executors made from now on hand their layers to the expert thread through a mailbox in
-    /// page-locked memory (stream memory operations) rather than host functions (`CUDAHybridExpertExecutor`);
-    /// `KTRANSFORMERS_HYBRID_MAILBOX=1` turns it on. Needs the driver's stream memory operations. Off by default
-    /// until an unexplained wrong-logits failure of one hybrid golden test in one CI run (2026-12-06, not reproduced
-    /// in ~10 reruns) is understood; measured 13% faster hybrid decode (docs/performance.md).
-    nonisolated(unsafe) public static var hybridMailbox = ProcessInfo.processInfo.environment["KTRANSFORMERS_HYBRID_MAILBOX"] == "1"
+    /// page-locked memory (stream memory operations) rather than host functions (`CUDAHybridExpertExecutor`): on
+    /// where the driver has the stream memory operations; `KTRANSFORMERS_HYBRID_MAILBOX=0` turns it off. Measured on
+    /// an H100 host (Qwen3-30B-A3B, 16 threads): tg128 54.8 t/s against 36.5 through host functions in the same call,
+    /// llama.cpp's `-ot exps=CPU` 36.0 (docs/performance.md).
+    nonisolated(unsafe) public static var hybridMailbox = ProcessInfo.processInfo.environment["KTRANSFORMERS_HYBRID_MAILBOX"] != "0"
     /// Hybrid MoE layers handed over through the mailbox so far (tests).
     public var hybridMailboxJobs: Int { mailboxJobs.load(ordering: .relaxed) }
     let mailboxJobs = ManagedAtomic<Int>(0)

@@ -64,9 +64,9 @@ final class CUDAHybridExpertExecutor: ExpertExecutor, @unchecked Sendable {
 
     /// Mailbox mode (`HybridMailbox`): the stream hands each layer to the expert thread through words in page-locked
     /// memory (cuStreamWriteValue32 / cuStreamWaitValue32) instead of two host functions, so neither the driver's
-    /// callback thread nor a sleeping thread's wake-up sits between the GPU and the CPU. With
-    /// `KTRANSFORMERS_HYBRID_MAILBOX=1` (`CUDABackend.hybridMailbox`) where the driver has the stream memory
-    /// operations. Not for expert deferral.
+    /// callback thread nor a sleeping thread's wake-up sits between the GPU and the CPU. By default where the driver
+    /// has the stream memory operations (`CUDABackend.hybridMailbox`; `KTRANSFORMERS_HYBRID_MAILBOX=0` turns it off).
+    /// Not for expert deferral.
     private let mailbox: HybridMailbox?
     /// Every job ever made, by index - 1 (the expert thread looks mailbox indices up here, under `jobLock`).
     private var jobTable: [Job] = []
@@ -178,7 +178,7 @@ final class CUDAHybridExpertExecutor: ExpertExecutor, @unchecked Sendable {
         precondition(n <= maxTokens && topK <= maxTopK, "hybrid expert executor reserved for \(maxTokens) tokens, top-\(maxTopK)")
         guard n > 0 else { return }
         layerwiseStep = nil
-        if gpu.layerwiseMinTokens > 0, n >= gpu.layerwiseMinTokens, !gpu.capturing, let staged = stageOnGPU(experts) {
+        if gpu.layerwiseMinTokens > 0, n >= gpu.layerwiseMinTokens, !gpu.batchInvariant, !gpu.capturing, let staged = stageOnGPU(experts) {
             // Layerwise prefill: this layer's experts copied to the GPU and run there on the step's tokens.
             layerwiseStep = staged.executor
             layerwiseSlot = staged.slot

@@ -157,6 +157,30 @@ final class CUDALayerwisePrefillTests: XCTestCase {
             withExtendedLifetime(cpuRun) {}
         }
     }
+
+    /// With `batchInvariant` (`--batch-invariant`) no step is staged, however large: a request's bits then never
+    /// depend on how many tokens shared its step; the logits are the CPU experts' (the hybrid path's).
+    func testBatchInvariantKeepsEveryStepOnTheCPUExperts() throws {
+        guard let gpu = try CUDABackend.makeIfPresent() else {
+            throw XCTSkip("no CUDA driver/GPU and no CUDA emulator here: CUDA layerwise test skipped")
+        }
+        gpu.layerwiseMinTokens = 2
+        gpu.batchInvariant = true
+        let name = "qwen3moe"
+        let tokens = try TinyModels.reference(name).tokens
+        let before = gpu.layerwiseStagings
+        let hybrid = try ModelRegistry.load(GGUFFile(path: TinyModels.path(name, "gguf")), backend: gpu,
+                                            backends: [.cpu: CPUBackend(pool: TinyModels.pool)],
+                                            placement: try Placement(main: gpu.device, parsing: CUDAHybridGoldenLogitsTests.hybrid))
+        let run = try Generator(model: hybrid)
+        let (_, rows) = try run.forward(tokens, start: 0, logits: .all)
+        XCTAssertEqual(rows, tokens.count)
+        XCTAssertEqual(gpu.layerwiseStagings, before, "a batch-invariant step was staged on the GPU")
+        gpu.batchInvariant = false
+        let again = try Generator(model: hybrid)
+        _ = try again.forward(tokens, start: 0, logits: .all)
+        XCTAssertGreaterThan(gpu.layerwiseStagings, before, "without batchInvariant the same step is staged")
+    }
 }
 
 extension CUDALayerwisePrefillTests {
@@ -210,7 +234,7 @@ extension CUDALayerwisePrefillTests {
 }
 
 /// The hybrid MoE's two hand-overs between the GPU's stream and the expert thread: the mailbox (stream memory
-/// operations on words in page-locked memory, `KTRANSFORMERS_HYBRID_MAILBOX=1`) and host functions (the default).
+/// operations on words in page-locked memory, the default) and host functions (`KTRANSFORMERS_HYBRID_MAILBOX=0`).
 final class CUDAHybridMailboxTests: XCTestCase {
     /// Three MoE layers through each hand-over, op by op and captured as a graph replayed three times: every result
     /// is the same bits, the mailbox runs every layer (its job count), and the results match the CPU executor's.
