@@ -17,7 +17,8 @@
 # `serve` (serve on cuda + bench serve with 1, 8, 32 clients) and `deepseek` (a DeepSeek-V3-shaped model of
 # DS_LAYERS=4 layers written by scripts/make_random_deepseek.py: hybrid and all-GPU logits against the CPU's, the
 # routing spread, speed beside llama.cpp; ~20 GB on disk) and `serve-hybrid` (the Qwen3-30B-A3B shape, experts on
-# the CPU, served to 1, 4, 8 clients) and `layerwise` (a traced layerwise prefill, stacks if it hangs) and `moe-scaling` (the CPU expert kernel at 1 to all
+# the CPU, served to 1, 4, 8 clients) and `layerwise` (a traced layerwise prefill, stacks if it hangs) and `prefill` (the hybrid prefill at pp512 / pp4096,
+# under PREFILL_VARS too, chunks of PREFILL_CHUNKS with the layerwise path on and off, llama.cpp -lm none beside it) and `moe-scaling` (the CPU expert kernel at 1 to all
 # threads, SCALING_THREADS / SCALING_VARS, and hybrid / CPU-only decode by thread count). MOE=1 adds the Qwen3-30B-A3B shape all on the GPU to
 # bench and baseline; HYBRID_SHORT=1 runs only pp512/tg of the hybrid stage; HYBRID_VARS="A=1 B=0,C=2" adds hybrid
 # decode rows under those settings (commas join several into one row); HYBRID_AB=1 adds hybrid decode rows
@@ -356,6 +357,34 @@ if has moe-scaling; then
     .baseline/llama.cpp/build-cuda/bin/llama-bench -m $m -ngl 99 -ot exps=CPU -t $threads -fa 1 -p 0 -n $tgb -r 2 2>>"$log" | tee -a "$summary"
   fi
 fi
+if has prefill; then
+  # Issue 13, item 3: the hybrid MoE's prefill (defaults: layerwise from 128-token steps, the routed experts in
+  # page-locked memory) at pp512 and pp4096 in one chunk, under PREFILL_VARS settings too, and where the layerwise
+  # path starts to pay (chunks of PREFILL_CHUNKS tokens with it on and off); llama.cpp's best configuration beside
+  # it when built.
+  say "## hybrid MoE prefill (Qwen3-30B-A3B shape), $(date -u +%FT%TZ), $threads threads"
+  m=/tmp/qwen3-30b-a3b$sfx.gguf
+  make_model qwen3-30b-a3b $m
+  for v in defaults ${PREFILL_VARS:-}; do
+    e=(); [ "$v" = defaults ] || e=(${v//,/ })
+    for p in $pp $long; do
+      env "${e[@]}" timeout 180 "$bin" bench --model $m --device cuda -t $threads -p $p -n 0 -r 2 --chunk-size $p 2>>"$log" | tail -1 \
+        | sed "s/\$/ (hybrid, $v)/" | tee -a "$summary"
+    done
+  done
+  for c in ${PREFILL_CHUNKS:-64 128}; do
+    for lw in $c 0; do
+      KTRANSFORMERS_LAYERWISE_MIN=$lw timeout 180 "$bin" bench --model $m --device cuda -t $threads -p $((4 * c)) -n 0 -r 1 --chunk-size $c \
+        2>>"$log" | tail -1 | sed "s/\$/ (hybrid, chunks of $c, layerwise from $lw, 0 = off)/" | tee -a "$summary"
+    done
+  done
+  grep -m1 "page-locked memory at load" "$log" | tee -a "$summary"
+  if [ -x .baseline/llama.cpp/build-cuda/bin/llama-bench ] && [ -z "${SMOKE:-}" ]; then
+    lb=.baseline/llama.cpp/build-cuda/bin
+    "$lb/llama-bench" -m $m -ngl 99 -ot exps=CPU -t $threads -fa 1 -lm none -p 512 -n 0 -r 2 2>>"$log" | grep -E "^\| (model|qwen)" | tee -a "$summary"
+    "$lb/llama-bench" -m $m -ngl 99 -ot exps=CPU -t $threads -fa 1 -lm none -p 4096 -n 0 -ub 4096 -b 4096 -r 1 2>>"$log" | grep -E "^\| (model|qwen)" | tee -a "$summary"
+  fi
+fi
 if has layerwise; then
   # The layerwise prefill's diagnosis: one pp512 with a trace of each staging step, host weights pageable, then
   # page-locked, each at most 90 s; a run that does not finish gets its threads' stacks (gdb, where installed).
@@ -398,25 +427,44 @@ if has deepseek; then
   m=/tmp/deepseek-v3$sfx.gguf
   if [ -n "${SMOKE:-}" ]; then dsm=(--layers 2 --experts 16 --vocab 4096); else dsm=(--layers "${DS_LAYERS:-4}"); fi
   [ -f "$m" ] || python3 scripts/make_random_deepseek.py --out "$m" "${dsm[@]}" >>"$log" 2>&1
-  toks="1 4242 977 31337 12 555 8080 4096 77 1024 3 65000 2718 16 9000 123"
+  toks="1 4242 977 31337 12 555 8080 4096 77 1024 3 65000 2718 16 9000 123 42 7777 300 12345 88 5000 64000 19 1500 250 99999 31 4000 777 120000 6"
   [ -n "${SMOKE:-}" ] && toks="1 424 977 313 12 555 808 409"
+  # The CPU run also prints each token's routing margins (KTRANSFORMERS_ROUTING_MARGINS=1): with 256 experts in 8
+  # groups a token's last kept group or last chosen expert can lead the next by less than the GPU's rounding moves
+  # the router's input (2026-12-06: 5e-5 and 6.5e-4 at the two positions that differed), and a flipped group changes
+  # that token's whole MoE output. Positions with a margin under 1e-3 in any MoE layer are reported, not checked.
   for run in "cpu" "cuda" "cuda --n-cpu-moe 0"; do
     # shellcheck disable=SC2086
-    "$bin" logits --model $m --device $run -t $threads --tokens "$toks" --top 10 > "$out/ds-logits-${run// /_}.json" 2>>"$log"
+    KTRANSFORMERS_ROUTING_MARGINS=$([ "$run" = cpu ] && echo 1 || echo 0) "$bin" logits --model $m --device $run -t $threads \
+      --tokens "$toks" --top 10 > "$out/ds-logits-${run// /_}.json" 2> "$out/ds-logits-${run// /_}.err"
+    grep -v "^routing margins" "$out/ds-logits-${run// /_}.err" >> "$log"
   done
   python3 - "$out" >>"$summary" 2>&1 <<'PY' || status=1
-import json, sys
+import json, re, sys
 d = sys.argv[1]
 def load(name):
     return json.load(open(f"{d}/ds-logits-{name}.json"))["top"]
 cpu = load("cpu")
+margin = {}
+for line in open(f"{d}/ds-logits-cpu.err"):
+    m = re.match(r"routing margins: token (\d+) of \d+: group (\S+), expert (\S+)", line)
+    if m:
+        t = int(m.group(1))
+        margin[t] = min(margin.get(t, float("inf")), float(m.group(2)), float(m.group(3)))
+near = sorted(t for t, v in margin.items() if v < 1e-3)
+print(f"routing near-ties on the CPU (a margin under 1e-3 in some MoE layer): positions {near} of {len(cpu)}"
+      + ("" if margin else " (no margins printed: nothing excluded)"))
 ok = True
 for name in ["cuda", "cuda_--n-cpu-moe_0"]:
     other = load(name)
-    diffs, decisive, agree = [], 0, 0
-    for a, b in zip(cpu, other):
+    diffs, decisive, agree, nearDiff = [], 0, 0, []
+    for p, (a, b) in enumerate(zip(cpu, other)):
         lb = {e["id"]: e["logprob"] for e in b}
-        diffs += [abs(e["logprob"] - lb[e["id"]]) for e in a if e["id"] in lb]
+        ds = [abs(e["logprob"] - lb[e["id"]]) for e in a if e["id"] in lb]
+        if p in near:
+            nearDiff.append(f"{p}: {sum(ds) / max(1, len(ds)):.3f}{'' if a[0]['id'] == b[0]['id'] else ' (argmax differs)'}")
+            continue
+        diffs += ds
         if a[0]["logprob"] - a[1]["logprob"] >= 0.05:
             decisive += 1
             agree += a[0]["id"] == b[0]["id"]
@@ -425,7 +473,8 @@ for name in ["cuda", "cuda_--n-cpu-moe_0"]:
     ok &= good
     label = "hybrid (experts on the CPU)" if name == "cuda" else "all on the GPU"
     print(f"{label} vs cpu: argmax {agree}/{decisive} decisive positions, mean |Δlogprob| {mean:.4f}, "
-          f"max {max(diffs, default=0):.4f} over the top-10: {'ok' if good else 'FAIL'}")
+          f"max {max(diffs, default=0):.4f} over the top-10: {'ok' if good else 'FAIL'}; "
+          f"near-tie positions (mean |Δlogprob|): {', '.join(nearDiff) or 'none'}")
 sys.exit(0 if ok else 1)
 PY
   "$bin" bench --model $m --device cuda -t $threads -p $pp -n $tg -r $reps 2>"$out/ds-bench.err" | tail -2 | sed 's/$/ (hybrid)/' | tee -a "$summary"

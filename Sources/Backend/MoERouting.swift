@@ -33,8 +33,14 @@ public struct MoERouting: Sendable {
     /// Floats of `work` that `select` needs.
     public func workFloats(nExpert: Int) -> Int { 2 * nExpert + max(1, groups) }
 
+    /// Returns the selection's margins (how near it was to choosing otherwise): `group`, the last kept group's score
+    /// minus the best dropped group's (infinity without group limits), and `expert`, the last chosen expert's biased
+    /// score minus the best one left among the kept groups (infinity when none is left). A difference in the router's
+    /// input smaller than these cannot change the choice; `KTRANSFORMERS_ROUTING_MARGINS=1` prints them.
+    @discardableResult
     public func select(logits: UnsafePointer<Float>, nExpert: Int, experts: UnsafeMutablePointer<Int32>,
-                weights: UnsafeMutablePointer<Float>, work: UnsafeMutablePointer<Float>) {
+                weights: UnsafeMutablePointer<Float>, work: UnsafeMutablePointer<Float>) -> (group: Float, expert: Float) {
+        var groupMargin = Float.infinity, expertMargin = Float.infinity
         let scores = work, choice = work + nExpert, groupBest = work + 2 * nExpert
         switch scoring {
         case .softmax:
@@ -59,16 +65,20 @@ public struct MoERouting: Sendable {
                 groupBest[g] = groupScore == .max ? best : best + second
             }
             // Keep the best `groupsUsed` groups (ties: lower index), mask the rest.
+            var lastKept = Float.infinity
             for _ in 0..<groupsUsed {
                 var bg = -1
                 for g in 0..<groups where groupBest[g] != -Float.infinity && (bg < 0 || groupBest[g] > groupBest[bg]) {
                     bg = g
                 }
-                if bg >= 0 { groupBest[bg] = -Float.infinity }  // marked as kept
+                if bg >= 0 { lastKept = groupBest[bg]; groupBest[bg] = -Float.infinity }  // marked as kept
             }
+            var bestDropped = -Float.infinity
             for g in 0..<groups where groupBest[g] != -Float.infinity {
+                bestDropped = max(bestDropped, groupBest[g])
                 (choice + g * per).update(repeating: -Float.infinity, count: per)
             }
+            groupMargin = lastKept - bestDropped
         }
         var sum: Float = 0
         for j in 0..<topK {
@@ -78,8 +88,12 @@ public struct MoERouting: Sendable {
             experts[j] = Int32(best)
             weights[j] = scores[best]
             sum += scores[best]
+            if j == topK - 1 { expertMargin = choice[best] }
             choice[best] = -Float.infinity
         }
+        var bestLeft = -Float.infinity
+        for e in 0..<nExpert { bestLeft = max(bestLeft, choice[e]) }
+        expertMargin = bestLeft == -Float.infinity ? .infinity : expertMargin - bestLeft
         if normalizeTopK {
             // As llama.cpp: the sum is clamped to the smallest f16 normal so it never divides by 0.
             let inv = 1 / max(sum, 6.103515625e-5)
@@ -88,5 +102,9 @@ public struct MoERouting: Sendable {
         if scale != 1 && scale != 0 {
             for j in 0..<topK { weights[j] *= scale }
         }
+        return (groupMargin, expertMargin)
     }
+
+    /// `KTRANSFORMERS_ROUTING_MARGINS=1`: the CPU backend prints each token's selection margins (stderr).
+    public static let traceMargins = ProcessInfo.processInfo.environment["KTRANSFORMERS_ROUTING_MARGINS"] == "1"
 }

@@ -129,6 +129,8 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     public var deferredExperts = 0
     /// Layers staged so far by the layerwise prefill (tests, the log).
     public internal(set) var layerwiseStagings = 0
+    /// Layers staged straight from page-locked stacks (`pageLockedStackMemory`), with no bounce buffer (tests).
+    public internal(set) var layerwiseDirectStagings = 0
     /// Layerwise steps whose layer was already in a staging slot (prefetched while the previous layer ran).
     public internal(set) var layerwisePrefetchHits = 0
     /// Whether a graph is being captured (work that cannot be captured, as copies from pageable memory, stays out).
@@ -346,6 +348,37 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     /// Device memory for weights staged at run time (the hybrid MoE's layerwise prefill); an error, not a crash,
     /// when it does not fit. `freeWeights` gives it back.
     func allocateWeights(bytes: Int, name: String) throws -> UInt { try weightAllocate(bytes: bytes, name: name) }
+
+    /// Page-locked host memory for the CPU backend's stacks (`CPUBackend.stackMemory`): the hybrid MoE's routed experts
+    /// copied there at load, so that the layerwise prefill's copies read them at the link's speed with no bounce buffer
+    /// (llama.cpp does the same without mmap). Each block is freed when its weights are; nil when the driver refuses.
+    public func pageLockedStackMemory() -> @Sendable (Int) -> (pointer: UnsafeMutableRawPointer, owner: AnyObject)? {
+        { [self] bytes in
+            current()
+            guard let p = try? driver.allocateHost(bytes) else { return nil }
+            pinnedLock.lock()
+            pinnedRanges.append((UInt(bitPattern: p), UInt(bitPattern: p) + UInt(bytes)))
+            pinnedLock.unlock()
+            return (p, PageLockedBlock(backend: self, pointer: p))
+        }
+    }
+
+    /// Whether `bytes` from `p` lie in one block of `pageLockedStackMemory`.
+    func isPageLocked(_ p: UnsafeRawPointer, bytes: Int) -> Bool {
+        let a = UInt(bitPattern: p)
+        pinnedLock.lock()
+        defer { pinnedLock.unlock() }
+        return pinnedRanges.contains { a >= $0.0 && a + UInt(bytes) <= $0.1 }
+    }
+
+    fileprivate func freePageLocked(_ p: UnsafeMutableRawPointer) {
+        pinnedLock.lock()
+        pinnedRanges.removeAll { $0.0 == UInt(bitPattern: p) }
+        pinnedLock.unlock()
+        driver.freeHost(p)
+    }
+    private var pinnedRanges: [(UInt, UInt)] = []
+    private let pinnedLock = NSLock()
     func freeWeights(_ address: UInt) {
         guard allocations.removeValue(forKey: address) != nil else { return }
         current()
@@ -1973,4 +2006,16 @@ final class CUDAExpertExecutor: ExpertExecutor {
                        [.ptr(down!.address), .ptr(weights.address), .ptr(out.address), .i32(n), .i32(topK), .i32(dim), .i32(1)])
         return true
     }
+}
+
+/// One block of `CUDABackend.pageLockedStackMemory`: frees it with the weights that own it.
+final class PageLockedBlock: @unchecked Sendable {
+    // NOTE: @unchecked: immutable after init; the backend's range list has its own lock.
+    let backend: CUDABackend
+    let pointer: UnsafeMutableRawPointer
+    init(backend: CUDABackend, pointer: UnsafeMutableRawPointer) {
+        self.backend = backend
+        self.pointer = pointer
+    }
+    deinit { backend.freePageLocked(pointer) }
 }

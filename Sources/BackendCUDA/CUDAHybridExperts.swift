@@ -259,9 +259,10 @@ final class CUDAHybridExpertExecutor: ExpertExecutor, @unchecked Sendable {
         let copied: CUDADriver.Handle
         let consumed: CUDADriver.Handle
         /// Page-locked host memory the layer's stacks are gathered into before the copy, with
-        /// `gpu.layerwiseBounce` (nil: copies straight from the pageable mapping, which the driver stages through its
-        /// own small buffers, ~9 GB/s; page-locking the mapping itself, cuMemHostRegister of the mmap'd GGUF, did not
-        /// return in 90 s on the GPU machine).
+        /// `gpu.layerwiseBounce`, made at the first copy that needs it (none when the stacks themselves are page-locked,
+        /// `CUDABackend.pageLockedStackMemory`; nil otherwise: copies straight from the pageable mapping, which the
+        /// driver stages through its own small buffers, ~9 GB/s; page-locking the mapping itself, cuMemHostRegister of
+        /// the mmap'd GGUF, did not return in 90 s on the GPU machine).
         var host: UnsafeMutableRawPointer?
         /// The layer whose weights the slot holds or is being filled with (its gate stack's host address).
         var holds: UInt?
@@ -313,9 +314,7 @@ final class CUDAHybridExpertExecutor: ExpertExecutor, @unchecked Sendable {
             guard let address = try? gpu.allocateWeights(bytes: bytes, name: "layerwise expert staging \(i)") else { break }
             var events: [CUDADriver.Handle] = []
             gpu.must("layerwise staging events") { events = [try gpu.driver.makeEvent(), try gpu.driver.makeEvent()] }
-            let slot = Slot(address: address, bytes: bytes, copied: events[0], consumed: events[1])
-            if gpu.layerwiseBounce { slot.host = try? gpu.driver.allocateHost(bytes) }
-            slots.append(slot)
+            slots.append(Slot(address: address, bytes: bytes, copied: events[0], consumed: events[1]))
         }
         if slots.isEmpty {
             stagingFailed = true
@@ -354,17 +353,22 @@ final class CUDAHybridExpertExecutor: ExpertExecutor, @unchecked Sendable {
         let stacks = [experts.gate, experts.up, experts.down]
         gpu.current()
         let t0 = Date()
-        if let host = slot.host {
+        // Stacks already in page-locked memory (copied there at load) go straight to the device; others through the
+        // slot's bounce buffer (made on first use) or, without bounce buffers, from the pageable mapping.
+        let direct = zip(stacks, sizes).allSatisfy { gpu.isPageLocked($0.0.data, bytes: $0.1) }
+        if !direct, gpu.layerwiseBounce, slot.host == nil { slot.host = try? gpu.driver.allocateHost(slot.bytes) }
+        let bounce = direct ? nil : slot.host
+        if let host = bounce {
             // The bounce buffer's last copy out must be done before it is refilled (it was queued a layer ago).
             gpu.must("layerwise bounce buffer wait") { try gpu.driver.wait(slot.copied) }
             for (i, st) in stacks.enumerated() { Self.parallelCopy(host + offsets[i], st.data, bytes: sizes[i]) }
         }
         defer { traceLine(String(format: "copy of %.1f MiB (%@) queued into slot %d in %.1f ms", Double(sizes.reduce(0, +)) / 1_048_576,
-                                 slot.host == nil ? "from the mapping" : "through page-locked memory",
+                                 direct ? "from page-locked stacks" : bounce == nil ? "from the mapping" : "through a bounce buffer",
                                  slots.firstIndex { $0 === slot } ?? -1, Date().timeIntervalSince(t0) * 1000)) }
         gpu.must("layerwise expert staging (host to device)") {
             try gpu.driver.streamWait(copyStream, for: slot.consumed)
-            if let host = slot.host {
+            if let host = bounce {
                 try gpu.driver.copyAsync(toDevice: .init(slot.address), from: host, bytes: offsets[2] + sizes[2], stream: copyStream)
             } else {
                 for (i, st) in stacks.enumerated() {
@@ -376,6 +380,7 @@ final class CUDAHybridExpertExecutor: ExpertExecutor, @unchecked Sendable {
         }
         slot.holds = UInt(bitPattern: experts.gate.data)
         gpu.layerwiseStagings += 1
+        if direct { gpu.layerwiseDirectStagings += 1 }
     }
 
     /// The layer's experts as device stacks in a staging slot (copied there now, or prefetched while the previous layer

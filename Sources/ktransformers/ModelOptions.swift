@@ -102,6 +102,11 @@ struct LoadOptions {
                     : String(format: "%@ %.1f MiB", d.description, Double(b) / 1_048_576)
             }
             Output.err("placement (\(rules)): \(list.joined(separator: ", "))\n")
+            if let gpu, let host = bytes[.cpu], host > 0, pinExperts(gpu: gpu, bytes: host) {
+                cpu.stackMemory = gpu.pageLockedStackMemory()
+                Output.err(String(format: "routed experts on the CPU copied to page-locked memory at load (%.2f GiB): the layerwise prefill copies them to the GPU at the link's speed (KTRANSFORMERS_PIN_EXPERTS=0: read from the file's mapping)\n",
+                                  Double(host) / 1_073_741_824))
+            }
         }
         let started = Date()
         let bar = ProgressPrinter(what: "loading \((file.path as NSString).lastPathComponent) on \(main)")
@@ -116,6 +121,19 @@ struct LoadOptions {
         let tokenizer = file.metadata["tokenizer.ggml.model"] == nil ? nil : try Tokenizer(metadata: file.metadata)
         return LoadedModel(file: file, backend: backend, cpu: cpu, gpu: gpu, model: model, tokenizer: tokenizer,
                            contextLength: min(contextLength ?? 4096, model.info.contextLength))
+    }
+
+    /// Whether the hybrid MoE's CPU-placed weights (`bytes`) go to page-locked memory at load: `KTRANSFORMERS_PIN_EXPERTS`
+    /// 1 / 0, or by default when the layerwise prefill can run (not `--batch-invariant`) and they take at most half the
+    /// host's memory (page-locked memory cannot be swapped or dropped like the file's cached pages).
+    func pinExperts(gpu: CUDABackend, bytes: Int) -> Bool {
+        switch ProcessInfo.processInfo.environment["KTRANSFORMERS_PIN_EXPERTS"] {
+        case "1": return true
+        case "0": return false
+        default:
+            return gpu.layerwiseMinTokens > 0 && !gpu.batchInvariant
+                && UInt64(bytes) <= ProcessInfo.processInfo.physicalMemory / 2
+        }
     }
 
     /// The parsed `--device` (cpu by default).

@@ -158,6 +158,47 @@ final class CUDALayerwisePrefillTests: XCTestCase {
         }
     }
 
+    /// The routed experts copied to page-locked memory at load (`CPUBackend.stackMemory`, as `serve --device cuda`
+    /// does by default): the layerwise steps copy them straight to the GPU (no bounce buffer) and the logits equal the
+    /// all-CPU path's; with the layerwise path off, the CPU experts read the page-locked copies and give them too.
+    func testPageLockedExpertsAreStagedDirectly() throws {
+        guard let gpu = try CUDABackend.makeIfPresent() else {
+            throw XCTSkip("no CUDA driver/GPU and no CUDA emulator here: CUDA layerwise test skipped")
+        }
+        gpu.layerwiseBounce = true
+        for name in ["qwen3moe", "deepseek2-v3"] {
+            let cpuModel = try TinyModels.load(name)
+            let tokens = try TinyModels.reference(name).tokens
+            let vocab = cpuModel.info.vocabSize, n = tokens.count
+            let cpuRun = try Generator(model: cpuModel)
+            let (lc, _) = try cpuRun.forward(tokens, start: 0, logits: .all)
+            let all = Array(UnsafeBufferPointer(start: lc, count: n * vocab))
+            let scale = all.reduce(0) { max($0, abs($1)) }
+            let host = CPUBackend(pool: TinyModels.pool)
+            host.stackMemory = gpu.pageLockedStackMemory()
+            let hybrid = try ModelRegistry.load(GGUFFile(path: TinyModels.path(name, "gguf")), backend: gpu, backends: [.cpu: host],
+                                                placement: try Placement(main: gpu.device, parsing: CUDAHybridGoldenLogitsTests.hybrid))
+            for minTokens in [2, 0] {
+                gpu.layerwiseMinTokens = minTokens
+                let direct = gpu.layerwiseDirectStagings, bounced = gpu.layerwiseStagings - direct
+                let run = try Generator(model: hybrid)
+                let (lh, rows) = try run.forward(tokens, start: 0, logits: .all)
+                XCTAssertEqual(rows, n)
+                let err = all.withUnsafeBufferPointer { maxAbsDiff(lh, $0.baseAddress!, n * vocab) }
+                XCTAssertLessThanOrEqual(err, 1e-4 * scale, "\(name), layerwise from \(minTokens): logits differ from the all-CPU path")
+                for p in 0..<n {
+                    XCTAssertEqual(Sampler.argmax(lh + p * vocab, count: vocab), Sampler.argmax(lc + p * vocab, count: vocab),
+                                   "\(name), layerwise from \(minTokens): argmax differs at position \(p)")
+                }
+                XCTAssertEqual(gpu.layerwiseStagings - gpu.layerwiseDirectStagings, bounced, "\(name): a layer went through a bounce buffer")
+                if minTokens > 0 {
+                    XCTAssertGreaterThan(gpu.layerwiseDirectStagings, direct, "\(name): no layer was staged from the page-locked stacks")
+                }
+            }
+            withExtendedLifetime(cpuRun) {}
+        }
+    }
+
     /// With `batchInvariant` (`--batch-invariant`) no step is staged, however large: a request's bits then never
     /// depend on how many tokens shared its step; the logits are the CPU experts' (the hybrid path's).
     func testBatchInvariantKeepsEveryStepOnTheCPUExperts() throws {

@@ -265,4 +265,35 @@ final class MoEKernelTests: XCTestCase {
         XCTAssertEqual(w[0], 1e-4, accuracy: 1e-6)   // unbiased sigmoid score of expert 7
         XCTAssertEqual(w[1], 0.8, accuracy: 1e-6)
     }
+
+    /// The margins `select` returns: how far the last kept group and the last chosen expert were from the best
+    /// dropped ones (what decides whether a small difference in the router's input can change the choice).
+    func testSelectionMargins() {
+        let scores: [Float] = [0.9, 0.0, 0.8, 0.7, 0.7, 0.65, 0.6, 0.0]
+        let logits = scores.map { s -> Float in let c = min(max(s, 1e-4), 1 - 1e-4); return log(c / (1 - c)) }
+        func margins(_ r: MoERouting) -> (group: Float, expert: Float) {
+            var e = [Int32](repeating: -1, count: r.topK), w = [Float](repeating: 0, count: r.topK)
+            var work = [Float](repeating: 0, count: 2 * logits.count + r.groups)
+            return logits.withUnsafeBufferPointer { l in
+                r.select(logits: l.baseAddress!, nExpert: logits.count, experts: &e, weights: &w, work: &work)
+            }
+        }
+        var r = MoERouting(scoring: .sigmoid, topK: 2, normalizeTopK: false)
+        // No groups: experts 0 (0.9) and 2 (0.8) chosen, the best left is 3 or 4 (0.7): margin 0.1.
+        var m = margins(r)
+        XCTAssertEqual(m.group, .infinity)
+        XCTAssertEqual(m.expert, 0.1, accuracy: 1e-5)
+        // Top-two sums g0 0.9, g1 1.5, g2 1.35, g3 0.6: keep g1 and g2 (group margin 1.35 - 0.9), choose 2 (0.8) and
+        // 3 (0.7) of them; the best left in the kept groups is 4 (0.7): margin 0.
+        r.groups = 4
+        r.groupsUsed = 2
+        r.groupScore = .topTwoSum
+        m = margins(r)
+        XCTAssertEqual(m.group, 0.45, accuracy: 1e-3)  // g0 is 0.9 + 1e-4 (the clamped 0)
+        XCTAssertEqual(m.expert, 0, accuracy: 1e-5)
+        // Every expert of the kept groups chosen: nothing left, no expert margin.
+        r.topK = 4
+        m = margins(r)
+        XCTAssertEqual(m.expert, .infinity)
+    }
 }

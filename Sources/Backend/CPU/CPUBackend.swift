@@ -84,10 +84,28 @@ public final class CPUBackend: ComputeBackend, @unchecked Sendable {
         return m
     }
 
+    /// Where stacks of matrices (the routed experts, in a hybrid placement) are copied at load instead of being read
+    /// from the file's mapping: e.g. page-locked memory, which a GPU's copy engine reads at the link's speed (the
+    /// hybrid MoE's layerwise prefill). Returns the memory and its owner (which frees it), or nil (that stack then
+    /// stays on the mapping). nil, the default: every stack is read from the mapping.
+    public var stackMemory: (@Sendable (_ bytes: Int) -> (pointer: UnsafeMutableRawPointer, owner: AnyObject)?)?
+
     public func prepareStack(_ w: WeightRef) throws -> WeightStack {
         guard w.shape.count == 3 else { throw BackendError("tensor '\(w.name)': shape \(w.shape) is not a stack of matrices") }
+        var data = w.data, owner = w.owner
+        if let alloc = stackMemory, let bytes = w.byteCount, bytes > 0,
+           let memory = alloc(bytes) {
+            // Copied on all the pool's threads, 4 MiB a task (reading the mapping faults its pages in).
+            let chunk = 4 << 20, src = UInt(bitPattern: w.data), dst = UInt(bitPattern: memory.pointer)
+            pool.parallelFor((bytes + chunk - 1) / chunk) { t, _ in
+                let lo = t * chunk, n = min(chunk, bytes - lo)
+                UnsafeMutableRawPointer(bitPattern: dst + UInt(lo))!.copyMemory(from: UnsafeRawPointer(bitPattern: src + UInt(lo))!, byteCount: n)
+            }
+            data = UnsafeRawPointer(memory.pointer)
+            owner = memory.owner
+        }
         let s = try WeightStack(name: w.name, type: w.type, count: w.shape[2], rows: w.shape[1], cols: w.shape[0],
-                                data: w.data, owner: w.owner)
+                                data: data, owner: owner)
         note(s.kernels, type: w.type, cols: s.cols)
         return s
     }
@@ -261,7 +279,14 @@ public final class CPUBackend: ComputeBackend, @unchecked Sendable {
         let lp = UnsafePointer(logits.hostFloats), ep = experts.hostInt32, wp = weights.hostFloats
         let k = routing.topK, work = routerScratch
         precondition(work.floatsPerThread >= routing.workFloats(nExpert: nExpert), "router scratch not reserved")
-        if n * nExpert * k < 16384 {
+        if MoERouting.traceMargins {
+            for t in 0..<n {
+                let m = routing.select(logits: lp + t * nExpert, nExpert: nExpert, experts: ep + t * k, weights: wp + t * k,
+                                       work: work.buffer(0))
+                FileHandle.standardError.write(String(format: "routing margins: token %d of %d: group %.4g, expert %.4g\n",
+                                                      t, n, m.group, m.expert).data(using: .utf8)!)
+            }
+        } else if n * nExpert * k < 16384 {
             for t in 0..<n {
                 routing.select(logits: lp + t * nExpert, nExpert: nExpert, experts: ep + t * k, weights: wp + t * k,
                                work: work.buffer(0))
