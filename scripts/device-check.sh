@@ -54,13 +54,13 @@ if { has baseline || [ -n "${BUILD_LLAMACPP:-}" ]; } && [ -d .baseline/llama.cpp
    && { [ ! -x .baseline/llama.cpp/build-cuda/bin/llama-bench ] \
         || { [ -n "${CPU_BASELINE:-}" ] && [ ! -x .baseline/llama.cpp/build/bin/llama-bench ]; }; }; then
   (
-    [ -x .baseline/llama.cpp/build-cuda/bin/llama-bench ] || bash .baseline/llamacpp-baseline.sh cuda .baseline/llama.cpp
+    [ -x .baseline/llama.cpp/build-cuda/bin/llama-bench ] || nice -n 19 bash .baseline/llamacpp-baseline.sh cuda .baseline/llama.cpp \
+      || { echo "llama.cpp CUDA build FAILED"; exit 1; }
     if [ -n "${CPU_BASELINE:-}" ] && [ ! -x .baseline/llama.cpp/build/bin/llama-bench ]; then
-      bash .baseline/llamacpp-baseline.sh cpu .baseline/llama.cpp
+      nice -n 19 bash .baseline/llamacpp-baseline.sh cpu .baseline/llama.cpp || { echo "llama.cpp CPU build FAILED"; exit 2; }
     fi
   ) > "$out/llamacpp-build.log" 2>&1 &
   build_pid=$!
-  renice -n 19 -p $build_pid >/dev/null 2>&1 || true
 fi
 # CONFORMANCE_LEVELS: the CPU kernel levels the conformance stage runs at (all three by default).
 levels=${CONFORMANCE_LEVELS:-avx512 avx2 scalar}
@@ -202,7 +202,7 @@ fi
 if has baseline && [ -d .baseline/llama.cpp ] && [ -z "${SMOKE:-}" ]; then
   say "## llama.cpp (same files, same sitting)"
   command -v cmake >/dev/null || say "no cmake here: llama.cpp cannot be built"
-  if [ -n "$build_pid" ]; then wait "$build_pid" || { say "llama.cpp CUDA build FAILED"; tail -20 "$out/llamacpp-build.log" >> "$log"; }; build_pid=; fi
+  if [ -n "$build_pid" ]; then wait "$build_pid" || { say "llama.cpp build FAILED: $(grep FAILED "$out/llamacpp-build.log")"; tail -20 "$out/llamacpp-build.log" >> "$log"; }; build_pid=; fi
   if [ ! -x .baseline/llama.cpp/build-cuda/bin/llama-bench ]; then
     bash .baseline/llamacpp-baseline.sh cuda .baseline/llama.cpp >>"$log" 2>&1 || say "llama.cpp CUDA build FAILED"
   fi
@@ -249,7 +249,7 @@ if has serve; then
 fi
 
 # The CPU-heavy stages wait for a llama.cpp build still running in the background (it would take their cores).
-wait_build() { if [ -n "$build_pid" ]; then wait "$build_pid" || say "llama.cpp CUDA build FAILED"; build_pid=; fi; }
+wait_build() { if [ -n "$build_pid" ]; then wait "$build_pid" || say "llama.cpp build FAILED: $(grep FAILED "$out/llamacpp-build.log")"; build_pid=; fi; }
 
 if has hybrid; then
   wait_build
@@ -286,7 +286,7 @@ if has hybrid; then
       KTRANSFORMERS_LAYERWISE_MIN=64 "$bin" bench --model $m --device cuda -t $threads -p $p -n 0 -r 1 --chunk-size $p \
         2>>"$log" | tail -1 | sed 's/$/ (hybrid, layerwise prefill)/' | tee -a "$summary"
     done
-    KTRANSFORMERS_LAYERWISE_MIN=64 KTRANSFORMERS_LAYERWISE_PIN=0 "$bin" bench --model $m --device cuda -t $threads -p $pp -n 0 -r 1 \
+    KTRANSFORMERS_LAYERWISE_MIN=64 KTRANSFORMERS_LAYERWISE_PIN=0 KTRANSFORMERS_PIN_EXPERTS=0 "$bin" bench --model $m --device cuda -t $threads -p $pp -n 0 -r 1 \
       2>>"$log" | tail -1 | sed 's/$/ (hybrid, layerwise prefill, pageable host weights)/' | tee -a "$summary"
     for c in 64 128; do
       for lw in 0 64; do
@@ -362,6 +362,7 @@ if has prefill; then
   # page-locked memory) at pp512 and pp4096 in one chunk, under PREFILL_VARS settings too, and where the layerwise
   # path starts to pay (chunks of PREFILL_CHUNKS tokens with it on and off); llama.cpp's best configuration beside
   # it when built.
+  wait_build
   say "## hybrid MoE prefill (Qwen3-30B-A3B shape), $(date -u +%FT%TZ), $threads threads"
   m=/tmp/qwen3-30b-a3b$sfx.gguf
   make_model qwen3-30b-a3b $m
@@ -392,7 +393,7 @@ if has layerwise; then
   m=/tmp/qwen3-30b-a3b$sfx.gguf
   make_model qwen3-30b-a3b $m
   for pin in ${LAYERWISE_PINS:-0 1}; do
-    KTRANSFORMERS_LAYERWISE_MIN=64 KTRANSFORMERS_LAYERWISE_TRACE=1 KTRANSFORMERS_LAYERWISE_PIN=$pin \
+    KTRANSFORMERS_LAYERWISE_MIN=64 KTRANSFORMERS_LAYERWISE_TRACE=1 KTRANSFORMERS_LAYERWISE_PIN=$pin KTRANSFORMERS_PIN_EXPERTS=0 \
       "$bin" bench --model $m --device cuda -t $threads -p $pp -n 0 -r 1 > "$out/layerwise-$pin.txt" 2> "$out/layerwise-$pin.err" &
     lpid=$!
     for i in $(seq 1 90); do kill -0 $lpid 2>/dev/null || break; sleep 1; done
@@ -454,7 +455,10 @@ for line in open(f"{d}/ds-logits-cpu.err"):
 near = sorted(t for t, v in margin.items() if v < 1e-3)
 print(f"routing near-ties on the CPU (a margin under 1e-3 in some MoE layer): positions {near} of {len(cpu)}"
       + ("" if margin else " (no margins printed: nothing excluded)"))
-ok = True
+# A check over less than half the positions says too little: then it fails (more tokens, or another seed, are needed).
+ok = 2 * len(near) <= len(cpu)
+if not ok:
+    print("FAIL: more than half the positions are near-ties")
 for name in ["cuda", "cuda_--n-cpu-moe_0"]:
     other = load(name)
     diffs, decisive, agree, nearDiff = [], 0, 0, []

@@ -375,6 +375,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         pinnedLock.lock()
         pinnedRanges.removeAll { $0.0 == UInt(bitPattern: p) }
         pinnedLock.unlock()
+        current()   // the weights may be dropped on any thread: cuMemFreeHost needs the context
         driver.freeHost(p)
     }
     private var pinnedRanges: [(UInt, UInt)] = []
@@ -1164,7 +1165,9 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     /// page-locked memory (stream memory operations) rather than host functions (`CUDAHybridExpertExecutor`): on
     /// where the driver has the stream memory operations; `KTRANSFORMERS_HYBRID_MAILBOX=0` turns it off. Measured on
     /// an H100 host (Qwen3-30B-A3B, 16 threads): tg128 54.8 t/s against 36.5 through host functions in the same call,
-    /// llama.cpp's `-ot exps=CPU` 36.0 (docs/performance.md).
+    /// llama.cpp's `-ot exps=CPU` 36.0 (docs/performance.md). It was off by default for a while after one
+    /// wrong-logits failure of a hybrid golden test on the CUDA emulator in one CI run (2026-12-06, commit d84f3a0),
+    /// never reproduced (70 reruns of that test with it on) and not explained: performance.md keeps the record.
     nonisolated(unsafe) public static var hybridMailbox = ProcessInfo.processInfo.environment["KTRANSFORMERS_HYBRID_MAILBOX"] != "0"
     /// Hybrid MoE layers handed over through the mailbox so far (tests).
     public var hybridMailboxJobs: Int { mailboxJobs.load(ordering: .relaxed) }

@@ -131,9 +131,21 @@ struct LoadOptions {
         case "1": return true
         case "0": return false
         default:
-            return gpu.layerwiseMinTokens > 0 && !gpu.batchInvariant
-                && UInt64(bytes) <= ProcessInfo.processInfo.physicalMemory / 2
+            return gpu.layerwiseMinTokens > 0 && !gpu.batchInvariant && UInt64(bytes) <= Self.usableMemory() / 2
         }
+    }
+
+    /// The host's memory, or the cgroup's limit (v2 `memory.max`, v1 `memory.limit_in_bytes`) where that is lower:
+    /// page-locked memory past a container's limit gets the process killed at load.
+    static func usableMemory() -> UInt64 {
+        var m = ProcessInfo.processInfo.physicalMemory
+        for f in ["/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"] {
+            if let s = try? String(contentsOfFile: f, encoding: .utf8),
+               let v = UInt64(s.trimmingCharacters(in: .whitespacesAndNewlines)) {
+                m = min(m, v)
+            }
+        }
+        return m
     }
 
     /// The parsed `--device` (cpu by default).
