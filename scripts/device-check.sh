@@ -22,8 +22,7 @@
 # threads, SCALING_THREADS / SCALING_VARS, and hybrid / CPU-only decode by thread count). MOE=1 adds the Qwen3-30B-A3B shape all on the GPU to
 # bench and baseline; HYBRID_SHORT=1 runs only pp512/tg of the hybrid stage; HYBRID_VARS="A=1 B=0,C=2" adds hybrid
 # decode rows under those settings (commas join several into one row); HYBRID_AB=1 adds hybrid decode rows
-# under each host-wait setting (KTRANSFORMERS_CUDA_SYNC, KTRANSFORMERS_POOL_SPINS, one core free) and with the
-# layerwise prefill; KERNEL_AB=1 adds bench rows with the streaming kernels off or capped; DECODE_AB=1 batch-1
+# under each host-wait setting (KTRANSFORMERS_CUDA_SYNC, KTRANSFORMERS_POOL_SPINS, one core free) and with expert deferral; KERNEL_AB=1 adds bench rows with the streaming kernels off or capped; DECODE_AB=1 batch-1
 # decode rows under the one-token kernel switches (DECODE_AB_VARS picks them; commas join switches into one row); CPU_BASELINE=1
 # also builds llama.cpp for the CPU (its hybrid-stage row). The gemma stage takes GEMMA_MODEL, or the default model
 # carried in .baseline/ or assembled in /tmp/kt-parts by scripts/device-parts.sh. Each writes its lines to
@@ -279,21 +278,7 @@ if has hybrid; then
       "$bin" bench --model $m --device cuda -t $threads -p 0 -n $tgb -r 1 --defer-experts $d 2>>"$log" | tail -1 \
         | sed "s/\$/ (hybrid, --defer-experts $d)/" | tee -a "$summary"
     done
-    # Layerwise prefill (the layer's experts copied to the GPU for a large step, the next layer's copy overlapping
-    # this one's compute) against the CPU experts; with the host weights pageable instead of page-locked; and where
-    # the threshold lies (steps of 64 and 128 tokens).
-    for p in $pp $long; do
-      KTRANSFORMERS_LAYERWISE_MIN=64 "$bin" bench --model $m --device cuda -t $threads -p $p -n 0 -r 1 --chunk-size $p \
-        2>>"$log" | tail -1 | sed 's/$/ (hybrid, layerwise prefill)/' | tee -a "$summary"
-    done
-    KTRANSFORMERS_LAYERWISE_MIN=64 KTRANSFORMERS_LAYERWISE_PIN=0 KTRANSFORMERS_PIN_EXPERTS=0 "$bin" bench --model $m --device cuda -t $threads -p $pp -n 0 -r 1 \
-      2>>"$log" | tail -1 | sed 's/$/ (hybrid, layerwise prefill, pageable host weights)/' | tee -a "$summary"
-    for c in 64 128; do
-      for lw in 0 64; do
-        KTRANSFORMERS_LAYERWISE_MIN=$lw "$bin" bench --model $m --device cuda -t $threads -p $((4 * c)) -n 0 -r 1 --chunk-size $c \
-          2>>"$log" | tail -1 | sed "s/\$/ (hybrid, chunks of $c, layerwise from $lw, 0 = off)/" | tee -a "$summary"
-      done
-    done
+    # (The layerwise prefill's rows: the `prefill` stage.)
   fi
   if [ -z "${HYBRID_SHORT:-}" ]; then
   "$bin" bench --model $m --device cuda -t $threads -p $long -n 0 -r 1 --chunk-size $long 2>>"$log" | tail -1 | sed 's/$/ (hybrid)/' | tee -a "$summary"
@@ -413,11 +398,7 @@ if has layerwise; then
       { grep "^\[layerwise" "$out/layerwise-$pin.err" | head -6; grep "^\[layerwise" "$out/layerwise-$pin.err" | tail -3; } | tee -a "$summary"
     fi
   done
-  # Speed: long prompts in one chunk, and where the threshold lies (chunks of 128 and 256, layerwise on or off).
-  lw() { local min=$1 p=$2 c=$3; KTRANSFORMERS_LAYERWISE_MIN=$min timeout 120 "$bin" bench --model $m --device cuda -t $threads -p $p -n 0 \
-    -r 1 --chunk-size $c 2>>"$log" | tail -1 | sed "s/\$/ (hybrid, chunks of $c, layerwise from $min, 0 = off)/" | tee -a "$summary"; }
-  lw 64 $long $long
-  for c in ${LAYERWISE_CHUNKS:-128 256}; do lw $c $((4 * c)) $c; lw 0 $((4 * c)) $c; done
+  # Its speed: the `prefill` stage.
 fi
 
 if has deepseek; then

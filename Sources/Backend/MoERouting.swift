@@ -33,13 +33,15 @@ public struct MoERouting: Sendable {
     /// Floats of `work` that `select` needs.
     public func workFloats(nExpert: Int) -> Int { 2 * nExpert + max(1, groups) }
 
-    /// Returns the selection's margins (how near it was to choosing otherwise): `group`, the last kept group's score
-    /// minus the best dropped group's (infinity without group limits), and `expert`, the last chosen expert's biased
-    /// score minus the best one left among the kept groups (infinity when none is left). A difference in the router's
-    /// input smaller than these cannot change the choice; `KTRANSFORMERS_ROUTING_MARGINS=1` prints them.
+    /// With `margins`, also returns how near the selection was to choosing otherwise: `group`, the last kept group's
+    /// score minus the best dropped group's (infinity without group limits), and `expert`, the last chosen expert's
+    /// biased score minus the best one left among the kept groups (infinity when none is left). A difference in the
+    /// router's input smaller than these cannot change the choice; `KTRANSFORMERS_ROUTING_MARGINS=1` prints them.
+    /// Without it (the hot path) nothing extra is computed and the result is nil.
     @discardableResult
     public func select(logits: UnsafePointer<Float>, nExpert: Int, experts: UnsafeMutablePointer<Int32>,
-                weights: UnsafeMutablePointer<Float>, work: UnsafeMutablePointer<Float>) -> (group: Float, expert: Float) {
+                       weights: UnsafeMutablePointer<Float>, work: UnsafeMutablePointer<Float>,
+                       margins: Bool = false) -> (group: Float, expert: Float)? {
         var groupMargin = Float.infinity, expertMargin = Float.infinity
         let scores = work, choice = work + nExpert, groupBest = work + 2 * nExpert
         switch scoring {
@@ -91,9 +93,11 @@ public struct MoERouting: Sendable {
             if j == topK - 1 { expertMargin = choice[best] }
             choice[best] = -Float.infinity
         }
-        var bestLeft = -Float.infinity
-        for e in 0..<nExpert { bestLeft = max(bestLeft, choice[e]) }
-        expertMargin = bestLeft == -Float.infinity ? .infinity : expertMargin - bestLeft
+        if margins {
+            var bestLeft = -Float.infinity
+            for e in 0..<nExpert { bestLeft = max(bestLeft, choice[e]) }
+            expertMargin = bestLeft == -Float.infinity ? .infinity : expertMargin - bestLeft
+        }
         if normalizeTopK {
             // As llama.cpp: the sum is clamped to the smallest f16 normal so it never divides by 0.
             let inv = 1 / max(sum, 6.103515625e-5)
@@ -102,7 +106,7 @@ public struct MoERouting: Sendable {
         if scale != 1 && scale != 0 {
             for j in 0..<topK { weights[j] *= scale }
         }
-        return (groupMargin, expertMargin)
+        return margins ? (groupMargin, expertMargin) : nil
     }
 
     /// `KTRANSFORMERS_ROUTING_MARGINS=1`: the CPU backend prints each token's selection margins (stderr).

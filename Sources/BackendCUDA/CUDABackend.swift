@@ -363,6 +363,13 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         }
     }
 
+    /// Bytes of `pageLockedStackMemory` held now (the log, tests).
+    public var pageLockedBytes: Int {
+        pinnedLock.lock()
+        defer { pinnedLock.unlock() }
+        return pinnedRanges.reduce(0) { $0 + Int($1.1 - $1.0) }
+    }
+
     /// Whether `bytes` from `p` lie in one block of `pageLockedStackMemory`.
     func isPageLocked(_ p: UnsafeRawPointer, bytes: Int) -> Bool {
         let a = UInt(bitPattern: p)

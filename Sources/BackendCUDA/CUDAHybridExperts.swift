@@ -326,17 +326,6 @@ final class CUDAHybridExpertExecutor: ExpertExecutor, @unchecked Sendable {
         return true
     }
 
-    /// Copies `bytes` from `src` to `dst` on all cores (the host side of a layer's staging: ~3x one core's copy).
-    private static func parallelCopy(_ dst: UnsafeMutableRawPointer, _ src: UnsafeRawPointer, bytes: Int) {
-        let parts = max(1, min(ProcessInfo.processInfo.activeProcessorCount, bytes >> 22))
-        let chunk = (bytes / parts + 4095) & ~4095
-        let d = UInt(bitPattern: dst), sp = UInt(bitPattern: src)
-        DispatchQueue.concurrentPerform(iterations: parts) { i in
-            let lo = i * chunk, hi = min(bytes, lo + chunk)
-            if lo < hi { memcpy(UnsafeMutableRawPointer(bitPattern: d + UInt(lo))!, UnsafeRawPointer(bitPattern: sp + UInt(lo))!, hi - lo) }
-        }
-    }
-
     /// Prefetches the layer that came after `experts` last time into the slot the step did not use, on the copy stream
     /// (after the step's kernels were queued); not across the end of a pass, where the next step may be small.
     private func prefetchNext(after experts: ExpertWeights, used s: Int) {
@@ -361,7 +350,7 @@ final class CUDAHybridExpertExecutor: ExpertExecutor, @unchecked Sendable {
         if let host = bounce {
             // The bounce buffer's last copy out must be done before it is refilled (it was queued a layer ago).
             gpu.must("layerwise bounce buffer wait") { try gpu.driver.wait(slot.copied) }
-            for (i, st) in stacks.enumerated() { Self.parallelCopy(host + offsets[i], st.data, bytes: sizes[i]) }
+            for (i, st) in stacks.enumerated() { HostMemory.parallelCopy(host + offsets[i], st.data, bytes: sizes[i]) }
         }
         defer { traceLine(String(format: "copy of %.1f MiB (%@) queued into slot %d in %.1f ms", Double(sizes.reduce(0, +)) / 1_048_576,
                                  direct ? "from page-locked stacks" : bounce == nil ? "from the mapping" : "through a bounce buffer",

@@ -93,6 +93,7 @@ struct LoadOptions {
             gpu.deferredExperts = placement.deferExperts
         }
         let rules = try placement.placement(main: main, file: file)
+        var placedOnCPU: Int?
         if main != .cpu {
             // Bytes of weights per device, as the rules put them.
             var bytes: [Device: Int] = [:]
@@ -102,10 +103,9 @@ struct LoadOptions {
                     : String(format: "%@ %.1f MiB", d.description, Double(b) / 1_048_576)
             }
             Output.err("placement (\(rules)): \(list.joined(separator: ", "))\n")
+            placedOnCPU = bytes[.cpu]
             if let gpu, let host = bytes[.cpu], host > 0, pinExperts(gpu: gpu, bytes: host) {
                 cpu.stackMemory = gpu.pageLockedStackMemory()
-                Output.err(String(format: "routed experts on the CPU copied to page-locked memory at load (%.2f GiB): the layerwise prefill copies them to the GPU at the link's speed (KTRANSFORMERS_PIN_EXPERTS=0: read from the file's mapping)\n",
-                                  Double(host) / 1_073_741_824))
             }
         }
         let started = Date()
@@ -113,6 +113,11 @@ struct LoadOptions {
         let model = try ModelRegistry.load(file, backend: backend, backends: backends, placement: rules, limits: limits,
                                            progress: { bar.update(done: $0, total: $1); onProgress?(Double($0) / Double(max(1, $1))) })
         bar.finish(String(format: "loaded in %.1f s", Date().timeIntervalSince(started)))
+        if let gpu, cpu.stackMemory != nil, let onCPU = placedOnCPU {
+            // Less than was placed on the CPU where the driver refused a block (that stack is read from the mapping).
+            Output.err(String(format: "routed experts copied to page-locked memory at load: %.2f of %.2f GiB on the CPU (the layerwise prefill copies them to the GPU at the link's speed; KTRANSFORMERS_PIN_EXPERTS=0 reads them from the file's mapping)\n",
+                              Double(gpu.pageLockedBytes) / 1_073_741_824, Double(onCPU) / 1_073_741_824))
+        }
         if let gpu {
             let mem = gpu.memoryInfo()
             Output.err(String(format: "placed on %@: %.2f GiB of weights (%.1f GiB free after load)\n", gpu.device.description,
@@ -125,27 +130,14 @@ struct LoadOptions {
 
     /// Whether the hybrid MoE's CPU-placed weights (`bytes`) go to page-locked memory at load: `KTRANSFORMERS_PIN_EXPERTS`
     /// 1 / 0, or by default when the layerwise prefill can run (not `--batch-invariant`) and they take at most half the
-    /// host's memory (page-locked memory cannot be swapped or dropped like the file's cached pages).
+    /// host's (or its cgroup's) memory (page-locked memory cannot be swapped or dropped like the file's cached pages).
     func pinExperts(gpu: CUDABackend, bytes: Int) -> Bool {
         switch ProcessInfo.processInfo.environment["KTRANSFORMERS_PIN_EXPERTS"] {
         case "1": return true
         case "0": return false
         default:
-            return gpu.layerwiseMinTokens > 0 && !gpu.batchInvariant && UInt64(bytes) <= Self.usableMemory() / 2
+            return gpu.layerwiseMinTokens > 0 && !gpu.batchInvariant && UInt64(bytes) <= HostMemory.usableBytes / 2
         }
-    }
-
-    /// The host's memory, or the cgroup's limit (v2 `memory.max`, v1 `memory.limit_in_bytes`) where that is lower:
-    /// page-locked memory past a container's limit gets the process killed at load.
-    static func usableMemory() -> UInt64 {
-        var m = ProcessInfo.processInfo.physicalMemory
-        for f in ["/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"] {
-            if let s = try? String(contentsOfFile: f, encoding: .utf8),
-               let v = UInt64(s.trimmingCharacters(in: .whitespacesAndNewlines)) {
-                m = min(m, v)
-            }
-        }
-        return m
     }
 
     /// The parsed `--device` (cpu by default).

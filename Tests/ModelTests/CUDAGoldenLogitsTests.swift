@@ -161,11 +161,13 @@ final class CUDALayerwisePrefillTests: XCTestCase {
     /// The routed experts copied to page-locked memory at load (`CPUBackend.stackMemory`, as `serve --device cuda`
     /// does by default): the layerwise steps copy them straight to the GPU (no bounce buffer) and the logits equal the
     /// all-CPU path's; with the layerwise path off, the CPU experts read the page-locked copies and give them too.
+    /// Every expert stack is page-locked while its model lives, and given back with it.
     func testPageLockedExpertsAreStagedDirectly() throws {
         guard let gpu = try CUDABackend.makeIfPresent() else {
             throw XCTSkip("no CUDA driver/GPU and no CUDA emulator here: CUDA layerwise test skipped")
         }
         gpu.layerwiseBounce = true
+        let start = gpu.pageLockedBytes
         for name in ["qwen3moe", "deepseek2-v3"] {
             let cpuModel = try TinyModels.load(name)
             let tokens = try TinyModels.reference(name).tokens
@@ -176,8 +178,12 @@ final class CUDALayerwisePrefillTests: XCTestCase {
             let scale = all.reduce(0) { max($0, abs($1)) }
             let host = CPUBackend(pool: TinyModels.pool)
             host.stackMemory = gpu.pageLockedStackMemory()
-            let hybrid = try ModelRegistry.load(GGUFFile(path: TinyModels.path(name, "gguf")), backend: gpu, backends: [.cpu: host],
+            let file = try GGUFFile(path: TinyModels.path(name, "gguf"))
+            let hybrid = try ModelRegistry.load(file, backend: gpu, backends: [.cpu: host],
                                                 placement: try Placement(main: gpu.device, parsing: CUDAHybridGoldenLogitsTests.hybrid))
+            let expertBytes = file.tensors.filter { $0.name.contains("_exps.") }.reduce(0) { $0 + $1.byteCount }
+            XCTAssertGreaterThan(expertBytes, 0)
+            XCTAssertEqual(gpu.pageLockedBytes - start, expertBytes, "\(name): not every expert stack is page-locked")
             for minTokens in [2, 0] {
                 gpu.layerwiseMinTokens = minTokens
                 let direct = gpu.layerwiseDirectStagings, bounced = gpu.layerwiseStagings - direct
@@ -197,6 +203,7 @@ final class CUDALayerwisePrefillTests: XCTestCase {
             }
             withExtendedLifetime(cpuRun) {}
         }
+        XCTAssertEqual(gpu.pageLockedBytes, start, "page-locked expert stacks not freed with their models")
     }
 
     /// With `batchInvariant` (`--batch-invariant`) no step is staged, however large: a request's bits then never

@@ -274,9 +274,13 @@ final class MoEKernelTests: XCTestCase {
         func margins(_ r: MoERouting) -> (group: Float, expert: Float) {
             var e = [Int32](repeating: -1, count: r.topK), w = [Float](repeating: 0, count: r.topK)
             var work = [Float](repeating: 0, count: 2 * logits.count + r.groups)
-            return logits.withUnsafeBufferPointer { l in
-                r.select(logits: l.baseAddress!, nExpert: logits.count, experts: &e, weights: &w, work: &work)
+            let m = logits.withUnsafeBufferPointer { l in
+                r.select(logits: l.baseAddress!, nExpert: logits.count, experts: &e, weights: &w, work: &work, margins: true)
             }
+            XCTAssertNil(logits.withUnsafeBufferPointer { l in
+                r.select(logits: l.baseAddress!, nExpert: logits.count, experts: &e, weights: &w, work: &work)
+            }, "margins computed without being asked for")
+            return m!
         }
         var r = MoERouting(scoring: .sigmoid, topK: 2, normalizeTopK: false)
         // No groups: experts 0 (0.9) and 2 (0.8) chosen, the best left is 3 or 4 (0.7): margin 0.1.

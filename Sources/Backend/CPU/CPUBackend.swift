@@ -93,14 +93,8 @@ public final class CPUBackend: ComputeBackend, @unchecked Sendable {
     public func prepareStack(_ w: WeightRef) throws -> WeightStack {
         guard w.shape.count == 3 else { throw BackendError("tensor '\(w.name)': shape \(w.shape) is not a stack of matrices") }
         var data = w.data, owner = w.owner
-        if let alloc = stackMemory, let bytes = w.byteCount, bytes > 0,
-           let memory = alloc(bytes) {
-            // Copied on all the pool's threads, 4 MiB a task (reading the mapping faults its pages in).
-            let chunk = 4 << 20, src = UInt(bitPattern: w.data), dst = UInt(bitPattern: memory.pointer)
-            pool.parallelFor((bytes + chunk - 1) / chunk) { t, _ in
-                let lo = t * chunk, n = min(chunk, bytes - lo)
-                UnsafeMutableRawPointer(bitPattern: dst + UInt(lo))!.copyMemory(from: UnsafeRawPointer(bitPattern: src + UInt(lo))!, byteCount: n)
-            }
+        if let alloc = stackMemory, let bytes = w.byteCount, bytes > 0, let memory = alloc(bytes) {
+            HostMemory.parallelCopy(memory.pointer, w.data, bytes: bytes)
             data = UnsafeRawPointer(memory.pointer)
             owner = memory.owner
         }
@@ -282,7 +276,7 @@ public final class CPUBackend: ComputeBackend, @unchecked Sendable {
         if MoERouting.traceMargins {
             for t in 0..<n {
                 let m = routing.select(logits: lp + t * nExpert, nExpert: nExpert, experts: ep + t * k, weights: wp + t * k,
-                                       work: work.buffer(0))
+                                       work: work.buffer(0), margins: true)!
                 FileHandle.standardError.write(String(format: "routing margins: token %d of %d: group %.4g, expert %.4g\n",
                                                       t, n, m.group, m.expert).data(using: .utf8)!)
             }

@@ -47,3 +47,31 @@ public enum CPUInfo {
         #endif
     }()
 }
+
+/// The host's memory: how much this process may use, and copies of large blocks on all cores.
+public enum HostMemory {
+    /// The machine's memory, or its cgroup's limit (v2 `memory.max`, v1 `memory.limit_in_bytes`) where lower: what
+    /// page-locked or otherwise unswappable memory must stay well under.
+    public static let usableBytes: UInt64 = {
+        var m = ProcessInfo.processInfo.physicalMemory
+        for f in ["/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"] {
+            if let s = try? String(contentsOfFile: f, encoding: .utf8),
+               let v = UInt64(s.trimmingCharacters(in: .whitespacesAndNewlines)) {
+                m = min(m, v)
+            }
+        }
+        return m
+    }()
+
+    /// Copies `bytes` from `src` to `dst` in 4 MiB parts spread over all cores (one core copies a third of what the
+    /// memory can; reading a file's mapping also faults its pages in on every core).
+    public static func parallelCopy(_ dst: UnsafeMutableRawPointer, _ src: UnsafeRawPointer, bytes: Int) {
+        let chunk = 4 << 20, parts = (bytes + chunk - 1) / chunk
+        let d = UInt(bitPattern: dst), s = UInt(bitPattern: src)
+        DispatchQueue.concurrentPerform(iterations: parts) { i in
+            let lo = i * chunk
+            UnsafeMutableRawPointer(bitPattern: d + UInt(lo))!.copyMemory(from: UnsafeRawPointer(bitPattern: s + UInt(lo))!,
+                                                                         byteCount: min(chunk, bytes - lo))
+        }
+    }
+}
