@@ -10,7 +10,7 @@
 # There:  bash scripts/device-check.sh [stage ...]    # results under $OUT (or ./device-out); BIN=path overrides the binary
 #
 # Stages (all by default): probe, conformance, tiny, gemma, bench, baseline, hybrid; and, not in the default set,
-# `ncu` (every kernel of a decode step timed alone by Nsight Compute: the step's kernel sum against its wall time
+# `patterns` (scripts/microbench/matvec-patterns.cu: the batch-1 matvec's read bandwidth by access pattern), `ncu` (every kernel of a decode step timed alone by Nsight Compute: the step's kernel sum against its wall time
 # with graphs, issue 12's item 5; NCU_BATCH (batch sizes, e.g. "1 32"), NCU_STEPS, NCU_MODELS (presets, default llama3-8b;
 # others run all on the GPU); into $OUT/ncu-step[-<preset>][-b<N>].md;
 # NCU_DETAIL="kernel:batch ..." adds Nsight Compute's sections of single kernels), `profile` (where the GPU time goes, bench --profile-kernels, on the Llama-3-8B shape, into $OUT/profile.md) and
@@ -504,6 +504,18 @@ print(f"graphs on, batch 1 (nsys): {wall:.3f} ms per token wall, {per_token_kern
 PY
   else
     say "nsys not found: graph step vs kernel time not measured here (the ncu stage measures it)"
+  fi
+fi
+
+if has patterns; then
+  # How fast a batch-1 Q4_K matvec can read its matrix here, by the order the warps walk the rows
+  # (scripts/microbench/matvec-patterns.cu, compiled with the machine's nvcc).
+  say "## matvec access patterns (nvcc microbenchmark)"
+  if nvcc -O3 -arch=native -std=c++17 -o /tmp/matvec-patterns scripts/microbench/matvec-patterns.cu >>"$log" 2>&1; then
+    /tmp/matvec-patterns ${PATTERN_REPS:-50} > "$out/patterns.txt" 2>&1 || say "patterns: FAILED"
+    cat "$out/patterns.txt" >> "$summary"
+  else
+    say "patterns: nvcc FAILED (see log.txt)"
   fi
 fi
 

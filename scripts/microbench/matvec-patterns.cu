@@ -1,0 +1,225 @@
+// How fast can a batch-1 Q4_K matrix-vector product read its matrix on this GPU, and does the order in which the
+// warps walk the rows matter? A standalone measurement (nvcc -O3 -arch=native; run by `device-check.sh patterns`),
+// not part of the server: the matrices are random bytes laid out as Q4_K rows (144-byte super-blocks), the
+// arithmetic is the per-step integer work of matvec_q4_K_q8_pr<N> (8 dp4a, byte permutes, two FMAs) against an
+// input held in registers, so each pattern does the same work and only the order of the loads differs.
+//
+// Patterns (all persistent, 128-thread blocks, a step = 4 super-blocks of a row: lane l loads super-block l / 8's
+// 16-byte header and 16 bytes of its quants):
+//   read      every thread streams 16-byte loads, grid-stride (the ceiling for this access size)
+//   ring      a warp walks its own contiguous range of rows (today's kernel: rows w·rpw .. w·rpw + rpw − 1)
+//   ringI     a warp walks rows w, w + W, w + 2W, ... (the warps' concurrent rows adjacent in memory)
+//   split     a block walks rows b, b + B, ...; its 4 warps take one step each of the same row (SPR = 4 only)
+// DEPTH steps in flight per warp (the ring across rows). Each pattern runs over a matrix of the decode shapes
+// (gate/up 28672 x 4096, q/k/v 6144 x 4096, down 4096 x 14336) cycling over enough copies to miss the L2, and over a
+// long matrix (8x) where the launch ramp and tail no longer count.
+#include <cstdio>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+#include <cuda_runtime.h>
+#include <cuda_fp16.h>
+
+typedef unsigned char u8;
+typedef unsigned int u32;
+
+#define CK(x) do { cudaError_t e = (x); if (e != cudaSuccess) { fprintf(stderr, "%s: %s\n", #x, cudaGetErrorString(e)); exit(1); } } while (0)
+
+__device__ __forceinline__ int dp4a_us(u32 a, int b, int c) {
+    int d;
+    asm("dp4a.u32.s32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+    return d;
+}
+
+// The per-step arithmetic of matvec_q4_K_q8_pr<N> (inputs a, b in registers).
+__device__ __forceinline__ float stepMath(uint4 h, uint4 q, uint4 a, uint4 b, float acc, int lane) {
+    float d = __half2float(__ushort_as_half((unsigned short)(h.x & 0xFFFF)));
+    float dmin = __half2float(__ushort_as_half((unsigned short)(h.x >> 16)));
+    int p = (lane & 7) >> 1;
+    u32 sc = p >= 2 ? ((h.w & 0x0F0F0F0Fu) | ((h.y >> 2) & 0x30303030u)) : (h.y & 0x3F3F3F3Fu);
+    u32 mn = p >= 2 ? (((h.w >> 4) & 0x0F0F0F0Fu) | ((h.z >> 2) & 0x30303030u)) : (h.z & 0x3F3F3F3Fu);
+    int sLo = __dp4a((int)(q.x & 0x0F0F0F0Fu), (int)a.x, 0);
+    sLo = __dp4a((int)(q.y & 0x0F0F0F0Fu), (int)a.y, sLo);
+    sLo = __dp4a((int)(q.z & 0x0F0F0F0Fu), (int)a.z, sLo);
+    sLo = __dp4a((int)(q.w & 0x0F0F0F0Fu), (int)a.w, sLo);
+    int sHi = dp4a_us(q.x & 0xF0F0F0F0u, (int)b.x, 0);
+    sHi = dp4a_us(q.y & 0xF0F0F0F0u, (int)b.y, sHi);
+    sHi = dp4a_us(q.z & 0xF0F0F0F0u, (int)b.z, sHi);
+    sHi = dp4a_us(q.w & 0xF0F0F0F0u, (int)b.w, sHi);
+    u32 k = 2 * (p & 1);
+    int i1 = 16 * (int)__byte_perm(sc, 0, 0x4440u + k) * sLo + (int)__byte_perm(sc, 0, 0x4441u + k) * sHi;
+    int i2 = (int)__byte_perm(mn, 0, 0x4400u + ((k + 1) << 4) + k);
+    acc = fmaf(d * 0.0625f, (float)i1, acc);
+    return fmaf(-dmin, (float)i2, acc);
+}
+
+__device__ __forceinline__ float warpSum(float v) {
+    for (int m = 16; m > 0; m >>= 1) v += __shfl_xor_sync(0xffffffffu, v, m);
+    return v;
+}
+
+__global__ void readAll(const uint4* w, long n16, float* out) {
+    long i = blockIdx.x * (long)blockDim.x + threadIdx.x, stride = (long)gridDim.x * blockDim.x;
+    u32 x = 0;
+    for (; i + 3 * stride < n16; i += 4 * stride) {
+        uint4 a = w[i], b = w[i + stride], c = w[i + 2 * stride], d = w[i + 3 * stride];
+        x ^= a.x ^ a.y ^ a.z ^ a.w ^ b.x ^ b.y ^ b.z ^ b.w ^ c.x ^ c.y ^ c.z ^ c.w ^ d.x ^ d.y ^ d.z ^ d.w;
+    }
+    for (; i < n16; i += stride) { uint4 a = w[i]; x ^= a.x ^ a.y ^ a.z ^ a.w; }
+    if (x == 0x12345678u) out[0] = 1.0f;
+}
+
+// ring / ringI: warp-per-row rings (SPR steps a row, DEPTH steps in flight across rows).
+template <int SPR, int DEPTH, bool INTERLEAVED>
+__global__ void __launch_bounds__(128) ringRows(const u8* W, long rowBytes, int rows, int rpw, const uint4* x, float* y) {
+    int lane = threadIdx.x & 31, warp = blockIdx.x * 4 + (threadIdx.x >> 5), warps = gridDim.x * 4;
+    int nRows = INTERLEAVED ? (warp < rows ? (rows - 1 - warp) / warps + 1 : 0) : max(0, min(rpw, rows - warp * rpw));
+    if (nRows == 0) return;
+    auto rowOf = [&](int i) { return INTERLEAVED ? warp + i * warps : warp * rpw + i; };
+    uint4 a[SPR], b[SPR];
+#pragma unroll
+    for (int j = 0; j < SPR; j++) { a[j] = x[(4 * j + (lane >> 3)) * 16 + (lane & 7)]; b[j] = x[(4 * j + (lane >> 3)) * 16 + 8 + (lane & 7)]; }
+    int steps = nRows * SPR;
+    uint4 hs[DEPTH], qs[DEPTH];
+    int lIdx = 0;
+    const u8* lPtr = W + (long)rowOf(0) * rowBytes;
+    auto load = [&](int slot) {
+        int j = slot % SPR;
+        const u8* p = lPtr + (4 * j + (lane >> 3)) * 144;
+        hs[slot] = *(const uint4*)p;
+        qs[slot] = *(const uint4*)(p + 16 + 16 * (lane & 7));
+        if (j == SPR - 1 && ++lIdx < nRows) lPtr = W + (long)rowOf(lIdx) * rowBytes;
+    };
+#pragma unroll
+    for (int i = 0; i < DEPTH; i++) if (i < steps) load(i);
+    float acc = 0.0f;
+    int cIdx = 0;
+    for (int s0 = 0; s0 < steps; s0 += DEPTH) {
+#pragma unroll
+        for (int i = 0; i < DEPTH; i++) {
+            if (s0 + i < steps) {
+                uint4 h = hs[i], q = qs[i];
+                if (s0 + i + DEPTH < steps) load(i);
+                int j = i % SPR;
+                acc = stepMath(h, q, a[j], b[j], acc, lane);
+                if (j == SPR - 1) {
+                    float v = warpSum(acc);
+                    if (lane == 0) y[rowOf(cIdx)] = v;
+                    cIdx++;
+                    acc = 0.0f;
+                }
+            }
+        }
+    }
+}
+
+// split: block b walks rows b, b + B, ...; warp k of the block takes steps k, k + 4, ... of each row (rows of SPR
+// steps, SPR a multiple of 4 / 4 a multiple of... here SPR = 4: one step each), DEPTH rows in flight; the 4 partial
+// sums of a row meet in shared memory every DEPTH rows.
+template <int DEPTH>
+__global__ void __launch_bounds__(128) splitRows(const u8* W, long rowBytes, int rows, const uint4* x, float* y) {
+    __shared__ float part[4][DEPTH];
+    int lane = threadIdx.x & 31, wk = threadIdx.x >> 5;
+    int nRows = blockIdx.x < rows ? (rows - 1 - blockIdx.x) / gridDim.x + 1 : 0;
+    if (nRows == 0) return;
+    uint4 a = x[(4 * wk + (lane >> 3)) * 16 + (lane & 7)], b = x[(4 * wk + (lane >> 3)) * 16 + 8 + (lane & 7)];
+    const u8* base = W + (4 * wk + (lane >> 3)) * 144;
+    uint4 hs[DEPTH], qs[DEPTH];
+    auto load = [&](int slot, int i) {
+        const u8* p = base + (long)(blockIdx.x + (long)i * gridDim.x) * rowBytes;
+        hs[slot] = *(const uint4*)p;
+        qs[slot] = *(const uint4*)(p + 16 + 16 * (lane & 7));
+    };
+#pragma unroll
+    for (int i = 0; i < DEPTH; i++) if (i < nRows) load(i, i);
+    for (int r0 = 0; r0 < nRows; r0 += DEPTH) {
+#pragma unroll
+        for (int i = 0; i < DEPTH; i++) {
+            if (r0 + i < nRows) {
+                uint4 h = hs[i], q = qs[i];
+                if (r0 + i + DEPTH < nRows) load(i, r0 + i + DEPTH);
+                float v = warpSum(stepMath(h, q, a, b, 0.0f, lane));
+                if (lane == 0) part[wk][i] = v;
+            }
+        }
+        __syncthreads();
+        if (threadIdx.x < DEPTH && r0 + threadIdx.x < nRows)
+            y[blockIdx.x + (long)(r0 + threadIdx.x) * gridDim.x] =
+                part[0][threadIdx.x] + part[1][threadIdx.x] + part[2][threadIdx.x] + part[3][threadIdx.x];
+        __syncthreads();
+    }
+}
+
+struct Shape { const char* name; int rows, cols; };
+
+int main(int argc, char** argv) {
+    int reps = argc > 1 ? atoi(argv[1]) : 50;
+    cudaDeviceProp prop;
+    CK(cudaGetDeviceProperties(&prop, 0));
+    int sms = prop.multiProcessorCount;
+    printf("# %s, %d SMs, L2 %d MB\n", prop.name, sms, prop.l2CacheSize >> 20);
+    Shape shapes[] = {{"gate/up 28672x4096", 28672, 4096}, {"qkv 6144x4096", 6144, 4096},
+                      {"long 229376x4096", 229376, 4096}};
+    uint4* x;
+    float *y, *out;
+    CK(cudaMalloc(&x, 16 * 64 * 16));
+    CK(cudaMemset(x, 1, 16 * 64 * 16));
+    CK(cudaMalloc(&y, 229376 * sizeof(float)));
+    CK(cudaMalloc(&out, 16));
+    cudaEvent_t e0, e1;
+    cudaEventCreate(&e0);
+    cudaEventCreate(&e1);
+    for (auto& s : shapes) {
+        long rowBytes = s.cols / 256 * 144, bytes = rowBytes * s.rows;
+        int copies = (int)((400L << 20) / bytes) + 1;
+        if (copies < 2) copies = 2;
+        std::vector<u8*> mats(copies);
+        for (auto& m : mats) {
+            CK(cudaMalloc(&m, bytes));
+            std::vector<u8> host(bytes);
+            unsigned long long z = 88172645463325252ull + (unsigned long long)(size_t)&m;
+            for (long i = 0; i + 8 <= bytes; i += 8) {
+                z ^= z << 13; z ^= z >> 7; z ^= z << 17;
+                memcpy(&host[i], &z, 8);
+            }
+            for (long i = 0; i < bytes; i += 144) { host[i + 1] = 0x3c; host[i + 3] = 0x2c; }  // sane f16 d, dmin
+            CK(cudaMemcpy(m, host.data(), bytes, cudaMemcpyHostToDevice));
+        }
+        auto time = [&](const char* label, auto launch) {
+            for (int i = 0; i < 3; i++) launch(mats[i % copies]);
+            CK(cudaDeviceSynchronize());
+            cudaEventRecord(e0);
+            for (int i = 0; i < reps; i++) launch(mats[i % copies]);
+            cudaEventRecord(e1);
+            CK(cudaEventSynchronize(e1));
+            CK(cudaGetLastError());
+            float ms;
+            cudaEventElapsedTime(&ms, e0, e1);
+            double us = ms * 1000.0 / reps;
+            printf("%-22s %-28s %8.1f us  %7.0f GB/s\n", s.name, label, us, bytes / us / 1000.0);
+        };
+        char label[64];
+        for (int bps : {8, 16}) {
+            snprintf(label, sizeof label, "read %dx256", bps);
+            time(label, [&](u8* m) { readAll<<<sms * bps, 256>>>((const uint4*)m, bytes / 16, out); });
+        }
+        for (int wpsm : {8, 16, 24, 32}) {
+            int blocks = sms * wpsm / 4, warps = blocks * 4, rpw = (s.rows + warps - 1) / warps;
+            snprintf(label, sizeof label, "ring d4 %dw/SM", wpsm);
+            time(label, [&](u8* m) { ringRows<4, 4, false><<<blocks, 128>>>(m, rowBytes, s.rows, rpw, x, y); });
+            snprintf(label, sizeof label, "ring d8 %dw/SM", wpsm);
+            time(label, [&](u8* m) { ringRows<4, 8, false><<<blocks, 128>>>(m, rowBytes, s.rows, rpw, x, y); });
+            snprintf(label, sizeof label, "ringI d4 %dw/SM", wpsm);
+            time(label, [&](u8* m) { ringRows<4, 4, true><<<blocks, 128>>>(m, rowBytes, s.rows, rpw, x, y); });
+            snprintf(label, sizeof label, "ringI d8 %dw/SM", wpsm);
+            time(label, [&](u8* m) { ringRows<4, 8, true><<<blocks, 128>>>(m, rowBytes, s.rows, rpw, x, y); });
+            snprintf(label, sizeof label, "split d4 %dw/SM", wpsm);
+            time(label, [&](u8* m) { splitRows<4><<<blocks, 128>>>(m, rowBytes, s.rows, x, y); });
+            snprintf(label, sizeof label, "split d8 %dw/SM", wpsm);
+            time(label, [&](u8* m) { splitRows<8><<<blocks, 128>>>(m, rowBytes, s.rows, x, y); });
+        }
+        for (auto m : mats) cudaFree(m);
+    }
+    return 0;
+}
