@@ -727,29 +727,38 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     }
 
     /// The persistent one-token kernel `persistentOneToken` picks for `g` in this mode, if any.
-    private func persistentForm(_ g: CUDAWeight, cols: Int) -> (f: CUDADriver.Handle, name: String)? {
+    private func persistentForm(_ g: CUDAWeight, cols: Int) -> (f: CUDADriver.Handle, name: String, split: Int)? {
         guard let p = g.integerDotPersistent else { return nil }
         switch Self.persistentOneToken {
         case 1:
             if batchInvariant { return nil }
             let steps = (cols + 1023) / 1024
-            if Self.registerInputs, let r = g.integerDotRegisters, steps <= r.count {
-                return (r[steps - 1], "matvec_q4_K_q8_pr\(steps)")
+            if Self.splitRows, let r = g.integerDotSplit, steps != 3, steps <= 4 {
+                return (r[steps == 4 ? 2 : steps - 1], "matvec_q4_K_q8_ps\(steps)", 4 / steps)
             }
-            return (p.fast, "matvec_q4_K_q8_pf")
-        case 2: return (p.exact, "matvec_q4_K_q8_p")
+            if Self.registerInputs, let r = g.integerDotRegisters, steps <= r.count {
+                return (r[steps - 1], "matvec_q4_K_q8_\(Self.interleavedRows ? "pri" : "pr")\(steps)", 0)
+            }
+            return (p.fast, "matvec_q4_K_q8_pf", 0)
+        case 2: return (p.exact, "matvec_q4_K_q8_p", 0)
         default: return nil
         }
     }
 
     /// Batch-1 decode's persistent Q4_K kernel over up to three matrices (matvec_q4_K_q8_p[f]): as many warps as the
     /// GPU holds at once, each the same number of consecutive rows (the last ones fewer), streaming them.
-    private func persistentMatvec(_ form: (f: CUDADriver.Handle, name: String), _ g: CUDAWeight,
+    /// The split form (`form.split` rows a block at a time, matvec_q4_K_q8_ps<N>): as many blocks as the GPU holds at
+    /// once, at most one per row group.
+    private func persistentMatvec(_ form: (f: CUDADriver.Handle, name: String, split: Int), _ g: CUDAWeight,
                                   _ parts: [(address: UInt, rows: Int, y: UInt)], cols: Int, input: (UInt, UInt, UInt)) {
         let f = form.f
         let p = parts + Array(repeating: (address: UInt(0), rows: 0, y: UInt(0)), count: 3 - parts.count)
         let total = parts.reduce(0) { $0 + $1.rows }
-        let (rpw, blocks) = persistentGrid(f, rows: total)
+        var (rpw, blocks) = persistentGrid(f, rows: total)
+        if form.split > 0 {
+            let groups = (total + form.split - 1) / form.split
+            blocks = min(groups, Self.persistentBlocksCap ?? multiprocessors * blocksPerSM(f, threads: 128, shared: 0))
+        }
         launch(f, "\(form.name) \(total)x\(cols)", grid: (blocks, 1, 1), block: 128,
                [.ptr(p[0].address), .ptr(p[1].address), .ptr(p[2].address), .i64(g.rowBytes), .i32(p[0].rows),
                 .i32(p[1].rows), .i32(p[2].rows), .i32(cols), .ptr(input.0), .ptr(input.1), .ptr(input.2), .ptr(p[0].y),
@@ -986,6 +995,13 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     /// unless `KTRANSFORMERS_CUDA_MVR=0` (then `matvec_q4_K_q8_pf`): Llama-3-8B tg128 287.3 against 277.7 t/s on the
     /// H200, Qwen3-30B-A3B 321.3 against 314.8. (A test var.)
     nonisolated(unsafe) public static var registerInputs = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_MVR"] != "0"
+    /// Their warps walk interleaved rows (w, w + W, ...: `matvec_q4_K_q8_pri<N>`, the same bits) with
+    /// `KTRANSFORMERS_CUDA_MVI=1`; off by default until timed on a GPU. (A test var.)
+    /// Rows of 1, 2 or 4 steps split across a block's warps (`matvec_q4_K_q8_ps<N>`: 32 warps an SM, a step of inputs
+    /// each, row groups interleaved over the blocks) unless `KTRANSFORMERS_CUDA_MVS=0` (then the ring above).
+    /// (A test var.)
+    nonisolated(unsafe) public static var splitRows = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_MVS"] != "0"
+    nonisolated(unsafe) public static var interleavedRows = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_MVI"] == "1"
     /// Routed experts' gate and up at one token on those kernels too (`matvec_experts_q4_K_q8_pr<N>`, Q4_K rows of up
     /// to 4096 columns): `KTRANSFORMERS_CUDA_MVR_EXPERTS=1`; off by default until timed on a GPU. (A test var.)
     nonisolated(unsafe) public static var registerExperts = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_MVR_EXPERTS"] == "1"
@@ -1688,6 +1704,8 @@ final class CUDAWeight: @unchecked Sendable {
     /// The fast persistent form with the inputs in registers, for rows of 1 to 4 steps of 1024 columns
     /// (`matvec_q4_K_q8_pr1` ... `_pr4`; index: steps − 1).
     let integerDotRegisters: [CUDADriver.Handle]?
+    /// Its split form for rows of 1, 2 and 4 steps (`matvec_q4_K_q8_ps1`, `_ps2`, `_ps4`).
+    let integerDotSplit: [CUDADriver.Handle]?
     /// Routed experts' gate and up at one token on the same kernels (`matvec_experts_q4_K_q8_pr1` ... `_pr4`).
     let integerExpertsRegisters: [CUDADriver.Handle]?
     /// Its form for routed experts (each pair's expert through the ids in device memory).
@@ -1745,7 +1763,9 @@ final class CUDAWeight: @unchecked Sendable {
         integerDotOne = tag == "q4_K" || tag == "q6_K" ? kernels.function("matvec_\(tag)_q8_1\(mv1)") : nil
         integerDotGroupOne = tag == "q4_K" || tag == "q6_K" ? kernels.function("matvec_\(tag)_q8_3_1\(mv1)") : nil
         integerDotPersistent = tag == "q4_K" ? (kernels.function("matvec_q4_K_q8_p"), kernels.function("matvec_q4_K_q8_pf")) : nil
-        integerDotRegisters = tag == "q4_K" ? (1...4).map { kernels.function("matvec_q4_K_q8_pr\($0)") } : nil
+        let pr = CUDABackend.interleavedRows ? "pri" : "pr"
+        integerDotRegisters = tag == "q4_K" ? (1...4).map { kernels.function("matvec_q4_K_q8_\(pr)\($0)") } : nil
+        integerDotSplit = tag == "q4_K" ? [1, 2, 4].map { kernels.function("matvec_q4_K_q8_ps\($0)") } : nil
         integerExpertsRegisters = tag == "q4_K" ? (1...4).map { kernels.function("matvec_experts_q4_K_q8_pr\($0)") } : nil
         f32OneQ16 = tag == "q4_K" ? kernels.function("matvec_q4_K_q16_p") : nil
         f32OneQ16Split = tag == "q4_K" ? kernels.function("matvec_q4_K_q16_pk") : nil

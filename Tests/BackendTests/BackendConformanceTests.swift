@@ -89,24 +89,29 @@ final class CUDAOneTokenConformanceTests: XCTestCase {
         // routed experts; batch-invariant with the exact persistent form (mode 2): bit for bit.
         // The fast form with the inputs in registers for rows of 1 to 4 steps of 1024 columns, and without them.
         // With the register-input forms, routed experts' gate/up too (KTRANSFORMERS_CUDA_MVR_EXPERTS=1).
+        // The split form (rows of 1, 2 and 4 steps across a block's warps; 3 steps take the register ring): on one
+        // block each warp walks many row groups, past its ring's depth, through the shared-memory combine.
         let saved = (CUDABackend.persistentOneToken, CUDABackend.q16Experts, CUDABackend.registerInputs,
-                     CUDABackend.registerExperts)
+                     CUDABackend.registerExperts, CUDABackend.splitRows)
         defer {
             (CUDABackend.persistentOneToken, CUDABackend.q16Experts, CUDABackend.registerInputs,
-             CUDABackend.registerExperts) = saved
+             CUDABackend.registerExperts, CUDABackend.splitRows) = saved
         }
         let q16 = ["matvec_q4_K_q16_p ", "matvec_experts_q4_K_q16_p ", "matvec_q4_K_q16_pk "]
-        for (invariant, registers, expect) in [
-            (false, true, (1...4).map { "matvec_q4_K_q8_pr\($0) " } + ["matvec_experts_q4_K_q8_pr1 "] + q16),
-            (false, false, ["matvec_q4_K_q8_pf "] + q16),
-            (true, false, ["matvec_q4_K_q8_p "])] {
+        for (invariant, registers, split, expect) in [
+            (false, true, true, [1, 2, 4].map { "matvec_q4_K_q8_ps\($0) " } + ["matvec_q4_K_q8_pr3 "] + q16),
+            (false, true, false, (1...4).map { "matvec_q4_K_q8_pr\($0) " } + ["matvec_experts_q4_K_q8_pr1 "] + q16),
+            (false, false, false, ["matvec_q4_K_q8_pf "] + q16),
+            (true, false, true, ["matvec_q4_K_q8_p "])] {
             CUDABackend.persistentOneToken = invariant ? 2 : 1
             CUDABackend.q16Experts = !invariant
             CUDABackend.registerInputs = registers
             CUDABackend.registerExperts = registers
+            CUDABackend.splitRows = split
             backend.batchInvariant = invariant
             let c = BackendConformance(name: "cuda, one-token kernels on one block"
-                                       + (invariant ? ", batch-invariant" : registers ? "" : ", inputs not in registers"),
+                                       + (invariant ? ", batch-invariant" : !registers ? ", inputs not in registers"
+                                          : split ? ", split rows" : ""),
                                        backend: backend)
             backend.profiling = true
             backend.resetKernelProfile()

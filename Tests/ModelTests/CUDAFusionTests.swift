@@ -208,7 +208,8 @@ final class CUDAFusionTests: XCTestCase {
         b.gatedActivation(g, u, count: ff, .silu)
         b.matmul(down, g, y, n: 1, precision: .f32Activations)
         XCTAssertEqual(Set(b.kernelProfile().map { $0.name.split(separator: " ")[0] }),
-                       ["rms_norm_q8K", CUDABackend.registerInputs ? "matvec_q4_K_q8_pr1" : "matvec_q4_K_q8_pf", "gated_silu_q16",
+                       ["rms_norm_q8K", CUDABackend.registerInputs ? (CUDABackend.splitRows ? "matvec_q4_K_q8_ps1" : "matvec_q4_K_q8_pr1")
+                                         : "matvec_q4_K_q8_pf", "gated_silu_q16",
                         "matvec_q4_K_q16_p"])
         let fused = Array(UnsafeBufferPointer(start: b.read(y, count: dim), count: dim))
         for i in 0..<dim { XCTAssertEqual(fused[i], one[i], accuracy: 1e-3 * scale, "row \(i)") }  // (gate/up's own bits)

@@ -597,19 +597,27 @@ __device__ __forceinline__ void kt_mvpr_rows(int rBegin, int rEnd, int nsb, i64 
     kt_q4_K_ring<SPR, DEPTH>(rBegin, rEnd, SPR, rowBytes, pf, rowPtr, offset, inputs, step, rowDone);
 }
 
-template <int SPR, int DEPTH>
+// INTERLEAVED (matvec_q4_K_q8_pri<SPR>, `KTRANSFORMERS_CUDA_MVI=1`): warp w walks rows w, w + W, w + 2W, ... (W the
+// grid's warps) instead of its own range of rpw consecutive rows, so the rows the warps read at once are adjacent in
+// memory; the same arithmetic, the same bits.
+template <int SPR, int DEPTH, bool INTERLEAVED = false>
 __device__ __forceinline__ void kt_mvpr_q4_K_q8(const u8* W0, const u8* W1, const u8* W2, i64 rowBytes, int rows0,
         int rows1, int rows2, int cols, const i8* xq, const float* xd, const int* xs, float* y0, float* y1, float* y2,
         int rpw, int pf) {
-    int rBegin = (blockIdx.x * 4 + (threadIdx.x >> 5)) * rpw, rEnd = min(rBegin + rpw, rows0 + rows1 + rows2);
+    int warp = blockIdx.x * 4 + (threadIdx.x >> 5), warps = gridDim.x * 4, total = rows0 + rows1 + rows2;
+    int rBegin = INTERLEAVED ? 0 : warp * rpw;
+    int rEnd = INTERLEAVED ? (warp < total ? (total - 1 - warp) / warps + 1 : 0) : min(rBegin + rpw, total);
     if (rBegin >= rEnd) return;
+    auto phys = [&](int r) { return INTERLEAVED ? warp + r * warps : r; };
     auto rowPtr = [&](int r) -> const u8* {
+        r = phys(r);
         if (r < rows0) return W0 + (i64)r * rowBytes;
         r -= rows0;
         if (r < rows1) return W1 + (i64)r * rowBytes;
         return W2 + (i64)(r - rows1) * rowBytes;
     };
     auto store = [&](int r, float v) {
+        r = phys(r);
         float* y = y0;
         if (r >= rows0) { r -= rows0; y = y1; if (r >= rows1) { r -= rows1; y = y2; } }
         y[r] = v;
@@ -628,6 +636,119 @@ KT_MVPR_KERNEL(1, 4)
 KT_MVPR_KERNEL(2, 4)
 KT_MVPR_KERNEL(3, 6)
 KT_MVPR_KERNEL(4, 4)
+#define KT_MVPRI_KERNEL(SPR, DEPTH) \
+extern "C" __global__ void __launch_bounds__(128) matvec_q4_K_q8_pri##SPR(const u8* W0, const u8* W1, const u8* W2, \
+        i64 rowBytes, int rows0, int rows1, int rows2, int cols, const i8* xq, const float* xd, const int* xs, \
+        float* y0, float* y1, float* y2, int rpw, int pf) { /* KT_PDL_WAIT in the body */ \
+    kt_mvpr_q4_K_q8<SPR, DEPTH, true>(W0, W1, W2, rowBytes, rows0, rows1, rows2, cols, xq, xd, xs, y0, y1, y2, rpw, pf); \
+}
+KT_MVPRI_KERNEL(1, 4)
+KT_MVPRI_KERNEL(2, 4)
+KT_MVPRI_KERNEL(3, 6)
+KT_MVPRI_KERNEL(4, 4)
+
+// Q4_K, one token, the rows split across a block's warps (matvec_q4_K_q8_ps<SPR>, SPR = ceil(cols / 1024) of 1, 2
+// or 4 steps; default where matvec_q4_K_q8_pr<SPR> would run, `KTRANSFORMERS_CUDA_MVS=0` off). A block of 4 warps
+// takes G = 4 / SPR rows at a time, warp k step k % SPR of row k / SPR (lanes and arithmetic of kt_mvpr_rows, its
+// one step of inputs in registers); block b takes row groups b, b + B, b + 2B, ... (B the grid's blocks), so the rows
+// the GPU reads at once are adjacent in memory, and with one step of inputs a thread needs at most 64 registers:
+// 8 blocks (32 warps) an SM, twice the warps of the ring. Each warp keeps DEPTH rows' steps in flight; every DEPTH
+// row groups the SPR partial sums of a row meet in shared memory and are added in step order (its own bits, fixed:
+// not under --batch-invariant). The nvcc measurement (scripts/microbench/matvec-patterns.cu, H100, 28672 x 4096):
+// 28.6 µs (2.31 TB/s) against 35.7 µs for the ring at its 16 warps an SM.
+template <int SPR, int DEPTH>
+__device__ __forceinline__ void kt_mvps_q4_K_q8(const u8* W0, const u8* W1, const u8* W2, i64 rowBytes, int rows0,
+        int rows1, int rows2, int cols, const i8* xq, const float* xd, const int* xs, float* y0, float* y1, float* y2) {
+    constexpr int G = 4 / SPR;
+    __shared__ float part[4][DEPTH];
+    int lane = threadIdx.x & 31, wk = threadIdx.x >> 5, j = wk % SPR, g8 = lane >> 3, p = (lane & 7) >> 1;
+    int total = rows0 + rows1 + rows2, groups = (total + G - 1) / G, nsb = cols / 256;
+    int nG = (int)blockIdx.x < groups ? (groups - 1 - (int)blockIdx.x) / (int)gridDim.x + 1 : 0;
+    if (nG == 0) return;  // (the whole block)
+    int sb = min(4 * j + g8, nsb - 1);
+    auto rowOf = [&](int i) { return min(((int)blockIdx.x + i * (int)gridDim.x) * G + wk / SPR, total - 1); };
+    auto rowPtr = [&](int r) -> const u8* {
+        if (r < rows0) return W0 + (i64)r * rowBytes;
+        r -= rows0;
+        if (r < rows1) return W1 + (i64)r * rowBytes;
+        return W2 + (i64)(r - rows1) * rowBytes;
+    };
+    uint4 hs[DEPTH], qs[DEPTH];
+    auto load = [&](int slot, int i) {
+        const u8* b = rowPtr(rowOf(i)) + sb * 144;
+        hs[slot] = *(const uint4*)b;
+        qs[slot] = *(const uint4*)(b + 16 + 16 * (lane & 7));
+    };
+#pragma unroll
+    for (int i = 0; i < DEPTH; i++)
+        if (i < nG) load(i, i);
+    KT_PDL_WAIT();  // the weights are in flight; the inputs come from the previous kernel
+    int eLo = sb * 256 + 64 * p + 16 * (lane & 1);
+    uint4 a = *(const uint4*)(xq + eLo), b = *(const uint4*)(xq + eLo + 32);
+    int xsPair = (xs[eLo / 16] & 0xFFFF) | (xs[eLo / 16 + 2] << 16);
+    float xdv = 4 * j + g8 < nsb ? xd[sb] : 0.0f, xd16 = xdv * 0.0625f;
+    bool hiGroups = p >= 2;
+    u32 k = 2 * (p & 1), selLo = 0x4440u + k, selHi = selLo + 1, selPair = 0x4400u + ((k + 1) << 4) + k;
+    for (int i0 = 0; i0 < nG; i0 += DEPTH) {
+#pragma unroll
+        for (int i = 0; i < DEPTH; i++) {
+            if (i0 + i < nG) {
+                uint4 h = hs[i], q = qs[i];
+                if (i0 + i + DEPTH < nG) load(i, i0 + i + DEPTH);
+                float d = kt_half_to_float((u16)(h.x & 0xFFFFu)), dmin = kt_half_to_float((u16)(h.x >> 16));
+                u32 sc, mn;
+                kt_q4_K_words(h, hiGroups, &sc, &mn);
+                int sLo = __dp4a((int)(q.x & 0x0F0F0F0Fu), (int)a.x, 0);
+                sLo = __dp4a((int)(q.y & 0x0F0F0F0Fu), (int)a.y, sLo);
+                sLo = __dp4a((int)(q.z & 0x0F0F0F0Fu), (int)a.z, sLo);
+                sLo = __dp4a((int)(q.w & 0x0F0F0F0Fu), (int)a.w, sLo);
+                int sHi = kt_dp4a_us(q.x & 0xF0F0F0F0u, (int)b.x, 0);
+                sHi = kt_dp4a_us(q.y & 0xF0F0F0F0u, (int)b.y, sHi);
+                sHi = kt_dp4a_us(q.z & 0xF0F0F0F0u, (int)b.z, sHi);
+                sHi = kt_dp4a_us(q.w & 0xF0F0F0F0u, (int)b.w, sHi);
+                int i1 = 16 * (int)__byte_perm(sc, 0, selLo) * sLo + (int)__byte_perm(sc, 0, selHi) * sHi;
+                int i2 = __dp2a_lo(xsPair, (int)__byte_perm(mn, 0, selPair), 0);
+                float v = kt_warp_sum(fmaf(-xdv * dmin, (float)i2, (xd16 * d) * (float)i1));
+                if (SPR == 1) {
+                    int r = ((int)blockIdx.x + (i0 + i) * (int)gridDim.x) * G + wk;
+                    if (lane == 0 && r < total) {
+                        float* y = y0;
+                        if (r >= rows0) { r -= rows0; y = y1; if (r >= rows1) { r -= rows1; y = y2; } }
+                        y[r] = v;
+                    }
+                } else if (lane == 0) {
+                    part[wk][i] = v;
+                }
+            }
+        }
+        if (SPR > 1) {
+            __syncthreads();
+            int t = threadIdx.x;
+            if (t < G * DEPTH) {
+                int i = t / G, row = t % G;  // slot i, row `row` of the group
+                int r = ((int)blockIdx.x + (i0 + i) * (int)gridDim.x) * G + row;
+                if (i0 + i < nG && r < total) {
+                    float v = part[row * SPR][i];
+#pragma unroll
+                    for (int s = 1; s < SPR; s++) v += part[row * SPR + s][i];
+                    float* y = y0;
+                    if (r >= rows0) { r -= rows0; y = y1; if (r >= rows1) { r -= rows1; y = y2; } }
+                    y[r] = v;
+                }
+            }
+            __syncthreads();
+        }
+    }
+}
+#define KT_MVPS_KERNEL(SPR, DEPTH) \
+extern "C" __global__ void __launch_bounds__(128, 8) matvec_q4_K_q8_ps##SPR(const u8* W0, const u8* W1, const u8* W2, \
+        i64 rowBytes, int rows0, int rows1, int rows2, int cols, const i8* xq, const float* xd, const int* xs, \
+        float* y0, float* y1, float* y2, int rpw, int pf) { /* KT_PDL_WAIT in the body; rpw, pf unused */ \
+    kt_mvps_q4_K_q8<SPR, DEPTH>(W0, W1, W2, rowBytes, rows0, rows1, rows2, cols, xq, xd, xs, y0, y1, y2); \
+}
+KT_MVPS_KERNEL(1, 4)
+KT_MVPS_KERNEL(2, 4)
+KT_MVPS_KERNEL(4, 4)
 
 // Routed experts' gate and up at one token on the same ring (`KTRANSFORMERS_CUDA_MVR_EXPERTS=1`; not yet timed on a
 // GPU): the rows of both stacks for every pair of the token (gate of pair 0, 1, ..., then up), expert ids[pair]'s
