@@ -1303,6 +1303,15 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
                        [.ptr(x.address), .ptr(lo.address), .ptr(lo.address + UInt(l.scales)), .ptr(lo.address + UInt(l.sums)),
                         .i64(cols / 256)])
             }
+            if Self.splitRows, cols > 4096, cols <= 32 * 1024, let ps = g.f32OneQ16Rows {
+                // One row at a time per block, a warp per step of 1024 columns (matvec_q4_K_q16_ps).
+                let steps = (cols + 1023) / 1024, l = Self.q16Layout(elements: cols)
+                let blocks = min(rows, Self.persistentBlocksCap
+                                 ?? multiprocessors * blocksPerSM(ps, threads: 32 * steps, shared: 0))
+                return launch(ps, "matvec_\(g.tag)_q16_ps \(rows)x\(cols)", grid: (blocks, 1, 1), block: 32 * steps,
+                              [.ptr(g.address), .i64(g.rowBytes), .i32(rows), .i32(cols), .ptr(lo.address),
+                               .ptr(lo.address + UInt(l.scales)), .ptr(lo.address + UInt(l.sums)), .ptr(y.address)])
+            }
             if Self.q16KSplit, cols > 4096, let pk = g.f32OneQ16Split, let parts = splitParts, let counters = mmfCounters {
                 return q16SplitMatvec(pk, g, rows: rows, cols: cols, q: lo.address, parts: parts, counters: counters, y: y.address)
             }
@@ -1745,6 +1754,8 @@ final class CUDAWeight: @unchecked Sendable {
     let f32OneQ16: CUDADriver.Handle?
     /// Its K-split form for dense rows longer than 4096 columns (`matvec_q4_K_q16_pk`).
     let f32OneQ16Split: CUDADriver.Handle?
+    /// Its form with each row split across a block's warps, a warp per step (`matvec_q4_K_q16_ps`).
+    let f32OneQ16Rows: CUDADriver.Handle?
     let f32OneExperts: CUDADriver.Handle?
 
     init(address: UInt, tag: String, rowBytes: Int, rounding: ActivationRounding, kernels: CUDAKernels) {
@@ -1769,6 +1780,7 @@ final class CUDAWeight: @unchecked Sendable {
         integerExpertsRegisters = tag == "q4_K" ? (1...4).map { kernels.function("matvec_experts_q4_K_q8_pr\($0)") } : nil
         f32OneQ16 = tag == "q4_K" ? kernels.function("matvec_q4_K_q16_p") : nil
         f32OneQ16Split = tag == "q4_K" ? kernels.function("matvec_q4_K_q16_pk") : nil
+        f32OneQ16Rows = tag == "q4_K" ? kernels.function("matvec_q4_K_q16_ps") : nil
         integerExperts = tag == "q4_K" || tag == "q6_K" ? kernels.function("matvec_experts_\(tag)_q8") : nil
         integerDotStream = tag == "q4_K" || tag == "q6_K" ? kernels.function("matvec_stream_\(tag)_q8") : nil
         tensorCoreTiles = tag == "q4_K" ? kernels.function("mmq_q4_K") : nil

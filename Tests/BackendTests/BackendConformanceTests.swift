@@ -99,7 +99,8 @@ final class CUDAOneTokenConformanceTests: XCTestCase {
         }
         let q16 = ["matvec_q4_K_q16_p ", "matvec_experts_q4_K_q16_p ", "matvec_q4_K_q16_pk "]
         for (invariant, registers, split, expect) in [
-            (false, true, true, [1, 2, 4].map { "matvec_q4_K_q8_ps\($0) " } + ["matvec_q4_K_q8_pr3 "] + q16),
+            (false, true, true, [1, 2, 4].map { "matvec_q4_K_q8_ps\($0) " } + ["matvec_q4_K_q8_pr3 "]
+                + q16.dropLast() + ["matvec_q4_K_q16_ps "]),
             (false, true, false, (1...4).map { "matvec_q4_K_q8_pr\($0) " } + ["matvec_experts_q4_K_q8_pr1 "] + q16),
             (false, false, false, ["matvec_q4_K_q8_pf "] + q16),
             (true, false, true, ["matvec_q4_K_q8_p "])] {

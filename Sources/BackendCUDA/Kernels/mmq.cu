@@ -1791,3 +1791,66 @@ extern "C" __global__ void __launch_bounds__(128) matvec_q4_K_q16_pk(const u8* W
     }
     if (lane == 0) counters[unit] = 0;
 }
+
+// Batch-1 down projection, the rows split across a block's warps (matvec_q4_K_q16_ps; default for dense rows of 5
+// to 32 steps of 1024 columns where matvec_q4_K_q16_pk would run, `KTRANSFORMERS_CUDA_MVS=0` off): a block of
+// S = ceil(nsb / 4) warps takes one row at a time, warp k its step k (lanes, Q16_K inputs in registers and arithmetic
+// of matvec_q4_K_q16_pk's steps); block b takes rows b, b + B, ... (B the grid's blocks), so the rows the GPU reads
+// at once are adjacent; at most 64 registers a thread (one step of inputs). Each warp keeps DEPTH rows' steps in
+// flight; every DEPTH rows the S partial sums of each row meet in shared memory and are added in step order (its own
+// bits, fixed; not under --batch-invariant). No scratch, no counters.
+#define KT_MVPS16_DEPTH 4
+extern "C" __global__ void __launch_bounds__(1024, 1) matvec_q4_K_q16_ps(const u8* W, i64 rowBytes, int rows, int cols,
+        const short* xq, const float* xscale, const int* xsums, float* y) {
+    constexpr int DEPTH = KT_MVPS16_DEPTH;
+    __shared__ float part[32][DEPTH];
+    int lane = threadIdx.x & 31, wk = threadIdx.x >> 5, S = blockDim.x >> 5, p = (lane & 7) >> 1, g8 = lane >> 3;
+    int nsb = cols / 256;
+    int nR = (int)blockIdx.x < rows ? (rows - 1 - (int)blockIdx.x) / (int)gridDim.x + 1 : 0;
+    if (nR == 0) return;  // (the whole block)
+    int sb = min(4 * wk + g8, nsb - 1);
+    const u8* base = W + (i64)sb * 144;
+    uint4 hs[DEPTH], qs[DEPTH];
+    auto load = [&](int slot, int i) {
+        const u8* b = base + (i64)((int)blockIdx.x + i * (int)gridDim.x) * rowBytes;
+        hs[slot] = *(const uint4*)b;
+        qs[slot] = *(const uint4*)(b + 16 + 16 * (lane & 7));
+    };
+#pragma unroll
+    for (int i = 0; i < DEPTH; i++)
+        if (i < nR) load(i, i);
+    KT_PDL_WAIT();  // the weights are in flight; the inputs come from the previous kernel
+    int eLo = sb * 256 + 64 * p + 16 * (lane & 1);
+    uint4 xa0 = *(const uint4*)(xq + eLo), xa1 = *(const uint4*)(xq + eLo + 8);
+    uint4 xb0 = *(const uint4*)(xq + eLo + 32), xb1 = *(const uint4*)(xq + eLo + 40);
+    int mLoS = xsums[eLo / 16], mHiS = xsums[eLo / 16 + 2];
+    float xsc = 4 * wk + g8 < nsb ? xscale[sb] : 0.0f;
+    bool hiGroups = p >= 2;
+    u32 k = 2 * (p & 1), selLo = 0x4440u + k, selHi = selLo + 1;
+    for (int i0 = 0; i0 < nR; i0 += DEPTH) {
+#pragma unroll
+        for (int i = 0; i < DEPTH; i++) {
+            if (i0 + i < nR) {
+                uint4 h = hs[i], q = qs[i];
+                if (i0 + i + DEPTH < nR) load(i, i0 + i + DEPTH);
+                float d = kt_half_to_float((u16)(h.x & 0xFFFFu)), dmin = kt_half_to_float((u16)(h.x >> 16));
+                u32 sc, mn;
+                kt_q4_K_words(h, hiGroups, &sc, &mn);
+                int sLo, sHi;
+                kt_q16_dots(q, xa0, xa1, xb0, xb1, &sLo, &sHi);
+                int i1 = (int)__byte_perm(sc, 0, selLo) * sLo + (int)__byte_perm(sc, 0, selHi) * sHi;
+                int i2 = (int)__byte_perm(mn, 0, selLo) * mLoS + (int)__byte_perm(mn, 0, selHi) * mHiS;
+                float v = kt_warp_sum(fmaf(-xsc * dmin, (float)i2, (xsc * d) * (float)i1));
+                if (lane == 0) part[wk][i] = v;
+            }
+        }
+        __syncthreads();
+        int t = threadIdx.x;
+        if (t < DEPTH && i0 + t < nR) {
+            float v = part[0][t];
+            for (int s = 1; s < S; s++) v += part[s][t];
+            y[(int)blockIdx.x + (i0 + t) * (int)gridDim.x] = v;
+        }
+        __syncthreads();
+    }
+}
