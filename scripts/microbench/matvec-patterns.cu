@@ -4,15 +4,17 @@
 // arithmetic is the per-step integer work of matvec_q4_K_q8_pr<N> (8 dp4a, byte permutes, two FMAs) against an
 // input held in registers, so each pattern does the same work and only the order of the loads differs.
 //
-// Patterns (all persistent, 128-thread blocks, a step = 4 super-blocks of a row: lane l loads super-block l / 8's
-// 16-byte header and 16 bytes of its quants):
+// Patterns (all persistent; a step = 4 super-blocks of a row: lane l loads super-block l / 8's 16-byte header and 16
+// bytes of its quants):
 //   read      every thread streams 16-byte loads, grid-stride (the ceiling for this access size)
-//   ring      a warp walks its own contiguous range of rows (today's kernel: rows w·rpw .. w·rpw + rpw − 1)
-//   ringI     a warp walks rows w, w + W, w + 2W, ... (the warps' concurrent rows adjacent in memory)
-//   split     a block walks rows b, b + B, ...; its 4 warps take one step each of the same row (SPR = 4 only)
-// DEPTH steps in flight per warp (the ring across rows). Each pattern runs over a matrix of the decode shapes
-// (gate/up 28672 x 4096, q/k/v 6144 x 4096, down 4096 x 14336) cycling over enough copies to miss the L2, and over a
-// long matrix (8x) where the launch ramp and tail no longer count.
+//   ring      128-thread blocks, a warp walks its own contiguous range of rows of 4 steps (matvec_q4_K_q8_pr4)
+//   ringI     the same, a warp walking rows w, w + W, w + 2W, ... (the warps' concurrent rows adjacent in memory)
+//   split     a block of S = cols / 1024 warps walks rows b, b + B, ..., warp k taking step k of each row
+//             (matvec_q4_K_q8_ps4, matvec_q4_K_q16_ps); at the occupancy limit and at half of it; `nc`: the weights
+//             loaded past the L1 (ld.global.nc.L1::no_allocate)
+// dN: N steps (rows) in flight per warp. Each pattern runs over a matrix of the decode shapes (gate/up 28672 x 4096,
+// q/k/v 6144 x 4096, down 4096 x 14336) cycling over enough copies to miss the L2, and over a long matrix (8x) where
+// the launch ramp and tail no longer count. 14:45 on an H100 (first version): docs/performance.md.
 #include <cstdio>
 #include <cstdint>
 #include <cstdlib>
@@ -114,22 +116,31 @@ __global__ void __launch_bounds__(128) ringRows(const u8* W, long rowBytes, int 
     }
 }
 
-// split: block b walks rows b, b + B, ...; warp k of the block takes steps k, k + 4, ... of each row (rows of SPR
-// steps, SPR a multiple of 4 / 4 a multiple of... here SPR = 4: one step each), DEPTH rows in flight; the 4 partial
-// sums of a row meet in shared memory every DEPTH rows.
-template <int DEPTH>
-__global__ void __launch_bounds__(128) splitRows(const u8* W, long rowBytes, int rows, const uint4* x, float* y) {
-    __shared__ float part[4][DEPTH];
-    int lane = threadIdx.x & 31, wk = threadIdx.x >> 5;
+// split: block b walks rows b, b + B, ...; warp k of the block takes step k of each row (S = blockDim / 32 steps a
+// row: 4 for 4096 columns, 14 for 14336), DEPTH rows in flight; the S partial sums of a row meet in shared memory
+// every DEPTH rows. NC: the weights loaded with ld.global.nc.L1::no_allocate (streamed past the L1).
+template <bool NC>
+__device__ __forceinline__ uint4 load16(const u8* p) {
+    if (!NC) return *(const uint4*)p;
+    uint4 v;
+    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
+    return v;
+}
+template <int DEPTH, bool NC = false>
+__global__ void __launch_bounds__(1024, 1) splitRows(const u8* W, long rowBytes, int rows, const uint4* x, float* y) {
+    __shared__ float part[32][DEPTH];
+    int lane = threadIdx.x & 31, wk = threadIdx.x >> 5, S = blockDim.x >> 5;
     int nRows = blockIdx.x < rows ? (rows - 1 - blockIdx.x) / gridDim.x + 1 : 0;
     if (nRows == 0) return;
-    uint4 a = x[(4 * wk + (lane >> 3)) * 16 + (lane & 7)], b = x[(4 * wk + (lane >> 3)) * 16 + 8 + (lane & 7)];
+    int xi = ((4 * wk + (lane >> 3)) & 63) * 16 + (lane & 7);
+    uint4 a = x[xi], b = x[xi + 8];
     const u8* base = W + (4 * wk + (lane >> 3)) * 144;
     uint4 hs[DEPTH], qs[DEPTH];
     auto load = [&](int slot, int i) {
         const u8* p = base + (long)(blockIdx.x + (long)i * gridDim.x) * rowBytes;
-        hs[slot] = *(const uint4*)p;
-        qs[slot] = *(const uint4*)(p + 16 + 16 * (lane & 7));
+        hs[slot] = load16<NC>(p);
+        qs[slot] = load16<NC>(p + 16 + 16 * (lane & 7));
     };
 #pragma unroll
     for (int i = 0; i < DEPTH; i++) if (i < nRows) load(i, i);
@@ -144,9 +155,11 @@ __global__ void __launch_bounds__(128) splitRows(const u8* W, long rowBytes, int
             }
         }
         __syncthreads();
-        if (threadIdx.x < DEPTH && r0 + threadIdx.x < nRows)
-            y[blockIdx.x + (long)(r0 + threadIdx.x) * gridDim.x] =
-                part[0][threadIdx.x] + part[1][threadIdx.x] + part[2][threadIdx.x] + part[3][threadIdx.x];
+        if (threadIdx.x < DEPTH && r0 + threadIdx.x < nRows) {
+            float v = part[0][threadIdx.x];
+            for (int k = 1; k < S; k++) v += part[k][threadIdx.x];
+            y[blockIdx.x + (long)(r0 + threadIdx.x) * gridDim.x] = v;
+        }
         __syncthreads();
     }
 }
@@ -160,7 +173,7 @@ int main(int argc, char** argv) {
     int sms = prop.multiProcessorCount;
     printf("# %s, %d SMs, L2 %d MB\n", prop.name, sms, prop.l2CacheSize >> 20);
     Shape shapes[] = {{"gate/up 28672x4096", 28672, 4096}, {"qkv 6144x4096", 6144, 4096},
-                      {"long 229376x4096", 229376, 4096}};
+                      {"down 4096x14336", 4096, 14336}, {"long 229376x4096", 229376, 4096}};
     uint4* x;
     float *y, *out;
     CK(cudaMalloc(&x, 16 * 64 * 16));
@@ -204,21 +217,32 @@ int main(int argc, char** argv) {
             snprintf(label, sizeof label, "read %dx256", bps);
             time(label, [&](u8* m) { readAll<<<sms * bps, 256>>>((const uint4*)m, bytes / 16, out); });
         }
-        for (int wpsm : {8, 16, 24, 32}) {
-            int blocks = sms * wpsm / 4, warps = blocks * 4, rpw = (s.rows + warps - 1) / warps;
-            snprintf(label, sizeof label, "ring d4 %dw/SM", wpsm);
-            time(label, [&](u8* m) { ringRows<4, 4, false><<<blocks, 128>>>(m, rowBytes, s.rows, rpw, x, y); });
-            snprintf(label, sizeof label, "ring d8 %dw/SM", wpsm);
-            time(label, [&](u8* m) { ringRows<4, 8, false><<<blocks, 128>>>(m, rowBytes, s.rows, rpw, x, y); });
-            snprintf(label, sizeof label, "ringI d4 %dw/SM", wpsm);
-            time(label, [&](u8* m) { ringRows<4, 4, true><<<blocks, 128>>>(m, rowBytes, s.rows, rpw, x, y); });
-            snprintf(label, sizeof label, "ringI d8 %dw/SM", wpsm);
-            time(label, [&](u8* m) { ringRows<4, 8, true><<<blocks, 128>>>(m, rowBytes, s.rows, rpw, x, y); });
-            snprintf(label, sizeof label, "split d4 %dw/SM", wpsm);
-            time(label, [&](u8* m) { splitRows<4><<<blocks, 128>>>(m, rowBytes, s.rows, x, y); });
-            snprintf(label, sizeof label, "split d8 %dw/SM", wpsm);
-            time(label, [&](u8* m) { splitRows<8><<<blocks, 128>>>(m, rowBytes, s.rows, x, y); });
+        int S = s.cols / 1024;  // warps a row in the split pattern
+        if (S <= 4) {
+            for (int wpsm : {16, 24, 32}) {
+                int blocks = sms * wpsm / 4, warps = blocks * 4, rpw = (s.rows + warps - 1) / warps;
+                snprintf(label, sizeof label, "ring d4 %dw/SM", wpsm);
+                time(label, [&](u8* m) { ringRows<4, 4, false><<<blocks, 128>>>(m, rowBytes, s.rows, rpw, x, y); });
+                snprintf(label, sizeof label, "ringI d4 %dw/SM", wpsm);
+                time(label, [&](u8* m) { ringRows<4, 4, true><<<blocks, 128>>>(m, rowBytes, s.rows, rpw, x, y); });
+            }
         }
+        // The split pattern: as many blocks as fit (the occupancy API), or a fixed number of warps an SM.
+        auto split = [&](const char* name, auto kernel) {
+            int perSM = 0;
+            CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&perSM, kernel, 32 * S, 0));
+            for (int bpsm : {perSM, perSM / 2}) {
+                if (bpsm < 1) continue;
+                int blocks = sms * bpsm;
+                snprintf(label, sizeof label, "%s %dw/SM", name, bpsm * S);
+                time(label, [&](u8* m) { kernel<<<blocks, 32 * S>>>(m, rowBytes, s.rows, x, y); });
+            }
+        };
+        split("split d2", splitRows<2>);
+        split("split d3", splitRows<3>);
+        split("split d4", splitRows<4>);
+        split("split d6", splitRows<6>);
+        split("split d4 nc", splitRows<4, true>);
         for (auto m : mats) cudaFree(m);
     }
     return 0;
