@@ -1001,6 +1001,9 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     /// each, row groups interleaved over the blocks) unless `KTRANSFORMERS_CUDA_MVS=0` (then the ring above).
     /// (A test var.)
     nonisolated(unsafe) public static var splitRows = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_MVS"] != "0"
+    /// Routed experts' gate and up at one token on the split form too (`matvec_experts_q4_K_q8_ps<N>`):
+    /// `KTRANSFORMERS_CUDA_MVS_EXPERTS=1`; off by default until timed on a GPU. (A test var.)
+    nonisolated(unsafe) public static var splitExperts = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_MVS_EXPERTS"] == "1"
     nonisolated(unsafe) public static var interleavedRows = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_MVI"] == "1"
     /// Routed experts' gate and up at one token on those kernels too (`matvec_experts_q4_K_q8_pr<N>`, Q4_K rows of up
     /// to 4096 columns): `KTRANSFORMERS_CUDA_MVR_EXPERTS=1`; off by default until timed on a GPU. (A test var.)
@@ -1715,6 +1718,8 @@ final class CUDAWeight: @unchecked Sendable {
     let integerDotRegisters: [CUDADriver.Handle]?
     /// Its split form for rows of 1, 2 and 4 steps (`matvec_q4_K_q8_ps1`, `_ps2`, `_ps4`).
     let integerDotSplit: [CUDADriver.Handle]?
+    /// Routed experts' gate and up at one token split across blocks' warps (`matvec_experts_q4_K_q8_ps1`, `_ps2`, `_ps4`).
+    let integerExpertsSplit: [CUDADriver.Handle]?
     /// Routed experts' gate and up at one token on the same kernels (`matvec_experts_q4_K_q8_pr1` ... `_pr4`).
     let integerExpertsRegisters: [CUDADriver.Handle]?
     /// Its form for routed experts (each pair's expert through the ids in device memory).
@@ -1777,6 +1782,7 @@ final class CUDAWeight: @unchecked Sendable {
         let pr = CUDABackend.interleavedRows ? "pri" : "pr"
         integerDotRegisters = tag == "q4_K" ? (1...4).map { kernels.function("matvec_q4_K_q8_\(pr)\($0)") } : nil
         integerDotSplit = tag == "q4_K" ? [1, 2, 4].map { kernels.function("matvec_q4_K_q8_ps\($0)") } : nil
+        integerExpertsSplit = tag == "q4_K" ? [1, 2, 4].map { kernels.function("matvec_experts_q4_K_q8_ps\($0)") } : nil
         integerExpertsRegisters = tag == "q4_K" ? (1...4).map { kernels.function("matvec_experts_q4_K_q8_pr\($0)") } : nil
         f32OneQ16 = tag == "q4_K" ? kernels.function("matvec_q4_K_q16_p") : nil
         f32OneQ16Split = tag == "q4_K" ? kernels.function("matvec_q4_K_q16_pk") : nil
@@ -1945,6 +1951,16 @@ final class CUDAExpertExecutor: ExpertExecutor {
             } else if same, n >= CUDABackend.streamMinTokens,
                       backend.streamExperts(g, u, rows: experts.gate.rows, cols: gateCols, input: q, xDiv: k,
                                                   ids: ids, y0: gate!, y1: up!, pairs: pairs) {
+            } else if same, n == 1, !backend.batchInvariant, CUDABackend.splitExperts, let r = g.integerExpertsSplit,
+                      case let steps = (gateCols + 1023) / 1024, steps != 3, steps <= 4 {
+                // One token: both stacks' rows of every pair split across blocks' warps (matvec_experts_q4_K_q8_ps<N>).
+                let rows = experts.gate.rows, f = r[steps == 4 ? 2 : steps - 1], groups = (2 * pairs * rows + 4 / steps - 1) / (4 / steps)
+                let blocks = min(groups, CUDABackend.persistentBlocksCap
+                                 ?? backend.multiprocessors * backend.blocksPerSM(f, threads: 128, shared: 0))
+                backend.launch(f, "matvec_experts_q4_K_q8_ps\(steps) 2x\(rows)x\(gateCols)", grid: (blocks, 1, 1), block: 128,
+                               [.ptr(g.address), .ptr(u.address), .i64(g.rowBytes), .i64(g.rowBytes * rows), .i32(rows),
+                                .i32(gateCols), .ptr(q.0), .ptr(q.1), .ptr(q.2), .ptr(ids.address), .i32(pairs),
+                                .ptr(gate!.address), .ptr(up!.address)])
             } else if same, n == 1, !backend.batchInvariant, CUDABackend.registerExperts, let r = g.integerExpertsRegisters,
                       (gateCols + 1023) / 1024 <= r.count {
                 // One token: both stacks' rows of every pair on the persistent register-input kernel.

@@ -89,26 +89,32 @@ final class CUDAOneTokenConformanceTests: XCTestCase {
         // routed experts; batch-invariant with the exact persistent form (mode 2): bit for bit.
         // The fast form with the inputs in registers for rows of 1 to 4 steps of 1024 columns, and without them.
         // With the register-input forms, routed experts' gate/up too (KTRANSFORMERS_CUDA_MVR_EXPERTS=1).
-        // The split form (rows of 1, 2 and 4 steps across a block's warps; 3 steps take the register ring): on one
-        // block each warp walks many row groups, past its ring's depth, through the shared-memory combine.
+        // The split form (rows of 1, 2 and 4 steps across a block's warps; 3 steps take the register ring), with
+        // routed experts' gate/up on it too (KTRANSFORMERS_CUDA_MVS_EXPERTS=1): on one block each warp walks many row
+        // groups, past its ring's depth, through the shared-memory combine.
         let saved = (CUDABackend.persistentOneToken, CUDABackend.q16Experts, CUDABackend.registerInputs,
-                     CUDABackend.registerExperts, CUDABackend.splitRows)
+                     CUDABackend.registerExperts, CUDABackend.splitRows, CUDABackend.splitExperts)
         defer {
             (CUDABackend.persistentOneToken, CUDABackend.q16Experts, CUDABackend.registerInputs,
-             CUDABackend.registerExperts, CUDABackend.splitRows) = saved
+             CUDABackend.registerExperts, CUDABackend.splitRows, CUDABackend.splitExperts) = saved
         }
-        let q16 = ["matvec_q4_K_q16_p ", "matvec_experts_q4_K_q16_p ", "matvec_q4_K_q16_pk "]
-        for (invariant, registers, split, expect) in [
-            (false, true, true, [1, 2, 4].map { "matvec_q4_K_q8_ps\($0) " } + ["matvec_q4_K_q8_pr3 "]
-                + q16.dropLast() + ["matvec_q4_K_q16_ps "]),
-            (false, true, false, (1...4).map { "matvec_q4_K_q8_pr\($0) " } + ["matvec_experts_q4_K_q8_pr1 "] + q16),
+        let q16: [String] = ["matvec_q4_K_q16_p ", "matvec_experts_q4_K_q16_p ", "matvec_q4_K_q16_pk "]
+        let splitForms: [String] = ["matvec_q4_K_q8_ps1 ", "matvec_q4_K_q8_ps2 ", "matvec_q4_K_q8_ps4 ",
+                                    "matvec_q4_K_q8_pr3 ", "matvec_experts_q4_K_q8_ps1 ", "matvec_q4_K_q16_p ",
+                                    "matvec_experts_q4_K_q16_p ", "matvec_q4_K_q16_ps "]
+        let ringForms: [String] = (1...4).map { "matvec_q4_K_q8_pr\($0) " } + ["matvec_experts_q4_K_q8_pr1 "] + q16
+        let cases: [(Bool, Bool, Bool, [String])] = [
+            (false, true, true, splitForms),
+            (false, true, false, ringForms),
             (false, false, false, ["matvec_q4_K_q8_pf "] + q16),
-            (true, false, true, ["matvec_q4_K_q8_p "])] {
+            (true, false, true, ["matvec_q4_K_q8_p "])]
+        for (invariant, registers, split, expect) in cases {
             CUDABackend.persistentOneToken = invariant ? 2 : 1
             CUDABackend.q16Experts = !invariant
             CUDABackend.registerInputs = registers
             CUDABackend.registerExperts = registers
             CUDABackend.splitRows = split
+            CUDABackend.splitExperts = split
             backend.batchInvariant = invariant
             let c = BackendConformance(name: "cuda, one-token kernels on one block"
                                        + (invariant ? ", batch-invariant" : !registers ? ", inputs not in registers"

@@ -656,23 +656,18 @@ KT_MVPRI_KERNEL(4, 4)
 // row groups the SPR partial sums of a row meet in shared memory and are added in step order (its own bits, fixed:
 // not under --batch-invariant). The nvcc measurement (scripts/microbench/matvec-patterns.cu, H100, 28672 x 4096):
 // 28.6 µs (2.31 TB/s) against 35.7 µs for the ring at its 16 warps an SM.
-template <int SPR, int DEPTH>
-__device__ __forceinline__ void kt_mvps_q4_K_q8(const u8* W0, const u8* W1, const u8* W2, i64 rowBytes, int rows0,
-        int rows1, int rows2, int cols, const i8* xq, const float* xd, const int* xs, float* y0, float* y1, float* y2) {
+// Rows 0 .. total − 1 of nsb super-blocks: rowPtr(r) the row's bytes, store(r, v) its result.
+template <int SPR, int DEPTH, class RowPtr, class Store>
+__device__ __forceinline__ void kt_mvps_rows(int total, int nsb, const i8* xq, const float* xd, const int* xs,
+                                             RowPtr rowPtr, Store store) {
     constexpr int G = 4 / SPR;
     __shared__ float part[4][DEPTH];
     int lane = threadIdx.x & 31, wk = threadIdx.x >> 5, j = wk % SPR, g8 = lane >> 3, p = (lane & 7) >> 1;
-    int total = rows0 + rows1 + rows2, groups = (total + G - 1) / G, nsb = cols / 256;
+    int groups = (total + G - 1) / G;
     int nG = (int)blockIdx.x < groups ? (groups - 1 - (int)blockIdx.x) / (int)gridDim.x + 1 : 0;
     if (nG == 0) return;  // (the whole block)
     int sb = min(4 * j + g8, nsb - 1);
     auto rowOf = [&](int i) { return min(((int)blockIdx.x + i * (int)gridDim.x) * G + wk / SPR, total - 1); };
-    auto rowPtr = [&](int r) -> const u8* {
-        if (r < rows0) return W0 + (i64)r * rowBytes;
-        r -= rows0;
-        if (r < rows1) return W1 + (i64)r * rowBytes;
-        return W2 + (i64)(r - rows1) * rowBytes;
-    };
     uint4 hs[DEPTH], qs[DEPTH];
     auto load = [&](int slot, int i) {
         const u8* b = rowPtr(rowOf(i)) + sb * 144;
@@ -711,11 +706,7 @@ __device__ __forceinline__ void kt_mvps_q4_K_q8(const u8* W0, const u8* W1, cons
                 float v = kt_warp_sum(fmaf(-xdv * dmin, (float)i2, (xd16 * d) * (float)i1));
                 if (SPR == 1) {
                     int r = ((int)blockIdx.x + (i0 + i) * (int)gridDim.x) * G + wk;
-                    if (lane == 0 && r < total) {
-                        float* y = y0;
-                        if (r >= rows0) { r -= rows0; y = y1; if (r >= rows1) { r -= rows1; y = y2; } }
-                        y[r] = v;
-                    }
+                    if (lane == 0 && r < total) store(r, v);
                 } else if (lane == 0) {
                     part[wk][i] = v;
                 }
@@ -731,14 +722,28 @@ __device__ __forceinline__ void kt_mvps_q4_K_q8(const u8* W0, const u8* W1, cons
                     float v = part[row * SPR][i];
 #pragma unroll
                     for (int s = 1; s < SPR; s++) v += part[row * SPR + s][i];
-                    float* y = y0;
-                    if (r >= rows0) { r -= rows0; y = y1; if (r >= rows1) { r -= rows1; y = y2; } }
-                    y[r] = v;
+                    store(r, v);
                 }
             }
             __syncthreads();
         }
     }
+}
+template <int SPR, int DEPTH>
+__device__ __forceinline__ void kt_mvps_q4_K_q8(const u8* W0, const u8* W1, const u8* W2, i64 rowBytes, int rows0,
+        int rows1, int rows2, int cols, const i8* xq, const float* xd, const int* xs, float* y0, float* y1, float* y2) {
+    auto rowPtr = [&](int r) -> const u8* {
+        if (r < rows0) return W0 + (i64)r * rowBytes;
+        r -= rows0;
+        if (r < rows1) return W1 + (i64)r * rowBytes;
+        return W2 + (i64)(r - rows1) * rowBytes;
+    };
+    auto store = [&](int r, float v) {
+        float* y = y0;
+        if (r >= rows0) { r -= rows0; y = y1; if (r >= rows1) { r -= rows1; y = y2; } }
+        y[r] = v;
+    };
+    kt_mvps_rows<SPR, DEPTH>(rows0 + rows1 + rows2, cols / 256, xq, xd, xs, rowPtr, store);
 }
 #define KT_MVPS_KERNEL(SPR, DEPTH) \
 extern "C" __global__ void __launch_bounds__(128, 8) matvec_q4_K_q8_ps##SPR(const u8* W0, const u8* W1, const u8* W2, \
@@ -749,6 +754,26 @@ extern "C" __global__ void __launch_bounds__(128, 8) matvec_q4_K_q8_ps##SPR(cons
 KT_MVPS_KERNEL(1, 4)
 KT_MVPS_KERNEL(2, 4)
 KT_MVPS_KERNEL(4, 4)
+// Routed experts' gate and up at one token, split the same way (`KTRANSFORMERS_CUDA_MVS_EXPERTS=1`; off by default
+// until timed on a GPU): the rows of both stacks for every pair of the token (gate of pair 0, 1, ..., then up), as
+// matvec_experts_q4_K_q8_pr<N> orders them. The ids come from the previous kernel, so it waits before its loads.
+#define KT_MVPS_EXPERTS_KERNEL(SPR, DEPTH) \
+extern "C" __global__ void __launch_bounds__(128, 8) matvec_experts_q4_K_q8_ps##SPR(const u8* G, const u8* U, \
+        i64 rowBytes, i64 matrixBytes, int rows, int cols, const i8* xq, const float* xd, const int* xs, \
+        const int* ids, int pairs, float* y0, float* y1) { KT_PDL_WAIT(); \
+    int half = pairs * rows; \
+    auto rowPtr = [&](int r) -> const u8* { \
+        const u8* W = r < half ? G : U; \
+        r = r < half ? r : r - half; \
+        int pair = r / rows; \
+        return W + (i64)ids[pair] * matrixBytes + (i64)(r - pair * rows) * rowBytes; \
+    }; \
+    auto store = [&](int r, float v) { if (r < half) y0[r] = v; else y1[r - half] = v; }; \
+    kt_mvps_rows<SPR, DEPTH>(2 * half, cols / 256, xq, xd, xs, rowPtr, store); \
+}
+KT_MVPS_EXPERTS_KERNEL(1, 4)
+KT_MVPS_EXPERTS_KERNEL(2, 4)
+KT_MVPS_EXPERTS_KERNEL(4, 4)
 
 // Routed experts' gate and up at one token on the same ring (`KTRANSFORMERS_CUDA_MVR_EXPERTS=1`; not yet timed on a
 // GPU): the rows of both stacks for every pair of the token (gate of pair 0, 1, ..., then up), expert ids[pair]'s
