@@ -733,11 +733,11 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         case 1:
             if batchInvariant { return nil }
             let steps = (cols + 1023) / 1024
-            if Self.splitRows, let r = g.integerDotSplit, steps != 3, steps <= 4 {
+            if Self.splitRows, Self.registerInputs, let r = g.integerDotSplit, steps != 3, steps <= 4 {
                 return (r[steps == 4 ? 2 : steps - 1], "matvec_q4_K_q8_ps\(steps)", 4 / steps)
             }
             if Self.registerInputs, let r = g.integerDotRegisters, steps <= r.count {
-                return (r[steps - 1], "matvec_q4_K_q8_\(Self.interleavedRows ? "pri" : "pr")\(steps)", 0)
+                return (r[steps - 1], "matvec_q4_K_q8_\(g.registersForm)\(steps)", 0)
             }
             return (p.fast, "matvec_q4_K_q8_pf", 0)
         case 2: return (p.exact, "matvec_q4_K_q8_p", 0)
@@ -995,15 +995,17 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     /// unless `KTRANSFORMERS_CUDA_MVR=0` (then `matvec_q4_K_q8_pf`): Llama-3-8B tg128 287.3 against 277.7 t/s on the
     /// H200, Qwen3-30B-A3B 321.3 against 314.8. (A test var.)
     nonisolated(unsafe) public static var registerInputs = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_MVR"] != "0"
-    /// Their warps walk interleaved rows (w, w + W, ...: `matvec_q4_K_q8_pri<N>`, the same bits) with
-    /// `KTRANSFORMERS_CUDA_MVI=1`; off by default until timed on a GPU. (A test var.)
     /// Rows of 1, 2 or 4 steps split across a block's warps (`matvec_q4_K_q8_ps<N>`: 32 warps an SM, a step of inputs
-    /// each, row groups interleaved over the blocks) unless `KTRANSFORMERS_CUDA_MVS=0` (then the ring above).
-    /// (A test var.)
+    /// in registers each, row groups interleaved over the blocks; where the register-input forms run) and the
+    /// 16-bit-input down projection of rows of 5 to 32 steps (`matvec_q4_K_q16_ps`, where the K-split form runs)
+    /// unless `KTRANSFORMERS_CUDA_MVS=0` (then the ring above, and the K-split form). (A test var.)
     nonisolated(unsafe) public static var splitRows = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_MVS"] != "0"
     /// Routed experts' gate and up at one token on the split form too (`matvec_experts_q4_K_q8_ps<N>`):
     /// `KTRANSFORMERS_CUDA_MVS_EXPERTS=1`; off by default until timed on a GPU. (A test var.)
     nonisolated(unsafe) public static var splitExperts = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_MVS_EXPERTS"] == "1"
+    /// The register-input ring's warps walk interleaved rows (w, w + W, ...: `matvec_q4_K_q8_pri<N>`, the same bits)
+    /// with `KTRANSFORMERS_CUDA_MVI=1`: 309.5 against 302.5 t/s (Llama-3-8B, H100), below the split form. Read when
+    /// weights are prepared. (A test var.)
     nonisolated(unsafe) public static var interleavedRows = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_MVI"] == "1"
     /// Routed experts' gate and up at one token on those kernels too (`matvec_experts_q4_K_q8_pr<N>`, Q4_K rows of up
     /// to 4096 columns): `KTRANSFORMERS_CUDA_MVR_EXPERTS=1`; off by default until timed on a GPU. (A test var.)
@@ -1306,7 +1308,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
                        [.ptr(x.address), .ptr(lo.address), .ptr(lo.address + UInt(l.scales)), .ptr(lo.address + UInt(l.sums)),
                         .i64(cols / 256)])
             }
-            if Self.splitRows, cols > 4096, cols <= 32 * 1024, let ps = g.f32OneQ16Rows {
+            if Self.splitRows, Self.q16KSplit, cols > 4096, cols <= 32 * 1024, let ps = g.f32OneQ16Rows {
                 // One row at a time per block, a warp per step of 1024 columns (matvec_q4_K_q16_ps).
                 let steps = (cols + 1023) / 1024, l = Self.q16Layout(elements: cols)
                 let blocks = min(rows, Self.persistentBlocksCap
@@ -1716,6 +1718,8 @@ final class CUDAWeight: @unchecked Sendable {
     /// The fast persistent form with the inputs in registers, for rows of 1 to 4 steps of 1024 columns
     /// (`matvec_q4_K_q8_pr1` ... `_pr4`; index: steps − 1).
     let integerDotRegisters: [CUDADriver.Handle]?
+    /// Their kernels' name stem (`pr`, or `pri` for the interleaved ring), as chosen when the weight was prepared.
+    let registersForm: String
     /// Its split form for rows of 1, 2 and 4 steps (`matvec_q4_K_q8_ps1`, `_ps2`, `_ps4`).
     let integerDotSplit: [CUDADriver.Handle]?
     /// Routed experts' gate and up at one token split across blocks' warps (`matvec_experts_q4_K_q8_ps1`, `_ps2`, `_ps4`).
@@ -1779,8 +1783,9 @@ final class CUDAWeight: @unchecked Sendable {
         integerDotOne = tag == "q4_K" || tag == "q6_K" ? kernels.function("matvec_\(tag)_q8_1\(mv1)") : nil
         integerDotGroupOne = tag == "q4_K" || tag == "q6_K" ? kernels.function("matvec_\(tag)_q8_3_1\(mv1)") : nil
         integerDotPersistent = tag == "q4_K" ? (kernels.function("matvec_q4_K_q8_p"), kernels.function("matvec_q4_K_q8_pf")) : nil
-        let pr = CUDABackend.interleavedRows ? "pri" : "pr"
-        integerDotRegisters = tag == "q4_K" ? (1...4).map { kernels.function("matvec_q4_K_q8_\(pr)\($0)") } : nil
+        let form = CUDABackend.interleavedRows ? "pri" : "pr"
+        registersForm = form
+        integerDotRegisters = tag == "q4_K" ? (1...4).map { kernels.function("matvec_q4_K_q8_\(form)\($0)") } : nil
         integerDotSplit = tag == "q4_K" ? [1, 2, 4].map { kernels.function("matvec_q4_K_q8_ps\($0)") } : nil
         integerExpertsSplit = tag == "q4_K" ? [1, 2, 4].map { kernels.function("matvec_experts_q4_K_q8_ps\($0)") } : nil
         integerExpertsRegisters = tag == "q4_K" ? (1...4).map { kernels.function("matvec_experts_q4_K_q8_pr\($0)") } : nil
