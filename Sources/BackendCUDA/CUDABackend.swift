@@ -737,7 +737,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
                 return (r[steps == 4 ? 2 : steps - 1], "matvec_q4_K_q8_ps\(steps)", 4 / steps)
             }
             if Self.registerInputs, let r = g.integerDotRegisters, steps <= r.count {
-                return (r[steps - 1], "matvec_q4_K_q8_\(g.registersForm)\(steps)", 0)
+                return (r[steps - 1], "matvec_q4_K_q8_pr\(steps)", 0)
             }
             return (p.fast, "matvec_q4_K_q8_pf", 0)
         case 2: return (p.exact, "matvec_q4_K_q8_p", 0)
@@ -754,15 +754,19 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         let f = form.f
         let p = parts + Array(repeating: (address: UInt(0), rows: 0, y: UInt(0)), count: 3 - parts.count)
         let total = parts.reduce(0) { $0 + $1.rows }
-        var (rpw, blocks) = persistentGrid(f, rows: total)
-        if form.split > 0 {
-            let groups = (total + form.split - 1) / form.split
-            blocks = min(groups, Self.persistentBlocksCap ?? multiprocessors * blocksPerSM(f, threads: 128, shared: 0))
-        }
+        let (rpw, blocks) = form.split > 0 ? (0, splitGrid(f, items: (total + form.split - 1) / form.split, threads: 128))
+                                           : persistentGrid(f, rows: total)
         launch(f, "\(form.name) \(total)x\(cols)", grid: (blocks, 1, 1), block: 128,
                [.ptr(p[0].address), .ptr(p[1].address), .ptr(p[2].address), .i64(g.rowBytes), .i32(p[0].rows),
                 .i32(p[1].rows), .i32(p[2].rows), .i32(cols), .ptr(input.0), .ptr(input.1), .ptr(input.2), .ptr(p[0].y),
                 .ptr(p[1].y), .ptr(p[2].y), .i32(rpw), .i32(Self.prefetchRows)])
+    }
+
+    /// The grid of a split-row kernel (matvec_q4_K_q8_ps<N>, matvec_experts_q4_K_q8_ps<N>, matvec_q4_K_q16_ps) over
+    /// `items` row groups: as many blocks of `threads` as the GPU holds at once (`persistentBlocksCap` in tests), at
+    /// most one per group.
+    func splitGrid(_ f: CUDADriver.Handle, items: Int, threads: Int) -> Int {
+        min(items, Self.persistentBlocksCap ?? multiprocessors * blocksPerSM(f, threads: threads, shared: 0))
     }
 
     /// The grid of a batch-1 persistent kernel (4 warps a block of 128 threads) over `rows` rows, once per each of
@@ -1003,10 +1007,6 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     /// Routed experts' gate and up at one token on the split form too (`matvec_experts_q4_K_q8_ps<N>`):
     /// `KTRANSFORMERS_CUDA_MVS_EXPERTS=1`; off by default until timed on a GPU. (A test var.)
     nonisolated(unsafe) public static var splitExperts = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_MVS_EXPERTS"] == "1"
-    /// The register-input ring's warps walk interleaved rows (w, w + W, ...: `matvec_q4_K_q8_pri<N>`, the same bits)
-    /// with `KTRANSFORMERS_CUDA_MVI=1`: 309.5 against 302.5 t/s (Llama-3-8B, H100), below the split form. Read when
-    /// weights are prepared. (A test var.)
-    nonisolated(unsafe) public static var interleavedRows = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_MVI"] == "1"
     /// Routed experts' gate and up at one token on those kernels too (`matvec_experts_q4_K_q8_pr<N>`, Q4_K rows of up
     /// to 4096 columns): `KTRANSFORMERS_CUDA_MVR_EXPERTS=1`; off by default until timed on a GPU. (A test var.)
     nonisolated(unsafe) public static var registerExperts = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_MVR_EXPERTS"] == "1"
@@ -1311,9 +1311,8 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
             if Self.splitRows, Self.q16KSplit, cols > 4096, cols <= 32 * 1024, let ps = g.f32OneQ16Rows {
                 // One row at a time per block, a warp per step of 1024 columns (matvec_q4_K_q16_ps).
                 let steps = (cols + 1023) / 1024, l = Self.q16Layout(elements: cols)
-                let blocks = min(rows, Self.persistentBlocksCap
-                                 ?? multiprocessors * blocksPerSM(ps, threads: 32 * steps, shared: 0))
-                return launch(ps, "matvec_\(g.tag)_q16_ps \(rows)x\(cols)", grid: (blocks, 1, 1), block: 32 * steps,
+                return launch(ps, "matvec_\(g.tag)_q16_ps \(rows)x\(cols)",
+                              grid: (splitGrid(ps, items: rows, threads: 32 * steps), 1, 1), block: 32 * steps,
                               [.ptr(g.address), .i64(g.rowBytes), .i32(rows), .i32(cols), .ptr(lo.address),
                                .ptr(lo.address + UInt(l.scales)), .ptr(lo.address + UInt(l.sums)), .ptr(y.address)])
             }
@@ -1718,8 +1717,6 @@ final class CUDAWeight: @unchecked Sendable {
     /// The fast persistent form with the inputs in registers, for rows of 1 to 4 steps of 1024 columns
     /// (`matvec_q4_K_q8_pr1` ... `_pr4`; index: steps − 1).
     let integerDotRegisters: [CUDADriver.Handle]?
-    /// Their kernels' name stem (`pr`, or `pri` for the interleaved ring), as chosen when the weight was prepared.
-    let registersForm: String
     /// Its split form for rows of 1, 2 and 4 steps (`matvec_q4_K_q8_ps1`, `_ps2`, `_ps4`).
     let integerDotSplit: [CUDADriver.Handle]?
     /// Routed experts' gate and up at one token split across blocks' warps (`matvec_experts_q4_K_q8_ps1`, `_ps2`, `_ps4`).
@@ -1783,9 +1780,7 @@ final class CUDAWeight: @unchecked Sendable {
         integerDotOne = tag == "q4_K" || tag == "q6_K" ? kernels.function("matvec_\(tag)_q8_1\(mv1)") : nil
         integerDotGroupOne = tag == "q4_K" || tag == "q6_K" ? kernels.function("matvec_\(tag)_q8_3_1\(mv1)") : nil
         integerDotPersistent = tag == "q4_K" ? (kernels.function("matvec_q4_K_q8_p"), kernels.function("matvec_q4_K_q8_pf")) : nil
-        let form = CUDABackend.interleavedRows ? "pri" : "pr"
-        registersForm = form
-        integerDotRegisters = tag == "q4_K" ? (1...4).map { kernels.function("matvec_q4_K_q8_\(form)\($0)") } : nil
+        integerDotRegisters = tag == "q4_K" ? (1...4).map { kernels.function("matvec_q4_K_q8_pr\($0)") } : nil
         integerDotSplit = tag == "q4_K" ? [1, 2, 4].map { kernels.function("matvec_q4_K_q8_ps\($0)") } : nil
         integerExpertsSplit = tag == "q4_K" ? [1, 2, 4].map { kernels.function("matvec_experts_q4_K_q8_ps\($0)") } : nil
         integerExpertsRegisters = tag == "q4_K" ? (1...4).map { kernels.function("matvec_experts_q4_K_q8_pr\($0)") } : nil
@@ -1960,9 +1955,8 @@ final class CUDAExpertExecutor: ExpertExecutor {
                       case let steps = (gateCols + 1023) / 1024, steps != 3, steps <= 4 {
                 // One token: both stacks' rows of every pair split across blocks' warps (matvec_experts_q4_K_q8_ps<N>).
                 let rows = experts.gate.rows, f = r[steps == 4 ? 2 : steps - 1], groups = (2 * pairs * rows + 4 / steps - 1) / (4 / steps)
-                let blocks = min(groups, CUDABackend.persistentBlocksCap
-                                 ?? backend.multiprocessors * backend.blocksPerSM(f, threads: 128, shared: 0))
-                backend.launch(f, "matvec_experts_q4_K_q8_ps\(steps) 2x\(rows)x\(gateCols)", grid: (blocks, 1, 1), block: 128,
+                backend.launch(f, "matvec_experts_q4_K_q8_ps\(steps) 2x\(rows)x\(gateCols)",
+                               grid: (backend.splitGrid(f, items: groups, threads: 128), 1, 1), block: 128,
                                [.ptr(g.address), .ptr(u.address), .i64(g.rowBytes), .i64(g.rowBytes * rows), .i32(rows),
                                 .i32(gateCols), .ptr(q.0), .ptr(q.1), .ptr(q.2), .ptr(ids.address), .i32(pairs),
                                 .ptr(gate!.address), .ptr(up!.address)])

@@ -1,7 +1,7 @@
 // How fast can a batch-1 Q4_K matrix-vector product read its matrix on this GPU, and does the order in which the
 // warps walk the rows matter? A standalone measurement (nvcc -O3 -arch=native; run by `device-check.sh patterns`),
 // not part of the server: the matrices are random bytes laid out as Q4_K rows (144-byte super-blocks), the
-// arithmetic is the per-step integer work of matvec_q4_K_q8_pr<N> (8 dp4a, byte permutes, two FMAs) against an
+// arithmetic is the kernels' own per-step code (kt_q4_K_q8_ints and two FMAs, from the backend's sources) against an
 // input held in registers, so each pattern does the same work and only the order of the loads differs.
 //
 // Patterns (all persistent; a step = 4 super-blocks of a row: lane l loads super-block l / 8's 16-byte header and 16
@@ -23,42 +23,21 @@
 #include <cuda_runtime.h>
 #include <cuda_fp16.h>
 
-typedef unsigned char u8;
-typedef unsigned int u32;
+// The backend's kernel sources (as NVRTC compiles them, in this order): the per-step arithmetic below is theirs.
+#include "../../Sources/BackendCUDA/Kernels/common.cuh"
+#include "../../Sources/BackendCUDA/Kernels/quant.cuh"
+#include "../../Sources/BackendCUDA/Kernels/matvec.cu"
 
 #define CK(x) do { cudaError_t e = (x); if (e != cudaSuccess) { fprintf(stderr, "%s: %s\n", #x, cudaGetErrorString(e)); exit(1); } } while (0)
 
-__device__ __forceinline__ int dp4a_us(u32 a, int b, int c) {
-    int d;
-    asm("dp4a.u32.s32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
-    return d;
-}
-
-// The per-step arithmetic of matvec_q4_K_q8_pr<N> (inputs a, b in registers).
-__device__ __forceinline__ float stepMath(uint4 h, uint4 q, uint4 a, uint4 b, float acc, int lane) {
-    float d = __half2float(__ushort_as_half((unsigned short)(h.x & 0xFFFF)));
-    float dmin = __half2float(__ushort_as_half((unsigned short)(h.x >> 16)));
-    int p = (lane & 7) >> 1;
-    u32 sc = p >= 2 ? ((h.w & 0x0F0F0F0Fu) | ((h.y >> 2) & 0x30303030u)) : (h.y & 0x3F3F3F3Fu);
-    u32 mn = p >= 2 ? (((h.w >> 4) & 0x0F0F0F0Fu) | ((h.z >> 2) & 0x30303030u)) : (h.z & 0x3F3F3F3Fu);
-    int sLo = __dp4a((int)(q.x & 0x0F0F0F0Fu), (int)a.x, 0);
-    sLo = __dp4a((int)(q.y & 0x0F0F0F0Fu), (int)a.y, sLo);
-    sLo = __dp4a((int)(q.z & 0x0F0F0F0Fu), (int)a.z, sLo);
-    sLo = __dp4a((int)(q.w & 0x0F0F0F0Fu), (int)a.w, sLo);
-    int sHi = dp4a_us(q.x & 0xF0F0F0F0u, (int)b.x, 0);
-    sHi = dp4a_us(q.y & 0xF0F0F0F0u, (int)b.y, sHi);
-    sHi = dp4a_us(q.z & 0xF0F0F0F0u, (int)b.z, sHi);
-    sHi = dp4a_us(q.w & 0xF0F0F0F0u, (int)b.w, sHi);
-    u32 k = 2 * (p & 1);
-    int i1 = 16 * (int)__byte_perm(sc, 0, 0x4440u + k) * sLo + (int)__byte_perm(sc, 0, 0x4441u + k) * sHi;
-    int i2 = (int)__byte_perm(mn, 0, 0x4400u + ((k + 1) << 4) + k);
-    acc = fmaf(d * 0.0625f, (float)i1, acc);
-    return fmaf(-dmin, (float)i2, acc);
-}
-
-__device__ __forceinline__ float warpSum(float v) {
-    for (int m = 16; m > 0; m >>= 1) v += __shfl_xor_sync(0xffffffffu, v, m);
-    return v;
+// One step of matvec_q4_K_q8_pr<N> / _ps<N>: the kernels' integer parts and their two FMAs.
+__device__ __forceinline__ float stepMath(uint4 h, uint4 q, const KtQ8KStepInput& in, KtQ4KLane l, float acc) {
+    float d, dmin;
+    kt_q4_K_d(h, &d, &dmin);
+    int i1, i2;
+    kt_q4_K_q8_ints(h, q, in, l, &i1, &i2);
+    acc = fmaf(in.xd16 * d, (float)i1, acc);
+    return fmaf(-in.xd * dmin, (float)i2, acc);
 }
 
 __global__ void readAll(const uint4* w, long n16, float* out) {
@@ -74,14 +53,16 @@ __global__ void readAll(const uint4* w, long n16, float* out) {
 
 // ring / ringI: warp-per-row rings (SPR steps a row, DEPTH steps in flight across rows).
 template <int SPR, int DEPTH, bool INTERLEAVED>
-__global__ void __launch_bounds__(128) ringRows(const u8* W, long rowBytes, int rows, int rpw, const uint4* x, float* y) {
+__global__ void __launch_bounds__(128) ringRows(const u8* W, long rowBytes, int rows, int rpw, const i8* xq,
+                                                const float* xd, const int* xs, float* y) {
     int lane = threadIdx.x & 31, warp = blockIdx.x * 4 + (threadIdx.x >> 5), warps = gridDim.x * 4;
     int nRows = INTERLEAVED ? (warp < rows ? (rows - 1 - warp) / warps + 1 : 0) : max(0, min(rpw, rows - warp * rpw));
     if (nRows == 0) return;
     auto rowOf = [&](int i) { return INTERLEAVED ? warp + i * warps : warp * rpw + i; };
-    uint4 a[SPR], b[SPR];
+    KtQ8KStepInput in[SPR];
 #pragma unroll
-    for (int j = 0; j < SPR; j++) { a[j] = x[(4 * j + (lane >> 3)) * 16 + (lane & 7)]; b[j] = x[(4 * j + (lane >> 3)) * 16 + 8 + (lane & 7)]; }
+    for (int j = 0; j < SPR; j++) in[j] = kt_q8_K_step_input(xq, xd, xs, 4 * j + (lane >> 3), true, lane);
+    KtQ4KLane l = kt_q4_K_lane(lane);
     int steps = nRows * SPR;
     uint4 hs[DEPTH], qs[DEPTH];
     int lIdx = 0;
@@ -104,9 +85,9 @@ __global__ void __launch_bounds__(128) ringRows(const u8* W, long rowBytes, int 
                 uint4 h = hs[i], q = qs[i];
                 if (s0 + i + DEPTH < steps) load(i);
                 int j = i % SPR;
-                acc = stepMath(h, q, a[j], b[j], acc, lane);
+                acc = stepMath(h, q, in[j], l, acc);
                 if (j == SPR - 1) {
-                    float v = warpSum(acc);
+                    float v = kt_warp_sum(acc);
                     if (lane == 0) y[rowOf(cIdx)] = v;
                     cIdx++;
                     acc = 0.0f;
@@ -128,13 +109,14 @@ __device__ __forceinline__ uint4 load16(const u8* p) {
     return v;
 }
 template <int DEPTH, bool NC = false>
-__global__ void __launch_bounds__(1024, 1) splitRows(const u8* W, long rowBytes, int rows, const uint4* x, float* y) {
+__global__ void __launch_bounds__(1024, 1) splitRows(const u8* W, long rowBytes, int rows, const i8* xq,
+                                                     const float* xd, const int* xs, float* y) {
     __shared__ float part[32][DEPTH];
     int lane = threadIdx.x & 31, wk = threadIdx.x >> 5, S = blockDim.x >> 5;
     int nRows = blockIdx.x < rows ? (rows - 1 - blockIdx.x) / gridDim.x + 1 : 0;
     if (nRows == 0) return;
-    int xi = ((4 * wk + (lane >> 3)) & 63) * 16 + (lane & 7);
-    uint4 a = x[xi], b = x[xi + 8];
+    KtQ8KStepInput in = kt_q8_K_step_input(xq, xd, xs, 4 * wk + (lane >> 3), true, lane);
+    KtQ4KLane l = kt_q4_K_lane(lane);
     const u8* base = W + (4 * wk + (lane >> 3)) * 144;
     uint4 hs[DEPTH], qs[DEPTH];
     auto load = [&](int slot, int i) {
@@ -150,7 +132,7 @@ __global__ void __launch_bounds__(1024, 1) splitRows(const u8* W, long rowBytes,
             if (r0 + i < nRows) {
                 uint4 h = hs[i], q = qs[i];
                 if (r0 + i + DEPTH < nRows) load(i, r0 + i + DEPTH);
-                float v = warpSum(stepMath(h, q, a, b, 0.0f, lane));
+                float v = kt_warp_sum(stepMath(h, q, in, l, 0.0f));
                 if (lane == 0) part[wk][i] = v;
             }
         }
@@ -174,10 +156,15 @@ int main(int argc, char** argv) {
     printf("# %s, %d SMs, L2 %d MB\n", prop.name, sms, prop.l2CacheSize >> 20);
     Shape shapes[] = {{"gate/up 28672x4096", 28672, 4096}, {"qkv 6144x4096", 6144, 4096},
                       {"down 4096x14336", 4096, 14336}, {"long 229376x4096", 229376, 4096}};
-    uint4* x;
-    float *y, *out;
-    CK(cudaMalloc(&x, 16 * 64 * 16));
-    CK(cudaMemset(x, 1, 16 * 64 * 16));
+    i8* xq;  // a Q8_K input of 64 super-blocks (values, scales, 16-element sums)
+    float *xd, *y, *out;
+    int* xs;
+    CK(cudaMalloc(&xq, 64 * 256));
+    CK(cudaMemset(xq, 1, 64 * 256));
+    CK(cudaMalloc(&xd, 64 * sizeof(float)));
+    CK(cudaMemset(xd, 0, 64 * sizeof(float)));
+    CK(cudaMalloc(&xs, 64 * 16 * sizeof(int)));
+    CK(cudaMemset(xs, 0, 64 * 16 * sizeof(int)));
     CK(cudaMalloc(&y, 229376 * sizeof(float)));
     CK(cudaMalloc(&out, 16));
     cudaEvent_t e0, e1;
@@ -222,9 +209,9 @@ int main(int argc, char** argv) {
             for (int wpsm : {16, 24, 32}) {
                 int blocks = sms * wpsm / 4, warps = blocks * 4, rpw = (s.rows + warps - 1) / warps;
                 snprintf(label, sizeof label, "ring d4 %dw/SM", wpsm);
-                time(label, [&](u8* m) { ringRows<4, 4, false><<<blocks, 128>>>(m, rowBytes, s.rows, rpw, x, y); });
+                time(label, [&](u8* m) { ringRows<4, 4, false><<<blocks, 128>>>(m, rowBytes, s.rows, rpw, xq, xd, xs, y); });
                 snprintf(label, sizeof label, "ringI d4 %dw/SM", wpsm);
-                time(label, [&](u8* m) { ringRows<4, 4, true><<<blocks, 128>>>(m, rowBytes, s.rows, rpw, x, y); });
+                time(label, [&](u8* m) { ringRows<4, 4, true><<<blocks, 128>>>(m, rowBytes, s.rows, rpw, xq, xd, xs, y); });
             }
         }
         // The split pattern: as many blocks as fit (the occupancy API), or a fixed number of warps an SM.
@@ -235,7 +222,7 @@ int main(int argc, char** argv) {
                 if (bpsm < 1) continue;
                 int blocks = sms * bpsm;
                 snprintf(label, sizeof label, "%s %dw/SM", name, bpsm * S);
-                time(label, [&](u8* m) { kernel<<<blocks, 32 * S>>>(m, rowBytes, s.rows, x, y); });
+                time(label, [&](u8* m) { kernel<<<blocks, 32 * S>>>(m, rowBytes, s.rows, xq, xd, xs, y); });
             }
         };
         split("split d2", splitRows<2>);

@@ -548,46 +548,79 @@ __device__ __forceinline__ void kt_q4_K_words(uint4 h, bool hiGroups, u32* sc, u
     *mn = hiGroups ? (((h.w >> 4) & 0x0F0F0F0Fu) | ((h.z >> 2) & 0x30303030u)) : (h.z & 0x3F3F3F3Fu);
 }
 
+// A lane's place in a Q4_K step (groups 2p and 2p + 1 of its super-block, p = (lane & 7) / 2): which header words
+// hold its 6-bit scales and mins (kt_q4_K_words) and the byte permutes that pick them.
+struct KtQ4KLane {
+    bool hiGroups;
+    u32 selLo, selHi, selPair;
+};
+__device__ __forceinline__ KtQ4KLane kt_q4_K_lane(int lane) {
+    int p = (lane & 7) >> 1;
+    u32 k = 2 * (p & 1);
+    return {p >= 2, 0x4440u + k, 0x4441u + k, 0x4400u + ((k + 1) << 4) + k};
+}
+// A lane's Q8_K inputs of one step, held in registers: its 16 + 16 values (groups 2p, 2p + 1), their 16-element sums
+// packed for one dp2a, the block's scale (zero for lanes past the row's super-blocks) and its 16th.
+struct KtQ8KStepInput {
+    uint4 a, b;
+    int xsPair;
+    float xd, xd16;
+};
+__device__ __forceinline__ KtQ8KStepInput kt_q8_K_step_input(const i8* xq, const float* xd, const int* xs, int sb,
+                                                              bool inRow, int lane) {
+    int eLo = sb * 256 + 64 * ((lane & 7) >> 1) + 16 * (lane & 1);
+    KtQ8KStepInput in;
+    in.a = *(const uint4*)(xq + eLo);
+    in.b = *(const uint4*)(xq + eLo + 32);
+    in.xsPair = (xs[eLo / 16] & 0xFFFF) | (xs[eLo / 16 + 2] << 16);
+    in.xd = inRow ? xd[sb] : 0.0f;
+    in.xd16 = in.xd * 0.0625f;
+    return in;
+}
+// One register-input step's integers (exact): I1 = 16 × Σ scale·(q·x) over the lane's two groups (high nibbles masked
+// in place, taken unsigned: dp4a.u32.s32, the 16 folded into xd16) and I2 = Σ min·(Σx).
+__device__ __forceinline__ void kt_q4_K_q8_ints(uint4 h, uint4 q, const KtQ8KStepInput& in, KtQ4KLane l, int* i1,
+                                                int* i2) {
+    u32 sc, mn;
+    kt_q4_K_words(h, l.hiGroups, &sc, &mn);
+    int sLo = __dp4a((int)(q.x & 0x0F0F0F0Fu), (int)in.a.x, 0);
+    sLo = __dp4a((int)(q.y & 0x0F0F0F0Fu), (int)in.a.y, sLo);
+    sLo = __dp4a((int)(q.z & 0x0F0F0F0Fu), (int)in.a.z, sLo);
+    sLo = __dp4a((int)(q.w & 0x0F0F0F0Fu), (int)in.a.w, sLo);
+    int sHi = kt_dp4a_us(q.x & 0xF0F0F0F0u, (int)in.b.x, 0);  // 16 × the high nibbles' sum
+    sHi = kt_dp4a_us(q.y & 0xF0F0F0F0u, (int)in.b.y, sHi);
+    sHi = kt_dp4a_us(q.z & 0xF0F0F0F0u, (int)in.b.z, sHi);
+    sHi = kt_dp4a_us(q.w & 0xF0F0F0F0u, (int)in.b.w, sHi);
+    *i1 = 16 * (int)__byte_perm(sc, 0, l.selLo) * sLo + (int)__byte_perm(sc, 0, l.selHi) * sHi;
+    *i2 = __dp2a_lo(in.xsPair, (int)__byte_perm(mn, 0, l.selPair), 0);
+}
+// The f16 d and dmin of a Q4_K header.
+__device__ __forceinline__ void kt_q4_K_d(uint4 h, float* d, float* dmin) {
+    *d = kt_half_to_float((u16)(h.x & 0xFFFFu));
+    *dmin = kt_half_to_float((u16)(h.x >> 16));
+}
+
 // Rows rBegin .. rEnd − 1 of nsb super-blocks (SPR = ceil(nsb / 4) steps) against one Q8_K input held in registers:
 // rowPtr(r) the row's bytes, store(r, v) its result (on lane 0).
 template <int SPR, int DEPTH, class RowPtr, class Store>
 __device__ __forceinline__ void kt_mvpr_rows(int rBegin, int rEnd, int nsb, i64 rowBytes, int pf, const i8* xq,
                                              const float* xd, const int* xs, RowPtr rowPtr, Store store) {
-    int lane = threadIdx.x & 31, p = (lane & 7) >> 1, g8 = lane >> 3;
+    int lane = threadIdx.x & 31, g8 = lane >> 3;
     auto offset = [&](int j) { return min(4 * j + g8, nsb - 1) * 144; };  // (clamped to the row)
-    uint4 a[SPR], b[SPR];
-    int xsPair[SPR];
-    float xdv[SPR], xd16[SPR];
+    KtQ8KStepInput in[SPR];
     auto inputs = [&]() {
 #pragma unroll
-        for (int j = 0; j < SPR; j++) {
-            int sb = min(4 * j + g8, nsb - 1), eLo = sb * 256 + 64 * p + 16 * (lane & 1);
-            a[j] = *(const uint4*)(xq + eLo);
-            b[j] = *(const uint4*)(xq + eLo + 32);
-            xsPair[j] = (xs[eLo / 16] & 0xFFFF) | (xs[eLo / 16 + 2] << 16);
-            xdv[j] = 4 * j + g8 < nsb ? xd[sb] : 0.0f;
-            xd16[j] = xdv[j] * 0.0625f;
-        }
+        for (int j = 0; j < SPR; j++) in[j] = kt_q8_K_step_input(xq, xd, xs, min(4 * j + g8, nsb - 1), 4 * j + g8 < nsb, lane);
     };
-    bool hiGroups = p >= 2;
-    u32 k = 2 * (p & 1), selLo = 0x4440u + k, selHi = selLo + 1, selPair = 0x4400u + ((k + 1) << 4) + k;
+    KtQ4KLane l = kt_q4_K_lane(lane);
     float acc = 0.0f;
     auto step = [&](int j, uint4 h, uint4 q) {
-        float d = kt_half_to_float((u16)(h.x & 0xFFFFu)), dmin = kt_half_to_float((u16)(h.x >> 16));
-        u32 sc, mn;
-        kt_q4_K_words(h, hiGroups, &sc, &mn);
-        int sLo = __dp4a((int)(q.x & 0x0F0F0F0Fu), (int)a[j].x, 0);
-        sLo = __dp4a((int)(q.y & 0x0F0F0F0Fu), (int)a[j].y, sLo);
-        sLo = __dp4a((int)(q.z & 0x0F0F0F0Fu), (int)a[j].z, sLo);
-        sLo = __dp4a((int)(q.w & 0x0F0F0F0Fu), (int)a[j].w, sLo);
-        int sHi = kt_dp4a_us(q.x & 0xF0F0F0F0u, (int)b[j].x, 0);  // 16 × the high nibbles' sum
-        sHi = kt_dp4a_us(q.y & 0xF0F0F0F0u, (int)b[j].y, sHi);
-        sHi = kt_dp4a_us(q.z & 0xF0F0F0F0u, (int)b[j].z, sHi);
-        sHi = kt_dp4a_us(q.w & 0xF0F0F0F0u, (int)b[j].w, sHi);
-        int i1 = 16 * (int)__byte_perm(sc, 0, selLo) * sLo + (int)__byte_perm(sc, 0, selHi) * sHi;
-        int i2 = __dp2a_lo(xsPair[j], (int)__byte_perm(mn, 0, selPair), 0);
-        acc = fmaf(xd16[j] * d, (float)i1, acc);
-        acc = fmaf(-xdv[j] * dmin, (float)i2, acc);
+        float d, dmin;
+        kt_q4_K_d(h, &d, &dmin);
+        int i1, i2;
+        kt_q4_K_q8_ints(h, q, in[j], l, &i1, &i2);
+        acc = fmaf(in[j].xd16 * d, (float)i1, acc);
+        acc = fmaf(-in[j].xd * dmin, (float)i2, acc);
     };
     auto rowDone = [&](int r) {
         float v = kt_warp_sum(acc);
@@ -597,27 +630,19 @@ __device__ __forceinline__ void kt_mvpr_rows(int rBegin, int rEnd, int nsb, i64 
     kt_q4_K_ring<SPR, DEPTH>(rBegin, rEnd, SPR, rowBytes, pf, rowPtr, offset, inputs, step, rowDone);
 }
 
-// INTERLEAVED (matvec_q4_K_q8_pri<SPR>, `KTRANSFORMERS_CUDA_MVI=1`): warp w walks rows w, w + W, w + 2W, ... (W the
-// grid's warps) instead of its own range of rpw consecutive rows, so the rows the warps read at once are adjacent in
-// memory; the same arithmetic, the same bits.
-template <int SPR, int DEPTH, bool INTERLEAVED = false>
+template <int SPR, int DEPTH>
 __device__ __forceinline__ void kt_mvpr_q4_K_q8(const u8* W0, const u8* W1, const u8* W2, i64 rowBytes, int rows0,
         int rows1, int rows2, int cols, const i8* xq, const float* xd, const int* xs, float* y0, float* y1, float* y2,
         int rpw, int pf) {
-    int warp = blockIdx.x * 4 + (threadIdx.x >> 5), warps = gridDim.x * 4, total = rows0 + rows1 + rows2;
-    int rBegin = INTERLEAVED ? 0 : warp * rpw;
-    int rEnd = INTERLEAVED ? (warp < total ? (total - 1 - warp) / warps + 1 : 0) : min(rBegin + rpw, total);
+    int rBegin = (blockIdx.x * 4 + (threadIdx.x >> 5)) * rpw, rEnd = min(rBegin + rpw, rows0 + rows1 + rows2);
     if (rBegin >= rEnd) return;
-    auto phys = [&](int r) { return INTERLEAVED ? warp + r * warps : r; };
     auto rowPtr = [&](int r) -> const u8* {
-        r = phys(r);
         if (r < rows0) return W0 + (i64)r * rowBytes;
         r -= rows0;
         if (r < rows1) return W1 + (i64)r * rowBytes;
         return W2 + (i64)(r - rows1) * rowBytes;
     };
     auto store = [&](int r, float v) {
-        r = phys(r);
         float* y = y0;
         if (r >= rows0) { r -= rows0; y = y1; if (r >= rows1) { r -= rows1; y = y2; } }
         y[r] = v;
@@ -636,16 +661,6 @@ KT_MVPR_KERNEL(1, 4)
 KT_MVPR_KERNEL(2, 4)
 KT_MVPR_KERNEL(3, 6)
 KT_MVPR_KERNEL(4, 4)
-#define KT_MVPRI_KERNEL(SPR, DEPTH) \
-extern "C" __global__ void __launch_bounds__(128) matvec_q4_K_q8_pri##SPR(const u8* W0, const u8* W1, const u8* W2, \
-        i64 rowBytes, int rows0, int rows1, int rows2, int cols, const i8* xq, const float* xd, const int* xs, \
-        float* y0, float* y1, float* y2, int rpw, int pf) { /* KT_PDL_WAIT in the body */ \
-    kt_mvpr_q4_K_q8<SPR, DEPTH, true>(W0, W1, W2, rowBytes, rows0, rows1, rows2, cols, xq, xd, xs, y0, y1, y2, rpw, pf); \
-}
-KT_MVPRI_KERNEL(1, 4)
-KT_MVPRI_KERNEL(2, 4)
-KT_MVPRI_KERNEL(3, 6)
-KT_MVPRI_KERNEL(4, 4)
 
 // Q4_K, one token, the rows split across a block's warps (matvec_q4_K_q8_ps<SPR>, SPR = ceil(cols / 1024) of 1, 2
 // or 4 steps; default where matvec_q4_K_q8_pr<SPR> would run, `KTRANSFORMERS_CUDA_MVS=0` off). A block of 4 warps
@@ -662,7 +677,7 @@ __device__ __forceinline__ void kt_mvps_rows(int total, int nsb, const i8* xq, c
                                              RowPtr rowPtr, Store store) {
     constexpr int G = 4 / SPR;
     __shared__ float part[4][DEPTH];
-    int lane = threadIdx.x & 31, wk = threadIdx.x >> 5, j = wk % SPR, g8 = lane >> 3, p = (lane & 7) >> 1;
+    int lane = threadIdx.x & 31, wk = threadIdx.x >> 5, j = wk % SPR, g8 = lane >> 3;
     int groups = (total + G - 1) / G;
     int nG = (int)blockIdx.x < groups ? (groups - 1 - (int)blockIdx.x) / (int)gridDim.x + 1 : 0;
     if (nG == 0) return;  // (the whole block)
@@ -678,32 +693,19 @@ __device__ __forceinline__ void kt_mvps_rows(int total, int nsb, const i8* xq, c
     for (int i = 0; i < DEPTH; i++)
         if (i < nG) load(i, i);
     KT_PDL_WAIT();  // the weights are in flight; the inputs come from the previous kernel
-    int eLo = sb * 256 + 64 * p + 16 * (lane & 1);
-    uint4 a = *(const uint4*)(xq + eLo), b = *(const uint4*)(xq + eLo + 32);
-    int xsPair = (xs[eLo / 16] & 0xFFFF) | (xs[eLo / 16 + 2] << 16);
-    float xdv = 4 * j + g8 < nsb ? xd[sb] : 0.0f, xd16 = xdv * 0.0625f;
-    bool hiGroups = p >= 2;
-    u32 k = 2 * (p & 1), selLo = 0x4440u + k, selHi = selLo + 1, selPair = 0x4400u + ((k + 1) << 4) + k;
+    KtQ8KStepInput in = kt_q8_K_step_input(xq, xd, xs, sb, 4 * j + g8 < nsb, lane);
+    KtQ4KLane l = kt_q4_K_lane(lane);
     for (int i0 = 0; i0 < nG; i0 += DEPTH) {
 #pragma unroll
         for (int i = 0; i < DEPTH; i++) {
             if (i0 + i < nG) {
                 uint4 h = hs[i], q = qs[i];
                 if (i0 + i + DEPTH < nG) load(i, i0 + i + DEPTH);
-                float d = kt_half_to_float((u16)(h.x & 0xFFFFu)), dmin = kt_half_to_float((u16)(h.x >> 16));
-                u32 sc, mn;
-                kt_q4_K_words(h, hiGroups, &sc, &mn);
-                int sLo = __dp4a((int)(q.x & 0x0F0F0F0Fu), (int)a.x, 0);
-                sLo = __dp4a((int)(q.y & 0x0F0F0F0Fu), (int)a.y, sLo);
-                sLo = __dp4a((int)(q.z & 0x0F0F0F0Fu), (int)a.z, sLo);
-                sLo = __dp4a((int)(q.w & 0x0F0F0F0Fu), (int)a.w, sLo);
-                int sHi = kt_dp4a_us(q.x & 0xF0F0F0F0u, (int)b.x, 0);
-                sHi = kt_dp4a_us(q.y & 0xF0F0F0F0u, (int)b.y, sHi);
-                sHi = kt_dp4a_us(q.z & 0xF0F0F0F0u, (int)b.z, sHi);
-                sHi = kt_dp4a_us(q.w & 0xF0F0F0F0u, (int)b.w, sHi);
-                int i1 = 16 * (int)__byte_perm(sc, 0, selLo) * sLo + (int)__byte_perm(sc, 0, selHi) * sHi;
-                int i2 = __dp2a_lo(xsPair, (int)__byte_perm(mn, 0, selPair), 0);
-                float v = kt_warp_sum(fmaf(-xdv * dmin, (float)i2, (xd16 * d) * (float)i1));
+                float d, dmin;
+                kt_q4_K_d(h, &d, &dmin);
+                int i1, i2;
+                kt_q4_K_q8_ints(h, q, in, l, &i1, &i2);
+                float v = kt_warp_sum(fmaf(-in.xd * dmin, (float)i2, (in.xd16 * d) * (float)i1));
                 if (SPR == 1) {
                     int r = ((int)blockIdx.x + (i0 + i) * (int)gridDim.x) * G + wk;
                     if (lane == 0 && r < total) store(r, v);
@@ -754,6 +756,15 @@ extern "C" __global__ void __launch_bounds__(128, 8) matvec_q4_K_q8_ps##SPR(cons
 KT_MVPS_KERNEL(1, 4)
 KT_MVPS_KERNEL(2, 4)
 KT_MVPS_KERNEL(4, 4)
+// Row r of a token's routed-expert gate and up rows (gate rows of pair 0, 1, ..., then up; `half` = pairs · rows):
+// expert ids[pair]'s row of stack G or U.
+__device__ __forceinline__ const u8* kt_expert_pair_row(const u8* G, const u8* U, int half, int rows, const int* ids,
+                                                        i64 matrixBytes, i64 rowBytes, int r) {
+    const u8* W = r < half ? G : U;
+    r = r < half ? r : r - half;
+    int pair = r / rows;
+    return W + (i64)ids[pair] * matrixBytes + (i64)(r - pair * rows) * rowBytes;
+}
 // Routed experts' gate and up at one token, split the same way (`KTRANSFORMERS_CUDA_MVS_EXPERTS=1`; off by default
 // until timed on a GPU): the rows of both stacks for every pair of the token (gate of pair 0, 1, ..., then up), as
 // matvec_experts_q4_K_q8_pr<N> orders them. The ids come from the previous kernel, so it waits before its loads.
@@ -762,12 +773,7 @@ extern "C" __global__ void __launch_bounds__(128, 8) matvec_experts_q4_K_q8_ps##
         i64 rowBytes, i64 matrixBytes, int rows, int cols, const i8* xq, const float* xd, const int* xs, \
         const int* ids, int pairs, float* y0, float* y1) { KT_PDL_WAIT(); \
     int half = pairs * rows; \
-    auto rowPtr = [&](int r) -> const u8* { \
-        const u8* W = r < half ? G : U; \
-        r = r < half ? r : r - half; \
-        int pair = r / rows; \
-        return W + (i64)ids[pair] * matrixBytes + (i64)(r - pair * rows) * rowBytes; \
-    }; \
+    auto rowPtr = [&](int r) { return kt_expert_pair_row(G, U, half, rows, ids, matrixBytes, rowBytes, r); }; \
     auto store = [&](int r, float v) { if (r < half) y0[r] = v; else y1[r - half] = v; }; \
     kt_mvps_rows<SPR, DEPTH>(2 * half, cols / 256, xq, xd, xs, rowPtr, store); \
 }
@@ -785,12 +791,7 @@ extern "C" __global__ void __launch_bounds__(128) matvec_experts_q4_K_q8_pr##SPR
         const int* ids, int pairs, float* y0, float* y1, int rpw, int pf) { KT_PDL_WAIT(); \
     int rBegin = (blockIdx.x * 4 + (threadIdx.x >> 5)) * rpw, half = pairs * rows, rEnd = min(rBegin + rpw, 2 * half); \
     if (rBegin >= rEnd) return; \
-    auto rowPtr = [&](int r) -> const u8* { \
-        const u8* W = r < half ? G : U; \
-        r = r < half ? r : r - half; \
-        int pair = r / rows; \
-        return W + (i64)ids[pair] * matrixBytes + (i64)(r - pair * rows) * rowBytes; \
-    }; \
+    auto rowPtr = [&](int r) { return kt_expert_pair_row(G, U, half, rows, ids, matrixBytes, rowBytes, r); }; \
     auto store = [&](int r, float v) { if (r < half) y0[r] = v; else y1[r - half] = v; }; \
     kt_mvpr_rows<SPR, DEPTH>(rBegin, rEnd, cols / 256, rowBytes, pf, xq, xd, xs, rowPtr, store); \
 }

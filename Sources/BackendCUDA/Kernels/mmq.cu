@@ -1685,6 +1685,36 @@ __device__ __forceinline__ void kt_q16_dots(uint4 q, uint4 a0, uint4 a1, uint4 b
     *sLo = lo;
     *sHi = hi;
 }
+// A lane's Q16_K inputs of one step in registers (matvec_q4_K_q16_pk / _ps): its 16 + 16 int16 values (groups 2p,
+// 2p + 1), their 16-element sums, the block's scale (zero for lanes past the row's super-blocks).
+struct KtQ16StepInput {
+    uint4 a0, a1, b0, b1;
+    int mLo, mHi;
+    float scale;
+};
+__device__ __forceinline__ KtQ16StepInput kt_q16_step_input(const short* xq, const float* xscale, const int* xsums,
+                                                             int sb, bool inRow, int lane) {
+    int eLo = sb * 256 + 64 * ((lane & 7) >> 1) + 16 * (lane & 1);
+    KtQ16StepInput in;
+    in.a0 = *(const uint4*)(xq + eLo);
+    in.a1 = *(const uint4*)(xq + eLo + 8);
+    in.b0 = *(const uint4*)(xq + eLo + 32);
+    in.b1 = *(const uint4*)(xq + eLo + 40);
+    in.mLo = xsums[eLo / 16];
+    in.mHi = xsums[eLo / 16 + 2];
+    in.scale = inRow ? xscale[sb] : 0.0f;
+    return in;
+}
+// One Q16_K step's integers (exact): I1 = Σ scale·(q·x), I2 = Σ min·(Σx) over the lane's two groups.
+__device__ __forceinline__ void kt_q4_K_q16_ints(uint4 h, uint4 q, const KtQ16StepInput& in, KtQ4KLane l, int* i1,
+                                                 int* i2) {
+    u32 sc, mn;
+    kt_q4_K_words(h, l.hiGroups, &sc, &mn);
+    int sLo, sHi;
+    kt_q16_dots(q, in.a0, in.a1, in.b0, in.b1, &sLo, &sHi);
+    *i1 = (int)__byte_perm(sc, 0, l.selLo) * sLo + (int)__byte_perm(sc, 0, l.selHi) * sHi;
+    *i2 = (int)__byte_perm(mn, 0, l.selLo) * in.mLo + (int)__byte_perm(mn, 0, l.selHi) * in.mHi;
+}
 #define KT_MVP16_DEPTH 8
 extern "C" __global__ void __launch_bounds__(128) matvec_q4_K_q16_p(const u8* W, i64 rowBytes, i64 matrixBytes,
         int rows, int cols, const short* xq, const float* xscale, const int* xsums, const int* ids, int pairs, float* y,
@@ -1736,42 +1766,28 @@ extern "C" __global__ void __launch_bounds__(128) matvec_q4_K_q16_p(const u8* W,
 extern "C" __global__ void __launch_bounds__(128) matvec_q4_K_q16_pk(const u8* W, i64 rowBytes, int rows, int cols,
         const short* xq, const float* xscale, const int* xsums, float* partial, int* counters, float* y, int rpw,
         int pf) { /* KT_PDL_WAIT in kt_q4_K_ring */
-    int lane = threadIdx.x & 31, p = (lane & 7) >> 1, g8 = lane >> 3;
+    int lane = threadIdx.x & 31, g8 = lane >> 3;
     int unit = blockIdx.x * 4 + (threadIdx.x >> 5), slice = blockIdx.y, slices = gridDim.y;
     int rBegin = unit * rpw, rEnd = min(rBegin + rpw, rows);
     if (rBegin >= rEnd) return;
     int sb0 = slice * KT_MVPK_SLICE, nsl = min(KT_MVPK_SLICE, cols / 256 - sb0);
     auto rowPtr = [&](int r) -> const u8* { return W + (i64)r * rowBytes + sb0 * 144; };
     auto offset = [&](int j) { return min(4 * j + g8, nsl - 1) * 144; };
-    uint4 xa[2][2], xb[2][2];
-    int mLoS[2], mHiS[2];
-    float xsc[2];
+    KtQ16StepInput in[2];
     auto inputs = [&]() {
 #pragma unroll
-        for (int j = 0; j < 2; j++) {
-            int sb = sb0 + min(4 * j + g8, nsl - 1), eLo = sb * 256 + 64 * p + 16 * (lane & 1);
-            xa[j][0] = *(const uint4*)(xq + eLo);
-            xa[j][1] = *(const uint4*)(xq + eLo + 8);
-            xb[j][0] = *(const uint4*)(xq + eLo + 32);
-            xb[j][1] = *(const uint4*)(xq + eLo + 40);
-            mLoS[j] = xsums[eLo / 16];
-            mHiS[j] = xsums[eLo / 16 + 2];
-            xsc[j] = 4 * j + g8 < nsl ? xscale[sb] : 0.0f;
-        }
+        for (int j = 0; j < 2; j++)
+            in[j] = kt_q16_step_input(xq, xscale, xsums, sb0 + min(4 * j + g8, nsl - 1), 4 * j + g8 < nsl, lane);
     };
-    bool hiGroups = p >= 2;
-    u32 k = 2 * (p & 1), selLo = 0x4440u + k, selHi = selLo + 1;
+    KtQ4KLane l = kt_q4_K_lane(lane);
     float acc = 0.0f;
     auto step = [&](int j, uint4 h, uint4 q) {
-        float d = kt_half_to_float((u16)(h.x & 0xFFFFu)), dmin = kt_half_to_float((u16)(h.x >> 16));
-        u32 sc, mn;
-        kt_q4_K_words(h, hiGroups, &sc, &mn);
-        int sLo, sHi;
-        kt_q16_dots(q, xa[j][0], xa[j][1], xb[j][0], xb[j][1], &sLo, &sHi);
-        int i1 = (int)__byte_perm(sc, 0, selLo) * sLo + (int)__byte_perm(sc, 0, selHi) * sHi;
-        int i2 = (int)__byte_perm(mn, 0, selLo) * mLoS[j] + (int)__byte_perm(mn, 0, selHi) * mHiS[j];
-        acc = fmaf(xsc[j] * d, (float)i1, acc);
-        acc = fmaf(-xsc[j] * dmin, (float)i2, acc);
+        float d, dmin;
+        kt_q4_K_d(h, &d, &dmin);
+        int i1, i2;
+        kt_q4_K_q16_ints(h, q, in[j], l, &i1, &i2);
+        acc = fmaf(in[j].scale * d, (float)i1, acc);
+        acc = fmaf(-in[j].scale * dmin, (float)i2, acc);
     };
     auto rowDone = [&](int r) {
         float v = kt_warp_sum(acc);
@@ -1804,7 +1820,7 @@ extern "C" __global__ void __launch_bounds__(1024, 1) matvec_q4_K_q16_ps(const u
         const short* xq, const float* xscale, const int* xsums, float* y) {
     constexpr int DEPTH = KT_MVPS16_DEPTH;
     __shared__ float part[32][DEPTH];
-    int lane = threadIdx.x & 31, wk = threadIdx.x >> 5, S = blockDim.x >> 5, p = (lane & 7) >> 1, g8 = lane >> 3;
+    int lane = threadIdx.x & 31, wk = threadIdx.x >> 5, S = blockDim.x >> 5, g8 = lane >> 3;
     int nsb = cols / 256;
     int nR = (int)blockIdx.x < rows ? (rows - 1 - (int)blockIdx.x) / (int)gridDim.x + 1 : 0;
     if (nR == 0) return;  // (the whole block)
@@ -1820,27 +1836,19 @@ extern "C" __global__ void __launch_bounds__(1024, 1) matvec_q4_K_q16_ps(const u
     for (int i = 0; i < DEPTH; i++)
         if (i < nR) load(i, i);
     KT_PDL_WAIT();  // the weights are in flight; the inputs come from the previous kernel
-    int eLo = sb * 256 + 64 * p + 16 * (lane & 1);
-    uint4 xa0 = *(const uint4*)(xq + eLo), xa1 = *(const uint4*)(xq + eLo + 8);
-    uint4 xb0 = *(const uint4*)(xq + eLo + 32), xb1 = *(const uint4*)(xq + eLo + 40);
-    int mLoS = xsums[eLo / 16], mHiS = xsums[eLo / 16 + 2];
-    float xsc = 4 * wk + g8 < nsb ? xscale[sb] : 0.0f;
-    bool hiGroups = p >= 2;
-    u32 k = 2 * (p & 1), selLo = 0x4440u + k, selHi = selLo + 1;
+    KtQ16StepInput in = kt_q16_step_input(xq, xscale, xsums, sb, 4 * wk + g8 < nsb, lane);
+    KtQ4KLane l = kt_q4_K_lane(lane);
     for (int i0 = 0; i0 < nR; i0 += DEPTH) {
 #pragma unroll
         for (int i = 0; i < DEPTH; i++) {
             if (i0 + i < nR) {
                 uint4 h = hs[i], q = qs[i];
                 if (i0 + i + DEPTH < nR) load(i, i0 + i + DEPTH);
-                float d = kt_half_to_float((u16)(h.x & 0xFFFFu)), dmin = kt_half_to_float((u16)(h.x >> 16));
-                u32 sc, mn;
-                kt_q4_K_words(h, hiGroups, &sc, &mn);
-                int sLo, sHi;
-                kt_q16_dots(q, xa0, xa1, xb0, xb1, &sLo, &sHi);
-                int i1 = (int)__byte_perm(sc, 0, selLo) * sLo + (int)__byte_perm(sc, 0, selHi) * sHi;
-                int i2 = (int)__byte_perm(mn, 0, selLo) * mLoS + (int)__byte_perm(mn, 0, selHi) * mHiS;
-                float v = kt_warp_sum(fmaf(-xsc * dmin, (float)i2, (xsc * d) * (float)i1));
+                float d, dmin;
+                kt_q4_K_d(h, &d, &dmin);
+                int i1, i2;
+                kt_q4_K_q16_ints(h, q, in, l, &i1, &i2);
+                float v = kt_warp_sum(fmaf(-in.scale * dmin, (float)i2, (in.scale * d) * (float)i1));
                 if (lane == 0) part[wk][i] = v;
             }
         }
