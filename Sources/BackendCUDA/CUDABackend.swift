@@ -29,6 +29,8 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     private var staging: UnsafeMutableRawPointer?
     private var stagingBytes = 0
     private var routerWork: Tensor?
+    /// router_f32_select's count of finished blocks (zero between launches: its last block resets it).
+    private var routerCounter: Tensor?
     /// The rounded copy of a `.standard` matmul's input: `// [maxTokens, widest weight's cols]`.
     private var rounded: Tensor?
     /// The same input as Q8_K integers for the integer-dot kernels: int8 values, then per-256 scales, then
@@ -271,7 +273,19 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
                                   dependent: dependentLaunches && !profiling && stepTokens <= Self.dependentLaunchMaxTokens)
             }
         }
+        if Self.emptyLaunchesAfter > 0 && grid.0 * grid.1 * grid.2 <= Self.emptyLaunchesAfter {
+            // The cost of one more kernel boundary (a measurement: what fusing two kernels would save).
+            must("launch of kt_empty") {
+                try driver.launch(kernels.function("kt_empty"), grid: (1, 1, 1), block: (32, 1, 1), sharedBytes: 0,
+                                  stream: stream, args: args.pack([]),
+                                  dependent: dependentLaunches && !profiling && stepTokens <= Self.dependentLaunchMaxTokens)
+            }
+        }
     }
+
+    /// `KTRANSFORMERS_CUDA_EMPTY_AFTER=B` (a measurement, default 0: off): an empty dependent kernel after every launch
+    /// of at most B blocks, so that the step time's rise over the launches added is the cost of a kernel boundary.
+    static let emptyLaunchesAfter = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_EMPTY_AFTER"].flatMap { Int($0) } ?? 0
 
     /// Work on the stream (a kernel, a cuBLAS call), counted in `launches` and timed by events around it when
     /// profiling.
@@ -1147,6 +1161,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
             routerWork = allocate(need)
             graphEpoch += 1
         }
+        if need > 0, routerCounter == nil { routerCounter = allocate(1) }
         // A longer context can change the attention's split rule (and its launch shape): captured graphs are stale.
         if grown.contextLength != plan.contextLength || grown.maxTokens != plan.maxTokens { graphEpoch += 1 }
         plan = grown
@@ -1644,6 +1659,41 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         guard let work = routerWork, work.count >= n * stride else {
             preconditionFailure("CUDA router work not reserved for \(n) tokens of \(stride) floats")
         }
+        launch("moe_select", grid: (n, 1, 1), block: 32,
+               [.ptr(logits.address), .i32(n), .i32(nExpert)]
+               + selectArgs(routing, nExpert: nExpert, work: work, experts: experts, weights: weights))
+        keepPrepared()
+    }
+
+    /// The router's f32 matvec and moe_select in one launch (router_f32_select: the last block chooses), for steps of
+    /// up to 8 tokens (`KTRANSFORMERS_CUDA_FUSE_ROUTER=0`: the two launches); otherwise the two calls.
+    public func routeTopK(_ router: WeightMatrix, x: Tensor, logits: Tensor, routing: MoERouting, experts: Tensor,
+                          weights: Tensor, n: Int) {
+        let w = Self.weight(router), nExpert = router.rows, cols = router.cols
+        let stride = routing.workFloats(nExpert: nExpert)
+        guard Self.fuseRouter, n >= 1, n <= 8, w.tag == "f32", cols % 4 == 0,
+              (w.address | UInt(w.rowBytes) | x.address) % 16 == 0, let work = routerWork, work.count >= n * stride,
+              let counter = routerCounter else {
+            matmul(router, x, logits, n: n, precision: .f32Activations)
+            moeSelect(logits: logits, nExpert: nExpert, routing: routing, experts: experts, weights: weights, n: n)
+            return
+        }
+        current()
+        launch("router_f32_select", grid: (nExpert, 1, 1), block: 256,
+               [.ptr(w.address), .i64(w.rowBytes), .i32(nExpert), .i32(cols), .ptr(x.address), .ptr(logits.address), .i32(n)]
+               + selectArgs(routing, nExpert: nExpert, work: work, experts: experts, weights: weights)
+               + [.ptr(counter.address)])
+        // It writes the logits, choices and weights (never a prepared input): that stays valid.
+        if preparedQuantized.map({ logits.address >= $0.address + UInt(4 * $0.count) || logits.address + UInt(4 * n * nExpert) <= $0.address }) ?? false {
+            keepPrepared()
+        }
+    }
+
+    /// `KTRANSFORMERS_CUDA_FUSE_ROUTER=0`: the router's matvec and moe_select as two launches (a measurement).
+    static let fuseRouter = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_FUSE_ROUTER"] != "0"
+
+    /// moe_select's arguments after the logits (and the token count): the routing and where the choice goes.
+    private func selectArgs(_ routing: MoERouting, nExpert: Int, work: Tensor, experts: Tensor, weights: Tensor) -> [KernelArg] {
         var bias: UInt = 0
         if let b = routing.selectionBias {
             let key = b.withUnsafeBufferPointer { UnsafeRawPointer($0.baseAddress!) }
@@ -1653,12 +1703,10 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
                 bias = t.address
             }
         }
-        launch("moe_select", grid: (n, 1, 1), block: 32,
-               [.ptr(logits.address), .i32(n), .i32(nExpert), .i32(routing.topK), .i32(routing.scoring == .softmax ? 0 : 1),
-                .i32(routing.normalizeTopK ? 1 : 0), .f32(routing.scale), .ptr(bias), .i32(routing.groups),
-                .i32(routing.groupsUsed), .i32(routing.groupScore == .max ? 0 : 1), .ptr(work.address), .i32(stride),
-                .ptr(experts.address), .ptr(weights.address)])
-        keepPrepared()
+        return [.i32(routing.topK), .i32(routing.scoring == .softmax ? 0 : 1), .i32(routing.normalizeTopK ? 1 : 0),
+                .f32(routing.scale), .ptr(bias), .i32(routing.groups), .i32(routing.groupsUsed),
+                .i32(routing.groupScore == .max ? 0 : 1), .ptr(work.address), .i32(routing.workFloats(nExpert: nExpert)),
+                .ptr(experts.address), .ptr(weights.address)]
     }
 
     /// The kernel just launched wrote neither a prepared input nor its quantized scratch (the router's matvec,

@@ -17,12 +17,13 @@ __device__ __forceinline__ void kt_argmax_lane(float& v, int& i) {
 }
 // Up to KT_MOE_LANE_MAX experts a lane (256 experts) are held in registers; more go through `work`.
 #define KT_MOE_LANE_MAX 8
-extern "C" __global__ void __launch_bounds__(32) moe_select(const float* logits, int n, int nExpert, int topK, int scoring,
-                                      int normalize, float scale, const float* bias, int groups, int groupsUsed,
-                                      int groupScore, float* work, int workStride, int* experts, float* weights) { KT_PDL_WAIT();
-    int t = blockIdx.x, lane = threadIdx.x;
-    if (t >= n) return;
-    const float* lg = logits + (i64)t * nExpert;
+// Token t's choice by one warp (lane = its lane); `l2`: the logits are read through L2 (another block wrote them
+// in this launch: router_f32_select).
+__device__ __forceinline__ void kt_moe_select_token(int t, int lane, bool l2, const float* logits, int nExpert, int topK,
+        int scoring, int normalize, float scale, const float* bias, int groups, int groupsUsed, int groupScore,
+        float* work, int workStride, int* experts, float* weights) {
+    const float* lgp = logits + (i64)t * nExpert;
+    auto lg = [&](int e) { return l2 ? __ldcg(lgp + e) : lgp[e]; };
     float* scores = work + (i64)t * workStride;
     float* choice = scores + nExpert;
     float* groupBest = choice + nExpert;
@@ -31,11 +32,11 @@ extern "C" __global__ void __launch_bounds__(32) moe_select(const float* logits,
     float sc[KT_MOE_LANE_MAX], ch[KT_MOE_LANE_MAX];
     if (scoring == 0) {
         float mx = -KT_INF;
-        for (int e = lane; e < nExpert; e += 32) mx = fmaxf(mx, lg[e]);
+        for (int e = lane; e < nExpert; e += 32) mx = fmaxf(mx, lg(e));
         mx = kt_warp_max(mx);
         double sum = 0.0;
         for (int e = lane; e < nExpert; e += 32) {
-            float x = expf(lg[e] - mx);
+            float x = expf(lg(e) - mx);
             scores[e] = x;
             sum += (double)x;
         }
@@ -43,7 +44,7 @@ extern "C" __global__ void __launch_bounds__(32) moe_select(const float* logits,
         float inv = (float)(1.0 / sum);
         for (int e = lane; e < nExpert; e += 32) scores[e] *= inv;
     } else {
-        for (int e = lane; e < nExpert; e += 32) scores[e] = 1.0f / (1.0f + expf(-lg[e]));
+        for (int e = lane; e < nExpert; e += 32) scores[e] = 1.0f / (1.0f + expf(-lg(e)));
     }
     for (int e = lane; e < nExpert; e += 32) choice[e] = bias ? scores[e] + bias[e] : scores[e];
     __syncwarp();
@@ -123,6 +124,38 @@ extern "C" __global__ void __launch_bounds__(32) moe_select(const float* logits,
             wt[j] = w;
         }
     }
+}
+extern "C" __global__ void __launch_bounds__(32) moe_select(const float* logits, int n, int nExpert, int topK, int scoring,
+                                      int normalize, float scale, const float* bias, int groups, int groupsUsed,
+                                      int groupScore, float* work, int workStride, int* experts, float* weights) { KT_PDL_WAIT();
+    if ((int)blockIdx.x >= n) return;
+    kt_moe_select_token(blockIdx.x, threadIdx.x, false, logits, nExpert, topK, scoring, normalize, scale, bias, groups,
+                        groupsUsed, groupScore, work, workStride, experts, weights);
+}
+
+// The router's f32 matvec and the top-k choice in one launch (steps of at most KT_MV_TOKENS tokens; decode): the
+// blocks of matvec_f32_wide (grid rows, 256 threads) each write their logit; the last block to finish (`counter`,
+// which it resets) runs moe_select's warp for each token on the logits, read through L2. The bits of the two
+// kernels, one launch fewer per MoE layer (ComputeBackend.routeTopK).
+extern "C" __global__ void __launch_bounds__(32 * KT_MVW_WARPS) router_f32_select(const u8* W, i64 rowBytes, int rows,
+        int cols, const float* x, float* logits, int n, int topK, int scoring, int normalize, float scale,
+        const float* bias, int groups, int groupsUsed, int groupScore, float* work, int workStride, int* experts,
+        float* weights, int* counter) {
+    kt_matvec_f32_wide_row(W, rowBytes, 0, rows, cols, x, cols, 0, logits, rows, 0, n);  // (waits for the inputs)
+    __shared__ int last;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        __threadfence();
+        last = atomicAdd(counter, 1) == (int)gridDim.x - 1;
+    }
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    for (int t = warp; t < n; t += KT_MVW_WARPS)
+        kt_moe_select_token(t, lane, true, logits, rows, topK, scoring, normalize, scale, bias, groups, groupsUsed,
+                            groupScore, work, workStride, experts, weights);
+    if (threadIdx.x == 0) *counter = 0;
 }
 
 // out[t] += Σ_j weights[t, j] · y[t·topK + j], in choice order; grid-stride over n · dim.

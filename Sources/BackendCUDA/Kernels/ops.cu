@@ -133,6 +133,9 @@ extern "C" __global__ void __launch_bounds__(KT_NORM_THREADS) rms_norm_rows(cons
     kt_rms_norm_row(xr, w, o, dim, eps, scratch);
 }
 
+// Nothing but the dependency wait: a kernel boundary alone (KTRANSFORMERS_CUDA_EMPTY_AFTER, a measurement).
+extern "C" __global__ void kt_empty() { KT_PDL_WAIT(); }
+
 extern "C" __global__ void add_bias(const float* b, float* x, int width, i64 count) { KT_PDL_WAIT();
     for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < count; i += (i64)gridDim.x * blockDim.x)
         x[i] += b[i % width];
