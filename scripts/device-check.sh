@@ -23,7 +23,8 @@
 # bench and baseline; HYBRID_SHORT=1 runs only pp512/tg of the hybrid stage; HYBRID_VARS="A=1 B=0,C=2" adds hybrid
 # decode rows under those settings (commas join several into one row); HYBRID_AB=1 adds hybrid decode rows
 # under each host-wait setting (KTRANSFORMERS_CUDA_SYNC, KTRANSFORMERS_POOL_SPINS, one core free) and with expert deferral; KERNEL_AB=1 adds bench rows with the streaming kernels off or capped; DECODE_AB=1 batch-1
-# decode rows under the one-token kernel switches (DECODE_AB_VARS picks them; commas join switches into one row); CPU_BASELINE=1
+# decode rows under the one-token kernel switches (DECODE_AB_VARS picks them, DECODE_AB_MOE_VARS the MoE model's if they differ;
+# commas join switches into one row); BENCH_SHORT=1 keeps only the batch-1 decode rows of bench; CPU_BASELINE=1
 # also builds llama.cpp for the CPU (its hybrid-stage row). The gemma stage takes GEMMA_MODEL, or the default model
 # carried in .baseline/ or assembled in /tmp/kt-parts by scripts/device-parts.sh. Each writes its lines to
 # $OUT/summary.md and its details to $OUT/log.txt; exits non-zero if a correctness stage fails.
@@ -148,11 +149,16 @@ if has bench; then
   say "## speed (ours), $(date -u +%FT%TZ)"
   m=/tmp/llama3-8b$sfx.gguf
   make_model llama3-8b $m
+  if [ -n "${BENCH_SHORT:-}" ]; then
+    # BENCH_SHORT=1: batch-1 decode alone (the A/B rows' baseline), no prefill, graphs-off or batched rows.
+    "$bin" bench --model $m --device cuda -p 0 -n $tg -r $reps 2>>"$log" | tee -a "$summary"
+  else
   "$bin" bench --model $m --device cuda -p $pp -n $tg -r $reps 2>>"$log" | tee -a "$summary"
   "$bin" bench --model $m --device cuda -p 0 -n $tg -r $reps --no-cuda-graphs 2>>"$log" | tail -1 | sed 's/$/ (CUDA graphs off)/' | tee -a "$summary"
   for b in 8 32; do
     "$bin" bench --model $m --device cuda -p 0 -n $tgb -b $b -r $reps 2>>"$log" | tail -1 | tee -a "$summary"
   done
+  fi
   if [ -n "${KERNEL_AB:-}" ]; then
     # The kernel choices against each other (same bits, different speed): the streaming kernels off; prefill on the
     # 64x64 int8 block tiles instead of the streaming ones; prefill's tf32 matmul streaming instead of block-tiled.
@@ -188,9 +194,10 @@ if has bench; then
   fi
   if [ -n "${MOE:-}" ]; then
     make_model qwen3-30b-a3b /tmp/qwen3-30b-a3b$sfx.gguf
-    "$bin" bench --model /tmp/qwen3-30b-a3b$sfx.gguf --device cuda --n-cpu-moe 0 -p $pp -n $tg -r $reps 2>>"$log" | tail -2 | sed 's/$/ (all on the GPU)/' | tee -a "$summary"
+    "$bin" bench --model /tmp/qwen3-30b-a3b$sfx.gguf --device cuda --n-cpu-moe 0 -p $([ -n "${BENCH_SHORT:-}" ] && echo 0 || echo $pp) -n $tg -r $reps 2>>"$log" | tail -2 | sed 's/$/ (all on the GPU)/' | tee -a "$summary"
     if [ -n "${DECODE_AB:-}" ]; then
-      for v in ${DECODE_AB_VARS:-KTRANSFORMERS_CUDA_PDL=0 KTRANSFORMERS_CUDA_MVP=0 KTRANSFORMERS_CUDA_F32_ONE=0 KTRANSFORMERS_CUDA_F32_ONE=2 KTRANSFORMERS_CUDA_F32_ONE_LB=1 KTRANSFORMERS_CUDA_MV1=2}; do
+      # DECODE_AB_MOE_VARS: this model's switches, when they differ from the dense model's.
+      for v in ${DECODE_AB_MOE_VARS:-${DECODE_AB_VARS:-KTRANSFORMERS_CUDA_PDL=0 KTRANSFORMERS_CUDA_MVP=0 KTRANSFORMERS_CUDA_F32_ONE=0 KTRANSFORMERS_CUDA_F32_ONE=2 KTRANSFORMERS_CUDA_F32_ONE_LB=1 KTRANSFORMERS_CUDA_MV1=2}}; do
         env ${v//,/ } "$bin" bench --model /tmp/qwen3-30b-a3b$sfx.gguf --device cuda --n-cpu-moe 0 -p 0 -n $tg -r 2 2>>"$log" | tail -1 \
           | sed "s/\$/ (all on the GPU, $v)/" | tee -a "$summary"
       done

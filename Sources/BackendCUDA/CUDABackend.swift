@@ -780,8 +780,12 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     /// `items` row groups: as many blocks of `threads` as the GPU holds at once (`persistentBlocksCap` in tests), at
     /// most one per group.
     func splitGrid(_ f: CUDADriver.Handle, items: Int, threads: Int) -> Int {
-        min(items, Self.persistentBlocksCap ?? multiprocessors * blocksPerSM(f, threads: threads, shared: 0))
+        let perSM = min(Self.splitBlocksPerSM ?? .max, blocksPerSM(f, threads: threads, shared: 0))
+        return min(items, Self.persistentBlocksCap ?? multiprocessors * perSM)
     }
+    /// `KTRANSFORMERS_CUDA_MVS_PER_SM=B`: at most B blocks an SM for the split-row kernels (a measurement; default as
+    /// many as fit).
+    static let splitBlocksPerSM = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_MVS_PER_SM"].flatMap { Int($0) }
 
     /// The grid of a batch-1 persistent kernel (4 warps a block of 128 threads) over `rows` rows, once per each of
     /// `groups` (grid y): as many warps as the GPU holds at once (`persistentBlocksCap` blocks in tests), shared among
@@ -1084,6 +1088,9 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     static let f32OneBounded = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_F32_ONE_LB"] == "1"
     /// `KTRANSFORMERS_CUDA_F32_ONE=2`: their coalesced K-split forms instead (`matvec_q4_K_f32_1c`; own bits).
     /// (A test var: read when weights are prepared.)
+    /// Rows a warp of the routed experts' one-token down projection (`KTRANSFORMERS_CUDA_F32_ONE_ROWS`: 2, or 4 for
+    /// matvec_experts_q4_K_f32_r4; same bits).
+    nonisolated(unsafe) public static var f32OneExpertRows = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_F32_ONE_ROWS"].flatMap { Int($0) } ?? 2
     nonisolated(unsafe) public static var f32OneCoalesced = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_F32_ONE"] == "2"
     /// `KTRANSFORMERS_CUDA_MMF_ONE=0`: mmf_q4_K_1 at n = 1 instead of mmf_q4_K_one (measurements; the same bits).
     static let mmfOneEnabled = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_MMF_ONE"] != "0"
@@ -1659,7 +1666,9 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         guard let work = routerWork, work.count >= n * stride else {
             preconditionFailure("CUDA router work not reserved for \(n) tokens of \(stride) floats")
         }
-        launch("moe_select", grid: (n, 1, 1), block: 32,
+        // A block a token (moe_select_block: experts ranked in one pass) up to 1024 experts, else a warp.
+        let block = Self.blockSelect(nExpert: nExpert, routing: routing)
+        launch(block ? "moe_select_block" : "moe_select", grid: (n, 1, 1), block: block ? 256 : 32,
                [.ptr(logits.address), .i32(n), .i32(nExpert)]
                + selectArgs(routing, nExpert: nExpert, work: work, experts: experts, weights: weights))
         keepPrepared()
@@ -1671,7 +1680,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
                           weights: Tensor, n: Int) {
         let w = Self.weight(router), nExpert = router.rows, cols = router.cols
         let stride = routing.workFloats(nExpert: nExpert)
-        guard Self.fuseRouter, n >= 1, n <= 8, w.tag == "f32", cols % 4 == 0,
+        guard Self.fuseRouter, n >= 1, n <= 8, w.tag == "f32", cols % 4 == 0, Self.blockSelect(nExpert: nExpert, routing: routing),
               (w.address | UInt(w.rowBytes) | x.address) % 16 == 0, let work = routerWork, work.count >= n * stride,
               let counter = routerCounter else {
             matmul(router, x, logits, n: n, precision: .f32Activations)
@@ -1688,6 +1697,13 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
             keepPrepared()
         }
     }
+
+    /// Whether moe_select_block takes the routing (KT_SEL_THREADS · KT_SEL_PER experts, KT_SEL_THREADS groups);
+    /// `KTRANSFORMERS_CUDA_SELECT_BLOCK=0`: the warp form (a measurement).
+    static func blockSelect(nExpert: Int, routing: MoERouting) -> Bool {
+        selectBlockEnabled && nExpert <= 1024 && routing.groups <= 256
+    }
+    static let selectBlockEnabled = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_SELECT_BLOCK"] != "0"
 
     /// `KTRANSFORMERS_CUDA_FUSE_ROUTER=0`: the router's matvec and moe_select as two launches (a measurement).
     static let fuseRouter = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_FUSE_ROUTER"] != "0"
@@ -1811,6 +1827,8 @@ final class CUDAWeight: @unchecked Sendable {
     /// Its form with each row split across a block's warps, a warp per step (`matvec_q4_K_q16_ps`).
     let f32OneQ16Rows: CUDADriver.Handle?
     let f32OneExperts: CUDADriver.Handle?
+    /// The same with 4 rows a warp (matvec_experts_q4_K_f32_r4; `CUDABackend.f32OneExpertRows`).
+    let f32OneExperts4: CUDADriver.Handle?
 
     init(address: UInt, tag: String, rowBytes: Int, rounding: ActivationRounding, kernels: CUDAKernels) {
         self.address = address
@@ -1864,6 +1882,7 @@ final class CUDAWeight: @unchecked Sendable {
         let lb = CUDABackend.f32OneCoalesced ? "c" : CUDABackend.f32OneBounded ? "_lb" : ""
         f32One = tag == "q4_K" ? kernels.function("matvec_q4_K_f32_1\(lb)") : nil
         f32OneExperts = tag == "q4_K" ? kernels.function("matvec_experts_q4_K_f32_1\(lb)") : nil
+        f32OneExperts4 = tag == "q4_K" ? kernels.function("matvec_experts_q4_K_f32_r4") : nil
     }
 }
 
@@ -2052,6 +2071,12 @@ final class CUDAExpertExecutor: ExpertExecutor {
             if n == 1, !backend.batchInvariant, CUDABackend.f32OneEnabled, let one = d.f32OneExperts, d.rowBytes % 16 == 0 {
                 // One token: the FP32-core kernel (as the dense down projection's at one token).
                 let c = CUDABackend.f32OneCoalesced
+                if !c, CUDABackend.f32OneExpertRows == 4, let r4 = d.f32OneExperts4 {
+                    return backend.launch(r4, "matvec_experts_\(d.tag)_f32_r4 \(rows)x\(ff)", grid: ((rows + 15) / 16, pairs, 1),
+                                          block: 128,
+                                          [.ptr(d.address), .i64(d.rowBytes), .i64(d.rowBytes * rows), .i32(rows), .i32(ff),
+                                           .ptr(gate!.address), .ptr(sums.address), .ptr(ids.address), .ptr(down!.address)])
+                }
                 return backend.launch(one, "matvec_experts_\(d.tag)_f32_1\(c ? "c" : "") \(rows)x\(ff)",
                                       grid: (c ? (rows + 1) / 2 : (rows + 7) / 8, pairs, 1), block: c ? 64 : 128,
                                       [.ptr(d.address), .i64(d.rowBytes), .i64(d.rowBytes * rows), .i32(rows), .i32(ff),

@@ -1172,6 +1172,23 @@ extern "C" __global__ void __launch_bounds__ BOUNDS matvec_experts_q4_K_f32_1##s
 }
 KT_MV_F32_ONE(, (128))
 KT_MV_F32_ONE(_lb, (128, 8))
+// The routed experts' form with 4 rows a warp (`KTRANSFORMERS_CUDA_F32_ONE_ROWS=4`, a measurement): their rows are
+// one step (768 columns for Qwen3-30B-A3B), so a warp's inputs (3 KB) outweighed its two rows' weights (864 bytes);
+// each row's arithmetic is that of the 2-row form (same bits). Grid (ceil(rows / 16), pairs), 128 threads.
+extern "C" __global__ void __launch_bounds__(128) matvec_experts_q4_K_f32_r4(const u8* W, i64 rowBytes,
+        i64 matrixBytes, int rows, int cols, const float* x, const float* xsum, const int* ids, float* y) { KT_PDL_WAIT();
+    int p = blockIdx.y;
+    int r0 = (blockIdx.x * 4 + (threadIdx.x >> 5)) * 4;
+    if (r0 >= rows) return;
+    const u8* M = W + (i64)ids[p] * matrixBytes;
+    const u8* rowp[4];
+    for (int i = 0; i < 4; i++) rowp[i] = M + (i64)min(r0 + i, rows - 1) * rowBytes;
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    kt_mv_q4_K_f32<4>(rowp, cols, x + (i64)p * cols, xsum + (i64)p * (cols / 32), acc);
+    if ((threadIdx.x & 31) == 0)
+        for (int i = 0; i < 4; i++)
+            if (r0 + i < rows) y[(i64)p * rows + r0 + i] = acc[i];
+}
 
 // A coalesced, K-split form of the same product (`KTRANSFORMERS_CUDA_F32_ONE=2`, for measuring against the one
 // above; its own bits). Nsight Compute on matvec_q4_K_f32_1 (4096 × 14336, H100): 0.78 waves (512 blocks), L1 at
