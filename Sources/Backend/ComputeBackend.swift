@@ -106,11 +106,6 @@ public protocol ComputeBackend: AnyObject, Sendable {
     /// Router: chooses `routing.topK` experts per row of `logits` `// [n, nExpert]` into `experts` (i32) and
     /// `weights` (`// [n, topK]` each, best first).
     func moeSelect(logits: Tensor, nExpert: Int, routing: MoERouting, experts: Tensor, weights: Tensor, n: Int)
-    /// The router and its choice in one call: `matmul(router, x, logits, .f32Activations)` then `moeSelect` (router
-    /// rows = experts), with the bits of those two calls (a backend may do both in one pass; the default makes the
-    /// two calls).
-    func routeTopK(_ router: WeightMatrix, x: Tensor, logits: Tensor, routing: MoERouting, experts: Tensor,
-                   weights: Tensor, n: Int)
     /// `out[t] *= sigmoid(gate · x[t])` for `n` rows of `width` (Qwen2-MoE's shared-expert gate).
     func sigmoidGate(_ out: Tensor, gate: Tensor, x: Tensor, width: Int, n: Int)
     /// `x = cap · tanh(x / cap)` over `count` elements (final logit soft-capping).
@@ -160,12 +155,6 @@ extension ComputeBackend {
     public func addRMSNorm(_ x: Tensor, into y: Tensor, weight: Tensor, out: Tensor, rows: Int, dim: Int, eps: Float) {
         add(x, into: y, count: rows * dim)
         rmsNorm(y, weight: weight, out: out, rows: rows, dim: dim, stride: dim, eps: eps)
-    }
-
-    public func routeTopK(_ router: WeightMatrix, x: Tensor, logits: Tensor, routing: MoERouting, experts: Tensor,
-                          weights: Tensor, n: Int) {
-        matmul(router, x, logits, n: n, precision: .f32Activations)
-        moeSelect(logits: logits, nExpert: router.rows, routing: routing, experts: experts, weights: weights, n: n)
     }
 
     public var capturesGraphs: Bool { false }

@@ -29,8 +29,6 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     private var staging: UnsafeMutableRawPointer?
     private var stagingBytes = 0
     private var routerWork: Tensor?
-    /// router_f32_select's count of finished blocks (zero between launches: its last block resets it).
-    private var routerCounter: Tensor?
     /// The rounded copy of a `.standard` matmul's input: `// [maxTokens, widest weight's cols]`.
     private var rounded: Tensor?
     /// The same input as Q8_K integers for the integer-dot kernels: int8 values, then per-256 scales, then
@@ -780,12 +778,8 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     /// `items` row groups: as many blocks of `threads` as the GPU holds at once (`persistentBlocksCap` in tests), at
     /// most one per group.
     func splitGrid(_ f: CUDADriver.Handle, items: Int, threads: Int) -> Int {
-        let perSM = min(Self.splitBlocksPerSM ?? .max, blocksPerSM(f, threads: threads, shared: 0))
-        return min(items, Self.persistentBlocksCap ?? multiprocessors * perSM)
+        min(items, Self.persistentBlocksCap ?? multiprocessors * blocksPerSM(f, threads: threads, shared: 0))
     }
-    /// `KTRANSFORMERS_CUDA_MVS_PER_SM=B`: at most B blocks an SM for the split-row kernels (a measurement; default as
-    /// many as fit).
-    static let splitBlocksPerSM = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_MVS_PER_SM"].flatMap { Int($0) }
 
     /// The grid of a batch-1 persistent kernel (4 warps a block of 128 threads) over `rows` rows, once per each of
     /// `groups` (grid y): as many warps as the GPU holds at once (`persistentBlocksCap` blocks in tests), shared among
@@ -1022,9 +1016,9 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     /// 16-bit-input down projection of rows of 5 to 32 steps (`matvec_q4_K_q16_ps`, where the K-split form runs)
     /// unless `KTRANSFORMERS_CUDA_MVS=0` (then the ring above, and the K-split form). (A test var.)
     nonisolated(unsafe) public static var splitRows = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_MVS"] != "0"
-    /// Routed experts' gate and up at one token on the split form too (`matvec_experts_q4_K_q8_ps<N>`):
-    /// `KTRANSFORMERS_CUDA_MVS_EXPERTS=1`; off by default until timed on a GPU. (A test var.)
-    nonisolated(unsafe) public static var splitExperts = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_MVS_EXPERTS"] == "1"
+    /// Routed experts' gate and up at one token on the split form too (`matvec_experts_q4_K_q8_ps<N>`; the default:
+    /// Qwen3-30B-A3B 335.6 against 321.7 t/s on an H100), `KTRANSFORMERS_CUDA_MVS_EXPERTS=0` off. (A test var.)
+    nonisolated(unsafe) public static var splitExperts = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_MVS_EXPERTS"] != "0"
     /// Routed experts' gate and up at one token on those kernels too (`matvec_experts_q4_K_q8_pr<N>`, Q4_K rows of up
     /// to 4096 columns): `KTRANSFORMERS_CUDA_MVR_EXPERTS=1`; off by default until timed on a GPU. (A test var.)
     nonisolated(unsafe) public static var registerExperts = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_MVR_EXPERTS"] == "1"
@@ -1088,9 +1082,9 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     static let f32OneBounded = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_F32_ONE_LB"] == "1"
     /// `KTRANSFORMERS_CUDA_F32_ONE=2`: their coalesced K-split forms instead (`matvec_q4_K_f32_1c`; own bits).
     /// (A test var: read when weights are prepared.)
-    /// Rows a warp of the routed experts' one-token down projection (`KTRANSFORMERS_CUDA_F32_ONE_ROWS`: 2, or 4 for
-    /// matvec_experts_q4_K_f32_r4; same bits).
-    nonisolated(unsafe) public static var f32OneExpertRows = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_F32_ONE_ROWS"].flatMap { Int($0) } ?? 2
+    /// Rows a warp of the routed experts' one-token down projection: 4 (matvec_experts_q4_K_f32_r4, the default:
+    /// Qwen3-30B-A3B 325.9 against 321.7 t/s on an H100) or 2 (`KTRANSFORMERS_CUDA_F32_ONE_ROWS=2`); the same bits.
+    nonisolated(unsafe) public static var f32OneExpertRows = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_F32_ONE_ROWS"].flatMap { Int($0) } ?? 4
     nonisolated(unsafe) public static var f32OneCoalesced = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_F32_ONE"] == "2"
     /// `KTRANSFORMERS_CUDA_MMF_ONE=0`: mmf_q4_K_1 at n = 1 instead of mmf_q4_K_one (measurements; the same bits).
     static let mmfOneEnabled = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_MMF_ONE"] != "0"
@@ -1168,7 +1162,6 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
             routerWork = allocate(need)
             graphEpoch += 1
         }
-        if need > 0, routerCounter == nil { routerCounter = allocate(1) }
         // A longer context can change the attention's split rule (and its launch shape): captured graphs are stale.
         if grown.contextLength != plan.contextLength || grown.maxTokens != plan.maxTokens { graphEpoch += 1 }
         plan = grown
@@ -1666,50 +1659,6 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         guard let work = routerWork, work.count >= n * stride else {
             preconditionFailure("CUDA router work not reserved for \(n) tokens of \(stride) floats")
         }
-        // A block a token (moe_select_block: experts ranked in one pass) up to 1024 experts, else a warp.
-        let block = Self.blockSelect(nExpert: nExpert, routing: routing)
-        launch(block ? "moe_select_block" : "moe_select", grid: (n, 1, 1), block: block ? 256 : 32,
-               [.ptr(logits.address), .i32(n), .i32(nExpert)]
-               + selectArgs(routing, nExpert: nExpert, work: work, experts: experts, weights: weights))
-        keepPrepared()
-    }
-
-    /// The router's f32 matvec and moe_select in one launch (router_f32_select: the last block chooses), for steps of
-    /// up to 8 tokens (`KTRANSFORMERS_CUDA_FUSE_ROUTER=0`: the two launches); otherwise the two calls.
-    public func routeTopK(_ router: WeightMatrix, x: Tensor, logits: Tensor, routing: MoERouting, experts: Tensor,
-                          weights: Tensor, n: Int) {
-        let w = Self.weight(router), nExpert = router.rows, cols = router.cols
-        let stride = routing.workFloats(nExpert: nExpert)
-        guard Self.fuseRouter, n >= 1, n <= 8, w.tag == "f32", cols % 4 == 0, Self.blockSelect(nExpert: nExpert, routing: routing),
-              (w.address | UInt(w.rowBytes) | x.address) % 16 == 0, let work = routerWork, work.count >= n * stride,
-              let counter = routerCounter else {
-            matmul(router, x, logits, n: n, precision: .f32Activations)
-            moeSelect(logits: logits, nExpert: nExpert, routing: routing, experts: experts, weights: weights, n: n)
-            return
-        }
-        current()
-        launch("router_f32_select", grid: (nExpert, 1, 1), block: 256,
-               [.ptr(w.address), .i64(w.rowBytes), .i32(nExpert), .i32(cols), .ptr(x.address), .ptr(logits.address), .i32(n)]
-               + selectArgs(routing, nExpert: nExpert, work: work, experts: experts, weights: weights)
-               + [.ptr(counter.address)])
-        // It writes the logits, choices and weights (never a prepared input): that stays valid.
-        if preparedQuantized.map({ logits.address >= $0.address + UInt(4 * $0.count) || logits.address + UInt(4 * n * nExpert) <= $0.address }) ?? false {
-            keepPrepared()
-        }
-    }
-
-    /// Whether moe_select_block takes the routing (KT_SEL_THREADS · KT_SEL_PER experts, KT_SEL_THREADS groups);
-    /// `KTRANSFORMERS_CUDA_SELECT_BLOCK=0`: the warp form (a measurement).
-    static func blockSelect(nExpert: Int, routing: MoERouting) -> Bool {
-        selectBlockEnabled && nExpert <= 1024 && routing.groups <= 256
-    }
-    static let selectBlockEnabled = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_SELECT_BLOCK"] != "0"
-
-    /// `KTRANSFORMERS_CUDA_FUSE_ROUTER=0`: the router's matvec and moe_select as two launches (a measurement).
-    static let fuseRouter = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_FUSE_ROUTER"] != "0"
-
-    /// moe_select's arguments after the logits (and the token count): the routing and where the choice goes.
-    private func selectArgs(_ routing: MoERouting, nExpert: Int, work: Tensor, experts: Tensor, weights: Tensor) -> [KernelArg] {
         var bias: UInt = 0
         if let b = routing.selectionBias {
             let key = b.withUnsafeBufferPointer { UnsafeRawPointer($0.baseAddress!) }
@@ -1719,10 +1668,12 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
                 bias = t.address
             }
         }
-        return [.i32(routing.topK), .i32(routing.scoring == .softmax ? 0 : 1), .i32(routing.normalizeTopK ? 1 : 0),
-                .f32(routing.scale), .ptr(bias), .i32(routing.groups), .i32(routing.groupsUsed),
-                .i32(routing.groupScore == .max ? 0 : 1), .ptr(work.address), .i32(routing.workFloats(nExpert: nExpert)),
-                .ptr(experts.address), .ptr(weights.address)]
+        launch("moe_select", grid: (n, 1, 1), block: 32,
+               [.ptr(logits.address), .i32(n), .i32(nExpert), .i32(routing.topK), .i32(routing.scoring == .softmax ? 0 : 1),
+                .i32(routing.normalizeTopK ? 1 : 0), .f32(routing.scale), .ptr(bias), .i32(routing.groups),
+                .i32(routing.groupsUsed), .i32(routing.groupScore == .max ? 0 : 1), .ptr(work.address), .i32(stride),
+                .ptr(experts.address), .ptr(weights.address)])
+        keepPrepared()
     }
 
     /// The kernel just launched wrote neither a prepared input nor its quantized scratch (the router's matvec,

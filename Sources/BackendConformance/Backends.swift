@@ -29,7 +29,6 @@ extension BackendConformance {
         ("attention", { $0.checkAttention() }),
         ("attentionPrefill", { $0.checkAttentionPrefill() }),
         ("moeSelect", { $0.checkMoESelect() }),
-        ("routeTopK", { try $0.checkRouteTopK() }),
         ("argmaxRows", { $0.checkArgmaxRows() }),
         ("expertExecutor", { try $0.checkExpertExecutor() }),
         ("stagedExpertExecutor", { try $0.checkStagedExpertExecutor() }),

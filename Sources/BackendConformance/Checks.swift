@@ -922,56 +922,6 @@ public struct BackendConformance {
         print("[\(name)] argmaxRows: \(rows) rows of \(cols), rows of 4 and of 3 as the host's scan")
     }
 
-    /// `routeTopK` has the bits of the router's f32-activation `matmul` then `moeSelect` (logits, ids, weights), for
-    /// the routers real checkpoints use (f32 rows of 128 and 256 experts, top-8, sigmoid with a bias and groups) and
-    /// steps of 1 to 12 tokens (a backend may fuse the two for decode steps); repeated, so that whatever a fused form
-    /// keeps between launches (a counter) starts each from the same state.
-    public func checkRouteTopK() throws {
-        let b = backend
-        var rng = SplitMix64(seed: 31)
-        var qwen = MoERouting(scoring: .softmax, topK: 8, normalizeTopK: true)
-        qwen.scale = 1
-        var ds = MoERouting(scoring: .sigmoid, topK: 8, normalizeTopK: true)
-        ds.scale = 2.5
-        ds.selectionBias = rng.uniforms(256, -0.3, 0.3)
-        ds.groups = 8
-        ds.groupsUsed = 4
-        ds.groupScore = .topTwoSum
-        let mixtral = MoERouting(scoring: .softmax, topK: 2, normalizeTopK: true)
-        let dim = 512, maxN = 12
-        let x = b.upload(rng.normals(maxN * dim))
-        defer { b.release(x) }
-        for (label, nExpert, r) in [("softmax top-8 of 128 (Qwen3-MoE)", 128, qwen),
-                                    ("sigmoid top-8 of 256, bias, 4 of 8 groups (DeepSeek-V3)", 256, ds),
-                                    ("softmax top-2 of 8 (Mixtral)", 8, mixtral)] {
-            let router = try b.prepare(Host.weight(.f32, name: "blk.0.ffn_gate_inp.weight", rows: nExpert, cols: dim, rng: &rng).ref)
-            b.reserve(ForwardPlan(maxTokens: maxN, contextLength: 1, maxQueryGroup: 1, routerWork: r.workFloats(nExpert: nExpert)))
-            let logits = b.allocate(maxN * nExpert), ids = b.allocate(maxN * r.topK), ws = b.allocate(maxN * r.topK)
-            defer { [logits, ids, ws].forEach { b.release($0) } }
-            for n in [1, 3, 8, 1, 12] {
-                var results: [[Float]] = []
-                var choices: [[Int32]] = []
-                for fused in [true, false] {
-                    b.fill(logits, count: maxN * nExpert, value: 0)
-                    b.fill(ws, count: maxN * r.topK, value: 0)
-                    if fused {
-                        b.routeTopK(router, x: x, logits: logits, routing: r, experts: ids, weights: ws, n: n)
-                    } else {
-                        b.matmul(router, x, logits, n: n, precision: .f32Activations)
-                        b.moeSelect(logits: logits, nExpert: nExpert, routing: r, experts: ids, weights: ws, n: n)
-                    }
-                    results.append(b.floats(logits, n * nExpert) + b.floats(ws, n * r.topK))
-                    choices.append(b.int32s(ids, n * r.topK))
-                }
-                if let i = firstBitDifference(results[0], results[1]) {
-                    Expect.fail("[\(name)] routeTopK \(label) n=\(n): value \(i) is \(results[0][i]), matmul + moeSelect give \(results[1][i])")
-                }
-                Expect.equal(choices[0], choices[1], "[\(name)] routeTopK \(label) n=\(n): experts")
-            }
-        }
-        print("[\(name)] routeTopK: bit-identical to matmul + moeSelect (128 / 256 / 8 experts, n = 1, 3, 8, 1, 12)")
-    }
-
     public func checkMoESelect() {
         let b = backend
         var rng = SplitMix64(seed: 10)

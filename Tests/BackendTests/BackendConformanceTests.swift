@@ -90,7 +90,7 @@ final class CUDAOneTokenConformanceTests: XCTestCase {
         // The fast form with the inputs in registers for rows of 1 to 4 steps of 1024 columns, and without them.
         // With the register-input forms, routed experts' gate/up too (KTRANSFORMERS_CUDA_MVR_EXPERTS=1).
         // The split form (rows of 1, 2 and 4 steps across a block's warps; 3 steps take the register ring), with
-        // routed experts' gate/up on it too (KTRANSFORMERS_CUDA_MVS_EXPERTS=1): on one block each warp walks many row
+        // routed experts' gate/up on it too (the default; KTRANSFORMERS_CUDA_MVS_EXPERTS=0 off): on one block each warp walks many row
         // groups, past its ring's depth, through the shared-memory combine.
         let saved = (CUDABackend.persistentOneToken, CUDABackend.q16Experts, CUDABackend.registerInputs,
                      CUDABackend.registerExperts, CUDABackend.splitRows, CUDABackend.splitExperts)
@@ -182,6 +182,19 @@ final class CUDAContiguousOneTokenTests: XCTestCase {
         defer { (CUDABackend.f32OneCoalesced, CUDABackend.q16One) = saved }
         try run(["matmul", "chainedOps", "expertExecutor"], label: "coalesced one-token f32 kernels",
                 batchInvariant: false, expect: ["matvec_q4_K_f32_1c", "matvec_experts_q4_K_f32_1c"])
+    }
+
+    /// The routed experts' one-token FP32-core down projection at 4 rows a warp (the default,
+    /// `matvec_experts_q4_K_f32_r4`) and at 2 (`KTRANSFORMERS_CUDA_F32_ONE_ROWS=2`): each launched, each within the bounds.
+    func testExpertDownProjectionRowsPerWarp() throws {
+        let saved = (CUDABackend.f32OneExpertRows, CUDABackend.q16Experts)
+        defer { (CUDABackend.f32OneExpertRows, CUDABackend.q16Experts) = saved }
+        CUDABackend.q16Experts = false
+        for (rows, kernel) in [(4, "matvec_experts_q4_K_f32_r4"), (2, "matvec_experts_q4_K_f32_1")] {
+            CUDABackend.f32OneExpertRows = rows
+            try run(["expertExecutor"], label: "routed experts' one-token down projection, \(rows) rows a warp",
+                    batchInvariant: false, expect: [kernel])
+        }
     }
 
     /// The Q4_K one-token integer kernels with contiguous input loads (`KTRANSFORMERS_CUDA_MV1=2`): the bits of the

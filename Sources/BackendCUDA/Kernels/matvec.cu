@@ -55,21 +55,18 @@ KT_FORMATS(KT_MATVEC)
 // width in flight. The arguments of matvec_f32 (rows, inputs and strides 16-byte aligned, cols % 4 == 0);
 // grid (rows, ceil(n / 8), heads), 256 threads.
 #define KT_MVW_WARPS 8
-// Row blockIdx.x, tokens from blockIdx.y · KT_MV_TOKENS, head blockIdx.z (waits for the inputs itself).
-__device__ __forceinline__ void kt_matvec_f32_wide_row(const u8* W, i64 rowBytes, i64 matrixBytes, int rows, int cols,
-        const float* x, i64 xStride, i64 xHeadStride, float* y, i64 yStride, i64 yHeadStride, int n) {
+extern "C" __global__ void __launch_bounds__(32 * KT_MVW_WARPS) matvec_f32_wide(const u8* W, i64 rowBytes,
+        i64 matrixBytes, int rows, int cols, const float* x, i64 xStride, i64 xHeadStride, float* y, i64 yStride,
+        i64 yHeadStride, int n) { KT_PDL_WAIT();
     __shared__ float red[KT_MVW_WARPS][KT_MV_TOKENS];
     int r = blockIdx.x, h = blockIdx.z, t0 = blockIdx.y * KT_MV_TOKENS, nt = min(KT_MV_TOKENS, n - t0);
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const float4* w = (const float4*)(W + (i64)h * matrixBytes + (i64)r * rowBytes);
-    // The thread's first weights are loaded before the wait (they do not come from the previous kernel).
-    float4 a0 = (int)threadIdx.x < cols / 4 ? w[threadIdx.x] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-    KT_PDL_WAIT();
     const float* xb = x + (i64)h * xHeadStride + (i64)t0 * xStride;
     float acc[KT_MV_TOKENS];
     for (int t = 0; t < KT_MV_TOKENS; t++) acc[t] = 0.0f;
     for (int c = threadIdx.x; c < cols / 4; c += 32 * KT_MVW_WARPS) {
-        float4 a = c == (int)threadIdx.x ? a0 : w[c];
+        float4 a = w[c];
         for (int t = 0; t < KT_MV_TOKENS; t++) {
             if (t < nt) {
                 float4 b = *(const float4*)(xb + (i64)t * xStride + 4 * c);
@@ -90,11 +87,6 @@ __device__ __forceinline__ void kt_matvec_f32_wide_row(const u8* W, i64 rowBytes
         for (int k = 1; k < KT_MVW_WARPS; k++) s = __fadd_rn(s, red[k][t]);
         y[(i64)(t0 + t) * yStride + (i64)h * yHeadStride + r] = s;
     }
-}
-extern "C" __global__ void __launch_bounds__(32 * KT_MVW_WARPS) matvec_f32_wide(const u8* W, i64 rowBytes,
-        i64 matrixBytes, int rows, int cols, const float* x, i64 xStride, i64 xHeadStride, float* y, i64 yStride,
-        i64 yHeadStride, int n) {
-    kt_matvec_f32_wide_row(W, rowBytes, matrixBytes, rows, cols, x, xStride, xHeadStride, y, yStride, yHeadStride, n);
 }
 
 // Routed experts: pair p (token p / xDiv, its expert ids[p]) gets y[p, r] = W_ids[p][r] · x[p / xDiv];

@@ -23,8 +23,9 @@ struct MoEFeedForward: FeedForwardBlock {
 
     func forward(_ xn: Tensor, out: Tensor, ctx: ForwardContext, g: Tensor, u: Tensor) {
         let b = ctx.backend, n = ctx.n, dim = router.cols
-        // Router (f32 activations, so that no expert choice hinges on activation rounding) and the choice.
-        b.routeTopK(router, x: xn, logits: ctx.moeLogits, routing: routing, experts: ctx.moeExperts,
+        // Router: f32 activations, so that no expert choice hinges on activation rounding.
+        b.matmul(router, xn, ctx.moeLogits, n: n, precision: .f32Activations)
+        b.moeSelect(logits: ctx.moeLogits, nExpert: nExpert, routing: routing, experts: ctx.moeExperts,
                     weights: ctx.moeWeights, n: n)
         executor.submit(experts, x: xn, ids: ctx.moeExperts, n: n, topK: routing.topK)
         // Shared experts write `out` first (while the routed ones run); the routed ones are added in each token's
