@@ -194,10 +194,10 @@ if has bench; then
   fi
   if [ -n "${MOE:-}" ]; then
     make_model qwen3-30b-a3b /tmp/qwen3-30b-a3b$sfx.gguf
-    "$bin" bench --model /tmp/qwen3-30b-a3b$sfx.gguf --device cuda --n-cpu-moe 0 -p $([ -n "${BENCH_SHORT:-}" ] && echo 0 || echo $pp) -n $tg -r $reps 2>>"$log" | tail -2 | sed 's/$/ (all on the GPU)/' | tee -a "$summary"
+    "$bin" bench --model /tmp/qwen3-30b-a3b$sfx.gguf --device cuda --n-cpu-moe 0 -p $([ -n "${BENCH_SHORT:-}" ] && echo 0 || echo $pp) -n $tg -r $reps 2>>"$log" | tail -$([ -n "${BENCH_SHORT:-}" ] && echo 1 || echo 2) | sed 's/$/ (all on the GPU)/' | tee -a "$summary"
     if [ -n "${DECODE_AB:-}" ]; then
       # DECODE_AB_MOE_VARS: this model's switches, when they differ from the dense model's.
-      for v in ${DECODE_AB_MOE_VARS:-${DECODE_AB_VARS:-KTRANSFORMERS_CUDA_PDL=0 KTRANSFORMERS_CUDA_MVP=0 KTRANSFORMERS_CUDA_F32_ONE=0 KTRANSFORMERS_CUDA_F32_ONE=2 KTRANSFORMERS_CUDA_F32_ONE_LB=1 KTRANSFORMERS_CUDA_MV1=2}}; do
+      for v in ${DECODE_AB_MOE_VARS:-${DECODE_AB_VARS:-KTRANSFORMERS_CUDA_PDL=0 KTRANSFORMERS_CUDA_MVP=0 KTRANSFORMERS_CUDA_F32_ONE=0 KTRANSFORMERS_CUDA_F32_ONE=2 KTRANSFORMERS_CUDA_F32_ONE_LB=1 KTRANSFORMERS_CUDA_MV1=2 KTRANSFORMERS_CUDA_MVS_EXPERTS=0 KTRANSFORMERS_CUDA_F32_ONE_ROWS=2}}; do
         env ${v//,/ } "$bin" bench --model /tmp/qwen3-30b-a3b$sfx.gguf --device cuda --n-cpu-moe 0 -p 0 -n $tg -r 2 2>>"$log" | tail -1 \
           | sed "s/\$/ (all on the GPU, $v)/" | tee -a "$summary"
       done

@@ -1020,7 +1020,9 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     /// Qwen3-30B-A3B 335.6 against 321.7 t/s on an H100), `KTRANSFORMERS_CUDA_MVS_EXPERTS=0` off. (A test var.)
     nonisolated(unsafe) public static var splitExperts = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_MVS_EXPERTS"] != "0"
     /// Routed experts' gate and up at one token on those kernels too (`matvec_experts_q4_K_q8_pr<N>`, Q4_K rows of up
-    /// to 4096 columns): `KTRANSFORMERS_CUDA_MVR_EXPERTS=1`; off by default until timed on a GPU. (A test var.)
+    /// to 4096 columns): `KTRANSFORMERS_CUDA_MVR_EXPERTS=1` with `KTRANSFORMERS_CUDA_MVS_EXPERTS=0` (the split form
+    /// takes rows of 1, 2 and 4 steps first); off by default (Qwen3-30B-A3B 318.9 against 315.3 t/s on an H100, below
+    /// the split form). (A test var.)
     nonisolated(unsafe) public static var registerExperts = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_MVR_EXPERTS"] == "1"
     /// How many rows ahead of its loads each warp of the batch-1 persistent kernels asks the L2 for its next rows
     /// (`prefetch.global.L2`: more of the weight stream in flight than the registers hold): the Q8_K-input forms
@@ -1080,11 +1082,12 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     nonisolated(unsafe) public static var q16KSplit = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_Q16K"] != "0"
     /// `KTRANSFORMERS_CUDA_F32_ONE_LB=1`: those kernels held to 64 registers (more blocks an SM; same bits).
     static let f32OneBounded = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_F32_ONE_LB"] == "1"
+    /// Rows a warp of the routed experts' one-token down projection: 4 (matvec_experts_q4_K_f32_r4, the default:
+    /// Qwen3-30B-A3B 325.9 against 321.7 t/s on an H100) or 2 (`KTRANSFORMERS_CUDA_F32_ONE_ROWS=2`, and always with
+    /// `KTRANSFORMERS_CUDA_F32_ONE_LB=1` or `=2`); the same bits. (A test var, read at launch.)
+    nonisolated(unsafe) public static var f32OneExpertRows = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_F32_ONE_ROWS"].flatMap { Int($0) } ?? 4
     /// `KTRANSFORMERS_CUDA_F32_ONE=2`: their coalesced K-split forms instead (`matvec_q4_K_f32_1c`; own bits).
     /// (A test var: read when weights are prepared.)
-    /// Rows a warp of the routed experts' one-token down projection: 4 (matvec_experts_q4_K_f32_r4, the default:
-    /// Qwen3-30B-A3B 325.9 against 321.7 t/s on an H100) or 2 (`KTRANSFORMERS_CUDA_F32_ONE_ROWS=2`); the same bits.
-    nonisolated(unsafe) public static var f32OneExpertRows = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_F32_ONE_ROWS"].flatMap { Int($0) } ?? 4
     nonisolated(unsafe) public static var f32OneCoalesced = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_F32_ONE"] == "2"
     /// `KTRANSFORMERS_CUDA_MMF_ONE=0`: mmf_q4_K_1 at n = 1 instead of mmf_q4_K_one (measurements; the same bits).
     static let mmfOneEnabled = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_MMF_ONE"] != "0"
@@ -2022,7 +2025,7 @@ final class CUDAExpertExecutor: ExpertExecutor {
             if n == 1, !backend.batchInvariant, CUDABackend.f32OneEnabled, let one = d.f32OneExperts, d.rowBytes % 16 == 0 {
                 // One token: the FP32-core kernel (as the dense down projection's at one token).
                 let c = CUDABackend.f32OneCoalesced
-                if !c, CUDABackend.f32OneExpertRows == 4, let r4 = d.f32OneExperts4 {
+                if !c, !CUDABackend.f32OneBounded, CUDABackend.f32OneExpertRows == 4, let r4 = d.f32OneExperts4 {
                     return backend.launch(r4, "matvec_experts_\(d.tag)_f32_r4 \(rows)x\(ff)", grid: ((rows + 15) / 16, pairs, 1),
                                           block: 128,
                                           [.ptr(d.address), .i64(d.rowBytes), .i64(d.rowBytes * rows), .i32(rows), .i32(ff),

@@ -2,7 +2,7 @@
 // (Sources/BackendConformance/Backends.swift, where a new backend is one line) runs every check. The same checks run
 // from the command line, where no Swift toolchain is (the GPU machine): `ktransformers devices --conformance`.
 import Backend
-import BackendConformance
+@testable import BackendConformance
 @testable import BackendCUDA
 import XCTest
 
@@ -187,14 +187,57 @@ final class CUDAContiguousOneTokenTests: XCTestCase {
     /// The routed experts' one-token FP32-core down projection at 4 rows a warp (the default,
     /// `matvec_experts_q4_K_f32_r4`) and at 2 (`KTRANSFORMERS_CUDA_F32_ONE_ROWS=2`): each launched, each within the bounds.
     func testExpertDownProjectionRowsPerWarp() throws {
-        let saved = (CUDABackend.f32OneExpertRows, CUDABackend.q16Experts)
-        defer { (CUDABackend.f32OneExpertRows, CUDABackend.q16Experts) = saved }
-        CUDABackend.q16Experts = false
+        let saved = (CUDABackend.f32OneExpertRows, CUDABackend.q16Experts, CUDABackend.f32OneCoalesced,
+                     CUDABackend.f32OneBounded)
+        defer { (CUDABackend.f32OneExpertRows, CUDABackend.q16Experts, CUDABackend.f32OneCoalesced) = (saved.0, saved.1, saved.2) }
+        try XCTSkipIf(saved.3, "KTRANSFORMERS_CUDA_F32_ONE_LB=1 keeps the 2-row form")
+        (CUDABackend.q16Experts, CUDABackend.f32OneCoalesced) = (false, false)
         for (rows, kernel) in [(4, "matvec_experts_q4_K_f32_r4"), (2, "matvec_experts_q4_K_f32_1")] {
             CUDABackend.f32OneExpertRows = rows
             try run(["expertExecutor"], label: "routed experts' one-token down projection, \(rows) rows a warp",
                     batchInvariant: false, expect: [kernel])
         }
+    }
+
+    /// The 4-row form has the 2-row form's bits: one token, two experts, rows of 5 super-blocks (two steps of the
+    /// warps' loop, the second part-filled).
+    func testExpertDownProjectionFourRowsKeepTheBits() throws {
+        guard let backend = try CUDABackend.makeIfPresent() else {
+            throw XCTSkip("no CUDA driver/GPU and no CUDA emulator here: CUDA expert down projection skipped")
+        }
+        let saved = (CUDABackend.f32OneExpertRows, CUDABackend.q16Experts, CUDABackend.f32OneCoalesced,
+                     CUDABackend.f32OneBounded)
+        defer { (CUDABackend.f32OneExpertRows, CUDABackend.q16Experts, CUDABackend.f32OneCoalesced) = (saved.0, saved.1, saved.2) }
+        try XCTSkipIf(saved.3, "KTRANSFORMERS_CUDA_F32_ONE_LB=1 keeps the 2-row form")
+        (CUDABackend.q16Experts, CUDABackend.f32OneCoalesced) = (false, false)
+        backend.batchInvariant = false
+        var rng = SplitMix64(seed: 77)
+        let nExpert = 4, dim = 256, ff = 1280, topK = 2
+        func stack(_ name: String, rows: Int, cols: Int) throws -> WeightStack {
+            try backend.prepareStack(Host.weight(.q4_K, name: "blk.1.ffn_\(name)_exps.weight", rows: rows, cols: cols,
+                                                 count: nExpert, rng: &rng).ref)
+        }
+        let experts = ExpertWeights(gate: try stack("gate", rows: ff, cols: dim), up: try stack("up", rows: ff, cols: dim),
+                                    down: try stack("down", rows: dim, cols: ff))
+        backend.reserve(ForwardPlan(maxTokens: 1, contextLength: 16, maxQueryGroup: 1))
+        let executor = backend.makeExpertExecutor(nExpert: nExpert, dim: dim, ff: ff)
+        executor.reserve(maxTokens: 1, topK: topK)
+        let x = backend.upload(rng.normals(dim, scale: 0.1)), ids = backend.int32Tensor([2, 0]), w = backend.upload([0.7, 0.3])
+        var results: [[UInt32]] = []
+        for rows in [4, 2] {
+            CUDABackend.f32OneExpertRows = rows
+            backend.profiling = true
+            backend.resetKernelProfile()
+            let out = backend.allocate(dim)
+            executor.submit(experts, x: x, ids: ids, n: 1, topK: topK)
+            executor.wait(weights: w, accumulateInto: out, n: 1)
+            results.append(backend.floats(out, dim).map(\.bitPattern))
+            let launched = backend.kernelProfile().map(\.name)
+            let kernel = rows == 4 ? "matvec_experts_q4_K_f32_r4 " : "matvec_experts_q4_K_f32_1 "
+            XCTAssertTrue(launched.contains { $0.hasPrefix(kernel) }, "\(kernel) not in \(launched)")
+        }
+        XCTAssertTrue(results[0].contains { $0 != 0 }, "the experts added nothing")
+        XCTAssertEqual(results[0], results[1], "4 rows a warp against 2: not the same bits")
     }
 
     /// The Q4_K one-token integer kernels with contiguous input loads (`KTRANSFORMERS_CUDA_MV1=2`): the bits of the

@@ -1172,9 +1172,9 @@ extern "C" __global__ void __launch_bounds__ BOUNDS matvec_experts_q4_K_f32_1##s
 }
 KT_MV_F32_ONE(, (128))
 KT_MV_F32_ONE(_lb, (128, 8))
-// The routed experts' form with 4 rows a warp (`KTRANSFORMERS_CUDA_F32_ONE_ROWS=4`, a measurement): their rows are
-// one step (768 columns for Qwen3-30B-A3B), so a warp's inputs (3 KB) outweighed its two rows' weights (864 bytes);
-// each row's arithmetic is that of the 2-row form (same bits). Grid (ceil(rows / 16), pairs), 128 threads.
+// The routed experts' form with 4 rows a warp (the default; `KTRANSFORMERS_CUDA_F32_ONE_ROWS=2` the form above): their
+// rows are often one step (768 columns for Qwen3-30B-A3B), so a warp's inputs (3 KB) outweighed its two rows' weights
+// (864 bytes); each row's arithmetic is that of the 2-row form (same bits). Grid (ceil(rows / 16), pairs), 128 threads.
 extern "C" __global__ void __launch_bounds__(128) matvec_experts_q4_K_f32_r4(const u8* W, i64 rowBytes,
         i64 matrixBytes, int rows, int cols, const float* x, const float* xsum, const int* ids, float* y) { KT_PDL_WAIT();
     int p = blockIdx.y;
