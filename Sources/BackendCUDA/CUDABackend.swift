@@ -264,19 +264,19 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     func launch(_ f: CUDADriver.Handle, _ name: @autoclosure () -> String, grid: (Int, Int, Int), block: Int,
                 shared: Int = 0, _ a: [KernelArg]) {
         if grid.0 == 0 || grid.1 == 0 || grid.2 == 0 { return }
+        let dependent = dependentLaunches && !profiling && stepTokens <= Self.dependentLaunchMaxTokens
         profiled(name()) {
             must("launch of \(name())") {
                 try driver.launch(f, grid: (UInt32(grid.0), UInt32(grid.1), UInt32(grid.2)), block: (UInt32(block), 1, 1),
-                                  sharedBytes: UInt32(shared), stream: stream, args: args.pack(a),
-                                  dependent: dependentLaunches && !profiling && stepTokens <= Self.dependentLaunchMaxTokens)
+                                  sharedBytes: UInt32(shared), stream: stream, args: args.pack(a), dependent: dependent)
             }
         }
         if Self.emptyLaunchesAfter > 0 && grid.0 * grid.1 * grid.2 <= Self.emptyLaunchesAfter {
-            // The cost of one more kernel boundary (a measurement: what fusing two kernels would save).
+            // The cost of one more kernel boundary (a measurement: what fusing two kernels would save). Not counted
+            // in `launches`: it writes nothing, so an input prepared by the launch before stays valid.
             must("launch of kt_empty") {
                 try driver.launch(kernels.function("kt_empty"), grid: (1, 1, 1), block: (32, 1, 1), sharedBytes: 0,
-                                  stream: stream, args: args.pack([]),
-                                  dependent: dependentLaunches && !profiling && stepTokens <= Self.dependentLaunchMaxTokens)
+                                  stream: stream, args: args.pack([]), dependent: dependent)
             }
         }
     }
@@ -1017,7 +1017,8 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     /// unless `KTRANSFORMERS_CUDA_MVS=0` (then the ring above, and the K-split form). (A test var.)
     nonisolated(unsafe) public static var splitRows = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_MVS"] != "0"
     /// Routed experts' gate and up at one token on the split form too (`matvec_experts_q4_K_q8_ps<N>`; the default:
-    /// Qwen3-30B-A3B 335.6 against 321.7 t/s on an H100), `KTRANSFORMERS_CUDA_MVS_EXPERTS=0` off. (A test var.)
+    /// Qwen3-30B-A3B 335.6 against 321.7 t/s on an H100), `KTRANSFORMERS_CUDA_MVS_EXPERTS=0` off (and
+    /// `KTRANSFORMERS_CUDA_MVS=0`, which turns every split form off). (A test var.)
     nonisolated(unsafe) public static var splitExperts = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_MVS_EXPERTS"] != "0"
     /// Routed experts' gate and up at one token on those kernels too (`matvec_experts_q4_K_q8_pr<N>`, Q4_K rows of up
     /// to 4096 columns): `KTRANSFORMERS_CUDA_MVR_EXPERTS=1` with `KTRANSFORMERS_CUDA_MVS_EXPERTS=0` (the split form
@@ -1972,7 +1973,8 @@ final class CUDAExpertExecutor: ExpertExecutor {
             } else if same, n >= CUDABackend.streamMinTokens,
                       backend.streamExperts(g, u, rows: experts.gate.rows, cols: gateCols, input: q, xDiv: k,
                                                   ids: ids, y0: gate!, y1: up!, pairs: pairs) {
-            } else if same, n == 1, !backend.batchInvariant, CUDABackend.splitExperts, let r = g.integerExpertsSplit,
+            } else if same, n == 1, !backend.batchInvariant, CUDABackend.splitRows, CUDABackend.splitExperts,
+                      let r = g.integerExpertsSplit,
                       case let steps = (gateCols + 1023) / 1024, steps != 3, steps <= 4 {
                 // One token: both stacks' rows of every pair split across blocks' warps (matvec_experts_q4_K_q8_ps<N>).
                 let rows = experts.gate.rows, f = r[steps == 4 ? 2 : steps - 1], groups = (2 * pairs * rows + 4 / steps - 1) / (4 / steps)

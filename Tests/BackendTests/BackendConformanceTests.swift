@@ -152,8 +152,8 @@ final class CUDAOneTokenConformanceTests: XCTestCase {
     }
 }
 
-/// The one-token kernels with contiguous input loads, off by default until timed on a GPU: each run of the checks
-/// also asserts that the forms under test launched.
+/// One-token kernel forms other than those the defaults pick, and the routed experts' down projection at 4 and 2 rows
+/// a warp: each run of the checks also asserts that the forms under test launched.
 final class CUDAContiguousOneTokenTests: XCTestCase {
     /// Runs `names` on a fresh CUDA backend (the checks prepare their weights after the caller set the switch, so the
     /// forms it selects are used) in
