@@ -964,6 +964,20 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     static let mmfBlockWarps = 8
     static func mmfBlockDepth(_ nt: Int) -> Int { nt == 1 ? 4 : 2 }
     static func mmfBlockStageBytes(tokens: Int) -> Int { 8 * 16 * 160 + tokens * (2 * 258 * 4 + 8 * 4) }
+    /// Batched `.f32Activations` on Q4_K (2 to 32 tokens) with Q16_K inputs on the int8 tensor cores
+    /// (`mmq16_block_q4_K_1` / `_4`; SwiGLU writes the inputs, as before a batch-1 down projection) instead of the
+    /// split-tf32 block tiles: not under `--batch-invariant` (its own bits, as the batch-1 form), nor where the
+    /// block-staged tiles are off; `KTRANSFORMERS_CUDA_Q16_BATCH=0` turns it off alone. (A test var.)
+    nonisolated(unsafe) public static var q16Batched = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_Q16_BATCH"] != "0"
+    /// Its stages (KT_MMQ16_DEPTH of KtMmq16Stage: 8 tiles' weights, the tokens' int16 rows of 576 bytes, per-16
+    /// sums in rows of 80 bytes, scales).
+    static let mmq16BlockDepth = 4
+    static func mmq16BlockStageBytes(tokens: Int) -> Int { 8 * 16 * 160 + tokens * (576 + 80 + 4) }
+    /// Whether a batched `.f32Activations` matmul of `n` tokens takes the Q16_K tiles (where its weights have them).
+    func q16BatchedApplies(n: Int) -> Bool {
+        n >= Self.mmfBlockMin && n <= 32 && !batchInvariant && Self.q16Batched && Self.mmqBlockEnabled
+            && Self.mmq16BlockDepth * Self.mmq16BlockStageBytes(tokens: n <= 8 ? 8 : 32) <= sharedOptin
+    }
 
     /// The streaming integer-dot kernel (matvec.cu: rows through a ring of shared-memory stages) for up to three
     /// matrices of one format and width; false where it does not apply (no such kernel, rows not 16-byte multiples,
@@ -1341,6 +1355,35 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
             return q16Matvec(f, g, rows: rows, cols: cols, pairs: 1, q: lo.address, ids: 0, y: y.address,
                              name: "matvec_\(g.tag)_q16_p \(rows)x\(cols)")
         }
+        if n > 1, q16BatchedApplies(n: n), let tiles16 = g.f32Q16Staged, g.rowBytes % 16 == 0, x.address % 16 == 0,
+           Self.q16Layout(elements: n * cols).bytes <= 4 * lo.count {
+            // Batched decode: Q16_K inputs (written by SwiGLU, or here) on the int8 tensor cores, the K splits
+            // added in order by mmf_reduce.
+            let l = Self.q16Layout(elements: n * cols)
+            if preparedQ16 != Prepared(address: x.address, count: n * cols, launch: launches) {
+                launch("quantize_q16_K", grid: ((n * cols / 256 + 3) / 4, 1, 1), block: 128,
+                       [.ptr(x.address), .ptr(lo.address), .ptr(lo.address + UInt(l.scales)), .ptr(lo.address + UInt(l.sums)),
+                        .i64(n * cols / 256)])
+            }
+            let splits = Self.mmfSplits(cols: cols), tiles = (rows + 15) / 16, nt = n <= 8 ? 1 : 4
+            let out = splits == 1 ? y : parts
+            let shared = Self.mmq16BlockDepth * Self.mmq16BlockStageBytes(tokens: 8 * nt)
+            let f = nt == 1 ? tiles16.0 : tiles16.1
+            setShared(f, shared)
+            let units = (tiles + Self.mmfBlockWarps - 1) / Self.mmfBlockWarps * splits
+            let perSM = blocksPerSM(f, threads: 32 * Self.mmfBlockWarps, shared: shared)
+            launch(f, "mmq16_block_q4_K_\(nt) \(rows)x\(cols)",
+                   grid: (min(units, Self.persistentBlocksCap ?? multiprocessors * perSM), (n + 8 * nt - 1) / (8 * nt), 1),
+                   block: 32 * Self.mmfBlockWarps, shared: shared,
+                   [.ptr(g.address), .i64(g.rowBytes), .i32(rows), .i32(cols), .ptr(lo.address),
+                    .ptr(lo.address + UInt(l.scales)), .ptr(lo.address + UInt(l.sums)), .ptr(out.address), .i32(n),
+                    .i32(Self.mmfSplitSuperBlocks)])
+            if splits > 1 {
+                launch("mmf_reduce", grid: (Self.blocks(n * rows), 1, 1), block: 256,
+                       [.ptr(parts.address), .ptr(y.address), .i32(splits), .i32(n), .i32(rows)])
+            }
+            return
+        }
         if preparedSplit != Prepared(address: x.address, count: n * cols, launch: launches) {
             launch("split_tf32", grid: (Self.blocks(n * cols, 128), 1, 1), block: 128,
                    [.ptr(x.address), .ptr(hi.address), .ptr(lo.address), .ptr(sums.address), .i64(n * cols / 32)])
@@ -1620,9 +1663,11 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         current()
         // SwiGLU output as wide as a split-tf32 matmul's input (the down projection reads it next): also write its
         // split, which that matmul then takes.
-        if kind == .silu, lastGroupTokens == 1, !batchInvariant, Self.f32OneEnabled, Self.q16One, count % 256 == 0,
+        if kind == .silu, lastGroupTokens == 1 ? Self.f32OneEnabled && Self.q16One : q16BatchedApplies(n: lastGroupTokens),
+           !batchInvariant, count % 256 == 0,
            g.address % 16 == 0, u.address % 16 == 0, let lo = splitLow, Self.q16Layout(elements: count).bytes <= 4 * lo.count {
-            // After a one-token gate/up: the Q16_K form the batch-1 down projection takes (matvec_q4_K_q16_p).
+            // After a one-token gate/up: the Q16_K form the batch-1 down projection takes (matvec_q4_K_q16_p); after
+            // 2 to 32 tokens, that of each token for the batched one (mmq16_block_q4_K).
             let l = Self.q16Layout(elements: count)
             launch("gated_silu_q16", grid: ((count / 256 + 3) / 4, 1, 1), block: 128,
                    [.ptr(g.address), .ptr(u.address), .ptr(lo.address), .ptr(lo.address + UInt(l.scales)),
@@ -1773,6 +1818,8 @@ final class CUDAWeight: @unchecked Sendable {
     let tensorCoreBlock: [Int: CUDADriver.Handle]?
     /// The block-staged split-tf32 tiles of batched decode (8 and 32 tokens a block), where there are (Q4_K).
     let tensorCoreF32Staged: (CUDADriver.Handle, CUDADriver.Handle)?
+    /// Batched `.f32Activations` with Q16_K inputs on the int8 tensor cores, 8 and 32 tokens a block (Q4_K).
+    let f32Q16Staged: (CUDADriver.Handle, CUDADriver.Handle)?
     /// Batch-1 `.f32Activations` on the FP32 cores, plain and for routed experts (Q4_K).
     let f32One: CUDADriver.Handle?
     /// Batch-1 `.f32Activations` with Q16_K inputs, dense and routed experts (Q4_K): `matvec_q4_K_q16_p`.
@@ -1834,6 +1881,7 @@ final class CUDAWeight: @unchecked Sendable {
             tensorCoreBlock = nil
         }
         tensorCoreF32Staged = tag == "q4_K" ? (kernels.function("mmf_block_q4_K_1"), kernels.function("mmf_block_q4_K_4")) : nil
+        f32Q16Staged = tag == "q4_K" ? (kernels.function("mmq16_block_q4_K_1"), kernels.function("mmq16_block_q4_K_4")) : nil
         let lb = CUDABackend.f32OneCoalesced ? "c" : CUDABackend.f32OneBounded ? "_lb" : ""
         f32One = tag == "q4_K" ? kernels.function("matvec_q4_K_f32_1\(lb)") : nil
         f32OneExperts = tag == "q4_K" ? kernels.function("matvec_experts_q4_K_f32_1\(lb)") : nil

@@ -240,6 +240,23 @@ final class CUDAContiguousOneTokenTests: XCTestCase {
         XCTAssertEqual(results[0], results[1], "4 rows a warp against 2: not the same bits")
     }
 
+    /// Batched `.f32Activations` (2 to 32 tokens) on the Q16_K int8 tiles (`mmq16_block_q4_K_1` / `_4`, the default
+    /// outside batch-invariant mode): within the bounds (the matmul check's 2, 4, 5, 9, 17 and 32 tokens, rows of 2, 10
+    /// and 17 super-blocks: one K split, three, five with a last split of one), the chained MLP ops (SwiGLU writing
+    /// the inputs) bit for bit against the ops run apart; and with `KTRANSFORMERS_CUDA_Q16_BATCH=0` the split-tf32
+    /// tiles again.
+    func testBatchedF32ActivationsOnQ16Tiles() throws {
+        let saved = CUDABackend.q16Batched
+        defer { CUDABackend.q16Batched = saved }
+        try XCTSkipUnless(CUDABackend.mmqBlockEnabled, "KTRANSFORMERS_CUDA_MMQ_BLOCK=0: no block-staged tiles")
+        CUDABackend.q16Batched = true
+        try run(["matmul", "chainedOps"], label: "batched f32 activations on Q16_K tiles", batchInvariant: false,
+                expect: ["mmq16_block_q4_K_1", "mmq16_block_q4_K_4", "gated_silu_q16"])
+        CUDABackend.q16Batched = false
+        try run(["matmul"], label: "batched f32 activations on split-tf32 tiles", batchInvariant: false,
+                expect: ["mmf_block_q4_K_1", "mmf_block_q4_K_4"])
+    }
+
     /// The Q4_K one-token integer kernels with contiguous input loads (`KTRANSFORMERS_CUDA_MV1=2`): the bits of the
     /// other forms, so checked in batch-invariant mode, bit for bit.
     func testContiguousIntegerOneTokenKernelsKeepTheBits() throws {

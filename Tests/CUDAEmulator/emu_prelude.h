@@ -121,7 +121,7 @@ static inline float __fmaf_rn(float a, float b, float c) { return std::fma(a, b,
 // its four C elements from the PTX fragment layouts (A row-major 16×K: a[0] row g, k 4t..4t+3; a[1] row g + 8;
 // for K = 32 a[2], a[3] the same at k + 16. B K×8: b[0] k 4t..4t+3 (b[1] k + 16), column g. C: c[0], c[1] row g,
 // columns 2t, 2t + 1; c[2], c[3] row g + 8), with g = lane / 4, t = lane % 4.
-static inline void emu_mma_s8(int* c, const unsigned* a, const unsigned* b, int K) {
+static inline void emu_mma_s8(int* c, const unsigned* a, const unsigned* b, int K, bool unsignedB = false) {
     static unsigned buf[1024][6];
     int me = emu_current->linear, base = me & ~31, lane = me & 31;
     for (int i = 0; i < 4; i++) buf[me][i] = i < (K == 32 ? 4 : 2) ? a[i] : 0;
@@ -134,7 +134,8 @@ static inline void emu_mma_s8(int* c, const unsigned* a, const unsigned* b, int 
         for (int k = 0; k < K; k++) {
             int la = base + (R % 8) * 4 + (k % 16) / 4, ra = (R >= 8 ? 1 : 0) + (k >= 16 ? 2 : 0);
             int lb = base + N * 4 + (k % 16) / 4, rb = 4 + (k >= 16 ? 1 : 0);
-            int av = (int8_t)(buf[la][ra] >> (8 * (k % 4))), bv = (int8_t)(buf[lb][rb] >> (8 * (k % 4)));
+            int av = (int8_t)(buf[la][ra] >> (8 * (k % 4))), bv = unsignedB ? (int)(uint8_t)(buf[lb][rb] >> (8 * (k % 4)))
+                                          : (int)(int8_t)(buf[lb][rb] >> (8 * (k % 4)));
             s += av * bv;
         }
         c[e] += s;
@@ -149,6 +150,7 @@ static inline void kt_cp_async_commit() {}
 template <int N> static inline void kt_cp_async_wait() {}
 #define KT_MMA_K32(c, a, b) emu_mma_s8(c, a, b, 32)
 #define KT_MMA_K16(c, a, b) emu_mma_s8(c, a, b, 16)
+#define KT_MMA_K32_U8B(c, a, b) emu_mma_s8(c, a, b, 32, true)
 static inline unsigned __float_as_uint(float f) { unsigned u; std::memcpy(&u, &f, 4); return u; }
 static inline float __uint_as_float(unsigned u) { float f; std::memcpy(&f, &u, 4); return f; }
 struct alignas(8) float2 { float x, y; };

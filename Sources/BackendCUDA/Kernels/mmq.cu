@@ -1879,3 +1879,199 @@ extern "C" __global__ void __launch_bounds__(1024, 1) matvec_q4_K_q16_ps(const u
         __syncthreads();
     }
 }
+
+// ---- Batched `.f32Activations` with Q16_K inputs on the int8 tensor cores (2 to 32 tokens; not under
+// --batch-invariant) ----
+//
+// The block-staged split-tf32 tiles (mmf_block_q4_K) run 8 tf32 mma a 32-group and token tile and stage 8 bytes of
+// inputs an element: at 32 tokens the MLP's down projection read its weights at 0.37 TB/s (an H100, 2026-12-05).
+// Here the inputs are the batch-1 down projection's Q16_K form, per token (quantize_q16_K or gated_silu_q16 over all
+// the step's tokens): each int16 v = 256·hi + lo (hi = v >> 8, signed; lo = v & 255, unsigned), so a 32-group's
+// Σq·v = 256·Σq·hi + Σq·lo comes from two int8 mma (s8·s8 and s8·u8, exact): 2 bytes of inputs staged an element.
+// Per super-block, row and token: I1 = Σ_G scale_G·Σq·v is exact in int32 per pair of groups (|Σq·v| ≤ 15·32767·32,
+// · 63, twice: < 2^31) and summed in float over the 4 pairs; I2 = Σ_G min_G·Σv (the per-16 sums) is exact; the part
+// s·(d·I1 − dmin·I2) is added in super-block order, the K splits (`splitSB` super-blocks each) by mmf_reduce. Its
+// own bits (16-bit inputs, like the batch-1 form; not those of the tf32 tiles): batch-invariant mode keeps those.
+// Blocks, units, stages and the weights' staging are mmf_block_q4_K's: persistent blocks of KT_MMFB_WARPS warps walk
+// units of KT_MMFB_WARPS 16-row tiles of one K split; per step a stage holds the tiles' super-block (rows at a
+// KT_MMQB_WROW-byte stride) and the 8·NT tokens' int16 values (rows of KT_MMQ16_XROW bytes: ≡ 64 mod 128, so the
+// 16-byte fragment loads of each quarter-warp, two token rows, hit distinct banks), per-16 sums and scales.
+// Grid (blocks, ceil(n / (8·NT))), 32·KT_MMFB_WARPS threads, KT_MMQ16_DEPTH · KtMmq16Stage<NT>::bytes of dynamic
+// shared memory; the arguments of mmf_block_q4_K with the Q16_K parts for the inputs.
+#define KT_MMQ16_DEPTH 4
+#define KT_MMQ16_XROW 576  // 512 bytes of values
+template <int NT>
+struct KtMmq16Stage {
+    static constexpr int tokens = 8 * NT;
+    static constexpr int wBytes = KT_MMFB_WARPS * 16 * KT_MMQB_WROW;
+    static constexpr int xBytes = tokens * KT_MMQ16_XROW;
+    static constexpr int sBytes = tokens * KT_MMQB_SROW;
+    static constexpr int bytes = wBytes + xBytes + sBytes + tokens * 4;
+};
+template <int NT, int DEPTH>
+__device__ __forceinline__ void kt_mmq16_block_q4_K(const u8* W, i64 rowBytes, int rows, int cols, const short* xq,
+                                                    const float* xd, const int* xs, float* out, int n, int splitSB) {
+    typedef KtMmq16Stage<NT> L;
+    KT_DYNAMIC_SHARED(u8, smem);
+    const int threads = 32 * KT_MMFB_WARPS;
+    int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
+    int nsb = cols / 256, splits = (nsb + splitSB - 1) / splitSB, tiles = (rows + 15) / 16;
+    int tileUnits = (tiles + KT_MMFB_WARPS - 1) / KT_MMFB_WARPS, units = tileUnits * splits;
+    int t0 = blockIdx.y * L::tokens, valid = min(L::tokens, n - t0);
+    // The producer: unit pu of this block (pu < units), super-block ps of its split (mmf_block_q4_K's).
+    int pu = blockIdx.x, ps = 0, pEnd = 0;
+    const u8* wsrc[KT_MMFB_PIECES];
+    int wdst[KT_MMFB_PIECES];
+#pragma unroll
+    for (int k = 0; k < KT_MMFB_PIECES; k++) {
+        int c = tid + threads * k;
+        wdst[k] = c < KT_MMFB_WARPS * 16 * 9 ? (c / 9) * KT_MMQB_WROW + 16 * (c % 9) : -1;
+        wsrc[k] = nullptr;
+    }
+    auto startUnit = [&]() {
+        if (pu >= units) return;
+        int split = pu / tileUnits, tu = pu - split * tileUnits;
+        ps = split * splitSB;
+        pEnd = min(nsb, ps + splitSB);
+#pragma unroll
+        for (int k = 0; k < KT_MMFB_PIECES; k++) {
+            int c = tid + threads * k;
+            if (wdst[k] < 0) continue;
+            int tile = min(tu * KT_MMFB_WARPS + c / 144, tiles - 1);
+            wsrc[k] = W + (i64)min(tile * 16 + (c / 9) % 16, rows - 1) * rowBytes + 16 * (c % 9);
+        }
+    };
+    startUnit();
+    auto issue = [&](int s) {
+        if (pu < units) {
+            u8* st = smem + s * L::bytes;
+#pragma unroll
+            for (int k = 0; k < KT_MMFB_PIECES; k++)
+                if (wdst[k] >= 0) kt_cp_async16(st + wdst[k], wsrc[k] + (i64)ps * 144);
+            // The tokens' values, sums and scales (tokens past n repeat the last; their outputs are not written).
+            u8* sx = st + L::wBytes;
+            for (int c = tid; c < L::tokens * 32; c += threads) {
+                int tk = c >> 5, part = c & 31;
+                kt_cp_async16(sx + tk * KT_MMQ16_XROW + 16 * part,
+                              xq + (i64)(t0 + min(tk, valid - 1)) * cols + (i64)ps * 256 + 8 * part);
+            }
+            u8* ss = sx + L::xBytes;
+            if (tid < L::tokens * 4) {
+                int tk = tid >> 2, part = tid & 3;
+                kt_cp_async16(ss + tk * KT_MMQB_SROW + 16 * part,
+                              xs + (i64)(t0 + min(tk, valid - 1)) * (cols / 16) + ps * 16 + 4 * part);
+            }
+            float* sd = (float*)(ss + L::sBytes);
+            if (tid < L::tokens) kt_cp_async4(sd + tid, xd + (i64)(t0 + min(tid, valid - 1)) * nsb + ps);
+            if (++ps == pEnd) {
+                pu += gridDim.x;
+                startUnit();
+            }
+        }
+        kt_cp_async_commit();
+    };
+    for (int s = 0; s < DEPTH - 1; s++) issue(s);
+    int step = 0;
+    for (int u = blockIdx.x; u < units; u += gridDim.x) {
+        int split = u / tileUnits, tu = u - split * tileUnits, tile = tu * KT_MMFB_WARPS + warp;
+        int sb0 = split * splitSB, sb1 = min(nsb, sb0 + splitSB);
+        float acc[NT][4];
+        for (int j = 0; j < NT; j++)
+            for (int e = 0; e < 4; e++) acc[j][e] = 0.0f;
+        for (int sb = sb0; sb < sb1; sb++, step++) {
+            kt_cp_async_wait<DEPTH - 2>();
+            __syncthreads();  // this step's stage is in; every warp is done with the previous one, refilled next
+            issue((step + DEPTH - 1) % DEPTH);
+            const u8* st = smem + (step % DEPTH) * L::bytes;
+            const u8* wrow = st + warp * 16 * KT_MMQB_WROW;
+            const u8* sx = st + L::wBytes;
+            const int* ss = (const int*)(sx + L::xBytes);
+            const float* sd = (const float*)((const u8*)ss + L::sBytes);
+            // Rows g (A) and g + 8 (B) of the tile: scales and mins (bytes of two words each), d, dmin.
+            uint4 hA = *(const uint4*)(wrow + g * KT_MMQB_WROW), hB = *(const uint4*)(wrow + (g + 8) * KT_MMQB_WROW);
+            float dA = kt_half_to_float((u16)(hA.x & 0xFFFFu)), mA = kt_half_to_float((u16)(hA.x >> 16));
+            float dB = kt_half_to_float((u16)(hB.x & 0xFFFFu)), mB = kt_half_to_float((u16)(hB.x >> 16));
+            u32 scA[2] = {0, 0}, mnA[2] = {0, 0}, scB[2] = {0, 0}, mnB[2] = {0, 0};
+#pragma unroll
+            for (int G = 0; G < 8; G++) {
+                int sa, ma, sb_, mb;
+                kt_scale_min_k4_regs(G, hA, &sa, &ma);
+                kt_scale_min_k4_regs(G, hB, &sb_, &mb);
+                scA[G >> 2] |= (u32)sa << (8 * (G & 3));
+                mnA[G >> 2] |= (u32)ma << (8 * (G & 3));
+                scB[G >> 2] |= (u32)sb_ << (8 * (G & 3));
+                mnB[G >> 2] |= (u32)mb << (8 * (G & 3));
+            }
+            float f1[NT][4];
+            for (int j = 0; j < NT; j++)
+                for (int e = 0; e < 4; e++) f1[j][e] = 0.0f;
+#pragma unroll
+            for (int p = 0; p < 4; p++) {
+                uint2 qa = *(const uint2*)(wrow + g * KT_MMQB_WROW + 16 + 32 * p + 8 * t);
+                uint2 qb = *(const uint2*)(wrow + (g + 8) * KT_MMQB_WROW + 16 + 32 * p + 8 * t);
+                int i1[NT][4];
+                for (int j = 0; j < NT; j++)
+                    for (int e = 0; e < 4; e++) i1[j][e] = 0;
+#pragma unroll
+                for (int hi = 0; hi < 2; hi++) {
+                    int G = 2 * p + hi, sh = 4 * hi;
+                    int sa = (int)((scA[G >> 2] >> (8 * (G & 3))) & 0xFF), sbv = (int)((scB[G >> 2] >> (8 * (G & 3))) & 0xFF);
+                    u32 a[4] = {(qa.x >> sh) & 0x0F0F0F0Fu, (qb.x >> sh) & 0x0F0F0F0Fu, (qa.y >> sh) & 0x0F0F0F0Fu,
+                                (qb.y >> sh) & 0x0F0F0F0Fu};
+#pragma unroll
+                    for (int j = 0; j < NT; j++) {
+                        // Elements 8t .. 8t + 7 of group G (the permuted k order of the weights' fragments).
+                        uint4 v = *(const uint4*)(sx + (8 * j + g) * KT_MMQ16_XROW + 64 * G + 16 * t);
+                        u32 bh[2] = {__byte_perm(v.x, v.y, 0x7531), __byte_perm(v.z, v.w, 0x7531)};
+                        u32 bl[2] = {__byte_perm(v.x, v.y, 0x6420), __byte_perm(v.z, v.w, 0x6420)};
+                        int ch[4] = {0, 0, 0, 0}, cl[4] = {0, 0, 0, 0};
+                        KT_MMA_K32(ch, a, bh);
+                        KT_MMA_K32_U8B(cl, a, bl);
+                        i1[j][0] += sa * (256 * ch[0] + cl[0]);
+                        i1[j][1] += sa * (256 * ch[1] + cl[1]);
+                        i1[j][2] += sbv * (256 * ch[2] + cl[2]);
+                        i1[j][3] += sbv * (256 * ch[3] + cl[3]);
+                    }
+                }
+                for (int j = 0; j < NT; j++)
+                    for (int e = 0; e < 4; e++) f1[j][e] += (float)i1[j][e];
+            }
+#pragma unroll
+            for (int j = 0; j < NT; j++) {
+#pragma unroll
+                for (int jj = 0; jj < 2; jj++) {
+                    int tk = 8 * j + 2 * t + jj;
+                    const int* sp = ss + tk * (KT_MMQB_SROW / 4);
+                    int4 s0 = *(const int4*)sp, s1 = *(const int4*)(sp + 4), s2 = *(const int4*)(sp + 8), s3 = *(const int4*)(sp + 12);
+                    int sg[8] = {s0.x + s0.y, s0.z + s0.w, s1.x + s1.y, s1.z + s1.w, s2.x + s2.y, s2.z + s2.w,
+                                 s3.x + s3.y, s3.z + s3.w};
+                    int i2A = 0, i2B = 0;
+#pragma unroll
+                    for (int G = 0; G < 8; G++) {
+                        i2A += (int)((mnA[G >> 2] >> (8 * (G & 3))) & 0xFF) * sg[G];
+                        i2B += (int)((mnB[G >> 2] >> (8 * (G & 3))) & 0xFF) * sg[G];
+                    }
+                    float s = sd[tk];
+                    acc[j][jj] += s * (dA * f1[j][jj] - mA * (float)i2A);
+                    acc[j][2 + jj] += s * (dB * f1[j][2 + jj] - mB * (float)i2B);
+                }
+            }
+        }
+        for (int j = 0; j < NT; j++)
+            for (int e = 0; e < 4; e++) {
+                int r = tile * 16 + g + 8 * (e >> 1), tok = t0 + 8 * j + 2 * t + (e & 1);
+                if (tile < tiles && r < rows && tok < n) {
+                    if (splits == 1) out[(i64)tok * rows + r] = acc[j][e];
+                    else out[((i64)split * n + tok) * rows + r] = acc[j][e];
+                }
+            }
+    }
+    kt_cp_async_wait<0>();
+}
+#define KT_MMQ16_BLOCK(nt) \
+extern "C" __global__ void __launch_bounds__(32 * KT_MMFB_WARPS, 1) mmq16_block_q4_K_##nt(const u8* W, i64 rowBytes, \
+        int rows, int cols, const short* xq, const float* xd, const int* xs, float* out, int n, int splitSB) { KT_PDL_WAIT(); \
+    kt_mmq16_block_q4_K<nt, KT_MMQ16_DEPTH>(W, rowBytes, rows, cols, xq, xd, xs, out, n, splitSB); \
+}
+KT_MMQ16_BLOCK(1)
+KT_MMQ16_BLOCK(4)
