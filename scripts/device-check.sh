@@ -22,7 +22,8 @@
 # threads, SCALING_THREADS / SCALING_VARS, and hybrid / CPU-only decode by thread count). MOE=1 adds the Qwen3-30B-A3B shape all on the GPU to
 # bench and baseline; HYBRID_SHORT=1 runs only pp512/tg of the hybrid stage; HYBRID_VARS="A=1 B=0,C=2" adds hybrid
 # decode rows under those settings (commas join several into one row); HYBRID_AB=1 adds hybrid decode rows
-# under each host-wait setting (KTRANSFORMERS_CUDA_SYNC, KTRANSFORMERS_POOL_SPINS, one core free) and with expert deferral; KERNEL_AB=1 adds bench rows with the streaming kernels off or capped; DECODE_AB=1 batch-1
+# under each host-wait setting (KTRANSFORMERS_CUDA_SYNC, KTRANSFORMERS_POOL_SPINS, one core free) and with expert deferral; KERNEL_AB=1 adds bench rows with the streaming kernels off or capped; BATCH_AB_VARS="A=0 B=1,C=2" adds
+# 8- and 32-sequence decode rows under those switches; DECODE_AB=1 batch-1
 # decode rows under the one-token kernel switches (DECODE_AB_VARS picks them, DECODE_AB_MOE_VARS the MoE model's if they differ;
 # commas join switches into one row); BENCH_SHORT=1 keeps only the batch-1 decode rows of bench; CPU_BASELINE=1
 # also builds llama.cpp for the CPU (its hybrid-stage row). The gemma stage takes GEMMA_MODEL, or the default model
@@ -159,6 +160,12 @@ if has bench; then
     "$bin" bench --model $m --device cuda -p 0 -n $tgb -b $b -r $reps 2>>"$log" | tail -1 | tee -a "$summary"
   done
   fi
+  # BATCH_AB_VARS="A=0 B=1,C=2": batched decode rows (8 and 32 sequences) under those switches (commas join several).
+  for v in ${BATCH_AB_VARS:-}; do
+    for b in 8 32; do
+      env ${v//,/ } "$bin" bench --model $m --device cuda -p 0 -n $tgb -b $b -r $reps 2>>"$log" | tail -1 | sed "s/\$/ ($v)/" | tee -a "$summary"
+    done
+  done
   if [ -n "${KERNEL_AB:-}" ]; then
     # The kernel choices against each other (same bits, different speed): the streaming kernels off; prefill on the
     # 64x64 int8 block tiles instead of the streaming ones; prefill's tf32 matmul streaming instead of block-tiled.
