@@ -29,6 +29,43 @@ extern "C" __global__ void __launch_bounds__(32) moe_select(const float* logits,
     // Lane-held copies of scores and choices: expert lane + 32k is slot k (when nExpert ≤ 32 · KT_MOE_LANE_MAX).
     bool inRegs = nExpert <= 32 * KT_MOE_LANE_MAX;
     float sc[KT_MOE_LANE_MAX], ch[KT_MOE_LANE_MAX];
+    if (inRegs && !(groups > 1 && groupsUsed < groups)) {
+        // No group limit: scores and choices straight into the lane's registers (the same operations in the same
+        // order as through `work` below, so the same bits), without the round trip through memory.
+        float lgv[KT_MOE_LANE_MAX];
+#pragma unroll
+        for (int k = 0; k < KT_MOE_LANE_MAX; k++) {
+            lgv[k] = lane + 32 * k < nExpert ? lg[lane + 32 * k] : 0.0f;
+            sc[k] = 0.0f;
+        }
+        if (scoring == 0) {
+            float mx = -KT_INF;
+#pragma unroll
+            for (int k = 0; k < KT_MOE_LANE_MAX; k++)
+                if (lane + 32 * k < nExpert) mx = fmaxf(mx, lgv[k]);
+            mx = kt_warp_max(mx);
+            double sum = 0.0;
+#pragma unroll
+            for (int k = 0; k < KT_MOE_LANE_MAX; k++)
+                if (lane + 32 * k < nExpert) {
+                    sc[k] = expf(lgv[k] - mx);
+                    sum += (double)sc[k];
+                }
+            for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+            float inv = (float)(1.0 / sum);
+#pragma unroll
+            for (int k = 0; k < KT_MOE_LANE_MAX; k++) sc[k] *= inv;
+        } else {
+#pragma unroll
+            for (int k = 0; k < KT_MOE_LANE_MAX; k++) sc[k] = 1.0f / (1.0f + expf(-lgv[k]));
+        }
+#pragma unroll
+        for (int k = 0; k < KT_MOE_LANE_MAX; k++) {
+            int e = lane + 32 * k;
+            if (e >= nExpert) { sc[k] = 0.0f; ch[k] = -KT_INF; continue; }
+            ch[k] = bias ? sc[k] + bias[e] : sc[k];
+        }
+    } else {
     if (scoring == 0) {
         float mx = -KT_INF;
         for (int e = lane; e < nExpert; e += 32) mx = fmaxf(mx, lg[e]);
@@ -78,6 +115,7 @@ extern "C" __global__ void __launch_bounds__(32) moe_select(const float* logits,
             ch[k] = e < nExpert ? choice[e] : -KT_INF;
         }
     }
+    }
     int* ex = experts + (i64)t * topK;
     float* wt = weights + (i64)t * topK;
     float sum = 0.0f;
@@ -97,7 +135,7 @@ extern "C" __global__ void __launch_bounds__(32) moe_select(const float* logits,
             if (best >= 0) s = scores[best];
         }
         kt_argmax_lane(v, best);
-        if (best < 0) { best = 0; s = scores[0]; }  // fewer selectable experts than topK: not for valid routers
+        if (best < 0) { best = 0; s = inRegs ? sc[0] : scores[0]; }  // fewer selectable experts than topK: not for valid routers
         // The winner's score from the lane that holds it.
         int owner = best & 31;
         s = __shfl_sync(0xffffffffu, s, owner);
