@@ -58,11 +58,20 @@ final class CUDAFusionTests: XCTestCase {
             b.matmulGroup(gate, g, up, u, nil, nil, x: xn, n: n)
             return b.kernelProfile().map { $0.name.split(separator: " ")[0] }
         }
-        // Batched decode (2 tokens) runs the block-staged tiles by default, with the fusions around them.
+        // Batched decode (2 tokens) runs the block-staged tiles by default, with the fusions around them: SwiGLU
+        // writes the down projection's Q16_K inputs (no quantize_q16_K of its own).
         let block = chain()
-        XCTAssertEqual(Set(block), ["rms_norm_q8K", "mmq_block_q4_K_1_8", "gated_silu_split", "mmf_block_q4_K_1", "add_rms_norm"],
+        XCTAssertEqual(Set(block), ["rms_norm_q8K", "mmq_block_q4_K_1_8", "gated_silu_q16", "mmq16_block_q4_K_1", "add_rms_norm"],
                        "kernels launched: \(block)")
         XCTAssertEqual(b.kernelProfile().first { $0.name.hasPrefix("mmq_block_q4_K_1_8") }?.calls, 2)
+        // With the down projection on the split-tf32 tiles (KTRANSFORMERS_CUDA_Q16_BATCH=0), SwiGLU writes their split.
+        let savedQ16 = CUDABackend.q16Batched
+        CUDABackend.q16Batched = false
+        defer { CUDABackend.q16Batched = savedQ16 }
+        let tf32 = chain()
+        XCTAssertEqual(Set(tf32), ["rms_norm_q8K", "mmq_block_q4_K_1_8", "gated_silu_split", "mmf_block_q4_K_1", "add_rms_norm"],
+                       "kernels launched: \(tf32)")
+        CUDABackend.q16Batched = savedQ16
         // Without them, the plain matmul kernels (faster at 2 tokens than the streaming forms).
         let savedBlock = CUDABackend.mmqBlockEnabled
         CUDABackend.mmqBlockEnabled = false
