@@ -405,6 +405,9 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     private let pinnedLock = NSLock()
     func freeWeights(_ address: UInt) {
         guard allocations.removeValue(forKey: address) != nil else { return }
+        // No prefetch hint may name freed weights.
+        stepWeights.removeAll()
+        lastStepWeights.removeAll()
         current()
         must("cuStreamSynchronize") { try driver.synchronize(stream) }
         driver.free(CUDADriver.CUdeviceptr(address))
@@ -761,10 +764,11 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         }
     }
 
-    /// `KTRANSFORMERS_CUDA_L2_PREFETCH=M` (MiB, default 24; 0 off): a batch-1 matmul's blocks, once done, prefetch
-    /// into L2 the first M MiB of the matmul that follows it a few launches later (kt_prefetch_next), so that the
-    /// memory streams the next weights during this kernel's tail and the small kernels between the two.
-    static let l2PrefetchBytes = (ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_L2_PREFETCH"].flatMap { Int($0) } ?? 24) << 20
+    /// `KTRANSFORMERS_CUDA_L2_PREFETCH=M` (MiB; default 0, off, until measured on a GPU): a batch-1 matmul's blocks,
+    /// once done, prefetch into L2 the first M MiB of the matmul that follows it a few launches later
+    /// (kt_prefetch_next), so that the memory streams the next weights during this kernel's tail and the small kernels
+    /// between the two. (A test var.)
+    nonisolated(unsafe) static var l2PrefetchBytes = (ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_L2_PREFETCH"].flatMap { Int($0) } ?? 0) << 20
     /// At most this many launches between a matmul and the next for the prefetch (norms, RoPE, attention and its
     /// combine, SwiGLU; not a whole MoE block, whose routed experts would evict it from L2).
     static let l2PrefetchLaunches = 6

@@ -276,7 +276,9 @@ final class CUDAL2PrefetchHintTests: XCTestCase {
         guard let backend = try CUDABackend.makeIfPresent() else {
             throw XCTSkip("no CUDA driver/GPU and no CUDA emulator here: CUDA prefetch hints skipped")
         }
-        try XCTSkipIf(CUDABackend.l2PrefetchBytes == 0, "KTRANSFORMERS_CUDA_L2_PREFETCH=0")
+        let saved = CUDABackend.l2PrefetchBytes
+        CUDABackend.l2PrefetchBytes = 24 << 20
+        defer { CUDABackend.l2PrefetchBytes = saved }
         let scratch = backend.allocate(16)
         defer { backend.release(scratch) }
         func launches(_ k: Int) { for _ in 0..<k { backend.fill(scratch, count: 16, value: 0) } }
@@ -301,6 +303,15 @@ final class CUDAL2PrefetchHintTests: XCTestCase {
         let again = step(1)
         XCTAssertEqual(again[0].address, 0, "the last step of one token began elsewhere")
         XCTAssertEqual(step(1)[0].address, w2)
+        // Off: no hint.
+        CUDABackend.l2PrefetchBytes = 0
+        XCTAssertEqual(step(1)[0].address, 0)
+        CUDABackend.l2PrefetchBytes = 24 << 20
+        // Freed weights: every recorded order is dropped.
+        let w = try backend.allocateWeights(bytes: 4096, name: "blk.0.ffn_up.weight")
+        XCTAssertEqual(step(1)[0].address, w2)
+        backend.freeWeights(w)
+        XCTAssertEqual(step(1)[0].address, 0, "the recorded orders went with the freed weights")
     }
 }
 
