@@ -775,7 +775,10 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
 
     /// A model step of `tokens` tokens starts (`embed`, its first op).
     func beginStep(tokens: Int) {
-        if !stepWeights.isEmpty { lastStepWeights[stepTokens] = stepWeights }
+        if !stepWeights.isEmpty {
+            if lastStepWeights.count >= 64 { lastStepWeights.removeAll() }  // (one entry a token count: prompt lengths)
+            lastStepWeights[stepTokens] = stepWeights
+        }
         stepWeights.removeAll(keepingCapacity: true)
         stepTokens = tokens
     }

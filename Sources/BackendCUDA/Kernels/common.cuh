@@ -40,7 +40,8 @@ __device__ __forceinline__ float kt_bf16_to_float(u16 h) { return __uint_as_floa
 // during this kernel's tail and the small kernels after it, already streams the next matrix. A hint: no effect on
 // any result. next 16-byte aligned; null: none.
 __device__ __forceinline__ void kt_prefetch_next(const u8* next, i64 bytes) {
-#if !defined(KT_EMULATOR) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#if !defined(KT_EMULATOR) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && defined(__CUDACC_VER_MAJOR__) \
+    && __CUDACC_VER_MAJOR__ >= 12  // (PTX ISA 8.0)
     if (next == nullptr || threadIdx.x != 0) return;
     i64 per = ((bytes + gridDim.x - 1) / gridDim.x + 15) & ~(i64)15, off = per * blockIdx.x;
     i64 n = (min(per, bytes - off)) & ~(i64)15;
