@@ -1424,10 +1424,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
                    [.ptr(g.address), .i64(g.rowBytes), .i32(rows), .i32(cols), .ptr(lo.address),
                     .ptr(lo.address + UInt(l.scales)), .ptr(lo.address + UInt(l.sums)), .ptr(out.address), .i32(n),
                     .i32(Self.mmfSplitSuperBlocks)])
-            if splits > 1 {
-                launch("mmf_reduce", grid: (Self.blocks(n * rows), 1, 1), block: 256,
-                       [.ptr(parts.address), .ptr(y.address), .i32(splits), .i32(n), .i32(rows)])
-            }
+            reduceSplits(parts, into: y, splits: splits, n: n, rows: rows)
             return
         }
         if preparedSplit != Prepared(address: x.address, count: n * cols, launch: launches) {
@@ -1490,10 +1487,14 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
             launch(nt == 1 ? f : g.tensorCoreF32Tiles!, "mmf_\(g.tag)_\(nt) \(rows)x\(cols)",
                    grid: ((tiles * splits + 3) / 4, (n + 8 * nt - 1) / (8 * nt), 1), block: 128, args)
         }
-        if splits > 1 {
-            launch("mmf_reduce", grid: (Self.blocks(n * rows), 1, 1), block: 256,
-                   [.ptr(parts.address), .ptr(y.address), .i32(splits), .i32(n), .i32(rows)])
-        }
+        reduceSplits(parts, into: y, splits: splits, n: n, rows: rows)
+    }
+
+    /// y[t, r] = Σ_s parts[s][t][r] in split order (mmf_reduce), after a K-split matmul of `splits` > 1.
+    func reduceSplits(_ parts: Tensor, into y: Tensor, splits: Int, n: Int, rows: Int) {
+        guard splits > 1 else { return }
+        launch("mmf_reduce", grid: (Self.blocks(n * rows), 1, 1), block: 256,
+               [.ptr(parts.address), .ptr(y.address), .i32(splits), .i32(n), .i32(rows)])
     }
 
     public func matmul(_ w: WeightMatrix, _ x: Tensor, _ y: Tensor, n: Int, precision: MatmulPrecision) {
@@ -2149,10 +2150,7 @@ final class CUDAExpertExecutor: ExpertExecutor {
                                 .ptr(out.offset(p0 * rows).address), .i32(c), .i32(CUDABackend.mmfSplitSuperBlocks)])
             }
             }
-            if splits > 1 {
-                backend.launch("mmf_reduce", grid: (CUDABackend.blocks(pairs * rows), 1, 1), block: 256,
-                               [.ptr(out.address), .ptr(down!.address), .i32(splits), .i32(pairs), .i32(rows)])
-            }
+            backend.reduceSplits(out, into: down!, splits: splits, n: pairs, rows: rows)
             return
         }
         backend.gatedActivation(gate!, up!, count: pairs * ff, .silu)
