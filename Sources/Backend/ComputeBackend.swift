@@ -87,6 +87,12 @@ public protocol ComputeBackend: AnyObject, Sendable {
     func ropeAndStoreKV(q: Tensor, qHeads: Int, qNorm: Tensor?, k: Tensor, kHeads: Int, kNorm: Tensor?, v: Tensor,
                         headDim: Int, n: Int, table: RopeTable, eps: Float, cache: KVCache, layer: Int,
                         meta: BatchMetadata)
+    /// A layer's attention from its projections: `ropeAndStoreKV` (q heads `params.nHead`, k heads `params.nKVHead`,
+    /// `params.headDim`), then `attention` of the rotated `q` into `out`, with the results of those two calls (a
+    /// backend may do both in one pass where `meta.oneTokenPerSequence`; the default makes the two calls).
+    func ropeStoreAndAttend(q: Tensor, qNorm: Tensor?, k: Tensor, kNorm: Tensor?, v: Tensor, out: Tensor, n: Int,
+                            table: RopeTable, eps: Float, cache: KVCache, layer: Int, meta: BatchMetadata,
+                            params: AttentionParams)
     /// Causal paged attention of `n` query rows `q` `// [n, nHead·headDim]` over their sequences' cached K/V
     /// (which already hold this batch's own), into `out` `// [n, nHead·headDimV]`.
     func attention(q: Tensor, out: Tensor, n: Int, cache: KVCache, layer: Int, meta: BatchMetadata,
@@ -150,6 +156,14 @@ extension ComputeBackend {
         rope(k, rows: n, rowStride: kHeads * headDim, heads: kHeads, headStride: headDim, table: table,
              positions: meta.positions, norm: kNorm, eps: eps)
         storeKV(k: k, v: v, n: n, cache: cache, layer: layer, meta: meta)
+    }
+
+    public func ropeStoreAndAttend(q: Tensor, qNorm: Tensor?, k: Tensor, kNorm: Tensor?, v: Tensor, out: Tensor, n: Int,
+                                   table: RopeTable, eps: Float, cache: KVCache, layer: Int, meta: BatchMetadata,
+                                   params: AttentionParams) {
+        ropeAndStoreKV(q: q, qHeads: params.nHead, qNorm: qNorm, k: k, kHeads: params.nKVHead, kNorm: kNorm, v: v,
+                       headDim: params.headDim, n: n, table: table, eps: eps, cache: cache, layer: layer, meta: meta)
+        attention(q: q, out: out, n: n, cache: cache, layer: layer, meta: meta, params: params)
     }
 
     public func addRMSNorm(_ x: Tensor, into y: Tensor, weight: Tensor, out: Tensor, rows: Int, dim: Int, eps: Float) {
@@ -217,10 +231,14 @@ public struct BatchMetadata: Sendable {
     public var blockTables: Tensor
     public var blockTableStride: Int
     public var pageSize: Int
+    /// Every token is the only one of its sequence in the step (a decode step): a token's attention then reads no
+    /// other token's K/V of this step, so a backend may store and attend in one pass (`ropeStoreAndAttend`).
+    public var oneTokenPerSequence: Bool
 
     public init(tokens: Int, positions: Tensor, slotMapping: Tensor, sequenceOfToken: Tensor, blockTables: Tensor,
-                blockTableStride: Int, pageSize: Int) {
+                blockTableStride: Int, pageSize: Int, oneTokenPerSequence: Bool = false) {
         self.tokens = tokens
+        self.oneTokenPerSequence = oneTokenPerSequence
         self.positions = positions
         self.slotMapping = slotMapping
         self.sequenceOfToken = sequenceOfToken

@@ -1145,6 +1145,12 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     /// Qwen3-30B-A3B 325.9 against 321.7 t/s on an H100) or 2 (`KTRANSFORMERS_CUDA_F32_ONE_ROWS=2`, and always with
     /// `KTRANSFORMERS_CUDA_F32_ONE_LB=1` or `=2`); the same bits. (A test var, read at launch.)
     nonisolated(unsafe) public static var f32OneExpertRows = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_F32_ONE_ROWS"].flatMap { Int($0) } ?? 4
+    /// With 4 rows a warp and at most 8 experts a token, the one-token down projection waits for the executor's `wait`
+    /// and adds the experts' weighted rows itself (matvec_experts_q4_K_f32_combine: no moe_combine launch; the same
+    /// bits); `KTRANSFORMERS_CUDA_MOE_COMBINE_FUSED=0` gives the two launches, `=2` the form held to 128 registers
+    /// (`_lb`). (A test var, read at launch.)
+    nonisolated(unsafe) public static var fusedExpertCombine = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_MOE_COMBINE_FUSED"] != "0"
+    static let fusedExpertCombineBounded = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_MOE_COMBINE_FUSED"] == "2"
     /// `KTRANSFORMERS_CUDA_F32_ONE=2`: their coalesced K-split forms instead (`matvec_q4_K_f32_1c`; own bits).
     /// (A test var: read when weights are prepared.)
     nonisolated(unsafe) public static var f32OneCoalesced = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_F32_ONE"] == "2"
@@ -1610,6 +1616,59 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
                 .f32(eps), .ptr(meta.slotMapping.address), .ptr(cache.k(layer).address), .ptr(cache.v(layer).address)])
     }
 
+    /// Decode steps (every token its sequence's only one) below `attentionGroupMinTokens` tokens run RoPE, the K/V
+    /// store, split-K attention and the combine in one launch (`attention_decode`, the arithmetic of the three
+    /// kernels): `KTRANSFORMERS_CUDA_ATTENTION_FUSED=0` gives the separate launches. Not under `--batch-invariant`
+    /// (the separate kernels' bits are what every step shares there).
+    nonisolated(unsafe) public static var fusedDecodeAttention = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_ATTENTION_FUSED"] != "0"
+    /// attention_decode's counters: one per token and group of heads, zero between launches (each launch's last
+    /// blocks set theirs back).
+    private var attentionCounters: Tensor?
+
+    public func ropeStoreAndAttend(q: Tensor, qNorm: Tensor?, k: Tensor, kNorm: Tensor?, v: Tensor, out: Tensor, n: Int,
+                                   table: RopeTable, eps: Float, cache: KVCache, layer: Int, meta: BatchMetadata,
+                                   params p: AttentionParams) {
+        let kd = p.nKVHead * p.headDim, vd = p.nKVHead * p.headDimV
+        guard Self.fusedDecodeAttention, meta.oneTokenPerSequence, !batchInvariant, n >= 1, n < attentionGroupMinTokens,
+              !p.valueInKey, p.nKVHead > 0, p.nHead % p.nKVHead == 0, p.headDim <= 1024, p.headDimV <= 512,
+              cache.kDims[layer] == kd, cache.vDims[layer] == vd, n <= plan.maxTokens else {
+            ropeAndStoreKV(q: q, qHeads: p.nHead, qNorm: qNorm, k: k, kHeads: p.nKVHead, kNorm: kNorm, v: v,
+                           headDim: p.headDim, n: n, table: table, eps: eps, cache: cache, layer: layer, meta: meta)
+            return attention(q: q, out: out, n: n, cache: cache, layer: layer, meta: meta, params: p)
+        }
+        current()
+        let keys = splitKeys
+        let splits = (max(1, plan.contextLength) + keys - 1) / keys
+        let width = p.nHead * p.headDimV
+        // Output groups of 256 values (their Q8_K form for the output projection) where the heads tile them, else a head.
+        let target = p.headDimV > 0 && 256 % p.headDimV == 0 && width % 256 == 0 ? quantizedTarget(rows: n, dim: width) : nil
+        let groupHeads = target != nil ? 256 / p.headDimV : 1
+        let need = max(plan.maxTokens, n) * p.nHead * splits * (p.headDimV + 2)
+        if need > (attentionParts?.count ?? 0) {
+            if let old = attentionParts { release(old) }
+            attentionParts = allocate(need)
+            graphEpoch += 1
+        }
+        let counters = max(plan.maxTokens, n) * p.nHead
+        if counters > (attentionCounters?.count ?? 0) {
+            if let old = attentionCounters { release(old) }
+            let c = allocate(counters)
+            fill(c, count: counters, value: 0)  // (0.0 has the bits of the integer 0)
+            attentionCounters = c
+            graphEpoch += 1
+        }
+        launch("attention_decode", grid: (n, p.nHead, splits), block: 128,
+               [.ptr(q.address), .ptr(qNorm?.address ?? 0), .ptr(k.address), .ptr(kNorm?.address ?? 0), .ptr(v.address),
+                .ptr(out.address), .ptr(cache.k(layer).address), .ptr(cache.v(layer).address), .i32(p.nHead),
+                .i32(p.nKVHead), .i32(p.headDim), .i32(p.headDimV), .f32(p.scale), .i32(p.window), .f32(p.softcap),
+                .ptr(table.table.address), .i32(table.dims), .i32(table.rope.neox ? 1 : 0), .f32(eps),
+                .ptr(meta.positions.address), .ptr(meta.slotMapping.address), .ptr(meta.sequenceOfToken.address),
+                .ptr(meta.blockTables.address), .i32(meta.blockTableStride), .i32(meta.pageSize),
+                .ptr(attentionParts!.address), .i32(keys), .ptr(attentionCounters!.address), .i32(groupHeads),
+                .ptr(target?.0 ?? 0), .ptr(target?.1 ?? 0), .ptr(target?.2 ?? 0)])
+        if target != nil { preparedQuantized = Prepared(address: out.address, count: n * width, launch: launches) }
+    }
+
     public func storeKV(k: Tensor, v: Tensor, n: Int, cache: KVCache, layer: Int, meta: BatchMetadata) {
         current()
         launch("store_kv", grid: (n, 1, 1), block: 128,
@@ -1878,6 +1937,8 @@ final class CUDAWeight: @unchecked Sendable {
     let f32OneExperts: CUDADriver.Handle?
     /// The same with 4 rows a warp (matvec_experts_q4_K_f32_r4; `CUDABackend.f32OneExpertRows`).
     let f32OneExperts4: CUDADriver.Handle?
+    /// The same with the experts' weighted sum (matvec_experts_q4_K_f32_combine).
+    let f32OneExpertsCombine: CUDADriver.Handle?
 
     init(address: UInt, tag: String, rowBytes: Int, rounding: ActivationRounding, kernels: CUDAKernels) {
         self.address = address
@@ -1933,6 +1994,8 @@ final class CUDAWeight: @unchecked Sendable {
         f32One = tag == "q4_K" ? kernels.function("matvec_q4_K_f32_1\(lb)") : nil
         f32OneExperts = tag == "q4_K" ? kernels.function("matvec_experts_q4_K_f32_1\(lb)") : nil
         f32OneExperts4 = tag == "q4_K" ? kernels.function("matvec_experts_q4_K_f32_r4") : nil
+        f32OneExpertsCombine = tag == "q4_K"
+            ? kernels.function(CUDABackend.fusedExpertCombineBounded ? "matvec_experts_q4_K_f32_combine_lb" : "matvec_experts_q4_K_f32_combine") : nil
     }
 }
 
@@ -2019,6 +2082,7 @@ final class CUDAExpertExecutor: ExpertExecutor {
         let pairs = n * k
         precondition(pairs <= capacity, "CUDA expert executor reserved for \(capacity) pairs, asked for \(pairs)")
         topK = k
+        pendingDown = nil
         let g = CUDABackend.weight(experts.gate), u = CUDABackend.weight(experts.up), d = CUDABackend.weight(experts.down)
         backend.current()
         // Grid y is at most 65535: pairs in chunks of whole tokens.
@@ -2122,6 +2186,13 @@ final class CUDAExpertExecutor: ExpertExecutor {
             if n == 1, !backend.batchInvariant, CUDABackend.f32OneEnabled, let one = d.f32OneExperts, d.rowBytes % 16 == 0 {
                 // One token: the FP32-core kernel (as the dense down projection's at one token).
                 let c = CUDABackend.f32OneCoalesced
+                if !c, !CUDABackend.f32OneBounded, CUDABackend.f32OneExpertRows == 4, CUDABackend.fusedExpertCombine,
+                   pairs <= 8, let f = d.f32OneExpertsCombine {
+                    // The launch waits for `wait`, which brings the weights and the output.
+                    pendingDown = (f, [.ptr(d.address), .i64(d.rowBytes), .i64(d.rowBytes * rows), .i32(rows), .i32(ff),
+                                       .ptr(gate!.address), .ptr(sums.address), .ptr(ids.address)], rows, pairs)
+                    return
+                }
                 if !c, !CUDABackend.f32OneBounded, CUDABackend.f32OneExpertRows == 4, let r4 = d.f32OneExperts4 {
                     return backend.launch(r4, "matvec_experts_\(d.tag)_f32_r4 \(rows)x\(ff)", grid: ((rows + 15) / 16, pairs, 1),
                                           block: 128,
@@ -2171,8 +2242,22 @@ final class CUDAExpertExecutor: ExpertExecutor {
         return (meta, order)
     }
 
+    /// The one-token down projection with the combine, left for `wait` (matvec_experts_q4_K_f32_combine): the
+    /// kernel, its arguments up to the ids, the rows and the pairs.
+    private var pendingDown: (CUDADriver.Handle, [KernelArg], rows: Int, pairs: Int)?
+
+    /// Launches the pending down projection with the combine into `out`; false when none is pending.
+    private func combinePending(weights: Tensor, out: Tensor, store: Bool) -> Bool {
+        guard let (f, args, rows, pairs) = pendingDown else { return false }
+        pendingDown = nil
+        backend.launch(f, "matvec_experts_q4_K_f32_combine\(CUDABackend.fusedExpertCombineBounded ? "_lb" : "") \(rows)x\(ff)", grid: ((rows + 3) / 4, 1, 1), block: 32 * pairs,
+                       args + [.ptr(weights.address), .ptr(out.address), .i32(store ? 1 : 0)])
+        return true
+    }
+
     func wait(weights: Tensor, accumulateInto out: Tensor, n: Int) {
         backend.current()
+        if combinePending(weights: weights, out: out, store: false) { return }
         backend.launch("moe_combine", grid: (CUDABackend.blocks(n * dim), 1, 1), block: 256,
                        [.ptr(down!.address), .ptr(weights.address), .ptr(out.address), .i32(n), .i32(topK), .i32(dim), .i32(0)])
     }
@@ -2180,6 +2265,7 @@ final class CUDAExpertExecutor: ExpertExecutor {
     /// The combine writes `out` (no fill before it): the bits of zeroing it and accumulating.
     func wait(weights: Tensor, storeInto out: Tensor, n: Int) -> Bool {
         backend.current()
+        if combinePending(weights: weights, out: out, store: true) { return true }
         backend.launch("moe_combine", grid: (CUDABackend.blocks(n * dim), 1, 1), block: 256,
                        [.ptr(down!.address), .ptr(weights.address), .ptr(out.address), .i32(n), .i32(topK), .i32(dim), .i32(1)])
         return true

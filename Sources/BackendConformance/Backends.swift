@@ -26,6 +26,7 @@ extension BackendConformance {
         ("rope", { $0.checkRoPE() }),
         ("ropeAndStoreKV", { $0.checkRopeAndStoreKV() }),
         ("addRMSNorm", { try $0.checkAddRMSNorm() }),
+        ("ropeStoreAndAttend", { try $0.checkRopeStoreAndAttend() }),
         ("attention", { $0.checkAttention() }),
         ("attentionPrefill", { $0.checkAttentionPrefill() }),
         ("moeSelect", { $0.checkMoESelect() }),

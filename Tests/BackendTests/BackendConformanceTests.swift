@@ -28,7 +28,7 @@ final class BackendConformanceTests: XCTestCase {
     }
 
     func testEveryCheckIsListed() {
-        XCTAssertEqual(BackendConformance.checks.count, 18)
+        XCTAssertEqual(BackendConformance.checks.count, 19)
     }
 
     func testMemory() throws { try run("memory") }
@@ -43,6 +43,7 @@ final class BackendConformanceTests: XCTestCase {
     func testRoPE() throws { try run("rope") }
     func testRopeAndStoreKV() throws { try run("ropeAndStoreKV") }
     func testAddRMSNorm() throws { try run("addRMSNorm") }
+    func testRopeStoreAndAttend() throws { try run("ropeStoreAndAttend") }
     func testPagedAttention() throws { try run("attention") }
     func testPagedAttentionPrefill() throws { try run("attentionPrefill") }
     func testMoESelect() throws { try run("moeSelect") }

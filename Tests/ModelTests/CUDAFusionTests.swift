@@ -90,6 +90,102 @@ final class CUDAFusionTests: XCTestCase {
         XCTAssertEqual(b.kernelProfile().first { $0.name.hasPrefix("matvec_stream_q4_K_q8") }?.calls, 2)
     }
 
+    /// A decode step's attention (every token its sequence's only one) is one launch, `attention_decode` (RoPE, the
+    /// K/V store, split-K attention and the combine), whose output's Q8_K form the output projection takes (no
+    /// quantize_q8_K); a step without that promise, `--batch-invariant` or KTRANSFORMERS_CUDA_ATTENTION_FUSED=0 runs
+    /// the separate kernels (the conformance check `ropeStoreAndAttend` proves the bits equal).
+    func testDecodeAttentionIsOneLaunch() throws {
+        guard let b = try CUDABackend.makeIfPresent() else {
+            throw XCTSkip("no CUDA driver/GPU and no CUDA emulator here: CUDA fusion test skipped")
+        }
+        b.reserve(ForwardPlan(maxTokens: 8, contextLength: 2048, maxQueryGroup: 4))
+        let params = AttentionParams(nHead: 8, nKVHead: 2, headDim: 32, scale: 0.2)
+        let wo = try b.prepare(q4K("blk.0.attn_output.weight", rows: 64, cols: 256))
+        let cache = b.makeKVCache(pageSize: 16, numPages: 64, kDims: [64], vDims: [64])
+        let table = b.makeRopeTable(RoPE(dims: 32, base: 10000, neox: true), positions: 2048)
+        func ints(_ v: [Int32]) -> Tensor {
+            let t = b.allocate(v.count)
+            v.withUnsafeBufferPointer { b.write($0, to: t) }
+            return t
+        }
+        let tables = ints((0..<40).map { Int32($0) })
+        let q = b.upload((0..<512).map { Float($0 % 7) - 3 }), k = b.upload((0..<128).map { Float($0 % 5) - 2 })
+        let v = b.upload((0..<128).map { Float($0 % 3) }), out = b.allocate(512), y = b.allocate(128)
+        let pos = ints([300, 2]), slots = ints([300, 16 * 20 + 2]), seq = ints([0, 1])
+        func step(oneTokenPerSequence: Bool) -> Set<Substring> {
+            let meta = BatchMetadata(tokens: 2, positions: pos, slotMapping: slots, sequenceOfToken: seq, blockTables: tables,
+                                     blockTableStride: 20, pageSize: 16, oneTokenPerSequence: oneTokenPerSequence)
+            b.profiling = true
+            b.resetKernelProfile()
+            b.ropeStoreAndAttend(q: q, qNorm: nil, k: k, kNorm: nil, v: v, out: out, n: 2, table: table, eps: 1e-6,
+                                 cache: cache, layer: 0, meta: meta, params: params)
+            b.matmul(wo, out, y, n: 2, precision: .standard)
+            b.profiling = false
+            return Set(b.kernelProfile().map { $0.name.split(separator: " ")[0] })
+        }
+        _ = step(oneTokenPerSequence: true)   // (the first also zeroes the new counters: a fill)
+        let fused = step(oneTokenPerSequence: true)
+        XCTAssertTrue(fused.contains("attention_decode"), "kernels launched: \(fused)")
+        XCTAssertTrue(fused.isDisjoint(with: ["rope_store_kv", "attention", "attention_combine_q8K", "quantize_q8_K"]),
+                      "kernels launched: \(fused)")
+        XCTAssertEqual(fused.count, 2, "kernels launched: \(fused)")
+        let apart = step(oneTokenPerSequence: false)
+        XCTAssertTrue(apart.isSuperset(of: ["rope_store_kv", "attention", "attention_combine_q8K"]), "kernels launched: \(apart)")
+        XCTAssertFalse(apart.contains("attention_decode"))
+        b.batchInvariant = true
+        XCTAssertFalse(step(oneTokenPerSequence: true).contains("attention_decode"))
+        b.batchInvariant = false
+        CUDABackend.fusedDecodeAttention = false
+        defer { CUDABackend.fusedDecodeAttention = true }
+        XCTAssertFalse(step(oneTokenPerSequence: true).contains("attention_decode"))
+    }
+
+    /// The routed experts at one token (all on the GPU, Q4_K): the down projection adds the experts' weighted rows
+    /// itself (matvec_experts_q4_K_f32_combine, no moe_combine), into `out` (accumulate) or over it (store), with the
+    /// bits of the two launches (KTRANSFORMERS_CUDA_MOE_COMBINE_FUSED=0).
+    func testOneTokenExpertsCombineInTheDownProjection() throws {
+        guard let b = try CUDABackend.makeIfPresent() else {
+            throw XCTSkip("no CUDA driver/GPU and no CUDA emulator here: CUDA fusion test skipped")
+        }
+        let dim = 512, ff = 768, nExpert = 16, topK = 8
+        b.reserve(ForwardPlan(maxTokens: 8, contextLength: 64, maxQueryGroup: 1))
+        func stack(_ name: String, rows: Int, cols: Int) throws -> WeightStack {
+            let one = try q4K(name, rows: rows * nExpert, cols: cols)
+            return try b.prepareStack(WeightRef(name: name, type: .q4_K, shape: [cols, rows, nExpert], data: one.data,
+                                                owner: one.owner))
+        }
+        let experts = ExpertWeights(gate: try stack("blk.0.ffn_gate_exps.weight", rows: ff, cols: dim),
+                                    up: try stack("blk.0.ffn_up_exps.weight", rows: ff, cols: dim),
+                                    down: try stack("blk.0.ffn_down_exps.weight", rows: dim, cols: ff))
+        let executor = b.makeExpertExecutor(nExpert: nExpert, dim: dim, ff: ff)
+        executor.reserve(maxTokens: 8, topK: topK)
+        let x = b.upload((0..<dim).map { Float($0 % 11) * 0.02 - 0.1 })
+        let ids = b.allocate(topK)
+        [Int32]([3, 9, 0, 15, 7, 1, 12, 5]).withUnsafeBufferPointer { b.write($0, to: ids) }
+        let weights = b.upload([0.3, 0.2, 0.1, 0.1, 0.1, 0.08, 0.07, 0.05])
+        let out = b.allocate(dim), start = (0..<dim).map { Float($0 % 7) - 3 }
+        func run(fused: Bool, store: Bool) -> (kernels: Set<Substring>, out: [UInt32]) {
+            CUDABackend.fusedExpertCombine = fused
+            defer { CUDABackend.fusedExpertCombine = true }
+            start.withUnsafeBufferPointer { b.write($0, to: out) }
+            b.profiling = true
+            b.resetKernelProfile()
+            executor.submit(experts, x: x, ids: ids, n: 1, topK: topK)
+            if store { XCTAssertTrue(executor.wait(weights: weights, storeInto: out, n: 1)) }
+            else { executor.wait(weights: weights, accumulateInto: out, n: 1) }
+            b.profiling = false
+            let kernels = Set(b.kernelProfile().map { $0.name.split(separator: " ")[0] })
+            return (kernels, Array(UnsafeBufferPointer(start: b.read(out, count: dim), count: dim)).map(\.bitPattern))
+        }
+        for store in [false, true] {
+            let fused = run(fused: true, store: store), apart = run(fused: false, store: store)
+            XCTAssertTrue(fused.kernels.contains("matvec_experts_q4_K_f32_combine"), "kernels launched: \(fused.kernels)")
+            XCTAssertFalse(fused.kernels.contains("moe_combine"), "kernels launched: \(fused.kernels)")
+            XCTAssertTrue(apart.kernels.isSuperset(of: ["matvec_experts_q4_K_f32_r4", "moe_combine"]), "kernels launched: \(apart.kernels)")
+            XCTAssertEqual(fused.out, apart.out, "store: \(store)")
+        }
+    }
+
     /// Programmatic dependent launch: a kernel that follows a kernel on the stream is launched as a dependent (it
     /// may start early and waits for its predecessor itself), one that follows other work (a copy) is not; with
     /// `dependentLaunches` off none is. The results are the same bits either way.

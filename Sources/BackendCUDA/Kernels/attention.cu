@@ -52,6 +52,55 @@ __device__ __forceinline__ float kt_att_values(float a, float corr, const float*
     return a;
 }
 
+// One head's keys begin..end (of a token's sequence, through its block table) against the query qs (shared memory):
+// the running max m, sum l and unnormalized values acc (value dimension tid + k·128) in key order: tiles of 128 keys,
+// a key per thread (kt_att_score), the block's max and sum, then kt_att_values. The arithmetic of the per-head
+// kernels (attention, attention_decode).
+__device__ __forceinline__ void kt_att_head(const float* qs, const float* kh, const float* vh, int kStride, int vStride,
+        int headDim, int headDimV, float scale, float softcap, const int* table, int pageSize, int begin, int end,
+        bool vec4, float* p, int* slots, float* scratch, float* m, float* l, float* acc) {
+    int tid = threadIdx.x;
+    for (int i = 0; i < KT_ATT_MAX_VDIMS; i++) acc[i] = 0.0f;
+    *m = -KT_INF;
+    *l = 0.0f;
+    __syncthreads();
+    for (int start = begin; start <= end; start += KT_ATT_THREADS) {
+        int j = start + tid;
+        float s = -KT_INF;
+        int slot = 0;
+        if (j <= end) {
+            slot = table[j / pageSize] * pageSize + j % pageSize;
+            s = kt_att_score(qs, kh + (i64)slot * kStride, headDim, vec4, scale, softcap);
+        }
+        float tileMax = kt_block_max(s, scratch);
+        float mNew = fmaxf(*m, tileMax);
+        float e = j <= end ? expf(s - mNew) : 0.0f;
+        p[tid] = e;
+        slots[tid] = slot;
+        float tileSum = kt_block_sum(e, scratch);  // (its barriers also publish p and slots)
+        float corr = expf(*m - mNew);
+        *l = __fmaf_rn(*l, corr, tileSum);
+        int count = min(KT_ATT_THREADS, end - start + 1);
+        for (int k = 0; k < KT_ATT_MAX_VDIMS; k++) {
+            int dIdx = tid + k * KT_ATT_THREADS;
+            if (dIdx >= headDimV) break;
+            acc[k] = kt_att_values(acc[k], corr, p, slots, count, vh, vStride, dIdx);
+        }
+        *m = mNew;
+        __syncthreads();
+    }
+}
+// A split's running max, sum and unnormalized values into its slot of the partials ([token][head][split][2 + dV]).
+__device__ __forceinline__ void kt_att_write_part(float* part, int t, int h, int nHead, int headDimV, float m, float l,
+                                                  const float* acc) {
+    float* pp = part + (((i64)t * nHead + h) * gridDim.z + blockIdx.z) * (headDimV + 2);
+    if (threadIdx.x == 0) { pp[0] = m; pp[1] = l; }
+    for (int k = 0; k < KT_ATT_MAX_VDIMS; k++) {
+        int dIdx = threadIdx.x + k * KT_ATT_THREADS;
+        if (dIdx < headDimV) pp[2 + dIdx] = acc[k];
+    }
+}
+
 extern "C" __global__ void __launch_bounds__(KT_ATT_THREADS) attention(
         const float* q, float* out, const float* kc, const float* vc, int kStride, int vStride, int vHeadStride,
         int nHead, int nKVHead, int headDim, int headDimV, float scale, int window, float softcap,
@@ -67,49 +116,12 @@ extern "C" __global__ void __launch_bounds__(KT_ATT_THREADS) attention(
     for (int i = tid; i < headDim; i += KT_ATT_THREADS) qs[i] = qh[i];
     int pos = positions[t], seq = seqOfToken[t], begin, end;
     if (!kt_att_keys(pos, window, part, splitKeys, &begin, &end)) return;
-    const int* table = blockTables + (i64)seq * blockTableStride;
-    const float* kh = kc + (i64)kvh * headDim;
-    const float* vh = vc + (i64)kvh * vHeadStride;
-    float acc[KT_ATT_MAX_VDIMS];
-    for (int i = 0; i < KT_ATT_MAX_VDIMS; i++) acc[i] = 0.0f;
-    float m = -KT_INF, l = 0.0f;
     // K rows as float4s when every row and head starts 16-byte aligned.
     bool vec4 = (headDim & 3) == 0 && (kStride & 3) == 0 && ((size_t)kc & 15) == 0;
-    __syncthreads();
-    for (int start = begin; start <= end; start += KT_ATT_THREADS) {
-        int j = start + tid;
-        float s = -KT_INF;
-        int slot = 0;
-        if (j <= end) {
-            slot = table[j / pageSize] * pageSize + j % pageSize;
-            s = kt_att_score(qs, kh + (i64)slot * kStride, headDim, vec4, scale, softcap);
-        }
-        float tileMax = kt_block_max(s, scratch);
-        float mNew = fmaxf(m, tileMax);
-        float e = j <= end ? expf(s - mNew) : 0.0f;
-        p[tid] = e;
-        slots[tid] = slot;
-        float tileSum = kt_block_sum(e, scratch);  // (its barriers also publish p and slots)
-        float corr = expf(m - mNew);
-        l = __fmaf_rn(l, corr, tileSum);
-        int count = min(KT_ATT_THREADS, end - start + 1);
-        for (int k = 0; k < KT_ATT_MAX_VDIMS; k++) {
-            int dIdx = tid + k * KT_ATT_THREADS;
-            if (dIdx >= headDimV) break;
-            acc[k] = kt_att_values(acc[k], corr, p, slots, count, vh, vStride, dIdx);
-        }
-        m = mNew;
-        __syncthreads();
-    }
-    if (part) {
-        float* pp = part + (((i64)t * nHead + h) * gridDim.z + blockIdx.z) * (headDimV + 2);
-        if (tid == 0) { pp[0] = m; pp[1] = l; }
-        for (int k = 0; k < KT_ATT_MAX_VDIMS; k++) {
-            int dIdx = tid + k * KT_ATT_THREADS;
-            if (dIdx < headDimV) pp[2 + dIdx] = acc[k];
-        }
-        return;
-    }
+    float m, l, acc[KT_ATT_MAX_VDIMS];
+    kt_att_head(qs, kc + (i64)kvh * headDim, vc + (i64)kvh * vHeadStride, kStride, vStride, headDim, headDimV, scale,
+                softcap, blockTables + (i64)seq * blockTableStride, pageSize, begin, end, vec4, p, slots, scratch, &m, &l, acc);
+    if (part) return kt_att_write_part(part, t, h, nHead, headDimV, m, l, acc);
     float inv = 1.0f / l;
     float* o = out + ((i64)t * nHead + h) * headDimV;
     for (int k = 0; k < KT_ATT_MAX_VDIMS; k++) {
@@ -195,22 +207,23 @@ KT_ATT_GQA(8)
 
 // The splits of a split-K attention combined in split order: M = max m_s, L = Σ l_s·e^(m_s − M), o = Σ acc_s·e^(m_s − M) / L
 // (one split gives the unsplit kernel's bits). kt_att_combine_scale gives M and 1 / L of the token's splits (pp:
-// its head's first split), kt_att_combine_value value dimension d; every thread computes them the same way.
+// its head's first split), kt_att_combine_value value dimension d; every thread computes them the same way. (Loads
+// through the L2: attention_decode's last block reads partials that other blocks wrote during the same launch.)
 __device__ __forceinline__ int kt_att_combine_count(int pos, int window, int splitKeys) {
     int lo = window > 0 ? max(0, pos - window + 1) : 0;
     return (pos - lo) / splitKeys + 1;
 }
 __device__ __forceinline__ void kt_att_combine_scale(const float* pp, int stride, int count, float* M, float* inv) {
     float m = -KT_INF;
-    for (int s = 0; s < count; s++) m = fmaxf(m, pp[s * stride]);
+    for (int s = 0; s < count; s++) m = fmaxf(m, __ldcg(pp + s * stride));
     float L = 0.0f;
-    for (int s = 0; s < count; s++) L += pp[s * stride + 1] * expf(pp[s * stride] - m);
+    for (int s = 0; s < count; s++) L += __ldcg(pp + s * stride + 1) * expf(__ldcg(pp + s * stride) - m);
     *M = m;
     *inv = 1.0f / L;
 }
 __device__ __forceinline__ float kt_att_combine_value(const float* pp, int stride, int count, float M, float inv, int d) {
     float a = 0.0f;
-    for (int s = 0; s < count; s++) a += pp[s * stride + 2 + d] * expf(pp[s * stride] - M);
+    for (int s = 0; s < count; s++) a += __ldcg(pp + s * stride + 2 + d) * expf(__ldcg(pp + s * stride) - M);
     return a * inv;
 }
 
@@ -244,6 +257,87 @@ extern "C" __global__ void __launch_bounds__(256) attention_combine_q8K(const fl
     if (threadIdx.x < 32)
         kt_quantize_q8K_block(so, q + (i64)t * width + blockIdx.y * 256, qd + (i64)t * (width / 256) + blockIdx.y,
                               qsums + (i64)t * (width / 16) + blockIdx.y * 16);
+}
+
+// A decode step's attention in one launch, where every token is the only one of its sequence in the step: the work of
+// rope_store_kv, attention (split-K) and attention_combine / _q8K, with their arithmetic. Block (t, h, z) norms and
+// rotates its q head in shared memory (kt_rope_head, which rope_store_kv applies in place); the block whose key share
+// holds the token's own position also rotates its K/V head's k and writes the k and v rows to the token's cache slot
+// (every query head of the group writes the same values) before its keys; it then writes its share's partials and
+// counts them in `counters` (per token and group of `groupHeads` heads, zero before the launch): the group's last
+// block combines the shares in split order, writes the output (and, with `q8`, the Q8_K form of its 256 values:
+// groupHeads · headDimV = 256) and sets the counter back to zero. Grid (n, nHead, splits), 128 threads.
+extern "C" __global__ void __launch_bounds__(KT_ATT_THREADS) attention_decode(
+        const float* q, const float* qNorm, const float* k, const float* kNorm, const float* v, float* out, float* kc,
+        float* vc, int nHead, int nKVHead, int headDim, int headDimV, float scale, int window, float softcap,
+        const float* ropeTable, int ropeDims, int neox, float eps, const int* positions, const int* slotMapping,
+        const int* seqOfToken, const int* blockTables, int blockTableStride, int pageSize, float* part, int splitKeys,
+        int* counters, int groupHeads, i8* q8, float* q8d, int* q8sums) { KT_PDL_WAIT();
+    __shared__ __align__(16) float qs[KT_ATT_MAX_HEAD];
+    __shared__ __align__(16) float ks[KT_ATT_MAX_HEAD];
+    __shared__ float p[KT_ATT_THREADS];
+    __shared__ int slots[KT_ATT_THREADS];
+    __shared__ float scratch[32];
+    __shared__ int last;
+    int t = blockIdx.x, h = blockIdx.y, tid = threadIdx.x, kvh = h / (nHead / nKVHead);
+    int kStride = nKVHead * headDim, vStride = nKVHead * headDimV;
+    int pos = positions[t], seq = seqOfToken[t], begin, end;
+    if (!kt_att_keys(pos, window, part, splitKeys, &begin, &end)) return;
+    const float* qh = q + ((i64)t * nHead + h) * headDim;
+    for (int i = tid; i < headDim; i += KT_ATT_THREADS) qs[i] = qh[i];
+    __syncthreads();
+    kt_rope_head(qs, headDim, ropeTable, ropeDims, neox, pos, qNorm, eps, scratch);
+    if (end == pos) {
+        const float* kh = k + ((i64)t * nKVHead + kvh) * headDim;
+        for (int i = tid; i < headDim; i += KT_ATT_THREADS) ks[i] = kh[i];
+        __syncthreads();
+        kt_rope_head(ks, headDim, ropeTable, ropeDims, neox, pos, kNorm, eps, scratch);
+        __syncthreads();
+        i64 s = slotMapping[t];
+        for (int i = tid; i < headDim; i += KT_ATT_THREADS) kc[s * kStride + (i64)kvh * headDim + i] = ks[i];
+        const float* vh = v + (i64)t * vStride + (i64)kvh * headDimV;
+        for (int i = tid; i < headDimV; i += KT_ATT_THREADS) vc[s * vStride + (i64)kvh * headDimV + i] = vh[i];
+        // (kt_att_head's first barrier makes these rows visible to the block's threads before they read them)
+    }
+    bool vec4 = (headDim & 3) == 0 && (kStride & 3) == 0 && ((size_t)kc & 15) == 0;
+    float m, l, acc[KT_ATT_MAX_VDIMS];
+    kt_att_head(qs, kc + (i64)kvh * headDim, vc + (i64)kvh * headDimV, kStride, vStride, headDim, headDimV, scale,
+                softcap, blockTables + (i64)seq * blockTableStride, pageSize, begin, end, vec4, p, slots, scratch, &m, &l, acc);
+    kt_att_write_part(part, t, h, nHead, headDimV, m, l, acc);
+    // Publish this share, count it; the group's last share combines.
+    __threadfence();
+    __syncthreads();
+    int groups = nHead / groupHeads, group = h / groupHeads, count = kt_att_combine_count(pos, window, splitKeys);
+    int* counter = counters + (i64)t * groups + group;
+    if (tid == 0) last = atomicAdd(counter, 1) == count * groupHeads - 1;
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    int stride = headDimV + 2, width = nHead * headDimV;
+    float M, inv;
+    if (q8) {
+        // The 256 values of attention_combine_q8K's block (qs, no longer needed, holds them for the quantization).
+        for (int e = tid; e < 256; e += KT_ATT_THREADS) {
+            int hh = group * groupHeads + e / headDimV;
+            const float* pp = part + ((i64)t * nHead + hh) * gridDim.z * stride;
+            kt_att_combine_scale(pp, stride, count, &M, &inv);
+            float val = kt_att_combine_value(pp, stride, count, M, inv, e % headDimV);
+            out[(i64)t * width + group * 256 + e] = val;
+            qs[e] = val;
+        }
+        __syncthreads();
+        if (tid < 32)
+            kt_quantize_q8K_block(qs, q8 + (i64)t * width + group * 256, q8d + (i64)t * (width / 256) + group,
+                                  q8sums + (i64)t * (width / 16) + group * 16);
+    } else {
+        for (int hh = group * groupHeads; hh < (group + 1) * groupHeads; hh++) {
+            const float* pp = part + ((i64)t * nHead + hh) * gridDim.z * stride;
+            kt_att_combine_scale(pp, stride, count, &M, &inv);
+            float* o = out + ((i64)t * nHead + hh) * headDimV;
+            for (int d = tid; d < headDimV; d += KT_ATT_THREADS) o[d] = kt_att_combine_value(pp, stride, count, M, inv, d);
+        }
+    }
+    if (tid == 0) *counter = 0;
 }
 
 // Prefill attention on the f16 tensor cores (flash attention: mma.sync m16n8k16, f32 accumulation), for steps of many

@@ -1190,6 +1190,35 @@ extern "C" __global__ void __launch_bounds__(128) matvec_experts_q4_K_f32_r4(con
             if (r0 + i < rows) y[(i64)p * rows + r0 + i] = acc[i];
 }
 
+// The same down projection at one token with the experts' weighted sum in one launch (no moe_combine after it): warp
+// j of a block takes pair j (expert ids[j], input row j) for the block's 4 rows with matvec_experts_q4_K_f32_r4's
+// arithmetic, and the block's first threads add the pairs' rows in choice order as moe_combine adds them:
+// out[r] = (store ? 0 : out[r]) + Σ_j weights[j]·y_j[r]. Grid ceil(rows / 4), 32·topK threads (topK ≤ 8). The _lb
+// form is held to 128 registers (2 blocks of 8 warps an SM instead of 1, some spills): measured against each other.
+#define KT_MV_F32_COMBINE(suffix, BOUNDS) \
+extern "C" __global__ void __launch_bounds__ BOUNDS matvec_experts_q4_K_f32_combine##suffix(const u8* W, i64 rowBytes, \
+        i64 matrixBytes, int rows, int cols, const float* x, const float* xsum, const int* ids, const float* weights, \
+        float* out, int store) { KT_PDL_WAIT(); \
+    __shared__ float ys[8][4]; \
+    int p = threadIdx.x >> 5, topK = blockDim.x >> 5, r0 = blockIdx.x * 4; \
+    const u8* M = W + (i64)ids[p] * matrixBytes; \
+    const u8* rowp[4]; \
+    for (int i = 0; i < 4; i++) rowp[i] = M + (i64)min(r0 + i, rows - 1) * rowBytes; \
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f}; \
+    kt_mv_q4_K_f32<4>(rowp, cols, x + (i64)p * cols, xsum + (i64)p * (cols / 32), acc); \
+    if ((threadIdx.x & 31) == 0) \
+        for (int i = 0; i < 4; i++) ys[p][i] = acc[i]; \
+    __syncthreads(); \
+    int r = r0 + threadIdx.x; \
+    if (threadIdx.x < 4 && r < rows) { \
+        float s = store ? 0.0f : out[r]; \
+        for (int j = 0; j < topK; j++) s += weights[j] * ys[j][threadIdx.x]; \
+        out[r] = s; \
+    } \
+}
+KT_MV_F32_COMBINE(, (256))
+KT_MV_F32_COMBINE(_lb, (256, 2))
+
 // A coalesced, K-split form of the same product (`KTRANSFORMERS_CUDA_F32_ONE=2`, for measuring against the one
 // above; its own bits). Nsight Compute on matvec_q4_K_f32_1 (4096 × 14336, H100): 0.78 waves (512 blocks), L1 at
 // 72% with 89% hits, DRAM at 34%: each lane's float4 inputs lie 64 bytes apart, so a warp's input load touches 32

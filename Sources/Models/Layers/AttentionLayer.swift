@@ -32,10 +32,8 @@ struct AttentionLayer: AttentionBlock {
         if let bq { b.addBias(bq, to: q, rows: n) }
         if let bk { b.addBias(bk, to: k, rows: n) }
         if let bv { b.addBias(bv, to: v, rows: n) }
-        b.ropeAndStoreKV(q: q, qHeads: params.nHead, qNorm: qNorm, k: k, kHeads: params.nKVHead, kNorm: kNorm, v: v,
-                         headDim: params.headDim, n: n, table: ctx.ropes[ropeIndex], eps: normEps, cache: ctx.cache,
-                         layer: layer, meta: ctx.meta)
-        b.attention(q: q, out: o, n: n, cache: ctx.cache, layer: layer, meta: ctx.meta, params: params)
+        b.ropeStoreAndAttend(q: q, qNorm: qNorm, k: k, kNorm: kNorm, v: v, out: o, n: n, table: ctx.ropes[ropeIndex],
+                             eps: normEps, cache: ctx.cache, layer: layer, meta: ctx.meta, params: params)
         b.matmul(wo, o, out, n: n, precision: .standard)
     }
 }

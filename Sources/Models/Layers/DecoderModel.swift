@@ -177,16 +177,19 @@ final class DecoderModel: LanguageModel, @unchecked Sendable {
         batch.sequenceOfToken.withUnsafeBufferPointer { b.write($0, to: s.sequenceOfToken) }
         batch.blockTables.withUnsafeBufferPointer { b.write($0, to: s.blockTables) }
         batch.logitsIndices.withUnsafeBufferPointer { b.write($0, to: s.logitsIndices) }
-        compute(n: n, m: m, blockTableStride: batch.blockTableStride, pageSize: batch.pageSize, cache: cache)
+        compute(n: n, m: m, blockTableStride: batch.blockTableStride, pageSize: batch.pageSize, cache: cache,
+                oneTokenPerSequence: Set(batch.sequenceOfToken).count == n)
         return s.logits.prefix(m * info.vocabSize)
     }
 
     /// The ops of one step over the metadata already in the run state: `n` tokens, `m` logits rows.
-    private func compute(n: Int, m: Int, blockTableStride: Int, pageSize: Int, cache: KVCache) {
+    /// `oneTokenPerSequence`: every token is its sequence's only one in the step (`BatchMetadata`).
+    private func compute(n: Int, m: Int, blockTableStride: Int, pageSize: Int, cache: KVCache, oneTokenPerSequence: Bool) {
         let s = state, b = backend
         let meta = BatchMetadata(tokens: n, positions: s.positions, slotMapping: s.slotMapping,
                                  sequenceOfToken: s.sequenceOfToken, blockTables: s.blockTables,
-                                 blockTableStride: blockTableStride, pageSize: pageSize)
+                                 blockTableStride: blockTableStride, pageSize: pageSize,
+                                 oneTokenPerSequence: oneTokenPerSequence)
         let ctx = ForwardContext(backend: b, cache: cache, meta: meta, ropes: s.ropeTables, moeLogits: s.moeLogits,
                                  moeExperts: s.moeExperts, moeWeights: s.moeWeights)
         let x = s.x, xn = s.xn, proj = s.proj
@@ -270,7 +273,8 @@ final class DecoderModel: LanguageModel, @unchecked Sendable {
                            pool: (0..<cache.kDims.count).flatMap { [cache.k($0).address, cache.v($0).address] },
                            pageSize: batch.pageSize, numPages: cache.numPages, epoch: b.graphEpoch)
         if graphs.count > 64 { graphs.removeAll() }  // keys of pools or epochs gone: drop, recapture what is used
-        let run = { self.compute(n: bucket, m: bucket, blockTableStride: stride, pageSize: batch.pageSize, cache: cache) }
+        let run = { self.compute(n: bucket, m: bucket, blockTableStride: stride, pageSize: batch.pageSize, cache: cache,
+                                 oneTokenPerSequence: true) }
         if let g = graphs[key] {
             b.launch(g)
         } else if warmed.contains(key), let g = try b.captureGraph(run) {
