@@ -94,10 +94,6 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     private var preparedQ16: Prepared?
     /// The token count of the last matmul group (gate/up): SwiGLU after a one-token group writes the Q16_K form.
     private var lastGroupTokens = 0
-    /// The batch-1 matmuls' weights in launch order, for the L2 prefetch hint (`nextWeights`): this step's so far
-    /// (first matrix's address, its bytes, `launches` before it) and, by step token count, the last step's.
-    private var stepWeights: [(address: UInt, bytes: Int, launch: Int)] = []
-    private var lastStepWeights: [Int: [(address: UInt, bytes: Int, launch: Int)]] = [:]
     private var profileEvents: [CUDADriver.Handle] = []
     private var profileTotals: [String: (calls: Int, ms: Double)] = [:]
     /// How the host waits for the GPU (`synchronize`, `read`): spinning on the stream (the driver's default: the
@@ -405,9 +401,6 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     private let pinnedLock = NSLock()
     func freeWeights(_ address: UInt) {
         guard allocations.removeValue(forKey: address) != nil else { return }
-        // No prefetch hint may name freed weights.
-        stepWeights.removeAll()
-        lastStepWeights.removeAll()
         current()
         must("cuStreamSynchronize") { try driver.synchronize(stream) }
         driver.free(CUDADriver.CUdeviceptr(address))
@@ -764,37 +757,8 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         }
     }
 
-    /// `KTRANSFORMERS_CUDA_L2_PREFETCH=M` (MiB; default 0, off, until measured on a GPU): a batch-1 matmul's blocks,
-    /// once done, prefetch into L2 the first M MiB of the matmul that follows it a few launches later
-    /// (kt_prefetch_next), so that the memory streams the next weights during this kernel's tail and the small kernels
-    /// between the two. (A test var.)
-    nonisolated(unsafe) static var l2PrefetchBytes = (ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_L2_PREFETCH"].flatMap { Int($0) } ?? 0) << 20
-    /// At most this many launches between a matmul and the next for the prefetch (norms, RoPE, attention and its
-    /// combine, SwiGLU; not a whole MoE block, whose routed experts would evict it from L2).
-    static let l2PrefetchLaunches = 6
-
     /// A model step of `tokens` tokens starts (`embed`, its first op).
-    func beginStep(tokens: Int) {
-        if !stepWeights.isEmpty {
-            if lastStepWeights.count >= 64 { lastStepWeights.removeAll() }  // (one entry a token count: prompt lengths)
-            lastStepWeights[stepTokens] = stepWeights
-        }
-        stepWeights.removeAll(keepingCapacity: true)
-        stepTokens = tokens
-    }
-
-    /// Records a batch-1 matmul (its first matrix at `address`, `bytes` long) in this step's order, and returns the
-    /// L2 prefetch hint for it: the weights of the matmul that followed it in the last step of as many tokens, when
-    /// this one was at the same place in that step and the next came within `l2PrefetchLaunches` launches (a
-    /// prediction; a wrong one costs a useless prefetch, never a result). (0, 0): none. (The kernels prefetch on sm_90
-    /// and later only.)
-    func nextWeights(after address: UInt, bytes: Int) -> (address: UInt, bytes: Int) {
-        let i = stepWeights.count
-        stepWeights.append((address, bytes, launches))
-        guard Self.l2PrefetchBytes > 0, let last = lastStepWeights[stepTokens], i + 1 < last.count,
-              last[i].address == address, last[i + 1].launch - last[i].launch <= Self.l2PrefetchLaunches else { return (0, 0) }
-        return (last[i + 1].address, min(last[i + 1].bytes, Self.l2PrefetchBytes) & ~15)
-    }
+    func beginStep(tokens: Int) { stepTokens = tokens }
 
     /// Batch-1 decode's persistent Q4_K kernel over up to three matrices (matvec_q4_K_q8_p[f]): as many warps as the
     /// GPU holds at once, each the same number of consecutive rows (the last ones fewer), streaming them.
@@ -807,14 +771,9 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         let total = parts.reduce(0) { $0 + $1.rows }
         let (rpw, blocks) = form.split > 0 ? (0, splitGrid(f, items: (total + form.split - 1) / form.split, threads: 128))
                                            : persistentGrid(f, rows: total)
-        var args: [KernelArg] = [.ptr(p[0].address), .ptr(p[1].address), .ptr(p[2].address), .i64(g.rowBytes), .i32(p[0].rows),
+        let args: [KernelArg] = [.ptr(p[0].address), .ptr(p[1].address), .ptr(p[2].address), .i64(g.rowBytes), .i32(p[0].rows),
                                  .i32(p[1].rows), .i32(p[2].rows), .i32(cols), .ptr(input.0), .ptr(input.1), .ptr(input.2),
                                  .ptr(p[0].y), .ptr(p[1].y), .ptr(p[2].y), .i32(rpw), .i32(Self.prefetchRows)]
-        if form.split > 0 {
-            // The split forms take the L2 prefetch hint.
-            let next = nextWeights(after: p[0].address, bytes: p[0].rows * g.rowBytes)
-            args += [.ptr(next.address), .i64(next.bytes)]
-        }
         launch(f, "\(form.name) \(total)x\(cols)", grid: (blocks, 1, 1), block: 128, args)
     }
 
@@ -1394,12 +1353,10 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
             if Self.splitRows, Self.q16KSplit, cols > 4096, cols <= 32 * 1024, let ps = g.f32OneQ16Rows {
                 // One row at a time per block, a warp per step of 1024 columns (matvec_q4_K_q16_ps).
                 let steps = (cols + 1023) / 1024, l = Self.q16Layout(elements: cols)
-                let next = nextWeights(after: g.address, bytes: rows * g.rowBytes)
                 return launch(ps, "matvec_\(g.tag)_q16_ps \(rows)x\(cols)",
                               grid: (splitGrid(ps, items: rows, threads: 32 * steps), 1, 1), block: 32 * steps,
                               [.ptr(g.address), .i64(g.rowBytes), .i32(rows), .i32(cols), .ptr(lo.address),
-                               .ptr(lo.address + UInt(l.scales)), .ptr(lo.address + UInt(l.sums)), .ptr(y.address),
-                               .ptr(next.address), .i64(next.bytes)])
+                               .ptr(lo.address + UInt(l.scales)), .ptr(lo.address + UInt(l.sums)), .ptr(y.address)])
             }
             if Self.q16KSplit, cols > 4096, let pk = g.f32OneQ16Split, let parts = splitParts, let counters = mmfCounters {
                 return q16SplitMatvec(pk, g, rows: rows, cols: cols, q: lo.address, parts: parts, counters: counters, y: y.address)

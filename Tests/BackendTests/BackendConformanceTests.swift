@@ -269,53 +269,6 @@ final class CUDAContiguousOneTokenTests: XCTestCase {
     }
 }
 
-/// The L2 prefetch hint of the batch-1 matmuls (`nextWeights`): the matmul that followed this one in the last step of
-/// as many tokens, when it came within `l2PrefetchLaunches` launches; nothing on a first step, on another token count,
-/// or when this step left the last one's order.
-final class CUDAL2PrefetchHintTests: XCTestCase {
-    func testNextWeightsFollowTheLastStep() throws {
-        guard let backend = try CUDABackend.makeIfPresent() else {
-            throw XCTSkip("no CUDA driver/GPU and no CUDA emulator here: CUDA prefetch hints skipped")
-        }
-        let saved = CUDABackend.l2PrefetchBytes
-        CUDABackend.l2PrefetchBytes = 24 << 20
-        defer { CUDABackend.l2PrefetchBytes = saved }
-        let scratch = backend.allocate(16)
-        defer { backend.release(scratch) }
-        func launches(_ k: Int) { for _ in 0..<k { backend.fill(scratch, count: 16, value: 0) } }
-        let w1: UInt = 0x10000, w2: UInt = 0x20000, w3: UInt = 0x30000, big = CUDABackend.l2PrefetchBytes + 4096
-        func step(_ tokens: Int, _ first: UInt = w1) -> [(address: UInt, bytes: Int)] {
-            backend.beginStep(tokens: tokens)
-            let a = backend.nextWeights(after: first, bytes: 4096)
-            launches(2)
-            let b = backend.nextWeights(after: w2, bytes: big)
-            launches(CUDABackend.l2PrefetchLaunches + 1)
-            let c = backend.nextWeights(after: w3, bytes: 999)
-            return [a, b, c]
-        }
-        XCTAssertTrue(step(1).allSatisfy { $0.address == 0 }, "a first step has nothing to follow")
-        let second = step(1)
-        XCTAssertEqual(second[0].address, w2)
-        XCTAssertEqual(second[0].bytes, CUDABackend.l2PrefetchBytes, "capped")
-        XCTAssertEqual(second[1].address, 0, "the next matmul came too many launches later")
-        XCTAssertEqual(second[2].address, 0, "the last matmul of the step")
-        XCTAssertTrue(step(4).allSatisfy { $0.address == 0 }, "no step of 4 tokens before")
-        XCTAssertEqual(step(1, 0x40000)[0].address, 0, "not at the place of the last step's first matmul")
-        let again = step(1)
-        XCTAssertEqual(again[0].address, 0, "the last step of one token began elsewhere")
-        XCTAssertEqual(step(1)[0].address, w2)
-        // Off: no hint.
-        CUDABackend.l2PrefetchBytes = 0
-        XCTAssertEqual(step(1)[0].address, 0)
-        CUDABackend.l2PrefetchBytes = 24 << 20
-        // Freed weights: every recorded order is dropped.
-        let w = try backend.allocateWeights(bytes: 4096, name: "blk.0.ffn_up.weight")
-        XCTAssertEqual(step(1)[0].address, w2)
-        backend.freeWeights(w)
-        XCTAssertEqual(step(1)[0].address, 0, "the recorded orders went with the freed weights")
-    }
-}
-
 /// The quantized-input scratch's regions start 16-byte aligned for every size (the block-staged tiles copy the
 /// per-16 sums in 16-byte pieces: an odd number of 256-blocks before them would misalign them).
 final class CUDAQuantizedLayoutTests: XCTestCase {

@@ -34,24 +34,6 @@ __device__ __forceinline__ float kt_bf16_to_float(u16 h) { return __uint_as_floa
 #define KT_PDL_WAIT() do { } while (0)
 #endif
 
-// L2 prefetch of the next matmul's weights (the backend's hint; `KTRANSFORMERS_CUDA_L2_PREFETCH`): each block of a
-// batch-1 matmul, once it has no rows left, asks for its share (1 / gridDim.x) of `bytes` at `next` to be brought
-// into L2 (cp.async.bulk.prefetch, sm_90+: one instruction a MiB, nothing waits for it), so that the memory, idle
-// during this kernel's tail and the small kernels after it, already streams the next matrix. A hint: no effect on
-// any result. next 16-byte aligned; null: none.
-__device__ __forceinline__ void kt_prefetch_next(const u8* next, i64 bytes) {
-#if !defined(KT_EMULATOR) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && defined(__CUDACC_VER_MAJOR__) \
-    && __CUDACC_VER_MAJOR__ >= 12  // (PTX ISA 8.0)
-    if (next == nullptr || threadIdx.x != 0) return;
-    i64 per = ((bytes + gridDim.x - 1) / gridDim.x + 15) & ~(i64)15, off = per * blockIdx.x;
-    i64 n = (min(per, bytes - off)) & ~(i64)15;
-    for (i64 o = 0; o < n; o += 1 << 20) {
-        u32 c = (u32)min((i64)(1 << 20), n - o);
-        asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(next + off + o), "r"(c) : "memory");
-    }
-#endif
-}
-
 // dp4a with a's bytes unsigned and b's signed (dp4a.u32.s32): a Q4_K word's high nibbles masked in place (16·q)
 // against signed 8-bit inputs, without shifting them down first.
 __device__ __forceinline__ int kt_dp4a_us(u32 a, int b, int c) {

@@ -674,13 +674,13 @@ KT_MVPR_KERNEL(4, 4)
 // Rows 0 .. total − 1 of nsb super-blocks: rowPtr(r) the row's bytes, store(r, v) its result.
 template <int SPR, int DEPTH, class RowPtr, class Store>
 __device__ __forceinline__ void kt_mvps_rows(int total, int nsb, const i8* xq, const float* xd, const int* xs,
-                                             RowPtr rowPtr, Store store, const u8* next = nullptr, i64 nextBytes = 0) {
+                                             RowPtr rowPtr, Store store) {
     constexpr int G = 4 / SPR;
     __shared__ float part[4][DEPTH];
     int lane = threadIdx.x & 31, wk = threadIdx.x >> 5, j = wk % SPR, g8 = lane >> 3;
     int groups = (total + G - 1) / G;
     int nG = (int)blockIdx.x < groups ? (groups - 1 - (int)blockIdx.x) / (int)gridDim.x + 1 : 0;
-    if (nG == 0) return kt_prefetch_next(next, nextBytes);  // (the whole block)
+    if (nG == 0) return;
     int sb = min(4 * j + g8, nsb - 1);
     auto rowOf = [&](int i) { return min(((int)blockIdx.x + i * (int)gridDim.x) * G + wk / SPR, total - 1); };
     uint4 hs[DEPTH], qs[DEPTH];
@@ -730,12 +730,10 @@ __device__ __forceinline__ void kt_mvps_rows(int total, int nsb, const i8* xq, c
             __syncthreads();
         }
     }
-    kt_prefetch_next(next, nextBytes);
 }
 template <int SPR, int DEPTH>
 __device__ __forceinline__ void kt_mvps_q4_K_q8(const u8* W0, const u8* W1, const u8* W2, i64 rowBytes, int rows0,
-        int rows1, int rows2, int cols, const i8* xq, const float* xd, const int* xs, float* y0, float* y1, float* y2,
-        const u8* next, i64 nextBytes) {
+        int rows1, int rows2, int cols, const i8* xq, const float* xd, const int* xs, float* y0, float* y1, float* y2) {
     auto rowPtr = [&](int r) -> const u8* {
         if (r < rows0) return W0 + (i64)r * rowBytes;
         r -= rows0;
@@ -747,14 +745,14 @@ __device__ __forceinline__ void kt_mvps_q4_K_q8(const u8* W0, const u8* W1, cons
         if (r >= rows0) { r -= rows0; y = y1; if (r >= rows1) { r -= rows1; y = y2; } }
         y[r] = v;
     };
-    kt_mvps_rows<SPR, DEPTH>(rows0 + rows1 + rows2, cols / 256, xq, xd, xs, rowPtr, store, next, nextBytes);
+    kt_mvps_rows<SPR, DEPTH>(rows0 + rows1 + rows2, cols / 256, xq, xd, xs, rowPtr, store);
 }
 #define KT_MVPS_KERNEL(SPR, DEPTH) \
 extern "C" __global__ void __launch_bounds__(128, 8) matvec_q4_K_q8_ps##SPR(const u8* W0, const u8* W1, const u8* W2, \
         i64 rowBytes, int rows0, int rows1, int rows2, int cols, const i8* xq, const float* xd, const int* xs, \
-        float* y0, float* y1, float* y2, int rpw, int pf, const u8* next, i64 nextBytes) { \
-    /* KT_PDL_WAIT in the body; rpw, pf unused; next: kt_prefetch_next */ \
-    kt_mvps_q4_K_q8<SPR, DEPTH>(W0, W1, W2, rowBytes, rows0, rows1, rows2, cols, xq, xd, xs, y0, y1, y2, next, nextBytes); \
+        float* y0, float* y1, float* y2, int rpw, int pf) { \
+    /* KT_PDL_WAIT in the body; rpw, pf unused */ \
+    kt_mvps_q4_K_q8<SPR, DEPTH>(W0, W1, W2, rowBytes, rows0, rows1, rows2, cols, xq, xd, xs, y0, y1, y2); \
 }
 KT_MVPS_KERNEL(1, 4)
 KT_MVPS_KERNEL(2, 4)

@@ -1863,13 +1863,13 @@ extern "C" __global__ void __launch_bounds__(128) matvec_q4_K_q16_pk(const u8* W
 // bits, fixed; not under --batch-invariant). No scratch, no counters.
 #define KT_MVPS16_DEPTH 4
 extern "C" __global__ void __launch_bounds__(1024, 1) matvec_q4_K_q16_ps(const u8* W, i64 rowBytes, int rows, int cols,
-        const short* xq, const float* xscale, const int* xsums, float* y, const u8* next, i64 nextBytes) {
+        const short* xq, const float* xscale, const int* xsums, float* y) {
     constexpr int DEPTH = KT_MVPS16_DEPTH;
     __shared__ float part[32][DEPTH];
     int lane = threadIdx.x & 31, wk = threadIdx.x >> 5, S = blockDim.x >> 5, g8 = lane >> 3;
     int nsb = cols / 256;
     int nR = (int)blockIdx.x < rows ? (rows - 1 - (int)blockIdx.x) / (int)gridDim.x + 1 : 0;
-    if (nR == 0) return kt_prefetch_next(next, nextBytes);  // (the whole block)
+    if (nR == 0) return;
     int sb = min(4 * wk + g8, nsb - 1);
     const u8* base = W + (i64)sb * 144;
     uint4 hs[DEPTH], qs[DEPTH];
@@ -1907,7 +1907,6 @@ extern "C" __global__ void __launch_bounds__(1024, 1) matvec_q4_K_q16_ps(const u
         }
         __syncthreads();
     }
-    kt_prefetch_next(next, nextBytes);
 }
 
 // ---- Batched `.f32Activations` with Q16_K inputs on the int8 tensor cores (2 to 32 tokens; not under
