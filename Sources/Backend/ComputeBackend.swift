@@ -88,8 +88,9 @@ public protocol ComputeBackend: AnyObject, Sendable {
                         headDim: Int, n: Int, table: RopeTable, eps: Float, cache: KVCache, layer: Int,
                         meta: BatchMetadata)
     /// A layer's attention from its projections: `ropeAndStoreKV` (q heads `params.nHead`, k heads `params.nKVHead`,
-    /// `params.headDim`), then `attention` of the rotated `q` into `out`, with the results of those two calls (a
-    /// backend may do both in one pass where `meta.oneTokenPerSequence`; the default makes the two calls).
+    /// `params.headDim`), then `attention` of the rotated `q` into `out`, with the output and cached K/V of those two
+    /// calls (a backend may do both in one pass where `meta.oneTokenPerSequence`, leaving `q` and `k` as they came;
+    /// the default makes the two calls).
     func ropeStoreAndAttend(q: Tensor, qNorm: Tensor?, k: Tensor, kNorm: Tensor?, v: Tensor, out: Tensor, n: Int,
                             table: RopeTable, eps: Float, cache: KVCache, layer: Int, meta: BatchMetadata,
                             params: AttentionParams)

@@ -1581,6 +1581,13 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     /// attention_decode's counters: one per token and group of heads, zero between launches (each launch's last
     /// blocks set theirs back).
     private var attentionCounters: Tensor?
+    /// Whether every counter of attention_decode is back at zero (after a step: a launch whose blocks did not all
+    /// arrive, or arrived twice, would leave one set and race the next launch). For the conformance check.
+    public var attentionCountersAreZero: Bool {
+        guard let c = attentionCounters else { return true }
+        let p = read(c, count: c.count)
+        return (0..<c.count).allSatisfy { p[$0].bitPattern == 0 }
+    }
 
     public func ropeStoreAndAttend(q: Tensor, qNorm: Tensor?, k: Tensor, kNorm: Tensor?, v: Tensor, out: Tensor, n: Int,
                                    table: RopeTable, eps: Float, cache: KVCache, layer: Int, meta: BatchMetadata,
@@ -2038,8 +2045,8 @@ final class CUDAExpertExecutor: ExpertExecutor {
     func submit(_ experts: ExpertWeights, x: Tensor, ids: Tensor, n: Int, topK k: Int) {
         let pairs = n * k
         precondition(pairs <= capacity, "CUDA expert executor reserved for \(capacity) pairs, asked for \(pairs)")
+        precondition(pendingDown == nil, "CUDA expert executor: submit before the last submit's wait")
         topK = k
-        pendingDown = nil
         let g = CUDABackend.weight(experts.gate), u = CUDABackend.weight(experts.up), d = CUDABackend.weight(experts.down)
         backend.current()
         // Grid y is at most 65535: pairs in chunks of whole tokens.

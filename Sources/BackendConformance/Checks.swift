@@ -1,4 +1,5 @@
 import Backend
+import BackendCUDA
 import Foundation
 import Quant
 
@@ -786,6 +787,9 @@ public struct BackendConformance {
                 Expect.fail("[\(name)] ropeStoreAndAttend \(label): value \(i) is \(results[0][i]), ropeAndStoreKV + attention give \(results[1][i])")
             }
             if results[0].contains(where: { !$0.isFinite }) { Expect.fail("[\(name)] ropeStoreAndAttend \(label): a value is not finite") }
+            if let cuda = b as? CUDABackend, !cuda.attentionCountersAreZero {
+                Expect.fail("[\(name)] ropeStoreAndAttend \(label): attention_decode left a counter set")
+            }
         }
         [positions, slots, seqOf, flat].forEach { b.release($0) }
         print("[\(name)] ropeStoreAndAttend: bit-identical to ropeAndStoreKV + attention (decode step, 4 sequences up to 1031 keys, 3 cases)")

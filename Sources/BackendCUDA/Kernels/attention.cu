@@ -307,7 +307,9 @@ extern "C" __global__ void __launch_bounds__(KT_ATT_THREADS) attention_decode(
     // Publish this share, count it; the group's last share combines.
     __threadfence();
     __syncthreads();
-    int groups = nHead / groupHeads, group = h / groupHeads, count = kt_att_combine_count(pos, window, splitKeys);
+    // (at most the grid's splits: a position past the reserved context must not leave a counter short of its count)
+    int groups = nHead / groupHeads, group = h / groupHeads;
+    int count = min(kt_att_combine_count(pos, window, splitKeys), (int)gridDim.z);
     int* counter = counters + (i64)t * groups + group;
     if (tid == 0) last = atomicAdd(counter, 1) == count * groupHeads - 1;
     __syncthreads();
