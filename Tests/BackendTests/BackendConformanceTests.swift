@@ -185,23 +185,29 @@ final class CUDAContiguousOneTokenTests: XCTestCase {
                 batchInvariant: false, expect: ["matvec_q4_K_f32_1c", "matvec_experts_q4_K_f32_1c"])
     }
 
-    /// The routed experts' one-token FP32-core down projection at 4 rows a warp (the default,
-    /// `matvec_experts_q4_K_f32_r4`) and at 2 (`KTRANSFORMERS_CUDA_F32_ONE_ROWS=2`): each launched, each within the bounds.
+    /// The routed experts' one-token FP32-core down projection at 4 rows a warp with the experts' combine (the default,
+    /// `matvec_experts_q4_K_f32_combine`), without it (`matvec_experts_q4_K_f32_r4`) and at 2 rows
+    /// (`KTRANSFORMERS_CUDA_F32_ONE_ROWS=2`): each launched, each within the bounds.
     func testExpertDownProjectionRowsPerWarp() throws {
         let saved = (CUDABackend.f32OneExpertRows, CUDABackend.q16Experts, CUDABackend.f32OneCoalesced,
                      CUDABackend.f32OneBounded)
-        defer { (CUDABackend.f32OneExpertRows, CUDABackend.q16Experts, CUDABackend.f32OneCoalesced) = (saved.0, saved.1, saved.2) }
+        defer {
+            (CUDABackend.f32OneExpertRows, CUDABackend.q16Experts, CUDABackend.f32OneCoalesced) = (saved.0, saved.1, saved.2)
+            CUDABackend.fusedExpertCombine = true
+        }
         try XCTSkipIf(saved.3, "KTRANSFORMERS_CUDA_F32_ONE_LB=1 keeps the 2-row form")
         (CUDABackend.q16Experts, CUDABackend.f32OneCoalesced) = (false, false)
-        for (rows, kernel) in [(4, "matvec_experts_q4_K_f32_r4"), (2, "matvec_experts_q4_K_f32_1")] {
+        for (rows, fused, kernel) in [(4, true, "matvec_experts_q4_K_f32_combine"), (4, false, "matvec_experts_q4_K_f32_r4"),
+                                      (2, true, "matvec_experts_q4_K_f32_1")] {
             CUDABackend.f32OneExpertRows = rows
+            CUDABackend.fusedExpertCombine = fused
             try run(["expertExecutor"], label: "routed experts' one-token down projection, \(rows) rows a warp",
                     batchInvariant: false, expect: [kernel])
         }
     }
 
-    /// The 4-row form has the 2-row form's bits: one token, two experts, rows of 5 super-blocks (two steps of the
-    /// warps' loop, the second part-filled).
+    /// The 4-row form has the 2-row form's bits, with the experts' combine in it or not: one token, two experts, rows
+    /// of 5 super-blocks (two steps of the warps' loop, the second part-filled).
     func testExpertDownProjectionFourRowsKeepTheBits() throws {
         guard let backend = try CUDABackend.makeIfPresent() else {
             throw XCTSkip("no CUDA driver/GPU and no CUDA emulator here: CUDA expert down projection skipped")
@@ -225,8 +231,10 @@ final class CUDAContiguousOneTokenTests: XCTestCase {
         executor.reserve(maxTokens: 1, topK: topK)
         let x = backend.upload(rng.normals(dim, scale: 0.1)), ids = backend.int32Tensor([2, 0]), w = backend.upload([0.7, 0.3])
         var results: [[UInt32]] = []
-        for rows in [4, 2] {
+        defer { CUDABackend.fusedExpertCombine = true }
+        for (rows, fused) in [(4, true), (4, false), (2, true)] {
             CUDABackend.f32OneExpertRows = rows
+            CUDABackend.fusedExpertCombine = fused
             backend.profiling = true
             backend.resetKernelProfile()
             let out = backend.allocate(dim)
@@ -234,11 +242,12 @@ final class CUDAContiguousOneTokenTests: XCTestCase {
             executor.wait(weights: w, accumulateInto: out, n: 1)
             results.append(backend.floats(out, dim).map(\.bitPattern))
             let launched = backend.kernelProfile().map(\.name)
-            let kernel = rows == 4 ? "matvec_experts_q4_K_f32_r4 " : "matvec_experts_q4_K_f32_1 "
+            let kernel = rows == 2 ? "matvec_experts_q4_K_f32_1 " : fused ? "matvec_experts_q4_K_f32_combine " : "matvec_experts_q4_K_f32_r4 "
             XCTAssertTrue(launched.contains { $0.hasPrefix(kernel) }, "\(kernel) not in \(launched)")
         }
         XCTAssertTrue(results[0].contains { $0 != 0 }, "the experts added nothing")
-        XCTAssertEqual(results[0], results[1], "4 rows a warp against 2: not the same bits")
+        XCTAssertEqual(results[0], results[1], "4 rows a warp with the combine against without: not the same bits")
+        XCTAssertEqual(results[1], results[2], "4 rows a warp against 2: not the same bits")
     }
 
     /// Batched `.f32Activations` (2 to 32 tokens) on the Q16_K int8 tiles (`mmq16_block_q4_K_1` / `_4`, the default
