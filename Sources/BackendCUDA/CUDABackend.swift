@@ -454,6 +454,17 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         return Tensor(address: p, count: count, device: device)
     }
 
+    /// `slot` at least `count` floats long: a new allocation (zeroed, as every allocation) in place of a shorter one,
+    /// which moves the graphs' scratch (a new `graphEpoch`). For the scratch that grows with the plan or a step.
+    private func grow(_ slot: inout Tensor?, to count: Int) -> Tensor {
+        if let t = slot, t.count >= count { return t }
+        if let old = slot { release(old) }
+        let t = allocate(count)
+        slot = t
+        graphEpoch += 1
+        return t
+    }
+
     public func release(_ t: Tensor) {
         guard allocations.removeValue(forKey: t.address) != nil else { return }
         current()
@@ -593,14 +604,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
                 graphEpoch += 1
             }
             // A counter per 16-row tile of the split-tf32 form, or per row range of matvec_q4_K_q16_pk (≤ rows).
-            let tiles = widestSplitRows
-            if tiles > (mmfCounters?.count ?? 0) {
-                if let old = mmfCounters { release(old) }
-                let c = allocate(tiles)
-                fill(c, count: tiles, value: 0)  // (0.0 has the bits of the integer 0)
-                mmfCounters = c
-                graphEpoch += 1
-            }
+            _ = grow(&mmfCounters, to: widestSplitRows)
         }
         growGemm()
         let q = Self.quantizedLayout(elements: need).total
@@ -1607,20 +1611,8 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         // Output groups of 256 values (their Q8_K form for the output projection) where the heads tile them, else a head.
         let target = p.headDimV > 0 && 256 % p.headDimV == 0 && width % 256 == 0 ? quantizedTarget(rows: n, dim: width) : nil
         let groupHeads = target != nil ? 256 / p.headDimV : 1
-        let need = max(plan.maxTokens, n) * p.nHead * splits * (p.headDimV + 2)
-        if need > (attentionParts?.count ?? 0) {
-            if let old = attentionParts { release(old) }
-            attentionParts = allocate(need)
-            graphEpoch += 1
-        }
-        let counters = max(plan.maxTokens, n) * p.nHead
-        if counters > (attentionCounters?.count ?? 0) {
-            if let old = attentionCounters { release(old) }
-            let c = allocate(counters)
-            fill(c, count: counters, value: 0)  // (0.0 has the bits of the integer 0)
-            attentionCounters = c
-            graphEpoch += 1
-        }
+        let parts = grow(&attentionParts, to: max(plan.maxTokens, n) * p.nHead * splits * (p.headDimV + 2))
+        let counters = grow(&attentionCounters, to: max(plan.maxTokens, n) * p.nHead)
         launch("attention_decode", grid: (n, p.nHead, splits), block: 128,
                [.ptr(q.address), .ptr(qNorm?.address ?? 0), .ptr(k.address), .ptr(kNorm?.address ?? 0), .ptr(v.address),
                 .ptr(out.address), .ptr(cache.k(layer).address), .ptr(cache.v(layer).address), .i32(p.nHead),
@@ -1628,7 +1620,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
                 .ptr(table.table.address), .i32(table.dims), .i32(table.rope.neox ? 1 : 0), .f32(eps),
                 .ptr(meta.positions.address), .ptr(meta.slotMapping.address), .ptr(meta.sequenceOfToken.address),
                 .ptr(meta.blockTables.address), .i32(meta.blockTableStride), .i32(meta.pageSize),
-                .ptr(attentionParts!.address), .i32(keys), .ptr(attentionCounters!.address), .i32(groupHeads),
+                .ptr(parts.address), .i32(keys), .ptr(counters.address), .i32(groupHeads),
                 .ptr(target?.0 ?? 0), .ptr(target?.1 ?? 0), .ptr(target?.2 ?? 0)])
         if target != nil { preparedQuantized = Prepared(address: out.address, count: n * width, launch: launches) }
     }
@@ -1677,12 +1669,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         var part: UInt = 0
         if splits > 1 {
             let need = max(plan.maxTokens, n) * p.nHead * splits * (p.headDimV + 2)
-            if need > (attentionParts?.count ?? 0) {
-                if let old = attentionParts { release(old) }
-                attentionParts = allocate(need)
-                graphEpoch += 1
-            }
-            part = attentionParts!.address
+            part = grow(&attentionParts, to: need).address
         }
         let group = p.nKVHead > 0 && p.nHead % p.nKVHead == 0 ? p.nHead / p.nKVHead : 0
         if !batchInvariant, Self.flashMinTokens > 0, n >= Self.flashMinTokens, group > 0, group <= 64, 64 % group == 0,

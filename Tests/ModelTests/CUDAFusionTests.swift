@@ -123,7 +123,7 @@ final class CUDAFusionTests: XCTestCase {
             b.profiling = false
             return Set(b.kernelProfile().map { $0.name.split(separator: " ")[0] })
         }
-        _ = step(oneTokenPerSequence: true)   // (the first also zeroes the new counters: a fill)
+        _ = step(oneTokenPerSequence: true)   // (the first allocates the partials and counters)
         let fused = step(oneTokenPerSequence: true)
         XCTAssertTrue(fused.contains("attention_decode"), "kernels launched: \(fused)")
         XCTAssertTrue(fused.isDisjoint(with: ["rope_store_kv", "attention", "attention_combine_q8K", "quantize_q8_K"]),
