@@ -1108,11 +1108,12 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     /// Qwen3-30B-A3B 325.9 against 321.7 t/s on an H100) or 2 (`KTRANSFORMERS_CUDA_F32_ONE_ROWS=2`, and always with
     /// `KTRANSFORMERS_CUDA_F32_ONE_LB=1` or `=2`); the same bits. (A test var, read at launch.)
     nonisolated(unsafe) public static var f32OneExpertRows = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_F32_ONE_ROWS"].flatMap { Int($0) } ?? 4
-    /// With 4 rows a warp and at most 8 experts a token, the one-token down projection waits for the executor's `wait`
-    /// and adds the experts' weighted rows itself (matvec_experts_q4_K_f32_combine: no moe_combine launch; the same
-    /// bits); `KTRANSFORMERS_CUDA_MOE_COMBINE_FUSED=0` gives the two launches, `=2` the form held to 128 registers
-    /// (`_lb`). (A test var, read at launch.)
-    nonisolated(unsafe) public static var fusedExpertCombine = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_MOE_COMBINE_FUSED"] != "0"
+    /// `KTRANSFORMERS_CUDA_MOE_COMBINE_FUSED=1`: with 4 rows a warp and at most 8 experts a token, the one-token down
+    /// projection waits for the executor's `wait` and adds the experts' weighted rows itself
+    /// (matvec_experts_q4_K_f32_combine: no moe_combine launch; the same bits); `=2` the form held to 128 registers
+    /// (`_lb`). Off by default: Qwen3-30B-A3B all on an H100, 327 t/s with it against 334 without (2026-12-07, 03:56;
+    /// a block of 8 warps for 8 experts shares no inputs and holds one block an SM). (A test var, read at launch.)
+    nonisolated(unsafe) public static var fusedExpertCombine = ["1", "2"].contains(ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_MOE_COMBINE_FUSED"] ?? "0")
     static let fusedExpertCombineBounded = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_MOE_COMBINE_FUSED"] == "2"
     /// `KTRANSFORMERS_CUDA_F32_ONE=2`: their coalesced K-split forms instead (`matvec_q4_K_f32_1c`; own bits).
     /// (A test var: read when weights are prepared.)
@@ -1608,11 +1609,13 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         let keys = splitKeys
         let splits = (max(1, plan.contextLength) + keys - 1) / keys
         let width = p.nHead * p.headDimV
-        // Output groups of 256 values (their Q8_K form for the output projection) where the heads tile them, else a head.
-        let target = p.headDimV > 0 && 256 % p.headDimV == 0 && width % 256 == 0 ? quantizedTarget(rows: n, dim: width) : nil
+        // Split keys: output groups of 256 values (their Q8_K form for the output projection) where the heads tile
+        // them, else a head, combined by each group's last block. One split: each block writes its head, no partials.
+        let target = splits > 1 && p.headDimV > 0 && 256 % p.headDimV == 0 && width % 256 == 0
+            ? quantizedTarget(rows: n, dim: width) : nil
         let groupHeads = target != nil ? 256 / p.headDimV : 1
-        let parts = grow(&attentionParts, to: max(plan.maxTokens, n) * p.nHead * splits * (p.headDimV + 2))
-        let counters = grow(&attentionCounters, to: max(plan.maxTokens, n) * p.nHead)
+        let parts = splits > 1 ? grow(&attentionParts, to: max(plan.maxTokens, n) * p.nHead * splits * (p.headDimV + 2)).address : 0
+        let counters = splits > 1 ? grow(&attentionCounters, to: max(plan.maxTokens, n) * p.nHead).address : 0
         launch("attention_decode", grid: (n, p.nHead, splits), block: 128,
                [.ptr(q.address), .ptr(qNorm?.address ?? 0), .ptr(k.address), .ptr(kNorm?.address ?? 0), .ptr(v.address),
                 .ptr(out.address), .ptr(cache.k(layer).address), .ptr(cache.v(layer).address), .i32(p.nHead),
@@ -1620,7 +1623,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
                 .ptr(table.table.address), .i32(table.dims), .i32(table.rope.neox ? 1 : 0), .f32(eps),
                 .ptr(meta.positions.address), .ptr(meta.slotMapping.address), .ptr(meta.sequenceOfToken.address),
                 .ptr(meta.blockTables.address), .i32(meta.blockTableStride), .i32(meta.pageSize),
-                .ptr(parts.address), .i32(keys), .ptr(counters.address), .i32(groupHeads),
+                .ptr(parts), .i32(keys), .ptr(counters), .i32(groupHeads),
                 .ptr(target?.0 ?? 0), .ptr(target?.1 ?? 0), .ptr(target?.2 ?? 0)])
         if target != nil { preparedQuantized = Prepared(address: out.address, count: n * width, launch: launches) }
     }

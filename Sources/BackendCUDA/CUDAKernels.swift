@@ -14,6 +14,8 @@ final class CUDAKernels: @unchecked Sendable {
 
     /// The kernel sources in compile order (common definitions first).
     static var source: String {
+        // KTRANSFORMERS_CUDA_PREFETCH=0: the attention kernels without their L2 prefetch (common.cuh).
+        (ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_PREFETCH"] == "0" ? "#define KT_ATT_PREFETCH 0\n" : "") +
         [PackageResources.common_cuh, PackageResources.quant_cuh, PackageResources.matvec_cu,
          PackageResources.activations_cu, PackageResources.ops_cu,
          PackageResources.attention_cu, PackageResources.moe_cu, PackageResources.mmq_cu, PackageResources.gemm_cu]

@@ -189,11 +189,12 @@ final class CUDAContiguousOneTokenTests: XCTestCase {
     /// `matvec_experts_q4_K_f32_combine`), without it (`matvec_experts_q4_K_f32_r4`) and at 2 rows
     /// (`KTRANSFORMERS_CUDA_F32_ONE_ROWS=2`): each launched, each within the bounds.
     func testExpertDownProjectionRowsPerWarp() throws {
+        let savedFused = CUDABackend.fusedExpertCombine
         let saved = (CUDABackend.f32OneExpertRows, CUDABackend.q16Experts, CUDABackend.f32OneCoalesced,
                      CUDABackend.f32OneBounded)
         defer {
             (CUDABackend.f32OneExpertRows, CUDABackend.q16Experts, CUDABackend.f32OneCoalesced) = (saved.0, saved.1, saved.2)
-            CUDABackend.fusedExpertCombine = true
+            CUDABackend.fusedExpertCombine = savedFused
         }
         try XCTSkipIf(saved.3, "KTRANSFORMERS_CUDA_F32_ONE_LB=1 keeps the 2-row form")
         (CUDABackend.q16Experts, CUDABackend.f32OneCoalesced) = (false, false)
@@ -231,7 +232,8 @@ final class CUDAContiguousOneTokenTests: XCTestCase {
         executor.reserve(maxTokens: 1, topK: topK)
         let x = backend.upload(rng.normals(dim, scale: 0.1)), ids = backend.int32Tensor([2, 0]), w = backend.upload([0.7, 0.3])
         var results: [[UInt32]] = []
-        defer { CUDABackend.fusedExpertCombine = true }
+        let savedFused = CUDABackend.fusedExpertCombine
+        defer { CUDABackend.fusedExpertCombine = savedFused }
         for (rows, fused) in [(4, true), (4, false), (2, true)] {
             CUDABackend.f32OneExpertRows = rows
             CUDABackend.fusedExpertCombine = fused

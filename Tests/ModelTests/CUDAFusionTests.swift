@@ -164,9 +164,10 @@ final class CUDAFusionTests: XCTestCase {
         [Int32]([3, 9, 0, 15, 7, 1, 12, 5]).withUnsafeBufferPointer { b.write($0, to: ids) }
         let weights = b.upload([0.3, 0.2, 0.1, 0.1, 0.1, 0.08, 0.07, 0.05])
         let out = b.allocate(dim), start = (0..<dim).map { Float($0 % 7) - 3 }
+        let savedFused = CUDABackend.fusedExpertCombine
         func run(fused: Bool, store: Bool) -> (kernels: Set<Substring>, out: [UInt32]) {
             CUDABackend.fusedExpertCombine = fused
-            defer { CUDABackend.fusedExpertCombine = true }
+            defer { CUDABackend.fusedExpertCombine = savedFused }
             start.withUnsafeBufferPointer { b.write($0, to: out) }
             b.profiling = true
             b.resetKernelProfile()

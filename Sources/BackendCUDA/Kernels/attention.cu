@@ -1,7 +1,8 @@
 // Causal paged attention of a step's query rows (a mix of prefill chunks and decode tokens) over the paged K/V
 // pool, through the scheduler's block tables. One block of 128 threads per (query token, head): the visible
-// positions go in tiles of 128 (a key per thread), with a running max and sum (online softmax), and each thread
-// owns up to 4 of the head's value dimensions. GQA (query heads share a K/V head), sliding windows, tanh
+// positions go in tiles of 128 (a key per thread for the scores), with a running max and sum (online softmax); for
+// the values each warp takes a quarter of the tile's keys and each lane float4s of the value dimensions (up to 512),
+// the warps' sums added at the end. GQA (query heads share a K/V head), sliding windows, tanh
 // soft-capping, and MLA's value-in-key layout (V = the first headDimV floats of each K row). For long contexts
 // the keys split (split-K, as flash-decoding): each block takes `splitKeys` of its token's keys and writes its
 // running max, sum and unnormalized values, and attention_combine merges them. The split rule depends on the
@@ -43,24 +44,94 @@ __device__ __forceinline__ bool kt_att_keys(int pos, int window, const float* pa
     }
     return *begin <= pos;
 }
-// A tile's values into one value dimension's accumulator: a·corr + Σ p[jj]·v[slot jj], in key order.
-__device__ __forceinline__ float kt_att_values(float a, float corr, const float* p, const int* slots, int count,
-                                               const float* vh, int vStride, int dIdx) {
-    a = __fmul_rn(a, corr);
+// Before KT_PDL_WAIT: the K and V rows of the block's first tile (keys begin .. begin + 127, through the block table,
+// which the host writes) into L2, so that their reads from memory overlap the previous kernel's tail (KT_PREFETCH_L2;
+// the row of the token's own position may be the previous kernel's output: only wasted bandwidth then).
+__device__ __forceinline__ void kt_att_prefetch(const float* kh, const float* vh, int kStride, int vStride, int headDim,
+                                                int headDimV, const int* table, int pageSize, int begin, int end) {
+#if KT_ATT_PREFETCH
+    int j = begin + threadIdx.x;
+    if (j > end) return;
+    i64 slot = (i64)table[j / pageSize] * pageSize + j % pageSize;
+    if (((headDim | kStride) & 3) == 0 && ((size_t)kh & 15) == 0) KT_PREFETCH_L2(kh + slot * kStride, headDim * 4);
+    if (((headDimV | vStride) & 3) == 0 && ((size_t)vh & 15) == 0) KT_PREFETCH_L2(vh + slot * vStride, headDimV * 4);
+#endif
+}
+
+// A tile's values, split by keys across the block's 4 warps: warp w takes the tile's keys 32w .. 32w + 31 (in key
+// order) and lane l value dimensions 4c .. 4c + 3 of chunks c = l + 32k (a float4 of a V row a lane: a warp reads
+// 512 contiguous bytes a key, and a thread has 32 keys' loads to keep in flight instead of 128): a = a·corr +
+// Σ p[jj]·v[slot jj]. kt_att_gather sums the warps' accumulators in warp order. (vec4: V rows 16-byte aligned;
+// else the same arithmetic from scalar loads.)
+__device__ __forceinline__ float4 kt_att_v4(const float* row, int c, int headDimV, bool vec4) {
+    if (vec4) return *(const float4*)(row + c);
+    return make_float4(row[c], c + 1 < headDimV ? row[c + 1] : 0.0f, c + 2 < headDimV ? row[c + 2] : 0.0f,
+                       c + 3 < headDimV ? row[c + 3] : 0.0f);
+}
+__device__ __forceinline__ void kt_att_fma4(float4* a, float p, float4 v) {
+    a->x = __fmaf_rn(p, v.x, a->x);
+    a->y = __fmaf_rn(p, v.y, a->y);
+    a->z = __fmaf_rn(p, v.z, a->z);
+    a->w = __fmaf_rn(p, v.w, a->w);
+}
+__device__ __forceinline__ void kt_att_scale4(float4* a, float corr) {
+    a->x = __fmul_rn(a->x, corr);
+    a->y = __fmul_rn(a->y, corr);
+    a->z = __fmul_rn(a->z, corr);
+    a->w = __fmul_rn(a->w, corr);
+}
+__device__ __forceinline__ void kt_att_values(float4* a, float corr, const float* p, const int* slots, int count,
+                                              const float* vh, int vStride, int headDimV, bool vec4) {
+    int lane = threadIdx.x & 31, j0 = (threadIdx.x >> 5) * 32, j1 = min(count, j0 + 32);
+    for (int k = 0; k < KT_ATT_MAX_VDIMS; k++) kt_att_scale4(&a[k], corr);
+    if (headDimV <= 128) {
+        int c = 4 * lane;
+        if (c >= headDimV) return;
 #pragma unroll 8
-    for (int jj = 0; jj < count; jj++) a = __fmaf_rn(p[jj], vh[(i64)slots[jj] * vStride + dIdx], a);
-    return a;
+        for (int jj = j0; jj < j1; jj++) kt_att_fma4(&a[0], p[jj], kt_att_v4(vh + (i64)slots[jj] * vStride, c, headDimV, vec4));
+        return;
+    }
+#pragma unroll 4
+    for (int jj = j0; jj < j1; jj++) {
+        const float* row = vh + (i64)slots[jj] * vStride;
+        float pj = p[jj];
+        for (int k = 0; k < KT_ATT_MAX_VDIMS; k++) {
+            int c = 4 * (lane + 32 * k);
+            if (c < headDimV) kt_att_fma4(&a[k], pj, kt_att_v4(row, c, headDimV, vec4));
+        }
+    }
+}
+// The 4 warps' accumulators of one head summed in warp order, ((w0 + w1) + w2) + w3, into the value dimensions
+// tid + 128k (out[k]); red: 4 × 512 floats of shared memory. Ends with a barrier (red is free again).
+__device__ __forceinline__ void kt_att_gather(const float4* a, int headDimV, float* red, float* out) {
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    for (int k = 0; k < KT_ATT_MAX_VDIMS; k++) {
+        int c = 4 * (lane + 32 * k);
+        if (c < headDimV) *(float4*)(red + warp * 512 + c) = a[k];
+    }
+    __syncthreads();
+    for (int k = 0; k < KT_ATT_MAX_VDIMS; k++) {
+        int d = threadIdx.x + k * KT_ATT_THREADS;
+        out[k] = d < headDimV ? __fadd_rn(__fadd_rn(__fadd_rn(red[d], red[512 + d]), red[1024 + d]), red[1536 + d]) : 0.0f;
+    }
+    __syncthreads();
+}
+// Whether V rows can be read as float4s: every row and head starts 16-byte aligned.
+__device__ __forceinline__ bool kt_att_vec4v(const float* vh, int vStride, int headDimV) {
+    return (headDimV & 3) == 0 && (vStride & 3) == 0 && ((size_t)vh & 15) == 0;
 }
 
 // One head's keys begin..end (of a token's sequence, through its block table) against the query qs (shared memory):
 // the running max m, sum l and unnormalized values acc (value dimension tid + k·128) in key order: tiles of 128 keys,
-// a key per thread (kt_att_score), the block's max and sum, then kt_att_values. The arithmetic of the per-head
-// kernels (attention, attention_decode).
+// a key per thread (kt_att_score), the block's max and sum, then kt_att_values and, at the end, kt_att_gather. The
+// arithmetic of the per-head kernels (attention, attention_decode) and, per head, of attention_gqa<G>.
 __device__ __forceinline__ void kt_att_head(const float* qs, const float* kh, const float* vh, int kStride, int vStride,
         int headDim, int headDimV, float scale, float softcap, const int* table, int pageSize, int begin, int end,
-        bool vec4, float* p, int* slots, float* scratch, float* m, float* l, float* acc) {
+        bool vec4, float* p, int* slots, float* scratch, float* red, float* m, float* l, float* acc) {
     int tid = threadIdx.x;
-    for (int i = 0; i < KT_ATT_MAX_VDIMS; i++) acc[i] = 0.0f;
+    float4 a[KT_ATT_MAX_VDIMS];
+    for (int i = 0; i < KT_ATT_MAX_VDIMS; i++) a[i] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    bool vec4v = kt_att_vec4v(vh, vStride, headDimV);
     *m = -KT_INF;
     *l = 0.0f;
     __syncthreads();
@@ -80,15 +151,11 @@ __device__ __forceinline__ void kt_att_head(const float* qs, const float* kh, co
         float tileSum = kt_block_sum(e, scratch);  // (its barriers also publish p and slots)
         float corr = expf(*m - mNew);
         *l = __fmaf_rn(*l, corr, tileSum);
-        int count = min(KT_ATT_THREADS, end - start + 1);
-        for (int k = 0; k < KT_ATT_MAX_VDIMS; k++) {
-            int dIdx = tid + k * KT_ATT_THREADS;
-            if (dIdx >= headDimV) break;
-            acc[k] = kt_att_values(acc[k], corr, p, slots, count, vh, vStride, dIdx);
-        }
+        kt_att_values(a, corr, p, slots, min(KT_ATT_THREADS, end - start + 1), vh, vStride, headDimV, vec4v);
         *m = mNew;
         __syncthreads();
     }
+    kt_att_gather(a, headDimV, red, acc);
 }
 // A split's running max, sum and unnormalized values into its slot of the partials ([token][head][split][2 + dV]).
 __device__ __forceinline__ void kt_att_write_part(float* part, int t, int h, int nHead, int headDimV, float m, float l,
@@ -105,22 +172,26 @@ extern "C" __global__ void __launch_bounds__(KT_ATT_THREADS) attention(
         const float* q, float* out, const float* kc, const float* vc, int kStride, int vStride, int vHeadStride,
         int nHead, int nKVHead, int headDim, int headDimV, float scale, int window, float softcap,
         const int* positions, const int* seqOfToken, const int* blockTables, int blockTableStride, int pageSize,
-        float* part, int splitKeys) { KT_PDL_WAIT();
+        float* part, int splitKeys) { /* KT_PDL_WAIT after the prefetch */
     __shared__ __align__(16) float qs[KT_ATT_MAX_HEAD];
     __shared__ float p[KT_ATT_THREADS];
     __shared__ int slots[KT_ATT_THREADS];
     __shared__ float scratch[32];
+    __shared__ __align__(16) float red[4 * 512];
     int t = blockIdx.x, h = blockIdx.y, tid = threadIdx.x;
     int kvh = h / (nHead / nKVHead);
-    const float* qh = q + ((i64)t * nHead + h) * headDim;
-    for (int i = tid; i < headDim; i += KT_ATT_THREADS) qs[i] = qh[i];
     int pos = positions[t], seq = seqOfToken[t], begin, end;
     if (!kt_att_keys(pos, window, part, splitKeys, &begin, &end)) return;
+    kt_att_prefetch(kc + (i64)kvh * headDim, vc + (i64)kvh * vHeadStride, kStride, vStride, headDim, headDimV,
+                    blockTables + (i64)seq * blockTableStride, pageSize, begin, end);
+    KT_PDL_WAIT();
+    const float* qh = q + ((i64)t * nHead + h) * headDim;
+    for (int i = tid; i < headDim; i += KT_ATT_THREADS) qs[i] = qh[i];
     // K rows as float4s when every row and head starts 16-byte aligned.
     bool vec4 = (headDim & 3) == 0 && (kStride & 3) == 0 && ((size_t)kc & 15) == 0;
     float m, l, acc[KT_ATT_MAX_VDIMS];
     kt_att_head(qs, kc + (i64)kvh * headDim, vc + (i64)kvh * vHeadStride, kStride, vStride, headDim, headDimV, scale,
-                softcap, blockTables + (i64)seq * blockTableStride, pageSize, begin, end, vec4, p, slots, scratch, &m, &l, acc);
+                softcap, blockTables + (i64)seq * blockTableStride, pageSize, begin, end, vec4, p, slots, scratch, red, &m, &l, acc);
     if (part) return kt_att_write_part(part, t, h, nHead, headDimV, m, l, acc);
     float inv = 1.0f / l;
     float* o = out + ((i64)t * nHead + h) * headDimV;
@@ -133,7 +204,7 @@ extern "C" __global__ void __launch_bounds__(KT_ATT_THREADS) attention(
 // The same for the G query heads of one K/V head (GQA) in one block: each key row and value is read once for the G
 // heads (the per-head kernel reads them G times: at prefill that traffic sets its time), and each head's arithmetic
 // is the per-head kernel's (kt_att_score, the same block reductions, kt_att_values, in the same order): the same
-// bits. Grid (n, nKVHead, splits), 128 threads; head dims up to 256, value dims up to 128 (one a thread).
+// bits. Grid (n, nKVHead, splits), 128 threads; head dims up to 256, value dims up to 128 (a float4 a lane).
 template <int G>
 __device__ __forceinline__ void kt_attention_gqa(
         const float* q, float* out, const float* kc, const float* vc, int kStride, int vStride, int vHeadStride,
@@ -143,19 +214,25 @@ __device__ __forceinline__ void kt_attention_gqa(
     __shared__ float p[G][KT_ATT_THREADS];
     __shared__ int slots[KT_ATT_THREADS];
     __shared__ float scratch[32];
+    __shared__ __align__(16) float red[4 * 512];
     int t = blockIdx.x, kvh = blockIdx.y, tid = threadIdx.x, h0 = kvh * G;
-    for (int h = 0; h < G; h++) {
-        const float* qh = q + ((i64)t * nHead + h0 + h) * headDim;
-        for (int i = tid; i < headDim; i += KT_ATT_THREADS) qs[h][i] = qh[i];
-    }
     int pos = positions[t], seq = seqOfToken[t], begin, end;
     if (!kt_att_keys(pos, window, part, splitKeys, &begin, &end)) return;
     const int* table = blockTables + (i64)seq * blockTableStride;
     const float* kh = kc + (i64)kvh * headDim;
     const float* vh = vc + (i64)kvh * vHeadStride;
-    float acc[G], m[G], l[G];
-    for (int h = 0; h < G; h++) { acc[h] = 0.0f; m[h] = -KT_INF; l[h] = 0.0f; }
+    kt_att_prefetch(kh, vh, kStride, vStride, headDim, headDimV, table, pageSize, begin, end);
+    KT_PDL_WAIT();
+    for (int h = 0; h < G; h++) {
+        const float* qh = q + ((i64)t * nHead + h0 + h) * headDim;
+        for (int i = tid; i < headDim; i += KT_ATT_THREADS) qs[h][i] = qh[i];
+    }
+    float4 a[G];
+    float m[G], l[G];
+    for (int h = 0; h < G; h++) { a[h] = make_float4(0.0f, 0.0f, 0.0f, 0.0f); m[h] = -KT_INF; l[h] = 0.0f; }
     bool vec4 = (headDim & 3) == 0 && (kStride & 3) == 0 && ((size_t)kc & 15) == 0;
+    bool vec4v = kt_att_vec4v(vh, vStride, headDimV);
+    int lane = tid & 31, j0 = (tid >> 5) * 32, c = 4 * lane;
     __syncthreads();
     for (int start = begin; start <= end; start += KT_ATT_THREADS) {
         int j = start + tid, slot = 0;
@@ -167,29 +244,42 @@ __device__ __forceinline__ void kt_attention_gqa(
             for (int h = 0; h < G; h++) s[h] = kt_att_score(qs[h], kr, headDim, vec4, scale, softcap);
         }
         slots[tid] = slot;
-        float corr[G];
+#pragma unroll
         for (int h = 0; h < G; h++) {
             float tileMax = kt_block_max(s[h], scratch);
             float mNew = fmaxf(m[h], tileMax);
             float e = j <= end ? expf(s[h] - mNew) : 0.0f;
             p[h][tid] = e;
             float tileSum = kt_block_sum(e, scratch);  // (its barriers also publish p and slots)
-            corr[h] = expf(m[h] - mNew);
-            l[h] = __fmaf_rn(l[h], corr[h], tileSum);
+            float corr = expf(m[h] - mNew);
+            l[h] = __fmaf_rn(l[h], corr, tileSum);
             m[h] = mNew;
+            kt_att_scale4(&a[h], corr);
         }
-        int count = min(KT_ATT_THREADS, end - start + 1);
-        if (tid < headDimV)
-            for (int h = 0; h < G; h++) acc[h] = kt_att_values(acc[h], corr[h], p[h], slots, count, vh, vStride, tid);
+        // kt_att_values for the G heads: each V row read once.
+        int j1 = min(min(KT_ATT_THREADS, end - start + 1), j0 + 32);
+        if (c < headDimV) {
+#pragma unroll 4
+            for (int jj = j0; jj < j1; jj++) {
+                float4 v = kt_att_v4(vh + (i64)slots[jj] * vStride, c, headDimV, vec4v);
+#pragma unroll
+                for (int h = 0; h < G; h++) kt_att_fma4(&a[h], p[h][jj], v);
+            }
+        }
         __syncthreads();
     }
+#pragma unroll
     for (int h = 0; h < G; h++) {
+        float acc[KT_ATT_MAX_VDIMS];
+        float4 ah[KT_ATT_MAX_VDIMS] = {a[h], make_float4(0.0f, 0.0f, 0.0f, 0.0f), make_float4(0.0f, 0.0f, 0.0f, 0.0f),
+                                       make_float4(0.0f, 0.0f, 0.0f, 0.0f)};
+        kt_att_gather(ah, headDimV, red, acc);
         if (part) {
             float* pp = part + (((i64)t * nHead + h0 + h) * gridDim.z + blockIdx.z) * (headDimV + 2);
             if (tid == 0) { pp[0] = m[h]; pp[1] = l[h]; }
-            if (tid < headDimV) pp[2 + tid] = acc[h];
+            if (tid < headDimV) pp[2 + tid] = acc[0];
         } else if (tid < headDimV) {
-            out[((i64)t * nHead + h0 + h) * headDimV + tid] = acc[h] * (1.0f / l[h]);
+            out[((i64)t * nHead + h0 + h) * headDimV + tid] = acc[0] * (1.0f / l[h]);
         }
     }
 }
@@ -197,7 +287,8 @@ __device__ __forceinline__ void kt_attention_gqa(
 extern "C" __global__ void __launch_bounds__(KT_ATT_THREADS) attention_gqa##g( \
         const float* q, float* out, const float* kc, const float* vc, int kStride, int vStride, int vHeadStride, \
         int nHead, int headDim, int headDimV, float scale, int window, float softcap, const int* positions, \
-        const int* seqOfToken, const int* blockTables, int blockTableStride, int pageSize, float* part, int splitKeys) { KT_PDL_WAIT(); \
+        const int* seqOfToken, const int* blockTables, int blockTableStride, int pageSize, float* part, int splitKeys) { \
+    /* KT_PDL_WAIT in kt_attention_gqa, after its prefetch */ \
     kt_attention_gqa<g>(q, out, kc, vc, kStride, vStride, vHeadStride, nHead, headDim, headDimV, scale, window, softcap, \
                         positions, seqOfToken, blockTables, blockTableStride, pageSize, part, splitKeys); \
 }
@@ -261,37 +352,45 @@ extern "C" __global__ void __launch_bounds__(256) attention_combine_q8K(const fl
 
 // A decode step's attention in one launch, where every token is the only one of its sequence in the step: the work of
 // rope_store_kv, attention (split-K) and attention_combine / _q8K, with their arithmetic. Block (t, h, z) norms and
-// rotates its q head in shared memory (kt_rope_head, which rope_store_kv applies in place); the block whose key share
-// holds the token's own position also rotates its K/V head's k and writes the k and v rows to the token's cache slot
+// rotates its q head in shared memory (kt_rope_heads2, kt_rope_head's arithmetic, which rope_store_kv applies in
+// place); the block whose key share holds the token's own position also rotates its K/V head's k (loaded with q) and writes the k and v rows to the token's cache slot
 // (every query head of the group writes the same values) before its keys; it then writes its share's partials and
 // counts them in `counters` (per token and group of `groupHeads` heads, zero before the launch): the group's last
 // block combines the shares in split order, writes the output (and, with `q8`, the Q8_K form of its 256 values:
-// groupHeads · headDimV = 256) and sets the counter back to zero. Grid (n, nHead, splits), 128 threads.
+// groupHeads · headDimV = 256) and sets the counter back to zero. With `part` null (the reserved context fits one
+// share) each block writes its head's output as the attention kernel does, no partials, no counters. Grid (n, nHead,
+// splits), 128 threads.
 extern "C" __global__ void __launch_bounds__(KT_ATT_THREADS) attention_decode(
         const float* q, const float* qNorm, const float* k, const float* kNorm, const float* v, float* out, float* kc,
         float* vc, int nHead, int nKVHead, int headDim, int headDimV, float scale, int window, float softcap,
         const float* ropeTable, int ropeDims, int neox, float eps, const int* positions, const int* slotMapping,
         const int* seqOfToken, const int* blockTables, int blockTableStride, int pageSize, float* part, int splitKeys,
-        int* counters, int groupHeads, i8* q8, float* q8d, int* q8sums) { KT_PDL_WAIT();
+        int* counters, int groupHeads, i8* q8, float* q8d, int* q8sums) { /* KT_PDL_WAIT after the prefetch */
     __shared__ __align__(16) float qs[KT_ATT_MAX_HEAD];
     __shared__ __align__(16) float ks[KT_ATT_MAX_HEAD];
     __shared__ float p[KT_ATT_THREADS];
     __shared__ int slots[KT_ATT_THREADS];
     __shared__ float scratch[32];
+    __shared__ __align__(16) float red[4 * 512];
     __shared__ int last;
     int t = blockIdx.x, h = blockIdx.y, tid = threadIdx.x, kvh = h / (nHead / nKVHead);
     int kStride = nKVHead * headDim, vStride = nKVHead * headDimV;
     int pos = positions[t], seq = seqOfToken[t], begin, end;
     if (!kt_att_keys(pos, window, part, splitKeys, &begin, &end)) return;
+    kt_att_prefetch(kc + (i64)kvh * headDim, vc + (i64)kvh * headDimV, kStride, vStride, headDim, headDimV,
+                    blockTables + (i64)seq * blockTableStride, pageSize, begin, end);
+    KT_PDL_WAIT();
+    // q, and in the block whose keys end at the token's own position k, loaded together, normed and rotated together.
+    bool own = end == pos;
     const float* qh = q + ((i64)t * nHead + h) * headDim;
-    for (int i = tid; i < headDim; i += KT_ATT_THREADS) qs[i] = qh[i];
+    const float* kh = k + ((i64)t * nKVHead + kvh) * headDim;
+    for (int i = tid; i < headDim; i += KT_ATT_THREADS) {
+        qs[i] = qh[i];
+        if (own) ks[i] = kh[i];
+    }
     __syncthreads();
-    kt_rope_head(qs, headDim, ropeTable, ropeDims, neox, pos, qNorm, eps, scratch);
-    if (end == pos) {
-        const float* kh = k + ((i64)t * nKVHead + kvh) * headDim;
-        for (int i = tid; i < headDim; i += KT_ATT_THREADS) ks[i] = kh[i];
-        __syncthreads();
-        kt_rope_head(ks, headDim, ropeTable, ropeDims, neox, pos, kNorm, eps, scratch);
+    kt_rope_heads2(qs, qNorm, own ? ks : nullptr, kNorm, headDim, ropeTable, ropeDims, neox, pos, eps, scratch);
+    if (own) {
         __syncthreads();
         i64 s = slotMapping[t];
         for (int i = tid; i < headDim; i += KT_ATT_THREADS) kc[s * kStride + (i64)kvh * headDim + i] = ks[i];
@@ -302,7 +401,17 @@ extern "C" __global__ void __launch_bounds__(KT_ATT_THREADS) attention_decode(
     bool vec4 = (headDim & 3) == 0 && (kStride & 3) == 0 && ((size_t)kc & 15) == 0;
     float m, l, acc[KT_ATT_MAX_VDIMS];
     kt_att_head(qs, kc + (i64)kvh * headDim, vc + (i64)kvh * headDimV, kStride, vStride, headDim, headDimV, scale,
-                softcap, blockTables + (i64)seq * blockTableStride, pageSize, begin, end, vec4, p, slots, scratch, &m, &l, acc);
+                softcap, blockTables + (i64)seq * blockTableStride, pageSize, begin, end, vec4, p, slots, scratch, red, &m, &l, acc);
+    if (!part) {
+        // One share (the reserved context fits one split): the plain kernel's output, nothing to combine.
+        float inv = 1.0f / l;
+        float* o = out + ((i64)t * nHead + h) * headDimV;
+        for (int kk = 0; kk < KT_ATT_MAX_VDIMS; kk++) {
+            int dIdx = tid + kk * KT_ATT_THREADS;
+            if (dIdx < headDimV) o[dIdx] = acc[kk] * inv;
+        }
+        return;
+    }
     kt_att_write_part(part, t, h, nHead, headDimV, m, l, acc);
     // Publish this share, count it; the group's last share combines.
     __threadfence();

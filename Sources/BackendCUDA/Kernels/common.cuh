@@ -34,6 +34,22 @@ __device__ __forceinline__ float kt_bf16_to_float(u16 h) { return __uint_as_floa
 #define KT_PDL_WAIT() do { } while (0)
 #endif
 
+// An L2 prefetch of `bytes` (a multiple of 16) at the 16-byte aligned p: it reads nothing into the block, so a kernel
+// may issue it before KT_PDL_WAIT, even on memory the previous kernel writes (L2 is the coherent level: a line fetched
+// early is then only wasted bandwidth). KT_ATT_PREFETCH (the backend sets it: KTRANSFORMERS_CUDA_PREFETCH=0 gives 0)
+// turns the attention kernels' use of it on.
+#ifndef KT_ATT_PREFETCH
+#define KT_ATT_PREFETCH 1
+#endif
+#if !defined(KT_EMULATOR) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#define KT_PREFETCH_L2(p, bytes) asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" :: "l"(p), "r"((u32)(bytes)) : "memory")
+#elif !defined(KT_EMULATOR)
+#define KT_PREFETCH_L2(p, bytes) do { for (int kt_o = 0; kt_o < (int)(bytes); kt_o += 128) \
+    asm volatile("prefetch.global.L2 [%0];" :: "l"((const char*)(p) + kt_o)); } while (0)
+#else
+#define KT_PREFETCH_L2(p, bytes) do { (void)(p); } while (0)
+#endif
+
 // dp4a with a's bytes unsigned and b's signed (dp4a.u32.s32): a Q4_K word's high nibbles masked in place (16·q)
 // against signed 8-bit inputs, without shifting them down first.
 __device__ __forceinline__ int kt_dp4a_us(u32 a, int b, int c) {

@@ -11,15 +11,18 @@ __device__ __forceinline__ bool kt_norm_vec_ok(int dim, const void* a, const voi
 }
 // The vector form with the row already in registers (float4 i = threadIdx.x + k · blockDim.x in v[k], zeros past
 // the end); also writes o to `so` (shared memory) when given, for a step that reads it next.
-__device__ __forceinline__ void kt_rms_norm_vec(const float4* v, const float* w, float* o, int dim, float eps,
-                                                float* scratch, float* so) {
+// The weights as kt_rms_norm_vec takes them (loaded before the reduction, or before KT_PDL_WAIT, so that their
+// latency overlaps it or the previous kernel's tail).
+__device__ __forceinline__ void kt_norm_weights(const float* w, int dim, float4* wv) {
     int nv = dim / 4;
-    // The weights are loaded before the reduction, so that their latency overlaps it.
-    float4 wv[KT_NORM_VEC];
     for (int k = 0; k < KT_NORM_VEC; k++) {
         int i = threadIdx.x + k * blockDim.x;
         wv[k] = i < nv ? ((const float4*)w)[i] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     }
+}
+__device__ __forceinline__ void kt_rms_norm_vec(const float4* v, const float4* wv, float* o, int dim, float eps,
+                                                float* scratch, float* so) {
+    int nv = dim / 4;
     float ss = 0.0f;
     for (int k = 0; k < KT_NORM_VEC; k++)
         ss += v[k].x * v[k].x + v[k].y * v[k].y + v[k].z * v[k].z + v[k].w * v[k].w;
@@ -44,7 +47,9 @@ __device__ __forceinline__ void kt_rms_norm_row(const float* xr, const float* w,
             int i = threadIdx.x + k * blockDim.x;
             v[k] = i < nv ? ((const float4*)xr)[i] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
         }
-        kt_rms_norm_vec(v, w, o, dim, eps, scratch, so);
+        float4 wv[KT_NORM_VEC];
+        kt_norm_weights(w, dim, wv);
+        kt_rms_norm_vec(v, wv, o, dim, eps, scratch, so);
         return;
     }
     float ss = 0.0f;
@@ -93,7 +98,8 @@ extern "C" __global__ void __launch_bounds__(KT_NORM_THREADS) rms_norm_q8K(const
 // (dim a multiple of 256) also the Q8_K form of out, as rms_norm_q8K. The sum stays in registers for the norm and
 // the normed row in shared memory for the quantization. Grid rows, KT_NORM_THREADS threads.
 extern "C" __global__ void __launch_bounds__(KT_NORM_THREADS) add_rms_norm(const float* x, float* y, const float* w, float* out,
-                                                               int dim, float eps, i8* q, float* d, int* sums) { KT_PDL_WAIT();
+                                                               int dim, float eps, i8* q, float* d, int* sums) {
+    /* KT_PDL_WAIT after the weights' loads */
     __shared__ float scratch[32];
     __shared__ __align__(16) float so[KT_NORM_SHARED];
     i64 row = blockIdx.x;
@@ -103,6 +109,9 @@ extern "C" __global__ void __launch_bounds__(KT_NORM_THREADS) add_rms_norm(const
     bool shared = q && dim <= KT_NORM_SHARED;
     if (kt_norm_vec_ok(dim, xr, yr, o) && ((size_t)w & 15) == 0) {
         int nv = dim / 4;
+        float4 wv[KT_NORM_VEC];
+        kt_norm_weights(w, dim, wv);  // (weights: no other kernel writes them)
+        KT_PDL_WAIT();
         float4 v[KT_NORM_VEC];
         for (int k = 0; k < KT_NORM_VEC; k++) {
             int i = threadIdx.x + k * blockDim.x;
@@ -113,8 +122,9 @@ extern "C" __global__ void __launch_bounds__(KT_NORM_THREADS) add_rms_norm(const
                 ((float4*)yr)[i] = v[k];
             }
         }
-        kt_rms_norm_vec(v, w, o, dim, eps, scratch, shared ? so : nullptr);
+        kt_rms_norm_vec(v, wv, o, dim, eps, scratch, shared ? so : nullptr);
     } else {
+        KT_PDL_WAIT();
         for (int i = threadIdx.x; i < dim; i += blockDim.x) yr[i] += xr[i];
         __syncthreads();
         kt_rms_norm_row(yr, w, o, dim, eps, scratch, shared ? so : nullptr);
@@ -248,15 +258,25 @@ extern "C" __global__ void __launch_bounds__(256) sigmoid_gate(float* out, const
 
 // Rotates head h of row t in place by the position positions[t] (table: [positions, dims] cos/sin pairs), after
 // an RMS norm of the head's `headStride` elements by `norm` when given; grid (rows, heads), 128 threads.
-// One head vector v (headStride floats) normed (when `norm`) and rotated by position pos, by the whole block.
-__device__ __forceinline__ void kt_rope_head(float* v, int headStride, const float* table, int dims, int neox, int pos,
-                                             const float* norm, float eps, float* scratch) {
-    if (norm) {
-        float ss = 0.0f;
-        for (int i = threadIdx.x; i < headStride; i += blockDim.x) ss += v[i] * v[i];
-        ss = kt_block_sum(ss, scratch);
-        float scale = 1.0f / sqrtf(ss / (float)headStride + eps);
-        for (int i = threadIdx.x; i < headStride; i += blockDim.x) v[i] = v[i] * scale * norm[i];
+// One head vector v (headStride floats) normed (when `norm`) and rotated by position pos, by the whole block;
+// kt_rope_heads2 does two vectors of the same position at once (attention_decode's q and k: their loads in flight
+// together), each with kt_rope_head's arithmetic (explicit roundings: the same bits whichever does it).
+__device__ __forceinline__ void kt_rope_heads2(float* v0, const float* n0, float* v1, const float* n1, int headStride,
+                                               const float* table, int dims, int neox, int pos, float eps, float* scratch) {
+    bool norm0 = n0 != nullptr, norm1 = v1 != nullptr && n1 != nullptr;
+    if (norm0 || norm1) {
+        float s0 = 0.0f, s1 = 0.0f;
+        for (int i = threadIdx.x; i < headStride; i += blockDim.x) {
+            if (norm0) s0 = __fmaf_rn(v0[i], v0[i], s0);
+            if (norm1) s1 = __fmaf_rn(v1[i], v1[i], s1);
+        }
+        if (norm0) s0 = kt_block_sum(s0, scratch);
+        if (norm1) s1 = kt_block_sum(s1, scratch);
+        float c0 = 1.0f / sqrtf(s0 / (float)headStride + eps), c1 = 1.0f / sqrtf(s1 / (float)headStride + eps);
+        for (int i = threadIdx.x; i < headStride; i += blockDim.x) {
+            if (norm0) v0[i] = __fmul_rn(__fmul_rn(v0[i], c0), n0[i]);
+            if (norm1) v1[i] = __fmul_rn(__fmul_rn(v1[i], c1), n1[i]);
+        }
         __syncthreads();
     }
     const float* cs = table + (i64)pos * dims;
@@ -264,10 +284,20 @@ __device__ __forceinline__ void kt_rope_head(float* v, int headStride, const flo
     for (int i = threadIdx.x; i < half; i += blockDim.x) {
         float c = cs[2 * i], s = cs[2 * i + 1];
         int ia = neox ? i : 2 * i, ib = neox ? i + half : 2 * i + 1;
-        float a = v[ia], b = v[ib];
-        v[ia] = a * c - b * s;
-        v[ib] = a * s + b * c;
+        float a = v0[ia], b = v0[ib];
+        v0[ia] = __fsub_rn(__fmul_rn(a, c), __fmul_rn(b, s));
+        v0[ib] = __fadd_rn(__fmul_rn(a, s), __fmul_rn(b, c));
+        if (v1) {
+            a = v1[ia];
+            b = v1[ib];
+            v1[ia] = __fsub_rn(__fmul_rn(a, c), __fmul_rn(b, s));
+            v1[ib] = __fadd_rn(__fmul_rn(a, s), __fmul_rn(b, c));
+        }
     }
+}
+__device__ __forceinline__ void kt_rope_head(float* v, int headStride, const float* table, int dims, int neox, int pos,
+                                             const float* norm, float eps, float* scratch) {
+    kt_rope_heads2(v, norm, nullptr, nullptr, headStride, table, dims, neox, pos, eps, scratch);
 }
 
 extern "C" __global__ void __launch_bounds__(128) rope(float* x, i64 rowStride, int headStride, const float* table,
