@@ -701,13 +701,15 @@ public struct BackendConformance {
     /// pages in shuffled order, a context of 2048: a GPU's split-K shares) has the bits of `ropeAndStoreKV` then
     /// `attention`: the output, the K/V rows stored and a Q4_K (Q8_0 for 128-wide rows) matmul of the output (a backend
     /// may hand the output's quantized form to it); GQA with per-head norms and 256-wide output rows, narrow rows without norms, a
-    /// sliding window with soft-capping.
+    /// sliding window with soft-capping. Twice: with a reserved context of 2048 and of 256 (one key split on a GPU,
+    /// whose fused kernel then writes each head directly). On CUDA with the fused kernel turned on (it is opt-in).
     public func checkRopeStoreAndAttend() throws {
         let b = backend
         var rng = SplitMix64(seed: 21)
         let pageSize = 16, numPages = 128, maxN = 8, context = 2048
-        b.reserve(ForwardPlan(maxTokens: Self.plan.maxTokens, contextLength: context, maxQueryGroup: Self.plan.maxQueryGroup,
-                              routerWork: Self.plan.routerWork))
+        let savedFused = CUDABackend.fusedDecodeAttention
+        CUDABackend.fusedDecodeAttention = true
+        defer { CUDABackend.fusedDecodeAttention = savedFused }
         var qwen = AttentionParams(nHead: 8, nKVHead: 2, headDim: 32, scale: 1 / Float(32).squareRoot())
         let narrow = AttentionParams(nHead: 4, nKVHead: 2, headDim: 32, headDimV: 32, scale: 0.2)
         var window = qwen
@@ -729,7 +731,11 @@ public struct BackendConformance {
         let flat = b.int32Tensor(tables.flatMap { $0 + [Int32](repeating: 0, count: tableStride - $0.count) })
         func slot(_ s: Int, _ p: Int) -> Int { Int(tables[s][p / pageSize]) * pageSize + p % pageSize }
         let positions = b.allocate(64), slots = b.allocate(64), seqOf = b.allocate(64)
-        for (label, params, norms, neox) in cases {
+        for reserved in [context, 256] {
+        b.reserve(ForwardPlan(maxTokens: Self.plan.maxTokens, contextLength: reserved, maxQueryGroup: Self.plan.maxQueryGroup,
+                              routerWork: Self.plan.routerWork))
+        for (caseLabel, params, norms, neox) in cases {
+            let label = "\(caseLabel), reserved context \(reserved)"
             let hd = params.headDim, kDim = params.nKVHead * hd, vDim = params.nKVHead * params.headDimV
             let qWidth = params.nHead * hd, width = params.nHead * params.headDimV
             let cache = b.makeKVCache(pageSize: pageSize, numPages: numPages, kDims: [kDim], vDims: [vDim])
@@ -791,8 +797,9 @@ public struct BackendConformance {
                 Expect.fail("[\(name)] ropeStoreAndAttend \(label): attention_decode left a counter set")
             }
         }
+        }
         [positions, slots, seqOf, flat].forEach { b.release($0) }
-        print("[\(name)] ropeStoreAndAttend: bit-identical to ropeAndStoreKV + attention (decode step, 4 sequences up to 1031 keys, 3 cases)")
+        print("[\(name)] ropeStoreAndAttend: bit-identical to ropeAndStoreKV + attention (decode step, 4 sequences up to 1031 keys, 3 cases, reserved contexts 2048 and 256)")
     }
 
     /// A paged pool of 4-token pages; four sequences whose pages are interleaved and out of order; their first

@@ -123,6 +123,9 @@ final class CUDAFusionTests: XCTestCase {
             b.profiling = false
             return Set(b.kernelProfile().map { $0.name.split(separator: " ")[0] })
         }
+        let savedFused = CUDABackend.fusedDecodeAttention
+        defer { CUDABackend.fusedDecodeAttention = savedFused }
+        CUDABackend.fusedDecodeAttention = true   // (opt-in: KTRANSFORMERS_CUDA_ATTENTION_FUSED=1)
         _ = step(oneTokenPerSequence: true)   // (the first allocates the partials and counters)
         let fused = step(oneTokenPerSequence: true)
         XCTAssertTrue(fused.contains("attention_decode"), "kernels launched: \(fused)")
@@ -136,7 +139,6 @@ final class CUDAFusionTests: XCTestCase {
         XCTAssertFalse(step(oneTokenPerSequence: true).contains("attention_decode"))
         b.batchInvariant = false
         CUDABackend.fusedDecodeAttention = false
-        defer { CUDABackend.fusedDecodeAttention = true }
         XCTAssertFalse(step(oneTokenPerSequence: true).contains("attention_decode"))
     }
 
