@@ -1580,10 +1580,10 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
 
     /// `KTRANSFORMERS_CUDA_ATTENTION_FUSED=1`: decode steps (every token its sequence's only one) below
     /// `attentionGroupMinTokens` tokens run RoPE, the K/V store, split-K attention and the combine in one launch
-    /// (`attention_decode`, the arithmetic of the three kernels). Off by default: its first form measured slower than
-    /// the separate launches on an H100 (2026-12-07 03:56: Llama-3-8B 305 against 321 t/s, Qwen3-30B-A3B 268-278
-    /// against 327); the form since (q and k loaded together, one split writing each head directly) is not yet
-    /// measured. Not under `--batch-invariant` (the separate kernels' bits are what every step shares there).
+    /// (`attention_decode`, the arithmetic of the three kernels). Off by default: slower than the separate launches on
+    /// an H100 in both its forms (2026-12-07 03:56: Llama-3-8B 305 against 321 t/s; 05:35, q and k loaded together
+    /// and one split writing each head directly: Llama-3-8B 357.1 against 369.3, Qwen3-30B-A3B 343.3 against 369.9).
+    /// Not under `--batch-invariant` (the separate kernels' bits are what every step shares there).
     nonisolated(unsafe) public static var fusedDecodeAttention = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_ATTENTION_FUSED"] == "1"
     /// attention_decode's counters: one per token and group of heads, zero between launches (each launch's last
     /// blocks set theirs back).

@@ -90,10 +90,11 @@ final class CUDAFusionTests: XCTestCase {
         XCTAssertEqual(b.kernelProfile().first { $0.name.hasPrefix("matvec_stream_q4_K_q8") }?.calls, 2)
     }
 
-    /// A decode step's attention (every token its sequence's only one) is one launch, `attention_decode` (RoPE, the
-    /// K/V store, split-K attention and the combine), whose output's Q8_K form the output projection takes (no
-    /// quantize_q8_K); a step without that promise, `--batch-invariant` or KTRANSFORMERS_CUDA_ATTENTION_FUSED=0 runs
-    /// the separate kernels (the conformance check `ropeStoreAndAttend` proves the bits equal).
+    /// With the fused decode attention on (opt-in, KTRANSFORMERS_CUDA_ATTENTION_FUSED=1), a decode step's attention
+    /// (every token its sequence's only one) is one launch, `attention_decode` (RoPE, the K/V store, split-K attention
+    /// and the combine), whose output's Q8_K form the output projection takes (no quantize_q8_K); a step without that
+    /// promise, `--batch-invariant` or the switch off runs the separate kernels (the conformance check
+    /// `ropeStoreAndAttend` proves the bits equal).
     func testDecodeAttentionIsOneLaunch() throws {
         guard let b = try CUDABackend.makeIfPresent() else {
             throw XCTSkip("no CUDA driver/GPU and no CUDA emulator here: CUDA fusion test skipped")
