@@ -185,8 +185,8 @@ final class CUDAContiguousOneTokenTests: XCTestCase {
                 batchInvariant: false, expect: ["matvec_q4_K_f32_1c", "matvec_experts_q4_K_f32_1c"])
     }
 
-    /// The routed experts' one-token FP32-core down projection at 4 rows a warp with the experts' combine (the default,
-    /// `matvec_experts_q4_K_f32_combine`), without it (`matvec_experts_q4_K_f32_r4`) and at 2 rows
+    /// The routed experts' one-token FP32-core down projection at 4 rows a warp with the experts' combine (opt-in,
+    /// `matvec_experts_q4_K_f32_combine`), without it (`matvec_experts_q4_K_f32_r4`, the default) and at 2 rows
     /// (`KTRANSFORMERS_CUDA_F32_ONE_ROWS=2`): each launched, each within the bounds.
     func testExpertDownProjectionRowsPerWarp() throws {
         let savedFused = CUDABackend.fusedExpertCombine
