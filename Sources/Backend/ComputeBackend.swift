@@ -293,10 +293,6 @@ public protocol ExpertExecutor: AnyObject {
     /// Starts `down_e(silu(gate_e(x[t])) · up_e(x[t]))` for every token t < n and each of its experts
     /// `e = ids[t, j]`, j < topK: `x` `// [n, dim]`, `ids` i32 `// [n, topK]`.
     func submit(_ experts: ExpertWeights, x: Tensor, ids: Tensor, n: Int, topK: Int)
-    /// Called before the router's choice that the next `submit` of `experts` for `n` tokens takes: an executor may
-    /// start bringing the chosen experts' weights closer (the CUDA one has the choice kernel ask the L2 for their gate
-    /// and up matrices at one token). Nothing by default.
-    func willChoose(from experts: ExpertWeights, n: Int)
     /// Waits for the last `submit`, then `out[t] += Σ_j weights[t, j] · expert_j(x[t])`, in choice order.
     func wait(weights: Tensor, accumulateInto out: Tensor, n: Int)
     /// Where the executor can: waits for the last `submit`, then `out[t] = Σ_j weights[t, j] · expert_j(x[t])` (the
@@ -314,5 +310,4 @@ extension ExpertExecutor {
     public func wait(weights: Tensor, storeInto out: Tensor, n: Int) -> Bool { false }
     public var usage: ExpertUsage? { nil }
     public func flush(accumulateInto out: Tensor, n: Int) {}
-    public func willChoose(from experts: ExpertWeights, n: Int) {}
 }

@@ -92,12 +92,6 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     private var preparedSplit: Prepared?
     /// The Q16_K form of a SwiGLU output (gated_silu_q16), in `splitLow`.
     private var preparedQ16: Prepared?
-    /// The expert matrices the next `moeSelect` asks the L2 for, per chosen expert (`CUDAExpertExecutor.willChoose`):
-    /// gate base and bytes a matrix, up base and bytes a matrix.
-    var choicePrefetch: (UInt, Int, UInt, Int)?
-    /// A one-token SwiGLU not launched yet (`gatedActivation`): the down projection that reads it next runs it in its
-    /// own kernel (`matvec_q4_K_swiglu_ps`); any other work on the stream launches it first (`flushSwiGLU`).
-    private var pendingSwiGLU: (g: UInt, u: UInt, count: Int)?
     /// The token count of the last matmul group (gate/up): SwiGLU after a one-token group writes the Q16_K form.
     private var lastGroupTokens = 0
     private var profileEvents: [CUDADriver.Handle] = []
@@ -264,12 +258,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         do { try body() } catch { fatalError("CUDA backend (\(gpuName)): \(what()): \(error)") }
     }
 
-    /// Makes the backend's context current; launches a SwiGLU left for the down projection (every op but `matmul`
-    /// comes between the two only by launching it first).
-    func current() {
-        must("cuCtxSetCurrent") { try driver.makeCurrent(context) }
-        flushSwiGLU()
-    }
+    func current() { must("cuCtxSetCurrent") { try driver.makeCurrent(context) } }
 
     /// Launches kernel `f` on the backend's stream.
     func launch(_ f: CUDADriver.Handle, _ name: @autoclosure () -> String, grid: (Int, Int, Int), block: Int,
@@ -299,7 +288,6 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     /// Work on the stream (a kernel, a cuBLAS call), counted in `launches` and timed by events around it when
     /// profiling.
     private func profiled(_ name: @autoclosure () -> String, _ body: () -> Void) {
-        if pendingSwiGLU != nil { flushSwiGLU() }
         launches &+= 1
         let events = profiling ? (profileEvent(), profileEvent()) : nil
         if let e = events { must("cuEventRecord") { try driver.record(e.0, stream: stream) } }
@@ -435,7 +423,6 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
 
     /// Waits for the stream's work: spinning, or asleep on a blocking event (`blockingWaits`).
     private func waitForStream() throws {
-        flushSwiGLU()
         let after = streamWaitHooks.map { $0() }
         if blockingWaits {
             if waitEvent == nil { waitEvent = try driver.makeBlockingEvent() }
@@ -481,7 +468,6 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     public func release(_ t: Tensor) {
         guard allocations.removeValue(forKey: t.address) != nil else { return }
         current()
-        flushSwiGLU()
         must("cuStreamSynchronize") { try driver.synchronize(stream) }
         driver.free(CUDADriver.CUdeviceptr(t.address))
     }
@@ -495,7 +481,6 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     private func copyIn(_ p: UnsafeRawPointer, bytes: Int, to address: UInt) {
         guard bytes > 0 else { return }
         current()
-        flushSwiGLU()
         must("host-to-device copy") {
             try driver.copyAsync(toDevice: CUDADriver.CUdeviceptr(address), from: p, bytes: bytes, stream: stream)
         }
@@ -790,11 +775,9 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         let total = parts.reduce(0) { $0 + $1.rows }
         let (rpw, blocks) = form.split > 0 ? (0, splitGrid(f, items: (total + form.split - 1) / form.split, threads: 128))
                                            : persistentGrid(f, rows: total)
-        // The split form's last argument: the row groups each block asks the L2 for before its wait.
-        let pf = form.split > 0 ? Self.l2PrefetchUnits(blocks: blocks, unitBytes: form.split * g.rowBytes) : Self.prefetchRows
         let args: [KernelArg] = [.ptr(p[0].address), .ptr(p[1].address), .ptr(p[2].address), .i64(g.rowBytes), .i32(p[0].rows),
                                  .i32(p[1].rows), .i32(p[2].rows), .i32(cols), .ptr(input.0), .ptr(input.1), .ptr(input.2),
-                                 .ptr(p[0].y), .ptr(p[1].y), .ptr(p[2].y), .i32(rpw), .i32(pf)]
+                                 .ptr(p[0].y), .ptr(p[1].y), .ptr(p[2].y), .i32(rpw), .i32(Self.prefetchRows)]
         launch(f, "\(form.name) \(total)x\(cols)", grid: (blocks, 1, 1), block: 128, args)
     }
 
@@ -1070,26 +1053,6 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     /// (with PF=2), 1 265.9, 2 266.9, 8 266.0; Qwen3-30B-A3B within ±1.5%.
     static let prefetchRows = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_PF"].flatMap { Int($0) } ?? 1
     static let prefetchRowsQ16 = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_PF16"].flatMap { Int($0) } ?? 0
-    /// Bytes of its weights a batch-1 split-row matmul (`matvec_q4_K_q8_ps<N>`, `matvec_q4_K_q16_ps`) asks the L2 for
-    /// before its wait on the previous kernel, spread over its blocks (`KTRANSFORMERS_CUDA_MV_L2`, MiB; 0: none): the
-    /// previous kernel of a decode step is a norm, attention or SwiGLU of one or a few blocks, during which the memory
-    /// is otherwise idle.
-    static let l2PrefetchBytes = (ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_MV_L2"].flatMap { Int($0) } ?? 16) << 20
-    /// Units (row groups or rows of `unitBytes`) per block of a grid of `blocks` within `l2PrefetchBytes`.
-    static func l2PrefetchUnits(blocks: Int, unitBytes: Int) -> Int {
-        blocks > 0 && unitBytes > 0 ? min(l2PrefetchBytes / (blocks * unitBytes), 1 << 20) : 0
-    }
-    /// The routed experts' one-token gate/up kernel (`matvec_experts_q4_K_q8_ps<N>`) asks the L2 for the chosen
-    /// experts' down matrices, which the down projection two kernels later then reads from there
-    /// (`KTRANSFORMERS_CUDA_EXPERT_L2=0` off).
-    static let expertDownPrefetch = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_EXPERT_L2"] != "0"
-    /// The router's choice kernel (`moe_select`, one token) asks the L2 for each chosen expert's gate and up matrices
-    /// as it chooses them (`KTRANSFORMERS_CUDA_EXPERT_L2=0` off, as the down matrices' prefetch).
-    static let expertChoicePrefetch = expertDownPrefetch
-    /// A one-token SwiGLU runs inside the down projection that reads it (`matvec_q4_K_swiglu_ps`, where
-    /// `matvec_q4_K_q16_ps` would run after `gated_silu_q16`; the same bits), `KTRANSFORMERS_CUDA_SWIGLU_FUSED=0` off.
-    /// (A test var.)
-    nonisolated(unsafe) public static var swigluFused = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_SWIGLU_FUSED"] != "0"
     /// Routed experts' batch-1 down projection with 16-bit integer inputs too (`KTRANSFORMERS_CUDA_Q16_EXPERTS=1`; off
     /// by default: Qwen3-30B-A3B on the H100 decoded 293.9 t/s with it, 304.2 without, its 768-wide rows are one step
     /// each). (A test var.)
@@ -1267,7 +1230,6 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
             if let e = try? driver.endCapture(stream) { driver.destroyGraph(e) }
             throw error
         }
-        flushSwiGLU()
         var exec: CUDADriver.Handle?
         must("graph capture") { exec = try driver.endCapture(stream) }
         graphsCaptured += 1
@@ -1296,7 +1258,6 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         }
         for hook in graphLaunchHooks { hook() }
         current()
-        flushSwiGLU()
         must("cuGraphLaunch") { try driver.launchGraph(g.exec, stream: stream) }
     }
 
@@ -1385,19 +1346,6 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
               parts.count >= n * rows * Self.mmfSplits(cols: cols) else {
             preconditionFailure("CUDA matmul: split-tf32 scratch not reserved for \(n) rows of \(cols)")
         }
-        if let p = pendingSwiGLU {
-            // The one-token SwiGLU that wrote x, in the down projection's kernel (its rows split across a block's
-            // warps, as matvec_q4_K_q16_ps below), where that kernel runs; else launched first.
-            if n == 1, p.g == x.address, p.count == cols, p.u % 16 == 0, x.address % 16 == 0, g.rowBytes % 16 == 0,
-               Self.f32OneEnabled, Self.q16One, let fused = g.swigluQ16Rows {
-                pendingSwiGLU = nil
-                let steps = (cols + 1023) / 1024, blocks = splitGrid(fused, items: rows, threads: 32 * steps)
-                return launch(fused, "matvec_\(g.tag)_swiglu_ps \(rows)x\(cols)", grid: (blocks, 1, 1), block: 32 * steps,
-                              [.ptr(g.address), .i64(g.rowBytes), .i32(rows), .i32(cols), .ptr(p.g), .ptr(p.u), .ptr(y.address),
-                               .i32(Self.l2PrefetchUnits(blocks: blocks, unitBytes: g.rowBytes))])
-            }
-            flushSwiGLU()
-        }
         if n == 1, !batchInvariant, Self.f32OneEnabled, Self.q16One, let f = g.f32OneQ16, g.rowBytes % 16 == 0,
            x.address % 16 == 0, Self.q16Layout(elements: cols).bytes <= 4 * lo.count {
             // Batch-1 decode: 16-bit integer inputs (written by SwiGLU, or here), the persistent streaming kernel.
@@ -1410,11 +1358,10 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
             if Self.splitRows, Self.q16KSplit, cols > 4096, cols <= 32 * 1024, let ps = g.f32OneQ16Rows {
                 // One row at a time per block, a warp per step of 1024 columns (matvec_q4_K_q16_ps).
                 let steps = (cols + 1023) / 1024, l = Self.q16Layout(elements: cols)
-                let blocks = splitGrid(ps, items: rows, threads: 32 * steps)
-                return launch(ps, "matvec_\(g.tag)_q16_ps \(rows)x\(cols)", grid: (blocks, 1, 1), block: 32 * steps,
+                return launch(ps, "matvec_\(g.tag)_q16_ps \(rows)x\(cols)",
+                              grid: (splitGrid(ps, items: rows, threads: 32 * steps), 1, 1), block: 32 * steps,
                               [.ptr(g.address), .i64(g.rowBytes), .i32(rows), .i32(cols), .ptr(lo.address),
-                               .ptr(lo.address + UInt(l.scales)), .ptr(lo.address + UInt(l.sums)), .ptr(y.address),
-                               .i32(Self.l2PrefetchUnits(blocks: blocks, unitBytes: g.rowBytes))])
+                               .ptr(lo.address + UInt(l.scales)), .ptr(lo.address + UInt(l.sums)), .ptr(y.address)])
             }
             if Self.q16KSplit, cols > 4096, let pk = g.f32OneQ16Split, let parts = splitParts, let counters = mmfCounters {
                 return q16SplitMatvec(pk, g, rows: rows, cols: cols, q: lo.address, parts: parts, counters: counters, y: y.address)
@@ -1519,7 +1466,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     }
 
     public func matmul(_ w: WeightMatrix, _ x: Tensor, _ y: Tensor, n: Int, precision: MatmulPrecision) {
-        must("cuCtxSetCurrent") { try driver.makeCurrent(context) }  // (a pending SwiGLU may be this one's input)
+        current()
         let g = Self.weight(w)
         if gemmApplies(w, n: n) {
             gemmInputF16(x, cols: w.cols, n: n)
@@ -1781,15 +1728,13 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         if kind == .silu, lastGroupTokens == 1 ? Self.f32OneEnabled && Self.q16One : q16BatchedApplies(n: lastGroupTokens),
            !batchInvariant, count % 256 == 0,
            g.address % 16 == 0, u.address % 16 == 0, let lo = splitLow, Self.q16Layout(elements: count).bytes <= 4 * lo.count {
-            // After a one-token gate/up: the Q16_K form the batch-1 down projection takes (matvec_q4_K_q16_p), or
-            // nothing yet where that projection can make it itself (pendingSwiGLU); after 2 to 32 tokens, that of
-            // each token for the batched one (mmq16_block_q4_K).
-            if lastGroupTokens == 1, Self.swigluFused, Self.splitRows, Self.q16KSplit, count > 4096, count <= 32 * 1024 {
-                flushSwiGLU()
-                pendingSwiGLU = (g.address, u.address, count)
-                return
-            }
-            launchSwiGLUQ16(g: g.address, u: u.address, count: count, lo: lo)
+            // After a one-token gate/up: the Q16_K form the batch-1 down projection takes (matvec_q4_K_q16_p); after
+            // 2 to 32 tokens, that of each token for the batched one (mmq16_block_q4_K).
+            let l = Self.q16Layout(elements: count)
+            launch("gated_silu_q16", grid: ((count / 256 + 3) / 4, 1, 1), block: 128,
+                   [.ptr(g.address), .ptr(u.address), .ptr(lo.address), .ptr(lo.address + UInt(l.scales)),
+                    .ptr(lo.address + UInt(l.sums)), .i64(count / 256)])
+            preparedQ16 = Prepared(address: g.address, count: count, launch: launches)
             return
         }
         if kind == .silu, count % 32 == 0, let hi = rounded, let lo = splitLow, let sums = splitSums, count <= hi.count,
@@ -1801,23 +1746,6 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         }
         launch(kind == .silu ? "gated_silu" : "gated_gelu", grid: (Self.blocks(count), 1, 1), block: 256,
                [.ptr(g.address), .ptr(u.address), .i64(count)])
-    }
-
-    /// SwiGLU's output and its Q16_K form in `lo` (gated_silu_q16).
-    private func launchSwiGLUQ16(g: UInt, u: UInt, count: Int, lo: Tensor) {
-        let l = Self.q16Layout(elements: count)
-        launch("gated_silu_q16", grid: ((count / 256 + 3) / 4, 1, 1), block: 128,
-               [.ptr(g), .ptr(u), .ptr(lo.address), .ptr(lo.address + UInt(l.scales)), .ptr(lo.address + UInt(l.sums)),
-                .i64(count / 256)])
-        preparedQ16 = Prepared(address: g, count: count, launch: launches)
-    }
-
-    /// Launches the SwiGLU `gatedActivation` left for the down projection, where other work comes first.
-    private func flushSwiGLU() {
-        guard let p = pendingSwiGLU else { return }
-        pendingSwiGLU = nil
-        guard let lo = splitLow else { preconditionFailure("CUDA SwiGLU: split scratch not reserved") }
-        launchSwiGLUQ16(g: p.g, u: p.u, count: p.count, lo: lo)
     }
 
     public func add(_ x: Tensor, into y: Tensor, count: Int) {
@@ -1851,14 +1779,11 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
                 bias = t.address
             }
         }
-        let prefetch = n == 1 ? choicePrefetch : nil
-        choicePrefetch = nil
         launch("moe_select", grid: (n, 1, 1), block: 32,
                [.ptr(logits.address), .i32(n), .i32(nExpert), .i32(routing.topK), .i32(routing.scoring == .softmax ? 0 : 1),
                 .i32(routing.normalizeTopK ? 1 : 0), .f32(routing.scale), .ptr(bias), .i32(routing.groups),
                 .i32(routing.groupsUsed), .i32(routing.groupScore == .max ? 0 : 1), .ptr(work.address), .i32(stride),
-                .ptr(experts.address), .ptr(weights.address), .ptr(prefetch?.0 ?? 0), .i64(prefetch?.1 ?? 0),
-                .ptr(prefetch?.2 ?? 0), .i64(prefetch?.3 ?? 0)])
+                .ptr(experts.address), .ptr(weights.address)])
         keepPrepared()
     }
 
@@ -1965,8 +1890,6 @@ final class CUDAWeight: @unchecked Sendable {
     let f32OneQ16Split: CUDADriver.Handle?
     /// Its form with each row split across a block's warps, a warp per step (`matvec_q4_K_q16_ps`).
     let f32OneQ16Rows: CUDADriver.Handle?
-    /// The same with the one-token SwiGLU that makes its inputs (`matvec_q4_K_swiglu_ps`).
-    let swigluQ16Rows: CUDADriver.Handle?
     let f32OneExperts: CUDADriver.Handle?
     /// The same with 4 rows a warp (matvec_experts_q4_K_f32_r4; `CUDABackend.f32OneExpertRows`).
     let f32OneExperts4: CUDADriver.Handle?
@@ -1996,7 +1919,6 @@ final class CUDAWeight: @unchecked Sendable {
         f32OneQ16 = tag == "q4_K" ? kernels.function("matvec_q4_K_q16_p") : nil
         f32OneQ16Split = tag == "q4_K" ? kernels.function("matvec_q4_K_q16_pk") : nil
         f32OneQ16Rows = tag == "q4_K" ? kernels.function("matvec_q4_K_q16_ps") : nil
-        swigluQ16Rows = tag == "q4_K" ? kernels.function("matvec_q4_K_swiglu_ps") : nil
         integerExperts = tag == "q4_K" || tag == "q6_K" ? kernels.function("matvec_experts_\(tag)_q8") : nil
         integerDotStream = tag == "q4_K" || tag == "q6_K" ? kernels.function("matvec_stream_\(tag)_q8") : nil
         tensorCoreTiles = tag == "q4_K" ? kernels.function("mmq_q4_K") : nil
@@ -2092,15 +2014,6 @@ final class CUDAExpertExecutor: ExpertExecutor {
         self.ff = ff
     }
 
-    func willChoose(from experts: ExpertWeights, n: Int) {
-        // One token: the choice kernel asks the L2 for the chosen experts' gate and up matrices (whole, aligned).
-        let g = CUDABackend.weight(experts.gate), u = CUDABackend.weight(experts.up)
-        let gBytes = g.rowBytes * experts.gate.rows, uBytes = u.rowBytes * experts.up.rows
-        guard n == 1, CUDABackend.expertChoicePrefetch, (g.address | u.address) % 16 == 0, gBytes % 16 == 0,
-              uBytes % 16 == 0 else { return }
-        backend.choicePrefetch = (g.address, gBytes, u.address, uBytes)
-    }
-
     func reserve(maxTokens: Int, topK: Int) {
         let pairs = maxTokens * topK
         guard pairs > capacity else { return }
@@ -2180,15 +2093,11 @@ final class CUDAExpertExecutor: ExpertExecutor {
                       case let steps = (gateCols + 1023) / 1024, steps != 3, steps <= 4 {
                 // One token: both stacks' rows of every pair split across blocks' warps (matvec_experts_q4_K_q8_ps<N>).
                 let rows = experts.gate.rows, f = r[steps == 4 ? 2 : steps - 1], groups = (2 * pairs * rows + 4 / steps - 1) / (4 / steps)
-                // The chosen experts' down matrices into the L2 meanwhile (whole, 16-byte aligned matrices only).
-                let downBytes = d.rowBytes * experts.down.rows
-                let prefetchDown = CUDABackend.expertDownPrefetch && d.address % 16 == 0 && downBytes % 16 == 0
                 backend.launch(f, "matvec_experts_q4_K_q8_ps\(steps) 2x\(rows)x\(gateCols)",
                                grid: (backend.splitGrid(f, items: groups, threads: 128), 1, 1), block: 128,
                                [.ptr(g.address), .ptr(u.address), .i64(g.rowBytes), .i64(g.rowBytes * rows), .i32(rows),
                                 .i32(gateCols), .ptr(q.0), .ptr(q.1), .ptr(q.2), .ptr(ids.address), .i32(pairs),
-                                .ptr(gate!.address), .ptr(up!.address), .ptr(prefetchDown ? d.address : 0),
-                                .i64(prefetchDown ? downBytes : 0)])
+                                .ptr(gate!.address), .ptr(up!.address)])
             } else if same, n == 1, !backend.batchInvariant, CUDABackend.registerExperts, let r = g.integerExpertsRegisters,
                       (gateCols + 1023) / 1024 <= r.count {
                 // One token: both stacks' rows of every pair on the persistent register-input kernel.

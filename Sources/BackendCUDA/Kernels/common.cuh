@@ -41,8 +41,6 @@ __device__ __forceinline__ float kt_bf16_to_float(u16 h) { return __uint_as_floa
 #ifndef KT_ATT_PREFETCH
 #define KT_ATT_PREFETCH 1
 #endif
-// Whole matrices are asked for in pieces of this many bytes (one prefetch a thread).
-#define KT_L2_PIECE 16384
 #if !defined(KT_EMULATOR) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
 #define KT_PREFETCH_L2(p, bytes) asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" :: "l"(p), "r"((u32)(bytes)) : "memory")
 #elif !defined(KT_EMULATOR)

@@ -672,13 +672,9 @@ KT_MVPR_KERNEL(4, 4)
 // not under --batch-invariant). The nvcc measurement (scripts/microbench/matvec-patterns.cu, H100, 28672 x 4096):
 // 28.6 µs (2.31 TB/s) against 35.7 µs for the ring at its 16 warps an SM.
 // Rows 0 .. total − 1 of nsb super-blocks: rowPtr(r) the row's bytes, store(r, v) its result.
-// Before its wait (once its first loads are in flight) a block asks the L2 for the rows of its row groups DEPTH ..
-// l2Groups − 1 (cp.async.bulk.prefetch.L2, a row an instruction): the weights stream in while the previous kernel (a
-// norm, attention, SwiGLU: one or a few blocks) still runs, and the loop's loads then find them in the L2. `extra()`
-// runs there too (the routed experts' kernels: the chosen experts' down rows).
-template <int SPR, int DEPTH, class RowPtr, class Store, class Extra>
+template <int SPR, int DEPTH, class RowPtr, class Store>
 __device__ __forceinline__ void kt_mvps_rows(int total, int nsb, const i8* xq, const float* xd, const int* xs,
-                                             RowPtr rowPtr, Store store, int l2Groups, Extra extra) {
+                                             RowPtr rowPtr, Store store) {
     constexpr int G = 4 / SPR;
     __shared__ float part[4][DEPTH];
     int lane = threadIdx.x & 31, wk = threadIdx.x >> 5, j = wk % SPR, g8 = lane >> 3;
@@ -696,11 +692,6 @@ __device__ __forceinline__ void kt_mvps_rows(int total, int nsb, const i8* xq, c
 #pragma unroll
     for (int i = 0; i < DEPTH; i++)
         if (i < nG) load(i, i);
-    for (int t = threadIdx.x; t < (min(nG, l2Groups) - DEPTH) * G; t += blockDim.x) {
-        int r = ((int)blockIdx.x + (DEPTH + t / G) * (int)gridDim.x) * G + t % G;
-        if (r < total) KT_PREFETCH_L2(rowPtr(r), nsb * 144);
-    }
-    extra();
     KT_PDL_WAIT();  // the weights are in flight; the inputs come from the previous kernel
     KtQ8KStepInput in = kt_q8_K_step_input(xq, xd, xs, sb, 4 * j + g8 < nsb, lane);
     KtQ4KLane l = kt_q4_K_lane(lane);
@@ -742,8 +733,7 @@ __device__ __forceinline__ void kt_mvps_rows(int total, int nsb, const i8* xq, c
 }
 template <int SPR, int DEPTH>
 __device__ __forceinline__ void kt_mvps_q4_K_q8(const u8* W0, const u8* W1, const u8* W2, i64 rowBytes, int rows0,
-        int rows1, int rows2, int cols, const i8* xq, const float* xd, const int* xs, float* y0, float* y1, float* y2,
-        int l2Groups) {
+        int rows1, int rows2, int cols, const i8* xq, const float* xd, const int* xs, float* y0, float* y1, float* y2) {
     auto rowPtr = [&](int r) -> const u8* {
         if (r < rows0) return W0 + (i64)r * rowBytes;
         r -= rows0;
@@ -755,15 +745,14 @@ __device__ __forceinline__ void kt_mvps_q4_K_q8(const u8* W0, const u8* W1, cons
         if (r >= rows0) { r -= rows0; y = y1; if (r >= rows1) { r -= rows1; y = y2; } }
         y[r] = v;
     };
-    kt_mvps_rows<SPR, DEPTH>(rows0 + rows1 + rows2, cols / 256, xq, xd, xs, rowPtr, store, l2Groups, [] {});
+    kt_mvps_rows<SPR, DEPTH>(rows0 + rows1 + rows2, cols / 256, xq, xd, xs, rowPtr, store);
 }
-// `pf`: the row groups a block asks the L2 for before its wait (kt_mvps_rows' l2Groups); rpw unused.
 #define KT_MVPS_KERNEL(SPR, DEPTH) \
 extern "C" __global__ void __launch_bounds__(128, 8) matvec_q4_K_q8_ps##SPR(const u8* W0, const u8* W1, const u8* W2, \
         i64 rowBytes, int rows0, int rows1, int rows2, int cols, const i8* xq, const float* xd, const int* xs, \
         float* y0, float* y1, float* y2, int rpw, int pf) { \
-    /* KT_PDL_WAIT in the body */ \
-    kt_mvps_q4_K_q8<SPR, DEPTH>(W0, W1, W2, rowBytes, rows0, rows1, rows2, cols, xq, xd, xs, y0, y1, y2, pf); \
+    /* KT_PDL_WAIT in the body; rpw, pf unused */ \
+    kt_mvps_q4_K_q8<SPR, DEPTH>(W0, W1, W2, rowBytes, rows0, rows1, rows2, cols, xq, xd, xs, y0, y1, y2); \
 }
 KT_MVPS_KERNEL(1, 4)
 KT_MVPS_KERNEL(2, 4)
@@ -777,30 +766,17 @@ __device__ __forceinline__ const u8* kt_expert_pair_row(const u8* G, const u8* U
     int pair = r / rows;
     return W + (i64)ids[pair] * matrixBytes + (i64)(r - pair * rows) * rowBytes;
 }
-// Routed experts' gate and up at one token, split the same way (the default; `KTRANSFORMERS_CUDA_MVS_EXPERTS=0` off):
-// the rows of both stacks for every pair of the token (gate of pair 0, 1, ..., then up), as
+// Routed experts' gate and up at one token, split the same way (`KTRANSFORMERS_CUDA_MVS_EXPERTS=1`; off by default
+// until timed on a GPU): the rows of both stacks for every pair of the token (gate of pair 0, 1, ..., then up), as
 // matvec_experts_q4_K_q8_pr<N> orders them. The ids come from the previous kernel, so it waits before its loads.
-// With D != null the grid also asks the L2 for the chosen experts' down matrices (D + ids[pair] · dMatrixBytes, in
-// pieces of KT_L2_PIECE bytes, once its first loads are in flight): the down projection two kernels later then reads
-// them from the L2.
-__device__ __forceinline__ void kt_prefetch_expert_matrices(const u8* D, i64 dMatrixBytes, const int* ids, int pairs) {
-    if (!D) return;
-    int per = (int)((dMatrixBytes + KT_L2_PIECE - 1) / KT_L2_PIECE);
-    for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < pairs * per; c += gridDim.x * blockDim.x) {
-        int pair = c / per;
-        i64 off = (i64)(c - pair * per) * KT_L2_PIECE;
-        KT_PREFETCH_L2(D + (i64)ids[pair] * dMatrixBytes + off, (int)min((i64)KT_L2_PIECE, dMatrixBytes - off));
-    }
-}
 #define KT_MVPS_EXPERTS_KERNEL(SPR, DEPTH) \
 extern "C" __global__ void __launch_bounds__(128, 8) matvec_experts_q4_K_q8_ps##SPR(const u8* G, const u8* U, \
         i64 rowBytes, i64 matrixBytes, int rows, int cols, const i8* xq, const float* xd, const int* xs, \
-        const int* ids, int pairs, float* y0, float* y1, const u8* D, i64 dMatrixBytes) { KT_PDL_WAIT(); \
+        const int* ids, int pairs, float* y0, float* y1) { KT_PDL_WAIT(); \
     int half = pairs * rows; \
     auto rowPtr = [&](int r) { return kt_expert_pair_row(G, U, half, rows, ids, matrixBytes, rowBytes, r); }; \
     auto store = [&](int r, float v) { if (r < half) y0[r] = v; else y1[r - half] = v; }; \
-    kt_mvps_rows<SPR, DEPTH>(2 * half, cols / 256, xq, xd, xs, rowPtr, store, 0, \
-                             [&] { kt_prefetch_expert_matrices(D, dMatrixBytes, ids, pairs); }); \
+    kt_mvps_rows<SPR, DEPTH>(2 * half, cols / 256, xq, xd, xs, rowPtr, store); \
 }
 KT_MVPS_EXPERTS_KERNEL(1, 4)
 KT_MVPS_EXPERTS_KERNEL(2, 4)

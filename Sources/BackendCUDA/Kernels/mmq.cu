@@ -1860,15 +1860,10 @@ extern "C" __global__ void __launch_bounds__(128) matvec_q4_K_q16_pk(const u8* W
 // of matvec_q4_K_q16_pk's steps); block b takes rows b, b + B, ... (B the grid's blocks), so the rows the GPU reads
 // at once are adjacent; at most 64 registers a thread (one step of inputs). Each warp keeps DEPTH rows' steps in
 // flight; every DEPTH rows the S partial sums of each row meet in shared memory and are added in step order (its own
-// bits, fixed; not under --batch-invariant). No scratch, no counters. Before its wait a block asks the L2 for its
-// rows DEPTH .. l2Rows − 1 (as kt_mvps_rows).
+// bits, fixed; not under --batch-invariant). No scratch, no counters.
 #define KT_MVPS16_DEPTH 4
-// inputs(sb, inRow, lane): the lane's KtQ16StepInput of super-block sb. LATE: inputs that take registers to make
-// (matvec_q4_K_swiglu_ps): the first DEPTH rows too are only asked of the L2 before the wait, and loaded into
-// registers after the inputs are made.
-template <bool LATE, class Inputs>
-__device__ __forceinline__ void kt_mvps16_q4_K(const u8* W, i64 rowBytes, int rows, int cols, float* y, int l2Rows,
-                                               Inputs inputs) {
+extern "C" __global__ void __launch_bounds__(1024, 1) matvec_q4_K_q16_ps(const u8* W, i64 rowBytes, int rows, int cols,
+        const short* xq, const float* xscale, const int* xsums, float* y) {
     constexpr int DEPTH = KT_MVPS16_DEPTH;
     __shared__ float part[32][DEPTH];
     int lane = threadIdx.x & 31, wk = threadIdx.x >> 5, S = blockDim.x >> 5, g8 = lane >> 3;
@@ -1883,20 +1878,11 @@ __device__ __forceinline__ void kt_mvps16_q4_K(const u8* W, i64 rowBytes, int ro
         hs[slot] = *(const uint4*)b;
         qs[slot] = *(const uint4*)(b + 16 + 16 * (lane & 7));
     };
-    if (!LATE) {
 #pragma unroll
-        for (int i = 0; i < DEPTH; i++)
-            if (i < nR) load(i, i);
-    }
-    for (int i = (LATE ? 0 : DEPTH) + (int)threadIdx.x; i < min(nR, LATE ? max(l2Rows, DEPTH) : l2Rows); i += blockDim.x)
-        KT_PREFETCH_L2(W + (i64)((int)blockIdx.x + i * (int)gridDim.x) * rowBytes, nsb * 144);
+    for (int i = 0; i < DEPTH; i++)
+        if (i < nR) load(i, i);
     KT_PDL_WAIT();  // the weights are in flight; the inputs come from the previous kernel
-    KtQ16StepInput in = inputs(sb, 4 * wk + g8 < nsb, lane);
-    if (LATE) {
-#pragma unroll
-        for (int i = 0; i < DEPTH; i++)
-            if (i < nR) load(i, i);
-    }
+    KtQ16StepInput in = kt_q16_step_input(xq, xscale, xsums, sb, 4 * wk + g8 < nsb, lane);
     KtQ4KLane l = kt_q4_K_lane(lane);
     for (int i0 = 0; i0 < nR; i0 += DEPTH) {
 #pragma unroll
@@ -1921,71 +1907,6 @@ __device__ __forceinline__ void kt_mvps16_q4_K(const u8* W, i64 rowBytes, int ro
         }
         __syncthreads();
     }
-}
-extern "C" __global__ void __launch_bounds__(1024, 1) matvec_q4_K_q16_ps(const u8* W, i64 rowBytes, int rows, int cols,
-        const short* xq, const float* xscale, const int* xsums, float* y, int l2Rows) { /* KT_PDL_WAIT in the body */
-    kt_mvps16_q4_K<false>(W, rowBytes, rows, cols, y, l2Rows, [&](int sb, bool inRow, int lane) {
-        return kt_q16_step_input(xq, xscale, xsums, sb, inRow, lane);
-    });
-}
-// A lane's step of inputs computed from the SwiGLU's gate and up outputs instead of read (matvec_q4_K_swiglu_ps):
-// silu(g)·u as gated_silu_q16 computes it, and its Q16_K form as kt_q16_block makes it (the block's largest
-// magnitude from the 8 lanes that share the super-block: max is exact in any order), so the same bits as
-// gated_silu_q16 then kt_q16_step_input. g is not written.
-__device__ __forceinline__ KtQ16StepInput kt_swiglu_q16_step_input(const float* g, const float* u, int sb, bool inRow,
-                                                                   int lane) {
-    int eLo = sb * 256 + 64 * ((lane & 7) >> 1) + 16 * (lane & 1);
-    // Four values of silu(g)·u from element e (gated_silu_q16's arithmetic).
-    auto four = [&](int e, float* v) {
-        float4 a = *(const float4*)(g + e), b = *(const float4*)(u + e);
-        float x[4] = {a.x, a.y, a.z, a.w}, w[4] = {b.x, b.y, b.z, b.w};
-#pragma unroll
-        for (int i = 0; i < 4; i++) v[i] = x[i] / (1.0f + expf(-x[i])) * w[i];
-    };
-    // Two passes (the largest magnitude, then the values again), so that the 32 values are never all live: the
-    // kernel's 64 registers a thread hold the weights in flight.
-    float amax = 0.0f;
-#pragma unroll
-    for (int k = 0; k < 8; k++) {
-        float v[4];
-        four(eLo + 32 * (k >> 2) + 4 * (k & 3), v);
-#pragma unroll
-        for (int i = 0; i < 4; i++) amax = fmaxf(amax, fabsf(v[i]));
-    }
-    for (int o = 1; o < 8; o <<= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
-    float inv = amax > 0.0f ? 32767.0f / amax : 0.0f;
-    u32 w[16];
-    int sLo = 0, sHi = 0;
-#pragma unroll
-    for (int k = 0; k < 8; k++) {
-        float v[4];
-        four(eLo + 32 * (k >> 2) + 4 * (k & 3), v);
-        int x[4];
-#pragma unroll
-        for (int i = 0; i < 4; i++) x[i] = max(-32767, min(32767, __float2int_rn(v[i] * inv)));
-        if (k < 4) sLo += x[0] + x[1] + x[2] + x[3]; else sHi += x[0] + x[1] + x[2] + x[3];
-        w[2 * k] = (u32)(x[0] & 0xFFFF) | ((u32)x[1] << 16);
-        w[2 * k + 1] = (u32)(x[2] & 0xFFFF) | ((u32)x[3] << 16);
-    }
-    KtQ16StepInput in;
-    in.a0 = make_uint4(w[0], w[1], w[2], w[3]);
-    in.a1 = make_uint4(w[4], w[5], w[6], w[7]);
-    in.b0 = make_uint4(w[8], w[9], w[10], w[11]);
-    in.b1 = make_uint4(w[12], w[13], w[14], w[15]);
-    in.mLo = sLo;
-    in.mHi = sHi;
-    in.scale = inRow ? amax / 32767.0f : 0.0f;
-    return in;
-}
-// SwiGLU and the batch-1 down projection in one kernel (default where matvec_q4_K_q16_ps runs after a one-token
-// SwiGLU, `KTRANSFORMERS_CUDA_SWIGLU_FUSED=0` off): matvec_q4_K_q16_ps with each warp's inputs made from g and u
-// (kt_swiglu_q16_step_input) after its wait, its first rows asked of the L2 before it and loaded after the inputs;
-// the same bits as gated_silu_q16 then matvec_q4_K_q16_ps.
-extern "C" __global__ void __launch_bounds__(1024, 1) matvec_q4_K_swiglu_ps(const u8* W, i64 rowBytes, int rows, int cols,
-        const float* g, const float* u, float* y, int l2Rows) { /* KT_PDL_WAIT in the body */
-    kt_mvps16_q4_K<true>(W, rowBytes, rows, cols, y, l2Rows, [&](int sb, bool inRow, int lane) {
-        return kt_swiglu_q16_step_input(g, u, sb, inRow, lane);
-    });
 }
 
 // ---- Batched `.f32Activations` with Q16_K inputs on the int8 tensor cores (2 to 32 tokens; not under

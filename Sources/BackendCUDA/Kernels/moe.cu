@@ -6,9 +6,7 @@
 // takes experts l, l + 32, ...; maxima and the softmax's double sum are fixed warp reductions and every top-k
 // round is a warp argmax, so a token's choice does not depend on the batch. (One thread per token, scanning all
 // experts topK + 3 times through memory, took 76 µs a call for 128 experts on an H100: 45% of a decode step.)
-// `work`: [n, 2·nExpert + groups]. With G != null (one token), the warp asks the L2 for each chosen expert's gate and
-// up matrices (G + e · gBytes, U + e · uBytes) in pieces of KT_L2_PIECE bytes as it chooses it, for the experts'
-// gate/up kernel next.
+// `work`: [n, 2·nExpert + groups].
 __device__ __forceinline__ void kt_argmax_lane(float& v, int& i) {
     for (int o = 16; o > 0; o >>= 1) {
         float ov = __shfl_xor_sync(0xffffffffu, v, o);
@@ -21,8 +19,7 @@ __device__ __forceinline__ void kt_argmax_lane(float& v, int& i) {
 #define KT_MOE_LANE_MAX 8
 extern "C" __global__ void __launch_bounds__(32) moe_select(const float* logits, int n, int nExpert, int topK, int scoring,
                                       int normalize, float scale, const float* bias, int groups, int groupsUsed,
-                                      int groupScore, float* work, int workStride, int* experts, float* weights,
-                                      const u8* G, i64 gBytes, const u8* U, i64 uBytes) { KT_PDL_WAIT();
+                                      int groupScore, float* work, int workStride, int* experts, float* weights) { KT_PDL_WAIT();
     int t = blockIdx.x, lane = threadIdx.x;
     if (t >= n) return;
     const float* lg = logits + (i64)t * nExpert;
@@ -143,14 +140,6 @@ extern "C" __global__ void __launch_bounds__(32) moe_select(const float* logits,
         int owner = best & 31;
         s = __shfl_sync(0xffffffffu, s, owner);
         if (lane == 0) { ex[j] = best; wt[j] = s; }
-        if (G) {
-            int pg = (int)((gBytes + KT_L2_PIECE - 1) / KT_L2_PIECE), pu = (int)((uBytes + KT_L2_PIECE - 1) / KT_L2_PIECE);
-            for (int c = lane; c < pg + pu; c += 32) {
-                bool up = c >= pg;
-                i64 off = (i64)(up ? c - pg : c) * KT_L2_PIECE, bytes = up ? uBytes : gBytes;
-                KT_PREFETCH_L2((up ? U + (i64)best * uBytes : G + (i64)best * gBytes) + off, (int)min((i64)KT_L2_PIECE, bytes - off));
-            }
-        }
         sum += s;
         if (lane == owner) {
             if (inRegs) {

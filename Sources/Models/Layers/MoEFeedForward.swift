@@ -25,7 +25,6 @@ struct MoEFeedForward: FeedForwardBlock {
         let b = ctx.backend, n = ctx.n, dim = router.cols
         // Router: f32 activations, so that no expert choice hinges on activation rounding.
         b.matmul(router, xn, ctx.moeLogits, n: n, precision: .f32Activations)
-        executor.willChoose(from: experts, n: n)
         b.moeSelect(logits: ctx.moeLogits, nExpert: nExpert, routing: routing, experts: ctx.moeExperts,
                     weights: ctx.moeWeights, n: n)
         executor.submit(experts, x: xn, ids: ctx.moeExperts, n: n, topK: routing.topK)
