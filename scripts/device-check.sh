@@ -579,6 +579,14 @@ for s in last:
 print("| kernel | calls per step | µs per call | µs per step | share |\n|---|---|---|---|---|")
 for n, (c, t) in sorted(agg.items(), key=lambda kv: -kv[1][1]):
     print(f"| {n[:60]} | {c / len(last):.0f} | {t / c:.2f} | {t / len(last):.1f} | {100 * t / len(last) / per:.1f}% |")
+# One layer in launch order (from the step's 3rd add_rms_norm to its 5th: a layer of a middle block), so that calls
+# of one kernel with different shapes (q/k/v, output projection, gate/up) are told apart.
+s = last[0]
+norms = [i for i, (n, _) in enumerate(s) if n == "add_rms_norm"]
+if len(norms) >= 5:
+    print("\n| one layer, in order | µs |\n|---|---|")
+    for n, d in s[norms[2]:norms[4]]:
+        print(f"| {n[:60]} | {d:.2f} |")
 PY
     head -1 "$nf" | tee -a "$summary"
     done

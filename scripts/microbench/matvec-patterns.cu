@@ -12,6 +12,8 @@
 //   split     a block of S = cols / 1024 warps walks rows b, b + B, ..., warp k taking step k of each row
 //             (matvec_q4_K_q8_ps4, matvec_q4_K_q16_ps); at the occupancy limit and at half of it; `nc`: the weights
 //             loaded past the L1 (ld.global.nc.L1::no_allocate)
+//   split32   as split, a lane loading 32 bytes of quants a step (4 lanes a super-block, 8 super-blocks a warp step)
+//   nomath    the loads of split / split32 alone (the payload xor-folded): the access pattern without the arithmetic
 // dN: N steps (rows) in flight per warp. Each pattern runs over a matrix of the decode shapes (gate/up 28672 x 4096,
 // q/k/v 6144 x 4096, down 4096 x 14336) cycling over enough copies to miss the L2, and over a long matrix (8x) where
 // the launch ramp and tail no longer count. 14:45 on an H100 (first version): docs/performance.md.
@@ -146,6 +148,89 @@ __global__ void __launch_bounds__(1024, 1) splitRows(const u8* W, long rowBytes,
     }
 }
 
+// split32: as split, but a lane loads 32 bytes of quants a step (two 16-byte loads) and 4 lanes share a super-block,
+// so a warp's step is 8 super-blocks (2048 columns) and a 4096-wide row takes 2 warps: fewer load instructions and
+// header loads per byte. The arithmetic is stepMath twice (the same work per byte as split; the lane-to-weights map
+// of a real kernel would differ). NOMATH: the loads alone (the payload xor-folded), to separate the access pattern's
+// cost from the arithmetic's.
+template <int DEPTH, bool NOMATH = false>
+__global__ void __launch_bounds__(1024, 1) split32Rows(const u8* W, long rowBytes, int rows, const i8* xq,
+                                                       const float* xd, const int* xs, float* y) {
+    __shared__ float part[32][DEPTH];
+    int lane = threadIdx.x & 31, wk = threadIdx.x >> 5, S = blockDim.x >> 5;
+    int nRows = blockIdx.x < rows ? (rows - 1 - blockIdx.x) / gridDim.x + 1 : 0;
+    if (nRows == 0) return;
+    KtQ8KStepInput in = kt_q8_K_step_input(xq, xd, xs, 8 * wk + (lane >> 2), true, lane);
+    KtQ4KLane l = kt_q4_K_lane(lane);
+    const u8* base = W + (8 * wk + (lane >> 2)) * 144;
+    uint4 hs[DEPTH], qa[DEPTH], qb[DEPTH];
+    auto load = [&](int slot, int i) {
+        const u8* p = base + (long)(blockIdx.x + (long)i * gridDim.x) * rowBytes;
+        hs[slot] = *(const uint4*)p;
+        qa[slot] = *(const uint4*)(p + 16 + 32 * (lane & 3));
+        qb[slot] = *(const uint4*)(p + 32 + 32 * (lane & 3));
+    };
+#pragma unroll
+    for (int i = 0; i < DEPTH; i++) if (i < nRows) load(i, i);
+    for (int r0 = 0; r0 < nRows; r0 += DEPTH) {
+#pragma unroll
+        for (int i = 0; i < DEPTH; i++) {
+            if (r0 + i < nRows) {
+                uint4 h = hs[i], a = qa[i], b = qb[i];
+                if (r0 + i + DEPTH < nRows) load(i, r0 + i + DEPTH);
+                float v;
+                if (NOMATH) v = (float)(h.x ^ a.x ^ a.y ^ a.z ^ a.w ^ b.x ^ b.y ^ b.z ^ b.w);
+                else v = stepMath(h, b, in, l, stepMath(h, a, in, l, 0.0f));
+                v = kt_warp_sum(v);
+                if (lane == 0) part[wk][i] = v;
+            }
+        }
+        __syncthreads();
+        if (threadIdx.x < DEPTH && r0 + threadIdx.x < nRows) {
+            float v = part[0][threadIdx.x];
+            for (int k = 1; k < S; k++) v += part[k][threadIdx.x];
+            y[blockIdx.x + (long)(r0 + threadIdx.x) * gridDim.x] = v;
+        }
+        __syncthreads();
+    }
+}
+// split with the loads alone (NOMATH as above).
+template <int DEPTH>
+__global__ void __launch_bounds__(1024, 1) splitRowsNoMath(const u8* W, long rowBytes, int rows, const i8* xq,
+                                                           const float* xd, const int* xs, float* y) {
+    __shared__ float part[32][DEPTH];
+    int lane = threadIdx.x & 31, wk = threadIdx.x >> 5, S = blockDim.x >> 5;
+    int nRows = blockIdx.x < rows ? (rows - 1 - blockIdx.x) / gridDim.x + 1 : 0;
+    if (nRows == 0) return;
+    const u8* base = W + (4 * wk + (lane >> 3)) * 144;
+    uint4 hs[DEPTH], qs[DEPTH];
+    auto load = [&](int slot, int i) {
+        const u8* p = base + (long)(blockIdx.x + (long)i * gridDim.x) * rowBytes;
+        hs[slot] = *(const uint4*)p;
+        qs[slot] = *(const uint4*)(p + 16 + 16 * (lane & 7));
+    };
+#pragma unroll
+    for (int i = 0; i < DEPTH; i++) if (i < nRows) load(i, i);
+    for (int r0 = 0; r0 < nRows; r0 += DEPTH) {
+#pragma unroll
+        for (int i = 0; i < DEPTH; i++) {
+            if (r0 + i < nRows) {
+                uint4 h = hs[i], q = qs[i];
+                if (r0 + i + DEPTH < nRows) load(i, r0 + i + DEPTH);
+                float v = kt_warp_sum((float)(h.x ^ q.x ^ q.y ^ q.z ^ q.w));
+                if (lane == 0) part[wk][i] = v;
+            }
+        }
+        __syncthreads();
+        if (threadIdx.x < DEPTH && r0 + threadIdx.x < nRows) {
+            float v = part[0][threadIdx.x];
+            for (int k = 1; k < S; k++) v += part[k][threadIdx.x];
+            y[blockIdx.x + (long)(r0 + threadIdx.x) * gridDim.x] = v;
+        }
+        __syncthreads();
+    }
+}
+
 struct Shape { const char* name; int rows, cols; };
 
 int main(int argc, char** argv) {
@@ -215,21 +300,30 @@ int main(int argc, char** argv) {
             }
         }
         // The split pattern: as many blocks as fit (the occupancy API), or a fixed number of warps an SM.
-        auto split = [&](const char* name, auto kernel) {
+        auto splitW = [&](const char* name, auto kernel, int warps) {
             int perSM = 0;
-            CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&perSM, kernel, 32 * S, 0));
+            CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&perSM, kernel, 32 * warps, 0));
             for (int bpsm : {perSM, perSM / 2}) {
                 if (bpsm < 1) continue;
                 int blocks = sms * bpsm;
-                snprintf(label, sizeof label, "%s %dw/SM", name, bpsm * S);
-                time(label, [&](u8* m) { kernel<<<blocks, 32 * S>>>(m, rowBytes, s.rows, xq, xd, xs, y); });
+                snprintf(label, sizeof label, "%s %dw/SM", name, bpsm * warps);
+                time(label, [&](u8* m) { kernel<<<blocks, 32 * warps>>>(m, rowBytes, s.rows, xq, xd, xs, y); });
             }
         };
+        auto split = [&](const char* name, auto kernel) { splitW(name, kernel, S); };
         split("split d2", splitRows<2>);
         split("split d3", splitRows<3>);
         split("split d4", splitRows<4>);
         split("split d6", splitRows<6>);
         split("split d4 nc", splitRows<4, true>);
+        split("split d4 nomath", splitRowsNoMath<4>);
+        if (s.cols % 2048 == 0) {
+            int S2 = s.cols / 2048;
+            splitW("split32 d2", split32Rows<2>, S2);
+            splitW("split32 d3", split32Rows<3>, S2);
+            splitW("split32 d4", split32Rows<4>, S2);
+            splitW("split32 d3 nomath", split32Rows<3, true>, S2);
+        }
         for (auto m : mats) cudaFree(m);
     }
     return 0;

@@ -754,9 +754,15 @@ extern "C" __global__ void __launch_bounds__(128, 8) matvec_q4_K_q8_ps##SPR(cons
     /* KT_PDL_WAIT in the body; rpw, pf unused */ \
     kt_mvps_q4_K_q8<SPR, DEPTH>(W0, W1, W2, rowBytes, rows0, rows1, rows2, cols, xq, xd, xs, y0, y1, y2); \
 }
-KT_MVPS_KERNEL(1, 4)
-KT_MVPS_KERNEL(2, 4)
-KT_MVPS_KERNEL(4, 4)
+// Rows in flight a warp: KT_MVPS_DEPTH (the backend sets it; default 2). The nvcc measurement (matvec-patterns.cu,
+// H100, 2026-12-07): 2 rows fit 36 warps an SM and read 28672 x 4096 in 25.8 µs (2.56 TB/s), 4 rows 32 warps in 27.9
+// µs (2.37 TB/s); 6144 x 4096 in 8.2 against 9.2 µs. Each row's sum is the same either way (same bits).
+#ifndef KT_MVPS_DEPTH
+#define KT_MVPS_DEPTH 2
+#endif
+KT_MVPS_KERNEL(1, KT_MVPS_DEPTH)
+KT_MVPS_KERNEL(2, KT_MVPS_DEPTH)
+KT_MVPS_KERNEL(4, KT_MVPS_DEPTH)
 // Row r of a token's routed-expert gate and up rows (gate rows of pair 0, 1, ..., then up; `half` = pairs · rows):
 // expert ids[pair]'s row of stack G or U.
 __device__ __forceinline__ const u8* kt_expert_pair_row(const u8* G, const u8* U, int half, int rows, const int* ids,
@@ -778,9 +784,9 @@ extern "C" __global__ void __launch_bounds__(128, 8) matvec_experts_q4_K_q8_ps##
     auto store = [&](int r, float v) { if (r < half) y0[r] = v; else y1[r - half] = v; }; \
     kt_mvps_rows<SPR, DEPTH>(2 * half, cols / 256, xq, xd, xs, rowPtr, store); \
 }
-KT_MVPS_EXPERTS_KERNEL(1, 4)
-KT_MVPS_EXPERTS_KERNEL(2, 4)
-KT_MVPS_EXPERTS_KERNEL(4, 4)
+KT_MVPS_EXPERTS_KERNEL(1, KT_MVPS_DEPTH)
+KT_MVPS_EXPERTS_KERNEL(2, KT_MVPS_DEPTH)
+KT_MVPS_EXPERTS_KERNEL(4, KT_MVPS_DEPTH)
 
 // Routed experts' gate and up at one token on the same ring (`KTRANSFORMERS_CUDA_MVR_EXPERTS=1`; not yet timed on a
 // GPU): the rows of both stacks for every pair of the token (gate of pair 0, 1, ..., then up), expert ids[pair]'s
