@@ -16,7 +16,7 @@ final class CUDAKernels: @unchecked Sendable {
     static var source: String {
         // KTRANSFORMERS_CUDA_PREFETCH=0: the attention kernels without their L2 prefetch (common.cuh).
         (ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_PREFETCH"] == "0" ? "#define KT_ATT_PREFETCH 0\n" : "") +
-        // KTRANSFORMERS_CUDA_MVS_DEPTH=N: rows in flight a warp of the batch-1 split-row matmuls (matvec.cu; default 2).
+        // KTRANSFORMERS_CUDA_MVS_DEPTH=N: rows in flight a warp of the batch-1 split-row matmuls (matvec.cu; default 1).
         (ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_MVS_DEPTH"].flatMap { Int($0) }
             .map { "#define KT_MVPS_DEPTH \(max(1, min($0, 8)))\n" } ?? "") +
         [PackageResources.common_cuh, PackageResources.quant_cuh, PackageResources.matvec_cu,

@@ -754,11 +754,12 @@ extern "C" __global__ void __launch_bounds__(128, 8) matvec_q4_K_q8_ps##SPR(cons
     /* KT_PDL_WAIT in the body; rpw, pf unused */ \
     kt_mvps_q4_K_q8<SPR, DEPTH>(W0, W1, W2, rowBytes, rows0, rows1, rows2, cols, xq, xd, xs, y0, y1, y2); \
 }
-// Rows in flight a warp: KT_MVPS_DEPTH (the backend sets it; default 2). The nvcc measurement (matvec-patterns.cu,
-// H100, 2026-12-07): 2 rows fit 36 warps an SM and read 28672 x 4096 in 25.8 µs (2.56 TB/s), 4 rows 32 warps in 27.9
-// µs (2.37 TB/s); 6144 x 4096 in 8.2 against 9.2 µs. Each row's sum is the same either way (same bits).
+// Rows in flight a warp: KT_MVPS_DEPTH (the backend sets it with KTRANSFORMERS_CUDA_MVS_DEPTH; default 1). The nvcc
+// measurement (matvec-patterns.cu, H100, 2026-12-07): 2 rows fit 36 warps an SM and read 28672 x 4096 in 25.8 µs
+// (2.56 TB/s), 4 rows 32 warps in 27.9 µs (2.37 TB/s); 6144 x 4096 in 8.2 against 9.2 µs. In the model (Llama-3-8B
+// tg128, H100): 1 row 396.4 t/s, 2 rows 372.0 and 368.3, 4 rows 373.9. Each row's sum is the same either way.
 #ifndef KT_MVPS_DEPTH
-#define KT_MVPS_DEPTH 2
+#define KT_MVPS_DEPTH 1
 #endif
 KT_MVPS_KERNEL(1, KT_MVPS_DEPTH)
 KT_MVPS_KERNEL(2, KT_MVPS_DEPTH)

@@ -1861,8 +1861,8 @@ extern "C" __global__ void __launch_bounds__(128) matvec_q4_K_q16_pk(const u8* W
 // at once are adjacent; at most 64 registers a thread (one step of inputs). Each warp keeps DEPTH rows' steps in
 // flight; every DEPTH rows the S partial sums of each row meet in shared memory and are added in step order (its own
 // bits, fixed; not under --batch-invariant). No scratch, no counters.
-// Rows in flight a warp: as the Q8_K forms' KT_MVPS_DEPTH (matvec-patterns.cu, H100: 4096 x 14336 in 14.8 µs with 2
-// rows, 16.8 with 4, both at 28 warps an SM).
+// Rows in flight a warp: as the Q8_K forms' KT_MVPS_DEPTH (default 1; matvec-patterns.cu, H100: 4096 x 14336 in
+// 14.8 µs with 2 rows, 16.8 with 4, both at 28 warps an SM).
 #define KT_MVPS16_DEPTH KT_MVPS_DEPTH
 extern "C" __global__ void __launch_bounds__(1024, 1) matvec_q4_K_q16_ps(const u8* W, i64 rowBytes, int rows, int cols,
         const short* xq, const float* xscale, const int* xsums, float* y) {
