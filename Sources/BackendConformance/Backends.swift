@@ -12,6 +12,16 @@ extension BackendConformance {
         ("cuda, batch-invariant", { try CUDABackend.makeIfPresent().map { b in b.batchInvariant = true; return b } }),
     ]
 
+    /// Runs `body` with the backends' opt-in fused kernels on (CUDA's `attention_decode`,
+    /// `KTRANSFORMERS_CUDA_ATTENTION_FUSED=1`), for the checks that prove their bits against the separate ops; the
+    /// switches are set back after.
+    static func withOptInFusions(_ body: () throws -> Void) rethrows {
+        let saved = CUDABackend.fusedDecodeAttention
+        CUDABackend.fusedDecodeAttention = true
+        defer { CUDABackend.fusedDecodeAttention = saved }
+        try body()
+    }
+
     /// Every check, by name, in the order they run.
     public static let checks: [(name: String, run: @Sendable (BackendConformance) throws -> Void)] = [
         ("memory", { $0.checkMemory() }),
@@ -26,7 +36,7 @@ extension BackendConformance {
         ("rope", { $0.checkRoPE() }),
         ("ropeAndStoreKV", { $0.checkRopeAndStoreKV() }),
         ("addRMSNorm", { try $0.checkAddRMSNorm() }),
-        ("ropeStoreAndAttend", { try $0.checkRopeStoreAndAttend() }),
+        ("ropeStoreAndAttend", { c in try withOptInFusions { try c.checkRopeStoreAndAttend() } }),
         ("attention", { $0.checkAttention() }),
         ("attentionPrefill", { $0.checkAttentionPrefill() }),
         ("moeSelect", { $0.checkMoESelect() }),

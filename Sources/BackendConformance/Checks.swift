@@ -702,14 +702,12 @@ public struct BackendConformance {
     /// `attention`: the output, the K/V rows stored and a Q4_K (Q8_0 for 128-wide rows) matmul of the output (a backend
     /// may hand the output's quantized form to it); GQA with per-head norms and 256-wide output rows, narrow rows without norms, a
     /// sliding window with soft-capping. Twice: with a reserved context of 2048 and of 256 (one key split on a GPU,
-    /// whose fused kernel then writes each head directly). On CUDA with the fused kernel turned on (it is opt-in).
+    /// whose fused kernel then writes each head directly). The checks table runs it with the opt-in fused kernels on
+    /// (`withOptInFusions`).
     public func checkRopeStoreAndAttend() throws {
         let b = backend
         var rng = SplitMix64(seed: 21)
         let pageSize = 16, numPages = 128, maxN = 8, context = 2048
-        let savedFused = CUDABackend.fusedDecodeAttention
-        CUDABackend.fusedDecodeAttention = true
-        defer { CUDABackend.fusedDecodeAttention = savedFused }
         var qwen = AttentionParams(nHead: 8, nKVHead: 2, headDim: 32, scale: 1 / Float(32).squareRoot())
         let narrow = AttentionParams(nHead: 4, nKVHead: 2, headDim: 32, headDimV: 32, scale: 0.2)
         var window = qwen
@@ -771,8 +769,18 @@ public struct BackendConformance {
                                          blockTables: flat, blockTableStride: tableStride, pageSize: pageSize,
                                          oneTokenPerSequence: fused)
                 if fused {
+                    // On CUDA (not batch-invariant) the fused kernel must be what ran (the checks table switches it on).
+                    let cuda = (b as? CUDABackend).flatMap { $0.batchInvariant ? nil : $0 }
+                    cuda?.profiling = true
+                    cuda?.resetKernelProfile()
                     b.ropeStoreAndAttend(q: q, qNorm: norms ? qNorm : nil, k: k, kNorm: norms ? kNorm : nil, v: v, out: out,
                                          n: n, table: table, eps: 1e-6, cache: cache, layer: 0, meta: meta, params: params)
+                    if let cuda {
+                        cuda.profiling = false
+                        if !cuda.kernelProfile().contains(where: { $0.name.hasPrefix("attention_decode") }) {
+                            Expect.fail("[\(name)] ropeStoreAndAttend \(label): attention_decode did not run")
+                        }
+                    }
                 } else {
                     b.ropeAndStoreKV(q: q, qHeads: params.nHead, qNorm: norms ? qNorm : nil, k: k, kHeads: params.nKVHead,
                                      kNorm: norms ? kNorm : nil, v: v, headDim: hd, n: n, table: table, eps: 1e-6,

@@ -110,7 +110,19 @@ __device__ __forceinline__ uint4 load16(const u8* p) {
                  : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
     return v;
 }
-template <int DEPTH, bool NC = false>
+// After each DEPTH rows of the split patterns: the S warps' partial sums of each row added in shared memory.
+template <int DEPTH>
+__device__ __forceinline__ void splitRowSums(float (*part)[DEPTH], int S, int r0, int nRows, float* y) {
+    __syncthreads();
+    if (threadIdx.x < DEPTH && r0 + threadIdx.x < nRows) {
+        float v = part[0][threadIdx.x];
+        for (int k = 1; k < S; k++) v += part[k][threadIdx.x];
+        y[blockIdx.x + (long)(r0 + threadIdx.x) * gridDim.x] = v;
+    }
+    __syncthreads();
+}
+// NOMATH: the loads alone (the payload xor-folded), to separate the access pattern's cost from the arithmetic's.
+template <int DEPTH, bool NC = false, bool NOMATH = false>
 __global__ void __launch_bounds__(1024, 1) splitRows(const u8* W, long rowBytes, int rows, const i8* xq,
                                                      const float* xd, const int* xs, float* y) {
     __shared__ float part[32][DEPTH];
@@ -134,25 +146,19 @@ __global__ void __launch_bounds__(1024, 1) splitRows(const u8* W, long rowBytes,
             if (r0 + i < nRows) {
                 uint4 h = hs[i], q = qs[i];
                 if (r0 + i + DEPTH < nRows) load(i, r0 + i + DEPTH);
-                float v = kt_warp_sum(stepMath(h, q, in, l, 0.0f));
+                float v = NOMATH ? (float)(h.x ^ q.x ^ q.y ^ q.z ^ q.w) : stepMath(h, q, in, l, 0.0f);
+                v = kt_warp_sum(v);
                 if (lane == 0) part[wk][i] = v;
             }
         }
-        __syncthreads();
-        if (threadIdx.x < DEPTH && r0 + threadIdx.x < nRows) {
-            float v = part[0][threadIdx.x];
-            for (int k = 1; k < S; k++) v += part[k][threadIdx.x];
-            y[blockIdx.x + (long)(r0 + threadIdx.x) * gridDim.x] = v;
-        }
-        __syncthreads();
+        splitRowSums<DEPTH>(part, S, r0, nRows, y);
     }
 }
 
 // split32: as split, but a lane loads 32 bytes of quants a step (two 16-byte loads) and 4 lanes share a super-block,
 // so a warp's step is 8 super-blocks (2048 columns) and a 4096-wide row takes 2 warps: fewer load instructions and
 // header loads per byte. The arithmetic is stepMath twice (the same work per byte as split; the lane-to-weights map
-// of a real kernel would differ). NOMATH: the loads alone (the payload xor-folded), to separate the access pattern's
-// cost from the arithmetic's.
+// of a real kernel would differ). NOMATH as splitRows'.
 template <int DEPTH, bool NOMATH = false>
 __global__ void __launch_bounds__(1024, 1) split32Rows(const u8* W, long rowBytes, int rows, const i8* xq,
                                                        const float* xd, const int* xs, float* y) {
@@ -185,51 +191,10 @@ __global__ void __launch_bounds__(1024, 1) split32Rows(const u8* W, long rowByte
                 if (lane == 0) part[wk][i] = v;
             }
         }
-        __syncthreads();
-        if (threadIdx.x < DEPTH && r0 + threadIdx.x < nRows) {
-            float v = part[0][threadIdx.x];
-            for (int k = 1; k < S; k++) v += part[k][threadIdx.x];
-            y[blockIdx.x + (long)(r0 + threadIdx.x) * gridDim.x] = v;
-        }
-        __syncthreads();
+        splitRowSums<DEPTH>(part, S, r0, nRows, y);
     }
 }
-// split with the loads alone (NOMATH as above).
-template <int DEPTH>
-__global__ void __launch_bounds__(1024, 1) splitRowsNoMath(const u8* W, long rowBytes, int rows, const i8* xq,
-                                                           const float* xd, const int* xs, float* y) {
-    __shared__ float part[32][DEPTH];
-    int lane = threadIdx.x & 31, wk = threadIdx.x >> 5, S = blockDim.x >> 5;
-    int nRows = blockIdx.x < rows ? (rows - 1 - blockIdx.x) / gridDim.x + 1 : 0;
-    if (nRows == 0) return;
-    const u8* base = W + (4 * wk + (lane >> 3)) * 144;
-    uint4 hs[DEPTH], qs[DEPTH];
-    auto load = [&](int slot, int i) {
-        const u8* p = base + (long)(blockIdx.x + (long)i * gridDim.x) * rowBytes;
-        hs[slot] = *(const uint4*)p;
-        qs[slot] = *(const uint4*)(p + 16 + 16 * (lane & 7));
-    };
-#pragma unroll
-    for (int i = 0; i < DEPTH; i++) if (i < nRows) load(i, i);
-    for (int r0 = 0; r0 < nRows; r0 += DEPTH) {
-#pragma unroll
-        for (int i = 0; i < DEPTH; i++) {
-            if (r0 + i < nRows) {
-                uint4 h = hs[i], q = qs[i];
-                if (r0 + i + DEPTH < nRows) load(i, r0 + i + DEPTH);
-                float v = kt_warp_sum((float)(h.x ^ q.x ^ q.y ^ q.z ^ q.w));
-                if (lane == 0) part[wk][i] = v;
-            }
-        }
-        __syncthreads();
-        if (threadIdx.x < DEPTH && r0 + threadIdx.x < nRows) {
-            float v = part[0][threadIdx.x];
-            for (int k = 1; k < S; k++) v += part[k][threadIdx.x];
-            y[blockIdx.x + (long)(r0 + threadIdx.x) * gridDim.x] = v;
-        }
-        __syncthreads();
-    }
-}
+// (split with the loads alone: splitRows<DEPTH, false, true>.)
 
 struct Shape { const char* name; int rows, cols; };
 
@@ -316,7 +281,7 @@ int main(int argc, char** argv) {
         split("split d4", splitRows<4>);
         split("split d6", splitRows<6>);
         split("split d4 nc", splitRows<4, true>);
-        split("split d4 nomath", splitRowsNoMath<4>);
+        split("split d4 nomath", splitRows<4, false, true>);
         if (s.cols % 2048 == 0) {
             int S2 = s.cols / 2048;
             splitW("split32 d2", split32Rows<2>, S2);

@@ -667,9 +667,9 @@ KT_MVPR_KERNEL(4, 4)
 // takes G = 4 / SPR rows at a time, warp k step k % SPR of row k / SPR (lanes and arithmetic of kt_mvpr_rows, its
 // one step of inputs in registers); block b takes row groups b, b + B, b + 2B, ... (B the grid's blocks), so the rows
 // the GPU reads at once are adjacent in memory, and with one step of inputs a thread needs at most 64 registers:
-// 8 blocks (32 warps) an SM, twice the warps of the ring. Each warp keeps DEPTH rows' steps in flight; every DEPTH
-// row groups the SPR partial sums of a row meet in shared memory and are added in step order (its own bits, fixed:
-// not under --batch-invariant). The nvcc measurement (scripts/microbench/matvec-patterns.cu, H100, 28672 x 4096):
+// at least 8 blocks (32 warps) an SM, twice the warps of the ring (10 blocks at the default one row in flight). Each
+// warp keeps DEPTH rows' steps in flight (KT_MVPS_DEPTH, below); every DEPTH row groups the SPR partial sums of a row
+// meet in shared memory and are added in step order (its own bits, fixed: not under --batch-invariant). The nvcc measurement (scripts/microbench/matvec-patterns.cu, H100, 28672 x 4096):
 // 28.6 µs (2.31 TB/s) against 35.7 µs for the ring at its 16 warps an SM.
 // Rows 0 .. total − 1 of nsb super-blocks: rowPtr(r) the row's bytes, store(r, v) its result.
 template <int SPR, int DEPTH, class RowPtr, class Store>
