@@ -139,6 +139,10 @@ public protocol ComputeBackend: AnyObject, Sendable {
     /// touches (tensors, metadata, the op parameters) must stay as it is for every replay: only the contents of
     /// tensors may change between replays.
     func captureGraph(_ body: () throws -> Void) throws -> (any ComputeGraph)?
+    /// What a step's launches depend on besides its token count, from the largest position of its tokens (a GPU
+    /// backend's attention launches only the key splits those positions reach): one graph is captured per value.
+    /// Default 0 (no dependence).
+    func attentionLaunchShape(maxPosition: Int) -> Int
     /// Replays a graph `captureGraph` returned.
     func launch(_ graph: any ComputeGraph)
 }
@@ -174,6 +178,7 @@ extension ComputeBackend {
 
     public var capturesGraphs: Bool { false }
     public var graphEpoch: Int { 0 }
+    public func attentionLaunchShape(maxPosition: Int) -> Int { 0 }
 
     public func captureGraph(_ body: () throws -> Void) throws -> (any ComputeGraph)? { nil }
 
@@ -235,10 +240,14 @@ public struct BatchMetadata: Sendable {
     /// Every token is the only one of its sequence in the step (a decode step): a token's attention then reads no
     /// other token's K/V of this step, so a backend may store and attend in one pass (`ropeStoreAndAttend`).
     public var oneTokenPerSequence: Bool
+    /// The largest position of the step's tokens, when the caller knows it (nil: any up to the reserved context).
+    /// A backend may shape its attention launches by it (`attentionLaunchShape`), never its results.
+    public var maxPosition: Int?
 
     public init(tokens: Int, positions: Tensor, slotMapping: Tensor, sequenceOfToken: Tensor, blockTables: Tensor,
-                blockTableStride: Int, pageSize: Int, oneTokenPerSequence: Bool = false) {
+                blockTableStride: Int, pageSize: Int, oneTokenPerSequence: Bool = false, maxPosition: Int? = nil) {
         self.tokens = tokens
+        self.maxPosition = maxPosition
         self.oneTokenPerSequence = oneTokenPerSequence
         self.positions = positions
         self.slotMapping = slotMapping

@@ -1640,7 +1640,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     /// Keys per split of a split-K attention (nil: automatic, from the reserved context length: at least 256 and at
     /// most 8 splits; one split, the plain kernel, when the context fits in one). Fixed for a run, so a token's bits
     /// depend on its own position only.
-    public var attentionSplitKeys: Int?
+    public var attentionSplitKeys: Int? { didSet { graphEpoch += 1 } }  // (launch shapes change: graphs are stale)
     /// Query tokens from which attention runs a block per K/V head for its GQA group of query heads
     /// (`attention_gqa<G>`: each key and value read once per group; same bits), `KTRANSFORMERS_CUDA_ATTENTION_GROUP_MIN`,
     /// default 16: below it the per-head kernel's more blocks fill the GPU better.
@@ -1652,6 +1652,22 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         if let k = attentionSplitKeys { return max(1, k) }
         return max(256, (plan.contextLength + 7) / 8)
     }
+
+    /// Key splits an attention launch has: those of the reserved context, or only as many as the step's positions
+    /// reach (`BatchMetadata.maxPosition`): a token's splits and their order are the same either way (the same bits),
+    /// and with one split no combine runs.
+    private func launchedSplits(maxPosition: Int?) -> Int {
+        let keys = splitKeys
+        let all = (max(1, plan.contextLength) + keys - 1) / keys
+        guard let m = maxPosition else { return all }
+        return max(1, min(all, m / keys + 1))
+    }
+
+    public func attentionLaunchShape(maxPosition: Int) -> Int { launchedSplits(maxPosition: maxPosition) }
+
+    /// `KTRANSFORMERS_CUDA_ATTENTION_Q8=0`: without key splits, attention writes only its float output (the output
+    /// projection quantizes it in its own launch) instead of its Q8_K form too (a measurement; default on).
+    static let attentionQ8 = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_ATTENTION_Q8"] != "0"
 
     /// Steps of at least this many tokens run attention on the f16 tensor cores (`attention_flash`, head dims up to
     /// 128, query heads per K/V head dividing 64), below it the f32 kernels (batch invariant). As the GEMMs, a large
@@ -1670,7 +1686,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         let vStride = p.valueInKey ? kd : cache.vDims[layer]
         let vHeadStride = p.valueInKey ? p.headDim : p.headDimV
         let keys = splitKeys
-        let splits = (max(1, plan.contextLength) + keys - 1) / keys
+        let splits = launchedSplits(maxPosition: meta.maxPosition)
         var part: UInt = 0
         if splits > 1 {
             let need = max(plan.maxTokens, n) * p.nHead * splits * (p.headDimV + 2)
@@ -1692,13 +1708,26 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
                     .i32(meta.pageSize), .i32(n)])
             return
         }
-        if n >= attentionGroupMinTokens, [2, 4, 8].contains(group), p.headDim <= 256, p.headDimV <= 128 {
-            // The query heads of a K/V head in one block (each key and value read once for all of them), same bits.
-            launch("attention_gqa\(group)", grid: (n, p.nKVHead, splits), block: 128,
+        let width = p.nHead * p.headDimV
+        // Heads a block of attention_gqa<G> takes: the whole K/V group from attentionGroupMinTokens tokens, else (one
+        // key split, the output's Q8_K form wanted next) the fewest heads whose outputs fill Q8_K blocks of 256.
+        var heads = n >= attentionGroupMinTokens ? group : 0
+        var q8: (UInt, UInt, UInt)?
+        if splits == 1, Self.attentionQ8, p.headDimV > 0, 256 % p.headDimV == 0, width % 256 == 0,
+           let g = [2, 4, 8].first(where: { $0 * p.headDimV >= 256 }), group % g == 0, g <= group,
+           let target = quantizedTarget(rows: n, dim: width) {
+            heads = max(heads, g)
+            q8 = target
+        }
+        if [2, 4, 8].contains(heads), p.headDim <= 256, p.headDimV <= 128 {
+            // Query heads of one K/V head in one block (each key and value read once for all of them), same bits.
+            launch("attention_gqa\(heads)", grid: (n, p.nHead / heads, splits), block: 128,
                    [.ptr(q.address), .ptr(out.address), .ptr(cache.k(layer).address), .ptr(vc.address), .i32(kd),
                     .i32(vStride), .i32(vHeadStride), .i32(p.nHead), .i32(p.headDim), .i32(p.headDimV), .f32(p.scale),
                     .i32(p.window), .f32(p.softcap), .ptr(meta.positions.address), .ptr(meta.sequenceOfToken.address),
-                    .ptr(meta.blockTables.address), .i32(meta.blockTableStride), .i32(meta.pageSize), .ptr(part), .i32(keys)])
+                    .ptr(meta.blockTables.address), .i32(meta.blockTableStride), .i32(meta.pageSize), .ptr(part), .i32(keys),
+                    .i32(group), .ptr(q8?.0 ?? 0), .ptr(q8?.1 ?? 0), .ptr(q8?.2 ?? 0)])
+            if q8 != nil { preparedQuantized = Prepared(address: out.address, count: n * width, launch: launches) }
         } else {
         launch("attention", grid: (n, p.nHead, splits), block: 128,
                [.ptr(q.address), .ptr(out.address), .ptr(cache.k(layer).address), .ptr(vc.address), .i32(kd), .i32(vStride),
@@ -1707,7 +1736,6 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
                 .ptr(meta.blockTables.address), .i32(meta.blockTableStride), .i32(meta.pageSize), .ptr(part), .i32(keys)])
         }
         if splits > 1 {
-            let width = p.nHead * p.headDimV
             let combine: [KernelArg] = [.ptr(part), .ptr(out.address), .i32(p.nHead), .i32(p.headDimV), .i32(splits),
                                         .i32(keys), .i32(p.window), .ptr(meta.positions.address)]
             if p.headDimV > 0, 256 % p.headDimV == 0, width % 256 == 0, let target = quantizedTarget(rows: n, dim: width) {

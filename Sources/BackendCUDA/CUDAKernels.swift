@@ -19,6 +19,9 @@ final class CUDAKernels: @unchecked Sendable {
         // KTRANSFORMERS_CUDA_MVS_DEPTH=N: rows in flight a warp of the batch-1 split-row matmuls (matvec.cu; default 1).
         (ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_MVS_DEPTH"].flatMap { Int($0) }
             .map { "#define KT_MVPS_DEPTH \(max(1, min($0, 8)))\n" } ?? "") +
+        // KTRANSFORMERS_CUDA_Q16PS_MAXREG=N: registers a thread of the batch-1 down projection (mmq.cu; a measurement).
+        (ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_Q16PS_MAXREG"].flatMap { Int($0) }
+            .map { "#define KT_Q16PS_MAXREG \(max(32, min($0, 255)))\n" } ?? "") +
         [PackageResources.common_cuh, PackageResources.quant_cuh, PackageResources.matvec_cu,
          PackageResources.activations_cu, PackageResources.ops_cu,
          PackageResources.attention_cu, PackageResources.moe_cu, PackageResources.mmq_cu, PackageResources.gemm_cu]

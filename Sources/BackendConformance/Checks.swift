@@ -701,9 +701,11 @@ public struct BackendConformance {
     /// pages in shuffled order, a context of 2048: a GPU's split-K shares) has the bits of `ropeAndStoreKV` then
     /// `attention`: the output, the K/V rows stored and a Q4_K (Q8_0 for 128-wide rows) matmul of the output (a backend
     /// may hand the output's quantized form to it); GQA with per-head norms and 256-wide output rows, narrow rows without norms, a
-    /// sliding window with soft-capping. Twice: with a reserved context of 2048 and of 256 (one key split on a GPU,
-    /// whose fused kernel then writes each head directly). The checks table runs it with the opt-in fused kernels on
-    /// (`withOptInFusions`).
+    /// sliding window with soft-capping; GQA of 128-wide heads (a GPU writes the output's Q8_K form with it). Twice:
+    /// with a reserved context of 2048 and of 256 (one key split on a GPU, whose fused kernel then writes each head
+    /// directly). The two calls also run told the step's largest position (`BatchMetadata.maxPosition`: a GPU then
+    /// launches only the key splits it reaches) and must give the same bits. All again for a step at positions 200,
+    /// 5, 31 and 0 (one key split reached). The checks table runs it with the opt-in fused kernels on (`withOptInFusions`).
     public func checkRopeStoreAndAttend() throws {
         let b = backend
         var rng = SplitMix64(seed: 21)
@@ -718,96 +720,105 @@ public struct BackendConformance {
             ("GQA 8/2 heads, per-head norms, 256-wide rows", qwen, true, true),
             ("4/2 heads, 128-wide rows, no norms", narrow, false, false),
             ("sliding window 300, softcap 30", window, true, true),
+            ("GQA 4/2 heads of 128, 512-wide rows", AttentionParams(nHead: 4, nKVHead: 2, headDim: 128, scale: 0.09), true, false),
         ]
-        let lengths = [700, 5, 1030, 0]
-        let pages = lengths.map { $0 / pageSize + 1 }
-        var free = Array(0..<numPages - 1)
-        for i in stride(from: free.count - 1, to: 0, by: -1) { free.swapAt(i, rng.int(i + 1)) }
-        var tables: [[Int32]] = []
-        for c in pages { tables.append(free.prefix(c).map(Int32.init)); free.removeFirst(c) }
-        let tableStride = pages.max()!
-        let flat = b.int32Tensor(tables.flatMap { $0 + [Int32](repeating: 0, count: tableStride - $0.count) })
-        func slot(_ s: Int, _ p: Int) -> Int { Int(tables[s][p / pageSize]) * pageSize + p % pageSize }
-        let positions = b.allocate(64), slots = b.allocate(64), seqOf = b.allocate(64)
-        for reserved in [context, 256] {
-        b.reserve(ForwardPlan(maxTokens: Self.plan.maxTokens, contextLength: reserved, maxQueryGroup: Self.plan.maxQueryGroup,
-                              routerWork: Self.plan.routerWork))
-        for (caseLabel, params, norms, neox) in cases {
-            let label = "\(caseLabel), reserved context \(reserved)"
-            let hd = params.headDim, kDim = params.nKVHead * hd, vDim = params.nKVHead * params.headDimV
-            let qWidth = params.nHead * hd, width = params.nHead * params.headDimV
-            let cache = b.makeKVCache(pageSize: pageSize, numPages: numPages, kDims: [kDim], vDims: [vDim])
-            let table = b.makeRopeTable(RoPE(dims: hd, base: 10000, neox: neox), positions: context)
-            let k = b.allocate(64 * kDim), v = b.allocate(64 * vDim), q = b.allocate(maxN * qWidth)
-            let out = b.allocate(maxN * width), mm = b.allocate(maxN * 64)
-            let wo = try b.prepare(Host.weight(width % 256 == 0 ? .q4_K : .q8_0, name: "blk.0.attn_output.weight", rows: 64,
-                                               cols: width, rng: &rng).ref)
-            let qNorm = b.upload((0..<hd).map { _ in rng.uniform(0.5, 1.5) }), kNorm = b.upload((0..<hd).map { _ in rng.uniform(0.5, 1.5) })
-            defer { [k, v, q, out, mm, qNorm, kNorm].forEach { b.release($0) } }
-            // The sequences' earlier keys and values, 64 rows a store.
-            let earlier = lengths.enumerated().flatMap { s, len in (0..<len).map { (s, $0) } }
-            for c in stride(from: 0, to: earlier.count, by: 64) {
-                let part = earlier[c..<min(earlier.count, c + 64)]
-                b.set(slots, part.map { Int32(slot($0.0, $0.1)) })
-                b.set(k, rng.normals(part.count * kDim))
-                b.set(v, rng.normals(part.count * vDim))
-                b.storeKV(k: k, v: v, n: part.count, cache: cache, layer: 0, meta: BatchMetadata(
-                    tokens: part.count, positions: positions, slotMapping: slots, sequenceOfToken: seqOf,
-                    blockTables: flat, blockTableStride: tableStride, pageSize: pageSize))
-            }
-            let n = lengths.count
-            b.set(positions, lengths.map { Int32($0) })
-            b.set(slots, lengths.enumerated().map { Int32(slot($0.offset, $0.element)) })
-            b.set(seqOf, (0..<n).map { Int32($0) })
-            let qs = rng.normals(n * qWidth, scale: 2), ks = rng.normals(n * kDim, scale: 2), vs = rng.normals(n * vDim)
-            var results: [[Float]] = []
-            for fused in [true, false] {
-                b.set(q, qs)
-                b.set(k, ks)
-                b.set(v, vs)
-                let meta = BatchMetadata(tokens: n, positions: positions, slotMapping: slots, sequenceOfToken: seqOf,
-                                         blockTables: flat, blockTableStride: tableStride, pageSize: pageSize,
-                                         oneTokenPerSequence: fused)
-                if fused {
-                    // On CUDA (not batch-invariant) the fused kernel must be what ran (the checks table switches it on).
-                    let cuda = (b as? CUDABackend).flatMap { $0.batchInvariant ? nil : $0 }
-                    cuda?.profiling = true
-                    cuda?.resetKernelProfile()
-                    b.ropeStoreAndAttend(q: q, qNorm: norms ? qNorm : nil, k: k, kNorm: norms ? kNorm : nil, v: v, out: out,
-                                         n: n, table: table, eps: 1e-6, cache: cache, layer: 0, meta: meta, params: params)
-                    if let cuda {
-                        cuda.profiling = false
-                        if !cuda.kernelProfile().contains(where: { $0.name.hasPrefix("attention_decode") }) {
-                            Expect.fail("[\(name)] ropeStoreAndAttend \(label): attention_decode did not run")
+        // Long contexts (several key splits), then short ones (one split of a long reserved context).
+        for lengths in [[700, 5, 1030, 0], [200, 5, 31, 0]] {
+            let pages = lengths.map { $0 / pageSize + 1 }
+            var free = Array(0..<numPages - 1)
+            for i in stride(from: free.count - 1, to: 0, by: -1) { free.swapAt(i, rng.int(i + 1)) }
+            var tables: [[Int32]] = []
+            for c in pages { tables.append(free.prefix(c).map(Int32.init)); free.removeFirst(c) }
+            let tableStride = pages.max()!
+            let flat = b.int32Tensor(tables.flatMap { $0 + [Int32](repeating: 0, count: tableStride - $0.count) })
+            func slot(_ s: Int, _ p: Int) -> Int { Int(tables[s][p / pageSize]) * pageSize + p % pageSize }
+            let positions = b.allocate(64), slots = b.allocate(64), seqOf = b.allocate(64)
+            for reserved in [context, 256] {
+            b.reserve(ForwardPlan(maxTokens: Self.plan.maxTokens, contextLength: reserved, maxQueryGroup: Self.plan.maxQueryGroup,
+                                  routerWork: Self.plan.routerWork))
+            for (caseLabel, params, norms, neox) in cases {
+                let label = "\(caseLabel), reserved context \(reserved)"
+                let hd = params.headDim, kDim = params.nKVHead * hd, vDim = params.nKVHead * params.headDimV
+                let qWidth = params.nHead * hd, width = params.nHead * params.headDimV
+                let cache = b.makeKVCache(pageSize: pageSize, numPages: numPages, kDims: [kDim], vDims: [vDim])
+                let table = b.makeRopeTable(RoPE(dims: hd, base: 10000, neox: neox), positions: context)
+                let k = b.allocate(64 * kDim), v = b.allocate(64 * vDim), q = b.allocate(maxN * qWidth)
+                let out = b.allocate(maxN * width), mm = b.allocate(maxN * 64)
+                let wo = try b.prepare(Host.weight(width % 256 == 0 ? .q4_K : .q8_0, name: "blk.0.attn_output.weight", rows: 64,
+                                                   cols: width, rng: &rng).ref)
+                let qNorm = b.upload((0..<hd).map { _ in rng.uniform(0.5, 1.5) }), kNorm = b.upload((0..<hd).map { _ in rng.uniform(0.5, 1.5) })
+                defer { [k, v, q, out, mm, qNorm, kNorm].forEach { b.release($0) } }
+                // The sequences' earlier keys and values, 64 rows a store.
+                let earlier = lengths.enumerated().flatMap { s, len in (0..<len).map { (s, $0) } }
+                for c in stride(from: 0, to: earlier.count, by: 64) {
+                    let part = earlier[c..<min(earlier.count, c + 64)]
+                    b.set(slots, part.map { Int32(slot($0.0, $0.1)) })
+                    b.set(k, rng.normals(part.count * kDim))
+                    b.set(v, rng.normals(part.count * vDim))
+                    b.storeKV(k: k, v: v, n: part.count, cache: cache, layer: 0, meta: BatchMetadata(
+                        tokens: part.count, positions: positions, slotMapping: slots, sequenceOfToken: seqOf,
+                        blockTables: flat, blockTableStride: tableStride, pageSize: pageSize))
+                }
+                let n = lengths.count
+                b.set(positions, lengths.map { Int32($0) })
+                b.set(slots, lengths.enumerated().map { Int32(slot($0.offset, $0.element)) })
+                b.set(seqOf, (0..<n).map { Int32($0) })
+                let qs = rng.normals(n * qWidth, scale: 2), ks = rng.normals(n * kDim, scale: 2), vs = rng.normals(n * vDim)
+                var results: [[Float]] = []
+                // The fused call; the two calls; the two calls told the step's largest position (a backend may then
+                // launch only the key splits it reaches).
+                for variant in 0..<3 {
+                    let fused = variant == 0
+                    b.set(q, qs)
+                    b.set(k, ks)
+                    b.set(v, vs)
+                    let meta = BatchMetadata(tokens: n, positions: positions, slotMapping: slots, sequenceOfToken: seqOf,
+                                             blockTables: flat, blockTableStride: tableStride, pageSize: pageSize,
+                                             oneTokenPerSequence: fused, maxPosition: variant == 2 ? lengths.max() : nil)
+                    if fused {
+                        // On CUDA (not batch-invariant) the fused kernel must be what ran (the checks table switches it on).
+                        let cuda = (b as? CUDABackend).flatMap { $0.batchInvariant ? nil : $0 }
+                        cuda?.profiling = true
+                        cuda?.resetKernelProfile()
+                        b.ropeStoreAndAttend(q: q, qNorm: norms ? qNorm : nil, k: k, kNorm: norms ? kNorm : nil, v: v, out: out,
+                                             n: n, table: table, eps: 1e-6, cache: cache, layer: 0, meta: meta, params: params)
+                        if let cuda {
+                            cuda.profiling = false
+                            if !cuda.kernelProfile().contains(where: { $0.name.hasPrefix("attention_decode") }) {
+                                Expect.fail("[\(name)] ropeStoreAndAttend \(label): attention_decode did not run")
+                            }
                         }
+                    } else {
+                        b.ropeAndStoreKV(q: q, qHeads: params.nHead, qNorm: norms ? qNorm : nil, k: k, kHeads: params.nKVHead,
+                                         kNorm: norms ? kNorm : nil, v: v, headDim: hd, n: n, table: table, eps: 1e-6,
+                                         cache: cache, layer: 0, meta: meta)
+                        b.attention(q: q, out: out, n: n, cache: cache, layer: 0, meta: meta, params: params)
                     }
-                } else {
-                    b.ropeAndStoreKV(q: q, qHeads: params.nHead, qNorm: norms ? qNorm : nil, k: k, kHeads: params.nKVHead,
-                                     kNorm: norms ? kNorm : nil, v: v, headDim: hd, n: n, table: table, eps: 1e-6,
-                                     cache: cache, layer: 0, meta: meta)
-                    b.attention(q: q, out: out, n: n, cache: cache, layer: 0, meta: meta, params: params)
+                    b.matmul(wo, out, mm, n: n, precision: .standard)
+                    let kc = b.floats(cache.k(0), numPages * pageSize * kDim), vc = b.floats(cache.v(0), numPages * pageSize * vDim)
+                    var stored: [Float] = []
+                    for (s, len) in lengths.enumerated() {
+                        let r = slot(s, len)
+                        stored.append(contentsOf: kc[(r * kDim)..<((r + 1) * kDim)])
+                        stored.append(contentsOf: vc[(r * vDim)..<((r + 1) * vDim)])
+                    }
+                    results.append(b.floats(out, n * width) + stored + b.floats(mm, n * 64))
                 }
-                b.matmul(wo, out, mm, n: n, precision: .standard)
-                let kc = b.floats(cache.k(0), numPages * pageSize * kDim), vc = b.floats(cache.v(0), numPages * pageSize * vDim)
-                var stored: [Float] = []
-                for (s, len) in lengths.enumerated() {
-                    let r = slot(s, len)
-                    stored.append(contentsOf: kc[(r * kDim)..<((r + 1) * kDim)])
-                    stored.append(contentsOf: vc[(r * vDim)..<((r + 1) * vDim)])
+                if let i = firstBitDifference(results[0], results[1]) {
+                    Expect.fail("[\(name)] ropeStoreAndAttend \(label): value \(i) is \(results[0][i]), ropeAndStoreKV + attention give \(results[1][i])")
                 }
-                results.append(b.floats(out, n * width) + stored + b.floats(mm, n * 64))
+                if let i = firstBitDifference(results[2], results[1]) {
+                    Expect.fail("[\(name)] attention \(label), told the largest position \(lengths.max()!): value \(i) is \(results[2][i]), untold \(results[1][i])")
+                }
+                if results[0].contains(where: { !$0.isFinite }) { Expect.fail("[\(name)] ropeStoreAndAttend \(label): a value is not finite") }
+                if let cuda = b as? CUDABackend, !cuda.attentionCountersAreZero {
+                    Expect.fail("[\(name)] ropeStoreAndAttend \(label): attention_decode left a counter set")
+                }
             }
-            if let i = firstBitDifference(results[0], results[1]) {
-                Expect.fail("[\(name)] ropeStoreAndAttend \(label): value \(i) is \(results[0][i]), ropeAndStoreKV + attention give \(results[1][i])")
             }
-            if results[0].contains(where: { !$0.isFinite }) { Expect.fail("[\(name)] ropeStoreAndAttend \(label): a value is not finite") }
-            if let cuda = b as? CUDABackend, !cuda.attentionCountersAreZero {
-                Expect.fail("[\(name)] ropeStoreAndAttend \(label): attention_decode left a counter set")
-            }
+            [positions, slots, seqOf, flat].forEach { b.release($0) }
         }
-        }
-        [positions, slots, seqOf, flat].forEach { b.release($0) }
-        print("[\(name)] ropeStoreAndAttend: bit-identical to ropeAndStoreKV + attention (decode step, 4 sequences up to 1031 keys, 3 cases, reserved contexts 2048 and 256)")
+        print("[\(name)] ropeStoreAndAttend: bit-identical to ropeAndStoreKV + attention, which are bit-identical told the step's largest position (decode steps, 4 sequences up to 1031 and up to 201 keys, 4 cases, reserved contexts 2048 and 256)")
     }
 
     /// A paged pool of 4-token pages; four sequences whose pages are interleaved and out of order; their first

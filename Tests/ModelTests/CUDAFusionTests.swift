@@ -375,4 +375,59 @@ final class CUDAFusionTests: XCTestCase {
         XCTAssertFalse(fused.kernels.contains("quantize_q8_K"), "kernels launched: \(fused.kernels)")
         XCTAssertTrue(apart.kernels.contains("quantize_q8_K"), "kernels launched: \(apart.kernels)")
     }
+
+    /// Attention with one key split (the reserved context fits one, or the step's largest position reaches only the
+    /// first) writes the output's Q8_K form from the grouped kernel's blocks (two 128-wide heads a block: 256 values)
+    /// and no combine runs; the output projection takes that form: the same bits as 16 splits combined.
+    func testOneSplitAttentionHandsTheOutputProjectionItsQ8K() throws {
+        guard let b = try CUDABackend.makeIfPresent() else {
+            throw XCTSkip("no CUDA driver/GPU and no CUDA emulator here: CUDA fusion test skipped")
+        }
+        defer { b.attentionSplitKeys = nil }
+        let params = AttentionParams(nHead: 4, nKVHead: 2, headDim: 128, scale: 0.09)
+        let width = params.nHead * params.headDimV, kvDim = params.nKVHead * params.headDim, len = 4, n = 2
+        b.reserve(ForwardPlan(maxTokens: len, contextLength: 64, maxQueryGroup: 2))
+        let wo = try b.prepare(q4K("blk.0.attn_output.weight", rows: 96, cols: width))
+        let cache = b.makeKVCache(pageSize: 4, numPages: 16, kDims: [kvDim], vDims: [kvDim])
+        var rng = SystemRandomNumberGenerator()
+        func normals(_ count: Int) -> [Float] { (0..<count).map { _ in Float.random(in: -2...2, using: &rng) } }
+        func ints(_ values: [Int32]) -> Tensor {
+            let t = b.allocate(values.count)
+            values.withUnsafeBufferPointer { b.write($0, to: t) }
+            return t
+        }
+        func floats(_ t: Tensor, _ count: Int) -> [Float] { Array(UnsafeBufferPointer(start: b.read(t, count: count), count: count)) }
+        let tables = ints((0..<16).map { Int32($0) })
+        func meta(_ positions: [Int], told: Bool = false) -> BatchMetadata {
+            BatchMetadata(tokens: positions.count, positions: ints(positions.map { Int32($0) }),
+                          slotMapping: ints(positions.map { Int32($0) }), sequenceOfToken: ints([Int32](repeating: 0, count: positions.count)),
+                          blockTables: tables, blockTableStride: 16, pageSize: 4, maxPosition: told ? positions.max() : nil)
+        }
+        b.storeKV(k: b.upload(normals(len * kvDim)), v: b.upload(normals(len * kvDim)), n: len, cache: cache, layer: 0,
+                  meta: meta(Array(0..<len)))
+        let q = b.upload(normals(n * params.nHead * params.headDim)), out = b.allocate(n * width), y = b.allocate(n * 96)
+        let other = b.allocate(16)
+        func run(splitKeys: Int?, told: Bool, apart: Bool = false) -> (values: [Float], kernels: [Substring]) {
+            b.attentionSplitKeys = splitKeys
+            b.profiling = true
+            b.resetKernelProfile()
+            b.attention(q: q, out: out, n: n, cache: cache, layer: 0, meta: meta([len - 2, len - 1], told: told), params: params)
+            if apart { b.fill(other, count: 16, value: 0) }
+            b.matmul(wo, out, y, n: n, precision: .standard)
+            b.profiling = false
+            return (floats(out, n * width) + floats(y, n * 96), b.kernelProfile().map { $0.name.split(separator: " ")[0] })
+        }
+        let split = run(splitKeys: 4, told: false)  // 16 splits launched, one holding keys
+        XCTAssertTrue(split.kernels.contains("attention_combine_q8K"), "kernels launched: \(split.kernels)")
+        for (keys, told) in [(nil, false), (4, true)] as [(Int?, Bool)] {
+            let one = run(splitKeys: keys, told: told), apart = run(splitKeys: keys, told: told, apart: true)
+            let label = "split keys \(keys.map(String.init) ?? "automatic"), largest position told: \(told)"
+            XCTAssertEqual(one.values.map(\.bitPattern), split.values.map(\.bitPattern), label)
+            XCTAssertEqual(apart.values.map(\.bitPattern), split.values.map(\.bitPattern), label)
+            XCTAssertEqual(one.kernels.first, "attention_gqa2", "\(label): kernels launched: \(one.kernels)")
+            XCTAssertFalse(one.kernels.contains("attention_combine_q8K") || one.kernels.contains("quantize_q8_K"),
+                           "\(label): kernels launched: \(one.kernels)")
+            XCTAssertTrue(apart.kernels.contains("quantize_q8_K"), "\(label): kernels launched: \(apart.kernels)")
+        }
+    }
 }

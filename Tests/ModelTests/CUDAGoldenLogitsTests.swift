@@ -77,6 +77,43 @@ class CUDAGoldenLogitsTests: GoldenLogitsTests {
         }
     }
 
+    /// Attention launches only the key splits a step's positions reach, so a decode step's graph depends on them:
+    /// one graph per bucket and attention shape (split keys forced to 4 here: a sequence decoding from position 5 to
+    /// 16 crosses shapes of 2, 3, 4 and 5 splits), every step with the bits of the same step op by op.
+    func testDecodeGraphsFollowTheAttentionShape() throws {
+        let backend = try XCTUnwrap(try Self.makeBackend() as? CUDABackend)
+        defer { backend.graphsEnabled = true; backend.attentionSplitKeys = nil }
+        backend.attentionSplitKeys = 4
+        let model = try load("llama")
+        let vocab = model.info.vocabSize
+        model.reserve(RunLimits(maxTokens: 64, maxSequences: 4, maxLogitsRows: 64, contextLength: 64))
+        func run(graphs: Bool) throws -> [[Float]] {
+            backend.graphsEnabled = graphs
+            let cache = model.makeKVCache(pageSize: 4, numPages: 16)
+            var b = ForwardBatch(pageSize: 4)
+            b.addSequence(tokens: [1, 17, 42, 5, 88], startPosition: 0, blockTable: [0, 1, 2, 3, 4], logits: .last)
+            var l = [Float](repeating: 0, count: vocab)
+            try l.withUnsafeMutableBufferPointer { try model.forward(b, cache: cache, logits: $0.baseAddress!) }
+            var outputs: [[Float]] = []
+            for pos in 5...16 {
+                var s = ForwardBatch(pageSize: 4)
+                s.addSequence(tokens: [Int32(l.indices.max { l[$0] < l[$1] }!)], startPosition: pos, blockTable: [0, 1, 2, 3, 4],
+                              logits: .last)
+                try l.withUnsafeMutableBufferPointer { try model.forward(s, cache: cache, logits: $0.baseAddress!) }
+                outputs.append(l)
+            }
+            return outputs
+        }
+        let before = backend.graphsCaptured
+        let graphed = try run(graphs: true)
+        // Shapes of 2 (positions 5-7), 3 (8-11) and 4 (12-15) splits: each warmed, captured, replayed; 5 (16) warmed only.
+        XCTAssertEqual(backend.graphsCaptured - before, 3, "one graph per attention shape reached twice")
+        let eager = try run(graphs: false)
+        for (i, (g, e)) in zip(graphed, eager).enumerated() {
+            XCTAssertEqual(g.map(\.bitPattern), e.map(\.bitPattern), "decode step at position \(5 + i): the graph differs from the steps op by op")
+        }
+    }
+
 }
 
 /// Every golden-logits test once more with KTransformers' hybrid placement: routed experts on CPU threads (straight

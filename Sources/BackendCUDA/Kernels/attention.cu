@@ -201,21 +201,27 @@ extern "C" __global__ void __launch_bounds__(KT_ATT_THREADS) attention(
     }
 }
 
-// The same for the G query heads of one K/V head (GQA) in one block: each key row and value is read once for the G
+// The same for G query heads of one K/V head (GQA) in one block: each key row and value is read once for the G
 // heads (the per-head kernel reads them G times: at prefill that traffic sets its time), and each head's arithmetic
 // is the per-head kernel's (kt_att_score, the same block reductions, kt_att_values, in the same order): the same
-// bits. Grid (n, nKVHead, splits), 128 threads; head dims up to 256, value dims up to 128 (a float4 a lane).
+// bits. Block y takes query heads y·G .. y·G + G − 1, of K/V head y·G / groupSize (G divides groupSize, the query
+// heads per K/V head). Without splits and with `q8` (G · headDimV a multiple of 256), the block also writes its
+// G · headDimV outputs' Q8_K form, as quantize_q8_K would (one kernel instead of attention + attention_combine_q8K,
+// or attention + quantize_q8_K, before the output projection's integer-dot matmul). Grid (n, nHead / G, splits),
+// 128 threads; head dims up to 256, value dims up to 128 (a float4 a lane).
 template <int G>
 __device__ __forceinline__ void kt_attention_gqa(
         const float* q, float* out, const float* kc, const float* vc, int kStride, int vStride, int vHeadStride,
         int nHead, int headDim, int headDimV, float scale, int window, float softcap, const int* positions,
-        const int* seqOfToken, const int* blockTables, int blockTableStride, int pageSize, float* part, int splitKeys) {
+        const int* seqOfToken, const int* blockTables, int blockTableStride, int pageSize, float* part, int splitKeys,
+        int groupSize, i8* q8, float* q8d, int* q8s) {
     __shared__ __align__(16) float qs[G][256];
     __shared__ float p[G][KT_ATT_THREADS];
     __shared__ int slots[KT_ATT_THREADS];
     __shared__ float scratch[32];
     __shared__ __align__(16) float red[4 * 512];
-    int t = blockIdx.x, kvh = blockIdx.y, tid = threadIdx.x, h0 = kvh * G;
+    __shared__ __align__(16) float so[G * 128];  // the outputs for their Q8_K form
+    int t = blockIdx.x, tid = threadIdx.x, h0 = blockIdx.y * G, kvh = h0 / groupSize;
     int pos = positions[t], seq = seqOfToken[t], begin, end;
     if (!kt_att_keys(pos, window, part, splitKeys, &begin, &end)) return;
     const int* table = blockTables + (i64)seq * blockTableStride;
@@ -279,18 +285,29 @@ __device__ __forceinline__ void kt_attention_gqa(
             if (tid == 0) { pp[0] = m[h]; pp[1] = l[h]; }
             if (tid < headDimV) pp[2 + tid] = acc[0];
         } else if (tid < headDimV) {
-            out[((i64)t * nHead + h0 + h) * headDimV + tid] = acc[0] * (1.0f / l[h]);
+            float o = acc[0] * (1.0f / l[h]);
+            out[((i64)t * nHead + h0 + h) * headDimV + tid] = o;
+            if (q8) so[h * headDimV + tid] = o;
         }
     }
+    if (part || !q8) return;
+    __syncthreads();
+    // The block's G · headDimV outputs as Q8_K blocks of 256, one a warp.
+    int width = nHead * headDimV, e0 = h0 * headDimV;
+    for (int b = tid >> 5; b * 256 < G * headDimV; b += KT_ATT_THREADS / 32)
+        kt_quantize_q8K_block(so + b * 256, q8 + (i64)t * width + e0 + b * 256, q8d + (i64)t * (width / 256) + e0 / 256 + b,
+                              q8s + (i64)t * (width / 16) + e0 / 16 + b * 16);
 }
 #define KT_ATT_GQA(g) \
 extern "C" __global__ void __launch_bounds__(KT_ATT_THREADS) attention_gqa##g( \
         const float* q, float* out, const float* kc, const float* vc, int kStride, int vStride, int vHeadStride, \
         int nHead, int headDim, int headDimV, float scale, int window, float softcap, const int* positions, \
-        const int* seqOfToken, const int* blockTables, int blockTableStride, int pageSize, float* part, int splitKeys) { \
+        const int* seqOfToken, const int* blockTables, int blockTableStride, int pageSize, float* part, int splitKeys, \
+        int groupSize, i8* q8, float* q8d, int* q8s) { \
     /* KT_PDL_WAIT in kt_attention_gqa, after its prefetch */ \
     kt_attention_gqa<g>(q, out, kc, vc, kStride, vStride, vHeadStride, nHead, headDim, headDimV, scale, window, softcap, \
-                        positions, seqOfToken, blockTables, blockTableStride, pageSize, part, splitKeys); \
+                        positions, seqOfToken, blockTables, blockTableStride, pageSize, part, splitKeys, groupSize, q8, \
+                        q8d, q8s); \
 }
 KT_ATT_GQA(2)
 KT_ATT_GQA(4)

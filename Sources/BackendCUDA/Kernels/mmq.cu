@@ -1864,7 +1864,14 @@ extern "C" __global__ void __launch_bounds__(128) matvec_q4_K_q16_pk(const u8* W
 // Rows in flight a warp: as the Q8_K forms' KT_MVPS_DEPTH (default 1; matvec-patterns.cu, H100: 4096 x 14336 in
 // 14.8 µs with 2 rows, 16.8 with 4, both at 28 warps an SM).
 #define KT_MVPS16_DEPTH KT_MVPS_DEPTH
-extern "C" __global__ void __launch_bounds__(1024, 1) matvec_q4_K_q16_ps(const u8* W, i64 rowBytes, int rows, int cols,
+// Registers a thread: by default the compiler's choice (54 at one row in flight: 2 blocks of 14 warps an SM for
+// 14336 columns); KT_Q16PS_MAXREG caps them (KTRANSFORMERS_CUDA_Q16PS_MAXREG; 48 fits 3 such blocks, a measurement).
+#ifdef KT_Q16PS_MAXREG
+#define KT_Q16PS_BOUNDS __maxnreg__(KT_Q16PS_MAXREG)
+#else
+#define KT_Q16PS_BOUNDS __launch_bounds__(1024, 1)
+#endif
+extern "C" __global__ void KT_Q16PS_BOUNDS matvec_q4_K_q16_ps(const u8* W, i64 rowBytes, int rows, int cols,
         const short* xq, const float* xscale, const int* xsums, float* y) {
     constexpr int DEPTH = KT_MVPS16_DEPTH;
     __shared__ float part[32][DEPTH];

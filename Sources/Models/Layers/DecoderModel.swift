@@ -110,6 +110,8 @@ final class DecoderModel: LanguageModel, @unchecked Sendable {
         let numPages: Int
         /// The backend's scratch epoch (`ComputeBackend.graphEpoch`).
         let epoch: Int
+        /// `ComputeBackend.attentionLaunchShape` of the step's largest position.
+        let shape: Int
     }
 
     private struct PaddedStep {
@@ -178,18 +180,20 @@ final class DecoderModel: LanguageModel, @unchecked Sendable {
         batch.blockTables.withUnsafeBufferPointer { b.write($0, to: s.blockTables) }
         batch.logitsIndices.withUnsafeBufferPointer { b.write($0, to: s.logitsIndices) }
         compute(n: n, m: m, blockTableStride: batch.blockTableStride, pageSize: batch.pageSize, cache: cache,
-                oneTokenPerSequence: Set(batch.sequenceOfToken).count == n)
+                oneTokenPerSequence: Set(batch.sequenceOfToken).count == n, maxPosition: batch.positions.max().map { Int($0) })
         return s.logits.prefix(m * info.vocabSize)
     }
 
     /// The ops of one step over the metadata already in the run state: `n` tokens, `m` logits rows.
     /// `oneTokenPerSequence`: every token is its sequence's only one in the step (`BatchMetadata`).
-    private func compute(n: Int, m: Int, blockTableStride: Int, pageSize: Int, cache: KVCache, oneTokenPerSequence: Bool) {
+    /// `maxPosition`: the largest of the tokens' positions (the attention launches' shape may follow it).
+    private func compute(n: Int, m: Int, blockTableStride: Int, pageSize: Int, cache: KVCache, oneTokenPerSequence: Bool,
+                         maxPosition: Int?) {
         let s = state, b = backend
         let meta = BatchMetadata(tokens: n, positions: s.positions, slotMapping: s.slotMapping,
                                  sequenceOfToken: s.sequenceOfToken, blockTables: s.blockTables,
                                  blockTableStride: blockTableStride, pageSize: pageSize,
-                                 oneTokenPerSequence: oneTokenPerSequence)
+                                 oneTokenPerSequence: oneTokenPerSequence, maxPosition: maxPosition)
         let ctx = ForwardContext(backend: b, cache: cache, meta: meta, ropes: s.ropeTables, moeLogits: s.moeLogits,
                                  moeExperts: s.moeExperts, moeWeights: s.moeWeights)
         let x = s.x, xn = s.xn, proj = s.proj
@@ -269,12 +273,15 @@ final class DecoderModel: LanguageModel, @unchecked Sendable {
         p.tables.withUnsafeBufferPointer { b.write($0, to: s.blockTables) }
         p.logits.withUnsafeBufferPointer { b.write($0, to: s.logitsIndices) }
 
+        let maxPosition = Int(batch.positions.max() ?? 0)
+        let shape = b.attentionLaunchShape(maxPosition: maxPosition)
         let key = GraphKey(bucket: bucket, cache: ObjectIdentifier(cache),
                            pool: (0..<cache.kDims.count).flatMap { [cache.k($0).address, cache.v($0).address] },
-                           pageSize: batch.pageSize, numPages: cache.numPages, epoch: b.graphEpoch)
-        if graphs.count > 64 { graphs.removeAll() }  // keys of pools or epochs gone: drop, recapture what is used
+                           pageSize: batch.pageSize, numPages: cache.numPages, epoch: b.graphEpoch, shape: shape)
+        if graphs.count > 256 { graphs.removeAll() }  // keys of pools or epochs gone: drop, recapture what is used
+        // The graph of a shape replays every step of that shape (its launches depend on the shape alone).
         let run = { self.compute(n: bucket, m: bucket, blockTableStride: stride, pageSize: batch.pageSize, cache: cache,
-                                 oneTokenPerSequence: true) }
+                                 oneTokenPerSequence: true, maxPosition: maxPosition) }
         if let g = graphs[key] {
             b.launch(g)
         } else if warmed.contains(key), let g = try b.captureGraph(run) {
