@@ -258,7 +258,31 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         do { try body() } catch { fatalError("CUDA backend (\(gpuName)): \(what()): \(error)") }
     }
 
-    func current() { must("cuCtxSetCurrent") { try driver.makeCurrent(context) } }
+    func current() {
+        must("cuCtxSetCurrent") { try driver.makeCurrent(context) }
+        if pendingCombine != nil { flushCombine() }
+    }
+
+    /// The routed experts' combine of a step (moe_combine's store form) left for the op after it
+    /// (`CUDAExpertExecutor.wait(weights:storeInto:)`): `addRMSNorm` of its output runs it in its own launch
+    /// (add_rms_norm's combine form: one launch fewer, the same bits); every other op (each enters through
+    /// `current()`) launches it first.
+    struct PendingCombine {
+        let ys: UInt, weights: UInt, out: UInt
+        let n: Int, topK: Int, dim: Int
+    }
+    var pendingCombine: PendingCombine?
+    /// `KTRANSFORMERS_CUDA_COMBINE_NORM=0`: the routed experts' combine always in a launch of its own (a measurement;
+    /// default: inside the residual add and norm that follows it).
+    nonisolated(unsafe) public static var combineInNorm = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_COMBINE_NORM"] != "0"
+
+    /// Launches the pending combine (moe_combine, store form).
+    func flushCombine() {
+        guard let p = pendingCombine else { return }
+        pendingCombine = nil
+        launch("moe_combine", grid: (Self.blocks(p.n * p.dim), 1, 1), block: 256,
+               [.ptr(p.ys), .ptr(p.weights), .ptr(p.out), .i32(p.n), .i32(p.topK), .i32(p.dim), .i32(1)])
+    }
 
     /// Launches kernel `f` on the backend's stream.
     func launch(_ f: CUDADriver.Handle, _ name: @autoclosure () -> String, grid: (Int, Int, Int), block: Int,
@@ -1226,7 +1250,9 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         defer { capturing = false }
         do {
             try body()
+            flushCombine()
         } catch {
+            pendingCombine = nil
             if let e = try? driver.endCapture(stream) { driver.destroyGraph(e) }
             throw error
         }
@@ -1287,12 +1313,16 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     }
 
     public func addRMSNorm(_ x: Tensor, into y: Tensor, weight: Tensor, out: Tensor, rows: Int, dim: Int, eps: Float) {
+        // The routed experts' combine that writes x, when it is pending, in the same launch.
+        let combine = pendingCombine.flatMap { $0.out == x.address && $0.n == rows && $0.dim == dim ? $0 : nil }
+        if combine != nil { pendingCombine = nil }
         current()
         // As rmsNorm: the output's Q8_K form too when an integer-dot matmul can take it next.
         let q = quantizedTarget(rows: rows, dim: dim)
         launch("add_rms_norm", grid: (rows, 1, 1), block: Self.normThreads,
                [.ptr(x.address), .ptr(y.address), .ptr(weight.address), .ptr(out.address), .i32(dim), .f32(eps),
-                .ptr(q?.0 ?? 0), .ptr(q?.1 ?? 0), .ptr(q?.2 ?? 0)])
+                .ptr(q?.0 ?? 0), .ptr(q?.1 ?? 0), .ptr(q?.2 ?? 0), .ptr(combine?.ys ?? 0), .ptr(combine?.weights ?? 0),
+                .i32(combine?.topK ?? 0)])
         if q != nil { preparedQuantized = Prepared(address: out.address, count: rows * dim, launch: launches) }
     }
 
@@ -2250,6 +2280,12 @@ final class CUDAExpertExecutor: ExpertExecutor {
     func wait(weights: Tensor, storeInto out: Tensor, n: Int) -> Bool {
         backend.current()
         if combinePending(weights: weights, out: out, store: true) { return true }
+        if CUDABackend.combineInNorm {
+            // Left for the op after it (addRMSNorm of `out` runs it in its launch; any other op launches it first).
+            backend.pendingCombine = CUDABackend.PendingCombine(ys: down!.address, weights: weights.address, out: out.address,
+                                                                n: n, topK: topK, dim: dim)
+            return true
+        }
         backend.launch("moe_combine", grid: (CUDABackend.blocks(n * dim), 1, 1), block: 256,
                        [.ptr(down!.address), .ptr(weights.address), .ptr(out.address), .i32(n), .i32(topK), .i32(dim), .i32(1)])
         return true

@@ -1212,7 +1212,7 @@ extern "C" __global__ void __launch_bounds__ BOUNDS matvec_experts_q4_K_f32_comb
     int r = r0 + threadIdx.x; \
     if (threadIdx.x < 4 && r < rows) { \
         float s = store ? 0.0f : out[r]; \
-        for (int j = 0; j < topK; j++) s += weights[j] * ys[j][threadIdx.x]; \
+        for (int j = 0; j < topK; j++) s = __fmaf_rn(weights[j], ys[j][threadIdx.x], s); \
         out[r] = s; \
     } \
 }

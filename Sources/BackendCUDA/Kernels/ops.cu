@@ -94,20 +94,30 @@ extern "C" __global__ void __launch_bounds__(KT_NORM_THREADS) rms_norm_q8K(const
     kt_norm_quantize(shared ? so : o, dim, row, q, d, sums);
 }
 
+// The routed experts' combine of element c of token row's output: Σ_j weights[row, j] · ys[row · topK + j][c] in
+// choice order, from zero (moe_combine's arithmetic, store form).
+__device__ __forceinline__ float kt_moe_combine1(const float* ys, const float* cw, i64 row, int topK, int dim, int c) {
+    float s = 0.0f;
+    for (int j = 0; j < topK; j++) s = __fmaf_rn(cw[row * topK + j], ys[(row * topK + j) * dim + c], s);
+    return s;
+}
+
 // y += x, then out = rms_norm(y), for packed rows (one block per row): add_into's and rms_norm's bits. With q != null
 // (dim a multiple of 256) also the Q8_K form of out, as rms_norm_q8K. The sum stays in registers for the norm and
-// the normed row in shared memory for the quantization. Grid rows, KT_NORM_THREADS threads.
-extern "C" __global__ void __launch_bounds__(KT_NORM_THREADS) add_rms_norm(const float* x, float* y, const float* w, float* out,
-                                                               int dim, float eps, i8* q, float* d, int* sums) {
+// the normed row in shared memory for the quantization. With ys != null, x is first the routed experts' combine
+// (moe_combine's store form of ys and cw, topK outputs a row; also written to x): the launch of moe_combine then
+// add_rms_norm, with their bits, in one. Grid rows, KT_NORM_THREADS threads.
+extern "C" __global__ void __launch_bounds__(KT_NORM_THREADS) add_rms_norm(float* x, float* y, const float* w, float* out,
+        int dim, float eps, i8* q, float* d, int* sums, const float* ys, const float* cw, int topK) {
     /* KT_PDL_WAIT after the weights' loads */
     __shared__ float scratch[32];
     __shared__ __align__(16) float so[KT_NORM_SHARED];
     i64 row = blockIdx.x;
-    const float* xr = x + row * dim;
+    float* xr = x + row * dim;
     float* yr = y + row * dim;
     float* o = out + row * dim;
     bool shared = q && dim <= KT_NORM_SHARED;
-    if (kt_norm_vec_ok(dim, xr, yr, o) && ((size_t)w & 15) == 0) {
+    if (kt_norm_vec_ok(dim, xr, yr, o) && (((size_t)w | (size_t)ys) & 15) == 0) {
         int nv = dim / 4;
         float4 wv[KT_NORM_VEC];
         kt_norm_weights(w, dim, wv);  // (weights: no other kernel writes them)
@@ -117,7 +127,20 @@ extern "C" __global__ void __launch_bounds__(KT_NORM_THREADS) add_rms_norm(const
             int i = threadIdx.x + k * blockDim.x;
             v[k] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
             if (i < nv) {
-                float4 a = ((const float4*)xr)[i], b = ((const float4*)yr)[i];
+                float4 a;
+                if (ys) {
+                    a = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+                    for (int j = 0; j < topK; j++) {
+                        float c = cw[row * topK + j];
+                        float4 e = ((const float4*)(ys + (row * topK + j) * dim))[i];
+                        a = make_float4(__fmaf_rn(c, e.x, a.x), __fmaf_rn(c, e.y, a.y), __fmaf_rn(c, e.z, a.z),
+                                        __fmaf_rn(c, e.w, a.w));
+                    }
+                    ((float4*)xr)[i] = a;
+                } else {
+                    a = ((const float4*)xr)[i];
+                }
+                float4 b = ((const float4*)yr)[i];
                 v[k] = make_float4(b.x + a.x, b.y + a.y, b.z + a.z, b.w + a.w);
                 ((float4*)yr)[i] = v[k];
             }
@@ -125,6 +148,8 @@ extern "C" __global__ void __launch_bounds__(KT_NORM_THREADS) add_rms_norm(const
         kt_rms_norm_vec(v, wv, o, dim, eps, scratch, shared ? so : nullptr);
     } else {
         KT_PDL_WAIT();
+        if (ys)
+            for (int i = threadIdx.x; i < dim; i += blockDim.x) xr[i] = kt_moe_combine1(ys, cw, row, topK, dim, i);
         for (int i = threadIdx.x; i < dim; i += blockDim.x) yr[i] += xr[i];
         __syncthreads();
         kt_rms_norm_row(yr, w, o, dim, eps, scratch, shared ? so : nullptr);
