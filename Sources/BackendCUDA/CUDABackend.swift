@@ -1689,9 +1689,12 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     private func launchedSplits(maxPosition: Int?) -> Int {
         let keys = splitKeys
         let all = (max(1, plan.contextLength) + keys - 1) / keys
-        guard let m = maxPosition else { return all }
+        guard Self.attentionSpan, let m = maxPosition else { return all }
         return max(1, min(all, m / keys + 1))
     }
+    /// `KTRANSFORMERS_CUDA_ATTENTION_SPAN=0`: every key split of the reserved context launched whatever the positions
+    /// (the launches before 741d04b; a measurement, default on).
+    static let attentionSpan = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_ATTENTION_SPAN"] != "0"
 
     public func attentionLaunchShape(maxPosition: Int) -> Int { launchedSplits(maxPosition: maxPosition) }
 
