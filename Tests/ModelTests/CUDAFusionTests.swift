@@ -31,6 +31,23 @@ final class CUDAFusionTests: XCTestCase {
     }
 
     /// A reserved backend's random Q4_K gate, up `[ff, dim]` and down `[dim, ff]` matrices.
+    /// A layer's routed experts (random Q4_K stacks of `nExpert` experts) and a GPU executor reserved for 8 tokens.
+    private func expertLayer(_ b: CUDABackend, dim: Int, ff: Int, nExpert: Int, topK: Int) throws
+        -> (ExpertWeights, any ExpertExecutor) {
+        b.reserve(ForwardPlan(maxTokens: 8, contextLength: 64, maxQueryGroup: 1))
+        func stack(_ name: String, rows: Int, cols: Int) throws -> WeightStack {
+            let one = try q4K(name, rows: rows * nExpert, cols: cols)
+            return try b.prepareStack(WeightRef(name: name, type: .q4_K, shape: [cols, rows, nExpert], data: one.data,
+                                                owner: one.owner))
+        }
+        let experts = ExpertWeights(gate: try stack("blk.0.ffn_gate_exps.weight", rows: ff, cols: dim),
+                                    up: try stack("blk.0.ffn_up_exps.weight", rows: ff, cols: dim),
+                                    down: try stack("blk.0.ffn_down_exps.weight", rows: dim, cols: ff))
+        let executor = b.makeExpertExecutor(nExpert: nExpert, dim: dim, ff: ff)
+        executor.reserve(maxTokens: 8, topK: topK)
+        return (experts, executor)
+    }
+
     private func mlp(_ b: CUDABackend, dim: Int, ff: Int) throws -> (WeightMatrix, WeightMatrix, WeightMatrix) {
         b.reserve(ForwardPlan(maxTokens: 8, contextLength: 64, maxQueryGroup: 1))
         return (try b.prepare(q4K("blk.0.ffn_gate.weight", rows: ff, cols: dim)),
@@ -151,17 +168,7 @@ final class CUDAFusionTests: XCTestCase {
             throw XCTSkip("no CUDA driver/GPU and no CUDA emulator here: CUDA fusion test skipped")
         }
         let dim = 512, ff = 768, nExpert = 16, topK = 8
-        b.reserve(ForwardPlan(maxTokens: 8, contextLength: 64, maxQueryGroup: 1))
-        func stack(_ name: String, rows: Int, cols: Int) throws -> WeightStack {
-            let one = try q4K(name, rows: rows * nExpert, cols: cols)
-            return try b.prepareStack(WeightRef(name: name, type: .q4_K, shape: [cols, rows, nExpert], data: one.data,
-                                                owner: one.owner))
-        }
-        let experts = ExpertWeights(gate: try stack("blk.0.ffn_gate_exps.weight", rows: ff, cols: dim),
-                                    up: try stack("blk.0.ffn_up_exps.weight", rows: ff, cols: dim),
-                                    down: try stack("blk.0.ffn_down_exps.weight", rows: dim, cols: ff))
-        let executor = b.makeExpertExecutor(nExpert: nExpert, dim: dim, ff: ff)
-        executor.reserve(maxTokens: 8, topK: topK)
+        let (experts, executor) = try expertLayer(b, dim: dim, ff: ff, nExpert: nExpert, topK: topK)
         let x = b.upload((0..<dim).map { Float($0 % 11) * 0.02 - 0.1 })
         let ids = b.allocate(topK)
         [Int32]([3, 9, 0, 15, 7, 1, 12, 5]).withUnsafeBufferPointer { b.write($0, to: ids) }
@@ -199,17 +206,7 @@ final class CUDAFusionTests: XCTestCase {
             throw XCTSkip("no CUDA driver/GPU and no CUDA emulator here: CUDA fusion test skipped")
         }
         let dim = 512, ff = 768, nExpert = 16, topK = 8
-        b.reserve(ForwardPlan(maxTokens: 8, contextLength: 64, maxQueryGroup: 1))
-        func stack(_ name: String, rows: Int, cols: Int) throws -> WeightStack {
-            let one = try q4K(name, rows: rows * nExpert, cols: cols)
-            return try b.prepareStack(WeightRef(name: name, type: .q4_K, shape: [cols, rows, nExpert], data: one.data,
-                                                owner: one.owner))
-        }
-        let experts = ExpertWeights(gate: try stack("blk.0.ffn_gate_exps.weight", rows: ff, cols: dim),
-                                    up: try stack("blk.0.ffn_up_exps.weight", rows: ff, cols: dim),
-                                    down: try stack("blk.0.ffn_down_exps.weight", rows: dim, cols: ff))
-        let executor = b.makeExpertExecutor(nExpert: nExpert, dim: dim, ff: ff)
-        executor.reserve(maxTokens: 8, topK: topK)
+        let (experts, executor) = try expertLayer(b, dim: dim, ff: ff, nExpert: nExpert, topK: topK)
         let saved = CUDABackend.combineInNorm
         defer { CUDABackend.combineInNorm = saved }
         for n in [1, 3] {

@@ -163,15 +163,14 @@ extern "C" __global__ void __launch_bounds__(32) moe_select(const float* logits,
     }
 }
 
-// out[t] += Σ_j weights[t, j] · y[t·topK + j], in choice order (fused multiply-adds; add_rms_norm's combine form has
-// the same arithmetic); grid-stride over n · dim.
+// out[t] += Σ_j weights[t, j] · y[t·topK + j], in choice order (kt_moe_combine1, as add_rms_norm's combine form);
+// grid-stride over n · dim.
 extern "C" __global__ void moe_combine(const float* y, const float* weights, float* out, int n, int topK, int dim,
                                        int store) { KT_PDL_WAIT();
     i64 total = (i64)n * dim;
     for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < total; i += (i64)gridDim.x * blockDim.x) {
         i64 t = i / dim, c = i % dim;
-        float s = store ? 0.0f : out[i];  // store: out = the sum (what zeroing out first would give)
-        for (int j = 0; j < topK; j++) s = __fmaf_rn(weights[t * topK + j], y[(t * topK + j) * dim + c], s);
-        out[i] = s;
+        // store: out = the sum (what zeroing out first would give)
+        out[i] = kt_moe_combine1(y, weights, t, topK, dim, c, store ? 0.0f : out[i]);
     }
 }

@@ -94,10 +94,10 @@ extern "C" __global__ void __launch_bounds__(KT_NORM_THREADS) rms_norm_q8K(const
     kt_norm_quantize(shared ? so : o, dim, row, q, d, sums);
 }
 
-// The routed experts' combine of element c of token row's output: Σ_j weights[row, j] · ys[row · topK + j][c] in
-// choice order, from zero (moe_combine's arithmetic, store form).
-__device__ __forceinline__ float kt_moe_combine1(const float* ys, const float* cw, i64 row, int topK, int dim, int c) {
-    float s = 0.0f;
+// The routed experts' combine of element c of token row's output: s + Σ_j weights[row, j] · ys[row · topK + j][c]
+// in choice order, fused multiply-adds (moe_combine's arithmetic; add_rms_norm's combine form from s = 0).
+__device__ __forceinline__ float kt_moe_combine1(const float* ys, const float* cw, i64 row, int topK, i64 dim, i64 c,
+                                                 float s) {
     for (int j = 0; j < topK; j++) s = __fmaf_rn(cw[row * topK + j], ys[(row * topK + j) * dim + c], s);
     return s;
 }
@@ -149,7 +149,7 @@ extern "C" __global__ void __launch_bounds__(KT_NORM_THREADS) add_rms_norm(float
     } else {
         KT_PDL_WAIT();
         if (ys)
-            for (int i = threadIdx.x; i < dim; i += blockDim.x) xr[i] = kt_moe_combine1(ys, cw, row, topK, dim, i);
+            for (int i = threadIdx.x; i < dim; i += blockDim.x) xr[i] = kt_moe_combine1(ys, cw, row, topK, dim, i, 0.0f);
         for (int i = threadIdx.x; i < dim; i += blockDim.x) yr[i] += xr[i];
         __syncthreads();
         kt_rms_norm_row(yr, w, o, dim, eps, scratch, shared ? so : nullptr);
