@@ -261,6 +261,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     func current() {
         must("cuCtxSetCurrent") { try driver.makeCurrent(context) }
         if pendingCombine != nil { flushCombine() }
+        if pendingProjection != nil { flushProjection() }
     }
 
     /// The routed experts' combine of a step (moe_combine's store form) left for the op after it
@@ -275,6 +276,29 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     /// `KTRANSFORMERS_CUDA_COMBINE_NORM=0`: the routed experts' combine always in a launch of its own (a measurement;
     /// default: inside the residual add and norm that follows it).
     nonisolated(unsafe) public static var combineInNorm = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_COMBINE_NORM"] != "0"
+
+    /// A batch-1 q/k/v projection (matmulGroup of three Q4_K matrices on the split-row kernel) left for the op after
+    /// it: `ropeAndStoreKV` of its outputs without per-head norms runs it with the RoPE and the K/V store in its
+    /// epilogue (matvec_q4_K_q8_ps<N>_rope: one launch fewer a layer, the same bits); every other op (each enters
+    /// through `current()`) launches the plain projection first.
+    struct PendingProjection {
+        let form: (f: CUDADriver.Handle, name: String, split: Int)
+        let weight: CUDAWeight
+        let parts: [(address: UInt, rows: Int, y: UInt)]
+        let cols: Int
+        let input: (UInt, UInt, UInt)
+    }
+    var pendingProjection: PendingProjection?
+    /// `KTRANSFORMERS_CUDA_ROPE_PROJECTION=0`: the batch-1 RoPE and K/V store always in a launch of their own
+    /// (rope_store_kv; a measurement: default inside the q/k/v projection where attention has no per-head norms).
+    nonisolated(unsafe) public static var ropeInProjection = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_ROPE_PROJECTION"] != "0"
+
+    /// Launches the pending q/k/v projection (the plain split-row kernel).
+    func flushProjection() {
+        guard let p = pendingProjection else { return }
+        pendingProjection = nil
+        persistentMatvec(p.form, p.weight, p.parts, cols: p.cols, input: p.input)
+    }
 
     /// Launches the pending combine (moe_combine, store form).
     func flushCombine() {
@@ -1251,8 +1275,10 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         do {
             try body()
             flushCombine()
+            flushProjection()
         } catch {
             pendingCombine = nil
+            pendingProjection = nil
             if let e = try? driver.endCapture(stream) { driver.destroyGraph(e) }
             throw error
         }
@@ -1535,6 +1561,11 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
             if let y2, gs.count > 2 { parts.append((gs[2].address, r2, y2.address)) }
             if streamMatmul(gs[0], parts, cols: w0.cols, input: q, n: n) { return }
             if n == 1, let f = persistentForm(gs[0], cols: w0.cols) {
+                if Self.ropeInProjection, f.split > 0, parts.count == 3 {
+                    // Perhaps q, k, v before their RoPE: ropeAndStoreKV decides (see PendingProjection).
+                    pendingProjection = PendingProjection(form: f, weight: gs[0], parts: parts, cols: w0.cols, input: q)
+                    return
+                }
                 return persistentMatvec(f, gs[0], parts, cols: w0.cols, input: q)
             }
             let one = n == 1 && Self.oneTokenForms ? gs[0].integerDotGroupOne : nil
@@ -1592,6 +1623,25 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     public func ropeAndStoreKV(q: Tensor, qHeads: Int, qNorm: Tensor?, k: Tensor, kHeads: Int, kNorm: Tensor?, v: Tensor,
                                headDim: Int, n: Int, table: RopeTable, eps: Float, cache: KVCache, layer: Int,
                                meta: BatchMetadata) {
+        if let p = pendingProjection, n == 1, qNorm == nil, kNorm == nil, p.parts.count == 3, p.parts[0].y == q.address,
+           p.parts[1].y == k.address, p.parts[2].y == v.address, p.parts[0].rows == qHeads * headDim,
+           p.parts[1].rows == kHeads * headDim, cache.kDims[layer] == p.parts[1].rows, cache.vDims[layer] == p.parts[2].rows,
+           headDim % 2 == 0, table.dims % 2 == 0, table.dims <= headDim, p.parts[2].rows % 2 == 0 {
+            // The projection with the RoPE and the store in its epilogue (one launch for the three).
+            pendingProjection = nil
+            must("cuCtxSetCurrent") { try driver.makeCurrent(context) }
+            let steps = p.form.split > 0 ? 4 / p.form.split : 1
+            let name = "matvec_q4_K_q8_ps\(steps)_rope"
+            let f = kernels.function(name)
+            let total = p.parts.reduce(0) { $0 + $1.rows }
+            launch(f, "\(name) \(total)x\(p.cols)", grid: (splitGrid(f, items: total / 2, threads: 128), 1, 1), block: 128,
+                   [.ptr(p.parts[0].address), .ptr(p.parts[1].address), .ptr(p.parts[2].address), .i64(p.weight.rowBytes),
+                    .i32(p.parts[0].rows), .i32(p.parts[1].rows), .i32(p.parts[2].rows), .i32(p.cols), .ptr(p.input.0),
+                    .ptr(p.input.1), .ptr(p.input.2), .ptr(q.address), .ptr(k.address), .ptr(v.address), .i32(headDim),
+                    .ptr(table.table.address), .i32(table.dims), .i32(table.rope.neox ? 1 : 0), .ptr(meta.positions.address),
+                    .ptr(meta.slotMapping.address), .ptr(cache.k(layer).address), .ptr(cache.v(layer).address)])
+            return
+        }
         // One launch when the cache's K rows are the k rows (not MLA's latent layout); else the three ops.
         guard cache.kDims[layer] == kHeads * headDim else {
             rope(q, rows: n, rowStride: qHeads * headDim, heads: qHeads, headStride: headDim, table: table,

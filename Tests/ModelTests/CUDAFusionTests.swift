@@ -483,4 +483,67 @@ final class CUDAFusionTests: XCTestCase {
             XCTAssertTrue(apart.kernels.contains("quantize_q8_K"), "\(label): kernels launched: \(apart.kernels)")
         }
     }
+
+    /// A batch-1 q/k/v projection of three Q4_K matrices followed by `ropeAndStoreKV` without per-head norms is one
+    /// launch (matvec_q4_K_q8_ps<N>_rope: the RoPE and the K/V store in the projection's epilogue) with the bits of
+    /// the projection, then rope_store_kv: at 1, 2 and 4 steps a row, NeoX and normal pairs, partial rotation, and
+    /// with an op in between (the plain kernels) or the fusion switched off.
+    func testQKVProjectionRunsTheRopeAndStoreInItsEpilogue() throws {
+        guard let b = try CUDABackend.makeIfPresent() else {
+            throw XCTSkip("no CUDA driver/GPU and no CUDA emulator here: CUDA fusion test skipped")
+        }
+        defer { CUDABackend.ropeInProjection = true }
+        let headDim = 64, qHeads = 4, kHeads = 2, qRows = qHeads * headDim, kvRows = kHeads * headDim
+        b.reserve(ForwardPlan(maxTokens: 4, contextLength: 64, maxQueryGroup: 2))
+        var rng = SystemRandomNumberGenerator()
+        func normals(_ count: Int) -> [Float] { (0..<count).map { _ in Float.random(in: -2...2, using: &rng) } }
+        func ints(_ values: [Int32]) -> Tensor {
+            let t = b.allocate(values.count)
+            values.withUnsafeBufferPointer { b.write($0, to: t) }
+            return t
+        }
+        func floats(_ t: Tensor, _ count: Int) -> [Float] { Array(UnsafeBufferPointer(start: b.read(t, count: count), count: count)) }
+        let position = 13, slot = 22
+        let meta = BatchMetadata(tokens: 1, positions: ints([Int32(position)]), slotMapping: ints([Int32(slot)]),
+                                 sequenceOfToken: ints([0]), blockTables: ints((0..<16).map { Int32($0) }),
+                                 blockTableStride: 16, pageSize: 4)
+        let other = b.allocate(16)
+        for cols in [1024, 2048, 4096] {
+            let wq = try b.prepare(q4K("blk.0.attn_q.weight", rows: qRows, cols: cols))
+            let wk = try b.prepare(q4K("blk.0.attn_k.weight", rows: kvRows, cols: cols))
+            let wv = try b.prepare(q4K("blk.0.attn_v.weight", rows: kvRows, cols: cols))
+            let x = b.upload(normals(cols))
+            for (neox, dims) in [(false, headDim), (true, headDim), (false, headDim / 2), (true, headDim / 2)] {
+                let table = b.makeRopeTable(RoPE(dims: dims, base: 10000, neox: neox), positions: 64)
+                func run(fused: Bool, apart: Bool) -> (values: [Float], kernels: [Substring]) {
+                    CUDABackend.ropeInProjection = fused
+                    let q = b.allocate(qRows), k = b.allocate(kvRows), v = b.allocate(kvRows)
+                    let cache = b.makeKVCache(pageSize: 4, numPages: 16, kDims: [kvRows], vDims: [kvRows])
+                    b.fill(cache.k(0), count: 64 * kvRows, value: 0)
+                    b.fill(cache.v(0), count: 64 * kvRows, value: 0)
+                    b.profiling = true
+                    b.resetKernelProfile()
+                    b.matmulGroup(wq, q, wk, k, wv, v, x: x, n: 1)
+                    if apart { b.fill(other, count: 16, value: 0) }
+                    b.ropeAndStoreKV(q: q, qHeads: qHeads, qNorm: nil, k: k, kHeads: kHeads, kNorm: nil, v: v,
+                                     headDim: headDim, n: 1, table: table, eps: 1e-6, cache: cache, layer: 0, meta: meta)
+                    b.profiling = false
+                    let values = floats(q, qRows) + floats(k, kvRows) + floats(v, kvRows) + floats(cache.k(0), 64 * kvRows)
+                        + floats(cache.v(0), 64 * kvRows)
+                    return (values, b.kernelProfile().map { $0.name.split(separator: " ")[0] }.filter { $0 != "quantize_q8_K" })
+                }
+                let label = "cols \(cols), neox \(neox), dims \(dims)"
+                let plain = run(fused: false, apart: false), fused = run(fused: true, apart: false)
+                let apart = run(fused: true, apart: true)
+                let steps = cols / 1024
+                XCTAssertEqual(plain.kernels.sorted(), ["matvec_q4_K_q8_ps\(steps)", "rope_store_kv"], label)
+                XCTAssertEqual(fused.kernels, ["matvec_q4_K_q8_ps\(steps)_rope"], label)
+                XCTAssertEqual(apart.kernels.sorted(), ["fill", "matvec_q4_K_q8_ps\(steps)", "rope_store_kv"], label)
+                XCTAssertEqual(fused.values.map(\.bitPattern), plain.values.map(\.bitPattern), label)
+                XCTAssertEqual(apart.values.map(\.bitPattern), plain.values.map(\.bitPattern), label)
+                // The cache row was written (a store that went nowhere would also give equal zeros).
+                XCTAssertTrue(fused.values[(qRows + 2 * kvRows + slot * kvRows)...].prefix(kvRows).contains { $0 != 0 }, label)
+            }
+        }
+    }
 }

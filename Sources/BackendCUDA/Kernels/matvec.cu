@@ -764,6 +764,137 @@ extern "C" __global__ void __launch_bounds__(128, 8) matvec_q4_K_q8_ps##SPR(cons
 KT_MVPS_KERNEL(1, KT_MVPS_DEPTH)
 KT_MVPS_KERNEL(2, KT_MVPS_DEPTH)
 KT_MVPS_KERNEL(4, KT_MVPS_DEPTH)
+
+// Batch-1 q/k/v projection with the step's RoPE and K/V store in its epilogue (matvec_q4_K_q8_ps<SPR>_rope; the
+// backend's `ropeInProjection`, for attention without per-head norms): the rows of matvec_q4_K_q8_ps<SPR> (the same
+// per-row sums, so the same bits), taken a rotation pair at a time. Pair P of q (qHeads heads of headDim rows), then
+// k (kHeads heads), then v (rows 2P', 2P' + 1): in a head, pair j < dims / 2 is rope's (j, j + dims / 2) (NeoX) or
+// (2j, 2j + 1), rotated by the table's j-th cos/sin at positions[0]; the rest of the head pairs its remaining rows in
+// order, unrotated. Block b takes pairs b, b + B, ..., their two rows one after the other (G = 4 / SPR rows an
+// iteration; pairs never straddle an iteration but at G = 1). Thread 0 adds each row's SPR partial sums in step order
+// (as the plain kernel), rotates the pair with rope_store_kv's arithmetic and writes q, k (and the cache row of slot
+// slots[0]) and v (and its cache row).
+__device__ __forceinline__ void kt_qkv_pair_rows(int P, int qRows, int kRows, int headDim, int dims, int neox,
+                                                 int* a, int* b, int* rot) {
+    int half = headDim / 2;
+    if (P * 2 >= qRows + kRows) {  // v: rows in order
+        *a = 2 * P;
+        *b = 2 * P + 1;
+        *rot = -1;
+        return;
+    }
+    int h = P / half, j = P % half, base = h * headDim;
+    if (j < dims / 2) {
+        *a = base + (neox ? j : 2 * j);
+        *b = base + (neox ? j + dims / 2 : 2 * j + 1);
+        *rot = j;
+    } else {
+        *a = base + dims + 2 * (j - dims / 2);
+        *b = *a + 1;
+        *rot = -1;
+    }
+}
+template <int SPR>
+__device__ __forceinline__ void kt_mvps_rope(const u8* Wq, const u8* Wk, const u8* Wv, i64 rowBytes, int qRows,
+        int kRows, int vRows, int cols, const i8* xq, const float* xd, const int* xs, float* q, float* k, float* v,
+        int headDim, const float* table, int dims, int neox, const int* positions, const int* slots, float* kc,
+        float* vc) {
+    constexpr int G = 4 / SPR;
+    __shared__ float part[4];
+    int lane = threadIdx.x & 31, wk = threadIdx.x >> 5, j = wk % SPR, g8 = lane >> 3, nsb = cols / 256;
+    int pairs = (qRows + kRows + vRows) / 2;
+    int nP = (int)blockIdx.x < pairs ? (pairs - 1 - (int)blockIdx.x) / (int)gridDim.x + 1 : 0;
+    if (nP == 0) return;
+    int nRows = 2 * nP, sb = min(4 * j + g8, nsb - 1);
+    // The block's row m: member m & 1 of pair blockIdx.x + (m >> 1) · gridDim.x.
+    auto rowOf = [&](int m) {
+        int a, b, rot;
+        kt_qkv_pair_rows((int)blockIdx.x + (m >> 1) * (int)gridDim.x, qRows, kRows, headDim, dims, neox, &a, &b, &rot);
+        return (m & 1) ? b : a;
+    };
+    auto rowPtr = [&](int r) -> const u8* {
+        if (r < qRows) return Wq + (i64)r * rowBytes;
+        r -= qRows;
+        if (r < kRows) return Wk + (i64)r * rowBytes;
+        return Wv + (i64)(r - kRows) * rowBytes;
+    };
+    int m = wk / SPR;  // this warp's row of the iteration
+    uint4 h = make_uint4(0, 0, 0, 0), qw = make_uint4(0, 0, 0, 0);
+    auto load = [&](int mm) {
+        const u8* b = rowPtr(rowOf(mm)) + sb * 144;
+        h = *(const uint4*)b;
+        qw = *(const uint4*)(b + 16 + 16 * (lane & 7));
+    };
+    if (m < nRows) load(m);
+    KT_PDL_WAIT();  // the weights are in flight; the inputs, positions and slots come before
+    KtQ8KStepInput in = kt_q8_K_step_input(xq, xd, xs, sb, 4 * j + g8 < nsb, lane);
+    KtQ4KLane l = kt_q4_K_lane(lane);
+    int pos = positions[0];
+    i64 slot = slots[0];
+    const float* cs = table + (i64)pos * dims;
+    float first = 0.0f;  // thread 0: the pair's first row (G = 1)
+    for (int m0 = 0; m0 < nRows; m0 += G) {
+        int mm = m0 + m;
+        if (mm < nRows) {
+            uint4 hh = h, qq = qw;
+            if (mm + G < nRows) load(mm + G);
+            float d, dmin;
+            kt_q4_K_d(hh, &d, &dmin);
+            int i1, i2;
+            kt_q4_K_q8_ints(hh, qq, in, l, &i1, &i2);
+            float s = kt_warp_sum(fmaf(-in.xd * dmin, (float)i2, (in.xd16 * d) * (float)i1));
+            if (lane == 0) part[wk] = s;
+        }
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            for (int g = 0; g < G && m0 + g < nRows; g++) {
+                float sum = part[g * SPR];
+#pragma unroll
+                for (int t = 1; t < SPR; t++) sum += part[g * SPR + t];
+                int mr = m0 + g;
+                if ((mr & 1) == 0) { first = sum; continue; }
+                int a, b, rot;
+                kt_qkv_pair_rows((int)blockIdx.x + (mr >> 1) * (int)gridDim.x, qRows, kRows, headDim, dims, neox, &a, &b, &rot);
+                float va = first, vb = sum;
+                if (rot >= 0 && a < qRows + kRows) {
+                    float c = cs[2 * rot], sn = cs[2 * rot + 1];
+                    va = __fsub_rn(__fmul_rn(first, c), __fmul_rn(sum, sn));
+                    vb = __fadd_rn(__fmul_rn(first, sn), __fmul_rn(sum, c));
+                }
+                if (a < qRows) {
+                    q[a] = va;
+                    q[b] = vb;
+                } else if (a < qRows + kRows) {
+                    a -= qRows;
+                    b -= qRows;
+                    k[a] = va;
+                    k[b] = vb;
+                    kc[slot * kRows + a] = va;
+                    kc[slot * kRows + b] = vb;
+                } else {
+                    a -= qRows + kRows;
+                    b -= qRows + kRows;
+                    v[a] = va;
+                    v[b] = vb;
+                    vc[slot * vRows + a] = va;
+                    vc[slot * vRows + b] = vb;
+                }
+            }
+        }
+        __syncthreads();
+    }
+}
+#define KT_MVPS_ROPE_KERNEL(SPR) \
+extern "C" __global__ void __launch_bounds__(128, 8) matvec_q4_K_q8_ps##SPR##_rope(const u8* Wq, const u8* Wk, \
+        const u8* Wv, i64 rowBytes, int qRows, int kRows, int vRows, int cols, const i8* xq, const float* xd, \
+        const int* xs, float* q, float* k, float* v, int headDim, const float* table, int dims, int neox, \
+        const int* positions, const int* slots, float* kc, float* vc) { /* KT_PDL_WAIT in the body */ \
+    kt_mvps_rope<SPR>(Wq, Wk, Wv, rowBytes, qRows, kRows, vRows, cols, xq, xd, xs, q, k, v, headDim, table, dims, \
+                      neox, positions, slots, kc, vc); \
+}
+KT_MVPS_ROPE_KERNEL(1)
+KT_MVPS_ROPE_KERNEL(2)
+KT_MVPS_ROPE_KERNEL(4)
 // Row r of a token's routed-expert gate and up rows (gate rows of pair 0, 1, ..., then up; `half` = pairs · rows):
 // expert ids[pair]'s row of stack G or U.
 __device__ __forceinline__ const u8* kt_expert_pair_row(const u8* G, const u8* U, int half, int rows, const int* ids,
