@@ -885,7 +885,7 @@ __device__ __forceinline__ void kt_mvps_rope(const u8* Wq, const u8* Wk, const u
     }
 }
 #define KT_MVPS_ROPE_KERNEL(SPR) \
-extern "C" __global__ void __launch_bounds__(128, 8) matvec_q4_K_q8_ps##SPR##_rope(const u8* Wq, const u8* Wk, \
+extern "C" __global__ void __launch_bounds__(128, 10) matvec_q4_K_q8_ps##SPR##_rope(const u8* Wq, const u8* Wk, \
         const u8* Wv, i64 rowBytes, int qRows, int kRows, int vRows, int cols, const i8* xq, const float* xd, \
         const int* xs, float* q, float* k, float* v, int headDim, const float* table, int dims, int neox, \
         const int* positions, const int* slots, float* kc, float* vc) { /* KT_PDL_WAIT in the body */ \
