@@ -289,9 +289,11 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         let input: (UInt, UInt, UInt)
     }
     var pendingProjection: PendingProjection?
-    /// `KTRANSFORMERS_CUDA_ROPE_PROJECTION=0`: the batch-1 RoPE and K/V store always in a launch of their own
-    /// (rope_store_kv; a measurement: default inside the q/k/v projection where attention has no per-head norms).
-    nonisolated(unsafe) public static var ropeInProjection = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_ROPE_PROJECTION"] != "0"
+    /// `KTRANSFORMERS_CUDA_ROPE_PROJECTION=1`: the batch-1 RoPE and K/V store inside the q/k/v projection where
+    /// attention has no per-head norms. Off by default: its first form measured slower than rope_store_kv on an H100
+    /// (2026-12-07 15:31, Llama-3-8B tg128: 338.0 against 376.4 t/s; thread 0 of each block then waited for the
+    /// pair's cos/sin between two barriers); this form asks for them before the row sums, one barrier an iteration.
+    nonisolated(unsafe) public static var ropeInProjection = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_ROPE_PROJECTION"] == "1"
 
     /// Launches the pending q/k/v projection (the plain split-row kernel).
     func flushProjection() {
@@ -1345,10 +1347,14 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         current()
         // As rmsNorm: the output's Q8_K form too when an integer-dot matmul can take it next.
         let q = quantizedTarget(rows: rows, dim: dim)
-        launch("add_rms_norm", grid: (rows, 1, 1), block: Self.normThreads,
-               [.ptr(x.address), .ptr(y.address), .ptr(weight.address), .ptr(out.address), .i32(dim), .f32(eps),
-                .ptr(q?.0 ?? 0), .ptr(q?.1 ?? 0), .ptr(q?.2 ?? 0), .ptr(combine?.ys ?? 0), .ptr(combine?.weights ?? 0),
-                .i32(combine?.topK ?? 0)])
+        let args: [KernelArg] = [.ptr(x.address), .ptr(y.address), .ptr(weight.address), .ptr(out.address), .i32(dim),
+                                 .f32(eps), .ptr(q?.0 ?? 0), .ptr(q?.1 ?? 0), .ptr(q?.2 ?? 0)]
+        if let combine {
+            launch("add_rms_norm_combine", grid: (rows, 1, 1), block: Self.normThreads,
+                   args + [.ptr(combine.ys), .ptr(combine.weights), .i32(combine.topK)])
+        } else {
+            launch("add_rms_norm", grid: (rows, 1, 1), block: Self.normThreads, args)
+        }
         if q != nil { preparedQuantized = Prepared(address: out.address, count: rows * dim, launch: launches) }
     }
 

@@ -234,8 +234,9 @@ final class CUDAFusionTests: XCTestCase {
             let fused = run(inNorm: true, opBetween: false), apart = run(inNorm: false, opBetween: false)
             let between = run(inNorm: true, opBetween: true)
             XCTAssertFalse(fused.kernels.contains("moe_combine"), "\(n) tokens: kernels launched: \(fused.kernels)")
-            XCTAssertTrue(fused.kernels.contains("add_rms_norm"), "\(n) tokens: kernels launched: \(fused.kernels)")
-            XCTAssertTrue(apart.kernels.contains("moe_combine"), "\(n) tokens: kernels launched: \(apart.kernels)")
+            XCTAssertTrue(fused.kernels.contains("add_rms_norm_combine"), "\(n) tokens: kernels launched: \(fused.kernels)")
+            XCTAssertTrue(apart.kernels.contains("moe_combine") && apart.kernels.contains("add_rms_norm"),
+                          "\(n) tokens: kernels launched: \(apart.kernels)")
             XCTAssertTrue(between.kernels.contains("moe_combine"), "\(n) tokens: kernels launched: \(between.kernels)")
             XCTAssertEqual(fused.bits, apart.bits, "\(n) tokens")
             XCTAssertEqual(between.bits, apart.bits, "\(n) tokens")
@@ -492,7 +493,8 @@ final class CUDAFusionTests: XCTestCase {
         guard let b = try CUDABackend.makeIfPresent() else {
             throw XCTSkip("no CUDA driver/GPU and no CUDA emulator here: CUDA fusion test skipped")
         }
-        defer { CUDABackend.ropeInProjection = true }
+        let saved = CUDABackend.ropeInProjection
+        defer { CUDABackend.ropeInProjection = saved }
         let headDim = 64, qHeads = 4, kHeads = 2, qRows = qHeads * headDim, kvRows = kHeads * headDim
         b.reserve(ForwardPlan(maxTokens: 4, contextLength: 64, maxQueryGroup: 2))
         var rng = SystemRandomNumberGenerator()

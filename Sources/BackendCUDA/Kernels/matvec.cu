@@ -800,7 +800,7 @@ __device__ __forceinline__ void kt_mvps_rope(const u8* Wq, const u8* Wk, const u
         int headDim, const float* table, int dims, int neox, const int* positions, const int* slots, float* kc,
         float* vc) {
     constexpr int G = 4 / SPR;
-    __shared__ float part[4];
+    __shared__ float part[2][4];  // by iteration parity: one barrier an iteration
     int lane = threadIdx.x & 31, wk = threadIdx.x >> 5, j = wk % SPR, g8 = lane >> 3, nsb = cols / 256;
     int pairs = (qRows + kRows + vRows) / 2;
     int nP = (int)blockIdx.x < pairs ? (pairs - 1 - (int)blockIdx.x) / (int)gridDim.x + 1 : 0;
@@ -829,11 +829,28 @@ __device__ __forceinline__ void kt_mvps_rope(const u8* Wq, const u8* Wk, const u
     KT_PDL_WAIT();  // the weights are in flight; the inputs, positions and slots come before
     KtQ8KStepInput in = kt_q8_K_step_input(xq, xd, xs, sb, 4 * j + g8 < nsb, lane);
     KtQ4KLane l = kt_q4_K_lane(lane);
-    int pos = positions[0];
-    i64 slot = slots[0];
-    const float* cs = table + (i64)pos * dims;
+    const float* cs = nullptr;
+    i64 slot = 0;
+    if (threadIdx.x == 0) {
+        cs = table + (i64)positions[0] * dims;
+        slot = slots[0];
+    }
     float first = 0.0f;  // thread 0: the pair's first row (G = 1)
-    for (int m0 = 0; m0 < nRows; m0 += G) {
+    float rc[2], rs[2];  // thread 0: the cos/sin of the iteration's pairs, asked for before the row sums
+    for (int m0 = 0, it = 0; m0 < nRows; m0 += G, it++) {
+        if (threadIdx.x == 0 && (m0 & 1) == 0) {  // (m0 is odd only at G = 1, the pair's second row)
+#pragma unroll
+            for (int p = 0; p < (G + 1) / 2; p++) {
+                int mr = m0 + 2 * p, a, b, r;
+                if (mr < nRows) {
+                    kt_qkv_pair_rows((int)blockIdx.x + (mr >> 1) * (int)gridDim.x, qRows, kRows, headDim, dims, neox, &a,
+                                     &b, &r);
+                    bool rotated = r >= 0 && a < qRows + kRows;
+                    rc[p] = rotated ? cs[2 * r] : 1.0f;
+                    rs[p] = rotated ? cs[2 * r + 1] : 0.0f;
+                }
+            }
+        }
         int mm = m0 + m;
         if (mm < nRows) {
             uint4 hh = h, qq = qw;
@@ -843,21 +860,21 @@ __device__ __forceinline__ void kt_mvps_rope(const u8* Wq, const u8* Wk, const u
             int i1, i2;
             kt_q4_K_q8_ints(hh, qq, in, l, &i1, &i2);
             float s = kt_warp_sum(fmaf(-in.xd * dmin, (float)i2, (in.xd16 * d) * (float)i1));
-            if (lane == 0) part[wk] = s;
+            if (lane == 0) part[it & 1][wk] = s;
         }
         __syncthreads();
         if (threadIdx.x == 0) {
             for (int g = 0; g < G && m0 + g < nRows; g++) {
-                float sum = part[g * SPR];
+                float sum = part[it & 1][g * SPR];
 #pragma unroll
-                for (int t = 1; t < SPR; t++) sum += part[g * SPR + t];
+                for (int t = 1; t < SPR; t++) sum += part[it & 1][g * SPR + t];
                 int mr = m0 + g;
                 if ((mr & 1) == 0) { first = sum; continue; }
-                int a, b, rot;
-                kt_qkv_pair_rows((int)blockIdx.x + (mr >> 1) * (int)gridDim.x, qRows, kRows, headDim, dims, neox, &a, &b, &rot);
+                int a, b, r;
+                kt_qkv_pair_rows((int)blockIdx.x + (mr >> 1) * (int)gridDim.x, qRows, kRows, headDim, dims, neox, &a, &b, &r);
                 float va = first, vb = sum;
-                if (rot >= 0 && a < qRows + kRows) {
-                    float c = cs[2 * rot], sn = cs[2 * rot + 1];
+                if (r >= 0 && a < qRows + kRows) {
+                    float c = rc[G > 1 ? g / 2 : 0], sn = rs[G > 1 ? g / 2 : 0];
                     va = __fsub_rn(__fmul_rn(first, c), __fmul_rn(sum, sn));
                     vb = __fadd_rn(__fmul_rn(first, sn), __fmul_rn(sum, c));
                 }
@@ -881,7 +898,6 @@ __device__ __forceinline__ void kt_mvps_rope(const u8* Wq, const u8* Wk, const u
                 }
             }
         }
-        __syncthreads();
     }
 }
 #define KT_MVPS_ROPE_KERNEL(SPR) \
