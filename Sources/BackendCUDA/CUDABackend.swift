@@ -266,7 +266,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
 
     /// The routed experts' combine of a step (moe_combine's store form) left for the op after it
     /// (`CUDAExpertExecutor.wait(weights:storeInto:)`): `addRMSNorm` of its output runs it in its own launch
-    /// (add_rms_norm's combine form: one launch fewer, the same bits); every other op (each enters through
+    /// (add_rms_norm_combine: one launch fewer, the same bits); every other op (each enters through
     /// `current()`) launches it first.
     struct PendingCombine {
         let ys: UInt, weights: UInt, out: UInt
@@ -1636,7 +1636,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
             // The projection with the RoPE and the store in its epilogue (one launch for the three).
             pendingProjection = nil
             must("cuCtxSetCurrent") { try driver.makeCurrent(context) }
-            let steps = p.form.split > 0 ? 4 / p.form.split : 1
+            let steps = 4 / p.form.split  // (a pending projection is always the split-row form: split 4, 2 or 1)
             let name = "matvec_q4_K_q8_ps\(steps)_rope"
             let f = kernels.function(name)
             let total = p.parts.reduce(0) { $0 + $1.rows }

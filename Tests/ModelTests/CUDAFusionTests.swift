@@ -30,7 +30,21 @@ final class CUDAFusionTests: XCTestCase {
         return WeightRef(name: name, type: .q4_K, shape: [cols, rows], data: UnsafeRawPointer(bytes.pointer), owner: bytes)
     }
 
-    /// A reserved backend's random Q4_K gate, up `[ff, dim]` and down `[dim, ff]` matrices.
+    /// `count` uniform values in [-2, 2].
+    private static func normals(_ count: Int) -> [Float] { (0..<count).map { _ in Float.random(in: -2...2) } }
+
+    /// A device tensor holding `values`.
+    private static func ints(_ b: CUDABackend, _ values: [Int32]) -> Tensor {
+        let t = b.allocate(values.count)
+        values.withUnsafeBufferPointer { b.write($0, to: t) }
+        return t
+    }
+
+    /// The first `count` values of a device tensor.
+    private static func floats(_ b: CUDABackend, _ t: Tensor, _ count: Int) -> [Float] {
+        Array(UnsafeBufferPointer(start: b.read(t, count: count), count: count))
+    }
+
     /// A layer's routed experts (random Q4_K stacks of `nExpert` experts) and a GPU executor reserved for 8 tokens.
     private func expertLayer(_ b: CUDABackend, dim: Int, ff: Int, nExpert: Int, topK: Int) throws
         -> (ExpertWeights, any ExpertExecutor) {
@@ -48,6 +62,7 @@ final class CUDAFusionTests: XCTestCase {
         return (experts, executor)
     }
 
+    /// A reserved backend's random Q4_K gate, up `[ff, dim]` and down `[dim, ff]` matrices.
     private func mlp(_ b: CUDABackend, dim: Int, ff: Int) throws -> (WeightMatrix, WeightMatrix, WeightMatrix) {
         b.reserve(ForwardPlan(maxTokens: 8, contextLength: 64, maxQueryGroup: 1))
         return (try b.prepare(q4K("blk.0.ffn_gate.weight", rows: ff, cols: dim)),
@@ -397,23 +412,15 @@ final class CUDAFusionTests: XCTestCase {
         b.reserve(ForwardPlan(maxTokens: len, contextLength: 64, maxQueryGroup: 2))
         let wo = try b.prepare(q4K("blk.0.attn_output.weight", rows: 96, cols: width))
         let cache = b.makeKVCache(pageSize: 4, numPages: 16, kDims: [kvDim], vDims: [kvDim])
-        var rng = SystemRandomNumberGenerator()
-        func normals(_ count: Int) -> [Float] { (0..<count).map { _ in Float.random(in: -2...2, using: &rng) } }
-        func ints(_ values: [Int32]) -> Tensor {
-            let t = b.allocate(values.count)
-            values.withUnsafeBufferPointer { b.write($0, to: t) }
-            return t
-        }
-        func floats(_ t: Tensor, _ count: Int) -> [Float] { Array(UnsafeBufferPointer(start: b.read(t, count: count), count: count)) }
-        let tables = ints((0..<16).map { Int32($0) })
+        let tables = Self.ints(b, (0..<16).map { Int32($0) })
         func meta(_ positions: [Int]) -> BatchMetadata {
-            BatchMetadata(tokens: positions.count, positions: ints(positions.map { Int32($0) }),
-                          slotMapping: ints(positions.map { Int32($0) }), sequenceOfToken: ints([Int32](repeating: 0, count: positions.count)),
+            BatchMetadata(tokens: positions.count, positions: Self.ints(b, positions.map { Int32($0) }),
+                          slotMapping: Self.ints(b, positions.map { Int32($0) }), sequenceOfToken: Self.ints(b, [Int32](repeating: 0, count: positions.count)),
                           blockTables: tables, blockTableStride: 16, pageSize: 4)
         }
-        b.storeKV(k: b.upload(normals(len * kvDim)), v: b.upload(normals(len * kvDim)), n: len, cache: cache, layer: 0,
+        b.storeKV(k: b.upload(Self.normals(len * kvDim)), v: b.upload(Self.normals(len * kvDim)), n: len, cache: cache, layer: 0,
                   meta: meta(Array(0..<len)))
-        let q = b.upload(normals(n * params.nHead * params.headDim)), out = b.allocate(n * width), y = b.allocate(n * 96)
+        let q = b.upload(Self.normals(n * params.nHead * params.headDim)), out = b.allocate(n * width), y = b.allocate(n * 96)
         let other = b.allocate(16), m = meta([len - 2, len - 1])
         func run(apart: Bool) -> (values: [Float], kernels: [Substring]) {
             b.profiling = true
@@ -421,7 +428,7 @@ final class CUDAFusionTests: XCTestCase {
             b.attention(q: q, out: out, n: n, cache: cache, layer: 0, meta: m, params: params)
             if apart { b.fill(other, count: 16, value: 0) }
             b.matmul(wo, out, y, n: n, precision: .standard)
-            return (floats(out, n * width) + floats(y, n * 96), b.kernelProfile().map { $0.name.split(separator: " ")[0] })
+            return (Self.floats(b, out, n * width) + Self.floats(b, y, n * 96), b.kernelProfile().map { $0.name.split(separator: " ")[0] })
         }
         let fused = run(apart: false), apart = run(apart: true)
         XCTAssertEqual(fused.values.map(\.bitPattern), apart.values.map(\.bitPattern))
@@ -443,23 +450,15 @@ final class CUDAFusionTests: XCTestCase {
         b.reserve(ForwardPlan(maxTokens: len, contextLength: 64, maxQueryGroup: 2))
         let wo = try b.prepare(q4K("blk.0.attn_output.weight", rows: 96, cols: width))
         let cache = b.makeKVCache(pageSize: 4, numPages: 16, kDims: [kvDim], vDims: [kvDim])
-        var rng = SystemRandomNumberGenerator()
-        func normals(_ count: Int) -> [Float] { (0..<count).map { _ in Float.random(in: -2...2, using: &rng) } }
-        func ints(_ values: [Int32]) -> Tensor {
-            let t = b.allocate(values.count)
-            values.withUnsafeBufferPointer { b.write($0, to: t) }
-            return t
-        }
-        func floats(_ t: Tensor, _ count: Int) -> [Float] { Array(UnsafeBufferPointer(start: b.read(t, count: count), count: count)) }
-        let tables = ints((0..<16).map { Int32($0) })
+        let tables = Self.ints(b, (0..<16).map { Int32($0) })
         func meta(_ positions: [Int], told: Bool = false) -> BatchMetadata {
-            BatchMetadata(tokens: positions.count, positions: ints(positions.map { Int32($0) }),
-                          slotMapping: ints(positions.map { Int32($0) }), sequenceOfToken: ints([Int32](repeating: 0, count: positions.count)),
+            BatchMetadata(tokens: positions.count, positions: Self.ints(b, positions.map { Int32($0) }),
+                          slotMapping: Self.ints(b, positions.map { Int32($0) }), sequenceOfToken: Self.ints(b, [Int32](repeating: 0, count: positions.count)),
                           blockTables: tables, blockTableStride: 16, pageSize: 4, maxPosition: told ? positions.max() : nil)
         }
-        b.storeKV(k: b.upload(normals(len * kvDim)), v: b.upload(normals(len * kvDim)), n: len, cache: cache, layer: 0,
+        b.storeKV(k: b.upload(Self.normals(len * kvDim)), v: b.upload(Self.normals(len * kvDim)), n: len, cache: cache, layer: 0,
                   meta: meta(Array(0..<len)))
-        let q = b.upload(normals(n * params.nHead * params.headDim)), out = b.allocate(n * width), y = b.allocate(n * 96)
+        let q = b.upload(Self.normals(n * params.nHead * params.headDim)), out = b.allocate(n * width), y = b.allocate(n * 96)
         let other = b.allocate(16)
         func run(splitKeys: Int?, told: Bool, apart: Bool = false) -> (values: [Float], kernels: [Substring]) {
             b.attentionSplitKeys = splitKeys
@@ -469,7 +468,7 @@ final class CUDAFusionTests: XCTestCase {
             if apart { b.fill(other, count: 16, value: 0) }
             b.matmul(wo, out, y, n: n, precision: .standard)
             b.profiling = false
-            return (floats(out, n * width) + floats(y, n * 96), b.kernelProfile().map { $0.name.split(separator: " ")[0] })
+            return (Self.floats(b, out, n * width) + Self.floats(b, y, n * 96), b.kernelProfile().map { $0.name.split(separator: " ")[0] })
         }
         let split = run(splitKeys: 4, told: false)  // 16 splits launched, one holding keys
         XCTAssertTrue(split.kernels.contains("attention_combine_q8K"), "kernels launched: \(split.kernels)")
@@ -497,24 +496,16 @@ final class CUDAFusionTests: XCTestCase {
         defer { CUDABackend.ropeInProjection = saved }
         let headDim = 64, qHeads = 4, kHeads = 2, qRows = qHeads * headDim, kvRows = kHeads * headDim
         b.reserve(ForwardPlan(maxTokens: 4, contextLength: 64, maxQueryGroup: 2))
-        var rng = SystemRandomNumberGenerator()
-        func normals(_ count: Int) -> [Float] { (0..<count).map { _ in Float.random(in: -2...2, using: &rng) } }
-        func ints(_ values: [Int32]) -> Tensor {
-            let t = b.allocate(values.count)
-            values.withUnsafeBufferPointer { b.write($0, to: t) }
-            return t
-        }
-        func floats(_ t: Tensor, _ count: Int) -> [Float] { Array(UnsafeBufferPointer(start: b.read(t, count: count), count: count)) }
         let position = 13, slot = 22
-        let meta = BatchMetadata(tokens: 1, positions: ints([Int32(position)]), slotMapping: ints([Int32(slot)]),
-                                 sequenceOfToken: ints([0]), blockTables: ints((0..<16).map { Int32($0) }),
+        let meta = BatchMetadata(tokens: 1, positions: Self.ints(b, [Int32(position)]), slotMapping: Self.ints(b, [Int32(slot)]),
+                                 sequenceOfToken: Self.ints(b, [0]), blockTables: Self.ints(b, (0..<16).map { Int32($0) }),
                                  blockTableStride: 16, pageSize: 4)
         let other = b.allocate(16)
         for cols in [1024, 2048, 4096] {
             let wq = try b.prepare(q4K("blk.0.attn_q.weight", rows: qRows, cols: cols))
             let wk = try b.prepare(q4K("blk.0.attn_k.weight", rows: kvRows, cols: cols))
             let wv = try b.prepare(q4K("blk.0.attn_v.weight", rows: kvRows, cols: cols))
-            let x = b.upload(normals(cols))
+            let x = b.upload(Self.normals(cols))
             for (neox, dims) in [(false, headDim), (true, headDim), (false, headDim / 2), (true, headDim / 2)] {
                 let table = b.makeRopeTable(RoPE(dims: dims, base: 10000, neox: neox), positions: 64)
                 func run(fused: Bool, apart: Bool) -> (values: [Float], kernels: [Substring]) {
@@ -530,8 +521,8 @@ final class CUDAFusionTests: XCTestCase {
                     b.ropeAndStoreKV(q: q, qHeads: qHeads, qNorm: nil, k: k, kHeads: kHeads, kNorm: nil, v: v,
                                      headDim: headDim, n: 1, table: table, eps: 1e-6, cache: cache, layer: 0, meta: meta)
                     b.profiling = false
-                    let values = floats(q, qRows) + floats(k, kvRows) + floats(v, kvRows) + floats(cache.k(0), 64 * kvRows)
-                        + floats(cache.v(0), 64 * kvRows)
+                    let values = Self.floats(b, q, qRows) + Self.floats(b, k, kvRows) + Self.floats(b, v, kvRows) + Self.floats(b, cache.k(0), 64 * kvRows)
+                        + Self.floats(b, cache.v(0), 64 * kvRows)
                     return (values, b.kernelProfile().map { $0.name.split(separator: " ")[0] }.filter { $0 != "quantize_q8_K" })
                 }
                 let label = "cols \(cols), neox \(neox), dims \(dims)"

@@ -163,7 +163,7 @@ extern "C" __global__ void __launch_bounds__(32) moe_select(const float* logits,
     }
 }
 
-// out[t] += Σ_j weights[t, j] · y[t·topK + j], in choice order (kt_moe_combine1, as add_rms_norm's combine form);
+// out[t] += Σ_j weights[t, j] · y[t·topK + j], in choice order (kt_moe_combine1, as add_rms_norm_combine);
 // grid-stride over n · dim.
 extern "C" __global__ void moe_combine(const float* y, const float* weights, float* out, int n, int topK, int dim,
                                        int store) { KT_PDL_WAIT();

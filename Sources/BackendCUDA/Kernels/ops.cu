@@ -95,7 +95,7 @@ extern "C" __global__ void __launch_bounds__(KT_NORM_THREADS) rms_norm_q8K(const
 }
 
 // The routed experts' combine of element c of token row's output: s + Σ_j weights[row, j] · ys[row · topK + j][c]
-// in choice order, fused multiply-adds (moe_combine's arithmetic; add_rms_norm's combine form from s = 0).
+// in choice order, fused multiply-adds (moe_combine's arithmetic; add_rms_norm_combine's from s = 0).
 __device__ __forceinline__ float kt_moe_combine1(const float* ys, const float* cw, i64 row, int topK, i64 dim, i64 c,
                                                  float s) {
     for (int j = 0; j < topK; j++) s = __fmaf_rn(cw[row * topK + j], ys[(row * topK + j) * dim + c], s);
