@@ -821,14 +821,9 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     /// once, at most one per row group.
     private func persistentMatvec(_ form: (f: CUDADriver.Handle, name: String, split: Int), _ g: CUDAWeight,
                                   _ parts: [(address: UInt, rows: Int, y: UInt)], cols: Int, input: (UInt, UInt, UInt)) {
+        let f = form.f
         let p = parts + Array(repeating: (address: UInt(0), rows: 0, y: UInt(0)), count: 3 - parts.count)
         let total = parts.reduce(0) { $0 + $1.rows }
-        var form = form
-        if form.split > 0, Self.splitDepth2Rows > 0, total >= Self.splitDepth2Rows, let d2 = g.integerDotSplitDepth2 {
-            // A large matrix with two rows in flight a warp (matvec_q4_K_q8_ps<N>_d2).
-            form = (d2[form.split == 4 ? 0 : form.split == 2 ? 1 : 2], form.name + "_d2", form.split)
-        }
-        let f = form.f
         let (rpw, blocks) = form.split > 0 ? (0, splitGrid(f, items: (total + form.split - 1) / form.split, threads: 128))
                                            : persistentGrid(f, rows: total)
         let args: [KernelArg] = [.ptr(p[0].address), .ptr(p[1].address), .ptr(p[2].address), .i64(g.rowBytes), .i32(p[0].rows),
@@ -1093,10 +1088,6 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     /// 16-bit-input down projection of rows of 5 to 32 steps (`matvec_q4_K_q16_ps`, where the K-split form runs)
     /// unless `KTRANSFORMERS_CUDA_MVS=0` (then the ring above, and the K-split form). (A test var.)
     nonisolated(unsafe) public static var splitRows = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_MVS"] != "0"
-    /// `KTRANSFORMERS_CUDA_MVS_DEPTH2_ROWS=R`: batch-1 split-row matmuls of at least R rows (all matrices of the call
-    /// together) keep two rows in flight a warp (`matvec_q4_K_q8_ps<N>_d2`); 0 (the default): none do.
-    nonisolated(unsafe) public static var splitDepth2Rows =
-        ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_MVS_DEPTH2_ROWS"].flatMap { Int($0) } ?? 0
     /// Routed experts' gate and up at one token on the split form too (`matvec_experts_q4_K_q8_ps<N>`; the default:
     /// Qwen3-30B-A3B 335.6 against 321.7 t/s on an H100), `KTRANSFORMERS_CUDA_MVS_EXPERTS=0` off (and
     /// `KTRANSFORMERS_CUDA_MVS=0`, which turns every split form off). (A test var.)
@@ -1972,8 +1963,6 @@ final class CUDAWeight: @unchecked Sendable {
     let integerDotRegisters: [CUDADriver.Handle]?
     /// Its split form for rows of 1, 2 and 4 steps (`matvec_q4_K_q8_ps1`, `_ps2`, `_ps4`).
     let integerDotSplit: [CUDADriver.Handle]?
-    /// The same with two rows in flight a warp (`matvec_q4_K_q8_ps1_d2`, `_ps2_d2`, `_ps4_d2`).
-    let integerDotSplitDepth2: [CUDADriver.Handle]?
     /// Routed experts' gate and up at one token split across blocks' warps (`matvec_experts_q4_K_q8_ps1`, `_ps2`, `_ps4`).
     let integerExpertsSplit: [CUDADriver.Handle]?
     /// Routed experts' gate and up at one token on the same kernels (`matvec_experts_q4_K_q8_pr1` ... `_pr4`).
@@ -2043,7 +2032,6 @@ final class CUDAWeight: @unchecked Sendable {
         integerDotPersistent = tag == "q4_K" ? (kernels.function("matvec_q4_K_q8_p"), kernels.function("matvec_q4_K_q8_pf")) : nil
         integerDotRegisters = tag == "q4_K" ? (1...4).map { kernels.function("matvec_q4_K_q8_pr\($0)") } : nil
         integerDotSplit = tag == "q4_K" ? [1, 2, 4].map { kernels.function("matvec_q4_K_q8_ps\($0)") } : nil
-        integerDotSplitDepth2 = tag == "q4_K" ? [1, 2, 4].map { kernels.function("matvec_q4_K_q8_ps\($0)_d2") } : nil
         integerExpertsSplit = tag == "q4_K" ? [1, 2, 4].map { kernels.function("matvec_experts_q4_K_q8_ps\($0)") } : nil
         integerExpertsRegisters = tag == "q4_K" ? (1...4).map { kernels.function("matvec_experts_q4_K_q8_pr\($0)") } : nil
         f32OneQ16 = tag == "q4_K" ? kernels.function("matvec_q4_K_q16_p") : nil

@@ -19,9 +19,6 @@ final class CUDAKernels: @unchecked Sendable {
         // KTRANSFORMERS_CUDA_MVS_DEPTH=N: rows in flight a warp of the batch-1 split-row matmuls (matvec.cu; default 1).
         (ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_MVS_DEPTH"].flatMap { Int($0) }
             .map { "#define KT_MVPS_DEPTH \(max(1, min($0, 8)))\n" } ?? "") +
-        // KTRANSFORMERS_CUDA_MVS16_DEPTH=N: the same for the batch-1 down projection alone (mmq.cu; default: as above).
-        (ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_MVS16_DEPTH"].flatMap { Int($0) }
-            .map { "#define KT_MVPS16_DEPTH \(max(1, min($0, 8)))\n" } ?? "") +
         // KTRANSFORMERS_CUDA_Q16PS_MAXREG=N: registers a thread of the batch-1 down projection (mmq.cu; a measurement).
         (ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_Q16PS_MAXREG"].flatMap { Int($0) }
             .map { "#define KT_Q16PS_MAXREG \(max(32, min($0, 255)))\n" } ?? "") +

@@ -93,29 +93,23 @@ final class CUDAOneTokenConformanceTests: XCTestCase {
         // The split form (rows of 1, 2 and 4 steps across a block's warps; 3 steps take the register ring), with
         // routed experts' gate/up on it too (the default; KTRANSFORMERS_CUDA_MVS_EXPERTS=0 off): on one block each warp walks many row
         // groups, past its ring's depth, through the shared-memory combine.
-        // With KTRANSFORMERS_CUDA_MVS_DEPTH2_ROWS=1, every split-row matmul on its two-rows-in-flight form.
         let saved = (CUDABackend.persistentOneToken, CUDABackend.q16Experts, CUDABackend.registerInputs,
                      CUDABackend.registerExperts, CUDABackend.splitRows, CUDABackend.splitExperts)
-        let savedDepth2 = CUDABackend.splitDepth2Rows
         defer {
             (CUDABackend.persistentOneToken, CUDABackend.q16Experts, CUDABackend.registerInputs,
              CUDABackend.registerExperts, CUDABackend.splitRows, CUDABackend.splitExperts) = saved
-            CUDABackend.splitDepth2Rows = savedDepth2
         }
         let q16: [String] = ["matvec_q4_K_q16_p ", "matvec_experts_q4_K_q16_p ", "matvec_q4_K_q16_pk "]
         let splitForms: [String] = ["matvec_q4_K_q8_ps1 ", "matvec_q4_K_q8_ps2 ", "matvec_q4_K_q8_ps4 ",
                                     "matvec_q4_K_q8_pr3 ", "matvec_experts_q4_K_q8_ps1 ", "matvec_q4_K_q16_p ",
                                     "matvec_experts_q4_K_q16_p ", "matvec_q4_K_q16_ps "]
         let ringForms: [String] = (1...4).map { "matvec_q4_K_q8_pr\($0) " } + ["matvec_experts_q4_K_q8_pr1 "] + q16
-        let depth2Forms: [String] = [1, 2, 4].map { "matvec_q4_K_q8_ps\($0)_d2 " }
-        let cases: [(Bool, Bool, Bool, Bool, [String])] = [
-            (false, true, true, false, splitForms),
-            (false, true, true, true, depth2Forms),
-            (false, true, false, false, ringForms),
-            (false, false, false, false, ["matvec_q4_K_q8_pf "] + q16),
-            (true, false, true, false, ["matvec_q4_K_q8_p "])]
-        for (invariant, registers, split, depth2, expect) in cases {
-            CUDABackend.splitDepth2Rows = depth2 ? 1 : 0
+        let cases: [(Bool, Bool, Bool, [String])] = [
+            (false, true, true, splitForms),
+            (false, true, false, ringForms),
+            (false, false, false, ["matvec_q4_K_q8_pf "] + q16),
+            (true, false, true, ["matvec_q4_K_q8_p "])]
+        for (invariant, registers, split, expect) in cases {
             CUDABackend.persistentOneToken = invariant ? 2 : 1
             CUDABackend.q16Experts = !invariant
             CUDABackend.registerInputs = registers
@@ -125,7 +119,7 @@ final class CUDAOneTokenConformanceTests: XCTestCase {
             backend.batchInvariant = invariant
             let c = BackendConformance(name: "cuda, one-token kernels on one block"
                                        + (invariant ? ", batch-invariant" : !registers ? ", inputs not in registers"
-                                          : split ? ", split rows" + (depth2 ? ", two in flight" : "") : ""),
+                                          : split ? ", split rows" : ""),
                                        backend: backend)
             backend.profiling = true
             backend.resetKernelProfile()

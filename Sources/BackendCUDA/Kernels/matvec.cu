@@ -747,8 +747,8 @@ __device__ __forceinline__ void kt_mvps_q4_K_q8(const u8* W0, const u8* W1, cons
     };
     kt_mvps_rows<SPR, DEPTH>(rows0 + rows1 + rows2, cols / 256, xq, xd, xs, rowPtr, store);
 }
-#define KT_MVPS_KERNEL(SPR, DEPTH, SUFFIX) \
-extern "C" __global__ void __launch_bounds__(128, 8) matvec_q4_K_q8_ps##SPR##SUFFIX(const u8* W0, const u8* W1, const u8* W2, \
+#define KT_MVPS_KERNEL(SPR, DEPTH) \
+extern "C" __global__ void __launch_bounds__(128, 8) matvec_q4_K_q8_ps##SPR(const u8* W0, const u8* W1, const u8* W2, \
         i64 rowBytes, int rows0, int rows1, int rows2, int cols, const i8* xq, const float* xd, const int* xs, \
         float* y0, float* y1, float* y2, int rpw, int pf) { \
     /* KT_PDL_WAIT in the body; rpw, pf unused */ \
@@ -761,15 +761,9 @@ extern "C" __global__ void __launch_bounds__(128, 8) matvec_q4_K_q8_ps##SPR##SUF
 #ifndef KT_MVPS_DEPTH
 #define KT_MVPS_DEPTH 1
 #endif
-KT_MVPS_KERNEL(1, KT_MVPS_DEPTH, )
-KT_MVPS_KERNEL(2, KT_MVPS_DEPTH, )
-KT_MVPS_KERNEL(4, KT_MVPS_DEPTH, )
-// The same with two rows in flight a warp whatever KT_MVPS_DEPTH (matvec_q4_K_q8_ps<SPR>_d2): the backend takes them
-// for matmuls of at least KTRANSFORMERS_CUDA_MVS_DEPTH2_ROWS rows (default 0: never), so that large matrices (the
-// microbenchmark's 2 rows: +8% on 28672 x 4096) and small ones (1 row in the model) can each have their depth.
-KT_MVPS_KERNEL(1, 2, _d2)
-KT_MVPS_KERNEL(2, 2, _d2)
-KT_MVPS_KERNEL(4, 2, _d2)
+KT_MVPS_KERNEL(1, KT_MVPS_DEPTH)
+KT_MVPS_KERNEL(2, KT_MVPS_DEPTH)
+KT_MVPS_KERNEL(4, KT_MVPS_DEPTH)
 
 // Batch-1 q/k/v projection with the step's RoPE and K/V store in its epilogue (matvec_q4_K_q8_ps<SPR>_rope; the
 // backend's `ropeInProjection`, for attention without per-head norms): the rows of matvec_q4_K_q8_ps<SPR> (the same

@@ -1863,10 +1863,7 @@ extern "C" __global__ void __launch_bounds__(128) matvec_q4_K_q16_pk(const u8* W
 // bits, fixed; not under --batch-invariant). No scratch, no counters.
 // Rows in flight a warp: as the Q8_K forms' KT_MVPS_DEPTH (default 1; matvec-patterns.cu, H100: 4096 x 14336 in
 // 14.8 µs with 2 rows, 16.8 with 4, both at 28 warps an SM).
-// KTRANSFORMERS_CUDA_MVS16_DEPTH sets it alone (KT_MVPS16_DEPTH).
-#ifndef KT_MVPS16_DEPTH
 #define KT_MVPS16_DEPTH KT_MVPS_DEPTH
-#endif
 // Registers a thread: by default the compiler's choice (54 at one row in flight: 2 blocks of 14 warps an SM for
 // 14336 columns); KT_Q16PS_MAXREG caps them (KTRANSFORMERS_CUDA_Q16PS_MAXREG; 48 fits 3 such blocks, a measurement).
 #ifdef KT_Q16PS_MAXREG
