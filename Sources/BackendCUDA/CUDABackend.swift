@@ -293,7 +293,8 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     /// `KTRANSFORMERS_CUDA_ROPE_PROJECTION=1`: the batch-1 RoPE and K/V store inside the q/k/v projection where
     /// attention has no per-head norms. Off by default: its first form measured slower than rope_store_kv on an H100
     /// (2026-12-07 15:31, Llama-3-8B tg128: 338.0 against 376.4 t/s; thread 0 of each block then waited for the
-    /// pair's cos/sin between two barriers); this form asks for them before the row sums, one barrier an iteration.
+    /// pair's cos/sin between two barriers). The present form, which asks for them before the row sums and has one
+    /// barrier an iteration, measured slower too (H200, 2026-12-07 17:49: 381.0 against 419.5 t/s).
     nonisolated(unsafe) public static var ropeInProjection = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_ROPE_PROJECTION"] == "1"
 
     /// Launches the pending q/k/v projection (the plain split-row kernel).

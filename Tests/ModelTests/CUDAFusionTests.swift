@@ -214,7 +214,7 @@ final class CUDAFusionTests: XCTestCase {
     }
 
     /// The routed experts' combine (store form) is left for the op after it: the residual add and norm of its output
-    /// run it in their launch (add_rms_norm's combine form, no moe_combine), any other op launches it first; the same
+    /// run it in their launch (add_rms_norm_combine, no moe_combine), any other op launches it first; the same
     /// bits as the two launches (the default; KTRANSFORMERS_CUDA_COMBINE_NORM=1 turns the combined form on), at 1 and 3
     /// tokens.
     func testExpertsCombineInTheNormAfterThem() throws {
