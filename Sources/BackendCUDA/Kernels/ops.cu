@@ -348,20 +348,51 @@ extern "C" __global__ void __launch_bounds__(128) rope(float* x, i64 rowStride, 
 // rope of q's qHeads and k's kHeads head vectors (packed rows) and the store of k and v rows into the cache, in
 // one launch with the bits of rope, rope, store_kv: grid (n, qHeads + kHeads + 1), 128 threads; block y < qHeads
 // rotates a q head, the next kHeads rotate a k head and write it to its cache slot, the last copies the v row.
+// The positions, the slots (host-written before the step) and the cos/sin table (constant) are read before
+// KT_PDL_WAIT, so that only the head's own loads follow the previous kernel: with dims / 2 ≤ the block's threads,
+// thread i's pair (c, s) of the table is in registers by then (kt_rope_head_pre: kt_rope_head's arithmetic).
+__device__ __forceinline__ void kt_rope_head_pre(float* v, int headStride, int dims, int neox, float c, float s,
+                                                 const float* norm, float eps, float* scratch) {
+    if (norm) {
+        float ss = 0.0f;
+        for (int i = threadIdx.x; i < headStride; i += blockDim.x) ss = __fmaf_rn(v[i], v[i], ss);
+        ss = kt_block_sum(ss, scratch);
+        float cn = 1.0f / sqrtf(ss / (float)headStride + eps);
+        for (int i = threadIdx.x; i < headStride; i += blockDim.x) v[i] = __fmul_rn(__fmul_rn(v[i], cn), norm[i]);
+        __syncthreads();
+    }
+    int half = dims / 2, i = threadIdx.x;
+    if (i < half) {
+        int ia = neox ? i : 2 * i, ib = neox ? i + half : 2 * i + 1;
+        float a = v[ia], b = v[ib];
+        v[ia] = __fsub_rn(__fmul_rn(a, c), __fmul_rn(b, s));
+        v[ib] = __fadd_rn(__fmul_rn(a, s), __fmul_rn(b, c));
+    }
+}
 extern "C" __global__ void __launch_bounds__(128) rope_store_kv(float* q, int qHeads, const float* qNorm, float* k,
         int kHeads, const float* kNorm, const float* v, int vDim, int headDim, const float* table, int dims, int neox,
-        const int* positions, float eps, const int* slots, float* kc, float* vc) { KT_PDL_WAIT();
+        const int* positions, float eps, const int* slots, float* kc, float* vc) {
     __shared__ float scratch[32];
     int t = blockIdx.x, y = blockIdx.y, pos = positions[t];
+    bool pre = dims / 2 <= (int)blockDim.x;
+    float c = 0.0f, sn = 0.0f;
+    if (pre && (int)threadIdx.x < dims / 2 && y < qHeads + kHeads) {
+        c = table[(i64)pos * dims + 2 * threadIdx.x];
+        sn = table[(i64)pos * dims + 2 * threadIdx.x + 1];
+    }
+    i64 s = y >= qHeads ? slots[t] : 0;
+    KT_PDL_WAIT();
     if (y < qHeads) {
-        kt_rope_head(q + ((i64)t * qHeads + y) * headDim, headDim, table, dims, neox, pos, qNorm, eps, scratch);
+        float* qh = q + ((i64)t * qHeads + y) * headDim;
+        if (pre) kt_rope_head_pre(qh, headDim, dims, neox, c, sn, qNorm, eps, scratch);
+        else kt_rope_head(qh, headDim, table, dims, neox, pos, qNorm, eps, scratch);
         return;
     }
-    i64 s = slots[t];
     y -= qHeads;
     if (y < kHeads) {
         float* kh = k + ((i64)t * kHeads + y) * headDim;
-        kt_rope_head(kh, headDim, table, dims, neox, pos, kNorm, eps, scratch);
+        if (pre) kt_rope_head_pre(kh, headDim, dims, neox, c, sn, kNorm, eps, scratch);
+        else kt_rope_head(kh, headDim, table, dims, neox, pos, kNorm, eps, scratch);
         __syncthreads();
         float* dst = kc + s * ((i64)kHeads * headDim) + (i64)y * headDim;
         for (int i = threadIdx.x; i < headDim; i += blockDim.x) dst[i] = kh[i];
