@@ -781,7 +781,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
 
     private func integerMatvec(_ g: CUDAWeight, rows: Int, cols: Int, input: (UInt, UInt, UInt), y: Tensor, n: Int) {
         let args: [KernelArg] = [.ptr(g.address), .i64(g.rowBytes), .i32(rows), .i32(cols), .ptr(input.0), .ptr(input.1),
-                                 .ptr(input.2), .ptr(y.address), .i32(n), .i32(n == 1 ? Self.rowPrefetch : 0)]
+                                 .ptr(input.2), .ptr(y.address), .i32(n)]
         if streamMatmul(g, [(g.address, rows, y.address)], cols: cols, input: input, n: n) { return }
         if n >= Self.mmqMinTokens, let tiles = g.tensorCoreTiles {
             launch(tiles, "mmq_\(g.tag) \(rows)x\(cols)", grid: ((rows + 63) / 64, (n + 63) / 64, 1), block: 128, args)
@@ -830,8 +830,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         let args: [KernelArg] = [.ptr(p[0].address), .ptr(p[1].address), .ptr(p[2].address), .i64(g.rowBytes), .i32(p[0].rows),
                                  .i32(p[1].rows), .i32(p[2].rows), .i32(cols), .ptr(input.0), .ptr(input.1), .ptr(input.2),
                                  .ptr(p[0].y), .ptr(p[1].y), .ptr(p[2].y), .i32(rpw),
-                                 .i32(form.split == 0 ? Self.prefetchRows
-                                      : total * g.rowBytes < Self.smallMatrixBytes ? Self.splitPrefetchSmall : Self.splitPrefetch)]
+                                 .i32(form.split > 0 ? Self.splitPrefetch : Self.prefetchRows)]
         launch(f, "\(form.name) \(total)x\(cols)", grid: (blocks, 1, 1), block: 128, args)
     }
 
@@ -1108,27 +1107,17 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     static let prefetchRows = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_PF"].flatMap { Int($0) } ?? 1
     static let prefetchRowsQ16 = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_PF16"].flatMap { Int($0) } ?? 0
     /// Row groups ahead of its loads that each block of the batch-1 split-row kernels asks the L2 for
-    /// (`cp.async.bulk.prefetch.L2` of whole rows, no registers): the Q8_K-input forms, dense and routed experts
-    /// (matvec_q4_K_q8_ps<N>: `KTRANSFORMERS_CUDA_MVS_PF`, default 1), the routed experts' form
-    /// (matvec_experts_q4_K_q8_ps<N>: `KTRANSFORMERS_CUDA_MVS_EXPERTS_PF`, default 0) and the Q16_K-input down
-    /// projection (matvec_q4_K_q16_ps: `KTRANSFORMERS_CUDA_MVS16_PF`, default 0); 0: none. Only the memory traffic
-    /// changes, never a result. Measured on an H100 (2026-12-07 21:07, tg128 t/s): Llama-3-8B 391.9 without, 399.3 /
-    /// 397.4 / 394.6 with the Q8_K forms at 1 / 2 / 4 groups ahead, 393.3 / 388.6 / 380.2 with the down projection's;
-    /// Qwen3-30B-A3B all on the GPU 369.7 without, 367.0 / 366.9 / 365.3 with the Q8_K forms (experts included).
+    /// (`cp.async.bulk.prefetch.L2` of whole rows, no registers): the dense Q8_K-input forms (matvec_q4_K_q8_ps<N>:
+    /// `KTRANSFORMERS_CUDA_MVS_PF`, default 1) and the routed experts' form (matvec_experts_q4_K_q8_ps<N>:
+    /// `KTRANSFORMERS_CUDA_MVS_EXPERTS_PF`, default 0); 0: none. Only the memory traffic changes, never a result.
+    /// Measured on an H100 (2026-12-07, tg128 t/s): Llama-3-8B 391.9 without, 399.3 / 397.4 / 394.6 at 1 / 2 / 4 groups
+    /// ahead (21:07), 391.3 against 402.3 at 22:08; Qwen3-30B-A3B all on the GPU 369.7 without, 367.0 / 366.9 / 365.3
+    /// with the dense and experts' forms together (21:07). The same prefetch in the down projection (1, 2, 4 rows
+    /// ahead: +0.3%, -0.9%, -3.0%), in the warp-a-row one-token forms (the Q6_K output matrix: +0.4% Llama, -0.8%
+    /// Qwen3), at 4 groups ahead for matrices under 16 MiB (-1.5%), and double-buffered partial sums with one barrier
+    /// a row round (+0.3% / -0.5% Llama, -0.1% / +0.7% Qwen3 in two calls) measured no gain and were removed.
     static let splitPrefetch = max(0, ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_MVS_PF"].flatMap { Int($0) } ?? 1)
-    /// The same for matrices under 16 MiB (q/k/v, the attention output: a few row groups a block, so their loads
-    /// start in a ramp): `KTRANSFORMERS_CUDA_MVS_PF_SMALL`, default `KTRANSFORMERS_CUDA_MVS_PF`'s.
-    static let splitPrefetchSmall = max(0, ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_MVS_PF_SMALL"].flatMap { Int($0) } ?? splitPrefetch)
-    static let smallMatrixBytes = 16 << 20
     static let splitPrefetchExperts = max(0, ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_MVS_EXPERTS_PF"].flatMap { Int($0) } ?? 0)
-    static let splitPrefetchQ16 = max(0, ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_MVS16_PF"].flatMap { Int($0) } ?? 0)
-    /// `KTRANSFORMERS_CUDA_MV1_PF=1`: the warp-a-row integer-dot kernels at one token (matvec_<q4_K, q6_K>_q8_1, _3_1:
-    /// the Q6_K output matrix, say) ask the L2 for each whole row before its first step; 0 (the default): not
-    /// (H100, 21:07: Llama-3-8B 393.7 against 391.9 t/s, Qwen3-30B-A3B 366.6 against 369.7).
-    /// `KTRANSFORMERS_CUDA_MVS_ONEBAR=1`: the dense batch-1 split-row kernels' one-barrier forms (matvec_q4_K_q8_ps<N>b,
-    /// matvec_q4_K_q16_psb: the partial sums double-buffered, one barrier a row round instead of two; the same sums).
-    static let splitOneBarrier = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_MVS_ONEBAR"] == "1"
-    static let rowPrefetch = ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_MV1_PF"].flatMap { Int($0) } ?? 0
     /// Routed experts' batch-1 down projection with 16-bit integer inputs too (`KTRANSFORMERS_CUDA_Q16_EXPERTS=1`; off
     /// by default: Qwen3-30B-A3B on the H100 decoded 293.9 t/s with it, 304.2 without, its 768-wide rows are one step
     /// each). (A test var.)
@@ -1449,8 +1438,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
                 return launch(ps, "matvec_\(g.tag)_q16_ps \(rows)x\(cols)",
                               grid: (splitGrid(ps, items: rows, threads: 32 * steps), 1, 1), block: 32 * steps,
                               [.ptr(g.address), .i64(g.rowBytes), .i32(rows), .i32(cols), .ptr(lo.address),
-                               .ptr(lo.address + UInt(l.scales)), .ptr(lo.address + UInt(l.sums)), .ptr(y.address),
-                               .i32(Self.splitPrefetchQ16)])
+                               .ptr(lo.address + UInt(l.scales)), .ptr(lo.address + UInt(l.sums)), .ptr(y.address)])
             }
             if Self.q16KSplit, cols > 4096, let pk = g.f32OneQ16Split, let parts = splitParts, let counters = mmfCounters {
                 return q16SplitMatvec(pk, g, rows: rows, cols: cols, q: lo.address, parts: parts, counters: counters, y: y.address)
@@ -1606,7 +1594,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
                    grid: ((rows + 3) / 4, (n + 7) / 8, 1), block: 128,
                    [.ptr(gs[0].address), .ptr(gs[1].address), .ptr(gs.count > 2 ? gs[2].address : 0), .i64(gs[0].rowBytes),
                     .i32(w0.rows), .i32(w1.rows), .i32(r2), .i32(w0.cols), .ptr(q.0), .ptr(q.1), .ptr(q.2), .ptr(y0.address),
-                    .ptr(y1.address), .ptr(y2?.address ?? 0), .i32(n), .i32(n == 1 ? Self.rowPrefetch : 0)])
+                    .ptr(y1.address), .ptr(y2?.address ?? 0), .i32(n)])
             return
         }
         // The input is rounded (or quantized) once per form the group's formats need, in the order they come.
@@ -2057,13 +2045,12 @@ final class CUDAWeight: @unchecked Sendable {
         integerDotGroupOne = tag == "q4_K" || tag == "q6_K" ? kernels.function("matvec_\(tag)_q8_3_1\(mv1)") : nil
         integerDotPersistent = tag == "q4_K" ? (kernels.function("matvec_q4_K_q8_p"), kernels.function("matvec_q4_K_q8_pf")) : nil
         integerDotRegisters = tag == "q4_K" ? (1...4).map { kernels.function("matvec_q4_K_q8_pr\($0)") } : nil
-        let b = CUDABackend.splitOneBarrier ? "b" : ""
-        integerDotSplit = tag == "q4_K" ? [1, 2, 4].map { kernels.function("matvec_q4_K_q8_ps\($0)\(b)") } : nil
+        integerDotSplit = tag == "q4_K" ? [1, 2, 4].map { kernels.function("matvec_q4_K_q8_ps\($0)") } : nil
         integerExpertsSplit = tag == "q4_K" ? [1, 2, 4].map { kernels.function("matvec_experts_q4_K_q8_ps\($0)") } : nil
         integerExpertsRegisters = tag == "q4_K" ? (1...4).map { kernels.function("matvec_experts_q4_K_q8_pr\($0)") } : nil
         f32OneQ16 = tag == "q4_K" ? kernels.function("matvec_q4_K_q16_p") : nil
         f32OneQ16Split = tag == "q4_K" ? kernels.function("matvec_q4_K_q16_pk") : nil
-        f32OneQ16Rows = tag == "q4_K" ? kernels.function("matvec_q4_K_q16_ps\(b)") : nil
+        f32OneQ16Rows = tag == "q4_K" ? kernels.function("matvec_q4_K_q16_ps") : nil
         integerExperts = tag == "q4_K" || tag == "q6_K" ? kernels.function("matvec_experts_\(tag)_q8") : nil
         integerDotStream = tag == "q4_K" || tag == "q6_K" ? kernels.function("matvec_stream_\(tag)_q8") : nil
         tensorCoreTiles = tag == "q4_K" ? kernels.function("mmq_q4_K") : nil

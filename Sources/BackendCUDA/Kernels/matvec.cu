@@ -347,12 +347,6 @@ __device__ __forceinline__ void kt_mv_q6_K(const u8* row, int cols, const i8* xq
         for (int t = 0; t < nt; t++) y[(i64)t * rows] = acc[t];
 }
 
-// pf > 0 (`KTRANSFORMERS_CUDA_MV1_PF`): lane 0 of the row's warp first asks the L2 for the whole row (one
-// cp.async.bulk.prefetch.L2, before the body's first loads and its KT_PDL_WAIT), so that the steps after the first
-// find their bytes in the L2 instead of waiting on the memory one step at a time. Only the traffic changes.
-__device__ __forceinline__ void kt_mv_row_prefetch(const u8* row, i64 rowBytes) {
-    if ((threadIdx.x & 31) == 0 && ((size_t)row & 15) == 0 && (rowBytes & 15) == 0) KT_PREFETCH_L2(row, rowBytes);
-}
 // The integer-dot matrix-vector kernels: row r of W (a warp each), y[t, r] for t < n; grid (ceil(rows / 4),
 // ceil(n / 8)). The _3 forms run up to three matrices of one format and width on the same input in one launch
 // (q/k/v, gate/up): rows of matrix 0, then 1, then 2, each output row computed as by the single form. The body
@@ -360,24 +354,22 @@ __device__ __forceinline__ void kt_mv_row_prefetch(const u8* row, i64 rowBytes) 
 // (batch-1 decode), compiled without the 8-token body: fewer registers, more warps in flight; the same bits.
 #define KT_MV_INT_FORMS(name, body, suffix, NT) \
 extern "C" __global__ void __launch_bounds__(128) matvec_##name##_q8##suffix(const u8* W, i64 rowBytes, int rows, \
-        int cols, const i8* xq, const float* xd, const int* xs, float* y, int n, int pf) {  /* KT_PDL_WAIT in the body */ \
+        int cols, const i8* xq, const float* xd, const int* xs, float* y, int n) {  /* KT_PDL_WAIT in the body */ \
     int r = blockIdx.x * KT_MV_WARPS + (threadIdx.x >> 5), t0 = blockIdx.y * KT_MV_TOKENS; \
     if (r >= rows) return; \
-    if (pf > 0) kt_mv_row_prefetch(W + (i64)r * rowBytes, rowBytes); \
     float* yr = y + (i64)t0 * rows + r; \
     if (NT == 1 || n == 1) body<1>(W + (i64)r * rowBytes, cols, xq, xd, xs, yr, rows, n, t0); \
     else body<NT>(W + (i64)r * rowBytes, cols, xq, xd, xs, yr, rows, n, t0); \
 } \
 extern "C" __global__ void __launch_bounds__(128) matvec_##name##_q8_3##suffix(const u8* W0, const u8* W1, \
         const u8* W2, i64 rowBytes, int rows0, int rows1, int rows2, int cols, const i8* xq, const float* xd, \
-        const int* xs, float* y0, float* y1, float* y2, int n, int pf) {  /* KT_PDL_WAIT in the body */ \
+        const int* xs, float* y0, float* y1, float* y2, int n) {  /* KT_PDL_WAIT in the body */ \
     int r = blockIdx.x * KT_MV_WARPS + (threadIdx.x >> 5), t0 = blockIdx.y * KT_MV_TOKENS; \
     const u8* W = W0; \
     float* y = y0; \
     int rows = rows0; \
     if (r >= rows0) { r -= rows0; W = W1; y = y1; rows = rows1; \
         if (r >= rows1) { r -= rows1; W = W2; y = y2; rows = rows2; if (r >= rows2) return; } } \
-    if (pf > 0) kt_mv_row_prefetch(W + (i64)r * rowBytes, rowBytes); \
     float* yr = y + (i64)t0 * rows + r; \
     if (NT == 1 || n == 1) body<1>(W + (i64)r * rowBytes, cols, xq, xd, xs, yr, rows, n, t0); \
     else body<NT>(W + (i64)r * rowBytes, cols, xq, xd, xs, yr, rows, n, t0); \
@@ -683,13 +675,11 @@ KT_MVPR_KERNEL(4, 4)
 // pf > 0: thread k < G of the block also asks the L2 for row k of the row group pf groups past the one its loads
 // reach (one cp.async.bulk.prefetch.L2 of the whole row: more of the weight stream in flight than the registers
 // hold, without registers; `KTRANSFORMERS_CUDA_MVS_PF`). Only the memory traffic changes, never a result.
-// ONEBAR: the partial sums in two buffers taken in turn, so that one barrier a round suffices (the round after next
-// writes a buffer only after the next round's barrier, which its summing threads pass once done): the same sums.
-template <int SPR, int DEPTH, bool ONEBAR = false, class RowPtr, class Store>
+template <int SPR, int DEPTH, class RowPtr, class Store>
 __device__ __forceinline__ void kt_mvps_rows(int total, int nsb, const i8* xq, const float* xd, const int* xs,
                                              RowPtr rowPtr, Store store, int pf, bool waited) {
     constexpr int G = 4 / SPR;
-    __shared__ float parts[ONEBAR ? 2 : 1][4][DEPTH];
+    __shared__ float part[4][DEPTH];
     int lane = threadIdx.x & 31, wk = threadIdx.x >> 5, j = wk % SPR, g8 = lane >> 3;
     int groups = (total + G - 1) / G;
     int nG = (int)blockIdx.x < groups ? (groups - 1 - (int)blockIdx.x) / (int)gridDim.x + 1 : 0;
@@ -717,7 +707,6 @@ __device__ __forceinline__ void kt_mvps_rows(int total, int nsb, const i8* xq, c
     KtQ8KStepInput in = kt_q8_K_step_input(xq, xd, xs, sb, 4 * j + g8 < nsb, lane);
     KtQ4KLane l = kt_q4_K_lane(lane);
     for (int i0 = 0; i0 < nG; i0 += DEPTH) {
-        auto& part = parts[ONEBAR ? (i0 / DEPTH) & 1 : 0];
 #pragma unroll
         for (int i = 0; i < DEPTH; i++) {
             if (i0 + i < nG) {
@@ -750,11 +739,11 @@ __device__ __forceinline__ void kt_mvps_rows(int total, int nsb, const i8* xq, c
                     store(r, v);
                 }
             }
-            if (!ONEBAR) __syncthreads();
+            __syncthreads();
         }
     }
 }
-template <int SPR, int DEPTH, bool ONEBAR = false>
+template <int SPR, int DEPTH>
 __device__ __forceinline__ void kt_mvps_q4_K_q8(const u8* W0, const u8* W1, const u8* W2, i64 rowBytes, int rows0,
         int rows1, int rows2, int cols, const i8* xq, const float* xd, const int* xs, float* y0, float* y1, float* y2, int pf) {
     auto rowPtr = [&](int r) -> const u8* {
@@ -768,7 +757,7 @@ __device__ __forceinline__ void kt_mvps_q4_K_q8(const u8* W0, const u8* W1, cons
         if (r >= rows0) { r -= rows0; y = y1; if (r >= rows1) { r -= rows1; y = y2; } }
         y[r] = v;
     };
-    kt_mvps_rows<SPR, DEPTH, ONEBAR>(rows0 + rows1 + rows2, cols / 256, xq, xd, xs, rowPtr, store, pf, false);
+    kt_mvps_rows<SPR, DEPTH>(rows0 + rows1 + rows2, cols / 256, xq, xd, xs, rowPtr, store, pf, false);
 }
 #define KT_MVPS_KERNEL(SPR, DEPTH) \
 extern "C" __global__ void __launch_bounds__(128, 8) matvec_q4_K_q8_ps##SPR(const u8* W0, const u8* W1, const u8* W2, \
@@ -776,13 +765,6 @@ extern "C" __global__ void __launch_bounds__(128, 8) matvec_q4_K_q8_ps##SPR(cons
         float* y0, float* y1, float* y2, int rpw, int pf) { \
     /* KT_PDL_WAIT in the body; rpw unused, pf: row groups prefetched ahead (kt_mvps_rows) */ \
     kt_mvps_q4_K_q8<SPR, DEPTH>(W0, W1, W2, rowBytes, rows0, rows1, rows2, cols, xq, xd, xs, y0, y1, y2, pf); \
-} \
-/* The one-barrier form (`KTRANSFORMERS_CUDA_MVS_ONEBAR=1`): the same sums. */ \
-extern "C" __global__ void __launch_bounds__(128, 8) matvec_q4_K_q8_ps##SPR##b(const u8* W0, const u8* W1, const u8* W2, \
-        i64 rowBytes, int rows0, int rows1, int rows2, int cols, const i8* xq, const float* xd, const int* xs, \
-        float* y0, float* y1, float* y2, int rpw, int pf) { \
-    /* KT_PDL_WAIT in the body */ \
-    kt_mvps_q4_K_q8<SPR, DEPTH, true>(W0, W1, W2, rowBytes, rows0, rows1, rows2, cols, xq, xd, xs, y0, y1, y2, pf); \
 }
 // Rows in flight a warp: KT_MVPS_DEPTH (the backend sets it with KTRANSFORMERS_CUDA_MVS_DEPTH; default 1). The nvcc
 // measurement (matvec-patterns.cu, H100, 2026-12-07): 2 rows fit 36 warps an SM and read 28672 x 4096 in 25.8 µs

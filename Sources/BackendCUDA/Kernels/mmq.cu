@@ -1871,12 +1871,10 @@ extern "C" __global__ void __launch_bounds__(128) matvec_q4_K_q16_pk(const u8* W
 #else
 #define KT_Q16PS_BOUNDS __launch_bounds__(1024, 1)
 #endif
-// ONEBAR: the partial sums in two buffers taken in turn, one barrier a round (as kt_mvps_rows' ONEBAR; the same sums).
-template <bool ONEBAR>
-__device__ __forceinline__ void kt_mvps_q4_K_q16(const u8* W, i64 rowBytes, int rows, int cols, const short* xq,
-                                                 const float* xscale, const int* xsums, float* y, int pf) {
+extern "C" __global__ void KT_Q16PS_BOUNDS matvec_q4_K_q16_ps(const u8* W, i64 rowBytes, int rows, int cols,
+        const short* xq, const float* xscale, const int* xsums, float* y) {
     constexpr int DEPTH = KT_MVPS16_DEPTH;
-    __shared__ float parts[ONEBAR ? 2 : 1][32][DEPTH];
+    __shared__ float part[32][DEPTH];
     int lane = threadIdx.x & 31, wk = threadIdx.x >> 5, S = blockDim.x >> 5, g8 = lane >> 3;
     int nsb = cols / 256;
     int nR = (int)blockIdx.x < rows ? (rows - 1 - (int)blockIdx.x) / (int)gridDim.x + 1 : 0;
@@ -1889,25 +1887,18 @@ __device__ __forceinline__ void kt_mvps_q4_K_q16(const u8* W, i64 rowBytes, int 
         hs[slot] = *(const uint4*)b;
         qs[slot] = *(const uint4*)(b + 16 + 16 * (lane & 7));
     };
-    auto prefetch = [&](int i) {  // row i's bytes into the L2 (pf > 0; `KTRANSFORMERS_CUDA_MVS16_PF`)
-        const u8* p = W + (i64)((int)blockIdx.x + i * (int)gridDim.x) * rowBytes;
-        if (threadIdx.x == 0 && i < nR && ((size_t)p & 15) == 0 && (rowBytes & 15) == 0) KT_PREFETCH_L2(p, rowBytes);
-    };
 #pragma unroll
     for (int i = 0; i < DEPTH; i++)
         if (i < nR) load(i, i);
-    for (int k = 0; k < pf; k++) prefetch(DEPTH + k);
     KT_PDL_WAIT();  // the weights are in flight; the inputs come from the previous kernel
     KtQ16StepInput in = kt_q16_step_input(xq, xscale, xsums, sb, 4 * wk + g8 < nsb, lane);
     KtQ4KLane l = kt_q4_K_lane(lane);
     for (int i0 = 0; i0 < nR; i0 += DEPTH) {
-        auto& part = parts[ONEBAR ? (i0 / DEPTH) & 1 : 0];
 #pragma unroll
         for (int i = 0; i < DEPTH; i++) {
             if (i0 + i < nR) {
                 uint4 h = hs[i], q = qs[i];
                 if (i0 + i + DEPTH < nR) load(i, i0 + i + DEPTH);
-                if (pf > 0) prefetch(i0 + i + DEPTH + pf);
                 float d, dmin;
                 kt_q4_K_d(h, &d, &dmin);
                 int i1, i2;
@@ -1923,17 +1914,8 @@ __device__ __forceinline__ void kt_mvps_q4_K_q16(const u8* W, i64 rowBytes, int 
             for (int s = 1; s < S; s++) v += part[s][t];
             y[(int)blockIdx.x + (i0 + t) * (int)gridDim.x] = v;
         }
-        if (!ONEBAR) __syncthreads();
+        __syncthreads();
     }
-}
-extern "C" __global__ void KT_Q16PS_BOUNDS matvec_q4_K_q16_ps(const u8* W, i64 rowBytes, int rows, int cols,
-        const short* xq, const float* xscale, const int* xsums, float* y, int pf) { /* KT_PDL_WAIT in the body */
-    kt_mvps_q4_K_q16<false>(W, rowBytes, rows, cols, xq, xscale, xsums, y, pf);
-}
-// The one-barrier form (`KTRANSFORMERS_CUDA_MVS_ONEBAR=1`).
-extern "C" __global__ void KT_Q16PS_BOUNDS matvec_q4_K_q16_psb(const u8* W, i64 rowBytes, int rows, int cols,
-        const short* xq, const float* xscale, const int* xsums, float* y, int pf) { /* KT_PDL_WAIT in the body */
-    kt_mvps_q4_K_q16<true>(W, rowBytes, rows, cols, xq, xscale, xsums, y, pf);
 }
 
 // ---- Batched `.f32Activations` with Q16_K inputs on the int8 tensor cores (2 to 32 tokens; not under
