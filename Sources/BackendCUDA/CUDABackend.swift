@@ -1116,8 +1116,9 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     /// ahead: +0.3%, -0.9%, -3.0%), in the warp-a-row one-token forms (the Q6_K output matrix: +0.4% Llama, -0.8%
     /// Qwen3), at 4 groups ahead for matrices under 16 MiB (-1.5%), and double-buffered partial sums with one barrier
     /// a row round (+0.3% / -0.5% Llama, -0.1% / +0.7% Qwen3 in two calls) measured no gain and were removed.
-    static let splitPrefetch = max(0, ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_MVS_PF"].flatMap { Int($0) } ?? 1)
-    static let splitPrefetchExperts = max(0, ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_MVS_EXPERTS_PF"].flatMap { Int($0) } ?? 0)
+    /// (Both held to 0 ... 64.)
+    static let splitPrefetch = min(64, max(0, ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_MVS_PF"].flatMap { Int($0) } ?? 1))
+    static let splitPrefetchExperts = min(64, max(0, ProcessInfo.processInfo.environment["KTRANSFORMERS_CUDA_MVS_EXPERTS_PF"].flatMap { Int($0) } ?? 0))
     /// Routed experts' batch-1 down projection with 16-bit integer inputs too (`KTRANSFORMERS_CUDA_Q16_EXPERTS=1`; off
     /// by default: Qwen3-30B-A3B on the H100 decoded 293.9 t/s with it, 304.2 without, its 768-wide rows are one step
     /// each). (A test var.)
