@@ -652,49 +652,55 @@ public struct BackendConformance {
         print("[\(name)] addRMSNorm (and a Q4_K matmul of its output): bit-identical to add, rmsNorm for n = 1, 7, 64")
     }
 
-    /// `ropeAndStoreKV` has the bits of `rope(q)`, `rope(k)`, `storeKV` (with and without per-head norms, GQA).
+    /// `ropeAndStoreKV` has the bits of `rope(q)`, `rope(k)`, `storeKV` (with and without per-head norms, GQA), for
+    /// NeoX and normal rotations, partial rotary dims, and a head of 512 rotated dims (more pairs than a GPU block of
+    /// 128 threads takes at once: the CUDA kernel's other path).
     public func checkRopeAndStoreKV() {
         let b = backend
         var rng = SplitMix64(seed: 13)
-        let hd = 32, qHeads = 4, kHeads = 2, vDim = kHeads * hd, n = 5, pageSize = 4, eps: Float = 1e-6
-        let table = b.makeRopeTable(RoPE(dims: 32, base: 10000, neox: true), positions: 64)
+        let qHeads = 4, kHeads = 2, n = 5, pageSize = 4, eps: Float = 1e-6
         let pos = b.int32Tensor([3, 9, 0, 17, 4]), slots = b.int32Tensor([5, 2, 11, 7, 0])
         let meta = BatchMetadata(tokens: n, positions: pos, slotMapping: slots, sequenceOfToken: b.int32Tensor([0, 0, 0, 0, 0]),
                                  blockTables: b.int32Tensor([0, 1, 2, 3]), blockTableStride: 4, pageSize: pageSize)
-        let qs = rng.normals(n * qHeads * hd), ks = rng.normals(n * kHeads * hd), vs = rng.normals(n * vDim)
-        let qNorm = b.upload((0..<hd).map { _ in rng.uniform(0.5, 1.5) }), kNorm = b.upload((0..<hd).map { _ in rng.uniform(0.5, 1.5) })
-        for norms in [false, true] {
-            var results: [[Float]] = []
-            for fused in [true, false] {
-                let cache = b.makeKVCache(pageSize: pageSize, numPages: 4, kDims: [kHeads * hd], vDims: [vDim])
-                let q = b.upload(qs), k = b.upload(ks), v = b.upload(vs)
-                if fused {
-                    b.ropeAndStoreKV(q: q, qHeads: qHeads, qNorm: norms ? qNorm : nil, k: k, kHeads: kHeads,
-                                     kNorm: norms ? kNorm : nil, v: v, headDim: hd, n: n, table: table, eps: eps,
-                                     cache: cache, layer: 0, meta: meta)
-                } else {
-                    b.rope(q, rows: n, rowStride: qHeads * hd, heads: qHeads, headStride: hd, table: table, positions: pos,
-                           norm: norms ? qNorm : nil, eps: eps)
-                    b.rope(k, rows: n, rowStride: kHeads * hd, heads: kHeads, headStride: hd, table: table, positions: pos,
-                           norm: norms ? kNorm : nil, eps: eps)
-                    b.storeKV(k: k, v: v, n: n, cache: cache, layer: 0, meta: meta)
+        for (hd, dims, neox) in [(32, 32, true), (32, 32, false), (32, 16, false), (512, 512, true)] {
+            let vDim = kHeads * hd
+            let table = b.makeRopeTable(RoPE(dims: dims, base: 10000, neox: neox), positions: 64)
+            let qs = rng.normals(n * qHeads * hd), ks = rng.normals(n * kHeads * hd), vs = rng.normals(n * vDim)
+            let qNorm = b.upload((0..<hd).map { _ in rng.uniform(0.5, 1.5) }), kNorm = b.upload((0..<hd).map { _ in rng.uniform(0.5, 1.5) })
+            for norms in [false, true] {
+                var results: [[Float]] = []
+                for fused in [true, false] {
+                    let cache = b.makeKVCache(pageSize: pageSize, numPages: 4, kDims: [kHeads * hd], vDims: [vDim])
+                    let q = b.upload(qs), k = b.upload(ks), v = b.upload(vs)
+                    if fused {
+                        b.ropeAndStoreKV(q: q, qHeads: qHeads, qNorm: norms ? qNorm : nil, k: k, kHeads: kHeads,
+                                         kNorm: norms ? kNorm : nil, v: v, headDim: hd, n: n, table: table, eps: eps,
+                                         cache: cache, layer: 0, meta: meta)
+                    } else {
+                        b.rope(q, rows: n, rowStride: qHeads * hd, heads: qHeads, headStride: hd, table: table, positions: pos,
+                               norm: norms ? qNorm : nil, eps: eps)
+                        b.rope(k, rows: n, rowStride: kHeads * hd, heads: kHeads, headStride: hd, table: table, positions: pos,
+                               norm: norms ? kNorm : nil, eps: eps)
+                        b.storeKV(k: k, v: v, n: n, cache: cache, layer: 0, meta: meta)
+                    }
+                    let slotsUsed = [5, 2, 11, 7, 0]
+                    let kc = b.floats(cache.k(0), 16 * kHeads * hd), vc = b.floats(cache.v(0), 16 * vDim)
+                    var stored: [Float] = []
+                    let kw = kHeads * hd
+                    for s in slotsUsed {
+                        stored.append(contentsOf: kc[(s * kw)..<((s + 1) * kw)])
+                        stored.append(contentsOf: vc[(s * vDim)..<((s + 1) * vDim)])
+                    }
+                    results.append(b.floats(q, n * qHeads * hd) + stored)
+                    [q, k, v].forEach { b.release($0) }
                 }
-                let slotsUsed = [5, 2, 11, 7, 0]
-                let kc = b.floats(cache.k(0), 16 * kHeads * hd), vc = b.floats(cache.v(0), 16 * vDim)
-                var stored: [Float] = []
-                let kw = kHeads * hd
-                for s in slotsUsed {
-                    stored.append(contentsOf: kc[(s * kw)..<((s + 1) * kw)])
-                    stored.append(contentsOf: vc[(s * vDim)..<((s + 1) * vDim)])
+                if let i = firstBitDifference(results[0], results[1]) {
+                    Expect.fail("[\(name)] ropeAndStoreKV (head \(hd), dims \(dims), neox: \(neox), norms: \(norms)): value \(i) is \(results[0][i]), rope + rope + storeKV give \(results[1][i])")
                 }
-                results.append(b.floats(q, n * qHeads * hd) + stored)
-                [q, k, v].forEach { b.release($0) }
             }
-            if let i = firstBitDifference(results[0], results[1]) {
-                Expect.fail("[\(name)] ropeAndStoreKV (norms: \(norms)): value \(i) is \(results[0][i]), rope + rope + storeKV give \(results[1][i])")
-            }
+            [qNorm, kNorm, table.table].forEach { b.release($0) }
         }
-        print("[\(name)] ropeAndStoreKV: bit-identical to rope, rope, storeKV (with and without per-head norms)")
+        print("[\(name)] ropeAndStoreKV: bit-identical to rope, rope, storeKV (with and without per-head norms; NeoX and normal; partial dims; 512 dims)")
     }
 
     /// `ropeStoreAndAttend` of a decode step (four sequences at positions 700, 5, 1030 and 0 over a pool of 16-token
