@@ -12,11 +12,15 @@ public final class KVCache: @unchecked Sendable {
     private let vBufs: [Tensor]
     /// Keeps host storage alive (the CPU pool) or a device backend's allocation.
     private let storage: AnyObject?
+    /// A tensor-parallel model's pool: one pool per shard (each holding that shard's K/V heads, in its backend's
+    /// memory), sharing this one's pages and slots; this pool is shard 0's. Empty otherwise.
+    public let shards: [KVCache]
 
     /// A pool over tensors a backend allocated (`ComputeBackend.makeKVCache`).
     public init(pageSize: Int, numPages: Int, kDims: [Int], vDims: [Int], k: [Tensor], v: [Tensor], device: Device,
-                storage: AnyObject?) {
+                storage: AnyObject?, shards: [KVCache] = []) {
         precondition(pageSize > 0 && numPages > 0 && kDims.count == vDims.count && k.count == kDims.count && v.count == vDims.count)
+        self.shards = shards
         self.pageSize = pageSize
         self.numPages = numPages
         self.kDims = kDims
@@ -36,6 +40,17 @@ public final class KVCache: @unchecked Sendable {
         self.init(pageSize: pageSize, numPages: numPages, kDims: kDims, vDims: vDims, k: k, v: v, device: .cpu,
                   storage: host)
     }
+
+    /// The pool of a tensor-parallel model's shards (`shards[0]` is seen through this pool too).
+    public convenience init(shards: [KVCache]) {
+        precondition(!shards.isEmpty && shards.allSatisfy { $0.pageSize == shards[0].pageSize && $0.numPages == shards[0].numPages })
+        let s = shards[0]
+        self.init(pageSize: s.pageSize, numPages: s.numPages, kDims: s.kDims, vDims: s.vDims, k: s.kBufs, v: s.vBufs,
+                  device: s.device, storage: s, shards: shards)
+    }
+
+    /// Shard `i`'s pool (this pool itself when it has no shards).
+    public func shard(_ i: Int) -> KVCache { shards.isEmpty ? self : shards[i] }
 
     @inline(__always) public func k(_ layer: Int) -> Tensor { kBufs[layer] }
     @inline(__always) public func v(_ layer: Int) -> Tensor { vBufs[layer] }

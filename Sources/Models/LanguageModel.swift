@@ -63,14 +63,15 @@ public protocol LanguageModel: AnyObject, Sendable {
     /// The records of which routed experts were chosen (`ExpertUsage`), one per expert executor that keeps one;
     /// empty for dense models and for experts routed on the GPU.
     var expertUsage: [ExpertUsage] { get }
+    /// A paged KV pool for this model in its backend's memory (a tensor-parallel model: one per shard): pages
+    /// `0..<numPages` for the caller's sequences, plus one more, the last, that the model keeps for itself (the
+    /// padding rows of a step replayed as a graph write their K/V there).
+    func makeKVCache(pageSize: Int, numPages: Int) -> KVCache
 }
 
 extension LanguageModel {
     public var expertUsage: [ExpertUsage] { [] }
 
-    /// A paged KV pool for this model in its backend's memory: pages `0..<numPages` for the caller's sequences,
-    /// plus one more, the last, that the model keeps for itself (the padding rows of a step replayed as a graph
-    /// write their K/V there).
     public func makeKVCache(pageSize: Int, numPages: Int) -> KVCache {
         backend.makeKVCache(pageSize: pageSize, numPages: numPages + 1, kDims: info.kvKeyDims, vDims: info.kvValueDims)
     }

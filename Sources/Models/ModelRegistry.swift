@@ -41,4 +41,37 @@ public enum ModelRegistry {
         if let limits { model.reserve(limits) }
         return model
     }
+
+    /// Builds the model split by tensor parallelism over `backends` (one shard each, in rank order; a backend
+    /// appears once), summing the shards' block outputs through `collective` (`collective.ranks` == the backends).
+    /// Every weight lives on its shard's backend: placement rules do not apply. With one backend this is `load`.
+    public static func loadTensorParallel(_ file: any TensorSource, backends: [any ComputeBackend], collective: any Collective,
+                                          limits: RunLimits? = nil,
+                                          progress: (@Sendable (_ done: Int, _ total: Int) -> Void)? = nil) throws -> LanguageModel {
+        precondition(!backends.isEmpty && collective.ranks == backends.count)
+        if backends.count == 1 { return try load(file, backend: backends[0], limits: limits, progress: progress) }
+        guard let arch = file.architecture else {
+            throw ModelError("\(file.path): missing metadata 'general.architecture'")
+        }
+        guard let loader = loaders[arch] else {
+            throw ModelError("\(file.path): unsupported architecture '\(arch)' (supported: \(supportedArchitectures.joined(separator: ", ")))")
+        }
+        // One progress over every shard's weights (each shard reads about 1/N of the file, plus what it keeps whole).
+        let total = file.tensors.reduce(0) { $0 + $1.byteCount }
+        let shared = progress.map { report in LoadProgress(total: total * 2, report: { d, _ in report(min(d, total), total) }) }
+        var shards: [DecoderModel] = []
+        for (i, b) in backends.enumerated() {
+            let rank = ParallelRank(shard: TensorShard(index: i, count: backends.count), collective: collective)
+            let l = TensorLoader(file: file, arch: arch, backend: b, backends: [b.device: b], placement: Placement(main: b.device),
+                                 progress: shared, parallel: rank)
+            guard let m = try loader(l) as? DecoderModel else {
+                throw ModelError("\(file.path): architecture '\(arch)' has no tensor-parallel form")
+            }
+            shards.append(m)
+        }
+        progress?(1, 1)
+        let model = TensorParallelModel(shards: shards, collective: collective)
+        if let limits { model.reserve(limits) }
+        return model
+    }
 }

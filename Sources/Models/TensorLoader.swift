@@ -17,11 +17,24 @@ public struct TensorLoader {
     private let executors = ExecutorCache()
     /// Reports the share of the file's tensor bytes prepared so far (load progress).
     let progress: LoadProgress?
+    /// The part of a tensor-parallel model this load builds, and the collective its shards sum through (nil: the
+    /// whole model).
+    public let parallel: ParallelRank?
+    /// This load's shard (`TensorShard.whole` without tensor parallelism).
+    public var shard: TensorShard { parallel?.shard ?? .whole }
 
     public init(file: any TensorSource, arch: String, backend: any ComputeBackend,
                 backends: [Device: any ComputeBackend] = [:], placement: Placement = .cpu,
                 progress: (@Sendable (_ done: Int, _ total: Int) -> Void)? = nil) {
-        self.progress = progress.map { LoadProgress(total: file.tensors.reduce(0) { $0 + $1.byteCount }, report: $0) }
+        self.init(file: file, arch: arch, backend: backend, backends: backends, placement: placement,
+                  progress: progress.map { LoadProgress(total: file.tensors.reduce(0) { $0 + $1.byteCount }, report: $0) },
+                  parallel: nil)
+    }
+
+    init(file: any TensorSource, arch: String, backend: any ComputeBackend, backends: [Device: any ComputeBackend],
+         placement: Placement, progress: LoadProgress?, parallel: ParallelRank?) {
+        self.progress = progress
+        self.parallel = parallel
         self.file = file
         self.arch = arch
         self.backend = backend
@@ -106,6 +119,41 @@ public struct TensorLoader {
         return try prepare(WeightRef(name: name, type: t.type, shape: t.shape, data: file.data(of: t), owner: file))
     }
 
+    /// Rows `keepRows` of the `[rows, cols]` matrix `name` (a tensor-parallel shard's output features: its heads,
+    /// its part of the feed-forward width), read in place.
+    public func matrix(_ name: String, rows: Int, cols: Int, keepRows: Range<Int>) throws -> WeightMatrix {
+        guard keepRows != 0..<rows else { return try matrix(name, rows: rows, cols: cols) }
+        let t = try info(name)
+        guard t.shape == [cols, rows] else {
+            throw ModelError("\(file.path): tensor '\(name)' has shape \(t.shape), expected [\(cols), \(rows)]")
+        }
+        guard keepRows.lowerBound >= 0, keepRows.upperBound <= rows, let rowBytes = t.type.byteCount(elements: cols) else {
+            throw ModelError("\(file.path): tensor '\(name)': rows \(keepRows) of \(rows) cannot be split off")
+        }
+        let data = file.data(of: t) + keepRows.lowerBound * rowBytes
+        return try prepare(WeightRef(name: name, type: t.type, shape: [cols, keepRows.count], data: data, owner: file))
+    }
+
+    /// Columns `keepCols` of every row of the `[rows, cols]` matrix `name` (a tensor-parallel shard's input
+    /// features: the attention output's and the down projection's part of their input), copied out at load. The
+    /// range must fall on the type's block boundaries.
+    public func matrix(_ name: String, rows: Int, cols: Int, keepCols: Range<Int>) throws -> WeightMatrix {
+        guard keepCols != 0..<cols else { return try matrix(name, rows: rows, cols: cols) }
+        let t = try info(name)
+        guard t.shape == [cols, rows] else {
+            throw ModelError("\(file.path): tensor '\(name)' has shape \(t.shape), expected [\(cols), \(rows)]")
+        }
+        guard keepCols.lowerBound >= 0, keepCols.upperBound <= cols, let rowBytes = t.type.byteCount(elements: cols),
+              let skip = t.type.byteCount(elements: keepCols.lowerBound), let keep = t.type.byteCount(elements: keepCols.count) else {
+            throw ModelError("\(file.path): tensor '\(name)' (\(t.type)): columns \(keepCols) of \(cols) do not fall on its blocks, so tensor parallelism cannot split it there (use fewer shards)")
+        }
+        let copy = SliceBuffer(bytes: keep * rows)
+        let src = file.data(of: t)
+        for r in 0..<rows { (copy.pointer + r * keep).copyMemory(from: src + r * rowBytes + skip, byteCount: keep) }
+        return try prepare(WeightRef(name: name, type: t.type, shape: [keepCols.count, rows], data: UnsafeRawPointer(copy.pointer),
+                                     owner: copy))
+    }
+
     /// `count` stacked `[rows, cols]` matrices (ggml shape `[cols, rows, count]`): MoE experts, MLA heads.
     public func stack(_ name: String, count: Int, rows: Int, cols: Int) throws -> WeightStack {
         let t = try info(name)
@@ -174,8 +222,31 @@ public struct TensorLoader {
         backend.upload(try vector(name, count: count))
     }
 
+    /// Elements `keep` of the vector `name` (a shard's part of a bias), in the main backend's memory.
+    public func constant(_ name: String, count: Int, keep: Range<Int>) throws -> Tensor {
+        backend.upload(Array(try vector(name, count: count)[keep]))
+    }
+
     public func optionalConstant(_ name: String, count: Int) throws -> Tensor? {
         has(name) ? try constant(name, count: count) : nil
+    }
+}
+
+/// A copy of part of a weight made at load (a tensor-parallel shard's columns), alive as long as its weight.
+final class SliceBuffer: @unchecked Sendable {
+    let pointer: UnsafeMutableRawPointer
+    init(bytes: Int) { pointer = UnsafeMutableRawPointer.allocate(byteCount: max(1, bytes), alignment: 64) }
+    deinit { pointer.deallocate() }
+}
+
+/// One shard of a tensor-parallel load: which part it builds and the collective its model sums through.
+public struct ParallelRank: Sendable {
+    public let shard: TensorShard
+    public let collective: any Collective
+    public init(shard: TensorShard, collective: any Collective) {
+        precondition(collective.ranks == shard.count)
+        self.shard = shard
+        self.collective = collective
     }
 }
 

@@ -30,24 +30,27 @@ enum Gemma3 {
         let embedding = try l.matrix("token_embd.weight", rows: l.file.tensor(named: "token_embd.weight")?.shape.last ?? 0, cols: dim)
         let vocab = embedding.rows
         let output = try l.optionalMatrix("output.weight", rows: vocab, cols: dim) ?? embedding
+        // A tensor-parallel shard's heads and feed-forward columns (all of them without tensor parallelism).
+        let heads = try HeadSplit(nHead: nHead, nKVHead: nKVHead, shard: l.shard, path: l.file.path)
+        let ffPart = try l.feedForwardPart(ff)
         var blocks: [DecoderBlock] = []
         for i in 0..<nLayer {
             let p = "blk.\(i)."
             let isGlobal = pattern > 0 && (i + 1) % pattern == 0
-            let params = AttentionParams(nHead: nHead, nKVHead: nKVHead, headDim: headDim, headDimV: headDimV,
+            let params = AttentionParams(nHead: heads.q.count, nKVHead: heads.kv.count, headDim: headDim, headDimV: headDimV,
                                          scale: 1 / Float(headDim).squareRoot(), window: isGlobal ? 0 : window)
             let attn = AttentionLayer(
-                wq: try l.matrix(p + "attn_q.weight", rows: nHead * headDim, cols: dim),
-                wk: try l.matrix(p + "attn_k.weight", rows: nKVHead * headDim, cols: dim),
-                wv: try l.matrix(p + "attn_v.weight", rows: nKVHead * headDimV, cols: dim),
-                wo: try l.matrix(p + "attn_output.weight", rows: dim, cols: nHead * headDimV),
+                wq: try l.matrix(p + "attn_q.weight", rows: nHead * headDim, cols: dim, keepRows: heads.q.scaled(headDim)),
+                wk: try l.matrix(p + "attn_k.weight", rows: nKVHead * headDim, cols: dim, keepRows: heads.kv.scaled(headDim)),
+                wv: try l.matrix(p + "attn_v.weight", rows: nKVHead * headDimV, cols: dim, keepRows: heads.kv.scaled(headDimV)),
+                wo: try l.matrix(p + "attn_output.weight", rows: dim, cols: nHead * headDimV, keepCols: heads.q.scaled(headDimV)),
                 bq: nil, bk: nil, bv: nil,
                 qNorm: try l.constant(p + "attn_q_norm.weight", count: headDim),
                 kNorm: try l.constant(p + "attn_k_norm.weight", count: headDim),
                 normEps: eps, params: params, ropeIndex: isGlobal ? 1 : 0)
-            let mlp = GatedMLP(gate: try l.matrix(p + "ffn_gate.weight", rows: ff, cols: dim),
-                               up: try l.matrix(p + "ffn_up.weight", rows: ff, cols: dim),
-                               down: try l.matrix(p + "ffn_down.weight", rows: dim, cols: ff),
+            let mlp = GatedMLP(gate: try l.matrix(p + "ffn_gate.weight", rows: ff, cols: dim, keepRows: ffPart),
+                               up: try l.matrix(p + "ffn_up.weight", rows: ff, cols: dim, keepRows: ffPart),
+                               down: try l.matrix(p + "ffn_down.weight", rows: dim, cols: ff, keepCols: ffPart),
                                activation: .gelu)
             blocks.append(DecoderBlock(attnNorm: try l.constant(p + "attn_norm.weight", count: dim),
                                        attention: attn,
@@ -58,10 +61,10 @@ enum Gemma3 {
         }
         let info = ModelInfo(architecture: l.arch, name: l.file["general.name"]?.string ?? "gemma3", vocabSize: vocab,
                              contextLength: ctx, layerCount: nLayer,
-                             kvKeyDims: Array(repeating: nKVHead * headDim, count: nLayer),
-                             kvValueDims: Array(repeating: nKVHead * headDimV, count: nLayer))
+                             kvKeyDims: Array(repeating: heads.kv.count * headDim, count: nLayer),
+                             kvValueDims: Array(repeating: heads.kv.count * headDimV, count: nLayer))
         return DecoderModel(info: info, embedding: embedding, embedScale: Float(dim).squareRoot(), blocks: blocks,
                             outputNorm: try l.constant("output_norm.weight", count: dim), output: output, normEps: eps,
-                            finalLogitSoftcap: l.optionalFloat("final_logit_softcapping") ?? 0, ropes: ropes, backend: l.backend)
+                            finalLogitSoftcap: l.optionalFloat("final_logit_softcapping") ?? 0, ropes: ropes, backend: l.backend, parallel: l.parallel)
     }
 }

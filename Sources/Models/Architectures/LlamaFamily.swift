@@ -45,19 +45,23 @@ enum LlamaFamily {
         let vocab = embedding.rows
         let output = try l.optionalMatrix("output.weight", rows: vocab, cols: dim) ?? embedding
         let moe = nExpert > 0 ? try moeOptions(l, variant: v, nExpert: nExpert, dim: dim, ff: ff) : nil
+        if moe != nil { try l.requireWholeModel("MoE layers") }
+        // A tensor-parallel shard's heads and feed-forward columns (all of them without tensor parallelism).
+        let heads = try HeadSplit(nHead: nHead, nKVHead: nKVHead, shard: l.shard, path: l.file.path)
+        let ffPart = moe == nil ? try l.feedForwardPart(ff) : 0..<ff
         var blocks: [DecoderBlock] = []
         for i in 0..<nLayer {
             let p = "blk.\(i)."
-            let params = AttentionParams(nHead: nHead, nKVHead: nKVHead, headDim: headDim, headDimV: headDimV,
+            let params = AttentionParams(nHead: heads.q.count, nKVHead: heads.kv.count, headDim: headDim, headDimV: headDimV,
                                          scale: 1 / Float(headDim).squareRoot())
             let attn = AttentionLayer(
-                wq: try l.matrix(p + "attn_q.weight", rows: nHead * headDim, cols: dim),
-                wk: try l.matrix(p + "attn_k.weight", rows: nKVHead * headDim, cols: dim),
-                wv: try l.matrix(p + "attn_v.weight", rows: nKVHead * headDimV, cols: dim),
-                wo: try l.matrix(p + "attn_output.weight", rows: dim, cols: nHead * headDimV),
-                bq: v.qkvBias ? try l.constant(p + "attn_q.bias", count: nHead * headDim) : nil,
-                bk: v.qkvBias ? try l.constant(p + "attn_k.bias", count: nKVHead * headDim) : nil,
-                bv: v.qkvBias ? try l.constant(p + "attn_v.bias", count: nKVHead * headDimV) : nil,
+                wq: try l.matrix(p + "attn_q.weight", rows: nHead * headDim, cols: dim, keepRows: heads.q.scaled(headDim)),
+                wk: try l.matrix(p + "attn_k.weight", rows: nKVHead * headDim, cols: dim, keepRows: heads.kv.scaled(headDim)),
+                wv: try l.matrix(p + "attn_v.weight", rows: nKVHead * headDimV, cols: dim, keepRows: heads.kv.scaled(headDimV)),
+                wo: try l.matrix(p + "attn_output.weight", rows: dim, cols: nHead * headDimV, keepCols: heads.q.scaled(headDimV)),
+                bq: v.qkvBias ? try l.constant(p + "attn_q.bias", count: nHead * headDim, keep: heads.q.scaled(headDim)) : nil,
+                bk: v.qkvBias ? try l.constant(p + "attn_k.bias", count: nKVHead * headDim, keep: heads.kv.scaled(headDim)) : nil,
+                bv: v.qkvBias ? try l.constant(p + "attn_v.bias", count: nKVHead * headDimV, keep: heads.kv.scaled(headDimV)) : nil,
                 qNorm: v.qkNorm ? try l.constant(p + "attn_q_norm.weight", count: headDim) : nil,
                 kNorm: v.qkNorm ? try l.constant(p + "attn_k_norm.weight", count: headDim) : nil,
                 normEps: eps, params: params, ropeIndex: 0)
@@ -65,9 +69,9 @@ enum LlamaFamily {
             if let moe {
                 mlp = try MoEFeedForward.load(l, layer: i, dim: dim, nExpert: nExpert, ff: moe.ff, options: moe.options)
             } else {
-                mlp = GatedMLP(gate: try l.matrix(p + "ffn_gate.weight", rows: ff, cols: dim),
-                               up: try l.matrix(p + "ffn_up.weight", rows: ff, cols: dim),
-                               down: try l.matrix(p + "ffn_down.weight", rows: dim, cols: ff),
+                mlp = GatedMLP(gate: try l.matrix(p + "ffn_gate.weight", rows: ff, cols: dim, keepRows: ffPart),
+                               up: try l.matrix(p + "ffn_up.weight", rows: ff, cols: dim, keepRows: ffPart),
+                               down: try l.matrix(p + "ffn_down.weight", rows: dim, cols: ff, keepCols: ffPart),
                                activation: .silu)
             }
             blocks.append(DecoderBlock(attnNorm: try l.constant(p + "attn_norm.weight", count: dim), attention: attn,
@@ -76,11 +80,11 @@ enum LlamaFamily {
         }
         let info = ModelInfo(architecture: l.arch, name: l.file["general.name"]?.string ?? l.arch, vocabSize: vocab,
                              contextLength: ctx, layerCount: nLayer,
-                             kvKeyDims: Array(repeating: nKVHead * headDim, count: nLayer),
-                             kvValueDims: Array(repeating: nKVHead * headDimV, count: nLayer))
+                             kvKeyDims: Array(repeating: heads.kv.count * headDim, count: nLayer),
+                             kvValueDims: Array(repeating: heads.kv.count * headDimV, count: nLayer))
         return DecoderModel(info: info, embedding: embedding, embedScale: 1, blocks: blocks,
                             outputNorm: try l.constant("output_norm.weight", count: dim), output: output, normEps: eps,
-                            ropes: [rope], backend: l.backend)
+                            ropes: [rope], backend: l.backend, parallel: l.parallel)
     }
 }
 

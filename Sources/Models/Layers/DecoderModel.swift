@@ -79,6 +79,10 @@ final class DecoderModel: LanguageModel, @unchecked Sendable {
     let normEps: Float
     let finalLogitSoftcap: Float
     let ropes: [RoPE]
+    /// A tensor-parallel shard's rank and the collective that sums the shards' block outputs (nil: the whole
+    /// model). Such a shard runs its steps eagerly (graphs span one backend's stream), and only rank 0 computes
+    /// the logits.
+    let parallel: ParallelRank?
     private(set) var limits: RunLimits
     private var state: RunState
     /// Decode steps captured as graphs (backends that have them), by token-count bucket and KV pool.
@@ -124,7 +128,9 @@ final class DecoderModel: LanguageModel, @unchecked Sendable {
     }
 
     init(info: ModelInfo, embedding: WeightMatrix, embedScale: Float, blocks: [DecoderBlock], outputNorm: Tensor,
-         output: WeightMatrix, normEps: Float, finalLogitSoftcap: Float = 0, ropes: [RoPE], backend: any ComputeBackend) {
+         output: WeightMatrix, normEps: Float, finalLogitSoftcap: Float = 0, ropes: [RoPE], backend: any ComputeBackend,
+         parallel: ParallelRank? = nil) {
+        self.parallel = parallel
         self.info = info
         self.backend = backend
         dim = embedding.cols
@@ -203,11 +209,17 @@ final class DecoderModel: LanguageModel, @unchecked Sendable {
         if let first = blocks.first {
             b.rmsNorm(x, weight: first.attnNorm, out: xn, rows: n, dim: dim, stride: dim, eps: normEps)
         }
+        // A tensor-parallel shard's attention and feed-forward outputs are partial sums: every shard adds the others'.
+        let reduce: (Tensor) -> Void = { [parallel] t in
+            if let parallel { parallel.collective.allReduceSum(t, count: n * self.dim, rank: parallel.shard.index) }
+        }
         for (l, blk) in blocks.enumerated() {
             blk.attention.forward(xn, out: proj, layer: l, ctx: ctx, q: s.q, k: s.k, v: s.v, o: s.o)
+            reduce(proj)
             if let pn = blk.postAttnNorm { b.rmsNorm(proj, weight: pn, out: proj, rows: n, dim: dim, stride: dim, eps: normEps) }
             b.addRMSNorm(proj, into: x, weight: blk.ffnNorm, out: xn, rows: n, dim: dim, eps: normEps)
             blk.mlp.forward(xn, out: proj, ctx: ctx, g: s.gate, u: s.up)
+            reduce(proj)
             if let pn = blk.postFFNNorm { b.rmsNorm(proj, weight: pn, out: proj, rows: n, dim: dim, stride: dim, eps: normEps) }
             if l + 1 < blocks.count {
                 b.addRMSNorm(proj, into: x, weight: blocks[l + 1].attnNorm, out: xn, rows: n, dim: dim, eps: normEps)
@@ -217,6 +229,7 @@ final class DecoderModel: LanguageModel, @unchecked Sendable {
         }
         // What expert executors hold back (deferred experts of the last MoE layer) joins the residual stream.
         for e in expertExecutors { e.flush(accumulateInto: x, n: n) }
+        if let parallel, parallel.shard.index > 0 { return }   // rank 0 has the same residual stream and the logits
 
         // Final norm of the selected rows, gathered into xn, then the output projection.
         b.rmsNormRows(x, indices: s.logitsIndices, count: m, weight: outputNorm, out: xn, dim: dim, eps: normEps)
@@ -237,7 +250,7 @@ final class DecoderModel: LanguageModel, @unchecked Sendable {
     /// every token's logits) whose block tables fit the fixed stride, on a pool with the model's scratch page.
     private func graphBucket(_ batch: ForwardBatch, cache: KVCache) -> Int? {
         let n = batch.count
-        guard backend.capturesGraphs, n > 0, batch.logitsIndices.count == n, cache.pageSize == batch.pageSize,
+        guard backend.capturesGraphs, parallel == nil, n > 0, batch.logitsIndices.count == n, cache.pageSize == batch.pageSize,
               let bucket = bucket(for: n), bucket <= limits.maxTokens, bucket <= limits.maxLogitsRows else { return nil }
         for i in 0..<n where batch.sequenceOfToken[i] != Int32(i) || batch.logitsIndices[i] != Int32(i) { return nil }
         let stride = maxPagesPerSequence(pageSize: batch.pageSize)
