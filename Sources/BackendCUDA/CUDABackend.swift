@@ -14,7 +14,9 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     // NOTE: @unchecked: the ComputeBackend contract (one forward pass at a time; prepare/reserve at load) is what
     // makes the mutable state here safe; `makeCurrent` binds the context on whatever thread calls.
     public let ordinal: Int
-    public var device: Device { .gpu(ordinal) }
+    /// The device this backend is: `cuda:ordinal`, or another number where several backends share one GPU
+    /// (tensor-parallel shards on logical devices: `--devices cuda:0,cuda:0`).
+    public let device: Device
     public let summary: String
     public let gpuName: String
     public let memoryBytes: Int
@@ -177,8 +179,9 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         .q6_K: "q6_K",
     ]
 
-    private init(ordinal: Int, driver: CUDADriver, nvrtc: NVRTC) throws {
+    private init(ordinal: Int, logical: Int? = nil, driver: CUDADriver, nvrtc: NVRTC) throws {
         self.ordinal = ordinal
+        device = .gpu(logical ?? ordinal)
         self.driver = driver
         guard ordinal < (try driver.deviceCount()) else {
             throw CUDAError("cuda:\(ordinal): the driver sees \(try driver.deviceCount()) GPU(s)")
@@ -215,12 +218,14 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         }
         blas = loaded
         gemmSummary = note
-        summary = String(format: "cuda:%d (%@, %.1f GiB, sm_%d%d, %d SMs)", ordinal, p.name, Double(p.bytes) / 1_073_741_824,
+        summary = String(format: "%@ (%@%@, %.1f GiB, sm_%d%d, %d SMs)", device.description,
+                         (logical ?? ordinal) == ordinal ? "" : "GPU \(ordinal): ", p.name, Double(p.bytes) / 1_073_741_824,
                          p.major, p.minor, p.multiprocessors)
     }
 
     /// The backend on GPU `ordinal`, or an error saying what is missing (driver, GPU, NVRTC) or what failed.
-    public static func make(ordinal: Int = 0) throws -> CUDABackend {
+    /// `logical`: the device number it answers to where it is not `ordinal` (several backends on one GPU).
+    public static func make(ordinal: Int = 0, logical: Int? = nil) throws -> CUDABackend {
         let driver: CUDADriver
         switch CUDADriver.load() {
         case .failure(let e): throw CUDAError("CUDA is not usable on this machine: \(e.description)")
@@ -231,7 +236,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         case .failure(let e): throw CUDAError("CUDA is not usable on this machine: \(e.description) (NVRTC compiles the kernels; install the CUDA toolkit's libnvrtc or set CUDA_HOME)")
         case .success(let n): nvrtc = n
         }
-        return try CUDABackend(ordinal: ordinal, driver: driver, nvrtc: nvrtc)
+        return try CUDABackend(ordinal: ordinal, logical: logical, driver: driver, nvrtc: nvrtc)
     }
 
     /// The backend on GPU 0; nil when this machine has no CUDA driver, no GPU or no NVRTC (the conformance suite

@@ -59,6 +59,9 @@ public final class CUDADriver: @unchecked Sendable {
     private let cuEventElapsedTime: @convention(c) (UnsafeMutablePointer<Float>, Handle, Handle) -> Int32
     private let cuEventDestroy: @convention(c) (Handle) -> Int32
     private let cuStreamWaitEvent: @convention(c) (Handle?, Handle, UInt32) -> Int32
+    private let cuMemcpyPeerAsync: (@convention(c) (CUdeviceptr, Handle, CUdeviceptr, Handle, Int, Handle?) -> Int32)?
+    private let cuDeviceCanAccessPeer: (@convention(c) (UnsafeMutablePointer<Int32>, Int32, Int32) -> Int32)?
+    private let cuCtxEnablePeerAccess: (@convention(c) (Handle, UInt32) -> Int32)?
     private let cuFuncSetAttribute: @convention(c) (Handle, Int32, Int32) -> Int32
     private let cuOccupancyMaxActiveBlocksPerMultiprocessor: @convention(c) (UnsafeMutablePointer<Int32>, Handle, Int32, Int) -> Int32
 
@@ -121,6 +124,9 @@ public final class CUDADriver: @unchecked Sendable {
         cuEventElapsedTime = try l.symbol("cuEventElapsedTime", as: type(of: cuEventElapsedTime))
         cuEventDestroy = try l.symbol("cuEventDestroy_v2", as: type(of: cuEventDestroy))
         cuStreamWaitEvent = try l.symbol("cuStreamWaitEvent", as: type(of: cuStreamWaitEvent))
+        cuMemcpyPeerAsync = l.optionalSymbol("cuMemcpyPeerAsync", as: (@convention(c) (CUdeviceptr, Handle, CUdeviceptr, Handle, Int, Handle?) -> Int32).self)
+        cuDeviceCanAccessPeer = l.optionalSymbol("cuDeviceCanAccessPeer", as: (@convention(c) (UnsafeMutablePointer<Int32>, Int32, Int32) -> Int32).self)
+        cuCtxEnablePeerAccess = l.optionalSymbol("cuCtxEnablePeerAccess", as: (@convention(c) (Handle, UInt32) -> Int32).self)
         cuFuncSetAttribute = try l.symbol("cuFuncSetAttribute", as: type(of: cuFuncSetAttribute))
         cuOccupancyMaxActiveBlocksPerMultiprocessor = try l.symbol("cuOccupancyMaxActiveBlocksPerMultiprocessor",
                                                                    as: type(of: cuOccupancyMaxActiveBlocksPerMultiprocessor))
@@ -408,6 +414,25 @@ public final class CUDADriver: @unchecked Sendable {
     }
 
     public func destroyEvent(_ e: Handle) { _ = cuEventDestroy(e) }
+
+    /// Copies `bytes` from `src` in context `srcContext` to `dst` in `dstContext` on `stream` (GPUs of one process:
+    /// straight over the link where peer access is on, through the host otherwise).
+    public func copyPeerAsync(_ dst: CUdeviceptr, _ dstContext: Handle, from src: CUdeviceptr, _ srcContext: Handle, bytes: Int,
+                              stream: Handle?) throws {
+        kernelTail = nil
+        guard let f = cuMemcpyPeerAsync else { throw CUDAError("the driver has no cuMemcpyPeerAsync") }
+        try check(f(dst, dstContext, src, srcContext, bytes, stream), "cuMemcpyPeerAsync")
+    }
+
+    /// Lets the current context read GPU `peer`'s memory directly where the hardware can (NVLink, PCIe P2P); false
+    /// where it cannot (copies between them then go through the host).
+    public func enablePeerAccess(from device: Int, to peer: Int, peerContext: Handle) -> Bool {
+        guard let can = cuDeviceCanAccessPeer, let enable = cuCtxEnablePeerAccess else { return false }
+        var ok: Int32 = 0
+        guard can(&ok, Int32(device), Int32(peer)) == 0, ok != 0 else { return false }
+        let r = enable(peerContext, 0)
+        return r == 0 || r == 704   // CUDA_ERROR_PEER_ACCESS_ALREADY_ENABLED
+    }
 
     /// Blocks of kernel `f` (`threads` each, `sharedBytes` of dynamic shared memory) one multiprocessor holds at once
     /// (registers, shared memory and threads counted): the size of a persistent grid.

@@ -247,6 +247,7 @@ struct Graph { std::vector<Launch> launches; };
 // Pinned host allocations (cuMemAllocHost): only these may be copied to or from inside a capture.
 std::map<uintptr_t, size_t> pinned;
 bool isPinned(const void* p, size_t n) {
+    std::lock_guard<std::recursive_mutex> guard(launchLock);
     uintptr_t a = (uintptr_t)p;
     auto it = pinned.upper_bound(a);
     if (it == pinned.begin()) return false;
@@ -263,13 +264,14 @@ Graph* captureGraph = nullptr;
 struct PendingCopy { void* dst; const void* src; size_t bytes; };
 std::map<void*, std::vector<PendingCopy>> pendingCopies;  // by stream (nullptr: the legacy stream)
 void flushStream(void* s) {
+    std::lock_guard<std::recursive_mutex> guard(launchLock);  // tensor-parallel shards drive their streams from threads of their own
     auto it = pendingCopies.find(s);
     if (it == pendingCopies.end()) return;
     std::vector<PendingCopy> ops;
     ops.swap(it->second);
     for (auto& c : ops) memcpy(c.dst, c.src, c.bytes);
 }
-void flushAll() { for (auto& kv : pendingCopies) flushStream(kv.first); }
+void flushAll() { std::lock_guard<std::recursive_mutex> guard(launchLock); for (auto& kv : pendingCopies) flushStream(kv.first); }
 struct Event { double time = 0; void* stream = nullptr; };
 
 static float emuElement(const void* p, int type, size_t i) {
@@ -340,10 +342,11 @@ int cuMemFree_v2(uint64_t p) { free((void*)(uintptr_t)p); return 0; }
 int cuMemAllocHost_v2(void** p, size_t bytes) {
     *p = aligned_alloc(256, (bytes + 255) / 256 * 256);
     if (!*p) return 2;
+    std::lock_guard<std::recursive_mutex> guard(launchLock);
     pinned[(uintptr_t)*p] = bytes;
     return 0;
 }
-int cuMemFreeHost(void* p) { flushAll(); pinned.erase((uintptr_t)p); free(p); return 0; }
+int cuMemFreeHost(void* p) { std::lock_guard<std::recursive_mutex> guard(launchLock); flushAll(); pinned.erase((uintptr_t)p); free(p); return 0; }
 int cuMemcpyHtoD_v2(uint64_t d, const void* s, size_t n) { flushAll(); memcpy((void*)(uintptr_t)d, s, n); return 0; }
 int cuMemcpyDtoH_v2(void* d, uint64_t s, size_t n) { flushAll(); memcpy(d, (void*)(uintptr_t)s, n); return 0; }
 // Inside a capture, a copy from or to pageable host memory is refused (CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED);
@@ -361,6 +364,7 @@ static int captureCopy(void* d, const void* s, size_t n, const void* host) {
 int cuMemcpyHtoDAsync_v2(uint64_t d, const void* s, size_t n, void* stream) {
     if (capturing) return captureCopy((void*)(uintptr_t)d, s, n, s);
     flushStream(stream);
+    std::lock_guard<std::recursive_mutex> guard(launchLock);
     if (isPinned(s, n)) { pendingCopies[stream].push_back({(void*)(uintptr_t)d, s, n}); return 0; }
     memcpy((void*)(uintptr_t)d, s, n);
     return 0;
@@ -384,7 +388,7 @@ int cuMemsetD32Async(uint64_t d, unsigned v, size_t n, void* stream) {
 }
 int cuMemsetD32_v2(uint64_t d, unsigned v, size_t n) { return cuMemsetD32Async(d, v, n, nullptr); }
 int cuStreamCreate(void** s, unsigned) { *s = new int(0); return 0; }
-int cuStreamDestroy_v2(void* s) { flushStream(s); pendingCopies.erase(s); delete (int*)s; return 0; }
+int cuStreamDestroy_v2(void* s) { std::lock_guard<std::recursive_mutex> guard(launchLock); flushStream(s); pendingCopies.erase(s); delete (int*)s; return 0; }
 int cuStreamSynchronize(void* s) {  // CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED inside a capture
     if (capturing) return 900;
     flushStream(s);

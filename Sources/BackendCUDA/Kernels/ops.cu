@@ -192,6 +192,19 @@ extern "C" __global__ void add_into(const float* x, float* y, i64 count) { KT_PD
     for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < count; i += (i64)gridDim.x * blockDim.x) y[i] += x[i];
 }
 
+// Tensor parallelism's all-reduce on one rank: x[i] = a0[i] + a1[i] + ... + a(n-1)[i], the ranks' partial sums in
+// rank order (one of them is x itself, read before it is written), so every rank gets the same bits.
+extern "C" __global__ void sum_ranks(float* x, const float* a0, const float* a1, const float* a2, const float* a3,
+                                     const float* a4, const float* a5, const float* a6, const float* a7, int n, i64 count) {
+    KT_PDL_WAIT();
+    const float* a[8] = {a0, a1, a2, a3, a4, a5, a6, a7};
+    for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < count; i += (i64)gridDim.x * blockDim.x) {
+        float s = a[0][i];
+        for (int r = 1; r < n; r++) s += a[r][i];
+        x[i] = s;
+    }
+}
+
 extern "C" __global__ void fill(float* x, i64 count, float value) { KT_PDL_WAIT();
     for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < count; i += (i64)gridDim.x * blockDim.x) x[i] = value;
 }
