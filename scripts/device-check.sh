@@ -10,6 +10,8 @@
 # There:  bash scripts/device-check.sh [stage ...]    # results under $OUT (or ./device-out); BIN=path overrides the binary
 #
 # Stages (all by default): probe, conformance, tiny, gemma, bench, baseline, hybrid; and, not in the default set,
+# `tp` (tensor parallelism over logical devices of GPU 0: tiny references, batched = solo, the default model, NCCL's
+# probe, Llama-3-8B-shaped speed against one device; TP_PP / TP_TG size the bench),
 # `patterns` (scripts/microbench/matvec-patterns.cu: the batch-1 matvec's read bandwidth by access pattern), `ncu` (every kernel of a decode step timed alone by Nsight Compute: the step's kernel sum against its wall time
 # with graphs, issue 12's item 5; NCU_BATCH (batch sizes, e.g. "1 32"), NCU_STEPS, NCU_MODELS (presets, default llama3-8b;
 # others run all on the GPU); into $OUT/ncu-step[-<preset>][-b<N>].md;
@@ -251,6 +253,30 @@ serve_clients() {
   done
   kill $spid 2>/dev/null; wait $spid 2>/dev/null
 }
+
+if has tp; then
+  # Issue 18 on one GPU: tensor parallelism over logical devices of GPU 0 (each shard a backend, stream and thread of
+  # its own, summing through device copies): the dense tiny models over 2 and 4 shards against their references,
+  # batched = solo, the default model teacher-forced, NCCL's probe, and the cost of the split against one device.
+  say "## tensor parallelism on logical devices of one GPU, $(date -u +%FT%TZ)"
+  "$bin" devices 2>>"$log" | grep nccl | tee -a "$summary"
+  for devs in cuda:0,cuda:0 cuda:0,cuda:0,cuda:0,cuda:0; do
+    python3 scripts/check-tiny-models.py "$bin" --device cuda --dense-only -- --devices $devs >>"$summary" 2>&1 || status=1
+  done
+  python3 scripts/check-batched.py "$bin" --device cuda --server-args="--devices cuda:0,cuda:0 --batch-invariant" \
+    ${SMOKE:+--clients 2 --tokens 3} >>"$summary" 2>&1 || status=1
+  model=${GEMMA_MODEL:-.baseline/gemma-3-270m-q4_k_m.gguf}
+  [ -f "$model" ] || [ ! -f /tmp/kt-parts/gemma-3-270m-q4_k_m.gguf ] || model=/tmp/kt-parts/gemma-3-270m-q4_k_m.gguf
+  if [ -f "$model" ]; then
+    r=$("$bin" logits --model "$model" --devices cuda:0,cuda:0 --reference Tests/EndToEndTests/Fixtures/ref_f64.jsonl 2>>"$log")
+    say "default model teacher-forced over cuda:0,cuda:0: $r"
+  fi
+  m=/tmp/llama3-8b$sfx.gguf
+  make_model llama3-8b $m
+  for flags in "--device cuda" "--device cuda --no-cuda-graphs" "--devices cuda:0,cuda:0"; do
+    "$bin" bench --model $m $flags -p ${TP_PP:-512} -n ${TP_TG:-64} -r 2 2>>"$log" | tail -2 | sed "s/\$/ ($flags)/" | tee -a "$summary"
+  done
+fi
 
 if has serve; then
   # Issue 12, acceptance 4: serving on the GPU, 1, 8 and 32 concurrent streaming clients (bench serve), greedy.

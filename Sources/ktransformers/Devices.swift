@@ -78,6 +78,7 @@ struct Devices: ParsableCommand {
             if let c = r.compileSeconds { s += String(format: "test kernel compiled in %.2f s\n", c) }
             if let k = r.kernelCheck { s += "test kernel: \(k)\n" }
             if let p = r.problem { s += "cuda: not usable: \(p)\n" }
+            if r.problem == nil, !r.devices.isEmpty { s += "nccl: \(NCCLCollective.probe())\n" }
             Output.out(s)
         }
         if requireCUDA, let p = r.problem { throw CLIError("CUDA is not usable here: \(p)") }

@@ -62,6 +62,9 @@ struct LoadOptions {
     /// Builds the model of an opened source; `onProgress` hears the share of weights prepared (0...1).
     func load(source file: any TensorSource, onProgress: (@Sendable (Double) -> Void)? = nil) throws -> LoadedModel {
         let main = try mainDevice()
+        if let shards = try placement.shardDevices(main: main) {
+            return try loadTensorParallel(source: file, devices: shards, onProgress: onProgress)
+        }
         let cpu = CPUBackend(threads: threads ?? CPUInfo.physicalCores)
         var backends: [Device: any ComputeBackend] = [.cpu: cpu]
         var gpu: CUDABackend?
@@ -205,8 +208,10 @@ struct LoadedModel {
     let backend: any ComputeBackend
     /// The CPU backend (its thread pool), always there.
     let cpu: CPUBackend
-    /// The GPU backend when the main device is a GPU.
+    /// The GPU backend when the main device is a GPU (a tensor-parallel model's: shard 0's).
     let gpu: CUDABackend?
+    /// A tensor-parallel model's GPU backends, one per shard (empty otherwise).
+    var gpus: [CUDABackend] = []
     let model: LanguageModel
     let tokenizer: Tokenizer?
     let contextLength: Int

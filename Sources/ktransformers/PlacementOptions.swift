@@ -19,13 +19,23 @@ struct PlacementOptions: ParsableArguments {
     @Option(name: .customLong("defer-experts"), help: "Hybrid MoE (--device cuda, experts on the CPU): run each token's N lowest-scored routed experts of a layer while the GPU goes on to the next layer, their sum joining one layer late (KTransformers' expert deferral; changes the outputs slightly). 0: none.")
     var deferExperts = 0
 
+    @Option(name: .long, help: "Split the model by tensor parallelism over these devices, one shard each, in this order (comma-separated: cuda:0,cuda:1,...). Naming one GPU twice makes logical devices on it (a test of the multi-GPU path on one GPU); cpu entries split it over CPU backends (tests). Dense models (Llama, Qwen2/3, Gemma 3).")
+    var devices: String?
+
+    @Option(name: .customLong("tensor-parallel"), help: "Split the model by tensor parallelism over N GPUs (attention heads and feed-forward columns; one all-reduce after each attention and feed-forward): GPUs --device's number onwards, or those --devices names (then N must equal their count). Default 1: no split.")
+    var tensorParallel: Int?
+
     func validate() throws {
+        if let n = tensorParallel, n < 1 || n > 8 { throw ValidationError("--tensor-parallel must be between 1 and 8") }
         if deferExperts < 0 { throw ValidationError("--defer-experts must be 0 or more") }
         if let n = nCpuMoE, n < 0 { throw ValidationError("--n-cpu-moe must be 0 or more") }
         if cpuMoE && nCpuMoE != nil { throw ValidationError("--cpu-moe and --n-cpu-moe cannot be combined") }
     }
 
-    var spec: PlacementSpec { PlacementSpec(rules: placement, cpuMoE: cpuMoE, nCpuMoE: nCpuMoE, deferExperts: deferExperts) }
+    var spec: PlacementSpec {
+        PlacementSpec(rules: placement, cpuMoE: cpuMoE, nCpuMoE: nCpuMoE, deferExperts: deferExperts, devices: devices,
+                      tensorParallel: tensorParallel)
+    }
 }
 
 /// The placement flags as `LoadOptions` keeps them; `rules(main:file:)` turns them into a `Placement`.
@@ -34,6 +44,36 @@ struct PlacementSpec {
     var cpuMoE = false
     var nCpuMoE: Int?
     var deferExperts = 0
+    /// `--devices`, `--tensor-parallel`.
+    var devices: String?
+    var tensorParallel: Int?
+
+    /// The devices of a tensor-parallel load's shards, in rank order; nil without tensor parallelism (one device).
+    func shardDevices(main: Device) throws -> [Device]? {
+        var list: [Device]?
+        if let devices {
+            list = try devices.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }.map {
+                guard let d = Device(name: $0) else { throw CLIError("--devices: unknown device '\($0)' (cpu, cuda, cuda:N)") }
+                return d
+            }
+            if list!.isEmpty { throw CLIError("--devices: no device named") }
+            if let n = tensorParallel, n != list!.count {
+                throw CLIError("--tensor-parallel \(n) but --devices names \(list!.count) device(s): give one shard per device")
+            }
+        } else if let n = tensorParallel, n > 1 {
+            guard case .gpu(let first) = main else {
+                throw CLIError("--tensor-parallel \(n) splits the model over GPUs: add --device cuda (GPUs 0..<\(n)), or name the devices with --devices")
+            }
+            list = (first ..< first + n).map { .gpu($0) }
+        }
+        guard let list, list.count > 1 else { return nil }
+        if rules != nil || cpuMoE || nCpuMoE != nil || deferExperts > 0 {
+            throw CLIError("--placement, --cpu-moe, --n-cpu-moe and --defer-experts do not combine with tensor parallelism (--devices / --tensor-parallel) yet: every shard keeps its part of every layer")
+        }
+        let kinds = Set(list.map { $0 == .cpu })
+        guard kinds.count == 1 else { throw CLIError("--devices \(devices ?? ""): the shards must all be GPUs (or all CPUs, for tests)") }
+        return list
+    }
 
     /// The layers whose routed experts the file holds, ascending.
     static func moeLayers(_ file: any TensorSource) -> [Int] {

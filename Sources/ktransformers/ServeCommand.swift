@@ -271,20 +271,25 @@ struct Serve: ParsableCommand {
         var engineSettings = engineConfig(modelContext: loaded.model.info.contextLength)
         if let gpu = loaded.gpu {
             // The KV cache lives in GPU memory: size it by --gpu-memory-fraction, or check that --kv-cache-tokens fits.
+            // A tensor-parallel model keeps a pool per shard: a GPU holding several shards (logical devices) holds
+            // each one's, and the GPU with the least room per token decides.
             let info = loaded.model.info
-            let bytesPerToken = max(1, zip(info.kvKeyDims, info.kvValueDims).reduce(0) { $0 + ($1.0 + $1.1) * 4 })
-            let free = gpu.memoryInfo().free
+            let shardBytes = max(1, zip(info.kvKeyDims, info.kvValueDims).reduce(0) { $0 + ($1.0 + $1.1) * 4 })
+            let byGPU = Dictionary(grouping: loaded.gpus.isEmpty ? [gpu] : loaded.gpus, by: \.ordinal)
+            let tightest = byGPU.values.map { (gpu: $0[0], free: $0[0].memoryInfo().free, bytes: shardBytes * $0.count) }
+                .min { $0.free / $0.bytes < $1.free / $1.bytes }!
+            let free = tightest.free, bytesPerToken = tightest.bytes
             let gib = { (b: Int) in String(format: "%.2f GiB", Double(b) / 1_073_741_824) }
             if let f = gpuMemoryFraction {
                 let tokens = Int(Double(free) * f) / bytesPerToken / engineSettings.pageSize * engineSettings.pageSize
                 guard tokens >= engineSettings.pageSize else {
-                    throw CLIError("--gpu-memory-fraction \(f): \(gib(free)) free on \(gpu.device) after the weights hold no KV page (\(bytesPerToken) bytes per token)")
+                    throw CLIError("--gpu-memory-fraction \(f): \(gib(free)) free on \(tightest.gpu.device) after the weights hold no KV page (\(bytesPerToken) bytes per token)")
                 }
                 engineSettings.kvCacheTokens = tokens
             } else if engineSettings.kvCacheTokens * bytesPerToken > Int(Double(free) * 0.95) {
-                throw CLIError("--kv-cache-tokens \(engineSettings.kvCacheTokens) needs \(gib(engineSettings.kvCacheTokens * bytesPerToken)) of KV cache on \(gpu.device), but \(gib(free)) are free after the weights: lower --kv-cache-tokens, or use --gpu-memory-fraction")
+                throw CLIError("--kv-cache-tokens \(engineSettings.kvCacheTokens) needs \(gib(engineSettings.kvCacheTokens * bytesPerToken)) of KV cache on \(tightest.gpu.device), but \(gib(free)) are free after the weights: lower --kv-cache-tokens, or use --gpu-memory-fraction")
             }
-            Output.err("KV cache on \(gpu.device): \(engineSettings.kvCacheTokens) tokens, \(gib(engineSettings.kvCacheTokens * bytesPerToken))\n")
+            Output.err("KV cache on \(byGPU.count > 1 || loaded.gpus.count > 1 ? "each shard's GPU" : gpu.device.description): \(engineSettings.kvCacheTokens) tokens, \(gib(engineSettings.kvCacheTokens * bytesPerToken))\(loaded.gpus.count > 1 ? " on the fullest GPU" : "")\n")
         }
         let engine = try Engine(model: loaded.model, config: engineSettings)
         let server = OpenAIServer(engine: engine, tokenizer: tokenizer, chatTemplate: template, config: config)
