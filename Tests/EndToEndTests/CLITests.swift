@@ -238,6 +238,31 @@ final class CLITests: XCTestCase {
         XCTAssertTrue(r.stderr.contains("generation: 8 tokens"), r.stderr)
     }
 
+    /// `--devices cpu,cpu` splits the default model over two tensor-parallel shards: the same greedy text as one
+    /// device (up to the reference's first near-tie: the split adds in another order), the split said in the log;
+    /// what cannot be split or combined is refused with the reason.
+    func testTensorParallelFlags() throws {
+        // ref_f64.jsonl's first near-tie (top-1/top-2 gap < 0.5) on this prompt is at step 8.
+        let args = ["generate", "--prompt", "Water boils at", "-n", "8", "--temperature", "0"]
+        let one = try run(args + ["--threads", "2"])
+        let two = try run(args + ["--threads", "2", "--devices", "cpu,cpu"])
+        XCTAssertEqual(one.status, 0, one.stderr)
+        XCTAssertEqual(two.status, 0, two.stderr)
+        XCTAssertEqual(two.stdout, one.stdout)
+        XCTAssertTrue(two.stderr.contains("tensor parallel over 2 shards"), two.stderr)
+        XCTAssertTrue(two.stderr.contains("all-reduce after each attention and feed-forward: host memory"), two.stderr)
+        assertCleanFailure(try run(["logits", "--tokens", "1", "--tensor-parallel", "2"]),
+                           contains: "--tensor-parallel 2 splits the model over GPUs: add --device cuda")
+        assertCleanFailure(try run(["logits", "--tokens", "1", "--devices", "cpu,cpu,cpu"]),
+                           contains: "4 attention heads cannot be split over 3 tensor-parallel shards")
+        assertCleanFailure(try run(["logits", "--tokens", "1", "--devices", "cpu,cpu", "--tensor-parallel", "4"]),
+                           contains: "--tensor-parallel 4 but --devices names 2 device(s)")
+        assertCleanFailure(try run(["logits", "--tokens", "1", "--devices", "cpu,cpu", "--cpu-moe"]),
+                           contains: "do not combine with tensor parallelism")
+        assertCleanFailure(try run(["logits", "--tokens", "1", "--devices", "cpu,tpu"]), contains: "--devices: unknown device 'tpu'")
+        assertCleanFailure(try run(["logits", "--tokens", "1", "--devices", "cpu,cuda"]), contains: "the shards must all be GPUs")
+    }
+
     func testLogitsTopKIsValidJSONWithOneRowPerToken() throws {
         let r = try run(["logits", "--tokens", "2 4754 17797 3409 563 16273 1547", "--top", "5"])
         XCTAssertEqual(r.status, 0, r.stderr)

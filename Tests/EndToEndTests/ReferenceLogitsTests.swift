@@ -1,5 +1,7 @@
+import Backend
 import Engine
 import Foundation
+import GGUF
 import Models
 import XCTest
 
@@ -9,14 +11,26 @@ import XCTest
 final class ReferenceLogitsTests: XCTestCase {
     /// Mean and max absolute log-probability difference, and argmax agreement where the reference is decisive.
     func testTeacherForcedLogprobsMatchFloat64Reference() throws {
-        let m = try DefaultModelFixture.get()
+        try checkTeacherForced(try DefaultModelFixture.get().model, "")
+    }
+
+    /// The same over two tensor-parallel CPU shards (each 2 of the 4 query heads; the one K/V head shared), within
+    /// the same bounds: the split changes only the summation order of the attention output and down projections.
+    func testTensorParallelShardsMatchFloat64Reference() throws {
+        let backends = [CPUBackend(threads: 1), CPUBackend(threads: 1)]
+        let model = try ModelRegistry.loadTensorParallel(try GGUFFile(path: DefaultModel.path), backends: backends,
+                                                         collective: HostCollective(ranks: 2))
+        try checkTeacherForced(model, " over 2 tensor-parallel shards")
+    }
+
+    func checkTeacherForced(_ model: LanguageModel, _ what: String, file: StaticString = #filePath, line: UInt = #line) throws {
         let cases = try ReferenceCase.load()
         XCTAssertEqual(cases.count, 10)
-        let vocab = m.model.info.vocabSize
+        let vocab = model.info.vocabSize
         var sum = 0.0, count = 0, worst = 0.0, decisive = 0, argmaxAgree = 0
         for c in cases {
             let tokens = c.promptIDs + c.genIDs
-            let gen = try Generator(model: m.model, contextLength: tokens.count)
+            let gen = try Generator(model: model, contextLength: tokens.count)
             let (logits, rows) = try gen.forward(tokens, start: 0, logits: .all)
             XCTAssertEqual(rows, tokens.count)
             for (i, step) in c.steps.enumerated() {
@@ -35,12 +49,13 @@ final class ReferenceLogitsTests: XCTestCase {
             }
         }
         let mean = sum / Double(count)
-        print(String(format: "teacher-forced vs float64: mean |Δlogprob| %.6f, max %.6f over %d entries; argmax agrees at %d/%d decisive steps",
-                     mean, worst, count, argmaxAgree, decisive))
-        XCTAssertEqual(count, 10 * 64 * 5)
-        XCTAssertLessThanOrEqual(mean, 0.12, "mean |Δlogprob| vs float64 (llama.cpp: 0.104)")
-        XCTAssertLessThanOrEqual(worst, 1.2, "max |Δlogprob| vs float64 (llama.cpp: 0.97)")
-        XCTAssertEqual(argmaxAgree, decisive, "argmax must equal the reference wherever its top-1/top-2 gap >= 0.5")
+        print(String(format: "teacher-forced vs float64%@: mean |Δlogprob| %.6f, max %.6f over %d entries; argmax agrees at %d/%d decisive steps",
+                     what, mean, worst, count, argmaxAgree, decisive))
+        XCTAssertEqual(count, 10 * 64 * 5, file: file, line: line)
+        XCTAssertLessThanOrEqual(mean, 0.12, "mean |Δlogprob| vs float64\(what) (llama.cpp: 0.104)", file: file, line: line)
+        XCTAssertLessThanOrEqual(worst, 1.2, "max |Δlogprob| vs float64\(what) (llama.cpp: 0.97)", file: file, line: line)
+        XCTAssertEqual(argmaxAgree, decisive, "argmax must equal the reference wherever its top-1/top-2 gap >= 0.5\(what)",
+                       file: file, line: line)
     }
 
     /// Free-running greedy decoding equals the reference continuation up to the first near-tie (gap < 0.5).
