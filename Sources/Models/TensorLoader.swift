@@ -163,6 +163,34 @@ public struct TensorLoader {
         return try prepareStack(WeightRef(name: name, type: t.type, shape: t.shape, data: file.data(of: t), owner: file))
     }
 
+    /// `count` stacked `[rows, cols]` matrices keeping, of each, the rows `keepRows` (a tensor-parallel shard's part
+    /// of every expert's width) or the columns `keepCols` (on the type's block boundaries), copied out at load.
+    public func stack(_ name: String, count: Int, rows: Int, cols: Int, keepRows: Range<Int>? = nil,
+                      keepCols: Range<Int>? = nil) throws -> WeightStack {
+        let r = keepRows ?? 0..<rows, c = keepCols ?? 0..<cols
+        guard r != 0..<rows || c != 0..<cols else { return try stack(name, count: count, rows: rows, cols: cols) }
+        let t = try info(name)
+        guard t.shape == [cols, rows, count] else {
+            throw ModelError("\(file.path): tensor '\(name)' has shape \(t.shape), expected [\(cols), \(rows), \(count)]")
+        }
+        guard r.lowerBound >= 0, r.upperBound <= rows, c.lowerBound >= 0, c.upperBound <= cols,
+              let rowBytes = t.type.byteCount(elements: cols), let skip = t.type.byteCount(elements: c.lowerBound),
+              let keep = t.type.byteCount(elements: c.count) else {
+            throw ModelError("\(file.path): tensor '\(name)' (\(t.type)): columns \(c) of \(cols) do not fall on its blocks, so tensor parallelism cannot split it there (use fewer shards)")
+        }
+        let copy = SliceBuffer(bytes: keep * r.count * count)
+        let src = file.data(of: t)
+        var dst = copy.pointer
+        for e in 0..<count {
+            for row in r {
+                dst.copyMemory(from: src + (e * rows + row) * rowBytes + skip, byteCount: keep)
+                dst += keep
+            }
+        }
+        return try prepareStack(WeightRef(name: name, type: t.type, shape: [c.count, r.count, count],
+                                          data: UnsafeRawPointer(copy.pointer), owner: copy))
+    }
+
     /// A weight made at load (not a tensor of the file as it is), prepared by the backend of its name's device.
     func prepare(_ ref: WeightRef) throws -> WeightMatrix {
         defer { progress?.add(ref.byteCount ?? 0) }

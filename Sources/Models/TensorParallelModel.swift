@@ -32,12 +32,17 @@ extension Range where Bound == Int {
 }
 
 extension TensorLoader {
-    /// This shard's part of a feed-forward width `ff` (all of it without tensor parallelism).
-    func feedForwardPart(_ ff: Int) throws -> Range<Int> {
-        guard ff % shard.count == 0 else {
-            throw ModelError("\(file.path): feed-forward width \(ff) cannot be split over \(shard.count) tensor-parallel shards")
+    /// This shard's part of a feed-forward width `ff` (all of it without tensor parallelism), in whole blocks of the
+    /// type of `down` (the matrix whose columns it splits: 256 for K-quants), as equal as those blocks allow: a
+    /// Qwen3-30B-A3B expert's 768 columns are 3 Q4_K blocks, 512 + 256 over 2 shards.
+    func feedForwardPart(_ ff: Int, down: String) throws -> Range<Int> {
+        guard shard.count > 1 else { return 0..<ff }
+        let unit = file.tensor(named: down)?.type.blockSize ?? 1
+        guard ff % unit == 0, ff / unit >= shard.count else {
+            throw ModelError("\(file.path): feed-forward width \(ff) (tensor '\(down)', blocks of \(unit)) cannot be split over \(shard.count) tensor-parallel shards (use fewer shards)")
         }
-        return shard.part(of: ff)
+        let blocks = ff / unit, i = shard.index, n = shard.count
+        return (i * blocks / n) * unit ..< ((i + 1) * blocks / n) * unit
     }
 
     /// Refuses tensor parallelism for a part of a model it does not split yet (`what`: "MoE layers").

@@ -19,7 +19,7 @@ struct PlacementOptions: ParsableArguments {
     @Option(name: .customLong("defer-experts"), help: "Hybrid MoE (--device cuda, experts on the CPU): run each token's N lowest-scored routed experts of a layer while the GPU goes on to the next layer, their sum joining one layer late (KTransformers' expert deferral; changes the outputs slightly). 0: none.")
     var deferExperts = 0
 
-    @Option(name: .long, help: "Split the model by tensor parallelism over these devices, one shard each, in this order (comma-separated: cuda:0,cuda:1,...). Naming one GPU twice makes logical devices on it (a test of the multi-GPU path on one GPU); cpu entries split it over CPU backends (tests). Dense models (Llama, Qwen2/3, Gemma 3).")
+    @Option(name: .long, help: "Split the model by tensor parallelism over these devices, one shard each, in this order (comma-separated: cuda:0,cuda:1,...). Naming one GPU twice makes logical devices on it (a test of the multi-GPU path on one GPU); cpu entries split it over CPU backends (tests). Llama, Qwen2/3, Gemma 3, and MoE models without MLA (each expert's width split).")
     var devices: String?
 
     @Option(name: .customLong("tensor-parallel"), help: "Split the model by tensor parallelism over N GPUs (attention heads and feed-forward columns; one all-reduce after each attention and feed-forward): GPUs --device's number onwards, or those --devices names (then N must equal their count). Default 1: no split.")

@@ -6,14 +6,16 @@ import Models
 import XCTest
 
 /// Tensor parallelism (`ModelRegistry.loadTensorParallel`) on CPU backends, one per shard, summing through host
-/// memory: every dense tiny architecture split over 2 shards (K/V heads split) and 4 shards (the 2 K/V heads
-/// shared by the shards of their query heads) against its float64 reference at GoldenLogitsTests' tolerance and
+/// memory: every tiny architecture but MLA split over 2 shards (K/V heads split) and 4 shards (the 2 K/V heads
+/// shared by the shards of their query heads; each expert's width split in the MoE ones) against its float64 reference at GoldenLogitsTests' tolerance and
 /// against the unsplit model; one pass = chunked = token by token and a batch of two = each alone, bit for bit;
 /// and the models or shard counts it cannot split refused with an error that says why. CUDATensorParallelTests
 /// runs the same on two logical GPUs.
 class TensorParallelTests: XCTestCase {
-    /// The dense fixtures: f32, f16 and Q8_0 variants of each dense architecture.
-    static let dense = ["llama", "llama-q8_0", "qwen2", "qwen2-f16", "qwen3", "qwen3-q8_0", "gemma3", "gemma3-f16"]
+    /// The fixtures tensor parallelism splits: f32, f16 and Q8_0 variants of each dense architecture, and the MoE
+    /// ones whose attention is not MLA (each expert's width split, the router whole).
+    static let splittable = ["llama", "llama-q8_0", "qwen2", "qwen2-f16", "qwen3", "qwen3-q8_0", "gemma3", "gemma3-f16",
+                             "mixtral", "qwen2moe", "qwen3moe"]
 
     /// The backends of `shards` shards (each CPU backend its own one-thread pool: the shards run concurrently).
     class func makeBackends(_ shards: Int) throws -> [any ComputeBackend] {
@@ -30,9 +32,9 @@ class TensorParallelTests: XCTestCase {
                                                     collective: try Self.makeCollective(backends))
     }
 
-    func testDenseArchitecturesSplitOverShardsMatchTheReference() throws {
+    func testArchitecturesSplitOverShardsMatchTheReference() throws {
         for shards in [2, 4] {
-            for name in Self.dense {
+            for name in Self.splittable {
                 let model = try loadParallel(name, shards: shards)
                 let whole = try TinyModels.load(name)
                 let ref = try TinyModels.reference(name)
@@ -64,7 +66,7 @@ class TensorParallelTests: XCTestCase {
     /// The engine's equivalences hold across shards too: every shard sums the partial outputs in rank order, so a
     /// row's bits do not depend on how the step was cut or what it was batched with.
     func testChunkedTokenByTokenAndBatchedEqualOnePass() throws {
-        for name in ["llama", "qwen2", "gemma3"] {
+        for name in ["llama", "qwen2", "gemma3", "qwen2moe"] {
             let model = try loadParallel(name, shards: 2)
             let tokens = try TinyModels.reference(name).tokens
             let vocab = model.info.vocabSize, n = tokens.count
@@ -103,10 +105,14 @@ class TensorParallelTests: XCTestCase {
     /// What tensor parallelism does not split yet, and shard counts that do not divide the heads, are refused at
     /// load with the reason; a bad token is refused by every shard alike (no shard is left waiting for the others).
     func testWhatCannotBeSplitIsRefusedWithTheReason() throws {
-        for name in ["mixtral", "qwen3moe", "deepseek2"] {
+        for name in ["deepseek2", "deepseek2-v3"] {
             XCTAssertThrowsError(try loadParallel(name, shards: 2), name) { e in
-                XCTAssertTrue("\(e)".contains("tensor parallelism does not split"), "\(name): \(e)")
+                XCTAssertTrue("\(e)".contains("tensor parallelism does not split MLA attention"), "\(name): \(e)")
             }
+        }
+        // The Q8_0 experts' down projection has 32 columns: one block, which 2 shards cannot share.
+        XCTAssertThrowsError(try loadParallel("qwen3moe-q8_0", shards: 2)) { e in
+            XCTAssertTrue("\(e)".contains("feed-forward width 32 (tensor 'blk.0.ffn_down_exps.weight', blocks of 32) cannot be split over 2"), "\(e)")
         }
         XCTAssertThrowsError(try loadParallel("llama", shards: 3)) { e in
             XCTAssertTrue("\(e)".contains("4 attention heads cannot be split over 3"), "\(e)")

@@ -18,7 +18,7 @@ import Quant
 /// `(1 + 0.1 · mscale_all_dim · ln factor)²` (GGUF `rope.scaling.yarn_log_multiplier` = 0.1 · mscale_all_dim).
 enum DeepSeek2 {
     static func load(_ l: TensorLoader) throws -> LanguageModel {
-        try l.requireWholeModel("MLA attention and MoE layers (DeepSeek)")
+        try l.requireWholeModel("MLA attention (DeepSeek)")
         let dim = try l.count("embedding_length")
         // block_count may include multi-token-prediction layers after the trunk (nextn_predict_layers, as
         // llama.cpp's n_layer_all - n_layer_nextn); they are not run here.

@@ -30,9 +30,8 @@ enum Gemma3 {
         let embedding = try l.matrix("token_embd.weight", rows: l.file.tensor(named: "token_embd.weight")?.shape.last ?? 0, cols: dim)
         let vocab = embedding.rows
         let output = try l.optionalMatrix("output.weight", rows: vocab, cols: dim) ?? embedding
-        // A tensor-parallel shard's heads and feed-forward columns (all of them without tensor parallelism).
+        // A tensor-parallel shard's heads (all of them without tensor parallelism); its feed-forward columns below.
         let heads = try HeadSplit(nHead: nHead, nKVHead: nKVHead, shard: l.shard, path: l.file.path)
-        let ffPart = try l.feedForwardPart(ff)
         var blocks: [DecoderBlock] = []
         for i in 0..<nLayer {
             let p = "blk.\(i)."
@@ -48,6 +47,7 @@ enum Gemma3 {
                 qNorm: try l.constant(p + "attn_q_norm.weight", count: headDim),
                 kNorm: try l.constant(p + "attn_k_norm.weight", count: headDim),
                 normEps: eps, params: params, ropeIndex: isGlobal ? 1 : 0)
+            let ffPart = try l.feedForwardPart(ff, down: p + "ffn_down.weight")
             let mlp = GatedMLP(gate: try l.matrix(p + "ffn_gate.weight", rows: ff, cols: dim, keepRows: ffPart),
                                up: try l.matrix(p + "ffn_up.weight", rows: ff, cols: dim, keepRows: ffPart),
                                down: try l.matrix(p + "ffn_down.weight", rows: dim, cols: ff, keepCols: ffPart),

@@ -45,10 +45,8 @@ enum LlamaFamily {
         let vocab = embedding.rows
         let output = try l.optionalMatrix("output.weight", rows: vocab, cols: dim) ?? embedding
         let moe = nExpert > 0 ? try moeOptions(l, variant: v, nExpert: nExpert, dim: dim, ff: ff) : nil
-        if moe != nil { try l.requireWholeModel("MoE layers") }
-        // A tensor-parallel shard's heads and feed-forward columns (all of them without tensor parallelism).
+        // A tensor-parallel shard's heads (all of them without tensor parallelism); its feed-forward columns below.
         let heads = try HeadSplit(nHead: nHead, nKVHead: nKVHead, shard: l.shard, path: l.file.path)
-        let ffPart = moe == nil ? try l.feedForwardPart(ff) : 0..<ff
         var blocks: [DecoderBlock] = []
         for i in 0..<nLayer {
             let p = "blk.\(i)."
@@ -69,6 +67,7 @@ enum LlamaFamily {
             if let moe {
                 mlp = try MoEFeedForward.load(l, layer: i, dim: dim, nExpert: nExpert, ff: moe.ff, options: moe.options)
             } else {
+                let ffPart = try l.feedForwardPart(ff, down: p + "ffn_down.weight")
                 mlp = GatedMLP(gate: try l.matrix(p + "ffn_gate.weight", rows: ff, cols: dim, keepRows: ffPart),
                                up: try l.matrix(p + "ffn_up.weight", rows: ff, cols: dim, keepRows: ffPart),
                                down: try l.matrix(p + "ffn_down.weight", rows: dim, cols: ff, keepCols: ffPart),

@@ -66,16 +66,21 @@ extension MoEFeedForward {
               routing.groupsUsed * (nExpert / routing.groups) >= routing.topK else {
             throw ModelError("\(l.file.path): expert groups \(routing.groups) (used \(routing.groupsUsed)) do not fit \(nExpert) experts, top-\(routing.topK)")
         }
+        // A tensor-parallel shard keeps its share of every expert's width (and of the shared expert's), the router
+        // whole: every shard routes each token to the same experts, and its partial outputs join the others' in the
+        // all-reduce after the block.
         var shared: GatedMLP?
         if o.sharedWidth > 0 {
-            shared = GatedMLP(gate: try l.matrix(p + "ffn_gate_shexp.weight", rows: o.sharedWidth, cols: dim),
-                              up: try l.matrix(p + "ffn_up_shexp.weight", rows: o.sharedWidth, cols: dim),
-                              down: try l.matrix(p + "ffn_down_shexp.weight", rows: dim, cols: o.sharedWidth),
+            let part = try l.feedForwardPart(o.sharedWidth, down: p + "ffn_down_shexp.weight")
+            shared = GatedMLP(gate: try l.matrix(p + "ffn_gate_shexp.weight", rows: o.sharedWidth, cols: dim, keepRows: part),
+                              up: try l.matrix(p + "ffn_up_shexp.weight", rows: o.sharedWidth, cols: dim, keepRows: part),
+                              down: try l.matrix(p + "ffn_down_shexp.weight", rows: dim, cols: o.sharedWidth, keepCols: part),
                               activation: .silu)
         }
-        let experts = ExpertWeights(gate: try l.stack(p + "ffn_gate_exps.weight", count: nExpert, rows: ff, cols: dim),
-                                    up: try l.stack(p + "ffn_up_exps.weight", count: nExpert, rows: ff, cols: dim),
-                                    down: try l.stack(p + "ffn_down_exps.weight", count: nExpert, rows: dim, cols: ff))
+        let part = try l.feedForwardPart(ff, down: p + "ffn_down_exps.weight")
+        let experts = ExpertWeights(gate: try l.stack(p + "ffn_gate_exps.weight", count: nExpert, rows: ff, cols: dim, keepRows: part),
+                                    up: try l.stack(p + "ffn_up_exps.weight", count: nExpert, rows: ff, cols: dim, keepRows: part),
+                                    down: try l.stack(p + "ffn_down_exps.weight", count: nExpert, rows: dim, cols: ff, keepCols: part))
         // NOTE: gate and up run in one pass over the same quantized activations, which needs one format.
         guard experts.gate.type == experts.up.type else {
             throw ModelError("\(l.file.path): tensors '\(p)ffn_gate_exps.weight' (\(experts.gate.type)) and '\(p)ffn_up_exps.weight' (\(experts.up.type)) must have the same type")
@@ -85,7 +90,7 @@ extension MoEFeedForward {
             experts: experts,
             routing: routing, shared: shared,
             sharedGate: o.sharedGate ? try l.constant(p + "ffn_gate_inp_shexp.weight", count: dim) : nil,
-            executor: try l.expertExecutor(layer: i, nExpert: nExpert, dim: dim, ff: ff))
+            executor: try l.expertExecutor(layer: i, nExpert: nExpert, dim: dim, ff: part.count))
     }
 }
 
