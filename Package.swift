@@ -107,7 +107,7 @@ let package = Package(
         .testTarget(name: "EngineTests", dependencies: ["Engine", "Models", "GGUF", "Backend", "BackendCUDA"]),
         .testTarget(name: "HFTests", dependencies: ["SafeTensors", "Models", "GGUF", "Quant", "Backend", "Engine", "Tokenizer"],
                     resources: [.copy("Fixtures")]),
-        .testTarget(name: "ModelTests", dependencies: ["Models", "GGUF", "Quant", "Backend", "BackendCUDA", "Engine"],
+        .testTarget(name: "ModelTests", dependencies: ["Models", "GGUF", "Quant", "Backend", "BackendCUDA", "BackendConformance", "Engine"],
                     resources: [.copy("Fixtures")]),
         // Slow checks on the real default model and the CLI binary (see docs/testing.md).
         .testTarget(name: "EndToEndTests", dependencies: ["Models", "GGUF", "Tokenizer", "Engine"],

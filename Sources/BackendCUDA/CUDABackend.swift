@@ -239,6 +239,12 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         return try CUDABackend(ordinal: ordinal, logical: logical, driver: driver, nvrtc: nvrtc)
     }
 
+    /// GPUs the CUDA driver sees here (0 without a driver).
+    public static func visibleGPUs() -> Int {
+        guard case .success(let driver) = CUDADriver.load() else { return 0 }
+        return (try? driver.deviceCount()) ?? 0
+    }
+
     /// The backend on GPU 0; nil when this machine has no CUDA driver, no GPU or no NVRTC (the conformance suite
     /// then skips it); an error when it has them and the backend still fails (kernels that do not compile).
     public static func makeIfPresent() throws -> CUDABackend? {

@@ -47,6 +47,22 @@ struct Devices: ParsableCommand {
                 }
             }
         }
+        for (name, make) in BackendConformance.collectives {
+            guard let (backends, collective) = try make() else {
+                say("conformance [collective: \(name)]: not available here, skipped\n")
+                continue
+            }
+            let t0 = DispatchTime.now().uptimeNanoseconds
+            let failures = Expect.collect { BackendConformance.checkCollective(backends: backends, collective: collective) }
+            let ms = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e6
+            if failures.isEmpty {
+                say(String(format: "conformance [collective: %@] allReduceSum (%@): pass (%.0f ms)\n", name, collective.summary, ms))
+            } else {
+                failed += 1
+                say("conformance [collective: \(name)] allReduceSum: \(failures.count) failures\n")
+                for f in failures.prefix(10) { say("  \(f)\n") }
+            }
+        }
         if failed > 0 { throw CLIError("\(failed) conformance checks failed") }
     }
 

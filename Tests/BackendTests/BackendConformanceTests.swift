@@ -31,6 +31,20 @@ final class BackendConformanceTests: XCTestCase {
         XCTAssertEqual(BackendConformance.checks.count, 19)
     }
 
+    /// Every tensor-parallel collective available here (host memory always; logical devices of GPU 0 on a GPU or
+    /// the CUDA emulator; every GPU where there are several): the rank-order sum on every rank, bit for bit.
+    func testCollectives() throws {
+        for (name, make) in BackendConformance.collectives {
+            guard let (backends, collective) = try make() else {
+                print("[collective: \(name)] not available on this machine: skipped")
+                continue
+            }
+            for f in Expect.collect({ BackendConformance.checkCollective(backends: backends, collective: collective) }) {
+                XCTFail("[collective: \(name)] \(f)")
+            }
+        }
+    }
+
     func testMemory() throws { try run("memory") }
     func testEmbed() throws { try run("embed") }
     func testRMSNorm() throws { try run("rmsNorm") }
