@@ -108,7 +108,9 @@ struct Bench: ParsableCommand {
         let lm = loaded.model, pool = loaded.cpu.pool
         if profileKernels { loaded.gpu?.profiling = true }
         var profiles = ""
-        let deviceName = loaded.gpu.map { "\($0.device) \($0.gpuName)" } ?? "cpu"
+        let deviceName = loaded.gpus.count > 1
+            ? "\(loaded.gpus.map(\.device.description).joined(separator: ",")) \(loaded.gpus[0].gpuName) (tensor parallel)"
+            : loaded.gpu.map { "\($0.device) \($0.gpuName)" } ?? "cpu"
         let name = URL(fileURLWithPath: loaded.file.path).lastPathComponent
         guard ctx <= lm.info.contextLength else {
             throw CLIError("a test needs \(ctx) positions, the model's context is \(lm.info.contextLength)")
