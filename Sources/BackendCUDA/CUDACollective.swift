@@ -20,10 +20,12 @@ public final class CUDAPeerCollective: Collective, @unchecked Sendable {
     private let copied: [CUDADriver.Handle]
     /// Whether ranks r and p are on different GPUs (copies cross contexts).
     private let crossDevice: Bool
-    private var sources: [UInt]
-    /// Rank r's copies of the others' tensors: `ranks - 1` slots of `capacity[r]` floats.
-    private var gathers: [UInt]
-    private var capacity: [Int]
+    /// Per rank (written by that rank's thread only): its tensor of the current call, its copies of the others'
+    /// tensors (`ranks - 1` slots of `capacity[r]` floats) and their capacity. Raw storage: the ranks' threads write
+    /// their own slots at once.
+    private let sources: UnsafeMutablePointer<UInt>
+    private let gathers: UnsafeMutablePointer<UInt>
+    private let capacity: UnsafeMutablePointer<Int>
 
     public init(backends: [CUDABackend]) throws {
         guard backends.count >= 1, backends.count <= Self.maxRanks else {
@@ -50,9 +52,12 @@ public final class CUDAPeerCollective: Collective, @unchecked Sendable {
                 }
             }
         }
-        sources = Array(repeating: 0, count: backends.count)
-        gathers = Array(repeating: 0, count: backends.count)
-        capacity = Array(repeating: 0, count: backends.count)
+        sources = .allocate(capacity: backends.count)
+        sources.initialize(repeating: 0, count: backends.count)
+        gathers = .allocate(capacity: backends.count)
+        gathers.initialize(repeating: 0, count: backends.count)
+        capacity = .allocate(capacity: backends.count)
+        capacity.initialize(repeating: 0, count: backends.count)
         let gpus = Set(backends.map(\.ordinal)).sorted().map { "\($0)" }.joined(separator: ", ")
         summary = crossDevice
             ? "peer copies between GPUs \(gpus) (\(peer == backends.count * (backends.count - 1) ? "peer access on" : "peer access \(peer > 0 ? "partly" : "off"): through the host"))"
@@ -64,7 +69,11 @@ public final class CUDAPeerCollective: Collective, @unchecked Sendable {
             b.current()
             b.driver.destroyEvent(produced[r])
             b.driver.destroyEvent(copied[r])
+            if gathers[r] != 0 { b.freeWeights(gathers[r]) }
         }
+        sources.deallocate()
+        gathers.deallocate()
+        capacity.deallocate()
     }
 
     public func allReduceSum(_ x: Tensor, count: Int, rank: Int) {
