@@ -40,8 +40,7 @@ public protocol Collective: AnyObject, Sendable {
     func allReduceSum(_ x: Tensor, count: Int, rank: Int)
 }
 
-/// A reusable barrier for the `parties` threads of one collective: `wait` returns once every party has called it
-/// (spinning briefly first: on a GPU the threads only queue work, and a parked thread would wake too late).
+/// A reusable barrier for the `parties` threads of one collective: `wait` returns once every party has called it.
 public final class ThreadBarrier: @unchecked Sendable {
     // NOTE: @unchecked: the state is guarded by `condition`.
     private let condition = NSCondition()

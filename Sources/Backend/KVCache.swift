@@ -49,9 +49,6 @@ public final class KVCache: @unchecked Sendable {
                   device: s.device, storage: s, shards: shards)
     }
 
-    /// Shard `i`'s pool (this pool itself when it has no shards).
-    public func shard(_ i: Int) -> KVCache { shards.isEmpty ? self : shards[i] }
-
     @inline(__always) public func k(_ layer: Int) -> Tensor { kBufs[layer] }
     @inline(__always) public func v(_ layer: Int) -> Tensor { vBufs[layer] }
 }

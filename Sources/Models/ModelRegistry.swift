@@ -56,9 +56,9 @@ public enum ModelRegistry {
         guard let loader = loaders[arch] else {
             throw ModelError("\(file.path): unsupported architecture '\(arch)' (supported: \(supportedArchitectures.joined(separator: ", ")))")
         }
-        // One progress over every shard's weights (each shard reads about 1/N of the file, plus what it keeps whole).
-        let total = file.tensors.reduce(0) { $0 + $1.byteCount }
-        let shared = progress.map { report in LoadProgress(total: total * 2, report: { d, _ in report(min(d, total), total) }) }
+        // One progress over every shard's weights: each shard reads about 1/N of the file plus what it keeps whole,
+        // so the sum passes the file's size a little before the end (LoadProgress holds it there).
+        let shared = progress.map { LoadProgress(total: file.tensors.reduce(0) { $0 + $1.byteCount }, report: $0) }
         var shards: [DecoderModel] = []
         for (i, b) in backends.enumerated() {
             let rank = ParallelRank(shard: TensorShard(index: i, count: backends.count), collective: collective)

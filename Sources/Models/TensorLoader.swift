@@ -143,13 +143,7 @@ public struct TensorLoader {
         guard t.shape == [cols, rows] else {
             throw ModelError("\(file.path): tensor '\(name)' has shape \(t.shape), expected [\(cols), \(rows)]")
         }
-        guard keepCols.lowerBound >= 0, keepCols.upperBound <= cols, let rowBytes = t.type.byteCount(elements: cols),
-              let skip = t.type.byteCount(elements: keepCols.lowerBound), let keep = t.type.byteCount(elements: keepCols.count) else {
-            throw ModelError("\(file.path): tensor '\(name)' (\(t.type)): columns \(keepCols) of \(cols) do not fall on its blocks, so tensor parallelism cannot split it there (use fewer shards)")
-        }
-        let copy = SliceBuffer(bytes: keep * rows)
-        let src = file.data(of: t)
-        for r in 0..<rows { (copy.pointer + r * keep).copyMemory(from: src + r * rowBytes + skip, byteCount: keep) }
+        let copy = try slice(t, name: name, count: 1, rows: rows, cols: cols, keepRows: 0..<rows, keepCols: keepCols)
         return try prepare(WeightRef(name: name, type: t.type, shape: [keepCols.count, rows], data: UnsafeRawPointer(copy.pointer),
                                      owner: copy))
     }
@@ -173,6 +167,15 @@ public struct TensorLoader {
         guard t.shape == [cols, rows, count] else {
             throw ModelError("\(file.path): tensor '\(name)' has shape \(t.shape), expected [\(cols), \(rows), \(count)]")
         }
+        let copy = try slice(t, name: name, count: count, rows: rows, cols: cols, keepRows: r, keepCols: c)
+        return try prepareStack(WeightRef(name: name, type: t.type, shape: [c.count, r.count, count],
+                                          data: UnsafeRawPointer(copy.pointer), owner: copy))
+    }
+
+    /// Rows `r` and columns `c` (on the type's block boundaries) of each of the `count` `[rows, cols]` matrices of
+    /// tensor `t`, copied into a buffer of their own.
+    private func slice(_ t: GGUFTensorInfo, name: String, count: Int, rows: Int, cols: Int, keepRows r: Range<Int>,
+                       keepCols c: Range<Int>) throws -> SliceBuffer {
         guard r.lowerBound >= 0, r.upperBound <= rows, c.lowerBound >= 0, c.upperBound <= cols,
               let rowBytes = t.type.byteCount(elements: cols), let skip = t.type.byteCount(elements: c.lowerBound),
               let keep = t.type.byteCount(elements: c.count) else {
@@ -187,8 +190,7 @@ public struct TensorLoader {
                 dst += keep
             }
         }
-        return try prepareStack(WeightRef(name: name, type: t.type, shape: [c.count, r.count, count],
-                                          data: UnsafeRawPointer(copy.pointer), owner: copy))
+        return copy
     }
 
     /// A weight made at load (not a tensor of the file as it is), prepared by the backend of its name's device.

@@ -45,7 +45,7 @@ extension TensorLoader {
         return (i * blocks / n) * unit ..< ((i + 1) * blocks / n) * unit
     }
 
-    /// Refuses tensor parallelism for a part of a model it does not split yet (`what`: "MoE layers").
+    /// Refuses tensor parallelism for a part of a model it does not split yet (`what`: "MLA attention (DeepSeek)").
     func requireWholeModel(_ what: String) throws {
         guard shard.count == 1 else {
             throw ModelError("\(file.path): tensor parallelism does not split \(what) yet; run this model on one device (without --tensor-parallel / --devices)")

@@ -28,39 +28,34 @@ struct Devices: ParsableCommand {
         // The checks print their measurements with `print`: write through the same buffer so lines do not interleave.
         func say(_ s: String) { print(s, terminator: "") }
         var failed = 0
+        // One check: its failures (or pass) and its time, under `label`.
+        func run(_ label: String, _ body: () throws -> Void) {
+            let t0 = DispatchTime.now().uptimeNanoseconds
+            let failures = Expect.collect(body)
+            let ms = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e6
+            if failures.isEmpty {
+                say(String(format: "conformance %@: pass (%.0f ms)\n", label, ms))
+            } else {
+                failed += 1
+                say("conformance \(label): \(failures.count) failures\n")
+                for f in failures.prefix(10) { say("  \(f)\n") }
+            }
+        }
         for (name, make) in BackendConformance.backends {
             guard let backend = try make() else {
                 say("conformance [\(name)]: not available here, skipped\n")
                 continue
             }
             let c = BackendConformance(name: name, backend: backend)
-            for check in BackendConformance.checks {
-                let t0 = DispatchTime.now().uptimeNanoseconds
-                let failures = Expect.collect { try check.run(c) }
-                let ms = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e6
-                if failures.isEmpty {
-                    say(String(format: "conformance [%@] %@: pass (%.0f ms)\n", name, check.name, ms))
-                } else {
-                    failed += 1
-                    say("conformance [\(name)] \(check.name): \(failures.count) failures\n")
-                    for f in failures.prefix(10) { say("  \(f)\n") }
-                }
-            }
+            for check in BackendConformance.checks { run("[\(name)] \(check.name)") { try check.run(c) } }
         }
         for (name, make) in BackendConformance.collectives {
             guard let (backends, collective) = try make() else {
                 say("conformance [collective: \(name)]: not available here, skipped\n")
                 continue
             }
-            let t0 = DispatchTime.now().uptimeNanoseconds
-            let failures = Expect.collect { BackendConformance.checkCollective(backends: backends, collective: collective) }
-            let ms = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e6
-            if failures.isEmpty {
-                say(String(format: "conformance [collective: %@] allReduceSum (%@): pass (%.0f ms)\n", name, collective.summary, ms))
-            } else {
-                failed += 1
-                say("conformance [collective: \(name)] allReduceSum: \(failures.count) failures\n")
-                for f in failures.prefix(10) { say("  \(f)\n") }
+            run("[collective: \(name)] allReduceSum (\(collective.summary))") {
+                BackendConformance.checkCollective(backends: backends, collective: collective)
             }
         }
         if failed > 0 { throw CLIError("\(failed) conformance checks failed") }

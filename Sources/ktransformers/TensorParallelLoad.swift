@@ -53,7 +53,7 @@ extension LoadOptions {
             }
         }
         Output.err("tensor parallel over \(backends.count) shards: \(backends.map(\.summary).joined(separator: "; "))\n")
-        Output.err("all-reduce after each attention and feed-forward: \(collective.summary); CUDA graphs off (each shard runs its steps op by op)\n")
+        Output.err("all-reduce after each attention and feed-forward: \(collective.summary)\(gpus.isEmpty ? "" : "; CUDA graphs off (each shard runs its steps op by op)")\n")
         let started = Date()
         let bar = ProgressPrinter(what: "loading \((file.path as NSString).lastPathComponent) over \(devices.map(\.description).joined(separator: ","))")
         let model: LanguageModel

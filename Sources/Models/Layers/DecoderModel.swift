@@ -209,17 +209,13 @@ final class DecoderModel: LanguageModel, @unchecked Sendable {
         if let first = blocks.first {
             b.rmsNorm(x, weight: first.attnNorm, out: xn, rows: n, dim: dim, stride: dim, eps: normEps)
         }
-        // A tensor-parallel shard's attention and feed-forward outputs are partial sums: every shard adds the others'.
-        let reduce: (Tensor) -> Void = { [parallel] t in
-            if let parallel { parallel.collective.allReduceSum(t, count: n * self.dim, rank: parallel.shard.index) }
-        }
         for (l, blk) in blocks.enumerated() {
             blk.attention.forward(xn, out: proj, layer: l, ctx: ctx, q: s.q, k: s.k, v: s.v, o: s.o)
-            reduce(proj)
+            reduceShards(proj, n: n)
             if let pn = blk.postAttnNorm { b.rmsNorm(proj, weight: pn, out: proj, rows: n, dim: dim, stride: dim, eps: normEps) }
             b.addRMSNorm(proj, into: x, weight: blk.ffnNorm, out: xn, rows: n, dim: dim, eps: normEps)
             blk.mlp.forward(xn, out: proj, ctx: ctx, g: s.gate, u: s.up)
-            reduce(proj)
+            reduceShards(proj, n: n)
             if let pn = blk.postFFNNorm { b.rmsNorm(proj, weight: pn, out: proj, rows: n, dim: dim, stride: dim, eps: normEps) }
             if l + 1 < blocks.count {
                 b.addRMSNorm(proj, into: x, weight: blocks[l + 1].attnNorm, out: xn, rows: n, dim: dim, eps: normEps)
@@ -235,6 +231,13 @@ final class DecoderModel: LanguageModel, @unchecked Sendable {
         b.rmsNormRows(x, indices: s.logitsIndices, count: m, weight: outputNorm, out: xn, dim: dim, eps: normEps)
         b.matmul(output, xn, s.logits, n: m, precision: .standard)
         if finalLogitSoftcap > 0 { b.softcap(s.logits, count: m * info.vocabSize, cap: finalLogitSoftcap) }
+    }
+
+    /// A tensor-parallel shard's attention and feed-forward outputs are partial sums: every shard adds the others'
+    /// (nothing for the whole model).
+    @inline(__always)
+    private func reduceShards(_ t: Tensor, n: Int) {
+        if let parallel { parallel.collective.allReduceSum(t, count: n * dim, rank: parallel.shard.index) }
     }
 
     // MARK: graphs
